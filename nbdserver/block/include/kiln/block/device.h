@@ -1,0 +1,106 @@
+// The block layer's one interface: a virtual disk that can be read, written, flushed, trimmed,
+// zeroed, asked what its ranges are, and grown. Data operations return 0 or -errno.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kiln/block/reactor.h"
+#include "kiln/block/task.h"
+
+namespace kiln::block {
+
+// Errors of the control plane (opening, creating, checking): an errno and one clear line.
+class Error : public std::runtime_error {
+ public:
+  Error(int err, const std::string& what) : std::runtime_error(what), errno_(err) {}
+  int code() const { return errno_; }
+
+ private:
+  int errno_;
+};
+
+enum WriteFlags : unsigned {
+  kWriteFua = 1u << 0,       // durable before the reply
+  kWriteNoUnmap = 1u << 1,   // write_zeroes: keep the storage allocated
+  kWriteFastZero = 1u << 2,  // write_zeroes: fail with -ENOTSUP rather than write zeros slowly
+};
+
+struct Capabilities {
+  bool read_only = false;
+  bool can_flush = true;
+  bool can_fua = true;
+  bool can_discard = true;
+  bool can_write_zeroes = true;
+  bool can_fast_zero = true;
+  bool can_extents = true;
+  bool can_multi_conn = true;  // a flush covers writes completed through any user of the device
+  uint32_t min_block = 1;
+  uint32_t preferred_block = 4096;
+  uint32_t max_block = 32u << 20;
+};
+
+// What a guest range is. Mirrors `qemu-img map`: `present` means some image of the chain
+// allocates it and `depth` says which (0 = this one); unallocated ranges have
+// depth = chain length. `data` ranges read from storage at `host_offset` of that image.
+struct Extent {
+  static constexpr uint64_t kNoOffset = ~uint64_t{0};
+  uint64_t offset = 0;
+  uint64_t length = 0;
+  bool present = false;
+  bool zero = false;
+  bool data = false;
+  bool compressed = false;
+  uint32_t depth = 0;
+  uint64_t host_offset = kNoOffset;
+};
+
+class BlockDevice {
+ public:
+  virtual ~BlockDevice() = default;
+
+  virtual uint64_t size() const = 0;
+  virtual const Capabilities& caps() const = 0;
+  virtual const char* format() const = 0;
+  virtual const std::string& filename() const = 0;
+  // Images below this one (0 for a raw file or a qcow2 without backing).
+  virtual uint32_t chain_length() const = 0;
+
+  virtual Task<int> read(uint64_t offset, std::span<uint8_t> buf) = 0;
+  virtual Task<int> write(uint64_t offset, std::span<const uint8_t> buf, unsigned flags) = 0;
+  virtual Task<int> flush() = 0;
+  virtual Task<int> discard(uint64_t offset, uint64_t length) = 0;
+  virtual Task<int> write_zeroes(uint64_t offset, uint64_t length, unsigned flags) = 0;
+  // Appends extents covering [offset, offset+length) (clipped to the size) to `out`,
+  // adjacent extents of the same kind merged.
+  virtual Task<int> block_status(uint64_t offset, uint64_t length, std::vector<Extent>* out) = 0;
+  // Grows the device to `new_size`; shrinking is refused with -ENOTSUP.
+  virtual Task<int> resize(uint64_t new_size) = 0;
+  // Flushes and leaves the image clean; the device must not be used afterwards.
+  virtual Task<int> close() = 0;
+};
+
+struct OpenOptions {
+  std::string format;  // "raw", "qcow2", or empty to probe (top image only, never backings)
+  bool read_only = false;
+  bool open_backing = true;
+  uint32_t max_chain_depth = 64;
+  size_t l2_cache_bytes = 4u << 20;
+  size_t refcount_cache_bytes = 1u << 20;
+};
+
+// Opens an image and, for qcow2, its backing chain. Throws Error with a clear message.
+Task<std::unique_ptr<BlockDevice>> open_image(Reactor& reactor, const std::string& path,
+                                              OpenOptions options);
+
+// "raw" or "qcow2", by content. Throws Error if the file cannot be read.
+std::string probe_format(const std::string& path);
+
+// Parses "10G", "512", "1.5M", "+1G" (the sign is left to the caller). Throws Error.
+uint64_t parse_size(const std::string& text);
+
+}  // namespace kiln::block

@@ -1,0 +1,76 @@
+// qcow2 operations that tools need beyond the BlockDevice interface: create, info, check, map.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "kiln/block/device.h"
+
+namespace kiln::block::qcow2 {
+
+struct CreateOptions {
+  uint64_t size = 0;          // 0: the backing file's size
+  uint32_t cluster_size = 65536;
+  uint32_t version = 3;       // 2 = compat 0.10, 3 = compat 1.1
+  uint32_t refcount_bits = 16;
+  bool lazy_refcounts = false;
+  std::string backing_file;   // stored as given
+  std::string backing_format; // required with backing_file
+  std::string compression_type = "zlib";
+};
+
+// Creates a qcow2 image laid out as `qemu-img create` does. Throws Error.
+void create(Reactor& reactor, const std::string& path, const CreateOptions& options);
+
+struct SnapshotInfo {
+  std::string id, name;
+  uint64_t vm_state_size = 0;
+  uint32_t date_sec = 0, date_nsec = 0;
+  uint64_t vm_clock_nsec = 0;
+  uint64_t disk_size = 0;
+};
+
+struct Info {
+  std::string filename;
+  uint64_t virtual_size = 0;
+  uint64_t actual_size = 0;   // bytes allocated on the host file system
+  uint32_t cluster_size = 0;
+  uint32_t version = 0;
+  uint32_t refcount_bits = 0;
+  bool lazy_refcounts = false;
+  bool corrupt = false;
+  bool dirty = false;
+  bool extended_l2 = false;
+  std::string compression_type;
+  std::string backing_file;          // as stored
+  std::string full_backing_filename; // resolved
+  std::string backing_format;
+  std::vector<SnapshotInfo> snapshots;
+};
+
+// Reads the header of a qcow2 image (no backing opened). Throws Error.
+Info read_info(Reactor& reactor, const std::string& path);
+
+enum class Repair { kNone, kLeaks, kAll };
+
+struct CheckResult {
+  uint64_t corruptions = 0;
+  uint64_t leaks = 0;
+  uint64_t check_errors = 0;
+  uint64_t corruptions_fixed = 0;
+  uint64_t leaks_fixed = 0;
+  uint64_t image_end_offset = 0;
+  uint64_t total_clusters = 0;      // guest clusters
+  uint64_t allocated_clusters = 0;  // guest clusters with data in this image
+  uint64_t fragmented_clusters = 0;
+  uint64_t compressed_clusters = 0;
+  std::vector<std::string> messages;  // one line per problem found
+};
+
+// Checks refcounts and tables of a qcow2 image, optionally repairing. Throws Error if the
+// image cannot be opened at all.
+CheckResult check(Reactor& reactor, const std::string& path, Repair repair);
+
+}  // namespace kiln::block::qcow2

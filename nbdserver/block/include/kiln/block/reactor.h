@@ -1,0 +1,114 @@
+// One io_uring per thread. Coroutines submit file operations through awaitables; the loop
+// submits them in batches (submit_and_wait), reaps completions in one pass and resumes the
+// waiting coroutines.
+#pragma once
+
+#include <liburing.h>
+
+#include <coroutine>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <optional>
+#include <type_traits>
+#include <span>
+
+#include "kiln/block/task.h"
+
+namespace kiln::block {
+
+class Reactor final : public Scheduler {
+ public:
+  explicit Reactor(unsigned entries = 256);
+  ~Reactor();
+  Reactor(const Reactor&) = delete;
+  Reactor& operator=(const Reactor&) = delete;
+
+  // The reactor of the calling thread, created on first use.
+  static Reactor& current();
+
+  void post(std::coroutine_handle<> h) override { ready_.push_back(h); }
+
+  // A free submission entry; submits what is queued when the ring is full.
+  io_uring_sqe* get_sqe();
+
+  // Runs the loop until `done` is true. Throws if nothing can make progress.
+  void run_until(const bool& done);
+
+  // Runs `task` to completion on this reactor and returns its result.
+  template <typename T>
+  T run(Task<T> task) {
+    bool done = false;
+    std::exception_ptr error;
+    if constexpr (std::is_void_v<T>) {
+      [](Task<T> t, bool& d, std::exception_ptr& e) -> Detached {
+        try {
+          co_await t;
+        } catch (...) {
+          e = std::current_exception();
+        }
+        d = true;
+      }(std::move(task), done, error);
+      run_until(done);
+      if (error) std::rethrow_exception(error);
+    } else {
+      std::optional<T> value;
+      [](Task<T> t, bool& d, std::exception_ptr& e, std::optional<T>& v) -> Detached {
+        try {
+          v.emplace(co_await t);
+        } catch (...) {
+          e = std::current_exception();
+        }
+        d = true;
+      }(std::move(task), done, error, value);
+      run_until(done);
+      if (error) std::rethrow_exception(error);
+      return std::move(*value);
+    }
+  }
+
+  // Starts `task` now without waiting for it; `group` (optional) is told when it ends.
+  void spawn(Task<void> task, WaitGroup* group = nullptr);
+
+  // Awaitables for single io_uring operations; they return the raw CQE result (bytes or -errno).
+  struct Op {
+    std::coroutine_handle<> handle;
+    int result = 0;
+  };
+  template <typename Prep>
+  struct Awaiter {
+    Reactor* r;
+    Prep prep;
+    Op op;
+    bool await_ready() const noexcept { return false; }
+    void await_suspend(std::coroutine_handle<> h) {
+      op.handle = h;
+      io_uring_sqe* sqe = r->get_sqe();
+      prep(sqe);
+      io_uring_sqe_set_data(sqe, &op);
+      ++r->inflight_;
+    }
+    int await_resume() const noexcept { return op.result; }
+  };
+  template <typename Prep>
+  Awaiter<Prep> submit(Prep prep) {
+    return Awaiter<Prep>{this, std::move(prep), {}};
+  }
+
+  // Whole-buffer file I/O: short transfers and -EAGAIN/-EINTR are resubmitted. read_full
+  // fills what lies past the end of the file with zeros. Both return 0 or -errno.
+  Task<int> read_full(int fd, std::span<uint8_t> buf, uint64_t offset);
+  Task<int> write_full(int fd, std::span<const uint8_t> buf, uint64_t offset);
+  Task<int> fsync(int fd, bool datasync);
+  Task<int> fallocate(int fd, int mode, uint64_t offset, uint64_t len);
+
+  uint64_t submitted() const { return submitted_; }
+
+ private:
+  io_uring ring_;
+  std::deque<std::coroutine_handle<>> ready_;
+  size_t inflight_ = 0;
+  uint64_t submitted_ = 0;
+};
+
+}  // namespace kiln::block

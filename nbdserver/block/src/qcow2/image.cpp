@@ -1,0 +1,239 @@
+#include "qcow2/image.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "raw.h"
+
+namespace kiln::block::qcow2 {
+
+namespace {
+
+[[noreturn]] void fail(int err, const std::string& path, const std::string& what) {
+  throw Error(err, path + ": " + what);
+}
+
+std::string dirname_of(const std::string& path) {
+  auto slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+struct Range {
+  uint64_t start, end;
+  const char* name;
+};
+
+}  // namespace
+
+Image::Image(Reactor& r, std::string path, int fd, Header h, const OpenOptions& opt)
+    : r_(r),
+      path_(std::move(path)),
+      fd_(fd),
+      h_(std::move(h)),
+      opt_(opt),
+      read_only_(opt.read_only),
+      cb_(h_.cluster_bits),
+      cs_(h_.cluster_size()),
+      l2_entries_(cs_ / 8),
+      rb_entries_(cs_ * 8 / h_.refcount_bits()),
+      l2_cache_(std::min<uint64_t>(cs_, 4096), opt.l2_cache_bytes),
+      rb_cache_(std::min<uint64_t>(cs_, 4096), opt.refcount_cache_bytes),
+      alloc_mutex_(r),
+      flush_mutex_(r),
+      meta_write_mutex_(r) {
+  caps_.read_only = read_only_;
+  caps_.preferred_block = static_cast<uint32_t>(std::min<uint64_t>(cs_, 65536));
+}
+
+Image::~Image() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
+                                         const OpenOptions& opt, ChainIds chain) {
+  int fd = ::open(path.c_str(), (opt.read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+  if (fd < 0) fail(errno, path, std::string("cannot open: ") + strerror(errno));
+  struct FdGuard {
+    int fd;
+    ~FdGuard() {
+      if (fd >= 0) ::close(fd);
+    }
+  } guard{fd};
+  struct stat st;
+  if (fstat(fd, &st) < 0) fail(errno, path, strerror(errno));
+  for (auto& id : chain)
+    if (id.first == st.st_dev && id.second == st.st_ino)
+      fail(ELOOP, path, "backing chain loops back to this file");
+  chain.emplace_back(st.st_dev, st.st_ino);
+  const uint64_t file_size = static_cast<uint64_t>(st.st_size);
+
+  std::vector<uint8_t> first(std::min<uint64_t>(file_size, 1u << kMaxClusterBits));
+  if (int rc = co_await r.read_full(fd, first, 0); rc < 0)
+    fail(-rc, path, std::string("cannot read header: ") + strerror(-rc));
+  Header h;
+  if (auto err = parse_header(first, &h)) fail(EINVAL, path, *err);
+  const uint64_t cs = h.cluster_size();
+
+  // Features we cannot honour are refused at open, by name.
+  if (h.crypt_method != 0 || h.has_encryption_ext)
+    fail(ENOTSUP, path, "encrypted images are not supported");
+  if (h.incompatible_features & kIncompatDataFile || h.has_data_file_ext)
+    fail(ENOTSUP, path, "external data files are not supported");
+  if (h.incompatible_features & kIncompatExtendedL2)
+    fail(ENOTSUP, path, "extended L2 entries (subclusters) are not supported");
+  if (uint64_t unknown = h.incompatible_features & ~kIncompatKnown) {
+    int bit = __builtin_ctzll(unknown);
+    std::string name = h.feature_name(0, static_cast<uint8_t>(bit));
+    fail(ENOTSUP, path,
+         "unsupported incompatible feature " + (name.empty() ? "bit " + std::to_string(bit)
+                                                             : "'" + name + "'"));
+  }
+  if ((h.incompatible_features & kIncompatCorrupt) && !opt.read_only)
+    fail(EROFS, path, "image is marked corrupt: open it read-only, or repair it (check -r all)");
+
+  // Tables must be aligned, inside the file, of sane size, and must not overlap.
+  if (file_size < cs) fail(EINVAL, path, "file is truncated (shorter than one cluster)");
+  const uint64_t file_end = (file_size + cs - 1) & ~(cs - 1);
+  auto check_table = [&](uint64_t off, uint64_t bytes, const char* name) {
+    if (off % cs) fail(EINVAL, path, std::string(name) + " is not cluster aligned");
+    if (off == 0 && bytes) fail(EINVAL, path, std::string(name) + " overlaps the header");
+    if (off > file_end || bytes > file_end - off)
+      fail(EINVAL, path, std::string(name) + " lies past the end of the file");
+  };
+  const uint64_t l2_entries = cs / 8;
+  const uint64_t needed_l1 = (h.size + cs * l2_entries - 1) / (cs * l2_entries);
+  if (uint64_t(h.l1_size) * 8 > kMaxL1Bytes) fail(EFBIG, path, "L1 table is too large");
+  if (h.l1_size < needed_l1) fail(EINVAL, path, "L1 table is too small for the virtual size");
+  check_table(h.l1_table_offset, uint64_t(h.l1_size) * 8, "L1 table");
+  if (uint64_t(h.refcount_table_clusters) * cs > kMaxRefTableBytes)
+    fail(EFBIG, path, "refcount table is too large");
+  if (h.refcount_table_clusters == 0) fail(EINVAL, path, "image has no refcount table");
+  check_table(h.refcount_table_offset, uint64_t(h.refcount_table_clusters) * cs,
+              "refcount table");
+  if (h.nb_snapshots > kMaxSnapshots) fail(EFBIG, path, "too many snapshots");
+  if (h.nb_snapshots) check_table(h.snapshots_offset, 40, "snapshot table");
+
+  std::vector<Snapshot> snapshots;
+  uint64_t snap_bytes = 0;
+  if (h.nb_snapshots) {
+    std::vector<uint8_t> t(std::min(file_size - h.snapshots_offset, kMaxSnapshotTableBytes));
+    if (int rc = co_await r.read_full(fd, t, h.snapshots_offset); rc < 0)
+      fail(-rc, path, "cannot read the snapshot table");
+    if (auto err = parse_snapshots(t, h.nb_snapshots, &snapshots)) fail(EINVAL, path, *err);
+    for (auto& s : snapshots) {
+      if (uint64_t(s.l1_size) * 8 > kMaxL1Bytes) fail(EFBIG, path, "snapshot L1 table too large");
+      check_table(s.l1_table_offset, uint64_t(s.l1_size) * 8, "snapshot L1 table");
+    }
+    snap_bytes = 1;  // at least the table's first cluster is metadata
+  }
+  std::vector<Range> ranges = {
+      {0, cs, "header"},
+      {h.l1_table_offset, h.l1_table_offset + std::max<uint64_t>(uint64_t(h.l1_size) * 8, 1),
+       "L1 table"},
+      {h.refcount_table_offset, h.refcount_table_offset + uint64_t(h.refcount_table_clusters) * cs,
+       "refcount table"},
+  };
+  if (snap_bytes) ranges.push_back({h.snapshots_offset, h.snapshots_offset + 40, "snapshot table"});
+  for (size_t i = 0; i < ranges.size(); ++i)
+    for (size_t j = i + 1; j < ranges.size(); ++j) {
+      // Compare whole clusters: tables own the clusters they start in.
+      uint64_t a0 = ranges[i].start & ~(cs - 1), a1 = (ranges[i].end + cs - 1) & ~(cs - 1);
+      uint64_t b0 = ranges[j].start & ~(cs - 1), b1 = (ranges[j].end + cs - 1) & ~(cs - 1);
+      if (a0 < b1 && b0 < a1)
+        fail(EINVAL, path,
+             std::string(ranges[i].name) + " overlaps the " + ranges[j].name);
+    }
+
+  std::unique_ptr<Image> img(new Image(r, path, fd, std::move(h), opt));
+  guard.fd = -1;
+  img->snapshots_ = std::move(snapshots);
+  co_await img->load_tables();
+
+  if (!img->read_only_) {
+    if (img->h_.incompatible_features & kIncompatDirty) {
+      // Refcounts may lag behind the tables (lazy refcounts, unclean shutdown): rebuild them.
+      CheckResult res;
+      co_await run_check(*img, Repair::kAll, &res);
+      if (res.corruptions > res.corruptions_fixed)
+        fail(EIO, path, "image is dirty and its refcounts could not be repaired");
+      img->h_.incompatible_features &= ~kIncompatDirty;
+      if (int rc = co_await img->write_header_fields(hdr::kIncompatibleFeatures, 8); rc < 0)
+        fail(-rc, path, "cannot clear the dirty bit");
+    }
+    // We do not maintain bitmaps or any auto-clear feature: clear their bits before writing.
+    if (img->h_.autoclear_features) {
+      img->h_.autoclear_features = 0;
+      if (int rc = co_await img->write_header_fields(hdr::kAutoclearFeatures, 8); rc < 0)
+        fail(-rc, path, "cannot update the header");
+    }
+  }
+
+  if (!img->h_.backing_file.empty() && opt.open_backing) {
+    const Header& hh = img->h_;
+    if (!hh.backing_format)
+      fail(EINVAL, path,
+           "backing file '" + hh.backing_file +
+               "' has no recorded format (backing format extension); refusing to probe it");
+    if (chain.size() >= opt.max_chain_depth)
+      fail(ELOOP, path,
+           "backing chain is deeper than " + std::to_string(opt.max_chain_depth) + " images");
+    std::string bpath = hh.backing_file;
+    if (bpath.find(':') != std::string::npos && bpath.find('/') == std::string::npos)
+      fail(ENOTSUP, path, "backing file '" + bpath + "' is not a local file");
+    if (bpath[0] != '/') bpath = dirname_of(path) + "/" + bpath;
+    OpenOptions bopt = opt;
+    bopt.read_only = true;
+    if (*hh.backing_format == "qcow2") {
+      img->backing_ = co_await Image::open(r, bpath, bopt, chain);
+    } else if (*hh.backing_format == "raw") {
+      img->backing_ = open_raw(r, bpath, true);
+    } else {
+      fail(ENOTSUP, path, "backing format '" + *hh.backing_format + "' is not supported");
+    }
+  }
+  co_return img;
+}
+
+Task<void> Image::load_tables() {
+  std::vector<uint8_t> buf(uint64_t(h_.l1_size) * 8);
+  if (int rc = co_await r_.read_full(fd_, buf, h_.l1_table_offset); rc < 0)
+    fail(-rc, path_, "cannot read the L1 table");
+  l1_.resize(h_.l1_size);
+  for (size_t i = 0; i < l1_.size(); ++i) l1_[i] = load_be64(&buf[i * 8]);
+
+  buf.assign(uint64_t(h_.refcount_table_clusters) * cs_, 0);
+  if (int rc = co_await r_.read_full(fd_, buf, h_.refcount_table_offset); rc < 0)
+    fail(-rc, path_, "cannot read the refcount table");
+  reftable_.resize(buf.size() / 8);
+  for (size_t i = 0; i < reftable_.size(); ++i) reftable_[i] = load_be64(&buf[i * 8]);
+}
+
+Task<int> Image::write_header_fields(size_t offset, size_t length) {
+  uint8_t buf[hdr::kV3Length + 8];
+  serialize_header(h_, buf);
+  int rc = co_await r_.write_full(fd_, std::span<const uint8_t>(buf + offset, length), offset);
+  if (rc < 0) co_return rc;
+  co_return co_await r_.fsync(fd_, true);
+}
+
+Task<int> Image::close() {
+  if (closed_) co_return 0;
+  int rc = 0;
+  if (!read_only_) {
+    // The second flush writes the refcount decrements that the first one released.
+    rc = co_await flush();
+    if (rc == 0) rc = co_await flush();
+  }
+  if (backing_) {
+    int brc = co_await backing_->close();
+    if (rc == 0) rc = brc;
+  }
+  closed_ = true;
+  co_return rc;
+}
+
+}  // namespace kiln::block::qcow2

@@ -1,0 +1,154 @@
+// The qcow2 driver. One Image per open file; the backing chain hangs off `backing_`.
+//
+// Split by job: image.cpp (open, validation, close), io.cpp (the guest data path), alloc.cpp
+// (refcounts, cluster and L2 table allocation), flush.cpp (ordered metadata write-back, resize),
+// compress.cpp (compressed clusters), create.cpp, check.cpp. docs/block-layer.md explains the
+// write ordering that keeps the image consistent at every instant.
+#pragma once
+
+#include <sys/stat.h>
+
+#include <memory>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "kiln/block/device.h"
+#include "kiln/block/qcow2.h"
+#include "qcow2/cache.h"
+#include "qcow2/format.h"
+
+namespace kiln::block::qcow2 {
+
+// Files already on the chain being opened, to refuse loops.
+using ChainIds = std::vector<std::pair<dev_t, ino_t>>;
+
+class Image;
+// check.cpp: checks (and repairs) refcounts and tables of an open image.
+Task<void> run_check(Image& img, Repair repair, CheckResult* out);
+
+class Image final : public BlockDevice {
+ public:
+  static Task<std::unique_ptr<Image>> open(Reactor& r, const std::string& path,
+                                           const OpenOptions& opt, ChainIds chain);
+  ~Image() override;
+
+  uint64_t size() const override { return h_.size; }
+  const Capabilities& caps() const override { return caps_; }
+  const char* format() const override { return "qcow2"; }
+  const std::string& filename() const override { return path_; }
+  uint32_t chain_length() const override {
+    return backing_ ? 1 + backing_->chain_length() : 0;
+  }
+
+  Task<int> read(uint64_t offset, std::span<uint8_t> buf) override;
+  Task<int> write(uint64_t offset, std::span<const uint8_t> buf, unsigned flags) override;
+  Task<int> flush() override;
+  Task<int> discard(uint64_t offset, uint64_t length) override;
+  Task<int> write_zeroes(uint64_t offset, uint64_t length, unsigned flags) override;
+  Task<int> block_status(uint64_t offset, uint64_t length, std::vector<Extent>* out) override;
+  Task<int> resize(uint64_t new_size) override;
+  Task<int> close() override;
+
+  const Header& header() const { return h_; }
+  const std::vector<Snapshot>& snapshots() const { return snapshots_; }
+  int fd() const { return fd_; }
+  Reactor& reactor() { return r_; }
+
+ private:
+  friend struct Checker;
+  friend Task<void> run_check(Image& img, Repair repair, CheckResult* out);
+
+  Image(Reactor& r, std::string path, int fd, Header h, const OpenOptions& opt);
+  Task<void> load_tables();
+
+  // --- mapping (io.cpp) ---
+  uint64_t cluster_of(uint64_t off) const { return off >> cb_; }
+  // The L2 entry of guest cluster `gc` (0 if unallocated), or -errno.
+  Task<int> l2_entry(uint64_t gc, uint64_t* entry);
+  uint64_t l2_entry_cached(uint64_t gc, bool* hit);
+  Task<int> load_slice(SliceCache& cache, uint64_t offset, SliceRef* out);
+  Task<int> read_cluster_part(uint64_t gc, uint64_t entry, uint64_t in_off,
+                              std::span<uint8_t> buf);
+  Task<int> read_backing(uint64_t offset, std::span<uint8_t> buf);
+  Task<int> read_task(uint64_t offset, std::span<uint8_t> buf);
+  Task<int> write_cluster(uint64_t gc, uint64_t in_off, std::span<const uint8_t> data);
+  Task<int> zero_cluster(uint64_t gc, bool unmap, bool fast, bool discard);
+  Task<void> write_part(uint64_t gc, uint64_t in_off, std::span<const uint8_t> data, int* err);
+  Task<void> zero_part(uint64_t gc, bool unmap, bool fast, bool discard, int* err);
+  Task<int> status_of(uint64_t gc, uint64_t entry, Extent* e);
+  // Sets the L2 entry of `gc` (whose table must exist and be ours); records `gen` as pending
+  // when the new entry points at a cluster allocated since the last flush.
+  Task<int> set_l2_entry(uint64_t gc, uint64_t entry, bool pending_alloc);
+
+  // Per-guest-cluster exclusion for allocating and metadata-changing operations.
+  struct ClusterLock;
+  Task<ClusterLock> lock_cluster(uint64_t gc);
+  void unlock_cluster(uint64_t gc);
+
+  // --- allocation and refcounts (alloc.cpp) ---
+  Task<int> refcount(uint64_t cluster, uint64_t* value);
+  Task<int> add_refcount(uint64_t cluster, int64_t delta);
+  Task<int> alloc_clusters(uint64_t count, uint64_t* host_offset);
+  Task<int> alloc_clusters_locked(uint64_t count, uint64_t* host_offset);
+  Task<int> ensure_refblock(uint64_t cluster);
+  Task<int> grow_reftable(uint64_t needed_entries);
+  // Makes the L2 table of L1 index `l1i` exist and be exclusively ours (copies a shared one).
+  Task<int> prepare_l2(uint32_t l1i);
+  void defer_free(uint64_t entry);  // an L2 entry that no longer references its clusters
+  Task<int> apply_frees(uint64_t upto_gen);
+  Task<int> free_now(uint64_t host_offset, uint64_t length);
+
+  // --- write-back (flush.cpp) ---
+  Task<int> flush_locked();
+  Task<int> write_buffers(std::vector<std::pair<uint64_t, std::vector<uint8_t>>>& writes);
+  Task<int> write_refblocks();
+  Task<int> write_l2_and_l1();
+  Task<int> make_room(SliceCache& cache);
+  Task<int> write_header_fields(size_t offset, size_t length);
+
+  // --- compressed clusters (compress.cpp) ---
+  Task<int> read_compressed(uint64_t entry, std::span<uint8_t> cluster);
+
+  Reactor& r_;
+  std::string path_;
+  int fd_;
+  Header h_;
+  Capabilities caps_;
+  OpenOptions opt_;
+  bool read_only_;
+  uint32_t cb_;          // cluster bits
+  uint64_t cs_;          // cluster size
+  uint64_t l2_entries_;  // entries per L2 table
+  uint64_t rb_entries_;  // entries per refcount block
+
+  std::vector<Snapshot> snapshots_;
+  std::vector<uint64_t> l1_;
+  std::vector<Slice::Pending> l1_pending_;
+  std::set<uint64_t> l1_dirty_chunks_;  // 4 KiB chunks of the L1 table to write
+  std::vector<uint64_t> reftable_;
+  SliceCache l2_cache_;
+  SliceCache rb_cache_;
+  std::unique_ptr<BlockDevice> backing_;
+
+  std::unordered_map<uint64_t, std::unique_ptr<WaitList>> busy_clusters_;
+  std::unordered_map<uint32_t, std::unique_ptr<WaitList>> busy_l1_;
+  AsyncMutex alloc_mutex_;
+  AsyncMutex flush_mutex_;
+  AsyncMutex meta_write_mutex_;  // metadata writes land in the order they were snapshotted
+  uint64_t free_hint_ = 0;  // no free cluster below this index
+
+  uint64_t gen_ = 0;          // bumped by every mapping change
+  uint64_t durable_gen_ = 0;  // refcounts and data of changes up to here are on disk
+  struct PendingFree {
+    uint64_t entry;  // the old L2 entry (standard or compressed) or a bare cluster offset
+    uint64_t gen;
+  };
+  std::vector<PendingFree> frees_;
+  bool unsynced_ = false;  // data written since the last fsync
+  bool closed_ = false;
+  bool in_flush_ = false;
+};
+
+}  // namespace kiln::block::qcow2

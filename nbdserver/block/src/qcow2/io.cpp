@@ -1,0 +1,511 @@
+// The guest data path: mapping lookups, reads, writes with copy-on-write, zeroing, discard and
+// block status. Data I/O never holds a lock; only allocation of a guest cluster is exclusive.
+#include <cerrno>
+#include <cstring>
+
+#include "qcow2/image.h"
+
+namespace kiln::block::qcow2 {
+
+namespace {
+
+enum class Kind { kUnallocated, kZero, kData, kCompressed, kCorrupt };
+
+struct Mapping {
+  Kind kind;
+  uint64_t host;  // kData, and kZero with a preallocated cluster
+};
+
+Mapping classify(uint64_t e, uint32_t version, uint64_t cs) {
+  if (e & kOflagCompressed) return {Kind::kCompressed, 0};
+  if (e & kL2StandardReservedMask) return {Kind::kCorrupt, 0};
+  const uint64_t host = e & kL2OffsetMask;
+  if (host % cs) return {Kind::kCorrupt, 0};
+  if (e & kOflagZero) {
+    if (version < 3) return {Kind::kCorrupt, 0};
+    return {Kind::kZero, host};
+  }
+  if (!host) return {Kind::kUnallocated, 0};
+  return {Kind::kData, host};
+}
+
+bool writable_in_place(uint64_t e) {
+  return (e & (kOflagCopied | kOflagCompressed | kOflagZero)) == kOflagCopied &&
+         (e & kL2OffsetMask) != 0;
+}
+
+}  // namespace
+
+struct Image::ClusterLock {
+  Image* img;
+  uint64_t gc;
+  ClusterLock(Image* i, uint64_t g) : img(i), gc(g) {}
+  ClusterLock(ClusterLock&& o) noexcept : img(std::exchange(o.img, nullptr)), gc(o.gc) {}
+  ClusterLock(const ClusterLock&) = delete;
+  ~ClusterLock() {
+    if (img) img->unlock_cluster(gc);
+  }
+};
+
+Task<Image::ClusterLock> Image::lock_cluster(uint64_t gc) {
+  for (;;) {
+    auto it = busy_clusters_.find(gc);
+    if (it == busy_clusters_.end()) {
+      busy_clusters_.emplace(gc, std::make_unique<WaitList>(r_));
+      co_return ClusterLock(this, gc);
+    }
+    co_await it->second->wait();
+  }
+}
+
+void Image::unlock_cluster(uint64_t gc) {
+  auto it = busy_clusters_.find(gc);
+  auto waiters = std::move(it->second);
+  busy_clusters_.erase(it);
+  waiters->notify_all();
+}
+
+Task<int> Image::load_slice(SliceCache& cache, uint64_t offset, SliceRef* out) {
+  bool made_room = false;
+  for (;;) {
+    SliceRef s = cache.find(offset);
+    if (s) {
+      if (s->loading) {
+        co_await s->loaded->wait();
+        continue;
+      }
+      *out = std::move(s);
+      co_return 0;
+    }
+    if (cache.over_capacity() && !made_room) {
+      made_room = true;
+      if (int rc = co_await make_room(cache); rc < 0) co_return rc;
+      continue;  // the slice may have been loaded meanwhile
+    }
+    s = cache.insert(offset);
+    s->loading = true;
+    s->loaded = std::make_unique<WaitList>(r_);
+    int rc = co_await r_.read_full(fd_, {s->data.get(), cache.slice_bytes()}, offset);
+    s->loading = false;
+    auto waiters = std::move(s->loaded);
+    if (rc < 0) cache.erase(offset);
+    waiters->notify_all();
+    if (rc < 0) co_return rc;
+    *out = std::move(s);
+    co_return 0;
+  }
+}
+
+uint64_t Image::l2_entry_cached(uint64_t gc, bool* hit) {
+  *hit = true;
+  const uint64_t l1i = gc / l2_entries_;
+  if (l1i >= l1_.size()) return 0;
+  const uint64_t l1e = l1_[l1i];
+  const uint64_t l2 = l1e & kL1OffsetMask;
+  if (!l2 || (l1e & kL1ReservedMask) || l2 % cs_) {
+    *hit = !l2 && !(l1e & kL1ReservedMask);
+    return 0;
+  }
+  const uint64_t byte = (gc % l2_entries_) * 8;
+  const uint64_t sb = l2_cache_.slice_bytes();
+  SliceRef s = l2_cache_.find(l2 + byte / sb * sb);
+  if (!s || s->loading) {
+    *hit = false;
+    return 0;
+  }
+  return load_be64(s->data.get() + byte % sb);
+}
+
+Task<int> Image::l2_entry(uint64_t gc, uint64_t* entry) {
+  *entry = 0;
+  const uint64_t l1i = gc / l2_entries_;
+  if (l1i >= l1_.size()) co_return 0;
+  const uint64_t l1e = l1_[l1i];
+  const uint64_t l2 = l1e & kL1OffsetMask;
+  if (l1e & kL1ReservedMask || l2 % cs_) co_return -EIO;  // corrupt L1 entry
+  if (!l2) co_return 0;
+  const uint64_t byte = (gc % l2_entries_) * 8;
+  const uint64_t sb = l2_cache_.slice_bytes();
+  SliceRef s;
+  if (int rc = co_await load_slice(l2_cache_, l2 + byte / sb * sb, &s); rc < 0) co_return rc;
+  *entry = load_be64(s->data.get() + byte % sb);
+  co_return 0;
+}
+
+Task<int> Image::read_backing(uint64_t offset, std::span<uint8_t> buf) {
+  uint64_t have = 0;
+  if (backing_ && offset < backing_->size())
+    have = std::min<uint64_t>(buf.size(), backing_->size() - offset);
+  if (have) {
+    if (int rc = co_await backing_->read(offset, buf.first(have)); rc < 0) co_return rc;
+  }
+  if (have < buf.size()) std::memset(buf.data() + have, 0, buf.size() - have);
+  co_return 0;
+}
+
+Task<int> Image::read_cluster_part(uint64_t gc, uint64_t entry, uint64_t in_off,
+                                   std::span<uint8_t> buf) {
+  Mapping m = classify(entry, h_.version, cs_);
+  switch (m.kind) {
+    case Kind::kData:
+      co_return co_await r_.read_full(fd_, buf, m.host + in_off);
+    case Kind::kZero:
+      std::memset(buf.data(), 0, buf.size());
+      co_return 0;
+    case Kind::kUnallocated:
+      co_return co_await read_backing((gc << cb_) + in_off, buf);
+    case Kind::kCompressed: {
+      std::vector<uint8_t> cluster(cs_);
+      if (int rc = co_await read_compressed(entry, cluster); rc < 0) co_return rc;
+      std::memcpy(buf.data(), cluster.data() + in_off, buf.size());
+      co_return 0;
+    }
+    case Kind::kCorrupt:
+      break;
+  }
+  co_return -EIO;
+}
+
+Task<int> Image::read(uint64_t offset, std::span<uint8_t> buf) {
+  if (offset > h_.size || buf.size() > h_.size - offset) co_return -EINVAL;
+  uint64_t pos = 0;
+  while (pos < buf.size()) {
+    // Gather a run of clusters of one kind whose storage is contiguous, and read it at once.
+    const uint64_t off = offset + pos;
+    uint64_t gc = cluster_of(off);
+    bool hit;
+    uint64_t e = l2_entry_cached(gc, &hit);
+    if (!hit)
+      if (int rc = co_await l2_entry(gc, &e); rc < 0) co_return rc;
+    const uint64_t in_off = off & (cs_ - 1);
+    uint64_t len = std::min<uint64_t>(cs_ - in_off, buf.size() - pos);
+    Mapping m = classify(e, h_.version, cs_);
+    if (m.kind == Kind::kData || m.kind == Kind::kUnallocated || m.kind == Kind::kZero) {
+      while (pos + len < buf.size()) {
+        uint64_t e2 = l2_entry_cached(gc + 1, &hit);
+        if (!hit) break;
+        Mapping m2 = classify(e2, h_.version, cs_);
+        if (m2.kind != m.kind || (m.kind == Kind::kData && m2.host != m.host + (len + in_off)))
+          break;
+        ++gc;
+        len += std::min<uint64_t>(cs_, buf.size() - pos - len);
+      }
+    }
+    int rc = co_await read_cluster_part(cluster_of(off), e, in_off, buf.subspan(pos, len));
+    if (rc < 0) co_return rc;
+    pos += len;
+  }
+  co_return 0;
+}
+
+Task<int> Image::set_l2_entry(uint64_t gc, uint64_t entry, bool pending_alloc) {
+  const uint64_t l2 = l1_[gc / l2_entries_] & kL1OffsetMask;
+  const uint64_t byte = (gc % l2_entries_) * 8;
+  const uint64_t sb = l2_cache_.slice_bytes();
+  SliceRef s;
+  if (int rc = co_await load_slice(l2_cache_, l2 + byte / sb * sb, &s); rc < 0) co_return rc;
+  uint8_t* p = s->data.get() + byte % sb;
+  const uint64_t old = load_be64(p);
+  store_be64(p, entry);
+  s->dirty = true;
+  ++gen_;
+  if (pending_alloc) s->pending.push_back({uint32_t(byte % sb / 8), old, gen_});
+  co_return 0;
+}
+
+Task<int> Image::write_cluster(uint64_t gc, uint64_t in_off, std::span<const uint8_t> data) {
+  // Fast path: the cluster is ours alone; write in place.
+  bool hit;
+  uint64_t e = l2_entry_cached(gc, &hit);
+  if (!hit)
+    if (int rc = co_await l2_entry(gc, &e); rc < 0) co_return rc;
+  if (writable_in_place(e) && !busy_clusters_.contains(gc)) {
+    unsynced_ = true;
+    co_return co_await r_.write_full(fd_, data, (e & kL2OffsetMask) + in_off);
+  }
+
+  ClusterLock lock = co_await lock_cluster(gc);
+  if (int rc = co_await prepare_l2(uint32_t(gc / l2_entries_)); rc < 0) co_return rc;
+  if (int rc = co_await l2_entry(gc, &e); rc < 0) co_return rc;
+  if (writable_in_place(e)) {  // allocated by someone else while we waited
+    unsynced_ = true;
+    co_return co_await r_.write_full(fd_, data, (e & kL2OffsetMask) + in_off);
+  }
+  Mapping m = classify(e, h_.version, cs_);
+  if (m.kind == Kind::kCorrupt) co_return -EIO;
+
+  const bool full = in_off == 0 && data.size() == cs_;
+  std::vector<uint8_t> cluster;
+  if (!full) {
+    cluster.resize(cs_);
+    if (m.kind == Kind::kZero) {
+      // zeros already
+    } else if (int rc = co_await read_cluster_part(gc, e, 0, cluster); rc < 0) {
+      co_return rc;
+    }
+    std::memcpy(cluster.data() + in_off, data.data(), data.size());
+  }
+  std::span<const uint8_t> payload = full ? data : std::span<const uint8_t>(cluster);
+
+  // A preallocated zero cluster of ours is reused; anything else gets a new cluster.
+  const bool reuse = m.kind == Kind::kZero && m.host && (e & kOflagCopied);
+  uint64_t host = m.host;
+  if (!reuse)
+    if (int rc = co_await alloc_clusters(1, &host); rc < 0) co_return rc;
+  if (int rc = co_await r_.write_full(fd_, payload, host); rc < 0) {
+    if (!reuse) co_await free_now(host, cs_);
+    co_return rc;
+  }
+  unsynced_ = true;
+  if (int rc = co_await set_l2_entry(gc, host | kOflagCopied, true); rc < 0) co_return rc;
+  if (!reuse && (m.kind == Kind::kCompressed || m.host)) defer_free(e);
+  co_return 0;
+}
+
+Task<void> Image::write_part(uint64_t gc, uint64_t in_off, std::span<const uint8_t> data,
+                             int* err) {
+  int rc = co_await write_cluster(gc, in_off, data);
+  if (rc < 0 && *err == 0) *err = rc;
+}
+
+Task<int> Image::write(uint64_t offset, std::span<const uint8_t> buf, unsigned flags) {
+  if (read_only_) co_return -EPERM;
+  if (offset > h_.size || buf.size() > h_.size - offset) co_return -ENOSPC;
+  const uint64_t first = cluster_of(offset);
+  const uint64_t last = buf.empty() ? first : cluster_of(offset + buf.size() - 1);
+  int err = 0;
+  if (first == last) {
+    if (!buf.empty()) err = co_await write_cluster(first, offset & (cs_ - 1), buf);
+  } else {
+    // Clusters are independent: write them concurrently.
+    WaitGroup group(r_);
+    uint64_t pos = 0;
+    for (uint64_t gc = first; gc <= last; ++gc) {
+      const uint64_t in_off = (offset + pos) & (cs_ - 1);
+      const uint64_t len = std::min<uint64_t>(cs_ - in_off, buf.size() - pos);
+      r_.spawn(write_part(gc, in_off, buf.subspan(pos, len), &err), &group);
+      pos += len;
+    }
+    co_await group.wait();
+  }
+  if (err == 0 && (flags & kWriteFua)) err = co_await flush();
+  co_return err;
+}
+
+// Returns 1 when the caller must write explicit zeros instead.
+Task<int> Image::zero_cluster(uint64_t gc, bool unmap, bool fast, bool discard) {
+  ClusterLock lock = co_await lock_cluster(gc);
+  uint64_t e;
+  if (int rc = co_await l2_entry(gc, &e); rc < 0) co_return rc;
+  Mapping m = classify(e, h_.version, cs_);
+  if (m.kind == Kind::kCorrupt) co_return -EIO;
+  const bool allocated = m.kind == Kind::kData || m.kind == Kind::kCompressed || m.host;
+  const bool ours = (e & kOflagCopied) && !(e & kOflagCompressed) && m.host;
+
+  uint64_t next;
+  if (h_.version >= 3) {
+    if (discard) {
+      if (!backing_ && !allocated) co_return 0;
+      next = kOflagZero;
+    } else if (!unmap && ours) {
+      next = m.host | kOflagCopied | kOflagZero;  // keep the cluster, read zeros
+    } else if (m.kind == Kind::kUnallocated && !backing_) {
+      co_return 0;  // already reads as zeros
+    } else {
+      next = kOflagZero;
+    }
+  } else {
+    if (!discard && backing_) {
+      if (m.kind == Kind::kUnallocated) {
+        // v2 cannot mark a cluster zero: only explicit zeros hide the backing file.
+      }
+      co_return fast ? -ENOTSUP : 1;
+    }
+    if (!allocated) co_return 0;
+    next = 0;
+  }
+  if (next == e) co_return 0;
+  if (int rc = co_await prepare_l2(uint32_t(gc / l2_entries_)); rc < 0) co_return rc;
+  if (int rc = co_await l2_entry(gc, &e); rc < 0) co_return rc;  // the table may have moved
+  if (int rc = co_await set_l2_entry(gc, next, false); rc < 0) co_return rc;
+  const bool kept = (next & kL2OffsetMask) != 0;
+  if (allocated && !kept) defer_free(e);
+  co_return 0;
+}
+
+Task<void> Image::zero_part(uint64_t gc, bool unmap, bool fast, bool discard, int* err) {
+  int rc = co_await zero_cluster(gc, unmap, fast, discard);
+  if (rc == 1) {
+    std::vector<uint8_t> zeros(cs_);
+    uint64_t len = std::min<uint64_t>(cs_, h_.size - (gc << cb_));
+    rc = co_await write_cluster(gc, 0, std::span<const uint8_t>(zeros).first(len));
+  }
+  if (rc < 0 && *err == 0) *err = rc;
+}
+
+Task<int> Image::write_zeroes(uint64_t offset, uint64_t length, unsigned flags) {
+  if (read_only_) co_return -EPERM;
+  if (offset > h_.size || length > h_.size - offset) co_return -ENOSPC;
+  const bool fast = flags & kWriteFastZero;
+  const bool unmap = !(flags & kWriteNoUnmap);
+  uint64_t end = offset + length;
+  // The last cluster may be partial: treat reaching the end of the disk as reaching its end.
+  const uint64_t cluster_end = end == h_.size ? (end + cs_ - 1) & ~(cs_ - 1) : end;
+  int err = 0;
+  uint64_t pos = offset;
+  std::vector<uint8_t> zeros;
+  WaitGroup group(r_);
+  uint64_t spawned = 0;
+  while (pos < end && err == 0) {
+    const uint64_t in_off = pos & (cs_ - 1);
+    const uint64_t gc = cluster_of(pos);
+    const uint64_t next = std::min(end, (gc + 1) << cb_);
+    if (in_off == 0 && ((gc + 1) << cb_) <= cluster_end) {
+      r_.spawn(zero_part(gc, unmap, fast, false, &err), &group);
+      if (++spawned % 64 == 0) co_await group.wait();  // bounded fan-out
+    } else {
+      // Partial cluster: nothing to do if it already reads as zeros.
+      uint64_t e;
+      if (int rc = co_await l2_entry(gc, &e); rc < 0) {
+        err = rc;
+        break;
+      }
+      Mapping m = classify(e, h_.version, cs_);
+      if (m.kind == Kind::kZero || (m.kind == Kind::kUnallocated && !backing_)) {
+        pos = next;
+        continue;
+      }
+      if (fast) {
+        err = -ENOTSUP;
+        break;
+      }
+      if (zeros.empty()) zeros.resize(cs_);
+      if (int rc = co_await write_cluster(gc, in_off, std::span<const uint8_t>(zeros).first(next - pos));
+          rc < 0)
+        err = rc;
+    }
+    pos = next;
+  }
+  co_await group.wait();
+  if (err == 0 && (flags & kWriteFua)) err = co_await flush();
+  co_return err;
+}
+
+Task<int> Image::discard(uint64_t offset, uint64_t length) {
+  if (read_only_) co_return -EPERM;
+  if (offset > h_.size || length > h_.size - offset) co_return -EINVAL;
+  uint64_t end = offset + length;
+  if (end == h_.size) end = (end + cs_ - 1) & ~(cs_ - 1);
+  // Only whole clusters can be released; the rest of the range is left as it is.
+  const uint64_t first = (offset + cs_ - 1) >> cb_;
+  const uint64_t last = end >> cb_;
+  int err = 0;
+  for (uint64_t gc = first; gc < last && err == 0; ++gc)
+    co_await zero_part(gc, true, false, true, &err);
+  co_return err;
+}
+
+Task<int> Image::status_of(uint64_t gc, uint64_t entry, Extent* e) {
+  Mapping m = classify(entry, h_.version, cs_);
+  *e = Extent{};
+  e->offset = gc << cb_;
+  e->length = cs_;
+  switch (m.kind) {
+    case Kind::kData:
+      e->present = e->data = true;
+      e->host_offset = m.host;
+      break;
+    case Kind::kCompressed:
+      e->present = e->data = e->compressed = true;
+      break;
+    case Kind::kZero:
+      e->present = e->zero = true;
+      if (m.host) e->host_offset = m.host;
+      break;
+    case Kind::kUnallocated:
+      break;
+    case Kind::kCorrupt:
+      co_return -EIO;
+  }
+  co_return 0;
+}
+
+namespace {
+bool mergeable(const Extent& a, const Extent& b) {
+  if (a.present != b.present || a.zero != b.zero || a.data != b.data ||
+      a.compressed != b.compressed || a.depth != b.depth)
+    return false;
+  if ((a.host_offset == Extent::kNoOffset) != (b.host_offset == Extent::kNoOffset)) return false;
+  return a.host_offset == Extent::kNoOffset || a.host_offset + a.length == b.host_offset;
+}
+void append(std::vector<Extent>* out, const Extent& e) {
+  if (!out->empty() && mergeable(out->back(), e) &&
+      out->back().offset + out->back().length == e.offset)
+    out->back().length += e.length;
+  else
+    out->push_back(e);
+}
+}  // namespace
+
+Task<int> Image::block_status(uint64_t offset, uint64_t length, std::vector<Extent>* out) {
+  if (offset > h_.size) co_return -EINVAL;
+  length = std::min(length, h_.size - offset);
+  const uint64_t end = offset + length;
+  const uint32_t depth_unallocated = chain_length();
+  uint64_t pos = offset;
+  while (pos < end) {
+    const uint64_t gc = cluster_of(pos);
+    // Gather the run of unallocated clusters (whole L2 tables at a time where L1 is empty).
+    uint64_t run_end = pos;
+    for (;;) {
+      const uint64_t c = cluster_of(run_end);
+      if (run_end >= end) break;
+      const uint64_t l1i = c / l2_entries_;
+      if (l1i < l1_.size() && l1_[l1i] == 0) {
+        run_end = std::min(end, (l1i + 1) * l2_entries_ << cb_);
+        continue;
+      }
+      uint64_t e;
+      if (int rc = co_await l2_entry(c, &e); rc < 0) co_return rc;
+      if (e != 0) break;
+      run_end = std::min(end, (c + 1) << cb_);
+    }
+    if (run_end > pos) {
+      uint64_t covered = pos;
+      if (backing_ && pos < backing_->size()) {
+        std::vector<Extent> below;
+        const uint64_t bend = std::min(run_end, backing_->size());
+        if (int rc = co_await backing_->block_status(pos, bend - pos, &below); rc < 0)
+          co_return rc;
+        for (Extent x : below) {
+          x.depth += 1;
+          append(out, x);
+        }
+        covered = bend;
+      }
+      if (covered < run_end) {
+        Extent x;
+        x.offset = covered;
+        x.length = run_end - covered;
+        x.zero = true;
+        x.depth = depth_unallocated;
+        append(out, x);
+      }
+      pos = run_end;
+      continue;
+    }
+    uint64_t e;
+    if (int rc = co_await l2_entry(gc, &e); rc < 0) co_return rc;
+    Extent x;
+    if (int rc = co_await status_of(gc, e, &x); rc < 0) co_return rc;
+    const uint64_t in_off = pos - x.offset;
+    x.offset = pos;
+    x.length = std::min(end, (gc + 1) << cb_) - pos;
+    if (x.host_offset != Extent::kNoOffset) x.host_offset += in_off;
+    append(out, x);
+    pos += x.length;
+  }
+  co_return 0;
+}
+
+}  // namespace kiln::block::qcow2

@@ -1,0 +1,145 @@
+// Raw image files: guest offset = file offset. Holes and zeros come from the file system
+// (fallocate for write-zeroes and discard, SEEK_DATA/SEEK_HOLE for block status).
+#include "raw.h"
+
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace kiln::block {
+
+namespace {
+
+class RawDevice final : public BlockDevice {
+ public:
+  RawDevice(Reactor& r, std::string path, int fd, uint64_t size, bool ro)
+      : r_(r), path_(std::move(path)), fd_(fd), size_(size) {
+    caps_.read_only = ro;
+  }
+  ~RawDevice() override { ::close(fd_); }
+
+  uint64_t size() const override { return size_; }
+  const Capabilities& caps() const override { return caps_; }
+  const char* format() const override { return "raw"; }
+  const std::string& filename() const override { return path_; }
+  uint32_t chain_length() const override { return 0; }
+
+  Task<int> read(uint64_t off, std::span<uint8_t> buf) override {
+    if (off > size_ || buf.size() > size_ - off) co_return -EINVAL;
+    co_return co_await r_.read_full(fd_, buf, off);
+  }
+  Task<int> write(uint64_t off, std::span<const uint8_t> buf, unsigned flags) override {
+    if (caps_.read_only) co_return -EPERM;
+    if (off > size_ || buf.size() > size_ - off) co_return -ENOSPC;
+    int rc = co_await r_.write_full(fd_, buf, off);
+    if (rc == 0 && (flags & kWriteFua)) rc = co_await r_.fsync(fd_, true);
+    co_return rc;
+  }
+  Task<int> flush() override {
+    if (caps_.read_only) co_return 0;
+    co_return co_await r_.fsync(fd_, true);
+  }
+  Task<int> discard(uint64_t off, uint64_t len) override {
+    if (caps_.read_only) co_return -EPERM;
+    if (off > size_ || len > size_ - off) co_return -EINVAL;
+    int rc = co_await r_.fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len);
+    co_return rc == -EOPNOTSUPP ? 0 : rc;  // discard is advisory
+  }
+  Task<int> write_zeroes(uint64_t off, uint64_t len, unsigned flags) override {
+    if (caps_.read_only) co_return -EPERM;
+    if (off > size_ || len > size_ - off) co_return -ENOSPC;
+    int mode = (flags & kWriteNoUnmap) ? FALLOC_FL_ZERO_RANGE
+                                       : FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+    int rc = co_await r_.fallocate(fd_, mode, off, len);
+    if (rc == -EOPNOTSUPP && mode != FALLOC_FL_ZERO_RANGE)
+      rc = co_await r_.fallocate(fd_, FALLOC_FL_ZERO_RANGE, off, len);
+    if (rc == -EOPNOTSUPP) {
+      if (flags & kWriteFastZero) co_return -ENOTSUP;
+      std::vector<uint8_t> zeros(std::min<uint64_t>(len, 1u << 20));
+      for (uint64_t pos = 0; pos < len && rc != 0;) {
+        uint64_t n = std::min<uint64_t>(zeros.size(), len - pos);
+        if (int w = co_await r_.write_full(fd_, std::span<const uint8_t>(zeros).first(n), off + pos);
+            w < 0)
+          co_return w;
+        pos += n;
+      }
+      rc = 0;
+    }
+    if (rc == 0 && (flags & kWriteFua)) rc = co_await r_.fsync(fd_, true);
+    co_return rc;
+  }
+  Task<int> block_status(uint64_t off, uint64_t len, std::vector<Extent>* out) override {
+    if (off > size_) co_return -EINVAL;
+    len = std::min(len, size_ - off);
+    const uint64_t end = off + len;
+    uint64_t pos = off;
+    while (pos < end) {
+      off_t data = lseek(fd_, off_t(pos), SEEK_DATA);
+      uint64_t data_at = data < 0 ? end : std::min<uint64_t>(uint64_t(data), end);
+      if (data_at > pos) {
+        push(out, pos, data_at - pos, false);
+        pos = data_at;
+        continue;
+      }
+      off_t hole = lseek(fd_, off_t(pos), SEEK_HOLE);
+      uint64_t hole_at = hole < 0 ? end : std::min<uint64_t>(uint64_t(hole), end);
+      if (hole_at <= pos) hole_at = end;
+      push(out, pos, hole_at - pos, true);
+      pos = hole_at;
+    }
+    co_return 0;
+  }
+  Task<int> resize(uint64_t new_size) override {
+    if (caps_.read_only) co_return -EPERM;
+    if (new_size < size_) co_return -ENOTSUP;
+    if (ftruncate(fd_, off_t(new_size)) < 0) co_return -errno;
+    size_ = new_size;
+    co_return 0;
+  }
+  Task<int> close() override { co_return co_await flush(); }
+
+ private:
+  static void push(std::vector<Extent>* out, uint64_t off, uint64_t len, bool data) {
+    Extent e;
+    e.offset = off;
+    e.length = len;
+    e.present = data;
+    e.data = data;
+    e.zero = !data;
+    if (data) e.host_offset = off;
+    if (!out->empty()) {
+      Extent& b = out->back();
+      if (b.offset + b.length == off && b.data == data) {
+        b.length += len;
+        return;
+      }
+    }
+    out->push_back(e);
+  }
+
+  Reactor& r_;
+  std::string path_;
+  int fd_;
+  uint64_t size_;
+  Capabilities caps_;
+};
+
+}  // namespace
+
+std::unique_ptr<BlockDevice> open_raw(Reactor& r, const std::string& path, bool read_only) {
+  int fd = ::open(path.c_str(), (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+  if (fd < 0) throw Error(errno, path + ": cannot open: " + strerror(errno));
+  struct stat st;
+  if (fstat(fd, &st) < 0) {
+    int e = errno;
+    ::close(fd);
+    throw Error(e, path + ": " + strerror(e));
+  }
+  return std::make_unique<RawDevice>(r, path, fd, uint64_t(st.st_size), read_only);
+}
+
+}  // namespace kiln::block

@@ -1,0 +1,13 @@
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "kiln/block/device.h"
+
+namespace kiln::block {
+
+// A raw image file. Throws Error if it cannot be opened.
+std::unique_ptr<BlockDevice> open_raw(Reactor& r, const std::string& path, bool read_only);
+
+}  // namespace kiln::block

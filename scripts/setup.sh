@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs every Debian package that Kiln's build, tests and benchmarks need, then builds.
+#   scripts/setup.sh [--no-build]
+# Builds: build/release (Release) and build/asan (Debug with ASan+UBSan).
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+
+pkgs=$(cat scripts/packages.txt $(ls netplumb/packages.txt 2>/dev/null) | sed 's/#.*//' | tr -s ' \n' ' ')
+missing=()
+for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # shellcheck disable=SC2086
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+[ "${1:-}" = "--no-build" ] && exit 0
+
+build() {  # build DIR [cmake args...]
+  local dir=$1; shift
+  cmake -S . -B "$dir" -G Ninja "$@" >/dev/null
+  cmake --build "$dir"
+}
+build build/release -DCMAKE_BUILD_TYPE=Release
+build build/asan -DCMAKE_BUILD_TYPE=Debug -DKILN_SANITIZE=ON -DKILN_BUILD_BENCH=OFF
