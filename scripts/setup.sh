@@ -25,3 +25,7 @@ build() {  # build DIR [cmake args...]
 }
 build build/release -DCMAKE_BUILD_TYPE=Release
 build build/asan -DCMAKE_BUILD_TYPE=Debug -DKILN_SANITIZE=ON -DKILN_BUILD_BENCH=OFF
+# libFuzzer targets need clang.
+CC=clang CXX=clang++ cmake -S . -B build/fuzz -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DKILN_BUILD_FUZZ=ON -DKILN_BUILD_BENCH=OFF >/dev/null
+cmake --build build/fuzz --target kiln_fuzz_targets
