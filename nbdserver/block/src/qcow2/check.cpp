@@ -214,8 +214,11 @@ struct Checker {
                             " reference=" + std::to_string(want));
         }
       }
-      if (changed && co_await img.r_.write_full(img.fd_, block, off) < 0)
-        problem(false, "cannot write refcount block");
+      if (changed) {
+        // (A co_await inside a short-circuit condition is miscompiled by GCC 12.)
+        const int rc = co_await img.r_.write_full(img.fd_, block, off);
+        if (rc < 0) problem(false, "cannot write refcount block");
+      }
       covered = first + rb_entries;
     }
     for (uint64_t c = covered; c < file_clusters; ++c)

@@ -128,7 +128,9 @@ Task<int> Image::flush_locked() {
 }
 
 Task<int> Image::make_room(SliceCache& cache) {
-  if (cache.shrink() || in_flush_ || read_only_) co_return 0;
+  // While a flush (or a resize, which holds the flush lock and may allocate) is running, the
+  // cache may exceed its bound for a moment: waiting for it here could deadlock.
+  if (cache.shrink() || in_flush_ || read_only_ || flush_mutex_.locked()) co_return 0;
   // Only dirty slices are left: write them back in order, then evict.
   co_await flush_mutex_.lock();
   LockGuard guard(flush_mutex_);
