@@ -1,0 +1,261 @@
+// kiln-img create: qcow2 (with an optional backing file) or raw, as qemu-img create.
+#include <fcntl.h>
+#include <getopt.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <optional>
+#include <string>
+
+#include "img_commands.h"
+#include "kiln/block/device.h"
+#include "kiln/block/qcow2.h"
+#include "tool_util.h"
+
+namespace kiln::tools {
+namespace {
+
+struct CreateArgs {
+  std::string format = "raw";
+  std::string file;
+  std::optional<uint64_t> size;
+  std::string backing;
+  std::string backing_format;
+  bool unsafe = false;
+  bool quiet = false;
+  // -o values exactly as given (qemu-img echoes them), empty when not given.
+  std::string cluster_size, refcount_bits, compat, lazy_refcounts, compression_type;
+};
+
+bool is_power_of_two(uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
+
+// Parses one -o argument: comma-separated key=value pairs (",," escapes a comma).
+void parse_o(const std::string& text, CreateArgs& a, const std::string& file) {
+  std::vector<std::string> items;
+  std::string cur;
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (text[i] == ',') {
+      if (i + 1 < text.size() && text[i + 1] == ',') {
+        cur += ',';
+        ++i;
+        continue;
+      }
+      items.push_back(cur);
+      cur.clear();
+    } else {
+      cur += text[i];
+    }
+  }
+  items.push_back(cur);
+  for (const std::string& item : items) {
+    if (item.empty()) continue;
+    auto eq = item.find('=');
+    std::string key = item.substr(0, eq);
+    std::string value = eq == std::string::npos ? "" : item.substr(eq + 1);
+    if (eq == std::string::npos)
+      throw ToolError(file + ": Invalid parameter '" + key + "' (expected key=value)");
+    if (key == "cluster_size") {
+      a.cluster_size = value;
+    } else if (key == "refcount_bits") {
+      a.refcount_bits = value;
+    } else if (key == "compat") {
+      a.compat = value;
+    } else if (key == "lazy_refcounts") {
+      a.lazy_refcounts = value;
+    } else if (key == "compression_type") {
+      a.compression_type = value;
+    } else if (key == "backing_file") {
+      a.backing = value;
+    } else if (key == "backing_fmt") {
+      a.backing_format = value;
+    } else if (key == "size") {
+      a.size = parse_size_arg(value, "image size");
+    } else {
+      throw ToolError(file + ": Invalid parameter '" + key + "'");
+    }
+  }
+}
+
+bool parse_on_off(const std::string& v, const std::string& file, const char* name) {
+  if (v == "on" || v == "true" || v == "yes") return true;
+  if (v == "off" || v == "false" || v == "no") return false;
+  throw ToolError(file + ": Parameter '" + name + "' expects 'on' or 'off'");
+}
+
+kiln::block::qcow2::CreateOptions qcow2_options(const CreateArgs& a) {
+  const std::string& f = a.file;
+  kiln::block::qcow2::CreateOptions o;
+  if (!a.cluster_size.empty()) {
+    uint64_t cs = parse_size_arg(a.cluster_size, "cluster size");
+    if (!is_power_of_two(cs) || cs < 512 || cs > (2u << 20))
+      throw ToolError(f + ": Cluster size must be a power of two between 512 and 2048k");
+    o.cluster_size = static_cast<uint32_t>(cs);
+  }
+  if (!a.compat.empty()) {
+    if (a.compat == "0.10" || a.compat == "v2") {
+      o.version = 2;
+    } else if (a.compat == "1.1" || a.compat == "v3") {
+      o.version = 3;
+    } else {
+      throw ToolError(f + ": Invalid parameter value for 'compat': '" + a.compat +
+                      "' (use 0.10 or 1.1)");
+    }
+  }
+  if (!a.refcount_bits.empty()) {
+    uint64_t rb = parse_uint(a.refcount_bits, 1u << 20, "refcount_bits");
+    if (!is_power_of_two(rb) || rb > 64)
+      throw ToolError(f + ": Refcount width must be a power of two and may not exceed 64 bits");
+    if (o.version < 3 && rb != 16)
+      throw ToolError(f +
+                      ": Different refcount widths than 16 bits require compatibility level 1.1 "
+                      "or above (use version=v3 or greater)");
+    o.refcount_bits = static_cast<uint32_t>(rb);
+  }
+  if (!a.lazy_refcounts.empty()) {
+    o.lazy_refcounts = parse_on_off(a.lazy_refcounts, f, "lazy_refcounts");
+    if (o.lazy_refcounts && o.version < 3)
+      throw ToolError(f +
+                      ": Lazy refcounts only supported with compatibility level 1.1 and above "
+                      "(use version=v3 or greater)");
+  }
+  if (!a.compression_type.empty()) {
+    if (a.compression_type != "zlib" && a.compression_type != "zstd")
+      throw ToolError(f + ": Parameter 'compression-type' does not accept value '" +
+                      a.compression_type + "'");
+    if (a.compression_type != "zlib" && o.version < 3)
+      throw ToolError(f +
+                      ": Non-zlib compression type is only supported with compatibility level "
+                      "1.1 and above (use version=v3 or greater)");
+    o.compression_type = a.compression_type;
+  }
+  o.backing_file = a.backing;
+  o.backing_format = a.backing_format;
+  return o;
+}
+
+// Opens the backing file as the new image will (relative to its directory, with the given
+// format) and returns its size.
+uint64_t backing_size(const CreateArgs& a) {
+  std::string path = path_combine(a.file, a.backing);
+  kiln::block::OpenOptions opts;
+  opts.format = a.backing_format;
+  opts.read_only = true;
+  auto& reactor = kiln::block::Reactor::current();
+  try {
+    auto dev = reactor.run(kiln::block::open_image(reactor, path, opts));
+    uint64_t size = dev->size();
+    reactor.run(dev->close());
+    return size;
+  } catch (const kiln::block::Error& e) {
+    throw ToolError(a.file + ": Could not open backing image '" + a.backing + "': " + e.what());
+  }
+}
+
+void create_raw(const std::string& path, uint64_t size) {
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (fd.get() < 0)
+    throw ToolError(path + ": Could not create '" + path + "': " + std::strerror(errno));
+  if (::ftruncate(fd.get(), static_cast<off_t>(size)) != 0 || fd.close() != 0)
+    throw ToolError(path + ": Could not resize file to " + std::to_string(size) +
+                    " bytes: " + std::strerror(errno));
+}
+
+}  // namespace
+
+int img_create(int argc, char** argv) {
+  static const option kLong[] = {{"help", no_argument, nullptr, 'h'}, {nullptr, 0, nullptr, 0}};
+  CreateArgs a;
+  std::vector<std::string> o_args;
+  int c;
+  while ((c = getopt_long(argc, argv, ":hf:b:F:o:qu", kLong, nullptr)) != -1) {
+    switch (c) {
+      case 'f':
+        a.format = optarg;
+        break;
+      case 'b':
+        a.backing = optarg;
+        break;
+      case 'F':
+        a.backing_format = optarg;
+        break;
+      case 'o':
+        o_args.push_back(optarg);
+        break;
+      case 'q':
+        a.quiet = true;
+        break;
+      case 'u':
+        a.unsafe = true;
+        break;
+      case 'h':
+        std::puts(
+            "usage: kiln-img create [-q] [-f FMT] [-b BACKING -F FMT] [-u] [-o OPTS] FILE "
+            "[SIZE]");
+        return 0;
+      default:
+        bad_option(c, argv[optind - 1]);
+    }
+  }
+  if (optind >= argc) throw ToolError("Expecting image file name");
+  a.file = argv[optind++];
+  if (optind < argc) a.size = parse_size_arg(argv[optind++], "image size");
+  if (optind < argc) throw ToolError(std::string("Unexpected argument '") + argv[optind] + "'");
+  if (a.format != "raw" && a.format != "qcow2")
+    throw ToolError("Unknown file format '" + a.format + "' (supported: qcow2, raw)");
+  for (const std::string& o : o_args) parse_o(o, a, a.file);
+
+  if (a.format == "raw") {
+    if (!a.backing.empty())
+      throw ToolError(a.file + ": Backing file not supported for file format 'raw'");
+    if (!a.cluster_size.empty() || !a.refcount_bits.empty() || !a.compat.empty() ||
+        !a.lazy_refcounts.empty() || !a.compression_type.empty())
+      throw ToolError(a.file + ": qcow2 options are not supported for file format 'raw'");
+    if (!a.size) throw ToolError(a.file + ": Image creation needs a size parameter");
+    if (!a.quiet)
+      std::printf("Formatting '%s', fmt=raw size=%" PRIu64 "\n", a.file.c_str(), *a.size);
+    std::fflush(stdout);
+    create_raw(a.file, *a.size);
+    return 0;
+  }
+
+  kiln::block::qcow2::CreateOptions opts = qcow2_options(a);
+  if (!a.backing_format.empty() && a.backing.empty())
+    throw ToolError(a.file + ": Backing format given without a backing file");
+  if (!a.backing.empty()) {
+    if (a.backing_format.empty())
+      throw ToolError(a.file + ": Backing file specified without backing format (use -F)");
+    if (a.backing_format != "raw" && a.backing_format != "qcow2")
+      throw ToolError(a.file + ": Unknown backing file format '" + a.backing_format +
+                      "' (supported: qcow2, raw)");
+    if (!a.size || !a.unsafe) {
+      uint64_t bsize = backing_size(a);
+      if (!a.size) a.size = bsize;
+    }
+  }
+  if (!a.size) throw ToolError(a.file + ": Image creation needs a size parameter");
+  opts.size = *a.size;
+  if (!a.quiet) {
+    std::string line = "Formatting '" + a.file +
+                       "', fmt=qcow2 cluster_size=" + std::to_string(opts.cluster_size) +
+                       " extended_l2=off compression_type=" + opts.compression_type +
+                       " size=" + std::to_string(opts.size);
+    if (!a.compat.empty()) line += " compat=" + a.compat;
+    if (!a.backing.empty())
+      line += " backing_file=" + a.backing + " backing_fmt=" + a.backing_format;
+    line += std::string(" lazy_refcounts=") + (opts.lazy_refcounts ? "on" : "off") +
+            " refcount_bits=" + std::to_string(opts.refcount_bits);
+    std::puts(line.c_str());
+    std::fflush(stdout);
+  }
+  try {
+    kiln::block::qcow2::create(kiln::block::Reactor::current(), a.file, opts);
+  } catch (const kiln::block::Error& e) {
+    throw ToolError(a.file + ": " + e.what());
+  }
+  return 0;
+}
+
+}  // namespace kiln::tools

@@ -1,0 +1,237 @@
+// kiln-img info: what qemu-img info prints, in human or JSON form, optionally for the whole
+// backing chain.
+#include <getopt.h>
+#include <sys/stat.h>
+
+#include <cinttypes>
+#include <cstdio>
+#include <ctime>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "img_commands.h"
+#include "kiln/block/device.h"
+#include "kiln/block/qcow2.h"
+#include "tool_util.h"
+
+namespace kiln::tools {
+namespace {
+
+constexpr int kMaxChain = 64;
+
+struct ImageInfo {
+  std::string filename;
+  std::string format;
+  uint64_t virtual_size = 0;
+  int64_t actual_size = -1;
+  bool is_qcow2 = false;
+  kiln::block::qcow2::Info q;
+  std::string full_backing;  // resolved as qemu does, relative to `filename`
+};
+
+ImageInfo collect(const std::string& path, const std::string& format) {
+  ImageInfo info;
+  info.filename = path;
+  info.format = format;
+  info.actual_size = allocated_bytes(path);
+  if (format == "raw") {
+    // Like QEMU, a raw image is a whole number of 512-byte sectors.
+    info.virtual_size = (file_length(path) + 511) / 512 * 512;
+    return info;
+  }
+  info.is_qcow2 = true;
+  info.q = kiln::block::qcow2::read_info(kiln::block::Reactor::current(), path);
+  info.virtual_size = info.q.virtual_size;
+  if (!info.q.backing_file.empty()) info.full_backing = path_combine(path, info.q.backing_file);
+  return info;
+}
+
+std::string compat_name(uint32_t version) { return version >= 3 ? "1.1" : "0.10"; }
+
+JsonObject to_json(const ImageInfo& i) {
+  // Keys in the order qemu-img 7.2 prints them.
+  JsonObject o;
+  if (i.is_qcow2 && !i.q.backing_file.empty() && !i.q.backing_format.empty())
+    o.add("backing-filename-format", i.q.backing_format);
+  if (i.is_qcow2 && !i.q.snapshots.empty()) {
+    std::vector<JsonObject> snaps;
+    for (const auto& s : i.q.snapshots) {
+      JsonObject j;
+      j.add("icount", uint64_t{0});
+      j.add("vm-clock-nsec", s.vm_clock_nsec % 1000000000u);
+      j.add("name", s.name);
+      j.add("date-sec", uint64_t{s.date_sec});
+      j.add("date-nsec", uint64_t{s.date_nsec});
+      j.add("vm-clock-sec", s.vm_clock_nsec / 1000000000u);
+      j.add("id", s.id);
+      j.add("vm-state-size", s.vm_state_size);
+      snaps.push_back(std::move(j));
+    }
+    o.add("snapshots", snaps);
+  }
+  o.add("virtual-size", i.virtual_size);
+  o.add("filename", i.filename);
+  if (i.is_qcow2) o.add("cluster-size", uint64_t{i.q.cluster_size});
+  o.add("format", i.format);
+  if (i.actual_size >= 0) o.add("actual-size", i.actual_size);
+  if (i.is_qcow2) {
+    JsonObject data;
+    data.add("compat", compat_name(i.q.version));
+    data.add("compression-type", i.q.compression_type.empty() ? "zlib" : i.q.compression_type);
+    if (i.q.version >= 3) data.add("lazy-refcounts", i.q.lazy_refcounts);
+    data.add("refcount-bits", uint64_t{i.q.refcount_bits});
+    if (i.q.version >= 3) {
+      data.add("corrupt", i.q.corrupt);
+      data.add("extended-l2", i.q.extended_l2);
+    }
+    JsonObject fs;
+    fs.add("type", "qcow2");
+    fs.add("data", data);
+    o.add("format-specific", fs);
+    if (!i.q.backing_file.empty()) {
+      o.add("full-backing-filename", i.full_backing);
+      o.add("backing-filename", i.q.backing_file);
+    }
+  }
+  o.add("dirty-flag", i.is_qcow2 && i.q.dirty);
+  return o;
+}
+
+std::string format_date(uint32_t sec) {
+  time_t t = static_cast<time_t>(sec);
+  struct tm tm;
+  localtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm);
+  return buf;
+}
+
+std::string format_clock(uint64_t nsec) {
+  uint64_t ms = nsec / 1000000u;
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "%02" PRIu64 ":%02" PRIu64 ":%02" PRIu64 ".%03" PRIu64,
+                ms / 3600000u, ms / 60000u % 60u, ms / 1000u % 60u, ms % 1000u);
+  return buf;
+}
+
+void print_human(const ImageInfo& i) {
+  std::printf("image: %s\nfile format: %s\nvirtual size: %s (%" PRIu64 " bytes)\n",
+              i.filename.c_str(), i.format.c_str(), human_size(i.virtual_size).c_str(),
+              i.virtual_size);
+  if (i.actual_size >= 0)
+    std::printf("disk size: %s\n", human_size(static_cast<uint64_t>(i.actual_size)).c_str());
+  else
+    std::printf("disk size: unavailable\n");
+  if (!i.is_qcow2) return;
+  const auto& q = i.q;
+  std::printf("cluster_size: %u\n", q.cluster_size);
+  if (q.dirty) std::printf("cleanly shut down: no\n");
+  if (!q.backing_file.empty()) {
+    std::printf("backing file: %s", q.backing_file.c_str());
+    if (i.full_backing != q.backing_file) std::printf(" (actual path: %s)", i.full_backing.c_str());
+    std::printf("\n");
+    if (!q.backing_format.empty())
+      std::printf("backing file format: %s\n", q.backing_format.c_str());
+  }
+  if (!q.snapshots.empty()) {
+    std::printf("Snapshot list:\n");
+    std::printf("%-9s %-17s %7s %19s %12s %10s\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK",
+                "ICOUNT");
+    for (const auto& s : q.snapshots) {
+      std::printf("%-9s %-17s %7s %19s %12s %10s\n", s.id.c_str(), s.name.c_str(),
+                  human_size(s.vm_state_size).c_str(), format_date(s.date_sec).c_str(),
+                  format_clock(s.vm_clock_nsec).c_str(), "0");
+    }
+  }
+  std::printf("Format specific information:\n");
+  std::printf("    compat: %s\n", compat_name(q.version).c_str());
+  std::printf("    compression type: %s\n",
+              q.compression_type.empty() ? "zlib" : q.compression_type.c_str());
+  if (q.version >= 3) std::printf("    lazy refcounts: %s\n", q.lazy_refcounts ? "true" : "false");
+  std::printf("    refcount bits: %u\n", q.refcount_bits);
+  if (q.version >= 3) {
+    std::printf("    corrupt: %s\n", q.corrupt ? "true" : "false");
+    std::printf("    extended l2: %s\n", q.extended_l2 ? "true" : "false");
+  }
+}
+
+std::string identity(const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) return path;
+  return std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino);
+}
+
+}  // namespace
+
+int img_info(int argc, char** argv) {
+  enum { kOptOutput = 256, kOptChain };
+  static const option kLong[] = {{"help", no_argument, nullptr, 'h'},
+                                 {"output", required_argument, nullptr, kOptOutput},
+                                 {"backing-chain", no_argument, nullptr, kOptChain},
+                                 {nullptr, 0, nullptr, 0}};
+  std::string format;
+  OutputFormat out = OutputFormat::kHuman;
+  bool chain = false;
+  int c;
+  while ((c = getopt_long(argc, argv, ":hf:U", kLong, nullptr)) != -1) {
+    switch (c) {
+      case 'f':
+        format = optarg;
+        break;
+      case 'U':
+        break;  // kiln-img never locks for reading
+      case kOptOutput:
+        out = parse_output_format(optarg);
+        break;
+      case kOptChain:
+        chain = true;
+        break;
+      case 'h':
+        std::puts("usage: kiln-img info [-f FMT] [--output=human|json] [--backing-chain] FILE");
+        return 0;
+      default:
+        bad_option(c, argv[optind - 1]);
+    }
+  }
+  if (optind != argc - 1) throw ToolError("Expecting one image file name");
+  std::string path = argv[optind];
+
+  std::vector<ImageInfo> infos;
+  std::set<std::string> seen;
+  std::string cur = path;
+  std::string cur_format = resolve_format(format, path);
+  for (;;) {
+    if (!seen.insert(identity(cur)).second)
+      throw ToolError("Backing file '" + cur + "' creates an infinite loop.");
+    if (static_cast<int>(infos.size()) >= kMaxChain)
+      throw ToolError("Backing chain of '" + path + "' is deeper than " +
+                      std::to_string(kMaxChain) + " images");
+    infos.push_back(collect(cur, cur_format));
+    const ImageInfo& last = infos.back();
+    if (!chain || !last.is_qcow2 || last.q.backing_file.empty()) break;
+    if (last.q.backing_format.empty())
+      throw ToolError("Backing file '" + last.full_backing + "' of '" + cur +
+                      "' has no backing format in the image header (refusing to probe)");
+    cur_format = resolve_format(last.q.backing_format, last.full_backing);
+    cur = last.full_backing;
+  }
+
+  if (out == OutputFormat::kJson) {
+    if (chain) {
+      std::vector<JsonObject> all;
+      for (const auto& i : infos) all.push_back(to_json(i));
+      std::printf("%s\n", render_array(all, 0).c_str());
+    } else {
+      std::printf("%s\n", to_json(infos[0]).render().c_str());
+    }
+    return 0;
+  }
+  for (size_t n = 0; n < infos.size(); ++n) {
+    if (n) std::printf("\n");
+    print_human(infos[n]);
+  }
+  return 0;
+}
+
+}  // namespace kiln::tools

@@ -1,0 +1,84 @@
+// kiln-img resize: grows an image (qcow2 or raw) to an absolute size or by a relative amount.
+// Shrinking is refused: it would drop guest data and Kiln does not implement it.
+#include <getopt.h>
+
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "img_commands.h"
+#include "kiln/block/device.h"
+#include "tool_util.h"
+
+namespace kiln::tools {
+
+int img_resize(int argc, char** argv) {
+  enum { kOptShrink = 256 };
+  static const option kLong[] = {{"help", no_argument, nullptr, 'h'},
+                                 {"shrink", no_argument, nullptr, kOptShrink},
+                                 {nullptr, 0, nullptr, 0}};
+  std::string format;
+  bool quiet = false;
+  int c;
+  while ((c = getopt_long(argc, argv, ":hf:q", kLong, nullptr)) != -1) {
+    switch (c) {
+      case 'f':
+        format = optarg;
+        break;
+      case 'q':
+        quiet = true;
+        break;
+      case kOptShrink:
+        break;  // accepted for compatibility; shrinking is refused anyway
+      case 'h':
+        std::puts("usage: kiln-img resize [-q] [-f FMT] FILE [+]SIZE");
+        return 0;
+      default:
+        bad_option(c, argv[optind - 1]);
+    }
+  }
+  if (argc - optind != 2) throw ToolError("Expecting an image file name and a size");
+  std::string path = argv[optind];
+  std::string size_text = argv[optind + 1];
+  int sign = 0;
+  if (!size_text.empty() && (size_text[0] == '+' || size_text[0] == '-')) {
+    sign = size_text[0] == '+' ? 1 : -1;
+    size_text.erase(0, 1);
+  }
+  uint64_t amount = parse_size_arg(size_text, "size");
+
+  auto& reactor = kiln::block::Reactor::current();
+  kiln::block::OpenOptions opts;
+  opts.format = resolve_format(format, path);
+  auto dev = reactor.run(kiln::block::open_image(reactor, path, opts));
+  const uint64_t current = dev->size();
+  uint64_t target;
+  if (sign > 0) {
+    if (amount > UINT64_MAX - current) throw ToolError("Image size would overflow 2^64");
+    target = current + amount;
+  } else if (sign < 0) {
+    target = amount > current ? 0 : current - amount;
+  } else {
+    target = amount;
+  }
+  if (target < current) {
+    reactor.run(dev->close());
+    throw ToolError("Shrinking images is not supported (current size " + std::to_string(current) +
+                    " bytes, requested " + std::to_string(target) + " bytes)");
+  }
+  int rc = target == current ? 0 : reactor.run(dev->resize(target));
+  int close_rc = reactor.run(dev->close());
+  if (rc < 0) {
+    if (rc == -ENOTSUP || rc == -EOPNOTSUPP)
+      throw ToolError("This image does not support resize to " + std::to_string(target) +
+                      " bytes: " + std::strerror(-rc));
+    throw ToolError("Error resizing image: " + std::string(std::strerror(-rc)));
+  }
+  if (close_rc < 0)
+    throw ToolError("Error closing image: " + std::string(std::strerror(-close_rc)));
+  if (!quiet) std::printf("Image resized.\n");
+  return 0;
+}
+
+}  // namespace kiln::tools

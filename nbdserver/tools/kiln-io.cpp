@@ -1,0 +1,394 @@
+// kiln-io: drives a BlockDevice with qemu-io-like commands, from -c arguments or a script.
+// In script mode it prints "ok N" when line N completed and "flushed N" when the flush on
+// line N completed, flushing stdout each time, so a test that kills it knows what was
+// acknowledged. With --parallel N, commands between barriers (flush, dump, size) run
+// concurrently, up to N at a time.
+#include <fcntl.h>
+#include <getopt.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "io_command.h"
+#include "kiln/block/device.h"
+#include "tool_util.h"
+
+namespace kiln::tools {
+namespace {
+
+using kiln::block::BlockDevice;
+using kiln::block::Reactor;
+using kiln::block::Task;
+
+constexpr uint64_t kMaxPiece = 4u << 20;
+
+struct Options {
+  std::string format;
+  bool read_only = false;
+  size_t l2_cache = 0;
+  std::string image;
+  std::vector<std::string> commands;  // -c
+  std::string script;                 // --script FILE or "-"
+  unsigned parallel = 1;
+};
+
+// One failed command ends the run; the first failure is the one reported.
+struct RunState {
+  bool script_mode = false;
+  std::string error;
+  bool failed() const { return !error.empty(); }
+  void fail(const IoCommand& cmd, const std::string& what) {
+    if (error.empty()) error = "line " + std::to_string(cmd.line) + ": " + what;
+  }
+};
+
+std::string errno_text(int rc) { return std::strerror(-rc); }
+
+void say(const char* fmt, uint64_t a, uint64_t b) {
+  std::printf(fmt, a, a, b);
+  std::fflush(stdout);
+}
+
+Task<void> do_read(BlockDevice& dev, const IoCommand& cmd, RunState& st) {
+  std::vector<uint8_t> buf(static_cast<size_t>(std::min(cmd.length, kMaxPiece)));
+  for (uint64_t done = 0; done < cmd.length;) {
+    size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), cmd.length - done));
+    int rc = co_await dev.read(cmd.offset + done, std::span<uint8_t>(buf.data(), n));
+    if (rc < 0) {
+      st.fail(cmd,
+              "read failed at offset " + std::to_string(cmd.offset + done) + ": " + errno_text(rc));
+      co_return;
+    }
+    if (!cmd.accept.empty()) {
+      bool ok[256] = {};
+      for (uint8_t b : cmd.accept) ok[b] = true;
+      for (size_t i = 0; i < n; ++i) {
+        if (!ok[buf[i]]) {
+          char msg[160];
+          std::snprintf(msg, sizeof msg,
+                        "read -P: pattern mismatch at offset %" PRIu64
+                        ": got 0x%02x, expected 0x%02x%s",
+                        cmd.offset + done + i, buf[i], cmd.accept[0],
+                        cmd.accept.size() > 1 ? " or another listed byte" : "");
+          st.fail(cmd, msg);
+          co_return;
+        }
+      }
+    }
+    done += n;
+  }
+  if (!st.script_mode)
+    say("read %" PRIu64 "/%" PRIu64 " bytes at offset %" PRIu64 "\n", cmd.length, cmd.offset);
+}
+
+Task<void> do_write(Reactor& reactor, BlockDevice& dev, const IoCommand& cmd, RunState& st) {
+  std::vector<uint8_t> buf(static_cast<size_t>(std::min(cmd.length, kMaxPiece)),
+                           static_cast<uint8_t>(cmd.pattern < 0 ? 0 : cmd.pattern));
+  std::unique_ptr<UniqueFd> src;
+  if (cmd.op == IoOp::kWritef) {
+    src = std::make_unique<UniqueFd>(::open(cmd.path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (src->get() < 0) {
+      st.fail(cmd, "cannot open '" + cmd.path + "': " + std::strerror(errno));
+      co_return;
+    }
+  }
+  unsigned flags = cmd.fua ? unsigned{kiln::block::kWriteFua} : 0u;
+  for (uint64_t done = 0; done < cmd.length;) {
+    size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), cmd.length - done));
+    if (src) {
+      int rc = co_await reactor.read_full(src->get(), std::span<uint8_t>(buf.data(), n), done);
+      if (rc < 0) {
+        st.fail(cmd, "cannot read '" + cmd.path + "': " + errno_text(rc));
+        co_return;
+      }
+    }
+    int rc = co_await dev.write(cmd.offset + done, std::span<const uint8_t>(buf.data(), n), flags);
+    if (rc < 0) {
+      st.fail(cmd, "write failed at offset " + std::to_string(cmd.offset + done) + ": " +
+                       errno_text(rc));
+      co_return;
+    }
+    done += n;
+  }
+  if (!st.script_mode)
+    say("wrote %" PRIu64 "/%" PRIu64 " bytes at offset %" PRIu64 "\n", cmd.length, cmd.offset);
+}
+
+Task<void> do_dump(Reactor& reactor, BlockDevice& dev, const IoCommand& cmd, RunState& st) {
+  UniqueFd fd(::open(cmd.path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (fd.get() < 0) {
+    st.fail(cmd, "cannot create '" + cmd.path + "': " + std::strerror(errno));
+    co_return;
+  }
+  const uint64_t size = dev.size();
+  if (::ftruncate(fd.get(), static_cast<off_t>(size)) != 0) {
+    st.fail(cmd, "cannot resize '" + cmd.path + "': " + std::strerror(errno));
+    co_return;
+  }
+  std::vector<uint8_t> buf(static_cast<size_t>(std::min<uint64_t>(kMaxPiece, size)));
+  for (uint64_t off = 0; off < size;) {
+    size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), size - off));
+    int rc = co_await dev.read(off, std::span<uint8_t>(buf.data(), n));
+    if (rc < 0) {
+      st.fail(cmd, "read failed at offset " + std::to_string(off) + ": " + errno_text(rc));
+      co_return;
+    }
+    bool zero = std::all_of(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(n),
+                            [](uint8_t b) { return b == 0; });
+    if (!zero) {
+      rc = co_await reactor.write_full(fd.get(), std::span<const uint8_t>(buf.data(), n), off);
+      if (rc < 0) {
+        st.fail(cmd, "cannot write '" + cmd.path + "': " + errno_text(rc));
+        co_return;
+      }
+    }
+    off += n;
+  }
+  if (!st.script_mode) {
+    std::printf("dumped %" PRIu64 " bytes to %s\n", size, cmd.path.c_str());
+    std::fflush(stdout);
+  }
+}
+
+Task<void> execute(Reactor& reactor, BlockDevice& dev, const IoCommand& cmd, RunState& st) {
+  int rc = 0;
+  switch (cmd.op) {
+    case IoOp::kRead:
+      co_await do_read(dev, cmd, st);
+      break;
+    case IoOp::kWrite:
+    case IoOp::kWritef:
+      co_await do_write(reactor, dev, cmd, st);
+      break;
+    case IoOp::kZero: {
+      unsigned flags = (cmd.unmap ? 0u : unsigned{kiln::block::kWriteNoUnmap}) |
+                       (cmd.fua ? unsigned{kiln::block::kWriteFua} : 0u);
+      rc = co_await dev.write_zeroes(cmd.offset, cmd.length, flags);
+      if (rc < 0)
+        st.fail(cmd, "zero failed at offset " + std::to_string(cmd.offset) + ": " + errno_text(rc));
+      else if (!st.script_mode)
+        say("wrote %" PRIu64 "/%" PRIu64 " bytes at offset %" PRIu64 "\n", cmd.length, cmd.offset);
+      break;
+    }
+    case IoOp::kDiscard:
+      rc = co_await dev.discard(cmd.offset, cmd.length);
+      if (rc < 0)
+        st.fail(cmd,
+                "discard failed at offset " + std::to_string(cmd.offset) + ": " + errno_text(rc));
+      else if (!st.script_mode)
+        say("discard %" PRIu64 "/%" PRIu64 " bytes at offset %" PRIu64 "\n", cmd.length,
+            cmd.offset);
+      break;
+    case IoOp::kFlush:
+      rc = co_await dev.flush();
+      if (rc < 0) st.fail(cmd, "flush failed: " + errno_text(rc));
+      break;
+    case IoOp::kDump:
+      co_await do_dump(reactor, dev, cmd, st);
+      break;
+    case IoOp::kSize:
+      std::printf("size %" PRIu64 "\n", dev.size());
+      std::fflush(stdout);
+      break;
+  }
+  if (st.failed() || !st.script_mode) co_return;
+  if (cmd.op == IoOp::kFlush) std::printf("flushed %d\n", cmd.line);
+  std::printf("ok %d\n", cmd.line);
+  std::fflush(stdout);
+}
+
+// Runs the commands in order; with parallel > 1, non-barrier commands overlap.
+class Runner {
+ public:
+  Runner(Reactor& reactor, BlockDevice& dev, RunState& st, unsigned parallel)
+      : reactor_(reactor),
+        dev_(dev),
+        st_(st),
+        parallel_(parallel),
+        group_(reactor),
+        slot_free_(reactor) {}
+
+  Task<void> submit(IoCommand cmd) {
+    if (st_.failed()) co_return;
+    if (parallel_ <= 1) {
+      co_await execute(reactor_, dev_, cmd, st_);
+      co_return;
+    }
+    if (is_barrier(cmd.op)) {
+      co_await group_.wait();
+      if (st_.failed()) co_return;
+      co_await execute(reactor_, dev_, cmd, st_);
+      co_return;
+    }
+    while (inflight_ >= parallel_) co_await slot_free_.wait();
+    ++inflight_;
+    reactor_.spawn(one(std::move(cmd)), &group_);
+  }
+
+  Task<void> drain() { co_await group_.wait(); }
+
+ private:
+  Task<void> one(IoCommand cmd) {
+    try {
+      co_await execute(reactor_, dev_, cmd, st_);
+    } catch (const std::exception& e) {
+      st_.fail(cmd, e.what());
+    }
+    --inflight_;
+    slot_free_.notify_all();
+  }
+
+  Reactor& reactor_;
+  BlockDevice& dev_;
+  RunState& st_;
+  unsigned parallel_;
+  kiln::block::WaitGroup group_;
+  kiln::block::WaitList slot_free_;
+  unsigned inflight_ = 0;
+};
+
+Task<void> run_all(Runner& runner, const std::vector<IoCommand>& commands, std::istream* script) {
+  for (const IoCommand& cmd : commands) co_await runner.submit(cmd);
+  if (script) {
+    std::string text;
+    int line = 0;
+    while (std::getline(*script, text)) {
+      ++line;
+      IoCommand cmd;
+      if (!parse_io_command(text, line, &cmd)) continue;
+      co_await runner.submit(std::move(cmd));
+    }
+  }
+  co_await runner.drain();
+}
+
+void usage(FILE* out) {
+  std::fputs(
+      "usage: kiln-io [-f FMT] [-r] [--l2-cache BYTES] IMAGE [-c CMD]... [--script FILE|-]\n"
+      "               [--parallel N]\n"
+      "commands: read [-P BYTE] OFF LEN | write [-f] [-P BYTE] OFF LEN |\n"
+      "          writef HOSTFILE OFF LEN | zero [-f] [-u] OFF LEN | discard OFF LEN |\n"
+      "          flush | dump FILE | size\n",
+      out);
+}
+
+int run(int argc, char** argv) {
+  enum { kOptL2 = 256, kOptScript, kOptParallel };
+  static const option kLong[] = {{"help", no_argument, nullptr, 'h'},
+                                 {"format", required_argument, nullptr, 'f'},
+                                 {"read-only", no_argument, nullptr, 'r'},
+                                 {"cmd", required_argument, nullptr, 'c'},
+                                 {"l2-cache", required_argument, nullptr, kOptL2},
+                                 {"script", required_argument, nullptr, kOptScript},
+                                 {"parallel", required_argument, nullptr, kOptParallel},
+                                 {nullptr, 0, nullptr, 0}};
+  Options o;
+  opterr = 0;
+  int c;
+  while ((c = getopt_long(argc, argv, ":hf:rc:", kLong, nullptr)) != -1) {
+    switch (c) {
+      case 'f':
+        o.format = optarg;
+        if (o.format != "raw" && o.format != "qcow2")
+          throw ToolError("Unknown format '" + o.format + "' (supported: qcow2, raw)");
+        break;
+      case 'r':
+        o.read_only = true;
+        break;
+      case 'c':
+        o.commands.push_back(optarg);
+        break;
+      case kOptL2:
+        o.l2_cache = static_cast<size_t>(parse_size_arg(optarg, "L2 cache size"));
+        break;
+      case kOptScript:
+        o.script = optarg;
+        break;
+      case kOptParallel:
+        o.parallel = static_cast<unsigned>(parse_uint(optarg, 1024, "--parallel value"));
+        if (o.parallel == 0) throw ToolError("--parallel must be at least 1");
+        break;
+      case 'h':
+        usage(stdout);
+        return 0;
+      case ':':
+        throw ToolError(std::string("option '") + argv[optind - 1] + "' requires an argument");
+      default:
+        throw ToolError(std::string("unrecognized option '") + argv[optind - 1] + "'");
+    }
+  }
+  if (argc - optind != 1) throw ToolError("Expecting exactly one image file name");
+  o.image = argv[optind];
+
+  // Parse every -c command before touching the image, so a typo changes nothing.
+  std::vector<IoCommand> commands;
+  for (size_t i = 0; i < o.commands.size(); ++i) {
+    IoCommand cmd;
+    if (parse_io_command(o.commands[i], static_cast<int>(i + 1), &cmd)) commands.push_back(cmd);
+  }
+  std::ifstream script_file;
+  std::istream* script = nullptr;
+  if (!o.script.empty()) {
+    if (o.script == "-") {
+      script = &std::cin;
+    } else {
+      script_file.open(o.script);
+      if (!script_file) throw ToolError("cannot open script '" + o.script + "'");
+      script = &script_file;
+    }
+  }
+
+  Reactor& reactor = Reactor::current();
+  kiln::block::OpenOptions opts;
+  opts.format = o.format;
+  opts.read_only = o.read_only;
+  if (o.l2_cache) opts.l2_cache_bytes = o.l2_cache;
+  auto dev = reactor.run(kiln::block::open_image(reactor, o.image, opts));
+
+  RunState st;
+  st.script_mode = script != nullptr;
+  Runner runner(reactor, *dev, st, o.parallel);
+  std::string parse_error;
+  try {
+    reactor.run(run_all(runner, commands, script));
+  } catch (const ToolError& e) {
+    // A bad script line: let what is in flight finish, then report it.
+    parse_error = e.what();
+    reactor.run(runner.drain());
+  }
+  int close_rc = reactor.run(dev->close());
+  if (st.failed()) throw ToolError(st.error);
+  if (!parse_error.empty()) throw ToolError(parse_error);
+  if (close_rc < 0) throw ToolError("closing the image failed: " + errno_text(close_rc));
+  return 0;
+}
+
+}  // namespace
+}  // namespace kiln::tools
+
+int main(int argc, char** argv) {
+  try {
+    return kiln::tools::run(argc, argv);
+  } catch (const kiln::tools::ToolError& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "kiln-io: %s\n", e.what());
+    return e.exit_code();
+  } catch (const std::bad_alloc&) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "kiln-io: out of memory\n");
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "kiln-io: %s\n", e.what());
+  }
+  return 1;
+}

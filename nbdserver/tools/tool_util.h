@@ -1,0 +1,86 @@
+// Helpers shared by the command-line tools: errors that end the program, qemu-style number
+// and path formatting, and a small JSON writer that keeps keys in the order given.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace kiln::tools {
+
+// Owns a file descriptor.
+class UniqueFd {
+ public:
+  explicit UniqueFd(int fd = -1) : fd_(fd) {}
+  ~UniqueFd();
+  UniqueFd(const UniqueFd&) = delete;
+  UniqueFd& operator=(const UniqueFd&) = delete;
+  int get() const { return fd_; }
+  // Closes now, reporting the error close() may return (for files that were written).
+  int close();
+
+ private:
+  int fd_;
+};
+
+// Thrown to end a tool with one line on stderr and the given exit code.
+class ToolError : public std::runtime_error {
+ public:
+  explicit ToolError(const std::string& what, int exit_code = 1)
+      : std::runtime_error(what), exit_code_(exit_code) {}
+  int exit_code() const { return exit_code_; }
+
+ private:
+  int exit_code_;
+};
+
+// "396 KiB", "1 GiB", "0 B": three significant digits, binary units, as qemu-img prints.
+std::string human_size(uint64_t bytes);
+
+// A size argument with an optional k/M/G/T suffix; `what` names it in the error.
+uint64_t parse_size_arg(const std::string& text, const char* what);
+
+// A non-negative integer (decimal or 0x-hex) no larger than `max`.
+uint64_t parse_uint(const std::string& text, uint64_t max, const char* what);
+
+// The path of `relative` seen from the directory of `base` (as qemu resolves backing files).
+std::string path_combine(const std::string& base, const std::string& relative);
+
+// The bytes the file occupies on the host file system, or -1.
+int64_t allocated_bytes(const std::string& path);
+// The length of the file, or throws ToolError.
+uint64_t file_length(const std::string& path);
+
+std::string json_quote(std::string_view s);
+
+// A JSON object whose members are rendered in insertion order, pretty-printed as qemu-img
+// prints them (four spaces per level).
+class JsonObject {
+ public:
+  JsonObject& add(const std::string& key, const std::string& s);
+  JsonObject& add(const std::string& key, const char* s) { return add(key, std::string(s)); }
+  JsonObject& add(const std::string& key, uint64_t v);
+  JsonObject& add(const std::string& key, int64_t v);
+  JsonObject& add(const std::string& key, uint32_t v) { return add(key, uint64_t{v}); }
+  JsonObject& add(const std::string& key, int v) { return add(key, int64_t{v}); }
+  JsonObject& add(const std::string& key, bool v);
+  JsonObject& add(const std::string& key, const JsonObject& v);
+  JsonObject& add(const std::string& key, const std::vector<JsonObject>& v);
+  std::string render(int indent = 0) const;
+
+ private:
+  struct Member {
+    std::string key;
+    std::string scalar;             // rendered scalar, if not nested
+    std::vector<JsonObject> items;  // nested object (one item) or array
+    enum Kind { kScalar, kObject, kArray } kind = kScalar;
+  };
+  std::vector<Member> members_;
+};
+
+std::string render_array(const std::vector<JsonObject>& items, int indent);
+
+}  // namespace kiln::tools

@@ -1,0 +1,239 @@
+"""Malformed images, one per test: kiln-img info and kiln-io read must fail with one clear
+line, without a crash, a sanitizer report, or a giant allocation (address space is limited
+in uninstrumented builds)."""
+
+import os
+import struct
+
+import pytest
+
+from kiln_helpers import (MiB, assert_one_line_error, create_qcow2, header_get, header_set,
+                          kiln_img, kiln_io, make_raw, patch_bytes, qemu_io)
+
+
+def good_image(d, name="img.qcow2", **kw):
+    img = create_qcow2(os.path.join(d, name), kw.pop("size", 4 * MiB), **kw)
+    qemu_io(img, "write -P 0x11 0 128k", "write -P 0x22 1M 64k")
+    return img
+
+
+def expect_refused(img, chain=False, fmt=None):
+    fmt_args = ["-f", fmt] if fmt else []
+    info_args = ["info", *fmt_args] + (["--backing-chain"] if chain else []) + [img]
+    p = kiln_img(*info_args, check=False, limit_memory=True, timeout=60)
+    assert_one_line_error(p, "kiln-img")
+    print(f"\n  {os.path.basename(img)}: {p.stderr.strip()}")
+    p = kiln_io(img, "read 0 64k", extra=["-r", *fmt_args], check=False, limit_memory=True,
+                timeout=60)
+    assert_one_line_error(p, "kiln-io")
+    return p.stderr
+
+
+def add_header_extension(img, ext_type, payload):
+    """Appends a header extension after the existing ones (v3 header, 104 bytes)."""
+    hdr_len = header_get(img, "header_length")
+    with open(img, "r+b") as f:
+        f.seek(hdr_len)
+        pos = hdr_len
+        while True:
+            f.seek(pos)
+            t, n = struct.unpack(">II", f.read(8))
+            if t == 0:
+                break
+            pos += 8 + (n + 7) // 8 * 8
+        padded = payload + b"\0" * ((8 - len(payload) % 8) % 8)
+        f.seek(pos)
+        f.write(struct.pack(">II", ext_type, len(payload)) + padded + struct.pack(">II", 0, 0))
+
+
+def test_bad_magic(workdir):
+    img = good_image(workdir)
+    header_set(img, "magic", 0x12345678)
+    expect_refused(img, fmt="qcow2")
+
+
+def test_truncated_header(workdir):
+    img = good_image(workdir)
+    os.truncate(img, 50)
+    expect_refused(img, fmt="qcow2")
+
+
+def test_truncated_tables(workdir):
+    img = good_image(workdir)
+    # Cut the file inside the metadata: the refcount table and L1 table are gone.
+    os.truncate(img, 65536 + 100)
+    expect_refused(img)
+
+
+@pytest.mark.parametrize("bits", [8, 22, 63])
+def test_cluster_bits_out_of_range(workdir, bits):
+    img = good_image(workdir)
+    header_set(img, "cluster_bits", bits)
+    expect_refused(img)
+
+
+def test_l1_past_eof(workdir):
+    img = good_image(workdir)
+    header_set(img, "l1_table_offset", 1 << 40)
+    expect_refused(img)
+
+
+def test_l1_absurdly_large(workdir):
+    img = good_image(workdir)
+    header_set(img, "l1_size", 0x7fffffff)
+    expect_refused(img)
+
+
+def test_virtual_size_absurd(workdir):
+    img = good_image(workdir)
+    header_set(img, "size", 1 << 62)
+    expect_refused(img)
+
+
+def test_refcount_table_past_eof(workdir):
+    img = good_image(workdir)
+    header_set(img, "refcount_table_offset", 1 << 40)
+    expect_refused(img)
+
+
+def test_refcount_table_absurdly_large(workdir):
+    img = good_image(workdir)
+    header_set(img, "refcount_table_clusters", 0xffffffff)
+    expect_refused(img)
+
+
+def test_l1_at_offset_zero(workdir):
+    img = good_image(workdir)
+    header_set(img, "l1_table_offset", 0)
+    expect_refused(img)
+
+
+def test_refcount_table_overlaps_l1(workdir):
+    img = good_image(workdir)
+    header_set(img, "refcount_table_offset", header_get(img, "l1_table_offset"))
+    expect_refused(img)
+
+
+def test_backing_name_too_long(workdir):
+    img = good_image(workdir)
+    name = b"b" * 1500
+    size = os.path.getsize(img)
+    patch_bytes(img, size, name)
+    header_set(img, "backing_file_offset", size)
+    header_set(img, "backing_file_size", len(name))
+    expect_refused(img)
+
+
+def test_backing_loop(workdir):
+    a = os.path.join(workdir, "a.qcow2")
+    b = os.path.join(workdir, "b.qcow2")
+    create_qcow2(b, 4 * MiB)
+    create_qcow2(a, 4 * MiB, backing=b, backing_fmt="qcow2")
+    # Point b at a: create b again over a, then restore a's header pointing at b.
+    os.rename(a, a + ".keep")
+    create_qcow2(a, 4 * MiB)
+    os.remove(b)
+    create_qcow2(b, 4 * MiB, backing=a, backing_fmt="qcow2")
+    os.replace(a + ".keep", a)
+    expect_refused(a, chain=True)
+
+
+def test_backing_self_loop(workdir):
+    a = os.path.join(workdir, "a.qcow2")
+    create_qcow2(a, 4 * MiB)
+    tmp = os.path.join(workdir, "t.qcow2")
+    create_qcow2(tmp, 4 * MiB, backing=a, backing_fmt="qcow2")
+    os.replace(tmp, a)  # a now names itself as backing
+    expect_refused(a, chain=True)
+
+
+def test_backing_without_format(workdir):
+    base = make_raw(os.path.join(workdir, "base.raw"), 4 * MiB, seed=1)
+    img = good_image(workdir, backing=base, backing_fmt="raw")
+    # Turn the backing-format extension (0xe2792aca) into an unknown, ignorable one.
+    with open(img, "r+b") as f:
+        head = f.read(65536)
+    pos = head.find(struct.pack(">I", 0xe2792aca))
+    assert pos > 0
+    patch_bytes(img, pos, struct.pack(">I", 0x12345678))
+    expect_refused(img, chain=True)
+
+
+def test_encryption(workdir):
+    img = good_image(workdir)
+    header_set(img, "crypt_method", 1)
+    err = expect_refused(img)
+    assert "encrypt" in err.lower(), err
+
+
+def test_external_data_file(workdir):
+    img = good_image(workdir)
+    header_set(img, "incompatible_features", header_get(img, "incompatible_features") | 4)
+    err = expect_refused(img)
+    assert "data" in err.lower(), err
+
+
+def test_unknown_incompatible_bit(workdir):
+    img = good_image(workdir)
+    header_set(img, "incompatible_features", header_get(img, "incompatible_features") | 1 << 20)
+    expect_refused(img)
+
+
+def test_extended_l2(workdir):
+    img = good_image(workdir)
+    header_set(img, "incompatible_features", header_get(img, "incompatible_features") | 16)
+    expect_refused(img)
+
+
+def test_version_unknown(workdir):
+    img = good_image(workdir)
+    header_set(img, "version", 4)
+    expect_refused(img)
+
+
+def test_refcount_order_too_big(workdir):
+    img = good_image(workdir)
+    header_set(img, "refcount_order", 7)
+    expect_refused(img)
+
+
+def test_header_length_absurd(workdir):
+    img = good_image(workdir)
+    header_set(img, "header_length", 0xfffffff0)
+    expect_refused(img)
+
+
+def test_header_extension_absurd_length(workdir):
+    img = good_image(workdir)
+    add_header_extension(img, 0x12345678, b"x")
+    # Make that extension claim to be 4 GiB long.
+    hdr_len = header_get(img, "header_length")
+    with open(img, "rb") as f:
+        f.seek(hdr_len)
+        data = f.read(4096)
+    pos = hdr_len + data.find(struct.pack(">I", 0x12345678))
+    patch_bytes(img, pos + 4, struct.pack(">I", 0xfffffff0))
+    expect_refused(img)
+
+
+def test_snapshot_table_absurd(workdir):
+    img = good_image(workdir)
+    header_set(img, "nb_snapshots", 0x7fffffff)
+    header_set(img, "snapshots_offset", 65536)
+    expect_refused(img)
+
+
+def test_l2_entry_past_eof_reads_fail_cleanly(workdir):
+    """An L2 entry pointing far past the end of the file: reading it must fail (or read zeros)
+    without a crash; the header itself is fine so info succeeds."""
+    img = good_image(workdir)
+    l1 = header_get(img, "l1_table_offset")
+    with open(img, "rb") as f:
+        f.seek(l1)
+        l2 = struct.unpack(">Q", f.read(8))[0] & 0x00fffffffffffe00
+    patch_bytes(img, l2, struct.pack(">Q", (1 << 63) | (1 << 50)))
+    p = kiln_io(img, "read 0 64k", extra=["-r"], check=False, limit_memory=True, timeout=60)
+    assert p.returncode in (0, 1), p.stderr
+    assert "Sanitizer" not in p.stderr and "runtime error" not in p.stderr, p.stderr
+    if p.returncode:
+        assert_one_line_error(p, "kiln-io")
