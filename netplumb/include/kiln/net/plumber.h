@@ -1,0 +1,66 @@
+// Linux plumbing for the netplumb model: reconciles the kernel with a Snapshot.
+//
+// Host namespace (the one the process runs in): a bridge brq<net> per network with its segment
+// device (vxlan-<vni>, <phys>.<vlan>, or the mapped physical interface for flat), a tap<port>
+// per port (a tap, or a veth whose far end is moved into the port's namespace), and the
+// security-group tables "bridge kiln_sg" and "inet kiln_sg".
+// Namespaces under $KILN_RUN_DIR/netns: qdhcp-<net> with dnsmasq, qrouter-<router> with one
+// qr- leg per subnet, a qg- leg on the external network, and table "ip kiln_nat".
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "kiln/net/model.h"
+#include "kiln/net/store.h"
+
+namespace kiln::net {
+
+struct HostConfig {
+  std::string vxlan_local_ip;            // empty: the kernel picks
+  std::vector<std::string> vxlan_peers;  // head-end replication targets
+  std::vector<std::pair<std::string, std::string>> physical_interface_mappings;  // physnet, dev
+  std::string dnsmasq = "/usr/sbin/dnsmasq";
+};
+
+struct ApplyResult {
+  std::vector<std::string> changes;  // what was created, repaired or removed
+  std::vector<std::string> errors;   // what could not be plumbed; the rest still was
+};
+
+// Kernel device names derived from ids (at most 15 characters).
+std::string bridge_name(const Network& n);
+std::string port_device_name(const Port& p);
+std::string router_ns_name(const std::string& router_id);
+std::string dhcp_ns_name(const std::string& network_id);
+
+class Plumber {
+ public:
+  explicit Plumber(HostConfig config) : config_(std::move(config)) {}
+
+  // Makes the kernel match the snapshot: creates what is missing, repairs what drifted, and
+  // removes netplumb's devices, namespaces, dnsmasq processes and rules that the model no
+  // longer has. Idempotent.
+  //
+  // nftables rulesets are changed incrementally from what this host applied last (kept in
+  // $KILN_RUN_DIR with the namespace's nftables generation id); if anything else changed the
+  // namespace's ruleset since, they are reloaded whole.
+  ApplyResult apply(const Snapshot& snap);
+
+  // Applies the store's current model. Holds $KILN_RUN_DIR/plumb.lock while it reads the
+  // model and plumbs it, so that concurrent kiln-net processes never plumb a stale model
+  // (which would remove a port that another process just created).
+  ApplyResult apply(Store& store);
+
+  // Removes everything netplumb plumbed (same as applying an empty model).
+  ApplyResult teardown();
+
+ private:
+  HostConfig config_;
+};
+
+// The nftables scripts, exposed for unit tests.
+std::string security_group_ruleset(const Snapshot& snap);
+std::string router_nat_ruleset(const Snapshot& snap, const Router& r);
+
+}  // namespace kiln::net

@@ -1,0 +1,76 @@
+// The SQLite store of the netplumb model: one file under the state directory, WAL mode,
+// every change inside an IMMEDIATE transaction so concurrent writers serialize.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "kiln/net/model.h"
+
+struct sqlite3;
+
+namespace kiln::net {
+
+// $KILN_STATE_DIR (default /var/lib/kiln) and $KILN_RUN_DIR (default /run/kiln).
+std::string state_dir();
+std::string run_dir();
+
+class Store {
+ public:
+  // Opens (creating if needed) the database at `path`; its directory must exist.
+  explicit Store(const std::string& path);
+  // The default database: state_dir()/netplumb.db (the directory is created).
+  static std::unique_ptr<Store> open_default();
+  ~Store();
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  // Runs `fn` in BEGIN IMMEDIATE .. COMMIT, rolling back if it throws.
+  // Nested calls join the outer transaction.
+  void write(const std::function<void()>& fn);
+
+  void put(const Network& n);
+  void put(const Subnet& s);
+  void put(const Port& p);  // with its fixed IPs and security groups
+  void put(const Router& r);
+  void put(const FloatingIp& f);
+  void put(const SecurityGroup& g);
+  void put(const SecurityGroupRule& r);
+
+  // Deletes one row (and the rows that belong to it: a port's IPs, a group's rules).
+  void remove_network(const std::string& id);
+  void remove_subnet(const std::string& id);
+  void remove_port(const std::string& id);
+  void remove_router(const std::string& id);
+  void remove_floating_ip(const std::string& id);
+  void remove_security_group(const std::string& id);
+  void remove_security_group_rule(const std::string& id);
+
+  std::vector<Network> networks();
+  std::vector<Subnet> subnets(const std::string& network_id = "");
+  std::vector<Port> ports(const std::string& network_id = "");
+  std::vector<Router> routers();
+  std::vector<FloatingIp> floating_ips();
+  std::vector<SecurityGroup> security_groups();
+  std::vector<SecurityGroupRule> security_group_rules(const std::string& group_id = "");
+  Snapshot snapshot();
+
+  // Allocation queries (call inside write()).
+  std::vector<Ipv4> used_ips(const std::string& subnet_id);
+  bool mac_in_use(const std::string& network_id, const Mac& mac);
+  uint32_t next_port_tag();
+
+  std::optional<std::string> setting(const std::string& key);
+  void set_setting(const std::string& key, const std::string& value);
+
+ private:
+  class Stmt;
+  void exec(const char* sql);
+  sqlite3* db_ = nullptr;
+  int txn_depth_ = 0;
+};
+
+}  // namespace kiln::net

@@ -1,0 +1,102 @@
+// NetService: settings and name-or-id lookups.
+#include "kiln/net/service.h"
+
+#include <algorithm>
+#include <set>
+
+#include "kiln/net/error.h"
+#include "kiln/net/ipam.h"
+#include "service_util.h"
+
+namespace kiln::net {
+
+const std::vector<std::pair<std::string, std::string>>& known_settings() {
+  static const std::vector<std::pair<std::string, std::string>> k = {
+      {"mac_prefix", kDefaultMacPrefix},
+      {"vxlan_local_ip", ""},
+      {"vxlan_peers", ""},
+      {"physical_interface_mappings", ""},
+  };
+  return k;
+}
+
+void NetService::set_setting(const std::string& key, const std::string& value) {
+  bool known = false;
+  for (auto& [k, d] : known_settings()) known |= k == key;
+  if (!known) throw invalid("unknown setting '" + key + "'");
+  if (key == "mac_prefix" && !parse_mac_prefix(value))
+    throw invalid("mac_prefix must be 1 to 5 hex octets of a unicast MAC, like fa:16:3e");
+  if (key == "vxlan_local_ip" && !value.empty() && !Ipv4::parse(value))
+    throw invalid("vxlan_local_ip must be an IPv4 address");
+  if (key == "vxlan_peers")
+    for (auto& p : split(value, ','))
+      if (!Ipv4::parse(p)) throw invalid("vxlan_peers: '" + p + "' is not an IPv4 address");
+  if (key == "physical_interface_mappings")
+    for (auto& m : split(value, ',')) {
+      auto kv = split(m, ':');
+      if (kv.size() != 2 || kv[0].empty() || kv[1].empty() || kv[1].size() > 15)
+        throw invalid("physical_interface_mappings: '" + m + "' is not PHYSNET:INTERFACE");
+    }
+  store_.write([&] { store_.set_setting(key, value); });
+}
+
+std::vector<std::pair<std::string, std::string>> NetService::settings() {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (auto& [k, d] : known_settings()) out.emplace_back(k, store_.setting(k).value_or(d));
+  return out;
+}
+
+std::vector<uint8_t> NetService::mac_prefix() {
+  auto s = store_.setting("mac_prefix").value_or(kDefaultMacPrefix);
+  return parse_mac_prefix(s).value_or(std::vector<uint8_t>{0xfa, 0x16, 0x3e});
+}
+
+Network NetService::network(const std::string& ref) {
+  return find_ref(store_.networks(), ref, "network");
+}
+Subnet NetService::subnet(const std::string& ref) {
+  return find_ref(store_.subnets(), ref, "subnet");
+}
+Port NetService::port(const std::string& ref) { return find_ref(store_.ports(), ref, "port"); }
+Router NetService::router(const std::string& ref) {
+  return find_ref(store_.routers(), ref, "router");
+}
+FloatingIp NetService::floating_ip(const std::string& ref) {
+  for (auto& f : store_.floating_ips())
+    if (f.id == ref || f.floating_ip_address.str() == ref) return f;
+  throw not_found("floating IP '" + ref + "' not found");
+}
+SecurityGroup NetService::security_group(const std::string& ref, const std::string& tenant_id) {
+  auto all = store_.security_groups();
+  if (!tenant_id.empty()) {
+    // Every tenant has a group named "default": prefer the caller's.
+    std::vector<SecurityGroup> mine;
+    for (auto& g : all)
+      if (g.tenant_id == tenant_id && g.name == ref) mine.push_back(g);
+    if (mine.size() == 1) return mine[0];
+  }
+  return find_ref(all, ref, "security group");
+}
+SecurityGroupRule NetService::security_group_rule(const std::string& id) {
+  for (auto& r : store_.security_group_rules())
+    if (r.id == id) return r;
+  throw not_found("security group rule '" + id + "' not found");
+}
+
+std::string NetService::describe_port_user(const Port& p) {
+  std::string s = "port " + p.id;
+  if (!p.name.empty()) s += " ('" + p.name + "')";
+  if (p.device_owner == kOwnerRouterInterface || p.device_owner == kOwnerRouterGateway) {
+    std::string rname = p.device_id;
+    for (auto& r : store_.routers())
+      if (r.id == p.device_id) rname = label(r.name, r.id);
+    return "router " + rname +
+           (p.device_owner == kOwnerRouterInterface ? " (interface " : " (gateway ") + p.id + ")";
+  }
+  if (!p.device_owner.empty() || !p.device_id.empty())
+    s += " of " + (p.device_owner.empty() ? std::string("device") : p.device_owner) + " " +
+         p.device_id;
+  return s;
+}
+
+}  // namespace kiln::net

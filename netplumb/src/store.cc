@@ -1,0 +1,533 @@
+#include "kiln/net/store.h"
+
+#include <sqlite3.h>
+#include <sys/stat.h>
+
+#include <cstdlib>
+#include <thread>
+
+#include "kiln/net/error.h"
+#include "text.h"
+
+namespace kiln::net {
+
+std::string state_dir() {
+  const char* e = std::getenv("KILN_STATE_DIR");
+  return e && *e ? e : "/var/lib/kiln";
+}
+
+std::string run_dir() {
+  const char* e = std::getenv("KILN_RUN_DIR");
+  return e && *e ? e : "/run/kiln";
+}
+
+namespace {
+
+const char* kSchema = R"sql(
+CREATE TABLE IF NOT EXISTS networks (
+  id TEXT PRIMARY KEY, name TEXT NOT NULL, tenant_id TEXT NOT NULL,
+  network_type TEXT NOT NULL, physical_network TEXT NOT NULL, segmentation_id INTEGER,
+  router_external INTEGER NOT NULL, admin_state_up INTEGER NOT NULL, shared INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS subnets (
+  id TEXT PRIMARY KEY, name TEXT NOT NULL, tenant_id TEXT NOT NULL,
+  network_id TEXT NOT NULL REFERENCES networks(id), cidr TEXT NOT NULL, gateway_ip TEXT,
+  allocation_pools TEXT NOT NULL, dns_nameservers TEXT NOT NULL, enable_dhcp INTEGER NOT NULL,
+  ip_version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS ports (
+  id TEXT PRIMARY KEY, name TEXT NOT NULL, tenant_id TEXT NOT NULL,
+  network_id TEXT NOT NULL REFERENCES networks(id), mac_address TEXT NOT NULL,
+  device_owner TEXT NOT NULL, device_id TEXT NOT NULL, vif_type TEXT NOT NULL,
+  binding_netns TEXT NOT NULL, binding_ifname TEXT NOT NULL,
+  port_security_enabled INTEGER NOT NULL, admin_state_up INTEGER NOT NULL,
+  tag INTEGER NOT NULL UNIQUE,
+  UNIQUE (network_id, mac_address));
+CREATE TABLE IF NOT EXISTS ip_allocations (
+  subnet_id TEXT NOT NULL REFERENCES subnets(id), ip_address TEXT NOT NULL,
+  port_id TEXT NOT NULL REFERENCES ports(id), position INTEGER NOT NULL,
+  PRIMARY KEY (subnet_id, ip_address));
+CREATE TABLE IF NOT EXISTS port_security_groups (
+  port_id TEXT NOT NULL REFERENCES ports(id), security_group_id TEXT NOT NULL,
+  position INTEGER NOT NULL, PRIMARY KEY (port_id, security_group_id));
+CREATE TABLE IF NOT EXISTS routers (
+  id TEXT PRIMARY KEY, name TEXT NOT NULL, tenant_id TEXT NOT NULL, gw_network_id TEXT NOT NULL,
+  gw_port_id TEXT NOT NULL, enable_snat INTEGER NOT NULL, admin_state_up INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS floating_ips (
+  id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, floating_network_id TEXT NOT NULL,
+  floating_port_id TEXT NOT NULL, floating_ip_address TEXT NOT NULL, port_id TEXT NOT NULL,
+  fixed_ip_address TEXT, router_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS security_groups (
+  id TEXT PRIMARY KEY, name TEXT NOT NULL, tenant_id TEXT NOT NULL, description TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS security_group_rules (
+  id TEXT PRIMARY KEY, security_group_id TEXT NOT NULL REFERENCES security_groups(id),
+  tenant_id TEXT NOT NULL, direction TEXT NOT NULL, ethertype TEXT NOT NULL,
+  protocol TEXT NOT NULL, port_range_min INTEGER, port_range_max INTEGER,
+  remote_ip_prefix TEXT NOT NULL, remote_group_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+)sql";
+
+}  // namespace
+
+class Store::Stmt {
+ public:
+  Stmt(sqlite3* db, const char* sql) : db_(db) {
+    if (sqlite3_prepare_v2(db, sql, -1, &s_, nullptr) != SQLITE_OK)
+      throw system_error(std::string("sqlite: ") + sqlite3_errmsg(db));
+  }
+  ~Stmt() { sqlite3_finalize(s_); }
+  Stmt(const Stmt&) = delete;
+  Stmt& operator=(const Stmt&) = delete;
+
+  Stmt& bind(const std::string& v) {
+    sqlite3_bind_text(s_, ++n_, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Stmt& bind(const char* v) { return bind(std::string(v)); }
+  Stmt& bind(int64_t v) {
+    sqlite3_bind_int64(s_, ++n_, v);
+    return *this;
+  }
+  Stmt& bind(bool v) { return bind(int64_t{v ? 1 : 0}); }
+  Stmt& bind(uint32_t v) { return bind(int64_t{v}); }
+  Stmt& bind(int v) { return bind(int64_t{v}); }
+  template <class T>
+  Stmt& bind(const std::optional<T>& v) {
+    if (v) return bind(*v);
+    sqlite3_bind_null(s_, ++n_);
+    return *this;
+  }
+  Stmt& bind(const Ipv4& v) { return bind(v.str()); }
+
+  // True while there is a row.
+  bool step() {
+    int rc = sqlite3_step(s_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    if (rc == SQLITE_CONSTRAINT)
+      throw conflict(std::string("store constraint: ") + sqlite3_errmsg(db_));
+    throw system_error(std::string("sqlite: ") + sqlite3_errmsg(db_));
+  }
+  void run() {
+    while (step()) {
+    }
+  }
+  std::string text(int i) {
+    auto p = sqlite3_column_text(s_, i);
+    return p ? reinterpret_cast<const char*>(p) : "";
+  }
+  int64_t integer(int i) { return sqlite3_column_int64(s_, i); }
+  bool null(int i) { return sqlite3_column_type(s_, i) == SQLITE_NULL; }
+  std::optional<Ipv4> ip(int i) {
+    if (null(i)) return std::nullopt;
+    return Ipv4::parse(text(i));
+  }
+
+ private:
+  sqlite3* db_;
+  sqlite3_stmt* s_ = nullptr;
+  int n_ = 0;
+};
+
+Store::Store(const std::string& path) {
+  if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr) !=
+      SQLITE_OK) {
+    std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";
+    sqlite3_close(db_);
+    throw system_error("cannot open " + path + ": " + msg);
+  }
+  sqlite3_busy_timeout(db_, 30000);
+  exec("PRAGMA journal_mode=WAL");
+  exec("PRAGMA foreign_keys=ON");
+  exec("PRAGMA synchronous=NORMAL");
+  write([&] { exec(kSchema); });
+}
+
+std::unique_ptr<Store> Store::open_default() {
+  std::string dir = state_dir();
+  ::mkdir(dir.c_str(), 0755);
+  return std::make_unique<Store>(dir + "/netplumb.db");
+}
+
+Store::~Store() { sqlite3_close(db_); }
+
+void Store::exec(const char* sql) {
+  char* err = nullptr;
+  if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+    std::string msg = err ? err : "error";
+    sqlite3_free(err);
+    throw system_error("sqlite: " + msg);
+  }
+}
+
+void Store::write(const std::function<void()>& fn) {
+  if (txn_depth_ > 0) {
+    ++txn_depth_;
+    try {
+      fn();
+    } catch (...) {
+      --txn_depth_;
+      throw;
+    }
+    --txn_depth_;
+    return;
+  }
+  // BEGIN IMMEDIATE takes the write lock up front; the busy timeout waits for other writers.
+  exec("BEGIN IMMEDIATE");
+  txn_depth_ = 1;
+  try {
+    fn();
+    exec("COMMIT");
+    txn_depth_ = 0;
+  } catch (...) {
+    txn_depth_ = 0;
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    throw;
+  }
+}
+
+void Store::put(const Network& n) {
+  Stmt(db_, "INSERT OR REPLACE INTO networks VALUES (?,?,?,?,?,?,?,?,?)")
+      .bind(n.id)
+      .bind(n.name)
+      .bind(n.tenant_id)
+      .bind(n.network_type)
+      .bind(n.physical_network)
+      .bind(n.segmentation_id)
+      .bind(n.router_external)
+      .bind(n.admin_state_up)
+      .bind(n.shared)
+      .run();
+}
+
+void Store::put(const Subnet& s) {
+  std::vector<std::string> pools, dns;
+  for (auto& p : s.allocation_pools) pools.push_back(p.str());
+  for (auto& d : s.dns_nameservers) dns.push_back(d.str());
+  Stmt(db_, "INSERT OR REPLACE INTO subnets VALUES (?,?,?,?,?,?,?,?,?,?)")
+      .bind(s.id)
+      .bind(s.name)
+      .bind(s.tenant_id)
+      .bind(s.network_id)
+      .bind(s.cidr.str())
+      .bind(s.gateway_ip ? std::optional<std::string>(s.gateway_ip->str()) : std::nullopt)
+      .bind(join(pools, ","))
+      .bind(join(dns, ","))
+      .bind(s.enable_dhcp)
+      .bind(s.ip_version)
+      .run();
+}
+
+void Store::put(const Port& p) {
+  write([&] {
+    Stmt(db_, "DELETE FROM ip_allocations WHERE port_id=?").bind(p.id).run();
+    Stmt(db_, "DELETE FROM port_security_groups WHERE port_id=?").bind(p.id).run();
+    Stmt(db_, "INSERT OR REPLACE INTO ports VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)")
+        .bind(p.id)
+        .bind(p.name)
+        .bind(p.tenant_id)
+        .bind(p.network_id)
+        .bind(p.mac_address.str())
+        .bind(p.device_owner)
+        .bind(p.device_id)
+        .bind(p.vif_type)
+        .bind(p.binding_netns)
+        .bind(p.binding_ifname)
+        .bind(p.port_security_enabled)
+        .bind(p.admin_state_up)
+        .bind(p.tag)
+        .run();
+    int pos = 0;
+    for (auto& f : p.fixed_ips)
+      Stmt(db_, "INSERT INTO ip_allocations VALUES (?,?,?,?)")
+          .bind(f.subnet_id)
+          .bind(f.ip_address)
+          .bind(p.id)
+          .bind(pos++)
+          .run();
+    pos = 0;
+    for (auto& g : p.security_groups)
+      Stmt(db_, "INSERT INTO port_security_groups VALUES (?,?,?)")
+          .bind(p.id)
+          .bind(g)
+          .bind(pos++)
+          .run();
+  });
+}
+
+void Store::put(const Router& r) {
+  Stmt(db_, "INSERT OR REPLACE INTO routers VALUES (?,?,?,?,?,?,?)")
+      .bind(r.id)
+      .bind(r.name)
+      .bind(r.tenant_id)
+      .bind(r.gw_network_id)
+      .bind(r.gw_port_id)
+      .bind(r.enable_snat)
+      .bind(r.admin_state_up)
+      .run();
+}
+
+void Store::put(const FloatingIp& f) {
+  Stmt(db_, "INSERT OR REPLACE INTO floating_ips VALUES (?,?,?,?,?,?,?,?)")
+      .bind(f.id)
+      .bind(f.tenant_id)
+      .bind(f.floating_network_id)
+      .bind(f.floating_port_id)
+      .bind(f.floating_ip_address)
+      .bind(f.port_id)
+      .bind(f.fixed_ip_address)
+      .bind(f.router_id)
+      .run();
+}
+
+void Store::put(const SecurityGroup& g) {
+  Stmt(db_, "INSERT OR REPLACE INTO security_groups VALUES (?,?,?,?)")
+      .bind(g.id)
+      .bind(g.name)
+      .bind(g.tenant_id)
+      .bind(g.description)
+      .run();
+}
+
+void Store::put(const SecurityGroupRule& r) {
+  Stmt(db_, "INSERT OR REPLACE INTO security_group_rules VALUES (?,?,?,?,?,?,?,?,?,?)")
+      .bind(r.id)
+      .bind(r.security_group_id)
+      .bind(r.tenant_id)
+      .bind(r.direction)
+      .bind(r.ethertype)
+      .bind(r.protocol)
+      .bind(r.port_range_min)
+      .bind(r.port_range_max)
+      .bind(r.remote_ip_prefix)
+      .bind(r.remote_group_id)
+      .run();
+}
+
+void Store::remove_network(const std::string& id) {
+  Stmt(db_, "DELETE FROM networks WHERE id=?").bind(id).run();
+}
+void Store::remove_subnet(const std::string& id) {
+  Stmt(db_, "DELETE FROM subnets WHERE id=?").bind(id).run();
+}
+void Store::remove_port(const std::string& id) {
+  write([&] {
+    Stmt(db_, "DELETE FROM ip_allocations WHERE port_id=?").bind(id).run();
+    Stmt(db_, "DELETE FROM port_security_groups WHERE port_id=?").bind(id).run();
+    Stmt(db_, "DELETE FROM ports WHERE id=?").bind(id).run();
+  });
+}
+void Store::remove_router(const std::string& id) {
+  Stmt(db_, "DELETE FROM routers WHERE id=?").bind(id).run();
+}
+void Store::remove_floating_ip(const std::string& id) {
+  Stmt(db_, "DELETE FROM floating_ips WHERE id=?").bind(id).run();
+}
+void Store::remove_security_group(const std::string& id) {
+  write([&] {
+    Stmt(db_, "DELETE FROM security_group_rules WHERE security_group_id=?").bind(id).run();
+    Stmt(db_, "DELETE FROM security_groups WHERE id=?").bind(id).run();
+  });
+}
+void Store::remove_security_group_rule(const std::string& id) {
+  Stmt(db_, "DELETE FROM security_group_rules WHERE id=?").bind(id).run();
+}
+
+std::vector<Network> Store::networks() {
+  Stmt s(db_, "SELECT * FROM networks ORDER BY rowid");
+  std::vector<Network> out;
+  while (s.step()) {
+    Network n;
+    n.id = s.text(0);
+    n.name = s.text(1);
+    n.tenant_id = s.text(2);
+    n.network_type = s.text(3);
+    n.physical_network = s.text(4);
+    if (!s.null(5)) n.segmentation_id = static_cast<uint32_t>(s.integer(5));
+    n.router_external = s.integer(6);
+    n.admin_state_up = s.integer(7);
+    n.shared = s.integer(8);
+    out.push_back(std::move(n));
+  }
+  return out;
+}
+
+std::vector<Subnet> Store::subnets(const std::string& network_id) {
+  Stmt s(db_, "SELECT * FROM subnets WHERE ?='' OR network_id=? ORDER BY rowid");
+  s.bind(network_id).bind(network_id);
+  std::vector<Subnet> out;
+  while (s.step()) {
+    Subnet n;
+    n.id = s.text(0);
+    n.name = s.text(1);
+    n.tenant_id = s.text(2);
+    n.network_id = s.text(3);
+    n.cidr = Cidr::parse(s.text(4)).value_or(Cidr{});
+    n.gateway_ip = s.ip(5);
+    for (auto& p : split(s.text(6), ','))
+      if (auto r = IpRange::parse(p)) n.allocation_pools.push_back(*r);
+    for (auto& d : split(s.text(7), ','))
+      if (auto ip = Ipv4::parse(d)) n.dns_nameservers.push_back(*ip);
+    n.enable_dhcp = s.integer(8);
+    n.ip_version = static_cast<int>(s.integer(9));
+    out.push_back(std::move(n));
+  }
+  return out;
+}
+
+std::vector<Port> Store::ports(const std::string& network_id) {
+  Stmt s(db_, "SELECT * FROM ports WHERE ?='' OR network_id=? ORDER BY rowid");
+  s.bind(network_id).bind(network_id);
+  std::vector<Port> out;
+  while (s.step()) {
+    Port p;
+    p.id = s.text(0);
+    p.name = s.text(1);
+    p.tenant_id = s.text(2);
+    p.network_id = s.text(3);
+    p.mac_address = Mac::parse(s.text(4)).value_or(Mac{});
+    p.device_owner = s.text(5);
+    p.device_id = s.text(6);
+    p.vif_type = s.text(7);
+    p.binding_netns = s.text(8);
+    p.binding_ifname = s.text(9);
+    p.port_security_enabled = s.integer(10);
+    p.admin_state_up = s.integer(11);
+    p.tag = static_cast<uint32_t>(s.integer(12));
+    out.push_back(std::move(p));
+  }
+  for (auto& p : out) {
+    Stmt a(db_,
+           "SELECT subnet_id, ip_address FROM ip_allocations WHERE port_id=? ORDER BY position");
+    a.bind(p.id);
+    while (a.step()) p.fixed_ips.push_back({a.text(0), a.ip(1).value_or(Ipv4{})});
+    Stmt g(db_,
+           "SELECT security_group_id FROM port_security_groups WHERE port_id=? ORDER BY position");
+    g.bind(p.id);
+    while (g.step()) p.security_groups.push_back(g.text(0));
+  }
+  return out;
+}
+
+std::vector<Router> Store::routers() {
+  Stmt s(db_, "SELECT * FROM routers ORDER BY rowid");
+  std::vector<Router> out;
+  while (s.step()) {
+    Router r;
+    r.id = s.text(0);
+    r.name = s.text(1);
+    r.tenant_id = s.text(2);
+    r.gw_network_id = s.text(3);
+    r.gw_port_id = s.text(4);
+    r.enable_snat = s.integer(5);
+    r.admin_state_up = s.integer(6);
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+std::vector<FloatingIp> Store::floating_ips() {
+  Stmt s(db_, "SELECT * FROM floating_ips ORDER BY rowid");
+  std::vector<FloatingIp> out;
+  while (s.step()) {
+    FloatingIp f;
+    f.id = s.text(0);
+    f.tenant_id = s.text(1);
+    f.floating_network_id = s.text(2);
+    f.floating_port_id = s.text(3);
+    f.floating_ip_address = s.ip(4).value_or(Ipv4{});
+    f.port_id = s.text(5);
+    f.fixed_ip_address = s.ip(6);
+    f.router_id = s.text(7);
+    out.push_back(std::move(f));
+  }
+  return out;
+}
+
+std::vector<SecurityGroup> Store::security_groups() {
+  Stmt s(db_, "SELECT * FROM security_groups ORDER BY rowid");
+  std::vector<SecurityGroup> out;
+  while (s.step()) out.push_back({s.text(0), s.text(1), s.text(2), s.text(3)});
+  return out;
+}
+
+std::vector<SecurityGroupRule> Store::security_group_rules(const std::string& group_id) {
+  Stmt s(db_,
+         "SELECT * FROM security_group_rules WHERE ?='' OR security_group_id=? ORDER BY rowid");
+  s.bind(group_id).bind(group_id);
+  std::vector<SecurityGroupRule> out;
+  while (s.step()) {
+    SecurityGroupRule r;
+    r.id = s.text(0);
+    r.security_group_id = s.text(1);
+    r.tenant_id = s.text(2);
+    r.direction = s.text(3);
+    r.ethertype = s.text(4);
+    r.protocol = s.text(5);
+    if (!s.null(6)) r.port_range_min = static_cast<int>(s.integer(6));
+    if (!s.null(7)) r.port_range_max = static_cast<int>(s.integer(7));
+    r.remote_ip_prefix = s.text(8);
+    r.remote_group_id = s.text(9);
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+Snapshot Store::snapshot() {
+  Snapshot snap;
+  // A read transaction gives one consistent view across the tables.
+  exec("BEGIN");
+  try {
+    snap.networks = networks();
+    snap.subnets = subnets();
+    snap.ports = ports();
+    snap.routers = routers();
+    snap.floating_ips = floating_ips();
+    snap.security_groups = security_groups();
+    snap.security_group_rules = security_group_rules();
+    exec("COMMIT");
+  } catch (...) {
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    throw;
+  }
+  return snap;
+}
+
+std::vector<Ipv4> Store::used_ips(const std::string& subnet_id) {
+  Stmt s(db_, "SELECT ip_address FROM ip_allocations WHERE subnet_id=?");
+  s.bind(subnet_id);
+  std::vector<Ipv4> out;
+  while (s.step())
+    if (auto ip = s.ip(0)) out.push_back(*ip);
+  return out;
+}
+
+bool Store::mac_in_use(const std::string& network_id, const Mac& mac) {
+  Stmt s(db_, "SELECT 1 FROM ports WHERE network_id=? AND mac_address=?");
+  s.bind(network_id).bind(mac.str());
+  return s.step();
+}
+
+uint32_t Store::next_port_tag() {
+  // Lowest free tag >= 1: tags end up in 16-bit packet marks.
+  Stmt one(db_, "SELECT 1 FROM ports WHERE tag=1");
+  if (!one.step()) return 1;
+  Stmt gap(db_,
+           "SELECT MIN(t.tag)+1 FROM ports t WHERE NOT EXISTS "
+           "(SELECT 1 FROM ports u WHERE u.tag=t.tag+1)");
+  gap.step();
+  int64_t tag = gap.integer(0);
+  if (tag > 0xffff) throw conflict("no free port tags (65535 ports on this host)");
+  return static_cast<uint32_t>(tag);
+}
+
+std::optional<std::string> Store::setting(const std::string& key) {
+  Stmt s(db_, "SELECT value FROM settings WHERE key=?");
+  s.bind(key);
+  if (!s.step()) return std::nullopt;
+  return s.text(0);
+}
+
+void Store::set_setting(const std::string& key, const std::string& value) {
+  Stmt(db_, "INSERT OR REPLACE INTO settings VALUES (?,?)").bind(key).bind(value).run();
+}
+
+}  // namespace kiln::net
