@@ -1,0 +1,247 @@
+// kiln-nbd: serves qcow2 and raw images over NBD. Command line as qemu-nbd's for one export,
+// plus several exports (--export), a control socket and a state file.
+#include <getopt.h>
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "kiln/block/device.h"
+#include "kiln/nbd/server.h"
+#include "../nbd/src/log.h"
+
+using namespace kiln;
+using kiln::block::Task;
+
+namespace {
+
+void usage(FILE* out) {
+  fputs(
+      "Usage: kiln-nbd [OPTIONS] [FILE]\n"
+      "Serve FILE (qcow2 or raw) and/or --export images over NBD.\n\n"
+      "  -k, --socket=PATH        listen on a Unix socket\n"
+      "  -p, --port=PORT          listen on TCP PORT (default 10809 when no -k)\n"
+      "  -b, --bind=ADDR          TCP address to bind (default 0.0.0.0)\n"
+      "  -x, --export-name=NAME   name of FILE's export (default \"\")\n"
+      "  -D, --description=TEXT   description of FILE's export\n"
+      "  -f, --format=FMT         qcow2 or raw (default: probe FILE; backings never probed)\n"
+      "  -r, --read-only          export read-only\n"
+      "  -e, --shared=N           allow N clients at a time (0 = unlimited; default 1)\n"
+      "  -t, --persistent         keep serving after the last client disconnects\n"
+      "      --discard=MODE       ignore (default) or unmap: whether TRIM frees space\n"
+      "      --cache=MODE         writeback (default) or unsafe (flushes become no-ops)\n"
+      "      --export=NAME=FILE[,format=FMT][,ro][,description=TEXT]\n"
+      "                           another export (repeatable)\n"
+      "      --control=PATH       control socket (JSON lines: add/remove/list exports, stats)\n"
+      "      --state-file=PATH    where control-API exports are kept across restarts\n"
+      "      --threads=N          reactor threads (only 1 for now)\n"
+      "      --pid-file=PATH      write the server's PID here\n"
+      "      --fork               go to the background once listening\n"
+      "      --log=FILE           log to FILE (reopened on SIGHUP) instead of stderr\n"
+      "  -v, --verbose            log every request\n"
+      "  -h, --help\n",
+      out);
+}
+
+[[noreturn]] void die(const std::string& msg) {
+  fprintf(stderr, "kiln-nbd: %s\n", msg.c_str());
+  exit(1);
+}
+
+nbd::ExportConfig parse_export(const std::string& spec) {
+  nbd::ExportConfig c;
+  auto eq = spec.find('=');
+  if (eq == std::string::npos) die("--export wants NAME=FILE[,options], got '" + spec + "'");
+  c.name = spec.substr(0, eq);
+  std::string rest = spec.substr(eq + 1);
+  size_t pos = rest.find(',');
+  c.path = rest.substr(0, pos);
+  while (pos != std::string::npos) {
+    size_t next = rest.find(',', pos + 1);
+    std::string opt = rest.substr(pos + 1, next == std::string::npos ? next : next - pos - 1);
+    if (opt == "ro" || opt == "read-only")
+      c.read_only = true;
+    else if (opt.rfind("format=", 0) == 0)
+      c.format = opt.substr(7);
+    else if (opt.rfind("description=", 0) == 0)
+      c.description = opt.substr(12);
+    else
+      die("unknown --export option '" + opt + "'");
+    pos = next;
+  }
+  if (c.path.empty()) die("--export " + c.name + ": no file");
+  return c;
+}
+
+Task<void> watch_signals(block::Reactor& r, nbd::Server& server, int sfd) {
+  for (;;) {
+    signalfd_siginfo si;
+    int n = co_await r.submit([&](io_uring_sqe* s) { io_uring_prep_read(s, sfd, &si, sizeof si, 0); });
+    if (n != int(sizeof si)) {
+      if (n == -EINTR || n == -EAGAIN) continue;
+      break;
+    }
+    if (si.ssi_signo == SIGHUP) {
+      nbd::reopen_log();
+      nbd::logf(nbd::LogLevel::kInfo, "log reopened");
+      continue;
+    }
+    server.request_shutdown();
+    break;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string socket_path, bind_addr = "0.0.0.0", port_text, export_name, description, format;
+  std::string control_path, state_file, pid_file, log_file, discard = "ignore", cache = "writeback";
+  bool read_only = false, persistent = false, fork_bg = false, verbose = false;
+  unsigned shared = 1, threads = 1;
+  std::vector<nbd::ExportConfig> exports;
+
+  enum { kDiscard = 256, kCache, kExport, kControl, kStateFile, kThreads, kPidFile, kFork, kLog };
+  static const option longopts[] = {
+      {"socket", required_argument, nullptr, 'k'},
+      {"port", required_argument, nullptr, 'p'},
+      {"bind", required_argument, nullptr, 'b'},
+      {"export-name", required_argument, nullptr, 'x'},
+      {"description", required_argument, nullptr, 'D'},
+      {"format", required_argument, nullptr, 'f'},
+      {"read-only", no_argument, nullptr, 'r'},
+      {"shared", required_argument, nullptr, 'e'},
+      {"persistent", no_argument, nullptr, 't'},
+      {"discard", required_argument, nullptr, kDiscard},
+      {"cache", required_argument, nullptr, kCache},
+      {"export", required_argument, nullptr, kExport},
+      {"control", required_argument, nullptr, kControl},
+      {"state-file", required_argument, nullptr, kStateFile},
+      {"threads", required_argument, nullptr, kThreads},
+      {"pid-file", required_argument, nullptr, kPidFile},
+      {"fork", no_argument, nullptr, kFork},
+      {"log", required_argument, nullptr, kLog},
+      {"verbose", no_argument, nullptr, 'v'},
+      {"help", no_argument, nullptr, 'h'},
+      {nullptr, 0, nullptr, 0}};
+  for (int c; (c = getopt_long(argc, argv, "k:p:b:x:D:f:re:tvh", longopts, nullptr)) != -1;) {
+    switch (c) {
+      case 'k': socket_path = optarg; break;
+      case 'p': port_text = optarg; break;
+      case 'b': bind_addr = optarg; break;
+      case 'x': export_name = optarg; break;
+      case 'D': description = optarg; break;
+      case 'f': format = optarg; break;
+      case 'r': read_only = true; break;
+      case 'e': shared = unsigned(atoi(optarg)); break;
+      case 't': persistent = true; break;
+      case kDiscard: discard = optarg; break;
+      case kCache: cache = optarg; break;
+      case kExport: exports.push_back(parse_export(optarg)); break;
+      case kControl: control_path = optarg; break;
+      case kStateFile: state_file = optarg; break;
+      case kThreads: threads = unsigned(atoi(optarg)); break;
+      case kPidFile: pid_file = optarg; break;
+      case kFork: fork_bg = true; break;
+      case kLog: log_file = optarg; break;
+      case 'v': verbose = true; break;
+      case 'h': usage(stdout); return 0;
+      default: usage(stderr); return 1;
+    }
+  }
+  if (optind + 1 < argc) die("too many arguments (one FILE; more with --export)");
+  if (optind < argc) {
+    nbd::ExportConfig c;
+    c.name = export_name;
+    c.path = argv[optind];
+    c.format = format;
+    c.read_only = read_only;
+    c.description = description;
+    exports.insert(exports.begin(), c);
+  }
+  if (discard != "ignore" && discard != "unmap" && discard != "off" && discard != "on")
+    die("--discard must be ignore or unmap");
+  for (auto& e : exports) e.discard = discard == "unmap" || discard == "on";
+  if (cache != "writeback")
+    die("--cache=" + cache + " is not supported (only writeback)");
+  if (threads != 1) die("--threads: only 1 reactor thread is supported so far");
+  if (exports.empty() && control_path.empty())
+    die("nothing to serve: give a FILE, --export, or --control");
+  uint16_t port = 10809;
+  if (!port_text.empty()) {
+    int p = atoi(port_text.c_str());
+    if (p <= 0 || p > 65535) die("invalid port '" + port_text + "'");
+    port = uint16_t(p);
+  }
+  if (verbose) nbd::set_log_level(nbd::LogLevel::kDebug);
+  if (!log_file.empty()) nbd::set_log_file(log_file);
+
+  // Fork first (an io_uring is not to be shared across fork); the parent waits until the
+  // child listens, so that clients can connect as soon as the command returns.
+  int ready[2] = {-1, -1};
+  if (fork_bg) {
+    if (pipe2(ready, O_CLOEXEC) < 0) die("pipe: " + std::string(strerror(errno)));
+    pid_t pid = fork();
+    if (pid < 0) die("fork: " + std::string(strerror(errno)));
+    if (pid > 0) {
+      close(ready[1]);
+      char status = 1;
+      ssize_t n = read(ready[0], &status, 1);
+      _exit(n == 1 && status == 0 ? 0 : 1);
+    }
+    close(ready[0]);
+    setsid();
+  }
+
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGTERM);
+  sigaddset(&mask, SIGINT);
+  sigaddset(&mask, SIGHUP);
+  sigprocmask(SIG_BLOCK, &mask, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  int sfd = signalfd(-1, &mask, SFD_CLOEXEC);
+  if (sfd < 0) die("signalfd: " + std::string(strerror(errno)));
+
+  try {
+    block::Reactor reactor(1024);
+    nbd::ServerOptions so;
+    so.shared = shared != 1;
+    so.max_clients = shared;
+    so.persistent = persistent || !control_path.empty();
+    so.state_file = state_file;
+    nbd::Server server(reactor, so);
+    if (!state_file.empty())
+      for (auto& c : nbd::load_state(state_file)) exports.push_back(c);
+    for (auto& c : exports) reactor.run(server.add_export(c));
+    if (!socket_path.empty()) server.listen_unix(socket_path);
+    if (socket_path.empty() || !port_text.empty()) server.listen_tcp(bind_addr, port);
+    if (!control_path.empty()) server.listen_control(control_path);
+    if (!pid_file.empty()) {
+      FILE* f = fopen(pid_file.c_str(), "we");
+      if (!f) die(pid_file + ": " + strerror(errno));
+      fprintf(f, "%d\n", getpid());
+      fclose(f);
+    }
+    if (fork_bg) {
+      char ok = 0;
+      ssize_t ignored = write(ready[1], &ok, 1);
+      (void)ignored;
+      close(ready[1]);
+      int devnull = open("/dev/null", O_RDWR);
+      dup2(devnull, 0);
+      dup2(devnull, 1);
+      if (log_file.empty()) dup2(devnull, 2);
+      close(devnull);
+    }
+    reactor.spawn(watch_signals(reactor, server, sfd));
+    reactor.run(server.serve());
+  } catch (const std::exception& e) {
+    die(e.what());
+  }
+  if (!pid_file.empty()) unlink(pid_file.c_str());
+  return 0;
+}

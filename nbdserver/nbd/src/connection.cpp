@@ -1,0 +1,350 @@
+// The transmission phase. One reader loop takes requests off the socket (a write's payload is
+// read before the next header); each request runs as its own coroutine, so many are in flight
+// and replies go out as they complete. One writer at a time gathers queued replies into a
+// single sendmsg.
+#include "connection.h"
+
+#include <cerrno>
+#include <cstring>
+
+#include "kiln/nbd/protocol.h"
+#include "log.h"
+#include "wire.h"
+
+namespace kiln::nbd {
+
+using block::Task;
+
+uint32_t wire_error(int err) {
+  switch (err < 0 ? -err : err) {
+    case 0: return 0;
+    case EPERM: case EROFS: case EACCES: return kEperm;
+    case ENOMEM: return kEnomem;
+    case EINVAL: return kEinval;
+    case ENOSPC: case EDQUOT: case EFBIG: return kEnospc;
+    case EOVERFLOW: return kEoverflow;
+    case ENOTSUP: return kEnotsup;
+    case ESHUTDOWN: return kEshutdown;
+    default: return kEio;
+  }
+}
+
+Connection::Connection(Server& server, int fd, std::string peer)
+    : server_(server),
+      sock_(server.reactor(), fd),
+      peer_(std::move(peer)),
+      room_(server.reactor()),
+      handlers_(server.reactor()),
+      writers_(server.reactor()) {}
+
+Connection::~Connection() = default;
+
+void Connection::shutdown() {
+  stopping_ = true;
+  sock_.shutdown_read();
+}
+
+Task<void> Connection::run() {
+  logf(LogLevel::kDebug, "%s: connected", peer_.c_str());
+  // (GCC 12 miscompiles a co_await inside a short-circuit condition: keep it apart.)
+  const bool negotiated = co_await negotiate();
+  if (negotiated && !stopping_) {
+    export_->stats.connections++;
+    export_->stats.total_connections++;
+    logf(LogLevel::kInfo, "%s: serving export '%s'%s", peer_.c_str(), export_->config.name.c_str(),
+         structured_ ? " (structured replies)" : "");
+    co_await transmission();
+    co_await handlers_.wait();
+    co_await writers_.wait();
+    export_->stats.connections--;
+    logf(LogLevel::kInfo, "%s: disconnected from '%s'", peer_.c_str(),
+         export_->config.name.c_str());
+  }
+}
+
+Task<void> Connection::transmission() {
+  const uint32_t max_block = std::min(export_->device->caps().max_block,
+                                      server_.options().max_block);
+  while (!stopping_ && !dead_) {
+    while (in_flight_ >= server_.options().max_in_flight) co_await room_.wait();
+    uint8_t h[kRequestSize];
+    if (co_await sock_.read_exact(h) < 0) break;
+    if (get32(h) != kRequestMagic) {
+      logf(LogLevel::kWarn, "%s: bad request magic, closing", peer_.c_str());
+      break;
+    }
+    Request req{get16(h + 4), get16(h + 6), get64(h + 8), get64(h + 16), get32(h + 24)};
+    if (log_enabled(LogLevel::kDebug))
+      logf(LogLevel::kDebug, "%s: request type=%u flags=%#x offset=%llu length=%u", peer_.c_str(),
+           req.type, req.flags, (unsigned long long)req.offset, req.length);
+    if (req.type == kCmdDisc) break;
+    std::vector<uint8_t> payload;
+    if (req.type == kCmdWrite) {
+      if (req.length > max_block) {
+        // Too big to take into memory: drop the payload from the stream and refuse.
+        if (co_await sock_.skip(req.length) < 0) break;
+        export_->stats.errors++;
+        reply_simple(req.handle, EINVAL);
+        continue;
+      }
+      payload.resize(req.length);
+      if (co_await sock_.read_exact(payload) < 0) break;
+    }
+    ++in_flight_;
+    server_.reactor().spawn(handle(req, std::move(payload)), &handlers_);
+  }
+}
+
+void Connection::reply_simple(uint64_t handle, int err, std::vector<uint8_t> data) {
+  OutMessage m;
+  std::vector<uint8_t> head(kSimpleReplySize);
+  put32(&head[0], kSimpleReplyMagic);
+  put32(&head[4], wire_error(err));
+  put64(&head[8], handle);
+  m.buffers.push_back(std::move(head));
+  if (!data.empty() && err == 0) m.buffers.push_back(std::move(data));
+  m.fix();
+  queue(std::move(m));
+}
+
+namespace {
+std::vector<uint8_t> chunk_header(uint16_t flags, uint16_t type, uint64_t handle, uint32_t len) {
+  std::vector<uint8_t> h(kStructuredReplySize);
+  put32(&h[0], kStructuredReplyMagic);
+  put16(&h[4], flags);
+  put16(&h[6], type);
+  put64(&h[8], handle);
+  put32(&h[16], len);
+  return h;
+}
+}  // namespace
+
+void Connection::reply_structured_error(uint64_t handle, int err) {
+  OutMessage m;
+  m.buffers.push_back(chunk_header(kReplyFlagDone, kReplyError, handle, 6));
+  std::vector<uint8_t> p(6, 0);
+  put32(&p[0], wire_error(err));
+  m.buffers.push_back(std::move(p));
+  m.fix();
+  queue(std::move(m));
+}
+
+void Connection::queue(OutMessage m) {
+  if (dead_) return;
+  out_.push_back(std::move(m));
+  if (!writing_) {
+    writing_ = true;
+    server_.reactor().spawn(writer(), &writers_);
+  }
+}
+
+Task<void> Connection::writer() {
+  while (!out_.empty() && !dead_) {
+    std::vector<OutMessage> batch;
+    std::vector<iovec> iov;
+    while (!out_.empty() && batch.size() < 64) {
+      batch.push_back(std::move(out_.front()));
+      out_.pop_front();
+      iov.insert(iov.end(), batch.back().iov.begin(), batch.back().iov.end());
+    }
+    if (co_await sock_.write_all(std::move(iov)) < 0) {
+      dead_ = true;
+      out_.clear();
+      sock_.shutdown_read();  // the reader stops too
+    }
+  }
+  writing_ = false;
+}
+
+Task<void> Connection::do_read(const Request& req) {
+  block::BlockDevice& dev = *export_->device;
+  std::vector<uint8_t> data(req.length);
+  int rc = co_await dev.read(req.offset, data);
+  if (rc == 0) {
+    export_->stats.reads++;
+    export_->stats.bytes_read += req.length;
+  }
+  if (!structured_) {
+    reply_simple(req.handle, rc, std::move(data));
+    co_return;
+  }
+  if (rc < 0) {
+    reply_structured_error(req.handle, rc);
+    co_return;
+  }
+  // Large reads report zero ranges as holes, unless the client asked for one chunk.
+  std::vector<block::Extent> extents;
+  if (!(req.flags & kCmdFlagDf) && req.length >= 65536) {
+    const int status = co_await dev.block_status(req.offset, req.length, &extents);
+    if (status < 0) extents.clear();
+  }
+  OutMessage m;
+  bool any_hole = false;
+  for (const auto& e : extents) any_hole |= e.zero;
+  if (!any_hole) {
+    m.buffers.push_back(chunk_header(kReplyFlagDone, kReplyOffsetData, req.handle,
+                                     uint32_t(8 + req.length)));
+    std::vector<uint8_t> off(8);
+    put64(off.data(), req.offset);
+    m.buffers.push_back(std::move(off));
+    m.buffers.push_back(std::move(data));
+    m.fix();
+    queue(std::move(m));
+    co_return;
+  }
+  // Chunks point into `data`, which the message owns (moved in first, so it does not move).
+  m.buffers.reserve(2 * extents.size() + 2);
+  m.buffers.push_back(std::move(data));
+  const uint8_t* base = m.buffers[0].data();
+  struct Piece {
+    size_t header;
+    bool data;
+    uint64_t off, len;
+  };
+  std::vector<Piece> pieces;
+  for (size_t i = 0; i < extents.size(); ++i) {
+    const auto& e = extents[i];
+    const uint64_t start = std::max(e.offset, req.offset);
+    const uint64_t end = std::min(e.offset + e.length, req.offset + req.length);
+    if (start >= end) continue;
+    const bool last = end == req.offset + req.length;
+    const uint16_t flags = last ? kReplyFlagDone : 0;
+    std::vector<uint8_t> hdr;
+    if (e.zero) {
+      hdr = chunk_header(flags, kReplyOffsetHole, req.handle, 12);
+      hdr.resize(hdr.size() + 12);
+      put64(&hdr[20], start);
+      put32(&hdr[28], uint32_t(end - start));
+    } else {
+      hdr = chunk_header(flags, kReplyOffsetData, req.handle, uint32_t(8 + end - start));
+      hdr.resize(hdr.size() + 8);
+      put64(&hdr[20], start);
+    }
+    m.buffers.push_back(std::move(hdr));
+    pieces.push_back({m.buffers.size() - 1, !e.zero, start - req.offset, end - start});
+  }
+  for (const Piece& p : pieces) {
+    m.iov.push_back({m.buffers[p.header].data(), m.buffers[p.header].size()});
+    if (p.data) m.iov.push_back({const_cast<uint8_t*>(base) + p.off, p.len});
+  }
+  queue(std::move(m));
+}
+
+Task<void> Connection::do_block_status(const Request& req) {
+  block::BlockDevice& dev = *export_->device;
+  if (!structured_ || (!ctx_allocation_ && !ctx_depth_) || req.length == 0) {
+    reply_structured_error(req.handle, EINVAL);
+    co_return;
+  }
+  std::vector<block::Extent> extents;
+  const uint64_t want = std::min<uint64_t>(req.length, dev.size() - req.offset);
+  if (int rc = co_await dev.block_status(req.offset, want, &extents); rc < 0 || extents.empty()) {
+    reply_structured_error(req.handle, rc < 0 ? rc : EIO);
+    co_return;
+  }
+  const bool one = req.flags & kCmdFlagReqOne;
+  OutMessage m;
+  auto emit = [&](uint32_t id, auto&& value_of, bool last) {
+    std::vector<std::pair<uint64_t, uint32_t>> d;  // (length, flags), merged
+    for (const auto& e : extents) {
+      const uint32_t v = value_of(e);
+      if (!d.empty() && d.back().second == v && d.back().first + e.length < (1ull << 32))
+        d.back().first += e.length;
+      else
+        d.emplace_back(std::min<uint64_t>(e.length, 0xfffff000u), v);
+      if (one || d.size() >= 65536) break;
+    }
+    if (one) d.resize(1);
+    std::vector<uint8_t> h =
+        chunk_header(last ? kReplyFlagDone : 0, kReplyBlockStatus, req.handle,
+                     uint32_t(4 + 8 * d.size()));
+    h.resize(h.size() + 4 + 8 * d.size());
+    put32(&h[20], id);
+    for (size_t i = 0; i < d.size(); ++i) {
+      put32(&h[24 + 8 * i], uint32_t(d[i].first));
+      put32(&h[28 + 8 * i], d[i].second);
+    }
+    m.buffers.push_back(std::move(h));
+  };
+  if (ctx_allocation_)
+    emit(ctx_allocation_,
+         [](const block::Extent& e) { return (e.data ? 0 : kStateHole) | (e.zero ? kStateZero : 0); },
+         !ctx_depth_);
+  if (ctx_depth_)
+    emit(ctx_depth_, [](const block::Extent& e) { return e.present ? e.depth + 1 : 0u; }, true);
+  m.fix();
+  queue(std::move(m));
+}
+
+Task<void> Connection::handle(Request req, std::vector<uint8_t> payload) {
+  Export& ex = *export_;
+  block::BlockDevice& dev = *ex.device;
+  ex.stats.requests++;
+  const uint64_t size = dev.size();
+  const bool past_end = req.offset > size || req.length > size - req.offset;
+  const bool writes = req.type == kCmdWrite || req.type == kCmdTrim || req.type == kCmdWriteZeroes;
+  int rc = 0;
+  bool replied = false;
+
+  if (req.type > kCmdBlockStatus) {
+    rc = -EINVAL;
+  } else if (writes && ex.config.read_only) {
+    rc = -EPERM;
+  } else if (past_end && req.type != kCmdFlush) {
+    rc = writes ? -ENOSPC : -EINVAL;
+  } else if (req.type == kCmdRead && req.length > server_.options().max_block) {
+    rc = (req.flags & kCmdFlagDf) ? -EOVERFLOW : -EINVAL;
+  } else {
+    const unsigned fua = (req.flags & kCmdFlagFua) ? unsigned(block::kWriteFua) : 0u;
+    switch (req.type) {
+      case kCmdRead:
+        co_await do_read(req);
+        replied = true;
+        break;
+      case kCmdWrite:
+        rc = co_await dev.write(req.offset, payload, fua);
+        if (rc == 0) {
+          ex.stats.writes++;
+          ex.stats.bytes_written += req.length;
+        }
+        break;
+      case kCmdFlush:
+        rc = co_await dev.flush();
+        break;
+      case kCmdTrim:
+        if (ex.config.discard) rc = co_await dev.discard(req.offset, req.length);
+        if (rc == 0 && fua) rc = co_await dev.flush();
+        break;
+      case kCmdWriteZeroes: {
+        unsigned f = fua;
+        if (req.flags & kCmdFlagNoHole) f |= block::kWriteNoUnmap;
+        if (req.flags & kCmdFlagFastZero) f |= block::kWriteFastZero;
+        rc = co_await dev.write_zeroes(req.offset, req.length, f);
+        break;
+      }
+      case kCmdCache:
+        break;  // the page cache already serves reads; nothing to prefetch into
+      case kCmdBlockStatus:
+        co_await do_block_status(req);
+        replied = true;
+        break;
+      default:
+        rc = -EINVAL;
+    }
+  }
+  if (rc < 0) {
+    ex.stats.errors++;
+    logf(LogLevel::kDebug, "%s: request type=%u failed: %s", peer_.c_str(), req.type,
+         strerror(-rc));
+  }
+  if (!replied) {
+    if (structured_ && rc < 0)
+      reply_structured_error(req.handle, rc);
+    else
+      reply_simple(req.handle, rc);
+  }
+  --in_flight_;
+  room_.notify_all();
+}
+
+}  // namespace kiln::nbd

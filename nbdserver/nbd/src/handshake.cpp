@@ -1,0 +1,249 @@
+// The fixed newstyle negotiation. Every option gets a reply, unknown ones NBD_REP_ERR_UNSUP;
+// malformed or oversized ones an error reply — the connection is only dropped where the
+// protocol leaves no way to answer (a bad magic, NBD_OPT_EXPORT_NAME of an unknown export).
+#include <cerrno>
+
+#include "connection.h"
+#include "kiln/nbd/protocol.h"
+#include "log.h"
+#include "wire.h"
+
+namespace kiln::nbd {
+
+using block::Task;
+
+namespace {
+
+// Reads a length-prefixed string from `data` at `*pos`; false if it does not fit.
+bool take_string(const std::vector<uint8_t>& data, size_t* pos, std::string* out) {
+  if (data.size() - *pos < 4) return false;
+  const uint32_t len = get32(&data[*pos]);
+  *pos += 4;
+  if (len > kMaxStringLength || data.size() - *pos < len) return false;
+  out->assign(reinterpret_cast<const char*>(&data[*pos]), len);
+  *pos += len;
+  return true;
+}
+
+}  // namespace
+
+uint16_t Connection::transmission_flags() const {
+  uint16_t f = kFlagHasFlags | kFlagSendFlush | kFlagSendFua | kFlagSendCache | kFlagCanMultiConn;
+  if (export_->config.read_only)
+    f |= kFlagReadOnly;
+  else
+    f |= kFlagSendTrim | kFlagSendWriteZeroes | kFlagSendFastZero;
+  if (structured_) f |= kFlagSendDf;
+  return f;
+}
+
+Task<int> Connection::reply_option(uint32_t option, uint32_t type,
+                                   const std::vector<uint8_t>& data) {
+  Builder b;
+  b.u64(kRepMagic).u32(option).u32(type).u32(uint32_t(data.size()));
+  b.bytes().insert(b.bytes().end(), data.begin(), data.end());
+  co_return co_await sock_.write_all(b.bytes());
+}
+
+Task<int> Connection::reply_error(uint32_t option, uint32_t type, const std::string& message) {
+  logf(LogLevel::kDebug, "%s: option %u refused: %s", peer_.c_str(), option, message.c_str());
+  co_return co_await reply_option(option, type, std::vector<uint8_t>(message.begin(), message.end()));
+}
+
+Task<int> Connection::handle_info(uint32_t option, const std::vector<uint8_t>& data, bool* go) {
+  *go = false;
+  size_t pos = 0;
+  std::string name;
+  if (!take_string(data, &pos, &name) || data.size() - pos < 2)
+    co_return co_await reply_error(option, kRepErrInvalid, "malformed request");
+  const uint16_t count = get16(&data[pos]);
+  pos += 2;
+  if (data.size() - pos != size_t(count) * 2)
+    co_return co_await reply_error(option, kRepErrInvalid, "malformed information request list");
+  bool want_name = false, want_description = false;
+  for (uint16_t i = 0; i < count; ++i) {
+    const uint16_t type = get16(&data[pos + 2 * i]);
+    want_name |= type == kInfoName;
+    want_description |= type == kInfoDescription;
+  }
+  Export* e = server_.find_export(name);
+  if (!e) co_return co_await reply_error(option, kRepErrUnknown, "no export named '" + name + "'");
+  if (server_.stopping())
+    co_return co_await reply_error(option, kRepErrShutdown, "server is shutting down");
+  if (option == kOptGo && !server_.accepting_clients())
+    co_return co_await reply_error(option, kRepErrPolicy, "too many clients");
+
+  Export* previous = export_;
+  export_ = e;
+  const uint16_t flags = transmission_flags();
+  export_ = previous;
+  Builder info;
+  info.u16(kInfoExport).u64(e->device->size()).u16(flags);
+  if (int rc = co_await reply_option(option, kRepInfo, info.bytes()); rc < 0) co_return rc;
+  if (want_name) {
+    Builder b;
+    b.u16(kInfoName).str(e->config.name);
+    if (int rc = co_await reply_option(option, kRepInfo, b.bytes()); rc < 0) co_return rc;
+  }
+  if (want_description && !e->config.description.empty()) {
+    Builder b;
+    b.u16(kInfoDescription).str(e->config.description);
+    if (int rc = co_await reply_option(option, kRepInfo, b.bytes()); rc < 0) co_return rc;
+  }
+  const auto& caps = e->device->caps();
+  Builder bs;
+  bs.u16(kInfoBlockSize)
+      .u32(1)
+      .u32(caps.preferred_block)
+      .u32(std::min(caps.max_block, server_.options().max_block));
+  if (int rc = co_await reply_option(option, kRepInfo, bs.bytes()); rc < 0) co_return rc;
+  if (int rc = co_await reply_option(option, kRepAck, {}); rc < 0) co_return rc;
+  if (option == kOptGo) {
+    export_ = e;
+    if (ctx_export_ != name) ctx_allocation_ = ctx_depth_ = 0;
+    *go = true;
+  }
+  co_return 0;
+}
+
+Task<int> Connection::handle_meta_context(uint32_t option, const std::vector<uint8_t>& data) {
+  if (!structured_)
+    co_return co_await reply_error(option, kRepErrInvalid, "structured replies not negotiated");
+  size_t pos = 0;
+  std::string name;
+  if (!take_string(data, &pos, &name) || data.size() - pos < 4)
+    co_return co_await reply_error(option, kRepErrInvalid, "malformed request");
+  const uint32_t count = get32(&data[pos]);
+  pos += 4;
+  std::vector<std::string> queries;
+  for (uint32_t i = 0; i < count; ++i) {
+    std::string q;
+    if (!take_string(data, &pos, &q))
+      co_return co_await reply_error(option, kRepErrInvalid, "malformed query");
+    queries.push_back(std::move(q));
+  }
+  if (pos != data.size())
+    co_return co_await reply_error(option, kRepErrInvalid, "trailing bytes in request");
+  if (!server_.find_export(name))
+    co_return co_await reply_error(option, kRepErrUnknown, "no export named '" + name + "'");
+
+  const bool list = option == kOptListMetaContext;
+  bool base = false, depth = false;
+  if (list && queries.empty()) base = depth = true;
+  for (const std::string& q : queries) {
+    if (q == kContextBaseAllocation || (list && q == "base:")) base = true;
+    if (q == kContextAllocationDepth || (list && q == "qemu:")) depth = true;
+  }
+  if (!list) {
+    ctx_allocation_ = base ? 1 : 0;
+    ctx_depth_ = depth ? 2 : 0;
+    ctx_export_ = name;
+  }
+  auto send = [&](uint32_t id, const char* ctx) -> Task<int> {
+    Builder b;
+    b.u32(list ? 0 : id).str(ctx);
+    co_return co_await reply_option(option, kRepMetaContext, b.bytes());
+  };
+  if (base)
+    if (int rc = co_await send(1, kContextBaseAllocation); rc < 0) co_return rc;
+  if (depth)
+    if (int rc = co_await send(2, kContextAllocationDepth); rc < 0) co_return rc;
+  co_return co_await reply_option(option, kRepAck, {});
+}
+
+Task<bool> Connection::negotiate() {
+  {
+    Builder b;
+    b.u64(kNbdMagic).u64(kOptMagic).u16(kFlagFixedNewstyle | kFlagNoZeroes);
+    if (co_await sock_.write_all(b.bytes()) < 0) co_return false;
+  }
+  uint8_t cf[4];
+  if (co_await sock_.read_exact(cf) < 0) co_return false;
+  const uint32_t client_flags = get32(cf);
+  if (client_flags & ~(kClientFixedNewstyle | kClientNoZeroes)) {
+    logf(LogLevel::kInfo, "%s: unknown client flags %#x, closing", peer_.c_str(), client_flags);
+    co_return false;
+  }
+  no_zeroes_ = client_flags & kClientNoZeroes;
+
+  for (uint32_t n = 0; n < kMaxOptionsPerConnection; ++n) {
+    uint8_t hdr[16];
+    if (co_await sock_.read_exact(hdr) < 0) co_return false;
+    if (get64(hdr) != kOptMagic) {
+      logf(LogLevel::kInfo, "%s: bad option magic, closing", peer_.c_str());
+      co_return false;
+    }
+    const uint32_t option = get32(hdr + 8);
+    const uint32_t length = get32(hdr + 12);
+    if (length > kMaxOptionLength) {
+      if (option == kOptExportName || length > (64u << 20)) co_return false;
+      if (co_await sock_.skip(length) < 0) co_return false;
+      if (co_await reply_error(option, kRepErrTooBig, "option too long") < 0) co_return false;
+      continue;
+    }
+    std::vector<uint8_t> data(length);
+    if (co_await sock_.read_exact(data) < 0) co_return false;
+
+    int rc = 0;
+    switch (option) {
+      case kOptExportName: {
+        std::string name(data.begin(), data.end());
+        Export* e = server_.find_export(name);
+        if (!e || server_.stopping() || !server_.accepting_clients()) {
+          logf(LogLevel::kInfo, "%s: export '%s' refused, closing", peer_.c_str(), name.c_str());
+          co_return false;
+        }
+        export_ = e;
+        Builder b;
+        b.u64(e->device->size()).u16(transmission_flags());
+        if (!no_zeroes_) b.zeros(124);
+        ctx_allocation_ = ctx_depth_ = 0;  // no way to have negotiated them for this name
+        if (co_await sock_.write_all(b.bytes()) < 0) co_return false;
+        co_return true;
+      }
+      case kOptAbort:
+        co_await reply_option(option, kRepAck, {});
+        co_return false;
+      case kOptList:
+        if (length) {
+          rc = co_await reply_error(option, kRepErrInvalid, "LIST takes no data");
+          break;
+        }
+        for (const auto& [name, e] : server_.exports()) {
+          if (e->removing) continue;
+          Builder b;
+          b.u32(uint32_t(name.size())).str(name).str(e->config.description);
+          if ((rc = co_await reply_option(option, kRepServer, b.bytes())) < 0) break;
+        }
+        if (rc == 0) rc = co_await reply_option(option, kRepAck, {});
+        break;
+      case kOptStructuredReply:
+        if (length) {
+          rc = co_await reply_error(option, kRepErrInvalid, "STRUCTURED_REPLY takes no data");
+        } else {
+          structured_ = true;
+          rc = co_await reply_option(option, kRepAck, {});
+        }
+        break;
+      case kOptInfo:
+      case kOptGo: {
+        bool go = false;
+        rc = co_await handle_info(option, data, &go);
+        if (rc == 0 && go) co_return true;
+        break;
+      }
+      case kOptListMetaContext:
+      case kOptSetMetaContext:
+        rc = co_await handle_meta_context(option, data);
+        break;
+      default:
+        rc = co_await reply_error(option, kRepErrUnsup, "option not supported");
+        break;
+    }
+    if (rc < 0) co_return false;
+  }
+  logf(LogLevel::kInfo, "%s: too many options, closing", peer_.c_str());
+  co_return false;
+}
+
+}  // namespace kiln::nbd
