@@ -60,32 +60,7 @@ def test_info_raw_matches(workdir):
         assert ours.stdout == theirs.stdout
 
 
-# Engine bugs reported to the lead (remove the markers once fixed; strict, so a fix shows):
-# 1. a raw layer's holes are reported present=false without offset; qemu-img: present=true
-#    with the offset (a raw file is allocated everywhere).
-# 2. past the end of a shorter backing file, unallocated ranges get depth = chain length;
-#    qemu-img gives the depth of the last image that still covers the range.
-BUG_RAW_HOLES = "engine bug 1: raw holes reported as not present"
-BUG_DEPTH_PAST_BACKING = "engine bug 2: depth past the end of a shorter backing file"
-# 3. check's allocation/fragmentation figures differ from qemu-img's: clusters that are zero
-#    but keep their allocation (zero-alloc) are not counted as allocated; compressed clusters
-#    are not counted as fragmented; contiguity is carried across L2 tables (qemu-img starts
-#    afresh with every L2 table).
-BUG_CHECK_FRAG_INFO = "engine bug 3: check allocated/fragmented cluster counts"
-# 4. check: image-end-offset ignores leaked clusters (qemu-img: end of the highest cluster
-#    with a refcount).
-BUG_CHECK_END_OFFSET = "engine bug 4: check image-end-offset ignores leaked clusters"
-
-
-def map_marks(variant):
-    if variant.startswith("chain") and variant.endswith("raw"):
-        return [pytest.mark.xfail(strict=True, reason=BUG_RAW_HOLES)]
-    if variant.startswith("chain"):
-        return [pytest.mark.xfail(strict=True, reason=BUG_DEPTH_PAST_BACKING)]
-    return []
-
-
-@pytest.mark.parametrize("variant", [pytest.param(v, marks=map_marks(v)) for v in VARIANTS])
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_map_json_matches(workdir, variant):
     img = build_variant(variant, workdir)
     ours, theirs = both("map", "--output=json", img)
@@ -147,10 +122,8 @@ def strip_filename(j):
 
 @pytest.mark.parametrize("output", ["human", "json"])
 @pytest.mark.parametrize("variant", [
-    pytest.param(v, marks=pytest.mark.xfail(strict=True, reason=BUG_CHECK_FRAG_INFO))
-    for v in ("v3-c65536", "v3-c512", "compressed-zlib", "snapshots", "refbits1", "refbits16",
-              "chain1-raw")
-] + ["v2-c65536", "chain2-qcow2", "chain3-qcow2", "lazy-refcounts"])
+    "v3-c65536", "v3-c512", "compressed-zlib", "snapshots", "refbits1", "refbits16", "chain1-raw",
+    "v2-c65536", "chain2-qcow2", "chain3-qcow2", "lazy-refcounts"])
 def test_check_clean(workdir, variant, output):
     img = build_variant(variant, workdir)
     ours, theirs = both("check", f"--output={output}", img)
@@ -170,7 +143,6 @@ def test_check_leaks(workdir, output):
     assert strip(ours.stdout) == strip(theirs.stdout)
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_CHECK_END_OFFSET)
 def test_check_leaks_end_offset(workdir):
     img = leaky_image(workdir, "leak.qcow2")
     ours, theirs = both("check", "--output=json", img)

@@ -107,10 +107,10 @@ class RawDevice final : public BlockDevice {
     Extent e;
     e.offset = off;
     e.length = len;
-    e.present = data;
+    e.present = true;  // a raw file has every byte: holes are allocated zeros
     e.data = data;
     e.zero = !data;
-    if (data) e.host_offset = off;
+    e.host_offset = off;
     if (!out->empty()) {
       Extent& b = out->back();
       if (b.offset + b.length == off && b.data == data) {
@@ -139,7 +139,10 @@ std::unique_ptr<BlockDevice> open_raw(Reactor& r, const std::string& path, bool 
     ::close(fd);
     throw Error(e, path + ": " + strerror(e));
   }
-  return std::make_unique<RawDevice>(r, path, fd, uint64_t(st.st_size), read_only);
+  // As QEMU does, a raw file's size is counted in whole 512-byte sectors; the tail past the
+  // end of the file reads as zeros.
+  const uint64_t size = (uint64_t(st.st_size) + 511) & ~uint64_t{511};
+  return std::make_unique<RawDevice>(r, path, fd, size, read_only);
 }
 
 }  // namespace kiln::block

@@ -57,8 +57,8 @@ struct Checker {
     std::vector<uint8_t> l1(uint64_t(l1_size) * 8);
     if (co_await read(l1, l1_offset) < 0) co_return;
     std::vector<uint8_t> l2(cs);
-    uint64_t prev_host = 0;
     for (uint32_t i = 0; i < l1_size; ++i) {
+      uint64_t prev_host = 0;  // fragmentation is counted within one L2 table, as QEMU does
       const uint64_t e = load_be64(&l1[i * 8]);
       const uint64_t off = e & kL1OffsetMask;
       if (e & kL1ReservedMask) problem(true, "L1 entry " + std::to_string(i) + " has reserved bits set");
@@ -83,6 +83,7 @@ struct Checker {
           if (active) {
             res.allocated_clusters++;
             res.compressed_clusters++;
+            res.fragmented_clusters++;  // compressed clusters are fragmented by nature
           }
           continue;
         }
@@ -98,11 +99,9 @@ struct Checker {
         reference(host, cs, "data cluster");
         if (active) {
           copied.push_back({off, j, x});
-          if (!(x & kOflagZero)) {
-            res.allocated_clusters++;
-            if (prev_host && prev_host + cs != host) res.fragmented_clusters++;
-            prev_host = host;
-          }
+          res.allocated_clusters++;  // preallocated zero clusters count too
+          if (prev_host && prev_host + cs != host) res.fragmented_clusters++;
+          prev_host = host;
         }
       }
     }
@@ -199,6 +198,7 @@ struct Checker {
         const uint64_t c = first + i;
         const uint64_t stored = get_refcount(block.data(), i, order);
         const uint64_t want = c < file_clusters ? counted[c] : 0;
+        if (stored && ((c + 1) << cb) > res.image_end_offset) res.image_end_offset = (c + 1) << cb;
         if (stored == want) continue;
         if (stored > want) {
           res.leaks++;

@@ -488,7 +488,8 @@ Task<int> Image::block_status(uint64_t offset, uint64_t length, std::vector<Exte
         x.offset = covered;
         x.length = run_end - covered;
         x.zero = true;
-        x.depth = depth_unallocated;
+        // Past the end of a shorter backing file, this image itself supplies the zeros.
+        x.depth = backing_ ? 0 : depth_unallocated;
         append(out, x);
       }
       pos = run_end;
