@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "kiln/block/device.h"
@@ -38,7 +39,8 @@ void usage(FILE* out) {
       "                           another export (repeatable)\n"
       "      --control=PATH       control socket (JSON lines: add/remove/list exports, stats)\n"
       "      --state-file=PATH    where control-API exports are kept across restarts\n"
-      "      --threads=N          reactor threads (only 1 for now)\n"
+      "      --threads=N          reactor threads (default: one per CPU); each export is\n"
+      "                           served by one of them\n"
       "      --pid-file=PATH      write the server's PID here\n"
       "      --fork               go to the background once listening\n"
       "      --log=FILE           log to FILE (reopened on SIGHUP) instead of stderr\n"
@@ -77,7 +79,11 @@ nbd::ExportConfig parse_export(const std::string& spec) {
   return c;
 }
 
-Task<void> watch_signals(block::Reactor& r, nbd::Server& server, int sfd) {
+Task<void> watch_signals(block::Reactor& r, nbd::Server& server, int sfd, bool* done) {
+  struct Done {
+    bool* flag;
+    ~Done() { *flag = true; }
+  } mark{done};
   for (;;) {
     signalfd_siginfo si;
     int n = co_await r.submit([&](io_uring_sqe* s) { io_uring_prep_read(s, sfd, &si, sizeof si, 0); });
@@ -101,7 +107,7 @@ int main(int argc, char** argv) {
   std::string socket_path, bind_addr = "0.0.0.0", port_text, export_name, description, format;
   std::string control_path, state_file, pid_file, log_file, discard = "ignore", cache = "writeback";
   bool read_only = false, persistent = false, fork_bg = false, verbose = false;
-  unsigned shared = 1, threads = 1;
+  unsigned shared = 1, threads = std::max(1u, std::thread::hardware_concurrency());
   std::vector<nbd::ExportConfig> exports;
 
   enum { kDiscard = 256, kCache, kExport, kControl, kStateFile, kThreads, kPidFile, kFork, kLog };
@@ -167,7 +173,7 @@ int main(int argc, char** argv) {
   for (auto& e : exports) e.discard = discard == "unmap" || discard == "on";
   if (cache != "writeback")
     die("--cache=" + cache + " is not supported (only writeback)");
-  if (threads != 1) die("--threads: only 1 reactor thread is supported so far");
+  if (threads == 0) die("--threads must be at least 1");
   if (exports.empty() && control_path.empty())
     die("nothing to serve: give a FILE, --export, or --control");
   uint16_t port = 10809;
@@ -213,6 +219,7 @@ int main(int argc, char** argv) {
     so.max_clients = shared;
     so.persistent = persistent || !control_path.empty();
     so.state_file = state_file;
+    so.threads = threads;
     nbd::Server server(reactor, so);
     if (!state_file.empty())
       for (auto& c : nbd::load_state(state_file)) exports.push_back(c);
@@ -237,8 +244,15 @@ int main(int argc, char** argv) {
       if (log_file.empty()) dup2(devnull, 2);
       close(devnull);
     }
-    reactor.spawn(watch_signals(reactor, server, sfd));
+    bool watcher_done = false;
+    reactor.spawn(watch_signals(reactor, server, sfd, &watcher_done));
     reactor.run(server.serve());
+    if (!watcher_done) {  // stopped by other means (last client left): end the watcher too
+      reactor.spawn([](block::Reactor* r, int fd) -> Task<void> {
+        co_await r->cancel_fd(fd);
+      }(&reactor, sfd));
+      reactor.run_until(watcher_done);
+    }
   } catch (const std::exception& e) {
     die(e.what());
   }

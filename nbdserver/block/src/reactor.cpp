@@ -1,6 +1,8 @@
 #include "kiln/block/reactor.h"
 
 #include <fcntl.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -14,7 +16,64 @@ Reactor::Reactor(unsigned entries) {
   if (rc < 0) throw std::runtime_error(std::string("io_uring_queue_init: ") + strerror(-rc));
 }
 
-Reactor::~Reactor() { io_uring_queue_exit(&ring_); }
+Reactor::~Reactor() {
+  if (wake_fd_ >= 0) {
+    // Let the inbox coroutine finish, so that no frame is left behind.
+    closing_ = true;
+    const uint64_t one = 1;
+    if (::write(wake_fd_, &one, sizeof one) == sizeof one) {
+      try {
+        run_until(inbox_done_);
+      } catch (...) {
+      }
+    }
+  }
+  io_uring_queue_exit(&ring_);
+  if (wake_fd_ >= 0) ::close(wake_fd_);
+}
+
+Task<int> Reactor::cancel_fd(int fd) {
+  co_return co_await submit(
+      [fd](io_uring_sqe* s) { io_uring_prep_cancel_fd(s, fd, IORING_ASYNC_CANCEL_ALL); });
+}
+
+void Reactor::enable_remote() {
+  if (wake_fd_ >= 0) return;
+  wake_fd_ = eventfd(0, EFD_CLOEXEC);
+  if (wake_fd_ < 0) throw std::runtime_error(std::string("eventfd: ") + strerror(errno));
+  spawn(drain_inbox());
+}
+
+void Reactor::post_remote(std::coroutine_handle<> h) {
+  {
+    std::lock_guard<std::mutex> lock(inbox_mutex_);
+    inbox_.push_back(h);
+  }
+  const uint64_t one = 1;
+  ssize_t n = ::write(wake_fd_, &one, sizeof one);
+  (void)n;  // the counter cannot overflow in practice; a failed wake-up would lose nothing queued
+}
+
+// Keeps a read of the wake-up eventfd in flight; each completion moves the inbox to the ready
+// queue. The pending read also keeps an idle reactor's loop waiting instead of returning.
+Task<void> Reactor::drain_inbox() {
+  uint64_t count;
+  for (;;) {
+    const int fd = wake_fd_;
+    int n = co_await submit([fd, &count](io_uring_sqe* s) {
+      io_uring_prep_read(s, fd, &count, sizeof count, 0);
+    });
+    if (n < 0 && n != -EINTR && n != -EAGAIN) break;
+    std::vector<std::coroutine_handle<>> work;
+    {
+      std::lock_guard<std::mutex> lock(inbox_mutex_);
+      work.swap(inbox_);
+    }
+    for (auto h : work) ready_.push_back(h);
+    if (closing_) break;
+  }
+  inbox_done_ = true;
+}
 
 Reactor& Reactor::current() {
   thread_local Reactor reactor;

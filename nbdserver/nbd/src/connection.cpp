@@ -30,12 +30,8 @@ uint32_t wire_error(int err) {
 }
 
 Connection::Connection(Server& server, int fd, std::string peer)
-    : server_(server),
-      sock_(server.reactor(), fd),
-      peer_(std::move(peer)),
-      room_(server.reactor()),
-      handlers_(server.reactor()),
-      writers_(server.reactor()) {}
+    : server_(server), sock_(server.reactor(), fd), peer_(std::move(peer)),
+      reactor_(&server.reactor()) {}
 
 Connection::~Connection() = default;
 
@@ -49,16 +45,26 @@ Task<void> Connection::run() {
   // (GCC 12 miscompiles a co_await inside a short-circuit condition: keep it apart.)
   const bool negotiated = co_await negotiate();
   if (negotiated && !stopping_) {
-    export_->stats.connections++;
-    export_->stats.total_connections++;
-    logf(LogLevel::kInfo, "%s: serving export '%s'%s", peer_.c_str(), export_->config.name.c_str(),
+    Export* e = export_;
+    e->stats.connections++;
+    e->stats.total_connections++;
+    logf(LogLevel::kInfo, "%s: serving export '%s'%s", peer_.c_str(), e->config.name.c_str(),
          structured_ ? " (structured replies)" : "");
+    // Move to the export's reactor thread for the transmission phase, and back at the end.
+    reactor_ = e->home;
+    sock_.move_to(*reactor_);
+    room_.emplace(*reactor_);
+    handlers_.emplace(*reactor_);
+    writers_.emplace(*reactor_);
+    co_await reactor_->schedule();
     co_await transmission();
-    co_await handlers_.wait();
-    co_await writers_.wait();
-    export_->stats.connections--;
-    logf(LogLevel::kInfo, "%s: disconnected from '%s'", peer_.c_str(),
-         export_->config.name.c_str());
+    co_await handlers_->wait();
+    co_await writers_->wait();
+    e->stats.connections--;
+    reactor_ = &server_.reactor();
+    sock_.move_to(*reactor_);
+    co_await reactor_->schedule();
+    logf(LogLevel::kInfo, "%s: disconnected from '%s'", peer_.c_str(), e->config.name.c_str());
   }
 }
 
@@ -66,7 +72,7 @@ Task<void> Connection::transmission() {
   const uint32_t max_block = std::min(export_->device->caps().max_block,
                                       server_.options().max_block);
   while (!stopping_ && !dead_) {
-    while (in_flight_ >= server_.options().max_in_flight) co_await room_.wait();
+    while (in_flight_ >= server_.options().max_in_flight) co_await room_->wait();
     uint8_t h[kRequestSize];
     if (co_await sock_.read_exact(h) < 0) break;
     if (get32(h) != kRequestMagic) {
@@ -91,7 +97,7 @@ Task<void> Connection::transmission() {
       if (co_await sock_.read_exact(payload) < 0) break;
     }
     ++in_flight_;
-    server_.reactor().spawn(handle(req, std::move(payload)), &handlers_);
+    reactor_->spawn(handle(req, std::move(payload)), &*handlers_);
   }
 }
 
@@ -134,7 +140,7 @@ void Connection::queue(OutMessage m) {
   out_.push_back(std::move(m));
   if (!writing_) {
     writing_ = true;
-    server_.reactor().spawn(writer(), &writers_);
+    reactor_->spawn(writer(), &*writers_);
   }
 }
 
@@ -344,7 +350,7 @@ Task<void> Connection::handle(Request req, std::vector<uint8_t> payload) {
       reply_simple(req.handle, rc);
   }
   --in_flight_;
-  room_.notify_all();
+  room_->notify_all();
 }
 
 }  // namespace kiln::nbd

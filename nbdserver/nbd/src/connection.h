@@ -4,7 +4,9 @@
 
 #include <sys/uio.h>
 
+#include <atomic>
 #include <deque>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -75,15 +77,17 @@ class Connection {
   uint32_t ctx_allocation_ = 0;  // ids of the selected metadata contexts; 0 = not selected
   uint32_t ctx_depth_ = 0;
   std::string ctx_export_;  // the export name the contexts were selected for
-  bool stopping_ = false;
+  std::atomic<bool> stopping_{false};  // set from the server's thread
   bool dead_ = false;
 
+  // Transmission runs on the export's reactor; these are created there.
+  block::Reactor* reactor_;
   unsigned in_flight_ = 0;
-  block::WaitList room_;
-  block::WaitGroup handlers_;
+  std::optional<block::WaitList> room_;
+  std::optional<block::WaitGroup> handlers_;
   std::deque<OutMessage> out_;
   bool writing_ = false;
-  block::WaitGroup writers_;
+  std::optional<block::WaitGroup> writers_;
 };
 
 // An errno as the NBD protocol spells it.

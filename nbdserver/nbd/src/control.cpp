@@ -27,10 +27,14 @@ constexpr size_t kMaxControlLine = 64 * 1024;
 
 json stats_json(const Export& e) {
   const ExportStats& s = e.stats;
-  return {{"requests", s.requests},       {"reads", s.reads},
-          {"writes", s.writes},           {"bytes-read", s.bytes_read},
-          {"bytes-written", s.bytes_written}, {"errors", s.errors},
-          {"connections", s.connections}, {"total-connections", s.total_connections}};
+  return {{"requests", s.requests.load()},
+          {"reads", s.reads.load()},
+          {"writes", s.writes.load()},
+          {"bytes-read", s.bytes_read.load()},
+          {"bytes-written", s.bytes_written.load()},
+          {"errors", s.errors.load()},
+          {"connections", s.connections.load()},
+          {"total-connections", s.total_connections.load()}};
 }
 
 json export_json(const Export& e) {
@@ -40,7 +44,7 @@ json export_json(const Export& e) {
           {"read-only", e.config.read_only},
           {"description", e.config.description},
           {"size", e.device->size()},
-          {"connections", e.stats.connections}};
+          {"connections", e.stats.connections.load()}};
 }
 
 json error(const std::string& msg) { return {{"ok", false}, {"error", msg}}; }

@@ -12,7 +12,9 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <future>
 #include <stdexcept>
+#include <thread>
 
 #include "connection.h"
 #include "log.h"
@@ -33,6 +35,13 @@ class Listener {
   std::string what;
   bool control;
   std::string unlink_path;
+};
+
+// A reactor thread other than the caller's.
+struct Worker {
+  std::thread thread;
+  block::Reactor* reactor = nullptr;
+  bool done = false;  // touched only on the worker's thread
 };
 
 namespace {
@@ -79,9 +88,56 @@ std::string peer_name(int fd) {
 }  // namespace
 
 Server::Server(block::Reactor& reactor, ServerOptions options)
-    : reactor_(reactor), options_(std::move(options)), changed_(reactor), accepters_(reactor) {}
+    : reactor_(reactor), options_(std::move(options)), changed_(reactor), accepters_(reactor) {
+  reactor_.enable_remote();
+  reactors_.push_back(&reactor_);
+  start_workers();
+}
 
-Server::~Server() = default;
+Server::~Server() {
+  // serve() stops the workers; this covers a server that never served.
+  for (auto& w : workers_) {
+    if (!w->thread.joinable()) continue;
+    block::Reactor* r = w->reactor;
+    Worker* wp = w.get();
+    reactor_.run([](block::Reactor* target, Worker* worker, block::Reactor* back) -> Task<void> {
+      co_await target->schedule();
+      worker->done = true;
+      co_await back->schedule();  // finish on this thread, which waits for it
+    }(r, wp, &reactor_));
+    w->thread.join();
+  }
+}
+
+void Server::start_workers() {
+  for (unsigned i = 1; i < std::max(1u, options_.threads); ++i) {
+    auto w = std::make_unique<Worker>();
+    std::promise<block::Reactor*> ready;
+    auto started = ready.get_future();
+    Worker* wp = w.get();
+    w->thread = std::thread([wp, ready = std::move(ready)]() mutable {
+      block::Reactor r(1024);
+      r.enable_remote();
+      ready.set_value(&r);
+      r.run_until(wp->done);
+    });
+    w->reactor = started.get();
+    reactors_.push_back(w->reactor);
+    workers_.push_back(std::move(w));
+  }
+}
+
+Task<void> Server::stop_workers() {
+  for (auto& w : workers_) {
+    Worker* wp = w.get();
+    co_await wp->reactor->schedule();
+    wp->done = true;  // the worker's loop ends after this coroutine
+    co_await reactor_.schedule();
+  }
+  for (auto& w : workers_) w->thread.join();
+  workers_.clear();
+  reactors_.resize(1);
+}
 
 void Server::listen_unix(const std::string& path) {
   listeners_.push_back(std::make_unique<Listener>(unix_listener(path), path, false, path));
@@ -132,7 +188,17 @@ Task<void> Server::add_export(ExportConfig config) {
   o.read_only = config.read_only;
   o.l2_cache_bytes = config.l2_cache_bytes;
   auto e = std::make_unique<Export>();
-  e->device = co_await block::open_image(reactor_, config.path, o);
+  // Exports are spread over the reactors, the extra threads first.
+  e->home = reactors_[(1 + next_home_++) % reactors_.size()];
+  std::exception_ptr error;
+  co_await e->home->schedule();
+  try {
+    e->device = co_await block::open_image(*e->home, config.path, o);
+  } catch (...) {
+    error = std::current_exception();
+  }
+  co_await reactor_.schedule();
+  if (error) std::rethrow_exception(error);
   if (config.format.empty()) config.format = e->device->format();
   e->config = std::move(config);
   logf(LogLevel::kInfo, "export '%s': %s (%s, %llu bytes%s)", e->config.name.c_str(),
@@ -158,10 +224,18 @@ Task<int> Server::remove_export(const std::string& name) {
   while (std::any_of(connections_.begin(), connections_.end(),
                      [e](Connection* c) { return c->exported() == e; }))
     co_await changed_.wait();
-  int rc = co_await e->device->close();
+  int rc = co_await close_export(e);
   logf(LogLevel::kInfo, "export '%s' removed", name.c_str());
   exports_.erase(name);
   save_state();
+  co_return rc;
+}
+
+Task<int> Server::close_export(Export* e) {
+  co_await e->home->schedule();
+  int rc = co_await e->device->close();
+  e->device.reset();  // freed on its own thread
+  co_await reactor_.schedule();
   co_return rc;
 }
 
@@ -227,9 +301,7 @@ void Server::request_shutdown() {
   logf(LogLevel::kInfo, "shutting down: finishing requests in flight");
   for (auto& l : listeners_) {
     reactor_.spawn([](block::Reactor* r, int fd) -> Task<void> {
-      co_await r->submit([fd](io_uring_sqe* s) {
-        io_uring_prep_cancel_fd(s, fd, IORING_ASYNC_CANCEL_ALL);  // the pending accepts
-      });
+      co_await r->cancel_fd(fd);  // the pending accepts
     }(&reactor_, l->fd));
   }
   for (Connection* c : connections_) c->shutdown();
@@ -240,13 +312,14 @@ Task<void> Server::drain_and_close() {
   while (!connections_.empty()) co_await changed_.wait();
   co_await accepters_.wait();
   for (auto& [name, e] : exports_) {
-    int rc = co_await e->device->close();
+    int rc = co_await close_export(e.get());
     if (rc < 0)
       logf(LogLevel::kError, "export '%s': closing the image failed: %s", name.c_str(),
            strerror(-rc));
   }
   exports_.clear();
   listeners_.clear();
+  co_await stop_workers();
   logf(LogLevel::kInfo, "stopped");
 }
 

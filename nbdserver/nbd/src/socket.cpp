@@ -8,7 +8,7 @@
 
 namespace kiln::nbd {
 
-Socket::Socket(block::Reactor& r, int fd) : r_(r), fd_(fd), buf_(new uint8_t[kBufferSize]) {}
+Socket::Socket(block::Reactor& r, int fd) : r_(&r), fd_(fd), buf_(new uint8_t[kBufferSize]) {}
 
 Socket::~Socket() { ::close(fd_); }
 
@@ -20,7 +20,7 @@ block::Task<int> Socket::fill() {
     uint8_t* p = buf_.get() + end_;
     const size_t room = kBufferSize - end_;
     const int fd = fd_;
-    int n = co_await r_.submit([=](io_uring_sqe* s) { io_uring_prep_recv(s, fd, p, room, 0); });
+    int n = co_await r_->submit([=](io_uring_sqe* s) { io_uring_prep_recv(s, fd, p, room, 0); });
     if (n == -EINTR || n == -EAGAIN) continue;
     if (n < 0) co_return n;
     if (n == 0) co_return -ECONNRESET;
@@ -44,7 +44,7 @@ block::Task<int> Socket::read_exact(std::span<uint8_t> out) {
       // Large payloads go straight into their destination.
       uint8_t* p = out.data() + got;
       const int fd = fd_;
-      int n = co_await r_.submit([=](io_uring_sqe* s) { io_uring_prep_recv(s, fd, p, want, 0); });
+      int n = co_await r_->submit([=](io_uring_sqe* s) { io_uring_prep_recv(s, fd, p, want, 0); });
       if (n == -EINTR || n == -EAGAIN) continue;
       if (n < 0) co_return n;
       if (n == 0) co_return -ECONNRESET;
@@ -75,7 +75,7 @@ block::Task<int> Socket::write_all(std::vector<iovec> iov) {
     msg.msg_iov = &iov[first];
     msg.msg_iovlen = std::min<size_t>(iov.size() - first, IOV_MAX);
     const int fd = fd_;
-    int n = co_await r_.submit(
+    int n = co_await r_->submit(
         [&msg, fd](io_uring_sqe* s) { io_uring_prep_sendmsg(s, fd, &msg, MSG_NOSIGNAL); });
     if (n == -EINTR || n == -EAGAIN) continue;
     if (n < 0) co_return n;

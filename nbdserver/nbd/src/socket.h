@@ -22,6 +22,8 @@ class Socket {
   Socket& operator=(const Socket&) = delete;
 
   int fd() const { return fd_; }
+  // Submits future I/O through `r` (the connection moved to another reactor thread).
+  void move_to(block::Reactor& r) { r_ = &r; }
   // Fills `out` completely. Returns 0, -ECONNRESET at end of stream, or -errno.
   block::Task<int> read_exact(std::span<uint8_t> out);
   // Reads and drops `n` bytes.
@@ -38,7 +40,7 @@ class Socket {
  private:
   block::Task<int> fill();
 
-  block::Reactor& r_;
+  block::Reactor* r_;
   int fd_;
   std::unique_ptr<uint8_t[]> buf_;
   size_t begin_ = 0, end_ = 0;

@@ -8,6 +8,8 @@
 #include <coroutine>
 #include <cstdint>
 #include <deque>
+#include <mutex>
+#include <vector>
 #include <exception>
 #include <optional>
 #include <type_traits>
@@ -28,6 +30,19 @@ class Reactor final : public Scheduler {
   static Reactor& current();
 
   void post(std::coroutine_handle<> h) override { ready_.push_back(h); }
+
+  // Cross-thread hand-off. `post_remote` may be called from any thread: the coroutine resumes
+  // on this reactor's thread. `co_await reactor.schedule()` moves the calling coroutine there.
+  // A reactor that takes remote work must have called enable_remote() on its own thread.
+  void enable_remote();
+  void post_remote(std::coroutine_handle<> h);
+  struct ScheduleAwaiter {
+    Reactor* r;
+    bool await_ready() const noexcept { return false; }
+    void await_suspend(std::coroutine_handle<> h) { r->post_remote(h); }
+    void await_resume() const noexcept {}
+  };
+  ScheduleAwaiter schedule() { return ScheduleAwaiter{this}; }
 
   // A free submission entry; submits what is queued when the ring is full.
   io_uring_sqe* get_sqe();
@@ -101,12 +116,21 @@ class Reactor final : public Scheduler {
   Task<int> write_full(int fd, std::span<const uint8_t> buf, uint64_t offset);
   Task<int> fsync(int fd, bool datasync);
   Task<int> fallocate(int fd, int mode, uint64_t offset, uint64_t len);
+  // Cancels every operation in flight on `fd` (they complete with -ECANCELED).
+  Task<int> cancel_fd(int fd);
 
   uint64_t submitted() const { return submitted_; }
 
  private:
+  Task<void> drain_inbox();
+  bool closing_ = false;
+  bool inbox_done_ = false;
+
   io_uring ring_;
   std::deque<std::coroutine_handle<>> ready_;
+  int wake_fd_ = -1;
+  std::mutex inbox_mutex_;
+  std::vector<std::coroutine_handle<>> inbox_;
   size_t inflight_ = 0;
   uint64_t submitted_ = 0;
 };

@@ -2,6 +2,7 @@
 // API, all driven by one reactor.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <list>
 #include <map>
@@ -24,11 +25,12 @@ struct ExportConfig {
   bool persistent = false;  // recorded in the state file (exports added through the control API)
 };
 
+// Counters are updated on the export's reactor thread and read by the control API.
 struct ExportStats {
-  uint64_t requests = 0, reads = 0, writes = 0, bytes_read = 0, bytes_written = 0;
-  uint64_t errors = 0;
-  uint64_t connections = 0;        // open now
-  uint64_t total_connections = 0;  // since the export was added
+  std::atomic<uint64_t> requests{0}, reads{0}, writes{0}, bytes_read{0}, bytes_written{0};
+  std::atomic<uint64_t> errors{0};
+  std::atomic<uint64_t> connections{0};        // open now
+  std::atomic<uint64_t> total_connections{0};  // since the export was added
 };
 
 struct ServerOptions {
@@ -39,15 +41,21 @@ struct ServerOptions {
   unsigned max_clients = 0;        // qemu-nbd -e N: 0 = unlimited
   bool persistent = true;          // keep serving after the last client leaves (qemu-nbd -t)
   std::string state_file;          // where exports added through the control API are recorded
+  unsigned threads = 1;            // reactor threads, the caller's included
 };
 
 class Connection;
 class Listener;
+struct Worker;
 
+// An export lives on one reactor (its home): its image is opened there, and every connection
+// to it runs its transmission phase there, so the image needs no locks and a flush on any
+// connection covers writes completed on all of them.
 class Export {
  public:
   ExportConfig config;
   std::unique_ptr<block::BlockDevice> device;
+  block::Reactor* home = nullptr;
   ExportStats stats;
   bool removing = false;
 };
@@ -89,6 +97,9 @@ class Server {
 
  private:
   block::Task<void> accept_loop(Listener* l);
+  void start_workers();
+  block::Task<void> stop_workers();
+  block::Task<int> close_export(Export* e);
   block::Task<void> control_client(int fd);
   block::Task<void> drain_and_close();
   void save_state();
@@ -97,6 +108,9 @@ class Server {
   ServerOptions options_;
   std::map<std::string, std::unique_ptr<Export>> exports_;
   std::vector<std::unique_ptr<Listener>> listeners_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::vector<block::Reactor*> reactors_;  // [0] is the caller's
+  size_t next_home_ = 0;
   std::list<Connection*> connections_;
   block::WaitList changed_;  // connections ended, shutdown requested
   block::WaitGroup accepters_;
