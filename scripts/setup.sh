@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs every Debian package that Kiln's build, tests and benchmarks need, then builds.
-#   scripts/setup.sh [--no-build]
-# Builds: build/release (Release) and build/asan (Debug with ASan+UBSan).
+#   scripts/setup.sh [--no-build | --release-only]
+# Builds: build/release (Release), build/asan (Debug with ASan+UBSan), build/fuzz (clang,
+# libFuzzer targets).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
@@ -24,6 +25,7 @@ build() {  # build DIR [cmake args...]
   cmake --build "$dir"
 }
 build build/release -DCMAKE_BUILD_TYPE=Release
+[ "${1:-}" = "--release-only" ] && exit 0
 build build/asan -DCMAKE_BUILD_TYPE=Debug -DKILN_SANITIZE=ON -DKILN_BUILD_BENCH=OFF
 # libFuzzer targets need clang.
 CC=clang CXX=clang++ cmake -S . -B build/fuzz -G Ninja -DCMAKE_BUILD_TYPE=Release \
