@@ -356,3 +356,31 @@ TEST(Qcow2, SmallCacheStillCorrect) {
 }
 
 }  // namespace
+
+namespace {
+
+// An acknowledged write must be in the file even if the process dies before a flush: a second
+// reader of the file (standing in for the next process) sees it without any flush or close.
+TEST(Qcow2, AcknowledgedWritesAreInTheFileBeforeAnyFlush) {
+  Reactor r;
+  TempDir dir;
+  qcow2::CreateOptions co;
+  co.size = 8u << 20;
+  qcow2::create(r, dir.file("base.qcow2"), co);
+  co.backing_file = "base.qcow2";
+  co.backing_format = "qcow2";
+  qcow2::create(r, dir.file("top.qcow2"), co);
+  Dev d = Dev::open(r, dir.file("top.qcow2"));
+  auto data = pattern(3 * 65536 + 1000, 21);
+  ASSERT_EQ(d.write(70000, data), 0);                 // allocating writes
+  ASSERT_EQ(d.zero(4u << 20, 65536), 0);              // a zero cluster over the backing
+  Dev other = Dev::open(r, dir.file("top.qcow2"), true);
+  EXPECT_EQ(other.read(70000, data.size()), data);
+  std::vector<Extent> ext;
+  ASSERT_EQ(r.run(other.dev->block_status(4u << 20, 65536, &ext)), 0);
+  ASSERT_EQ(ext.size(), 1u);
+  EXPECT_TRUE(ext[0].present && ext[0].zero);
+  ASSERT_EQ(d.close(), 0);
+}
+
+}  // namespace

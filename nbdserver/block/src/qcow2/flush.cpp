@@ -8,6 +8,10 @@
 //   3. release the clusters that the tables written in step 2 no longer reference.
 // At every instant the file is consistent: a table never points at a cluster whose refcount
 // or contents are not on disk, and a refcount never drops while a table on disk points there.
+//
+// Between flushes, commit() runs steps 1 and 2 without the last fdatasync before a write is
+// acknowledged, so that what a client was told is written is in the file even if kiln-nbd is
+// killed; the next flush makes it durable.
 #include <cerrno>
 #include <cstring>
 
@@ -121,10 +125,36 @@ Task<int> Image::flush_locked() {
   durable_gen_ = std::max(durable_gen_, snapshot);
 
   n = co_await write_l2_and_l1();
-  if (n > 0) n = co_await r_.fsync(fd_, true);
+  if (n > 0 || (n == 0 && tables_unsynced_)) n = co_await r_.fsync(fd_, true);
   if (n < 0) co_return n;
+  tables_unsynced_ = false;
+  committed_gen_ = std::max(committed_gen_, snapshot);
 
   co_return co_await apply_frees(snapshot);
+}
+
+Task<int> Image::commit(uint64_t upto) {
+  // Group commit: whoever holds the lock writes everything changed so far; those queued
+  // behind it usually find their changes already in the file.
+  while (committed_gen_ < upto) {
+    co_await flush_mutex_.lock();
+    LockGuard guard(flush_mutex_);
+    if (committed_gen_ >= upto) break;
+    const uint64_t snapshot = gen_;
+    unsynced_ = false;
+    int n = co_await write_refblocks();
+    if (n >= 0) n = co_await r_.fsync(fd_, true);
+    if (n < 0) {
+      unsynced_ = true;
+      co_return n;
+    }
+    durable_gen_ = std::max(durable_gen_, snapshot);
+    n = co_await write_l2_and_l1();
+    if (n < 0) co_return n;
+    if (n > 0) tables_unsynced_ = true;
+    committed_gen_ = std::max(committed_gen_, snapshot);
+  }
+  co_return 0;
 }
 
 Task<int> Image::make_room(SliceCache& cache) {

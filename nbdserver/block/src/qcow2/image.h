@@ -102,6 +102,9 @@ class Image final : public BlockDevice {
 
   // --- write-back (flush.cpp) ---
   Task<int> flush_locked();
+  // Puts every mapping change up to `upto` into the file (page cache), ordered after the
+  // refcounts they rely on, so that an acknowledged write survives the death of the process.
+  Task<int> commit(uint64_t upto);
   Task<int> write_buffers(std::vector<std::pair<uint64_t, std::vector<uint8_t>>>& writes);
   Task<int> write_refblocks();
   Task<int> write_l2_and_l1();
@@ -141,6 +144,8 @@ class Image final : public BlockDevice {
 
   uint64_t gen_ = 0;          // bumped by every mapping change
   uint64_t durable_gen_ = 0;  // refcounts and data of changes up to here are on disk
+  uint64_t committed_gen_ = 0;  // tables up to here are in the file (maybe not yet synced)
+  bool tables_unsynced_ = false;  // tables written by a commit since the last flush
   struct PendingFree {
     uint64_t entry;  // the old L2 entry (standard or compressed) or a bare cluster offset
     uint64_t gen;

@@ -288,6 +288,7 @@ Task<int> Image::write(uint64_t offset, std::span<const uint8_t> buf, unsigned f
     }
     co_await group.wait();
   }
+  if (err == 0 && committed_gen_ < gen_) err = co_await commit(gen_);
   if (err == 0 && (flags & kWriteFua)) err = co_await flush();
   co_return err;
 }
@@ -387,6 +388,7 @@ Task<int> Image::write_zeroes(uint64_t offset, uint64_t length, unsigned flags) 
     pos = next;
   }
   co_await group.wait();
+  if (err == 0 && committed_gen_ < gen_) err = co_await commit(gen_);
   if (err == 0 && (flags & kWriteFua)) err = co_await flush();
   co_return err;
 }
