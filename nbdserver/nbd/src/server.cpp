@@ -284,15 +284,21 @@ Task<void> Server::accept_loop(Listener* l) {
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);  // fails harmlessly on Unix
-    ++clients_seen_;
-    auto* c = new Connection(*this, fd, peer_name(fd));
-    connection_started(c);
-    reactor_.spawn([](Server* s, Connection* conn) -> Task<void> {
-      co_await conn->run();
-      s->connection_finished(conn);
-      delete conn;
-    }(this, c));
+    serve_connection(fd);
   }
+}
+
+void Server::serve_connection(int fd, block::WaitGroup* done) {
+  ++clients_seen_;
+  auto* c = new Connection(*this, fd, peer_name(fd));
+  connection_started(c);
+  reactor_.spawn(
+      [](Server* s, Connection* conn) -> Task<void> {
+        co_await conn->run();
+        s->connection_finished(conn);
+        delete conn;
+      }(this, c),
+      done);
 }
 
 void Server::request_shutdown() {

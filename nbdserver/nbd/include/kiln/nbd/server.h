@@ -77,6 +77,9 @@ class Server {
   void listen_unix(const std::string& path);
   void listen_tcp(const std::string& host, uint16_t port);
   void listen_control(const std::string& path);
+  // Serves a client on an already connected socket (inetd style, and the fuzz target); the
+  // server owns `fd` from now on. `done`, if given, is told when the connection has ended.
+  void serve_connection(int fd, block::WaitGroup* done = nullptr);
 
   // Runs until shutdown() finishes; the caller starts it from a coroutine.
   block::Task<void> serve();
