@@ -67,20 +67,35 @@ Task<void> worker(State* s) {
 
 int main(int argc, char** argv) {
   Options o;
-  static option longopts[] = {{"image", 1, nullptr, 'i'}, {"format", 1, nullptr, 'f'},
-                              {"rw", 1, nullptr, 'w'},    {"bs", 1, nullptr, 'b'},
-                              {"qd", 1, nullptr, 'q'},    {"seconds", 1, nullptr, 's'},
+  static option longopts[] = {{"image", 1, nullptr, 'i'},   {"format", 1, nullptr, 'f'},
+                              {"rw", 1, nullptr, 'w'},      {"bs", 1, nullptr, 'b'},
+                              {"qd", 1, nullptr, 'q'},      {"seconds", 1, nullptr, 's'},
                               {"cluster", 1, nullptr, 'c'}, {nullptr, 0, nullptr, 0}};
   for (int c; (c = getopt_long(argc, argv, "", longopts, nullptr)) != -1;) {
     switch (c) {
-      case 'i': o.image = optarg; break;
-      case 'f': o.format = optarg; break;
-      case 'w': o.rw = optarg; break;
-      case 'b': o.bs = parse_size(optarg); break;
-      case 'q': o.qd = unsigned(std::stoul(optarg)); break;
-      case 's': o.seconds = std::stod(optarg); break;
-      case 'c': o.cluster = parse_size(optarg); break;
-      default: return 2;
+      case 'i':
+        o.image = optarg;
+        break;
+      case 'f':
+        o.format = optarg;
+        break;
+      case 'w':
+        o.rw = optarg;
+        break;
+      case 'b':
+        o.bs = parse_size(optarg);
+        break;
+      case 'q':
+        o.qd = unsigned(std::stoul(optarg));
+        break;
+      case 's':
+        o.seconds = std::stod(optarg);
+        break;
+      case 'c':
+        o.cluster = parse_size(optarg);
+        break;
+      default:
+        return 2;
     }
   }
   if (o.image.empty()) {
@@ -120,11 +135,12 @@ int main(int argc, char** argv) {
     const double p99 = s.latencies_us.empty()
                            ? 0
                            : s.latencies_us[size_t(double(s.latencies_us.size() - 1) * 0.99)];
-    printf("{\"rw\":\"%s\",\"bs\":%llu,\"qd\":%u,\"ops\":%llu,\"errors\":%llu,\"seconds\":%.3f,"
-           "\"iops\":%.0f,\"mbps\":%.1f,\"p99_us\":%.1f,\"cpu_seconds\":%.3f,\"max_rss_kb\":%ld}\n",
-           o.rw.c_str(), (unsigned long long)o.bs, o.qd, (unsigned long long)s.done,
-           (unsigned long long)s.errors, elapsed, double(s.done) / elapsed,
-           double(s.done * o.bs) / elapsed / 1e6, p99, cpu(ru0, ru1), ru1.ru_maxrss);
+    printf(
+        "{\"rw\":\"%s\",\"bs\":%llu,\"qd\":%u,\"ops\":%llu,\"errors\":%llu,\"seconds\":%.3f,"
+        "\"iops\":%.0f,\"mbps\":%.1f,\"p99_us\":%.1f,\"cpu_seconds\":%.3f,\"max_rss_kb\":%ld}\n",
+        o.rw.c_str(), (unsigned long long)o.bs, o.qd, (unsigned long long)s.done,
+        (unsigned long long)s.errors, elapsed, double(s.done) / elapsed,
+        double(s.done * o.bs) / elapsed / 1e6, p99, cpu(ru0, ru1), ru1.ru_maxrss);
     return s.errors ? 1 : 0;
   } catch (const std::exception& e) {
     fprintf(stderr, "kiln-block-bench: %s\n", e.what());

@@ -11,9 +11,9 @@
 #include <thread>
 #include <vector>
 
+#include "../nbd/src/log.h"
 #include "kiln/block/device.h"
 #include "kiln/nbd/server.h"
-#include "../nbd/src/log.h"
 
 using namespace kiln;
 using kiln::block::Task;
@@ -86,7 +86,8 @@ Task<void> watch_signals(block::Reactor& r, nbd::Server& server, int sfd, bool* 
   } mark{done};
   for (;;) {
     signalfd_siginfo si;
-    int n = co_await r.submit([&](io_uring_sqe* s) { io_uring_prep_read(s, sfd, &si, sizeof si, 0); });
+    int n =
+        co_await r.submit([&](io_uring_sqe* s) { io_uring_prep_read(s, sfd, &si, sizeof si, 0); });
     if (n != int(sizeof si)) {
       if (n == -EINTR || n == -EAGAIN) continue;
       break;
@@ -111,51 +112,92 @@ int main(int argc, char** argv) {
   std::vector<nbd::ExportConfig> exports;
 
   enum { kDiscard = 256, kCache, kExport, kControl, kStateFile, kThreads, kPidFile, kFork, kLog };
-  static const option longopts[] = {
-      {"socket", required_argument, nullptr, 'k'},
-      {"port", required_argument, nullptr, 'p'},
-      {"bind", required_argument, nullptr, 'b'},
-      {"export-name", required_argument, nullptr, 'x'},
-      {"description", required_argument, nullptr, 'D'},
-      {"format", required_argument, nullptr, 'f'},
-      {"read-only", no_argument, nullptr, 'r'},
-      {"shared", required_argument, nullptr, 'e'},
-      {"persistent", no_argument, nullptr, 't'},
-      {"discard", required_argument, nullptr, kDiscard},
-      {"cache", required_argument, nullptr, kCache},
-      {"export", required_argument, nullptr, kExport},
-      {"control", required_argument, nullptr, kControl},
-      {"state-file", required_argument, nullptr, kStateFile},
-      {"threads", required_argument, nullptr, kThreads},
-      {"pid-file", required_argument, nullptr, kPidFile},
-      {"fork", no_argument, nullptr, kFork},
-      {"log", required_argument, nullptr, kLog},
-      {"verbose", no_argument, nullptr, 'v'},
-      {"help", no_argument, nullptr, 'h'},
-      {nullptr, 0, nullptr, 0}};
+  static const option longopts[] = {{"socket", required_argument, nullptr, 'k'},
+                                    {"port", required_argument, nullptr, 'p'},
+                                    {"bind", required_argument, nullptr, 'b'},
+                                    {"export-name", required_argument, nullptr, 'x'},
+                                    {"description", required_argument, nullptr, 'D'},
+                                    {"format", required_argument, nullptr, 'f'},
+                                    {"read-only", no_argument, nullptr, 'r'},
+                                    {"shared", required_argument, nullptr, 'e'},
+                                    {"persistent", no_argument, nullptr, 't'},
+                                    {"discard", required_argument, nullptr, kDiscard},
+                                    {"cache", required_argument, nullptr, kCache},
+                                    {"export", required_argument, nullptr, kExport},
+                                    {"control", required_argument, nullptr, kControl},
+                                    {"state-file", required_argument, nullptr, kStateFile},
+                                    {"threads", required_argument, nullptr, kThreads},
+                                    {"pid-file", required_argument, nullptr, kPidFile},
+                                    {"fork", no_argument, nullptr, kFork},
+                                    {"log", required_argument, nullptr, kLog},
+                                    {"verbose", no_argument, nullptr, 'v'},
+                                    {"help", no_argument, nullptr, 'h'},
+                                    {nullptr, 0, nullptr, 0}};
   for (int c; (c = getopt_long(argc, argv, "k:p:b:x:D:f:re:tvh", longopts, nullptr)) != -1;) {
     switch (c) {
-      case 'k': socket_path = optarg; break;
-      case 'p': port_text = optarg; break;
-      case 'b': bind_addr = optarg; break;
-      case 'x': export_name = optarg; break;
-      case 'D': description = optarg; break;
-      case 'f': format = optarg; break;
-      case 'r': read_only = true; break;
-      case 'e': shared = unsigned(atoi(optarg)); break;
-      case 't': persistent = true; break;
-      case kDiscard: discard = optarg; break;
-      case kCache: cache = optarg; break;
-      case kExport: exports.push_back(parse_export(optarg)); break;
-      case kControl: control_path = optarg; break;
-      case kStateFile: state_file = optarg; break;
-      case kThreads: threads = unsigned(atoi(optarg)); break;
-      case kPidFile: pid_file = optarg; break;
-      case kFork: fork_bg = true; break;
-      case kLog: log_file = optarg; break;
-      case 'v': verbose = true; break;
-      case 'h': usage(stdout); return 0;
-      default: usage(stderr); return 1;
+      case 'k':
+        socket_path = optarg;
+        break;
+      case 'p':
+        port_text = optarg;
+        break;
+      case 'b':
+        bind_addr = optarg;
+        break;
+      case 'x':
+        export_name = optarg;
+        break;
+      case 'D':
+        description = optarg;
+        break;
+      case 'f':
+        format = optarg;
+        break;
+      case 'r':
+        read_only = true;
+        break;
+      case 'e':
+        shared = unsigned(atoi(optarg));
+        break;
+      case 't':
+        persistent = true;
+        break;
+      case kDiscard:
+        discard = optarg;
+        break;
+      case kCache:
+        cache = optarg;
+        break;
+      case kExport:
+        exports.push_back(parse_export(optarg));
+        break;
+      case kControl:
+        control_path = optarg;
+        break;
+      case kStateFile:
+        state_file = optarg;
+        break;
+      case kThreads:
+        threads = unsigned(atoi(optarg));
+        break;
+      case kPidFile:
+        pid_file = optarg;
+        break;
+      case kFork:
+        fork_bg = true;
+        break;
+      case kLog:
+        log_file = optarg;
+        break;
+      case 'v':
+        verbose = true;
+        break;
+      case 'h':
+        usage(stdout);
+        return 0;
+      default:
+        usage(stderr);
+        return 1;
     }
   }
   if (optind + 1 < argc) die("too many arguments (one FILE; more with --export)");
@@ -171,8 +213,7 @@ int main(int argc, char** argv) {
   if (discard != "ignore" && discard != "unmap" && discard != "off" && discard != "on")
     die("--discard must be ignore or unmap");
   for (auto& e : exports) e.discard = discard == "unmap" || discard == "on";
-  if (cache != "writeback")
-    die("--cache=" + cache + " is not supported (only writeback)");
+  if (cache != "writeback") die("--cache=" + cache + " is not supported (only writeback)");
   if (threads == 0) die("--threads must be at least 1");
   if (exports.empty() && control_path.empty())
     die("nothing to serve: give a FILE, --export, or --control");
@@ -248,9 +289,8 @@ int main(int argc, char** argv) {
     reactor.spawn(watch_signals(reactor, server, sfd, &watcher_done));
     reactor.run(server.serve());
     if (!watcher_done) {  // stopped by other means (last client left): end the watcher too
-      reactor.spawn([](block::Reactor* r, int fd) -> Task<void> {
-        co_await r->cancel_fd(fd);
-      }(&reactor, sfd));
+      reactor.spawn([](block::Reactor* r, int fd) -> Task<void> { co_await r->cancel_fd(fd); }(
+                                                      &reactor, sfd));
       reactor.run_until(watcher_done);
     }
   } catch (const std::exception& e) {

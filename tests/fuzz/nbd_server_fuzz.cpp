@@ -61,14 +61,16 @@ block::Task<void> client(block::Reactor& r, int fd, const uint8_t* data, size_t 
   while (sent < size) {
     const uint8_t* p = data + sent;
     const size_t n = size - sent;
-    int rc = co_await r.submit([=](io_uring_sqe* s) { io_uring_prep_send(s, fd, p, n, MSG_NOSIGNAL); });
+    int rc =
+        co_await r.submit([=](io_uring_sqe* s) { io_uring_prep_send(s, fd, p, n, MSG_NOSIGNAL); });
     if (rc <= 0) break;
     sent += size_t(rc);
   }
   shutdown(fd, SHUT_WR);
   static uint8_t sink[65536];
   for (;;) {
-    int rc = co_await r.submit([=](io_uring_sqe* s) { io_uring_prep_recv(s, fd, sink, sizeof sink, 0); });
+    int rc = co_await r.submit(
+        [=](io_uring_sqe* s) { io_uring_prep_recv(s, fd, sink, sizeof sink, 0); });
     if (rc <= 0) break;
   }
   close(fd);

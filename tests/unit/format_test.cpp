@@ -1,9 +1,10 @@
+#include "qcow2/format.h"
+
 #include <gtest/gtest.h>
 
 #include <random>
 
 #include "kiln/block/device.h"
-#include "qcow2/format.h"
 
 using namespace kiln::block;
 using namespace kiln::block::qcow2;

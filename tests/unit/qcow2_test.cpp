@@ -1,3 +1,5 @@
+#include "kiln/block/qcow2.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -5,7 +7,6 @@
 #include <map>
 #include <random>
 
-#include "kiln/block/qcow2.h"
 #include "test_util.h"
 
 using namespace kiln;
@@ -108,7 +109,8 @@ TEST_P(Qcow2Variants, RandomOperationsMatchModel) {
       if (op < 6) {
         buffers.push_back(pattern(len, uint32_t(rng())));
         std::memcpy(&model[off], buffers.back().data(), len);
-        auto t = [](BlockDevice* dev, uint64_t o, std::span<const uint8_t> b, int* e) -> Task<void> {
+        auto t = [](BlockDevice* dev, uint64_t o, std::span<const uint8_t> b,
+                    int* e) -> Task<void> {
           int rc = co_await dev->write(o, b, 0);
           if (rc) *e = rc;
         };
@@ -156,15 +158,14 @@ TEST_P(Qcow2Variants, RandomOperationsMatchModel) {
   ASSERT_TRUE(bad.first == all.end()) << "first difference at " << bad.first - all.begin();
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    All, Qcow2Variants,
-    testing::Values(Variant{3, 65536, 16, false}, Variant{3, 65536, 16, true},
-                    Variant{2, 65536, 16, false}, Variant{2, 65536, 16, true},
-                    Variant{3, 512, 1, true}, Variant{3, 512, 64, false},
-                    Variant{3, 4096, 2, true}, Variant{3, 4096, 8, false},
-                    Variant{3, 16384, 4, true}, Variant{3, 32768, 32, true},
-                    Variant{3, 2u << 20, 16, true}),
-    name_of);
+INSTANTIATE_TEST_SUITE_P(All, Qcow2Variants,
+                         testing::Values(Variant{3, 65536, 16, false}, Variant{3, 65536, 16, true},
+                                         Variant{2, 65536, 16, false}, Variant{2, 65536, 16, true},
+                                         Variant{3, 512, 1, true}, Variant{3, 512, 64, false},
+                                         Variant{3, 4096, 2, true}, Variant{3, 4096, 8, false},
+                                         Variant{3, 16384, 4, true}, Variant{3, 32768, 32, true},
+                                         Variant{3, 2u << 20, 16, true}),
+                         name_of);
 
 TEST(Qcow2, FreshImageReadsZerosAndMapsUnallocated) {
   Reactor r;
@@ -232,8 +233,7 @@ TEST(Qcow2, ConcurrentAllocatingWritesAndRacingReads) {
   auto reader = [](BlockDevice* dev, uint64_t o, const std::vector<uint8_t>* want,
                    int* bad) -> Task<void> {
     std::vector<uint8_t> got(1024);
-    if (co_await dev->read(o, got) != 0 || std::memcmp(got.data(), want->data() + o, 1024))
-      ++*bad;
+    if (co_await dev->read(o, got) != 0 || std::memcmp(got.data(), want->data() + o, 1024)) ++*bad;
   };
   std::mt19937 rng(5);
   for (uint64_t c = 0; c < 4; ++c)
@@ -372,8 +372,8 @@ TEST(Qcow2, AcknowledgedWritesAreInTheFileBeforeAnyFlush) {
   qcow2::create(r, dir.file("top.qcow2"), co);
   Dev d = Dev::open(r, dir.file("top.qcow2"));
   auto data = pattern(3 * 65536 + 1000, 21);
-  ASSERT_EQ(d.write(70000, data), 0);                 // allocating writes
-  ASSERT_EQ(d.zero(4u << 20, 65536), 0);              // a zero cluster over the backing
+  ASSERT_EQ(d.write(70000, data), 0);     // allocating writes
+  ASSERT_EQ(d.zero(4u << 20, 65536), 0);  // a zero cluster over the backing
   Dev other = Dev::open(r, dir.file("top.qcow2"), true);
   EXPECT_EQ(other.read(70000, data.size()), data);
   std::vector<Extent> ext;

@@ -1,10 +1,10 @@
+#include "kiln/block/reactor.h"
+
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <cstdlib>
-
-#include "kiln/block/reactor.h"
 
 using namespace kiln::block;
 

@@ -46,14 +46,36 @@ uint64_t parse_size(const std::string& text) {
   if (suffix.size() > 1) throw Error(EINVAL, "invalid size suffix in '" + text + "'");
   if (!suffix.empty()) {
     switch (suffix[0]) {
-      case 'b': case 'B': mult = 1; break;
-      case 'k': case 'K': mult = 1ull << 10; break;
-      case 'm': case 'M': mult = 1ull << 20; break;
-      case 'g': case 'G': mult = 1ull << 30; break;
-      case 't': case 'T': mult = 1ull << 40; break;
-      case 'p': case 'P': mult = 1ull << 50; break;
-      case 'e': case 'E': mult = 1ull << 60; break;
-      default: throw Error(EINVAL, "invalid size suffix in '" + text + "'");
+      case 'b':
+      case 'B':
+        mult = 1;
+        break;
+      case 'k':
+      case 'K':
+        mult = 1ull << 10;
+        break;
+      case 'm':
+      case 'M':
+        mult = 1ull << 20;
+        break;
+      case 'g':
+      case 'G':
+        mult = 1ull << 30;
+        break;
+      case 't':
+      case 'T':
+        mult = 1ull << 40;
+        break;
+      case 'p':
+      case 'P':
+        mult = 1ull << 50;
+        break;
+      case 'e':
+      case 'E':
+        mult = 1ull << 60;
+        break;
+      default:
+        throw Error(EINVAL, "invalid size suffix in '" + text + "'");
     }
   }
   const double bytes = value * double(mult);

@@ -52,8 +52,8 @@ class RawDevice final : public BlockDevice {
   Task<int> write_zeroes(uint64_t off, uint64_t len, unsigned flags) override {
     if (caps_.read_only) co_return -EPERM;
     if (off > size_ || len > size_ - off) co_return -ENOSPC;
-    int mode = (flags & kWriteNoUnmap) ? FALLOC_FL_ZERO_RANGE
-                                       : FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+    int mode =
+        (flags & kWriteNoUnmap) ? FALLOC_FL_ZERO_RANGE : FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
     int rc = co_await r_.fallocate(fd_, mode, off, len);
     if (rc == -EOPNOTSUPP && mode != FALLOC_FL_ZERO_RANGE)
       rc = co_await r_.fallocate(fd_, FALLOC_FL_ZERO_RANGE, off, len);
@@ -62,7 +62,8 @@ class RawDevice final : public BlockDevice {
       std::vector<uint8_t> zeros(std::min<uint64_t>(len, 1u << 20));
       for (uint64_t pos = 0; pos < len && rc != 0;) {
         uint64_t n = std::min<uint64_t>(zeros.size(), len - pos);
-        if (int w = co_await r_.write_full(fd_, std::span<const uint8_t>(zeros).first(n), off + pos);
+        if (int w =
+                co_await r_.write_full(fd_, std::span<const uint8_t>(zeros).first(n), off + pos);
             w < 0)
           co_return w;
         pos += n;

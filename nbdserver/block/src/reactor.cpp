@@ -60,9 +60,8 @@ Task<void> Reactor::drain_inbox() {
   uint64_t count;
   for (;;) {
     const int fd = wake_fd_;
-    int n = co_await submit([fd, &count](io_uring_sqe* s) {
-      io_uring_prep_read(s, fd, &count, sizeof count, 0);
-    });
+    int n = co_await submit(
+        [fd, &count](io_uring_sqe* s) { io_uring_prep_read(s, fd, &count, sizeof count, 0); });
     if (n < 0 && n != -EINTR && n != -EAGAIN) break;
     std::vector<std::coroutine_handle<>> work;
     {

@@ -17,20 +17,35 @@ using block::Task;
 
 uint32_t wire_error(int err) {
   switch (err < 0 ? -err : err) {
-    case 0: return 0;
-    case EPERM: case EROFS: case EACCES: return kEperm;
-    case ENOMEM: return kEnomem;
-    case EINVAL: return kEinval;
-    case ENOSPC: case EDQUOT: case EFBIG: return kEnospc;
-    case EOVERFLOW: return kEoverflow;
-    case ENOTSUP: return kEnotsup;
-    case ESHUTDOWN: return kEshutdown;
-    default: return kEio;
+    case 0:
+      return 0;
+    case EPERM:
+    case EROFS:
+    case EACCES:
+      return kEperm;
+    case ENOMEM:
+      return kEnomem;
+    case EINVAL:
+      return kEinval;
+    case ENOSPC:
+    case EDQUOT:
+    case EFBIG:
+      return kEnospc;
+    case EOVERFLOW:
+      return kEoverflow;
+    case ENOTSUP:
+      return kEnotsup;
+    case ESHUTDOWN:
+      return kEshutdown;
+    default:
+      return kEio;
   }
 }
 
 Connection::Connection(Server& server, int fd, std::string peer)
-    : server_(server), sock_(server.reactor(), fd), peer_(std::move(peer)),
+    : server_(server),
+      sock_(server.reactor(), fd),
+      peer_(std::move(peer)),
       reactor_(&server.reactor()) {}
 
 Connection::~Connection() = default;
@@ -69,8 +84,8 @@ Task<void> Connection::run() {
 }
 
 Task<void> Connection::transmission() {
-  const uint32_t max_block = std::min(export_->device->caps().max_block,
-                                      server_.options().max_block);
+  const uint32_t max_block =
+      std::min(export_->device->caps().max_block, server_.options().max_block);
   while (!stopping_ && !dead_) {
     while (in_flight_ >= server_.options().max_in_flight) co_await room_->wait();
     uint8_t h[kRequestSize];
@@ -188,8 +203,8 @@ Task<void> Connection::do_read(const Request& req) {
   bool any_hole = false;
   for (const auto& e : extents) any_hole |= e.zero;
   if (!any_hole) {
-    m.buffers.push_back(chunk_header(kReplyFlagDone, kReplyOffsetData, req.handle,
-                                     uint32_t(8 + req.length)));
+    m.buffers.push_back(
+        chunk_header(kReplyFlagDone, kReplyOffsetData, req.handle, uint32_t(8 + req.length)));
     std::vector<uint8_t> off(8);
     put64(off.data(), req.offset);
     m.buffers.push_back(std::move(off));
@@ -261,9 +276,8 @@ Task<void> Connection::do_block_status(const Request& req) {
       if (one || d.size() >= 65536) break;
     }
     if (one) d.resize(1);
-    std::vector<uint8_t> h =
-        chunk_header(last ? kReplyFlagDone : 0, kReplyBlockStatus, req.handle,
-                     uint32_t(4 + 8 * d.size()));
+    std::vector<uint8_t> h = chunk_header(last ? kReplyFlagDone : 0, kReplyBlockStatus, req.handle,
+                                          uint32_t(4 + 8 * d.size()));
     h.resize(h.size() + 4 + 8 * d.size());
     put32(&h[20], id);
     for (size_t i = 0; i < d.size(); ++i) {
@@ -273,11 +287,15 @@ Task<void> Connection::do_block_status(const Request& req) {
     m.buffers.push_back(std::move(h));
   };
   if (ctx_allocation_)
-    emit(ctx_allocation_,
-         [](const block::Extent& e) { return (e.data ? 0 : kStateHole) | (e.zero ? kStateZero : 0); },
-         !ctx_depth_);
+    emit(
+        ctx_allocation_,
+        [](const block::Extent& e) {
+          return (e.data ? 0 : kStateHole) | (e.zero ? kStateZero : 0);
+        },
+        !ctx_depth_);
   if (ctx_depth_)
-    emit(ctx_depth_, [](const block::Extent& e) { return e.present ? e.depth + 1 : 0u; }, true);
+    emit(
+        ctx_depth_, [](const block::Extent& e) { return e.present ? e.depth + 1 : 0u; }, true);
   m.fix();
   queue(std::move(m));
 }

@@ -76,7 +76,7 @@ class Connection {
   bool no_zeroes_ = false;
   uint32_t ctx_allocation_ = 0;  // ids of the selected metadata contexts; 0 = not selected
   uint32_t ctx_depth_ = 0;
-  std::string ctx_export_;  // the export name the contexts were selected for
+  std::string ctx_export_;             // the export name the contexts were selected for
   std::atomic<bool> stopping_{false};  // set from the server's thread
   bool dead_ = false;
 

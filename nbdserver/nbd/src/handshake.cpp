@@ -47,7 +47,8 @@ Task<int> Connection::reply_option(uint32_t option, uint32_t type,
 
 Task<int> Connection::reply_error(uint32_t option, uint32_t type, const std::string& message) {
   logf(LogLevel::kDebug, "%s: option %u refused: %s", peer_.c_str(), option, message.c_str());
-  co_return co_await reply_option(option, type, std::vector<uint8_t>(message.begin(), message.end()));
+  co_return co_await reply_option(option, type,
+                                  std::vector<uint8_t>(message.begin(), message.end()));
 }
 
 Task<int> Connection::handle_info(uint32_t option, const std::vector<uint8_t>& data, bool* go) {

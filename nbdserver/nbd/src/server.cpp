@@ -52,7 +52,8 @@ namespace {
 
 int unix_listener(const std::string& path) {
   sockaddr_un addr{};
-  if (path.size() >= sizeof addr.sun_path) throw std::runtime_error(path + ": socket path too long");
+  if (path.size() >= sizeof addr.sun_path)
+    throw std::runtime_error(path + ": socket path too long");
   addr.sun_family = AF_UNIX;
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -171,8 +172,8 @@ void Server::listen_tcp(const std::string& host, uint16_t port) {
     }
     char h[INET6_ADDRSTRLEN] = "";
     getnameinfo(ai->ai_addr, ai->ai_addrlen, h, sizeof h, nullptr, 0, NI_NUMERICHOST);
-    listeners_.push_back(std::make_unique<Listener>(
-        fd, std::string(h) + ":" + std::to_string(port), false, ""));
+    listeners_.push_back(
+        std::make_unique<Listener>(fd, std::string(h) + ":" + std::to_string(port), false, ""));
     ++bound;
   }
   freeaddrinfo(res);
@@ -202,8 +203,8 @@ Task<void> Server::add_export(ExportConfig config) {
   if (config.format.empty()) config.format = e->device->format();
   e->config = std::move(config);
   logf(LogLevel::kInfo, "export '%s': %s (%s, %llu bytes%s)", e->config.name.c_str(),
-       e->config.path.c_str(), e->config.format.c_str(),
-       (unsigned long long)e->device->size(), e->config.read_only ? ", read-only" : "");
+       e->config.path.c_str(), e->config.format.c_str(), (unsigned long long)e->device->size(),
+       e->config.read_only ? ", read-only" : "");
   std::string name = e->config.name;
   exports_.emplace(std::move(name), std::move(e));
   save_state();

@@ -61,7 +61,8 @@ struct Checker {
       uint64_t prev_host = 0;  // fragmentation is counted within one L2 table, as QEMU does
       const uint64_t e = load_be64(&l1[i * 8]);
       const uint64_t off = e & kL1OffsetMask;
-      if (e & kL1ReservedMask) problem(true, "L1 entry " + std::to_string(i) + " has reserved bits set");
+      if (e & kL1ReservedMask)
+        problem(true, "L1 entry " + std::to_string(i) + " has reserved bits set");
       if (!off) continue;
       if (off % cs) {
         problem(true, "L2 table offset " + std::to_string(off) + " is not cluster aligned");
@@ -186,8 +187,8 @@ struct Checker {
       if (!off || off % cs || (off >> cb) >= file_clusters) {
         for (uint64_t c = first; c < std::min(first + rb_entries, file_clusters); ++c)
           if (counted[c]) {
-            problem(true, "cluster " + std::to_string(c) + " refcount=0 reference=" +
-                              std::to_string(counted[c]));
+            problem(true, "cluster " + std::to_string(c) +
+                              " refcount=0 reference=" + std::to_string(counted[c]));
           }
         covered = first + rb_entries;
         continue;
@@ -278,15 +279,14 @@ struct Checker {
       if (int rc = co_await img.refcount(host >> cb, &rc_value); rc < 0) co_return rc;
       const bool want = rc_value == 1;
       if (want == bool(f.entry & kOflagCopied)) continue;
-      problem(true, "OFLAG_COPIED cluster at offset " + std::to_string(host) + " refcount=" +
-                        std::to_string(rc_value));
+      problem(true, "OFLAG_COPIED cluster at offset " + std::to_string(host) +
+                        " refcount=" + std::to_string(rc_value));
       if (!repair) continue;
       uint8_t be[8];
       store_be64(be, want ? f.entry | kOflagCopied : f.entry & ~kOflagCopied);
       if (int rc = co_await img.r_.write_full(img.fd_, be, f.table_offset + f.index * 8); rc < 0)
         co_return rc;
-      if (f.table_offset == img.h_.l1_table_offset)
-        img.l1_[f.index] = load_be64(be);
+      if (f.table_offset == img.h_.l1_table_offset) img.l1_[f.index] = load_be64(be);
       res.corruptions_fixed++;
     }
     co_return 0;

@@ -20,9 +20,9 @@ struct Feature {
   const char* name;
 };
 constexpr Feature kFeatures[] = {
-    {0, 0, "dirty bit"},          {0, 1, "corrupt bit"},        {0, 2, "external data file"},
-    {0, 3, "compression type"},   {0, 4, "extended L2 entries"}, {1, 0, "lazy refcounts"},
-    {2, 0, "bitmaps"},            {2, 1, "raw external data"},
+    {0, 0, "dirty bit"},        {0, 1, "corrupt bit"},         {0, 2, "external data file"},
+    {0, 3, "compression type"}, {0, 4, "extended L2 entries"}, {1, 0, "lazy refcounts"},
+    {2, 0, "bitmaps"},          {2, 1, "raw external data"},
 };
 
 void add_ext(std::vector<uint8_t>& b, uint32_t type, const void* data, size_t len) {

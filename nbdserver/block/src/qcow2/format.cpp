@@ -49,8 +49,8 @@ std::optional<std::string> parse_header(std::span<const uint8_t> b, Header* out)
     h.autoclear_features = load_be64(&b[hdr::kAutoclearFeatures]);
     h.refcount_order = load_be32(&b[hdr::kRefcountOrder]);
     h.header_length = load_be32(&b[hdr::kHeaderLength]);
-    if (h.header_length < hdr::kV3MinLength || h.header_length % 8 != 0 ||
-        h.header_length > cs || h.header_length > b.size())
+    if (h.header_length < hdr::kV3MinLength || h.header_length % 8 != 0 || h.header_length > cs ||
+        h.header_length > b.size())
       return "invalid header_length " + std::to_string(h.header_length);
     if (h.header_length > hdr::kCompressionType) {
       uint8_t ct = b[hdr::kCompressionType];
@@ -130,7 +130,8 @@ std::optional<std::string> parse_header(std::span<const uint8_t> b, Header* out)
 }
 
 void serialize_header(const Header& h, uint8_t* b) {
-  std::memset(b, 0, h.version == 2 ? hdr::kV2Length : std::min<size_t>(h.header_length, hdr::kV3Length));
+  std::memset(b, 0,
+              h.version == 2 ? hdr::kV2Length : std::min<size_t>(h.header_length, hdr::kV3Length));
   store_be32(b + hdr::kMagic, kMagic);
   store_be32(b + hdr::kVersion, h.version);
   store_be64(b + hdr::kBackingFileOffset, h.backing_file_offset);

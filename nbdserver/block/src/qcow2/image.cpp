@@ -89,8 +89,8 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
     int bit = __builtin_ctzll(unknown);
     std::string name = h.feature_name(0, static_cast<uint8_t>(bit));
     fail(ENOTSUP, path,
-         "unsupported incompatible feature " + (name.empty() ? "bit " + std::to_string(bit)
-                                                             : "'" + name + "'"));
+         "unsupported incompatible feature " +
+             (name.empty() ? "bit " + std::to_string(bit) : "'" + name + "'"));
   }
   if ((h.incompatible_features & kIncompatCorrupt) && !opt.read_only)
     fail(EROFS, path, "image is marked corrupt: open it read-only, or repair it (check -r all)");
@@ -112,8 +112,7 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
   if (uint64_t(h.refcount_table_clusters) * cs > kMaxRefTableBytes)
     fail(EFBIG, path, "refcount table is too large");
   if (h.refcount_table_clusters == 0) fail(EINVAL, path, "image has no refcount table");
-  check_table(h.refcount_table_offset, uint64_t(h.refcount_table_clusters) * cs,
-              "refcount table");
+  check_table(h.refcount_table_offset, uint64_t(h.refcount_table_clusters) * cs, "refcount table");
   if (h.nb_snapshots > kMaxSnapshots) fail(EFBIG, path, "too many snapshots");
   if (h.nb_snapshots) check_table(h.snapshots_offset, 40, "snapshot table");
 
@@ -144,8 +143,7 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
       uint64_t a0 = ranges[i].start & ~(cs - 1), a1 = (ranges[i].end + cs - 1) & ~(cs - 1);
       uint64_t b0 = ranges[j].start & ~(cs - 1), b1 = (ranges[j].end + cs - 1) & ~(cs - 1);
       if (a0 < b1 && b0 < a1)
-        fail(EINVAL, path,
-             std::string(ranges[i].name) + " overlaps the " + ranges[j].name);
+        fail(EINVAL, path, std::string(ranges[i].name) + " overlaps the " + ranges[j].name);
     }
 
   std::unique_ptr<Image> img(new Image(r, path, fd, std::move(h), opt));

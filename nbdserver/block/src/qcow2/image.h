@@ -38,9 +38,7 @@ class Image final : public BlockDevice {
   const Capabilities& caps() const override { return caps_; }
   const char* format() const override { return "qcow2"; }
   const std::string& filename() const override { return path_; }
-  uint32_t chain_length() const override {
-    return backing_ ? 1 + backing_->chain_length() : 0;
-  }
+  uint32_t chain_length() const override { return backing_ ? 1 + backing_->chain_length() : 0; }
 
   Task<int> read(uint64_t offset, std::span<uint8_t> buf) override;
   Task<int> write(uint64_t offset, std::span<const uint8_t> buf, unsigned flags) override;
@@ -69,8 +67,7 @@ class Image final : public BlockDevice {
   Task<int> l2_entry(uint64_t gc, uint64_t* entry);
   uint64_t l2_entry_cached(uint64_t gc, bool* hit);
   Task<int> load_slice(SliceCache& cache, uint64_t offset, SliceRef* out);
-  Task<int> read_cluster_part(uint64_t gc, uint64_t entry, uint64_t in_off,
-                              std::span<uint8_t> buf);
+  Task<int> read_cluster_part(uint64_t gc, uint64_t entry, uint64_t in_off, std::span<uint8_t> buf);
   Task<int> read_backing(uint64_t offset, std::span<uint8_t> buf);
   Task<int> read_task(uint64_t offset, std::span<uint8_t> buf);
   Task<int> write_cluster(uint64_t gc, uint64_t in_off, std::span<const uint8_t> data);
@@ -140,11 +137,11 @@ class Image final : public BlockDevice {
   AsyncMutex alloc_mutex_;
   AsyncMutex flush_mutex_;
   AsyncMutex meta_write_mutex_;  // metadata writes land in the order they were snapshotted
-  uint64_t free_hint_ = 0;  // no free cluster below this index
+  uint64_t free_hint_ = 0;       // no free cluster below this index
 
-  uint64_t gen_ = 0;          // bumped by every mapping change
-  uint64_t durable_gen_ = 0;  // refcounts and data of changes up to here are on disk
-  uint64_t committed_gen_ = 0;  // tables up to here are in the file (maybe not yet synced)
+  uint64_t gen_ = 0;              // bumped by every mapping change
+  uint64_t durable_gen_ = 0;      // refcounts and data of changes up to here are on disk
+  uint64_t committed_gen_ = 0;    // tables up to here are in the file (maybe not yet synced)
   bool tables_unsynced_ = false;  // tables written by a commit since the last flush
   struct PendingFree {
     uint64_t entry;  // the old L2 entry (standard or compressed) or a bare cluster offset

@@ -381,7 +381,8 @@ Task<int> Image::write_zeroes(uint64_t offset, uint64_t length, unsigned flags) 
         break;
       }
       if (zeros.empty()) zeros.resize(cs_);
-      if (int rc = co_await write_cluster(gc, in_off, std::span<const uint8_t>(zeros).first(next - pos));
+      if (int rc =
+              co_await write_cluster(gc, in_off, std::span<const uint8_t>(zeros).first(next - pos));
           rc < 0)
         err = rc;
     }
@@ -477,8 +478,7 @@ Task<int> Image::block_status(uint64_t offset, uint64_t length, std::vector<Exte
       if (backing_ && pos < backing_->size()) {
         std::vector<Extent> below;
         const uint64_t bend = std::min(run_end, backing_->size());
-        if (int rc = co_await backing_->block_status(pos, bend - pos, &below); rc < 0)
-          co_return rc;
+        if (int rc = co_await backing_->block_status(pos, bend - pos, &below); rc < 0) co_return rc;
         for (Extent x : below) {
           x.depth += 1;
           append(out, x);

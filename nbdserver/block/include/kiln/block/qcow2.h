@@ -11,13 +11,13 @@
 namespace kiln::block::qcow2 {
 
 struct CreateOptions {
-  uint64_t size = 0;          // 0: the backing file's size
+  uint64_t size = 0;  // 0: the backing file's size
   uint32_t cluster_size = 65536;
-  uint32_t version = 3;       // 2 = compat 0.10, 3 = compat 1.1
+  uint32_t version = 3;  // 2 = compat 0.10, 3 = compat 1.1
   uint32_t refcount_bits = 16;
   bool lazy_refcounts = false;
-  std::string backing_file;   // stored as given
-  std::string backing_format; // required with backing_file
+  std::string backing_file;    // stored as given
+  std::string backing_format;  // required with backing_file
   std::string compression_type = "zlib";
 };
 
@@ -35,7 +35,7 @@ struct SnapshotInfo {
 struct Info {
   std::string filename;
   uint64_t virtual_size = 0;
-  uint64_t actual_size = 0;   // bytes allocated on the host file system
+  uint64_t actual_size = 0;  // bytes allocated on the host file system
   uint32_t cluster_size = 0;
   uint32_t version = 0;
   uint32_t refcount_bits = 0;
@@ -44,8 +44,8 @@ struct Info {
   bool dirty = false;
   bool extended_l2 = false;
   std::string compression_type;
-  std::string backing_file;          // as stored
-  std::string full_backing_filename; // resolved
+  std::string backing_file;           // as stored
+  std::string full_backing_filename;  // resolved
   std::string backing_format;
   std::vector<SnapshotInfo> snapshots;
 };

@@ -8,12 +8,12 @@
 #include <coroutine>
 #include <cstdint>
 #include <deque>
-#include <mutex>
-#include <vector>
 #include <exception>
+#include <mutex>
 #include <optional>
-#include <type_traits>
 #include <span>
+#include <type_traits>
+#include <vector>
 
 #include "kiln/block/task.h"
 

@@ -37,11 +37,11 @@ struct ServerOptions {
   uint32_t max_block = 32u << 20;  // largest request payload
   unsigned max_in_flight = 256;    // requests in flight per connection
   unsigned max_connections = 1024;
-  bool shared = true;              // more than one client at a time (qemu-nbd -e)
-  unsigned max_clients = 0;        // qemu-nbd -e N: 0 = unlimited
-  bool persistent = true;          // keep serving after the last client leaves (qemu-nbd -t)
-  std::string state_file;          // where exports added through the control API are recorded
-  unsigned threads = 1;            // reactor threads, the caller's included
+  bool shared = true;        // more than one client at a time (qemu-nbd -e)
+  unsigned max_clients = 0;  // qemu-nbd -e N: 0 = unlimited
+  bool persistent = true;    // keep serving after the last client leaves (qemu-nbd -t)
+  std::string state_file;    // where exports added through the control API are recorded
+  unsigned threads = 1;      // reactor threads, the caller's included
 };
 
 class Connection;
