@@ -6,31 +6,16 @@
 #include <string>
 #include <vector>
 
+#include "kiln/block/endian.h"
+
 namespace kiln::nbd {
 
-inline uint16_t get16(const uint8_t* p) { return uint16_t(p[0] << 8 | p[1]); }
-inline uint32_t get32(const uint8_t* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return __builtin_bswap32(v);
-}
-inline uint64_t get64(const uint8_t* p) {
-  uint64_t v;
-  std::memcpy(&v, p, 8);
-  return __builtin_bswap64(v);
-}
-inline void put16(uint8_t* p, uint16_t v) {
-  p[0] = uint8_t(v >> 8);
-  p[1] = uint8_t(v);
-}
-inline void put32(uint8_t* p, uint32_t v) {
-  v = __builtin_bswap32(v);
-  std::memcpy(p, &v, 4);
-}
-inline void put64(uint8_t* p, uint64_t v) {
-  v = __builtin_bswap64(v);
-  std::memcpy(p, &v, 8);
-}
+inline uint16_t get16(const uint8_t* p) { return block::load_be16(p); }
+inline uint32_t get32(const uint8_t* p) { return block::load_be32(p); }
+inline uint64_t get64(const uint8_t* p) { return block::load_be64(p); }
+inline void put16(uint8_t* p, uint16_t v) { block::store_be16(p, v); }
+inline void put32(uint8_t* p, uint32_t v) { block::store_be32(p, v); }
+inline void put64(uint8_t* p, uint64_t v) { block::store_be64(p, v); }
 
 // Appends big-endian fields to a byte vector.
 class Builder {
