@@ -78,6 +78,11 @@ block::Task<void> client(block::Reactor& r, int fd, const uint8_t* data, size_t 
 
 }  // namespace
 
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  fixture();
+  return 0;
+}
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Fixture& fx = fixture();
   int sv[2];

@@ -124,6 +124,7 @@ class Reactor final : public Scheduler {
  private:
   Task<void> drain_inbox();
   bool closing_ = false;
+  void* inbox_frame_ = nullptr;
   bool inbox_done_ = false;
 
   io_uring ring_;
