@@ -34,7 +34,9 @@ void usage(FILE* out) {
       "  -e, --shared=N           allow N clients at a time (0 = unlimited; default 1)\n"
       "  -t, --persistent         keep serving after the last client disconnects\n"
       "      --discard=MODE       ignore (default) or unmap: whether TRIM frees space\n"
-      "      --cache=MODE         writeback (default) or unsafe (flushes become no-ops)\n"
+      "      --cache=MODE         writeback (default), writethrough (every write durable\n"
+      "                           before its reply) or unsafe (FLUSH and FUA ignored);\n"
+      "                           none and directsync (O_DIRECT) are not supported yet\n"
       "      --export=NAME=FILE[,format=FMT][,ro][,description=TEXT]\n"
       "                           another export (repeatable)\n"
       "      --control=PATH       control socket (JSON lines: add/remove/list exports, stats)\n"
@@ -213,7 +215,16 @@ int main(int argc, char** argv) {
   if (discard != "ignore" && discard != "unmap" && discard != "off" && discard != "on")
     die("--discard must be ignore or unmap");
   for (auto& e : exports) e.discard = discard == "unmap" || discard == "on";
-  if (cache != "writeback") die("--cache=" + cache + " is not supported (only writeback)");
+  nbd::ExportConfig::Cache cache_mode;
+  if (cache == "writeback")
+    cache_mode = nbd::ExportConfig::Cache::kWriteback;
+  else if (cache == "writethrough")
+    cache_mode = nbd::ExportConfig::Cache::kWritethrough;
+  else if (cache == "unsafe")
+    cache_mode = nbd::ExportConfig::Cache::kUnsafe;
+  else
+    die("--cache=" + cache + " is not supported (writeback, writethrough or unsafe)");
+  for (auto& e : exports) e.cache = cache_mode;
   if (threads == 0) die("--threads must be at least 1");
   if (exports.empty() && control_path.empty())
     die("nothing to serve: give a FILE, --export, or --control");

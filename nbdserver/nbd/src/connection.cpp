@@ -319,7 +319,10 @@ Task<void> Connection::handle(Request req, std::vector<uint8_t> payload) {
   } else if (req.type == kCmdRead && req.length > server_.options().max_block) {
     rc = (req.flags & kCmdFlagDf) ? -EOVERFLOW : -EINVAL;
   } else {
-    const unsigned fua = (req.flags & kCmdFlagFua) ? unsigned(block::kWriteFua) : 0u;
+    const auto cache = ex.config.cache;
+    const bool want_fua = cache == ExportConfig::Cache::kWritethrough ||
+                          (cache == ExportConfig::Cache::kWriteback && (req.flags & kCmdFlagFua));
+    const unsigned fua = want_fua ? unsigned(block::kWriteFua) : 0u;
     switch (req.type) {
       case kCmdRead:
         co_await do_read(req);
@@ -333,7 +336,7 @@ Task<void> Connection::handle(Request req, std::vector<uint8_t> payload) {
         }
         break;
       case kCmdFlush:
-        rc = co_await dev.flush();
+        if (cache != ExportConfig::Cache::kUnsafe) rc = co_await dev.flush();
         break;
       case kCmdTrim:
         if (ex.config.discard) rc = co_await dev.discard(req.offset, req.length);

@@ -21,6 +21,9 @@ struct ExportConfig {
   std::string description;
   bool read_only = false;
   bool discard = true;  // honour TRIM (qemu-nbd --discard=unmap); else TRIM is a no-op
+  // qemu-nbd's --cache: writeback (flush on FLUSH/FUA), writethrough (every write durable
+  // before its reply), unsafe (FLUSH and FUA ignored).
+  enum class Cache { kWriteback, kWritethrough, kUnsafe } cache = Cache::kWriteback;
   size_t l2_cache_bytes = 4u << 20;
   bool persistent = false;  // recorded in the state file (exports added through the control API)
 };
