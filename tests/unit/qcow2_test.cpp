@@ -380,7 +380,15 @@ TEST(Qcow2, AcknowledgedWritesAreInTheFileBeforeAnyFlush) {
   ASSERT_EQ(r.run(other.dev->block_status(4u << 20, 65536, &ext)), 0);
   ASSERT_EQ(ext.size(), 1u);
   EXPECT_TRUE(ext[0].present && ext[0].zero);
+  // What is in the file is consistent (refcounts written before the tables), and the image
+  // is marked dirty until it is closed cleanly.
+  qcow2::CheckResult res = qcow2::check(r, dir.file("top.qcow2"), qcow2::Repair::kNone);
+  EXPECT_EQ(res.corruptions, 0u);
+  EXPECT_EQ(res.leaks, 0u);
+  EXPECT_TRUE(qcow2::read_info(r, dir.file("top.qcow2")).dirty);
   ASSERT_EQ(d.close(), 0);
+  EXPECT_FALSE(qcow2::read_info(r, dir.file("top.qcow2")).dirty);
+  expect_clean(r, dir.file("top.qcow2"));
 }
 
 }  // namespace

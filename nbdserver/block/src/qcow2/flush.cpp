@@ -9,9 +9,9 @@
 // At every instant the file is consistent: a table never points at a cluster whose refcount
 // or contents are not on disk, and a refcount never drops while a table on disk points there.
 //
-// Between flushes, commit() runs steps 1 and 2 without the last fdatasync before a write is
-// acknowledged, so that what a client was told is written is in the file even if kiln-nbd is
-// killed; the next flush makes it durable.
+// Between flushes, commit() puts mapping changes into the file before a write is acknowledged,
+// so that what a client was told is written survives the death of the process; the next flush
+// makes it durable. On version 3 images it marks the image dirty first (see commit()).
 #include <cerrno>
 #include <cstring>
 
@@ -54,10 +54,9 @@ Task<int> Image::write_refblocks() {
   co_return int(writes.size());
 }
 
-Task<int> Image::write_l2_and_l1() {
+Task<int> Image::write_l2_and_l1(uint64_t safe) {
   co_await meta_write_mutex_.lock();
   LockGuard guard(meta_write_mutex_);
-  const uint64_t safe = durable_gen_;
   auto settled = [safe](const Slice::Pending& p) { return p.gen <= safe; };
   std::vector<SliceRef> slices;
   std::vector<std::pair<uint64_t, std::vector<uint8_t>>> writes;
@@ -124,7 +123,7 @@ Task<int> Image::flush_locked() {
   }
   durable_gen_ = std::max(durable_gen_, snapshot);
 
-  n = co_await write_l2_and_l1();
+  n = co_await write_l2_and_l1(durable_gen_);
   if (n > 0 || (n == 0 && tables_unsynced_)) n = co_await r_.fsync(fd_, true);
   if (n < 0) co_return n;
   tables_unsynced_ = false;
@@ -140,6 +139,27 @@ Task<int> Image::commit(uint64_t upto) {
     co_await flush_mutex_.lock();
     LockGuard guard(flush_mutex_);
     if (committed_gen_ >= upto) break;
+    if (h_.version >= 3) {
+      // Version 3: mark the image dirty once (durably), then write refcounts and tables in
+      // that order without syncing. A killed process leaves them consistent in the file;
+      // after a power failure the dirty bit makes the next open recount the refcounts.
+      if (!(h_.incompatible_features & kIncompatDirty)) {
+        h_.incompatible_features |= kIncompatDirty;
+        if (int rc = co_await write_header_fields(hdr::kIncompatibleFeatures, 8); rc < 0) {
+          h_.incompatible_features &= ~kIncompatDirty;
+          co_return rc;
+        }
+        set_dirty_ = true;
+      }
+      const uint64_t snapshot = gen_;
+      int n = co_await write_refblocks();
+      if (n >= 0) n = co_await write_l2_and_l1(snapshot);
+      if (n < 0) co_return n;
+      if (n > 0) tables_unsynced_ = true;
+      committed_gen_ = std::max(committed_gen_, snapshot);
+      continue;
+    }
+    // Version 2 has no dirty bit: the refcounts must be on disk before the tables.
     const uint64_t snapshot = gen_;
     unsynced_ = false;
     int n = co_await write_refblocks();
@@ -149,7 +169,7 @@ Task<int> Image::commit(uint64_t upto) {
       co_return n;
     }
     durable_gen_ = std::max(durable_gen_, snapshot);
-    n = co_await write_l2_and_l1();
+    n = co_await write_l2_and_l1(snapshot);
     if (n < 0) co_return n;
     if (n > 0) tables_unsynced_ = true;
     committed_gen_ = std::max(committed_gen_, snapshot);

@@ -225,6 +225,11 @@ Task<int> Image::close() {
     // The second flush writes the refcount decrements that the first one released.
     rc = co_await flush();
     if (rc == 0) rc = co_await flush();
+    if (rc == 0 && set_dirty_) {  // everything is consistent on disk again
+      h_.incompatible_features &= ~kIncompatDirty;
+      rc = co_await write_header_fields(hdr::kIncompatibleFeatures, 8);
+      set_dirty_ = false;
+    }
   }
   if (backing_) {
     int brc = co_await backing_->close();

@@ -104,7 +104,8 @@ class Image final : public BlockDevice {
   Task<int> commit(uint64_t upto);
   Task<int> write_buffers(std::vector<std::pair<uint64_t, std::vector<uint8_t>>>& writes);
   Task<int> write_refblocks();
-  Task<int> write_l2_and_l1();
+  // Writes dirty L2 slices and L1 chunks; changes newer than `safe` keep their old value.
+  Task<int> write_l2_and_l1(uint64_t safe);
   Task<int> make_room(SliceCache& cache);
   Task<int> write_header_fields(size_t offset, size_t length);
 
@@ -143,6 +144,7 @@ class Image final : public BlockDevice {
   uint64_t durable_gen_ = 0;      // refcounts and data of changes up to here are on disk
   uint64_t committed_gen_ = 0;    // tables up to here are in the file (maybe not yet synced)
   bool tables_unsynced_ = false;  // tables written by a commit since the last flush
+  bool set_dirty_ = false;        // we set the dirty bit (v3 commits); cleared on close
   struct PendingFree {
     uint64_t entry;  // the old L2 entry (standard or compressed) or a bare cluster offset
     uint64_t gen;
