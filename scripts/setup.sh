@@ -7,7 +7,8 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 
-pkgs=$(cat scripts/packages.txt $(ls netplumb/packages.txt 2>/dev/null) | sed 's/#.*//' | tr -s ' \n' ' ')
+# Every module lists its own packages in <module>/packages.txt.
+pkgs=$(cat scripts/packages.txt $(ls */packages.txt | grep -v ^scripts/) | sed 's/#.*//' | tr -s ' \n' ' ')
 missing=()
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

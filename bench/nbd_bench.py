@@ -1,0 +1,333 @@
+#!/usr/bin/python3
+"""kiln-nbd next to qemu-nbd, qemu-storage-daemon and nbdkit, with fio's io_uring engine on
+the local raw file as the limit. The same images and the same fio jobs (ioengine=nbd over a
+Unix socket, --invalidate=0) for every server; prints a Markdown table (IOPS, MB/s, p99
+latency, server CPU time, peak RSS, fio's own CPU, ratio against qemu-nbd) and draws a PNG.
+
+    bench/nbd_bench.py --quick                 # ~2 minutes: 256 MiB images, 3 s jobs, 1 repeat
+    bench/nbd_bench.py                         # 2 GiB images, 10 s jobs, 3 repeats (medians)
+
+Numbers are only as quiet as the machine: run it on an idle host."""
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+MiB = 1024 * 1024
+CLUSTER = 65536
+TICK = os.sysconf("SC_CLK_TCK")
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# name, fio arguments, what the image must be ("read": overlay on a base full of data,
+# "alloc": an overlay allocated everywhere, "cow": a fresh overlay, replayed log)
+JOBS = [
+    ("rand read QD1", ["--rw=randread", "--bs=4k", "--iodepth=1"], "read"),
+    ("rand read QD32", ["--rw=randread", "--bs=4k", "--iodepth=32"], "read"),
+    ("rand read QD32 x4 conns", ["--rw=randread", "--bs=4k", "--iodepth=32", "--numjobs=4",
+                                 "--group_reporting"], "read"),
+    ("seq read 1M", ["--rw=read", "--bs=1M", "--iodepth=8"], "read"),
+    ("copy-on-write 4K", ["--iodepth=32", "--replay_no_stall=1"], "cow"),
+    ("rand write allocated", ["--rw=randwrite", "--bs=4k", "--iodepth=32"], "alloc"),
+    ("seq write 1M", ["--rw=write", "--bs=1M", "--iodepth=8"], "alloc"),
+]
+
+
+def sh(*args, **kw):
+    return subprocess.run([str(a) for a in args], check=True, capture_output=True, text=True,
+                          **kw)
+
+
+def find_kiln_nbd():
+    for d in ("build/release", "build", "build/dev"):
+        p = os.path.join(HERE, "..", d, "nbdserver", "kiln-nbd", "kiln-nbd")
+        if os.path.exists(p):
+            return os.path.abspath(p)
+    return shutil.which("kiln-nbd")
+
+
+class Images:
+    """base.raw (data everywhere), base.qcow2 (the same, 64 KiB clusters), an empty overlay
+    for reads, an allocated overlay for writes; fresh overlays made on demand."""
+
+    def __init__(self, d, size):
+        self.d, self.size = d, size
+        self.raw = os.path.join(d, "base.raw")
+        with open(self.raw, "wb") as f:
+            chunk = bytes(random.Random(1).getrandbits(8) for _ in range(MiB))
+            for _ in range(size // MiB):
+                f.write(chunk)
+        self.base = os.path.join(d, "base.qcow2")
+        sh("qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-o", "cluster_size=65536",
+           self.raw, self.base)
+        self.read_overlay = self.overlay("read.qcow2")
+        self.alloc = self.overlay("alloc.qcow2")
+        sh("qemu-io", "-f", "qcow2", "-c", f"write -P 0xcd 0 {size}", self.alloc)
+        self.raw_write = os.path.join(d, "write.raw")
+        shutil.copyfile(self.raw, self.raw_write)
+        # Every cluster written once, 4 KiB at a random place inside it, in random order.
+        rng = random.Random(7)
+        offsets = list(range(0, size, CLUSTER))
+        rng.shuffle(offsets)
+        self.cow_log = os.path.join(d, "cow.iolog")
+        with open(self.cow_log, "w") as f:
+            f.write("fio version 2 iolog\nnbd add\nnbd open\n")
+            for o in offsets:
+                f.write(f"nbd write {o + 4096 * rng.randrange(16)} 4096\n")
+            f.write("nbd close\n")
+        self.cow_writes = len(offsets)
+
+    def overlay(self, name):
+        p = os.path.join(self.d, name)
+        if os.path.exists(p):
+            os.unlink(p)
+        sh("qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=65536", "-b",
+           self.base, "-F", "qcow2", p)
+        return p
+
+    def image_for(self, kind, raw_only):
+        if raw_only:
+            return self.raw if kind == "read" else self.raw_write
+        if kind == "read":
+            return self.read_overlay
+        if kind == "alloc":
+            return self.alloc
+        return self.overlay("cow.qcow2")
+
+
+class Server:
+    def __init__(self, name, argv, sock):
+        self.name, self.sock = name, sock
+        if os.path.exists(sock):
+            os.unlink(sock)
+        self.log = open(sock + ".log", "wb")
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while not self._listening():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not start: {open(sock + '.log').read()}")
+            time.sleep(0.01)
+
+    def _listening(self):
+        with open("/proc/net/unix") as f:
+            return any(line.split()[-1] == self.sock and int(line.split()[3], 16) & 0x10000
+                       for line in list(f)[1:] if len(line.split()) >= 8)
+
+    def cpu_seconds(self):
+        fields = open(f"/proc/{self.proc.pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+
+    def peak_rss_mib(self):
+        for line in open(f"/proc/{self.proc.pid}/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def start_server(name, image, fmt, d, kiln):
+    sock = os.path.join(d, f"{name}.sock")
+    if name == "kiln-nbd":
+        argv = [kiln, "-k", sock, "-t", "-e", "4", "-f", fmt, image]
+    elif name == "qemu-nbd":
+        argv = ["qemu-nbd", "-k", sock, "-t", "-e", "4", "--aio=io_uring", "--cache=writeback",
+                "-f", fmt, image]
+    elif name == "qemu-storage-daemon":
+        argv = ["qemu-storage-daemon",
+                "--blockdev", f"driver=file,filename={image},node-name=file,aio=io_uring,"
+                              "cache.direct=off",
+                "--blockdev", f"driver={fmt},file=file,node-name=disk",
+                "--nbd-server", f"addr.type=unix,addr.path={sock}",
+                "--export", "type=nbd,id=e0,node-name=disk,name=,writable=on"]
+    elif name == "nbdkit":
+        argv = ["nbdkit", "-f", "-U", sock, "file", image]
+    else:
+        raise ValueError(name)
+    return Server(name, argv, sock)
+
+
+def run_fio(target, args, size, runtime, ramp, kind, cow_log):
+    cmd = ["fio", "--name=bench", "--output-format=json", "--invalidate=0", "--direct=0",
+           "--time_based=1" if kind != "cow" else "--time_based=0"]
+    if target.startswith("nbd"):
+        cmd += ["--ioengine=nbd", f"--uri={target}"]
+    else:
+        cmd += ["--ioengine=io_uring", f"--filename={target}"]
+    if kind == "cow":
+        if target.startswith("nbd"):
+            cmd += [f"--read_iolog={cow_log}"]
+        else:
+            return None
+    else:
+        cmd += [f"--size={size}", f"--runtime={runtime}", f"--ramp_time={ramp}"]
+    p = subprocess.run(cmd + args, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    text = p.stdout
+    if "{" not in text:
+        raise RuntimeError(f"fio failed: {p.stderr}")
+    j = json.loads(text[text.index("{"):])
+    job = j["jobs"][0]
+    side = job["write"] if job["write"]["total_ios"] > job["read"]["total_ios"] else job["read"]
+    pct = side.get("clat_ns", {}).get("percentile", {})
+    p99 = pct.get("99.000000", 0) / 1000
+    elapsed = job.get("job_runtime", 0) / 1000 or runtime
+    numjobs = int(next((a.split("=")[1] for a in args if a.startswith("--numjobs=")), 1))
+    return {"iops": side["iops"], "mbs": side["bw_bytes"] / 1e6, "p99_us": p99,
+            # group_reporting averages the jobs' CPU: the total is what the client costs.
+            "fio_cpu": (job["usr_cpu"] + job["sys_cpu"]) * numjobs,
+            "elapsed": elapsed}
+
+
+def measure(server_name, job, images, args, d, kiln):
+    name, fio_args, kind = job
+    raw_only = server_name in ("nbdkit", "fio io_uring (raw file)")
+    if raw_only and kind == "cow":
+        return None
+    image = images.image_for(kind, raw_only)
+    fmt = "raw" if raw_only else "qcow2"
+    if server_name == "fio io_uring (raw file)":
+        r = run_fio(image, fio_args, images.size, args.runtime, args.ramp, kind, None)
+        if r:
+            r.update(server_cpu=None, rss=None)
+        return r
+    srv = start_server(server_name, image, fmt, d, kiln)
+    try:
+        cpu0 = srv.cpu_seconds()
+        uri = f"nbd+unix:///?socket={srv.sock}"
+        r = run_fio(uri, fio_args, images.size, args.runtime, args.ramp, kind, images.cow_log)
+        r["server_cpu"] = srv.cpu_seconds() - cpu0
+        r["rss"] = srv.peak_rss_mib()
+    finally:
+        srv.stop()
+    return r
+
+
+def median(rs, key):
+    vals = [r[key] for r in rs if r and r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def table(results, servers):
+    lines = ["| job | server | IOPS | MB/s | p99 µs | server CPU s | peak RSS MiB | fio CPU % "
+             "| vs qemu-nbd |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for job, _, _ in JOBS:
+        ref = results.get(("qemu-nbd", job))
+        for s in servers:
+            r = results.get((s, job))
+            if not r:
+                continue
+            ratio = f"{r['iops'] / ref['iops']:.2f}x" if ref and ref["iops"] else "—"
+            f = lambda v, fmt: "—" if v is None else format(v, fmt)  # noqa: E731
+            lines.append(f"| {job} | {s} | {f(r['iops'], ',.0f')} | {f(r['mbs'], '.0f')} | "
+                         f"{f(r['p99_us'], '.0f')} | {f(r['server_cpu'], '.2f')} | "
+                         f"{f(r['rss'], '.1f')} | {f(r['fio_cpu'], '.0f')} | {ratio} |")
+    return "\n".join(lines)
+
+
+def chart(results, servers, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(python3-matplotlib not installed: no chart)", file=sys.stderr)
+        return False
+    jobs = [j for j, _, _ in JOBS]
+    fig, ax = plt.subplots(figsize=(12, 5))
+    width = 0.8 / len(servers)
+    for i, s in enumerate(servers):
+        vals = []
+        for j in jobs:
+            r, ref = results.get((s, j)), results.get(("qemu-nbd", j))
+            vals.append(r["iops"] / ref["iops"] if r and ref and ref["iops"] else 0)
+        ax.bar([k + i * width for k in range(len(jobs))], vals, width, label=s)
+    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(jobs))])
+    ax.set_xticklabels(jobs, rotation=20, ha="right")
+    ax.set_ylabel("IOPS relative to qemu-nbd (log scale)")
+    ax.set_yscale("log")
+    ax.axhline(1, color="grey", linewidth=0.8)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    return True
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", default="2048", help="image size in MiB (default 2048)")
+    ap.add_argument("--runtime", type=int, default=10, help="seconds per fio job")
+    ap.add_argument("--ramp", type=int, default=2, help="fio ramp_time (not for copy-on-write)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per job; the median is shown")
+    ap.add_argument("--quick", action="store_true", help="256 MiB, 3 s jobs, 1 ramp s, 1 repeat")
+    ap.add_argument("--servers", default="kiln-nbd,qemu-nbd,qemu-storage-daemon,nbdkit,fio",
+                    help="comma-separated subset (fio = io_uring on the raw file)")
+    ap.add_argument("--jobs", default="", help="comma-separated substrings of job names")
+    ap.add_argument("--kiln-nbd", default=find_kiln_nbd())
+    ap.add_argument("--out", default=".", help="where nbd_bench.md and nbd_bench.png go")
+    ap.add_argument("--workdir", default=None, help="images go here (default: a temp dir)")
+    args = ap.parse_args()
+    if args.quick:
+        args.size, args.runtime, args.ramp, args.repeats = "256", 3, 1, 1
+    size = int(args.size) * MiB
+    servers = [("fio io_uring (raw file)" if s == "fio" else s)
+               for s in args.servers.split(",") if s]
+    jobs = [j for j in JOBS if not args.jobs or any(k in j[0] for k in args.jobs.split(","))]
+    if "kiln-nbd" in servers and not args.kiln_nbd:
+        sys.exit("nbd_bench: kiln-nbd not found (build it, or give --kiln-nbd)")
+    for tool in ("fio", "qemu-img", "qemu-io") + tuple(
+            {"qemu-nbd": "qemu-nbd", "qemu-storage-daemon": "qemu-storage-daemon",
+             "nbdkit": "nbdkit"}.get(s, "fio") for s in servers):
+        if not shutil.which(tool):
+            sys.exit(f"nbd_bench: {tool} is missing")
+    d = args.workdir or tempfile.mkdtemp(prefix="kiln-nbd-bench-")
+    os.makedirs(d, exist_ok=True)
+    try:
+        print(f"images: {args.size} MiB in {d}", file=sys.stderr)
+        images = Images(d, size)
+        results = {}
+        for job in jobs:
+            for s in servers:
+                runs = []
+                for _ in range(args.repeats):
+                    runs.append(measure(s, job, images, args, d, args.kiln_nbd))
+                if not any(runs):
+                    continue
+                results[(s, job[0])] = {k: median(runs, k) for k in
+                                        ("iops", "mbs", "p99_us", "server_cpu", "rss",
+                                         "fio_cpu")}
+                r = results[(s, job[0])]
+                print(f"{job[0]:26} {s:26} {r['iops']:>10,.0f} IOPS", file=sys.stderr)
+        md = table(results, servers)
+        head = (f"kiln-nbd benchmark: {args.size} MiB qcow2 overlay on a qcow2 base (64 KiB "
+                f"clusters), raw base for nbdkit and fio; {args.runtime} s jobs, "
+                f"{args.repeats} repeat(s), medians; Unix socket, fio ioengine=nbd, "
+                f"--invalidate=0; copy-on-write = a replayed log of one 4 KiB write per "
+                f"cluster ({images.cow_writes} writes) on a fresh overlay.\n\n")
+        print(head + md)
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "nbd_bench.md"), "w") as f:
+            f.write(head + md + "\n")
+        if chart(results, servers, os.path.join(args.out, "nbd_bench.png")):
+            print(f"\nchart: {os.path.join(args.out, 'nbd_bench.png')}", file=sys.stderr)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
