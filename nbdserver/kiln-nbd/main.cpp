@@ -293,7 +293,9 @@ int main(int argc, char** argv) {
       int devnull = open("/dev/null", O_RDWR);
       dup2(devnull, 0);
       dup2(devnull, 1);
-      if (log_file.empty()) dup2(devnull, 2);
+      // The caller's stderr is let go even with --log (which writes to its own descriptor):
+      // a daemon must not keep its parent's pipe open, or `$(kiln-nbd --fork ...)` never ends.
+      dup2(devnull, 2);
       close(devnull);
     }
     bool watcher_done = false;

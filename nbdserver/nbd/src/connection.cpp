@@ -253,7 +253,12 @@ Task<void> Connection::do_read(const Request& req) {
 
 Task<void> Connection::do_block_status(const Request& req) {
   block::BlockDevice& dev = *export_->device;
-  if (!structured_ || (!ctx_allocation_ && !ctx_depth_) || req.length == 0) {
+  if (!structured_) {
+    // Without structured replies the only legal answer is a simple error reply.
+    reply_simple(req.handle, EINVAL);
+    co_return;
+  }
+  if ((!ctx_allocation_ && !ctx_depth_) || req.length == 0) {
     reply_structured_error(req.handle, EINVAL);
     co_return;
   }

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <string_view>
 
 #include "kiln/nbd/server.h"
 #include "log.h"
@@ -109,20 +110,16 @@ Task<void> Server::control_client(int fd) {
   Socket sock(reactor_, fd);
   std::string line;
   for (;;) {
-    uint8_t c;
-    if (co_await sock.read_exact({&c, 1}) < 0) break;
-    if (c != '\n') {
-      if (line.size() >= kMaxControlLine) {
-        co_await sock.write_all(std::span<const uint8_t>(
-            reinterpret_cast<const uint8_t*>("{\"ok\":false,\"error\":\"request too long\"}\n"),
-            40));
-        break;
-      }
-      line.push_back(char(c));
-      continue;
+    const int rc = co_await sock.read_line(line, kMaxControlLine);
+    if (rc == -EMSGSIZE) {
+      static constexpr std::string_view kTooLong =
+          "{\"ok\":false,\"error\":\"request too long\"}\n";
+      co_await sock.write_all(std::span<const uint8_t>(
+          reinterpret_cast<const uint8_t*>(kTooLong.data()), kTooLong.size()));
+      break;
     }
+    if (rc < 0) break;
     std::string reply = co_await control(line) + "\n";
-    line.clear();
     if (co_await sock.write_all(std::span<const uint8_t>(
             reinterpret_cast<const uint8_t*>(reply.data()), reply.size())) < 0)
       break;

@@ -57,6 +57,26 @@ block::Task<int> Socket::read_exact(std::span<uint8_t> out) {
   co_return 0;
 }
 
+block::Task<int> Socket::read_line(std::string& line, size_t max) {
+  line.clear();
+  for (;;) {
+    if (begin_ < end_) {
+      const uint8_t* start = buf_.get() + begin_;
+      const size_t avail = end_ - begin_;
+      const void* nl = std::memchr(start, '\n', avail);
+      const size_t take = nl ? size_t(static_cast<const uint8_t*>(nl) - start) : avail;
+      if (line.size() + take > max) co_return -EMSGSIZE;
+      line.append(reinterpret_cast<const char*>(start), take);
+      begin_ += take;
+      if (nl) {
+        ++begin_;  // the newline itself
+        co_return 0;
+      }
+    }
+    if (int rc = co_await fill(); rc < 0) co_return rc;
+  }
+}
+
 block::Task<int> Socket::skip(uint64_t n) {
   while (n > 0) {
     if (begin_ == end_)

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "kiln/block/reactor.h"
@@ -26,6 +27,11 @@ class Socket {
   void move_to(block::Reactor& r) { r_ = &r; }
   // Fills `out` completely. Returns 0, -ECONNRESET at end of stream, or -errno.
   block::Task<int> read_exact(std::span<uint8_t> out);
+  // Reads up to and including the next '\n' and stores the line without it in `line`.
+  // Returns 0, -EMSGSIZE when the line would exceed `max` bytes, -ECONNRESET at end of
+  // stream, or -errno. Consumes the buffer a chunk at a time, so a long line costs one
+  // memchr per receive, not one coroutine resumption per byte.
+  block::Task<int> read_line(std::string& line, size_t max);
   // Reads and drops `n` bytes.
   block::Task<int> skip(uint64_t n);
   // Sends everything described by `iov`. Returns 0 or -errno.
