@@ -71,8 +71,8 @@ void print_human(const CheckResult& r) {
   if (r.image_end_offset) std::printf("Image end offset: %" PRIu64 "\n", r.image_end_offset);
 }
 
-CheckResult run_check(const std::string& path, Repair repair) {
-  CheckResult r = kiln::block::qcow2::check(kiln::block::Reactor::current(), path, repair);
+CheckResult run_check(const std::string& path, Repair repair, bool lock) {
+  CheckResult r = kiln::block::qcow2::check(kiln::block::Reactor::current(), path, repair, lock);
   for (const std::string& m : r.messages) std::fprintf(stderr, "%s\n", m.c_str());
   return r;
 }
@@ -89,6 +89,7 @@ int img_check(int argc, char** argv) {
   OutputFormat out = OutputFormat::kHuman;
   Repair repair = Repair::kNone;
   bool quiet = false;
+  bool force_share = false;
   int c;
   while ((c = getopt_long(argc, argv, ":hf:r:qU", kLong, nullptr)) != -1) {
     switch (c) {
@@ -109,6 +110,7 @@ int img_check(int argc, char** argv) {
         quiet = true;
         break;
       case 'U':
+        force_share = true;
         break;
       case kOptOutput:
         out = parse_output_format(optarg);
@@ -125,9 +127,12 @@ int img_check(int argc, char** argv) {
   std::string fmt = resolve_format(format, path);
   if (fmt != "qcow2") throw ToolError("This image format does not support checks", kExitNoCheck);
 
+  if (force_share && repair != Repair::kNone)
+    throw ToolError(
+        "--force-share/-U is not allowed with -r (repairing needs the image to itself)");
   CheckResult r;
   try {
-    r = run_check(path, repair);
+    r = run_check(path, repair, !force_share);
   } catch (const kiln::block::Error& e) {
     throw ToolError(std::string("Check failed: ") + e.what());
   }
@@ -140,7 +145,7 @@ int img_check(int argc, char** argv) {
           " corruptions\n\nDouble checking the fixed image now...\n",
           leaks_fixed, corruptions_fixed);
     try {
-      r = run_check(path, Repair::kNone);
+      r = run_check(path, Repair::kNone, true);
     } catch (const kiln::block::Error& e) {
       throw ToolError(std::string("Check failed: ") + e.what());
     }

@@ -94,6 +94,7 @@ Task<void> copy(kiln::block::Reactor& reactor, BlockDevice& dev, int fd, const s
 int img_convert(int argc, char** argv) {
   static const option kLong[] = {{"help", no_argument, nullptr, 'h'}, {nullptr, 0, nullptr, 0}};
   std::string format, out_format = "raw";
+  bool force_share = false;
   int c;
   while ((c = getopt_long(argc, argv, ":hf:O:qpU", kLong, nullptr)) != -1) {
     switch (c) {
@@ -106,6 +107,7 @@ int img_convert(int argc, char** argv) {
       case 'q':
       case 'p':
       case 'U':
+        force_share = true;
         break;
       case 'h':
         std::puts("usage: kiln-img convert [-q] [-f FMT] -O raw SOURCE DEST");
@@ -123,6 +125,7 @@ int img_convert(int argc, char** argv) {
   kiln::block::OpenOptions opts;
   opts.format = resolve_format(format, src);
   opts.read_only = true;
+  opts.lock = !force_share;
   auto dev = reactor.run(kiln::block::open_image(reactor, src, opts));
 
   UniqueFd fd(::open(dst.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));

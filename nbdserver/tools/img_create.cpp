@@ -253,7 +253,9 @@ int img_create(int argc, char** argv) {
   try {
     kiln::block::qcow2::create(kiln::block::Reactor::current(), a.file, opts);
   } catch (const kiln::block::Error& e) {
-    throw ToolError(a.file + ": " + e.what());
+    // The block layer's messages already name the file.
+    const std::string what = e.what();
+    throw ToolError(what.starts_with(a.file + ": ") ? what : a.file + ": " + what);
   }
   return 0;
 }

@@ -30,7 +30,7 @@ struct ImageInfo {
   std::string full_backing;  // resolved as qemu does, relative to `filename`
 };
 
-ImageInfo collect(const std::string& path, const std::string& format) {
+ImageInfo collect(const std::string& path, const std::string& format, bool lock) {
   ImageInfo info;
   info.filename = path;
   info.format = format;
@@ -41,7 +41,7 @@ ImageInfo collect(const std::string& path, const std::string& format) {
     return info;
   }
   info.is_qcow2 = true;
-  info.q = kiln::block::qcow2::read_info(kiln::block::Reactor::current(), path);
+  info.q = kiln::block::qcow2::read_info(kiln::block::Reactor::current(), path, lock);
   info.virtual_size = info.q.virtual_size;
   if (!info.q.backing_file.empty()) info.full_backing = path_combine(path, info.q.backing_file);
   return info;
@@ -173,6 +173,7 @@ int img_info(int argc, char** argv) {
   std::string format;
   OutputFormat out = OutputFormat::kHuman;
   bool chain = false;
+  bool force_share = false;
   int c;
   while ((c = getopt_long(argc, argv, ":hf:U", kLong, nullptr)) != -1) {
     switch (c) {
@@ -180,7 +181,8 @@ int img_info(int argc, char** argv) {
         format = optarg;
         break;
       case 'U':
-        break;  // kiln-img never locks for reading
+        force_share = true;
+        break;
       case kOptOutput:
         out = parse_output_format(optarg);
         break;
@@ -207,7 +209,7 @@ int img_info(int argc, char** argv) {
     if (static_cast<int>(infos.size()) >= kMaxChain)
       throw ToolError("Backing chain of '" + path + "' is deeper than " +
                       std::to_string(kMaxChain) + " images");
-    infos.push_back(collect(cur, cur_format));
+    infos.push_back(collect(cur, cur_format, !force_share));
     const ImageInfo& last = infos.back();
     if (!chain || !last.is_qcow2 || last.q.backing_file.empty()) break;
     if (last.q.backing_format.empty())

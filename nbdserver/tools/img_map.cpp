@@ -36,12 +36,12 @@ bool can_merge(const Extent& a, const Extent& b) {
 
 // Filenames of the chain, top first, resolved as qemu resolves backing files.
 std::vector<std::string> chain_filenames(const std::string& path, const std::string& format,
-                                         uint32_t chain_length) {
+                                         uint32_t chain_length, bool lock) {
   std::vector<std::string> names{path};
   std::string cur = path;
   std::string fmt = format;
   while (names.size() <= chain_length && fmt == "qcow2") {
-    auto info = kiln::block::qcow2::read_info(kiln::block::Reactor::current(), cur);
+    auto info = kiln::block::qcow2::read_info(kiln::block::Reactor::current(), cur, lock);
     if (info.backing_file.empty()) break;
     cur = path_combine(cur, info.backing_file);
     fmt = info.backing_format;
@@ -86,6 +86,7 @@ int img_map(int argc, char** argv) {
                                  {"output", required_argument, nullptr, kOptOutput},
                                  {nullptr, 0, nullptr, 0}};
   std::string format;
+  bool force_share = false;
   OutputFormat out = OutputFormat::kHuman;
   int c;
   while ((c = getopt_long(argc, argv, ":hf:U", kLong, nullptr)) != -1) {
@@ -94,6 +95,7 @@ int img_map(int argc, char** argv) {
         format = optarg;
         break;
       case 'U':
+        force_share = true;
         break;
       case kOptOutput:
         out = parse_output_format(optarg);
@@ -112,9 +114,11 @@ int img_map(int argc, char** argv) {
   kiln::block::OpenOptions opts;
   opts.format = resolve_format(format, path);
   opts.read_only = true;
+  opts.lock = !force_share;
   auto dev = reactor.run(kiln::block::open_image(reactor, path, opts));
   std::vector<std::string> names;
-  if (out == OutputFormat::kHuman) names = chain_filenames(path, opts.format, dev->chain_length());
+  if (out == OutputFormat::kHuman)
+    names = chain_filenames(path, opts.format, dev->chain_length(), opts.lock);
 
   if (out == OutputFormat::kHuman)
     std::printf("%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to", "File");

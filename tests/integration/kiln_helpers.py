@@ -1,6 +1,7 @@
 """Shared helpers for Kiln's integration tests: running the tools, building images of every
 qcow2 variant with QEMU's own tools, a byte model of a disk, and comparisons."""
 
+import fcntl
 import json
 import os
 import random
@@ -8,6 +9,7 @@ import resource
 import shutil
 import struct
 import subprocess
+import time
 import zlib
 
 KILN_IMG = os.environ.get("KILN_IMG", "kiln-img")
@@ -78,6 +80,31 @@ def assert_one_line_error(p, tool):
     assert len(lines) == 1, f"{tool}: expected one error line, got:\n{p.stderr}"
     assert lines[0].startswith(f"{tool}: "), lines[0]
     assert "Sanitizer" not in p.stderr and "runtime error" not in p.stderr, p.stderr
+
+
+F_OFD_GETLK = 36
+
+
+def lock_holder_present(path):
+    """True while some process holds one of QEMU's lock bytes (100-103, 200-203) on `path`."""
+    with open(path, "rb") as f:
+        for byte in (100, 101, 102, 103, 200, 201, 202, 203):
+            req = struct.pack("hh4xqqi4x", fcntl.F_WRLCK, os.SEEK_SET, byte, 1, 0)
+            got = fcntl.fcntl(f.fileno(), F_OFD_GETLK, req)
+            if struct.unpack("hh4xqqi4x", got)[0] != fcntl.F_UNLCK:
+                return True
+    return False
+
+
+def wait_unlocked(path, timeout=10.0):
+    """Waits until no process holds the image's locks. A process killed with in-flight
+    io_uring requests lets go of its files only when the kernel has torn its ring down, a
+    little after the process itself is gone. Returns the seconds waited."""
+    start = time.monotonic()
+    while lock_holder_present(path):
+        assert time.monotonic() - start < timeout, f"{path} still locked after {timeout} s"
+        time.sleep(0.002)
+    return time.monotonic() - start
 
 
 def qemu_check(image):

@@ -100,7 +100,8 @@ def test_nbdcopy_out(pair, workdir):
     run([NBDCOPY, "--connections=4", pair.k, kout])
     run([NBDCOPY, "--connections=4", pair.q, qout])
     ref = os.path.join(workdir, "ref.raw")
-    qemu_img("convert", "-f", pair.fmt, "-O", "raw", pair.kiln_img, ref)
+    # -U: kiln-nbd holds the image's write lock while it serves it, as qemu-nbd does.
+    qemu_img("convert", "-U", "-f", pair.fmt, "-O", "raw", pair.kiln_img, ref)
     assert read_file(kout) == read_file(qout) == read_file(ref)
     pair.stop_and_check()
 

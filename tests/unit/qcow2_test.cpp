@@ -195,7 +195,9 @@ TEST(Qcow2, OutOfRangeRequestsAreRefused) {
   EXPECT_EQ(r.run(d.dev->read(co.size - 100, b)), -EINVAL);
   EXPECT_EQ(d.write(co.size - 100, b), -ENOSPC);
   EXPECT_EQ(d.zero(co.size, 1), -ENOSPC);
-  Dev ro = Dev::open(r, dir.file("a.qcow2"), true);
+  block::OpenOptions share;  // the image is open for writing above: read it without locks
+  share.lock = false;
+  Dev ro = Dev::open(r, dir.file("a.qcow2"), true, share);
   EXPECT_EQ(ro.write(0, b), -EPERM);
   EXPECT_EQ(d.close(), 0);
 }
@@ -330,6 +332,45 @@ TEST(Qcow2, DeepChainIsRefusedBeyondTheLimit) {
   EXPECT_THROW(Dev::open(r, dir.file("5.qcow2"), true, o), Error);
 }
 
+// Opening an image takes QEMU's advisory lock bytes: one writer, or any number of readers;
+// a base under an open overlay cannot be written; -U style opens take no locks.
+TEST(Qcow2, ImagesInUseAreLocked) {
+  Reactor r;
+  TempDir dir;
+  qcow2::CreateOptions co;
+  co.size = 1u << 20;
+  qcow2::create(r, dir.file("base.qcow2"), co);
+  co.backing_file = "base.qcow2";
+  co.backing_format = "qcow2";
+  qcow2::create(r, dir.file("top.qcow2"), co);
+  auto refused = [&](const std::string& name, bool ro, OpenOptions o = {}) {
+    try {
+      Dev::open(r, dir.file(name), ro, o);
+      return std::string("opened");
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), EAGAIN) << e.what();
+      return std::string(e.what());
+    }
+  };
+  {
+    Dev writer = Dev::open(r, dir.file("top.qcow2"));
+    EXPECT_NE(refused("top.qcow2", false).find("\"write\" lock"), std::string::npos);
+    EXPECT_NE(refused("top.qcow2", true).find("shared \"write\" lock"), std::string::npos);
+    EXPECT_NE(refused("base.qcow2", false).find("\"write\" lock"), std::string::npos);
+    EXPECT_THROW(qcow2::create(r, dir.file("top.qcow2"), co), Error);  // not truncated...
+    OpenOptions share;
+    share.lock = false;
+    EXPECT_EQ(refused("top.qcow2", true, share), "opened");
+    Dev other_reader_of_base = Dev::open(r, dir.file("base.qcow2"), true);  // readers share
+    auto data = pattern(4096, 7);
+    EXPECT_EQ(writer.write(0, data), 0);
+    EXPECT_EQ(writer.close(), 0);
+  }
+  Dev again = Dev::open(r, dir.file("top.qcow2"));  // ...and whole again once let go
+  EXPECT_EQ(again.read(0, 4096), pattern(4096, 7));
+  EXPECT_EQ(again.close(), 0);
+}
+
 TEST(Qcow2, SmallCacheStillCorrect) {
   Reactor r;
   TempDir dir;
@@ -374,7 +415,9 @@ TEST(Qcow2, AcknowledgedWritesAreInTheFileBeforeAnyFlush) {
   auto data = pattern(3 * 65536 + 1000, 21);
   ASSERT_EQ(d.write(70000, data), 0);     // allocating writes
   ASSERT_EQ(d.zero(4u << 20, 65536), 0);  // a zero cluster over the backing
-  Dev other = Dev::open(r, dir.file("top.qcow2"), true);
+  block::OpenOptions share;  // `d` holds the write lock: look without locks, as qemu-img -U
+  share.lock = false;
+  Dev other = Dev::open(r, dir.file("top.qcow2"), true, share);
   EXPECT_EQ(other.read(70000, data.size()), data);
   std::vector<Extent> ext;
   ASSERT_EQ(r.run(other.dev->block_status(4u << 20, 65536, &ext)), 0);
@@ -382,10 +425,10 @@ TEST(Qcow2, AcknowledgedWritesAreInTheFileBeforeAnyFlush) {
   EXPECT_TRUE(ext[0].present && ext[0].zero);
   // What is in the file is consistent (refcounts written before the tables), and the image
   // is marked dirty until it is closed cleanly.
-  qcow2::CheckResult res = qcow2::check(r, dir.file("top.qcow2"), qcow2::Repair::kNone);
+  qcow2::CheckResult res = qcow2::check(r, dir.file("top.qcow2"), qcow2::Repair::kNone, false);
   EXPECT_EQ(res.corruptions, 0u);
   EXPECT_EQ(res.leaks, 0u);
-  EXPECT_TRUE(qcow2::read_info(r, dir.file("top.qcow2")).dirty);
+  EXPECT_TRUE(qcow2::read_info(r, dir.file("top.qcow2"), false).dirty);
   ASSERT_EQ(d.close(), 0);
   EXPECT_FALSE(qcow2::read_info(r, dir.file("top.qcow2")).dirty);
   expect_clean(r, dir.file("top.qcow2"));

@@ -10,6 +10,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "lock.h"
+
 namespace kiln::block {
 
 namespace {
@@ -131,7 +133,8 @@ class RawDevice final : public BlockDevice {
 
 }  // namespace
 
-std::unique_ptr<BlockDevice> open_raw(Reactor& r, const std::string& path, bool read_only) {
+std::unique_ptr<BlockDevice> open_raw(Reactor& r, const std::string& path, bool read_only,
+                                      bool lock) {
   int fd = ::open(path.c_str(), (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
   if (fd < 0) throw Error(errno, path + ": cannot open: " + strerror(errno));
   struct stat st;
@@ -139,6 +142,14 @@ std::unique_ptr<BlockDevice> open_raw(Reactor& r, const std::string& path, bool 
     int e = errno;
     ::close(fd);
     throw Error(e, path + ": " + strerror(e));
+  }
+  if (lock || !read_only) {
+    try {
+      lock_image_file(fd, path, !read_only);
+    } catch (...) {
+      ::close(fd);
+      throw;
+    }
   }
   // As QEMU does, a raw file's size is counted in whole 512-byte sectors; the tail past the
   // end of the file reads as zeros.

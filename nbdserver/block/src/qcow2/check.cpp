@@ -344,8 +344,9 @@ Task<void> run_check(Image& img, Repair repair, CheckResult* out) {
   *out = std::move(after);
 }
 
-CheckResult check(Reactor& r, const std::string& path, Repair repair) {
+CheckResult check(Reactor& r, const std::string& path, Repair repair, bool lock) {
   OpenOptions o;
+  o.lock = lock;
   o.read_only = repair == Repair::kNone;
   o.open_backing = false;
   auto img = r.run(Image::open(r, path, o, {}));

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "kiln/block/qcow2.h"
+#include "lock.h"
 #include "qcow2/format.h"
 #include "raw.h"
 
@@ -142,8 +143,20 @@ void create(Reactor& r, const std::string& path, const CreateOptions& o) {
   for (uint64_t c = 0; c < total; ++c)
     set_refcount(&blocks[(c / rb_entries) * cs], c % rb_entries, h.refcount_order, 1);
 
-  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  // Truncate only once the locks are ours: an image in use by someone else stays intact.
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (fd < 0) throw Error(errno, path + ": cannot create: " + strerror(errno));
+  try {
+    lock_image_file(fd, path, true);
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  if (ftruncate(fd, 0) < 0) {
+    int e = errno;
+    ::close(fd);
+    throw Error(e, path + ": cannot truncate: " + strerror(e));
+  }
   auto io = [&]() -> Task<int> {
     std::vector<uint8_t> cluster0(cs, 0);
     std::memcpy(cluster0.data(), head.data(), head.size());

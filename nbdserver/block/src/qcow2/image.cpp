@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "lock.h"
 #include "raw.h"
 
 namespace kiln::block::qcow2 {
@@ -69,6 +70,7 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
     if (id.first == st.st_dev && id.second == st.st_ino)
       fail(ELOOP, path, "backing chain loops back to this file");
   chain.emplace_back(st.st_dev, st.st_ino);
+  if (opt.lock || !opt.read_only) lock_image_file(fd, path, !opt.read_only);
   const uint64_t file_size = static_cast<uint64_t>(st.st_size);
 
   std::vector<uint8_t> first(std::min<uint64_t>(file_size, 1u << kMaxClusterBits));
@@ -188,7 +190,7 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
     if (*hh.backing_format == "qcow2") {
       img->backing_ = co_await Image::open(r, bpath, bopt, chain);
     } else if (*hh.backing_format == "raw") {
-      img->backing_ = open_raw(r, bpath, true);
+      img->backing_ = open_raw(r, bpath, true, bopt.lock);
     } else {
       fail(ENOTSUP, path, "backing format '" + *hh.backing_format + "' is not supported");
     }

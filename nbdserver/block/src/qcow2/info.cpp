@@ -4,8 +4,9 @@
 
 namespace kiln::block::qcow2 {
 
-Info read_info(Reactor& r, const std::string& path) {
+Info read_info(Reactor& r, const std::string& path, bool lock) {
   OpenOptions o;
+  o.lock = lock;
   o.read_only = true;
   o.open_backing = false;
   auto img = r.run(Image::open(r, path, o, {}));

@@ -87,6 +87,9 @@ class BlockDevice {
 struct OpenOptions {
   std::string format;  // "raw", "qcow2", or empty to probe (top image only, never backings)
   bool read_only = false;
+  // Take QEMU-compatible advisory locks (see docs/block-layer.md). Turning them off is
+  // qemu-img's -U (force share): allowed for read-only opens only.
+  bool lock = true;
   bool open_backing = true;
   uint32_t max_chain_depth = 64;
   size_t l2_cache_bytes = 4u << 20;

@@ -51,7 +51,8 @@ struct Info {
 };
 
 // Reads the header of a qcow2 image (no backing opened). Throws Error.
-Info read_info(Reactor& reactor, const std::string& path);
+// `lock` false: no advisory locks (qemu-img's -U).
+Info read_info(Reactor& reactor, const std::string& path, bool lock = true);
 
 enum class Repair { kNone, kLeaks, kAll };
 
@@ -71,6 +72,7 @@ struct CheckResult {
 
 // Checks refcounts and tables of a qcow2 image, optionally repairing. Throws Error if the
 // image cannot be opened at all.
-CheckResult check(Reactor& reactor, const std::string& path, Repair repair);
+// `lock` false (qemu-img's -U) is allowed only without repair.
+CheckResult check(Reactor& reactor, const std::string& path, Repair repair, bool lock = true);
 
 }  // namespace kiln::block::qcow2

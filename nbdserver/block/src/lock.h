@@ -1,0 +1,22 @@
+// Advisory locks on image files, in QEMU's scheme so that Kiln and QEMU see each other.
+//
+// QEMU (block/file-posix.c) expresses what an opener does and what it lets others do as
+// shared open-file-description locks on single bytes of the image file: byte 100+i is held
+// by whoever holds permission i, byte 200+i by whoever refuses to share permission i. The
+// permissions are consistent-read (0), write (1), write-unchanged (2) and resize (3). An
+// opener first tests that nobody refuses what it wants and that nobody holds what it refuses
+// to share, then takes its own bytes. Using the same bytes means that `qemu-img` refuses an
+// image that kiln-nbd serves, and Kiln refuses an image that a QEMU guest is writing.
+#pragma once
+
+#include <string>
+
+namespace kiln::block {
+
+// Takes the locks of a format driver's file: a writer holds consistent-read, write,
+// write-unchanged and resize; a reader holds consistent-read; neither lets others write or
+// resize the file under it. Throws Error(EAGAIN) naming the conflicting permission when
+// another open file description stands in the way. The locks live as long as `fd`.
+void lock_image_file(int fd, const std::string& path, bool writable);
+
+}  // namespace kiln::block
