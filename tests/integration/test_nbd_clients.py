@@ -197,7 +197,8 @@ def fio(uri, *args):
 def test_fio_verify(pair):
     region = ["--size=8M", f"--offset={IMAGE_SIZE // 2 - 4 * MiB}"]
     common = ["--randrepeat=1", "--randseed=1234", "--verify=pattern",
-              "--verify_pattern=0x4b494c4e%o", "--do_verify=1", "--verify_fatal=1"]
+              "--verify_pattern=0x4b494c4e%o", "--do_verify=1", "--verify_fatal=1",
+              "--verify_state_save=0"]
     for uri in (pair.k, pair.q):
         # Random 4 KiB writes at depth 16 (allocating in the overlay), then verified.
         job = fio(uri, "--rw=randwrite", "--bs=4k", "--iodepth=16", *region, *common)
