@@ -16,6 +16,7 @@ GUEST_BUILDER = os.environ.get("KILN_GUEST_BUILDER",
                                os.path.join(HERE, "..", "guest", "build.sh"))
 KILN_NBD = os.environ.get("KILN_NBD", "kiln-nbd")
 KILN_IMG = os.environ.get("KILN_IMG", "kiln-img")
+KILN_NET = os.environ.get("KILN_NET", "kiln-net")
 
 REQUIRED_TOOLS = ("qemu-system-x86_64", "qemu-img", "debugfs", "e2fsck")
 

@@ -94,7 +94,8 @@ class LibvirtSandbox:
             f.write(START)
         self.out = open(os.path.join(self.dir, "sandbox.out"), "ab")
         self.proc = subprocess.Popen(
-            ["unshare", "--mount", "--net", "--pid", "--fork", "--kill-child", "sh", script],
+            ["unshare", "--mount", "--net", "--pid", "--fork", "--mount-proc", "--kill-child", "sh",
+             script],
             env={**os.environ, "SANDBOX": self.dir}, stdin=subprocess.DEVNULL,
             stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
