@@ -31,7 +31,8 @@ void usage(FILE* out) {
       "  -D, --description=TEXT   description of FILE's export\n"
       "  -f, --format=FMT         qcow2 or raw (default: probe FILE; backings never probed)\n"
       "  -r, --read-only          export read-only\n"
-      "  -e, --shared=N           allow N clients at a time (0 = unlimited; default 1)\n"
+      "  -e, --shared=N           allow N clients at a time (0 = unlimited; default 1,\n"
+      "                           unlimited with --control)\n"
       "  -t, --persistent         keep serving after the last client disconnects\n"
       "      --discard=MODE       ignore (default) or unmap: whether TRIM frees space\n"
       "      --cache=MODE         writeback (default), writethrough (every write durable\n"
@@ -110,7 +111,8 @@ int main(int argc, char** argv) {
   std::string socket_path, bind_addr = "0.0.0.0", port_text, export_name, description, format;
   std::string control_path, state_file, pid_file, log_file, discard = "ignore", cache = "writeback";
   bool read_only = false, persistent = false, fork_bg = false, verbose = false;
-  unsigned shared = 1, threads = std::max(1u, std::thread::hardware_concurrency());
+  int shared = -1;  // -1: not given
+  unsigned threads = std::max(1u, std::thread::hardware_concurrency());
   std::vector<nbd::ExportConfig> exports;
 
   enum { kDiscard = 256, kCache, kExport, kControl, kStateFile, kThreads, kPidFile, kFork, kLog };
@@ -159,7 +161,7 @@ int main(int argc, char** argv) {
         read_only = true;
         break;
       case 'e':
-        shared = unsigned(atoi(optarg));
+        shared = std::max(0, atoi(optarg));
         break;
       case 't':
         persistent = true;
@@ -267,8 +269,11 @@ int main(int argc, char** argv) {
   try {
     block::Reactor reactor(1024);
     nbd::ServerOptions so;
+    // One client at a time, as qemu-nbd, unless told otherwise; a daemon with a control
+    // socket serves many guests' exports, so there the default is no limit.
+    if (shared < 0) shared = control_path.empty() ? 1 : 0;
     so.shared = shared != 1;
-    so.max_clients = shared;
+    so.max_clients = unsigned(shared);
     so.persistent = persistent || !control_path.empty();
     so.state_file = state_file;
     so.threads = threads;

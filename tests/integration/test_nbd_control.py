@@ -184,3 +184,15 @@ def test_state_file_restores_exports(workdir, servers):
     assert sorted(e["name"] for e in control(ctl, "list-exports")["exports"]) == ["cli", "vm1"]
     srv.assert_clean_stop()
     assert_qemu_clean(ov)
+
+
+def test_control_daemon_serves_many_clients_by_default(workdir, servers):
+    """With --control and no -e, kiln-nbd serves many guests: no one-client limit."""
+    raw1, raw2 = build_raw(os.path.join(workdir, "a")), build_raw(os.path.join(workdir, "b"))
+    sock, ctl = os.path.join(workdir, "nbd.sock"), os.path.join(workdir, "ctl.sock")
+    servers.kiln(sock=sock, control=ctl)
+    assert control(ctl, "add-export", name="vm1", path=raw1, format="raw") == {"ok": True}
+    assert control(ctl, "add-export", name="vm2", path=raw2, format="raw") == {"ok": True}
+    clients = [RawClient(sock).connect_export(name) for name in ("vm1", "vm2", "vm1", "vm2")]
+    for c in clients:
+        c.disc()
