@@ -3,6 +3,7 @@
 
 import base64
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -158,6 +159,60 @@ class KilnNbd:
                 return f.read()
         except OSError:
             return ""
+
+
+class KilnNbdControl:
+    """kiln-nbd with no export of its own, a Unix socket and a control socket (what kiln-spawn
+    adds its exports through); stopped by its PID."""
+
+    def __init__(self, sock, control, workdir, tag="nbd"):
+        self.sock, self.control = sock, control
+        self.log_path = os.path.join(workdir, f"{tag}.log")
+        self.proc = None
+
+    def start(self, timeout=20):
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([KILN_NBD, "-k", self.sock, "--control", self.control],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"kiln-nbd exited with {self.proc.returncode}")
+            if os.path.exists(self.control):
+                try:
+                    self.request({"cmd": "list-exports"})
+                    return self
+                except OSError:
+                    pass
+            time.sleep(0.02)
+        raise AssertionError("kiln-nbd did not start")
+
+    def request(self, req):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(self.control)
+            s.sendall((json.dumps(req) + "\n").encode())
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        return json.loads(data)
+
+    def exports(self):
+        return self.request({"cmd": "list-exports"})["exports"]
+
+    def cleanup(self):
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        if self.proc is not None and not self.log.closed:
+            self.log.close()
 
 
 class Qemu:

@@ -160,6 +160,26 @@ KILN_GUEST=1
 KERNEL=$kver
 EOF
 echo "hello from the kiln test guest" > "$rd/kiln/hello.txt"
+# Users, as a real image has them: file injection (SSH keys, passwords) resolves owners here.
+mkdir -p "$rd/root" "$rd/home/kiln"
+chmod 0700 "$rd/root"
+cat > "$rd/etc/passwd" <<'EOF'
+root:x:0:0:root:/root:/bin/sh
+kiln:x:1000:1000:Kiln test user:/home/kiln:/bin/sh
+nobody:x:65534:65534:nobody:/nonexistent:/bin/false
+EOF
+cat > "$rd/etc/group" <<'EOF'
+root:x:0:
+kiln:x:1000:
+nogroup:x:65534:
+EOF
+cat > "$rd/etc/shadow" <<'EOF'
+root:*:19000:0:99999:7:::
+kiln:!:19000:0:99999:7:::
+nobody:*:19000:0:99999:7:::
+EOF
+chmod 0640 "$rd/etc/shadow"
+printf '127.0.0.1\tlocalhost\n127.0.1.1\tkiln-guest\n' > "$rd/etc/hosts"
 # Fixed UUID, hash seed, times: the same inputs give the same bytes.
 find "$rd" -exec touch -h -d @1700000000 {} +
 E2FSPROGS_FAKE_TIME=1700000000 mkfs.ext4 -q -F -b 4096 -L kiln-root \
