@@ -128,9 +128,14 @@ int img_convert(int argc, char** argv) {
   opts.lock = !force_share;
   auto dev = reactor.run(kiln::block::open_image(reactor, src, opts));
 
-  UniqueFd fd(::open(dst.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  UniqueFd fd(::open(dst.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
   if (fd.get() < 0) throw ToolError("Could not create '" + dst + "': " + std::strerror(errno));
-  if (::ftruncate(fd.get(), static_cast<off_t>(dev->size())) != 0)
+  try {
+    kiln::block::lock_image_file(fd.get(), dst, true);
+  } catch (const kiln::block::Error& e) {
+    throw ToolError(e.what());
+  }
+  if (::ftruncate(fd.get(), 0) != 0 || ::ftruncate(fd.get(), static_cast<off_t>(dev->size())) != 0)
     throw ToolError("Could not resize '" + dst + "': " + std::strerror(errno));
   reactor.run(copy(reactor, *dev, fd.get(), src));
   int rc = reactor.run(reactor.fsync(fd.get(), false));

@@ -155,10 +155,17 @@ uint64_t backing_size(const CreateArgs& a) {
 }
 
 void create_raw(const std::string& path, uint64_t size) {
-  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  // Truncated only once the image's locks are ours: a file in use stays intact.
+  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
   if (fd.get() < 0)
     throw ToolError(path + ": Could not create '" + path + "': " + std::strerror(errno));
-  if (::ftruncate(fd.get(), static_cast<off_t>(size)) != 0 || fd.close() != 0)
+  try {
+    kiln::block::lock_image_file(fd.get(), path, true);
+  } catch (const kiln::block::Error& e) {
+    throw ToolError(e.what());
+  }
+  if (::ftruncate(fd.get(), 0) != 0 || ::ftruncate(fd.get(), static_cast<off_t>(size)) != 0 ||
+      fd.close() != 0)
     throw ToolError(path + ": Could not resize file to " + std::to_string(size) +
                     " bytes: " + std::strerror(errno));
 }

@@ -3,9 +3,10 @@ refuse to open it without -U and nothing can write its backing file; while QEMU 
 image, Kiln refuses it. Both sides use the same lock bytes, so each sees the other."""
 
 import os
+import time
 
-from kiln_helpers import (assert_one_line_error, kiln_img, qemu_img, qemu_io, read_file,
-                          wait_unlocked)
+from kiln_helpers import (assert_one_line_error, kiln_img, lock_holder_present, qemu_img,
+                          qemu_io, read_file, wait_unlocked)
 from nbd_helpers import KILN_NBD, build_overlay, run, servers, sha256  # noqa: F401  (fixture)
 
 
@@ -42,6 +43,11 @@ def test_kiln_refuses_what_qemu_holds(workdir, servers):
     ov, base = build_overlay(os.path.join(workdir, "img"))
     qsock = os.path.join(workdir, "q.sock")
     q = servers.qemu_nbd(ov, qsock, "qcow2")
+    # qemu-nbd listens before it opens the image: wait until its locks are there.
+    deadline = time.monotonic() + 30
+    while not lock_holder_present(ov):
+        assert time.monotonic() < deadline, "qemu-nbd never locked the image"
+        time.sleep(0.01)
     p = run([KILN_NBD, "-k", os.path.join(workdir, "k.sock"), "-f", "qcow2", ov], check=False,
             timeout=30)
     assert p.returncode != 0, "kiln-nbd served an image that qemu-nbd holds"
@@ -54,3 +60,22 @@ def test_kiln_refuses_what_qemu_holds(workdir, servers):
     assert 'the "write" lock' in p.stderr or 'the "resize" lock' in p.stderr, p.stderr
     assert kiln_img("info", "-U", ov).returncode == 0
     q.stop()
+
+
+def test_raw_files_in_use_are_not_overwritten(workdir, servers):
+    raw = os.path.join(workdir, "disk.raw")
+    with open(raw, "wb") as f:
+        f.write(os.urandom(1 << 20))
+    before = sha256(raw)
+    other = os.path.join(workdir, "other.qcow2")
+    kiln_img("create", "-f", "qcow2", other, "1M")
+    srv = servers.kiln("-f", "raw", raw, sock=os.path.join(workdir, "nbd.sock"))
+    for args in (["create", "-f", "raw", raw, "4M"], ["convert", "-O", "raw", other, raw]):
+        p = kiln_img(*args, check=False)
+        assert_one_line_error(p, "kiln-img")
+        assert 'the "write" lock' in p.stderr, (args, p.stderr)
+        assert sha256(raw) == before, f"{args} changed a file in use"
+    srv.assert_clean_stop()
+    wait_unlocked(raw)
+    kiln_img("convert", "-O", "raw", other, raw)
+    assert os.path.getsize(raw) == 1 << 20 and sha256(raw) != before

@@ -9,14 +9,7 @@
 // image that kiln-nbd serves, and Kiln refuses an image that a QEMU guest is writing.
 #pragma once
 
-#include <string>
-
-namespace kiln::block {
-
-// Takes the locks of a format driver's file: a writer holds consistent-read, write,
+// lock_image_file() is declared in kiln/block/device.h: a writer holds consistent-read, write,
 // write-unchanged and resize; a reader holds consistent-read; neither lets others write or
-// resize the file under it. Throws Error(EAGAIN) naming the conflicting permission when
-// another open file description stands in the way. The locks live as long as `fd`.
-void lock_image_file(int fd, const std::string& path, bool writable);
-
-}  // namespace kiln::block
+// resize the file under it.
+#include "kiln/block/device.h"

@@ -96,6 +96,12 @@ struct OpenOptions {
   size_t refcount_cache_bytes = 1u << 20;
 };
 
+// Takes QEMU-compatible advisory locks on an image file opened for reading (and writing, if
+// `writable`): see docs/block-layer.md. Throws Error(EAGAIN) naming the lock when another
+// process holds the image. open_image() does this itself; tools that write image files
+// directly (raw create, convert) call it before they truncate. The locks live with `fd`.
+void lock_image_file(int fd, const std::string& path, bool writable);
+
 // Opens an image and, for qcow2, its backing chain. Throws Error with a clear message.
 Task<std::unique_ptr<BlockDevice>> open_image(Reactor& reactor, const std::string& path,
                                               OpenOptions options);
