@@ -371,6 +371,37 @@ TEST(Qcow2, ImagesInUseAreLocked) {
   EXPECT_EQ(again.close(), 0);
 }
 
+// Requests over tens of thousands of clusters (an 8 MiB write allocating 16384 of them, then
+// block status over allocated L2 tables whose entries are mostly empty) complete without
+// nesting a coroutine resumption per cluster: in the ASan build, where GCC emits no tail calls
+// for symmetric transfer, both overflowed the stack before Task returned to its caller like a
+// function call when it finishes without suspending.
+TEST(Qcow2, BlockStatusOverManyClusters) {
+  Reactor r;
+  TempDir dir;
+  qcow2::CreateOptions co;
+  co.size = 64u << 20;
+  co.cluster_size = 512;
+  qcow2::create(r, dir.file("a.qcow2"), co);
+  Dev d = Dev::open(r, dir.file("a.qcow2"));
+  ASSERT_EQ(d.write(0, pattern(8u << 20, 3)), 0);             // 16384 allocated clusters
+  for (uint64_t off = 8u << 20; off < co.size; off += 32768)  // one cluster per L2 table
+    ASSERT_EQ(d.write(off, pattern(512, uint32_t(off))), 0);
+  std::vector<Extent> ext;
+  ASSERT_EQ(r.run(d.dev->block_status(0, co.size, &ext)), 0);
+  ASSERT_FALSE(ext.empty());
+  uint64_t pos = 0, data = 0;
+  for (const Extent& e : ext) {
+    EXPECT_EQ(e.offset, pos);
+    pos += e.length;
+    if (e.data) data += e.length;
+  }
+  EXPECT_EQ(pos, co.size);
+  EXPECT_EQ(data, (8u << 20) + (co.size - (8u << 20)) / 32768 * 512);
+  EXPECT_TRUE(ext[0].data);
+  EXPECT_EQ(d.close(), 0);
+}
+
 TEST(Qcow2, SmallCacheStillCorrect) {
   Reactor r;
   TempDir dir;

@@ -74,7 +74,7 @@ class Image final : public BlockDevice {
   Task<int> zero_cluster(uint64_t gc, bool unmap, bool fast, bool discard);
   Task<void> write_part(uint64_t gc, uint64_t in_off, std::span<const uint8_t> data, int* err);
   Task<void> zero_part(uint64_t gc, bool unmap, bool fast, bool discard, int* err);
-  Task<int> status_of(uint64_t gc, uint64_t entry, Extent* e);
+  int status_of(uint64_t gc, uint64_t entry, Extent* e);
   // Sets the L2 entry of `gc` (whose table must exist and be ours); records `gen` as pending
   // when the new entry points at a cluster allocated since the last flush.
   Task<int> set_l2_entry(uint64_t gc, uint64_t entry, bool pending_alloc);

@@ -408,7 +408,7 @@ Task<int> Image::discard(uint64_t offset, uint64_t length) {
   co_return err;
 }
 
-Task<int> Image::status_of(uint64_t gc, uint64_t entry, Extent* e) {
+int Image::status_of(uint64_t gc, uint64_t entry, Extent* e) {
   Mapping m = classify(entry, h_.version, cs_);
   *e = Extent{};
   e->offset = gc << cb_;
@@ -428,9 +428,9 @@ Task<int> Image::status_of(uint64_t gc, uint64_t entry, Extent* e) {
     case Kind::kUnallocated:
       break;
     case Kind::kCorrupt:
-      co_return -EIO;
+      return -EIO;
   }
-  co_return 0;
+  return 0;
 }
 
 namespace {
@@ -468,8 +468,13 @@ Task<int> Image::block_status(uint64_t offset, uint64_t length, std::vector<Exte
         run_end = std::min(end, (l1i + 1) * l2_entries_ << cb_);
         continue;
       }
-      uint64_t e;
-      if (int rc = co_await l2_entry(c, &e); rc < 0) co_return rc;
+      // Cached entries are read without a co_await: a run of thousands of clusters must not
+      // nest a coroutine resumption per cluster (builds without tail calls, such as ASan's,
+      // would overflow the stack), and it is faster.
+      bool hit;
+      uint64_t e = l2_entry_cached(c, &hit);
+      if (!hit)
+        if (int rc = co_await l2_entry(c, &e); rc < 0) co_return rc;
       if (e != 0) break;
       run_end = std::min(end, (c + 1) << cb_);
     }
@@ -497,10 +502,12 @@ Task<int> Image::block_status(uint64_t offset, uint64_t length, std::vector<Exte
       pos = run_end;
       continue;
     }
-    uint64_t e;
-    if (int rc = co_await l2_entry(gc, &e); rc < 0) co_return rc;
+    bool hit;
+    uint64_t e = l2_entry_cached(gc, &hit);
+    if (!hit)
+      if (int rc = co_await l2_entry(gc, &e); rc < 0) co_return rc;
     Extent x;
-    if (int rc = co_await status_of(gc, e, &x); rc < 0) co_return rc;
+    if (int rc = status_of(gc, e, &x); rc < 0) co_return rc;
     const uint64_t in_off = pos - x.offset;
     x.offset = pos;
     x.length = std::min(end, (gc + 1) << cb_) - pos;
