@@ -9,7 +9,9 @@ KILN_STATE_DIR and KILN_RUN_DIR in a temporary directory. The root namespace's l
 nftables are never touched, no packet leaves the namespaces, and every process started (dnsmasq
 included) dies with the namespace.
 
-Measured through the CLI, so every number includes starting kiln-net and opening SQLite:
+Measured through the CLI, so every number includes starting kiln-net and opening SQLite. Wall
+time depends on what else the machine runs; the CPU time of each port-create (user + system of
+kiln-net and what it waits for) is recorded too, and the load average before and after:
 1. the Neutron walkthrough of issue 5 from scratch, each step and the total;
 2. `port-create` of N ports, each plumbed (tap, DHCP host entry, security group chains), on a
    network `bench-net` (10.96.0.0/16, DHCP, on the walkthrough's router), in a fresh namespace;
@@ -23,6 +25,7 @@ import json
 import math
 import os
 import platform
+import resource
 import shutil
 import signal
 import statistics
@@ -72,14 +75,18 @@ def log(msg):
 class KilnNet:
     def __init__(self, binary):
         self.binary = binary
+        self.last_cpu = 0.0  # user + system seconds of the last run
 
     def run(self, args):
         """Runs kiln-net ARGS (a string or list); returns (seconds, stdout, stderr)."""
         argv = [self.binary] + (args.split() if isinstance(args, str) else list(args))
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            timeout=120)
         dt = time.perf_counter() - t0
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.last_cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
         if p.returncode != 0:
             raise RuntimeError(f"'kiln-net {' '.join(argv[1:])}' exited {p.returncode}: "
                                f"{p.stderr.strip()}")
@@ -131,14 +138,16 @@ def inner(args, series, out_path):
 
     # 2. N ports.
     flags = ["--no-plumb"] if series == "noplumb" else []
-    times = []
+    times, cpu = [], []
     for i in range(args.ports):
         dt, _, _ = kn.run(flags + ["--tenant-id", "demo", "port-create", "bench-net",
                                    "--name", f"bench-p{i}"])
         times.append(dt)
+        cpu.append(kn.last_cpu)
         if (i + 1) % 50 == 0:
             log(f"{series}: {i + 1}/{args.ports} ports")
     res["port_create"] = times
+    res["port_create_cpu"] = cpu
     if series == "noplumb":
         dt, _, _ = kn.run("apply")
         res["apply_after_noplumb"] = dt
@@ -234,13 +243,15 @@ def machine():
     return {"nproc": os.cpu_count(), "kernel": platform.release(), "cpu": cpu}
 
 
-def report(args, plumbed, noplumb):
+def report(args, plumbed, noplumb, load_before):
     n = args.ports
     walk = plumbed["walkthrough"]
     model_total = sum(noplumb["port_create"])
     apply_all = noplumb["apply_after_noplumb"]
+    m = machine()
+    m["loadavg_1min_before_after"] = [load_before, os.getloadavg()[0]]
     return {
-        "machine": machine(),
+        "machine": m,
         "kiln_net": args.kiln_net,
         "ports": n,
         "walkthrough": {"steps": walk, "total": sum(s["seconds"] for s in walk),
@@ -249,6 +260,8 @@ def report(args, plumbed, noplumb):
         "port_create_plumbed": summary(plumbed["port_create"]),
         "port_create_plumbed_p50_first_last_tenth": tenths(plumbed["port_create"]),
         "port_create_no_plumb": summary(noplumb["port_create"]),
+        "port_create_plumbed_cpu": summary(plumbed["port_create_cpu"]),
+        "port_create_no_plumb_cpu": summary(noplumb["port_create_cpu"]),
         "apply_after_no_plumb": {"seconds": apply_all, "per_port": apply_all / n},
         "no_plumb_plus_apply_per_port": (model_total + apply_all) / n,
         "noop_apply_walkthrough": summary(plumbed["noop_apply_walkthrough"]),
@@ -261,8 +274,10 @@ def markdown(r):
     ms = lambda s: f"{s * 1000:.1f}"
     m = r["machine"]
     n = r["ports"]
+    before, after = m["loadavg_1min_before_after"]
     lines = [f"Machine: {m['nproc']} CPUs ({m['cpu'] or 'unknown CPU'}), kernel {m['kernel']}; "
-             f"kiln-net {r['kiln_net']}", "",
+             f"kiln-net {r['kiln_net']}; load average (1 min) {before:.1f} before, "
+             f"{after:.1f} after", "",
              "Plumbing the walkthrough from scratch (one run):", "",
              "| step | ms |", "|---|---:|"]
     for s in r["walkthrough"]["steps"]:
@@ -278,6 +293,8 @@ def markdown(r):
 
     row("port-create (model + plumbing)", r["port_create_plumbed"])
     row("port-create --no-plumb (model only)", r["port_create_no_plumb"])
+    row("port-create (model + plumbing): CPU time", r["port_create_plumbed_cpu"])
+    row("port-create --no-plumb (model only): CPU time", r["port_create_no_plumb_cpu"])
     first, last = r["port_create_plumbed_p50_first_last_tenth"]
     lines.append(f"| port-create (model + plumbing): p50 of the first / last tenth | | "
                  f"{ms(first)} / {ms(last)} | | | | |")
@@ -334,6 +351,7 @@ def main():
     signal.signal(signal.SIGHUP, interrupted)
 
     before = root_kiln_links()
+    load_before = os.getloadavg()[0]
     tmp = tempfile.mkdtemp(prefix="kiln-net-bench.")
     os.chmod(tmp, 0o755)  # dnsmasq rereads its files as nobody
     try:
@@ -350,7 +368,7 @@ def main():
     if leaked:
         log(f"WARNING: new kiln-like links in the root namespace: {sorted(leaked)}")
 
-    r = report(args, plumbed, noplumb)
+    r = report(args, plumbed, noplumb, load_before)
     if args.json:
         print(json.dumps(r, indent=2))
     else:

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include <cstdlib>
+#include <map>
 #include <thread>
 
 #include "kiln/net/error.h"
@@ -64,6 +65,9 @@ CREATE TABLE IF NOT EXISTS security_group_rules (
   remote_ip_prefix TEXT NOT NULL, remote_group_id TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 )sql";
+
+constexpr int kBusyTimeoutMs = 30000;
+constexpr int kWalCheckpointPages = 100;
 
 }  // namespace
 
@@ -134,11 +138,46 @@ Store::Store(const std::string& path) {
     sqlite3_close(db_);
     throw system_error("cannot open " + path + ": " + msg);
   }
-  sqlite3_busy_timeout(db_, 30000);
+  sqlite3_busy_timeout(db_, kBusyTimeoutMs);
+  // Every kiln-net command is a short process. By default the last connection to close
+  // checkpoints the WAL into the database and deletes it (two fsyncs and an unlink), and the
+  // next one creates it again (two more fsyncs, one of the directory): most of a command's
+  // time. Instead the WAL stays, and each commit syncs it (synchronous=FULL), so a change is on
+  // disk when the call returns, in a long-lived process (spawn) as in kiln-net.
+  sqlite3_db_config(db_, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
   exec("PRAGMA journal_mode=WAL");
+  exec("PRAGMA synchronous=FULL");
+  // A process that opens the database while no other has it open rebuilds the WAL index by
+  // reading every frame of the WAL (about 4 us a page here), and forgets what was already
+  // checkpointed, so a WAL is never restarted by the next writer: SQLite's automatic (passive)
+  // checkpoint would let it grow without end. So after a commit that leaves the WAL at
+  // kWalCheckpointPages or more, it is checkpointed and truncated (every eight or so
+  // port-creates); if another connection is busy with the database, a later commit does it.
+  sqlite3_wal_hook(
+      db_,
+      [](void*, sqlite3* db, const char* name, int pages) {
+        if (pages >= kWalCheckpointPages) {
+          sqlite3_busy_timeout(db, 0);
+          sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_TRUNCATE, nullptr, nullptr);
+          sqlite3_busy_timeout(db, kBusyTimeoutMs);
+        }
+        return SQLITE_OK;
+      },
+      nullptr);
   exec("PRAGMA foreign_keys=ON");
-  exec("PRAGMA synchronous=NORMAL");
-  write([&] { exec(kSchema); });
+  // The schema is created once; later opens skip the write transaction (which would make every
+  // command, even a listing, wait for the write lock). Bump the version when kSchema changes.
+  constexpr int kSchemaVersion = 1;
+  bool current = false;
+  {
+    Stmt version(db_, "PRAGMA user_version");
+    current = version.step() && version.integer(0) == kSchemaVersion;
+  }
+  if (!current)
+    write([&] {
+      exec(kSchema);
+      exec(("PRAGMA user_version=" + std::to_string(kSchemaVersion)).c_str());
+    });
 }
 
 std::unique_ptr<Store> Store::open_default() {
@@ -394,16 +433,20 @@ std::vector<Port> Store::ports(const std::string& network_id) {
     p.tag = static_cast<uint32_t>(s.integer(12));
     out.push_back(std::move(p));
   }
-  for (auto& p : out) {
-    Stmt a(db_,
-           "SELECT subnet_id, ip_address FROM ip_allocations WHERE port_id=? ORDER BY position");
-    a.bind(p.id);
-    while (a.step()) p.fixed_ips.push_back({a.text(0), a.ip(1).value_or(Ipv4{})});
-    Stmt g(db_,
-           "SELECT security_group_id FROM port_security_groups WHERE port_id=? ORDER BY position");
-    g.bind(p.id);
-    while (g.step()) p.security_groups.push_back(g.text(0));
-  }
+  // Two queries in all, not two per port: plumbing reads every port for each command.
+  std::map<std::string, Port*> by_id;
+  for (auto& p : out) by_id[p.id] = &p;
+  Stmt a(db_,
+         "SELECT port_id, subnet_id, ip_address FROM ip_allocations ORDER BY port_id, position");
+  while (a.step())
+    if (auto it = by_id.find(a.text(0)); it != by_id.end())
+      it->second->fixed_ips.push_back({a.text(1), a.ip(2).value_or(Ipv4{})});
+  Stmt g(db_,
+         "SELECT port_id, security_group_id FROM port_security_groups "
+         "ORDER BY port_id, position");
+  while (g.step())
+    if (auto it = by_id.find(g.text(0)); it != by_id.end())
+      it->second->security_groups.push_back(g.text(1));
   return out;
 }
 

@@ -2,6 +2,8 @@
 #include <functional>
 #include <iostream>
 #include <map>
+#include <optional>
+#include <vector>
 
 #include "cli/args.h"
 #include "cli/output.h"
@@ -22,6 +24,8 @@ struct Context {
   Args args;
   NetService& svc;
   Format format = Format::kTable;
+  // Set by the port commands: plumb just these ports instead of reconciling everything.
+  std::optional<std::vector<std::string>> plumb_ports;
   std::string tenant() const {
     return args.get("--tenant-id").value_or(args.get_or("--os-tenant-name", kDefaultTenant));
   }
@@ -190,7 +194,9 @@ std::map<std::string, Command> commands() {
         p.binding_netns = c.args.get_or("--netns", "");
         p.binding_ifname = c.args.get_or("--ifname", "");
         p.vif_type = c.args.get_or("--binding:vif-type", p.binding_netns.empty() ? "tap" : "veth");
-        print_object(to_json(c.svc.create_port(p)), c.format);
+        Port created = c.svc.create_port(p);
+        c.plumb_ports = std::vector<std::string>{created.id};
+        print_object(to_json(created), c.format);
       }};
   m["port-update"] = {
       {"--no-security-groups"},
@@ -210,7 +216,9 @@ std::map<std::string, Command> commands() {
           throw invalid("give --security-group or --no-security-groups, not both");
         if (!groups.empty()) u.security_groups = groups;
         if (c.args.flag("--no-security-groups")) u.security_groups = std::vector<std::string>{};
-        print_object(to_json(c.svc.update_port(c.args.positional(0, "PORT"), u)), c.format);
+        Port updated = c.svc.update_port(c.args.positional(0, "PORT"), u);
+        c.plumb_ports = std::vector<std::string>{updated.id};
+        print_object(to_json(updated), c.format);
       }};
   m["port-list"] = {
       {}, {"--network"}, false, "port-list [--network NETWORK]", [](Context& c) {
@@ -227,10 +235,17 @@ std::map<std::string, Command> commands() {
                     }};
   m["port-delete"] = {{}, {}, true, "port-delete PORT...", [](Context& c) {
                         c.args.positional(0, "PORT");
+                        std::vector<std::string> ids;
+                        bool floating = false;  // its NAT changes: plumb everything
                         for (auto& r : c.args.positional()) {
-                          c.svc.delete_port(r);
+                          Port p = c.svc.port(r);
+                          for (auto& f : c.svc.store().floating_ips())
+                            floating |= f.port_id == p.id;
+                          c.svc.delete_port(p.id);
+                          ids.push_back(p.id);
                           deleted(c, "port", r);
                         }
+                        if (!floating) c.plumb_ports = ids;
                       }};
 
   // ---- routers ----
@@ -468,8 +483,9 @@ HostConfig host_config(NetService& svc) {
 }
 
 // Returns the exit code.
-int plumb(Plumber& plumber, Store& store, bool verbose) {
-  ApplyResult r = plumber.apply(store);
+int plumb(Plumber& plumber, Store& store, const Context& ctx, bool verbose) {
+  ApplyResult r =
+      ctx.plumb_ports ? plumber.plumb_ports(store, *ctx.plumb_ports) : plumber.apply(store);
   if (verbose)
     for (auto& c : r.changes) std::cerr << "kiln-net: " << c << "\n";
   for (auto& e : r.errors) std::cerr << "kiln-net: plumbing: " << e << "\n";
@@ -525,7 +541,7 @@ int run(int argc, char** argv) {
   }
   auto store = Store::open_default();
   NetService svc(*store);
-  Context ctx{args, svc};
+  Context ctx{args, svc, Format::kTable, std::nullopt};
   std::string fmt = args.get("--format").value_or(args.get_or("-f", "table"));
   if (fmt == "json")
     ctx.format = Format::kJson;
@@ -542,7 +558,7 @@ int run(int argc, char** argv) {
   it->second.run(ctx);
   if (it->second.changes && !args.flag("--no-plumb")) {
     Plumber plumber(host_config(svc));  // after the command: config-set changes it
-    return plumb(plumber, *store, name == "apply");
+    return plumb(plumber, *store, ctx, name == "apply");
   }
   return 0;
 }

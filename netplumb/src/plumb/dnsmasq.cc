@@ -145,6 +145,12 @@ void ensure_dnsmasq(const DnsmasqConfig& c, std::vector<std::string>& changes) {
   changes.push_back((pid ? "restarted" : "started") + std::string(" dnsmasq in ") + c.netns_path);
 }
 
+bool dnsmasq_current(const DnsmasqConfig& c) {
+  std::string want, have;
+  for (auto& a : argv_for(c)) want += a + '\0';
+  return running_pid(c.dir, &have) && have == want;
+}
+
 void stop_dnsmasq(const std::string& dir) {
   if (pid_t pid = running_pid(dir)) stop_pid(pid);
   std::error_code ec;

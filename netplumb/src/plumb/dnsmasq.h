@@ -1,6 +1,6 @@
-// One dnsmasq per network, inside the network's DHCP namespace, serving only the ports'
-// fixed MAC -> IP entries. Host and option files are reloaded with SIGHUP; dnsmasq is
-// restarted only when its command line changes (a subnet came or went).
+// One dnsmasq per network (a range per DHCP subnet), inside the network's DHCP namespace,
+// serving only the ports' fixed MAC -> IP entries. Host and option files are reloaded with SIGHUP;
+// dnsmasq is restarted only when its command line changes (a subnet came or went).
 #pragma once
 
 #include <string>
@@ -20,6 +20,10 @@ struct DnsmasqConfig {
 
 // Starts, reloads or restarts as needed; appends what it did to `changes`.
 void ensure_dnsmasq(const DnsmasqConfig& cfg, std::vector<std::string>& changes);
+
+// True if the dnsmasq of `cfg.dir` runs with the command line that `cfg` asks for (so that a
+// change of its host or option files needs only a SIGHUP).
+bool dnsmasq_current(const DnsmasqConfig& cfg);
 
 // Stops the dnsmasq whose files are in `dir` (if it runs) and removes the directory.
 void stop_dnsmasq(const std::string& dir);

@@ -83,9 +83,12 @@ Mac tap_mac(const Mac& guest) {
 
 class Reconciler {
  public:
-  Reconciler(const Snapshot& snap, const HostConfig& cfg, ApplyResult& res)
-      : snap_(snap), cfg_(cfg), res_(res) {
-    for (auto& l : host_.links()) links_[l.name] = l;
+  // `full`: the whole host is reconciled (run()), so one dump of the host's links is cheaper
+  // than asking for each; otherwise (run_ports()) links are looked up one by one.
+  Reconciler(const Snapshot& snap, const HostConfig& cfg, ApplyResult& res, bool full)
+      : snap_(snap), cfg_(cfg), res_(res), full_(full) {
+    if (full_)
+      for (auto& l : host_.links()) links_[l.name] = l;
     for (auto& n : snap.networks) nets_[n.id] = &n;
     for (auto& s : snap.subnets) subnets_[s.id] = &s;
     ns_dir_ = run_dir() + "/netns";
@@ -94,14 +97,7 @@ class Reconciler {
   }
 
   void run() {
-    bool any = !snap_.networks.empty();
-    if (any) {
-      std::filesystem::create_directories(ns_dir_);
-      std::filesystem::create_directories(dhcp_dir_);
-      std::filesystem::create_directories(nat_dir_);
-      ::chmod(run_dir().c_str(), 0755);
-      ::chmod(dhcp_dir_.c_str(), 0755);
-    }
+    make_run_dirs();
     for (auto& n : snap_.networks)
       attempt("network " + label(n), [&] {
         int br = ensure_bridge(n);
@@ -118,7 +114,52 @@ class Reconciler {
     attempt("cleanup", [&] { remove_stale(); });
   }
 
+  // Plumbs what the given ports need and nothing else: the port's device, the DHCP host
+  // entries of its network, and the security-group changes. A port no longer in the model
+  // loses its device. Stale objects and drift elsewhere are left to run(). Returns false,
+  // having done nothing, if a port's network is not plumbed (its bridge is missing: a new
+  // network, or one whose bridge was deleted with everything on it): that takes run().
+  bool run_ports(const std::vector<std::string>& ids) {
+    std::vector<const Port*> ports;
+    std::vector<std::string> gone;
+    for (auto& id : ids) {
+      const Port* p = nullptr;
+      for (auto& x : snap_.ports)
+        if (x.id == id) p = &x;
+      if (!p) {
+        gone.push_back(id);
+        continue;
+      }
+      if (!hlink(bridge_name(network_of(p->network_id)))) return false;
+      ports.push_back(p);
+    }
+    make_run_dirs();
+    for (auto& id : gone) attempt("port " + id, [&] { remove_port_device(id); });
+    std::set<std::string> dhcp_nets;
+    for (auto* p : ports) {
+      dhcp_nets.insert(p->network_id);
+      if (p->device_owner.starts_with("network:")) continue;  // plumbed with its owner
+      attempt("port " + p->id, [&] { ensure_port(*p); });
+    }
+    // A deleted port's network is not known any more: every network's host file is checked
+    // (a read and a comparison each; dnsmasq is only signalled where it changed).
+    for (auto& n : snap_.networks)
+      if (!gone.empty() || dhcp_nets.count(n.id))
+        attempt("DHCP of network " + label(n), [&] { refresh_dhcp(n); });
+    attempt("security groups", [&] { ensure_security_groups(); });
+    return true;
+  }
+
  private:
+  void make_run_dirs() {
+    if (snap_.networks.empty()) return;
+    std::filesystem::create_directories(ns_dir_);
+    std::filesystem::create_directories(dhcp_dir_);
+    std::filesystem::create_directories(nat_dir_);
+    ::chmod(run_dir().c_str(), 0755);
+    ::chmod(dhcp_dir_.c_str(), 0755);
+  }
+
   static std::string label(const Network& n) { return n.name.empty() ? n.id : n.name; }
 
   void attempt(const std::string& what, const std::function<void()>& fn) {
@@ -137,11 +178,15 @@ class Reconciler {
     return *l;
   }
 
-  // Host links come from one dump at the start, refreshed one by one as they change.
+  // Host links come from one dump at the start (or, for run_ports(), from one lookup each),
+  // refreshed one by one as they change.
   std::optional<Link> hlink(const std::string& name) {
     auto it = links_.find(name);
-    if (it == links_.end()) return std::nullopt;
-    return it->second;
+    if (it != links_.end()) return it->second;
+    if (full_) return std::nullopt;
+    auto l = host_.link(name);
+    if (l) links_[name] = *l;
+    return l;
   }
   Link refresh(const std::string& name) {
     Link l = must_link(host_, name);
@@ -292,6 +337,14 @@ class Reconciler {
     attach(host_, *l, br);
   }
 
+  void remove_port_device(const std::string& port_id) {
+    std::string name = "tap" + port_id.substr(0, 11);
+    if (auto l = hlink(name); l && is_ours(name)) {
+      host_del(*l);
+      changed("removed " + name);
+    }
+  }
+
   // A veth with one end on a bridge here and the other in a namespace, with addresses.
   void ensure_leg(Rtnl& ns_nl, int ns_fd, const std::string& host_name, const std::string& ns_name,
                   const Mac& mac, int br, const std::vector<Address>& addrs) {
@@ -350,31 +403,29 @@ class Reconciler {
     return out;
   }
 
-  void ensure_dhcp(const Network& n) {
+  const Port* dhcp_port(const Network& n) {
     const Port* dhcp = nullptr;
     for (auto& p : snap_.ports)
       if (p.network_id == n.id && p.device_owner == kOwnerDhcp) dhcp = &p;
-    if (!dhcp || dhcp->fixed_ips.empty()) return;
-    Fd fd;
-    std::string ns = dhcp_ns_name(n.id);
-    auto nl = enter_ns(ns, fd);
-    std::string inner = "ns-" + dhcp->id.substr(0, 11);
-    ensure_leg(*nl, fd.get(), port_device_name(*dhcp), inner, dhcp->mac_address, bridge_of(n.id),
-               addresses_of(*dhcp));
+    if (!dhcp || dhcp->fixed_ips.empty()) return nullptr;
+    return dhcp;
+  }
 
+  // One dnsmasq per network (as Neutron's DHCP agent runs it), with a static range per DHCP
+  // subnet, tagged with the subnet's id so that each subnet gets its own options; see
+  // docs/netplumb.md for why not one per subnet.
+  DnsmasqConfig dhcp_config(const Network& n, const Port& dhcp) {
     DnsmasqConfig c;
     c.binary = cfg_.dnsmasq;
     c.dir = dhcp_dir_ + "/" + n.id;
-    c.netns_path = ns_dir_ + "/" + ns;
-    c.interface = inner;
-    wanted_dhcp_.insert(n.id);
+    c.netns_path = ns_dir_ + "/" + dhcp_ns_name(n.id);
+    c.interface = "ns-" + dhcp.id.substr(0, 11);
     std::string hosts, opts;
-    int tag = 0;
-    std::map<std::string, std::string> tags;
+    std::set<std::string> served;
     for (auto& s : snap_.subnets) {
       if (s.network_id != n.id || !s.enable_dhcp) continue;
-      std::string t = "subnet" + std::to_string(tag++);
-      tags[s.id] = t;
+      std::string t = "subnet-" + s.id;
+      served.insert(s.id);
       c.ranges.push_back("set:" + t + "," + s.cidr.network.str() + ",static," +
                          s.cidr.netmask().str() + ",86400s");
       opts += "tag:" + t + ",option:router" +
@@ -389,7 +440,7 @@ class Reconciler {
     for (auto& p : snap_.ports) {
       if (p.network_id != n.id || p.device_owner == kOwnerDhcp) continue;
       for (auto& f : p.fixed_ips) {
-        if (!tags.count(f.subnet_id)) continue;
+        if (!served.count(f.subnet_id)) continue;
         std::string host = "host-" + f.ip_address.str();
         for (char& ch : host)
           if (ch == '.') ch = '-';
@@ -398,8 +449,34 @@ class Reconciler {
     }
     c.hosts = hosts;
     c.opts = opts;
+    return c;
+  }
+
+  void ensure_dhcp(const Network& n) {
+    const Port* dhcp = dhcp_port(n);
+    if (!dhcp) return;
+    Fd fd;
+    std::string ns = dhcp_ns_name(n.id);
+    auto nl = enter_ns(ns, fd);
+    DnsmasqConfig c = dhcp_config(n, *dhcp);
+    ensure_leg(*nl, fd.get(), port_device_name(*dhcp), c.interface, dhcp->mac_address,
+               bridge_of(n.id), addresses_of(*dhcp));
+    wanted_dhcp_.insert(n.id);
     if (c.ranges.empty()) return;
     ensure_dnsmasq(c, res_.changes);
+  }
+
+  // For run_ports(): new host and option files and a SIGHUP when the network's dnsmasq runs as
+  // it should; the whole of ensure_dhcp() when it does not (not started yet, killed, or its
+  // subnets changed).
+  void refresh_dhcp(const Network& n) {
+    const Port* dhcp = dhcp_port(n);
+    if (!dhcp) return;
+    DnsmasqConfig c = dhcp_config(n, *dhcp);
+    if (!c.ranges.empty() && dnsmasq_current(c))
+      ensure_dnsmasq(c, res_.changes);
+    else
+      ensure_dhcp(n);
   }
 
   void ensure_router(const Router& r) {
@@ -480,11 +557,11 @@ class Reconciler {
     // applied. It is trusted only if no one changed this namespace's nftables since.
     std::string text = read_file(cache);
     size_t nl = text.find('\n');
-    SgState have;
+    SgApplied have;
     bool trusted = nl != std::string::npos &&
                    text.substr(0, nl) == std::to_string(nft_generation()) &&
                    sg_deserialize(text.substr(nl + 1), have);
-    if (trusted && have == want) return;
+    if (trusted && have == sg_applied(want)) return;
     ::unlink(cache.c_str());  // until the kernel matches `want` again
     bool done = false;
     if (trusted) {
@@ -500,7 +577,7 @@ class Reconciler {
       run_nft(sg_full_script(want));
       changed("loaded security group rules");
     }
-    write_file(cache, std::to_string(nft_generation()) + "\n" + sg_serialize(want));
+    write_file(cache, std::to_string(nft_generation()) + "\n" + sg_serialize(sg_applied(want)));
   }
 
   void remove_stale() {
@@ -558,6 +635,7 @@ class Reconciler {
   const Snapshot& snap_;
   const HostConfig& cfg_;
   ApplyResult& res_;
+  bool full_;
   Rtnl host_;
   std::map<std::string, const Network*> nets_;
   std::map<std::string, const Subnet*> subnets_;
@@ -599,6 +677,19 @@ ApplyResult Plumber::apply(Store& store) {
   }
 }
 
+ApplyResult Plumber::plumb_ports(Store& store, const std::vector<std::string>& port_ids) {
+  ApplyResult res;
+  try {
+    PlumbLock lock;
+    Snapshot snap = store.snapshot();
+    if (!Reconciler(snap, config_, res, false).run_ports(port_ids))
+      Reconciler(snap, config_, res, true).run();
+  } catch (const std::exception& e) {
+    res.errors.push_back(e.what());
+  }
+  return res;
+}
+
 ApplyResult Plumber::teardown() {
   try {
     PlumbLock lock;
@@ -611,7 +702,7 @@ ApplyResult Plumber::teardown() {
 ApplyResult Plumber::apply(const Snapshot& snap) {
   ApplyResult res;
   try {
-    Reconciler(snap, config_, res).run();
+    Reconciler(snap, config_, res, true).run();
   } catch (const std::exception& e) {
     res.errors.push_back(e.what());
   }

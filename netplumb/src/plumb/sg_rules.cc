@@ -1,17 +1,19 @@
 #include "plumb/sg_rules.h"
 
-#include <nlohmann/json.hpp>
+#include <charconv>
+#include <optional>
 #include <sstream>
+#include <vector>
 
 #include "kiln/net/plumber.h"
 
 namespace kiln::net {
 namespace {
 
-std::string hex(uint32_t v) {
-  std::ostringstream s;
-  s << "0x" << std::hex << v;
-  return s.str();
+std::string hex(uint64_t v) {
+  char buf[2 + 16] = {'0', 'x'};
+  auto end = std::to_chars(buf + 2, buf + sizeof buf, v, 16).ptr;
+  return std::string(buf, end);
 }
 
 std::string set_name(const std::string& group_id) {
@@ -28,6 +30,15 @@ std::string ip_list(const std::set<std::string>& ips) {
     s += ip;
   }
   return "{ " + s + " }";
+}
+
+// "EXPR != a EXPR != b ...", which matches what EXPR != { a, b } matches, without an anonymous
+// set: the kernel keeps one per rule that has one, and every libnftables transaction lists them
+// all to fill its cache (three per port would make each port's plumbing slower).
+std::string none_of(const std::string& expr, const std::set<std::string>& values) {
+  std::string s;
+  for (auto& v : values) s += (s.empty() ? "" : " ") + expr + " != " + v;
+  return s;
 }
 
 bool filtered(const Port& p) {
@@ -61,7 +72,25 @@ std::string render_rule(const SecurityGroupRule& r, bool ingress) {
   return s.str();
 }
 
-SgPortRules port_rules(const Port& p, const Snapshot& snap) {
+// The rules of the snapshot, each rendered once (not once per member port): the rule's
+// expression and verdict line, or "" when it cannot apply.
+struct RenderedRule {
+  const SecurityGroupRule* rule;
+  bool ingress;
+  std::string line;
+};
+
+std::vector<RenderedRule> render_rules(const Snapshot& snap) {
+  std::vector<RenderedRule> out;
+  for (auto& r : snap.security_group_rules) {
+    bool in = r.direction == "ingress";
+    std::string expr = render_rule(r, in);
+    out.push_back({&r, in, expr.empty() ? "" : expr + (in ? " accept\n" : " return\n")});
+  }
+  return out;
+}
+
+SgPortRules port_rules(const Port& p, const std::vector<RenderedRule>& rules) {
   SgPortRules pr;
   pr.dev = port_device_name(p);
   std::set<std::string> ips;
@@ -69,39 +98,35 @@ SgPortRules port_rules(const Port& p, const Snapshot& snap) {
   std::set<std::string> arp_ips = ips;
   arp_ips.insert("0.0.0.0");  // address probes
   std::string mac = p.mac_address.str();
-  std::ostringstream from, egress, ingress;
-  from << "ether saddr != " << mac << " drop\n"
-       << "ether type arp arp saddr ether != " << mac << " drop\n"
-       << "ether type arp arp saddr ip != " << ip_list(arp_ips) << " drop\n"
-       << "ether type != { ip, arp } drop\n"
-       << "meta mark set " << hex(p.tag << 16) << "\n";
-  pr.from = from.str();
+  // Plain appends: this runs for every filtered port on every plumbing command.
+  std::string& from = pr.from;
+  from = "ether saddr != " + mac + " drop\n";
+  from += "ether type arp arp saddr ether != " + mac + " drop\n";
+  from += "ether type arp " + none_of("arp saddr ip", arp_ips) + " drop\n";
+  from += "ether type != ip ether type != arp drop\n";
+  from += "meta mark set " + hex(p.tag << 16) + "\n";
   pr.to = "meta mark set meta mark or " + hex(p.tag) + "\n";
-
-  egress << "meta nfproto ipv6 drop\n"
-         << "udp sport 68 udp dport 67 return\n"
-         << "udp sport 67 udp dport 68 drop\n";
-  if (ips.empty())
-    egress << "drop\n";
-  else
-    egress << "ip saddr != " << ip_list(ips) << " drop\n";
-  egress << "ct state invalid drop\nct state established,related return\n";
-  ingress << "meta nfproto ipv6 drop\n"
-          << "ct state invalid drop\nct state established,related accept\n"
-          << "udp sport 67 udp dport 68 accept\n";
-  for (auto& r : snap.security_group_rules) {
+  std::string& egress = pr.egress;
+  std::string& ingress = pr.ingress;
+  egress =
+      "meta nfproto ipv6 drop\n"
+      "udp sport 68 udp dport 67 return\n"
+      "udp sport 67 udp dport 68 drop\n";
+  egress += ips.empty() ? std::string("drop\n") : none_of("ip saddr", ips) + " drop\n";
+  egress += "ct state invalid drop\nct state established,related return\n";
+  ingress =
+      "meta nfproto ipv6 drop\n"
+      "ct state invalid drop\nct state established,related accept\n"
+      "udp sport 67 udp dport 68 accept\n";
+  for (auto& r : rules) {
+    if (r.line.empty()) continue;
     bool member = false;
-    for (auto& g : p.security_groups) member |= g == r.security_group_id;
-    if (!member) continue;
-    bool in = r.direction == "ingress";
-    std::string expr = render_rule(r, in);
-    if (expr.empty()) continue;
-    (in ? ingress : egress) << expr << (in ? " accept\n" : " return\n");
+    for (auto& g : p.security_groups) member |= g == r.rule->security_group_id;
+    if (member) (r.ingress ? ingress : egress) += r.line;
   }
-  egress << "drop\n";
-  ingress << "drop\n";
-  pr.egress = egress.str();
-  pr.ingress = ingress.str();
+  egress += "drop\n";
+  ingress += "drop\n";
+  pr.digest = pr.digest_of_bodies();
   return pr;
 }
 
@@ -114,12 +139,30 @@ void chain_block(std::ostringstream& o, const char* family, const std::string& c
 }
 
 void add_set(std::ostringstream& o, const std::string& name, const std::set<std::string>& ips) {
-  o << "add set inet kiln_sg " << name << " { type ipv4_addr; }\n"
-    << "flush set inet kiln_sg " << name << "\n";
+  o << "add set inet kiln_sg " << name << " { type ipv4_addr; }\n";
   if (!ips.empty()) o << "add element inet kiln_sg " << name << " " << ip_list(ips) << "\n";
 }
 
-void add_port_chains(std::ostringstream& o, uint32_t tag, const SgPortRules& p, bool flush) {
+// Only the members that came or went. A transaction that deletes anything (a flush, a deleted
+// element, rule or chain) makes the kernel free the old objects after an RCU grace period, and
+// the process that closes its nftables socket next waits for that (10-15 ms here): a new port
+// must cost additions only.
+void update_set(std::ostringstream& o, const std::string& name, const std::set<std::string>& old,
+                const std::set<std::string>& now) {
+  std::set<std::string> gone, added;
+  for (auto& ip : old)
+    if (!now.count(ip)) gone.insert(ip);
+  for (auto& ip : now)
+    if (!old.count(ip)) added.insert(ip);
+  if (!gone.empty()) o << "delete element inet kiln_sg " << name << " " << ip_list(gone) << "\n";
+  if (!added.empty()) o << "add element inet kiln_sg " << name << " " << ip_list(added) << "\n";
+}
+
+// `mode`: kBlock inside a full script; kNew for a chain that does not exist yet; kReplace for
+// one whose rules change.
+enum class ChainMode { kBlock, kNew, kReplace };
+
+void add_port_chains(std::ostringstream& o, uint32_t tag, const SgPortRules& p, ChainMode mode) {
   std::string t = std::to_string(tag);
   const std::pair<const char*, std::string> chains[] = {{"bridge", "from_" + t},
                                                         {"bridge", "to_" + t},
@@ -127,13 +170,14 @@ void add_port_chains(std::ostringstream& o, uint32_t tag, const SgPortRules& p, 
                                                         {"inet", "ingress_" + t}};
   const std::string* bodies[] = {&p.from, &p.to, &p.egress, &p.ingress};
   for (int i = 0; i < 4; ++i) {
-    if (!flush) {
+    if (mode == ChainMode::kBlock) {
       chain_block(o, chains[i].first, chains[i].second, *bodies[i]);
       continue;
     }
     // Into live tables: "add rule" lines make libnftables fetch far less state than a block.
     std::string prefix = std::string(chains[i].first) + " kiln_sg " + chains[i].second;
-    o << "add chain " << prefix << "\nflush chain " << prefix << "\n";
+    o << "add chain " << prefix << "\n";
+    if (mode == ChainMode::kReplace) o << "flush chain " << prefix << "\n";
     std::istringstream lines(*bodies[i]);
     for (std::string line; std::getline(lines, line);)
       o << "add rule " << prefix << " " << line << "\n";
@@ -150,9 +194,9 @@ void add_port_elements(std::ostringstream& o, uint32_t tag, const SgPortRules& p
     << " }\n";
 }
 
-void delete_port_elements(std::ostringstream& o, uint32_t tag, const SgPortRules& p) {
-  o << "delete element bridge kiln_sg from_port { \"" << p.dev << "\" }\n"
-    << "delete element bridge kiln_sg to_port { \"" << p.dev << "\" }\n"
+void delete_port_elements(std::ostringstream& o, uint32_t tag, const std::string& dev) {
+  o << "delete element bridge kiln_sg from_port { \"" << dev << "\" }\n"
+    << "delete element bridge kiln_sg to_port { \"" << dev << "\" }\n"
     << "delete element inet kiln_sg egress_by_mark { " << hex(tag << 16) << " }\n"
     << "delete element inet kiln_sg ingress_by_mark { " << hex(tag) << " }\n";
 }
@@ -178,11 +222,12 @@ SgState security_group_state(const Snapshot& snap) {
   // Remote groups are sets of the member ports' addresses.
   for (auto& r : snap.security_group_rules)
     if (!r.remote_group_id.empty()) s.sets[set_name(r.remote_group_id)];
+  auto rules = render_rules(snap);
   for (auto* p : ports) {
     for (auto& g : p->security_groups)
       if (auto it = s.sets.find(set_name(g)); it != s.sets.end())
         for (auto& f : p->fixed_ips) it->second.insert(f.ip_address.str());
-    s.ports[p->tag] = port_rules(*p, snap);
+    s.ports[p->tag] = port_rules(*p, rules);
   }
   return s;
 }
@@ -209,31 +254,34 @@ std::string sg_full_script(const SgState& s) {
     << "    meta mark & 0x0000ffff vmap @ingress_by_mark\n  }\n"
     << "}\n";
   for (auto& [name, ips] : s.sets) add_set(o, name, ips);
-  for (auto& [tag, p] : s.ports) add_port_chains(o, tag, p, false);
+  for (auto& [tag, p] : s.ports) add_port_chains(o, tag, p, ChainMode::kBlock);
   for (auto& [tag, p] : s.ports) add_port_elements(o, tag, p);
   return o.str();
 }
 
-std::string sg_incremental_script(const SgState& old, const SgState& now) {
+std::string sg_incremental_script(const SgApplied& old, const SgState& now) {
   std::ostringstream o;
   for (auto& [name, ips] : now.sets) {
     auto it = old.sets.find(name);
-    if (it == old.sets.end() || it->second != ips) add_set(o, name, ips);
+    if (it == old.sets.end())
+      add_set(o, name, ips);
+    else
+      update_set(o, name, it->second, ips);
   }
   // Elements first, so that no map points at a chain that goes.
   for (auto& [tag, p] : old.ports) {
     auto it = now.ports.find(tag);
-    if (it == now.ports.end() || it->second.dev != p.dev) delete_port_elements(o, tag, p);
+    if (it == now.ports.end() || it->second.dev != p.dev) delete_port_elements(o, tag, p.dev);
   }
   for (auto& [tag, p] : old.ports)
     if (!now.ports.count(tag)) delete_port_chains(o, tag);
   for (auto& [tag, p] : now.ports) {
     auto it = old.ports.find(tag);
     if (it == old.ports.end()) {
-      add_port_chains(o, tag, p, true);
+      add_port_chains(o, tag, p, ChainMode::kNew);
       add_port_elements(o, tag, p);
-    } else if (it->second != p) {
-      add_port_chains(o, tag, p, true);
+    } else if (it->second.digest != p.digest || it->second.dev != p.dev) {
+      if (it->second.digest != p.digest) add_port_chains(o, tag, p, ChainMode::kReplace);
       if (it->second.dev != p.dev) add_port_elements(o, tag, p);
     }
   }
@@ -242,37 +290,91 @@ std::string sg_incremental_script(const SgState& old, const SgState& now) {
   return o.str();
 }
 
-std::string sg_serialize(const SgState& s) {
-  nlohmann::json j;
-  j["ports"] = nlohmann::json::object();
-  for (auto& [tag, p] : s.ports)
-    j["ports"][std::to_string(tag)] = {{"dev", p.dev},
-                                       {"from", p.from},
-                                       {"to", p.to},
-                                       {"egress", p.egress},
-                                       {"ingress", p.ingress}};
-  j["sets"] = nlohmann::json::object();
-  for (auto& [name, ips] : s.sets) j["sets"][name] = ips;
-  return j.dump();
+uint64_t SgPortRules::digest_of_bodies() const {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a, 64 bits
+  for (const std::string* body : {&from, &to, &egress, &ingress}) {
+    for (unsigned char c : *body) {
+      h ^= c;
+      h *= 1099511628211ull;
+    }
+    h ^= 0xff;  // a separator no body contains, so moving a line between chains changes it
+    h *= 1099511628211ull;
+  }
+  return h;
 }
 
-bool sg_deserialize(const std::string& text, SgState& out) {
-  auto j = nlohmann::json::parse(text, nullptr, false);
-  if (j.is_discarded() || !j.is_object() || !j.contains("ports") || !j.contains("sets"))
-    return false;
-  try {
-    SgState s;
-    for (auto& [tag, p] : j["ports"].items())
-      s.ports[static_cast<uint32_t>(std::stoul(tag))] = {
-          p.at("dev").get<std::string>(), p.at("from").get<std::string>(),
-          p.at("to").get<std::string>(), p.at("egress").get<std::string>(),
-          p.at("ingress").get<std::string>()};
-    for (auto& [name, ips] : j["sets"].items()) s.sets[name] = ips.get<std::set<std::string>>();
-    out = std::move(s);
-    return true;
-  } catch (const std::exception&) {
-    return false;
+SgApplied sg_applied(const SgState& s) {
+  SgApplied a;
+  for (auto& [tag, p] : s.ports) a.ports[tag] = {p.dev, p.digest};
+  a.sets = s.sets;
+  return a;
+}
+
+// One line per port ("port TAG DEV DIGEST") and per set ("set NAME IP..."), after a version line.
+std::string sg_serialize(const SgApplied& s) {
+  std::ostringstream o;
+  o << "kiln-sg 1\n";
+  for (auto& [tag, p] : s.ports)
+    o << "port " << tag << " " << p.dev << " " << hex(p.digest) << "\n";
+  for (auto& [name, ips] : s.sets) {
+    o << "set " << name;
+    for (auto& ip : ips) o << " " << ip;
+    o << "\n";
   }
+  return o.str();
+}
+
+namespace {
+
+// A decimal number of at most `digits` digits, or nullopt.
+std::optional<uint64_t> decimal(const std::string& s, size_t digits) {
+  if (s.empty() || s.size() > digits || s.find_first_not_of("0123456789") != std::string::npos)
+    return std::nullopt;
+  return std::stoull(s);
+}
+
+// "0x" and 1 to 16 lowercase hex digits, or nullopt.
+std::optional<uint64_t> hex_number(const std::string& s) {
+  if (s.size() < 3 || s.size() > 18 || !s.starts_with("0x") ||
+      s.find_first_not_of("0123456789abcdef", 2) != std::string::npos)
+    return std::nullopt;
+  return std::stoull(s.substr(2), nullptr, 16);
+}
+
+}  // namespace
+
+bool sg_deserialize(const std::string& text, SgApplied& out) {
+  constexpr size_t kMaxText = 64u << 20;  // far beyond 65535 ports with their sets
+  if (text.size() > kMaxText) return false;
+  std::istringstream in(text);
+  std::string line;
+  if (!std::getline(in, line) || line != "kiln-sg 1") return false;
+  SgApplied s;
+  while (std::getline(in, line)) {
+    std::istringstream f(line);
+    std::string kind, name, dev, digest, extra;
+    f >> kind >> name;
+    if (kind == "port") {  // port TAG DEV DIGEST
+      f >> dev >> digest;
+      auto tag = decimal(name, 5);
+      auto d = hex_number(digest);
+      if (f.fail() || (f >> extra) || !tag || *tag == 0 || *tag > 0xffff || !d || dev.empty() ||
+          dev.size() > 15)
+        return false;
+      s.ports[static_cast<uint32_t>(*tag)] = {dev, *d};
+    } else if (kind == "set") {  // set NAME IP...
+      if (f.fail() || !name.starts_with("rg_")) return false;
+      auto& ips = s.sets[name];
+      for (std::string ip; f >> ip;) {
+        if (!Ipv4::parse(ip)) return false;
+        ips.insert(ip);
+      }
+    } else {
+      return false;
+    }
+  }
+  out = std::move(s);
+  return true;
 }
 
 std::string security_group_ruleset(const Snapshot& snap) {

@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <set>
 
 #include "kiln/net/error.h"
@@ -356,6 +357,36 @@ TEST_F(ServiceTest, ConcurrentProcessesNeverCollide) {
   EXPECT_EQ(ips.size(), ports.size());
   EXPECT_EQ(macs.size(), ports.size());
   EXPECT_EQ(tags.size(), ports.size());
+}
+
+// Each kiln-net command opens the store, commits and exits; a process that opens the database
+// alone rebuilds the WAL index from the whole WAL. The WAL must stay small all the same.
+TEST(StoreTest, WalStaysSmallWhenEveryCommandIsAProcess) {
+  TempDir dir;
+  std::string path = (dir.path() / "netplumb.db").string();
+  {
+    Store store(path);
+    NetService svc(store);
+    NetworkSpec n;
+    n.name = "n";
+    svc.create_network(n);
+    SubnetSpec s;
+    s.network = "n";
+    s.cidr = "10.0.0.0/16";
+    svc.create_subnet(s);
+  }
+  constexpr int kPorts = 40;  // about 500 WAL pages if nothing checkpointed
+  for (int i = 0; i < kPorts; ++i) {
+    Store store(path);
+    NetService svc(store);
+    PortSpec p;
+    p.network = "n";
+    svc.create_port(p);
+  }
+  auto wal = std::filesystem::file_size(path + "-wal");
+  EXPECT_LT(wal, 150u * (4096 + 24)) << "the WAL grows without checkpoints";
+  Store store(path);
+  EXPECT_EQ(store.ports().size(), size_t{kPorts + 1});  // + DHCP
 }
 
 TEST_F(ServiceTest, Settings) {

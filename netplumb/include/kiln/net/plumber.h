@@ -52,6 +52,17 @@ class Plumber {
   // (which would remove a port that another process just created).
   ApplyResult apply(Store& store);
 
+  // Plumbs only what the given ports need, for ports just created, updated or deleted: the
+  // port's device, its network's DHCP host entries (files rewritten, dnsmasq reloaded with
+  // SIGHUP; started if it does not run), and the security-group changes (one nftables
+  // transaction: the port's chains and map elements, its address in remote-group sets). A port
+  // id that is no longer in the model has its device removed. Nothing else is compared or
+  // repaired: stale devices, routers and floating IPs (deleting a port with a floating IP
+  // changes its router's NAT) and drift elsewhere are apply()'s job. If a port's network is not
+  // plumbed yet (no bridge), this is apply(store). Holds plumb.lock like apply(Store&); never
+  // throws.
+  ApplyResult plumb_ports(Store& store, const std::vector<std::string>& port_ids);
+
   // Removes everything netplumb plumbed (same as applying an empty model).
   ApplyResult teardown();
 
