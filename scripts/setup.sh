@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs every Debian package that Kiln's build, tests and benchmarks need, then builds.
-#   scripts/setup.sh [--no-build | --release-only]
+#   scripts/setup.sh [--bench-extras] [--no-build | --release-only]
+# --bench-extras also installs bench/extra-packages.txt (libguestfs for fs_bench.py).
 # Builds: build/release (Release), build/asan (Debug with ASan+UBSan), build/fuzz (clang,
 # libFuzzer targets).
 set -euo pipefail
@@ -8,7 +9,9 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 
 # Every module lists its own packages in <module>/packages.txt.
-pkgs=$(cat scripts/packages.txt $(ls */packages.txt | grep -v ^scripts/) | sed 's/#.*//' | tr -s ' \n' ' ')
+extras=
+if [ "${1:-}" = "--bench-extras" ]; then extras=bench/extra-packages.txt; shift; fi
+pkgs=$(cat scripts/packages.txt $(ls */packages.txt | grep -v ^scripts/) $extras | sed 's/#.*//' | tr -s ' \n' ' ')
 missing=()
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds, and runs every test tier:
 #   - the release build: unit, integration and fuzz-free tests;
-#   - the ASan+UBSan build: unit and integration tests (scaled down: KILN_TEST_SCALE=small);
+#   - the ASan+UBSan build: unit and integration tests (scaled down: KILN_TEST_SCALE=0.5);
 #   - the libFuzzer targets (clang), each for a bounded time.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,7 +14,7 @@ status=0
 echo "== release build: all tests"
 ctest --test-dir build/release --output-on-failure -j"$jobs" -LE fuzz || status=1
 echo "== ASan+UBSan build: unit and integration tests"
-KILN_TEST_SCALE=small ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+KILN_TEST_SCALE=0.5 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir build/asan --output-on-failure -j"$jobs" -L 'unit|integration' || status=1
 if [ -d build/fuzz ]; then
   echo "== fuzz targets (bounded time)"

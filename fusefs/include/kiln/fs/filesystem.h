@@ -1,0 +1,94 @@
+// An ext2/3/4 filesystem inside a disk image, opened in user space: the image (a local raw or
+// qcow2 file through the block layer, or an nbd:// / nbd+unix:// export through libnbd), the
+// partition that holds the filesystem, and libext2fs on top of an io_manager of our own.
+//
+//   auto fs = kiln::fs::Filesystem::open("vm1.qcow2", {.partition = 1});
+//   ext2_filsys h = fs->handle();   // any libext2fs call
+//   fs->close();                    // ext2fs_close + flush of the source + close of the image
+//
+// Writes are buffered in memory (up to OpenOptions::write_buffer_bytes) and reach the image
+// only at close() or at a flush (ext2fs_flush / io_channel_flush). A Filesystem destroyed
+// without close() discards what was not yet written: an operation that fails half-way leaves
+// the image as it was, as long as it wrote less than the buffer holds.
+#pragma once
+
+#include <ext2fs/ext2fs.h>
+
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+namespace kiln::fs {
+
+// Every failure of kiln-fs's library: one clear line naming the image and the problem.
+class Error : public std::runtime_error {
+ public:
+  explicit Error(const std::string& what) : std::runtime_error(what) {}
+};
+
+class Source;
+class IoChannel;
+
+struct OpenOptions {
+  // 1-based partition number (MBR: 1-4 primary, 5+ logical; GPT: the entry's index), or 0 to
+  // choose: the whole disk if it holds a filesystem, otherwise the only partition that holds
+  // an ext2/3/4 filesystem (an error if there are none or several).
+  int partition = 0;
+  bool read_only = false;
+  // Local images only: "raw", "qcow2", or empty to probe the top image (backing formats are
+  // never probed, see docs/block-layer.md).
+  std::string format;
+  // Writes kept in memory before they are written back to the image (0: write through).
+  size_t write_buffer_bytes = size_t{256} << 20;
+};
+
+class Filesystem {
+ public:
+  // Opens IMAGE (a path, or an nbd:// or nbd+unix:// URI) and the ext2/3/4 filesystem in it.
+  // Writable opens are refused with a clear Error when libext2fs cannot write the filesystem
+  // safely (a journal that needs recovery, errors recorded, unknown features, ...).
+  static std::unique_ptr<Filesystem> open(const std::string& image, const OpenOptions& options);
+  // The same on a source the caller opened (options.format is not used; the source must be
+  // writable unless options.read_only). The Filesystem owns and closes it.
+  static std::unique_ptr<Filesystem> open(std::unique_ptr<Source> source,
+                                          const OpenOptions& options);
+
+  // Without close(): discards buffered writes and closes the image without flushing.
+  ~Filesystem();
+  Filesystem(const Filesystem&) = delete;
+  Filesystem& operator=(const Filesystem&) = delete;
+
+  // The libext2fs handle. Opened with EXT2_FLAG_64BITS, bitmaps loaded; EXT2_FLAG_RW unless
+  // read-only. Valid until close() or destruction. Not thread-safe: callers serialise.
+  ext2_filsys handle() const { return fs_; }
+  bool read_only() const { return read_only_; }
+  const std::string& image() const { return image_; }
+  int partition() const { return partition_; }  // 0: whole disk
+  // "ext2", "ext3" or "ext4".
+  const std::string& type() const { return type_; }
+  // "IMAGE" or "IMAGE partition N": how errors name this filesystem.
+  std::string describe() const;
+
+  // Writes everything back: ext2fs_close (superblock, group descriptors, bitmaps), the
+  // buffered blocks, a flush of the source, and the close of the image. Throws Error; the
+  // handle is gone afterwards either way.
+  void close();
+
+ private:
+  Filesystem() = default;
+  void discard() noexcept;
+
+  ext2_filsys fs_ = nullptr;
+  std::unique_ptr<Source> source_;
+  std::unique_ptr<IoChannel> channel_;
+  std::string image_;
+  std::string type_;
+  int partition_ = 0;
+  bool read_only_ = false;
+};
+
+// libext2fs's error code as text ("Bad magic number in super-block").
+std::string ext2_error(errcode_t code);
+
+}  // namespace kiln::fs

@@ -1,0 +1,286 @@
+// The io_manager over a Source window: buffering, bounds, and libext2fs on top of it.
+#include "io_channel.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+#include <random>
+
+#include "guest.h"
+#include "kiln/fs/filesystem.h"
+#include "kiln/fs/inject.h"
+#include "mem_source.h"
+
+namespace kiln::fs {
+namespace {
+
+using testing::Borrowed;
+using testing::MemSource;
+
+std::vector<uint8_t> pattern(size_t n, uint8_t seed) {
+  std::vector<uint8_t> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = static_cast<uint8_t>(seed + i * 7);
+  return v;
+}
+
+TEST(IoChannel, BufferedWritesReachTheSourceOnlyAtWriteBack) {
+  MemSource src(pattern(1 << 20, 1));
+  const auto original = src.bytes_;
+  IoChannel ch(src, 65536, 262144, 1 << 20);
+  std::vector<uint8_t> data(3000, 0xab);
+  ASSERT_EQ(ch.write(1000, data.data(), data.size()), 0);  // unaligned: read-modify-write
+  EXPECT_EQ(src.bytes_, original);
+  std::vector<uint8_t> back(5000);
+  ASSERT_EQ(ch.read(0, back.data(), back.size()), 0);
+  for (size_t i = 0; i < back.size(); ++i) {
+    uint8_t want = (i >= 1000 && i < 4000) ? 0xab : original[65536 + i];
+    ASSERT_EQ(back[i], want) << i;
+  }
+  EXPECT_GT(ch.pending_bytes(), 0u);
+  ASSERT_EQ(ch.write_back(), 0);
+  EXPECT_EQ(ch.pending_bytes(), 0u);
+  for (size_t i = 0; i < src.bytes_.size(); ++i) {
+    uint8_t want = (i >= 65536 + 1000 && i < 65536 + 4000) ? 0xab : original[i];
+    ASSERT_EQ(src.bytes_[i], want) << i;
+  }
+  // Contiguous units went out as one write.
+  EXPECT_EQ(src.writes_, 1);
+}
+
+// Random writes (scattered, overlapping, sequential runs), reads and write-backs against a
+// model: reads see every write at once, the source sees them only after a write-back, and
+// nothing outside the window ever changes.
+TEST(IoChannel, RandomOperationsMatchAModel) {
+  std::mt19937_64 rng(42);
+  const uint64_t window_off = 12345, window_len = 3 << 20;
+  MemSource src(pattern(4 << 20, 11));
+  std::vector<uint8_t> on_disk = src.bytes_;  // what the source must hold
+  std::vector<uint8_t> view(on_disk.begin() + window_off,
+                            on_disk.begin() + window_off + window_len);  // what reads return
+  IoChannel ch(src, window_off, window_len, 64 << 20);
+  uint64_t seq = 0;
+  for (int step = 0; step < 4000; ++step) {
+    const int what = static_cast<int>(rng() % 100);
+    if (what < 60) {
+      uint64_t off, len;
+      if (what < 25) {  // continue a sequential run
+        len = 1 + rng() % 8192;
+        off = seq;
+      } else {
+        len = 1 + rng() % (what < 55 ? 6000 : 300000);
+        off = rng() % window_len;
+      }
+      if (off + len > window_len) off = window_len - len;
+      seq = off + len < window_len ? off + len : 0;
+      std::vector<uint8_t> data(len);
+      for (auto& b : data) b = static_cast<uint8_t>(rng());
+      ASSERT_EQ(ch.write(off, data.data(), data.size()), 0);
+      std::copy(data.begin(), data.end(), view.begin() + static_cast<long>(off));
+    } else if (what < 97) {
+      const uint64_t len = 1 + rng() % 70000;
+      const uint64_t off = rng() % (window_len - len);
+      std::vector<uint8_t> got(len);
+      ASSERT_EQ(ch.read(off, got.data(), got.size()), 0);
+      ASSERT_TRUE(std::equal(got.begin(), got.end(), view.begin() + static_cast<long>(off)))
+          << "step " << step << " read " << off << "+" << len;
+    } else {
+      ASSERT_EQ(ch.write_back(), 0);
+      std::copy(view.begin(), view.end(), on_disk.begin() + static_cast<long>(window_off));
+      ASSERT_EQ(src.bytes_, on_disk) << "step " << step;
+      ASSERT_EQ(ch.pending_bytes(), 0u);
+    }
+    ASSERT_LE(ch.pending_bytes(), window_len);
+  }
+  ASSERT_EQ(ch.write_back(), 0);
+  std::copy(view.begin(), view.end(), on_disk.begin() + static_cast<long>(window_off));
+  EXPECT_EQ(src.bytes_, on_disk);
+}
+
+TEST(IoChannel, NothingOutsideTheWindow) {
+  MemSource src(pattern(1 << 20, 3));
+  const auto original = src.bytes_;
+  IoChannel ch(src, 4096, 8192, 1 << 20);
+  uint8_t buf[16] = {};
+  EXPECT_EQ(ch.write(8190, buf, 4), -ERANGE);
+  EXPECT_EQ(ch.write(8192, buf, 1), -ERANGE);
+  EXPECT_EQ(ch.read(8000, buf, 200), -ERANGE);
+  EXPECT_EQ(ch.write(8188, buf, 4), 0);  // the last bytes of the window are fine
+  ASSERT_EQ(ch.write_back(), 0);
+  for (size_t i = 0; i < src.bytes_.size(); ++i) {
+    if (i < 4096 + 8188 || i >= 4096 + 8192) {
+      ASSERT_EQ(src.bytes_[i], original[i]) << i;
+    }
+  }
+}
+
+TEST(IoChannel, WindowNotAMultipleOfTheUnit) {
+  MemSource src(pattern(1 << 20, 5));
+  IoChannel ch(src, 512, 6144 + 512, 1 << 20);  // one and a half units of 4 KiB, and a sector
+  std::vector<uint8_t> data(6656, 0x11);
+  ASSERT_EQ(ch.write(0, data.data(), data.size()), 0);
+  ASSERT_EQ(ch.write_back(), 0);
+  EXPECT_EQ(src.bytes_[511], pattern(1 << 20, 5)[511]);
+  EXPECT_EQ(src.bytes_[512], 0x11);
+  EXPECT_EQ(src.bytes_[512 + 6655], 0x11);
+  EXPECT_EQ(src.bytes_[512 + 6656], pattern(1 << 20, 5)[512 + 6656]);
+}
+
+TEST(IoChannel, SmallWritesInsideOneUnit) {
+  MemSource src(pattern(1 << 20, 6));
+  const auto original = src.bytes_;
+  IoChannel ch(src, 0, 1 << 20, 1 << 20);
+  // Two 1 KiB blocks and a few superblock bytes in the same 4 KiB unit.
+  std::vector<uint8_t> a(1024, 0xa1), b(1024, 0xb2);
+  ASSERT_EQ(ch.write(1024, a.data(), a.size()), 0);
+  ASSERT_EQ(ch.write(3072, b.data(), b.size()), 0);
+  ASSERT_EQ(ch.write(1030, "xy", 2), 0);
+  ASSERT_EQ(ch.write_back(), 0);
+  for (size_t i = 0; i < 8192; ++i) {
+    uint8_t want = original[i];
+    if (i >= 1024 && i < 2048) want = 0xa1;
+    if (i >= 3072 && i < 4096) want = 0xb2;
+    if (i == 1030) want = 'x';
+    if (i == 1031) want = 'y';
+    ASSERT_EQ(src.bytes_[i], want) << i;
+  }
+}
+
+TEST(IoChannel, DiscardDropsPendingWrites) {
+  MemSource src(pattern(65536, 9));
+  const auto original = src.bytes_;
+  IoChannel ch(src, 0, 65536, 1 << 20);
+  std::vector<uint8_t> data(4096, 0);
+  ASSERT_EQ(ch.write(4096, data.data(), data.size()), 0);
+  ch.discard();
+  ASSERT_EQ(ch.flush(), 0);
+  EXPECT_EQ(src.bytes_, original);
+  EXPECT_EQ(src.writes_, 0);
+}
+
+TEST(IoChannel, WriteThroughAndLimit) {
+  MemSource src(1 << 20);
+  IoChannel through(src, 0, 1 << 20, 0);
+  uint8_t one = 1;
+  ASSERT_EQ(through.write(10, &one, 1), 0);
+  EXPECT_EQ(src.bytes_[10], 1);
+  IoChannel limited(src, 0, 1 << 20, 8192);
+  std::vector<uint8_t> data(4096, 2);
+  ASSERT_EQ(limited.write(0, data.data(), data.size()), 0);
+  ASSERT_EQ(limited.write(4096, data.data(), data.size()), 0);
+  EXPECT_EQ(src.bytes_[0], 0);  // 8 KiB pending: at the limit, not over
+  ASSERT_EQ(limited.write(8192, data.data(), data.size()), 0);
+  EXPECT_EQ(src.bytes_[0], 2);  // over the limit: written back
+  EXPECT_EQ(limited.pending_bytes(), 0u);
+}
+
+TEST(IoChannel, SourceErrorsAreReported) {
+  MemSource src(1 << 20);
+  src.fail_writes_ = true;
+  IoChannel ch(src, 0, 1 << 20, 1 << 20);
+  uint8_t b = 0;
+  ASSERT_EQ(ch.write(0, &b, 1), 0);
+  EXPECT_EQ(ch.write_back(), -EIO);
+  EXPECT_GT(ch.pending_bytes(), 0u);  // kept for a retry
+}
+
+// mkfs in memory through our io_manager (libext2fs's ext2fs_initialize), then the library on
+// top: open, inject, close, open again and read back.
+void make_ext4(MemSource& src, uint64_t offset, uint64_t length) {
+  IoChannel ch(src, offset, length, 0);
+  ext2_super_block param;
+  std::memset(&param, 0, sizeof param);
+  ext2fs_blocks_count_set(&param, length / 4096);
+  param.s_log_block_size = 2;
+  param.s_rev_level = 1;
+  param.s_inode_size = 256;
+  param.s_feature_incompat = EXT2_FEATURE_INCOMPAT_FILETYPE | EXT3_FEATURE_INCOMPAT_EXTENTS;
+  param.s_feature_ro_compat =
+      EXT2_FEATURE_RO_COMPAT_SPARSE_SUPER | EXT4_FEATURE_RO_COMPAT_METADATA_CSUM;
+  ext2_filsys fs = nullptr;
+  ASSERT_EQ(ext2fs_initialize(ch.device_name().c_str(), EXT2_FLAG_64BITS, &param,
+                              IoChannel::manager(), &fs),
+            0);
+  std::memcpy(fs->super->s_volume_name, "memfs", 5);
+  fs->super->s_checksum_type = EXT2_CRC32C_CHKSUM;
+  ext2fs_init_csum_seed(fs);
+  ASSERT_EQ(ext2fs_allocate_tables(fs), 0);
+  ASSERT_EQ(ext2fs_mkdir(fs, EXT2_ROOT_INO, EXT2_ROOT_INO, nullptr), 0);
+  for (ext2_ino_t ino = 1; ino < EXT2_FIRST_INODE(fs->super); ++ino)
+    ext2fs_inode_alloc_stats2(fs, ino, +1, 0);
+  ext2fs_mark_ib_dirty(fs);
+  ASSERT_EQ(ext2fs_set_gdt_csum(fs), 0);
+  ASSERT_EQ(ext2fs_close2(fs, 0), 0);
+}
+
+TEST(Filesystem, InjectIntoAnInMemoryDisk) {
+  MemSource src(48 << 20, "memdisk");
+  make_ext4(src, 0, 48 << 20);
+  const auto fresh = src.bytes_;
+  const std::string passwd = "root:x:0:0:root:/root:/bin/sh\nweb:x:33:34::/srv/web:/bin/sh\n";
+  {
+    auto fs = Filesystem::open(std::make_unique<Borrowed>(src), OpenOptions{});
+    EXPECT_EQ(fs->type(), "ext4");
+    apply(*fs, {Operation::file("/etc/passwd", passwd, 0644),
+                Operation::ssh_key("web", "ssh-ed25519 AAAA web@test\n"),
+                Operation::mkdir("/var/log/app", 0750, 33, 34)});
+    // Nothing reached the disk before close().
+    EXPECT_EQ(src.bytes_, fresh);
+    fs->close();
+  }
+  EXPECT_NE(src.bytes_, fresh);
+  OpenOptions ro;
+  ro.read_only = true;
+  auto fs = Filesystem::open(std::make_unique<Borrowed>(src), ro);
+  Guest g(fs->handle());
+  ext2_ino_t keys = g.lookup("/srv/web/.ssh/authorized_keys", Follow::kNever);
+  ASSERT_NE(keys, 0u);
+  EXPECT_EQ(g.read_file(keys, "keys", 1 << 20), "ssh-ed25519 AAAA web@test\n");
+  ext2_inode_large inode = g.read_inode(keys);
+  EXPECT_EQ(inode.i_mode & 07777, 0600);
+  EXPECT_EQ(inode_uid(inode), 33u);
+  EXPECT_EQ(inode_gid(inode), 34u);
+  ext2_ino_t dir = g.lookup("/var/log/app", Follow::kNever);
+  ASSERT_NE(dir, 0u);
+  EXPECT_EQ(g.read_inode(dir).i_mode & 07777, 0750);
+  fs->close();
+}
+
+TEST(Filesystem, FailedInjectionLeavesTheDiskUnchanged) {
+  MemSource src(48 << 20, "memdisk");
+  make_ext4(src, 0, 48 << 20);
+  const auto fresh = src.bytes_;
+  src.writes_ = 0;
+  {
+    auto fs = Filesystem::open(std::make_unique<Borrowed>(src), OpenOptions{});
+    EXPECT_THROW(apply(*fs, {Operation::mkdir("/a/b/c"), Operation::file("/a/f", "x"),
+                             Operation::ssh_key("nobody", "ssh-rsa AAAA x\n")}),
+                 Error);
+    // Destroyed without close(): the buffered changes are dropped.
+  }
+  EXPECT_EQ(src.bytes_, fresh);
+  EXPECT_EQ(src.writes_, 0);
+}
+
+TEST(Filesystem, PartitionWindowIsRespected) {
+  // An MBR disk with the filesystem in partition 1; the bytes after it must stay untouched.
+  MemSource src(80 << 20, "disk");
+  auto& b = src.bytes_;
+  const uint32_t start = 2048, count = (32 << 20) / 512;
+  b[446 + 4] = 0x83;
+  std::memcpy(&b[446 + 8], &start, 4);
+  std::memcpy(&b[446 + 12], &count, 4);
+  b[510] = 0x55;
+  b[511] = 0xaa;
+  make_ext4(src, uint64_t{start} * 512, uint64_t{count} * 512);
+  std::fill(b.begin() + (start + count) * 512, b.end(), 0x5a);
+  auto fs = Filesystem::open(std::make_unique<Borrowed>(src), OpenOptions{});
+  EXPECT_EQ(fs->partition(), 1);
+  apply(*fs, {Operation::file("/big", std::string(20 << 20, 'z'))});
+  fs->close();
+  for (size_t i = (start + count) * 512; i < b.size(); ++i) ASSERT_EQ(b[i], 0x5a) << i;
+}
+
+}  // namespace
+}  // namespace kiln::fs

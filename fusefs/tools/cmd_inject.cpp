@@ -1,0 +1,174 @@
+// kiln-fs inject: the operations of kiln/fs/inject.h from the command line, applied in the
+// order given. Host files are read and every argument checked before the image is opened.
+#include <fcntl.h>
+#include <getopt.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "commands.h"
+#include "kiln/fs/inject.h"
+
+namespace kiln::fs::tool {
+namespace {
+
+constexpr uint64_t kMaxHostFile = 1ull << 30;
+
+std::string read_host_file(const std::string& path, const std::string& what) {
+  struct Fd {
+    int fd;
+    ~Fd() {
+      if (fd >= 0) ::close(fd);
+    }
+  } f{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+  if (f.fd < 0) throw Error(what + ": cannot open " + path + ": " + std::strerror(errno));
+  struct stat st;
+  if (fstat(f.fd, &st) != 0 || !S_ISREG(st.st_mode))
+    throw Error(what + ": " + path + " is not a regular file");
+  if (static_cast<uint64_t>(st.st_size) > kMaxHostFile)
+    throw Error(what + ": " + path + " is larger than 1 GiB");
+  std::string data;
+  char buf[65536];
+  for (;;) {
+    ssize_t n = ::read(f.fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw Error(what + ": cannot read " + path + ": " + std::strerror(errno));
+    if (n == 0) break;
+    data.append(buf, static_cast<size_t>(n));
+    if (data.size() > kMaxHostFile) throw Error(what + ": " + path + " is larger than 1 GiB");
+  }
+  return data;
+}
+
+bool parse_number(const std::string& s, int base, uint32_t max, uint32_t* out) {
+  if (s.empty() || s.size() > 10) return false;
+  char* end = nullptr;
+  errno = 0;
+  unsigned long v = std::strtoul(s.c_str(), &end, base);
+  if (errno || *end || s[0] == '-' || s[0] == '+' || v > max) return false;
+  *out = static_cast<uint32_t>(v);
+  return true;
+}
+
+struct Spec {
+  std::string head;
+  std::optional<uint32_t> mode, uid, gid;
+};
+
+// "X[:MODE[:UID:GID]]": the suffixes are recognised from the right when they are numbers, so
+// that X may itself contain ':'.
+Spec parse_spec(const std::string& text) {
+  std::vector<std::string> parts;
+  size_t start = 0;
+  for (;;) {
+    size_t p = text.find(':', start);
+    parts.push_back(text.substr(start, p == std::string::npos ? p : p - start));
+    if (p == std::string::npos) break;
+    start = p + 1;
+  }
+  auto join = [&](size_t n) {
+    std::string s;
+    for (size_t i = 0; i < n; ++i) s += (i ? ":" : "") + parts[i];
+    return s;
+  };
+  Spec spec;
+  uint32_t mode, uid, gid;
+  const size_t n = parts.size();
+  if (n >= 4 && parse_number(parts[n - 3], 8, 07777, &mode) &&
+      parse_number(parts[n - 2], 10, 0xffffffffu, &uid) &&
+      parse_number(parts[n - 1], 10, 0xffffffffu, &gid)) {
+    spec = {join(n - 3), mode, uid, gid};
+  } else if (n >= 2 && parse_number(parts[n - 1], 8, 07777, &mode)) {
+    spec = {join(n - 1), mode, std::nullopt, std::nullopt};
+  } else {
+    spec.head = text;
+  }
+  return spec;
+}
+
+std::pair<std::string, std::string> split_at_colon(const std::string& text, const char* option,
+                                                   const char* form) {
+  size_t colon = text.find(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == text.size())
+    throw UsageError(std::string(option) + " takes " + form + ", not '" + text + "'");
+  return {text.substr(0, colon), text.substr(colon + 1)};
+}
+
+}  // namespace
+
+int cmd_inject(int argc, char** argv) {
+  enum { kSshKey = 256, kHostname, kFile, kMkdir, kDelete, kPassword, kFollow, kFormat };
+  static const option kLong[] = {{"ssh-key", required_argument, nullptr, kSshKey},
+                                 {"hostname", required_argument, nullptr, kHostname},
+                                 {"file", required_argument, nullptr, kFile},
+                                 {"mkdir", required_argument, nullptr, kMkdir},
+                                 {"delete", required_argument, nullptr, kDelete},
+                                 {"password", required_argument, nullptr, kPassword},
+                                 {"follow-symlinks", no_argument, nullptr, kFollow},
+                                 {"partition", required_argument, nullptr, 'p'},
+                                 {"format", required_argument, nullptr, kFormat},
+                                 {nullptr, 0, nullptr, 0}};
+  std::vector<Operation> ops;
+  OpenOptions open_options;
+  InjectOptions inject_options;
+  int c;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, ":p:", kLong, nullptr)) != -1) {
+    const std::string arg = optarg ? optarg : "";
+    switch (c) {
+      case kSshKey: {
+        auto [user, file] = split_at_colon(arg, "--ssh-key", "USER:FILE");
+        ops.push_back(Operation::ssh_key(user, read_host_file(file, "--ssh-key " + user)));
+        break;
+      }
+      case kHostname:
+        ops.push_back(Operation::hostname(arg));
+        break;
+      case kFile: {
+        size_t eq = arg.find('=');
+        if (eq == std::string::npos || eq == 0 || eq + 1 == arg.size())
+          throw UsageError("--file takes GUEST_PATH=HOST_FILE[:MODE[:UID:GID]], not '" + arg + "'");
+        const std::string guest = arg.substr(0, eq);
+        Spec s = parse_spec(arg.substr(eq + 1));
+        ops.push_back(Operation::file(guest, read_host_file(s.head, "--file " + guest), s.mode,
+                                      s.uid, s.gid));
+        break;
+      }
+      case kMkdir: {
+        Spec s = parse_spec(arg);
+        ops.push_back(Operation::mkdir(s.head, s.mode, s.uid, s.gid));
+        break;
+      }
+      case kDelete:
+        ops.push_back(Operation::remove(arg));
+        break;
+      case kPassword: {
+        auto [user, hash] = split_at_colon(arg, "--password", "USER:HASH");
+        ops.push_back(Operation::password(user, hash));
+        break;
+      }
+      case kFollow:
+        inject_options.follow_symlinks = true;
+        break;
+      case 'p':
+        open_options.partition = parse_partition(optarg);
+        break;
+      case kFormat:
+        open_options.format = arg;
+        break;
+      default:
+        bad_option(c, argv[optind - 1]);
+    }
+  }
+  if (optind != argc - 1) throw UsageError("inject takes one IMAGE");
+  if (ops.empty()) throw UsageError("inject: nothing to do (give at least one operation)");
+  inject(argv[optind], ops, open_options, inject_options);
+  return 0;
+}
+
+}  // namespace kiln::fs::tool

@@ -1,0 +1,111 @@
+// kiln-fs list: the partition table and what each partition holds.
+#include <getopt.h>
+
+#include <cinttypes>
+#include <cstdio>
+#include <string>
+
+#include "commands.h"
+#include "kiln/fs/filesystem.h"
+#include "kiln/fs/partition.h"
+#include "kiln/fs/source.h"
+
+namespace kiln::fs::tool {
+namespace {
+
+struct Row {
+  Partition part;
+  FsInfo fs;
+};
+
+std::string type_of(const Partition& p) {
+  if (p.kind == "gpt") return p.type_guid;
+  if (p.kind == "disk") return "-";
+  char b[8];
+  std::snprintf(b, sizeof b, "0x%02x", p.mbr_type);
+  return b;
+}
+
+void print_json(const std::string& image, const PartitionTable& t, uint64_t size,
+                const std::vector<Row>& rows) {
+  std::printf("{\n  \"image\": %s,\n  \"size\": %" PRIu64 ",\n  \"scheme\": %s,\n",
+              json_quote(image).c_str(), size, json_quote(t.scheme).c_str());
+  std::printf("  \"sector_size\": %u,\n  \"disk_id\": %s,\n  \"partitions\": [", t.sector_size,
+              json_quote(t.disk_id).c_str());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const Row& r = rows[i];
+    std::printf("%s\n    {\"number\": %d, \"kind\": %s, \"offset\": %" PRIu64
+                ", \"length\": %" PRIu64
+                ", \"type\": %s, \"name\": %s, \"part_uuid\": %s, "
+                "\"filesystem\": %s, "
+                "\"label\": %s, \"uuid\": %s, \"fs_size\": %" PRIu64 "}",
+                i ? "," : "", r.part.number, json_quote(r.part.kind).c_str(), r.part.offset,
+                r.part.length, json_quote(type_of(r.part)).c_str(), json_quote(r.part.name).c_str(),
+                json_quote(r.part.part_guid).c_str(), json_quote(r.fs.type).c_str(),
+                json_quote(r.fs.label).c_str(), json_quote(r.fs.uuid).c_str(), r.fs.size);
+  }
+  std::printf("\n  ]\n}\n");
+}
+
+std::string dash(const std::string& s) { return s.empty() ? "-" : s; }
+
+void print_human(const std::string& image, const PartitionTable& t, uint64_t size,
+                 const std::vector<Row>& rows) {
+  std::printf("%s: %" PRIu64 " bytes, partition table: %s", image.c_str(), size, t.scheme.c_str());
+  if (!t.disk_id.empty()) std::printf(" (disk id %s)", t.disk_id.c_str());
+  std::printf("\n%-5s %-8s %14s %14s  %-10s %-16s %-36s %14s\n", "PART", "KIND", "OFFSET", "SIZE",
+              "FS", "LABEL", "UUID", "FS SIZE");
+  for (const Row& r : rows) {
+    std::printf("%-5s %-8s %14" PRIu64 " %14" PRIu64 "  %-10s %-16s %-36s %14" PRIu64 "\n",
+                r.part.number ? std::to_string(r.part.number).c_str() : "-", r.part.kind.c_str(),
+                r.part.offset, r.part.length, dash(r.fs.type).c_str(), dash(r.fs.label).c_str(),
+                dash(r.fs.uuid).c_str(), r.fs.size);
+  }
+}
+
+}  // namespace
+
+int cmd_list(int argc, char** argv) {
+  enum { kJson = 256, kFormat };
+  static const option kLong[] = {{"json", no_argument, nullptr, kJson},
+                                 {"format", required_argument, nullptr, kFormat},
+                                 {nullptr, 0, nullptr, 0}};
+  bool json = false;
+  std::string format;
+  int c;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, ":", kLong, nullptr)) != -1) {
+    switch (c) {
+      case kJson:
+        json = true;
+        break;
+      case kFormat:
+        format = optarg;
+        break;
+      default:
+        bad_option(c, argv[optind - 1]);
+    }
+  }
+  if (optind != argc - 1) throw UsageError("list takes one IMAGE");
+  const std::string image = argv[optind];
+  auto src = open_source(image, {true, format});
+  PartitionTable t = read_partition_table(*src);
+  std::vector<Row> rows;
+  if (t.scheme == "none") {
+    Partition whole;
+    whole.kind = "disk";
+    whole.length = src->size();
+    rows.push_back({whole, probe_filesystem(*src, 0, src->size())});
+  }
+  for (const auto& p : t.partitions)
+    rows.push_back({p, probe_filesystem(*src, p.offset, p.length)});
+  const uint64_t size = src->size();
+  src->close(true);
+  if (json)
+    print_json(image, t, size, rows);
+  else
+    print_human(image, t, size, rows);
+  return 0;
+}
+
+}  // namespace kiln::fs::tool
