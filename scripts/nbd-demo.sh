@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Kiln's main job as far as it goes today: make a qcow2 overlay on a base image, serve it over
+# The storage path alone: make a qcow2 overlay on a base image, serve it over
 # NBD with kiln-nbd, write to it through a client, and show what the export looks like.
 # Everything lives in a temporary directory that is removed at the end.
 set -euo pipefail

@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Kiln's main job: boot a guest the way nova-compute does, with every component for real.
+
+kiln-nbd serves the disks; libvirtd (a private one, in namespaces of its own, so the host's
+libvirt, network and processes are untouched) runs the guest under QEMU; kiln-net makes a tenant
+network with a router and DHCP inside those namespaces; kiln-spawn registers the image, claims
+resources, makes the port, the overlay and the config drive, injects a file, exports the disk
+and starts the domain. The guest's console then shows what it saw: its hostname and SSH key
+from the config drive, the user data, the injected file, the address it leased by DHCP and a
+ping of its router. Everything is removed at the end.
+
+    scripts/boot_demo.py BUILD_DIR GUEST_DIR
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(TOP, "tests", "e2e"))
+from libvirt_sandbox import LibvirtSandbox  # noqa: E402
+
+
+def step(text):
+    print(f"\n\033[1m== {text}\033[0m", flush=True)
+
+
+def main():
+    build, guest = (os.path.abspath(a) for a in sys.argv[1:3])
+    kiln_nbd = os.path.join(build, "nbdserver", "kiln-nbd", "kiln-nbd")
+    kiln_net = os.path.join(build, "netplumb", "kiln-net")
+    kiln_spawn = os.path.join(build, "spawn", "kiln-spawn")
+    work = tempfile.mkdtemp(prefix="kiln-demo-")
+    os.chmod(work, 0o755)  # dnsmasq rereads its host file as nobody
+    env = {**os.environ, "KILN_STATE_DIR": os.path.join(work, "state"),
+           "KILN_RUN_DIR": os.path.join(work, "run")}
+    os.makedirs(env["KILN_STATE_DIR"])
+    os.makedirs(env["KILN_RUN_DIR"])
+    nbd = sandbox = None
+    try:
+        step("kiln-nbd, with a control socket for kiln-spawn's exports")
+        sock, ctl = os.path.join(work, "nbd.sock"), os.path.join(work, "nbd-control.sock")
+        nbd_log = open(os.path.join(work, "kiln-nbd.log"), "w")
+        nbd = subprocess.Popen([kiln_nbd, "-k", sock, "--control", ctl], stdout=nbd_log,
+                               stderr=subprocess.STDOUT)
+        while not os.path.exists(ctl):
+            if nbd.poll() is not None:
+                raise SystemExit("kiln-nbd did not start")
+            time.sleep(0.02)
+        print(f"kiln-nbd PID {nbd.pid}: NBD on {sock}, control on {ctl}")
+
+        step("libvirtd (QEMU driver) in mount, network and PID namespaces of its own")
+        sandbox = LibvirtSandbox(work).start()
+        print(f"libvirt URI: {sandbox.uri}")
+
+        def inside(*args, show=True):
+            p = subprocess.run(["nsenter", f"--target={sandbox.init_pid()}", "--net", "--mount",
+                                "--pid", "--", *args], env=env, capture_output=True, text=True)
+            if show and p.stdout:
+                print(p.stdout, end="")
+            if p.returncode != 0:
+                raise SystemExit(p.stderr.strip() or f"{args[0]} failed")
+            return p.stdout
+
+        def net(*args, **kw):
+            print("$ kiln-net " + " ".join(args))
+            return inside(kiln_net, *args, **kw)
+
+        spawn_globals = ["--libvirt-uri", sandbox.uri, "--nbd-control", ctl, "--nbd-socket",
+                         sock, "--virt-type", "qemu"]
+
+        def spawn(*args, **kw):
+            print("$ kiln-spawn " + " ".join(args))
+            return inside(kiln_spawn, *spawn_globals, *args, **kw)
+
+        step("A tenant network: net, subnet with DHCP, router (the Neutron walkthrough)")
+        net("--tenant-id", "demo", "net-create", "demo-net", "--provider:network_type", "vxlan",
+            "--provider:segmentation_id", "1", show=False)
+        net("--tenant-id", "demo", "subnet-create", "--name", "demo-subnet", "demo-net",
+            "192.168.0.0/24", "--gateway", "192.168.0.1", "--dns-nameserver", "192.168.0.1",
+            show=False)
+        net("--tenant-id", "demo", "router-create", "demo-router", show=False)
+        net("router-interface-add", "demo-router", "demo-subnet", show=False)
+        net("subnet-list")
+
+        step("Register the test guest's disk as an image (copied into the store, XXH3-128)")
+        image = os.path.join(work, "guest.qcow2")
+        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2",
+                        os.path.join(guest, "rootfs.raw"), image], check=True)
+        spawn("image-create", "demo-image", image)
+
+        step("Boot: claim, port, overlay, config drive, injection, NBD export, libvirt domain")
+        key = os.path.join(work, "id_demo.pub")
+        with open(key, "w") as f:
+            f.write("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDemoKeyForKilnOnlyNotARealOne demo@kiln\n")
+        user_data = os.path.join(work, "user-data")
+        with open(user_data, "w") as f:
+            f.write("#cloud-config\nwrite_files:\n  - path: /etc/motd\n    content: hello\n")
+        motd = os.path.join(work, "motd")
+        with open(motd, "w") as f:
+            f.write("This file was injected by kiln-spawn through kiln-fs.\n")
+        started = time.monotonic()
+        spawn("boot", "demo-vm", "--image", "demo-image", "--flavor", "m1.tiny", "--net",
+              "demo-net", "--key-file", key, "--user-data", user_data,
+              "--file", f"/etc/motd={motd}", "--inject",
+              "--kernel", os.path.join(guest, "vmlinuz"),
+              "--initrd", os.path.join(guest, "initrd.img"),
+              "--cmdline", "console=ttyS0 quiet panic=-1 kiln.test=configdrive,cat,dhcp "
+                           "kiln.path=/etc/motd kiln.end=hang")
+        print(f"(boot returned with the domain running after "
+              f"{(time.monotonic() - started) * 1000:.0f} ms)")
+
+        step("The guest's console: what it read from its config drive and disk, and its IP")
+        deadline = time.monotonic() + 120
+        console = ""
+        while time.monotonic() < deadline:
+            console = inside(kiln_spawn, *spawn_globals, "console-log", "demo-vm", show=False)
+            if "KILN-TEST: end " in console:
+                break
+            time.sleep(0.5)
+        print(console.replace("\r", ""))
+        inst = json.loads(inside(kiln_spawn, *spawn_globals, "--format", "json", "show",
+                                 "demo-vm", show=False))
+        ok = (f"dhcp ip={inst['ip_address']}" in console and "end ok" in console)
+        print(f"\nport IP {inst['ip_address']}, MAC {inst['mac_address']}: "
+              + ("the guest leased it and reached its router." if ok else "NOT confirmed."))
+
+        step("Delete: domain, export, overlay, port and claim go")
+        spawn("delete", "demo-vm", show=False)
+        spawn("list")
+        spawn("hypervisor-stats")
+        return 0 if ok else 1
+    finally:
+        if sandbox is not None:
+            sandbox.stop()
+        if nbd is not None and nbd.poll() is None:
+            nbd.terminate()
+            nbd.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+// The compute path: boot (claim -> port -> overlay -> config drive -> inject -> NBD export ->
+// libvirt domain -> wait until running), with the instance's state recorded at every step and
+// every step undone when a later one fails; delete, stop, start, console log.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kiln/spawn/store.h"
+
+namespace kiln::net {
+class Store;
+}
+
+namespace kiln::spawn {
+
+class Virt;
+
+struct ComputeOptions {
+  std::string libvirt_uri = "qemu:///system";
+  std::string nbd_control;  // kiln-nbd's control socket
+  std::string nbd_socket;   // kiln-nbd's NBD socket that QEMU connects to
+  std::string virt_type;    // kvm, qemu, or empty: kvm if /dev/kvm works
+  bool plumb = true;        // plumb the port (netplumb Plumber::apply) after changing it
+  std::string tenant_id = "admin";
+  bool progress = false;    // progress lines for long copies
+  int wait_timeout_s = 60;  // boot: until running; stop: until shut off (then destroy)
+};
+
+struct BootRequest {
+  std::string name, image, flavor, network;
+  std::string key_file, user_data_file;
+  std::vector<std::pair<std::string, std::string>> files;  // guest path, host file
+  std::vector<std::string> security_groups;
+  bool inject = false;
+  std::string availability_zone = "nova";
+  std::string kernel, initrd, cmdline;  // optional direct kernel boot
+};
+
+// The build steps in order; KILN_SPAWN_FAIL_AT=<name> makes that step fail after its work
+// (a test hook: the step's undo then runs with the others).
+const std::vector<std::string>& build_steps();
+inline constexpr const char* kFailAtEnv = "KILN_SPAWN_FAIL_AT";
+// KILN_SPAWN_PAUSE_AT=<name>: the boot stops after that step's work and waits to be killed
+// (a test hook: what a build killed half-way leaves, which delete must remove).
+inline constexpr const char* kPauseAtEnv = "KILN_SPAWN_PAUSE_AT";
+
+// Asks a boot in progress (in this process) to stop: it fails before its next step, or while
+// waiting for the domain, and rolls back. Async-signal-safe (the CLI calls it on SIGINT and
+// SIGTERM).
+void interrupt_boot();
+
+// Whether this build can inject files into the guest's file system (needs kiln_fs).
+bool injection_available();
+
+class Compute {
+ public:
+  Compute(Store& store, net::Store& net_store, ComputeOptions options);
+  ~Compute();
+  Compute(const Compute&) = delete;
+  Compute& operator=(const Compute&) = delete;
+
+  // Boots an instance and returns it active. On failure every step done is undone, the
+  // instance is left in status error with the reason (if it got past the claim), and the error
+  // is rethrown.
+  Instance boot(const BootRequest& req);
+  // Removes the domain, the export, the instance's files, the port and the claim, then the
+  // record. Works in any state (also after a build that was killed half-way).
+  void remove(const std::string& ref);
+  Instance stop(const std::string& ref);
+  Instance start(const std::string& ref);
+  // The serial console's log (its last `max_bytes`).
+  std::string console_log(const std::string& ref, size_t max_bytes = 1 << 20);
+  // The domain's state as libvirt sees it now ("running", "shut off", "no domain", ...), or
+  // "unknown: <why>" when libvirt cannot be asked. The recorded status is not changed.
+  std::string power_state(const Instance& inst);
+
+  Instance get(const std::string& ref);
+  Virt& virt();
+
+ private:
+  struct Build;
+  void prepare(Build& b);
+  void claim(Build& b);
+  void run_step(Build& b, const std::string& step);
+  void step_port(Build& b);
+  void step_overlay(Build& b);
+  void step_config_drive(Build& b);
+  void step_inject(Build& b);
+  void step_export(Build& b);
+  void step_domain(Build& b);
+  void undo_all(Instance& inst, std::vector<std::string>* errors);
+  void save(Instance& inst, const std::string& message);
+  void wait_for(const std::string& uuid, bool running);
+  // Plumbs the given ports only (netplumb's incremental path), or the whole model if none
+  // are given.
+  void plumb(const std::vector<std::string>& port_ids = {});
+  // The instance's lock file: one operation at a time on an instance, across processes.
+  std::string lock_path(const std::string& id);
+
+  Store& store_;
+  net::Store& net_store_;
+  ComputeOptions opt_;
+  std::unique_ptr<Virt> virt_;
+};
+
+}  // namespace kiln::spawn

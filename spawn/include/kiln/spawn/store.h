@@ -1,0 +1,127 @@
+// kiln-spawn's state: images, flavors, instances (with their build steps and events), resource
+// claims and host settings, in one SQLite database (WAL) under the state directory. Every change
+// runs inside a BEGIN IMMEDIATE transaction, so concurrent kiln-spawn processes serialize.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+struct sqlite3;
+
+namespace kiln::spawn {
+
+struct Image {
+  std::string id, name;
+  std::string disk_format;  // qcow2 or raw, checked by content
+  std::string digest;       // XXH3-128, 32 hex digits
+  uint64_t size = 0;        // bytes of the file
+  uint64_t virtual_size = 0;
+  std::string created_at;
+};
+
+struct Flavor {
+  std::string name;
+  int vcpus = 0;
+  int64_t ram_mb = 0;
+  int64_t disk_gb = 0;
+  bool builtin = false;
+};
+
+// The states of Nova: status (vm_state) and task_state while building.
+inline constexpr const char* kStatusBuilding = "building";
+inline constexpr const char* kStatusActive = "active";
+inline constexpr const char* kStatusStopped = "stopped";
+inline constexpr const char* kStatusError = "error";
+inline constexpr const char* kStatusDeleting = "deleting";
+
+struct Instance {
+  std::string id, name;
+  std::string image_id, image_digest, image_format;
+  std::string flavor;
+  int vcpus = 0;
+  int64_t ram_mb = 0, disk_gb = 0;
+  std::string network;  // as given (name or id); network_id once the port exists
+  std::string network_id;
+  std::string status = kStatusBuilding, task_state, fault;
+  std::string port_id, mac, ip, tap;
+  std::string dir;  // instance directory: overlay, config drive, console log
+  std::string export_name, domain_name, domain_xml;
+  std::vector<std::string> steps_done;  // build steps whose work exists (their undo is due)
+  bool base_filled = false;             // this build copied the image into the base cache
+  std::string created_at, updated_at;
+};
+
+struct Event {
+  std::string at, status, task_state, message;
+};
+
+struct Usage {
+  int64_t vcpus = 0, ram_mb = 0, disk_gb = 0;
+  int64_t instances = 0;
+};
+
+class Store {
+ public:
+  // Opens (creating) `dir`/spawn.db; `dir` is created if needed.
+  explicit Store(const std::string& dir);
+  ~Store();
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  const std::string& dir() const { return dir_; }
+
+  // Runs `fn` in BEGIN IMMEDIATE .. COMMIT (rolled back if it throws); nested calls join.
+  void write(const std::function<void()>& fn);
+
+  void put(const Image& i);
+  void put(const Flavor& f);
+  void put(const Instance& i);  // updated_at is set here
+  void remove_image(const std::string& id);
+  void remove_flavor(const std::string& name);
+  void remove_instance(const std::string& id);  // with its claim and events
+
+  // Name-or-id lookups: nullopt when absent.
+  std::optional<Image> find_image(const std::string& ref);
+  std::optional<Flavor> find_flavor(const std::string& name);
+  std::optional<Instance> find_instance(const std::string& ref);
+  std::vector<Image> images();
+  std::vector<Flavor> flavors();
+  std::vector<Instance> instances();
+  // Instances (any status) built from the image / using the digest's base.
+  std::vector<Instance> instances_of_image(const std::string& image_id);
+  std::vector<Instance> instances_of_digest(const std::string& digest);
+
+  void add_event(const std::string& instance_id, const std::string& status,
+                 const std::string& task_state, const std::string& message);
+  std::vector<Event> events(const std::string& instance_id);
+
+  // Claims: one per instance.
+  void put_claim(const std::string& instance_id, int vcpus, int64_t ram_mb, int64_t disk_gb);
+  void remove_claim(const std::string& instance_id);
+  bool has_claim(const std::string& instance_id);
+  Usage usage();
+
+  std::optional<std::string> setting(const std::string& key);
+  void set_setting(const std::string& key, const std::string& value);
+  std::vector<std::pair<std::string, std::string>> settings();
+
+ private:
+  class Stmt;
+  void exec(const char* sql);
+  std::string dir_;
+  sqlite3* db_ = nullptr;
+  int txn_depth_ = 0;
+};
+
+// The flavors every store starts with (Nova's classic m1.* set).
+const std::vector<Flavor>& builtin_flavors();
+
+// "2026-11-26T23:00:41.123Z" (events are timed to the millisecond)
+std::string utc_now();
+// A random (version 4) UUID.
+std::string new_uuid();
+
+}  // namespace kiln::spawn

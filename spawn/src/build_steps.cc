@@ -1,0 +1,278 @@
+// The build steps of Compute::boot, one method each (see build_steps() for the order).
+#include <unistd.h>
+
+#include <algorithm>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+
+#include "build.h"
+#include "kiln/block/device.h"
+#include "kiln/block/qcow2.h"
+#include "kiln/net/error.h"
+#include "kiln/spawn/configdrive.h"
+#include "kiln/spawn/domain.h"
+#include "kiln/spawn/error.h"
+#include "kiln/spawn/images.h"
+#include "kiln/spawn/nbd_control.h"
+#include "kiln/spawn/virt.h"
+#ifdef KILN_SPAWN_HAVE_FS
+#include "inject.h"
+#endif
+
+namespace kiln::spawn {
+
+namespace fs = std::filesystem;
+
+const std::vector<std::string>& build_steps() {
+  static const std::vector<std::string> kSteps = {"claim",  "port",   "overlay", "config_drive",
+                                                  "inject", "export", "domain",  "wait"};
+  return kSteps;
+}
+
+bool injection_available() {
+#ifdef KILN_SPAWN_HAVE_FS
+  return true;
+#else
+  return false;
+#endif
+}
+
+const char* task_state_of(const std::string& step) {
+  if (step == "claim") return "scheduling";
+  if (step == "port") return "networking";
+  if (step == "overlay" || step == "config_drive" || step == "inject" || step == "export")
+    return "block_device_mapping";
+  return "spawning";
+}
+
+net::HostConfig host_config(net::NetService& svc) {
+  net::HostConfig h;
+  auto split = [](const std::string& s, char sep) {
+    std::vector<std::string> out;
+    size_t pos = 0;
+    while (pos <= s.size()) {
+      size_t e = s.find(sep, pos);
+      if (e == std::string::npos) e = s.size();
+      if (e > pos) out.push_back(s.substr(pos, e - pos));
+      pos = e + 1;
+    }
+    return out;
+  };
+  for (auto& [k, v] : svc.settings()) {
+    if (k == "vxlan_local_ip") h.vxlan_local_ip = v;
+    if (k == "vxlan_peers") h.vxlan_peers = split(v, ',');
+    if (k == "physical_interface_mappings")
+      for (auto& m : split(v, ',')) {
+        auto kv = split(m, ':');
+        if (kv.size() == 2) h.physical_interface_mappings.emplace_back(kv[0], kv[1]);
+      }
+  }
+  if (const char* d = std::getenv("KILN_DNSMASQ"); d && *d) h.dnsmasq = d;
+  return h;
+}
+
+namespace {
+
+std::string fault_injected(const std::string& step) {
+  const char* f = std::getenv(kFailAtEnv);
+  return f && step == f ? f : "";
+}
+
+// Creates a qcow2 overlay on `base` (explicit backing format) and grows it to `size`.
+void create_overlay(const std::string& path, const std::string& base, const std::string& format,
+                    uint64_t base_size, uint64_t size) {
+  auto& reactor = block::Reactor::current();
+  block::qcow2::CreateOptions o;
+  o.size = base_size;
+  o.backing_file = base;
+  o.backing_format = format;
+  try {
+    block::qcow2::create(reactor, path, o);
+    if (size > base_size) {
+      block::OpenOptions oo;
+      oo.format = "qcow2";
+      auto dev = reactor.run(block::open_image(reactor, path, oo));
+      int rc = reactor.run(dev->resize(size));
+      int close_rc = reactor.run(dev->close());
+      if (rc < 0) throw block::Error(-rc, "resizing to " + std::to_string(size) + " bytes");
+      if (close_rc < 0) throw block::Error(-close_rc, "closing after the resize");
+    }
+  } catch (const block::Error& e) {
+    throw system_error("overlay " + path + ": " + e.what());
+  }
+}
+
+}  // namespace
+
+namespace {
+volatile std::sig_atomic_t g_interrupted = 0;
+}  // namespace
+
+void interrupt_boot() { g_interrupted = 1; }
+bool interrupted() { return g_interrupted != 0; }
+
+void Compute::run_step(Build& b, const std::string& step) {
+  Instance& inst = b.inst;
+  if (interrupted()) throw system_error("interrupted before step " + step);
+  // The step is recorded before its work starts: its undo is idempotent and so also covers a
+  // step that failed half-way.
+  if (step != "claim") {
+    inst.steps_done.push_back(step);
+    inst.task_state = task_state_of(step);
+    save(inst, "step " + step);
+  }
+  // "claim" is done in boot(): the record and the claim are one transaction.
+  if (step == "port") step_port(b);
+  if (step == "overlay") step_overlay(b);
+  if (step == "config_drive") step_config_drive(b);
+  if (step == "inject" && b.req.inject) step_inject(b);
+  if (step == "export") step_export(b);
+  if (step == "domain") step_domain(b);
+  if (step == "wait") wait_for(inst.id, true);
+  if (std::string f = fault_injected(step); !f.empty())
+    throw system_error("fault injected at step " + f + " (" + kFailAtEnv + ")");
+  if (const char* p = std::getenv(kPauseAtEnv); p && step == p) {
+    // Test hook: stand still after the step's work until killed, to show what a build that
+    // dies there leaves behind (delete must clean it all).
+    std::fprintf(stderr, "kiln-spawn: paused after step %s (%s)\n", p, kPauseAtEnv);
+    while (!interrupted()) pause();
+  }
+}
+
+void Compute::step_port(Build& b) {
+  Instance& inst = b.inst;
+  net::NetService svc(net_store_);
+  net::PortSpec spec;
+  spec.network = b.req.network;
+  spec.name = inst.name;
+  spec.tenant_id = opt_.tenant_id;
+  spec.device_id = inst.id;
+  spec.device_owner = "compute:" + b.req.availability_zone;
+  spec.security_groups = b.req.security_groups;
+  // The tenant's "default" group is made with its first port: asking for it by name before
+  // that is asking for what netplumb gives a port without groups.
+  if (spec.security_groups == std::vector<std::string>{"default"}) {
+    try {
+      svc.security_group("default", opt_.tenant_id);
+    } catch (const net::Error&) {
+      spec.security_groups.clear();
+    }
+  }
+  net::Port port;
+  try {
+    port = svc.create_port(spec);
+  } catch (const net::Error& e) {
+    throw Error(
+        e.kind() == net::Error::Kind::kNotFound ? Error::Kind::kNotFound : Error::Kind::kInvalid,
+        std::string("port: ") + e.what());
+  }
+  inst.port_id = port.id;
+  inst.network_id = port.network_id;
+  inst.mac = port.mac_address.str();
+  inst.ip = port.fixed_ips.empty() ? "" : port.fixed_ips[0].ip_address.str();
+  inst.tap = net::port_device_name(port);
+  save(inst, "port " + port.id + " mac " + inst.mac + " ip " + inst.ip + " tap " + inst.tap);
+  plumb({port.id});
+}
+
+void Compute::step_overlay(Build& b) {
+  Instance& inst = b.inst;
+  ImageStore images(store_);
+  bool filled = false;
+  std::string base = images.ensure_base(b.image, opt_.progress, &filled);
+  inst.base_filled = filled;
+  fs::create_directories(inst.dir);
+  uint64_t size = std::max<uint64_t>(b.image.virtual_size, uint64_t(b.flavor.disk_gb) * kGiB);
+  create_overlay(inst.dir + "/disk", base, b.image.disk_format, b.image.virtual_size, size);
+  save(inst, "overlay " + inst.dir + "/disk (" + std::to_string(size) + " bytes) on base " + base +
+                 (filled ? " (base cached now)" : ""));
+}
+
+void Compute::step_config_drive(Build& b) {
+  Instance& inst = b.inst;
+  net::NetService svc(net_store_);
+  ConfigDriveInput in;
+  in.uuid = inst.id;
+  in.name = inst.name;
+  in.hostname = sanitize_hostname(inst.name);
+  in.availability_zone = b.req.availability_zone;
+  in.project_id = opt_.tenant_id;
+  in.flavor = inst.flavor;
+  in.image_id = inst.image_id;
+  if (!b.key_data.empty()) in.public_keys.emplace_back(b.key_name, b.key_data);
+  in.has_user_data = b.has_user_data;
+  in.user_data = b.user_data;
+  in.files = b.files;
+  net::Port port = svc.port(inst.port_id);
+  for (const auto& g : port.security_groups)
+    in.security_groups.push_back(svc.security_group(g).name);
+  net::Network network = svc.network(port.network_id);
+  for (const auto& fip : port.fixed_ips) {
+    net::Subnet sn = svc.subnet(fip.subnet_id);
+    ConfigDriveNetwork n;
+    n.port_id = port.id;
+    n.network_id = port.network_id;
+    n.mac = inst.mac;
+    n.tap = inst.tap;
+    n.ip = fip.ip_address.str();
+    n.netmask = sn.cidr.netmask().str();
+    if (sn.gateway_ip) n.gateway = sn.gateway_ip->str();
+    for (const auto& d : sn.dns_nameservers) n.dns.push_back(d.str());
+    n.mtu = network.network_type == "vxlan" ? 1450 : 1500;
+    in.networks.push_back(n);
+  }
+  fs::create_directories(inst.dir);
+  write_iso(config_drive_files(in), inst.dir + "/disk.config");
+  save(inst, "config drive " + inst.dir + "/disk.config");
+}
+
+void Compute::step_inject(Build& b) {
+  Instance& inst = b.inst;
+#ifdef KILN_SPAWN_HAVE_FS
+  inject_into(inst.dir + "/disk", InjectRequest{sanitize_hostname(inst.name), b.key_data, b.files});
+  save(inst, "injected into " + inst.dir + "/disk: hostname" +
+                 std::string(b.key_data.empty() ? "" : ", root's SSH key") +
+                 (b.files.empty() ? "" : ", " + std::to_string(b.files.size()) + " file(s)"));
+#else
+  // Refused before the claim; kept here so that such a build never claims to inject.
+  throw invalid("--inject is not available in this build (kiln-spawn was built without kiln_fs)");
+#endif
+}
+
+void Compute::step_export(Build& b) {
+  Instance& inst = b.inst;
+  NbdControl nbd(opt_.nbd_control);
+  inst.export_name = export_name_of(inst.id);
+  save(inst, "export " + inst.export_name);
+  nbd.add_export(inst.export_name, inst.dir + "/disk", "qcow2");
+}
+
+void Compute::step_domain(Build& b) {
+  Instance& inst = b.inst;
+  DomainSpec d;
+  d.name = domain_name_of(inst.id);
+  d.uuid = inst.id;
+  d.virt_type = opt_.virt_type.empty() ? detect_virt_type() : opt_.virt_type;
+  d.instance_name = inst.name;
+  d.flavor = inst.flavor;
+  d.vcpus = inst.vcpus;
+  d.memory_mb = inst.ram_mb;
+  d.nbd_socket = opt_.nbd_socket;
+  d.nbd_export = inst.export_name;
+  d.config_drive = inst.dir + "/disk.config";
+  d.mac = inst.mac;
+  d.tap = inst.tap;
+  d.console_log = inst.dir + "/console.log";
+  d.kernel = b.req.kernel;
+  d.initrd = b.req.initrd;
+  d.cmdline = b.req.cmdline;
+  inst.domain_name = d.name;
+  inst.domain_xml = domain_xml(d);
+  save(inst, "domain " + d.name + " (" + d.virt_type + ")");
+  virt().define(inst.domain_xml);
+  virt().start(inst.id);
+}
+
+}  // namespace kiln::spawn

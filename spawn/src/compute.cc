@@ -1,0 +1,349 @@
+#include "kiln/spawn/compute.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <thread>
+
+#include "build.h"
+#include "kiln/net/store.h"
+#include "kiln/spawn/configdrive.h"
+#include "kiln/spawn/error.h"
+#include "kiln/spawn/images.h"
+#include "kiln/spawn/nbd_control.h"
+#include "kiln/spawn/resources.h"
+#include "kiln/spawn/virt.h"
+#include "util.h"
+#ifdef KILN_SPAWN_HAVE_FS
+#include "inject.h"
+#endif
+
+namespace kiln::spawn {
+
+namespace fs = std::filesystem;
+
+Compute::Compute(Store& store, net::Store& net_store, ComputeOptions options)
+    : store_(store), net_store_(net_store), opt_(std::move(options)) {}
+
+Compute::~Compute() = default;
+
+Virt& Compute::virt() {
+  if (!virt_) virt_ = std::make_unique<Virt>(opt_.libvirt_uri);
+  return *virt_;
+}
+
+std::string Compute::lock_path(const std::string& id) {
+  std::string dir = store_.dir() + "/locks";
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw system_error("cannot create " + dir + ": " + ec.message());
+  return dir + "/" + id + ".lock";
+}
+
+Instance Compute::get(const std::string& ref) {
+  auto i = store_.find_instance(ref);
+  if (!i) throw not_found("instance '" + ref + "' not found");
+  return *i;
+}
+
+void Compute::save(Instance& inst, const std::string& message) {
+  inst.updated_at = utc_now();
+  store_.write([&] {
+    store_.put(inst);
+    store_.add_event(inst.id, inst.status, inst.task_state, message);
+  });
+}
+
+void Compute::plumb(const std::vector<std::string>& port_ids) {
+  if (!opt_.plumb) return;
+  net::NetService svc(net_store_);
+  net::Plumber plumber(host_config(svc));
+  net::ApplyResult r =
+      port_ids.empty() ? plumber.apply(net_store_) : plumber.plumb_ports(net_store_, port_ids);
+  if (!r.errors.empty()) {
+    std::string all;
+    for (const auto& e : r.errors) all += (all.empty() ? "" : "; ") + e;
+    throw system_error("network plumbing failed: " + all);
+  }
+}
+
+void Compute::wait_for(const std::string& uuid, bool running) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(opt_.wait_timeout_s);
+  auto pause = std::chrono::milliseconds(5);
+  for (;;) {
+    PowerState s = virt().state(uuid);
+    if (running && s == PowerState::kRunning) return;
+    if (!running && (s == PowerState::kShutoff || s == PowerState::kNone)) return;
+    if (running &&
+        (s == PowerState::kShutoff || s == PowerState::kCrashed || s == PowerState::kNone))
+      throw system_error(std::string("the domain stopped while starting (") + power_state_name(s) +
+                         ")");
+    if (std::chrono::steady_clock::now() > deadline)
+      throw system_error(std::string("the domain is not ") + (running ? "running" : "shut off") +
+                         " after " + std::to_string(opt_.wait_timeout_s) + " s (" +
+                         power_state_name(s) + ")");
+    if (interrupted()) throw system_error("interrupted while waiting for the domain");
+    std::this_thread::sleep_for(pause);
+    pause = std::min(pause * 2, std::chrono::milliseconds(200));
+  }
+}
+
+// Checks the request and reads its inputs, before anything is claimed: bad input changes
+// nothing.
+void Compute::prepare(Build& b) {
+  const BootRequest& req = b.req;
+  check_name("instance", req.name);
+  if (req.image.empty() || req.flavor.empty() || req.network.empty())
+    throw invalid("boot needs --image, --flavor and --net");
+  if (req.inject && !injection_available())
+    throw invalid("--inject is not available in this build (kiln-spawn was built without kiln_fs)");
+  if (const char* f = std::getenv(kFailAtEnv); f && *f) {
+    const auto& s = build_steps();
+    if (std::find(s.begin(), s.end(), f) == s.end())
+      throw invalid(std::string(kFailAtEnv) + "=" + f + " names no build step");
+  }
+  if (!req.key_file.empty()) {
+    b.key_data = read_file(req.key_file, 16384, "key file");
+    while (!b.key_data.empty() && (b.key_data.back() == '\n' || b.key_data.back() == '\r'))
+      b.key_data.pop_back();
+    if (b.key_data.empty()) throw invalid("key file " + req.key_file + " is empty");
+    b.key_name = fs::path(req.key_file).stem().string();
+  }
+  if (!req.user_data_file.empty()) {
+    b.user_data = read_file(req.user_data_file, kMaxUserData, "user data");
+    b.has_user_data = true;
+  }
+  size_t total = 0;
+  for (const auto& [guest, host] : req.files) {
+    if (guest.empty() || guest[0] != '/')
+      throw invalid("--file: the guest path must be absolute: '" + guest + "'");
+    b.files.emplace_back(guest, read_file(host, kMaxInjectedBytes, "file"));
+    total += b.files.back().second.size();
+  }
+  if (b.files.size() > kMaxInjectedFiles)
+    throw invalid("at most " + std::to_string(kMaxInjectedFiles) + " files can be given");
+#ifdef KILN_SPAWN_HAVE_FS
+  if (req.inject) check_injection(InjectRequest{sanitize_hostname(req.name), b.key_data, b.files});
+#endif
+  if (total > kMaxInjectedBytes)
+    throw invalid("the files given are larger than " + std::to_string(kMaxInjectedBytes) +
+                  " bytes in total");
+}
+
+// Step 1, the claim: the record and the claim in one transaction, so that a boot beyond
+// capacity leaves nothing at all.
+void Compute::claim(Build& b) {
+  const BootRequest& req = b.req;
+  Instance& inst = b.inst;
+  inst.name = req.name;
+  inst.network = req.network;
+  inst.dir = store_.dir() + "/instances/" + inst.id;
+  inst.created_at = inst.updated_at = utc_now();
+  ResourceTracker tracker(store_);
+  TempFile unclaimed(lock_path(inst.id));  // no instance without a claim: no lock file either
+  store_.write([&] {
+    if (store_.find_instance(req.name))
+      throw conflict("instance '" + req.name + "' already exists");
+    auto img = store_.find_image(req.image);
+    if (!img) throw not_found("image '" + req.image + "' not found");
+    auto fl = store_.find_flavor(req.flavor);
+    if (!fl) throw not_found("flavor '" + req.flavor + "' not found");
+    b.image = *img;
+    b.flavor = *fl;
+    if (fl->disk_gb > 0 && uint64_t(fl->disk_gb) * kGiB < img->virtual_size)
+      throw invalid("flavor " + fl->name + "'s disk (" + std::to_string(fl->disk_gb) +
+                    " GiB) is smaller than image " + img->name + " (" +
+                    std::to_string(img->virtual_size) + " bytes)");
+    inst.image_id = img->id;
+    inst.image_digest = img->digest;
+    inst.image_format = img->disk_format;
+    inst.flavor = fl->name;
+    inst.vcpus = fl->vcpus;
+    inst.ram_mb = fl->ram_mb;
+    inst.disk_gb = fl->disk_gb;
+    inst.status = kStatusBuilding;
+    inst.task_state = task_state_of("claim");
+    inst.steps_done = {"claim"};
+    tracker.claim(inst.id, *fl);
+    store_.put(inst);
+    store_.add_event(inst.id, inst.status, inst.task_state,
+                     "claimed " + std::to_string(fl->vcpus) + " vCPU, " +
+                         std::to_string(fl->ram_mb) + " MiB, " + std::to_string(fl->disk_gb) +
+                         " GiB");
+  });
+  unclaimed.release();
+}
+
+Instance Compute::boot(const BootRequest& req) {
+  Build b;
+  b.req = req;
+  prepare(b);
+  Instance& inst = b.inst;
+  inst.id = new_uuid();
+  // Held for the whole build (and its rollback): delete, stop and start of this instance wait.
+  FileLock lock(lock_path(inst.id));
+  claim(b);
+  try {
+    for (const auto& step : build_steps()) run_step(b, step);
+  } catch (const std::exception& e) {
+    std::string reason = e.what();
+    std::vector<std::string> undo_errors;
+    undo_all(inst, &undo_errors);
+    inst.status = kStatusError;
+    inst.task_state.clear();
+    inst.fault = reason;
+    for (const auto& u : undo_errors) inst.fault += "; cleanup: " + u;
+    save(inst, "build failed: " + inst.fault);
+    throw;
+  }
+  inst.status = kStatusActive;
+  inst.task_state.clear();
+  save(inst, "running");
+  return inst;
+}
+
+// Undoes every step that was started, newest first; each undo is idempotent.
+void Compute::undo_all(Instance& inst, std::vector<std::string>* errors) {
+  auto attempt = [&](const std::string& what, const std::function<void()>& fn) {
+    try {
+      fn();
+    } catch (const std::exception& e) {
+      errors->push_back(what + ": " + e.what());
+    }
+  };
+  auto started = [&](const std::string& step) {
+    return std::find(inst.steps_done.begin(), inst.steps_done.end(), step) != inst.steps_done.end();
+  };
+  if (started("domain") || !inst.domain_name.empty())
+    attempt("domain", [&] {
+      virt().destroy(inst.id);
+      virt().undefine(inst.id);
+    });
+  if (started("export") || !inst.export_name.empty())
+    attempt("export", [&] { NbdControl(opt_.nbd_control).remove_export(export_name_of(inst.id)); });
+  attempt("files", [&] {
+    std::error_code ec;
+    fs::remove_all(inst.dir, ec);
+    if (ec) throw system_error("cannot remove " + inst.dir + ": " + ec.message());
+  });
+  if (started("port") || !inst.port_id.empty())
+    attempt("port", [&] {
+      // Every port of this instance, also one created by a build that died before recording it.
+      std::vector<std::string> deleted;
+      net::NetService svc(net_store_);
+      for (const auto& p : net_store_.ports())
+        if (p.device_id == inst.id) {
+          svc.delete_port(p.id);
+          deleted.push_back(p.id);
+        }
+      if (!deleted.empty()) plumb(deleted);
+    });
+  attempt("claim", [&] { ResourceTracker(store_).release(inst.id); });
+  if (errors->empty()) {
+    inst.steps_done.clear();
+    inst.port_id.clear();
+    inst.mac.clear();
+    inst.ip.clear();
+    inst.tap.clear();
+    inst.export_name.clear();
+    inst.domain_name.clear();
+  }
+}
+
+void Compute::remove(const std::string& ref) {
+  std::string id = get(ref).id;
+  FileLock lock(lock_path(id));
+  Instance inst = get(id);  // as it is now that nothing else works on it
+  inst.status = kStatusDeleting;
+  inst.task_state = "deleting";
+  save(inst, "delete");
+  // The steps recorded are exactly those whose work may exist (each is recorded before its
+  // work starts), also for a build that was killed half-way.
+  std::vector<std::string> errors;
+  undo_all(inst, &errors);
+  if (!errors.empty()) {
+    std::string all;
+    for (const auto& e : errors) all += (all.empty() ? "" : "; ") + e;
+    inst.status = kStatusError;
+    inst.task_state.clear();
+    inst.fault = "delete failed: " + all;
+    save(inst, inst.fault);
+    throw system_error("instance " + inst.name + ": " + inst.fault);
+  }
+  std::string digest = inst.image_digest;
+  store_.remove_instance(inst.id);
+  ImageStore(store_).prune_base(digest);
+  // Whoever waits on this lock is about to find the instance gone.
+  ::unlink(lock_path(inst.id).c_str());
+}
+
+Instance Compute::stop(const std::string& ref) {
+  std::string id = get(ref).id;
+  FileLock lock(lock_path(id));
+  Instance inst = get(id);
+  if (inst.status != kStatusActive)
+    throw conflict("instance " + inst.name + " is " + inst.status + ", not active");
+  if (virt().shutdown(inst.id)) {
+    try {
+      wait_for(inst.id, false);
+    } catch (const Error&) {
+      virt().destroy(inst.id);  // the guest ignored ACPI: power it off, as Nova does
+    }
+  }
+  virt().destroy(inst.id);
+  inst.status = kStatusStopped;
+  inst.task_state.clear();
+  save(inst, "stopped");
+  return inst;
+}
+
+Instance Compute::start(const std::string& ref) {
+  std::string id = get(ref).id;
+  FileLock lock(lock_path(id));
+  Instance inst = get(id);
+  if (inst.status != kStatusStopped)
+    throw conflict("instance " + inst.name + " is " + inst.status + ", not stopped");
+  NbdControl nbd(opt_.nbd_control);
+  if (!nbd.has_export(inst.export_name))
+    nbd.add_export(inst.export_name, inst.dir + "/disk", "qcow2");
+  if (!virt().exists(inst.id)) virt().define(inst.domain_xml);
+  virt().start(inst.id);
+  wait_for(inst.id, true);
+  inst.status = kStatusActive;
+  inst.task_state.clear();
+  save(inst, "started");
+  return inst;
+}
+
+std::string Compute::power_state(const Instance& inst) {
+  try {
+    return power_state_name(virt().state(inst.id));
+  } catch (const std::exception& e) {
+    return std::string("unknown: ") + e.what();
+  }
+}
+
+std::string Compute::console_log(const std::string& ref, size_t max_bytes) {
+  Instance inst = get(ref);
+  std::string path = inst.dir + "/console.log";
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return "";
+  uint64_t size = fs::file_size(path, ec);
+  if (ec) throw system_error("cannot stat " + path + ": " + ec.message());
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) throw errno_error("cannot open " + path, errno);
+  uint64_t off = size > max_bytes ? size - max_bytes : 0;
+  std::string out(static_cast<size_t>(size - off), '\0');
+  ssize_t n = ::pread(fd.get(), out.data(), out.size(), static_cast<off_t>(off));
+  if (n < 0) throw errno_error("cannot read " + path, errno);
+  out.resize(static_cast<size_t>(n));
+  return out;
+}
+
+}  // namespace kiln::spawn

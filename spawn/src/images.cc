@@ -1,0 +1,278 @@
+#include "kiln/spawn/images.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <vector>
+
+#include "kiln/block/device.h"
+#include "kiln/block/qcow2.h"
+#include "kiln/spawn/error.h"
+#include "util.h"
+
+namespace kiln::spawn {
+
+void check_name(const std::string& what, const std::string& name) {
+  if (name.empty() || name.size() > kMaxNameLength)
+    throw invalid(what + " name must be 1 to " + std::to_string(kMaxNameLength) +
+                  " characters long");
+  auto ok = [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
+  };
+  if (!std::all_of(name.begin(), name.end(), ok) || name[0] == '.' || name[0] == '_' ||
+      name[0] == '-')
+    throw invalid(what + " name '" + name +
+                  "' may contain only letters, digits, '.', '_' and '-', and must start with a "
+                  "letter or digit");
+}
+
+namespace {
+
+constexpr size_t kCopyChunk = 1 << 20;
+
+struct XxhState {
+  XXH3_state_t* st = XXH3_createState();
+  XxhState() {
+    if (!st) throw system_error("out of memory");
+    XXH3_128bits_reset(st);
+  }
+  ~XxhState() { XXH3_freeState(st); }
+  void update(const void* p, size_t n) { XXH3_128bits_update(st, p, n); }
+  std::string hex() {
+    XXH128_canonical_t c;
+    XXH128_canonicalFromHash(&c, XXH3_128bits_digest(st));
+    static const char* kHex = "0123456789abcdef";
+    std::string out;
+    for (unsigned char b : c.digest) {
+      out += kHex[b >> 4];
+      out += kHex[b & 15];
+    }
+    return out;
+  }
+};
+
+// A progress line on stderr, at most ten times a second.
+class Progress {
+ public:
+  Progress(bool enabled, std::string label, uint64_t total)
+      : enabled_(enabled), label_(std::move(label)), total_(total) {}
+  void update(uint64_t done) {
+    if (!enabled_) return;
+    auto now = std::chrono::steady_clock::now();
+    if (done < total_ && now - last_ < std::chrono::milliseconds(100)) return;
+    last_ = now;
+    int pct = total_ ? static_cast<int>(done * 100 / total_) : 100;
+    std::fprintf(stderr, "\rkiln-spawn: %s: %3d%% (%llu/%llu MiB)", label_.c_str(), pct,
+                 static_cast<unsigned long long>(done >> 20),
+                 static_cast<unsigned long long>(total_ >> 20));
+    shown_ = true;
+  }
+  ~Progress() {
+    if (shown_) std::fprintf(stderr, "\n");
+  }
+
+ private:
+  bool enabled_;
+  std::string label_;
+  uint64_t total_;
+  bool shown_ = false;
+  std::chrono::steady_clock::time_point last_{};
+};
+
+// Copies src to a new file dst (sparse: all-zero chunks are skipped), fsyncs it, and returns
+// the XXH3-128 of the content.
+std::string copy_file(const std::string& src, const std::string& dst, bool progress,
+                      const std::string& label) {
+  UniqueFd in(::open(src.c_str(), O_RDONLY | O_CLOEXEC));
+  if (in.get() < 0) throw errno_error("cannot open " + src, errno);
+  struct stat st {};
+  if (fstat(in.get(), &st) != 0) throw errno_error("cannot stat " + src, errno);
+  if (!S_ISREG(st.st_mode)) throw invalid(src + " is not a regular file");
+  uint64_t size = static_cast<uint64_t>(st.st_size);
+  if (size > kMaxImageBytes) throw invalid(src + " is larger than 4 TiB");
+  UniqueFd out(::open(dst.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  if (out.get() < 0) throw errno_error("cannot create " + dst, errno);
+  XxhState h;
+  Progress bar(progress, label, size);
+  std::vector<uint8_t> buf(kCopyChunk);
+  uint64_t off = 0;
+  while (off < size) {
+    ssize_t n = ::pread(in.get(), buf.data(), std::min<uint64_t>(buf.size(), size - off),
+                        static_cast<off_t>(off));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw errno_error("cannot read " + src, errno);
+    }
+    if (n == 0) throw system_error(src + " shrank while it was being copied");
+    h.update(buf.data(), static_cast<size_t>(n));
+    bool zero = std::all_of(buf.begin(), buf.begin() + n, [](uint8_t b) { return b == 0; });
+    if (!zero) write_all(out.get(), buf.data(), static_cast<size_t>(n), off, dst);
+    off += static_cast<uint64_t>(n);
+    bar.update(off);
+  }
+  if (::ftruncate(out.get(), static_cast<off_t>(size)) != 0)
+    throw errno_error("cannot size " + dst, errno);
+  if (::fsync(out.get()) != 0) throw errno_error("cannot sync " + dst, errno);
+  return h.hex();
+}
+
+}  // namespace
+
+std::string file_digest(const std::string& path) {
+  UniqueFd in(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (in.get() < 0) throw errno_error("cannot open " + path, errno);
+  XxhState h;
+  std::vector<uint8_t> buf(kCopyChunk);
+  for (;;) {
+    ssize_t n = ::read(in.get(), buf.data(), buf.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw errno_error("cannot read " + path, errno);
+    }
+    if (n == 0) break;
+    h.update(buf.data(), static_cast<size_t>(n));
+  }
+  return h.hex();
+}
+
+ImageStore::ImageStore(Store& store)
+    : store_(store), images_dir_(store.dir() + "/images"), base_dir_(store.dir() + "/_base") {
+  std::error_code ec;
+  std::filesystem::create_directories(images_dir_, ec);
+  if (!ec) std::filesystem::create_directories(base_dir_, ec);
+  if (ec) throw system_error("cannot create " + images_dir_ + ": " + ec.message());
+}
+
+std::string ImageStore::image_path(const Image& image) const {
+  return images_dir_ + "/" + image.id;
+}
+
+std::string ImageStore::base_path(const std::string& digest) const {
+  return base_dir_ + "/" + digest;
+}
+
+Image ImageStore::get(const std::string& ref) {
+  auto img = store_.find_image(ref);
+  if (!img) throw not_found("image '" + ref + "' not found");
+  return *img;
+}
+
+Image ImageStore::create(const std::string& name, const std::string& file,
+                         const std::string& disk_format, bool progress) {
+  check_name("image", name);
+  if (!disk_format.empty() && disk_format != "qcow2" && disk_format != "raw")
+    throw invalid("--disk-format must be qcow2 or raw, not '" + disk_format + "'");
+  if (store_.find_image(name)) throw conflict("image '" + name + "' already exists");
+
+  Image img;
+  img.id = new_uuid();
+  img.name = name;
+  std::string probed;
+  try {
+    probed = block::probe_format(file);
+  } catch (const block::Error& e) {
+    throw invalid("cannot read " + file + ": " + e.what());
+  }
+  if (!disk_format.empty() && disk_format != probed)
+    throw invalid(file + " is a " + probed + " image by its content, not " + disk_format);
+  img.disk_format = probed;
+
+  // Copy first, then inspect the copy: what is registered is exactly what was checked.
+  std::string tmp = images_dir_ + "/.tmp-" + img.id;
+  TempFile guard(tmp);
+  img.digest = copy_file(file, tmp, progress, "copying " + name + " into the image store");
+  struct stat st {};
+  if (::stat(tmp.c_str(), &st) != 0) throw errno_error("cannot stat " + tmp, errno);
+  img.size = static_cast<uint64_t>(st.st_size);
+  if (probed == "qcow2") {
+    block::qcow2::Info info;
+    try {
+      info = block::qcow2::read_info(block::Reactor::current(), tmp);
+    } catch (const block::Error& e) {
+      throw invalid(file + ": not a usable qcow2 image: " + e.what());
+    }
+    if (!info.backing_file.empty())
+      throw invalid(file + " has a backing file (" + info.backing_file +
+                    "); register a self-contained image");
+    img.virtual_size = info.virtual_size;
+  } else {
+    img.virtual_size = img.size;
+  }
+  img.created_at = utc_now();
+  store_.write([&] {
+    if (store_.find_image(name)) throw conflict("image '" + name + "' already exists");
+    if (::rename(tmp.c_str(), image_path(img).c_str()) != 0)
+      throw errno_error("cannot rename " + tmp, errno);
+    guard.release();
+    store_.put(img);
+  });
+  return img;
+}
+
+void ImageStore::remove(const std::string& ref) {
+  Image img;
+  store_.write([&] {
+    img = get(ref);
+    auto users = store_.instances_of_image(img.id);
+    if (!users.empty()) {
+      std::string names;
+      for (const auto& i : users) names += (names.empty() ? "" : ", ") + i.name;
+      throw conflict("image '" + img.name + "' is in use by instance(s): " + names);
+    }
+    store_.remove_image(img.id);
+  });
+  std::filesystem::remove(image_path(img));
+  prune_base(img.digest);
+}
+
+std::string ImageStore::ensure_base(const Image& image, bool progress, bool* filled) {
+  *filled = false;
+  std::string path = base_path(image.digest);
+  FileLock lock(path + ".lock");
+  if (::access(path.c_str(), F_OK) == 0) return path;
+  // Only the lock holder writes temporary copies: any that exist were left by a process that
+  // died while filling the cache.
+  std::string prefix = image.digest + ".tmp.";
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(base_dir_, ec))
+    if (e.path().filename().string().rfind(prefix, 0) == 0) std::filesystem::remove(e.path(), ec);
+  std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  TempFile guard(tmp);
+  std::string digest =
+      copy_file(image_path(image), tmp, progress, "caching image " + image.name + " as a base");
+  if (digest != image.digest)
+    throw system_error("image " + image.name + " is corrupt in the image store (digest " + digest +
+                       ", registered " + image.digest + ")");
+  if (::chmod(tmp.c_str(), 0444) != 0) throw errno_error("cannot chmod " + tmp, errno);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) throw errno_error("cannot rename " + tmp, errno);
+  guard.release();
+  sync_dir(base_dir_);
+  *filled = true;
+  return path;
+}
+
+void ImageStore::prune_base(const std::string& digest) {
+  std::string path = base_path(digest);
+  FileLock lock(path + ".lock");
+  bool unused = false;
+  store_.write([&] {
+    bool image_uses = false;
+    for (const auto& i : store_.images()) image_uses |= i.digest == digest;
+    unused = !image_uses && store_.instances_of_digest(digest).empty();
+  });
+  if (!unused) return;
+  // The lock file stays: a process waiting on it must find the same file that others lock.
+  ::unlink(path.c_str());
+}
+
+}  // namespace kiln::spawn

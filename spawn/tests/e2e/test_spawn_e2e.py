@@ -1,0 +1,173 @@
+"""End to end, inside the namespaces of run-in-libvirt-ns.sh: a real libvirtd with the QEMU
+driver (TCG), kiln-nbd, netplumb with its plumbing (bridge, tap, dnsmasq, router namespace),
+and the test guest (docs/test-guest.md) booted by kiln-spawn from its NBD-backed overlay. The
+guest reads its config drive, gets its port's address by DHCP and pings its gateway; after
+delete nothing is left and the base is unchanged."""
+
+import base64
+import hashlib
+import json
+import os
+import re
+import subprocess
+import time
+
+from spawn_helpers import TIMEOUT, World, run
+
+GUEST_DIR = os.environ.get("KILN_GUEST_DIR", "")
+GUEST_BUILDER = os.environ.get("KILN_GUEST_BUILDER", "")
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def guest():
+    assert GUEST_DIR and GUEST_BUILDER, "KILN_GUEST_DIR and KILN_GUEST_BUILDER must be set"
+    run([GUEST_BUILDER, GUEST_DIR], timeout=900)  # a no-op when up to date
+    return {k: os.path.join(GUEST_DIR, k) for k in ("vmlinuz", "initrd.img", "rootfs.raw")}
+
+
+def virsh(*args, check=True):
+    return run(["virsh", "-c", "qemu:///system", *args], check=check)
+
+
+def wait_console(w, name, needle, timeout):
+    deadline = time.monotonic() + timeout
+    while True:
+        log = w.spawn("console-log", name).stdout
+        if needle in log:
+            return log
+        assert time.monotonic() < deadline, f"no {needle!r} on the console:\n{log}"
+        time.sleep(0.2)
+
+
+def block(log, name):
+    m = re.search(rf"KILN-TEST: BEGIN configdrive {re.escape(name)}\r?\n(.*?)\r?\nKILN-TEST: END",
+                  log, re.S)
+    assert m, f"no {name} on the console:\n{log}"
+    return m.group(1).strip()
+
+
+def network_state(w):
+    """What the plumbing looks like, for a failure message."""
+    out = ["", "--- plumbing ---", links(), run(["ip", "-o", "addr"], check=False).stdout]
+    dhcp = os.path.join(w.run_dir, "dhcp")
+    for root, _, files in os.walk(dhcp):
+        for f in files:
+            try:
+                with open(os.path.join(root, f), errors="replace") as fh:
+                    out.append(f"--- {os.path.join(root, f)}\n{fh.read()[-4000:]}")
+            except OSError:
+                pass
+    out.append(run(["nft", "list", "ruleset"], check=False).stdout[-6000:])
+    return "\n".join(out)
+
+
+def links():
+    return run(["ip", "-o", "link", "show"]).stdout
+
+
+def test_guest_boots_reads_config_drive_and_gets_its_address(tmp_path):
+    g = guest()
+    # dnsmasq drops root for "nobody", which must reach its host files under KILN_RUN_DIR.
+    os.chmod(tmp_path, 0o755)
+    w = World(str(tmp_path), libvirt_uri="qemu:///system", plumb=True)
+    try:
+        w.net("router-create", "r1")
+        w.net("router-interface-add", "r1", "demo-subnet")
+        w.set_baseline()
+        # The test guest has no /etc/passwd; root's key needs one (root's home is /root).
+        raw = str(tmp_path / "root.raw")
+        run(["cp", "--sparse=always", g["rootfs.raw"], raw])
+        passwd = tmp_path / "passwd"
+        passwd.write_text("root:x:0:0:root:/root:/bin/sh\n")
+        run(["debugfs", "-w", "-R", f"write {passwd} /etc/passwd", raw])
+        root = str(tmp_path / "root.qcow2")
+        run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, root])
+        inject = "File injection (--inject): available" in w.spawn("help").stdout
+        img = json.loads(w.spawn("image-create", "guest", root, "--format", "json").stdout)
+
+        key = tmp_path / "e2e.pub"
+        key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKilnE2eKey kiln@e2e\n")
+        ud = tmp_path / "user-data"
+        ud.write_text("#cloud-config\nfinal_message: kiln e2e\n")
+        inj = tmp_path / "injected"
+        inj.write_text("injected through the config drive\n")
+        script = ("for d in /dev/sr0 /dev/sr1; do mkdir -p /media/c && "
+                  "mount -t iso9660 -o ro $d /media/c 2>/dev/null && break; done; "
+                  "cat /media/c/openstack/content/0000; umount /media/c; "
+                  "echo \"disk hostname: $(cat $ROOT/etc/hostname)\"; "
+                  "echo \"disk file: $(cat $ROOT/etc/kiln-injected)\"; "
+                  "echo \"disk key: $(cat $ROOT/root/.ssh/authorized_keys)\"\n")
+        cmdline = ("console=ttyS0 quiet panic=-1 kiln.test=info,configdrive,script,dhcp "
+                   "kiln.end=hang kiln.script=" + base64.b64encode(script.encode()).decode())
+
+        t0 = time.monotonic()
+        inst = json.loads(w.spawn(
+            "--wait-timeout", "60", "boot", "e2e-vm", "--image", "guest", "--flavor", "m1.tiny",
+            "--net", "demo-net", "--key-file", key, "--user-data", ud,
+            "--file", f"/etc/kiln-injected={inj}", "--kernel", g["vmlinuz"],
+            "--initrd", g["initrd.img"], "--cmdline", cmdline, "--format", "json",
+            *(["--inject"] if inject else [])).stdout)
+        boot_s = time.monotonic() - t0
+        assert inst["status"] == "active", inst
+        print(f"boot -> running: {boot_s:.2f} s")
+        base = os.path.join(w.spawn_dir, "_base", img["checksum"])
+        base_sum = sha256(base)
+        assert base_sum == sha256(root)
+
+        assert w.spawn_json("show", "e2e-vm")["power_state"] == "running"
+        dom = inst["domain"]
+        assert virsh("domstate", dom).stdout.strip() == "running"
+        xml = virsh("dumpxml", dom).stdout
+        assert f"name='{inst['export']}'" in xml and "protocol='nbd'" in xml
+        assert inst["tap"] in links()
+        assert [e["connections"] for e in w.nbd.exports()] == [1]
+
+        log = wait_console(w, "e2e-vm", "KILN-TEST: end", 180)
+        assert "KILN-TEST: end ok" in log, log + network_state(w)
+        assert "KILN-TEST: info KILN_GUEST=1" in log
+        md = json.loads(block(log, "meta_data.json"))
+        assert md["uuid"] == inst["id"]
+        assert md["hostname"] == "e2e-vm"
+        assert md["public_keys"] == {"e2e": key.read_text().strip()}
+        assert md["files"] == [{"path": "/etc/kiln-injected", "content_path": "/content/0000"}]
+        assert block(log, "user_data") == ud.read_text().strip()
+        nd = json.loads(block(log, "network_data.json"))
+        assert nd["links"][0]["ethernet_mac_address"] == inst["mac_address"]
+        assert nd["networks"][0]["ip_address"] == inst["ip_address"]
+        assert "injected through the config drive" in log
+        if inject:
+            # Written into the guest's root file system before boot, read by the guest.
+            assert "disk hostname: e2e-vm" in log, log
+            assert "disk file: injected through the config drive" in log, log
+            assert f"disk key: {key.read_text().strip()}" in log, log
+        else:
+            print("kiln-spawn built without kiln_fs: injection not checked")
+        assert f"KILN-TEST: dhcp ip={inst['ip_address']} mask=255.255.255.0 " \
+               f"router=192.168.0.1" in log, log
+        assert "KILN-TEST: ping 192.168.0.1 ok" in log
+
+        # The guest ignores ACPI (its init hangs): stop powers it off after the timeout.
+        w.spawn("--wait-timeout", "3", "stop", "e2e-vm")
+        assert virsh("domstate", dom).stdout.strip() == "shut off"
+        show = w.spawn_json("show", "e2e-vm")
+        assert show["status"] == "stopped" and show["power_state"] == "shut off", show
+        w.spawn("start", "e2e-vm")
+        assert virsh("domstate", dom).stdout.strip() == "running"
+
+        w.spawn("delete", "e2e-vm")
+        assert virsh("list", "--all", "--name").stdout.strip() == ""
+        assert inst["tap"] not in links()
+        w.assert_nothing_left()
+        assert sha256(base) == base_sum
+        assert sha256(os.path.join(w.spawn_dir, "images", img["id"])) == base_sum
+    finally:
+        # netplumb's namespaces are mounted under KILN_RUN_DIR/netns: take them down first.
+        w.net("teardown", check=False)
+        w.close()
