@@ -200,6 +200,17 @@ int IoChannel::read_locked(uint64_t offset, void* buf, size_t len) {
 void IoChannel::buffer_write(uint64_t offset, const uint8_t* data, size_t len) {
   const uint64_t end = offset + len;
   auto next = dirty_.lower_bound(offset);  // the first extent starting at or after `offset`
+  // A rewrite inside one pending extent (inode tables, bitmaps, directory blocks written
+  // again and again): in place, without rebuilding the extent.
+  auto inside = next;
+  if (inside == dirty_.end() || inside->first != offset) {
+    inside = inside == dirty_.begin() ? dirty_.end() : std::prev(inside);
+  }
+  if (inside != dirty_.end() && inside->first <= offset &&
+      end <= inside->first + inside->second.size()) {
+    std::memcpy(inside->second.data() + (offset - inside->first), data, len);
+    return;
+  }
   if (next != dirty_.begin()) {
     auto prev = std::prev(next);
     const uint64_t prev_end = prev->first + prev->second.size();

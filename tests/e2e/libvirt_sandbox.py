@@ -2,7 +2,7 @@
 namespaces, so that a test can boot guests through the real libvirt API without touching the
 host's libvirt, its configuration, its network or its processes.
 
-Inside the namespaces, tmpfs mounts replace /run/libvirt, /var/lib/libvirt, /var/log/libvirt,
+Inside the namespaces, tmpfs mounts replace /run, /var/lib/libvirt, /var/log/libvirt,
 /var/cache/libvirt and /etc/libvirt (filled with our qemu.conf and libvirtd.conf); /etc/passwd
 and /etc/group are bind-mounted copies that have the `libvirt-qemu` user and group, which
 libvirt 9's QEMU driver resolves before it reads qemu.conf. The daemon's sockets live in the
@@ -36,7 +36,9 @@ stdio_handler = "file"
 START = """\
 set -e
 mount --make-rprivate /
-for d in /run/libvirt /var/lib/libvirt /var/log/libvirt /var/cache/libvirt /etc/libvirt; do
+# /run whole: libvirtd also keeps /run/libvirtd.pid, which must not be the host's (nor
+# another sandbox's: two would fight over its lock).
+for d in /run /var/lib/libvirt /var/log/libvirt /var/cache/libvirt /etc/libvirt; do
   mkdir -p "$d"
   mount -t tmpfs -o mode=0755 tmpfs "$d"
 done

@@ -1,0 +1,48 @@
+// kiln-fs mount: serves an ext2/3/4 filesystem opened with libext2fs through FUSE (libfuse3,
+// low-level API, one thread).
+#pragma once
+
+#include <ext2fs/ext2fs.h>
+
+#include <string>
+
+namespace kiln::fs {
+
+struct FuseMountOptions {
+  std::string mountpoint;
+  bool read_only = false;    // mount "ro"; every modifying request fails with EROFS
+  bool allow_other = false;  // let users other than the mounting one in (FUSE "allow_other")
+  bool foreground = false;   // false: fork into the background once the mount is usable
+  bool debug = false;        // libfuse's request trace on stderr (implies foreground)
+  // Shown as the mount's source in /proc/mounts and df (e.g. the image path).
+  std::string fsname = "kiln-fs";
+  // Seconds the kernel may cache names and attributes. This process is the only writer of the
+  // filesystem, so long timeouts are safe.
+  double cache_timeout = 60.0;
+  // After this many milliseconds without requests, pending metadata (bitmaps, group
+  // descriptors, superblock) is written to the image, so that an unmount leaves little to do.
+  // 0 disables the idle flush.
+  int idle_flush_ms = 1000;
+};
+
+// Mounts `fs` on opts.mountpoint and serves it until the filesystem is unmounted
+// (`fusermount3 -u DIR`, `umount DIR`) or SIGTERM/SIGINT/SIGHUP arrives (then it unmounts
+// itself). Before returning it frees the inodes that were unlinked while still open, marks the
+// filesystem clean again and flushes it with ext2fs_flush(); the caller still owns `fs` and
+// closes it.
+//
+// Returns 0 after a clean unmount, or non-zero after printing one line on stderr.
+//
+// Daemon mode (foreground == false): the process forks after the mount is in place; the parent
+// exits with status 0 (so its exit means the mount is usable) and the child serves the mount and
+// returns from this function. The io_manager behind `fs` must survive fork(): no threads started
+// before the call may be needed afterwards.
+//
+// Consistency: the kernel does not wait for a FUSE daemon when it unmounts, so the final flush
+// happens just after `umount` returns; whoever reuses the image must wait for this process to
+// exit (kiln-fs keeps the image locked until then). An unmount counts once the mount has left
+// this process's mount namespace, even if another namespace kept a copy of it (that copy then
+// stops working).
+int fuse_mount(ext2_filsys fs, const FuseMountOptions& opts);
+
+}  // namespace kiln::fs

@@ -1,0 +1,316 @@
+// open, read, write, flush, fsync, release. Each request opens the inode through the libext2fs
+// file API and closes it again, so that no cached copy of an inode outlives the request (other
+// requests, chmod for one, rewrite inodes in between).
+#include <fcntl.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <functional>
+
+#include "inode_util.h"
+#include "volume.h"
+
+namespace kiln::fs::fuse_detail {
+namespace {
+
+class File {
+ public:
+  File() = default;
+  File(const File&) = delete;
+  File& operator=(const File&) = delete;
+  ~File() {
+    if (file_) ext2fs_file_close(file_);
+  }
+  errcode_t open(ext2_filsys fs, ext2_ino_t ino, int flags) {
+    return ext2fs_file_open(fs, ino, flags, &file_);
+  }
+  // Closing writes the file's last buffered block and, when it changed, its inode.
+  errcode_t close() {
+    errcode_t rc = ext2fs_file_close(file_);
+    file_ = nullptr;
+    return rc;
+  }
+  ext2_file_t get() const { return file_; }
+
+ private:
+  ext2_file_t file_ = nullptr;
+};
+
+void op_open(fuse_req_t req, fuse_ino_t fino, fuse_file_info* fi) {
+  Volume& v = volume(req);
+  const ext2_ino_t ino = to_ext2(fino);
+  if ((fi->flags & O_ACCMODE) != O_RDONLY && v.read_only()) {
+    fuse_reply_err(req, EROFS);
+    return;
+  }
+  ext2_inode_large inode;
+  if (errcode_t rc = read_inode(v.fs(), ino, inode)) {
+    fuse_reply_err(req, fail("open", ino, rc));
+    return;
+  }
+  if (LINUX_S_ISDIR(inode.i_mode)) {
+    fuse_reply_err(req, EISDIR);
+    return;
+  }
+  if ((inode.i_flags & EXT4_ENCRYPT_FL) && (fi->flags & O_ACCMODE) != O_RDONLY) {
+    fuse_reply_err(req, EOPNOTSUPP);
+    return;
+  }
+  // All writes pass through this mount, so cached pages stay valid from one open to the next.
+  fi->keep_cache = 1;
+  v.add_open(ino);
+  if (fuse_reply_open(req, fi) != 0) v.release(ino);
+}
+
+// Calls fn(index, pblk, n, unwritten) for each run of N contiguous blocks of a file, starting
+// at logical block FIRST + index; pblk is 0 for a hole. One extent lookup per run for extent
+// files, one block map per block otherwise.
+using RunFn = std::function<errcode_t(blk64_t, blk64_t, blk64_t, bool)>;
+
+errcode_t for_each_run(ext2_filsys fs, ext2_ino_t ino, ext2_inode_large& inode, blk64_t first,
+                       blk64_t count, const RunFn& fn) {
+  const blk64_t end = first + count;
+  auto* small = reinterpret_cast<ext2_inode*>(&inode);
+  errcode_t rc = 0;
+  if (inode.i_flags & EXT4_EXTENTS_FL) {
+    ext2_extent_handle_t handle;
+    if ((rc = ext2fs_extent_open2(fs, ino, small, &handle))) return rc;
+    for (blk64_t b = first; b < end && !rc;) {
+      ext2fs_extent ext{};
+      rc = ext2fs_extent_goto(handle, b);
+      if (!rc) rc = ext2fs_extent_get(handle, EXT2_EXTENT_CURRENT, &ext);
+      if (rc == EXT2_ET_EXTENT_NOT_FOUND ||
+          (!rc && (b < ext.e_lblk || b >= ext.e_lblk + ext.e_len))) {
+        rc = fn(b - first, 0, 1, false);  // a hole
+        ++b;
+        continue;
+      }
+      if (rc) break;
+      const blk64_t n = std::min<blk64_t>(ext.e_lblk + ext.e_len, end) - b;
+      rc = fn(b - first, ext.e_pblk + (b - ext.e_lblk), n,
+              (ext.e_flags & EXT2_EXTENT_FLAGS_UNINIT) != 0);
+      b += n;
+    }
+    ext2fs_extent_free(handle);
+    return rc;
+  }
+  for (blk64_t b = first; b < end;) {
+    blk64_t pblk = 0;
+    if ((rc = ext2fs_bmap2(fs, ino, small, nullptr, 0, b, nullptr, &pblk))) return rc;
+    blk64_t n = 1;
+    if (pblk != 0) {
+      for (blk64_t next = 0; b + n < end; ++n) {
+        if ((rc = ext2fs_bmap2(fs, ino, small, nullptr, 0, b + n, nullptr, &next))) return rc;
+        if (next != pblk + n) break;
+      }
+    }
+    if ((rc = fn(b - first, pblk, n, false))) return rc;
+    b += n;
+  }
+  return 0;
+}
+
+// Reads COUNT whole blocks from logical block FIRST into DST, one io_manager request per run
+// (the libext2fs file API reads one block at a time). Holes and unwritten extents are zeros.
+errcode_t read_blocks(ext2_filsys fs, ext2_ino_t ino, ext2_inode_large& inode, blk64_t first,
+                      blk64_t count, char* dst) {
+  const size_t bs = fs->blocksize;
+  return for_each_run(fs, ino, inode, first, count,
+                      [&](blk64_t index, blk64_t pblk, blk64_t n, bool unwritten) -> errcode_t {
+                        char* out = dst + index * bs;
+                        if (pblk == 0 || unwritten) {
+                          std::memset(out, 0, n * bs);
+                          return 0;
+                        }
+                        return io_channel_read_blk64(fs->io, pblk, static_cast<int>(n), out);
+                      });
+}
+
+// Writes whole blocks of an extent-mapped file: allocates what is missing in one go
+// (ext2fs_fallocate, contiguous where it can) and writes each run with one request. Only used
+// with room to spare, so that a failed allocation cannot leave blocks past the end of file.
+errcode_t write_blocks(ext2_filsys fs, ext2_ino_t ino, blk64_t first, blk64_t count,
+                       const char* src) {
+  ext2_inode_large inode;
+  errcode_t rc = read_inode(fs, ino, inode);
+  if (rc) return rc;
+  rc = ext2fs_fallocate(fs, EXT2_FALLOCATE_FORCE_INIT | EXT2_FALLOCATE_INIT_BEYOND_EOF, ino,
+                        reinterpret_cast<ext2_inode*>(&inode), ~0ULL, first, count);
+  // Given an inode, ext2fs_fallocate updates it (extent tree root, i_blocks) but leaves the
+  // writing to the caller.
+  if (rc || (rc = write_inode(fs, ino, inode))) return rc;
+  const size_t bs = fs->blocksize;
+  return for_each_run(fs, ino, inode, first, count,
+                      [&](blk64_t index, blk64_t pblk, blk64_t n, bool unwritten) -> errcode_t {
+                        if (pblk == 0 || unwritten) return EXT2_ET_BLOCK_ALLOC_FAIL;
+                        return io_channel_write_blk64(fs->io, pblk, static_cast<int>(n),
+                                                      src + index * bs);
+                      });
+}
+
+// Inline data (and anything else the block path does not cover) through the file API.
+errcode_t read_with_file_api(ext2_filsys fs, ext2_ino_t ino, uint64_t off, size_t size, char* buf,
+                             unsigned int& got) {
+  File file;
+  errcode_t rc = file.open(fs, ino, 0);
+  if (!rc) rc = ext2fs_file_llseek(file.get(), off, EXT2_SEEK_SET, nullptr);
+  if (!rc) rc = ext2fs_file_read(file.get(), buf, static_cast<unsigned>(size), &got);
+  if (!rc) rc = file.close();
+  return rc;
+}
+
+void op_read(fuse_req_t req, fuse_ino_t fino, size_t size, off_t off, fuse_file_info*) {
+  Volume& v = volume(req);
+  ext2_filsys fs = v.fs();
+  const ext2_ino_t ino = to_ext2(fino);
+  ext2_inode_large inode;
+  errcode_t rc = read_inode(fs, ino, inode);
+  if (rc) {
+    fuse_reply_err(req, fail("read", ino, rc));
+    return;
+  }
+  const uint64_t file_size = EXT2_I_SIZE(&inode);
+  const uint64_t start = static_cast<uint64_t>(off);
+  if (start >= file_size || size == 0) {
+    fuse_reply_buf(req, nullptr, 0);
+    return;
+  }
+  const uint64_t end = std::min<uint64_t>(start + size, file_size);
+  if (inode.i_flags & EXT4_INLINE_DATA_FL) {
+    char* buf = v.buffer(size);
+    unsigned int got = 0;
+    if ((rc = read_with_file_api(fs, ino, start, size, buf, got))) {
+      fuse_reply_err(req, fail("read", ino, rc));
+      return;
+    }
+    fuse_reply_buf(req, buf, got);
+    return;
+  }
+  const blk64_t first = start / fs->blocksize;
+  const blk64_t count = (end - 1) / fs->blocksize - first + 1;
+  char* blocks = v.buffer(count * fs->blocksize);
+  if ((rc = read_blocks(fs, ino, inode, first, count, blocks))) {
+    fuse_reply_err(req, fail("read", ino, rc));
+    return;
+  }
+  fuse_reply_buf(req, blocks + start % fs->blocksize, end - start);
+}
+
+// Part of a write through the libext2fs file API (which allocates block by block).
+errcode_t write_with_file_api(ext2_filsys fs, ext2_ino_t ino, uint64_t off, const char* data,
+                              size_t size, unsigned int& written) {
+  File file;
+  errcode_t rc = file.open(fs, ino, EXT2_FILE_WRITE);
+  if (!rc) rc = ext2fs_file_llseek(file.get(), off, EXT2_SEEK_SET, nullptr);
+  if (!rc) rc = ext2fs_file_write(file.get(), data, static_cast<unsigned>(size), &written);
+  errcode_t close_rc = file.close();
+  return rc ? rc : close_rc;
+}
+
+void op_write(fuse_req_t req, fuse_ino_t fino, const char* data, size_t size, off_t off,
+              fuse_file_info*) {
+  Volume& v = volume(req);
+  ext2_filsys fs = v.fs();
+  const ext2_ino_t ino = to_ext2(fino);
+  if (v.read_only()) {
+    fuse_reply_err(req, EROFS);
+    return;
+  }
+  v.mark_dirty();
+  ext2_inode_large inode;
+  errcode_t rc = uninline(fs, ino);
+  if (rc || (rc = read_inode(fs, ino, inode))) {
+    fuse_reply_err(req, fail("write", ino, rc));
+    return;
+  }
+  const uint64_t start = static_cast<uint64_t>(off);
+  const uint64_t end = start + size;
+  const size_t bs = fs->blocksize;
+  // Whole blocks in the middle go the fast way on extent files when the filesystem has room
+  // to spare; the unaligned head and tail (and everything else) through the file API.
+  const uint64_t body_start = (start + bs - 1) / bs * bs;
+  const uint64_t body_end = end / bs * bs;
+  bool fast = (inode.i_flags & EXT4_EXTENTS_FL) && !(inode.i_flags & EXT4_INLINE_DATA_FL) &&
+              body_end > body_start &&
+              ext2fs_free_blocks_count(fs->super) >
+                  (body_end - body_start) / bs + ext2fs_r_blocks_count(fs->super) + 1024;
+  // Unwritten extents (left by a guest's fallocate) are left to the file API, which zeroes
+  // what the write does not cover.
+  if (fast) {
+    bool unwritten_seen = false;
+    rc = for_each_run(fs, ino, inode, body_start / bs, (body_end - body_start) / bs,
+                      [&](blk64_t, blk64_t, blk64_t, bool unwritten) -> errcode_t {
+                        unwritten_seen |= unwritten;
+                        return 0;
+                      });
+    fast = !rc && !unwritten_seen;
+    rc = 0;
+  }
+  size_t written = 0;
+  if (!fast) {
+    unsigned int n = 0;
+    rc = write_with_file_api(fs, ino, start, data, size, n);
+    written = n;
+  } else {
+    unsigned int n = 0;
+    if (body_start > start) {
+      rc = write_with_file_api(fs, ino, start, data, body_start - start, n);
+      written = n;
+    }
+    if (!rc) {
+      rc = write_blocks(fs, ino, body_start / bs, (body_end - body_start) / bs,
+                        data + (body_start - start));
+      if (!rc) written = body_end - start;
+    }
+    if (!rc && end > body_end) {
+      rc = write_with_file_api(fs, ino, body_end, data + (body_end - start), end - body_end, n);
+      written += n;
+    }
+  }
+  if (!rc || written > 0) {
+    errcode_t rc2 = read_inode(fs, ino, inode);
+    if (!rc2) {
+      if (EXT2_I_SIZE(&inode) < start + written) {
+        rc2 = ext2fs_inode_size_set(fs, reinterpret_cast<ext2_inode*>(&inode), start + written);
+      }
+      touch_mtime_ctime(fs, inode);
+      if (!rc2) rc2 = write_inode(fs, ino, inode);
+    }
+    if (!rc) rc = rc2;
+  }
+  if (rc && written == 0) {
+    fuse_reply_err(req, fail("write", ino, rc));
+    return;
+  }
+  fuse_reply_write(req, written);
+}
+
+void op_flush(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, 0); }
+
+void op_release(fuse_req_t req, fuse_ino_t fino, fuse_file_info*) {
+  volume(req).release(to_ext2(fino));
+  fuse_reply_err(req, 0);
+}
+
+// Data reaches the io_manager when each request ends; fsync also writes the metadata that
+// libext2fs keeps in memory and flushes the device.
+void op_fsync(fuse_req_t req, fuse_ino_t fino, int, fuse_file_info*) {
+  Volume& v = volume(req);
+  errcode_t rc = v.flush(false);
+  fuse_reply_err(req, rc ? fail("fsync", to_ext2(fino), rc) : 0);
+}
+
+}  // namespace
+
+void register_file_ops(fuse_lowlevel_ops& ops) {
+  ops.open = op_open;
+  ops.read = op_read;
+  ops.write = op_write;
+  ops.flush = op_flush;
+  ops.release = op_release;
+  ops.fsync = op_fsync;
+  ops.fsyncdir = op_fsync;
+}
+
+}  // namespace kiln::fs::fuse_detail

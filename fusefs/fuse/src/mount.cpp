@@ -1,0 +1,277 @@
+// fuse_mount(): the session, the mount, daemon mode, the request loop and the final flush.
+#include <fcntl.h>
+#include <fuse_lowlevel.h>
+#include <poll.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "inode_util.h"
+#include "kiln/fs/fuse.h"
+#include "mount_table.h"
+#include "volume.h"
+
+namespace kiln::fs {
+namespace {
+
+using fuse_detail::Volume;
+
+constexpr unsigned kMaxIo = 1u << 20;  // largest read and write request: 1 MiB
+constexpr unsigned kInodeCacheEntries = 1024;
+
+void op_init(void*, fuse_conn_info* conn) {
+  conn->max_write = kMaxIo;
+  conn->max_readahead = kMaxIo;
+  if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) conn->want |= FUSE_CAP_CACHE_SYMLINKS;
+  // This mount is the filesystem's only writer: cached pages are never stale, so a changed
+  // mtime must not throw them away.
+  conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+}
+
+// Why a filesystem must not be written by libext2fs, or nullptr.
+const char* unwritable_reason(ext2_filsys fs) {
+  if (!(fs->flags & EXT2_FLAG_RW)) return "the filesystem was opened read-only";
+  if (ext2fs_has_feature_journal_needs_recovery(fs->super)) {
+    return "its journal needs recovery (libext2fs does not replay journals)";
+  }
+  if (fs->super->s_state & EXT2_ERROR_FS) return "it has errors recorded; run e2fsck first";
+  if (ext2fs_has_feature_mmp(fs->super)) return "multi-mount protection is not supported";
+  if (ext2fs_has_feature_bigalloc(fs->super)) return "bigalloc is not supported for writing";
+  return nullptr;
+}
+
+// Mount options are comma-separated: escape commas and backslashes in values.
+std::string escape_option(const std::string& value) {
+  std::string out;
+  for (char c : value) {
+    if (c == ',' || c == '\\') out.push_back('\\');
+    out.push_back(c);
+  }
+  return out;
+}
+
+struct SessionDeleter {
+  void operator()(fuse_session* se) const { fuse_session_destroy(se); }
+};
+using Session = std::unique_ptr<fuse_session, SessionDeleter>;
+
+Session new_session(const FuseMountOptions& opts, const fuse_lowlevel_ops& ops, Volume& vol) {
+  std::string o = "default_permissions,subtype=kiln-fs,fsname=" + escape_option(opts.fsname);
+  if (vol.read_only()) o += ",ro";
+  if (opts.allow_other) o += ",allow_other";
+  std::vector<std::string> argv = {"kiln-fs", "-o", o};
+  if (opts.debug) argv.push_back("-d");
+  std::vector<char*> ptrs;
+  for (auto& a : argv) ptrs.push_back(a.data());
+  fuse_args args = FUSE_ARGS_INIT(static_cast<int>(ptrs.size()), ptrs.data());
+  fuse_session* se = fuse_session_new(&args, &ops, sizeof ops, &vol);
+  fuse_opt_free_args(&args);
+  return Session(se);
+}
+
+// Page-cache read-ahead of the mount: the kernel's default (128 KiB) holds sequential reads
+// well below what 1 MiB requests give. Best effort (needs root) and only for this mount's
+// device (found in /proc/self/mountinfo: a stat() of the mount point would wait for this very
+// process to answer).
+void raise_readahead(const std::string& device) {
+  const std::string path = "/sys/class/bdi/" + device + "/read_ahead_kb";
+  if (FILE* f = std::fopen(path.c_str(), "w")) {
+    std::fprintf(f, "%u\n", kMaxIo / 1024);
+    std::fclose(f);
+  }
+}
+
+void unmount_quietly(fuse_session* se) {
+  std::fflush(stderr);
+  const int saved = dup(STDERR_FILENO);
+  const int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+  if (saved >= 0 && null >= 0) dup2(null, STDERR_FILENO);
+  fuse_session_unmount(se);
+  if (saved >= 0) {
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+  }
+  if (null >= 0) close(null);
+}
+
+enum class LoopEnd { kUnmounted, kLeftMountTable, kError };
+
+// An unmount here ends the session at once (the kernel aborts the connection during the
+// umount call); when it has not after this long, another namespace holds a copy of the mount.
+constexpr int kUnmountGraceMs = 250;
+
+// The request loop, on this thread only. While metadata is pending, an idle second writes it.
+LoopEnd serve(fuse_session* se, Volume& vol, fuse_detail::MountWatch& watch, int idle_flush_ms) {
+  using Clock = std::chrono::steady_clock;
+  const int fd = fuse_session_fd(se);
+  fuse_buf buf{};
+  LoopEnd end = LoopEnd::kUnmounted;
+  bool left_table = false;
+  Clock::time_point left_at;
+  while (!fuse_session_exited(se)) {
+    pollfd p[2] = {{fd, POLLIN, 0}, {watch.fd(), POLLPRI, 0}};
+    int timeout = idle_flush_ms > 0 && vol.dirty() ? idle_flush_ms : -1;
+    if (left_table) {
+      const auto waited =
+          std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - left_at).count();
+      if (waited >= kUnmountGraceMs) {
+        end = LoopEnd::kLeftMountTable;
+        break;
+      }
+      const int rest = kUnmountGraceMs - static_cast<int>(waited);
+      timeout = timeout < 0 ? rest : std::min(timeout, rest);
+    }
+    const int n = poll(p, watch.fd() >= 0 && !left_table ? 2 : 1, timeout);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      std::fprintf(stderr, "kiln-fs: poll: %s\n", strerror(errno));
+      end = LoopEnd::kError;
+      break;
+    }
+    if (n == 0) {
+      if (vol.dirty()) {
+        if (errcode_t rc = vol.flush(false)) fuse_detail::fail("flush", 0, rc);
+      }
+      continue;
+    }
+    if (!left_table && (p[1].revents & (POLLPRI | POLLERR)) && !watch.still_mounted()) {
+      left_table = true;
+      left_at = Clock::now();
+    }
+    if (!(p[0].revents & (POLLIN | POLLERR | POLLHUP))) continue;
+    const int res = fuse_session_receive_buf(se, &buf);
+    if (res == -EINTR) continue;
+    if (res <= 0) {  // 0: unmounted
+      if (res < 0) {
+        std::fprintf(stderr, "kiln-fs: reading /dev/fuse: %s\n", strerror(-res));
+        end = LoopEnd::kError;
+      }
+      break;
+    }
+    fuse_session_process_buf(se, &buf);
+  }
+  std::free(buf.mem);
+  return end;
+}
+
+// Checks that the filesystem can be served as asked and readies libext2fs for it.
+bool prepare(ext2_filsys fs, const FuseMountOptions& opts) {
+  if (opts.mountpoint.empty()) {
+    std::fprintf(stderr, "kiln-fs: mount: no mount point given\n");
+    return false;
+  }
+  if (!opts.read_only) {
+    if (const char* why = unwritable_reason(fs)) {
+      std::fprintf(stderr, "kiln-fs: mount: cannot write this filesystem: %s (mount with --ro)\n",
+                   why);
+      return false;
+    }
+    if (errcode_t rc = ext2fs_read_bitmaps(fs)) {
+      std::fprintf(stderr, "kiln-fs: mount: reading bitmaps: %s\n", error_message(rc));
+      return false;
+    }
+  }
+  // libext2fs caches 4 inodes by default; a mount touches the same few hundred (a directory
+  // and its entries) over and over, and every miss is a read through the io_manager.
+  if (fs->icache) {
+    ext2fs_free_inode_cache(fs->icache);
+    fs->icache = nullptr;
+  }
+  if (errcode_t rc = ext2fs_create_inode_cache(fs, kInodeCacheEntries)) {
+    std::fprintf(stderr, "kiln-fs: mount: inode cache: %s\n", error_message(rc));
+    return false;
+  }
+  return true;
+}
+
+// What is left after the session: unlinked-but-open inodes, the clean state, one last flush.
+int finish(Volume& vol, int status) {
+  if (errcode_t rc = vol.free_orphans()) {
+    std::fprintf(stderr, "kiln-fs: freeing unlinked inodes: %s\n", error_message(rc));
+    status = 1;
+  }
+  if (errcode_t rc = vol.flush(true)) {
+    std::fprintf(stderr, "kiln-fs: flushing the filesystem: %s\n", error_message(rc));
+    status = 1;
+  }
+  return status;
+}
+
+}  // namespace
+
+int fuse_mount(ext2_filsys fs, const FuseMountOptions& opts) {
+  initialize_ext2_error_table();
+  if (!prepare(fs, opts)) return 1;
+  Volume vol(fs, opts);
+  fuse_lowlevel_ops ops{};
+  ops.init = op_init;
+  fuse_detail::register_attr_ops(ops);
+  fuse_detail::register_namespace_ops(ops);
+  fuse_detail::register_file_ops(ops);
+  fuse_detail::register_dir_ops(ops);
+  fuse_detail::register_xattr_ops(ops);
+
+  Session se = new_session(opts, ops, vol);
+  if (!se) {
+    std::fprintf(stderr, "kiln-fs: mount: cannot create the FUSE session\n");
+    return 1;
+  }
+  vol.set_session(se.get());
+  if (fuse_set_signal_handlers(se.get()) != 0) {
+    std::fprintf(stderr, "kiln-fs: mount: cannot install signal handlers\n");
+    return 1;
+  }
+  if (errcode_t rc = vol.begin_writes()) {
+    std::fprintf(stderr, "kiln-fs: mount: writing the superblock: %s\n", error_message(rc));
+    fuse_remove_signal_handlers(se.get());
+    return 1;
+  }
+  char resolved[PATH_MAX];
+  const bool have_resolved = realpath(opts.mountpoint.c_str(), resolved) != nullptr;
+  if (fuse_session_mount(se.get(), opts.mountpoint.c_str()) != 0) {
+    std::fprintf(stderr, "kiln-fs: mount: cannot mount on %s\n", opts.mountpoint.c_str());
+    fuse_remove_signal_handlers(se.get());
+    vol.flush(true);
+    return 1;
+  }
+  // Only now, with the mount in place, may the parent exit.
+  if (fuse_daemonize(opts.foreground || opts.debug) != 0) {
+    std::fprintf(stderr, "kiln-fs: mount: cannot go to the background\n");
+    fuse_session_unmount(se.get());
+    fuse_remove_signal_handlers(se.get());
+    vol.flush(true);
+    return 1;
+  }
+  // Opened by the process that serves (/proc/self is the opener's).
+  fuse_detail::MountWatch watch(have_resolved ? resolved : "");
+  if (watch.found()) raise_readahead(watch.device());
+  const LoopEnd end = serve(se.get(), vol, watch, opts.idle_flush_ms);
+  // After a signal the mount is still there: unmount it. When the mount left this namespace's
+  // table while another namespace keeps a copy, libfuse's unmount only closes the session's
+  // device (which ends the copies) and frees its state; its umount of the path then fails, as
+  // expected, and says so on stderr: silence that. Nothing is done if the path holds another
+  // mount by now.
+  if (end != LoopEnd::kLeftMountTable) {
+    fuse_session_unmount(se.get());
+  } else {
+    std::fprintf(stderr,
+                 "kiln-fs: unmounted here, but another mount namespace still had the mount; "
+                 "ending the session\n");
+    if (!watch.is_mount_point(resolved)) unmount_quietly(se.get());
+  }
+  fuse_remove_signal_handlers(se.get());
+  se.reset();
+
+  return finish(vol, end == LoopEnd::kError ? 1 : 0);
+}
+
+}  // namespace kiln::fs

@@ -1,0 +1,119 @@
+#include "volume.h"
+
+#include <cstdio>
+
+#include "inode_util.h"
+
+namespace kiln::fs::fuse_detail {
+
+Volume::Volume(ext2_filsys fs, const FuseMountOptions& opts)
+    : fs_(fs),
+      read_only_(opts.read_only || !(fs->flags & EXT2_FLAG_RW)),
+      timeout_(opts.cache_timeout) {}
+
+Volume& volume(fuse_req_t req) { return *static_cast<Volume*>(fuse_req_userdata(req)); }
+
+void Volume::add_lookup(ext2_ino_t ino, uint64_t n) { lookups_[ino] += n; }
+
+void Volume::forget(ext2_ino_t ino, uint64_t n) {
+  auto it = lookups_.find(ino);
+  if (it == lookups_.end()) return;
+  if (it->second > n) {
+    it->second -= n;
+    return;
+  }
+  lookups_.erase(it);
+  if (errcode_t rc = maybe_free(ino)) fail("forget", ino, rc);
+}
+
+void Volume::add_open(ext2_ino_t ino) { ++opens_[ino]; }
+
+void Volume::release(ext2_ino_t ino) {
+  auto it = opens_.find(ino);
+  if (it == opens_.end()) return;
+  if (--it->second > 0) return;
+  opens_.erase(it);
+  if (errcode_t rc = maybe_free(ino)) fail("release", ino, rc);
+}
+
+errcode_t Volume::unlinked(ext2_ino_t ino) {
+  orphans_.insert(ino);
+  return maybe_free(ino);
+}
+
+errcode_t Volume::maybe_free(ext2_ino_t ino) {
+  if (!orphans_.count(ino) || lookups_.count(ino) || opens_.count(ino)) return 0;
+  orphans_.erase(ino);
+  mark_dirty();
+  return free_inode(fs_, ino);
+}
+
+errcode_t Volume::free_orphans() {
+  errcode_t first = 0;
+  for (ext2_ino_t ino : orphans_) {
+    errcode_t rc = free_inode(fs_, ino);
+    if (rc && !first) first = rc;
+  }
+  if (!orphans_.empty()) mark_dirty();
+  orphans_.clear();
+  return first;
+}
+
+errcode_t Volume::begin_writes() {
+  if (read_only_ || writes_begun_) return 0;
+  saved_state_ = fs_->super->s_state;
+  fs_->super->s_state &= ~EXT2_VALID_FS;
+  fs_->super->s_mtime = static_cast<uint32_t>(now().tv_sec);
+  ext2fs_mark_super_dirty(fs_);
+  writes_begun_ = true;
+  // Between flushes only the primary superblock changes, as with the kernel's driver.
+  fs_->flags |= EXT2_FLAG_MASTER_SB_ONLY;
+  return flush(false);
+}
+
+errcode_t Volume::flush(bool final) {
+  if (read_only_) return 0;
+  if (final && writes_begun_) {
+    fs_->super->s_state = saved_state_;
+    fs_->flags &= ~EXT2_FLAG_MASTER_SB_ONLY;
+    ext2fs_mark_super_dirty(fs_);
+  }
+  dirty_ = false;
+  return ext2fs_flush(fs_);
+}
+
+void Volume::invalidate_attr(ext2_ino_t ino) {
+  // A negative offset: attributes only, no page-cache work, so this cannot wait on the very
+  // request being answered.
+  if (session_) fuse_lowlevel_notify_inval_inode(session_, to_fuse(ino), -1, 0);
+}
+
+char* Volume::buffer(size_t size) {
+  if (buffer_.size() < size) buffer_.resize(size);
+  return buffer_.data();
+}
+
+int fail(const char* op, ext2_ino_t ino, errcode_t rc) {
+  const int err = to_errno(rc);
+  if (err == EIO || err == EUCLEAN || err == ENOMEM) {
+    std::fprintf(stderr, "kiln-fs: %s (inode %u): %s\n", op, ino, error_message(rc));
+  }
+  return err;
+}
+
+void make_entry(Volume& v, ext2_ino_t ino, const ext2_inode_large& inode, fuse_entry_param& e) {
+  e = fuse_entry_param{};
+  e.ino = to_fuse(ino);
+  e.generation = inode.i_generation;
+  fill_stat(v.fs(), ino, inode, e.attr);
+  e.attr_timeout = v.timeout();
+  e.entry_timeout = v.timeout();
+}
+
+void reply_entry(fuse_req_t req, Volume& v, ext2_ino_t ino, const ext2_inode_large& inode) {
+  fuse_entry_param e;
+  make_entry(v, ino, inode, e);
+  if (fuse_reply_entry(req, &e) == 0) v.add_lookup(ino);
+}
+
+}  // namespace kiln::fs::fuse_detail

@@ -1,0 +1,95 @@
+// The state of one mounted filesystem, shared by the FUSE request handlers. All handlers run on
+// one thread (libext2fs is not thread-safe), so nothing here is locked.
+#pragma once
+
+#include <ext2fs/ext2fs.h>
+#include <fuse_lowlevel.h>
+
+#include <cstdint>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "kiln/fs/fuse.h"
+
+namespace kiln::fs::fuse_detail {
+
+class Volume {
+ public:
+  Volume(ext2_filsys fs, const FuseMountOptions& opts);
+  Volume(const Volume&) = delete;
+  Volume& operator=(const Volume&) = delete;
+
+  ext2_filsys fs() const { return fs_; }
+  bool read_only() const { return read_only_; }
+  double timeout() const { return timeout_; }
+
+  // The kernel's references: lookups (entries it was given, minus forgets) and open files. An
+  // inode whose last link is removed stays allocated until both reach zero, as on a kernel
+  // filesystem, so that open files stay readable and inode numbers are not reused under the
+  // kernel's feet.
+  void add_lookup(ext2_ino_t ino, uint64_t n = 1);
+  void forget(ext2_ino_t ino, uint64_t n);
+  void add_open(ext2_ino_t ino);
+  void release(ext2_ino_t ino);
+  // The inode's link count reached zero: free it now or when the last reference goes.
+  errcode_t unlinked(ext2_ino_t ino);
+  // At unmount: frees every inode still waiting for its references to go.
+  errcode_t free_orphans();
+
+  void mark_dirty() { dirty_ = true; }
+  bool dirty() const { return dirty_; }
+  // Writes bitmaps, group descriptors and superblock; `final` also marks the filesystem clean
+  // (as it was when mounted) and writes the backup superblocks.
+  errcode_t flush(bool final);
+  // Marks the filesystem "not cleanly unmounted" on disk for as long as the mount is writable,
+  // so that a crash is caught by the next e2fsck.
+  errcode_t begin_writes();
+
+  // Drops the kernel's cached attributes of INO (after a change the kernel did not ask for).
+  void set_session(fuse_session* se) { session_ = se; }
+  void invalidate_attr(ext2_ino_t ino);
+
+  // A scratch buffer for reads, kept between requests.
+  char* buffer(size_t size);
+
+ private:
+  errcode_t maybe_free(ext2_ino_t ino);
+
+  ext2_filsys fs_;
+  fuse_session* session_ = nullptr;
+  bool read_only_;
+  double timeout_;
+  bool dirty_ = false;
+  bool writes_begun_ = false;
+  uint16_t saved_state_ = 0;
+  std::unordered_map<ext2_ino_t, uint64_t> lookups_;
+  std::unordered_map<ext2_ino_t, uint32_t> opens_;
+  std::unordered_set<ext2_ino_t> orphans_;
+  std::vector<char> buffer_;
+};
+
+Volume& volume(fuse_req_t req);
+
+// FUSE calls the root inode 1; ext2 calls it 2 (inode 1 holds bad blocks and is never shown).
+inline ext2_ino_t to_ext2(fuse_ino_t ino) {
+  return ino == FUSE_ROOT_ID ? EXT2_ROOT_INO : static_cast<ext2_ino_t>(ino);
+}
+inline fuse_ino_t to_fuse(ext2_ino_t ino) { return ino == EXT2_ROOT_INO ? FUSE_ROOT_ID : ino; }
+
+// errno for a libext2fs error; errors that mean a damaged filesystem or a failed device are
+// logged on stderr with the operation and inode.
+int fail(const char* op, ext2_ino_t ino, errcode_t rc);
+
+// Fills a FUSE entry for INO from its inode.
+void make_entry(Volume& v, ext2_ino_t ino, const ext2_inode_large& inode, fuse_entry_param& e);
+// Replies with the entry for INO and counts the lookup.
+void reply_entry(fuse_req_t req, Volume& v, ext2_ino_t ino, const ext2_inode_large& inode);
+
+void register_attr_ops(fuse_lowlevel_ops& ops);       // lookup, forget, getattr, setattr, ...
+void register_namespace_ops(fuse_lowlevel_ops& ops);  // mknod, mkdir, unlink, rename, link, ...
+void register_file_ops(fuse_lowlevel_ops& ops);       // create, open, read, write, release, ...
+void register_dir_ops(fuse_lowlevel_ops& ops);        // opendir, readdir(plus), releasedir
+void register_xattr_ops(fuse_lowlevel_ops& ops);
+
+}  // namespace kiln::fs::fuse_detail
