@@ -102,8 +102,9 @@ class LocalSource final : public Source {
     return dev_ && offset <= dev_->size() && len <= dev_->size() - offset;
   }
 
-  // kiln-nbd and other kiln tools take the same lock on images they write. Released when the
-  // source closes or is destroyed (also when opening the image failed).
+  // A lock of kiln-fs's own (flock), on top of the block layer's QEMU-compatible locks that
+  // open_image() takes: it only excludes other kiln-fs writers. Released when the source
+  // closes or is destroyed (also when opening the image failed).
   void lock() {
     lock_.reset(::open(path_.c_str(), O_RDONLY | O_CLOEXEC));
     if (lock_.get() < 0) throw Error(path_ + ": cannot open: " + std::strerror(errno));

@@ -2,11 +2,13 @@
 #include "kiln/net/service.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <set>
 
 #include "kiln/net/error.h"
 #include "kiln/net/ipam.h"
 #include "service_util.h"
+#include "text.h"
 
 namespace kiln::net {
 
@@ -97,6 +99,21 @@ std::string NetService::describe_port_user(const Port& p) {
     s += " of " + (p.device_owner.empty() ? std::string("device") : p.device_owner) + " " +
          p.device_id;
   return s;
+}
+
+HostConfig host_config(NetService& svc) {
+  HostConfig h;
+  for (auto& [k, v] : svc.settings()) {
+    if (k == "vxlan_local_ip") h.vxlan_local_ip = v;
+    if (k == "vxlan_peers") h.vxlan_peers = split(v, ',');
+    if (k == "physical_interface_mappings")
+      for (auto& m : split(v, ',')) {
+        auto kv = split(m, ':');
+        if (kv.size() == 2) h.physical_interface_mappings.emplace_back(kv[0], kv[1]);
+      }
+  }
+  if (const char* d = std::getenv("KILN_DNSMASQ"); d && *d) h.dnsmasq = d;
+  return h;
 }
 
 }  // namespace kiln::net

@@ -33,7 +33,5 @@ bool interrupted();
 const char* task_state_of(const std::string& step);
 inline std::string export_name_of(const std::string& uuid) { return "kiln-" + uuid; }
 inline std::string domain_name_of(const std::string& uuid) { return "kiln-" + uuid; }
-// The host settings of netplumb (VXLAN, uplinks, dnsmasq), as kiln-net builds them.
-net::HostConfig host_config(net::NetService& svc);
 
 }  // namespace kiln::spawn

@@ -47,32 +47,6 @@ const char* task_state_of(const std::string& step) {
   return "spawning";
 }
 
-net::HostConfig host_config(net::NetService& svc) {
-  net::HostConfig h;
-  auto split = [](const std::string& s, char sep) {
-    std::vector<std::string> out;
-    size_t pos = 0;
-    while (pos <= s.size()) {
-      size_t e = s.find(sep, pos);
-      if (e == std::string::npos) e = s.size();
-      if (e > pos) out.push_back(s.substr(pos, e - pos));
-      pos = e + 1;
-    }
-    return out;
-  };
-  for (auto& [k, v] : svc.settings()) {
-    if (k == "vxlan_local_ip") h.vxlan_local_ip = v;
-    if (k == "vxlan_peers") h.vxlan_peers = split(v, ',');
-    if (k == "physical_interface_mappings")
-      for (auto& m : split(v, ',')) {
-        auto kv = split(m, ':');
-        if (kv.size() == 2) h.physical_interface_mappings.emplace_back(kv[0], kv[1]);
-      }
-  }
-  if (const char* d = std::getenv("KILN_DNSMASQ"); d && *d) h.dnsmasq = d;
-  return h;
-}
-
 namespace {
 
 std::string fault_injected(const std::string& step) {

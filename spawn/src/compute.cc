@@ -63,7 +63,7 @@ void Compute::save(Instance& inst, const std::string& message) {
 void Compute::plumb(const std::vector<std::string>& port_ids) {
   if (!opt_.plumb) return;
   net::NetService svc(net_store_);
-  net::Plumber plumber(host_config(svc));
+  net::Plumber plumber(net::host_config(svc));
   net::ApplyResult r =
       port_ids.empty() ? plumber.apply(net_store_) : plumber.plumb_ports(net_store_, port_ids);
   if (!r.errors.empty()) {

@@ -467,21 +467,6 @@ std::map<std::string, Command> commands() {
   return m;
 }
 
-HostConfig host_config(NetService& svc) {
-  HostConfig h;
-  for (auto& [k, v] : svc.settings()) {
-    if (k == "vxlan_local_ip") h.vxlan_local_ip = v;
-    if (k == "vxlan_peers") h.vxlan_peers = split(v, ',');
-    if (k == "physical_interface_mappings")
-      for (auto& m : split(v, ',')) {
-        auto kv = split(m, ':');
-        if (kv.size() == 2) h.physical_interface_mappings.emplace_back(kv[0], kv[1]);
-      }
-  }
-  if (const char* d = std::getenv("KILN_DNSMASQ"); d && *d) h.dnsmasq = d;
-  return h;
-}
-
 // Returns the exit code.
 int plumb(Plumber& plumber, Store& store, const Context& ctx, bool verbose) {
   ApplyResult r =

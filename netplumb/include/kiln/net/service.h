@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "kiln/net/model.h"
+#include "kiln/net/plumber.h"
 #include "kiln/net/store.h"
 
 namespace kiln::net {
@@ -131,5 +132,9 @@ class NetService {
 
 // Settings that set_setting accepts, with their defaults ("" when none).
 const std::vector<std::pair<std::string, std::string>>& known_settings();
+
+// The plumbing's host settings (vxlan_local_ip, vxlan_peers, physical_interface_mappings from
+// the store; KILN_DNSMASQ from the environment), as kiln-net and kiln-spawn plumb with them.
+HostConfig host_config(NetService& svc);
 
 }  // namespace kiln::net
