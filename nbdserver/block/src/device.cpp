@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "allowed_dirs.h"
 #include "qcow2/format.h"
 #include "qcow2/image.h"
 #include "raw.h"
@@ -26,8 +27,10 @@ std::string probe_format(const std::string& path) {
 
 Task<std::unique_ptr<BlockDevice>> open_image(Reactor& reactor, const std::string& path,
                                               OpenOptions options) {
+  check_allowed_path(path, options.allowed_dirs);
   std::string format = options.format.empty() ? probe_format(path) : options.format;
-  if (format == "raw") co_return open_raw(reactor, path, options.read_only, options.lock);
+  if (format == "raw")
+    co_return open_raw(reactor, path, options.read_only, options.lock, options.allowed_dirs);
   if (format == "qcow2") co_return co_await qcow2::Image::open(reactor, path, options, {});
   throw Error(EINVAL, "unknown image format '" + format + "' (raw or qcow2)");
 }

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "allowed_dirs.h"
 #include "lock.h"
 
 namespace kiln::block {
@@ -134,9 +135,16 @@ class RawDevice final : public BlockDevice {
 }  // namespace
 
 std::unique_ptr<BlockDevice> open_raw(Reactor& r, const std::string& path, bool read_only,
-                                      bool lock) {
+                                      bool lock, const std::vector<std::string>& allowed_dirs) {
+  check_allowed_path(path, allowed_dirs);
   int fd = ::open(path.c_str(), (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
   if (fd < 0) throw Error(errno, path + ": cannot open: " + strerror(errno));
+  try {
+    check_allowed_fd(fd, path, allowed_dirs);
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
   struct stat st;
   if (fstat(fd, &st) < 0) {
     int e = errno;

@@ -2,13 +2,15 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "kiln/block/device.h"
 
 namespace kiln::block {
 
-// A raw image file. Throws Error if it cannot be opened.
+// A raw image file. Throws Error if it cannot be opened (or lies outside `allowed_dirs`).
 std::unique_ptr<BlockDevice> open_raw(Reactor& r, const std::string& path, bool read_only,
-                                      bool lock = true);
+                                      bool lock = true,
+                                      const std::vector<std::string>& allowed_dirs = {});
 
 }  // namespace kiln::block

@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "allowed_dirs.h"
 #include "lock.h"
 #include "raw.h"
 
@@ -56,6 +57,7 @@ Image::~Image() {
 
 Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
                                          const OpenOptions& opt, ChainIds chain) {
+  check_allowed_path(path, opt.allowed_dirs);
   int fd = ::open(path.c_str(), (opt.read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
   if (fd < 0) fail(errno, path, std::string("cannot open: ") + strerror(errno));
   struct FdGuard {
@@ -64,6 +66,7 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
       if (fd >= 0) ::close(fd);
     }
   } guard{fd};
+  check_allowed_fd(fd, path, opt.allowed_dirs);
   struct stat st;
   if (fstat(fd, &st) < 0) fail(errno, path, strerror(errno));
   for (auto& id : chain)
@@ -190,7 +193,7 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
     if (*hh.backing_format == "qcow2") {
       img->backing_ = co_await Image::open(r, bpath, bopt, chain);
     } else if (*hh.backing_format == "raw") {
-      img->backing_ = open_raw(r, bpath, true, bopt.lock);
+      img->backing_ = open_raw(r, bpath, true, bopt.lock, bopt.allowed_dirs);
     } else {
       fail(ENOTSUP, path, "backing format '" + *hh.backing_format + "' is not supported");
     }

@@ -94,6 +94,9 @@ struct OpenOptions {
   uint32_t max_chain_depth = 64;
   size_t l2_cache_bytes = 4u << 20;
   size_t refcount_cache_bytes = 1u << 20;
+  // When not empty, the image and every backing file must lie (symlinks resolved) under one
+  // of these directories, or the open fails with Error(EACCES) (kiln-nbd's --allow-dir).
+  std::vector<std::string> allowed_dirs;
 };
 
 // Takes QEMU-compatible advisory locks on an image file opened for reading (and writing, if
