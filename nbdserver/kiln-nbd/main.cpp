@@ -3,9 +3,12 @@
 #include <getopt.h>
 #include <signal.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <climits>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <thread>
@@ -13,6 +16,7 @@
 
 #include "../nbd/src/log.h"
 #include "kiln/block/device.h"
+#include "kiln/nbd/access.h"
 #include "kiln/nbd/server.h"
 
 using namespace kiln;
@@ -24,9 +28,9 @@ void usage(FILE* out) {
   fputs(
       "Usage: kiln-nbd [OPTIONS] [FILE]\n"
       "Serve FILE (qcow2 or raw) and/or --export images over NBD.\n\n"
-      "  -k, --socket=PATH        listen on a Unix socket\n"
+      "  -k, --socket=PATH        listen on a Unix socket (mode 0600; 0660 with --socket-group)\n"
       "  -p, --port=PORT          listen on TCP PORT (default 10809 when no -k)\n"
-      "  -b, --bind=ADDR          TCP address to bind (default 0.0.0.0)\n"
+      "  -b, --bind=ADDR          TCP address to bind (default 127.0.0.1: loopback only)\n"
       "  -x, --export-name=NAME   name of FILE's export (default \"\")\n"
       "  -D, --description=TEXT   description of FILE's export\n"
       "  -f, --format=FMT         qcow2 or raw (default: probe FILE; backings never probed)\n"
@@ -38,10 +42,18 @@ void usage(FILE* out) {
       "      --cache=MODE         writeback (default), writethrough (every write durable\n"
       "                           before its reply) or unsafe (FLUSH and FUA ignored);\n"
       "                           none and directsync (O_DIRECT) are not supported yet\n"
-      "      --export=NAME=FILE[,format=FMT][,ro][,description=TEXT]\n"
-      "                           another export (repeatable)\n"
+      "      --export=NAME=FILE[,format=FMT][,ro][,description=TEXT][,socket=PATH\n"
+      "               [,owner=USER[:GROUP]]]\n"
+      "                           another export (repeatable); socket=: a socket of its own\n"
+      "                           on which clients see only this export\n"
       "      --control=PATH       control socket (JSON lines: add/remove/list exports, stats)\n"
       "      --state-file=PATH    where control-API exports are kept across restarts\n"
+      "      --socket-group=GROUP give the -k socket to GROUP (mode 0660)\n"
+      "      --control-group=GROUP  let GROUP use the control socket (mode 0660)\n"
+      "      --allow-dir=DIR      open images (and backing files) only under DIR (repeatable)\n"
+      "      --max-memory=SIZE    bytes held for requests and replies, in total (default 1G)\n"
+      "      --handshake-timeout=SECONDS  drop clients that have not finished the\n"
+      "                           handshake by then (default 10; 0 = never)\n"
       "      --threads=N          reactor threads (default: one per CPU); each export is\n"
       "                           served by one of them\n"
       "      --pid-file=PATH      write the server's PID here\n"
@@ -55,6 +67,32 @@ void usage(FILE* out) {
 [[noreturn]] void die(const std::string& msg) {
   fprintf(stderr, "kiln-nbd: %s\n", msg.c_str());
   exit(1);
+}
+
+// A whole decimal number in [min, max]; anything else ("abc", "80x", "-1", " 5", "") is an
+// error naming the option, as qemu-nbd's "Invalid ..." messages do.
+uint64_t parse_number(const std::string& option, const char* text, uint64_t min, uint64_t max) {
+  const std::string s = text;
+  const bool digits =
+      !s.empty() && s.size() <= 20 && s.find_first_not_of("0123456789") == std::string::npos;
+  errno = 0;
+  const unsigned long long v = digits ? strtoull(s.c_str(), nullptr, 10) : 0;
+  if (!digits || errno == ERANGE || v < min || v > max)
+    die("Invalid " + option + " '" + s + "' (expected a whole number from " + std::to_string(min) +
+        " to " + std::to_string(max) + ")");
+  return v;
+}
+
+uint64_t parse_bytes(const std::string& option, const char* text, uint64_t min) {
+  uint64_t v = 0;
+  try {
+    v = block::parse_size(text);
+  } catch (const std::exception& e) {
+    die("Invalid " + option + " '" + text + "' (a size such as 512M or 2G)");
+  }
+  if (v < min)
+    die("Invalid " + option + " '" + text + "' (at least " + std::to_string(min >> 20) + "M)");
+  return v;
 }
 
 nbd::ExportConfig parse_export(const std::string& spec) {
@@ -74,11 +112,16 @@ nbd::ExportConfig parse_export(const std::string& spec) {
       c.format = opt.substr(7);
     else if (opt.rfind("description=", 0) == 0)
       c.description = opt.substr(12);
+    else if (opt.rfind("socket=", 0) == 0)
+      c.socket = opt.substr(7);
+    else if (opt.rfind("owner=", 0) == 0)
+      c.owner = opt.substr(6);
     else
       die("unknown --export option '" + opt + "'");
     pos = next;
   }
   if (c.path.empty()) die("--export " + c.name + ": no file");
+  if (!c.owner.empty() && c.socket.empty()) die("--export " + c.name + ": owner= needs socket=");
   return c;
 }
 
@@ -108,35 +151,62 @@ Task<void> watch_signals(block::Reactor& r, nbd::Server& server, int sfd, bool* 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string socket_path, bind_addr = "0.0.0.0", port_text, export_name, description, format;
+  // Without TLS, TCP listens on loopback unless -b says otherwise. (When TLS is added, its
+  // --tls-creds is the place to widen this default.)
+  std::string socket_path, bind_addr = "127.0.0.1", port_text, export_name, description, format;
   std::string control_path, state_file, pid_file, log_file, discard = "ignore", cache = "writeback";
+  std::string socket_group, control_group;
+  std::vector<std::string> allow_dirs;
   bool read_only = false, persistent = false, fork_bg = false, verbose = false;
-  int shared = -1;  // -1: not given
+  int64_t shared = -1;  // -1: not given
   unsigned threads = std::max(1u, std::thread::hardware_concurrency());
+  uint16_t port = 10809;
+  nbd::ServerOptions so;
   std::vector<nbd::ExportConfig> exports;
 
-  enum { kDiscard = 256, kCache, kExport, kControl, kStateFile, kThreads, kPidFile, kFork, kLog };
-  static const option longopts[] = {{"socket", required_argument, nullptr, 'k'},
-                                    {"port", required_argument, nullptr, 'p'},
-                                    {"bind", required_argument, nullptr, 'b'},
-                                    {"export-name", required_argument, nullptr, 'x'},
-                                    {"description", required_argument, nullptr, 'D'},
-                                    {"format", required_argument, nullptr, 'f'},
-                                    {"read-only", no_argument, nullptr, 'r'},
-                                    {"shared", required_argument, nullptr, 'e'},
-                                    {"persistent", no_argument, nullptr, 't'},
-                                    {"discard", required_argument, nullptr, kDiscard},
-                                    {"cache", required_argument, nullptr, kCache},
-                                    {"export", required_argument, nullptr, kExport},
-                                    {"control", required_argument, nullptr, kControl},
-                                    {"state-file", required_argument, nullptr, kStateFile},
-                                    {"threads", required_argument, nullptr, kThreads},
-                                    {"pid-file", required_argument, nullptr, kPidFile},
-                                    {"fork", no_argument, nullptr, kFork},
-                                    {"log", required_argument, nullptr, kLog},
-                                    {"verbose", no_argument, nullptr, 'v'},
-                                    {"help", no_argument, nullptr, 'h'},
-                                    {nullptr, 0, nullptr, 0}};
+  enum {
+    kDiscard = 256,
+    kCache,
+    kExport,
+    kControl,
+    kStateFile,
+    kThreads,
+    kPidFile,
+    kFork,
+    kLog,
+    kSocketGroup,
+    kControlGroup,
+    kAllowDir,
+    kMaxMemory,
+    kHandshakeTimeout
+  };
+  static const option longopts[] = {
+      {"socket", required_argument, nullptr, 'k'},
+      {"port", required_argument, nullptr, 'p'},
+      {"bind", required_argument, nullptr, 'b'},
+      {"export-name", required_argument, nullptr, 'x'},
+      {"description", required_argument, nullptr, 'D'},
+      {"format", required_argument, nullptr, 'f'},
+      {"read-only", no_argument, nullptr, 'r'},
+      {"shared", required_argument, nullptr, 'e'},
+      {"persistent", no_argument, nullptr, 't'},
+      {"discard", required_argument, nullptr, kDiscard},
+      {"cache", required_argument, nullptr, kCache},
+      {"export", required_argument, nullptr, kExport},
+      {"control", required_argument, nullptr, kControl},
+      {"state-file", required_argument, nullptr, kStateFile},
+      {"threads", required_argument, nullptr, kThreads},
+      {"pid-file", required_argument, nullptr, kPidFile},
+      {"fork", no_argument, nullptr, kFork},
+      {"log", required_argument, nullptr, kLog},
+      {"socket-group", required_argument, nullptr, kSocketGroup},
+      {"control-group", required_argument, nullptr, kControlGroup},
+      {"allow-dir", required_argument, nullptr, kAllowDir},
+      {"max-memory", required_argument, nullptr, kMaxMemory},
+      {"handshake-timeout", required_argument, nullptr, kHandshakeTimeout},
+      {"verbose", no_argument, nullptr, 'v'},
+      {"help", no_argument, nullptr, 'h'},
+      {nullptr, 0, nullptr, 0}};
   for (int c; (c = getopt_long(argc, argv, "k:p:b:x:D:f:re:tvh", longopts, nullptr)) != -1;) {
     switch (c) {
       case 'k':
@@ -144,6 +214,7 @@ int main(int argc, char** argv) {
         break;
       case 'p':
         port_text = optarg;
+        port = uint16_t(parse_number("port", optarg, 1, 65535));
         break;
       case 'b':
         bind_addr = optarg;
@@ -161,7 +232,7 @@ int main(int argc, char** argv) {
         read_only = true;
         break;
       case 'e':
-        shared = std::max(0, atoi(optarg));
+        shared = int64_t(parse_number("shared", optarg, 0, 1u << 20));
         break;
       case 't':
         persistent = true;
@@ -182,7 +253,23 @@ int main(int argc, char** argv) {
         state_file = optarg;
         break;
       case kThreads:
-        threads = unsigned(atoi(optarg));
+        threads = unsigned(parse_number("threads", optarg, 1, 256));
+        break;
+      case kSocketGroup:
+        socket_group = optarg;
+        break;
+      case kControlGroup:
+        control_group = optarg;
+        break;
+      case kAllowDir:
+        allow_dirs.push_back(optarg);
+        break;
+      case kMaxMemory:
+        so.max_memory = parse_bytes("max-memory", optarg, so.max_block);
+        break;
+      case kHandshakeTimeout:
+        so.handshake_timeout_ms =
+            unsigned(parse_number("handshake-timeout", optarg, 0, 3600)) * 1000;
         break;
       case kPidFile:
         pid_file = optarg;
@@ -227,15 +314,24 @@ int main(int argc, char** argv) {
   else
     die("--cache=" + cache + " is not supported (writeback, writethrough or unsafe)");
   for (auto& e : exports) e.cache = cache_mode;
-  if (threads == 0) die("--threads must be at least 1");
   if (exports.empty() && control_path.empty())
     die("nothing to serve: give a FILE, --export, or --control");
-  uint16_t port = 10809;
-  if (!port_text.empty()) {
-    int p = atoi(port_text.c_str());
-    if (p <= 0 || p > 65535) die("invalid port '" + port_text + "'");
-    port = uint16_t(p);
+  try {
+    if (!socket_group.empty()) so.socket_access.gid = nbd::find_group(socket_group);
+    if (!control_group.empty()) so.control_access.gid = nbd::find_group(control_group);
+    for (const auto& c : exports)
+      if (!c.owner.empty()) nbd::parse_owner(c.owner);
+  } catch (const std::exception& e) {
+    die(e.what());
   }
+  for (const std::string& d : allow_dirs) {
+    char real[PATH_MAX];
+    struct stat st;
+    if (!realpath(d.c_str(), real) || stat(real, &st) < 0 || !S_ISDIR(st.st_mode))
+      die("--allow-dir " + d + ": not a directory");
+    so.allowed_dirs.push_back(real);
+  }
+  so.max_connection_bytes = std::min<uint64_t>(so.max_connection_bytes, so.max_memory);
   if (verbose) nbd::set_log_level(nbd::LogLevel::kDebug);
   if (!log_file.empty()) nbd::set_log_file(log_file);
 
@@ -268,7 +364,6 @@ int main(int argc, char** argv) {
 
   try {
     block::Reactor reactor(1024);
-    nbd::ServerOptions so;
     // One client at a time, as qemu-nbd, unless told otherwise; a daemon with a control
     // socket serves many guests' exports, so there the default is no limit.
     if (shared < 0) shared = control_path.empty() ? 1 : 0;
@@ -278,9 +373,14 @@ int main(int argc, char** argv) {
     so.state_file = state_file;
     so.threads = threads;
     nbd::Server server(reactor, so);
-    if (!state_file.empty())
-      for (auto& c : nbd::load_state(state_file)) exports.push_back(c);
+    // (Read before any export is added: adding one rewrites the file.)
+    const std::vector<nbd::ExportConfig> recorded =
+        state_file.empty() ? std::vector<nbd::ExportConfig>{} : nbd::load_state(state_file);
+    // Exports given here must open (as qemu-nbd's one image must)...
     for (auto& c : exports) reactor.run(server.add_export(c));
+    // ...but one missing image in the state file must not take every guest's disk down: it is
+    // kept, listed as failed, until it is removed.
+    reactor.run(server.restore_exports(recorded));
     if (!socket_path.empty()) server.listen_unix(socket_path);
     if (socket_path.empty() || !port_text.empty()) server.listen_tcp(bind_addr, port);
     if (!control_path.empty()) server.listen_control(control_path);

@@ -2,7 +2,14 @@
 // read before the next header); each request runs as its own coroutine, so many are in flight
 // and replies go out as they complete. One writer at a time gathers queued replies into a
 // single sendmsg.
+//
+// Memory: each request is charged, when its header is read, for what the server will hold
+// for it (a write's payload, a read's data, a block-status reply) until its reply has left
+// the socket. The reader stops taking requests while the connection or the server is over
+// its budget, so a client that does not read its replies holds at most its own budget.
 #include "connection.h"
+
+#include <sys/socket.h>
 
 #include <cerrno>
 #include <cstring>
@@ -42,17 +49,28 @@ uint32_t wire_error(int err) {
   }
 }
 
-Connection::Connection(Server& server, int fd, std::string peer)
+Connection::Connection(Server& server, int fd, std::string peer, std::optional<ExportScope> scope)
     : server_(server),
       sock_(server.reactor(), fd),
       peer_(std::move(peer)),
+      scope_(std::move(scope)),
+      started_(Clock::now()),
       reactor_(&server.reactor()) {}
 
 Connection::~Connection() = default;
 
 void Connection::shutdown() {
+  if (!shutdown_at_) shutdown_at_ = Clock::now();
   stopping_ = true;
   sock_.shutdown_read();
+  room_.wake();  // a reader waiting for budget must see stopping_
+}
+
+void Connection::abort() {
+  aborted_ = true;
+  stopping_ = true;
+  ::shutdown(sock_.fd(), SHUT_RDWR);
+  room_.wake();
 }
 
 Task<void> Connection::run() {
@@ -61,6 +79,7 @@ Task<void> Connection::run() {
   const bool negotiated = co_await negotiate();
   if (negotiated && !stopping_) {
     Export* e = export_;
+    phase_ = Phase::kTransmission;
     e->stats.connections++;
     e->stats.total_connections++;
     logf(LogLevel::kInfo, "%s: serving export '%s'%s", peer_.c_str(), e->config.name.c_str(),
@@ -68,7 +87,6 @@ Task<void> Connection::run() {
     // Move to the export's reactor thread for the transmission phase, and back at the end.
     reactor_ = e->home;
     sock_.move_to(*reactor_);
-    room_.emplace(*reactor_);
     handlers_.emplace(*reactor_);
     writers_.emplace(*reactor_);
     co_await reactor_->schedule();
@@ -81,13 +99,80 @@ Task<void> Connection::run() {
     co_await reactor_->schedule();
     logf(LogLevel::kInfo, "%s: disconnected from '%s'", peer_.c_str(), e->config.name.c_str());
   }
+  phase_ = Phase::kEnded;
+}
+
+uint64_t Connection::request_cost(const Request& req, uint32_t max_block) const {
+  // What every request costs besides its data: the coroutine, the reply header.
+  constexpr uint64_t kOverhead = 512;
+  switch (req.type) {
+    case kCmdRead:
+      return kOverhead + (req.length <= max_block ? req.length : 0);
+    case kCmdWrite:
+      return kOverhead + (req.length <= max_block ? req.length : 0);
+    case kCmdBlockStatus: {
+      // The largest reply do_block_status() builds: kMaxDescriptors for each context.
+      const uint64_t contexts = (ctx_allocation_ ? 1 : 0) + (ctx_depth_ ? 1 : 0);
+      return kOverhead + contexts * (kStructuredReplySize + 4 + 8 * uint64_t(kMaxDescriptors));
+    }
+    default:
+      return kOverhead;
+  }
+}
+
+bool Connection::try_reserve(uint64_t cost) {
+  const ServerOptions& o = server_.options();
+  if (held_ == 0 && cost <= kGuaranteedRequestBytes) {
+    // Progress for every client: an idle connection always gets one ordinary request,
+    // whatever the others hold.
+    server_.budget().force_take(cost);
+  } else {
+    if (held_ > 0 && held_ + cost > std::max(o.max_connection_bytes, uint64_t(o.max_block)))
+      return false;
+    if (!server_.budget().try_take(cost)) return false;
+  }
+  held_ += cost;
+  return true;
+}
+
+Task<bool> Connection::reserve(uint64_t cost) {
+  if (try_reserve(cost)) co_return true;
+  server_.budget().add_waiter(&room_);
+  bool ok = false;
+  for (;;) {
+    if (stopping_ || dead_) break;
+    if (try_reserve(cost)) {
+      ok = true;
+      break;
+    }
+    co_await room_.wait(*reactor_, [this, cost] {
+      // Only a hint: the loop takes the bytes for real.
+      const ServerOptions& o = server_.options();
+      return stopping_ || dead_ || (held_ == 0 && cost <= kGuaranteedRequestBytes) ||
+             (held_ + cost <= std::max(o.max_connection_bytes, uint64_t(o.max_block)) &&
+              server_.budget().used() + cost <= server_.budget().limit());
+    });
+  }
+  server_.budget().remove_waiter(&room_);
+  co_return ok;
+}
+
+void Connection::release(uint64_t bytes) {
+  if (!bytes) return;
+  held_ -= bytes;
+  server_.budget().give_back(bytes);  // wakes waiting connections, this one included
+  room_.wake();
 }
 
 Task<void> Connection::transmission() {
   const uint32_t max_block =
       std::min(export_->device->caps().max_block, server_.options().max_block);
   while (!stopping_ && !dead_) {
-    while (in_flight_ >= server_.options().max_in_flight) co_await room_->wait();
+    while (in_flight_ >= server_.options().max_in_flight && !stopping_ && !dead_)
+      co_await room_.wait(*reactor_, [this] {
+        return in_flight_ < server_.options().max_in_flight || stopping_ || dead_;
+      });
+    if (stopping_ || dead_) break;
     uint8_t h[kRequestSize];
     if (co_await sock_.read_exact(h) < 0) break;
     if (get32(h) != kRequestMagic) {
@@ -99,25 +184,35 @@ Task<void> Connection::transmission() {
       logf(LogLevel::kDebug, "%s: request type=%u flags=%#x offset=%llu length=%u", peer_.c_str(),
            req.type, req.flags, (unsigned long long)req.offset, req.length);
     if (req.type == kCmdDisc) break;
+    // Nothing more is read from this client until the request fits its budgets.
+    const uint64_t cost = request_cost(req, max_block);
+    if (!co_await reserve(cost)) break;
     std::vector<uint8_t> payload;
     if (req.type == kCmdWrite) {
       if (req.length > max_block) {
         // Too big to take into memory: drop the payload from the stream and refuse.
-        if (co_await sock_.skip(req.length) < 0) break;
+        if (co_await sock_.skip(req.length) < 0) {
+          release(cost);
+          break;
+        }
         export_->stats.errors++;
-        reply_simple(req.handle, EINVAL);
+        reply_simple(req.handle, EINVAL, cost);
         continue;
       }
       payload.resize(req.length);
-      if (co_await sock_.read_exact(payload) < 0) break;
+      if (co_await sock_.read_exact(payload) < 0) {
+        release(cost);
+        break;
+      }
     }
     ++in_flight_;
-    reactor_->spawn(handle(req, std::move(payload)), &*handlers_);
+    reactor_->spawn(handle(req, std::move(payload), cost), &*handlers_);
   }
 }
 
-void Connection::reply_simple(uint64_t handle, int err, std::vector<uint8_t> data) {
+void Connection::reply_simple(uint64_t handle, int err, uint64_t held, std::vector<uint8_t> data) {
   OutMessage m;
+  m.held = held;
   std::vector<uint8_t> head(kSimpleReplySize);
   put32(&head[0], kSimpleReplyMagic);
   put32(&head[4], wire_error(err));
@@ -140,8 +235,9 @@ std::vector<uint8_t> chunk_header(uint16_t flags, uint16_t type, uint64_t handle
 }
 }  // namespace
 
-void Connection::reply_structured_error(uint64_t handle, int err) {
+void Connection::reply_structured_error(uint64_t handle, int err, uint64_t held) {
   OutMessage m;
+  m.held = held;
   m.buffers.push_back(chunk_header(kReplyFlagDone, kReplyError, handle, 6));
   std::vector<uint8_t> p(6, 0);
   put32(&p[0], wire_error(err));
@@ -151,7 +247,10 @@ void Connection::reply_structured_error(uint64_t handle, int err) {
 }
 
 void Connection::queue(OutMessage m) {
-  if (dead_) return;
+  if (dead_) {
+    release(m.held);
+    return;
+  }
   out_.push_back(std::move(m));
   if (!writing_) {
     writing_ = true;
@@ -163,21 +262,26 @@ Task<void> Connection::writer() {
   while (!out_.empty() && !dead_) {
     std::vector<OutMessage> batch;
     std::vector<iovec> iov;
+    uint64_t held = 0;
     while (!out_.empty() && batch.size() < 64) {
       batch.push_back(std::move(out_.front()));
       out_.pop_front();
       iov.insert(iov.end(), batch.back().iov.begin(), batch.back().iov.end());
+      held += batch.back().held;
     }
     if (co_await sock_.write_all(std::move(iov)) < 0) {
       dead_ = true;
+      for (const OutMessage& m : out_) held += m.held;
       out_.clear();
       sock_.shutdown_read();  // the reader stops too
     }
+    batch.clear();  // the buffers are freed before their bytes are given back
+    release(held);
   }
   writing_ = false;
 }
 
-Task<void> Connection::do_read(const Request& req) {
+Task<void> Connection::do_read(const Request& req, uint64_t held) {
   block::BlockDevice& dev = *export_->device;
   std::vector<uint8_t> data(req.length);
   int rc = co_await dev.read(req.offset, data);
@@ -186,11 +290,11 @@ Task<void> Connection::do_read(const Request& req) {
     export_->stats.bytes_read += req.length;
   }
   if (!structured_) {
-    reply_simple(req.handle, rc, std::move(data));
+    reply_simple(req.handle, rc, held, std::move(data));
     co_return;
   }
   if (rc < 0) {
-    reply_structured_error(req.handle, rc);
+    reply_structured_error(req.handle, rc, held);
     co_return;
   }
   // Large reads report zero ranges as holes, unless the client asked for one chunk.
@@ -200,6 +304,7 @@ Task<void> Connection::do_read(const Request& req) {
     if (status < 0) extents.clear();
   }
   OutMessage m;
+  m.held = held;
   bool any_hole = false;
   for (const auto& e : extents) any_hole |= e.zero;
   if (!any_hole) {
@@ -251,25 +356,26 @@ Task<void> Connection::do_read(const Request& req) {
   queue(std::move(m));
 }
 
-Task<void> Connection::do_block_status(const Request& req) {
+Task<void> Connection::do_block_status(const Request& req, uint64_t held) {
   block::BlockDevice& dev = *export_->device;
   if (!structured_) {
     // Without structured replies the only legal answer is a simple error reply.
-    reply_simple(req.handle, EINVAL);
+    reply_simple(req.handle, EINVAL, held);
     co_return;
   }
   if ((!ctx_allocation_ && !ctx_depth_) || req.length == 0) {
-    reply_structured_error(req.handle, EINVAL);
+    reply_structured_error(req.handle, EINVAL, held);
     co_return;
   }
   std::vector<block::Extent> extents;
   const uint64_t want = std::min<uint64_t>(req.length, dev.size() - req.offset);
   if (int rc = co_await dev.block_status(req.offset, want, &extents); rc < 0 || extents.empty()) {
-    reply_structured_error(req.handle, rc < 0 ? rc : EIO);
+    reply_structured_error(req.handle, rc < 0 ? rc : EIO, held);
     co_return;
   }
   const bool one = req.flags & kCmdFlagReqOne;
   OutMessage m;
+  m.held = held;
   auto emit = [&](uint32_t id, auto&& value_of, bool last) {
     std::vector<std::pair<uint64_t, uint32_t>> d;  // (length, flags), merged
     for (const auto& e : extents) {
@@ -278,7 +384,7 @@ Task<void> Connection::do_block_status(const Request& req) {
         d.back().first += e.length;
       else
         d.emplace_back(std::min<uint64_t>(e.length, 0xfffff000u), v);
-      if (one || d.size() >= 65536) break;
+      if (one || d.size() >= kMaxDescriptors) break;
     }
     if (one) d.resize(1);
     std::vector<uint8_t> h = chunk_header(last ? kReplyFlagDone : 0, kReplyBlockStatus, req.handle,
@@ -305,7 +411,7 @@ Task<void> Connection::do_block_status(const Request& req) {
   queue(std::move(m));
 }
 
-Task<void> Connection::handle(Request req, std::vector<uint8_t> payload) {
+Task<void> Connection::handle(Request req, std::vector<uint8_t> payload, uint64_t held) {
   Export& ex = *export_;
   block::BlockDevice& dev = *ex.device;
   ex.stats.requests++;
@@ -330,7 +436,7 @@ Task<void> Connection::handle(Request req, std::vector<uint8_t> payload) {
     const unsigned fua = want_fua ? unsigned(block::kWriteFua) : 0u;
     switch (req.type) {
       case kCmdRead:
-        co_await do_read(req);
+        co_await do_read(req, held);
         replied = true;
         break;
       case kCmdWrite:
@@ -357,7 +463,7 @@ Task<void> Connection::handle(Request req, std::vector<uint8_t> payload) {
       case kCmdCache:
         break;  // the page cache already serves reads; nothing to prefetch into
       case kCmdBlockStatus:
-        co_await do_block_status(req);
+        co_await do_block_status(req, held);
         replied = true;
         break;
       default:
@@ -370,13 +476,14 @@ Task<void> Connection::handle(Request req, std::vector<uint8_t> payload) {
          strerror(-rc));
   }
   if (!replied) {
+    payload = {};  // the payload is not held for the reply's sake
     if (structured_ && rc < 0)
-      reply_structured_error(req.handle, rc);
+      reply_structured_error(req.handle, rc, held);
     else
-      reply_simple(req.handle, rc);
+      reply_simple(req.handle, rc, held);
   }
   --in_flight_;
-  room_->notify_all();
+  room_.wake();
 }
 
 }  // namespace kiln::nbd

@@ -5,11 +5,13 @@
 #include <sys/uio.h>
 
 #include <atomic>
+#include <chrono>
 #include <deque>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "budget.h"
 #include "kiln/nbd/server.h"
 #include "socket.h"
 
@@ -24,9 +26,11 @@ struct Request {
 };
 
 // A reply (one or several chunks) that leaves as one unit: its buffers and the iovecs into them.
+// `held` is the request's share of the memory budget, given back once the reply has left.
 struct OutMessage {
   std::vector<std::vector<uint8_t>> buffers;
   std::vector<iovec> iov;
+  uint64_t held = 0;
   void add(std::vector<uint8_t> b) {
     buffers.push_back(std::move(b));
     iov.push_back({buffers.back().data(), buffers.back().size()});
@@ -38,16 +42,36 @@ struct OutMessage {
   }
 };
 
+// What a handshake reply says about an export, copied out of it: the export may be removed
+// while the reply is being sent.
+struct ExportView {
+  uint64_t id;
+  std::string name, description;
+  uint64_t size;
+  uint16_t flags;
+  uint32_t preferred_block, max_block;
+};
+
 class Connection {
  public:
-  Connection(Server& server, int fd, std::string peer);
+  using Clock = std::chrono::steady_clock;
+  enum class Phase { kHandshake, kTransmission, kEnded };
+
+  Connection(Server& server, int fd, std::string peer, std::optional<ExportScope> scope);
   ~Connection();
 
   block::Task<void> run();
-  // Stops reading requests; those in flight finish and are answered.
+  // Stops reading requests; those in flight finish and are answered. Server thread only.
   void shutdown();
+  // Closes the socket under the connection: pending reads and writes fail at once.
+  void abort();
   Export* exported() const { return export_; }
   const std::string& peer() const { return peer_; }
+  Phase phase() const { return phase_.load(); }
+  Clock::time_point started() const { return started_; }
+  // When shutdown() was first called; nullopt if it was not.
+  std::optional<Clock::time_point> shutdown_at() const { return shutdown_at_; }
+  bool aborted() const { return aborted_; }
 
  private:
   // handshake.cpp: returns true to enter transmission with export_ set.
@@ -56,22 +80,37 @@ class Connection {
   block::Task<int> reply_error(uint32_t option, uint32_t type, const std::string& message);
   block::Task<int> handle_info(uint32_t option, const std::vector<uint8_t>& data, bool* go);
   block::Task<int> handle_meta_context(uint32_t option, const std::vector<uint8_t>& data);
-  uint16_t transmission_flags() const;
+  block::Task<int> handle_list(uint32_t option, uint32_t length);
+  // The export a client asking for `name` may see (the per-export socket's one), or null.
+  Export* lookup(const std::string& name, std::string* resolved = nullptr);
+  uint16_t transmission_flags(const Export& e) const;
+  ExportView view(const Export& e) const;
 
   // connection.cpp
   block::Task<void> transmission();
-  block::Task<void> handle(Request req, std::vector<uint8_t> payload);
-  block::Task<void> do_read(const Request& req);
-  block::Task<void> do_block_status(const Request& req);
-  void reply_simple(uint64_t handle, int err, std::vector<uint8_t> data = {});
-  void reply_structured_error(uint64_t handle, int err);
+  // Waits until a request costing `cost` bytes fits the budgets, and takes them. False if the
+  // connection is stopping instead.
+  block::Task<bool> reserve(uint64_t cost);
+  bool try_reserve(uint64_t cost);
+  void release(uint64_t bytes);
+  uint64_t request_cost(const Request& req, uint32_t max_block) const;
+  block::Task<void> handle(Request req, std::vector<uint8_t> payload, uint64_t held);
+  block::Task<void> do_read(const Request& req, uint64_t held);
+  block::Task<void> do_block_status(const Request& req, uint64_t held);
+  void reply_simple(uint64_t handle, int err, uint64_t held, std::vector<uint8_t> data = {});
+  void reply_structured_error(uint64_t handle, int err, uint64_t held);
   void queue(OutMessage m);
   block::Task<void> writer();
 
   Server& server_;
   Socket sock_;
   std::string peer_;
+  std::optional<ExportScope> scope_;  // the only export visible through this connection
   Export* export_ = nullptr;
+  std::atomic<Phase> phase_{Phase::kHandshake};
+  const Clock::time_point started_;
+  std::optional<Clock::time_point> shutdown_at_;  // server thread only
+  bool aborted_ = false;                          // server thread only
   bool structured_ = false;
   bool no_zeroes_ = false;
   uint32_t ctx_allocation_ = 0;  // ids of the selected metadata contexts; 0 = not selected
@@ -83,12 +122,16 @@ class Connection {
   // Transmission runs on the export's reactor; these are created there.
   block::Reactor* reactor_;
   unsigned in_flight_ = 0;
-  std::optional<block::WaitList> room_;
+  uint64_t held_ = 0;  // bytes of the memory budget this connection holds
+  Wakeup room_;        // the reader waits here for in-flight slots and budget
   std::optional<block::WaitGroup> handlers_;
   std::deque<OutMessage> out_;
   bool writing_ = false;
   std::optional<block::WaitGroup> writers_;
 };
+
+// Most descriptors one block-status reply carries per metadata context.
+constexpr uint32_t kMaxDescriptors = 32768;
 
 // An errno as the NBD protocol spells it.
 uint32_t wire_error(int err);

@@ -1,11 +1,14 @@
 // The control socket: one JSON request per line, one JSON reply per line.
-//   {"cmd":"add-export","name":N,"path":P[,"format":F][,"read-only":B][,"description":D]}
+//   {"cmd":"add-export","name":N,"path":P[,"format":F][,"read-only":B][,"description":D]
+//    [,"socket":PATH[,"owner":"USER[:GROUP]"]]}
 //   {"cmd":"remove-export","name":N}
 //   {"cmd":"list-exports"}
 //   {"cmd":"stats"[,"name":N]}
 // Replies: {"ok":true,...} or {"ok":false,"error":"..."}. Exports added here are recorded in
-// the state file and restored when kiln-nbd starts again.
+// the state file and restored when kiln-nbd starts again. Only root, the server's own user and
+// members of --control-group may talk to it (SO_PEERCRED, checked on every connection).
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -13,6 +16,7 @@
 #include <nlohmann/json.hpp>
 #include <string_view>
 
+#include "kiln/nbd/access.h"
 #include "kiln/nbd/server.h"
 #include "log.h"
 #include "socket.h"
@@ -39,13 +43,57 @@ json stats_json(const Export& e) {
 }
 
 json export_json(const Export& e) {
-  return {{"name", e.config.name},
-          {"path", e.config.path},
-          {"format", e.config.format},
-          {"read-only", e.config.read_only},
-          {"description", e.config.description},
-          {"size", e.device->size()},
-          {"connections", e.stats.connections.load()}};
+  json j = {{"name", e.config.name},
+            {"path", e.config.path},
+            {"format", e.config.format},
+            {"read-only", e.config.read_only},
+            {"description", e.config.description},
+            {"state", e.device ? "ready" : "failed"},
+            {"connections", e.stats.connections.load()}};
+  if (e.device)
+    j["size"] = e.device->size();
+  else
+    j["error"] = e.error;
+  if (!e.config.socket.empty()) j["socket"] = e.config.socket;
+  if (!e.config.owner.empty()) j["owner"] = e.config.owner;
+  return j;
+}
+
+// The fields of an export that the state file keeps.
+json recorded_json(const ExportConfig& c) {
+  json j = {{"name", c.name},
+            {"path", c.path},
+            {"format", c.format},
+            {"read-only", c.read_only},
+            {"description", c.description}};
+  if (!c.socket.empty()) j["socket"] = c.socket;
+  if (!c.owner.empty()) j["owner"] = c.owner;
+  return j;
+}
+
+ExportConfig config_from_json(const json& j) {
+  ExportConfig c;
+  c.name = j.at("name").get<std::string>();
+  c.path = j.at("path").get<std::string>();
+  c.format = j.value("format", "");
+  c.read_only = j.value("read-only", false);
+  c.description = j.value("description", "");
+  c.socket = j.value("socket", "");
+  c.owner = j.value("owner", "");
+  c.persistent = true;
+  return c;
+}
+
+// Makes the directories above `path` that do not exist yet, 0700 whatever the umask.
+void make_private_parents(const std::string& path) {
+  for (size_t slash = path.find('/', 1); slash != std::string::npos;
+       slash = path.find('/', slash + 1)) {
+    const std::string dir = path.substr(0, slash);
+    if (mkdir(dir.c_str(), 0700) == 0)
+      chmod(dir.c_str(), 0700);
+    else if (errno != EEXIST)
+      return;  // writing the state file reports the error
+  }
 }
 
 json error(const std::string& msg) { return {{"ok", false}, {"error", msg}}; }
@@ -63,15 +111,10 @@ Task<std::string> Server::control(const std::string& line) {
     co_return error("a request is an object with a \"cmd\"").dump();
   const std::string cmd = req["cmd"];
   try {
+    if ((cmd == "add-export" || cmd == "remove-export") && stopping_)
+      co_return error("the server is shutting down").dump();
     if (cmd == "add-export") {
-      ExportConfig c;
-      c.name = req.at("name").get<std::string>();
-      c.path = req.at("path").get<std::string>();
-      c.format = req.value("format", "");
-      c.read_only = req.value("read-only", false);
-      c.description = req.value("description", "");
-      c.persistent = true;
-      co_await add_export(std::move(c));
+      co_await add_export(config_from_json(req));
       co_return json{{"ok", true}}.dump();
     }
     if (cmd == "remove-export") {
@@ -108,6 +151,15 @@ Task<std::string> Server::control(const std::string& line) {
 
 Task<void> Server::control_client(int fd) {
   Socket sock(reactor_, fd);
+  std::string who;
+  if (!control_peer_allowed(fd, options_.control_access.gid, &who)) {
+    logf(LogLevel::kWarn, "control connection from %s refused", who.c_str());
+    const std::string reply =
+        error("permission denied: " + who + " may not use the control socket").dump() + "\n";
+    co_await sock.write_all(
+        std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(reply.data()), reply.size()));
+    co_return;
+  }
   std::string line;
   for (;;) {
     const int rc = co_await sock.read_line(line, kMaxControlLine);
@@ -126,17 +178,29 @@ Task<void> Server::control_client(int fd) {
   }
 }
 
+Task<void> Server::restore_exports(std::vector<ExportConfig> recorded) {
+  for (auto& c : recorded) {
+    std::string error;
+    try {
+      co_await add_export(c);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    if (!error.empty()) add_failed_export(std::move(c), std::move(error));
+  }
+  state_restored_ = true;
+  save_state();
+}
+
 void Server::save_state() {
-  if (options_.state_file.empty()) return;
+  if (options_.state_file.empty() || !state_restored_) return;
   json list = json::array();
   for (const auto& [name, e] : exports_) {
+    // Failed exports stay recorded: the image may come back; remove-export forgets them.
     if (!e->config.persistent || e->removing) continue;
-    list.push_back({{"name", e->config.name},
-                    {"path", e->config.path},
-                    {"format", e->config.format},
-                    {"read-only", e->config.read_only},
-                    {"description", e->config.description}});
+    list.push_back(recorded_json(e->config));
   }
+  make_private_parents(options_.state_file);
   const std::string tmp = options_.state_file + ".tmp";
   const std::string data = json{{"exports", list}}.dump(2) + "\n";
   int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -157,16 +221,7 @@ std::vector<ExportConfig> load_state(const std::string& path) {
   for (size_t n; (n = fread(buf, 1, sizeof buf, f)) > 0;) text.append(buf, n);
   fclose(f);
   json j = json::parse(text);  // throws on a damaged file: better than silently losing exports
-  for (const auto& e : j.at("exports")) {
-    ExportConfig c;
-    c.name = e.at("name").get<std::string>();
-    c.path = e.at("path").get<std::string>();
-    c.format = e.value("format", "");
-    c.read_only = e.value("read-only", false);
-    c.description = e.value("description", "");
-    c.persistent = true;
-    out.push_back(std::move(c));
-  }
+  for (const auto& e : j.at("exports")) out.push_back(config_from_json(e));
   return out;
 }
 

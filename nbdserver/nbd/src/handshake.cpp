@@ -1,6 +1,7 @@
 // The fixed newstyle negotiation. Every option gets a reply, unknown ones NBD_REP_ERR_UNSUP;
 // malformed or oversized ones an error reply — the connection is only dropped where the
 // protocol leaves no way to answer (a bad magic, NBD_OPT_EXPORT_NAME of an unknown export).
+#include <algorithm>
 #include <cerrno>
 
 #include "connection.h"
@@ -27,14 +28,39 @@ bool take_string(const std::vector<uint8_t>& data, size_t* pos, std::string* out
 
 }  // namespace
 
-uint16_t Connection::transmission_flags() const {
-  uint16_t f = kFlagHasFlags | kFlagSendFlush | kFlagSendFua | kFlagSendCache | kFlagCanMultiConn;
-  if (export_->config.read_only)
+uint16_t Connection::transmission_flags(const Export& e) const {
+  uint16_t f = kFlagHasFlags | kFlagSendFlush | kFlagSendFua | kFlagSendCache;
+  if (server_.multi_conn(e)) f |= kFlagCanMultiConn;
+  if (e.config.read_only)
     f |= kFlagReadOnly;
   else
     f |= kFlagSendTrim | kFlagSendWriteZeroes | kFlagSendFastZero;
   if (structured_) f |= kFlagSendDf;
   return f;
+}
+
+ExportView Connection::view(const Export& e) const {
+  const auto& caps = e.device->caps();
+  return {e.id,
+          e.config.name,
+          e.config.description,
+          e.device->size(),
+          transmission_flags(e),
+          caps.preferred_block,
+          std::min(caps.max_block, server_.options().max_block)};
+}
+
+Export* Connection::lookup(const std::string& name, std::string* resolved) {
+  if (!scope_) {
+    if (resolved) *resolved = name;
+    return server_.find_export(name);
+  }
+  // A per-export socket shows its one export, under its name or as the default export; any
+  // other name is unknown, as if no other export existed.
+  if (!name.empty() && name != scope_->name) return nullptr;
+  if (resolved) *resolved = scope_->name;
+  Export* e = server_.find_export(scope_->name);
+  return e && e->id == scope_->id ? e : nullptr;
 }
 
 Task<int> Connection::reply_option(uint32_t option, uint32_t type,
@@ -67,44 +93,68 @@ Task<int> Connection::handle_info(uint32_t option, const std::vector<uint8_t>& d
     want_name |= type == kInfoName;
     want_description |= type == kInfoDescription;
   }
-  Export* e = server_.find_export(name);
+  std::string resolved;
+  Export* e = lookup(name, &resolved);
   if (!e) co_return co_await reply_error(option, kRepErrUnknown, "no export named '" + name + "'");
   if (server_.stopping())
     co_return co_await reply_error(option, kRepErrShutdown, "server is shutting down");
   if (option == kOptGo && !server_.accepting_clients())
     co_return co_await reply_error(option, kRepErrPolicy, "too many clients");
 
-  Export* previous = export_;
-  export_ = e;
-  const uint16_t flags = transmission_flags();
-  export_ = previous;
+  // The replies below may wait for a slow client; the export may be removed meanwhile, so
+  // they are built from a copy, and GO looks the export up again at the end.
+  const ExportView v = view(*e);
+  e = nullptr;
   Builder info;
-  info.u16(kInfoExport).u64(e->device->size()).u16(flags);
+  info.u16(kInfoExport).u64(v.size).u16(v.flags);
   if (int rc = co_await reply_option(option, kRepInfo, info.bytes()); rc < 0) co_return rc;
   if (want_name) {
     Builder b;
-    b.u16(kInfoName).str(e->config.name);
+    b.u16(kInfoName).str(v.name);
     if (int rc = co_await reply_option(option, kRepInfo, b.bytes()); rc < 0) co_return rc;
   }
-  if (want_description && !e->config.description.empty()) {
+  if (want_description && !v.description.empty()) {
     Builder b;
-    b.u16(kInfoDescription).str(e->config.description);
+    b.u16(kInfoDescription).str(v.description);
     if (int rc = co_await reply_option(option, kRepInfo, b.bytes()); rc < 0) co_return rc;
   }
-  const auto& caps = e->device->caps();
   Builder bs;
-  bs.u16(kInfoBlockSize)
-      .u32(1)
-      .u32(caps.preferred_block)
-      .u32(std::min(caps.max_block, server_.options().max_block));
+  bs.u16(kInfoBlockSize).u32(1).u32(v.preferred_block).u32(v.max_block);
   if (int rc = co_await reply_option(option, kRepInfo, bs.bytes()); rc < 0) co_return rc;
   if (int rc = co_await reply_option(option, kRepAck, {}); rc < 0) co_return rc;
   if (option == kOptGo) {
-    export_ = e;
-    if (ctx_export_ != name) ctx_allocation_ = ctx_depth_ = 0;
+    Export* now = server_.find_export(resolved);
+    if (!now || now->id != v.id) {
+      // Removed (or replaced) while the reply was on its way: the client was told it may
+      // start, and there is nothing left to serve.
+      logf(LogLevel::kInfo, "%s: export '%s' went away during the handshake, closing",
+           peer_.c_str(), resolved.c_str());
+      co_return -ENOENT;
+    }
+    export_ = now;
+    if (ctx_export_ != resolved) ctx_allocation_ = ctx_depth_ = 0;
     *go = true;
   }
   co_return 0;
+}
+
+Task<int> Connection::handle_list(uint32_t option, uint32_t length) {
+  if (length) co_return co_await reply_error(option, kRepErrInvalid, "LIST takes no data");
+  // Names and descriptions are copied first: exports may come and go while the replies wait
+  // for a slow client.
+  std::vector<std::pair<std::string, std::string>> list;
+  if (scope_) {
+    if (Export* e = lookup(scope_->name)) list.emplace_back(e->config.name, e->config.description);
+  } else {
+    for (const auto& [name, e] : server_.exports())
+      if (e->usable()) list.emplace_back(name, e->config.description);
+  }
+  for (const auto& [name, description] : list) {
+    Builder b;
+    b.u32(uint32_t(name.size())).str(name).str(description);
+    if (int rc = co_await reply_option(option, kRepServer, b.bytes()); rc < 0) co_return rc;
+  }
+  co_return co_await reply_option(option, kRepAck, {});
 }
 
 Task<int> Connection::handle_meta_context(uint32_t option, const std::vector<uint8_t>& data) {
@@ -125,7 +175,8 @@ Task<int> Connection::handle_meta_context(uint32_t option, const std::vector<uin
   }
   if (pos != data.size())
     co_return co_await reply_error(option, kRepErrInvalid, "trailing bytes in request");
-  if (!server_.find_export(name))
+  std::string resolved;
+  if (!lookup(name, &resolved))
     co_return co_await reply_error(option, kRepErrUnknown, "no export named '" + name + "'");
 
   const bool list = option == kOptListMetaContext;
@@ -138,7 +189,7 @@ Task<int> Connection::handle_meta_context(uint32_t option, const std::vector<uin
   if (!list) {
     ctx_allocation_ = base ? 1 : 0;
     ctx_depth_ = depth ? 2 : 0;
-    ctx_export_ = name;
+    ctx_export_ = resolved;
   }
   auto send = [&](uint32_t id, const char* ctx) -> Task<int> {
     Builder b;
@@ -188,35 +239,32 @@ Task<bool> Connection::negotiate() {
     int rc = 0;
     switch (option) {
       case kOptExportName: {
-        std::string name(data.begin(), data.end());
-        Export* e = server_.find_export(name);
+        std::string name(data.begin(), data.end()), resolved;
+        Export* e = lookup(name, &resolved);
         if (!e || server_.stopping() || !server_.accepting_clients()) {
           logf(LogLevel::kInfo, "%s: export '%s' refused, closing", peer_.c_str(), name.c_str());
           co_return false;
         }
-        export_ = e;
+        const ExportView v = view(*e);
         Builder b;
-        b.u64(e->device->size()).u16(transmission_flags());
+        b.u64(v.size).u16(v.flags);
         if (!no_zeroes_) b.zeros(124);
         ctx_allocation_ = ctx_depth_ = 0;  // no way to have negotiated them for this name
         if (co_await sock_.write_all(b.bytes()) < 0) co_return false;
+        e = server_.find_export(resolved);
+        if (!e || e->id != v.id) {
+          logf(LogLevel::kInfo, "%s: export '%s' went away during the handshake, closing",
+               peer_.c_str(), resolved.c_str());
+          co_return false;
+        }
+        export_ = e;
         co_return true;
       }
       case kOptAbort:
         co_await reply_option(option, kRepAck, {});
         co_return false;
       case kOptList:
-        if (length) {
-          rc = co_await reply_error(option, kRepErrInvalid, "LIST takes no data");
-          break;
-        }
-        for (const auto& [name, e] : server_.exports()) {
-          if (e->removing) continue;
-          Builder b;
-          b.u32(uint32_t(name.size())).str(name).str(e->config.description);
-          if ((rc = co_await reply_option(option, kRepServer, b.bytes())) < 0) break;
-        }
-        if (rc == 0) rc = co_await reply_option(option, kRepAck, {});
+        rc = co_await handle_list(option, length);
         break;
       case kOptStructuredReply:
         if (length) {

@@ -2,10 +2,12 @@
 #include "kiln/nbd/server.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -16,7 +18,10 @@
 #include <stdexcept>
 #include <thread>
 
+#include "budget.h"
 #include "connection.h"
+#include "kiln/nbd/access.h"
+#include "kiln/nbd/protocol.h"
 #include "log.h"
 
 namespace kiln::nbd {
@@ -25,8 +30,14 @@ using block::Task;
 
 class Listener {
  public:
-  Listener(int fd, std::string what, bool control, std::string unlink_path)
-      : fd(fd), what(std::move(what)), control(control), unlink_path(std::move(unlink_path)) {}
+  Listener(block::Reactor& r, int fd, std::string what, bool control, std::string unlink_path,
+           std::optional<ExportScope> scope = std::nullopt)
+      : fd(fd),
+        what(std::move(what)),
+        control(control),
+        unlink_path(std::move(unlink_path)),
+        scope(std::move(scope)),
+        loop(r) {}
   ~Listener() {
     if (fd >= 0) ::close(fd);
     if (!unlink_path.empty()) ::unlink(unlink_path.c_str());
@@ -35,6 +46,9 @@ class Listener {
   std::string what;
   bool control;
   std::string unlink_path;
+  std::optional<ExportScope> scope;  // a per-export socket: the one export its clients see
+  bool closing = false;
+  block::WaitGroup loop;  // its accept loop
 };
 
 // A reactor thread other than the caller's.
@@ -50,21 +64,60 @@ namespace {
   throw std::runtime_error(what + ": " + strerror(errno));
 }
 
-int unix_listener(const std::string& path) {
+// An earlier socket at `path` is replaced only if nothing listens on it any more (left behind
+// by a crash); anything else there is an error, never unlinked.
+void remove_stale_socket(const std::string& path, const sockaddr_un& addr) {
+  struct stat st;
+  if (lstat(path.c_str(), &st) < 0) {
+    if (errno == ENOENT) return;
+    fail(path);
+  }
+  if (!S_ISSOCK(st.st_mode))
+    throw std::runtime_error(path + ": exists and is not a socket (not replacing it)");
+  int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (probe < 0) fail("socket");
+  const int rc = connect(probe, reinterpret_cast<const sockaddr*>(&addr), sizeof addr);
+  const int e = errno;
+  ::close(probe);
+  if (rc == 0 || e == EAGAIN)
+    throw std::runtime_error(path + ": another server is listening on this socket");
+  if (e != ECONNREFUSED && e != ENOENT) {
+    errno = e;
+    fail(path);
+  }
+  if (::unlink(path.c_str()) < 0 && errno != ENOENT) fail(path);
+}
+
+// A listening Unix socket, created with `mode` and given to `uid`/`gid` before it listens, so
+// that nobody else can connect at any moment.
+int unix_listener(const std::string& path, mode_t mode, std::optional<uid_t> uid,
+                  std::optional<gid_t> gid) {
   sockaddr_un addr{};
   if (path.size() >= sizeof addr.sun_path)
     throw std::runtime_error(path + ": socket path too long");
   addr.sun_family = AF_UNIX;
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  remove_stale_socket(path, addr);
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) fail("socket");
-  ::unlink(path.c_str());
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0 || listen(fd, 128) < 0) {
-    int e = errno;
+  // bind() creates the file with the umask's mode: make it 0600 from the start. (The umask is
+  // the process's; no other thread of kiln-nbd creates files.)
+  const mode_t old_umask = umask(0177);
+  const int rc = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  const int bind_errno = errno;
+  umask(old_umask);
+  auto give_up = [&](int e, bool unlink_it) {
     ::close(fd);
+    if (unlink_it) ::unlink(path.c_str());
     errno = e;
     fail(path);
-  }
+  };
+  if (rc < 0) give_up(bind_errno, false);
+  if ((uid || gid) && lchown(path.c_str(), uid ? *uid : uid_t(-1), gid ? *gid : gid_t(-1)) < 0)
+    give_up(errno, true);
+  if (mode != 0600 && fchmodat(AT_FDCWD, path.c_str(), mode, AT_SYMLINK_NOFOLLOW) < 0)
+    give_up(errno, true);
+  if (listen(fd, 128) < 0) give_up(errno, true);
   return fd;
 }
 
@@ -89,7 +142,11 @@ std::string peer_name(int fd) {
 }  // namespace
 
 Server::Server(block::Reactor& reactor, ServerOptions options)
-    : reactor_(reactor), options_(std::move(options)), changed_(reactor), accepters_(reactor) {
+    : reactor_(reactor),
+      options_(std::move(options)),
+      changed_(reactor),
+      background_(reactor),
+      budget_(std::make_unique<MemoryBudget>(options_.max_memory)) {
   reactor_.enable_remote();
   reactors_.push_back(&reactor_);
   start_workers();
@@ -140,12 +197,33 @@ Task<void> Server::stop_workers() {
   reactors_.resize(1);
 }
 
+Listener* Server::add_listener(std::unique_ptr<Listener> l) {
+  Listener* p = l.get();
+  listeners_.push_back(std::move(l));
+  if (serving_) {
+    logf(LogLevel::kInfo, "listening on %s", p->what.c_str());
+    reactor_.spawn(accept_loop(p), &p->loop);
+  }
+  return p;
+}
+
+Task<void> Server::close_listener(Listener* l) {
+  l->closing = true;
+  co_await reactor_.cancel_fd(l->fd);  // its pending accept
+  co_await l->loop.wait();
+  std::erase_if(listeners_, [l](const std::unique_ptr<Listener>& p) { return p.get() == l; });
+}
+
 void Server::listen_unix(const std::string& path) {
-  listeners_.push_back(std::make_unique<Listener>(unix_listener(path), path, false, path));
+  const SocketAccess& a = options_.socket_access;
+  add_listener(std::make_unique<Listener>(
+      reactor_, unix_listener(path, a.gid ? 0660 : 0600, a.uid, a.gid), path, false, path));
 }
 
 void Server::listen_control(const std::string& path) {
-  listeners_.push_back(std::make_unique<Listener>(unix_listener(path), path, true, path));
+  const SocketAccess& a = options_.control_access;
+  add_listener(std::make_unique<Listener>(
+      reactor_, unix_listener(path, a.gid ? 0660 : 0600, a.uid, a.gid), path, true, path));
 }
 
 void Server::listen_tcp(const std::string& host, uint16_t port) {
@@ -172,8 +250,8 @@ void Server::listen_tcp(const std::string& host, uint16_t port) {
     }
     char h[INET6_ADDRSTRLEN] = "";
     getnameinfo(ai->ai_addr, ai->ai_addrlen, h, sizeof h, nullptr, 0, NI_NUMERICHOST);
-    listeners_.push_back(
-        std::make_unique<Listener>(fd, std::string(h) + ":" + std::to_string(port), false, ""));
+    add_listener(std::make_unique<Listener>(
+        reactor_, fd, std::string(h) + ":" + std::to_string(port), false, ""));
     ++bound;
   }
   freeaddrinfo(res);
@@ -181,13 +259,23 @@ void Server::listen_tcp(const std::string& host, uint16_t port) {
 }
 
 Task<void> Server::add_export(ExportConfig config) {
-  if (config.name.size() > 4096) throw std::runtime_error("export name too long");
+  if (config.name.size() > kMaxStringLength) throw std::runtime_error("export name too long");
   if (exports_.count(config.name))
     throw std::runtime_error("export '" + config.name + "' already exists");
+  std::optional<Owner> owner;
+  if (!config.socket.empty()) {
+    for (const auto& l : listeners_)
+      if (l->unlink_path == config.socket)
+        throw std::runtime_error(config.socket + ": already used by another listener");
+    owner = config.owner.empty() ? Owner{geteuid(), std::nullopt} : parse_owner(config.owner);
+  } else if (!config.owner.empty()) {
+    throw std::runtime_error("an owner is given but no socket");
+  }
   block::OpenOptions o;
   o.format = config.format;
   o.read_only = config.read_only;
   o.l2_cache_bytes = config.l2_cache_bytes;
+  o.allowed_dirs = options_.allowed_dirs;
   auto e = std::make_unique<Export>();
   // Exports are spread over the reactors, the extra threads first.
   e->home = reactors_[(1 + next_home_++) % reactors_.size()];
@@ -200,32 +288,68 @@ Task<void> Server::add_export(ExportConfig config) {
   }
   co_await reactor_.schedule();
   if (error) std::rethrow_exception(error);
+  e->id = next_export_id_++;
+  std::unique_ptr<Listener> listener;
+  if (!config.socket.empty()) {
+    try {
+      // Owner only (0600), even with a group: the socket is the export's, one guest's.
+      listener = std::make_unique<Listener>(
+          reactor_, unix_listener(config.socket, 0600, owner->uid, owner->gid), config.socket,
+          false, config.socket, ExportScope{config.name, e->id});
+    } catch (...) {
+      error = std::current_exception();
+    }
+    if (error) {
+      co_await close_export(e.get());
+      std::rethrow_exception(error);
+    }
+  }
   if (config.format.empty()) config.format = e->device->format();
   e->config = std::move(config);
   logf(LogLevel::kInfo, "export '%s': %s (%s, %llu bytes%s)", e->config.name.c_str(),
        e->config.path.c_str(), e->config.format.c_str(), (unsigned long long)e->device->size(),
        e->config.read_only ? ", read-only" : "");
+  if (listener) e->listener = add_listener(std::move(listener));
   std::string name = e->config.name;
   exports_.emplace(std::move(name), std::move(e));
   save_state();
 }
 
+void Server::add_failed_export(ExportConfig config, std::string error) {
+  if (exports_.count(config.name)) {
+    logf(LogLevel::kError, "export '%s' is recorded twice; dropping the second",
+         config.name.c_str());
+    return;
+  }
+  auto e = std::make_unique<Export>();
+  e->id = next_export_id_++;
+  e->error = std::move(error);
+  e->config = std::move(config);
+  logf(LogLevel::kError, "export '%s' is not served: %s", e->config.name.c_str(), e->error.c_str());
+  std::string name = e->config.name;
+  exports_.emplace(std::move(name), std::move(e));
+}
+
 Export* Server::find_export(const std::string& name) {
   auto it = exports_.find(name);
-  return it == exports_.end() || it->second->removing ? nullptr : it->second.get();
+  return it == exports_.end() || !it->second->usable() ? nullptr : it->second.get();
 }
 
 Task<int> Server::remove_export(const std::string& name) {
   auto it = exports_.find(name);
   if (it == exports_.end() || it->second->removing) co_return -ENOENT;
   Export* e = it->second.get();
-  e->removing = true;
+  e->removing = true;  // from now on no handshake finds it, so no new connection binds to it
+  if (e->listener) {
+    co_await close_listener(e->listener);
+    e->listener = nullptr;
+  }
   for (Connection* c : connections_)
     if (c->exported() == e) c->shutdown();
   while (std::any_of(connections_.begin(), connections_.end(),
                      [e](Connection* c) { return c->exported() == e; }))
     co_await changed_.wait();
-  int rc = co_await close_export(e);
+  int rc = e->device ? co_await close_export(e) : 0;
   logf(LogLevel::kInfo, "export '%s' removed", name.c_str());
   exports_.erase(name);
   save_state();
@@ -248,6 +372,11 @@ bool Server::accepting_clients() const {
   return options_.max_clients == 0 || active < options_.max_clients;
 }
 
+bool Server::multi_conn(const Export& e) const {
+  const bool many_clients = options_.shared && options_.max_clients != 1;
+  return many_clients && e.device->caps().can_multi_conn;
+}
+
 void Server::connection_started(Connection* c) { connections_.push_back(c); }
 
 void Server::connection_finished(Connection* c) {
@@ -256,24 +385,39 @@ void Server::connection_finished(Connection* c) {
   if (!options_.persistent && connections_.empty() && clients_seen_ > 0) request_shutdown();
 }
 
+// Out of descriptors or memory: the client waits in the listen backlog while connections end.
+// Retrying at once would spin at full CPU.
+Task<void> Server::backoff() {
+  __kernel_timespec ts{};
+  ts.tv_nsec = 100 * 1000 * 1000;
+  co_await reactor_.submit([&ts](io_uring_sqe* s) { io_uring_prep_timeout(s, &ts, 0, 0); });
+}
+
 Task<void> Server::accept_loop(Listener* l) {
-  while (!stopping_) {
+  bool starved = false;
+  while (!stopping_ && !l->closing) {
     const int lfd = l->fd;
     int fd = co_await reactor_.submit(
         [lfd](io_uring_sqe* s) { io_uring_prep_accept(s, lfd, nullptr, nullptr, SOCK_CLOEXEC); });
-    if (stopping_) {
+    if (stopping_ || l->closing) {
       if (fd >= 0) ::close(fd);
       break;
     }
     if (fd < 0) {
       if (fd == -EINTR || fd == -ECONNABORTED || fd == -EAGAIN) continue;
       if (fd == -EMFILE || fd == -ENFILE || fd == -ENOBUFS || fd == -ENOMEM) {
-        logf(LogLevel::kWarn, "accept on %s: %s", l->what.c_str(), strerror(-fd));
+        if (!starved)
+          logf(LogLevel::kWarn, "accept on %s: %s; retrying every 100 ms", l->what.c_str(),
+               strerror(-fd));
+        starved = true;
+        co_await backoff();
         continue;
       }
       logf(LogLevel::kError, "accept on %s: %s", l->what.c_str(), strerror(-fd));
       break;
     }
+    if (starved) logf(LogLevel::kInfo, "accepting on %s again", l->what.c_str());
+    starved = false;
     if (l->control) {
       reactor_.spawn(control_client(fd));
       continue;
@@ -285,13 +429,43 @@ Task<void> Server::accept_loop(Listener* l) {
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);  // fails harmlessly on Unix
-    serve_connection(fd);
+    serve_connection(fd, nullptr, l->scope);
   }
 }
 
-void Server::serve_connection(int fd, block::WaitGroup* done) {
+// Drops clients that take too long: to finish the handshake, or to take their last replies
+// once asked to stop.
+Task<void> Server::housekeeping() {
+  using namespace std::chrono;
+  while (!stopping_ || !connections_.empty()) {
+    __kernel_timespec ts{};
+    ts.tv_nsec = 200 * 1000 * 1000;
+    co_await reactor_.submit([&ts](io_uring_sqe* s) { io_uring_prep_timeout(s, &ts, 0, 0); });
+    const auto now = Connection::Clock::now();
+    const milliseconds handshake(options_.handshake_timeout_ms);
+    const milliseconds drain(options_.drain_timeout_ms);
+    for (Connection* c : connections_) {
+      if (c->aborted()) continue;
+      if (options_.handshake_timeout_ms && c->phase() == Connection::Phase::kHandshake &&
+          now - c->started() > handshake) {
+        logf(LogLevel::kWarn, "%s: handshake not finished after %u ms, disconnecting",
+             c->peer().c_str(), options_.handshake_timeout_ms);
+        c->abort();
+        continue;
+      }
+      const auto asked = c->shutdown_at();
+      if (options_.drain_timeout_ms && asked && now - *asked > drain) {
+        logf(LogLevel::kWarn, "%s: replies not taken %u ms after the end, disconnecting",
+             c->peer().c_str(), options_.drain_timeout_ms);
+        c->abort();
+      }
+    }
+  }
+}
+
+void Server::serve_connection(int fd, block::WaitGroup* done, std::optional<ExportScope> scope) {
   ++clients_seen_;
-  auto* c = new Connection(*this, fd, peer_name(fd));
+  auto* c = new Connection(*this, fd, peer_name(fd), std::move(scope));
   connection_started(c);
   reactor_.spawn(
       [](Server* s, Connection* conn) -> Task<void> {
@@ -317,8 +491,11 @@ void Server::request_shutdown() {
 
 Task<void> Server::drain_and_close() {
   while (!connections_.empty()) co_await changed_.wait();
-  co_await accepters_.wait();
+  // (By index: a control client may still remove an export, and its listener, meanwhile.)
+  for (size_t i = 0; i < listeners_.size(); ++i) co_await listeners_[i]->loop.wait();
+  co_await background_.wait();
   for (auto& [name, e] : exports_) {
+    if (!e->device) continue;
     int rc = co_await close_export(e.get());
     if (rc < 0)
       logf(LogLevel::kError, "export '%s': closing the image failed: %s", name.c_str(),
@@ -331,10 +508,12 @@ Task<void> Server::drain_and_close() {
 }
 
 Task<void> Server::serve() {
+  serving_ = true;
   for (auto& l : listeners_) {
     logf(LogLevel::kInfo, "listening on %s%s", l->what.c_str(), l->control ? " (control)" : "");
-    reactor_.spawn(accept_loop(l.get()), &accepters_);
+    reactor_.spawn(accept_loop(l.get()), &l->loop);
   }
+  reactor_.spawn(housekeeping(), &background_);
   while (!stopping_) co_await changed_.wait();
   co_await drain_and_close();
 }

@@ -2,11 +2,15 @@
 // API, all driven by one reactor.
 #pragma once
 
+#include <sys/types.h>
+
 #include <atomic>
 #include <cstdint>
 #include <list>
 #include <map>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,6 +30,9 @@ struct ExportConfig {
   enum class Cache { kWriteback, kWritethrough, kUnsafe } cache = Cache::kWriteback;
   size_t l2_cache_bytes = 4u << 20;
   bool persistent = false;  // recorded in the state file (exports added through the control API)
+  // A Unix socket of the export's own: a client connected through it sees only this export.
+  std::string socket;
+  std::string owner;  // "USER[:GROUP]" the socket is chown'd to; empty: the server's user
 };
 
 // Counters are updated on the export's reactor thread and read by the control API.
@@ -34,6 +41,13 @@ struct ExportStats {
   std::atomic<uint64_t> errors{0};
   std::atomic<uint64_t> connections{0};        // open now
   std::atomic<uint64_t> total_connections{0};  // since the export was added
+};
+
+// Who may connect to a Unix socket the server creates: its owner (the server's user unless
+// said otherwise) and, when `gid` is set, that group.
+struct SocketAccess {
+  std::optional<uid_t> uid;
+  std::optional<gid_t> gid;
 };
 
 struct ServerOptions {
@@ -45,22 +59,56 @@ struct ServerOptions {
   bool persistent = true;    // keep serving after the last client leaves (qemu-nbd -t)
   std::string state_file;    // where exports added through the control API are recorded
   unsigned threads = 1;      // reactor threads, the caller's included
+  // Bytes held for requests and replies (payloads read, reply data not yet sent): per
+  // connection, and in total. A connection over either stops reading requests until its
+  // replies drain; one that holds nothing may always start a request of up to
+  // kGuaranteedRequestBytes, so that clients that never read cannot starve the others.
+  uint64_t max_connection_bytes = 64u << 20;
+  uint64_t max_memory = 1ull << 30;
+  // A client that has not finished the handshake after this long is disconnected (0: never).
+  unsigned handshake_timeout_ms = 10000;
+  // After a connection is asked to stop (shutdown, export removed), how long its replies
+  // may take to drain before the socket is closed under a client that does not read them.
+  unsigned drain_timeout_ms = 10000;
+  // Images (and every backing file) must lie under one of these (empty: anywhere).
+  std::vector<std::string> allowed_dirs;
+  SocketAccess socket_access;   // the -k socket(s)
+  SocketAccess control_access;  // the control socket; its group is also admitted by SO_PEERCRED
 };
+
+// A connection that holds nothing may always take one request of up to this many bytes.
+constexpr uint64_t kGuaranteedRequestBytes = 1u << 20;
 
 class Connection;
 class Listener;
+class MemoryBudget;
 struct Worker;
+
+// The one export a client connected through a per-export socket may see: that export, by name
+// and by id (a new export under the same name is another export, maybe another tenant's).
+struct ExportScope {
+  std::string name;
+  uint64_t id;
+};
 
 // An export lives on one reactor (its home): its image is opened there, and every connection
 // to it runs its transmission phase there, so the image needs no locks and a flush on any
 // connection covers writes completed on all of them.
+//
+// Lifetime: only connections in the transmission phase hold an Export*; remove_export() waits
+// for them. The handshake copies what it needs and looks the export up again by name and id
+// after every suspension, so that an export may go away at any moment of a handshake.
 class Export {
  public:
   ExportConfig config;
-  std::unique_ptr<block::BlockDevice> device;
+  std::unique_ptr<block::BlockDevice> device;  // null: the image could not be opened at start
+  std::string error;                           // why, when device is null
+  uint64_t id = 0;                             // unique for the server's lifetime
   block::Reactor* home = nullptr;
   ExportStats stats;
   bool removing = false;
+  Listener* listener = nullptr;  // its own socket (config.socket), if any
+  bool usable() const { return device && !removing; }
 };
 
 class Server {
@@ -68,11 +116,20 @@ class Server {
   Server(block::Reactor& reactor, ServerOptions options);
   ~Server();
 
-  // Opens the image and makes it available. Throws block::Error (or std::runtime_error).
+  // Opens the image and makes it available (and listens on its own socket, if it has one).
+  // Throws block::Error (or std::runtime_error).
   block::Task<void> add_export(ExportConfig config);
+  // Records an export whose image could not be opened at start (from the state file): it
+  // stays listed (as failed) and recorded until removed, and clients do not see it.
+  void add_failed_export(ExportConfig config, std::string error);
+  // Adds the exports recorded in the state file: those that cannot be opened are kept as
+  // failed (add_failed_export) rather than stopping the server. The state file is not
+  // written before this has run, so that nothing recorded is dropped on the way.
+  block::Task<void> restore_exports(std::vector<ExportConfig> recorded);
   // Stops new connections to the export, waits for its connections to end (after
   // asking them to), flushes and closes the image. Returns 0 or -errno.
   block::Task<int> remove_export(const std::string& name);
+  // A usable export (not failed, not being removed), or null.
   Export* find_export(const std::string& name);
   const std::map<std::string, std::unique_ptr<Export>>& exports() const { return exports_; }
 
@@ -82,7 +139,9 @@ class Server {
   void listen_control(const std::string& path);
   // Serves a client on an already connected socket (inetd style, and the fuzz target); the
   // server owns `fd` from now on. `done`, if given, is told when the connection has ended.
-  void serve_connection(int fd, block::WaitGroup* done = nullptr);
+  // `scope`, if given, is the one export the client may see (a per-export socket).
+  void serve_connection(int fd, block::WaitGroup* done = nullptr,
+                        std::optional<ExportScope> scope = std::nullopt);
 
   // Runs until shutdown() finishes; the caller starts it from a coroutine.
   block::Task<void> serve();
@@ -97,12 +156,20 @@ class Server {
   void connection_started(Connection* c);
   void connection_finished(Connection* c);
   bool accepting_clients() const;
+  // Whether clients of `e` may be told NBD_FLAG_CAN_MULTI_CONN: only when more than one
+  // client may connect at a time and the device supports it.
+  bool multi_conn(const Export& e) const;
+  MemoryBudget& budget() { return *budget_; }
 
   // Control API: one JSON request in, one JSON reply out.
   block::Task<std::string> control(const std::string& request);
 
  private:
   block::Task<void> accept_loop(Listener* l);
+  block::Task<void> backoff();
+  block::Task<void> housekeeping();
+  Listener* add_listener(std::unique_ptr<Listener> l);
+  block::Task<void> close_listener(Listener* l);
   void start_workers();
   block::Task<void> stop_workers();
   block::Task<int> close_export(Export* e);
@@ -118,10 +185,14 @@ class Server {
   std::vector<block::Reactor*> reactors_;  // [0] is the caller's
   size_t next_home_ = 0;
   std::list<Connection*> connections_;
-  block::WaitList changed_;  // connections ended, shutdown requested
-  block::WaitGroup accepters_;
+  block::WaitList changed_;      // connections ended, shutdown requested
+  block::WaitGroup background_;  // housekeeping
+  bool serving_ = false;
   bool stopping_ = false;
   uint64_t clients_seen_ = 0;
+  uint64_t next_export_id_ = 1;
+  bool state_restored_ = false;
+  std::unique_ptr<MemoryBudget> budget_;
 };
 
 // Exports recorded in a state file by an earlier run (control API). Throws on a damaged file.
