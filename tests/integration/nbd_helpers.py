@@ -67,19 +67,21 @@ def free_tcp_port():
 class Process:
     """A server we started: waited for on its sockets, stopped by its PID, its log kept."""
 
-    def __init__(self, name, args, log_path, unix=(), tcp=()):
+    def __init__(self, name, args, log_path, unix=(), tcp=(), preexec=None):
         self.name = name
         self.args = [str(a) for a in args]
         self.log_path = log_path
         self.unix = list(unix)
         self.tcp = list(tcp)
+        self.preexec = preexec
         self.proc = None
         self.returncode = None
 
     def start(self):
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=self.preexec)
         self.wait_ready()
         return self
 
@@ -159,26 +161,29 @@ class Servers:
         self.count += 1
         return os.path.join(self.workdir, f"{name}-{self.count}.log")
 
-    def kiln(self, *args, sock=None, port=None, control=None, bind="127.0.0.1"):
-        """kiln-nbd with `args`, on a Unix socket and/or a loopback TCP port."""
+    def kiln(self, *args, sock=None, port=None, control=None, bind="127.0.0.1", preexec=None,
+             wait_for=()):
+        """kiln-nbd with `args`, on a Unix socket and/or a TCP port (bound to `bind`, or to
+        kiln-nbd's default if None); ready once every socket in `wait_for` listens too."""
         cmd = [KILN_NBD]
         unix, tcp = [], []
         if sock:
             cmd += ["-k", sock]
             unix.append(sock)
         if port:
-            cmd += ["-p", port, "-b", bind]
+            cmd += ["-p", port] + (["-b", bind] if bind else [])
             tcp.append(port)
         if control:
             cmd += ["--control", control]
             unix.append(control)
         assert sock or port, "tests listen on loopback or Unix sockets only"
-        p = Process("kiln-nbd", cmd + list(args), self._log("kiln-nbd"), unix, tcp)
+        unix += list(wait_for)
+        p = Process("kiln-nbd", cmd + list(args), self._log("kiln-nbd"), unix, tcp, preexec)
         self.procs.append(p)
         return p.start()
 
-    def qemu_nbd(self, image, sock, fmt, name="", extra=()):
-        cmd = [QEMU_NBD, "-k", sock, "-x", name, "-f", fmt, "-t", "-e", "8", "-A",
+    def qemu_nbd(self, image, sock, fmt, name="", extra=(), shared="8"):
+        cmd = [QEMU_NBD, "-k", sock, "-x", name, "-f", fmt, "-t", "-e", shared, "-A",
                "--cache=writeback", *extra, image]
         p = Process("qemu-nbd", cmd, self._log("qemu-nbd"), [sock])
         self.procs.append(p)
@@ -215,6 +220,28 @@ def run(args, check=True, timeout=None, input=None):
         raise AssertionError(f"command failed ({p.returncode}): {' '.join(map(str, args))}\n"
                              f"stdout: {p.stdout}\nstderr: {p.stderr}")
     return p
+
+
+def proc_status_kib(pid, field):
+    """A memory figure of a process from /proc/PID/status (VmRSS, VmHWM), in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def cpu_seconds(pid):
+    """User plus system CPU time a process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def as_user(args, user="nobody", group="nogroup"):
+    """`args` run as another user and group with no supplementary groups (util-linux
+    setpriv): nothing on the host changes."""
+    return ["setpriv", f"--reuid={user}", f"--regid={group}", "--clear-groups", *args]
 
 
 def sha256(path):

@@ -228,3 +228,29 @@ def test_nbdcopy_in(pair, workdir):
     run([NBDCOPY, "--connections=4", pair.k, kout])
     assert read_file(kout)[:IMAGE_SIZE // 2] == read_file(src)
     pair.stop_and_check()
+
+
+@pytest.mark.parametrize("shared", [None, "1", "2"])
+def test_multi_conn_follows_client_limit(workdir, servers, shared):
+    """Multi-conn is advertised only when more than one client may connect, as qemu-nbd does:
+    with one client allowed (no -e, or -e 1) a client that trusted the flag would open more
+    connections and be refused. Plain `nbdcopy` (which opens 4 connections when it may) works
+    with default flags either way, and `kiln-nbd -t IMG` needs no -e for it."""
+    img = os.path.join(workdir, "d.raw")
+    with open(img, "wb") as f:
+        f.write(os.urandom(MiB) + bytes(2 * MiB) + b"\x5a" * MiB)
+    qimg = os.path.join(workdir, "q.raw")
+    shutil.copy(img, qimg)
+    ksock, qsock = os.path.join(workdir, "k.sock"), os.path.join(workdir, "q.sock")
+    args = ["-t", img] if shared is None else ["-t", "-e", shared, img]
+    kiln = servers.kiln(*args, sock=ksock)
+    qemu = servers.qemu_nbd(qimg, qsock, "raw", shared=shared or "1")
+    k = json.loads(nbdinfo("--json", unix_uri(ksock)))["exports"][0]
+    q = json.loads(nbdinfo("--json", unix_uri(qsock)))["exports"][0]
+    assert k["can_multi_conn"] is (shared == "2"), k
+    assert k["can_multi_conn"] == q["can_multi_conn"], (k, q)
+    out = os.path.join(workdir, "out.raw")
+    run([NBDCOPY, unix_uri(ksock), out])
+    assert read_file(out) == read_file(img)
+    kiln.assert_clean_stop()
+    qemu.stop()

@@ -196,3 +196,44 @@ def test_control_daemon_serves_many_clients_by_default(workdir, servers):
     clients = [RawClient(sock).connect_export(name) for name in ("vm1", "vm2", "vm1", "vm2")]
     for c in clients:
         c.disc()
+
+
+def test_state_file_export_with_missing_image(workdir, servers):
+    """An image recorded in the state file that is gone at start does not stop kiln-nbd: the
+    other exports are served, the missing one is listed as failed (clients do not see it),
+    stays recorded, and remove-export forgets it."""
+    raw1, raw2 = build_raw(os.path.join(workdir, "a")), build_raw(os.path.join(workdir, "b"))
+    sock, ctl = os.path.join(workdir, "nbd.sock"), os.path.join(workdir, "ctl.sock")
+    state = os.path.join(workdir, "state.json")
+    srv = servers.kiln("-e", "0", "--state-file", state, sock=sock, control=ctl)
+    assert control(ctl, "add-export", name="vm1", path=raw1, format="raw") == {"ok": True}
+    assert control(ctl, "add-export", name="vm2", path=raw2, format="raw") == {"ok": True}
+    srv.assert_clean_stop()
+    os.unlink(raw2)
+
+    srv = servers.kiln("-e", "0", "--state-file", state, sock=sock, control=ctl)
+    listed = {e["name"]: e for e in control(ctl, "list-exports")["exports"]}
+    assert listed["vm1"]["state"] == "ready" and listed["vm1"]["size"] == os.path.getsize(raw1)
+    assert listed["vm2"]["state"] == "failed", listed
+    assert raw2 in listed["vm2"]["error"] and "No such file" in listed["vm2"]["error"], listed
+    assert "size" not in listed["vm2"]
+    assert "export 'vm2' is not served" in srv.log()
+    assert nbdinfo_size(sock, "vm1") == os.path.getsize(raw1)
+    assert nbdinfo_size(sock, "vm2") is None
+    exports = run([NBDINFO, "--list", "--json", unix_uri(sock)]).stdout
+    assert [e["export-name"] for e in json.loads(exports)["exports"]] == ["vm1"]
+    with RawClient(sock) as rc:
+        rc.start()
+        assert rc.go("vm2")[-1][0] == 0x80000006  # NBD_REP_ERR_UNKNOWN
+    r = control(ctl, "add-export", name="vm2", path=raw1, format="raw")
+    assert r["ok"] is False and "exists" in r["error"], r
+    # Still recorded while it is failed (the image may come back)...
+    assert sorted(e["name"] for e in json.load(open(state))["exports"]) == ["vm1", "vm2"]
+    # ...until it is removed.
+    assert control(ctl, "remove-export", name="vm2") == {"ok": True}
+    assert [e["name"] for e in json.load(open(state))["exports"]] == ["vm1"]
+    assert [e["name"] for e in control(ctl, "list-exports")["exports"]] == ["vm1"]
+    srv.assert_clean_stop()
+    srv = servers.kiln("-e", "0", "--state-file", state, sock=sock, control=ctl)
+    assert [e["name"] for e in control(ctl, "list-exports")["exports"]] == ["vm1"]
+    srv.assert_clean_stop()

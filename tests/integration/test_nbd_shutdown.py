@@ -211,6 +211,27 @@ def test_sighup_reopens_log(workdir, servers):
     (["-f", "vmdk", "IMG"], "vmdk"),
     (["IMG", "IMG"], "too many"),
     ([], "nothing to serve"),
+    # Numbers are whole, in range, and nothing else (qemu-nbd's "Invalid ..." errors).
+    (["--shared=abc", "IMG"], "Invalid shared 'abc'"),
+    (["-e", "-1", "IMG"], "Invalid shared '-1'"),
+    (["-e", "2x", "IMG"], "Invalid shared '2x'"),
+    (["-e", "", "IMG"], "Invalid shared ''"),
+    (["-p", "80x", "IMG"], "Invalid port '80x'"),
+    (["-p", "0", "IMG"], "Invalid port '0'"),
+    (["-p", "65536", "IMG"], "Invalid port '65536'"),
+    (["-p", " 80", "IMG"], "Invalid port ' 80'"),
+    (["--threads=abc", "IMG"], "Invalid threads 'abc'"),
+    (["--threads=0", "IMG"], "Invalid threads '0'"),
+    (["--threads=4x", "IMG"], "Invalid threads '4x'"),
+    (["--threads=99999999999999999999999", "IMG"], "Invalid threads"),
+    (["--handshake-timeout=soon", "IMG"], "Invalid handshake-timeout 'soon'"),
+    (["--handshake-timeout=-5", "IMG"], "Invalid handshake-timeout '-5'"),
+    (["--max-memory=lots", "IMG"], "Invalid max-memory 'lots'"),
+    (["--max-memory=1M", "IMG"], "Invalid max-memory '1M'"),
+    (["--socket-group=no-such-group-kiln", "IMG"], "unknown group"),
+    (["--allow-dir=/nonexistent/dir", "IMG"], "not a directory"),
+    (["--export", "x=IMG,owner=nobody"], "owner= needs socket="),
+    (["--export", "x=IMG,socket=/tmp/kiln-x.sock,owner=no-such-user-kiln"], "unknown user"),
 ])
 def test_bad_command_lines(workdir, args, words):
     img = os.path.join(workdir, "d.raw")
