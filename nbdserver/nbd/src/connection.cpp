@@ -103,26 +103,25 @@ Task<void> Connection::run() {
 }
 
 uint64_t Connection::request_cost(const Request& req, uint32_t max_block) const {
-  // What every request costs besides its data: the coroutine, the reply header.
-  constexpr uint64_t kOverhead = 512;
   switch (req.type) {
     case kCmdRead:
-      return kOverhead + (req.length <= max_block ? req.length : 0);
+      return kRequestOverhead + (req.length <= max_block ? req.length : 0);
     case kCmdWrite:
-      return kOverhead + (req.length <= max_block ? req.length : 0);
+      return kRequestOverhead + (req.length <= max_block ? req.length : 0);
     case kCmdBlockStatus: {
       // The largest reply do_block_status() builds: kMaxDescriptors for each context.
       const uint64_t contexts = (ctx_allocation_ ? 1 : 0) + (ctx_depth_ ? 1 : 0);
-      return kOverhead + contexts * (kStructuredReplySize + 4 + 8 * uint64_t(kMaxDescriptors));
+      return kRequestOverhead +
+             contexts * (kStructuredReplySize + 4 + 8 * uint64_t(kMaxDescriptors));
     }
     default:
-      return kOverhead;
+      return kRequestOverhead;
   }
 }
 
 bool Connection::try_reserve(uint64_t cost) {
   const ServerOptions& o = server_.options();
-  if (held_ == 0 && cost <= kGuaranteedRequestBytes) {
+  if (held_ == 0 && cost <= kGuaranteedCost) {
     // Progress for every client: an idle connection always gets one ordinary request,
     // whatever the others hold.
     server_.budget().force_take(cost);
@@ -148,7 +147,7 @@ Task<bool> Connection::reserve(uint64_t cost) {
     co_await room_.wait(*reactor_, [this, cost] {
       // Only a hint: the loop takes the bytes for real.
       const ServerOptions& o = server_.options();
-      return stopping_ || dead_ || (held_ == 0 && cost <= kGuaranteedRequestBytes) ||
+      return stopping_ || dead_ || (held_ == 0 && cost <= kGuaranteedCost) ||
              (held_ + cost <= std::max(o.max_connection_bytes, uint64_t(o.max_block)) &&
               server_.budget().used() + cost <= server_.budget().limit());
     });

@@ -132,6 +132,10 @@ class Connection {
 
 // Most descriptors one block-status reply carries per metadata context.
 constexpr uint32_t kMaxDescriptors = 32768;
+// What every request is charged besides its data: its coroutine, its reply's header.
+constexpr uint64_t kRequestOverhead = 512;
+// The most an idle connection may always take, whatever the others hold.
+constexpr uint64_t kGuaranteedCost = kGuaranteedRequestBytes + kRequestOverhead;
 
 // An errno as the NBD protocol spells it.
 uint32_t wire_error(int err);
