@@ -26,9 +26,10 @@ std::string probe_format(const std::string& path) {
 
 Task<std::unique_ptr<BlockDevice>> open_image(Reactor& reactor, const std::string& path,
                                               OpenOptions options) {
-  std::string format = options.format.empty() ? probe_format(path) : options.format;
+  const bool probed = options.format.empty();
+  std::string format = probed ? probe_format(path) : options.format;
   if (format == "raw") co_return open_raw(reactor, path, options.read_only, options.lock);
-  if (format == "qcow2") co_return co_await qcow2::Image::open(reactor, path, options, {});
+  if (format == "qcow2") co_return co_await qcow2::Image::open(reactor, path, options, {}, probed);
   throw Error(EINVAL, "unknown image format '" + format + "' (raw or qcow2)");
 }
 

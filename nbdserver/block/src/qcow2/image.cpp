@@ -55,7 +55,8 @@ Image::~Image() {
 }
 
 Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
-                                         const OpenOptions& opt, ChainIds chain) {
+                                         const OpenOptions& opt, ChainIds chain,
+                                         bool format_probed) {
   int fd = ::open(path.c_str(), (opt.read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
   if (fd < 0) fail(errno, path, std::string("cannot open: ") + strerror(errno));
   struct FdGuard {
@@ -79,6 +80,20 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
   Header h;
   if (auto err = parse_header(first, &h)) fail(EINVAL, path, *err);
   const uint64_t cs = h.cluster_size();
+
+  // A guest that owns a raw disk can write a qcow2 header into it that names a host file as
+  // backing (format raw): opened through probing, the host file would show through the
+  // guest's disk and be copied into it. Refuse before anything is read or written through the
+  // header; the user who knows the image is qcow2 says so. (External data files, the other
+  // way a header can name a host file, are refused for every image below.)
+  if (format_probed && !h.backing_file.empty() && opt.open_backing)
+    fail(EPERM, path,
+         "the image format was probed (no format given) and it names a backing file '" +
+             printable(h.backing_file) + "'" +
+             (h.backing_format ? " (format " + printable(*h.backing_format) + ")" : std::string()) +
+             "; refusing to open it, since a guest could have written this header into a raw "
+             "disk. If you trust this image, give its format explicitly (-f qcow2 / "
+             "--format=qcow2)");
 
   // Features we cannot honour are refused at open, by name.
   if (h.crypt_method != 0 || h.has_encryption_ext)
@@ -176,14 +191,14 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
     const Header& hh = img->h_;
     if (!hh.backing_format)
       fail(EINVAL, path,
-           "backing file '" + hh.backing_file +
+           "backing file '" + printable(hh.backing_file) +
                "' has no recorded format (backing format extension); refusing to probe it");
     if (chain.size() >= opt.max_chain_depth)
       fail(ELOOP, path,
            "backing chain is deeper than " + std::to_string(opt.max_chain_depth) + " images");
     std::string bpath = hh.backing_file;
     if (bpath.find(':') != std::string::npos && bpath.find('/') == std::string::npos)
-      fail(ENOTSUP, path, "backing file '" + bpath + "' is not a local file");
+      fail(ENOTSUP, path, "backing file '" + printable(bpath) + "' is not a local file");
     if (bpath[0] != '/') bpath = dirname_of(path) + "/" + bpath;
     OpenOptions bopt = opt;
     bopt.read_only = true;
@@ -192,7 +207,8 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
     } else if (*hh.backing_format == "raw") {
       img->backing_ = open_raw(r, bpath, true, bopt.lock);
     } else {
-      fail(ENOTSUP, path, "backing format '" + *hh.backing_format + "' is not supported");
+      fail(ENOTSUP, path,
+           "backing format '" + printable(*hh.backing_format) + "' is not supported");
     }
   }
   co_return img;

@@ -30,8 +30,11 @@ Task<void> run_check(Image& img, Repair repair, CheckResult* out);
 
 class Image final : public BlockDevice {
  public:
+  // `format_probed`: the caller found "qcow2" by probing the content, so the header may be a
+  // guest's forgery inside a raw disk: a backing file is refused rather than opened.
   static Task<std::unique_ptr<Image>> open(Reactor& r, const std::string& path,
-                                           const OpenOptions& opt, ChainIds chain);
+                                           const OpenOptions& opt, ChainIds chain,
+                                           bool format_probed = false);
   ~Image() override;
 
   uint64_t size() const override { return h_.size; }

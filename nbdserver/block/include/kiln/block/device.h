@@ -85,7 +85,10 @@ class BlockDevice {
 };
 
 struct OpenOptions {
-  std::string format;  // "raw", "qcow2", or empty to probe (top image only, never backings)
+  // "raw", "qcow2", or empty to probe the top image. A probed qcow2 image that names a
+  // backing file is refused (unless open_backing is false): its header may be a guest's
+  // forgery inside a raw disk. Backing formats are never probed.
+  std::string format;
   bool read_only = false;
   // Take QEMU-compatible advisory locks (see docs/block-layer.md). Turning them off is
   // qemu-img's -U (force share): allowed for read-only opens only.
@@ -102,7 +105,8 @@ struct OpenOptions {
 // directly (raw create, convert) call it before they truncate. The locks live with `fd`.
 void lock_image_file(int fd, const std::string& path, bool writable);
 
-// Opens an image and, for qcow2, its backing chain. Throws Error with a clear message.
+// Opens an image and, for qcow2, its backing chain. Throws Error with a clear message
+// (EPERM for a probed image that names a backing file).
 Task<std::unique_ptr<BlockDevice>> open_image(Reactor& reactor, const std::string& path,
                                               OpenOptions options);
 
