@@ -217,7 +217,7 @@ struct Checker {
       }
       if (changed) {
         // (A co_await inside a short-circuit condition is miscompiled by GCC 12.)
-        const int rc = co_await img.r_.write_full(img.fd_, block, off);
+        const int rc = co_await img.write_meta(block, off);
         if (rc < 0) problem(false, "cannot write refcount block");
       }
       covered = first + rb_entries;
@@ -255,11 +255,9 @@ struct Checker {
         set_refcount(&data[b * cs], i, order, v);
       }
     }
-    Reactor& r = img.r_;
-    if (int rc = co_await r.write_full(img.fd_, data, (start + tclusters) << cb); rc < 0)
-      co_return rc;
-    if (int rc = co_await r.write_full(img.fd_, table, start << cb); rc < 0) co_return rc;
-    if (int rc = co_await r.fsync(img.fd_, true); rc < 0) co_return rc;
+    if (int rc = co_await img.write_meta(data, (start + tclusters) << cb); rc < 0) co_return rc;
+    if (int rc = co_await img.write_meta(table, start << cb); rc < 0) co_return rc;
+    if (int rc = co_await img.sync_file(); rc < 0) co_return rc;
     img.h_.refcount_table_offset = start << cb;
     img.h_.refcount_table_clusters = uint32_t(tclusters);
     if (int rc = co_await img.write_header_fields(hdr::kRefcountTableOffset, 12); rc < 0)
@@ -284,8 +282,7 @@ struct Checker {
       if (!repair) continue;
       uint8_t be[8];
       store_be64(be, want ? f.entry | kOflagCopied : f.entry & ~kOflagCopied);
-      if (int rc = co_await img.r_.write_full(img.fd_, be, f.table_offset + f.index * 8); rc < 0)
-        co_return rc;
+      if (int rc = co_await img.write_meta(be, f.table_offset + f.index * 8); rc < 0) co_return rc;
       if (f.table_offset == img.h_.l1_table_offset) img.l1_[f.index] = load_be64(be);
       res.corruptions_fixed++;
     }
@@ -322,7 +319,13 @@ Task<void> run_check(Image& img, Repair repair, CheckResult* out) {
       co_await flags.fix_copied(true);
       first.corruptions_fixed += scratch.corruptions_fixed;
     }
-    if (can_repair) co_await img.r_.fsync(img.fd_, true);
+    if (can_repair) {
+      const int rc = co_await img.sync_file();
+      if (rc < 0) {
+        first.check_errors++;
+        first.messages.push_back("cannot sync the repairs: " + std::string(strerror(-rc)));
+      }
+    }
     img.l2_cache_.drop_range(0, ~uint64_t{0});
     img.rb_cache_.drop_range(0, ~uint64_t{0});
   }

@@ -173,6 +173,10 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
       // Refcounts may lag behind the tables (lazy refcounts, unclean shutdown): rebuild them.
       CheckResult res;
       co_await run_check(*img, Repair::kAll, &res);
+      if (img->poisoned_)
+        fail(-img->poisoned_, path,
+             std::string("image is dirty and repairing its refcounts failed: ") +
+                 strerror(-img->poisoned_));
       if (res.corruptions > res.corruptions_fixed)
         fail(EIO, path, "image is dirty and its refcounts could not be repaired");
       img->h_.incompatible_features &= ~kIncompatDirty;
@@ -231,9 +235,9 @@ Task<void> Image::load_tables() {
 Task<int> Image::write_header_fields(size_t offset, size_t length) {
   uint8_t buf[hdr::kV3Length + 8];
   serialize_header(h_, buf);
-  int rc = co_await r_.write_full(fd_, std::span<const uint8_t>(buf + offset, length), offset);
+  int rc = co_await write_meta(std::span<const uint8_t>(buf + offset, length), offset);
   if (rc < 0) co_return rc;
-  co_return co_await r_.fsync(fd_, true);
+  co_return co_await sync_file();
 }
 
 Task<int> Image::close() {

@@ -111,6 +111,14 @@ class Image final : public BlockDevice {
   Task<int> write_l2_and_l1(uint64_t safe);
   Task<int> make_room(SliceCache& cache);
   Task<int> write_header_fields(size_t offset, size_t length);
+  // Write-back I/O: metadata writes and fdatasync. A failure poisons the image (see flush.cpp):
+  // the kernel reports a lost write-back once, so nothing may claim durability afterwards.
+  Task<int> write_meta(std::span<const uint8_t> data, uint64_t offset);
+  Task<int> sync_file();
+  int poison(int rc) {
+    if (rc < 0 && !poisoned_) poisoned_ = rc;
+    return rc;
+  }
 
   // --- compressed clusters (compress.cpp) ---
   Task<int> read_compressed(uint64_t entry, std::span<uint8_t> cluster);
@@ -154,6 +162,7 @@ class Image final : public BlockDevice {
   };
   std::vector<PendingFree> frees_;
   bool unsynced_ = false;  // data written since the last fsync
+  int poisoned_ = 0;       // the first failed write-back: every later write and flush fails
   bool closed_ = false;
   bool in_flush_ = false;
 };

@@ -270,6 +270,7 @@ Task<void> Image::write_part(uint64_t gc, uint64_t in_off, std::span<const uint8
 
 Task<int> Image::write(uint64_t offset, std::span<const uint8_t> buf, unsigned flags) {
   if (read_only_) co_return -EPERM;
+  if (poisoned_) co_return -EIO;
   if (offset > h_.size || buf.size() > h_.size - offset) co_return -ENOSPC;
   const uint64_t first = cluster_of(offset);
   const uint64_t last = buf.empty() ? first : cluster_of(offset + buf.size() - 1);
@@ -346,6 +347,7 @@ Task<void> Image::zero_part(uint64_t gc, bool unmap, bool fast, bool discard, in
 
 Task<int> Image::write_zeroes(uint64_t offset, uint64_t length, unsigned flags) {
   if (read_only_) co_return -EPERM;
+  if (poisoned_) co_return -EIO;
   if (offset > h_.size || length > h_.size - offset) co_return -ENOSPC;
   const bool fast = flags & kWriteFastZero;
   const bool unmap = !(flags & kWriteNoUnmap);
@@ -396,6 +398,7 @@ Task<int> Image::write_zeroes(uint64_t offset, uint64_t length, unsigned flags) 
 
 Task<int> Image::discard(uint64_t offset, uint64_t length) {
   if (read_only_) co_return -EPERM;
+  if (poisoned_) co_return -EIO;
   if (offset > h_.size || length > h_.size - offset) co_return -EINVAL;
   uint64_t end = offset + length;
   if (end == h_.size) end = (end + cs_ - 1) & ~(cs_ - 1);
