@@ -241,7 +241,12 @@ Task<int> Image::free_now(uint64_t host_offset, uint64_t length) {
 Task<int> Image::apply_frees(uint64_t upto_gen) {
   std::vector<PendingFree> later;
   std::vector<PendingFree> now;
-  for (auto& f : frees_) (f.gen <= upto_gen ? now : later).push_back(f);
+  for (auto& f : frees_) {
+    // A cluster with an in-place write in flight is freed at a later flush (zero_cluster waits
+    // for those writes before it changes an entry, so this is a second line of defence).
+    const bool busy = !(f.entry & kOflagCompressed) && pinned(f.entry & kL2OffsetMask);
+    (f.gen <= upto_gen && !busy ? now : later).push_back(f);
+  }
   frees_ = std::move(later);
   int err = 0;
   for (auto& f : now) {

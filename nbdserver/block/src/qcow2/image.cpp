@@ -43,6 +43,7 @@ Image::Image(Reactor& r, std::string path, int fd, Header h, const OpenOptions& 
       rb_entries_(cs_ * 8 / h_.refcount_bits()),
       l2_cache_(std::min<uint64_t>(cs_, 4096), opt.l2_cache_bytes),
       rb_cache_(std::min<uint64_t>(cs_, 4096), opt.refcount_cache_bytes),
+      unpinned_(r),
       alloc_mutex_(r),
       flush_mutex_(r),
       meta_write_mutex_(r) {

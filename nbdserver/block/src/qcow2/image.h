@@ -8,6 +8,7 @@
 
 #include <sys/stat.h>
 
+#include <array>
 #include <memory>
 #include <set>
 #include <string>
@@ -87,6 +88,15 @@ class Image final : public BlockDevice {
   Task<ClusterLock> lock_cluster(uint64_t gc);
   void unlock_cluster(uint64_t gc);
 
+  // In-place writes in flight, counted per host cluster (hashed into kPinBuckets counters: no
+  // allocation on the fast path; a collision only makes a waiter wait a little longer). Before
+  // an entry stops pointing at a host cluster (zero, discard), its owner waits until no in-place
+  // write can still land there; a deferred free of a pinned cluster is put off to a later flush.
+  static constexpr size_t kPinBuckets = 256;
+  size_t pin_bucket(uint64_t host) const { return (host >> cb_) & (kPinBuckets - 1); }
+  bool pinned(uint64_t host) const { return pins_[pin_bucket(host)] != 0; }
+  Task<void> wait_unpinned(uint64_t host);
+
   // --- allocation and refcounts (alloc.cpp) ---
   Task<int> refcount(uint64_t cluster, uint64_t* value);
   Task<int> add_refcount(uint64_t cluster, int64_t delta);
@@ -145,6 +155,9 @@ class Image final : public BlockDevice {
   std::unique_ptr<BlockDevice> backing_;
 
   std::unordered_map<uint64_t, std::unique_ptr<WaitList>> busy_clusters_;
+  std::array<uint32_t, kPinBuckets> pins_{};      // in-place writes in flight
+  std::array<uint32_t, kPinBuckets> draining_{};  // waiters in wait_unpinned(): no new pins
+  WaitList unpinned_;
   std::unordered_map<uint32_t, std::unique_ptr<WaitList>> busy_l1_;
   AsyncMutex alloc_mutex_;
   AsyncMutex flush_mutex_;
