@@ -2,13 +2,16 @@
 line, without a crash, a sanitizer report, or a giant allocation (address space is limited
 in uninstrumented builds)."""
 
+import hashlib
+import json
 import os
 import struct
 
 import pytest
 
-from kiln_helpers import (MiB, assert_one_line_error, create_qcow2, header_get, header_set,
-                          kiln_img, kiln_io, make_raw, patch_bytes, qemu_io)
+from kiln_helpers import (KILN_IMG, KILN_IO, MiB, assert_one_line_error, create_qcow2, header_get,
+                          header_set, kiln_img, kiln_io, make_raw, patch_bytes, qemu_img, qemu_io,
+                          read_file, run)
 
 
 def good_image(d, name="img.qcow2", **kw):
@@ -237,3 +240,69 @@ def test_l2_entry_past_eof_reads_fail_cleanly(workdir):
     assert "Sanitizer" not in p.stderr and "runtime error" not in p.stderr, p.stderr
     if p.returncode:
         assert_one_line_error(p, "kiln-io")
+
+
+# --- A raw disk whose guest wrote a qcow2 header naming a host file -------------------------
+
+SECRET = b"HOST-SECRET root:$6$salt$hash:19000:0:99999:7:::\n"
+
+
+def probed_disk(d):
+    """A guest's raw disk holding a qcow2 header (as the guest could write it) that names a
+    host file, format raw, as backing file."""
+    secret = os.path.join(d, "shadow")
+    with open(secret, "wb") as f:
+        f.write(SECRET * 4096)
+    disk = os.path.join(d, "guest.raw")
+    qemu_img("create", "-q", "-f", "qcow2", "-b", secret, "-F", "raw", disk, "4M")
+    return disk, secret
+
+
+def sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+@pytest.mark.parametrize("args", [
+    ("kiln-io", ["{disk}", "-c", "read 0 64k"]),
+    ("kiln-io", ["-r", "{disk}", "-c", "read 0 64k"]),
+    ("kiln-io", ["{disk}", "-c", "write -P 1 100 10", "-c", "flush"]),
+    ("kiln-img", ["map", "{disk}"]),
+    ("kiln-img", ["map", "--output=json", "{disk}"]),
+    ("kiln-img", ["convert", "-O", "raw", "{disk}", "{out}"]),
+    ("kiln-img", ["info", "--backing-chain", "{disk}"]),
+], ids=["io-rw", "io-ro", "io-write", "map", "map-json", "convert", "info-chain"])
+def test_probed_image_naming_a_backing_file_is_refused(workdir, args):
+    """Without a format, the tools refuse the disk with one line naming the backing file and
+    telling how to give the format; the host file reaches neither the output nor the disk."""
+    tool, argv = args
+    disk, secret = probed_disk(workdir)
+    out = os.path.join(workdir, "out.raw")
+    before = sha256(disk)
+    argv = [a.format(disk=disk, out=out) for a in argv]
+    p = run([KILN_IO if tool == "kiln-io" else KILN_IMG, *argv], check=False)
+    assert SECRET not in (p.stdout + p.stderr).encode()
+    assert_one_line_error(p, tool)
+    assert f"backing file '{secret}'" in p.stderr and "-f qcow2" in p.stderr, p.stderr
+    assert sha256(disk) == before
+    assert not os.path.exists(out) or SECRET not in read_file(out)
+
+
+def test_probed_image_header_commands_still_work(workdir):
+    """info and check read the header only: they work on the probed disk, show the backing
+    file's name and open nothing. With an explicit format the tools do what they are told."""
+    disk, secret = probed_disk(workdir)
+    before = sha256(disk)
+    p = kiln_img("info", disk)
+    assert f"backing file: {secret}" in p.stdout and "backing file format: raw" in p.stdout
+    assert json.loads(kiln_img("info", "--output=json", disk).stdout)["backing-filename"] == secret
+    assert kiln_img("check", disk).returncode == 0
+    assert sha256(disk) == before
+    # Trusted as qcow2: the chain is opened (what the user asked for).
+    p = kiln_io(disk, "read -P 0x48 0 1", extra=["-r", "-f", "qcow2"])
+    assert p.returncode == 0
+    # As raw (what it really is): the guest's own bytes, the header among them.
+    dump = os.path.join(workdir, "dump.raw")
+    kiln_io(disk, f"dump {dump}", extra=["-r", "-f", "raw"])
+    assert read_file(dump)[:os.path.getsize(disk)] == read_file(disk)
+    assert SECRET not in read_file(dump)
