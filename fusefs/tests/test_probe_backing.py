@@ -11,7 +11,7 @@ import struct
 
 import pytest
 
-from fs_helpers import MiB, assert_one_line_error, kiln_fs, make_fs_image, sha256
+from fs_helpers import KILN_FS, MiB, assert_one_line_error, kiln_fs, make_fs_image, run, sha256
 
 SECRET = b"TENANT-B-SECRET-7f3e9a0c41d2"
 DISK_SIZE = 64 * MiB
@@ -88,7 +88,9 @@ def test_probed_disk_naming_a_backing_file_is_refused(workdir, disks, args):
     with open(host_file, "wb") as f:
         f.write(b"x" * 10000)
     before, secret_before = sha256(disk), sha256(secret_disk)
-    p = kiln_fs(*[a.format(disk=disk, host=host_file) for a in args], check=False)
+    # (Bounded: before the fix, inject through the forged header could run for minutes.)
+    p = run([KILN_FS, *[a.format(disk=disk, host=host_file) for a in args]], check=False,
+            timeout=120)
     assert SECRET not in p.stdout and SECRET not in p.stderr, p.stdout + p.stderr
     line = assert_one_line_error(p, "backing file", secret_disk, "--format=qcow2")
     print(f"\n  {line}")
