@@ -178,8 +178,15 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
         fail(-img->poisoned_, path,
              std::string("image is dirty and repairing its refcounts failed: ") +
                  strerror(-img->poisoned_));
-      if (res.corruptions > res.corruptions_fixed)
-        fail(EIO, path, "image is dirty and its refcounts could not be repaired");
+      // `res` describes the image after the repair: any corruption left is one it could not fix.
+      if (res.check_errors || res.corruptions) {
+        std::string why = check_stopped_reason(res);
+        for (const std::string& m : res.messages)
+          if (why.empty() && m.rfind("ERROR cannot rebuild", 0) == 0) why = m.substr(6);
+        fail(EIO, path,
+             "image is dirty and its refcounts could not be repaired" +
+                 (why.empty() ? std::string() : ": " + why));
+      }
       img->h_.incompatible_features &= ~kIncompatDirty;
       if (int rc = co_await img->write_header_fields(hdr::kIncompatibleFeatures, 8); rc < 0)
         fail(-rc, path, "cannot clear the dirty bit");

@@ -28,6 +28,8 @@ using ChainIds = std::vector<std::pair<dev_t, ino_t>>;
 class Image;
 // check.cpp: checks (and repairs) refcounts and tables of an open image.
 Task<void> run_check(Image& img, Repair repair, CheckResult* out);
+// Why a check stopped before it was complete (a bound on hostile images), or "".
+std::string check_stopped_reason(const CheckResult& r);
 
 class Image final : public BlockDevice {
  public:
