@@ -113,7 +113,10 @@ Task<std::unique_ptr<BlockDevice>> open_image(Reactor& reactor, const std::strin
 // "raw" or "qcow2", by content. Throws Error if the file cannot be read.
 std::string probe_format(const std::string& path);
 
-// Parses "10G", "512", "1.5M", "+1G" (the sign is left to the caller). Throws Error.
+// Parses a size: decimal digits, an optional fraction, an optional suffix b/k/M/G/T/P/E (either
+// case, powers of 1024): "512", "10G", "1.5M". The whole string must match, and the result be a
+// whole number of bytes below 2^64. Throws Error (EINVAL: not a size, ERANGE: too large) with
+// the reason; the caller names the argument.
 uint64_t parse_size(const std::string& text);
 
 }  // namespace kiln::block
