@@ -36,7 +36,9 @@ def fio(path, rw, seconds, qd=32):
 
 
 def kiln(bench, image, rw, seconds, qd=32):
-    out = run([bench, "--image", image, "--rw", rw, "--qd", str(qd), "--seconds", str(seconds)])
+    # The overlay's format is given: a probed image that names a backing file is refused.
+    out = run([bench, "--image", image, "--format", "qcow2", "--rw", rw, "--qd", str(qd),
+               "--seconds", str(seconds)])
     r = json.loads(out)
     r["cpu"] = r["cpu_seconds"] / max(r["seconds"], 1e-9)
     return r

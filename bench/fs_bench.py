@@ -93,7 +93,7 @@ def fresh_overlay(d, base, name="vm.qcow2"):
 def verify(kiln_fs, overlay, inputs, what):
     """The job really happened: the overlay holds the hostname, the key and the files."""
     def cat(path):
-        return sh(kiln_fs, "cat", overlay, path).stdout
+        return sh(kiln_fs, "cat", "--format", "qcow2", overlay, path).stdout
     problems = []
     if cat("/etc/hostname").strip() != "vm-01.example.org":
         problems.append("hostname")
@@ -109,13 +109,14 @@ def verify(kiln_fs, overlay, inputs, what):
 
 def bench_kiln(d, base, kiln_fs, runs, inputs):
     m = Median("kiln-fs inject", "whole process: open qcow2 + ext4, inject, flush, close")
-    args = [kiln_fs, "inject", None, "--ssh-key", f"root:{inputs['key']}",
+    # The overlay's format is given: a probed image that names a backing file is refused.
+    args = [kiln_fs, "inject", "--format", "qcow2", None, "--ssh-key", f"root:{inputs['key']}",
             "--hostname", "vm-01.example.org"]
     for i, f in enumerate(inputs["files"]):
         args += ["--file", f"/etc/kiln/file{i}={f}:0644"]
     for _ in range(runs + 2):
         ov = fresh_overlay(d, base)
-        args[2] = ov
+        args[4] = ov
         sh("sync")
         t0 = time.perf_counter()
         sh(*args)

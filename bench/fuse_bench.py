@@ -186,7 +186,7 @@ def main():
                     sh("qemu-img", "convert", "-O", "qcow2", raw, base)
                     sh("qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2",
                        overlay)
-                    target = KilnMount([args.kiln_fs, "mount"], overlay,
+                    target = KilnMount([args.kiln_fs, "mount", "--format", "qcow2"], overlay,
                                        "kiln-fs mount (qcow2 overlay)")
                 try:
                     r = run_once(target, mnt, args.size_mib, tarball, args.files)

@@ -25,7 +25,7 @@ $bin/tools/kiln-img create -f qcow2 -b base.qcow2 -F qcow2 "$work/overlay.qcow2"
 
 step "Serve the overlay with kiln-nbd (export 'demo' on a Unix socket)"
 sock="$work/nbd.sock"
-$bin/kiln-nbd/kiln-nbd --fork --pid-file "$work/kiln-nbd.pid" -t -e 0 -k "$sock" -x demo \
+$bin/kiln-nbd/kiln-nbd --fork --pid-file "$work/kiln-nbd.pid" -t -e 0 -k "$sock" -x demo -f qcow2 \
   -D "Kiln demo overlay" --log "$work/kiln-nbd.log" "$work/overlay.qcow2"
 pid=$(cat "$work/kiln-nbd.pid")
 uri="nbd+unix:///demo?socket=$sock"
@@ -46,7 +46,7 @@ kill -TERM "$pid"
 while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
 pid=
 $bin/tools/kiln-img check "$work/overlay.qcow2"
-$bin/tools/kiln-img map "$work/overlay.qcow2"
+$bin/tools/kiln-img map -f qcow2 "$work/overlay.qcow2"
 echo
 echo "kiln-nbd's log:"
 sed 's/^/  /' "$work/kiln-nbd.log"

@@ -54,8 +54,8 @@ def test_corrupt_superblock_checksum(workdir, tree):
     base, _, off, _ = make_disk(workdir, "whole", "ext4", tree)  # metadata_csum
     patch(base, off + SB + 0x78, b"tampered")  # the volume label, under the checksum
     ov = make_overlay(base, os.path.join(workdir, "vm.qcow2"))
-    refused([base, ov], ["inject", ov, *INJECT], "superblock is corrupt")
-    refused([base, ov], ["ls", ov, "/"], "superblock is corrupt")
+    refused([base, ov], ["inject", "--format", "qcow2", ov, *INJECT], "superblock is corrupt")
+    refused([base, ov], ["ls", "--format", "qcow2", ov, "/"], "superblock is corrupt")
 
 
 @pytest.mark.parametrize("field,value", [(0x18, 30), (0x28, 0), (0x20, 0)],
@@ -64,8 +64,8 @@ def test_corrupt_superblock_fields(workdir, tree, field, value):
     base, number, off, _ = make_disk(workdir, "mbr", "ext2", tree)  # no checksums to trip
     patch(base, off + SB + field, struct.pack("<I", value))
     ov = make_overlay(base, os.path.join(workdir, "vm.qcow2"))
-    refused([base, ov], ["inject", ov, *INJECT], f"partition {number}", "ext2")
-    refused([base, ov], ["cat", ov, "/etc/passwd"], f"partition {number}")
+    refused([base, ov], ["inject", "--format", "qcow2", ov, *INJECT], f"partition {number}", "ext2")
+    refused([base, ov], ["cat", "--format", "qcow2", ov, "/etc/passwd"], f"partition {number}")
 
 
 def test_zeroed_magic_is_no_filesystem(workdir, tree):
@@ -86,9 +86,10 @@ def test_journal_needs_recovery_refused_but_readable(workdir, tree):
     base, _, _, _ = make_disk(workdir, "whole", "ext4", tree)
     run(["debugfs", "-w", "-R", "feature needs_recovery", base])
     ov = make_overlay(base, os.path.join(workdir, "vm.qcow2"))
-    refused([base, ov], ["inject", ov, *INJECT], "journal needs recovery", "--ro")
+    refused([base, ov], ["inject", "--format", "qcow2", ov, *INJECT], "journal needs recovery",
+            "--ro")
     # Read-only use works (ls/cat/stat are read-only).
-    assert kiln_fs("cat", ov, "/etc/hostname").stdout == b"debian\n"
+    assert kiln_fs("cat", "--format", "qcow2", ov, "/etc/hostname").stdout == b"debian\n"
 
 
 def test_errors_recorded_refused(workdir, tree):
@@ -182,8 +183,8 @@ def test_gpt_primary_header_bad_crc(workdir, tree):
     base, _, _, _ = make_disk(workdir, "gpt", "ext4", tree)
     patch(base, 512 + 16, b"\x12\x34\x56\x78")  # the header's CRC field itself
     ov = make_overlay(base, os.path.join(workdir, "vm.qcow2"))
-    refused([base, ov], ["inject", ov, *INJECT], "primary GPT header", "CRC")
-    refused([base, ov], ["list", ov], "primary GPT header", "CRC")
+    refused([base, ov], ["inject", "--format", "qcow2", ov, *INJECT], "primary GPT header", "CRC")
+    refused([base, ov], ["list", "--format", "qcow2", ov], "primary GPT header", "CRC")
 
 
 def test_gpt_entry_array_bad_crc(workdir, tree):
@@ -252,9 +253,9 @@ def test_missing_user_for_ssh_key(workdir, tree):
     with open(key, "w") as f:
         f.write("ssh-ed25519 AAAAC3Nza carol@host\n")
     # Earlier operations of the same call are not applied either.
-    refused([base, ov], ["inject", ov, "--hostname", "vm1", "--mkdir", "/a/b",
+    refused([base, ov], ["inject", "--format", "qcow2", ov, "--hostname", "vm1", "--mkdir", "/a/b",
                          "--ssh-key", "carol:" + key], "no user 'carol'", "/etc/passwd")
-    assert kiln_fs("cat", ov, "/etc/hostname").stdout == b"debian\n"
+    assert kiln_fs("cat", "--format", "qcow2", ov, "/etc/hostname").stdout == b"debian\n"
 
 
 def test_missing_user_for_password(workdir, tree):
@@ -279,7 +280,7 @@ def test_missing_user_for_password(workdir, tree):
 def test_bad_operations(workdir, tree, args, needles):
     base, _, _, _ = make_disk(workdir, "whole", "ext4", tree)
     ov = make_overlay(base, os.path.join(workdir, "vm.qcow2"))
-    refused([base, ov], ["inject", ov, "--hostname", "first", *args], *needles)
+    refused([base, ov], ["inject", "--format", "qcow2", ov, "--hostname", "first", *args], *needles)
 
 
 def test_image_locked_by_another_writer(workdir, tree):
@@ -287,9 +288,10 @@ def test_image_locked_by_another_writer(workdir, tree):
     ov = make_overlay(base, os.path.join(workdir, "vm.qcow2"))
     with open(ov, "rb") as holder:
         fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        refused([base, ov], ["inject", ov, *INJECT], "in use by another process")
+        refused([base, ov], ["inject", "--format", "qcow2", ov, *INJECT],
+                "in use by another process")
         # Readers do not lock.
-        assert kiln_fs("cat", ov, "/etc/hostname").stdout == b"debian\n"
+        assert kiln_fs("cat", "--format", "qcow2", ov, "/etc/hostname").stdout == b"debian\n"
 
 
 def test_missing_image(workdir):

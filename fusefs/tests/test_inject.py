@@ -110,7 +110,7 @@ def test_inject_matches_kernel_view(workdir, layout, variant):
 
     overlay = make_overlay(base, os.path.join(workdir, "vm.qcow2"))
     part = ["--partition", str(number)] if number else []
-    kiln_fs("inject", overlay, *inject_args(workdir), *part)
+    kiln_fs("inject", "--format", "qcow2", overlay, *inject_args(workdir), *part)
 
     want = expected_after(before)
     check_image(workdir, overlay, offset, length, want, "after")
@@ -119,7 +119,7 @@ def test_inject_matches_kernel_view(workdir, layout, variant):
     run(["qemu-img", "check", "-q", overlay])
 
     # Without --partition kiln-fs finds the only ext filesystem itself.
-    p = kiln_fs("cat", overlay, "/etc/hosts")
+    p = kiln_fs("cat", "--format", "qcow2", overlay, "/etc/hosts")
     assert p.stdout == HOSTS_AFTER
 
 
@@ -128,12 +128,14 @@ def test_inject_twice_is_idempotent_for_keys(workdir):
     base, _, offset, length = make_disk(workdir, "whole", "ext4", tree)
     overlay = make_overlay(base, os.path.join(workdir, "vm.qcow2"))
     key = write(os.path.join(workdir, "k.pub"), KEY1)
-    kiln_fs("inject", overlay, "--ssh-key", "alice:" + key)
-    kiln_fs("inject", overlay, "--ssh-key", "alice:" + key, "--hostname", "one")
-    kiln_fs("inject", overlay, "--hostname", "two")
-    assert kiln_fs("cat", overlay, "/home/alice/.ssh/authorized_keys").stdout == KEY1
-    assert kiln_fs("cat", overlay, "/etc/hostname").stdout == b"two\n"
-    hosts = kiln_fs("cat", overlay, "/etc/hosts").stdout
+    kiln_fs("inject", "--format", "qcow2", overlay, "--ssh-key", "alice:" + key)
+    kiln_fs("inject", "--format", "qcow2", overlay, "--ssh-key", "alice:" + key,
+            "--hostname", "one")
+    kiln_fs("inject", "--format", "qcow2", overlay, "--hostname", "two")
+    keys = kiln_fs("cat", "--format", "qcow2", overlay, "/home/alice/.ssh/authorized_keys")
+    assert keys.stdout == KEY1
+    assert kiln_fs("cat", "--format", "qcow2", overlay, "/etc/hostname").stdout == b"two\n"
+    hosts = kiln_fs("cat", "--format", "qcow2", overlay, "/etc/hosts").stdout
     assert hosts.count(b"127.0.1.1") == 1 and b"127.0.1.1\ttwo\n" in hosts, hosts
     raw = to_raw(overlay, os.path.join(workdir, "out.raw"))
     e2fsck_clean(raw)
@@ -152,7 +154,7 @@ def test_large_file_and_full_directory(workdir, variant):
     small = write(os.path.join(workdir, "small"), b"x")
     for i in range(200):
         args += ["--file", f"/srv/many/new-{i:04d}-{'m' * 60}={small}"]
-    kiln_fs("inject", overlay, *args)
+    kiln_fs("inject", "--format", "qcow2", overlay, *args)
     raw = to_raw(overlay, os.path.join(workdir, "out.raw"))
     e2fsck_clean(raw)
     with loop_mount(raw, offset, length, workdir) as mnt:
@@ -188,14 +190,15 @@ def test_symlinks_refused_unless_followed(workdir):
     from fs_helpers import assert_one_line_error
     # A link in a parent directory, and a link as the file itself.
     for target in ["/srv/etc-rel/new-file", "/etc/hosts.link"]:
-        p = kiln_fs("inject", overlay, "--file", f"{target}={data}", check=False)
+        p = kiln_fs("inject", "--format", "qcow2", overlay, "--file", f"{target}={data}",
+                    check=False)
         assert_one_line_error(p, "symbolic link", "--follow-symlinks")
         assert sha256(overlay) == before
     # With --follow-symlinks: resolved inside the guest ("../etc" from /srv, "/etc/hosts" is
     # the guest's own), never on the host.
     host_hosts = sha256("/etc/hosts")
-    kiln_fs("inject", overlay, "--follow-symlinks", "--file", f"/srv/etc-rel/new-file={data}",
-            "--file", f"/etc/hosts.link={data}")
+    kiln_fs("inject", "--format", "qcow2", overlay, "--follow-symlinks",
+            "--file", f"/srv/etc-rel/new-file={data}", "--file", f"/etc/hosts.link={data}")
     assert sha256("/etc/hosts") == host_hosts
     raw = to_raw(overlay, os.path.join(workdir, "out.raw"))
     e2fsck_clean(raw)
@@ -215,8 +218,8 @@ def test_delete_symlink_removes_the_link_only(workdir):
     tree = make_guest_tree(os.path.join(workdir, "tree"))
     base, _, offset, length = make_disk(workdir, "whole", "ext4", tree)
     overlay = make_overlay(base, os.path.join(workdir, "vm.qcow2"))
-    kiln_fs("inject", overlay, "--delete", "/etc/hosts.link", "--delete", "/srv/slow-link",
-            "--delete", "/srv/etc-rel")
+    kiln_fs("inject", "--format", "qcow2", overlay, "--delete", "/etc/hosts.link",
+            "--delete", "/srv/slow-link", "--delete", "/srv/etc-rel")
     raw = to_raw(overlay, os.path.join(workdir, "out.raw"))
     e2fsck_clean(raw)
     with loop_mount(raw, offset, length, workdir) as mnt:
@@ -235,13 +238,13 @@ def test_qcow2_backing_chain(workdir):
     mid = os.path.join(workdir, "mid.qcow2")
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", raw, "-F", "raw", mid])
     # Something in the middle layer too: the hostname, written through the chain.
-    kiln_fs("inject", mid, "--hostname", "middle")
+    kiln_fs("inject", "--format", "qcow2", mid, "--hostname", "middle")
     hashes = {p: sha256(p) for p in (raw, mid)}
     top = os.path.join(workdir, "top.qcow2")
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", mid, "-F", "qcow2", top])
     with loop_mount(raw, offset, length, workdir, "mnt-before") as mnt:
         before = snapshot(mnt)
-    kiln_fs("inject", top, *inject_args(workdir), "--partition", str(number))
+    kiln_fs("inject", "--format", "qcow2", top, *inject_args(workdir), "--partition", str(number))
     assert {p: sha256(p) for p in (raw, mid)} == hashes, "a backing image changed"
     want = expected_after(before)
     check_image(workdir, top, offset, length, want, "top")
@@ -266,7 +269,7 @@ def test_indexed_directory(workdir):
         args += ["--file", f"/srv/many/added-{i:04d}-{'q' * 50}={small}"]
     for i in range(0, 300, 3):
         args += ["--delete", f"/srv/many/file-{i:04d}-{'n' * 40}"]
-    kiln_fs("inject", overlay, *args)
+    kiln_fs("inject", "--format", "qcow2", overlay, *args)
     raw = to_raw(overlay, os.path.join(workdir, "out.raw"))
     e2fsck_clean(raw)
     with loop_mount(raw, offset, length, workdir) as mnt:
@@ -289,13 +292,15 @@ def test_parallel_injections_on_overlays_of_one_base(workdir):
     base_hash = sha256(base)
     key = write(os.path.join(workdir, "k.pub"), KEY1)
     overlays = [make_overlay(base, os.path.join(workdir, f"vm{i}.qcow2")) for i in range(6)]
-    procs = [subprocess.Popen([KILN_FS, "inject", ov, "--hostname", f"vm{i}", "--ssh-key",
-                               "root:" + key], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    procs = [subprocess.Popen([KILN_FS, "inject", "--format", "qcow2", ov, "--hostname", f"vm{i}",
+                               "--ssh-key", "root:" + key],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
              for i, ov in enumerate(overlays)]
     for p in procs:
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err.decode()
     for i, ov in enumerate(overlays):
-        assert kiln_fs("cat", ov, "/etc/hostname").stdout == f"vm{i}\n".encode()
-        assert kiln_fs("cat", ov, "/root/.ssh/authorized_keys").stdout == KEY1
+        hostname = kiln_fs("cat", "--format", "qcow2", ov, "/etc/hostname").stdout
+        assert hostname == f"vm{i}\n".encode()
+        assert kiln_fs("cat", "--format", "qcow2", ov, "/root/.ssh/authorized_keys").stdout == KEY1
     assert sha256(base) == base_hash

@@ -80,7 +80,7 @@ def test_list_matches_util_linux(workdir, layout, variant):
             d.seek(parts[other]["start"] * 512)
             d.write(s.read())
     overlay = make_overlay(base, os.path.join(workdir, "vm.qcow2"))
-    got = json.loads(kiln_fs("list", "--json", overlay).stdout)
+    got = json.loads(kiln_fs("list", "--json", "--format", "qcow2", overlay).stdout)
     assert got["size"] == os.path.getsize(base)
     if layout == "whole":
         assert got["scheme"] == "none"

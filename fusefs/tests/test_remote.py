@@ -44,7 +44,7 @@ def test_remote_injection_matches_local(workdir, servers):
     via_tcp = make_overlay(base, os.path.join(workdir, "tcp.qcow2"))
     args = inject_args(workdir)
 
-    kiln_fs("inject", local, *args)
+    kiln_fs("inject", "--format", "qcow2", local, *args)
 
     sock = os.path.join(workdir, "nbd.sock")
     srv = servers.kiln("-x", "vm1", "-f", "qcow2", "-t", via_unix, sock=sock)

@@ -123,7 +123,7 @@ int img_convert(int argc, char** argv) {
 
   auto& reactor = kiln::block::Reactor::current();
   kiln::block::OpenOptions opts;
-  opts.format = resolve_format(format, src);
+  opts.format = valid_format(format);
   opts.read_only = true;
   opts.lock = !force_share;
   auto dev = reactor.run(kiln::block::open_image(reactor, src, opts));

@@ -32,6 +32,10 @@ struct CreateArgs {
 
 bool is_power_of_two(uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
 
+// As qemu-img, the image is a whole number of 512-byte sectors (the size printed is the one
+// given). Sizes are at most 2^63 - 1, so this cannot overflow.
+uint64_t whole_sectors(uint64_t size) { return (size + 511) / 512 * 512; }
+
 // Parses one -o argument: comma-separated key=value pairs (",," escapes a comma).
 void parse_o(const std::string& text, CreateArgs& a, const std::string& file) {
   std::vector<std::string> items;
@@ -58,8 +62,10 @@ void parse_o(const std::string& text, CreateArgs& a, const std::string& file) {
     if (eq == std::string::npos)
       throw ToolError(file + ": Invalid parameter '" + key + "' (expected key=value)");
     if (key == "cluster_size") {
+      parse_size_arg(value, "cluster size");  // checked now: an empty value is no default
       a.cluster_size = value;
     } else if (key == "refcount_bits") {
+      parse_uint(value, 1u << 20, "refcount_bits");
       a.refcount_bits = value;
     } else if (key == "compat") {
       a.compat = value;
@@ -224,7 +230,7 @@ int img_create(int argc, char** argv) {
     if (!a.quiet)
       std::printf("Formatting '%s', fmt=raw size=%" PRIu64 "\n", a.file.c_str(), *a.size);
     std::fflush(stdout);
-    create_raw(a.file, *a.size);
+    create_raw(a.file, whole_sectors(*a.size));
     return 0;
   }
 
@@ -243,7 +249,7 @@ int img_create(int argc, char** argv) {
     }
   }
   if (!a.size) throw ToolError(a.file + ": Image creation needs a size parameter");
-  opts.size = *a.size;
+  opts.size = whole_sectors(*a.size);
   if (!a.quiet) {
     std::string line = "Formatting '" + a.file +
                        "', fmt=qcow2 cluster_size=" + std::to_string(opts.cluster_size) +

@@ -212,6 +212,16 @@ int img_info(int argc, char** argv) {
     infos.push_back(collect(cur, cur_format, !force_share));
     const ImageInfo& last = infos.back();
     if (!chain || !last.is_qcow2 || last.q.backing_file.empty()) break;
+    // Walking the chain opens the backing files. The header of a probed image may be a
+    // guest's forgery inside a raw disk, naming any host file: follow it only when told.
+    if (format.empty())
+      throw ToolError("'" + path +
+                      "': the image format was probed (no format given) and it "
+                      "names a backing file '" +
+                      kiln::block::qcow2::printable(last.q.backing_file) +
+                      "'; refusing to open it for --backing-chain, since a guest could have "
+                      "written this header into a raw disk. If you trust this image, give its "
+                      "format explicitly (-f qcow2)");
     if (last.q.backing_format.empty())
       throw ToolError("Backing file '" + last.full_backing + "' of '" + cur +
                       "' has no backing format in the image header (refusing to probe)");

@@ -112,13 +112,13 @@ int img_map(int argc, char** argv) {
 
   auto& reactor = kiln::block::Reactor::current();
   kiln::block::OpenOptions opts;
-  opts.format = resolve_format(format, path);
+  opts.format = valid_format(format);
   opts.read_only = true;
   opts.lock = !force_share;
   auto dev = reactor.run(kiln::block::open_image(reactor, path, opts));
   std::vector<std::string> names;
   if (out == OutputFormat::kHuman)
-    names = chain_filenames(path, opts.format, dev->chain_length(), opts.lock);
+    names = chain_filenames(path, dev->format(), dev->chain_length(), opts.lock);
 
   if (out == OutputFormat::kHuman)
     std::printf("%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to", "File");

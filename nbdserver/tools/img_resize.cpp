@@ -50,7 +50,10 @@ int img_resize(int argc, char** argv) {
 
   auto& reactor = kiln::block::Reactor::current();
   kiln::block::OpenOptions opts;
-  opts.format = resolve_format(format, path);
+  opts.format = valid_format(format);
+  // Growing changes this image's header and L1 table only: the backing chain is not needed,
+  // so it is not opened (a probed image then needs no trust in the files its header names).
+  opts.open_backing = false;
   auto dev = reactor.run(kiln::block::open_image(reactor, path, opts));
   const uint64_t current = dev->size();
   uint64_t target;

@@ -20,11 +20,15 @@ OutputFormat parse_output_format(const std::string& value) {
   throw ToolError("--output must be used with human or json as argument.");
 }
 
-std::string resolve_format(const std::string& requested, const std::string& path) {
-  if (requested.empty()) return kiln::block::probe_format(path);
-  if (requested != "raw" && requested != "qcow2")
+std::string valid_format(const std::string& requested) {
+  if (!requested.empty() && requested != "raw" && requested != "qcow2")
     throw ToolError("Unknown file format '" + requested + "' (supported: qcow2, raw)");
   return requested;
+}
+
+std::string resolve_format(const std::string& requested, const std::string& path) {
+  if (requested.empty()) return kiln::block::probe_format(path);
+  return valid_format(requested);
 }
 
 void bad_option(int optopt_char, const char* arg) {

@@ -309,7 +309,9 @@ int run(int argc, char** argv) {
         o.commands.push_back(optarg);
         break;
       case kOptL2:
-        o.l2_cache = static_cast<size_t>(parse_size_arg(optarg, "L2 cache size"));
+        o.l2_cache =
+            static_cast<size_t>(parse_size_arg(optarg, "L2 cache size", uint64_t{1} << 40));
+        if (o.l2_cache == 0) throw ToolError("Invalid L2 cache size '0': must be at least 1");
         break;
       case kOptScript:
         o.script = optarg;

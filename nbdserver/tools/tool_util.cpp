@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cinttypes>
 #include <cstdio>
@@ -37,26 +38,43 @@ std::string human_size(uint64_t bytes) {
   return buf;
 }
 
-uint64_t parse_size_arg(const std::string& text, const char* what) {
-  if (text.empty() || text[0] == '-' || text[0] == '+')
-    throw ToolError(std::string("Invalid ") + what + " '" + text +
-                    "': expected a non-negative number with an optional k, M, G or T suffix");
+namespace {
+[[noreturn]] void invalid(const char* what, const std::string& text, const std::string& why) {
+  throw ToolError(std::string("Invalid ") + what + " '" + text + "': " + why);
+}
+}  // namespace
+
+uint64_t parse_size_arg(const std::string& text, const char* what, uint64_t max) {
+  uint64_t v;
   try {
-    return kiln::block::parse_size(text);
-  } catch (const kiln::block::Error&) {
-    throw ToolError(std::string("Invalid ") + what + " '" + text +
-                    "': expected a non-negative number with an optional k, M, G or T suffix");
+    v = kiln::block::parse_size(text);
+  } catch (const kiln::block::Error& e) {
+    if (e.code() == ERANGE) invalid(what, text, "must be at most " + std::to_string(max));
+    invalid(what, text, e.what());
   }
+  if (v > max) invalid(what, text, "must be at most " + std::to_string(max));
+  return v;
 }
 
 uint64_t parse_uint(const std::string& text, uint64_t max, const char* what) {
-  errno = 0;
-  char* end = nullptr;
-  if (text.empty() || text[0] == '-' || text[0] == '+' || text[0] == ' ')
-    throw ToolError(std::string("Invalid ") + what + " '" + text + "'");
-  unsigned long long v = std::strtoull(text.c_str(), &end, 0);
-  if (errno != 0 || *end != '\0' || v > max)
-    throw ToolError(std::string("Invalid ") + what + " '" + text + "'");
+  const bool hex = text.size() > 2 && text[0] == '0' && (text[1] == 'x' || text[1] == 'X');
+  const size_t first = hex ? 2 : 0;
+  const char* digits = hex ? "0123456789abcdefABCDEF" : "0123456789";
+  if (text.size() == first || text.find_first_not_of(digits, first) != std::string::npos)
+    invalid(what, text, "expected a decimal number, or 0x and hexadecimal digits");
+  if (!hex && text.size() > 1 && text[0] == '0')
+    invalid(what, text, "a leading zero is ambiguous (octal?): write it without");
+  uint64_t v = 0;
+  for (size_t i = first; i < text.size(); ++i) {
+    const unsigned d =
+        hex ? unsigned(std::isdigit(static_cast<unsigned char>(text[i]))
+                           ? text[i] - '0'
+                           : (std::tolower(static_cast<unsigned char>(text[i])) - 'a' + 10))
+            : unsigned(text[i] - '0');
+    if (d > max || v > (max - d) / (hex ? 16 : 10))
+      invalid(what, text, "must be at most " + std::to_string(max));
+    v = v * (hex ? 16 : 10) + d;
+  }
   return v;
 }
 

@@ -40,10 +40,15 @@ class ToolError : public std::runtime_error {
 // "396 KiB", "1 GiB", "0 B": three significant digits, binary units, as qemu-img prints.
 std::string human_size(uint64_t bytes);
 
-// A size argument with an optional k/M/G/T suffix; `what` names it in the error.
-uint64_t parse_size_arg(const std::string& text, const char* what);
+// Numbers on the command line are parsed strictly: the whole argument, no sign, no spaces, in
+// range; anything else is a ToolError (exit code 1, as qemu-img) naming the argument and why.
 
-// A non-negative integer (decimal or 0x-hex) no larger than `max`.
+// A size (block::parse_size: "512", "64k", "1.5G") no larger than `max`; `what` names it.
+uint64_t parse_size_arg(const std::string& text, const char* what,
+                        uint64_t max = uint64_t{INT64_MAX});
+
+// A non-negative integer, decimal (no leading zeros: "010" is not guessed to be octal) or
+// 0x-hexadecimal, no larger than `max`.
 uint64_t parse_uint(const std::string& text, uint64_t max, const char* what);
 
 // The path of `relative` seen from the directory of `base` (as qemu resolves backing files).

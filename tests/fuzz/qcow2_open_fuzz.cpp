@@ -1,10 +1,7 @@
-// libFuzzer target for the image opener: the input is written to a temporary file and opened
-// as qcow2, read-only, without its backing file; a few ranges are read and their block status
-// asked. Any outcome but a crash, a sanitizer report or a leak is fine.
-#include <stdlib.h>
-#include <sys/mman.h>
-#include <unistd.h>
-
+// libFuzzer target for the image opener: the input is written to a file (an image, or a sparse
+// description of a large one: fuzz_file.h) and opened as qcow2, read-only, without its backing
+// file; a few ranges are read and their block status asked. Any outcome but a crash, a
+// sanitizer report or a leak is fine.
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -12,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "fuzz_file.h"
 #include "kiln/block/device.h"
 
 namespace {
@@ -19,34 +17,6 @@ namespace {
 using kiln::block::BlockDevice;
 using kiln::block::Reactor;
 using kiln::block::Task;
-
-// One in-memory file for the whole run, rewritten for every input and opened by the block layer
-// through /proc, so nothing is left behind however the fuzzer exits.
-int memory_file() {
-  static const int fd = [] {
-    int f = memfd_create("kiln-fuzz", MFD_CLOEXEC);
-    if (f < 0) abort();
-    return f;
-  }();
-  return fd;
-}
-
-const std::string& temp_path() {
-  static const std::string path = "/proc/self/fd/" + std::to_string(memory_file());
-  return path;
-}
-
-bool write_input(const uint8_t* data, size_t size) {
-  const int fd = memory_file();
-  if (ftruncate(fd, 0) != 0) return false;
-  size_t done = 0;
-  while (done < size) {
-    ssize_t n = pwrite(fd, data + done, size - done, static_cast<off_t>(done));
-    if (n <= 0) return false;
-    done += static_cast<size_t>(n);
-  }
-  return true;
-}
 
 Task<void> exercise(BlockDevice& dev) {
   const uint64_t size = dev.size();
@@ -65,8 +35,7 @@ Task<void> exercise(BlockDevice& dev) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  if (size > (1u << 20)) return -1;
-  if (!write_input(data, size)) return 0;
+  if (!kiln::fuzz::write_input(data, size)) return -1;
   Reactor& reactor = Reactor::current();
   kiln::block::OpenOptions opts;
   opts.format = "qcow2";
@@ -76,7 +45,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   opts.refcount_cache_bytes = 64 * 1024;
   try {
     std::unique_ptr<BlockDevice> dev =
-        reactor.run(kiln::block::open_image(reactor, temp_path(), opts));
+        reactor.run(kiln::block::open_image(reactor, kiln::fuzz::temp_path(), opts));
     reactor.run(exercise(*dev));
   } catch (const kiln::block::Error&) {
     // Refused images are the expected outcome for most inputs.

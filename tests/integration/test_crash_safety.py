@@ -65,7 +65,7 @@ def verify(previous, ops, flushed_upto, actual, what):
 
 
 def run_and_kill(img, script, nops, rng, parallel, workdir):
-    args = [KILN_IO, img, "--script", script]
+    args = [KILN_IO, "-f", "qcow2", img, "--script", script]
     if parallel:
         args += ["--parallel", str(parallel)]
     # stderr goes to a file: mixing buffered readline() on stdout with communicate() would

@@ -130,3 +130,47 @@ def test_chain_too_deep(workdir):
     assert_one_line_error(p, "kiln-io")
     p = kiln_img("info", "--backing-chain", prev, check=False)
     assert_one_line_error(p, "kiln-img")
+
+
+# --- numbers: every numeric option and argument parsed strictly ------------------------------
+
+@pytest.mark.parametrize("cmd,fragment", [
+    ("read 1e3 10", "Invalid offset"), ("read 0x10 10", "Invalid offset"),
+    ("read 10 1.5", "Invalid length"), ("read 10 0.1k", "Invalid length"),
+    ("read 99999999999999999999 1", "Invalid offset"), ("read 16E 1", "Invalid offset"),
+    ("zero 0 1k5", "Invalid length"), ("discard 1KB 1", "Invalid offset"),
+    ("write -P 256 0 1", "pattern byte"), ("write -P 0x100 0 1", "pattern byte"),
+    ("write -P 1e1 0 1", "pattern byte"), ("write -P 010 0 1", "pattern byte"),
+    ("write -P 0x 0 1", "pattern byte"), ("read -P 1,,2 0 1", "pattern byte"),
+    ("read -P 1, 0 1", "pattern byte"), ("writef /dev/null 1.5 1", "Invalid offset"),
+])
+def test_command_numbers_are_parsed_strictly(img, cmd, fragment):
+    before = read_file(img)
+    p = kiln_io(img, cmd, "write -P 7 0 64k", check=False)  # nothing runs after a bad line
+    assert_one_line_error(p, "kiln-io")
+    assert p.returncode == 1 and fragment in p.stderr, p.stderr
+    assert read_file(img) == before
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--parallel", "0"], "--parallel"), (["--parallel", "1025"], "--parallel"),
+    (["--parallel", "016"], "--parallel"), (["--parallel", "0x10x"], "--parallel"),
+    (["--parallel", " 4"], "--parallel"), (["--parallel", "4 "], "--parallel"),
+    (["--parallel", "1e1"], "--parallel"), (["--parallel", ""], "--parallel"),
+    (["--l2-cache", "0"], "L2 cache size"), (["--l2-cache", "1e3"], "L2 cache size"),
+    (["--l2-cache", "8kk"], "L2 cache size"), (["--l2-cache", "2T"], "L2 cache size"),
+    (["--l2-cache", "-8k"], "L2 cache size"),
+])
+def test_option_numbers_are_parsed_strictly(img, args, fragment):
+    before = read_file(img)
+    p = kiln_io(img, "write -P 7 0 64k", extra=args, check=False)
+    assert_one_line_error(p, "kiln-io")
+    assert p.returncode == 1 and fragment in p.stderr, p.stderr
+    assert read_file(img) == before
+
+
+def test_numbers_in_range_are_accepted(img):
+    # (--parallel runs the commands between flushes concurrently: the reads come after one.)
+    p = kiln_io(img, "write -P 0x2a 1.5k 0.5k", "flush", "read -P 42 1536 512",
+                "read -P 0 0 1.5k", extra=["--parallel", "0x4", "--l2-cache", "1.5M"])
+    assert "read 512/512 bytes at offset 1536" in p.stdout

@@ -100,7 +100,7 @@ def test_add_list_remove_stats(workdir, servers):
              ov])
     assert "fail" not in p.stdout
     # And it can be added again under the same name.
-    assert c("add-export", name="vm1", path=ov) == {"ok": True}
+    assert c("add-export", name="vm1", path=ov, format="qcow2") == {"ok": True}
     assert nbdinfo_size(sock, "vm1") == size
     c.close()
     srv.assert_clean_stop()
@@ -112,7 +112,7 @@ def test_remove_export_with_client_connected(workdir, servers):
     ov, _ = build_overlay(os.path.join(workdir, "a"))
     sock, ctl = os.path.join(workdir, "nbd.sock"), os.path.join(workdir, "ctl.sock")
     srv = servers.kiln("-e", "0", sock=sock, control=ctl)
-    assert control(ctl, "add-export", name="vm", path=ov)["ok"]
+    assert control(ctl, "add-export", name="vm", path=ov, format="qcow2")["ok"]
     client = RawClient(sock).connect_export("vm")
     assert client.pwrite(0, b"\x44" * 4096) == 0
     assert control(ctl, "remove-export", name="vm") == {"ok": True}

@@ -51,7 +51,7 @@ def test_random_ops_serial(workdir, variant):
     ops = random_ops(rng, size, cluster, scaled(3000, 300), max_clusters=max_clusters)
     script = os.path.join(workdir, "ops.txt")
     write_script(script, ops)
-    p = kiln_io(img, extra=["--script", script])
+    p = kiln_io(img, extra=["-f", "qcow2", "--script", script])
     assert p.stdout.count("ok ") == len(ops)
     for op in ops:
         apply_model(model, op)
@@ -68,7 +68,7 @@ def test_random_ops_parallel(workdir, variant):
     ops = parallel_batches(rng, len(model.data), cluster, scaled(150, 20), 24)
     script = os.path.join(workdir, "ops.txt")
     write_script(script, ops)
-    p = kiln_io(img, extra=["--parallel", "16", "--script", script])
+    p = kiln_io(img, extra=["-f", "qcow2", "--parallel", "16", "--script", script])
     assert p.stdout.count("ok ") == len(ops)
     for op in ops:
         apply_model(model, op)
@@ -117,7 +117,7 @@ def test_parallel_reads_race_allocating_writes(workdir, cluster):
     ops = racing_batches(rng, model, cluster, scaled(300, 40))
     script = os.path.join(workdir, "ops.txt")
     write_script(script, ops)
-    p = kiln_io(img, extra=["--parallel", "16", "--script", script], check=False)
+    p = kiln_io(img, extra=["-f", "qcow2", "--parallel", "16", "--script", script], check=False)
     assert p.returncode == 0, p.stderr
     assert p.stdout.count("ok ") == len(ops)
     check_against_model(workdir, img, model, f"racing reads, cluster {cluster}")

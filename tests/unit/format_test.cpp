@@ -90,3 +90,28 @@ TEST(ParseSize, Suffixes) {
   EXPECT_THROW(parse_size(""), Error);
   EXPECT_THROW(parse_size("1.5"), Error);
 }
+
+// The whole string, decimal only, a whole number of bytes, below 2^64: what strtod would also
+// take (exponents, hexadecimal, leading spaces, inf) is refused.
+TEST(ParseSize, Strict) {
+  EXPECT_EQ(parse_size("0.5k"), 512u);
+  EXPECT_EQ(parse_size("3b"), 3u);
+  EXPECT_EQ(parse_size("15E"), 15ull << 60);
+  for (const char* bad : {"1e3", "0x10", " 12", "12 ", "+5", "-5", "1KB", "1k5", "inf", "nan",
+                          "1.", ".5k", "0.1k", "1,5k", "1.0000000000000000000001k"}) {
+    try {
+      parse_size(bad);
+      ADD_FAILURE() << "accepted '" << bad << "'";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), EINVAL) << bad;
+    }
+  }
+  for (const char* big : {"16E", "18446744073709551616", "99999999999999999999999"}) {
+    try {
+      parse_size(big);
+      ADD_FAILURE() << "accepted '" << big << "'";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ERANGE) << big;
+    }
+  }
+}

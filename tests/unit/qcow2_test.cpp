@@ -43,6 +43,13 @@ std::vector<uint8_t> pattern(size_t len, uint32_t seed) {
   return b;
 }
 
+// Every image here is qcow2, and overlays are opened with their backing chains: say so (a
+// probed image that names a backing file is refused; see probe_test.cpp).
+Dev open_qcow2(Reactor& r, const std::string& path, bool ro = false, OpenOptions o = {}) {
+  o.format = "qcow2";
+  return Dev::open(r, path, ro, o);
+}
+
 void expect_clean(Reactor& r, const std::string& path) {
   qcow2::CheckResult res = qcow2::check(r, path, qcow2::Repair::kNone);
   EXPECT_EQ(res.corruptions, 0u);
@@ -72,7 +79,7 @@ TEST_P(Qcow2Variants, RandomOperationsMatchModel) {
     qcow2::CreateOptions bo = co;
     bo.size = size - 1024;  // the overlay reads zeros past the backing's end
     qcow2::create(r, dir.file("base.qcow2"), bo);
-    Dev base = Dev::open(r, dir.file("base.qcow2"));
+    Dev base = open_qcow2(r, dir.file("base.qcow2"));
     ASSERT_EQ(base.write(0, base_data), 0);
     ASSERT_EQ(base.close(), 0);
     std::memcpy(model.data(), base_data.data(), base_data.size());
@@ -81,7 +88,7 @@ TEST_P(Qcow2Variants, RandomOperationsMatchModel) {
   }
   qcow2::create(r, img, co);
 
-  Dev d = Dev::open(r, img);
+  Dev d = open_qcow2(r, img);
   ASSERT_EQ(d.dev->size(), size);
   std::mt19937_64 rng(v.cluster_size * 31 + v.refcount_bits + v.version);
   const uint64_t cs = v.cluster_size;
@@ -152,7 +159,7 @@ TEST_P(Qcow2Variants, RandomOperationsMatchModel) {
   ASSERT_EQ(d.close(), 0);
   expect_clean(r, img);
 
-  Dev again = Dev::open(r, img, true);
+  Dev again = open_qcow2(r, img, true);
   all = again.read(0, size);
   bad = std::mismatch(all.begin(), all.end(), model.begin());
   ASSERT_TRUE(bad.first == all.end()) << "first difference at " << bad.first - all.begin();
@@ -173,7 +180,7 @@ TEST(Qcow2, FreshImageReadsZerosAndMapsUnallocated) {
   qcow2::CreateOptions co;
   co.size = 10u << 20;
   qcow2::create(r, dir.file("a.qcow2"), co);
-  Dev d = Dev::open(r, dir.file("a.qcow2"), true);
+  Dev d = open_qcow2(r, dir.file("a.qcow2"), true);
   auto b = d.read(0, 1u << 20);
   EXPECT_TRUE(std::all_of(b.begin(), b.end(), [](uint8_t x) { return x == 0; }));
   std::vector<Extent> ext;
@@ -190,14 +197,14 @@ TEST(Qcow2, OutOfRangeRequestsAreRefused) {
   qcow2::CreateOptions co;
   co.size = 1u << 20;
   qcow2::create(r, dir.file("a.qcow2"), co);
-  Dev d = Dev::open(r, dir.file("a.qcow2"));
+  Dev d = open_qcow2(r, dir.file("a.qcow2"));
   std::vector<uint8_t> b(4096);
   EXPECT_EQ(r.run(d.dev->read(co.size - 100, b)), -EINVAL);
   EXPECT_EQ(d.write(co.size - 100, b), -ENOSPC);
   EXPECT_EQ(d.zero(co.size, 1), -ENOSPC);
   block::OpenOptions share;  // the image is open for writing above: read it without locks
   share.lock = false;
-  Dev ro = Dev::open(r, dir.file("a.qcow2"), true, share);
+  Dev ro = open_qcow2(r, dir.file("a.qcow2"), true, share);
   EXPECT_EQ(ro.write(0, b), -EPERM);
   EXPECT_EQ(d.close(), 0);
 }
@@ -213,14 +220,14 @@ TEST(Qcow2, ConcurrentAllocatingWritesAndRacingReads) {
   qcow2::create(r, dir.file("base.qcow2"), co);
   auto base_data = pattern(size, 3);
   {
-    Dev base = Dev::open(r, dir.file("base.qcow2"));
+    Dev base = open_qcow2(r, dir.file("base.qcow2"));
     ASSERT_EQ(base.write(0, base_data), 0);
     ASSERT_EQ(base.close(), 0);
   }
   co.backing_file = dir.file("base.qcow2");
   co.backing_format = "qcow2";
   qcow2::create(r, dir.file("top.qcow2"), co);
-  Dev d = Dev::open(r, dir.file("top.qcow2"));
+  Dev d = open_qcow2(r, dir.file("top.qcow2"));
 
   // Each 64 KiB cluster of the first four gets 32 writes of 1 KiB at even KiB offsets.
   std::vector<uint8_t> model = base_data;
@@ -269,7 +276,7 @@ TEST(Qcow2, GrowBeyondTheL1TableAndRefcountTable) {
   co.cluster_size = 512;
   co.refcount_bits = 64;  // a refcount block covers 64 clusters: the table must grow often
   qcow2::create(r, dir.file("a.qcow2"), co);
-  Dev d = Dev::open(r, dir.file("a.qcow2"));
+  Dev d = open_qcow2(r, dir.file("a.qcow2"));
   const uint64_t new_size = 8u << 20;
   ASSERT_EQ(r.run(d.dev->resize(new_size)), 0);
   EXPECT_EQ(d.dev->size(), new_size);
@@ -277,7 +284,7 @@ TEST(Qcow2, GrowBeyondTheL1TableAndRefcountTable) {
   ASSERT_EQ(d.write(new_size / 2, data), 0);
   ASSERT_EQ(d.close(), 0);
   expect_clean(r, dir.file("a.qcow2"));
-  Dev again = Dev::open(r, dir.file("a.qcow2"), true);
+  Dev again = open_qcow2(r, dir.file("a.qcow2"), true);
   EXPECT_EQ(again.dev->size(), new_size);
   EXPECT_EQ(again.read(new_size / 2, data.size()), data);
   auto head = again.read(0, new_size / 2);
@@ -290,7 +297,7 @@ TEST(Qcow2, ShrinkIsRefused) {
   qcow2::CreateOptions co;
   co.size = 1u << 20;
   qcow2::create(r, dir.file("a.qcow2"), co);
-  Dev d = Dev::open(r, dir.file("a.qcow2"));
+  Dev d = open_qcow2(r, dir.file("a.qcow2"));
   EXPECT_EQ(r.run(d.dev->resize(1u << 19)), -ENOTSUP);
   EXPECT_EQ(d.close(), 0);
 }
@@ -307,7 +314,7 @@ TEST(Qcow2, BackingLoopIsRefused) {
   co.backing_file = "b.qcow2";
   qcow2::create(r, dir.file("a.qcow2"), co);  // a -> b -> a
   try {
-    Dev::open(r, dir.file("a.qcow2"), true);
+    open_qcow2(r, dir.file("a.qcow2"), true);
     FAIL() << "a loop was opened";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("loop"), std::string::npos) << e.what();
@@ -327,9 +334,9 @@ TEST(Qcow2, DeepChainIsRefusedBeyondTheLimit) {
   }
   OpenOptions o;
   o.max_chain_depth = 6;
-  EXPECT_NO_THROW(Dev::open(r, dir.file("5.qcow2"), true, o));
+  EXPECT_NO_THROW(open_qcow2(r, dir.file("5.qcow2"), true, o));
   o.max_chain_depth = 5;
-  EXPECT_THROW(Dev::open(r, dir.file("5.qcow2"), true, o), Error);
+  EXPECT_THROW(open_qcow2(r, dir.file("5.qcow2"), true, o), Error);
 }
 
 // Opening an image takes QEMU's advisory lock bytes: one writer, or any number of readers;
@@ -345,7 +352,7 @@ TEST(Qcow2, ImagesInUseAreLocked) {
   qcow2::create(r, dir.file("top.qcow2"), co);
   auto refused = [&](const std::string& name, bool ro, OpenOptions o = {}) {
     try {
-      Dev::open(r, dir.file(name), ro, o);
+      open_qcow2(r, dir.file(name), ro, o);
       return std::string("opened");
     } catch (const Error& e) {
       EXPECT_EQ(e.code(), EAGAIN) << e.what();
@@ -353,7 +360,7 @@ TEST(Qcow2, ImagesInUseAreLocked) {
     }
   };
   {
-    Dev writer = Dev::open(r, dir.file("top.qcow2"));
+    Dev writer = open_qcow2(r, dir.file("top.qcow2"));
     EXPECT_NE(refused("top.qcow2", false).find("\"write\" lock"), std::string::npos);
     EXPECT_NE(refused("top.qcow2", true).find("shared \"write\" lock"), std::string::npos);
     EXPECT_NE(refused("base.qcow2", false).find("\"write\" lock"), std::string::npos);
@@ -361,12 +368,12 @@ TEST(Qcow2, ImagesInUseAreLocked) {
     OpenOptions share;
     share.lock = false;
     EXPECT_EQ(refused("top.qcow2", true, share), "opened");
-    Dev other_reader_of_base = Dev::open(r, dir.file("base.qcow2"), true);  // readers share
+    Dev other_reader_of_base = open_qcow2(r, dir.file("base.qcow2"), true);  // readers share
     auto data = pattern(4096, 7);
     EXPECT_EQ(writer.write(0, data), 0);
     EXPECT_EQ(writer.close(), 0);
   }
-  Dev again = Dev::open(r, dir.file("top.qcow2"));  // ...and whole again once let go
+  Dev again = open_qcow2(r, dir.file("top.qcow2"));  // ...and whole again once let go
   EXPECT_EQ(again.read(0, 4096), pattern(4096, 7));
   EXPECT_EQ(again.close(), 0);
 }
@@ -383,7 +390,7 @@ TEST(Qcow2, BlockStatusOverManyClusters) {
   co.size = 64u << 20;
   co.cluster_size = 512;
   qcow2::create(r, dir.file("a.qcow2"), co);
-  Dev d = Dev::open(r, dir.file("a.qcow2"));
+  Dev d = open_qcow2(r, dir.file("a.qcow2"));
   ASSERT_EQ(d.write(0, pattern(8u << 20, 3)), 0);             // 16384 allocated clusters
   for (uint64_t off = 8u << 20; off < co.size; off += 32768)  // one cluster per L2 table
     ASSERT_EQ(d.write(off, pattern(512, uint32_t(off))), 0);
@@ -412,7 +419,7 @@ TEST(Qcow2, SmallCacheStillCorrect) {
   OpenOptions o;
   o.l2_cache_bytes = 8 * 4096;  // far fewer slices than tables
   o.refcount_cache_bytes = 8 * 4096;
-  Dev d = Dev::open(r, dir.file("a.qcow2"), false, o);
+  Dev d = open_qcow2(r, dir.file("a.qcow2"), false, o);
   std::mt19937_64 rng(11);
   std::vector<std::pair<uint64_t, std::vector<uint8_t>>> written;
   for (int i = 0; i < 300; ++i) {
@@ -442,13 +449,13 @@ TEST(Qcow2, AcknowledgedWritesAreInTheFileBeforeAnyFlush) {
   co.backing_file = "base.qcow2";
   co.backing_format = "qcow2";
   qcow2::create(r, dir.file("top.qcow2"), co);
-  Dev d = Dev::open(r, dir.file("top.qcow2"));
+  Dev d = open_qcow2(r, dir.file("top.qcow2"));
   auto data = pattern(3 * 65536 + 1000, 21);
   ASSERT_EQ(d.write(70000, data), 0);     // allocating writes
   ASSERT_EQ(d.zero(4u << 20, 65536), 0);  // a zero cluster over the backing
   block::OpenOptions share;  // `d` holds the write lock: look without locks, as qemu-img -U
   share.lock = false;
-  Dev other = Dev::open(r, dir.file("top.qcow2"), true, share);
+  Dev other = open_qcow2(r, dir.file("top.qcow2"), true, share);
   EXPECT_EQ(other.read(70000, data.size()), data);
   std::vector<Extent> ext;
   ASSERT_EQ(r.run(other.dev->block_status(4u << 20, 65536, &ext)), 0);

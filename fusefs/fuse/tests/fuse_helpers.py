@@ -160,7 +160,8 @@ class Image:
 
     def mount_command(self, mountpoint, *opts):
         if self.qcow2:
-            return [KILN_FS, "mount", self.target, mountpoint, *opts]
+            # The overlay's format is given: a probed image that names a backing file is refused.
+            return [KILN_FS, "mount", "--format", "qcow2", self.target, mountpoint, *opts]
         return [KILN_FUSE_DEV, self.target, mountpoint, *opts]
 
 

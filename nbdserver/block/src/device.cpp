@@ -3,8 +3,8 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
-#include <cmath>
 #include <cstring>
 
 #include "allowed_dirs.h"
@@ -28,63 +28,51 @@ std::string probe_format(const std::string& path) {
 Task<std::unique_ptr<BlockDevice>> open_image(Reactor& reactor, const std::string& path,
                                               OpenOptions options) {
   check_allowed_path(path, options.allowed_dirs);
-  std::string format = options.format.empty() ? probe_format(path) : options.format;
+  const bool probed = options.format.empty();
+  std::string format = probed ? probe_format(path) : options.format;
   if (format == "raw")
     co_return open_raw(reactor, path, options.read_only, options.lock, options.allowed_dirs);
-  if (format == "qcow2") co_return co_await qcow2::Image::open(reactor, path, options, {});
+  if (format == "qcow2") co_return co_await qcow2::Image::open(reactor, path, options, {}, probed);
   throw Error(EINVAL, "unknown image format '" + format + "' (raw or qcow2)");
 }
 
 uint64_t parse_size(const std::string& text) {
-  if (text.empty()) throw Error(EINVAL, "empty size");
-  const char* s = text.c_str();
-  char* end = nullptr;
-  errno = 0;
-  double value = strtod(s, &end);
-  if (end == s || errno || value < 0 || std::isnan(value))
-    throw Error(EINVAL, "invalid size '" + text + "'");
-  uint64_t mult = 1;
-  std::string suffix(end);
-  if (suffix.size() == 2 && (suffix[1] == 'B' || suffix[1] == 'b')) suffix.pop_back();
-  if (suffix.size() > 1) throw Error(EINVAL, "invalid size suffix in '" + text + "'");
-  if (!suffix.empty()) {
-    switch (suffix[0]) {
-      case 'b':
-      case 'B':
-        mult = 1;
-        break;
-      case 'k':
-      case 'K':
-        mult = 1ull << 10;
-        break;
-      case 'm':
-      case 'M':
-        mult = 1ull << 20;
-        break;
-      case 'g':
-      case 'G':
-        mult = 1ull << 30;
-        break;
-      case 't':
-      case 'T':
-        mult = 1ull << 40;
-        break;
-      case 'p':
-      case 'P':
-        mult = 1ull << 50;
-        break;
-      case 'e':
-      case 'E':
-        mult = 1ull << 60;
-        break;
-      default:
-        throw Error(EINVAL, "invalid size suffix in '" + text + "'");
-    }
+  // DIGITS[.DIGITS][SUFFIX]: decimal only (no sign, space, exponent or hex, which strtod would
+  // take), one suffix letter (b, k, M, G, T, P or E, either case; powers of 1024), and the
+  // result a whole number of bytes.
+  static const std::string kSyntax =
+      "expected a decimal number with an optional k, M, G, T, P or E suffix";
+  const size_t n = text.size();
+  size_t i = 0;
+  unsigned __int128 whole = 0;
+  for (; i < n && text[i] >= '0' && text[i] <= '9'; ++i) {
+    whole = whole * 10 + unsigned(text[i] - '0');
+    if (whole > UINT64_MAX) throw Error(ERANGE, "too large");
   }
-  const double bytes = value * double(mult);
-  if (bytes >= 18446744073709551616.0) throw Error(ERANGE, "size '" + text + "' is too large");
-  if (suffix.empty() && bytes != std::floor(bytes))
-    throw Error(EINVAL, "invalid size '" + text + "'");
+  if (i == 0) throw Error(EINVAL, kSyntax);
+  uint64_t frac = 0, scale = 1;
+  if (i < n && text[i] == '.') {
+    const size_t start = ++i;
+    for (; i < n && text[i] >= '0' && text[i] <= '9'; ++i) {
+      if (scale >= 1000000000000000000ull) throw Error(EINVAL, "too many decimals");
+      frac = frac * 10 + unsigned(text[i] - '0');
+      scale *= 10;
+    }
+    if (i == start) throw Error(EINVAL, kSyntax);
+  }
+  unsigned shift = 0;
+  if (i < n) {
+    static const std::string kSuffixes = "bkmgtpe";
+    const size_t k = kSuffixes.find(char(std::tolower(static_cast<unsigned char>(text[i]))));
+    if (k == std::string::npos) throw Error(EINVAL, kSyntax);
+    shift = unsigned(10 * k);
+    ++i;
+  }
+  if (i != n) throw Error(EINVAL, kSyntax);
+  const unsigned __int128 part = (unsigned __int128)frac << shift;
+  if (part % scale) throw Error(EINVAL, "not a whole number of bytes");
+  const unsigned __int128 bytes = (whole << shift) + part / scale;
+  if (bytes > UINT64_MAX) throw Error(ERANGE, "too large");
   return uint64_t(bytes);
 }
 

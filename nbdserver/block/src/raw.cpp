@@ -1,5 +1,7 @@
 // Raw image files: guest offset = file offset. Holes and zeros come from the file system
 // (fallocate for write-zeroes and discard, SEEK_DATA/SEEK_HOLE for block status).
+// A failed fdatasync poisons the file as it does a qcow2 image (see qcow2/flush.cpp): the
+// kernel reports a lost write-back once, so every later write and flush fails with -EIO.
 #include "raw.h"
 
 #include <fcntl.h>
@@ -37,23 +39,27 @@ class RawDevice final : public BlockDevice {
   }
   Task<int> write(uint64_t off, std::span<const uint8_t> buf, unsigned flags) override {
     if (caps_.read_only) co_return -EPERM;
+    if (poisoned_) co_return -EIO;
     if (off > size_ || buf.size() > size_ - off) co_return -ENOSPC;
     int rc = co_await r_.write_full(fd_, buf, off);
-    if (rc == 0 && (flags & kWriteFua)) rc = co_await r_.fsync(fd_, true);
+    if (rc == 0 && (flags & kWriteFua)) rc = co_await sync();
     co_return rc;
   }
   Task<int> flush() override {
     if (caps_.read_only) co_return 0;
-    co_return co_await r_.fsync(fd_, true);
+    if (poisoned_) co_return -EIO;
+    co_return co_await sync();
   }
   Task<int> discard(uint64_t off, uint64_t len) override {
     if (caps_.read_only) co_return -EPERM;
+    if (poisoned_) co_return -EIO;
     if (off > size_ || len > size_ - off) co_return -EINVAL;
     int rc = co_await r_.fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len);
     co_return rc == -EOPNOTSUPP ? 0 : rc;  // discard is advisory
   }
   Task<int> write_zeroes(uint64_t off, uint64_t len, unsigned flags) override {
     if (caps_.read_only) co_return -EPERM;
+    if (poisoned_) co_return -EIO;
     if (off > size_ || len > size_ - off) co_return -ENOSPC;
     int mode =
         (flags & kWriteNoUnmap) ? FALLOC_FL_ZERO_RANGE : FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
@@ -73,7 +79,7 @@ class RawDevice final : public BlockDevice {
       }
       rc = 0;
     }
-    if (rc == 0 && (flags & kWriteFua)) rc = co_await r_.fsync(fd_, true);
+    if (rc == 0 && (flags & kWriteFua)) rc = co_await sync();
     co_return rc;
   }
   Task<int> block_status(uint64_t off, uint64_t len, std::vector<Extent>* out) override {
@@ -99,6 +105,7 @@ class RawDevice final : public BlockDevice {
   }
   Task<int> resize(uint64_t new_size) override {
     if (caps_.read_only) co_return -EPERM;
+    if (poisoned_) co_return -EIO;
     if (new_size < size_) co_return -ENOTSUP;
     if (ftruncate(fd_, off_t(new_size)) < 0) co_return -errno;
     size_ = new_size;
@@ -107,6 +114,12 @@ class RawDevice final : public BlockDevice {
   Task<int> close() override { co_return co_await flush(); }
 
  private:
+  Task<int> sync() {
+    const int rc = co_await r_.fsync(fd_, true);
+    if (rc < 0) poisoned_ = true;
+    co_return rc;
+  }
+
   static void push(std::vector<Extent>* out, uint64_t off, uint64_t len, bool data) {
     Extent e;
     e.offset = off;
@@ -130,6 +143,7 @@ class RawDevice final : public BlockDevice {
   int fd_;
   uint64_t size_;
   Capabilities caps_;
+  bool poisoned_ = false;  // an fdatasync failed: see the top of this file
 };
 
 }  // namespace

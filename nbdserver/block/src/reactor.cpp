@@ -131,6 +131,10 @@ void Reactor::spawn(Task<void> task, WaitGroup* group) {
 static bool retryable(int res) { return res == -EAGAIN || res == -EINTR; }
 
 Task<int> Reactor::read_full(int fd, std::span<uint8_t> buf, uint64_t offset) {
+  if (faults_) [[unlikely]] {
+    if (int rc = co_await faults_->before(FileOp::kRead, fd, offset, buf.size()); rc < 0)
+      co_return rc;
+  }
   size_t done = 0;
   while (done < buf.size()) {
     uint8_t* p = buf.data() + done;
@@ -151,6 +155,10 @@ Task<int> Reactor::read_full(int fd, std::span<uint8_t> buf, uint64_t offset) {
 }
 
 Task<int> Reactor::write_full(int fd, std::span<const uint8_t> buf, uint64_t offset) {
+  if (faults_) [[unlikely]] {
+    if (int rc = co_await faults_->before(FileOp::kWrite, fd, offset, buf.size()); rc < 0)
+      co_return rc;
+  }
   size_t done = 0;
   while (done < buf.size()) {
     const uint8_t* p = buf.data() + done;
@@ -168,6 +176,9 @@ Task<int> Reactor::write_full(int fd, std::span<const uint8_t> buf, uint64_t off
 }
 
 Task<int> Reactor::fsync(int fd, bool datasync) {
+  if (faults_) [[unlikely]] {
+    if (int rc = co_await faults_->before(FileOp::kFsync, fd, 0, 0); rc < 0) co_return rc;
+  }
   unsigned flags = datasync ? IORING_FSYNC_DATASYNC : 0;
   int res;
   do {
@@ -177,6 +188,10 @@ Task<int> Reactor::fsync(int fd, bool datasync) {
 }
 
 Task<int> Reactor::fallocate(int fd, int mode, uint64_t offset, uint64_t len) {
+  if (faults_) [[unlikely]] {
+    if (int rc = co_await faults_->before(FileOp::kFallocate, fd, offset, len); rc < 0)
+      co_return rc;
+  }
   int res;
   do {
     res = co_await submit(

@@ -100,13 +100,12 @@ Task<int> Image::ensure_refblock(uint64_t cluster) {
   std::vector<uint8_t> block(cs_, 0);
   set_refcount(block.data(), cluster % rb_entries_, h_.refcount_order, 1);
   const uint64_t off = cluster << cb_;
-  if (int rc = co_await r_.write_full(fd_, block, off); rc < 0) co_return rc;
-  if (int rc = co_await r_.fsync(fd_, true); rc < 0) co_return rc;
+  if (int rc = co_await write_meta(block, off); rc < 0) co_return rc;
+  if (int rc = co_await sync_file(); rc < 0) co_return rc;
   uint8_t be[8];
   store_be64(be, off);
-  if (int rc = co_await r_.write_full(fd_, be, h_.refcount_table_offset + rti * 8); rc < 0)
-    co_return rc;
-  if (int rc = co_await r_.fsync(fd_, true); rc < 0) co_return rc;
+  if (int rc = co_await write_meta(be, h_.refcount_table_offset + rti * 8); rc < 0) co_return rc;
+  if (int rc = co_await sync_file(); rc < 0) co_return rc;
   reftable_[rti] = off;
   rb_cache_.drop_range(off, off + cs_);
   co_return 0;
@@ -165,12 +164,12 @@ Task<int> Image::grow_reftable(uint64_t needed_entries) {
     }
   }
   for (auto& [c, content] : blocks)
-    if (int rc = co_await r_.write_full(fd_, content, c << cb_); rc < 0) co_return rc;
+    if (int rc = co_await write_meta(content, c << cb_); rc < 0) co_return rc;
   std::vector<uint8_t> raw(table.size() * 8);
   for (size_t i = 0; i < table.size(); ++i) store_be64(&raw[i * 8], table[i]);
-  if (int rc = co_await r_.write_full(fd_, raw, table_start << cb_); rc < 0) co_return rc;
+  if (int rc = co_await write_meta(raw, table_start << cb_); rc < 0) co_return rc;
   if (int rc = co_await write_refblocks(); rc < 0) co_return rc;
-  if (int rc = co_await r_.fsync(fd_, true); rc < 0) co_return rc;
+  if (int rc = co_await sync_file(); rc < 0) co_return rc;
 
   const uint64_t old_offset = h_.refcount_table_offset;
   h_.refcount_table_offset = table_start << cb_;
@@ -242,7 +241,12 @@ Task<int> Image::free_now(uint64_t host_offset, uint64_t length) {
 Task<int> Image::apply_frees(uint64_t upto_gen) {
   std::vector<PendingFree> later;
   std::vector<PendingFree> now;
-  for (auto& f : frees_) (f.gen <= upto_gen ? now : later).push_back(f);
+  for (auto& f : frees_) {
+    // A cluster with an in-place write in flight is freed at a later flush (zero_cluster waits
+    // for those writes before it changes an entry, so this is a second line of defence).
+    const bool busy = !(f.entry & kOflagCompressed) && pinned(f.entry & kL2OffsetMask);
+    (f.gen <= upto_gen && !busy ? now : later).push_back(f);
+  }
   frees_ = std::move(later);
   int err = 0;
   for (auto& f : now) {

@@ -12,6 +12,14 @@
 // Between flushes, commit() puts mapping changes into the file before a write is acknowledged,
 // so that what a client was told is written survives the death of the process; the next flush
 // makes it durable. On version 3 images it marks the image dirty first (see commit()).
+//
+// A failed write-back poisons the image. Linux reports a failed write-back once: fdatasync
+// returns EIO, the pages are marked clean (their data may never reach the disk), and the next
+// fdatasync succeeds. Our slices are clean by then too. Retrying would report lost data as
+// durable, or write tables that point at clusters whose refcounts never reached the disk. So
+// after a failed metadata write of a flush or commit, or a failed fdatasync, the image writes
+// nothing more: every later write, flush and FUA write fails with -EIO (reads keep working) and
+// close leaves the dirty bit set, so that the next writable open recounts the refcounts.
 #include <cerrno>
 #include <cstring>
 
@@ -31,8 +39,14 @@ Task<int> Image::write_buffers(std::vector<std::pair<uint64_t, std::vector<uint8
   WaitGroup group(r_);
   for (auto& [off, data] : writes) r_.spawn(write_one(r_, fd_, data, off, &err), &group);
   co_await group.wait();
-  co_return err;
+  co_return poison(err);
 }
+
+Task<int> Image::write_meta(std::span<const uint8_t> data, uint64_t offset) {
+  co_return poison(co_await r_.write_full(fd_, data, offset));
+}
+
+Task<int> Image::sync_file() { co_return poison(co_await r_.fsync(fd_, true)); }
 
 Task<int> Image::write_refblocks() {
   co_await meta_write_mutex_.lock();
@@ -99,12 +113,14 @@ Task<int> Image::write_l2_and_l1(uint64_t safe) {
 
 Task<int> Image::flush() {
   if (read_only_ || closed_) co_return 0;
+  if (poisoned_) co_return -EIO;
   co_await flush_mutex_.lock();
   LockGuard guard(flush_mutex_);
   co_return co_await flush_locked();
 }
 
 Task<int> Image::flush_locked() {
+  if (poisoned_) co_return -EIO;
   in_flush_ = true;
   struct Reset {
     bool* flag;
@@ -116,7 +132,7 @@ Task<int> Image::flush_locked() {
   unsynced_ = false;
   int n = co_await write_refblocks();
   if (n > 0) sync = true;
-  if (n >= 0 && sync) n = co_await r_.fsync(fd_, true);
+  if (n >= 0 && sync) n = co_await sync_file();
   if (n < 0) {
     unsynced_ = true;
     co_return n;
@@ -124,7 +140,7 @@ Task<int> Image::flush_locked() {
   durable_gen_ = std::max(durable_gen_, snapshot);
 
   n = co_await write_l2_and_l1(durable_gen_);
-  if (n > 0 || (n == 0 && tables_unsynced_)) n = co_await r_.fsync(fd_, true);
+  if (n > 0 || (n == 0 && tables_unsynced_)) n = co_await sync_file();
   if (n < 0) co_return n;
   tables_unsynced_ = false;
   committed_gen_ = std::max(committed_gen_, snapshot);
@@ -138,6 +154,7 @@ Task<int> Image::commit(uint64_t upto) {
   while (committed_gen_ < upto) {
     co_await flush_mutex_.lock();
     LockGuard guard(flush_mutex_);
+    if (poisoned_) co_return -EIO;  // nothing is written after a failed write-back
     if (committed_gen_ >= upto) break;
     if (h_.version >= 3) {
       // Version 3: mark the image dirty once (durably), then write refcounts and tables in
@@ -163,7 +180,7 @@ Task<int> Image::commit(uint64_t upto) {
     const uint64_t snapshot = gen_;
     unsynced_ = false;
     int n = co_await write_refblocks();
-    if (n >= 0) n = co_await r_.fsync(fd_, true);
+    if (n >= 0) n = co_await sync_file();
     if (n < 0) {
       unsynced_ = true;
       co_return n;
@@ -180,7 +197,9 @@ Task<int> Image::commit(uint64_t upto) {
 Task<int> Image::make_room(SliceCache& cache) {
   // While a flush (or a resize, which holds the flush lock and may allocate) is running, the
   // cache may exceed its bound for a moment: waiting for it here could deadlock.
-  if (cache.shrink() || in_flush_ || read_only_ || flush_mutex_.locked()) co_return 0;
+  // A poisoned image writes nothing back: its dirty slices stay, and the cache stays over its
+  // bound (no new metadata changes are made once poisoned, so it does not grow further).
+  if (cache.shrink() || in_flush_ || read_only_ || poisoned_ || flush_mutex_.locked()) co_return 0;
   // Only dirty slices are left: write them back in order, then evict.
   co_await flush_mutex_.lock();
   LockGuard guard(flush_mutex_);
@@ -191,6 +210,7 @@ Task<int> Image::make_room(SliceCache& cache) {
 
 Task<int> Image::resize(uint64_t new_size) {
   if (read_only_) co_return -EPERM;
+  if (poisoned_) co_return -EIO;
   if (new_size < h_.size) co_return -ENOTSUP;
   if (new_size > kMaxVirtualSize) co_return -EFBIG;
   if (new_size == h_.size) co_return 0;
@@ -212,8 +232,8 @@ Task<int> Image::resize(uint64_t new_size) {
     uint64_t host;
     if (int rc = co_await alloc_clusters(clusters, &host); rc < 0) co_return rc;
     if (int rc = co_await write_refblocks(); rc < 0) co_return rc;
-    if (int rc = co_await r_.write_full(fd_, bytes, host); rc < 0) co_return rc;
-    if (int rc = co_await r_.fsync(fd_, true); rc < 0) co_return rc;
+    if (int rc = co_await write_meta(bytes, host); rc < 0) co_return rc;
+    if (int rc = co_await sync_file(); rc < 0) co_return rc;
     const uint64_t old_offset = h_.l1_table_offset;
     const uint64_t old_clusters = (uint64_t(h_.l1_size) * 8 + cs_ - 1) / cs_;
     h_.l1_size = uint32_t(needed);

@@ -2,6 +2,8 @@
 
 #include <string>
 
+#include "kiln/block/qcow2.h"
+
 namespace kiln::block::qcow2 {
 
 namespace {
@@ -12,6 +14,22 @@ std::string hex(uint64_t v) {
 }
 uint64_t align8(uint64_t v) { return (v + 7) & ~uint64_t{7}; }
 }  // namespace
+
+std::string printable(std::string_view name) {
+  static const char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(name.size());
+  for (unsigned char c : name) {
+    if (c >= 0x20 && c < 0x7f && c != '\\') {
+      out += static_cast<char>(c);
+    } else {
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  return out;
+}
 
 std::string Header::feature_name(uint8_t type, uint8_t bit) const {
   for (const auto& f : feature_names)

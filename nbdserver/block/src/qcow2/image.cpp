@@ -44,6 +44,7 @@ Image::Image(Reactor& r, std::string path, int fd, Header h, const OpenOptions& 
       rb_entries_(cs_ * 8 / h_.refcount_bits()),
       l2_cache_(std::min<uint64_t>(cs_, 4096), opt.l2_cache_bytes),
       rb_cache_(std::min<uint64_t>(cs_, 4096), opt.refcount_cache_bytes),
+      unpinned_(r),
       alloc_mutex_(r),
       flush_mutex_(r),
       meta_write_mutex_(r) {
@@ -56,7 +57,8 @@ Image::~Image() {
 }
 
 Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
-                                         const OpenOptions& opt, ChainIds chain) {
+                                         const OpenOptions& opt, ChainIds chain,
+                                         bool format_probed) {
   check_allowed_path(path, opt.allowed_dirs);
   int fd = ::open(path.c_str(), (opt.read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
   if (fd < 0) fail(errno, path, std::string("cannot open: ") + strerror(errno));
@@ -82,6 +84,20 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
   Header h;
   if (auto err = parse_header(first, &h)) fail(EINVAL, path, *err);
   const uint64_t cs = h.cluster_size();
+
+  // A guest that owns a raw disk can write a qcow2 header into it that names a host file as
+  // backing (format raw): opened through probing, the host file would show through the
+  // guest's disk and be copied into it. Refuse before anything is read or written through the
+  // header; the user who knows the image is qcow2 says so. (External data files, the other
+  // way a header can name a host file, are refused for every image below.)
+  if (format_probed && !h.backing_file.empty() && opt.open_backing)
+    fail(EPERM, path,
+         "the image format was probed (no format given) and it names a backing file '" +
+             printable(h.backing_file) + "'" +
+             (h.backing_format ? " (format " + printable(*h.backing_format) + ")" : std::string()) +
+             "; refusing to open it, since a guest could have written this header into a raw "
+             "disk. If you trust this image, give its format explicitly (-f qcow2 / "
+             "--format=qcow2)");
 
   // Features we cannot honour are refused at open, by name.
   if (h.crypt_method != 0 || h.has_encryption_ext)
@@ -161,8 +177,19 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
       // Refcounts may lag behind the tables (lazy refcounts, unclean shutdown): rebuild them.
       CheckResult res;
       co_await run_check(*img, Repair::kAll, &res);
-      if (res.corruptions > res.corruptions_fixed)
-        fail(EIO, path, "image is dirty and its refcounts could not be repaired");
+      if (img->poisoned_)
+        fail(-img->poisoned_, path,
+             std::string("image is dirty and repairing its refcounts failed: ") +
+                 strerror(-img->poisoned_));
+      // `res` describes the image after the repair: any corruption left is one it could not fix.
+      if (res.check_errors || res.corruptions) {
+        std::string why = check_stopped_reason(res);
+        for (const std::string& m : res.messages)
+          if (why.empty() && m.rfind("ERROR cannot rebuild", 0) == 0) why = m.substr(6);
+        fail(EIO, path,
+             "image is dirty and its refcounts could not be repaired" +
+                 (why.empty() ? std::string() : ": " + why));
+      }
       img->h_.incompatible_features &= ~kIncompatDirty;
       if (int rc = co_await img->write_header_fields(hdr::kIncompatibleFeatures, 8); rc < 0)
         fail(-rc, path, "cannot clear the dirty bit");
@@ -179,14 +206,14 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
     const Header& hh = img->h_;
     if (!hh.backing_format)
       fail(EINVAL, path,
-           "backing file '" + hh.backing_file +
+           "backing file '" + printable(hh.backing_file) +
                "' has no recorded format (backing format extension); refusing to probe it");
     if (chain.size() >= opt.max_chain_depth)
       fail(ELOOP, path,
            "backing chain is deeper than " + std::to_string(opt.max_chain_depth) + " images");
     std::string bpath = hh.backing_file;
     if (bpath.find(':') != std::string::npos && bpath.find('/') == std::string::npos)
-      fail(ENOTSUP, path, "backing file '" + bpath + "' is not a local file");
+      fail(ENOTSUP, path, "backing file '" + printable(bpath) + "' is not a local file");
     if (bpath[0] != '/') bpath = dirname_of(path) + "/" + bpath;
     OpenOptions bopt = opt;
     bopt.read_only = true;
@@ -195,7 +222,8 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
     } else if (*hh.backing_format == "raw") {
       img->backing_ = open_raw(r, bpath, true, bopt.lock, bopt.allowed_dirs);
     } else {
-      fail(ENOTSUP, path, "backing format '" + *hh.backing_format + "' is not supported");
+      fail(ENOTSUP, path,
+           "backing format '" + printable(*hh.backing_format) + "' is not supported");
     }
   }
   co_return img;
@@ -218,9 +246,9 @@ Task<void> Image::load_tables() {
 Task<int> Image::write_header_fields(size_t offset, size_t length) {
   uint8_t buf[hdr::kV3Length + 8];
   serialize_header(h_, buf);
-  int rc = co_await r_.write_full(fd_, std::span<const uint8_t>(buf + offset, length), offset);
+  int rc = co_await write_meta(std::span<const uint8_t>(buf + offset, length), offset);
   if (rc < 0) co_return rc;
-  co_return co_await r_.fsync(fd_, true);
+  co_return co_await sync_file();
 }
 
 Task<int> Image::close() {

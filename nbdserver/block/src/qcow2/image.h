@@ -8,6 +8,7 @@
 
 #include <sys/stat.h>
 
+#include <array>
 #include <memory>
 #include <set>
 #include <string>
@@ -27,11 +28,16 @@ using ChainIds = std::vector<std::pair<dev_t, ino_t>>;
 class Image;
 // check.cpp: checks (and repairs) refcounts and tables of an open image.
 Task<void> run_check(Image& img, Repair repair, CheckResult* out);
+// Why a check stopped before it was complete (a bound on hostile images), or "".
+std::string check_stopped_reason(const CheckResult& r);
 
 class Image final : public BlockDevice {
  public:
+  // `format_probed`: the caller found "qcow2" by probing the content, so the header may be a
+  // guest's forgery inside a raw disk: a backing file is refused rather than opened.
   static Task<std::unique_ptr<Image>> open(Reactor& r, const std::string& path,
-                                           const OpenOptions& opt, ChainIds chain);
+                                           const OpenOptions& opt, ChainIds chain,
+                                           bool format_probed = false);
   ~Image() override;
 
   uint64_t size() const override { return h_.size; }
@@ -84,6 +90,15 @@ class Image final : public BlockDevice {
   Task<ClusterLock> lock_cluster(uint64_t gc);
   void unlock_cluster(uint64_t gc);
 
+  // In-place writes in flight, counted per host cluster (hashed into kPinBuckets counters: no
+  // allocation on the fast path; a collision only makes a waiter wait a little longer). Before
+  // an entry stops pointing at a host cluster (zero, discard), its owner waits until no in-place
+  // write can still land there; a deferred free of a pinned cluster is put off to a later flush.
+  static constexpr size_t kPinBuckets = 256;
+  size_t pin_bucket(uint64_t host) const { return (host >> cb_) & (kPinBuckets - 1); }
+  bool pinned(uint64_t host) const { return pins_[pin_bucket(host)] != 0; }
+  Task<void> wait_unpinned(uint64_t host);
+
   // --- allocation and refcounts (alloc.cpp) ---
   Task<int> refcount(uint64_t cluster, uint64_t* value);
   Task<int> add_refcount(uint64_t cluster, int64_t delta);
@@ -108,6 +123,14 @@ class Image final : public BlockDevice {
   Task<int> write_l2_and_l1(uint64_t safe);
   Task<int> make_room(SliceCache& cache);
   Task<int> write_header_fields(size_t offset, size_t length);
+  // Write-back I/O: metadata writes and fdatasync. A failure poisons the image (see flush.cpp):
+  // the kernel reports a lost write-back once, so nothing may claim durability afterwards.
+  Task<int> write_meta(std::span<const uint8_t> data, uint64_t offset);
+  Task<int> sync_file();
+  int poison(int rc) {
+    if (rc < 0 && !poisoned_) poisoned_ = rc;
+    return rc;
+  }
 
   // --- compressed clusters (compress.cpp) ---
   Task<int> read_compressed(uint64_t entry, std::span<uint8_t> cluster);
@@ -134,6 +157,9 @@ class Image final : public BlockDevice {
   std::unique_ptr<BlockDevice> backing_;
 
   std::unordered_map<uint64_t, std::unique_ptr<WaitList>> busy_clusters_;
+  std::array<uint32_t, kPinBuckets> pins_{};      // in-place writes in flight
+  std::array<uint32_t, kPinBuckets> draining_{};  // waiters in wait_unpinned(): no new pins
+  WaitList unpinned_;
   std::unordered_map<uint32_t, std::unique_ptr<WaitList>> busy_l1_;
   AsyncMutex alloc_mutex_;
   AsyncMutex flush_mutex_;
@@ -151,6 +177,7 @@ class Image final : public BlockDevice {
   };
   std::vector<PendingFree> frees_;
   bool unsynced_ = false;  // data written since the last fsync
+  int poisoned_ = 0;       // the first failed write-back: every later write and flush fails
   bool closed_ = false;
   bool in_flush_ = false;
 };

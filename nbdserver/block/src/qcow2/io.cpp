@@ -213,21 +213,37 @@ Task<int> Image::set_l2_entry(uint64_t gc, uint64_t entry, bool pending_alloc) {
   co_return 0;
 }
 
+Task<void> Image::wait_unpinned(uint64_t host) {
+  const size_t b = pin_bucket(host);
+  if (!pins_[b]) co_return;
+  ++draining_[b];  // new in-place writes to this bucket take the locked path meanwhile
+  while (pins_[b]) co_await unpinned_.wait();
+  --draining_[b];
+}
+
 Task<int> Image::write_cluster(uint64_t gc, uint64_t in_off, std::span<const uint8_t> data) {
-  // Fast path: the cluster is ours alone; write in place.
+  // Fast path: the cluster is ours alone; write in place. The pin is taken in the same step as
+  // the lookup (no suspension between), so whoever later frees the cluster waits for it.
   bool hit;
   uint64_t e = l2_entry_cached(gc, &hit);
   if (!hit)
     if (int rc = co_await l2_entry(gc, &e); rc < 0) co_return rc;
   if (writable_in_place(e) && !busy_clusters_.contains(gc)) {
-    unsynced_ = true;
-    co_return co_await r_.write_full(fd_, data, (e & kL2OffsetMask) + in_off);
+    const uint64_t host = e & kL2OffsetMask;
+    const size_t b = pin_bucket(host);
+    if (!draining_[b]) {
+      ++pins_[b];
+      unsynced_ = true;
+      const int rc = co_await r_.write_full(fd_, data, host + in_off);
+      if (--pins_[b] == 0 && draining_[b]) unpinned_.notify_all();
+      co_return rc;
+    }
   }
 
   ClusterLock lock = co_await lock_cluster(gc);
   if (int rc = co_await prepare_l2(uint32_t(gc / l2_entries_)); rc < 0) co_return rc;
   if (int rc = co_await l2_entry(gc, &e); rc < 0) co_return rc;
-  if (writable_in_place(e)) {  // allocated by someone else while we waited
+  if (writable_in_place(e)) {  // allocated meanwhile (or pins drained): in place, under the lock
     unsynced_ = true;
     co_return co_await r_.write_full(fd_, data, (e & kL2OffsetMask) + in_off);
   }
@@ -270,6 +286,7 @@ Task<void> Image::write_part(uint64_t gc, uint64_t in_off, std::span<const uint8
 
 Task<int> Image::write(uint64_t offset, std::span<const uint8_t> buf, unsigned flags) {
   if (read_only_) co_return -EPERM;
+  if (poisoned_) co_return -EIO;
   if (offset > h_.size || buf.size() > h_.size - offset) co_return -ENOSPC;
   const uint64_t first = cluster_of(offset);
   const uint64_t last = buf.empty() ? first : cluster_of(offset + buf.size() - 1);
@@ -327,6 +344,10 @@ Task<int> Image::zero_cluster(uint64_t gc, bool unmap, bool fast, bool discard) 
   }
   if (next == e) co_return 0;
   if (int rc = co_await prepare_l2(uint32_t(gc / l2_entries_)); rc < 0) co_return rc;
+  // An in-place write that looked the entry up before we took the lock may still be on its
+  // way to the host cluster: once the entry changes, the cluster can be freed and reused. The
+  // lock keeps new in-place writes of this cluster away meanwhile.
+  if (m.kind == Kind::kData) co_await wait_unpinned(m.host);
   if (int rc = co_await l2_entry(gc, &e); rc < 0) co_return rc;  // the table may have moved
   if (int rc = co_await set_l2_entry(gc, next, false); rc < 0) co_return rc;
   const bool kept = (next & kL2OffsetMask) != 0;
@@ -346,6 +367,7 @@ Task<void> Image::zero_part(uint64_t gc, bool unmap, bool fast, bool discard, in
 
 Task<int> Image::write_zeroes(uint64_t offset, uint64_t length, unsigned flags) {
   if (read_only_) co_return -EPERM;
+  if (poisoned_) co_return -EIO;
   if (offset > h_.size || length > h_.size - offset) co_return -ENOSPC;
   const bool fast = flags & kWriteFastZero;
   const bool unmap = !(flags & kWriteNoUnmap);
@@ -396,6 +418,7 @@ Task<int> Image::write_zeroes(uint64_t offset, uint64_t length, unsigned flags) 
 
 Task<int> Image::discard(uint64_t offset, uint64_t length) {
   if (read_only_) co_return -EPERM;
+  if (poisoned_) co_return -EIO;
   if (offset > h_.size || length > h_.size - offset) co_return -EINVAL;
   uint64_t end = offset + length;
   if (end == h_.size) end = (end + cs_ - 1) & ~(cs_ - 1);

@@ -85,7 +85,10 @@ class BlockDevice {
 };
 
 struct OpenOptions {
-  std::string format;  // "raw", "qcow2", or empty to probe (top image only, never backings)
+  // "raw", "qcow2", or empty to probe the top image. A probed qcow2 image that names a
+  // backing file is refused (unless open_backing is false): its header may be a guest's
+  // forgery inside a raw disk. Backing formats are never probed.
+  std::string format;
   bool read_only = false;
   // Take QEMU-compatible advisory locks (see docs/block-layer.md). Turning them off is
   // qemu-img's -U (force share): allowed for read-only opens only.
@@ -105,14 +108,18 @@ struct OpenOptions {
 // directly (raw create, convert) call it before they truncate. The locks live with `fd`.
 void lock_image_file(int fd, const std::string& path, bool writable);
 
-// Opens an image and, for qcow2, its backing chain. Throws Error with a clear message.
+// Opens an image and, for qcow2, its backing chain. Throws Error with a clear message
+// (EPERM for a probed image that names a backing file).
 Task<std::unique_ptr<BlockDevice>> open_image(Reactor& reactor, const std::string& path,
                                               OpenOptions options);
 
 // "raw" or "qcow2", by content. Throws Error if the file cannot be read.
 std::string probe_format(const std::string& path);
 
-// Parses "10G", "512", "1.5M", "+1G" (the sign is left to the caller). Throws Error.
+// Parses a size: decimal digits, an optional fraction, an optional suffix b/k/M/G/T/P/E (either
+// case, powers of 1024): "512", "10G", "1.5M". The whole string must match, and the result be a
+// whole number of bytes below 2^64. Throws Error (EINVAL: not a size, ERANGE: too large) with
+// the reason; the caller names the argument.
 uint64_t parse_size(const std::string& text);
 
 }  // namespace kiln::block

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "kiln/block/device.h"
@@ -74,5 +75,10 @@ struct CheckResult {
 // image cannot be opened at all.
 // `lock` false (qemu-img's -U) is allowed only without repair.
 CheckResult check(Reactor& reactor, const std::string& path, Repair repair, bool lock = true);
+
+// A name taken from an image (backing file, format) made safe for a one-line message: bytes
+// outside printable ASCII (and backslashes) become \xNN, so a hostile header can neither break
+// the line nor send escape sequences to a terminal.
+std::string printable(std::string_view name);
 
 }  // namespace kiln::block::qcow2

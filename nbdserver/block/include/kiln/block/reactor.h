@@ -19,6 +19,20 @@
 
 namespace kiln::block {
 
+// A test hook under the block layer (leveldb's fault-injecting Env, at the level of file
+// operations): the reactor asks it before each whole-buffer file operation whether to run it.
+// This kernel has no device-mapper, so failed writes, failed fsyncs and slow writes are made
+// here. Production code never installs one; an unarmed reactor pays one predictable branch.
+enum class FileOp : uint8_t { kRead, kWrite, kFsync, kFallocate };
+class FaultInjector {
+ public:
+  virtual ~FaultInjector() = default;
+  // Returns 0 to let the operation run, or -errno to complete it with that error without
+  // touching the file. May suspend to delay the operation (something else must then be in
+  // flight on the reactor, or it has nothing to wait for). `offset`/`length` are 0 for fsync.
+  virtual Task<int> before(FileOp op, int fd, uint64_t offset, uint64_t length) = 0;
+};
+
 class Reactor final : public Scheduler {
  public:
   explicit Reactor(unsigned entries = 256);
@@ -121,6 +135,9 @@ class Reactor final : public Scheduler {
 
   uint64_t submitted() const { return submitted_; }
 
+  // Installs (or, with nullptr, removes) a fault injector for the operations above. Tests only.
+  void set_fault_injector(FaultInjector* f) { faults_ = f; }
+
  private:
   Task<void> drain_inbox();
   bool closing_ = false;
@@ -134,6 +151,7 @@ class Reactor final : public Scheduler {
   std::vector<std::coroutine_handle<>> inbox_;
   size_t inflight_ = 0;
   uint64_t submitted_ = 0;
+  FaultInjector* faults_ = nullptr;
 };
 
 }  // namespace kiln::block

@@ -1,0 +1,120 @@
+// A write into a cluster the guest already owns goes straight to the host cluster without the
+// cluster lock (the fast path). While it is on its way, a discard or an unmapping
+// write-zeroes of the same cluster, a flush that releases the cluster, and an allocation for
+// another guest cluster that reuses it must not let the late write land in what is by then
+// someone else's cluster. The interleaving is made deterministic by holding the in-place write
+// in the fault hook.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "fault_injector.h"
+#include "kiln/block/device.h"
+#include "kiln/block/qcow2.h"
+#include "test_util.h"
+
+using namespace kiln;
+using namespace kiln::block;
+using kiln::test::Dev;
+using kiln::test::Faults;
+using kiln::test::Gate;
+using kiln::test::TempDir;
+
+namespace {
+
+constexpr uint64_t kCluster = 65536;
+
+enum class Freeing { kDiscard, kZeroUnmap };
+
+class InPlaceWrite : public testing::TestWithParam<Freeing> {};
+
+struct Outcome {
+  int write_rc = -1, free_rc = -1, flush_rc = -1, other_rc = -1;
+  int held = 0;
+};
+
+Task<void> run_write(BlockDevice* dev, uint64_t off, std::vector<uint8_t>* data, int* rc) {
+  *rc = co_await dev->write(off, *data, 0);
+}
+
+Task<void> run_free(BlockDevice* dev, Freeing how, int* rc) {
+  *rc = how == Freeing::kDiscard ? co_await dev->discard(0, kCluster)
+                                 : co_await dev->write_zeroes(0, kCluster, 0);
+}
+
+// W: a 4 KiB in-place write into guest cluster 0, held on its way to the disk. Meanwhile:
+// cluster 0 is freed (discard / zero), a flush runs, and guest cluster 5 is written (an
+// allocation). Then W is let go.
+Task<void> scenario(Reactor& r, BlockDevice* dev, Gate* gate, Freeing how,
+                    std::vector<uint8_t>* late, std::vector<uint8_t>* other, Outcome* out) {
+  WaitGroup group(r);
+  r.spawn(run_write(dev, 0, late, &out->write_rc), &group);
+  out->held = gate->held();
+  r.spawn(run_free(dev, how, &out->free_rc), &group);
+  out->flush_rc = co_await dev->flush();
+  out->other_rc = co_await dev->write(5 * kCluster, *other, 0);
+  gate->release();
+  co_await group.wait();
+}
+
+TEST_P(InPlaceWrite, DoesNotLandInAClusterReusedMeanwhile) {
+  Reactor r;
+  TempDir dir;
+  qcow2::CreateOptions co;
+  co.size = 1u << 20;
+  const std::string path = dir.file("img.qcow2");
+  qcow2::create(r, path, co);
+  Dev d = Dev::open(r, path);
+  ASSERT_EQ(d.write(0, std::vector<uint8_t>(kCluster, 0x11)), 0);
+  ASSERT_EQ(d.flush(), 0);
+  std::vector<Extent> ext;
+  ASSERT_EQ(r.run(d.dev->block_status(0, kCluster, &ext)), 0);
+  ASSERT_EQ(ext.size(), 1u);
+  ASSERT_TRUE(ext[0].data);
+  const uint64_t host = ext[0].host_offset;
+
+  std::vector<uint8_t> late(4096, 0xee), other(kCluster, 0x55);
+  Outcome out;
+  {
+    Faults faults(r);
+    Gate gate(r);
+    faults.add({.op = FileOp::kWrite,
+                .from = host,
+                .to = host + kCluster,
+                .count = 1,
+                .error = 0,
+                .gate = &gate});
+    r.run(scenario(r, d.dev.get(), &gate, GetParam(), &late, &other, &out));
+  }
+  EXPECT_EQ(out.held, 1) << "the in-place write did not reach the disk layer first";
+  EXPECT_EQ(out.write_rc, 0);
+  EXPECT_EQ(out.free_rc, 0);
+  EXPECT_EQ(out.flush_rc, 0);
+  EXPECT_EQ(out.other_rc, 0);
+
+  // Guest cluster 5 holds exactly what was written to it; cluster 0 reads as the write and the
+  // free in some order: zeros, or the write over the old data.
+  EXPECT_EQ(d.read(5 * kCluster, kCluster), other);
+  std::vector<uint8_t> c0 = d.read(0, kCluster);
+  std::vector<uint8_t> written(kCluster, 0x11);
+  std::copy(late.begin(), late.end(), written.begin());
+  EXPECT_TRUE(c0 == std::vector<uint8_t>(kCluster, 0) || c0 == written);
+  ASSERT_EQ(d.close(), 0);
+
+  Dev again = Dev::open(r, path, true);
+  EXPECT_EQ(again.read(5 * kCluster, kCluster), other);
+  qcow2::CheckResult res = qcow2::check(r, path, qcow2::Repair::kNone);
+  EXPECT_EQ(res.corruptions, 0u);
+  EXPECT_EQ(res.leaks, 0u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Freeing, InPlaceWrite,
+                         testing::Values(Freeing::kDiscard, Freeing::kZeroUnmap),
+                         [](const auto& info) {
+                           return info.param == Freeing::kDiscard ? std::string("discard")
+                                                                  : std::string("zero_unmap");
+                         });
+
+}  // namespace
