@@ -79,7 +79,8 @@ def test_tenant_data_is_private_whatever_the_umask(world, tmp_path):
 def test_files_qemu_opens_are_given_to_its_user(world, tmp_path):
     """--qemu-user nobody:nogroup (on a Debian host libvirt-qemu, from qemu.conf): the config
     drive and the console log are nobody's 0600, the rest stays root's; a directory that
-    nobody cannot pass is refused before the domain is defined, and rolled back."""
+    nobody cannot pass, or a socket it cannot connect to, is refused before the domain is
+    defined, and rolled back."""
     assert os.geteuid() == 0, "giving files to another user needs root"
     base = make_qcow2(str(tmp_path / "base.qcow2"), "16M")
     world.spawn("image-create", "guest", base)
@@ -93,6 +94,13 @@ def test_files_qemu_opens_are_given_to_its_user(world, tmp_path):
     world.assert_nothing_left()
 
     os.chmod(world.dir, 0o711)
+    # kiln-nbd's shared socket (--nbd-socket, as this World uses) is root's 0755: QEMU as
+    # nobody could not connect to it.
+    p = world.spawn("--qemu-user", "nobody:nogroup", "boot", "nosock", *boot_args(tmp_path),
+                    check=False)
+    one_line_error(p, f"cannot use kiln-nbd's socket {world.nbd.sock}", "is 0755")
+    world.spawn("delete", "nosock")
+    os.chmod(world.nbd.sock, 0o666)
     inst = json.loads(world.spawn("--qemu-user", "nobody:nogroup", "boot", "vm1",
                                   *boot_args(tmp_path)).stdout)
     d = inst["instance_dir"]
