@@ -12,6 +12,9 @@ namespace {
 
 constexpr int kMaxSymlinks = 40;  // as Linux's path walk
 constexpr int kMaxDepth = 256;    // nesting of a recursive removal
+// Names listed from one directory (a recursive removal holds one list per level): bounds the
+// memory a hostile directory can make kiln-fs use.
+constexpr size_t kMaxDirEntries = 1000000;
 
 std::string fail(const std::string& path, const std::string& what, errcode_t rc) {
   return path + ": " + what + ": " + ext2_error(rc);
@@ -19,6 +22,10 @@ std::string fail(const std::string& path, const std::string& what, errcode_t rc)
 
 bool is_dir(const ext2_inode_large& i) { return LINUX_S_ISDIR(i.i_mode); }
 bool is_link(const ext2_inode_large& i) { return LINUX_S_ISLNK(i.i_mode); }
+
+// Directories that a walk with `f` writes into are reached through links only as `f` allows;
+// kParents (a read's "not the last component") follows every link on the way.
+Follow dirs_follow(Follow f) { return f == Follow::kParents ? Follow::kAll : f; }
 
 uint32_t now() { return static_cast<uint32_t>(time(nullptr)); }
 
@@ -137,6 +144,28 @@ std::string Guest::read_file(ext2_ino_t ino, const std::string& path, uint64_t l
   return out;
 }
 
+ext2_ino_t Guest::child(ext2_ino_t dir, const std::string& name, const std::string& path) const {
+  ext2_ino_t ino = 0;
+  errcode_t rc =
+      ext2fs_lookup(fs_, dir, name.c_str(), static_cast<int>(name.size()), nullptr, &ino);
+  if (rc == EXT2_ET_FILE_NOT_FOUND) return 0;
+  if (rc) throw Error(fail(path, "cannot look up '" + name + "'", rc));
+  return ino;
+}
+
+// A healthy ext2/3/4 directory has exactly one name, and its ".." is the directory holding
+// it. A crafted image can add a second entry for a directory (debugfs "link" does): through
+// it, a write meant for /home/alice/.ssh would land in /root/.ssh. e2fsck reports such
+// entries; kiln-fs refuses to walk through them.
+void Guest::check_parent(ext2_ino_t dir, ext2_ino_t parent, const std::string& path) const {
+  ext2_ino_t dotdot = 0;
+  errcode_t rc = ext2fs_lookup(fs_, dir, "..", 2, nullptr, &dotdot);
+  if (rc == EXT2_ET_FILE_NOT_FOUND || (rc == 0 && dotdot != parent))
+    throw Error(path + " is a second name of a directory that lives elsewhere (its '..' does " +
+                "not lead back): the filesystem is corrupt or crafted, run e2fsck");
+  if (rc) throw Error(fail(path, "cannot look up '..'", rc));
+}
+
 ext2_ino_t Guest::lookup(const std::string& path, Follow follow) const {
   Resolved r = resolve(path, follow);
   return r.parent_missing ? 0 : r.ino;
@@ -184,11 +213,22 @@ Guest::Resolved Guest::resolve(const std::string& path, Follow follow) const {
     }
     walked += "/" + item.name;
     ext2_inode_large inode = read_inode(child);
-    if (is_link(inode) && !(last && follow != Follow::kAll)) {
+    const bool follow_last = follow == Follow::kAll || follow == Follow::kTrusted;
+    if (is_link(inode) && !(last && !follow_last)) {
       const std::string target = read_link(child, walked);
       if (follow == Follow::kNever)
         throw Error(path + ": refusing to follow the symbolic link " + walked + " -> " + target +
                     " (allow it with --follow-symlinks)");
+      // A guest user can plant a link (or hard-link one that root made) where root will
+      // write; following it would let them choose which file root writes.
+      if (follow == Follow::kTrusted && inode_uid(inode) != 0)
+        throw Error(path + ": refusing to follow the symbolic link " + walked + " -> " + target +
+                    ": it belongs to uid " + std::to_string(inode_uid(inode)) +
+                    ", and only links owned by root are followed");
+      if (follow == Follow::kTrusted && inode.i_links_count > 1)
+        throw Error(path + ": refusing to follow the symbolic link " + walked + " -> " + target +
+                    ": it has " + std::to_string(inode.i_links_count) +
+                    " names (hard links), and only links with one name are followed");
       if (++links > kMaxSymlinks) throw Error(path + ": too many levels of symbolic links");
       std::vector<std::string> parts = split_any(target);
       for (auto it = parts.rbegin(); it != parts.rend(); ++it) todo.push_front({*it, true});
@@ -199,6 +239,7 @@ Guest::Resolved Guest::resolve(const std::string& path, Follow follow) const {
       r.ino = cur;
       continue;
     }
+    if (is_dir(inode)) check_parent(child, cur, walked);
     ancestors.push_back(cur);
     cur = child;
     r.ino = child;
@@ -213,7 +254,7 @@ Guest::Parent Guest::parent_of(const std::string& path, Follow follow, bool crea
   p.name = parts.back();
   parts.pop_back();
   // Directories to write into are followed through links only if allowed at all.
-  const Follow dir_follow = follow == Follow::kNever ? Follow::kNever : Follow::kAll;
+  const Follow dir_follow = dirs_follow(follow);
   std::string prefix;
   ext2_ino_t dir = EXT2_ROOT_INO;
   for (const auto& c : parts) {
@@ -277,9 +318,11 @@ ext2_ino_t Guest::make_dirs(const std::string& path, const Attrs& attrs, Follow 
     if (follow == Follow::kNever)
       throw Error(path + ": refusing to follow the symbolic link " + path + " -> " +
                   read_link(ino, path) + " (allow it with --follow-symlinks)");
-    ino = lookup(path, Follow::kAll);
+    ino = lookup(path, dirs_follow(follow));  // checks the link's owner and every '..'
     if (ino == 0) throw Error(path + ": the symbolic link points to nothing");
     inode = read_inode(ino);
+  } else if (is_dir(inode)) {
+    check_parent(ino, at.dir, path);
   }
   if (!is_dir(inode)) throw Error(path + " exists and is not a directory");
   set_attrs(ino, attrs);
@@ -318,16 +361,30 @@ void Guest::to_block_mapped(ext2_ino_t ino, ext2_inode_large& inode, const std::
 
 ext2_ino_t Guest::write_file(const Parent& at, const std::string& path, const std::string& content,
                              const Attrs& attrs) {
-  ext2_ino_t ino = 0;
-  errcode_t rc =
-      ext2fs_lookup(fs_, at.dir, at.name.c_str(), static_cast<int>(at.name.size()), nullptr, &ino);
-  if (rc && rc != EXT2_ET_FILE_NOT_FOUND) throw Error(fail(path, "cannot look up", rc));
-  if (rc == 0) {
+  ext2_ino_t ino = child(at.dir, at.name, path);
+  if (ino != 0) {
     ext2_inode_large inode = read_inode(ino);
     if (!LINUX_S_ISREG(inode.i_mode)) throw Error(path + " exists and is not a regular file");
+    if (inode.i_links_count > 1) {
+      // Another name shares this inode (perhaps /etc/shadow, hard-linked by a guest user into
+      // their home): rewriting or chowning it would change that file too. The name written
+      // gets an inode of its own instead; the other names keep the old one, untouched.
+      const uint16_t mode = static_cast<uint16_t>(
+          LINUX_S_IFREG | (attrs.mode.value_or(inode.i_mode & 07777) & 07777));
+      const uint32_t uid = attrs.uid.value_or(inode_uid(inode));
+      const uint32_t gid = attrs.gid.value_or(inode_gid(inode));
+      errcode_t rc = ext2fs_unlink(fs_, at.dir, at.name.c_str(), ino, 0);
+      if (rc) throw Error(fail(path, "cannot unlink the hard-linked name", rc));
+      --inode.i_links_count;
+      inode.i_ctime = now();
+      write_inode(ino, inode);
+      ext2_ino_t fresh = create_file(at, path, content, mode, uid, gid);
+      copy_xattrs(ino, fresh, path);  // SELinux label, capabilities, ACLs: as the old name had
+      return fresh;
+    }
     if (inode.i_flags & EXT4_INLINE_DATA_FL) to_block_mapped(ino, inode, path);
     File f(fs_, ino, EXT2_FILE_WRITE, path);
-    rc = ext2fs_file_set_size2(f.get(), 0);
+    errcode_t rc = ext2fs_file_set_size2(f.get(), 0);
     if (rc) throw Error(fail(path, "cannot truncate", rc));
     write_all(f, content, path);
     f.close();
@@ -338,12 +395,18 @@ ext2_ino_t Guest::write_file(const Parent& at, const std::string& path, const st
     return ino;
   }
   const uint16_t mode = static_cast<uint16_t>(LINUX_S_IFREG | (attrs.mode.value_or(0644) & 07777));
-  rc = ext2fs_new_inode(fs_, at.dir, mode, nullptr, &ino);
+  return create_file(at, path, content, mode, attrs.uid.value_or(0), attrs.gid.value_or(0));
+}
+
+ext2_ino_t Guest::create_file(const Parent& at, const std::string& path, const std::string& content,
+                              uint16_t mode, uint32_t uid, uint32_t gid) {
+  ext2_ino_t ino = 0;
+  errcode_t rc = ext2fs_new_inode(fs_, at.dir, mode, nullptr, &ino);
   if (rc) throw Error(fail(path, "cannot allocate an inode", rc));
   ext2_inode_large inode;
   std::memset(&inode, 0, sizeof inode);
   inode.i_mode = mode;
-  set_owner(inode, attrs.uid.value_or(0), attrs.gid.value_or(0));
+  set_owner(inode, uid, gid);
   inode.i_links_count = 1;
   inode.i_atime = inode.i_ctime = inode.i_mtime = now();
   if (ext2fs_has_feature_extents(fs_->super)) {
@@ -363,19 +426,63 @@ ext2_ino_t Guest::write_file(const Parent& at, const std::string& path, const st
   return ino;
 }
 
+void Guest::copy_xattrs(ext2_ino_t from, ext2_ino_t to, const std::string& path) {
+  if (!ext2fs_has_feature_xattr(fs_->super)) return;
+  struct Handle {
+    ext2_xattr_handle* h = nullptr;
+    ~Handle() {
+      if (h) ext2fs_xattrs_close(&h);
+    }
+  } src, dst;
+  errcode_t rc = ext2fs_xattrs_open(fs_, from, &src.h);
+  if (!rc) rc = ext2fs_xattrs_read(src.h);
+  if (rc) throw Error(fail(path, "cannot read the extended attributes", rc));
+  struct Item {
+    std::string name, value;
+  };
+  std::vector<Item> items;
+  auto cb = [](char* name, char* value, size_t len, void* data) -> int {
+    // "system.data" is inline file data, the filesystem's own, not an attribute.
+    if (std::strcmp(name, "system.data") != 0)
+      static_cast<std::vector<Item>*>(data)->push_back({name, std::string(value, len)});
+    return 0;
+  };
+  rc = ext2fs_xattrs_iterate(src.h, cb, &items);
+  if (rc) throw Error(fail(path, "cannot read the extended attributes", rc));
+  if (items.empty()) return;
+  rc = ext2fs_xattrs_open(fs_, to, &dst.h);
+  if (!rc) rc = ext2fs_xattrs_read(dst.h);
+  // The iteration hands out values as stored (ACLs in ext4's on-disk format): stored as is.
+  unsigned int raw = XATTR_HANDLE_FLAG_RAW;
+  if (!rc) rc = ext2fs_xattrs_flags(dst.h, &raw, nullptr);
+  for (size_t i = 0; !rc && i < items.size(); ++i)
+    rc = ext2fs_xattr_set(dst.h, items[i].name.c_str(), items[i].value.data(),
+                          items[i].value.size());
+  if (rc) throw Error(fail(path, "cannot write the extended attributes", rc));
+}
+
 std::vector<Guest::DirEntry> Guest::list_dir(ext2_ino_t dir, const std::string& path) const {
   struct Ctx {
     std::vector<DirEntry> out;
+    bool too_many = false;
   } ctx;
   auto cb = [](ext2_ino_t, int, struct ext2_dir_entry* d, int, int, char*, void* priv) -> int {
     auto* c = static_cast<Ctx*>(priv);
     const int len = ext2fs_dirent_name_len(d);
     std::string name(d->name, static_cast<size_t>(len));
-    if (name != "." && name != "..")
+    if (name != "." && name != "..") {
+      if (c->out.size() >= kMaxDirEntries) {
+        c->too_many = true;
+        return DIRENT_ABORT;
+      }
       c->out.push_back({std::move(name), d->inode, ext2fs_dirent_file_type(d)});
+    }
     return 0;
   };
   errcode_t rc = ext2fs_dir_iterate2(fs_, dir, 0, nullptr, cb, &ctx);
+  if (ctx.too_many)
+    throw Error(path + ": the directory has more than " + std::to_string(kMaxDirEntries) +
+                " entries");
   if (rc) throw Error(fail(path, "cannot read the directory", rc));
   return ctx.out;
 }
@@ -401,6 +508,8 @@ void Guest::remove_entry(ext2_ino_t dir, const std::string& name, ext2_ino_t ino
   if (depth > kMaxDepth) throw Error(path + ": directories nested too deeply to remove");
   ext2_inode_large inode = read_inode(ino);
   if (is_dir(inode)) {
+    // Through a second name of a directory, a removal would free what another name uses.
+    check_parent(ino, dir, path);
     for (const auto& e : list_dir(ino, path))
       remove_entry(ino, e.name, e.ino, path + "/" + e.name, depth + 1);
     inode = read_inode(ino);
@@ -434,10 +543,7 @@ bool Guest::remove(const std::string& path, Follow follow) {
   const std::string name = parts.back();
   std::string parent_path;
   for (size_t i = 0; i + 1 < parts.size(); ++i) parent_path += "/" + parts[i];
-  ext2_ino_t dir =
-      parent_path.empty()
-          ? EXT2_ROOT_INO
-          : lookup(parent_path, follow == Follow::kNever ? Follow::kNever : Follow::kAll);
+  ext2_ino_t dir = parent_path.empty() ? EXT2_ROOT_INO : lookup(parent_path, dirs_follow(follow));
   if (dir == 0) return false;
   if (!is_dir(read_inode(dir))) throw Error(path + ": " + parent_path + " is not a directory");
   ext2_ino_t ino = 0;

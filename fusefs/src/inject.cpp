@@ -20,8 +20,10 @@ std::string octal(uint32_t mode) {
   return b;
 }
 
+// Writes go through links only with --follow-symlinks, and then only through links that root
+// owns (kTrusted): a link a guest user made must not choose what root writes.
 Follow follow_of(const InjectOptions& o) {
-  return o.follow_symlinks ? Follow::kAll : Follow::kNever;
+  return o.follow_symlinks ? Follow::kTrusted : Follow::kNever;
 }
 
 // The file at `path` for reading (links followed inside the guest), or nullopt if missing.
@@ -50,6 +52,15 @@ void write_config(Guest& g, const std::string& path, const std::string& content,
   g.write_file(Guest::Parent{r.dir, r.name}, path, content, attrs);
 }
 
+// .ssh and authorized_keys are handed over to the user (owner, 0700/0600): they must be the
+// user's own names, never a link to somewhere else, whatever --follow-symlinks says.
+void refuse_link(Guest& g, ext2_ino_t ino, const std::string& path) {
+  throw Error("refusing to write through the symbolic link " + path + " -> " +
+              g.read_link(ino, path) +
+              " (.ssh and authorized_keys are given to the user, so they are never written "
+              "through a link)");
+}
+
 // Errors here are prefixed with the operation by apply().
 void do_ssh_key(Guest& g, const Operation& op, const InjectOptions& o) {
   std::optional<std::string> passwd = read_config(g, "/etc/passwd");
@@ -57,25 +68,50 @@ void do_ssh_key(Guest& g, const Operation& op, const InjectOptions& o) {
   std::optional<PasswdEntry> user = find_passwd_entry(*passwd, op.user);
   if (!user) throw Error("no user '" + op.user + "' in the guest's /etc/passwd");
   const Follow f = follow_of(o);
+  const Attrs theirs{0700, user->uid, user->gid};
   std::string home = user->home;
   while (home.size() > 1 && home.back() == '/') home.pop_back();
-  const std::string ssh_dir = (home == "/" ? "" : home) + "/.ssh";
   // A missing home is made for the user (0700), its parents for root (0755).
-  if (g.lookup(home, f == Follow::kAll ? Follow::kAll : Follow::kParents) == 0 && home != "/")
-    g.make_dirs(home, Attrs{0700, user->uid, user->gid}, f);
-  g.make_dirs(ssh_dir, Attrs{0700, user->uid, user->gid}, f);
+  if (home != "/" && g.lookup(home, f == Follow::kNever ? Follow::kParents : f) == 0)
+    g.make_dirs(home, theirs, f);
+  const ext2_ino_t home_ino = g.lookup(home, f);
+  if (home_ino != 0 && LINUX_S_ISLNK(g.read_inode(home_ino).i_mode))  // only with kNever
+    throw Error("refusing to follow the symbolic link " + home + " -> " +
+                g.read_link(home_ino, home) + " (allow it with --follow-symlinks)");
+  if (home_ino == 0 || !LINUX_S_ISDIR(g.read_inode(home_ino).i_mode))
+    throw Error("the home directory " + home + " is not a directory");
+
+  const std::string ssh_dir = (home == "/" ? "" : home) + "/.ssh";
+  ext2_ino_t ssh = g.child(home_ino, ".ssh", ssh_dir);
+  if (ssh == 0) {
+    ssh = g.make_dir(home_ino, ".ssh", ssh_dir, theirs);
+  } else {
+    ext2_inode_large inode = g.read_inode(ssh);
+    if (LINUX_S_ISLNK(inode.i_mode)) refuse_link(g, ssh, ssh_dir);
+    if (!LINUX_S_ISDIR(inode.i_mode)) throw Error(ssh_dir + " exists and is not a directory");
+    g.check_parent(ssh, home_ino, ssh_dir);
+    g.set_attrs(ssh, theirs);
+  }
+
   const std::string keys_path = ssh_dir + "/authorized_keys";
-  ext2_ino_t existing = g.lookup(keys_path, f);
   std::string current;
-  if (existing != 0) {
+  if (ext2_ino_t existing = g.child(ssh, "authorized_keys", keys_path); existing != 0) {
     ext2_inode_large inode = g.read_inode(existing);
-    if (LINUX_S_ISLNK(inode.i_mode))
-      throw Error("refusing to write through the symbolic link " + keys_path +
-                  " (allow it with --follow-symlinks)");
+    if (LINUX_S_ISLNK(inode.i_mode)) refuse_link(g, existing, keys_path);
     if (!LINUX_S_ISREG(inode.i_mode)) throw Error(keys_path + " is not a regular file");
+    // The keys already there are kept. From a file with other names that the user does not
+    // own (say, a hard link to /etc/shadow), that would copy someone else's data into a file
+    // the user gets: refused.
+    if (inode.i_links_count > 1 && inode_uid(inode) != user->uid)
+      throw Error(keys_path + " has " + std::to_string(inode.i_links_count) +
+                  " names (hard links) and belongs to uid " + std::to_string(inode_uid(inode)) +
+                  ", not to " + op.user + ": refusing to copy its content into " + op.user +
+                  "'s file (remove it first, e.g. with --delete)");
     current = g.read_file(existing, keys_path, kConfigLimit);
   }
-  write_config(g, keys_path, append_keys(current, op.data), Attrs{0600, user->uid, user->gid}, o);
+  // A file with other names gets a new inode here (Guest::write_file): they keep theirs.
+  g.write_file(Guest::Parent{ssh, "authorized_keys"}, keys_path, append_keys(current, op.data),
+               Attrs{0600, user->uid, user->gid});
 }
 
 void do_hostname(Guest& g, const Operation& op, const InjectOptions& o) {
@@ -199,6 +235,9 @@ void validate(const std::vector<Operation>& ops) {
       throw Error(what + ": mode " + octal(*op.mode) + " is invalid");
     if (op.uid.has_value() != op.gid.has_value())
       throw Error(what + ": give both the uid and the gid, or neither");
+    // (uid_t)-1 is chown(2)'s "no change", not an owner.
+    if ((op.uid && *op.uid == 0xffffffffu) || (op.gid && *op.gid == 0xffffffffu))
+      throw Error(what + ": uid and gid go from 0 to 4294967294");
     total += op.data.size();
     switch (op.kind) {
       case OpKind::kSshKey:

@@ -45,14 +45,24 @@ std::string read_host_file(const std::string& path, const std::string& what) {
   return data;
 }
 
+// Digits only (no sign, no blanks, no 0x), `base` 8 or 10, at most `max`.
 bool parse_number(const std::string& s, int base, uint32_t max, uint32_t* out) {
-  if (s.empty() || s.size() > 10) return false;
-  char* end = nullptr;
-  errno = 0;
-  unsigned long v = std::strtoul(s.c_str(), &end, base);
-  if (errno || *end || s[0] == '-' || s[0] == '+' || v > max) return false;
+  if (s.empty() || s.size() > 11) return false;
+  uint64_t v = 0;
+  for (char c : s) {
+    if (c < '0' || c >= '0' + base) return false;
+    v = v * static_cast<uint64_t>(base) + static_cast<uint64_t>(c - '0');
+  }
+  if (v > max) return false;
   *out = static_cast<uint32_t>(v);
   return true;
+}
+
+// What is meant as a number: a digit first, or a sign and a digit ("-1" is a bad uid, not a name).
+bool looks_numeric(const std::string& s) {
+  auto digit = [](char c) { return c >= '0' && c <= '9'; };
+  return !s.empty() &&
+         (digit(s[0]) || ((s[0] == '-' || s[0] == '+') && s.size() > 1 && digit(s[1])));
 }
 
 struct Spec {
@@ -60,9 +70,10 @@ struct Spec {
   std::optional<uint32_t> mode, uid, gid;
 };
 
-// "X[:MODE[:UID:GID]]": the suffixes are recognised from the right when they are numbers, so
-// that X may itself contain ':'.
-Spec parse_spec(const std::string& text) {
+// "X[:MODE[:UID:GID]]", the suffixes taken from the right so that X may itself contain ':'. A
+// suffix that looks like a number is meant as one and must be valid: "motd:0799" is a bad
+// mode, not a file named "motd:0799".
+Spec parse_spec(const std::string& text, const std::string& option) {
   std::vector<std::string> parts;
   size_t start = 0;
   for (;;) {
@@ -71,22 +82,30 @@ Spec parse_spec(const std::string& text) {
     if (p == std::string::npos) break;
     start = p + 1;
   }
-  auto join = [&](size_t n) {
-    std::string s;
-    for (size_t i = 0; i < n; ++i) s += (i ? ":" : "") + parts[i];
-    return s;
-  };
-  Spec spec;
-  uint32_t mode, uid, gid;
   const size_t n = parts.size();
-  if (n >= 4 && parse_number(parts[n - 3], 8, 07777, &mode) &&
-      parse_number(parts[n - 2], 10, 0xffffffffu, &uid) &&
-      parse_number(parts[n - 1], 10, 0xffffffffu, &gid)) {
-    spec = {join(n - 3), mode, uid, gid};
-  } else if (n >= 2 && parse_number(parts[n - 1], 8, 07777, &mode)) {
-    spec = {join(n - 1), mode, std::nullopt, std::nullopt};
-  } else {
+  size_t numeric = 0;
+  while (numeric < 3 && numeric + 1 < n && looks_numeric(parts[n - 1 - numeric])) ++numeric;
+  Spec spec;
+  if (numeric == 0) {
     spec.head = text;
+    return spec;
+  }
+  const std::string where = option + " '" + text + "'";
+  if (numeric == 2) throw UsageError(where + ": give MODE or MODE:UID:GID after the path");
+  const size_t m = n - numeric;  // index of MODE
+  for (size_t i = 0; i < m; ++i) spec.head += (i ? ":" : "") + parts[i];
+  uint32_t v = 0;
+  if (!parse_number(parts[m], 8, 07777, &v))
+    throw UsageError(where + ": invalid mode '" + parts[m] + "' (octal, 0 to 7777)");
+  spec.mode = v;
+  if (numeric == 3) {
+    // (uid_t)-1 means "no change" to chown(2): not an owner.
+    if (!parse_number(parts[m + 1], 10, 0xfffffffeu, &v))
+      throw UsageError(where + ": invalid uid '" + parts[m + 1] + "' (0 to 4294967294)");
+    spec.uid = v;
+    if (!parse_number(parts[m + 2], 10, 0xfffffffeu, &v))
+      throw UsageError(where + ": invalid gid '" + parts[m + 2] + "' (0 to 4294967294)");
+    spec.gid = v;
   }
   return spec;
 }
@@ -134,13 +153,13 @@ int cmd_inject(int argc, char** argv) {
         if (eq == std::string::npos || eq == 0 || eq + 1 == arg.size())
           throw UsageError("--file takes GUEST_PATH=HOST_FILE[:MODE[:UID:GID]], not '" + arg + "'");
         const std::string guest = arg.substr(0, eq);
-        Spec s = parse_spec(arg.substr(eq + 1));
+        Spec s = parse_spec(arg.substr(eq + 1), "--file");
         ops.push_back(Operation::file(guest, read_host_file(s.head, "--file " + guest), s.mode,
                                       s.uid, s.gid));
         break;
       }
       case kMkdir: {
-        Spec s = parse_spec(arg);
+        Spec s = parse_spec(arg, "--mkdir");
         ops.push_back(Operation::mkdir(s.head, s.mode, s.uid, s.gid));
         break;
       }

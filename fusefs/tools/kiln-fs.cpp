@@ -34,11 +34,16 @@ constexpr const char* kUsage =
 }  // namespace
 
 int parse_partition(const char* text) {
-  char* end = nullptr;
-  errno = 0;
-  long v = std::strtol(text, &end, 10);
-  if (errno || end == text || *end || v < 1 || v > 8192)
-    throw UsageError(std::string("invalid partition number '") + text + "'");
+  // Digits only: strtol would take " 1", "+1" and "1 " too.
+  const std::string s = text;
+  long v = 0;
+  bool ok = !s.empty() && s.size() <= 5;
+  for (char c : s) {
+    ok = ok && c >= '0' && c <= '9';
+    if (ok) v = v * 10 + (c - '0');
+  }
+  if (!ok || v < 1 || v > 8192)
+    throw UsageError("invalid partition number '" + s + "' (1 to 8192)");
   return static_cast<int>(v);
 }
 

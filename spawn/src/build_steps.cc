@@ -1,7 +1,11 @@
 // The build steps of Compute::boot, one method each (see build_steps() for the order).
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -17,6 +21,8 @@
 #include "kiln/spawn/images.h"
 #include "kiln/spawn/nbd_control.h"
 #include "kiln/spawn/virt.h"
+#include "perms.h"
+#include "util.h"
 #ifdef KILN_SPAWN_HAVE_FS
 #include "inject.h"
 #endif
@@ -76,6 +82,18 @@ void create_overlay(const std::string& path, const std::string& base, const std:
   } catch (const block::Error& e) {
     throw system_error("overlay " + path + ": " + e.what());
   }
+}
+
+// The instance's directory, on QEMU's way to its config drive and console log (perms.h).
+void make_instance_dir(const Store& store, const Instance& inst) {
+  make_dir(store.dir() + "/instances", kPassageDir);
+  make_dir(inst.dir, kPassageDir);
+}
+
+std::string octal(mode_t m) {
+  char b[8];
+  std::snprintf(b, sizeof b, "%04o", static_cast<unsigned>(m & 07777));
+  return b;
 }
 
 }  // namespace
@@ -157,8 +175,10 @@ void Compute::step_overlay(Build& b) {
   bool filled = false;
   std::string base = images.ensure_base(b.image, opt_.progress, &filled);
   inst.base_filled = filled;
-  fs::create_directories(inst.dir);
+  make_instance_dir(store_, inst);
   uint64_t size = std::max<uint64_t>(b.image.virtual_size, uint64_t(b.flavor.disk_gb) * kGiB);
+  // Made 0600 first: the qcow2 writer keeps an existing file's mode (it would create 0644).
+  make_file(inst.dir + "/disk", kPrivateFile);
   create_overlay(inst.dir + "/disk", base, b.image.disk_format, b.image.virtual_size, size);
   save(inst, "overlay " + inst.dir + "/disk (" + std::to_string(size) + " bytes) on base " + base +
                  (filled ? " (base cached now)" : ""));
@@ -197,8 +217,10 @@ void Compute::step_config_drive(Build& b) {
     n.mtu = network.network_type == "vxlan" ? 1450 : 1500;
     in.networks.push_back(n);
   }
-  fs::create_directories(inst.dir);
+  make_instance_dir(store_, inst);
   write_iso(config_drive_files(in), inst.dir + "/disk.config");
+  // QEMU opens it itself (libvirt chowns it too when dynamic_ownership is on).
+  give_to(inst.dir + "/disk.config", qemu_user());
   save(inst, "config drive " + inst.dir + "/disk.config");
 }
 
@@ -219,8 +241,44 @@ void Compute::step_export(Build& b) {
   Instance& inst = b.inst;
   NbdControl nbd(opt_.nbd_control);
   inst.export_name = export_name_of(inst.id);
-  save(inst, "export " + inst.export_name);
-  nbd.add_export(inst.export_name, inst.dir + "/disk", "qcow2");
+  inst.nbd_socket = opt_.nbd_socket.empty() ? opt_.nbd_socket_dir + "/" + inst.id + ".sock" : "";
+  save(inst, "export " + inst.export_name + " on " +
+                 (inst.nbd_socket.empty() ? "the shared socket " + opt_.nbd_socket
+                                          : "its socket " + inst.nbd_socket));
+  add_export(nbd, inst);
+}
+
+void Compute::add_export(NbdControl& nbd, const Instance& inst) {
+  const std::string disk = inst.dir + "/disk";
+  if (inst.nbd_socket.empty()) {
+    nbd.add_export(inst.export_name, disk, "qcow2");
+    return;
+  }
+  const std::string& path = inst.nbd_socket;
+  if (path.size() >= sizeof(sockaddr_un{}.sun_path))
+    throw invalid("the export's socket path " + path + " is longer than " +
+                  std::to_string(sizeof(sockaddr_un{}.sun_path) - 1) +
+                  " bytes (use a shorter --nbd-socket-dir)");
+  const HostUser& q = qemu_user();
+  make_dir(fs::path(path).parent_path().string(), kPassageDir);
+  // A socket left by a kiln-nbd that died is no proof of anything: only the one kiln-nbd
+  // makes now counts below.
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(path.c_str());
+  ExportSocket socket{path, q.spec()};
+  nbd.add_export(inst.export_name, disk, "qcow2", &socket);
+  // A kiln-nbd without per-export sockets ignores the two fields and answers ok: never fall
+  // back to its shared socket, which every guest can reach.
+  if (::lstat(path.c_str(), &st) != 0)
+    throw system_error("kiln-nbd added export " + inst.export_name + " but made no socket at " +
+                       path +
+                       ": this kiln-nbd has no per-export sockets (it ignores \"socket\"); "
+                       "update kiln-nbd, or give --nbd-socket to use its one shared socket");
+  if (!S_ISSOCK(st.st_mode)) throw system_error(path + " is not a socket");
+  if (st.st_uid != q.uid || (st.st_mode & 077) != 0)
+    throw system_error("kiln-nbd made the socket " + path + " " + octal(st.st_mode) +
+                       " owned by uid " + std::to_string(st.st_uid) + ", not 0600 for " + q.spec() +
+                       " (the user QEMU runs as)");
 }
 
 void Compute::step_domain(Build& b) {
@@ -233,7 +291,7 @@ void Compute::step_domain(Build& b) {
   d.flavor = inst.flavor;
   d.vcpus = inst.vcpus;
   d.memory_mb = inst.ram_mb;
-  d.nbd_socket = opt_.nbd_socket;
+  d.nbd_socket = inst.nbd_socket.empty() ? opt_.nbd_socket : inst.nbd_socket;
   d.nbd_export = inst.export_name;
   d.config_drive = inst.dir + "/disk.config";
   d.mac = inst.mac;
@@ -242,6 +300,14 @@ void Compute::step_domain(Build& b) {
   d.kernel = b.req.kernel;
   d.initrd = b.req.initrd;
   d.cmdline = b.req.cmdline;
+  // QEMU opens the console log (O_APPEND) and the config drive itself, and connects to the
+  // socket: made its own, and checked to be within its reach, so that a mode in the way is
+  // this error rather than QEMU's.
+  make_file(d.console_log, kPrivateFile);
+  give_to(d.console_log, qemu_user());
+  check_reachable(d.config_drive, qemu_user(), "the config drive", 4);
+  check_reachable(d.console_log, qemu_user(), "the console log", 2);
+  check_reachable(d.nbd_socket, qemu_user(), "kiln-nbd's socket", 2);  // connect(2) writes
   inst.domain_name = d.name;
   inst.domain_xml = domain_xml(d);
   save(inst, "domain " + d.name + " (" + d.virt_type + ")");

@@ -1,6 +1,7 @@
 #include "kiln/spawn/compute.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -19,6 +20,7 @@
 #include "kiln/spawn/nbd_control.h"
 #include "kiln/spawn/resources.h"
 #include "kiln/spawn/virt.h"
+#include "perms.h"
 #include "util.h"
 #ifdef KILN_SPAWN_HAVE_FS
 #include "inject.h"
@@ -40,10 +42,22 @@ Virt& Compute::virt() {
 
 std::string Compute::lock_path(const std::string& id) {
   std::string dir = store_.dir() + "/locks";
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) throw system_error("cannot create " + dir + ": " + ec.message());
+  make_dir(dir, kPrivateDir);
   return dir + "/" + id + ".lock";
+}
+
+const HostUser& Compute::qemu_user() {
+  if (!qemu_user_) {
+    std::string spec = opt_.qemu_user;
+    const char* what = "--qemu-user";
+    if (spec.empty()) {
+      spec = store_.setting("qemu_user").value_or("");
+      what = "setting qemu_user";
+    }
+    qemu_user_ = std::make_unique<HostUser>(spec.empty() ? default_qemu_user(opt_.libvirt_uri)
+                                                         : parse_host_user(spec, what));
+  }
+  return *qemu_user_;
 }
 
 Instance Compute::get(const std::string& ref) {
@@ -103,6 +117,7 @@ void Compute::prepare(Build& b) {
     throw invalid("boot needs --image, --flavor and --net");
   if (req.inject && !injection_available())
     throw invalid("--inject is not available in this build (kiln-spawn was built without kiln_fs)");
+  qemu_user();  // a user that does not exist is bad input too
   if (const char* f = std::getenv(kFailAtEnv); f && *f) {
     const auto& s = build_steps();
     if (std::find(s.begin(), s.end(), f) == s.end())
@@ -226,7 +241,14 @@ void Compute::undo_all(Instance& inst, std::vector<std::string>* errors) {
       virt().undefine(inst.id);
     });
   if (started("export") || !inst.export_name.empty())
-    attempt("export", [&] { NbdControl(opt_.nbd_control).remove_export(export_name_of(inst.id)); });
+    attempt("export", [&] {
+      NbdControl(opt_.nbd_control).remove_export(export_name_of(inst.id));
+      // kiln-nbd unlinks the export's socket; one left by a kiln-nbd that died goes too.
+      struct stat st {};
+      if (!inst.nbd_socket.empty() && ::lstat(inst.nbd_socket.c_str(), &st) == 0 &&
+          S_ISSOCK(st.st_mode) && ::unlink(inst.nbd_socket.c_str()) != 0 && errno != ENOENT)
+        throw errno_error("cannot remove " + inst.nbd_socket, errno);
+    });
   attempt("files", [&] {
     std::error_code ec;
     fs::remove_all(inst.dir, ec);
@@ -252,6 +274,7 @@ void Compute::undo_all(Instance& inst, std::vector<std::string>* errors) {
     inst.ip.clear();
     inst.tap.clear();
     inst.export_name.clear();
+    inst.nbd_socket.clear();
     inst.domain_name.clear();
   }
 }
@@ -310,8 +333,7 @@ Instance Compute::start(const std::string& ref) {
   if (inst.status != kStatusStopped)
     throw conflict("instance " + inst.name + " is " + inst.status + ", not stopped");
   NbdControl nbd(opt_.nbd_control);
-  if (!nbd.has_export(inst.export_name))
-    nbd.add_export(inst.export_name, inst.dir + "/disk", "qcow2");
+  if (!nbd.has_export(inst.export_name)) add_export(nbd, inst);
   if (!virt().exists(inst.id)) virt().define(inst.domain_xml);
   virt().start(inst.id);
   wait_for(inst.id, true);

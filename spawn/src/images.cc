@@ -17,6 +17,7 @@
 #include "kiln/block/device.h"
 #include "kiln/block/qcow2.h"
 #include "kiln/spawn/error.h"
+#include "perms.h"
 #include "util.h"
 
 namespace kiln::spawn {
@@ -100,7 +101,7 @@ std::string copy_file(const std::string& src, const std::string& dst, bool progr
   if (!S_ISREG(st.st_mode)) throw invalid(src + " is not a regular file");
   uint64_t size = static_cast<uint64_t>(st.st_size);
   if (size > kMaxImageBytes) throw invalid(src + " is larger than 4 TiB");
-  UniqueFd out(::open(dst.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  UniqueFd out(::open(dst.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, kPrivateFile));
   if (out.get() < 0) throw errno_error("cannot create " + dst, errno);
   XxhState h;
   Progress bar(progress, label, size);
@@ -147,10 +148,10 @@ std::string file_digest(const std::string& path) {
 
 ImageStore::ImageStore(Store& store)
     : store_(store), images_dir_(store.dir() + "/images"), base_dir_(store.dir() + "/_base") {
-  std::error_code ec;
-  std::filesystem::create_directories(images_dir_, ec);
-  if (!ec) std::filesystem::create_directories(base_dir_, ec);
-  if (ec) throw system_error("cannot create " + images_dir_ + ": " + ec.message());
+  // Tenants' images: only kiln-spawn and kiln-nbd (root) open them; QEMU reads the base
+  // through kiln-nbd, never from here.
+  make_dir(images_dir_, kPrivateDir);
+  make_dir(base_dir_, kPrivateDir);
 }
 
 std::string ImageStore::image_path(const Image& image) const {
@@ -253,7 +254,8 @@ std::string ImageStore::ensure_base(const Image& image, bool progress, bool* fil
   if (digest != image.digest)
     throw system_error("image " + image.name + " is corrupt in the image store (digest " + digest +
                        ", registered " + image.digest + ")");
-  if (::chmod(tmp.c_str(), 0444) != 0) throw errno_error("cannot chmod " + tmp, errno);
+  // Read-only: a base is never written (kiln-nbd opens it read-only under the overlays).
+  if (::chmod(tmp.c_str(), 0400) != 0) throw errno_error("cannot chmod " + tmp, errno);
   if (::rename(tmp.c_str(), path.c_str()) != 0) throw errno_error("cannot rename " + tmp, errno);
   guard.release();
   sync_dir(base_dir_);

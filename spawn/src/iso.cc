@@ -1,5 +1,6 @@
 // write_iso: an ISO9660 image with Rock Ridge and Joliet through libisofs, from memory.
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -118,8 +119,10 @@ void write_iso(const std::map<std::string, std::string>& files, const std::strin
 
   std::string tmp = path + ".tmp";
   TempFile guard(tmp);
-  UniqueFd out(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  // User data, keys: 0600 whatever the umask (the caller gives it to QEMU's user).
+  UniqueFd out(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600));
   if (out.get() < 0) throw errno_error("cannot create " + tmp, errno);
+  if (::fchmod(out.get(), 0600) != 0) throw errno_error("cannot chmod " + tmp, errno);
   SourceRef src;
   check(iso_image_create_burn_source(image.p, opts.p, &src.p), "starting the image writer");
   std::vector<unsigned char> block(2048);

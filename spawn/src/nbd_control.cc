@@ -88,10 +88,19 @@ std::string reply_error(const json& r) {
 
 }  // namespace
 
-void NbdControl::add_export(const std::string& name, const std::string& path,
-                            const std::string& format) {
+std::string NbdControl::add_export_request(const std::string& name, const std::string& path,
+                                           const std::string& format, const ExportSocket* socket) {
   json req = {{"cmd", "add-export"}, {"name", name}, {"path", path}, {"format", format}};
-  json r = parse_reply(call(req.dump()), "add-export");
+  if (socket) {
+    req["socket"] = socket->path;
+    req["owner"] = socket->owner;
+  }
+  return req.dump();
+}
+
+void NbdControl::add_export(const std::string& name, const std::string& path,
+                            const std::string& format, const ExportSocket* socket) {
+  json r = parse_reply(call(add_export_request(name, path, format, socket)), "add-export");
   if (r["ok"] != true)
     throw system_error("kiln-nbd: cannot add export " + name + ": " + reply_error(r));
 }

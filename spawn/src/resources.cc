@@ -3,6 +3,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <sstream>
@@ -44,30 +45,38 @@ const std::vector<std::pair<std::string, std::string>>& resource_settings() {
 
 namespace {
 
+// Whole and range-checked (std::stoll/stod would take " 5", "+5", "1e3", "0x10", "inf"...);
+// the bounds keep (total - reserved) * ratio far from int64's limits.
+constexpr int64_t kMaxAmount = int64_t{1} << 40;
+constexpr double kMaxRatio = 10000.0;
+
+bool all_digits(const std::string& s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
 int64_t setting_int(Store& s, const std::string& key, int64_t dflt) {
   auto v = s.setting(key);
   if (!v) return dflt;
-  try {
-    size_t pos = 0;
-    long long n = std::stoll(*v, &pos);
-    if (pos != v->size() || n < 0) throw std::invalid_argument(key);
-    return n;
-  } catch (const std::exception&) {
-    throw invalid("setting " + key + " is not a non-negative integer: '" + *v + "'");
+  if (all_digits(*v) && v->size() <= 13) {
+    int64_t n = std::stoll(*v);
+    if (n <= kMaxAmount) return n;
   }
+  throw invalid("setting " + key + " must be a whole number from 0 to " +
+                std::to_string(kMaxAmount) + ", not '" + *v + "'");
 }
 
 double setting_ratio(Store& s, const std::string& key, double dflt) {
   auto v = s.setting(key);
   if (!v) return dflt;
-  try {
-    size_t pos = 0;
-    double d = std::stod(*v, &pos);
-    if (pos != v->size() || !(d > 0) || !std::isfinite(d)) throw std::invalid_argument(key);
-    return d;
-  } catch (const std::exception&) {
-    throw invalid("setting " + key + " is not a positive number: '" + *v + "'");
+  const size_t dot = v->find('.');
+  const std::string whole = v->substr(0, dot);
+  const std::string frac = dot == std::string::npos ? "0" : v->substr(dot + 1);
+  if (all_digits(whole) && all_digits(frac) && whole.size() <= 5 && frac.size() <= 6) {
+    double d = std::stod(*v);
+    if (d > 0 && d <= kMaxRatio) return d;
   }
+  throw invalid("setting " + key + " must be a number above 0 and at most 10000 (like 1.5), not '" +
+                *v + "'");
 }
 
 int64_t capacity_of(int64_t total, int64_t reserved, double ratio) {

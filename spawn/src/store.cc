@@ -1,7 +1,9 @@
 #include "kiln/spawn/store.h"
 
+#include <fcntl.h>
 #include <sqlite3.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -10,6 +12,8 @@
 #include <filesystem>
 
 #include "kiln/spawn/error.h"
+#include "perms.h"
+#include "util.h"
 
 namespace kiln::spawn {
 
@@ -38,7 +42,8 @@ CREATE TABLE IF NOT EXISTS instances (
   export_name TEXT NOT NULL DEFAULT '', domain_name TEXT NOT NULL DEFAULT '',
   domain_xml TEXT NOT NULL DEFAULT '', steps_done TEXT NOT NULL DEFAULT '',
   base_filled INTEGER NOT NULL DEFAULT 0,
-  created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+  created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+  nbd_socket TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS instances_image ON instances(image_id);
 CREATE INDEX IF NOT EXISTS instances_digest ON instances(image_digest);
 CREATE TABLE IF NOT EXISTS claims (
@@ -126,15 +131,25 @@ namespace {
 const char* kInstanceCols =
     "id, name, image_id, image_digest, image_format, flavor, vcpus, ram_mb, disk_gb, network, "
     "network_id, status, task_state, fault, port_id, mac, ip, tap, dir, export_name, "
-    "domain_name, domain_xml, steps_done, base_filled, created_at, updated_at";
+    "domain_name, domain_xml, steps_done, base_filled, created_at, updated_at, nbd_socket";
 
 }  // namespace
 
 Store::Store(const std::string& dir) : dir_(dir) {
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec) throw system_error("cannot create state directory " + dir + ": " + ec.message());
+  // Instances live below: QEMU passes through on its way to their config drives (perms.h).
+  try {
+    make_dir(dir, kPassageDir);
+  } catch (const Error& e) {
+    throw system_error(std::string("state directory: ") + e.what());
+  }
   std::string path = dir + "/spawn.db";
+  // Tenant data: 0600 whatever the umask. SQLite gives its -wal and -shm files the database
+  // file's mode.
+  {
+    UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, kPrivateFile));
+    if (fd.get() < 0) throw errno_error("cannot create " + path, errno);
+    if (::fchmod(fd.get(), kPrivateFile) != 0) throw errno_error("cannot chmod " + path, errno);
+  }
   if (sqlite3_open_v2(path.c_str(), &db_,
                       SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
                       nullptr) != SQLITE_OK) {
@@ -146,8 +161,17 @@ Store::Store(const std::string& dir) : dir_(dir) {
   exec("PRAGMA journal_mode=WAL");
   exec("PRAGMA synchronous=NORMAL");
   exec("PRAGMA foreign_keys=ON");
+  // An existing -wal or -shm of an older kiln-spawn keeps the mode it was made with.
+  for (const char* suffix : {"-wal", "-shm"})
+    if (::chmod((path + suffix).c_str(), kPrivateFile) != 0 && errno != ENOENT)
+      throw errno_error("cannot chmod " + path + suffix, errno);
   write([&] {
     exec(kSchema);
+    // Databases made before the column existed (their instances use the shared socket).
+    bool has_socket = false;
+    for (Stmt t(db_, "PRAGMA table_info(instances)"); t.step();)
+      has_socket |= t.text(1) == "nbd_socket";
+    if (!has_socket) exec("ALTER TABLE instances ADD COLUMN nbd_socket TEXT NOT NULL DEFAULT ''");
     for (const Flavor& f : builtin_flavors()) {
       Stmt s(db_,
              "INSERT OR IGNORE INTO flavors(name, vcpus, ram_mb, disk_gb, builtin) "
@@ -217,7 +241,7 @@ void Store::put(const Flavor& f) {
 void Store::put(const Instance& i) {
   std::string sql = std::string("INSERT OR REPLACE INTO instances(") + kInstanceCols +
                     ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                    "?, ?, ?, ?)";
+                    "?, ?, ?, ?, ?)";
   Stmt s(db_, sql.c_str());
   s.bind(i.id)
       .bind(i.name)
@@ -245,6 +269,7 @@ void Store::put(const Instance& i) {
       .bind(i.base_filled)
       .bind(i.created_at.empty() ? utc_now() : i.created_at)
       .bind(i.updated_at.empty() ? utc_now() : i.updated_at)
+      .bind(i.nbd_socket)
       .run();
 }
 
@@ -309,6 +334,7 @@ Instance read_instance(StmtT& s) {
   i.base_filled = s.i64(c++) != 0;
   i.created_at = s.text(c++);
   i.updated_at = s.text(c++);
+  i.nbd_socket = s.text(c++);
   return i;
 }
 

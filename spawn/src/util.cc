@@ -29,7 +29,7 @@ TempFile::~TempFile() {
 }
 
 FileLock::FileLock(const std::string& path)
-    : fd_(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644)) {
+    : fd_(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600)) {
   if (fd_.get() < 0) throw errno_error("cannot open lock " + path, errno);
   while (::flock(fd_.get(), LOCK_EX) != 0) {
     if (errno != EINTR) throw errno_error("cannot lock " + path, errno);
@@ -51,7 +51,7 @@ void write_all(int fd, const void* data, size_t size, uint64_t offset, const std
 }
 
 void write_file(const std::string& path, const std::string& content) {
-  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
   if (fd.get() < 0) throw errno_error("cannot create " + path, errno);
   write_all(fd.get(), content.data(), content.size(), 0, path);
   if (::fsync(fd.get()) != 0) throw errno_error("cannot sync " + path, errno);

@@ -34,7 +34,7 @@ class TempFile {
   std::string path_;
 };
 
-// An exclusive flock(2) on `path` (created if needed), held until destruction.
+// An exclusive flock(2) on `path` (created 0600 if needed), held until destruction.
 class FileLock {
  public:
   explicit FileLock(const std::string& path);
@@ -47,7 +47,7 @@ class FileLock {
 
 // pwrite until done; throws Error(kSystem) naming `what`.
 void write_all(int fd, const void* data, size_t size, uint64_t offset, const std::string& what);
-// Writes `content` to `path` (mode 0644), fsynced.
+// Writes `content` to `path` (mode 0600), fsynced.
 void write_file(const std::string& path, const std::string& content);
 // Reads a whole file of at most `limit` bytes; throws Error(kInvalid) naming `what` beyond it.
 std::string read_file(const std::string& path, size_t limit, const std::string& what);

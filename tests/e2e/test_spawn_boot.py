@@ -3,13 +3,16 @@ TCG) in namespaces of its own, kiln-nbd serving the overlays, kiln-net plumbing 
 the sandbox's network namespace. The test guest boots from its NBD-backed overlay, reads its
 config drive (hostname, SSH key, user data), shows a file injected into its disk, leases its
 port's IP by DHCP and pings its router; `delete` leaves nothing behind and the base image is
-unchanged. Ten boots in parallel all succeed."""
+unchanged. Ten boots in parallel all succeed. Each guest reaches its disk through its own
+kiln-nbd socket (KILN_E2E_NBD_SHARED_SOCKET=1: through kiln-nbd's one shared socket, for a
+kiln-nbd without per-export sockets)."""
 
 import concurrent.futures
 import hashlib
 import json
 import os
 import re
+import stat
 import statistics
 import subprocess
 import time
@@ -20,6 +23,7 @@ from kiln_e2e import KILN_NET, KilnNbdControl, run, sha256_file
 from libvirt_sandbox import LibvirtSandbox
 
 KILN_SPAWN = os.environ.get("KILN_SPAWN", "kiln-spawn")
+SHARED_SOCKET = os.environ.get("KILN_E2E_NBD_SHARED_SOCKET") == "1"
 
 
 class Cloud:
@@ -50,8 +54,14 @@ class Cloud:
         return self.inside(KILN_NET, *args, **kw)
 
     def spawn_args(self, *args):
+        socket = ["--nbd-socket", self.nbd_sock] if SHARED_SOCKET else []
         return [KILN_SPAWN, "--libvirt-uri", self.lv.uri, "--nbd-control", self.nbd_ctl,
-                "--nbd-socket", self.nbd_sock, "--virt-type", "qemu", *args]
+                *socket, "--virt-type", "qemu", *args]
+
+    def socket_of(self, inst):
+        """The socket the instance's domain reaches its disk through."""
+        return re.search(r"<host transport='unix' socket='([^']*)'/>",
+                         inst["domain_xml"]).group(1)
 
     def spawn(self, *args, **kw):
         return self.inside(*self.spawn_args(*args), **kw)
@@ -135,6 +145,14 @@ def test_boot_reads_config_drive_injects_and_gets_its_ip(cloud, workdir):
     inst = cloud.spawn_json("show", "Web_1")
     assert inst["status"] == "active", inst
     print(f"boot to active: {boot_seconds * 1000:.0f} ms")
+    sock = cloud.socket_of(inst)
+    if SHARED_SOCKET:
+        assert sock == cloud.nbd_sock
+    else:
+        assert sock == os.path.join(cloud.env["KILN_RUN_DIR"], "nbd", inst["id"] + ".sock")
+        st = os.stat(sock)
+        assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+        assert st.st_uid == 0  # the sandbox runs QEMU as root
 
     out = cloud.wait_console("Web_1", "KILN-TEST: end ok")
     assert "KILN-TEST: end ok" in out, out[-4000:]
@@ -154,6 +172,7 @@ def test_boot_reads_config_drive_injects_and_gets_its_ip(cloud, workdir):
     assert len(base_files) == 1
     cloud.spawn("delete", "Web_1")
     cloud.assert_nothing_left()
+    assert not os.path.exists(sock) or SHARED_SOCKET
     assert sha256_file(base_files[0]) == image_sha, "the cached base changed"
 
 
@@ -184,5 +203,7 @@ def test_ten_boots_in_parallel(cloud):
     assert len(set(ips)) == 10 and len(set(macs)) == 10, (ips, macs)
     running = cloud.lv.virsh("list", "--name").stdout.split()
     assert len(running) == 10, running
+    sockets = {cloud.socket_of(cloud.spawn_json("show", n)) for n in names}
+    assert len(sockets) == (1 if SHARED_SOCKET else 10), sockets
     cloud.spawn("delete", *names)
     cloud.assert_nothing_left()

@@ -72,13 +72,18 @@ bool Args::flag(const std::string& name) const {
   return it != flags_.end() && it->second;
 }
 
-std::optional<int> Args::integer(const std::string& name) const {
+std::optional<int64_t> Args::integer(const std::string& name, int64_t min, int64_t max) const {
   auto v = get(name);
   if (!v) return std::nullopt;
-  int out = 0;
+  const std::string range =
+      " (an integer from " + std::to_string(min) + " to " + std::to_string(max) + ")";
+  int64_t out = 0;
   auto [p, ec] = std::from_chars(v->data(), v->data() + v->size(), out);
-  if (v->empty() || ec != std::errc() || p != v->data() + v->size())
-    throw invalid(name + ": '" + *v + "' is not an integer");
+  if (v->empty() || (ec != std::errc() && ec != std::errc::result_out_of_range) ||
+      p != v->data() + v->size())
+    throw invalid(name + ": '" + *v + "' is not an integer" + range);
+  if (ec == std::errc::result_out_of_range || out < min || out > max)
+    throw invalid(name + ": " + *v + " is out of range" + range);
   return out;
 }
 

@@ -1,6 +1,7 @@
 // Neutron-style command line arguments: positionals, "--opt value", "--opt=value", flags.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <set>
@@ -25,7 +26,9 @@ class Args {
   }
   std::vector<std::string> all(const std::string& name) const;
   bool flag(const std::string& name) const;
-  std::optional<int> integer(const std::string& name) const;
+  // The option as a whole decimal integer within [min, max] (no sign but '-', no blanks, no
+  // trailing characters), or nothing if absent; anything else throws naming the option.
+  std::optional<int64_t> integer(const std::string& name, int64_t min, int64_t max) const;
   // Refuses positionals beyond `n` ("unexpected argument 'x'").
   void max_positional(size_t n) const;
 

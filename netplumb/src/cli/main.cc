@@ -94,10 +94,9 @@ std::map<std::string, Command> commands() {
         s.tenant_id = c.tenant();
         s.network_type = c.args.get_or("--provider:network-type", "");
         s.physical_network = c.args.get_or("--provider:physical-network", "");
-        if (auto id = c.args.integer("--provider:segmentation-id")) {
-          if (*id < 0) throw invalid("segmentation id must be positive");
+        // The type's own range (VLAN 1-4094, VXLAN 24 bits) is the service's to check.
+        if (auto id = c.args.integer("--provider:segmentation-id", 1, 0xffffffff))
           s.segmentation_id = static_cast<uint32_t>(*id);
-        }
         s.router_external = c.args.flag("--router:external");
         s.shared = c.args.flag("--shared");
         s.admin_state_up = !c.args.flag("--admin-state-down");
@@ -146,7 +145,8 @@ std::map<std::string, Command> commands() {
         s.allocation_pools = c.args.all("--allocation-pool");
         s.dns_nameservers = c.args.all("--dns-nameserver");
         s.enable_dhcp = !c.args.flag("--disable-dhcp");
-        s.ip_version = c.args.integer("--ip-version").value_or(4);
+        s.ip_version = static_cast<int>(c.args.integer("--ip-version", 4, 6).value_or(4));
+        if (s.ip_version == 5) throw invalid("--ip-version: 5 is not an IP version (4 or 6)");
         print_object(to_json(c.svc.create_subnet(s)), c.format);
       }};
   m["subnet-list"] = {
@@ -419,8 +419,11 @@ std::map<std::string, Command> commands() {
         r.direction = c.args.get_or("--direction", "ingress");
         r.ethertype = c.args.get_or("--ethertype", "IPv4");
         r.protocol = c.args.get_or("--protocol", "");
-        r.port_range_min = c.args.integer("--port-range-min");
-        r.port_range_max = c.args.integer("--port-range-max");
+        // Ports (tcp, udp) or ICMP type and code: the service checks which applies.
+        if (auto v = c.args.integer("--port-range-min", 0, 65535))
+          r.port_range_min = static_cast<int>(*v);
+        if (auto v = c.args.integer("--port-range-max", 0, 65535))
+          r.port_range_max = static_cast<int>(*v);
         r.remote_ip_prefix = c.args.get_or("--remote-ip-prefix", "");
         r.remote_group = c.args.get_or("--remote-group-id", "");
         print_object(to_json(c.svc.create_security_group_rule(r)), c.format);

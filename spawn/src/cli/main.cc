@@ -16,6 +16,7 @@
 #include "kiln/spawn/images.h"
 #include "kiln/spawn/resources.h"
 #include "kiln/spawn/store.h"
+#include "perms.h"
 
 namespace kiln::spawn::cli {
 namespace {
@@ -26,8 +27,12 @@ enum class Format { kTable, kJson };
 
 const std::set<std::string> kGlobalFlags = {"--no-plumb", "--help", "-h"};
 const std::set<std::string> kGlobalValued = {
-    "--state-dir", "--net-db", "--libvirt-uri", "--nbd-control", "--nbd-socket", "--virt-type",
-    "--format",    "-f",       "--tenant-id",   "--wait-timeout"};
+    "--state-dir",      "--net-db",      "--libvirt-uri", "--nbd-control", "--nbd-socket",
+    "--nbd-socket-dir", "--qemu-user",   "--virt-type",   "--format",      "-f",
+    "--tenant-id",      "--wait-timeout"};
+
+// Settings of kiln-spawn itself, next to the resource tracker's.
+constexpr const char* kQemuUserSetting = "qemu_user";
 
 struct Context {
   Args& args;
@@ -244,17 +249,25 @@ std::map<std::string, Command> commands() {
       {}, {}, "config-set KEY VALUE   (VALUE '' restores the default)", [](Context& c) {
         c.args.max_positional(2);
         const std::string& key = c.args.positional(0, "KEY");
-        bool known = false;
+        const std::string& value = c.args.positional(1, "VALUE");
+        bool known = key == kQemuUserSetting;
         for (const auto& [k, d] : resource_settings()) known |= k == key;
         if (!known) throw invalid("unknown setting '" + key + "'");
-        c.store().set_setting(key, c.args.positional(1, "VALUE"));
-        ResourceTracker(c.store()).config();  // validates the value
+        if (key == kQemuUserSetting && !value.empty()) parse_host_user(value, key);
+        Store& s = c.store();
+        // Checked inside the transaction that stores it: a bad value is rolled back.
+        s.write([&] {
+          s.set_setting(key, value);
+          ResourceTracker(s).config();
+        });
       }};
   m["config-show"] = {{}, {}, "config-show", [](Context& c) {
                         c.args.max_positional(0);
                         json o = json::object();
                         for (const auto& [k, d] : resource_settings())
                           o[k] = c.store().setting(k).value_or(d);
+                        o[kQemuUserSetting] =
+                            c.store().setting(kQemuUserSetting).value_or("(libvirt's)");
                         print_object(o, c.format);
                       }};
   m["boot"] = {{"--inject"},
@@ -337,7 +350,8 @@ std::map<std::string, Command> commands() {
 
 void usage(const std::map<std::string, Command>& cmds) {
   std::cout << "usage: kiln-spawn [--state-dir DIR] [--net-db FILE] [--libvirt-uri URI]\n"
-               "                  [--nbd-control SOCK] [--nbd-socket SOCK] [--virt-type kvm|qemu]\n"
+               "                  [--nbd-control SOCK] [--nbd-socket-dir DIR | --nbd-socket SOCK]\n"
+               "                  [--qemu-user USER[:GROUP]] [--virt-type kvm|qemu]\n"
                "                  [--no-plumb] [--tenant-id ID] [--wait-timeout S]\n"
                "                  [--format table|json] COMMAND ...\n\nCommands:\n";
   for (const auto& [name, c] : cmds) std::cout << "  " << c.usage << "\n";
@@ -391,7 +405,14 @@ int run(int argc, char** argv) {
   ComputeOptions opt;
   opt.libvirt_uri = args.get_or("--libvirt-uri", "qemu:///system");
   opt.nbd_control = args.get_or("--nbd-control", net::run_dir() + "/nbd-control.sock");
-  opt.nbd_socket = args.get_or("--nbd-socket", net::run_dir() + "/nbd.sock");
+  opt.nbd_socket_dir = args.get_or("--nbd-socket-dir", net::run_dir() + "/nbd");
+  opt.nbd_socket = args.get_or("--nbd-socket", "");
+  if (args.get("--nbd-socket") && args.get("--nbd-socket-dir"))
+    throw invalid("give --nbd-socket (one shared socket) or --nbd-socket-dir, not both");
+  if (args.get("--nbd-socket") && opt.nbd_socket.empty())
+    throw invalid("--nbd-socket needs a path");
+  opt.qemu_user = args.get_or("--qemu-user", "");
+  if (args.get("--qemu-user")) parse_host_user(opt.qemu_user, "--qemu-user");
   opt.virt_type = args.get_or("--virt-type", "");
   if (!opt.virt_type.empty() && opt.virt_type != "kvm" && opt.virt_type != "qemu")
     throw invalid("--virt-type must be kvm or qemu");
@@ -399,6 +420,7 @@ int run(int argc, char** argv) {
   opt.tenant_id = args.get_or("--tenant-id", "admin");
   opt.wait_timeout_s =
       static_cast<int>(parse_int("--wait-timeout", args.get_or("--wait-timeout", "60"), 86400));
+  if (opt.wait_timeout_s < 1) throw invalid("--wait-timeout is at least 1 (seconds)");
   opt.progress = ::isatty(STDERR_FILENO) == 1;
 
   std::unique_ptr<Store> store;

@@ -6,8 +6,10 @@
 # every process started here (libvirtd, QEMU, kiln-nbd, dnsmasq) dies with the namespace.
 #
 # Inside: /run and /var are fresh tmpfs mounts, /etc/libvirt is a temporary directory with a
-# qemu.conf that runs QEMU as root without a security driver, cgroups or a /dev namespace
-# (which a container may not allow), and without virtlogd. libvirt looks up its compiled-in
+# qemu.conf that runs QEMU as $KILN_LIBVIRT_QEMU_USER (default root; user and group of that
+# name) without a security driver, cgroups or a /dev namespace (which a container may not
+# allow), without dynamic ownership (what QEMU opens must already be its user's: kiln-spawn
+# sees to that) and without virtlogd. libvirt looks up its compiled-in
 # QEMU user (libvirt-qemu) before it reads qemu.conf, so if the host lacks that user (the
 # libvirt-daemon-system package makes it) a copy of /etc/passwd and /etc/group with it is
 # bind-mounted over the originals, inside the namespace only.
@@ -38,9 +40,11 @@ ln -s /run/lock /var/lock
 chmod 1777 /var/tmp
 
 mkdir -p "$work/etc-libvirt"
-cat > "$work/etc-libvirt/qemu.conf" <<'CONF'
-user = "root"
-group = "root"
+qemu_user=${KILN_LIBVIRT_QEMU_USER:-root}
+case "$qemu_user" in *[!a-z0-9_-]*|'') echo "run-in-libvirt-ns.sh: bad KILN_LIBVIRT_QEMU_USER" >&2; exit 1;; esac
+cat > "$work/etc-libvirt/qemu.conf" <<CONF
+user = "$qemu_user"
+group = "$qemu_user"
 dynamic_ownership = 0
 remember_owner = 0
 security_driver = "none"

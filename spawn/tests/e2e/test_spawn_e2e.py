@@ -1,21 +1,36 @@
 """End to end, inside the namespaces of run-in-libvirt-ns.sh: a real libvirtd with the QEMU
-driver (TCG), kiln-nbd, netplumb with its plumbing (bridge, tap, dnsmasq, router namespace),
-and the test guest (docs/test-guest.md) booted by kiln-spawn from its NBD-backed overlay. The
-guest reads its config drive, gets its port's address by DHCP and pings its gateway; after
-delete nothing is left and the base is unchanged."""
+driver (TCG) running QEMU as the unprivileged libvirt-qemu user, kiln-nbd, netplumb with its
+plumbing (bridge, tap, dnsmasq, router namespace), and the test guest (docs/test-guest.md)
+booted by kiln-spawn from its NBD-backed overlay, reached through the instance's own socket.
+The guest reads its config drive, gets its port's address by DHCP and pings its gateway; after
+delete nothing is left and the base is unchanged.
+
+KILN_E2E_NBD_SHARED_SOCKET=1 boots through kiln-nbd's one shared socket instead (for a kiln-nbd
+without per-export sockets)."""
 
 import base64
+import grp
 import hashlib
 import json
 import os
+import pwd
 import re
+import stat
 import subprocess
 import time
 
-from spawn_helpers import TIMEOUT, World, run
+from spawn_helpers import TIMEOUT, World, require_tools, run
 
 GUEST_DIR = os.environ.get("KILN_GUEST_DIR", "")
 GUEST_BUILDER = os.environ.get("KILN_GUEST_BUILDER", "")
+SHARED_SOCKET = os.environ.get("KILN_E2E_NBD_SHARED_SOCKET") == "1"
+
+
+def qemu_user():
+    """(uid, gid) libvirt runs QEMU as: the sandbox's qemu.conf says."""
+    with open("/etc/libvirt/qemu.conf") as f:
+        conf = dict(re.findall(r'^\s*(user|group)\s*=\s*"([^"]*)"', f.read(), re.M))
+    return pwd.getpwnam(conf["user"]).pw_uid, grp.getgrnam(conf["group"]).gr_gid
 
 
 def sha256(path):
@@ -76,7 +91,12 @@ def test_guest_boots_reads_config_drive_and_gets_its_address(tmp_path):
     g = guest()
     # dnsmasq drops root for "nobody", which must reach its host files under KILN_RUN_DIR.
     os.chmod(tmp_path, 0o755)
-    w = World(str(tmp_path), libvirt_uri="qemu:///system", plumb=True)
+    w = World(str(tmp_path), libvirt_uri="qemu:///system", plumb=True,
+              shared_socket=SHARED_SOCKET)
+    quid, qgid = qemu_user()
+    if SHARED_SOCKET:
+        # One socket for every guest: it must let QEMU's user connect (the admin's job then).
+        os.chmod(w.nbd.sock, 0o666)
     try:
         w.net("router-create", "r1")
         w.net("router-interface-add", "r1", "demo-subnet")
@@ -128,6 +148,32 @@ def test_guest_boots_reads_config_drive_and_gets_its_address(tmp_path):
         assert f"name='{inst['export']}'" in xml and "protocol='nbd'" in xml
         assert inst["tap"] in links()
         assert [e["connections"] for e in w.nbd.exports()] == [1]
+        # QEMU runs as the user of qemu.conf (libvirt-qemu in spawn_e2e), not as root.
+        with open(f"/run/libvirt/qemu/{dom}.pid") as f:
+            qemu_pid = int(f.read().strip())
+        with open(f"/proc/{qemu_pid}/status") as f:
+            uids = re.search(r"^Uid:\s+(\d+)", f.read(), re.M).group(1)
+        assert int(uids) == quid, (uids, quid)
+        # What QEMU opens is its user's, 0600; the overlay stays root's.
+        d = inst["instance_dir"]
+        owners = {p: (oct(stat.S_IMODE(os.stat(p).st_mode)), os.stat(p).st_uid)
+                  for p in (f"{d}/disk.config", f"{d}/console.log", f"{d}/disk")}
+        assert owners == {f"{d}/disk.config": ("0o600", quid), f"{d}/console.log": ("0o600", quid),
+                          f"{d}/disk": ("0o600", 0)}, owners
+        sock = os.path.join(w.run_dir, "nbd", inst["id"] + ".sock")
+        if SHARED_SOCKET:
+            assert f"socket='{w.nbd.sock}'" in xml, xml
+        else:
+            # The instance's own socket: QEMU's user's, closed to others, and it reaches this
+            # export only.
+            assert f"socket='{sock}'" in xml and w.nbd.sock not in xml, xml
+            st = os.stat(sock)
+            assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600, oct(st.st_mode)
+            assert (st.st_uid, st.st_gid) == (quid, qgid)
+            require_tools("nbdinfo")
+            listed = json.loads(run(["nbdinfo", "--json", "--list",
+                                     f"nbd+unix:///?socket={sock}"]).stdout)
+            assert [e["export-name"] for e in listed["exports"]] == [inst["export"]], listed
 
         log = wait_console(w, "e2e-vm", "KILN-TEST: end", 180)
         assert "KILN-TEST: end ok" in log, log + network_state(w)
@@ -163,6 +209,7 @@ def test_guest_boots_reads_config_drive_and_gets_its_address(tmp_path):
 
         w.spawn("delete", "e2e-vm")
         assert virsh("list", "--all", "--name").stdout.strip() == ""
+        assert not os.path.exists(sock)
         assert inst["tap"] not in links()
         w.assert_nothing_left()
         assert sha256(base) == base_sum

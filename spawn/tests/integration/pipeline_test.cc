@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -12,6 +13,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "../unit/fake_nbd_control.h"
 #include "../unit/test_util.h"
 #include "kiln/block/qcow2.h"
 #include "kiln/net/service.h"
@@ -372,6 +374,162 @@ TEST_F(Pipeline, BadInputChangesNothing) {
   }
   EXPECT_EQ(instance_ports().size(), 1u);
   c.remove("dup");
+}
+
+// Per-instance NBD sockets, against a stand-in control socket that makes them as kiln-nbd's
+// per-export sockets do (docs/kiln-nbd.md), or ignores the request's two new fields as a
+// kiln-nbd without them does.
+class PerInstanceSockets : public Pipeline {
+ protected:
+  ComputeOptions socket_options(const std::string& ctl) {
+    ComputeOptions o = options();
+    o.nbd_control = ctl;
+    o.nbd_socket.clear();
+    o.nbd_socket_dir = dir_ / "run/nbd";
+    return o;
+  }
+  static struct stat stat_of(const std::string& path) {
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) != 0) ADD_FAILURE() << "no " << path;
+    return st;
+  }
+};
+
+TEST_F(PerInstanceSockets, EachInstanceGetsItsOwnSocket) {
+  testing::FakeNbdControl fake(dir_ / "fake-ctl.sock");
+  Compute c(store_, net_store_, socket_options(fake.path()));
+  Instance i = c.boot(request("vm1"));
+  const std::string sock = dir_ / ("run/nbd/" + i.id + ".sock");
+  EXPECT_EQ(i.nbd_socket, sock);
+  EXPECT_EQ(c.get("vm1").nbd_socket, sock);  // recorded, for start and delete
+
+  // The request, as kiln-nbd reads it: the instance's socket, owned by QEMU's user (here the
+  // user running the test: test:///default starts no QEMU).
+  auto adds = fake.requests("add-export");
+  ASSERT_EQ(adds.size(), 1u);
+  EXPECT_EQ(adds[0]["name"], i.export_name);
+  EXPECT_EQ(adds[0]["path"], i.dir + "/disk");
+  EXPECT_EQ(adds[0]["socket"], sock);
+  const HostUser me = current_host_user();
+  EXPECT_EQ(adds[0]["owner"], me.spec());
+
+  // The socket exists, QEMU's user's, closed to others; its directory only lets them through.
+  struct stat st = stat_of(sock);
+  EXPECT_TRUE(S_ISSOCK(st.st_mode));
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_EQ(st.st_uid, me.uid);
+  EXPECT_EQ(stat_of(dir_ / "run/nbd").st_mode & 07777, 0711u);
+
+  // The domain reaches the export through that socket, not a shared one.
+  std::string xml = virt_.xml(i.id);
+  EXPECT_NE(xml.find("protocol='nbd' name='" + i.export_name + "'"), std::string::npos) << xml;
+  EXPECT_NE(xml.find("<host transport='unix' socket='" + sock + "'/>"), std::string::npos) << xml;
+  EXPECT_EQ(xml.find(nbd_.sock()), std::string::npos) << xml;
+
+  // A second instance: another socket.
+  Instance j = c.boot(request("vm2"));
+  EXPECT_NE(j.nbd_socket, i.nbd_socket);
+  EXPECT_EQ(fake.requests("add-export").at(1)["socket"], j.nbd_socket);
+
+  // A lost export comes back at start on the same socket.
+  c.stop("vm1");
+  NbdControl(fake.path()).remove_export(i.export_name);
+  EXPECT_FALSE(fs::exists(sock));
+  c.start("vm1");
+  EXPECT_EQ(fake.requests("add-export").back()["socket"], sock);
+  EXPECT_TRUE(S_ISSOCK(stat_of(sock).st_mode));
+
+  // delete: remove-export (which unlinks the socket), nothing left.
+  c.remove("vm1");
+  c.remove("vm2");
+  EXPECT_FALSE(fs::exists(sock));
+  EXPECT_FALSE(fs::exists(j.nbd_socket));
+  EXPECT_EQ(fake.export_count(), 0u);
+  EXPECT_EQ(fake.requests("remove-export").back()["name"], j.export_name);
+  expect_nothing_left(i.id);
+}
+
+TEST_F(PerInstanceSockets, AKilnNbdWithoutThemIsAClearErrorNotTheSharedSocket) {
+  testing::FakeNbdControl fake(dir_ / "fake-ctl.sock", testing::FakeNbdControl::Sockets::kIgnored);
+  Compute c(store_, net_store_, socket_options(fake.path()));
+  try {
+    c.boot(request("old"));
+    FAIL() << "booted without the instance's socket";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("made no socket at " + dir_ / "run/nbd/"),
+              std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find("update kiln-nbd, or give --nbd-socket"),
+              std::string::npos)
+        << e.what();
+  }
+  Instance i = c.get("old");
+  EXPECT_EQ(i.status, kStatusError);
+  // The export kiln-nbd did add is removed again, and no domain was defined.
+  EXPECT_EQ(fake.requests("remove-export").size(), 1u);
+  EXPECT_EQ(fake.export_count(), 0u);
+  expect_nothing_left(i.id);
+}
+
+TEST_F(PerInstanceSockets, ASocketOthersCanOpenIsRefused) {
+  testing::FakeNbdControl fake(dir_ / "fake-ctl.sock", testing::FakeNbdControl::Sockets::kOpen);
+  Compute c(store_, net_store_, socket_options(fake.path()));
+  try {
+    c.boot(request("open"));
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("0666"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("not 0600"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(fake.export_count(), 0u);
+  expect_nothing_left(c.get("open").id);
+}
+
+// QEMU as an unprivileged user (nobody here; libvirt-qemu on a Debian host): what it opens is
+// given to it, the rest stays root's 0600, and a directory in its way is a clear error before
+// libvirt is asked anything.
+TEST_F(PerInstanceSockets, FilesQemuOpensAreGivenToItsUser) {
+  testing::FakeNbdControl fake(dir_ / "fake-ctl.sock");
+  ComputeOptions o = socket_options(fake.path());
+  o.qemu_user = "nobody:nogroup";
+  Compute c(store_, net_store_, o);
+  if (::geteuid() != 0) {
+    EXPECT_THROW(c.boot(request("q")), Error);  // chown needs root (perms_test checks the text)
+    return;
+  }
+  // The test's directory is 0700 (mkdtemp): nobody cannot get to the config drive.
+  try {
+    c.boot(request("blocked"));
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("QEMU runs as nobody:nogroup and cannot reach the "
+                                         "config drive"),
+              std::string::npos)
+        << e.what();
+  }
+  expect_nothing_left(c.get("blocked").id);
+  ::chmod(dir_.str().c_str(), 0711);
+  Instance i = c.boot(request("q"));
+  EXPECT_EQ(fake.requests("add-export").back()["owner"], "nobody:nogroup");
+  auto owned = [&](const std::string& path, uid_t uid, mode_t mode) {
+    struct stat st = stat_of(path);
+    EXPECT_EQ(st.st_uid, uid) << path;
+    EXPECT_EQ(st.st_mode & 07777, mode) << path;
+  };
+  owned(i.nbd_socket, 65534, 0600);
+  owned(i.dir + "/disk.config", 65534, 0600);
+  owned(i.dir + "/console.log", 65534, 0600);
+  owned(i.dir + "/disk", 0, 0600);  // kiln-nbd's (root), never QEMU's
+  owned(i.dir, 0, 0711);
+  owned(store_.dir() + "/instances", 0, 0711);
+  owned(store_.dir(), 0, 0711);
+  owned(store_.dir() + "/spawn.db", 0, 0600);
+  owned(store_.dir() + "/locks", 0, 0700);
+  owned(store_.dir() + "/locks/" + i.id + ".lock", 0, 0600);
+  owned(store_.dir() + "/_base", 0, 0700);
+  owned(ImageStore(store_).base_path(image_.digest), 0, 0400);
+  c.remove("q");
+  expect_nothing_left(i.id);
 }
 
 }  // namespace

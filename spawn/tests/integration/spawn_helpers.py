@@ -99,12 +99,16 @@ def ips(port):
 
 
 class World:
-    """State and run directories of their own, kiln-nbd, a network, kiln-spawn's options."""
+    """State and run directories of their own, kiln-nbd, a network, kiln-spawn's options.
+    shared_socket: every domain reaches kiln-nbd through its one socket (--nbd-socket); else
+    each instance gets its own socket under KILN_RUN_DIR/nbd (a kiln-nbd with per-export
+    sockets is needed)."""
 
-    def __init__(self, d, libvirt_uri="test:///default", plumb=False):
+    def __init__(self, d, libvirt_uri="test:///default", plumb=False, shared_socket=True):
         self.dir = d
         self.libvirt_uri = libvirt_uri
         self.plumb = plumb
+        self.shared_socket = shared_socket
         self.state = os.path.join(d, "state")
         self.run_dir = os.path.join(d, "run")
         os.makedirs(self.state)
@@ -133,9 +137,9 @@ class World:
 
     def spawn_cmd(self, *args):
         plumb = [] if self.plumb else ["--no-plumb"]
+        socket = ["--nbd-socket", self.nbd.sock] if self.shared_socket else []
         return [KILN_SPAWN, "--libvirt-uri", self.libvirt_uri, *plumb,
-                "--nbd-control", self.nbd.ctl, "--nbd-socket", self.nbd.sock,
-                "--virt-type", "qemu", *args]
+                "--nbd-control", self.nbd.ctl, *socket, "--virt-type", "qemu", *args]
 
     def spawn(self, *args, check=True, env=None):
         return run(self.spawn_cmd(*args), env=env or self.env, check=check)

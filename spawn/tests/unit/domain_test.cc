@@ -45,7 +45,8 @@ DomainSpec sample() {
   d.flavor = "m1.small";
   d.vcpus = 2;
   d.memory_mb = 2048;
-  d.nbd_socket = "/run/kiln/nbd.sock";
+  // The instance's own socket (kiln-nbd makes it for this export only).
+  d.nbd_socket = "/run/kiln/nbd/0b9c4a52-9a3f-4a51-9b44-5f1f1c1f2e3d.sock";
   d.nbd_export = "kiln-0b9c4a52-9a3f-4a51-9b44-5f1f1c1f2e3d";
   d.config_drive = "/var/lib/kiln/spawn/instances/x/disk.config";
   d.mac = "fa:16:3e:12:34:56";

@@ -110,7 +110,7 @@ TEST(Images, BaseCacheFilledOnceAndPruned) {
   EXPECT_EQ(file_digest(base), img.digest);
   struct stat st {};
   ASSERT_EQ(stat(base.c_str(), &st), 0);
-  EXPECT_EQ(st.st_mode & 0777, 0444u);
+  EXPECT_EQ(st.st_mode & 0777, 0400u);
   images.ensure_base(img, false, &filled);
   EXPECT_FALSE(filled);
 

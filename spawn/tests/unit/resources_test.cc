@@ -113,6 +113,44 @@ TEST(ResourceTracker, BadSettingIsAClearError) {
   }
 }
 
+// Settings are read whole and within bounds: what std::stoll/stod would half-read or take
+// for a number ("+5", " 5", "1e3", "0x10", "inf", "1.5x") is an error naming the setting.
+TEST(ResourceTracker, SettingsAreParsedStrictly) {
+  TempDir d;
+  Store s(d.str());
+  ResourceTracker t(s);
+  for (const char* bad :
+       {"+5", " 5", "5 ", "1e3", "0x10", "-1", "5x", "", "99999999999999", "1099511627777"}) {
+    if (!*bad) continue;  // '' is "the default"
+    s.set_setting("host_vcpus", bad);
+    try {
+      t.config();
+      ADD_FAILURE() << "host_vcpus '" << bad << "' accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("host_vcpus must be a whole number"), std::string::npos)
+          << e.what();
+    }
+  }
+  s.set_setting("host_vcpus", "1099511627776");
+  EXPECT_EQ(t.config().total.vcpus, int64_t{1} << 40);
+  for (const char* bad :
+       {"1e3", "inf", "nan", "0", "0.0", "10000.5", "1.5x", ".5", "5.", "-1.5", "0x1p3", " 1.5"}) {
+    s.set_setting("cpu_allocation_ratio", bad);
+    try {
+      t.config();
+      ADD_FAILURE() << "cpu_allocation_ratio '" << bad << "' accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("cpu_allocation_ratio must be a number"),
+                std::string::npos)
+          << e.what();
+    }
+  }
+  s.set_setting("cpu_allocation_ratio", "2.25");
+  EXPECT_DOUBLE_EQ(t.config().cpu_allocation_ratio, 2.25);
+  s.set_setting("cpu_allocation_ratio", "10000");
+  EXPECT_DOUBLE_EQ(t.config().cpu_allocation_ratio, 10000.0);
+}
+
 // Eight processes race for 20 slots, 10 attempts each: exactly 20 claims exist afterwards.
 TEST(ResourceTracker, ConcurrentClaimsNeverExceedCapacity) {
   TempDir d;

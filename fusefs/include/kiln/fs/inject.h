@@ -10,7 +10,8 @@
 //
 // Operations run in order in one open/close of the filesystem. Everything is checked and
 // applied in memory first; the image is written only when every operation succeeded, so a
-// failing operation leaves the image unchanged.
+// failing operation leaves the image unchanged. An existing file with other names (hard
+// links) is never rewritten: the name written gets a new inode (docs/kiln-fs.md).
 #pragma once
 
 #include <cstdint>
@@ -59,8 +60,9 @@ struct Operation {
 };
 
 struct InjectOptions {
-  // Follow symbolic links met in guest paths (resolved inside the guest's root). Off: a
-  // symlink anywhere in a path that is written to is refused.
+  // Follow symbolic links met in guest paths (resolved inside the guest's root), those owned
+  // by root with a single name only; ~/.ssh and its authorized_keys never. Off: a symlink
+  // anywhere in a path that is written to is refused.
   bool follow_symlinks = false;
 };
 

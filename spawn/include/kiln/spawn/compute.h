@@ -16,13 +16,23 @@ class Store;
 namespace kiln::spawn {
 
 class Virt;
+class NbdControl;
+struct HostUser;
 
 struct ComputeOptions {
   std::string libvirt_uri = "qemu:///system";
   std::string nbd_control;  // kiln-nbd's control socket
-  std::string nbd_socket;   // kiln-nbd's NBD socket that QEMU connects to
-  std::string virt_type;    // kvm, qemu, or empty: kvm if /dev/kvm works
-  bool plumb = true;        // plumb the port (netplumb Plumber::apply) after changing it
+  // Where kiln-nbd makes each instance's own socket (<dir>/<uuid>.sock), which only QEMU's
+  // user can connect to and which reaches that instance's export only.
+  std::string nbd_socket_dir;
+  // Instead: one socket of kiln-nbd for every guest (for a kiln-nbd without per-export
+  // sockets; every guest's QEMU can then open every export). Empty: per-instance sockets.
+  std::string nbd_socket;
+  // The user (and group) libvirt runs QEMU as, "USER[:GROUP]": the owner of what QEMU opens.
+  // Empty: the store's qemu_user setting, else what libvirt's configuration implies.
+  std::string qemu_user;
+  std::string virt_type;  // kvm, qemu, or empty: kvm if /dev/kvm works
+  bool plumb = true;      // plumb the port (netplumb Plumber::apply) after changing it
   std::string tenant_id = "admin";
   bool progress = false;    // progress lines for long copies
   int wait_timeout_s = 60;  // boot: until running; stop: until shut off (then destroy)
@@ -98,11 +108,17 @@ class Compute {
   void plumb(const std::vector<std::string>& port_ids = {});
   // The instance's lock file: one operation at a time on an instance, across processes.
   std::string lock_path(const std::string& id);
+  // The user QEMU runs as (resolved once, before a boot claims anything).
+  const HostUser& qemu_user();
+  // add-export of the instance's overlay: on its own socket (checked to exist, owned by
+  // QEMU's user, closed to others) unless it uses the shared one.
+  void add_export(NbdControl& nbd, const Instance& inst);
 
   Store& store_;
   net::Store& net_store_;
   ComputeOptions opt_;
   std::unique_ptr<Virt> virt_;
+  std::unique_ptr<HostUser> qemu_user_;
 };
 
 }  // namespace kiln::spawn

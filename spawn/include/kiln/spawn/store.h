@@ -49,6 +49,9 @@ struct Instance {
   std::string port_id, mac, ip, tap;
   std::string dir;  // instance directory: overlay, config drive, console log
   std::string export_name, domain_name, domain_xml;
+  // The Unix socket QEMU reaches the export through: the instance's own, or kiln-nbd's shared
+  // one (--nbd-socket; instances recorded before per-instance sockets existed have "").
+  std::string nbd_socket;
   std::vector<std::string> steps_done;  // build steps whose work exists (their undo is due)
   bool base_filled = false;             // this build copied the image into the base cache
   std::string created_at, updated_at;

@@ -1,0 +1,71 @@
+// The control requests kiln-spawn sends kiln-nbd, read back by a stand-in control socket.
+#include "kiln/spawn/nbd_control.h"
+
+#include <gtest/gtest.h>
+
+#include "fake_nbd_control.h"
+#include "kiln/spawn/error.h"
+#include "test_util.h"
+
+namespace kiln::spawn {
+namespace {
+
+using json = nlohmann::json;
+using testing::FakeNbdControl;
+using testing::TempDir;
+
+TEST(NbdControl, AddExportWithItsOwnSocket) {
+  TempDir d;
+  FakeNbdControl fake(d / "ctl.sock");
+  NbdControl nbd(fake.path());
+  ExportSocket socket{d / "vm1.sock", "root:root"};
+  nbd.add_export("kiln-vm1", "/var/lib/kiln/spawn/instances/vm1/disk", "qcow2", &socket);
+  auto adds = fake.requests("add-export");
+  ASSERT_EQ(adds.size(), 1u);
+  EXPECT_EQ(adds[0], (json{{"cmd", "add-export"},
+                           {"name", "kiln-vm1"},
+                           {"path", "/var/lib/kiln/spawn/instances/vm1/disk"},
+                           {"format", "qcow2"},
+                           {"socket", d / "vm1.sock"},
+                           {"owner", "root:root"}}));
+  EXPECT_TRUE(nbd.has_export("kiln-vm1"));
+  EXPECT_TRUE(nbd.remove_export("kiln-vm1"));
+  EXPECT_EQ(fake.requests("remove-export").at(0),
+            (json{{"cmd", "remove-export"}, {"name", "kiln-vm1"}}));
+  EXPECT_FALSE(nbd.remove_export("kiln-vm1"));  // gone: no second request
+  EXPECT_EQ(fake.requests("remove-export").size(), 1u);
+}
+
+TEST(NbdControl, AddExportOnTheSharedSocketHasNoSocketFields) {
+  TempDir d;
+  FakeNbdControl fake(d / "ctl.sock");
+  NbdControl(fake.path()).add_export("kiln-vm2", "/x/disk", "qcow2");
+  auto adds = fake.requests("add-export");
+  ASSERT_EQ(adds.size(), 1u);
+  EXPECT_FALSE(adds[0].contains("socket"));
+  EXPECT_FALSE(adds[0].contains("owner"));
+  // The same line as the static helper builds, which is what goes on the wire.
+  EXPECT_EQ(adds[0].dump(),
+            NbdControl::add_export_request("kiln-vm2", "/x/disk", "qcow2", nullptr));
+}
+
+TEST(NbdControl, RequestEscapesAndErrors) {
+  ExportSocket s{"/run/kiln/nbd/a\"b.sock", "libvirt-qemu:kvm"};
+  json r = json::parse(NbdControl::add_export_request("n\n", "/p", "qcow2", &s));
+  EXPECT_EQ(r["socket"], "/run/kiln/nbd/a\"b.sock");
+  EXPECT_EQ(r["name"], "n\n");
+  TempDir d;
+  FakeNbdControl fake(d / "ctl.sock");
+  NbdControl nbd(fake.path());
+  nbd.add_export("dup", "/p", "qcow2");
+  try {
+    nbd.add_export("dup", "/p", "qcow2");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cannot add export dup: export exists"), std::string::npos)
+        << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace kiln::spawn
