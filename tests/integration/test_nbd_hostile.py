@@ -198,7 +198,7 @@ NEVER_READING = {
     # name: (attackers, READ length, READs each, structured replies)
     "one-simple": (1, MAX_BLOCK, 24, False),
     "one-structured": (1, MAX_BLOCK, 24, True),
-    "many-structured": (8, 4 * MiB, 48, True),
+    "many-structured": (8, 4 * MiB, 24, True),
 }
 
 
