@@ -578,6 +578,7 @@ def case_thousands_of_options(t, c):
             options.append(info_option(f"no-such-export-{i}"))
         else:
             options.append((0x4000 + i % 7, b"x" * (i % 50)))
+
     def sender():
         try:
             for k in range(0, n, 500):
