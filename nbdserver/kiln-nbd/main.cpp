@@ -47,6 +47,12 @@ void usage(FILE* out) {
       "      --pid-file=PATH      write the server's PID here\n"
       "      --fork               go to the background once listening\n"
       "      --log=FILE           log to FILE (reopened on SIGHUP) instead of stderr\n"
+      "      --tls=MODE           off, on (clients may upgrade) or require (default with\n"
+      "                           credentials: only TLS clients are served)\n"
+      "      --tls-creds=DIR      X.509: DIR/server-cert.pem, server-key.pem [, ca-cert.pem,\n"
+      "                           ca-crl.pem, dh-params.pem] (qemu's file names)\n"
+      "      --tls-psk=FILE       pre-shared keys, IDENTITY:HEXKEY lines (psktool's format)\n"
+      "      --tls-verify-peer    X.509: require client certificates signed by ca-cert.pem\n"
       "  -v, --verbose            log every request\n"
       "  -h, --help\n",
       out);
@@ -115,7 +121,23 @@ int main(int argc, char** argv) {
   unsigned threads = std::max(1u, std::thread::hardware_concurrency());
   std::vector<nbd::ExportConfig> exports;
 
-  enum { kDiscard = 256, kCache, kExport, kControl, kStateFile, kThreads, kPidFile, kFork, kLog };
+  std::string tls_mode_text;
+  nbd::TlsConfig tls;
+  enum {
+    kDiscard = 256,
+    kCache,
+    kExport,
+    kControl,
+    kStateFile,
+    kThreads,
+    kPidFile,
+    kFork,
+    kLog,
+    kTls,
+    kTlsCreds,
+    kTlsPsk,
+    kTlsVerifyPeer
+  };
   static const option longopts[] = {{"socket", required_argument, nullptr, 'k'},
                                     {"port", required_argument, nullptr, 'p'},
                                     {"bind", required_argument, nullptr, 'b'},
@@ -134,6 +156,10 @@ int main(int argc, char** argv) {
                                     {"pid-file", required_argument, nullptr, kPidFile},
                                     {"fork", no_argument, nullptr, kFork},
                                     {"log", required_argument, nullptr, kLog},
+                                    {"tls", required_argument, nullptr, kTls},
+                                    {"tls-creds", required_argument, nullptr, kTlsCreds},
+                                    {"tls-psk", required_argument, nullptr, kTlsPsk},
+                                    {"tls-verify-peer", no_argument, nullptr, kTlsVerifyPeer},
                                     {"verbose", no_argument, nullptr, 'v'},
                                     {"help", no_argument, nullptr, 'h'},
                                     {nullptr, 0, nullptr, 0}};
@@ -193,6 +219,18 @@ int main(int argc, char** argv) {
       case kLog:
         log_file = optarg;
         break;
+      case kTls:
+        tls_mode_text = optarg;
+        break;
+      case kTlsCreds:
+        tls.x509_dir = optarg;
+        break;
+      case kTlsPsk:
+        tls.psk_file = optarg;
+        break;
+      case kTlsVerifyPeer:
+        tls.verify_peer = true;
+        break;
       case 'v':
         verbose = true;
         break;
@@ -236,6 +274,28 @@ int main(int argc, char** argv) {
     if (p <= 0 || p > 65535) die("invalid port '" + port_text + "'");
     port = uint16_t(p);
   }
+  // Credentials turn TLS on and make it required, as qemu-nbd's --tls-creds does; --tls=on
+  // serves plain clients beside TLS ones.
+  const bool have_creds = !tls.x509_dir.empty() || !tls.psk_file.empty();
+  try {
+    tls.mode = tls_mode_text.empty()
+                   ? (have_creds ? nbd::TlsMode::kRequire : nbd::TlsMode::kOff)
+                   : nbd::parse_tls_mode(tls_mode_text);
+  } catch (const std::exception& e) {
+    die(e.what());
+  }
+  if (tls.mode != nbd::TlsMode::kOff && !have_creds)
+    die("--tls=" + tls_mode_text + " needs --tls-creds or --tls-psk");
+  if (tls.mode == nbd::TlsMode::kOff && have_creds)
+    die("--tls=off with TLS credentials: drop the credentials or the --tls=off");
+  std::shared_ptr<const nbd::TlsCredentials> tls_creds;
+  if (tls.mode != nbd::TlsMode::kOff) {
+    try {
+      tls_creds = nbd::TlsCredentials::load(tls);
+    } catch (const std::exception& e) {
+      die(e.what());
+    }
+  }
   if (verbose) nbd::set_log_level(nbd::LogLevel::kDebug);
   if (!log_file.empty()) nbd::set_log_file(log_file);
 
@@ -277,6 +337,8 @@ int main(int argc, char** argv) {
     so.persistent = persistent || !control_path.empty();
     so.state_file = state_file;
     so.threads = threads;
+    so.tls_mode = tls.mode;
+    so.tls = tls_creds;
     nbd::Server server(reactor, so);
     if (!state_file.empty())
       for (auto& c : nbd::load_state(state_file)) exports.push_back(c);

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kiln/block/device.h"
+#include "kiln/nbd/tls.h"
 
 namespace kiln::nbd {
 
@@ -45,6 +46,8 @@ struct ServerOptions {
   bool persistent = true;    // keep serving after the last client leaves (qemu-nbd -t)
   std::string state_file;    // where exports added through the control API are recorded
   unsigned threads = 1;      // reactor threads, the caller's included
+  TlsMode tls_mode = TlsMode::kOff;
+  std::shared_ptr<const TlsCredentials> tls;  // set unless tls_mode is kOff
 };
 
 class Connection;
