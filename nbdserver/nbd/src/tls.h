@@ -41,7 +41,7 @@ class TlsSession {
   long recv(uint8_t* buf, size_t len);
   // Plaintext that GnuTLS has already decrypted and not yet handed out.
   bool has_pending_plaintext() const;
-  // Encrypts all of `data` into the output buffer, packed into as few records as it takes.
+  // Encrypts all of `data` into the output buffer, small pieces packed into shared records.
   // Returns 0 or -EPROTO.
   int send(std::span<const iovec> data);
   // Sends close_notify (into the output buffer).
@@ -58,6 +58,7 @@ class TlsSession {
   static ssize_t push(gnutls_transport_ptr_t p, const giovec_t* iov, int n);
   static int pull_timeout(gnutls_transport_ptr_t p, unsigned ms);
   int fail(int rc, const char* what);
+  int record_send(const uint8_t* p, size_t len);
 
   std::shared_ptr<const TlsCredentials> creds_;
   gnutls_session_t s_ = nullptr;
@@ -65,6 +66,7 @@ class TlsSession {
   size_t in_begin_ = 0, in_end_ = 0;
   bool eof_ = false;
   std::vector<uint8_t> out_;
+  std::vector<uint8_t> stage_;  // small pieces gathered into one record
   std::string error_;
 };
 
