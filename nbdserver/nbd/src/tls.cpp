@@ -231,7 +231,7 @@ std::span<uint8_t> TlsSession::input_space() {
   if (in_begin_ == in_end_) in_begin_ = in_end_ = 0;
   if (in_.size() - in_end_ < kInputChunk / 4) {
     // Move what is left to the front; grow only when that is not enough.
-    std::memmove(in_.data(), in_.data() + in_begin_, in_end_ - in_begin_);
+    if (in_begin_ > 0) std::memmove(in_.data(), in_.data() + in_begin_, in_end_ - in_begin_);
     in_end_ -= in_begin_;
     in_begin_ = 0;
     if (in_.size() - in_end_ < kInputChunk / 4) in_.resize(in_end_ + kInputChunk);
