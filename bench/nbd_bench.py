@@ -6,6 +6,11 @@ latency, server CPU time, peak RSS, fio's own CPU, ratio against qemu-nbd) and d
 
     bench/nbd_bench.py --quick                 # ~2 minutes: 256 MiB images, 3 s jobs, 1 repeat
     bench/nbd_bench.py                         # 2 GiB images, 10 s jobs, 3 repeats (medians)
+    bench/nbd_bench.py --tls [--quick]         # the cost of TLS: plain, PSK and X.509 sessions
+                                               # to kiln-nbd and qemu-nbd with the same keys
+
+The TLS table is driven by kiln-nbd-load (bench/nbd_load.cpp, libnbd's asynchronous API) for
+its plain rows too, since fio's nbd engine cannot be given TLS key files.
 
 Numbers are only as quiet as the machine: run it on an idle host."""
 
@@ -43,6 +48,14 @@ JOBS = [
 def sh(*args, **kw):
     return subprocess.run([str(a) for a in args], check=True, capture_output=True, text=True,
                           **kw)
+
+
+def find_built(*rel):
+    for d in ("build/release", "build", "build/dev"):
+        p = os.path.join(HERE, "..", d, *rel)
+        if os.path.exists(p):
+            return os.path.abspath(p)
+    return None
 
 
 def find_kiln_nbd():
@@ -267,6 +280,195 @@ def chart(results, servers, path):
     return True
 
 
+# ---------------------------------------------------------------------------------------------
+# The cost of TLS: the same client (kiln-nbd-load) against kiln-nbd and qemu-nbd, each plain,
+# with pre-shared keys and with X.509 certificates. Server CPU per request is what TLS adds on
+# the server's side; the client's own decryption is not counted.
+
+TLS_JOBS = [
+    ("4K rand read QD32", ["--rw=randread", "--bs=4096", "--qd=32"], "read"),
+    ("1M seq read QD8", ["--rw=read", "--bs=1048576", "--qd=8"], "read"),
+    ("1M seq write QD8", ["--rw=write", "--bs=1048576", "--qd=8"], "alloc"),
+]
+TLS_MODES = ["plain", "psk", "x509"]
+
+
+class TlsCreds:
+    """Throw-away credentials: a CA and a localhost server certificate (ECDSA), a PSK file."""
+
+    def __init__(self, d):
+        self.d = os.path.join(d, "tls")
+        os.makedirs(self.d, exist_ok=True)
+        pki = lambda n: os.path.join(self.d, n)  # noqa: E731
+
+        def template(name, lines):
+            with open(pki(name + ".info"), "w") as f:
+                f.write("\n".join(lines + ["expiration_days = 2"]) + "\n")
+            return pki(name + ".info")
+
+        for k in ("ca", "server"):
+            sh("certtool", "--generate-privkey", "--key-type=ecdsa", "--outfile",
+               pki(k + "-key.pem"))
+        sh("certtool", "--generate-self-signed", "--load-privkey", pki("ca-key.pem"),
+           "--template", template("ca", ["cn = bench CA", "ca", "cert_signing_key"]),
+           "--outfile", pki("ca-cert.pem"))
+        sh("certtool", "--generate-certificate", "--load-privkey", pki("server-key.pem"),
+           "--load-ca-certificate", pki("ca-cert.pem"), "--load-ca-privkey", pki("ca-key.pem"),
+           "--template", template("server", ["cn = localhost", "dns_name = localhost",
+                                              "tls_www_server", "encryption_key",
+                                              "signing_key"]),
+           "--outfile", pki("server-cert.pem"))
+        self.server_dir = os.path.join(self.d, "server")
+        self.client_dir = os.path.join(self.d, "client")
+        for sub, names in ((self.server_dir, ("ca-cert.pem", "server-cert.pem",
+                                               "server-key.pem")),
+                           (self.client_dir, ("ca-cert.pem",))):
+            os.makedirs(sub, exist_ok=True)
+            for n in names:
+                shutil.copyfile(pki(n), os.path.join(sub, n))
+        self.psk_dir = os.path.join(self.d, "psk")
+        os.makedirs(self.psk_dir, exist_ok=True)
+        self.psk = os.path.join(self.psk_dir, "keys.psk")
+        sh("psktool", "-u", "bench", "-p", self.psk)
+
+    def kiln_args(self, mode):
+        return {"plain": [], "psk": ["--tls-psk", self.psk],
+                "x509": ["--tls-creds", self.server_dir]}[mode]
+
+    def qemu_args(self, mode):
+        if mode == "plain":
+            return []
+        obj = (f"tls-creds-psk,id=tls0,endpoint=server,dir={self.psk_dir}" if mode == "psk"
+               else f"tls-creds-x509,id=tls0,endpoint=server,dir={self.server_dir},"
+                    "verify-peer=off")
+        return ["--object", obj, "--tls-creds", "tls0"]
+
+    def uri(self, mode, sock):
+        if mode == "plain":
+            return f"nbd+unix:///?socket={sock}"
+        if mode == "psk":
+            return f"nbds+unix://bench@/?socket={sock}&tls-psk-file={self.psk}"
+        return f"nbds+unix:///?socket={sock}&tls-certificates={self.client_dir}"
+
+
+def measure_tls(server_name, mode, job, images, creds, args, d):
+    name, load_args, kind = job
+    image = images.image_for(kind, False)
+    sock = os.path.join(d, f"{server_name}-tls.sock")
+    if server_name == "kiln-nbd":
+        argv = [args.kiln_nbd, "-k", sock, "-t", "-e", "4", "-f", "qcow2",
+                *creds.kiln_args(mode), image]
+    else:
+        argv = ["qemu-nbd", "-k", sock, "-t", "-e", "4", "--aio=io_uring", "--cache=writeback",
+                "-f", "qcow2", *creds.qemu_args(mode), image]
+    srv = Server(server_name, argv, sock)
+    try:
+        cpu0 = srv.cpu_seconds()
+        p = subprocess.run([args.nbd_load, creds.uri(mode, sock), *load_args,
+                            f"--seconds={args.runtime}"], capture_output=True, text=True,
+                           stdin=subprocess.DEVNULL)
+        if p.returncode != 0:
+            raise RuntimeError(f"kiln-nbd-load failed against {server_name} ({mode}): "
+                               f"{p.stderr}")
+        r = json.loads(p.stdout)
+        r["server_cpu"] = srv.cpu_seconds() - cpu0
+        r["cpu_per_req_us"] = r["server_cpu"] / r["ops"] * 1e6 if r["ops"] else None
+        r["rss"] = srv.peak_rss_mib()
+    finally:
+        srv.stop()
+    return r
+
+
+def tls_table(results):
+    lines = ["| job | server | session | IOPS | MB/s | p99 µs | server CPU µs/request "
+             "| TLS adds, µs/request | peak RSS MiB |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for job, _, _ in TLS_JOBS:
+        for s in ("kiln-nbd", "qemu-nbd"):
+            plain = results.get((s, "plain", job))
+            for m in TLS_MODES:
+                r = results.get((s, m, job))
+                if not r:
+                    continue
+                extra = ("—" if m == "plain" or not plain
+                         else f"{r['cpu_per_req_us'] - plain['cpu_per_req_us']:.1f}")
+                lines.append(f"| {job} | {s} | {m} | {r['iops']:,.0f} | {r['mbs']:.0f} | "
+                             f"{r['p99_us']:.0f} | {r['cpu_per_req_us']:.1f} | {extra} | "
+                             f"{r['rss']:.1f} |")
+    return "\n".join(lines)
+
+
+def tls_chart(results, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(python3-matplotlib not installed: no chart)", file=sys.stderr)
+        return False
+    fig, axes = plt.subplots(1, len(TLS_JOBS), figsize=(14, 4.5))
+    for ax, (job, _, _) in zip(axes, TLS_JOBS):
+        labels, vals, colors = [], [], []
+        for s, c in (("kiln-nbd", "tab:orange"), ("qemu-nbd", "tab:blue")):
+            for m in TLS_MODES:
+                r = results.get((s, m, job))
+                if r:
+                    labels.append(f"{s}\n{m}")
+                    vals.append(r["cpu_per_req_us"])
+                    colors.append(c)
+        ax.bar(range(len(vals)), vals, color=colors)
+        ax.set_xticks(range(len(vals)))
+        ax.set_xticklabels(labels, fontsize=7)
+        ax.set_title(job)
+        ax.set_ylabel("server CPU per request, µs")
+    fig.tight_layout()
+    fig.savefig(path)
+    return True
+
+
+def main_tls(args):
+    for tool in ("qemu-nbd", "qemu-img", "qemu-io", "certtool", "psktool"):
+        if not shutil.which(tool):
+            sys.exit(f"nbd_bench: {tool} is missing")
+    if not args.nbd_load:
+        sys.exit("nbd_bench: kiln-nbd-load not found (build bench/, or give --nbd-load)")
+    d = args.workdir or tempfile.mkdtemp(prefix="kiln-nbd-bench-")
+    os.makedirs(d, exist_ok=True)
+    try:
+        images = Images(d, int(args.size) * MiB)
+        creds = TlsCreds(d)
+        results = {}
+        # Servers and modes alternate inside each repeat, so that the machine's load falls
+        # on all of them alike.
+        for job in TLS_JOBS:
+            runs = {}
+            for _ in range(args.repeats):
+                for s in ("kiln-nbd", "qemu-nbd"):
+                    for m in TLS_MODES:
+                        runs.setdefault((s, m), []).append(
+                            measure_tls(s, m, job, images, creds, args, d))
+            for (s, m), rs in runs.items():
+                results[(s, m, job[0])] = {k: median(rs, k) for k in
+                                           ("iops", "mbs", "p99_us", "cpu_per_req_us", "rss")}
+                r = results[(s, m, job[0])]
+                print(f"{job[0]:20} {s:9} {m:6} {r['iops']:>10,.0f} IOPS "
+                      f"{r['cpu_per_req_us']:7.1f} µs/req", file=sys.stderr)
+        md = tls_table(results)
+        head = (f"TLS cost: {args.size} MiB qcow2 overlay on a qcow2 base; kiln-nbd-load "
+                f"(libnbd) over a Unix socket, one connection, {args.runtime} s per run, "
+                f"{args.repeats} repeat(s), medians; TLS 1.3 as GnuTLS negotiates it; "
+                f"qemu-nbd --aio=io_uring -e 4 with the same credentials.\n\n")
+        print(head + md)
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "nbd_bench_tls.md"), "w") as f:
+            f.write(head + md + "\n")
+        if tls_chart(results, os.path.join(args.out, "nbd_bench_tls.png")):
+            print(f"\nchart: {os.path.join(args.out, 'nbd_bench_tls.png')}", file=sys.stderr)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", default="2048", help="image size in MiB (default 2048)")
@@ -278,11 +480,16 @@ def main():
                     help="comma-separated subset (fio = io_uring on the raw file)")
     ap.add_argument("--jobs", default="", help="comma-separated substrings of job names")
     ap.add_argument("--kiln-nbd", default=find_kiln_nbd())
+    ap.add_argument("--tls", action="store_true",
+                    help="measure the cost of TLS (plain, PSK, X.509) instead")
+    ap.add_argument("--nbd-load", default=find_built("bench", "kiln-nbd-load"))
     ap.add_argument("--out", default=".", help="where nbd_bench.md and nbd_bench.png go")
     ap.add_argument("--workdir", default=None, help="images go here (default: a temp dir)")
     args = ap.parse_args()
     if args.quick:
         args.size, args.runtime, args.ramp, args.repeats = "256", 3, 1, 1
+    if args.tls:
+        return main_tls(args)
     size = int(args.size) * MiB
     servers = [("fio io_uring (raw file)" if s == "fio" else s)
                for s in args.servers.split(",") if s]

@@ -30,7 +30,8 @@ void usage(FILE* out) {
       "Serve FILE (qcow2 or raw) and/or --export images over NBD.\n\n"
       "  -k, --socket=PATH        listen on a Unix socket (mode 0600; 0660 with --socket-group)\n"
       "  -p, --port=PORT          listen on TCP PORT (default 10809 when no -k)\n"
-      "  -b, --bind=ADDR          TCP address to bind (default 127.0.0.1: loopback only)\n"
+      "  -b, --bind=ADDR          TCP address to bind (default 127.0.0.1, loopback only;\n"
+      "                           0.0.0.0 when TLS is required)\n"
       "  -x, --export-name=NAME   name of FILE's export (default \"\")\n"
       "  -D, --description=TEXT   description of FILE's export\n"
       "  -f, --format=FMT         qcow2 or raw (default: probe FILE; backings never probed)\n"
@@ -59,6 +60,12 @@ void usage(FILE* out) {
       "      --pid-file=PATH      write the server's PID here\n"
       "      --fork               go to the background once listening\n"
       "      --log=FILE           log to FILE (reopened on SIGHUP) instead of stderr\n"
+      "      --tls=MODE           off, on (clients may upgrade) or require (default with\n"
+      "                           credentials: only TLS clients are served)\n"
+      "      --tls-creds=DIR      X.509: DIR/server-cert.pem, server-key.pem [, ca-cert.pem,\n"
+      "                           ca-crl.pem, dh-params.pem] (qemu's file names)\n"
+      "      --tls-psk=FILE       pre-shared keys, IDENTITY:HEXKEY lines (psktool's format)\n"
+      "      --tls-verify-peer    X.509: require client certificates signed by ca-cert.pem\n"
       "  -v, --verbose            log every request\n"
       "  -h, --help\n",
       out);
@@ -151,9 +158,8 @@ Task<void> watch_signals(block::Reactor& r, nbd::Server& server, int sfd, bool* 
 }  // namespace
 
 int main(int argc, char** argv) {
-  // Without TLS, TCP listens on loopback unless -b says otherwise. (When TLS is added, its
-  // --tls-creds is the place to widen this default.)
-  std::string socket_path, bind_addr = "127.0.0.1", port_text, export_name, description, format;
+  // TCP listens on loopback unless -b says otherwise, or TLS is required (below).
+  std::string socket_path, bind_addr, port_text, export_name, description, format;
   std::string control_path, state_file, pid_file, log_file, discard = "ignore", cache = "writeback";
   std::string socket_group, control_group;
   std::vector<std::string> allow_dirs;
@@ -164,6 +170,8 @@ int main(int argc, char** argv) {
   nbd::ServerOptions so;
   std::vector<nbd::ExportConfig> exports;
 
+  std::string tls_mode_text;
+  nbd::TlsConfig tls;
   enum {
     kDiscard = 256,
     kCache,
@@ -178,7 +186,11 @@ int main(int argc, char** argv) {
     kControlGroup,
     kAllowDir,
     kMaxMemory,
-    kHandshakeTimeout
+    kHandshakeTimeout,
+    kTls,
+    kTlsCreds,
+    kTlsPsk,
+    kTlsVerifyPeer
   };
   static const option longopts[] = {
       {"socket", required_argument, nullptr, 'k'},
@@ -204,6 +216,10 @@ int main(int argc, char** argv) {
       {"allow-dir", required_argument, nullptr, kAllowDir},
       {"max-memory", required_argument, nullptr, kMaxMemory},
       {"handshake-timeout", required_argument, nullptr, kHandshakeTimeout},
+      {"tls", required_argument, nullptr, kTls},
+      {"tls-creds", required_argument, nullptr, kTlsCreds},
+      {"tls-psk", required_argument, nullptr, kTlsPsk},
+      {"tls-verify-peer", no_argument, nullptr, kTlsVerifyPeer},
       {"verbose", no_argument, nullptr, 'v'},
       {"help", no_argument, nullptr, 'h'},
       {nullptr, 0, nullptr, 0}};
@@ -280,6 +296,18 @@ int main(int argc, char** argv) {
       case kLog:
         log_file = optarg;
         break;
+      case kTls:
+        tls_mode_text = optarg;
+        break;
+      case kTlsCreds:
+        tls.x509_dir = optarg;
+        break;
+      case kTlsPsk:
+        tls.psk_file = optarg;
+        break;
+      case kTlsVerifyPeer:
+        tls.verify_peer = true;
+        break;
       case 'v':
         verbose = true;
         break;
@@ -332,6 +360,32 @@ int main(int argc, char** argv) {
     so.allowed_dirs.push_back(real);
   }
   so.max_connection_bytes = std::min<uint64_t>(so.max_connection_bytes, so.max_memory);
+  // Credentials turn TLS on and make it required, as qemu-nbd's --tls-creds does; --tls=on
+  // serves plain clients beside TLS ones.
+  const bool have_creds = !tls.x509_dir.empty() || !tls.psk_file.empty();
+  try {
+    tls.mode = tls_mode_text.empty()
+                   ? (have_creds ? nbd::TlsMode::kRequire : nbd::TlsMode::kOff)
+                   : nbd::parse_tls_mode(tls_mode_text);
+  } catch (const std::exception& e) {
+    die(e.what());
+  }
+  if (tls.mode != nbd::TlsMode::kOff && !have_creds)
+    die("--tls=" + tls_mode_text + " needs --tls-creds or --tls-psk");
+  if (tls.mode == nbd::TlsMode::kOff && have_creds)
+    die("--tls=off with TLS credentials: drop the credentials or the --tls=off");
+  // Plain NBD has no authentication: over TCP it stays on loopback unless -b asks for more.
+  // With TLS required every client must hold a key, and the default is qemu-nbd's, every
+  // address.
+  if (bind_addr.empty()) bind_addr = tls.mode == nbd::TlsMode::kRequire ? "0.0.0.0" : "127.0.0.1";
+  std::shared_ptr<const nbd::TlsCredentials> tls_creds;
+  if (tls.mode != nbd::TlsMode::kOff) {
+    try {
+      tls_creds = nbd::TlsCredentials::load(tls);
+    } catch (const std::exception& e) {
+      die(e.what());
+    }
+  }
   if (verbose) nbd::set_log_level(nbd::LogLevel::kDebug);
   if (!log_file.empty()) nbd::set_log_file(log_file);
 
@@ -372,6 +426,8 @@ int main(int argc, char** argv) {
     so.persistent = persistent || !control_path.empty();
     so.state_file = state_file;
     so.threads = threads;
+    so.tls_mode = tls.mode;
+    so.tls = tls_creds;
     nbd::Server server(reactor, so);
     // (Read before any export is added: adding one rewrites the file.)
     const std::vector<nbd::ExportConfig> recorded =

@@ -20,7 +20,7 @@ from nbd_helpers import (CMD_BLOCK_STATUS, CMD_CACHE, CMD_FLAG_DF, CMD_FLAG_FUA,
                          FLAG_NO_ZEROES, IHAVEOPT, INFO_BLOCK_SIZE, INFO_DESCRIPTION, INFO_EXPORT,
                          INFO_NAME, OPT_ABORT, OPT_EXPORT_NAME, OPT_GO, OPT_INFO, OPT_LIST,
                          OPT_LIST_META_CONTEXT, OPT_STARTTLS, REP_ACK, REP_ERR_INVALID,
-                         REP_ERR_TOO_BIG, REP_ERR_UNKNOWN, REP_ERR_UNSUP, REP_INFO,
+                         REP_ERR_TOO_BIG, REP_ERR_UNKNOWN, REP_ERR_POLICY, REP_ERR_UNSUP, REP_INFO,
                          REP_META_CONTEXT, REP_SERVER, REQUEST_MAGIC, REPLY_BLOCK_STATUS,
                          REPLY_OFFSET_HOLE, TF_CACHE, TF_FAST_ZERO, TF_FLUSH, TF_FUA,
                          TF_HAS_FLAGS, TF_MULTI_CONN, TF_READ_ONLY, TF_ROTATIONAL, TF_TRIM,
@@ -176,8 +176,9 @@ def test_unknown_options(srv):
         for opt in (0, 4, 42, 0x7FFFFFFF, 0xFFFFFFFF):
             replies = c.option(opt, b"some data")
             assert replies == [(REP_ERR_UNSUP, replies[0][1])], (opt, replies)
-        # TLS is not offered: STARTTLS is unsupported, not a hang-up.
-        assert c.option(OPT_STARTTLS)[-1][0] == REP_ERR_UNSUP
+        # TLS is not enabled: STARTTLS is refused by policy (as qemu-nbd and nbdkit refuse
+        # it), not a hang-up.
+        assert c.option(OPT_STARTTLS)[-1][0] == REP_ERR_POLICY
         assert c.go("nope")[-1][0] == REP_ERR_UNKNOWN
         assert c.go("")[-1][0] == REP_ACK
         assert c.pread(8192, 4096).data == bytes(srv.data[8192:12288])

@@ -76,6 +76,8 @@ class Connection {
  private:
   // handshake.cpp: returns true to enter transmission with export_ set.
   block::Task<bool> negotiate();
+  // NBD_OPT_STARTTLS: acknowledges, runs the handshake; false ends the connection.
+  block::Task<bool> start_tls();
   block::Task<int> reply_option(uint32_t option, uint32_t type, const std::vector<uint8_t>& data);
   block::Task<int> reply_error(uint32_t option, uint32_t type, const std::string& message);
   block::Task<int> handle_info(uint32_t option, const std::vector<uint8_t>& data, bool* go);

@@ -203,6 +203,28 @@ Task<int> Connection::handle_meta_context(uint32_t option, const std::vector<uin
   co_return co_await reply_option(option, kRepAck, {});
 }
 
+Task<bool> Connection::start_tls() {
+  // Anything the client sent after STARTTLS and before our reply was sent in the clear and
+  // could have been injected on the way: refuse to carry it into the session.
+  if (sock_.buffered()) {
+    logf(LogLevel::kWarn, "%s: data after NBD_OPT_STARTTLS before its reply, closing",
+         peer_.c_str());
+    co_return false;
+  }
+  if (co_await reply_option(kOptStartTls, kRepAck, {}) < 0) co_return false;
+  std::string error;
+  if (co_await sock_.start_tls(server_.options().tls, &error) < 0) {
+    logf(LogLevel::kInfo, "%s: TLS handshake failed: %s", peer_.c_str(), error.c_str());
+    co_return false;
+  }
+  logf(LogLevel::kInfo, "%s: TLS on (%s)", peer_.c_str(), sock_.tls()->describe().c_str());
+  // Nothing negotiated in the clear carries over into the session.
+  structured_ = false;
+  ctx_allocation_ = ctx_depth_ = 0;
+  ctx_export_.clear();
+  co_return true;
+}
+
 Task<bool> Connection::negotiate() {
   {
     Builder b;
@@ -237,7 +259,30 @@ Task<bool> Connection::negotiate() {
     if (co_await sock_.read_exact(data) < 0) co_return false;
 
     int rc = 0;
+    // With TLS required, only STARTTLS and ABORT are answered in the clear (as qemu-nbd and
+    // nbdkit do); NBD_OPT_EXPORT_NAME has no error reply, so it ends the connection.
+    if (server_.options().tls_mode == TlsMode::kRequire && !sock_.tls() &&
+        option != kOptStartTls && option != kOptAbort) {
+      if (option == kOptExportName) {
+        logf(LogLevel::kInfo, "%s: NBD_OPT_EXPORT_NAME without TLS, closing", peer_.c_str());
+        co_return false;
+      }
+      if (co_await reply_error(option, kRepErrTlsReqd, "TLS is required") < 0) co_return false;
+      continue;
+    }
     switch (option) {
+      case kOptStartTls:
+        if (length)
+          rc = co_await reply_error(option, kRepErrInvalid, "STARTTLS takes no data");
+        else if (server_.options().tls_mode == TlsMode::kOff)
+          rc = co_await reply_error(option, kRepErrPolicy, "TLS is not enabled on this server");
+        else if (sock_.tls())
+          rc = co_await reply_error(option, kRepErrInvalid, "TLS is already on");
+        else {
+          const bool on = co_await start_tls();
+          if (!on) co_return false;
+        }
+        break;
       case kOptExportName: {
         std::string name(data.begin(), data.end()), resolved;
         Export* e = lookup(name, &resolved);

@@ -1,6 +1,7 @@
 // A connected socket driven through the reactor's io_uring: buffered reads (one recv fills
 // many small requests), exact reads that bypass the buffer for large payloads, and gathered
-// writes (many replies in one sendmsg).
+// writes (many replies in one sendmsg). After start_tls() the same calls carry plaintext
+// through a TLS session (tls.h), and only ciphertext crosses the socket.
 #pragma once
 
 #include <sys/uio.h>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "kiln/block/reactor.h"
+#include "tls.h"
 
 namespace kiln::nbd {
 
@@ -43,13 +45,29 @@ class Socket {
   size_t buffered() const { return end_ - begin_; }
   void shutdown_read();
 
+  // Runs the server side of a TLS handshake on this socket; from then on every read and write
+  // goes through the session. Returns 0, or -errno (-EPROTO: the reason is in `error`).
+  // Nothing may be buffered when it starts (bytes sent before the handshake are plaintext a
+  // man in the middle could have injected).
+  block::Task<int> start_tls(std::shared_ptr<const TlsCredentials> creds, std::string* error);
+  const TlsSession* tls() const { return tls_.get(); }
+  // Sends TLS close_notify, if TLS is on. Best effort.
+  block::Task<void> close_tls();
+
  private:
   block::Task<int> fill();
+  // One receive into `p` (plain or through TLS): bytes (> 0), or -ECONNRESET, or -errno.
+  block::Task<int> recv_some(uint8_t* p, size_t n);
+  block::Task<int> raw_recv(uint8_t* p, size_t n);
+  block::Task<int> raw_send(std::vector<iovec> iov);
+  block::Task<int> tls_send(std::vector<iovec> iov);
+  block::Task<int> send_tls_output();
 
   block::Reactor* r_;
   int fd_;
   std::unique_ptr<uint8_t[]> buf_;
   size_t begin_ = 0, end_ = 0;
+  std::unique_ptr<TlsSession> tls_;
   static constexpr size_t kBufferSize = 128 * 1024;
 };
 

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "kiln/block/device.h"
+#include "kiln/nbd/tls.h"
 
 namespace kiln::nbd {
 
@@ -74,6 +75,8 @@ struct ServerOptions {
   std::vector<std::string> allowed_dirs;
   SocketAccess socket_access;   // the -k socket(s)
   SocketAccess control_access;  // the control socket; its group is also admitted by SO_PEERCRED
+  TlsMode tls_mode = TlsMode::kOff;
+  std::shared_ptr<const TlsCredentials> tls;  // set unless tls_mode is kOff
 };
 
 // A connection that holds nothing may always take one request of up to this many bytes.
