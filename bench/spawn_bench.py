@@ -101,8 +101,7 @@ class Env:
         self.spawn = [f"{build}/spawn/kiln-spawn", *plumb,
                       "--libvirt-uri",
                       "qemu:///system" if driver == "qemu" else "test:///default",
-                      "--nbd-control", f"{d}/run/nbd-control.sock",
-                      "--nbd-socket", f"{d}/run/nbd.sock", "--virt-type", "qemu"]
+                      "--nbd-control", f"{d}/run/nbd-control.sock", "--virt-type", "qemu"]
         img = f"{d}/image.qcow2"
         if guest:
             sh("qemu-img", "convert", "-f", "raw", "-O", "qcow2", f"{guest}/rootfs.raw", img)

@@ -70,8 +70,10 @@ def main():
             print("$ kiln-net " + " ".join(args))
             return inside(kiln_net, *args, **kw)
 
-        spawn_globals = ["--libvirt-uri", sandbox.uri, "--nbd-control", ctl, "--nbd-socket",
-                         sock, "--virt-type", "qemu"]
+        # Each instance reaches its disk through a kiln-nbd socket of its own, owned by the
+        # user libvirt runs QEMU as (docs/kiln-spawn.md).
+        spawn_globals = ["--libvirt-uri", sandbox.uri, "--nbd-control", ctl,
+                         "--virt-type", "qemu"]
 
         def spawn(*args, **kw):
             print("$ kiln-spawn " + " ".join(args))

@@ -63,9 +63,9 @@ def test_good_numbers_still_work(workdir, image):
     host = os.path.join(workdir, "motd")
     with open(host, "wb") as f:
         f.write(b"hi\n")
-    kiln_fs("inject", image, "--mkdir", "/srv/a:2750:1000:4294967294",
+    kiln_fs("inject", "--format", "qcow2", image, "--mkdir", "/srv/a:2750:1000:4294967294",
             "--file", f"/etc/motd={host}:0600", "--mkdir", "/srv/b:c")  # "c": part of the name
-    out = kiln_fs("stat", image, "/srv/a").stdout.decode()
+    out = kiln_fs("stat", "--format", "qcow2", image, "/srv/a").stdout.decode()
     assert "2750" in out and "4294967294" in out, out
-    assert "0600" in kiln_fs("stat", image, "/etc/motd").stdout.decode()
-    assert "b:c" in kiln_fs("ls", image, "/srv").stdout.decode()
+    assert "0600" in kiln_fs("stat", "--format", "qcow2", image, "/etc/motd").stdout.decode()
+    assert "b:c" in kiln_fs("ls", "--format", "qcow2", image, "/srv").stdout.decode()

@@ -95,7 +95,7 @@ def without_nlink(entry):
 def refused(overlay, *args, needles=()):
     """The injection fails with one error line and leaves the image's bytes as they were."""
     before = sha256(overlay)
-    p = kiln_fs("inject", overlay, *args, check=False)
+    p = kiln_fs("inject", "--format", "qcow2", overlay, *args, check=False)
     line = assert_one_line_error(p, *needles)
     assert sha256(overlay) == before, "a refused injection changed the image"
     return line
@@ -122,7 +122,7 @@ def test_authorized_keys_hard_linked_to_shadow(workdir):
         refused(overlay, *follow, "--ssh-key", "alice:" + key,
                 needles=("authorized_keys", "hard links", "uid 0", "--delete"))
 
-    kiln_fs("inject", overlay, "--delete", "/home/alice/.ssh/authorized_keys",
+    kiln_fs("inject", "--format", "qcow2", overlay, "--delete", "/home/alice/.ssh/authorized_keys",
             "--ssh-key", "alice:" + key)
     after = kernel_view(workdir, overlay, paths, "after")
     assert without_nlink(after["/etc/shadow"]) == want_shadow
@@ -140,7 +140,7 @@ def test_authorized_keys_hard_linked_by_its_owner(workdir):
     os.link(keys, tree_path(tree, "/home/alice/keys.bak"))
     base, overlay = build(workdir, tree)
     key = write(os.path.join(workdir, "k.pub"), KEY)
-    kiln_fs("inject", overlay, "--ssh-key", "alice:" + key)
+    kiln_fs("inject", "--format", "qcow2", overlay, "--ssh-key", "alice:" + key)
     after = kernel_view(workdir, overlay,
                         ["/home/alice/.ssh/authorized_keys", "/home/alice/keys.bak"], "after")
     assert after["/home/alice/.ssh/authorized_keys"] == ("0o600", 1000, 1000, 1, OLD_KEY + KEY,
@@ -166,7 +166,7 @@ def test_rewrites_of_hard_linked_files_get_a_new_inode(workdir):
         assert before[p][3] == 2, (p, before[p])
     motd = write(os.path.join(workdir, "motd"), b"hello\n")
     tool = write(os.path.join(workdir, "tool"), b"#!/bin/sh\n")
-    kiln_fs("inject", overlay, "--hostname", "vm-07", "--password", "root:" + HASH,
+    kiln_fs("inject", "--format", "qcow2", overlay, "--hostname", "vm-07", "--password", "root:" + HASH,
             "--file", "/etc/motd=" + motd, "--file", "/usr/bin/tool=" + tool + ":0755:0:0")
     after = kernel_view(workdir, overlay, paths, "after")
 
@@ -255,7 +255,7 @@ def test_root_owned_links_are_followed_inside_the_guest(workdir):
     key = write(os.path.join(workdir, "k.pub"), KEY)
     refused(overlay, "--ssh-key", "alice:" + key, needles=("/home -> var/home",
                                                           "--follow-symlinks"))
-    kiln_fs("inject", overlay, "--follow-symlinks", "--ssh-key", "alice:" + key)
+    kiln_fs("inject", "--format", "qcow2", overlay, "--follow-symlinks", "--ssh-key", "alice:" + key)
     after = kernel_view(workdir, overlay, ["/var/home/alice/.ssh/authorized_keys", "/home"],
                         "after")
     assert after["/var/home/alice/.ssh/authorized_keys"] == ("0o600", 1000, 1000, 1, KEY, {})
@@ -300,7 +300,7 @@ def test_directory_with_a_second_name(workdir):
                  ["--delete", "/home/alice/.ssh"],
                  ["--delete", "/home/alice"]):
         refused(overlay, *args, needles=("/home/alice/.ssh", "second name of a directory"))
-    assert kiln_fs("cat", overlay, "/root/.ssh/authorized_keys").stdout == OLD_KEY
+    assert kiln_fs("cat", "--format", "qcow2", overlay, "/root/.ssh/authorized_keys").stdout == OLD_KEY
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,7 +356,7 @@ def test_directory_of_100000_entries_on_the_path(workdir):
     overlay = make_overlay(base, os.path.join(workdir, "vm.qcow2"))
     key = write(os.path.join(workdir, "k.pub"), KEY)
     note = write(os.path.join(workdir, "note"), b"note\n")
-    kiln_fs("inject", overlay, "--ssh-key", "alice:" + key, "--file", "/home/zz-note=" + note,
+    kiln_fs("inject", "--format", "qcow2", overlay, "--ssh-key", "alice:" + key, "--file", "/home/zz-note=" + note,
             "--delete", "/home/u050000")
     after = kernel_view(workdir, overlay, ["/home/alice/.ssh/authorized_keys", "/home/zz-note",
                                            "/home/u050000", "/home/u099999"], "after")

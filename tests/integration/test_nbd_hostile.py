@@ -48,7 +48,7 @@ HANDSHAKE_TIMEOUT_GRACE = 10 if SANITIZED else 5
 # budget is reached may overshoot it by its own size, so the bounds below add one request
 # per connection.
 KILN_CONNECTION_BUDGET = 64 * MiB
-KILN_TOTAL_BUDGET = 256 * MiB
+KILN_TOTAL_BUDGET = 1024 * MiB  # --max-memory's default
 # kiln-nbd's ServerOptions::max_connections: connections beyond it are closed at accept.
 KILN_MAX_CONNECTIONS = 1024
 # qemu-nbd reads no new request while a connection has this many in flight (MAX_NBD_REQUESTS

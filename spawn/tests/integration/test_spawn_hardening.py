@@ -94,11 +94,11 @@ def test_files_qemu_opens_are_given_to_its_user(world, tmp_path):
     world.assert_nothing_left()
 
     os.chmod(world.dir, 0o711)
-    # kiln-nbd's shared socket (--nbd-socket, as this World uses) is root's 0755: QEMU as
+    # kiln-nbd's shared socket (--nbd-socket, as this World uses) is root's 0600: QEMU as
     # nobody could not connect to it.
     p = world.spawn("--qemu-user", "nobody:nogroup", "boot", "nosock", *boot_args(tmp_path),
                     check=False)
-    one_line_error(p, f"cannot use kiln-nbd's socket {world.nbd.sock}", "is 0755")
+    one_line_error(p, f"cannot use kiln-nbd's socket {world.nbd.sock}", "is 0600")
     world.spawn("delete", "nosock")
     os.chmod(world.nbd.sock, 0o666)
     inst = json.loads(world.spawn("--qemu-user", "nobody:nogroup", "boot", "vm1",
