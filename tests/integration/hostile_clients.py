@@ -15,9 +15,9 @@ import time
 
 from kiln_helpers import MiB, scaled
 from nbd_helpers import (CMD_READ, INFO_BLOCK_SIZE, INFO_DESCRIPTION, INFO_NAME, KILN_NBD,
-                         OPT_INFO, REPLY_FLAG_DONE, REPLY_MAGIC, REPLY_OFFSET_DATA,
-                         REPLY_OFFSET_HOLE, QEMU_NBD, SIMPLE_REPLY_MAGIC, STRUCTURED_REPLY_MAGIC,
-                         TIMEOUT, Closed, Process, RawClient, Reply, run)
+                         OPT_INFO, REPLY_FLAG_DONE, REPLY_MAGIC, QEMU_NBD, SIMPLE_REPLY_MAGIC,
+                         STRUCTURED_REPLY_MAGIC, TIMEOUT, Closed, Process, RawClient, Reply,
+                         assemble_read, run)
 
 MAX_BLOCK = 32 * MiB  # the largest request both servers take (qemu-nbd's NBD_MAX_BUFFER_SIZE)
 IMAGE_SIZE = 64 * MiB  # room for max-block reads that stay inside the export
@@ -493,25 +493,10 @@ def next_reply(c):
             continue
         del partial[h]
         cmd, offset, length = c.pending.pop(h)
-        error = 0
-        buf = bytearray(length if cmd == CMD_READ else 0)
-        covered = 0
-        for rtype, body in chunks:
-            if rtype & 0x8000:
-                error = struct.unpack(">I", body[:4])[0]
-            elif rtype == REPLY_OFFSET_DATA:
-                off = struct.unpack(">Q", body[:8])[0] - offset
-                assert 0 <= off and off + len(body) - 8 <= length, "data chunk out of range"
-                buf[off:off + len(body) - 8] = body[8:]
-                covered += len(body) - 8
-            elif rtype == REPLY_OFFSET_HOLE:
-                off, n = struct.unpack(">QI", body)
-                assert offset <= off and off + n <= offset + length, "hole out of range"
-                covered += n
-        if cmd == CMD_READ and not error:
-            assert covered == length, f"read reply covers {covered} of {length} bytes"
-        return Reply(h, error, bytes(buf) if cmd == CMD_READ and not error else b"", chunks,
-                     structured=True)
+        error = next((struct.unpack(">I", body[:4])[0] for rtype, body in chunks
+                      if rtype & 0x8000), 0)
+        data = assemble_read(chunks, offset, length) if cmd == CMD_READ and not error else b""
+        return Reply(h, error, data, chunks, structured=True)
 
 
 class NonReader:

@@ -349,6 +349,25 @@ class Reply:
         return f"Reply(handle={self.handle}, error={self.error}, {len(self.data)} bytes)"
 
 
+def assemble_read(chunks, offset, length):
+    """The bytes of a structured READ reply of `length` bytes at `offset`, from its data and
+    hole chunks, which must lie inside the request and cover it."""
+    buf = bytearray(length)
+    covered = 0
+    for rtype, body in chunks:
+        if rtype == REPLY_OFFSET_DATA:
+            off = struct.unpack(">Q", body[:8])[0] - offset
+            assert 0 <= off and off + len(body) - 8 <= length, "data chunk out of range"
+            buf[off:off + len(body) - 8] = body[8:]
+            covered += len(body) - 8
+        elif rtype == REPLY_OFFSET_HOLE:
+            off, n = struct.unpack(">QI", body)
+            assert offset <= off and off + n <= offset + length, "hole out of range"
+            covered += n
+    assert covered == length, f"read reply covers {covered} of {length} bytes"
+    return bytes(buf)
+
+
 class RawClient:
     """One NBD connection driven by hand. Methods raise Closed when the server hangs up."""
 
@@ -530,22 +549,7 @@ class RawClient:
             # Chunks of one reply may interleave with other replies in principle; Kiln and
             # this client keep them together.
         cmd, offset, length = self.pending.pop(h)
-        data = b""
-        if cmd == CMD_READ and not error:
-            buf = bytearray(length)
-            covered = 0
-            for rtype, body in chunks:
-                if rtype == REPLY_OFFSET_DATA:
-                    off = struct.unpack(">Q", body[:8])[0] - offset
-                    assert 0 <= off and off + len(body) - 8 <= length, "data chunk out of range"
-                    buf[off:off + len(body) - 8] = body[8:]
-                    covered += len(body) - 8
-                elif rtype == REPLY_OFFSET_HOLE:
-                    off, n = struct.unpack(">QI", body)
-                    assert offset <= off and off + n <= offset + length, "hole out of range"
-                    covered += n
-            assert covered == length, f"read reply covers {covered} of {length} bytes"
-            data = bytes(buf)
+        data = assemble_read(chunks, offset, length) if cmd == CMD_READ and not error else b""
         return Reply(h, error, data, chunks, structured=True)
 
     def pread(self, offset, length, flags=0):
