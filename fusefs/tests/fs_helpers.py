@@ -10,6 +10,7 @@ import re
 import shutil
 import stat
 import subprocess
+import time
 
 KILN_FS = os.environ.get("KILN_FS") or shutil.which("kiln-fs") or "kiln-fs"
 KILN_NBD = os.environ.get("KILN_NBD") or shutil.which("kiln-nbd") or "kiln-nbd"
@@ -207,8 +208,20 @@ def loop_mount(raw, offset, length, workdir, name="mnt"):
         yield mnt
     finally:
         if mounted:
-            run(["umount", mnt], check=False)
+            unmount(mnt)
         run(["losetup", "-d", dev], check=False)
+
+
+def unmount(mnt, attempts=50):
+    """Unmounts `mnt`, retrying while the kernel says it is busy (udev's probe of a new loop
+    device can hold it for a moment on a loaded machine). Raises if it stays mounted: a test
+    that went on would read a filesystem whose last writes may still be in the mount."""
+    for _ in range(attempts):
+        p = run(["umount", mnt], check=False)
+        if p.returncode == 0:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"umount {mnt} kept failing: {p.stderr.decode(errors='replace')}")
 
 
 def extract(raw, offset, length, out):

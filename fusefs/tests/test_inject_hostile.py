@@ -10,7 +10,7 @@ import contextlib
 import os
 import stat
 
-from fs_helpers import (MiB, assert_one_line_error, e2fsck_clean, kiln_fs, loop_mount,
+from fs_helpers import (MiB, assert_one_line_error, e2fsck_clean, kiln_fs, loop_mount, unmount,
                         make_fs_image, make_guest_tree, make_overlay, run, sha256, to_raw)
 
 KEY = b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKiln0000000000000000000000000000000000000007 ops@kiln\n"
@@ -334,7 +334,7 @@ def writable_mount(image, workdir):
         yield mnt
     finally:
         if mounted:
-            run(["umount", mnt], check=False)
+            unmount(mnt)
         run(["losetup", "-d", dev], check=False)
 
 
