@@ -44,9 +44,10 @@ void usage(FILE* out) {
       "                           before its reply) or unsafe (FLUSH and FUA ignored);\n"
       "                           none and directsync (O_DIRECT) are not supported yet\n"
       "      --export=NAME=FILE[,format=FMT][,ro][,description=TEXT][,socket=PATH\n"
-      "               [,owner=USER[:GROUP]]]\n"
+      "               [,owner=USER[:GROUP]]][,tls-identity=ID]\n"
       "                           another export (repeatable); socket=: a socket of its own\n"
-      "                           on which clients see only this export\n"
+      "                           on which clients see only this export; tls-identity=: only\n"
+      "                           TLS clients with that PSK identity or certificate DN see it\n"
       "      --control=PATH       control socket (JSON lines: add/remove/list exports, stats)\n"
       "      --state-file=PATH    where control-API exports are kept across restarts\n"
       "      --socket-group=GROUP give the -k socket to GROUP (mode 0660)\n"
@@ -123,6 +124,8 @@ nbd::ExportConfig parse_export(const std::string& spec) {
       c.socket = opt.substr(7);
     else if (opt.rfind("owner=", 0) == 0)
       c.owner = opt.substr(6);
+    else if (opt.rfind("tls-identity=", 0) == 0)
+      c.tls_identity = opt.substr(13);
     else
       die("unknown --export option '" + opt + "'");
     pos = next;

@@ -16,7 +16,8 @@ import pytest
 from kiln_helpers import MiB, assert_qemu_clean, create_qcow2, qemu_img
 from nbd_helpers import (KILN_NBD, NBDCOPY, NBDINFO, OPT_ABORT, OPT_EXPORT_NAME, OPT_GO,
                          OPT_LIST, OPT_STARTTLS, REP_ACK, REP_ERR_INVALID, REP_ERR_POLICY,
-                         Closed, RawClient, free_tcp_port, run, servers)  # noqa: F401
+                         Closed, RawClient, control, free_tcp_port, run,
+                         servers)  # noqa: F401
 
 REP_ERR_TLS_REQD = 0x80000005
 SIZE = 32 * MiB
@@ -68,7 +69,8 @@ class Creds:
 
         server = issue("server", ["cn = localhost", "dns_name = localhost",
                                   "ip_address = 127.0.0.1", "tls_www_server"])
-        client = issue("client", ["cn = kiln-test-client", "tls_www_client"])
+        client = issue("client", ["cn = kiln-test-client", "organization = Kiln tests",
+                                  "tls_www_client"])
 
         # The server's directory, and two client directories (libnbd and qemu both read
         # ca-cert.pem, client-cert.pem and client-key.pem from a directory).
@@ -93,6 +95,14 @@ class Creds:
         wrong = format(int(hexkey, 16) ^ 1, "0%dx" % len(hexkey))
         self.wrong_psk = self._file("wrong.psk", f"{identity}:{wrong}\n")
         self.stranger_psk = self._file("stranger.psk", f"mallory:{hexkey}\n")
+        # Two tenants' keys in one server file; each tenant holds only its own.
+        self.tenants_psk = os.path.join(d, "tenants.psk")
+        run(["psktool", "-u", "alice", "-p", self.tenants_psk])
+        run(["psktool", "-u", "bob", "-p", self.tenants_psk])
+        with open(self.tenants_psk) as f:
+            lines = dict(line.strip().split(":", 1) for line in f if line.strip())
+        self.alice_psk = self._file("alice.psk", f"alice:{lines['alice']}\n")
+        self.bob_psk = self._file("bob.psk", f"bob:{lines['bob']}\n")
 
     def _dir(self, name, files):
         path = os.path.join(self.d, name)
@@ -363,3 +373,84 @@ def test_bad_tls_options_fail_clearly(workdir, creds, args, message):
     assert p.returncode == 1, p.stderr
     assert message in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def nbdinfo_list(uri):
+    p = run([NBDINFO, "--list", "--json", uri])
+    return sorted(e["export-name"] for e in json.loads(p.stdout)["exports"])
+
+
+def test_tls_identity_keeps_tenants_apart(workdir, servers, creds):
+    """Exports kept for one TLS identity are invisible to every other client: alice lists and
+    opens hers and the shared one, never bob's (NBD_REP_ERR_UNKNOWN, as for a name never
+    used); a plain client (--tls=on) sees only the shared one. Kept across a restart."""
+    sock, ctl = os.path.join(workdir, "s.sock"), os.path.join(workdir, "ctl.sock")
+    state = os.path.join(workdir, "state.json")
+    imgs = {}
+    for name, pattern in (("alice-disk", 0x41), ("bob-disk", 0x42), ("shared", 0x53)):
+        imgs[name] = create_qcow2(os.path.join(workdir, name + ".qcow2"), SIZE)
+        run([QEMU_IO, "-f", "qcow2", "-c", f"write -P {pattern} 0 1M", imgs[name]])
+    args = ["--tls=on", "--tls-psk", creds.tenants_psk, "--state-file", state]
+    server = servers.kiln(*args, sock=sock, control=ctl)
+    for name, ident in (("alice-disk", "alice"), ("bob-disk", "bob"), ("shared", None)):
+        extra = {"tls-identity": ident} if ident else {}
+        assert control(ctl, "add-export", name=name, path=imgs[name], format="qcow2",
+                       **extra) == {"ok": True}
+
+    def check():
+        def alice(name=""):
+            return f"nbds+unix://alice@/{name}?socket={sock}&tls-psk-file={creds.alice_psk}"
+
+        bob = f"nbds+unix://bob@/?socket={sock}&tls-psk-file={creds.bob_psk}"
+        assert nbdinfo_list(alice()) == ["alice-disk", "shared"]
+        assert nbdinfo_list(bob) == ["bob-disk", "shared"]
+        assert nbdinfo_list(f"nbd+unix:///?socket={sock}") == ["shared"]
+        h = nbd.NBD()
+        h.set_tls(nbd.TLS_REQUIRE)
+        h.set_tls_psk_file(creds.alice_psk)
+        h.set_tls_username("alice")
+        h.set_export_name("alice-disk")
+        h.connect_unix(sock)
+        assert h.pread(4096, 0) == b"\x41" * 4096
+        h.shutdown()
+        # Refused exactly as a name that was never used is.
+        p = run([NBDINFO, alice("bob-disk")], check=False)
+        never = run([NBDINFO, alice("bob-diks")], check=False)
+        assert p.returncode != 0 and never.returncode != 0
+        assert p.stderr.replace("bob-disk", "X") == never.stderr.replace("bob-diks", "X")
+        p = run([NBDINFO, f"nbd+unix:///alice-disk?socket={sock}"], check=False)
+        assert p.returncode != 0
+
+    check()
+    listed = {e["name"]: e.get("tls-identity") for e in
+              control(ctl, "list-exports")["exports"]}
+    assert listed == {"alice-disk": "alice", "bob-disk": "bob", "shared": None}
+    server.assert_clean_stop()
+    servers.kiln(*args, sock=sock, control=ctl)
+    check()
+
+
+def test_tls_identity_from_client_certificate(workdir, servers, creds):
+    sock, ctl = os.path.join(workdir, "s.sock"), os.path.join(workdir, "ctl.sock")
+    servers.kiln("--tls-creds", creds.server_dir, "--tls-verify-peer", sock=sock, control=ctl)
+    img = image(workdir)
+    dn = "CN=kiln-test-client,O=Kiln tests"
+    assert control(ctl, "add-export", name="mine", path=img, format="qcow2",
+                   **{"tls-identity": dn}) == {"ok": True}
+    other = create_qcow2(os.path.join(workdir, "other.qcow2"), SIZE)
+    assert control(ctl, "add-export", name="theirs", path=other, format="qcow2",
+                   **{"tls-identity": "CN=someone else"}) == {"ok": True}
+    assert nbdinfo_list(x509_uri(sock, creds.client_dir)) == ["mine"]
+    assert nbdinfo_json(f"nbds+unix:///mine?socket={sock}&tls-certificates="
+                        f"{creds.client_dir}")["exports"][0]["export-size"] == SIZE
+    p = run([NBDINFO, f"nbds+unix:///theirs?socket={sock}&tls-certificates={creds.client_dir}"],
+            check=False)
+    assert p.returncode != 0
+
+
+def test_tls_identity_needs_tls(workdir, servers):
+    sock, ctl = os.path.join(workdir, "s.sock"), os.path.join(workdir, "ctl.sock")
+    servers.kiln(sock=sock, control=ctl)
+    r = control(ctl, "add-export", name="x", path=image(workdir), format="qcow2",
+                **{"tls-identity": "alice"})
+    assert r["ok"] is False and "needs TLS" in r["error"], r

@@ -84,6 +84,8 @@ class Connection {
   block::Task<int> handle_meta_context(uint32_t option, const std::vector<uint8_t>& data);
   block::Task<int> handle_list(uint32_t option, uint32_t length);
   // The export a client asking for `name` may see (the per-export socket's one), or null.
+  // Whether this client may know of `e` at all (its TLS identity, if the export has one).
+  bool may_see(const Export& e) const;
   Export* lookup(const std::string& name, std::string* resolved = nullptr);
   uint16_t transmission_flags(const Export& e) const;
   ExportView view(const Export& e) const;

@@ -1,6 +1,6 @@
 // The control socket: one JSON request per line, one JSON reply per line.
 //   {"cmd":"add-export","name":N,"path":P[,"format":F][,"read-only":B][,"description":D]
-//    [,"socket":PATH[,"owner":"USER[:GROUP]"]]}
+//    [,"socket":PATH[,"owner":"USER[:GROUP]"]][,"tls-identity":ID]}
 //   {"cmd":"remove-export","name":N}
 //   {"cmd":"list-exports"}
 //   {"cmd":"stats"[,"name":N]}
@@ -56,6 +56,7 @@ json export_json(const Export& e) {
     j["error"] = e.error;
   if (!e.config.socket.empty()) j["socket"] = e.config.socket;
   if (!e.config.owner.empty()) j["owner"] = e.config.owner;
+  if (!e.config.tls_identity.empty()) j["tls-identity"] = e.config.tls_identity;
   return j;
 }
 
@@ -68,6 +69,7 @@ json recorded_json(const ExportConfig& c) {
             {"description", c.description}};
   if (!c.socket.empty()) j["socket"] = c.socket;
   if (!c.owner.empty()) j["owner"] = c.owner;
+  if (!c.tls_identity.empty()) j["tls-identity"] = c.tls_identity;
   return j;
 }
 
@@ -80,6 +82,7 @@ ExportConfig config_from_json(const json& j) {
   c.description = j.value("description", "");
   c.socket = j.value("socket", "");
   c.owner = j.value("owner", "");
+  c.tls_identity = j.value("tls-identity", "");
   c.persistent = true;
   return c;
 }

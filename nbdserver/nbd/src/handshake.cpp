@@ -50,17 +50,27 @@ ExportView Connection::view(const Export& e) const {
           std::min(caps.max_block, server_.options().max_block)};
 }
 
+bool Connection::may_see(const Export& e) const {
+  // An export kept for one tenant is unknown to everybody else, not refused: other clients
+  // cannot even learn that it exists.
+  if (e.config.tls_identity.empty()) return true;
+  return sock_.tls() && sock_.tls()->peer_identity() == e.config.tls_identity;
+}
+
 Export* Connection::lookup(const std::string& name, std::string* resolved) {
+  Export* e;
   if (!scope_) {
     if (resolved) *resolved = name;
-    return server_.find_export(name);
+    e = server_.find_export(name);
+  } else {
+    // A per-export socket shows its one export, under its name or as the default export; any
+    // other name is unknown, as if no other export existed.
+    if (!name.empty() && name != scope_->name) return nullptr;
+    if (resolved) *resolved = scope_->name;
+    e = server_.find_export(scope_->name);
+    if (e && e->id != scope_->id) e = nullptr;
   }
-  // A per-export socket shows its one export, under its name or as the default export; any
-  // other name is unknown, as if no other export existed.
-  if (!name.empty() && name != scope_->name) return nullptr;
-  if (resolved) *resolved = scope_->name;
-  Export* e = server_.find_export(scope_->name);
-  return e && e->id == scope_->id ? e : nullptr;
+  return e && may_see(*e) ? e : nullptr;
 }
 
 Task<int> Connection::reply_option(uint32_t option, uint32_t type,
@@ -147,7 +157,7 @@ Task<int> Connection::handle_list(uint32_t option, uint32_t length) {
     if (Export* e = lookup(scope_->name)) list.emplace_back(e->config.name, e->config.description);
   } else {
     for (const auto& [name, e] : server_.exports())
-      if (e->usable()) list.emplace_back(name, e->config.description);
+      if (e->usable() && may_see(*e)) list.emplace_back(name, e->config.description);
   }
   for (const auto& [name, description] : list) {
     Builder b;

@@ -271,6 +271,11 @@ Task<void> Server::add_export(ExportConfig config) {
   } else if (!config.owner.empty()) {
     throw std::runtime_error("an owner is given but no socket");
   }
+  if (!config.tls_identity.empty() && options_.tls_mode == TlsMode::kOff)
+    throw std::runtime_error("export '" + config.name +
+                             "': a TLS identity needs TLS (--tls-creds or --tls-psk)");
+  if (config.tls_identity.size() > kMaxStringLength)
+    throw std::runtime_error("export '" + config.name + "': TLS identity too long");
   block::OpenOptions o;
   o.format = config.format;
   o.read_only = config.read_only;

@@ -1,5 +1,7 @@
 #include "tls.h"
 
+#include <gnutls/x509.h>
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -283,6 +285,7 @@ int TlsSession::handshake() {
     if (rc == GNUTLS_E_INTERRUPTED || !gnutls_error_is_fatal(rc)) continue;
     return fail(rc, "TLS handshake");
   }
+  if (creds_->psk_) identity_ = psk_identity();
   if (creds_->verify_peer_) {
     unsigned status = 0;
     if (int rc = gnutls_certificate_verify_peers2(s_, &status); rc < 0)
@@ -295,8 +298,30 @@ int TlsSession::handshake() {
       gnutls_free(text.data);
       return -EPROTO;
     }
+    identity_ = certificate_dn();
+    if (identity_.empty()) {
+      error_ = "client certificate: no distinguished name";
+      return -EPROTO;
+    }
   }
   return 0;
+}
+
+std::string TlsSession::certificate_dn() const {
+  unsigned count = 0;
+  const gnutls_datum_t* chain = gnutls_certificate_get_peers(s_, &count);
+  if (!chain || count == 0) return {};
+  gnutls_x509_crt_t crt;
+  if (gnutls_x509_crt_init(&crt) < 0) return {};
+  std::string out;
+  gnutls_datum_t dn{};
+  if (gnutls_x509_crt_import(crt, &chain[0], GNUTLS_X509_FMT_DER) >= 0 &&
+      gnutls_x509_crt_get_dn3(crt, &dn, 0) >= 0) {
+    out.assign(reinterpret_cast<const char*>(dn.data), dn.size);
+    gnutls_free(dn.data);
+  }
+  gnutls_x509_crt_deinit(crt);
+  return out;
 }
 
 long TlsSession::recv(uint8_t* buf, size_t len) {
@@ -360,7 +385,7 @@ std::string TlsSession::describe() const {
   std::string out = desc ? desc : "TLS";
   gnutls_free(desc);
   if (creds_->psk_) return out + ", PSK identity '" + psk_identity() + "'";
-  return out + (creds_->verify_peer_ ? ", client certificate verified" : "");
+  return out + (creds_->verify_peer_ ? ", client certificate '" + identity_ + "'" : "");
 }
 
 std::string TlsSession::psk_identity() const {

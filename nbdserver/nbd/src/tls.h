@@ -52,6 +52,10 @@ class TlsSession {
   std::string describe() const;
   // The PSK identity the peer authenticated with ("" for X.509).
   std::string psk_identity() const;
+  // Who the peer proved to be: its PSK identity, or with --tls-verify-peer the distinguished
+  // name of its verified certificate (RFC 4514, "CN=client,O=Example"); "" if nobody. Fixed
+  // once the handshake is done.
+  const std::string& peer_identity() const { return identity_; }
 
  private:
   static ssize_t pull(gnutls_transport_ptr_t p, void* buf, size_t len);
@@ -59,6 +63,7 @@ class TlsSession {
   static int pull_timeout(gnutls_transport_ptr_t p, unsigned ms);
   int fail(int rc, const char* what);
   int record_send(const uint8_t* p, size_t len);
+  std::string certificate_dn() const;
 
   std::shared_ptr<const TlsCredentials> creds_;
   gnutls_session_t s_ = nullptr;
@@ -68,6 +73,7 @@ class TlsSession {
   std::vector<uint8_t> out_;
   std::vector<uint8_t> stage_;  // small pieces gathered into one record
   std::string error_;
+  std::string identity_;
 };
 
 }  // namespace kiln::nbd

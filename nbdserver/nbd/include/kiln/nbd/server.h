@@ -34,6 +34,9 @@ struct ExportConfig {
   // A Unix socket of the export's own: a client connected through it sees only this export.
   std::string socket;
   std::string owner;  // "USER[:GROUP]" the socket is chown'd to; empty: the server's user
+  // Only TLS sessions authenticated as this identity (a PSK identity, or an X.509 client
+  // certificate's distinguished name) see and open the export; empty: every client.
+  std::string tls_identity;
 };
 
 // Counters are updated on the export's reactor thread and read by the control API.
