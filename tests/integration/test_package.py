@@ -78,6 +78,15 @@ def test_package_metadata(packages):
     assert "libvirt" not in nbd and "dnsmasq" not in nbd, nbd
 
 
+def test_layout(root):
+    """Files where Debian and systemd look for them; /etc ones are conffiles."""
+    for path in [UNIT, "etc/default/kiln-nbd", "etc/logrotate.d/kiln-nbd",
+                 "usr/share/doc/kiln-nbd/install.md",
+                 "usr/share/doc/kiln-nbd/examples/image-dirs.conf"]:
+        assert os.path.isfile(root / path), path
+    assert not os.path.exists(root / "usr/etc")
+
+
 def test_versions(root):
     for prog, where, _ in PROGRAMS:
         p = run([os.path.join(root, where, prog), "--version"])
