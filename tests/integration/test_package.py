@@ -8,6 +8,8 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -33,10 +35,29 @@ def run(args, **kw):
 
 
 @pytest.fixture(scope="module")
-def packages(tmp_path_factory):
+def scratch():
+    """The module's own temporary directory (packages, root, images, sockets), removed
+    whether the tests pass or not."""
+    d = tempfile.mkdtemp(prefix="kiln-pkg-", dir=os.environ.get("KILN_TEST_TMPDIR") or None)
+    try:
+        yield Path(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def tmp_path(scratch, request):
+    d = scratch / request.node.name
+    d.mkdir()
+    return d
+
+
+@pytest.fixture(scope="module")
+def packages(scratch):
     """The .deb files, built from this build tree into a directory of the test's own."""
     assert BUILD_DIR and VERSION, "KILN_BUILD_DIR and KILN_VERSION are set by CTest"
-    out = tmp_path_factory.mktemp("debs")
+    out = scratch / "debs"
+    out.mkdir()
     run(["cpack", "-G", "DEB", "-B", str(out), "--config",
          os.path.join(BUILD_DIR, "CPackConfig.cmake")])
     debs = {}
@@ -47,10 +68,11 @@ def packages(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def root(packages, tmp_path_factory):
+def root(packages, scratch):
     """A scratch root with every package unpacked (`dpkg -x`: no maintainer scripts, no
     dpkg database, nothing outside this directory)."""
-    r = tmp_path_factory.mktemp("root")
+    r = scratch / "root"
+    r.mkdir()
     for deb in packages.values():
         run(["dpkg", "-x", deb, str(r)])
     return r
