@@ -1,16 +1,33 @@
 #!/usr/bin/env bash
 # Installs every Debian package that Kiln's build, tests and benchmarks need, then builds.
-#   scripts/setup.sh [--bench-extras] [--no-build | --release-only]
-# --bench-extras also installs bench/extra-packages.txt (libguestfs for fs_bench.py).
+#   scripts/setup.sh [--bench-extras] [--no-build | --release-only] [--help]
+# Flags may come in any order.
+#   --bench-extras   also install bench/extra-packages.txt (libguestfs for fs_bench.py)
+#   --no-build       install packages only
+#   --release-only   build build/release only
 # Builds: build/release (Release), build/asan (Debug with ASan+UBSan), build/fuzz (clang,
 # libFuzzer targets).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 
+usage() { sed -n '3,9s/^# \{0,1\}//p' "$0"; }
+extras= no_build= release_only=
+for arg in "$@"; do
+  case $arg in
+    --bench-extras) extras=bench/extra-packages.txt ;;
+    --no-build) no_build=1 ;;
+    --release-only) release_only=1 ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "setup.sh: unknown option '$arg'" >&2; usage >&2; exit 2 ;;
+  esac
+done
+if [ -n "$no_build" ] && [ -n "$release_only" ]; then
+  echo "setup.sh: --no-build and --release-only exclude each other" >&2
+  exit 2
+fi
+
 # Every module lists its own packages in <module>/packages.txt.
-extras=
-if [ "${1:-}" = "--bench-extras" ]; then extras=bench/extra-packages.txt; shift; fi
 pkgs=$(cat scripts/packages.txt $(ls */packages.txt | grep -v ^scripts/) $extras | sed 's/#.*//' | tr -s ' \n' ' ')
 missing=()
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -21,7 +38,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-[ "${1:-}" = "--no-build" ] && exit 0
+[ -n "$no_build" ] && exit 0
 
 build() {  # build DIR [cmake args...]
   local dir=$1; shift
@@ -29,7 +46,7 @@ build() {  # build DIR [cmake args...]
   cmake --build "$dir"
 }
 build build/release -DCMAKE_BUILD_TYPE=Release
-[ "${1:-}" = "--release-only" ] && exit 0
+[ -n "$release_only" ] && exit 0
 build build/asan -DCMAKE_BUILD_TYPE=Debug -DKILN_SANITIZE=ON -DKILN_BUILD_BENCH=OFF
 # libFuzzer targets need clang.
 CC=clang CXX=clang++ cmake -S . -B build/fuzz -G Ninja -DCMAKE_BUILD_TYPE=Release \

@@ -7,6 +7,7 @@
 
 #include "commands.h"
 #include "kiln/fs/filesystem.h"
+#include "kiln/version.h"
 
 namespace kiln::fs::tool {
 namespace {
@@ -29,7 +30,8 @@ constexpr const char* kUsage =
     "      --follow-symlinks               follow symbolic links in guest paths\n"
     "  mount IMAGE DIR [--ro] [--allow-other] [-f|--foreground]\n"
     "\n"
-    "Common options: --partition N (default: the only ext filesystem), --format raw|qcow2.\n";
+    "Common options: --partition N (default: the only ext filesystem), --format raw|qcow2.\n"
+    "kiln-fs --version shows the version.\n";
 
 }  // namespace
 
@@ -76,6 +78,10 @@ int main(int argc, char** argv) {
   if (argc < 2 || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "--help")) {
     std::fputs(kUsage, argc < 2 ? stderr : stdout);
     return argc < 2 ? 1 : 0;
+  }
+  if (!std::strcmp(argv[1], "--version")) {
+    std::printf("kiln-fs %s\n", KILN_VERSION);
+    return 0;
   }
   const std::string cmd = argv[1];
   try {

@@ -18,6 +18,7 @@
 #include "kiln/block/device.h"
 #include "kiln/nbd/access.h"
 #include "kiln/nbd/server.h"
+#include "kiln/version.h"
 
 using namespace kiln;
 using kiln::block::Task;
@@ -68,7 +69,8 @@ void usage(FILE* out) {
       "      --tls-psk=FILE       pre-shared keys, IDENTITY:HEXKEY lines (psktool's format)\n"
       "      --tls-verify-peer    X.509: require client certificates signed by ca-cert.pem\n"
       "  -v, --verbose            log every request\n"
-      "  -h, --help\n",
+      "  -h, --help               show this help\n"
+      "      --version            show the version\n",
       out);
 }
 
@@ -193,7 +195,8 @@ int main(int argc, char** argv) {
     kTls,
     kTlsCreds,
     kTlsPsk,
-    kTlsVerifyPeer
+    kTlsVerifyPeer,
+    kVersion
   };
   static const option longopts[] = {
       {"socket", required_argument, nullptr, 'k'},
@@ -225,6 +228,7 @@ int main(int argc, char** argv) {
       {"tls-verify-peer", no_argument, nullptr, kTlsVerifyPeer},
       {"verbose", no_argument, nullptr, 'v'},
       {"help", no_argument, nullptr, 'h'},
+      {"version", no_argument, nullptr, kVersion},
       {nullptr, 0, nullptr, 0}};
   for (int c; (c = getopt_long(argc, argv, "k:p:b:x:D:f:re:tvh", longopts, nullptr)) != -1;) {
     switch (c) {
@@ -316,6 +320,9 @@ int main(int argc, char** argv) {
         break;
       case 'h':
         usage(stdout);
+        return 0;
+      case kVersion:
+        printf("kiln-nbd %s\n", KILN_VERSION);
         return 0;
       default:
         usage(stderr);

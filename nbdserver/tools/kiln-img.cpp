@@ -10,6 +10,7 @@
 
 #include "img_commands.h"
 #include "kiln/block/device.h"
+#include "kiln/version.h"
 #include "tool_util.h"
 
 namespace kiln::tools {
@@ -56,7 +57,7 @@ void usage(FILE* out) {
       "FMT is qcow2 or raw. SIZE takes a k, M, G or T suffix (powers of 1024).\n"
       "qcow2 create OPTIONS: cluster_size, refcount_bits, compat (0.10|1.1), lazy_refcounts\n"
       "(on|off), compression_type (zlib|zstd), backing_file, backing_fmt, size.\n"
-      "See docs/kiln-img.md.\n",
+      "See docs/kiln-img.md. kiln-img --version shows the version.\n",
       out);
 }
 
@@ -70,7 +71,7 @@ int dispatch(int argc, char** argv) {
     return 0;
   }
   if (cmd == "-V" || cmd == "--version") {
-    std::puts("kiln-img (Kiln) 0.1");
+    std::printf("kiln-img %s\n", KILN_VERSION);
     return 0;
   }
   // getopt() keeps global state; every subcommand parses once from a fresh start.

@@ -21,6 +21,7 @@
 
 #include "io_command.h"
 #include "kiln/block/device.h"
+#include "kiln/version.h"
 #include "tool_util.h"
 
 namespace kiln::tools {
@@ -278,12 +279,13 @@ void usage(FILE* out) {
       "               [--parallel N]\n"
       "commands: read [-P BYTE] OFF LEN | write [-f] [-P BYTE] OFF LEN |\n"
       "          writef HOSTFILE OFF LEN | zero [-f] [-u] OFF LEN | discard OFF LEN |\n"
-      "          flush | dump FILE | size\n",
+      "          flush | dump FILE | size\n"
+      "kiln-io --help shows this help, kiln-io --version the version.\n",
       out);
 }
 
 int run(int argc, char** argv) {
-  enum { kOptL2 = 256, kOptScript, kOptParallel };
+  enum { kOptL2 = 256, kOptScript, kOptParallel, kOptVersion };
   static const option kLong[] = {{"help", no_argument, nullptr, 'h'},
                                  {"format", required_argument, nullptr, 'f'},
                                  {"read-only", no_argument, nullptr, 'r'},
@@ -291,6 +293,7 @@ int run(int argc, char** argv) {
                                  {"l2-cache", required_argument, nullptr, kOptL2},
                                  {"script", required_argument, nullptr, kOptScript},
                                  {"parallel", required_argument, nullptr, kOptParallel},
+                                 {"version", no_argument, nullptr, kOptVersion},
                                  {nullptr, 0, nullptr, 0}};
   Options o;
   opterr = 0;
@@ -322,6 +325,9 @@ int run(int argc, char** argv) {
         break;
       case 'h':
         usage(stdout);
+        return 0;
+      case kOptVersion:
+        std::printf("kiln-io %s\n", KILN_VERSION);
         return 0;
       case ':':
         throw ToolError(std::string("option '") + argv[optind - 1] + "' requires an argument");

@@ -10,6 +10,7 @@
 #include "kiln/net/error.h"
 #include "kiln/net/plumber.h"
 #include "kiln/net/service.h"
+#include "kiln/version.h"
 #include "text.h"
 
 namespace kiln::net::cli {
@@ -482,6 +483,7 @@ int plumb(Plumber& plumber, Store& store, const Context& ctx, bool verbose) {
 
 void usage(const std::map<std::string, Command>& cmds) {
   std::cout << "usage: kiln-net [--format table|json] [--no-plumb] [--tenant-id ID] COMMAND ...\n"
+               "       kiln-net --version\n"
                "State: $KILN_STATE_DIR/netplumb.db (default /var/lib/kiln); runtime: "
                "$KILN_RUN_DIR (default /run/kiln).\n\nCommands:\n";
   for (auto& [name, c] : cmds) std::cout << "  " << c.usage << "\n";
@@ -555,6 +557,10 @@ int run(int argc, char** argv) {
 }  // namespace kiln::net::cli
 
 int main(int argc, char** argv) {
+  if (argc == 2 && std::string(argv[1]) == "--version") {
+    std::cout << "kiln-net " << KILN_VERSION << "\n";
+    return 0;
+  }
   try {
     return kiln::net::cli::run(argc, argv);
   } catch (const kiln::net::Error& e) {

@@ -16,6 +16,7 @@
 #include "kiln/spawn/images.h"
 #include "kiln/spawn/resources.h"
 #include "kiln/spawn/store.h"
+#include "kiln/version.h"
 #include "perms.h"
 
 namespace kiln::spawn::cli {
@@ -353,7 +354,8 @@ void usage(const std::map<std::string, Command>& cmds) {
                "                  [--nbd-control SOCK] [--nbd-socket-dir DIR | --nbd-socket SOCK]\n"
                "                  [--qemu-user USER[:GROUP]] [--virt-type kvm|qemu]\n"
                "                  [--no-plumb] [--tenant-id ID] [--wait-timeout S]\n"
-               "                  [--format table|json] COMMAND ...\n\nCommands:\n";
+               "                  [--format table|json] COMMAND ...\n"
+               "       kiln-spawn --version\n\nCommands:\n";
   for (const auto& [name, c] : cmds) std::cout << "  " << c.usage << "\n";
   std::cout << "\nFile injection (--inject): "
             << (injection_available() ? "available" : "not available in this build") << "\n";
@@ -465,6 +467,10 @@ int run(int argc, char** argv) {
 }  // namespace kiln::spawn::cli
 
 int main(int argc, char** argv) {
+  if (argc == 2 && std::string(argv[1]) == "--version") {
+    std::cout << "kiln-spawn " << KILN_VERSION << "\n";
+    return 0;
+  }
   try {
     return kiln::spawn::cli::run(argc, argv);
   } catch (const kiln::spawn::Error& e) {
