@@ -213,9 +213,8 @@ def loop_mount(raw, offset, length, workdir, name="mnt"):
 
 
 def unmount(mnt, attempts=50):
-    """Unmounts `mnt`, retrying while the kernel says it is busy (udev's probe of a new loop
-    device can hold it for a moment on a loaded machine). Raises if it stays mounted: a test
-    that went on would read a filesystem whose last writes may still be in the mount."""
+    """Unmounts `mnt`, retrying for a while if the kernel says it is busy, and raises if it
+    stays mounted rather than let the test go on reading a filesystem still in use."""
     for _ in range(attempts):
         p = run(["umount", mnt], check=False)
         if p.returncode == 0:

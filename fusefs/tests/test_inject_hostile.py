@@ -6,11 +6,11 @@ overlay, and checked with e2fsck -fn and the host kernel (read-only loop mount):
 the other names keep their content, owner and mode, or the injection fails with one line and
 the image is byte for byte unchanged."""
 
-import contextlib
 import os
 import stat
+import sys
 
-from fs_helpers import (MiB, assert_one_line_error, e2fsck_clean, kiln_fs, loop_mount, unmount,
+from fs_helpers import (MiB, assert_one_line_error, e2fsck_clean, kiln_fs, loop_mount,
                         make_fs_image, make_guest_tree, make_overlay, run, sha256, to_raw)
 
 KEY = b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKiln0000000000000000000000000000000000000007 ops@kiln\n"
@@ -320,22 +320,29 @@ def test_authorized_keys_of_one_gib_is_refused(workdir):
             needles=("authorized_keys", "too large", "1073741824 bytes", "limit 16777216"))
 
 
-@contextlib.contextmanager
-def writable_mount(image, workdir):
-    """A read-write loop mount of an image the test made itself (never of a hostile one),
-    undone on the way out, also after a failure."""
+# Made by the kernel in a mount namespace of its own: a test running beside this one that
+# unshares the mount namespace meanwhile (`ip netns exec` does) would keep a copy of a mount
+# made in ours, and with it the filesystem, journal unflushed, after our umount returns. The
+# private namespace, and the mount, end with the child.
+POPULATE = """
+import os, subprocess, sys
+image, mnt, directory, count = sys.argv[1:]
+subprocess.run(["mount", "-o", "loop", image, mnt], check=True)
+try:
+    for i in range(int(count)):
+        path = os.path.join(mnt, directory, f"u{i:06d}")
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+finally:
+    subprocess.run(["umount", mnt], check=True)
+"""
+
+
+def populate_through_the_kernel(image, workdir, directory, count):
+    """Creates `count` empty files u000000... in `directory` of the ext4 `image`."""
     mnt = os.path.join(workdir, "mnt-rw")
     os.makedirs(mnt, exist_ok=True)
-    dev = run(["losetup", "--find", "--show", image]).stdout.decode().strip()
-    mounted = False
-    try:
-        run(["mount", dev, mnt])
-        mounted = True
-        yield mnt
-    finally:
-        if mounted:
-            unmount(mnt)
-        run(["losetup", "-d", dev], check=False)
+    run(["unshare", "--mount", "--propagation", "private", sys.executable, "-c", POPULATE,
+         image, mnt, directory, count])
 
 
 def test_directory_of_100000_entries_on_the_path(workdir):
@@ -348,10 +355,7 @@ def test_directory_of_100000_entries_on_the_path(workdir):
     with open(base, "wb") as f:
         f.truncate(160 * MiB)
     run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-N", "120000", "-d", tree, base])
-    with writable_mount(base, workdir) as mnt:
-        home = os.path.join(mnt, "home")
-        for i in range(100000):
-            os.close(os.open(os.path.join(home, f"u{i:06d}"), os.O_CREAT | os.O_WRONLY, 0o644))
+    populate_through_the_kernel(base, workdir, "home", 100000)
     e2fsck_clean(base)
     overlay = make_overlay(base, os.path.join(workdir, "vm.qcow2"))
     key = write(os.path.join(workdir, "k.pub"), KEY)
