@@ -65,7 +65,7 @@ Reason reason_of_errno(int err) {
   }
 }
 
-Error errno_error(const std::string& what, int err) {
+Error errors::errno_error(const std::string& what, int err) {
   return Error(reason_of_errno(err), what + ": " + std::strerror(err), err);
 }
 

@@ -37,6 +37,10 @@ class Error : public std::runtime_error {
   int errno_;
 };
 
+// The constructors by reason, in a namespace of their own so that a module can take them all
+// with one using-directive (kiln::net and kiln::spawn do).
+namespace errors {
+
 inline Error invalid(const std::string& m) { return Error(Reason::kInvalidArgument, m); }
 inline Error not_found(const std::string& m) { return Error(Reason::kNotFound, m); }
 inline Error exists(const std::string& m) { return Error(Reason::kExists, m); }
@@ -46,11 +50,15 @@ inline Error corrupt(const std::string& m) { return Error(Reason::kCorrupt, m); 
 inline Error unsupported(const std::string& m) { return Error(Reason::kUnsupported, m); }
 inline Error system_error(const std::string& m) { return Error(Reason::kIo, m); }
 
+// "what: strerror(err)", with the reason of the errno and the errno kept.
+Error errno_error(const std::string& what, int err);
+
+}  // namespace errors
+using namespace errors;
+
 // The reason an errno stands for (ENOENT: kNotFound, EEXIST: kExists, EACCES: kPermission, ...;
 // anything unlisted: kIo).
 Reason reason_of_errno(int err);
-// "what: strerror(err)", with the reason of the errno and the errno kept.
-Error errno_error(const std::string& what, int err);
 
 // The exit code of a command-line tool that ends with this error: 3 for not found (as kiln-net
 // and kiln-spawn always did), 1 otherwise.

@@ -8,13 +8,6 @@ namespace kiln::net {
 
 using common::Error;
 using common::Reason;
-
-using common::busy;
-using common::errno_error;
-using common::exists;
-using common::invalid;
-using common::no_space;
-using common::not_found;
-using common::system_error;
+using namespace common::errors;  // invalid(), not_found(), exists(), busy(), no_space(), ...
 
 }  // namespace kiln::net
