@@ -24,11 +24,12 @@ class FileLock {
   Fd fd_;
 };
 
-// pwrite until done; throws Error(kSystem) naming `what`.
+// pwrite until done; throws Error(kIo) naming `what`.
 void write_all(int fd, const void* data, size_t size, uint64_t offset, const std::string& what);
 // Writes `content` to `path` (mode 0600), fsynced.
 void write_file(const std::string& path, const std::string& content);
-// Reads a whole file of at most `limit` bytes; throws Error(kInvalid) naming `what` beyond it.
+// Reads a whole file of at most `limit` bytes; throws Error(kInvalidArgument) naming `what` beyond
+// it.
 std::string read_file(const std::string& path, size_t limit, const std::string& what);
 void sync_dir(const std::string& dir);
 
