@@ -10,6 +10,7 @@
 
 #include "kiln/block/device.h"
 #include "kiln/block/reactor.h"
+#include "kiln/common/fd.h"
 #include "kiln/fs/filesystem.h"
 #include "kiln/fs/source.h"
 
@@ -19,23 +20,7 @@ namespace {
 using kiln::block::BlockDevice;
 using kiln::block::Reactor;
 
-// Owns a file descriptor (here: the one that holds the image's lock).
-class Fd {
- public:
-  Fd() = default;
-  explicit Fd(int fd) : fd_(fd) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() { reset(); }
-  int get() const { return fd_; }
-  void reset(int fd = -1) {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = fd;
-  }
-
- private:
-  int fd_ = -1;
-};
+using common::Fd;  // here: the one that holds the image's lock
 
 class LocalSource final : public Source {
  public:

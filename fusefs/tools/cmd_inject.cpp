@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "commands.h"
+#include "kiln/common/fd.h"
 #include "kiln/fs/inject.h"
 
 namespace kiln::fs::tool {
@@ -20,22 +21,17 @@ namespace {
 constexpr uint64_t kMaxHostFile = 1ull << 30;
 
 std::string read_host_file(const std::string& path, const std::string& what) {
-  struct Fd {
-    int fd;
-    ~Fd() {
-      if (fd >= 0) ::close(fd);
-    }
-  } f{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
-  if (f.fd < 0) throw Error(what + ": cannot open " + path + ": " + std::strerror(errno));
+  common::Fd f(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!f) throw Error(what + ": cannot open " + path + ": " + std::strerror(errno));
   struct stat st;
-  if (fstat(f.fd, &st) != 0 || !S_ISREG(st.st_mode))
+  if (fstat(f.get(), &st) != 0 || !S_ISREG(st.st_mode))
     throw Error(what + ": " + path + " is not a regular file");
   if (static_cast<uint64_t>(st.st_size) > kMaxHostFile)
     throw Error(what + ": " + path + " is larger than 1 GiB");
   std::string data;
   char buf[65536];
   for (;;) {
-    ssize_t n = ::read(f.fd, buf, sizeof buf);
+    ssize_t n = ::read(f.get(), buf, sizeof buf);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) throw Error(what + ": cannot read " + path + ": " + std::strerror(errno));
     if (n == 0) break;

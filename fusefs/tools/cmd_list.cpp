@@ -6,6 +6,7 @@
 #include <string>
 
 #include "commands.h"
+#include "kiln/common/json.h"
 #include "kiln/fs/filesystem.h"
 #include "kiln/fs/partition.h"
 #include "kiln/fs/source.h"
@@ -28,23 +29,27 @@ std::string type_of(const Partition& p) {
 
 void print_json(const std::string& image, const PartitionTable& t, uint64_t size,
                 const std::vector<Row>& rows) {
-  std::printf("{\n  \"image\": %s,\n  \"size\": %" PRIu64 ",\n  \"scheme\": %s,\n",
-              json_quote(image).c_str(), size, json_quote(t.scheme).c_str());
-  std::printf("  \"sector_size\": %u,\n  \"disk_id\": %s,\n  \"partitions\": [", t.sector_size,
-              json_quote(t.disk_id).c_str());
-  for (size_t i = 0; i < rows.size(); ++i) {
-    const Row& r = rows[i];
-    std::printf("%s\n    {\"number\": %d, \"kind\": %s, \"offset\": %" PRIu64
-                ", \"length\": %" PRIu64
-                ", \"type\": %s, \"name\": %s, \"part_uuid\": %s, "
-                "\"filesystem\": %s, "
-                "\"label\": %s, \"uuid\": %s, \"fs_size\": %" PRIu64 "}",
-                i ? "," : "", r.part.number, json_quote(r.part.kind).c_str(), r.part.offset,
-                r.part.length, json_quote(type_of(r.part)).c_str(), json_quote(r.part.name).c_str(),
-                json_quote(r.part.part_guid).c_str(), json_quote(r.fs.type).c_str(),
-                json_quote(r.fs.label).c_str(), json_quote(r.fs.uuid).c_str(), r.fs.size);
-  }
-  std::printf("\n  ]\n}\n");
+  common::Json out;
+  out["image"] = image;
+  out["size"] = size;
+  out["scheme"] = t.scheme;
+  out["sector_size"] = t.sector_size;
+  out["disk_id"] = t.disk_id;
+  common::Json parts = common::Json::array();
+  for (const Row& r : rows)
+    parts.push_back({{"number", r.part.number},
+                     {"kind", r.part.kind},
+                     {"offset", r.part.offset},
+                     {"length", r.part.length},
+                     {"type", type_of(r.part)},
+                     {"name", r.part.name},
+                     {"part_uuid", r.part.part_guid},
+                     {"filesystem", r.fs.type},
+                     {"label", r.fs.label},
+                     {"uuid", r.fs.uuid},
+                     {"fs_size", r.fs.size}});
+  out["partitions"] = std::move(parts);
+  std::printf("%s\n", common::dump(out, 2).c_str());
 }
 
 std::string dash(const std::string& s) { return s.empty() ? "-" : s; }

@@ -21,7 +21,6 @@ int cmd_mount(int argc, char** argv);
 
 // Shared option parsing.
 int parse_partition(const char* text);
-std::string json_quote(const std::string& s);
 [[noreturn]] void bad_option(int c, const char* arg);
 
 }  // namespace kiln::fs::tool

@@ -49,23 +49,6 @@ int parse_partition(const char* text) {
   return static_cast<int>(v);
 }
 
-std::string json_quote(const std::string& s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c < 0x20) {
-      char b[8];
-      std::snprintf(b, sizeof b, "\\u%04x", c);
-      out += b;
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  return out + "\"";
-}
-
 void bad_option(int c, const char* arg) {
   if (c == ':') throw UsageError(std::string("option '") + arg + "' needs an argument");
   throw UsageError(std::string("unknown option '") + arg + "'");

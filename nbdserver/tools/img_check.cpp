@@ -20,22 +20,22 @@ using kiln::block::qcow2::Repair;
 
 constexpr int kExitNoCheck = 63;
 
-JsonObject to_json(const CheckResult& r, const std::string& filename) {
+common::Json to_json(const CheckResult& r, const std::string& filename) {
   // Keys in the order qemu-img 7.2 prints them; counters that are zero are left out as qemu
   // does, except check-errors.
-  JsonObject o;
-  if (r.image_end_offset) o.add("image-end-offset", r.image_end_offset);
-  if (r.compressed_clusters) o.add("compressed-clusters", r.compressed_clusters);
-  if (r.total_clusters) o.add("total-clusters", r.total_clusters);
-  if (r.corruptions) o.add("corruptions", r.corruptions);
-  if (r.corruptions_fixed) o.add("corruptions-fixed", r.corruptions_fixed);
-  o.add("check-errors", r.check_errors);
-  if (r.leaks) o.add("leaks", r.leaks);
-  if (r.leaks_fixed) o.add("leaks-fixed", r.leaks_fixed);
-  if (r.allocated_clusters) o.add("allocated-clusters", r.allocated_clusters);
-  o.add("filename", filename);
-  o.add("format", "qcow2");
-  if (r.fragmented_clusters) o.add("fragmented-clusters", r.fragmented_clusters);
+  common::Json o;
+  if (r.image_end_offset) o["image-end-offset"] = r.image_end_offset;
+  if (r.compressed_clusters) o["compressed-clusters"] = r.compressed_clusters;
+  if (r.total_clusters) o["total-clusters"] = r.total_clusters;
+  if (r.corruptions) o["corruptions"] = r.corruptions;
+  if (r.corruptions_fixed) o["corruptions-fixed"] = r.corruptions_fixed;
+  o["check-errors"] = r.check_errors;
+  if (r.leaks) o["leaks"] = r.leaks;
+  if (r.leaks_fixed) o["leaks-fixed"] = r.leaks_fixed;
+  if (r.allocated_clusters) o["allocated-clusters"] = r.allocated_clusters;
+  o["filename"] = filename;
+  o["format"] = "qcow2";
+  if (r.fragmented_clusters) o["fragmented-clusters"] = r.fragmented_clusters;
   return o;
 }
 
@@ -154,7 +154,7 @@ int img_check(int argc, char** argv) {
   }
   if (!quiet || out == OutputFormat::kJson) {
     if (out == OutputFormat::kJson)
-      std::printf("%s\n", to_json(r, path).render().c_str());
+      std::printf("%s\n", common::dump(to_json(r, path), 4).c_str());
     else
       print_human(r);
   }

@@ -128,7 +128,7 @@ int img_convert(int argc, char** argv) {
   opts.lock = !force_share;
   auto dev = reactor.run(kiln::block::open_image(reactor, src, opts));
 
-  UniqueFd fd(::open(dst.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+  kiln::common::Fd fd(::open(dst.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
   if (fd.get() < 0) throw ToolError("Could not create '" + dst + "': " + std::strerror(errno));
   try {
     kiln::block::lock_image_file(fd.get(), dst, true);

@@ -162,7 +162,7 @@ uint64_t backing_size(const CreateArgs& a) {
 
 void create_raw(const std::string& path, uint64_t size) {
   // Truncated only once the image's locks are ours: a file in use stays intact.
-  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+  kiln::common::Fd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
   if (fd.get() < 0)
     throw ToolError(path + ": Could not create '" + path + "': " + std::strerror(errno));
   try {

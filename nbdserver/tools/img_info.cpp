@@ -49,52 +49,52 @@ ImageInfo collect(const std::string& path, const std::string& format, bool lock)
 
 std::string compat_name(uint32_t version) { return version >= 3 ? "1.1" : "0.10"; }
 
-JsonObject to_json(const ImageInfo& i) {
+common::Json to_json(const ImageInfo& i) {
   // Keys in the order qemu-img 7.2 prints them.
-  JsonObject o;
+  common::Json o;
   if (i.is_qcow2 && !i.q.backing_file.empty() && !i.q.backing_format.empty())
-    o.add("backing-filename-format", i.q.backing_format);
+    o["backing-filename-format"] = i.q.backing_format;
   if (i.is_qcow2 && !i.q.snapshots.empty()) {
-    std::vector<JsonObject> snaps;
+    common::Json snaps = common::Json::array();
     for (const auto& s : i.q.snapshots) {
-      JsonObject j;
-      j.add("icount", uint64_t{0});
-      j.add("vm-clock-nsec", s.vm_clock_nsec % 1000000000u);
-      j.add("name", s.name);
-      j.add("date-sec", uint64_t{s.date_sec});
-      j.add("date-nsec", uint64_t{s.date_nsec});
-      j.add("vm-clock-sec", s.vm_clock_nsec / 1000000000u);
-      j.add("id", s.id);
-      j.add("vm-state-size", s.vm_state_size);
+      common::Json j;
+      j["icount"] = uint64_t{0};
+      j["vm-clock-nsec"] = s.vm_clock_nsec % 1000000000u;
+      j["name"] = s.name;
+      j["date-sec"] = uint64_t{s.date_sec};
+      j["date-nsec"] = uint64_t{s.date_nsec};
+      j["vm-clock-sec"] = s.vm_clock_nsec / 1000000000u;
+      j["id"] = s.id;
+      j["vm-state-size"] = s.vm_state_size;
       snaps.push_back(std::move(j));
     }
-    o.add("snapshots", snaps);
+    o["snapshots"] = snaps;
   }
-  o.add("virtual-size", i.virtual_size);
-  o.add("filename", i.filename);
-  if (i.is_qcow2) o.add("cluster-size", uint64_t{i.q.cluster_size});
-  o.add("format", i.format);
-  if (i.actual_size >= 0) o.add("actual-size", i.actual_size);
+  o["virtual-size"] = i.virtual_size;
+  o["filename"] = i.filename;
+  if (i.is_qcow2) o["cluster-size"] = uint64_t{i.q.cluster_size};
+  o["format"] = i.format;
+  if (i.actual_size >= 0) o["actual-size"] = i.actual_size;
   if (i.is_qcow2) {
-    JsonObject data;
-    data.add("compat", compat_name(i.q.version));
-    data.add("compression-type", i.q.compression_type.empty() ? "zlib" : i.q.compression_type);
-    if (i.q.version >= 3) data.add("lazy-refcounts", i.q.lazy_refcounts);
-    data.add("refcount-bits", uint64_t{i.q.refcount_bits});
+    common::Json data;
+    data["compat"] = compat_name(i.q.version);
+    data["compression-type"] = i.q.compression_type.empty() ? "zlib" : i.q.compression_type;
+    if (i.q.version >= 3) data["lazy-refcounts"] = i.q.lazy_refcounts;
+    data["refcount-bits"] = uint64_t{i.q.refcount_bits};
     if (i.q.version >= 3) {
-      data.add("corrupt", i.q.corrupt);
-      data.add("extended-l2", i.q.extended_l2);
+      data["corrupt"] = i.q.corrupt;
+      data["extended-l2"] = i.q.extended_l2;
     }
-    JsonObject fs;
-    fs.add("type", "qcow2");
-    fs.add("data", data);
-    o.add("format-specific", fs);
+    common::Json fs;
+    fs["type"] = "qcow2";
+    fs["data"] = data;
+    o["format-specific"] = fs;
     if (!i.q.backing_file.empty()) {
-      o.add("full-backing-filename", i.full_backing);
-      o.add("backing-filename", i.q.backing_file);
+      o["full-backing-filename"] = i.full_backing;
+      o["backing-filename"] = i.q.backing_file;
     }
   }
-  o.add("dirty-flag", i.is_qcow2 && i.q.dirty);
+  o["dirty-flag"] = i.is_qcow2 && i.q.dirty;
   return o;
 }
 
@@ -231,11 +231,11 @@ int img_info(int argc, char** argv) {
 
   if (out == OutputFormat::kJson) {
     if (chain) {
-      std::vector<JsonObject> all;
+      common::Json all = common::Json::array();
       for (const auto& i : infos) all.push_back(to_json(i));
-      std::printf("%s\n", render_array(all, 0).c_str());
+      std::printf("%s\n", common::dump(all, 4).c_str());
     } else {
-      std::printf("%s\n", to_json(infos[0]).render().c_str());
+      std::printf("%s\n", common::dump(to_json(infos[0]), 4).c_str());
     }
     return 0;
   }

@@ -95,9 +95,9 @@ Task<void> do_read(BlockDevice& dev, const IoCommand& cmd, RunState& st) {
 Task<void> do_write(Reactor& reactor, BlockDevice& dev, const IoCommand& cmd, RunState& st) {
   std::vector<uint8_t> buf(static_cast<size_t>(std::min(cmd.length, kMaxPiece)),
                            static_cast<uint8_t>(cmd.pattern < 0 ? 0 : cmd.pattern));
-  std::unique_ptr<UniqueFd> src;
+  std::unique_ptr<kiln::common::Fd> src;
   if (cmd.op == IoOp::kWritef) {
-    src = std::make_unique<UniqueFd>(::open(cmd.path.c_str(), O_RDONLY | O_CLOEXEC));
+    src = std::make_unique<kiln::common::Fd>(::open(cmd.path.c_str(), O_RDONLY | O_CLOEXEC));
     if (src->get() < 0) {
       st.fail(cmd, "cannot open '" + cmd.path + "': " + std::strerror(errno));
       co_return;
@@ -126,7 +126,7 @@ Task<void> do_write(Reactor& reactor, BlockDevice& dev, const IoCommand& cmd, Ru
 }
 
 Task<void> do_dump(Reactor& reactor, BlockDevice& dev, const IoCommand& cmd, RunState& st) {
-  UniqueFd fd(::open(cmd.path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  kiln::common::Fd fd(::open(cmd.path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
   if (fd.get() < 0) {
     st.fail(cmd, "cannot create '" + cmd.path + "': " + std::strerror(errno));
     co_return;

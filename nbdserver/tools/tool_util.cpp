@@ -13,16 +13,6 @@
 
 namespace kiln::tools {
 
-UniqueFd::~UniqueFd() {
-  if (fd_ >= 0) ::close(fd_);
-}
-
-int UniqueFd::close() {
-  int rc = fd_ >= 0 ? ::close(fd_) : 0;
-  fd_ = -1;
-  return rc;
-}
-
 std::string human_size(uint64_t bytes) {
   static const char* const kUnits[] = {"", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"};
   // Switch to the next unit once the value would print as 1000 or more in the current one.
@@ -96,111 +86,6 @@ uint64_t file_length(const std::string& path) {
   if (stat(path.c_str(), &st) != 0)
     throw ToolError("Could not open '" + path + "': " + std::strerror(errno));
   return static_cast<uint64_t>(st.st_size);
-}
-
-std::string json_quote(std::string_view s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\b':
-        out += "\\b";
-        break;
-      case '\f':
-        out += "\\f";
-        break;
-      default:
-        if (c < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04x", c);
-          out += buf;
-        } else {
-          out += static_cast<char>(c);
-        }
-    }
-  }
-  out += '"';
-  return out;
-}
-
-JsonObject& JsonObject::add(const std::string& key, const std::string& s) {
-  members_.push_back({key, json_quote(s), {}, Member::kScalar});
-  return *this;
-}
-
-JsonObject& JsonObject::add(const std::string& key, uint64_t v) {
-  members_.push_back({key, std::to_string(v), {}, Member::kScalar});
-  return *this;
-}
-
-JsonObject& JsonObject::add(const std::string& key, int64_t v) {
-  members_.push_back({key, std::to_string(v), {}, Member::kScalar});
-  return *this;
-}
-
-JsonObject& JsonObject::add(const std::string& key, bool v) {
-  members_.push_back({key, v ? "true" : "false", {}, Member::kScalar});
-  return *this;
-}
-
-JsonObject& JsonObject::add(const std::string& key, const JsonObject& v) {
-  members_.push_back({key, "", {v}, Member::kObject});
-  return *this;
-}
-
-JsonObject& JsonObject::add(const std::string& key, const std::vector<JsonObject>& v) {
-  members_.push_back({key, "", v, Member::kArray});
-  return *this;
-}
-
-static std::string spaces(int n) { return std::string(static_cast<size_t>(n), ' '); }
-
-std::string JsonObject::render(int indent) const {
-  if (members_.empty()) return "{\n" + spaces(indent) + "}";
-  std::string out = "{\n";
-  for (size_t i = 0; i < members_.size(); ++i) {
-    const Member& m = members_[i];
-    out += spaces(indent + 4) + json_quote(m.key) + ": ";
-    switch (m.kind) {
-      case Member::kScalar:
-        out += m.scalar;
-        break;
-      case Member::kObject:
-        out += m.items[0].render(indent + 4);
-        break;
-      case Member::kArray:
-        out += render_array(m.items, indent + 4);
-        break;
-    }
-    out += i + 1 < members_.size() ? ",\n" : "\n";
-  }
-  out += spaces(indent) + "}";
-  return out;
-}
-
-std::string render_array(const std::vector<JsonObject>& items, int indent) {
-  if (items.empty()) return "[\n" + spaces(indent) + "]";
-  std::string out = "[\n";
-  for (size_t i = 0; i < items.size(); ++i) {
-    out += spaces(indent + 4) + items[i].render(indent + 4);
-    out += i + 1 < items.size() ? ",\n" : "\n";
-  }
-  out += spaces(indent) + "]";
-  return out;
 }
 
 }  // namespace kiln::tools

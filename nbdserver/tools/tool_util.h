@@ -1,5 +1,5 @@
 // Helpers shared by the command-line tools: errors that end the program, qemu-style number
-// and path formatting, and a small JSON writer that keeps keys in the order given.
+// and path formatting. (JSON: kiln/common/json.h.)
 #pragma once
 
 #include <cstdint>
@@ -9,22 +9,10 @@
 #include <utility>
 #include <vector>
 
+#include "kiln/common/fd.h"
+#include "kiln/common/json.h"
+
 namespace kiln::tools {
-
-// Owns a file descriptor.
-class UniqueFd {
- public:
-  explicit UniqueFd(int fd = -1) : fd_(fd) {}
-  ~UniqueFd();
-  UniqueFd(const UniqueFd&) = delete;
-  UniqueFd& operator=(const UniqueFd&) = delete;
-  int get() const { return fd_; }
-  // Closes now, reporting the error close() may return (for files that were written).
-  int close();
-
- private:
-  int fd_;
-};
 
 // Thrown to end a tool with one line on stderr and the given exit code.
 class ToolError : public std::runtime_error {
@@ -58,34 +46,5 @@ std::string path_combine(const std::string& base, const std::string& relative);
 int64_t allocated_bytes(const std::string& path);
 // The length of the file, or throws ToolError.
 uint64_t file_length(const std::string& path);
-
-std::string json_quote(std::string_view s);
-
-// A JSON object whose members are rendered in insertion order, pretty-printed as qemu-img
-// prints them (four spaces per level).
-class JsonObject {
- public:
-  JsonObject& add(const std::string& key, const std::string& s);
-  JsonObject& add(const std::string& key, const char* s) { return add(key, std::string(s)); }
-  JsonObject& add(const std::string& key, uint64_t v);
-  JsonObject& add(const std::string& key, int64_t v);
-  JsonObject& add(const std::string& key, uint32_t v) { return add(key, uint64_t{v}); }
-  JsonObject& add(const std::string& key, int v) { return add(key, int64_t{v}); }
-  JsonObject& add(const std::string& key, bool v);
-  JsonObject& add(const std::string& key, const JsonObject& v);
-  JsonObject& add(const std::string& key, const std::vector<JsonObject>& v);
-  std::string render(int indent = 0) const;
-
- private:
-  struct Member {
-    std::string key;
-    std::string scalar;             // rendered scalar, if not nested
-    std::vector<JsonObject> items;  // nested object (one item) or array
-    enum Kind { kScalar, kObject, kArray } kind = kScalar;
-  };
-  std::vector<Member> members_;
-};
-
-std::string render_array(const std::vector<JsonObject>& items, int indent);
 
 }  // namespace kiln::tools

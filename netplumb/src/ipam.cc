@@ -3,8 +3,9 @@
 #include <algorithm>
 #include <set>
 
+#include "kiln/common/random.h"
+#include "kiln/common/text.h"
 #include "kiln/net/error.h"
-#include "text.h"
 
 namespace kiln::net {
 
@@ -76,12 +77,12 @@ void validate_fixed_ip(const Subnet& subnet, Ipv4 ip, const std::vector<Ipv4>& u
   if (!allow_gateway && subnet.gateway_ip && *subnet.gateway_ip == ip)
     throw invalid("IP address " + ip.str() + " is the gateway of " + where);
   if (std::find(used.begin(), used.end(), ip) != used.end())
-    throw conflict("IP address " + ip.str() + " is already allocated in " + where);
+    throw exists("IP address " + ip.str() + " is already allocated in " + where);
 }
 
 Mac random_mac(const std::vector<uint8_t>& prefix) {
   Mac m;
-  random_bytes(m.b.data(), m.b.size());
+  common::random_bytes(m.b.data(), m.b.size());
   std::copy(prefix.begin(), prefix.end(), m.b.begin());
   return m;
 }

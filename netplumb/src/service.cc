@@ -5,10 +5,11 @@
 #include <cstdlib>
 #include <set>
 
+#include "kiln/common/random.h"
+#include "kiln/common/text.h"
 #include "kiln/net/error.h"
 #include "kiln/net/ipam.h"
 #include "service_util.h"
-#include "text.h"
 
 namespace kiln::net {
 
@@ -31,11 +32,11 @@ void NetService::set_setting(const std::string& key, const std::string& value) {
   if (key == "vxlan_local_ip" && !value.empty() && !Ipv4::parse(value))
     throw invalid("vxlan_local_ip must be an IPv4 address");
   if (key == "vxlan_peers")
-    for (auto& p : split(value, ','))
+    for (auto& p : common::split(value, ','))
       if (!Ipv4::parse(p)) throw invalid("vxlan_peers: '" + p + "' is not an IPv4 address");
   if (key == "physical_interface_mappings")
-    for (auto& m : split(value, ',')) {
-      auto kv = split(m, ':');
+    for (auto& m : common::split(value, ',')) {
+      auto kv = common::split(m, ':');
       if (kv.size() != 2 || kv[0].empty() || kv[1].empty() || kv[1].size() > 15)
         throw invalid("physical_interface_mappings: '" + m + "' is not PHYSNET:INTERFACE");
     }
@@ -105,10 +106,10 @@ HostConfig host_config(NetService& svc) {
   HostConfig h;
   for (auto& [k, v] : svc.settings()) {
     if (k == "vxlan_local_ip") h.vxlan_local_ip = v;
-    if (k == "vxlan_peers") h.vxlan_peers = split(v, ',');
+    if (k == "vxlan_peers") h.vxlan_peers = common::split(v, ',');
     if (k == "physical_interface_mappings")
-      for (auto& m : split(v, ',')) {
-        auto kv = split(m, ':');
+      for (auto& m : common::split(v, ',')) {
+        auto kv = common::split(m, ':');
         if (kv.size() == 2) h.physical_interface_mappings.emplace_back(kv[0], kv[1]);
       }
   }

@@ -12,7 +12,7 @@ namespace kiln::net {
 Network NetService::create_network(const NetworkSpec& spec) {
   check_name("network", spec.name);
   Network n;
-  n.id = new_uuid();
+  n.id = common::new_uuid();
   n.name = spec.name;
   n.tenant_id = spec.tenant_id;
   n.router_external = spec.router_external;
@@ -58,7 +58,7 @@ Network NetService::create_network(const NetworkSpec& spec) {
     }
     for (auto& o : nets)
       if (same_segment(o))
-        throw conflict(
+        throw exists(
             t + " segment " +
             (n.segmentation_id ? std::to_string(*n.segmentation_id) : "on " + n.physical_network) +
             " is already used by network " + label(o.name, o.id));
@@ -74,11 +74,11 @@ void NetService::delete_network(const std::string& ref) {
     for (auto& p : store_.ports(n.id))
       if (p.device_owner != kOwnerDhcp) users.push_back(describe_port_user(p));
     if (!users.empty())
-      throw conflict("network " + label(n.name, n.id) + " is in use by " + join(users, ", "));
+      throw busy("network " + label(n.name, n.id) + " is in use by " + common::join(users, ", "));
     for (auto& r : store_.routers())
       if (r.gw_network_id == n.id)
-        throw conflict("network " + label(n.name, n.id) + " is the external gateway of router " +
-                       label(r.name, r.id));
+        throw busy("network " + label(n.name, n.id) + " is the external gateway of router " +
+                   label(r.name, r.id));
     for (auto& p : store_.ports(n.id)) store_.remove_port(p.id);
     for (auto& s : store_.subnets(n.id)) store_.remove_subnet(s.id);
     store_.remove_network(n.id);
@@ -91,7 +91,7 @@ Subnet NetService::create_subnet(const SubnetSpec& spec) {
   auto cidr = Cidr::parse(spec.cidr);
   if (!cidr) throw invalid("'" + spec.cidr + "' is not an IPv4 CIDR like 192.168.0.0/24");
   Subnet s;
-  s.id = new_uuid();
+  s.id = common::new_uuid();
   s.name = spec.name;
   s.tenant_id = spec.tenant_id;
   s.cidr = *cidr;
@@ -121,8 +121,8 @@ Subnet NetService::create_subnet(const SubnetSpec& spec) {
     s.network_id = n.id;
     for (auto& o : store_.subnets(n.id))
       if (o.cidr.overlaps(s.cidr))
-        throw conflict("subnet " + s.cidr.str() + " overlaps subnet " + label(o.name, o.id) + " (" +
-                       o.cidr.str() + ") of network " + label(n.name, n.id));
+        throw exists("subnet " + s.cidr.str() + " overlaps subnet " + label(o.name, o.id) + " (" +
+                     o.cidr.str() + ") of network " + label(n.name, n.id));
     store_.put(s);
     if (s.enable_dhcp) {
       // One DHCP port per network, with an address in each DHCP subnet (Neutron's layout).
@@ -141,7 +141,7 @@ Subnet NetService::create_subnet(const SubnetSpec& spec) {
         allocate_port(ps, n);
       } else {
         auto ip = first_free(s.allocation_pools, store_.used_ips(s.id));
-        if (!ip) throw conflict("subnet " + label(s.name, s.id) + " has no free address for DHCP");
+        if (!ip) throw no_space("subnet " + label(s.name, s.id) + " has no free address for DHCP");
         dhcp->fixed_ips.push_back({s.id, *ip});
         store_.put(*dhcp);
       }
@@ -160,7 +160,7 @@ void NetService::delete_subnet(const std::string& ref) {
       if (uses && p.device_owner != kOwnerDhcp) users.push_back(describe_port_user(p));
     }
     if (!users.empty())
-      throw conflict("subnet " + label(s.name, s.id) + " is in use by " + join(users, ", "));
+      throw busy("subnet " + label(s.name, s.id) + " is in use by " + common::join(users, ", "));
     for (auto& p : store_.ports(s.network_id)) {
       if (p.device_owner != kOwnerDhcp) continue;
       std::erase_if(p.fixed_ips, [&](const FixedIp& f) { return f.subnet_id == s.id; });

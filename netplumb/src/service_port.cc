@@ -11,7 +11,7 @@ namespace kiln::net {
 
 Port NetService::allocate_port(const PortSpec& spec, const Network& net) {
   Port p;
-  p.id = new_uuid();
+  p.id = common::new_uuid();
   p.name = spec.name;
   p.tenant_id = spec.tenant_id;
   p.network_id = net.id;
@@ -33,14 +33,14 @@ Port NetService::allocate_port(const PortSpec& spec, const Network& net) {
     if (!mac || !mac->is_unicast() || mac->is_zero())
       throw invalid("'" + spec.mac_address + "' is not a unicast MAC address");
     if (store_.mac_in_use(net.id, *mac))
-      throw conflict("MAC address " + mac->str() + " is already used on network " +
-                     label(net.name, net.id));
+      throw exists("MAC address " + mac->str() + " is already used on network " +
+                   label(net.name, net.id));
     p.mac_address = *mac;
   } else {
     auto prefix = mac_prefix();
     int tries = 0;
     do {
-      if (++tries > 64) throw conflict("could not find a free MAC address on the network");
+      if (++tries > 64) throw no_space("could not find a free MAC address on the network");
       p.mac_address = random_mac(prefix);
     } while (store_.mac_in_use(net.id, p.mac_address));
   }
@@ -100,7 +100,7 @@ Port NetService::allocate_port(const PortSpec& spec, const Network& net) {
       }
     }
     if (!done)
-      throw conflict("no free IP address in " +
+      throw no_space("no free IP address in " +
                      (s ? "subnet " + label(s->name, s->id)
                         : "the subnets of network " + label(net.name, net.id)));
   }
@@ -170,14 +170,14 @@ void NetService::delete_port(const std::string& ref) {
   store_.write([&] {
     Port p = port(ref);
     if (p.device_owner == kOwnerRouterInterface)
-      throw conflict("port " + p.id + " is an interface of " + describe_port_user(p) +
-                     "; use router-interface-delete");
+      throw busy("port " + p.id + " is an interface of " + describe_port_user(p) +
+                 "; use router-interface-delete");
     if (p.device_owner == kOwnerRouterGateway)
-      throw conflict("port " + p.id + " is the gateway of " + describe_port_user(p) +
-                     "; use router-gateway-clear");
+      throw busy("port " + p.id + " is the gateway of " + describe_port_user(p) +
+                 "; use router-gateway-clear");
     if (p.device_owner == kOwnerDhcp || p.device_owner == kOwnerFloatingIp)
-      throw conflict("port " + p.id + " belongs to " + p.device_owner +
-                     " and goes away with its owner");
+      throw busy("port " + p.id + " belongs to " + p.device_owner +
+                 " and goes away with its owner");
     for (auto f : store_.floating_ips())
       if (f.port_id == p.id) {
         f.port_id.clear();

@@ -12,7 +12,7 @@ namespace kiln::net {
 Router NetService::create_router(const std::string& name, const std::string& tenant_id) {
   check_name("router", name);
   Router r;
-  r.id = new_uuid();
+  r.id = common::new_uuid();
   r.name = name;
   r.tenant_id = tenant_id;
   store_.write([&] { store_.put(r); });
@@ -27,8 +27,8 @@ void NetService::delete_router(const std::string& ref) {
       if (p.device_owner == kOwnerRouterInterface && p.device_id == r.id)
         for (auto& f : p.fixed_ips) subnets.push_back(label(subnet(f.subnet_id).name, f.subnet_id));
     if (!subnets.empty())
-      throw conflict("router " + label(r.name, r.id) + " still has interfaces on subnet " +
-                     join(subnets, ", ") + "; remove them with router-interface-delete");
+      throw busy("router " + label(r.name, r.id) + " still has interfaces on subnet " +
+                 common::join(subnets, ", ") + "; remove them with router-interface-delete");
     if (!r.gw_network_id.empty()) clear_router_gateway(r.id);
     store_.remove_router(r.id);
   });
@@ -49,8 +49,8 @@ Port NetService::add_router_interface(const std::string& router_ref,
       if (p.device_owner != kOwnerRouterInterface) continue;
       for (auto& f : p.fixed_ips)
         if (f.subnet_id == s.id)
-          throw conflict("subnet " + label(s.name, s.id) + " is already attached to " +
-                         describe_port_user(p));
+          throw exists("subnet " + label(s.name, s.id) + " is already attached to " +
+                       describe_port_user(p));
     }
     PortSpec ps;
     ps.network = n.id;
@@ -73,9 +73,9 @@ void NetService::remove_router_interface(const std::string& router_ref,
     for (auto& f : store_.floating_ips()) {
       if (f.router_id != r.id || !f.fixed_ip_address || !s.cidr.contains(*f.fixed_ip_address))
         continue;
-      throw conflict("floating IP " + f.floating_ip_address.str() + " reaches port " + f.port_id +
-                     " on subnet " + label(s.name, s.id) + " through router " +
-                     label(r.name, r.id) + "; disassociate it first");
+      throw busy("floating IP " + f.floating_ip_address.str() + " reaches port " + f.port_id +
+                 " on subnet " + label(s.name, s.id) + " through router " + label(r.name, r.id) +
+                 "; disassociate it first");
     }
     for (auto& p : store_.ports(s.network_id)) {
       if (p.device_owner != kOwnerRouterInterface || p.device_id != r.id) continue;
@@ -129,8 +129,8 @@ Router NetService::clear_router_gateway(const std::string& router_ref) {
     r = router(router_ref);
     for (auto& f : store_.floating_ips())
       if (f.router_id == r.id)
-        throw conflict("router " + label(r.name, r.id) + " carries floating IP " +
-                       f.floating_ip_address.str() + "; disassociate it first");
+        throw busy("router " + label(r.name, r.id) + " carries floating IP " +
+                   f.floating_ip_address.str() + "; disassociate it first");
     if (!r.gw_port_id.empty()) store_.remove_port(r.gw_port_id);
     r.gw_network_id.clear();
     r.gw_port_id.clear();
@@ -155,7 +155,7 @@ FloatingIp NetService::create_floating_ip(const std::string& network_ref,
     ps.no_security_groups = true;
     ps.port_security_enabled = false;
     if (!floating_ip.empty()) ps.fixed_ips.push_back({"", floating_ip});
-    f.id = new_uuid();
+    f.id = common::new_uuid();
     ps.device_id = f.id;
     Port p = allocate_port(ps, n);
     if (p.fixed_ips.empty())
@@ -201,8 +201,8 @@ FloatingIp NetService::associate_floating_ip(const std::string& fip_ref,
                     label(network(f.floating_network_id).name, f.floating_network_id));
     for (auto& o : store_.floating_ips())
       if (o.id != f.id && o.port_id == p.id && o.fixed_ip_address == chosen->ip_address)
-        throw conflict("IP " + chosen->ip_address.str() + " of port " + p.id +
-                       " already has floating IP " + o.floating_ip_address.str());
+        throw exists("IP " + chosen->ip_address.str() + " of port " + p.id +
+                     " already has floating IP " + o.floating_ip_address.str());
     f.port_id = p.id;
     f.fixed_ip_address = chosen->ip_address;
     f.router_id = router_id;

@@ -12,7 +12,7 @@ namespace kiln::net {
 SecurityGroup NetService::ensure_default_group(const std::string& tenant_id) {
   for (auto& g : store_.security_groups())
     if (g.tenant_id == tenant_id && g.name == "default") return g;
-  SecurityGroup g{new_uuid(), "default", tenant_id, "Default security group"};
+  SecurityGroup g{common::new_uuid(), "default", tenant_id, "Default security group"};
   store_.put(g);
   store_.put(new_rule(g, "egress", ""));
   store_.put(new_rule(g, "ingress", g.id));
@@ -29,11 +29,11 @@ SecurityGroup NetService::create_security_group(const std::string& name,
     if (name == "default") {
       for (auto& o : store_.security_groups())
         if (o.tenant_id == tenant_id && o.name == "default")
-          throw conflict("tenant '" + tenant_id + "' already has a default security group");
+          throw exists("tenant '" + tenant_id + "' already has a default security group");
       g = ensure_default_group(tenant_id);
       return;
     }
-    g = {new_uuid(), name, tenant_id, description};
+    g = {common::new_uuid(), name, tenant_id, description};
     store_.put(g);
     // Like Neutron: a new group lets everything out and nothing in.
     store_.put(new_rule(g, "egress", ""));
@@ -47,20 +47,20 @@ void NetService::delete_security_group(const std::string& ref) {
     for (auto& p : store_.ports())
       if (std::find(p.security_groups.begin(), p.security_groups.end(), g.id) !=
           p.security_groups.end())
-        throw conflict("security group " + label(g.name, g.id) + " is in use by " +
-                       describe_port_user(p));
+        throw busy("security group " + label(g.name, g.id) + " is in use by " +
+                   describe_port_user(p));
     for (auto& r : store_.security_group_rules())
       if (r.remote_group_id == g.id && r.security_group_id != g.id)
-        throw conflict("security group " + label(g.name, g.id) + " is the remote group of rule " +
-                       r.id + " in group " +
-                       label(security_group(r.security_group_id).name, r.security_group_id));
+        throw busy("security group " + label(g.name, g.id) + " is the remote group of rule " +
+                   r.id + " in group " +
+                   label(security_group(r.security_group_id).name, r.security_group_id));
     store_.remove_security_group(g.id);
   });
 }
 
 SecurityGroupRule NetService::create_security_group_rule(const RuleSpec& spec) {
   SecurityGroupRule r;
-  r.id = new_uuid();
+  r.id = common::new_uuid();
   r.tenant_id = spec.tenant_id;
   r.direction = spec.direction;
   r.ethertype = spec.ethertype;
@@ -121,8 +121,8 @@ SecurityGroupRule NetService::create_security_group_rule(const RuleSpec& spec) {
       if (o.direction == r.direction && o.ethertype == r.ethertype && o.protocol == r.protocol &&
           o.port_range_min == r.port_range_min && o.port_range_max == r.port_range_max &&
           o.remote_ip_prefix == r.remote_ip_prefix && o.remote_group_id == r.remote_group_id)
-        throw conflict("security group " + label(g.name, g.id) + " already has this rule (" + o.id +
-                       ")");
+        throw exists("security group " + label(g.name, g.id) + " already has this rule (" + o.id +
+                     ")");
     }
     store_.put(r);
   });

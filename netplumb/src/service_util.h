@@ -6,9 +6,10 @@
 #include <string>
 #include <vector>
 
+#include "kiln/common/random.h"
+#include "kiln/common/text.h"
 #include "kiln/net/error.h"
 #include "kiln/net/model.h"
-#include "text.h"
 
 namespace kiln::net {
 
@@ -35,7 +36,7 @@ T find_ref(const std::vector<T>& all, const std::string& ref, const std::string&
     if (x.name == ref) named.push_back(&x);
   if (named.size() == 1) return *named[0];
   if (named.size() > 1)
-    throw conflict("several " + what + "s are named '" + ref + "'; give an id instead");
+    throw invalid("several " + what + "s are named '" + ref + "'; give an id instead");
   throw not_found(what + " '" + ref + "' not found");
 }
 
@@ -55,7 +56,7 @@ inline bool is_service_port(const Port& p) {
 inline SecurityGroupRule new_rule(const SecurityGroup& g, const char* direction,
                                   const std::string& remote_group) {
   SecurityGroupRule r;
-  r.id = new_uuid();
+  r.id = common::new_uuid();
   r.security_group_id = g.id;
   r.tenant_id = g.tenant_id;
   r.direction = direction;

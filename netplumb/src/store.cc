@@ -1,14 +1,13 @@
 #include "kiln/net/store.h"
 
-#include <sqlite3.h>
 #include <sys/stat.h>
 
 #include <cstdlib>
 #include <map>
-#include <thread>
 
+#include "kiln/common/random.h"
+#include "kiln/common/text.h"
 #include "kiln/net/error.h"
-#include "text.h"
 
 namespace kiln::net {
 
@@ -66,161 +65,27 @@ CREATE TABLE IF NOT EXISTS security_group_rules (
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 )sql";
 
-constexpr int kBusyTimeoutMs = 30000;
-constexpr int kWalCheckpointPages = 100;
+// An address column (NULL: none).
+std::optional<Ipv4> ip_column(common::Stmt& s, int col) {
+  if (s.null(col)) return std::nullopt;
+  return Ipv4::parse(s.text(col));
+}
+
+// Schema versions: migration i takes the database from version i to i+1 (append, never edit).
+std::vector<common::Database::Migration> migrations() {
+  return {[](common::Database& db) { db.exec(kSchema); }};
+}
 
 }  // namespace
 
-class Store::Stmt {
- public:
-  Stmt(sqlite3* db, const char* sql) : db_(db) {
-    if (sqlite3_prepare_v2(db, sql, -1, &s_, nullptr) != SQLITE_OK)
-      throw system_error(std::string("sqlite: ") + sqlite3_errmsg(db));
-  }
-  ~Stmt() { sqlite3_finalize(s_); }
-  Stmt(const Stmt&) = delete;
-  Stmt& operator=(const Stmt&) = delete;
+using common::Stmt;
 
-  Stmt& bind(const std::string& v) {
-    sqlite3_bind_text(s_, ++n_, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
-    return *this;
-  }
-  Stmt& bind(const char* v) { return bind(std::string(v)); }
-  Stmt& bind(int64_t v) {
-    sqlite3_bind_int64(s_, ++n_, v);
-    return *this;
-  }
-  Stmt& bind(bool v) { return bind(int64_t{v ? 1 : 0}); }
-  Stmt& bind(uint32_t v) { return bind(int64_t{v}); }
-  Stmt& bind(int v) { return bind(int64_t{v}); }
-  template <class T>
-  Stmt& bind(const std::optional<T>& v) {
-    if (v) return bind(*v);
-    sqlite3_bind_null(s_, ++n_);
-    return *this;
-  }
-  Stmt& bind(const Ipv4& v) { return bind(v.str()); }
-
-  // True while there is a row.
-  bool step() {
-    int rc = sqlite3_step(s_);
-    if (rc == SQLITE_ROW) return true;
-    if (rc == SQLITE_DONE) return false;
-    if (rc == SQLITE_CONSTRAINT)
-      throw conflict(std::string("store constraint: ") + sqlite3_errmsg(db_));
-    throw system_error(std::string("sqlite: ") + sqlite3_errmsg(db_));
-  }
-  void run() {
-    while (step()) {
-    }
-  }
-  std::string text(int i) {
-    auto p = sqlite3_column_text(s_, i);
-    return p ? reinterpret_cast<const char*>(p) : "";
-  }
-  int64_t integer(int i) { return sqlite3_column_int64(s_, i); }
-  bool null(int i) { return sqlite3_column_type(s_, i) == SQLITE_NULL; }
-  std::optional<Ipv4> ip(int i) {
-    if (null(i)) return std::nullopt;
-    return Ipv4::parse(text(i));
-  }
-
- private:
-  sqlite3* db_;
-  sqlite3_stmt* s_ = nullptr;
-  int n_ = 0;
-};
-
-Store::Store(const std::string& path) {
-  if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr) !=
-      SQLITE_OK) {
-    std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";
-    sqlite3_close(db_);
-    throw system_error("cannot open " + path + ": " + msg);
-  }
-  sqlite3_busy_timeout(db_, kBusyTimeoutMs);
-  // Every kiln-net command is a short process. By default the last connection to close
-  // checkpoints the WAL into the database and deletes it (two fsyncs and an unlink), and the
-  // next one creates it again (two more fsyncs, one of the directory): most of a command's
-  // time. Instead the WAL stays, and each commit syncs it (synchronous=FULL), so a change is on
-  // disk when the call returns, in a long-lived process (spawn) as in kiln-net.
-  sqlite3_db_config(db_, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
-  exec("PRAGMA journal_mode=WAL");
-  exec("PRAGMA synchronous=FULL");
-  // A process that opens the database while no other has it open rebuilds the WAL index by
-  // reading every frame of the WAL (about 4 us a page here), and forgets what was already
-  // checkpointed, so a WAL is never restarted by the next writer: SQLite's automatic (passive)
-  // checkpoint would let it grow without end. So after a commit that leaves the WAL at
-  // kWalCheckpointPages or more, it is checkpointed and truncated (every eight or so
-  // port-creates); if another connection is busy with the database, a later commit does it.
-  sqlite3_wal_hook(
-      db_,
-      [](void*, sqlite3* db, const char* name, int pages) {
-        if (pages >= kWalCheckpointPages) {
-          sqlite3_busy_timeout(db, 0);
-          sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_TRUNCATE, nullptr, nullptr);
-          sqlite3_busy_timeout(db, kBusyTimeoutMs);
-        }
-        return SQLITE_OK;
-      },
-      nullptr);
-  exec("PRAGMA foreign_keys=ON");
-  // The schema is created once; later opens skip the write transaction (which would make every
-  // command, even a listing, wait for the write lock). Bump the version when kSchema changes.
-  constexpr int kSchemaVersion = 1;
-  bool current = false;
-  {
-    Stmt version(db_, "PRAGMA user_version");
-    current = version.step() && version.integer(0) == kSchemaVersion;
-  }
-  if (!current)
-    write([&] {
-      exec(kSchema);
-      exec(("PRAGMA user_version=" + std::to_string(kSchemaVersion)).c_str());
-    });
-}
+Store::Store(const std::string& path) : db_(path, migrations()) {}
 
 std::unique_ptr<Store> Store::open_default() {
   std::string dir = state_dir();
   ::mkdir(dir.c_str(), 0755);
   return std::make_unique<Store>(dir + "/netplumb.db");
-}
-
-Store::~Store() { sqlite3_close(db_); }
-
-void Store::exec(const char* sql) {
-  char* err = nullptr;
-  if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
-    std::string msg = err ? err : "error";
-    sqlite3_free(err);
-    throw system_error("sqlite: " + msg);
-  }
-}
-
-void Store::write(const std::function<void()>& fn) {
-  if (txn_depth_ > 0) {
-    ++txn_depth_;
-    try {
-      fn();
-    } catch (...) {
-      --txn_depth_;
-      throw;
-    }
-    --txn_depth_;
-    return;
-  }
-  // BEGIN IMMEDIATE takes the write lock up front; the busy timeout waits for other writers.
-  exec("BEGIN IMMEDIATE");
-  txn_depth_ = 1;
-  try {
-    fn();
-    exec("COMMIT");
-    txn_depth_ = 0;
-  } catch (...) {
-    txn_depth_ = 0;
-    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
-    throw;
-  }
 }
 
 void Store::put(const Network& n) {
@@ -248,8 +113,8 @@ void Store::put(const Subnet& s) {
       .bind(s.network_id)
       .bind(s.cidr.str())
       .bind(s.gateway_ip ? std::optional<std::string>(s.gateway_ip->str()) : std::nullopt)
-      .bind(join(pools, ","))
-      .bind(join(dns, ","))
+      .bind(common::join(pools, ","))
+      .bind(common::join(dns, ","))
       .bind(s.enable_dhcp)
       .bind(s.ip_version)
       .run();
@@ -400,10 +265,10 @@ std::vector<Subnet> Store::subnets(const std::string& network_id) {
     n.tenant_id = s.text(2);
     n.network_id = s.text(3);
     n.cidr = Cidr::parse(s.text(4)).value_or(Cidr{});
-    n.gateway_ip = s.ip(5);
-    for (auto& p : split(s.text(6), ','))
+    n.gateway_ip = ip_column(s, 5);
+    for (auto& p : common::split(s.text(6), ','))
       if (auto r = IpRange::parse(p)) n.allocation_pools.push_back(*r);
-    for (auto& d : split(s.text(7), ','))
+    for (auto& d : common::split(s.text(7), ','))
       if (auto ip = Ipv4::parse(d)) n.dns_nameservers.push_back(*ip);
     n.enable_dhcp = s.integer(8);
     n.ip_version = static_cast<int>(s.integer(9));
@@ -440,7 +305,7 @@ std::vector<Port> Store::ports(const std::string& network_id) {
          "SELECT port_id, subnet_id, ip_address FROM ip_allocations ORDER BY port_id, position");
   while (a.step())
     if (auto it = by_id.find(a.text(0)); it != by_id.end())
-      it->second->fixed_ips.push_back({a.text(1), a.ip(2).value_or(Ipv4{})});
+      it->second->fixed_ips.push_back({a.text(1), ip_column(a, 2).value_or(Ipv4{})});
   Stmt g(db_,
          "SELECT port_id, security_group_id FROM port_security_groups "
          "ORDER BY port_id, position");
@@ -476,9 +341,9 @@ std::vector<FloatingIp> Store::floating_ips() {
     f.tenant_id = s.text(1);
     f.floating_network_id = s.text(2);
     f.floating_port_id = s.text(3);
-    f.floating_ip_address = s.ip(4).value_or(Ipv4{});
+    f.floating_ip_address = ip_column(s, 4).value_or(Ipv4{});
     f.port_id = s.text(5);
-    f.fixed_ip_address = s.ip(6);
+    f.fixed_ip_address = ip_column(s, 6);
     f.router_id = s.text(7);
     out.push_back(std::move(f));
   }
@@ -517,8 +382,7 @@ std::vector<SecurityGroupRule> Store::security_group_rules(const std::string& gr
 Snapshot Store::snapshot() {
   Snapshot snap;
   // A read transaction gives one consistent view across the tables.
-  exec("BEGIN");
-  try {
+  db_.read([&] {
     snap.networks = networks();
     snap.subnets = subnets();
     snap.ports = ports();
@@ -526,11 +390,7 @@ Snapshot Store::snapshot() {
     snap.floating_ips = floating_ips();
     snap.security_groups = security_groups();
     snap.security_group_rules = security_group_rules();
-    exec("COMMIT");
-  } catch (...) {
-    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
-    throw;
-  }
+  });
   return snap;
 }
 
@@ -539,7 +399,7 @@ std::vector<Ipv4> Store::used_ips(const std::string& subnet_id) {
   s.bind(subnet_id);
   std::vector<Ipv4> out;
   while (s.step())
-    if (auto ip = s.ip(0)) out.push_back(*ip);
+    if (auto ip = ip_column(s, 0)) out.push_back(*ip);
   return out;
 }
 
@@ -558,7 +418,7 @@ uint32_t Store::next_port_tag() {
            "(SELECT 1 FROM ports u WHERE u.tag=t.tag+1)");
   gap.step();
   int64_t tag = gap.integer(0);
-  if (tag > 0xffff) throw conflict("no free port tags (65535 ports on this host)");
+  if (tag > 0xffff) throw no_space("no free port tags (65535 ports on this host)");
   return static_cast<uint32_t>(tag);
 }
 

@@ -156,9 +156,7 @@ void Compute::step_port(Build& b) {
   try {
     port = svc.create_port(spec);
   } catch (const net::Error& e) {
-    throw Error(
-        e.kind() == net::Error::Kind::kNotFound ? Error::Kind::kNotFound : Error::Kind::kInvalid,
-        std::string("port: ") + e.what());
+    throw Error(e.reason(), std::string("port: ") + e.what(), e.error_number());
   }
   inst.port_id = port.id;
   inst.network_id = port.network_id;

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "build.h"
+#include "kiln/common/random.h"
 #include "kiln/net/store.h"
 #include "kiln/spawn/configdrive.h"
 #include "kiln/spawn/error.h"
@@ -163,8 +164,7 @@ void Compute::claim(Build& b) {
   ResourceTracker tracker(store_);
   TempFile unclaimed(lock_path(inst.id));  // no instance without a claim: no lock file either
   store_.write([&] {
-    if (store_.find_instance(req.name))
-      throw conflict("instance '" + req.name + "' already exists");
+    if (store_.find_instance(req.name)) throw exists("instance '" + req.name + "' already exists");
     auto img = store_.find_image(req.image);
     if (!img) throw not_found("image '" + req.image + "' not found");
     auto fl = store_.find_flavor(req.flavor);
@@ -200,7 +200,7 @@ Instance Compute::boot(const BootRequest& req) {
   b.req = req;
   prepare(b);
   Instance& inst = b.inst;
-  inst.id = new_uuid();
+  inst.id = common::new_uuid();
   // Held for the whole build (and its rollback): delete, stop and start of this instance wait.
   FileLock lock(lock_path(inst.id));
   claim(b);
@@ -311,7 +311,7 @@ Instance Compute::stop(const std::string& ref) {
   FileLock lock(lock_path(id));
   Instance inst = get(id);
   if (inst.status != kStatusActive)
-    throw conflict("instance " + inst.name + " is " + inst.status + ", not active");
+    throw busy("instance " + inst.name + " is " + inst.status + ", not active");
   if (virt().shutdown(inst.id)) {
     try {
       wait_for(inst.id, false);
@@ -331,7 +331,7 @@ Instance Compute::start(const std::string& ref) {
   FileLock lock(lock_path(id));
   Instance inst = get(id);
   if (inst.status != kStatusStopped)
-    throw conflict("instance " + inst.name + " is " + inst.status + ", not stopped");
+    throw busy("instance " + inst.name + " is " + inst.status + ", not stopped");
   NbdControl nbd(opt_.nbd_control);
   if (!nbd.has_export(inst.export_name)) add_export(nbd, inst);
   if (!virt().exists(inst.id)) virt().define(inst.domain_xml);
@@ -358,7 +358,7 @@ std::string Compute::console_log(const std::string& ref, size_t max_bytes) {
   if (!fs::exists(path, ec)) return "";
   uint64_t size = fs::file_size(path, ec);
   if (ec) throw system_error("cannot stat " + path + ": " + ec.message());
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) throw errno_error("cannot open " + path, errno);
   uint64_t off = size > max_bytes ? size - max_bytes : 0;
   std::string out(static_cast<size_t>(size - off), '\0');

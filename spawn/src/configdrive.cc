@@ -1,11 +1,10 @@
 #include "kiln/spawn/configdrive.h"
 
-#include <sys/random.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <nlohmann/json.hpp>
 
+#include "kiln/common/random.h"
 #include "kiln/spawn/error.h"
 
 namespace kiln::spawn {
@@ -54,15 +53,7 @@ std::string base64(const std::string& in) {
 
 std::string random_bytes(size_t n) {
   std::string out(n, '\0');
-  size_t got = 0;
-  while (got < n) {
-    ssize_t r = getrandom(out.data() + got, n - got, 0);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      throw errno_error("getrandom", errno);
-    }
-    got += static_cast<size_t>(r);
-  }
+  common::random_bytes(out.data(), n);
   return out;
 }
 

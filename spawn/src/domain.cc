@@ -101,7 +101,7 @@ std::string domain_xml(const DomainSpec& d) {
 }
 
 std::string detect_virt_type() {
-  UniqueFd fd(::open("/dev/kvm", O_RDWR | O_CLOEXEC));
+  Fd fd(::open("/dev/kvm", O_RDWR | O_CLOEXEC));
   if (fd.get() < 0) return "qemu";
   return ::ioctl(fd.get(), KVM_GET_API_VERSION, 0) == KVM_API_VERSION ? "kvm" : "qemu";
 }

@@ -16,6 +16,7 @@
 
 #include "kiln/block/device.h"
 #include "kiln/block/qcow2.h"
+#include "kiln/common/random.h"
 #include "kiln/spawn/error.h"
 #include "perms.h"
 #include "util.h"
@@ -94,14 +95,14 @@ class Progress {
 // the XXH3-128 of the content.
 std::string copy_file(const std::string& src, const std::string& dst, bool progress,
                       const std::string& label) {
-  UniqueFd in(::open(src.c_str(), O_RDONLY | O_CLOEXEC));
+  Fd in(::open(src.c_str(), O_RDONLY | O_CLOEXEC));
   if (in.get() < 0) throw errno_error("cannot open " + src, errno);
   struct stat st {};
   if (fstat(in.get(), &st) != 0) throw errno_error("cannot stat " + src, errno);
   if (!S_ISREG(st.st_mode)) throw invalid(src + " is not a regular file");
   uint64_t size = static_cast<uint64_t>(st.st_size);
   if (size > kMaxImageBytes) throw invalid(src + " is larger than 4 TiB");
-  UniqueFd out(::open(dst.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, kPrivateFile));
+  Fd out(::open(dst.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, kPrivateFile));
   if (out.get() < 0) throw errno_error("cannot create " + dst, errno);
   XxhState h;
   Progress bar(progress, label, size);
@@ -130,7 +131,7 @@ std::string copy_file(const std::string& src, const std::string& dst, bool progr
 }  // namespace
 
 std::string file_digest(const std::string& path) {
-  UniqueFd in(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  Fd in(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (in.get() < 0) throw errno_error("cannot open " + path, errno);
   XxhState h;
   std::vector<uint8_t> buf(kCopyChunk);
@@ -173,10 +174,10 @@ Image ImageStore::create(const std::string& name, const std::string& file,
   check_name("image", name);
   if (!disk_format.empty() && disk_format != "qcow2" && disk_format != "raw")
     throw invalid("--disk-format must be qcow2 or raw, not '" + disk_format + "'");
-  if (store_.find_image(name)) throw conflict("image '" + name + "' already exists");
+  if (store_.find_image(name)) throw exists("image '" + name + "' already exists");
 
   Image img;
-  img.id = new_uuid();
+  img.id = common::new_uuid();
   img.name = name;
   std::string probed;
   try {
@@ -211,7 +212,7 @@ Image ImageStore::create(const std::string& name, const std::string& file,
   }
   img.created_at = utc_now();
   store_.write([&] {
-    if (store_.find_image(name)) throw conflict("image '" + name + "' already exists");
+    if (store_.find_image(name)) throw exists("image '" + name + "' already exists");
     if (::rename(tmp.c_str(), image_path(img).c_str()) != 0)
       throw errno_error("cannot rename " + tmp, errno);
     guard.release();
@@ -228,7 +229,7 @@ void ImageStore::remove(const std::string& ref) {
     if (!users.empty()) {
       std::string names;
       for (const auto& i : users) names += (names.empty() ? "" : ", ") + i.name;
-      throw conflict("image '" + img.name + "' is in use by instance(s): " + names);
+      throw busy("image '" + img.name + "' is in use by instance(s): " + names);
     }
     store_.remove_image(img.id);
   });

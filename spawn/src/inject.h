@@ -15,7 +15,7 @@ struct InjectRequest {
   std::vector<std::pair<std::string, std::string>> files;  // guest path, content
 };
 
-// Checks the request without touching an image; throws Error(kInvalid).
+// Checks the request without touching an image; throws Error(kInvalidArgument).
 void check_injection(const InjectRequest& req);
 // Applies it to the qcow2 image `path` (all or nothing); throws Error.
 void inject_into(const std::string& path, const InjectRequest& req);

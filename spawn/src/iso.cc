@@ -120,7 +120,7 @@ void write_iso(const std::map<std::string, std::string>& files, const std::strin
   std::string tmp = path + ".tmp";
   TempFile guard(tmp);
   // User data, keys: 0600 whatever the umask (the caller gives it to QEMU's user).
-  UniqueFd out(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600));
+  Fd out(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600));
   if (out.get() < 0) throw errno_error("cannot create " + tmp, errno);
   if (::fchmod(out.get(), 0600) != 0) throw errno_error("cannot chmod " + tmp, errno);
   SourceRef src;

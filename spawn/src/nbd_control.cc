@@ -29,7 +29,7 @@ std::string NbdControl::call(const std::string& request) {
   addr.sun_family = AF_UNIX;
   if (path_.size() >= sizeof addr.sun_path) throw invalid(where + ": path too long");
   std::memcpy(addr.sun_path, path_.c_str(), path_.size() + 1);
-  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (fd.get() < 0) throw errno_error("socket", errno);
   if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
     throw errno_error("cannot connect to " + where + " (is kiln-nbd --control running?)", errno);

@@ -186,13 +186,13 @@ void make_dir(const std::string& path, mode_t mode) {
 }
 
 void make_file(const std::string& path, mode_t mode) {
-  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, mode));
+  Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, mode));
   if (fd.get() < 0) throw errno_error("cannot create " + path, errno);
   if (::fchmod(fd.get(), mode) != 0) throw errno_error("cannot chmod " + path, errno);
 }
 
 void give_to(const std::string& path, const HostUser& user) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  Fd fd(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
   if (fd.get() < 0) throw errno_error("cannot open " + path, errno);
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) throw errno_error("cannot stat " + path, errno);

@@ -26,7 +26,7 @@ struct HostUser {
 };
 
 // "USER[:GROUP]": names, or decimal ids (0 to 4294967294, digits only; "+N" as qemu.conf writes
-// it too). Without GROUP, the user's primary group. Throws Error(kInvalid) naming `what`.
+// it too). Without GROUP, the user's primary group. Throws Error(kInvalidArgument) naming `what`.
 HostUser parse_host_user(const std::string& spec, const std::string& what);
 HostUser current_host_user();
 
@@ -47,7 +47,7 @@ void make_file(const std::string& path, mode_t mode);
 // chown + chmod kPrivateFile, not following a symbolic link.
 void give_to(const std::string& path, const HostUser& user);
 
-// Throws Error(kInvalid) unless `user` can search every directory above `path`, and has the
+// Throws Error(kInvalidArgument) unless `user` can search every directory above `path`, and has the
 // permissions `need` (rwx as 4/2/1; 0: none checked) on `path` itself: the mode bits that
 // apply to it (owner, else group with its supplementary groups, else other). Root can.
 void check_reachable(const std::string& path, const HostUser& user, const std::string& what,

@@ -139,7 +139,7 @@ void ResourceTracker::claim(const std::string& instance_id, const Flavor& flavor
       }
     }
     if (!problems.empty())
-      throw capacity("insufficient resources for flavor " + flavor.name + ": " + problems);
+      throw no_space("insufficient resources for flavor " + flavor.name + ": " + problems);
     store_.put_claim(instance_id, flavor.vcpus, flavor.ram_mb, flavor.disk_gb);
   });
 }

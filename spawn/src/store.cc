@@ -1,25 +1,14 @@
 #include "kiln/spawn/store.h"
 
-#include <fcntl.h>
-#include <sqlite3.h>
-#include <sys/random.h>
-#include <sys/stat.h>
-
-#include <cerrno>
 #include <cstdio>
-#include <cstring>
 #include <ctime>
-#include <filesystem>
 
+#include "kiln/common/text.h"
 #include "kiln/spawn/error.h"
 #include "perms.h"
 #include "util.h"
 
 namespace kiln::spawn {
-
-Error errno_error(const std::string& what, int err) {
-  return system_error(what + ": " + std::strerror(err));
-}
 
 namespace {
 
@@ -56,75 +45,9 @@ CREATE INDEX IF NOT EXISTS events_instance ON events(instance_id);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 )sql";
 
-std::string join(const std::vector<std::string>& v) {
-  std::string out;
-  for (const auto& s : v) out += (out.empty() ? "" : ",") + s;
-  return out;
-}
-
-std::vector<std::string> split(const std::string& s) {
-  std::vector<std::string> out;
-  size_t pos = 0;
-  while (pos < s.size()) {
-    size_t comma = s.find(',', pos);
-    if (comma == std::string::npos) comma = s.size();
-    if (comma > pos) out.push_back(s.substr(pos, comma - pos));
-    pos = comma + 1;
-  }
-  return out;
-}
-
 }  // namespace
 
-class Store::Stmt {
- public:
-  Stmt(sqlite3* db, const char* sql) : db_(db) {
-    if (sqlite3_prepare_v2(db, sql, -1, &st_, nullptr) != SQLITE_OK)
-      throw system_error(std::string("database: ") + sqlite3_errmsg(db));
-  }
-  ~Stmt() { sqlite3_finalize(st_); }
-  Stmt(const Stmt&) = delete;
-  Stmt& operator=(const Stmt&) = delete;
-
-  Stmt& bind(const std::string& v) {
-    sqlite3_bind_text(st_, ++n_, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
-    return *this;
-  }
-  Stmt& bind(const char* v) { return bind(std::string(v)); }
-  Stmt& bind(int64_t v) {
-    sqlite3_bind_int64(st_, ++n_, v);
-    return *this;
-  }
-  Stmt& bind(int v) { return bind(static_cast<int64_t>(v)); }
-  Stmt& bind(uint64_t v) { return bind(static_cast<int64_t>(v)); }
-  Stmt& bind(bool v) { return bind(static_cast<int64_t>(v ? 1 : 0)); }
-
-  // True while there is a row.
-  bool step() {
-    int rc = sqlite3_step(st_);
-    if (rc == SQLITE_ROW) return true;
-    if (rc == SQLITE_DONE) return false;
-    if (rc == SQLITE_CONSTRAINT)
-      throw conflict(std::string("database constraint: ") + sqlite3_errmsg(db_));
-    throw system_error(std::string("database: ") + sqlite3_errmsg(db_));
-  }
-  void run() {
-    while (step()) {
-    }
-  }
-  std::string text(int col) {
-    auto* p = sqlite3_column_text(st_, col);
-    return p ? std::string(reinterpret_cast<const char*>(p),
-                           static_cast<size_t>(sqlite3_column_bytes(st_, col)))
-             : std::string();
-  }
-  int64_t i64(int col) { return sqlite3_column_int64(st_, col); }
-
- private:
-  sqlite3* db_;
-  sqlite3_stmt* st_ = nullptr;
-  int n_ = 0;
-};
+using common::Stmt;
 
 namespace {
 
@@ -133,89 +56,42 @@ const char* kInstanceCols =
     "network_id, status, task_state, fault, port_id, mac, ip, tap, dir, export_name, "
     "domain_name, domain_xml, steps_done, base_filled, created_at, updated_at, nbd_socket";
 
-}  // namespace
+// Schema versions: migration i takes the database from version i to i+1 (append, never edit).
+// Version 1 is the schema of the kiln-spawn that had no versions: its databases (user_version
+// 0, maybe without nbd_socket) are brought to it on their first open.
+std::vector<common::Database::Migration> migrations() {
+  return {[](common::Database& db) {
+    db.exec(kSchema);
+    bool has_socket = false;
+    for (Stmt t(db, "PRAGMA table_info(instances)"); t.step();)
+      has_socket |= t.text(1) == "nbd_socket";
+    if (!has_socket)
+      db.exec("ALTER TABLE instances ADD COLUMN nbd_socket TEXT NOT NULL DEFAULT ''");
+    for (const Flavor& f : builtin_flavors()) {
+      Stmt s(db,
+             "INSERT OR IGNORE INTO flavors(name, vcpus, ram_mb, disk_gb, builtin) "
+             "VALUES (?, ?, ?, ?, 1)");
+      s.bind(f.name).bind(f.vcpus).bind(f.ram_mb).bind(f.disk_gb).run();
+    }
+  }};
+}
 
-Store::Store(const std::string& dir) : dir_(dir) {
+// Creates the state directory; returns the database's path.
+std::string database_in(const std::string& dir) {
   // Instances live below: QEMU passes through on its way to their config drives (perms.h).
   try {
     make_dir(dir, kPassageDir);
   } catch (const Error& e) {
     throw system_error(std::string("state directory: ") + e.what());
   }
-  std::string path = dir + "/spawn.db";
-  // Tenant data: 0600 whatever the umask. SQLite gives its -wal and -shm files the database
-  // file's mode.
-  {
-    UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, kPrivateFile));
-    if (fd.get() < 0) throw errno_error("cannot create " + path, errno);
-    if (::fchmod(fd.get(), kPrivateFile) != 0) throw errno_error("cannot chmod " + path, errno);
-  }
-  if (sqlite3_open_v2(path.c_str(), &db_,
-                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
-                      nullptr) != SQLITE_OK) {
-    std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";
-    sqlite3_close(db_);
-    throw system_error("cannot open " + path + ": " + msg);
-  }
-  sqlite3_busy_timeout(db_, 30000);
-  exec("PRAGMA journal_mode=WAL");
-  exec("PRAGMA synchronous=NORMAL");
-  exec("PRAGMA foreign_keys=ON");
-  // An existing -wal or -shm of an older kiln-spawn keeps the mode it was made with.
-  for (const char* suffix : {"-wal", "-shm"})
-    if (::chmod((path + suffix).c_str(), kPrivateFile) != 0 && errno != ENOENT)
-      throw errno_error("cannot chmod " + path + suffix, errno);
-  write([&] {
-    exec(kSchema);
-    // Databases made before the column existed (their instances use the shared socket).
-    bool has_socket = false;
-    for (Stmt t(db_, "PRAGMA table_info(instances)"); t.step();)
-      has_socket |= t.text(1) == "nbd_socket";
-    if (!has_socket) exec("ALTER TABLE instances ADD COLUMN nbd_socket TEXT NOT NULL DEFAULT ''");
-    for (const Flavor& f : builtin_flavors()) {
-      Stmt s(db_,
-             "INSERT OR IGNORE INTO flavors(name, vcpus, ram_mb, disk_gb, builtin) "
-             "VALUES (?, ?, ?, ?, 1)");
-      s.bind(f.name).bind(f.vcpus).bind(f.ram_mb).bind(f.disk_gb).run();
-    }
-  });
+  return dir + "/spawn.db";
 }
 
-Store::~Store() { sqlite3_close(db_); }
+}  // namespace
 
-void Store::exec(const char* sql) {
-  char* err = nullptr;
-  if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
-    std::string msg = err ? err : "unknown error";
-    sqlite3_free(err);
-    throw system_error("database: " + msg);
-  }
-}
-
-void Store::write(const std::function<void()>& fn) {
-  if (txn_depth_ > 0) {
-    ++txn_depth_;
-    try {
-      fn();
-    } catch (...) {
-      --txn_depth_;
-      throw;
-    }
-    --txn_depth_;
-    return;
-  }
-  exec("BEGIN IMMEDIATE");
-  txn_depth_ = 1;
-  try {
-    fn();
-    exec("COMMIT");
-    txn_depth_ = 0;
-  } catch (...) {
-    txn_depth_ = 0;
-    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
-    throw;
-  }
-}
+// Opening writes nothing when the schema is current, so a listing never waits for the write
+// lock that a boot in another process holds.
+Store::Store(const std::string& dir) : dir_(dir), db_(database_in(dir), migrations()) {}
 
 void Store::put(const Image& i) {
   Stmt s(db_,
@@ -265,7 +141,7 @@ void Store::put(const Instance& i) {
       .bind(i.export_name)
       .bind(i.domain_name)
       .bind(i.domain_xml)
-      .bind(join(i.steps_done))
+      .bind(common::join(i.steps_done, ","))
       .bind(i.base_filled)
       .bind(i.created_at.empty() ? utc_now() : i.created_at)
       .bind(i.updated_at.empty() ? utc_now() : i.updated_at)
@@ -298,8 +174,8 @@ Image read_image(StmtT& s) {
   i.name = s.text(1);
   i.disk_format = s.text(2);
   i.digest = s.text(3);
-  i.size = static_cast<uint64_t>(s.i64(4));
-  i.virtual_size = static_cast<uint64_t>(s.i64(5));
+  i.size = static_cast<uint64_t>(s.integer(4));
+  i.virtual_size = static_cast<uint64_t>(s.integer(5));
   i.created_at = s.text(6);
   return i;
 }
@@ -314,9 +190,9 @@ Instance read_instance(StmtT& s) {
   i.image_digest = s.text(c++);
   i.image_format = s.text(c++);
   i.flavor = s.text(c++);
-  i.vcpus = static_cast<int>(s.i64(c++));
-  i.ram_mb = s.i64(c++);
-  i.disk_gb = s.i64(c++);
+  i.vcpus = static_cast<int>(s.integer(c++));
+  i.ram_mb = s.integer(c++);
+  i.disk_gb = s.integer(c++);
   i.network = s.text(c++);
   i.network_id = s.text(c++);
   i.status = s.text(c++);
@@ -330,8 +206,8 @@ Instance read_instance(StmtT& s) {
   i.export_name = s.text(c++);
   i.domain_name = s.text(c++);
   i.domain_xml = s.text(c++);
-  i.steps_done = split(s.text(c++));
-  i.base_filled = s.i64(c++) != 0;
+  i.steps_done = common::split_nonempty(s.text(c++), ',');
+  i.base_filled = s.integer(c++) != 0;
   i.created_at = s.text(c++);
   i.updated_at = s.text(c++);
   i.nbd_socket = s.text(c++);
@@ -362,14 +238,16 @@ std::optional<Flavor> Store::find_flavor(const std::string& name) {
   Stmt s(db_, "SELECT name, vcpus, ram_mb, disk_gb, builtin FROM flavors WHERE name = ?");
   s.bind(name);
   if (!s.step()) return std::nullopt;
-  return Flavor{s.text(0), static_cast<int>(s.i64(1)), s.i64(2), s.i64(3), s.i64(4) != 0};
+  return Flavor{s.text(0), static_cast<int>(s.integer(1)), s.integer(2), s.integer(3),
+                s.integer(4) != 0};
 }
 
 std::vector<Flavor> Store::flavors() {
   Stmt s(db_, "SELECT name, vcpus, ram_mb, disk_gb, builtin FROM flavors ORDER BY ram_mb, name");
   std::vector<Flavor> out;
   while (s.step())
-    out.push_back({s.text(0), static_cast<int>(s.i64(1)), s.i64(2), s.i64(3), s.i64(4) != 0});
+    out.push_back(
+        {s.text(0), static_cast<int>(s.integer(1)), s.integer(2), s.integer(3), s.integer(4) != 0});
   return out;
 }
 
@@ -447,7 +325,7 @@ Usage Store::usage() {
          "SELECT COALESCE(SUM(vcpus), 0), COALESCE(SUM(ram_mb), 0), COALESCE(SUM(disk_gb), 0), "
          "COUNT(*) FROM claims");
   s.step();
-  return {s.i64(0), s.i64(1), s.i64(2), s.i64(3)};
+  return {s.integer(0), s.integer(1), s.integer(2), s.integer(3)};
 }
 
 std::optional<std::string> Store::setting(const std::string& key) {
@@ -494,29 +372,6 @@ std::string utc_now() {
   size_t n = std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
   std::snprintf(buf + n, sizeof buf - n, ".%03dZ", static_cast<int>(ts.tv_nsec / 1000000));
   return buf;
-}
-
-std::string new_uuid() {
-  uint8_t b[16];
-  size_t got = 0;
-  while (got < sizeof b) {
-    ssize_t n = getrandom(b + got, sizeof b - got, 0);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      throw errno_error("getrandom", errno);
-    }
-    got += static_cast<size_t>(n);
-  }
-  b[6] = static_cast<uint8_t>((b[6] & 0x0f) | 0x40);
-  b[8] = static_cast<uint8_t>((b[8] & 0x3f) | 0x80);
-  static const char* kHex = "0123456789abcdef";
-  std::string out;
-  for (int i = 0; i < 16; ++i) {
-    if (i == 4 || i == 6 || i == 8 || i == 10) out += '-';
-    out += kHex[b[i] >> 4];
-    out += kHex[b[i] & 15];
-  }
-  return out;
 }
 
 }  // namespace kiln::spawn

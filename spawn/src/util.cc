@@ -11,23 +11,6 @@
 
 namespace kiln::spawn {
 
-UniqueFd::~UniqueFd() {
-  if (fd_ >= 0) ::close(fd_);
-}
-
-UniqueFd& UniqueFd::operator=(UniqueFd&& o) noexcept {
-  if (this != &o) {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = o.fd_;
-    o.fd_ = -1;
-  }
-  return *this;
-}
-
-TempFile::~TempFile() {
-  if (!path_.empty()) ::unlink(path_.c_str());
-}
-
 FileLock::FileLock(const std::string& path)
     : fd_(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600)) {
   if (fd_.get() < 0) throw errno_error("cannot open lock " + path, errno);
@@ -51,14 +34,14 @@ void write_all(int fd, const void* data, size_t size, uint64_t offset, const std
 }
 
 void write_file(const std::string& path, const std::string& content) {
-  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
   if (fd.get() < 0) throw errno_error("cannot create " + path, errno);
   write_all(fd.get(), content.data(), content.size(), 0, path);
   if (::fsync(fd.get()) != 0) throw errno_error("cannot sync " + path, errno);
 }
 
 std::string read_file(const std::string& path, size_t limit, const std::string& what) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) throw errno_error("cannot open " + what + " " + path, errno);
   struct stat st {};
   if (fstat(fd.get(), &st) != 0) throw errno_error("cannot stat " + path, errno);
@@ -82,7 +65,7 @@ std::string read_file(const std::string& path, size_t limit, const std::string& 
 }
 
 void sync_dir(const std::string& dir) {
-  UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  Fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (fd.get() >= 0) ::fsync(fd.get());
 }
 

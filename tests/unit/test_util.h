@@ -12,26 +12,11 @@
 
 #include "kiln/block/device.h"
 #include "kiln/block/qcow2.h"
+#include "kiln/common/temp.h"
 
 namespace kiln::test {
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "kiln-test-XXXXXX").string();
-    if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using common::TempDir;
 
 struct Dev {
   block::Reactor& r;

@@ -19,35 +19,28 @@ bool parse_line(const std::string& line, std::string& device, std::string& point
 }  // namespace
 
 MountWatch::MountWatch(const std::string& resolved_mountpoint) {
-  fd_ = ::open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
-  if (fd_ < 0) return;
+  fd_.reset(::open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC));
+  if (!fd_) return;
   std::istringstream table(read_table());
   std::string line, device, point;
   while (std::getline(table, line)) {
     // Paths with spaces are escaped (\040) in mountinfo and are not matched: no watch then.
     if (parse_line(line, device, point) && point == resolved_mountpoint) device_ = device;
   }
-  if (device_.empty()) {
-    ::close(fd_);
-    fd_ = -1;
-  }
-}
-
-MountWatch::~MountWatch() {
-  if (fd_ >= 0) ::close(fd_);
+  if (device_.empty()) fd_.reset();
 }
 
 std::string MountWatch::read_table() {
   std::string table;
-  if (::lseek(fd_, 0, SEEK_SET) < 0) return table;
+  if (::lseek(fd_.get(), 0, SEEK_SET) < 0) return table;
   char buf[8192];
   ssize_t n;
-  while ((n = ::read(fd_, buf, sizeof buf)) > 0) table.append(buf, static_cast<size_t>(n));
+  while ((n = ::read(fd_.get(), buf, sizeof buf)) > 0) table.append(buf, static_cast<size_t>(n));
   return table;
 }
 
 bool MountWatch::still_mounted() {
-  if (fd_ < 0) return true;
+  if (!fd_) return true;
   std::istringstream table(read_table());
   std::string line, device, point;
   while (std::getline(table, line)) {
@@ -57,7 +50,7 @@ bool MountWatch::still_mounted() {
 }
 
 bool MountWatch::is_mount_point(const std::string& path) {
-  if (fd_ < 0) return true;
+  if (!fd_) return true;
   std::istringstream table(read_table());
   std::string line, device, point;
   while (std::getline(table, line)) {

@@ -7,20 +7,21 @@
 
 #include <string>
 
+#include "kiln/common/fd.h"
+
 namespace kiln::fs::fuse_detail {
 
 class MountWatch {
  public:
   // Looks up the newest mount at RESOLVED_MOUNTPOINT (an absolute path without symlinks).
   explicit MountWatch(const std::string& resolved_mountpoint);
-  ~MountWatch();
   MountWatch(const MountWatch&) = delete;
   MountWatch& operator=(const MountWatch&) = delete;
 
   bool found() const { return !device_.empty(); }
   const std::string& device() const { return device_; }  // "major:minor" of the FUSE superblock
   // Polled with POLLPRI: the mount table changed. -1 when not found.
-  int fd() const { return fd_; }
+  int fd() const { return fd_.get(); }
   // Re-reads the table (re-arming the change event); false once no mount of the device is left.
   bool still_mounted();
   // Whether anything is mounted at PATH now.
@@ -29,7 +30,7 @@ class MountWatch {
  private:
   std::string read_table();
 
-  int fd_ = -1;
+  common::Fd fd_;
   std::string device_;
 };
 

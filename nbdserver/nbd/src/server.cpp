@@ -20,6 +20,7 @@
 
 #include "budget.h"
 #include "connection.h"
+#include "kiln/common/fd.h"
 #include "kiln/nbd/access.h"
 #include "kiln/nbd/protocol.h"
 #include "log.h"
@@ -39,10 +40,9 @@ class Listener {
         scope(std::move(scope)),
         loop(r) {}
   ~Listener() {
-    if (fd >= 0) ::close(fd);
     if (!unlink_path.empty()) ::unlink(unlink_path.c_str());
   }
-  int fd;
+  common::Fd fd;
   std::string what;
   bool control;
   std::string unlink_path;
@@ -209,7 +209,7 @@ Listener* Server::add_listener(std::unique_ptr<Listener> l) {
 
 Task<void> Server::close_listener(Listener* l) {
   l->closing = true;
-  co_await reactor_.cancel_fd(l->fd);  // its pending accept
+  co_await reactor_.cancel_fd(l->fd.get());  // its pending accept
   co_await l->loop.wait();
   std::erase_if(listeners_, [l](const std::unique_ptr<Listener>& p) { return p.get() == l; });
 }
@@ -401,7 +401,7 @@ Task<void> Server::backoff() {
 Task<void> Server::accept_loop(Listener* l) {
   bool starved = false;
   while (!stopping_ && !l->closing) {
-    const int lfd = l->fd;
+    const int lfd = l->fd.get();
     int fd = co_await reactor_.submit(
         [lfd](io_uring_sqe* s) { io_uring_prep_accept(s, lfd, nullptr, nullptr, SOCK_CLOEXEC); });
     if (stopping_ || l->closing) {
@@ -488,7 +488,7 @@ void Server::request_shutdown() {
   for (auto& l : listeners_) {
     reactor_.spawn([](block::Reactor* r, int fd) -> Task<void> {
       co_await r->cancel_fd(fd);  // the pending accepts
-    }(&reactor_, l->fd));
+    }(&reactor_, l->fd.get()));
   }
   for (Connection* c : connections_) c->shutdown();
   changed_.notify_all();

@@ -7,11 +7,12 @@
 
 #include "cli/args.h"
 #include "cli/output.h"
+#include "kiln/common/random.h"
+#include "kiln/common/text.h"
 #include "kiln/net/error.h"
 #include "kiln/net/plumber.h"
 #include "kiln/net/service.h"
 #include "kiln/version.h"
-#include "text.h"
 
 namespace kiln::net::cli {
 namespace {
@@ -58,7 +59,7 @@ void deleted(Context& c, const std::string& what, const std::string& ref) {
 // "subnet=x,ip_address=y" (also subnet_id=) into a request.
 FixedIpRequest parse_fixed_ip(const std::string& s) {
   FixedIpRequest r;
-  for (auto& kv : split(s, ',')) {
+  for (auto& kv : common::split(s, ',')) {
     auto eq = kv.find('=');
     if (eq == std::string::npos) throw invalid("--fixed-ip wants subnet=SUBNET,ip_address=IP");
     std::string k = kv.substr(0, eq), v = kv.substr(eq + 1);
@@ -565,7 +566,7 @@ int main(int argc, char** argv) {
     return kiln::net::cli::run(argc, argv);
   } catch (const kiln::net::Error& e) {
     std::cerr << "kiln-net: " << e.what() << "\n";
-    return e.kind() == kiln::net::Error::Kind::kNotFound ? 3 : 1;
+    return kiln::common::exit_code(e);
   } catch (const std::exception& e) {
     std::cerr << "kiln-net: " << e.what() << "\n";
     return 1;

@@ -14,18 +14,6 @@
 
 namespace kiln::net {
 
-Fd::~Fd() {
-  if (fd_ >= 0) ::close(fd_);
-}
-
-Fd& Fd::operator=(Fd&& o) noexcept {
-  if (this != &o) {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = o.release();
-  }
-  return *this;
-}
-
 Fd open_netns(const std::string& path_or_name) {
   std::string path =
       path_or_name.find('/') == std::string::npos ? "/run/netns/" + path_or_name : path_or_name;

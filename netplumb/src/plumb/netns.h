@@ -4,26 +4,11 @@
 
 #include <string>
 
+#include "kiln/common/fd.h"
+
 namespace kiln::net {
 
-// An owned file descriptor.
-class Fd {
- public:
-  Fd() = default;
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd();
-  Fd(Fd&& o) noexcept : fd_(o.release()) {}
-  Fd& operator=(Fd&& o) noexcept;
-  int get() const { return fd_; }
-  int release() {
-    int f = fd_;
-    fd_ = -1;
-    return f;
-  }
-
- private:
-  int fd_ = -1;
-};
+using common::Fd;
 
 // Opens a namespace file: a path, or a name under /run/netns (as `ip netns` makes them).
 Fd open_netns(const std::string& path_or_name);

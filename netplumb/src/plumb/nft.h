@@ -6,7 +6,7 @@
 
 namespace kiln::net {
 
-// Throws Error(kSystem) with nft's own message when the script is refused.
+// Throws Error(kIo) with nft's own message when the script is refused.
 void run_nft(const std::string& script);
 // Output of a listing command ("list table inet kiln_sg"), or "" if it fails.
 std::string nft_output(const std::string& command);

@@ -96,7 +96,7 @@ TEST(Ipam, ValidateFixedIp) {
     validate_fixed_ip(s, ip("192.168.0.50"), {ip("192.168.0.50")}, false);
     FAIL();
   } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), Error::Kind::kConflict);
+    EXPECT_EQ(e.reason(), Reason::kExists);
   }
 }
 

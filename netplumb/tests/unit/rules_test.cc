@@ -1,9 +1,9 @@
 #include <gtest/gtest.h>
 
+#include "kiln/common/temp.h"
 #include "kiln/net/plumber.h"
 #include "kiln/net/service.h"
 #include "plumb/sg_rules.h"
-#include "temp_dir.h"
 
 namespace kiln::net {
 namespace {
@@ -27,8 +27,8 @@ class RulesTest : public ::testing::Test {
     p.security_groups = std::move(groups);
     return svc_.create_port(p);
   }
-  testing::TempDir dir_;
-  Store store_{(dir_.path() / "db").string()};
+  common::TempDir dir_;
+  Store store_{dir_.file("db")};
   NetService svc_{store_};
 };
 

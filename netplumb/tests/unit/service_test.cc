@@ -7,17 +7,17 @@
 #include <filesystem>
 #include <set>
 
+#include "kiln/common/temp.h"
 #include "kiln/net/error.h"
-#include "temp_dir.h"
 
 namespace kiln::net {
 namespace {
 
-using testing::TempDir;
+using common::TempDir;
 
 class ServiceTest : public ::testing::Test {
  protected:
-  std::string db_path() const { return (dir_.path() / "netplumb.db").string(); }
+  std::string db_path() const { return dir_.file("netplumb.db"); }
 
   // The walkthrough of issue 5, through the API.
   void walkthrough() {
@@ -363,7 +363,7 @@ TEST_F(ServiceTest, ConcurrentProcessesNeverCollide) {
 // alone rebuilds the WAL index from the whole WAL. The WAL must stay small all the same.
 TEST(StoreTest, WalStaysSmallWhenEveryCommandIsAProcess) {
   TempDir dir;
-  std::string path = (dir.path() / "netplumb.db").string();
+  std::string path = dir.file("netplumb.db");
   {
     Store store(path);
     NetService svc(store);

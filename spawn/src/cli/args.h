@@ -20,7 +20,7 @@ class Args {
   std::string get_or(const std::string& name, const std::string& dflt) const;
   std::vector<std::string> all(const std::string& name) const;
   const std::vector<std::string>& positional() const { return positional_; }
-  // The i-th positional argument; Error(kInvalid) naming `what` when missing.
+  // The i-th positional argument; Error(kInvalidArgument) naming `what` when missing.
   const std::string& positional(size_t i, const std::string& what) const;
   void max_positional(size_t n) const;
 
@@ -30,7 +30,7 @@ class Args {
   std::vector<std::string> positional_;
 };
 
-// Parses a non-negative integer option value; Error(kInvalid) naming the option.
+// Parses a non-negative integer option value; Error(kInvalidArgument) naming the option.
 long long parse_int(const std::string& option, const std::string& text, long long max);
 
 }  // namespace kiln::spawn::cli

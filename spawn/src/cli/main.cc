@@ -203,7 +203,7 @@ std::map<std::string, Command> commands() {
                           Store& s = c.store();
                           s.write([&] {
                             if (s.find_flavor(f.name))
-                              throw conflict("flavor '" + f.name + "' already exists");
+                              throw exists("flavor '" + f.name + "' already exists");
                             s.put(f);
                           });
                           print_object(to_json(f), c.format);
@@ -475,7 +475,7 @@ int main(int argc, char** argv) {
     return kiln::spawn::cli::run(argc, argv);
   } catch (const kiln::spawn::Error& e) {
     std::cerr << "kiln-spawn: " << e.what() << "\n";
-    return e.kind() == kiln::spawn::Error::Kind::kNotFound ? 3 : 1;
+    return kiln::common::exit_code(e);
   } catch (const std::exception& e) {
     std::cerr << "kiln-spawn: " << e.what() << "\n";
     return 1;

@@ -309,7 +309,7 @@ TEST_F(Pipeline, CapacityFailureLeavesNothing) {
     c.boot(request("d"));
     FAIL() << "a fourth m1.tiny fitted";
   } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), Error::Kind::kCapacity);
+    EXPECT_EQ(e.reason(), Reason::kNoSpace);
     EXPECT_NE(std::string(e.what()).find("memory"), std::string::npos) << e.what();
   }
   EXPECT_FALSE(store_.find_instance("d"));
@@ -370,7 +370,7 @@ TEST_F(Pipeline, BadInputChangesNothing) {
     c.boot(request("dup"));
     FAIL();
   } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), Error::Kind::kConflict);
+    EXPECT_EQ(e.reason(), Reason::kExists);
   }
   EXPECT_EQ(instance_ports().size(), 1u);
   c.remove("dup");

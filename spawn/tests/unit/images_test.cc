@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "kiln/block/qcow2.h"
+#include "kiln/common/random.h"
 #include "kiln/spawn/error.h"
 #include "test_util.h"
 
@@ -64,7 +65,7 @@ TEST(Images, CreateQcow2AndRaw) {
     images.create("q", d / "r.raw", "", false);
     FAIL();
   } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), Error::Kind::kConflict);
+    EXPECT_EQ(e.reason(), Reason::kExists);
   }
 }
 
@@ -116,7 +117,7 @@ TEST(Images, BaseCacheFilledOnceAndPruned) {
 
   // An instance using the base keeps it (and the image) alive.
   Instance inst;
-  inst.id = new_uuid();
+  inst.id = common::new_uuid();
   inst.name = "vm";
   inst.image_id = img.id;
   inst.image_digest = img.digest;
@@ -128,7 +129,7 @@ TEST(Images, BaseCacheFilledOnceAndPruned) {
     images.remove("img");
     FAIL();
   } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), Error::Kind::kConflict);
+    EXPECT_EQ(e.reason(), Reason::kBusy);
     EXPECT_NE(std::string(e.what()).find("vm"), std::string::npos);
   }
   s.remove_instance(inst.id);

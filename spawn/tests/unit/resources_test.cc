@@ -82,7 +82,7 @@ TEST(ResourceTracker, ClaimBeyondCapacityNamesTheResource) {
     t.claim("b", Flavor{"m1.tiny", 1, 512, 1, true});
     FAIL() << "second claim fitted";
   } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), Error::Kind::kCapacity);
+    EXPECT_EQ(e.reason(), Reason::kNoSpace);
     EXPECT_NE(std::string(e.what()).find("vCPUs"), std::string::npos) << e.what();
     EXPECT_EQ(std::string(e.what()).find("memory"), std::string::npos) << e.what();
   }
@@ -171,7 +171,7 @@ TEST(ResourceTracker, ConcurrentClaimsNeverExceedCapacity) {
         t.claim(id, Flavor{"f", 1, 1, 1, false});
         ++won;
       } catch (const Error& e) {
-        if (e.kind() != Error::Kind::kCapacity) return 97;
+        if (e.reason() != Reason::kNoSpace) return 97;
       }
     }
     return won;

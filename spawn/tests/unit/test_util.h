@@ -1,4 +1,4 @@
-// Helpers of spawn's GoogleTest suites: a temporary directory removed with its content.
+// Helpers of spawn's GoogleTest suites: small file helpers and forked children.
 #pragma once
 
 #include <sys/wait.h>
@@ -12,27 +12,11 @@
 #include <string>
 #include <vector>
 
+#include "kiln/common/temp.h"
+
 namespace kiln::spawn::testing {
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "spawn-test.XXXXXX").string();
-    if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::string str() const { return path_.string(); }
-  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  std::filesystem::path path_;
-};
+using common::TempDir;
 
 inline void write_text(const std::string& path, const std::string& text) {
   std::ofstream f(path, std::ios::binary);

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "allowed_dirs.h"
+#include "kiln/common/fd.h"
 #include "lock.h"
 #include "raw.h"
 
@@ -62,12 +63,7 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
   check_allowed_path(path, opt.allowed_dirs);
   int fd = ::open(path.c_str(), (opt.read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
   if (fd < 0) fail(errno, path, std::string("cannot open: ") + strerror(errno));
-  struct FdGuard {
-    int fd;
-    ~FdGuard() {
-      if (fd >= 0) ::close(fd);
-    }
-  } guard{fd};
+  common::Fd guard(fd);
   check_allowed_fd(fd, path, opt.allowed_dirs);
   struct stat st;
   if (fstat(fd, &st) < 0) fail(errno, path, strerror(errno));
@@ -167,8 +163,7 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
         fail(EINVAL, path, std::string(ranges[i].name) + " overlaps the " + ranges[j].name);
     }
 
-  std::unique_ptr<Image> img(new Image(r, path, fd, std::move(h), opt));
-  guard.fd = -1;
+  std::unique_ptr<Image> img(new Image(r, path, guard.release(), std::move(h), opt));
   img->snapshots_ = std::move(snapshots);
   co_await img->load_tables();
 

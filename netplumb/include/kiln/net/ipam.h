@@ -15,9 +15,9 @@ inline constexpr const char* kDefaultMacPrefix = "fa:16:3e";
 // The CIDR less the network address, the broadcast address and the gateway.
 std::vector<IpRange> default_pools(const Cidr& cidr, std::optional<Ipv4> gateway);
 
-// Throws Error(kInvalid) unless the subnet is usable: prefix /8../30, gateway a host address in
-// the CIDR, pools inside the CIDR, not overlapping each other, covering neither the network
-// nor the broadcast address nor the gateway.
+// Throws Error(kInvalidArgument) unless the subnet is usable: prefix /8../30, gateway a host
+// address in the CIDR, pools inside the CIDR, not overlapping each other, covering neither the
+// network nor the broadcast address nor the gateway.
 void validate_subnet(const Cidr& cidr, std::optional<Ipv4> gateway,
                      const std::vector<IpRange>& pools);
 

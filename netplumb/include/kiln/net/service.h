@@ -106,7 +106,7 @@ class NetService {
   SecurityGroupRule create_security_group_rule(const RuleSpec& spec);
   void delete_security_group_rule(const std::string& id);
 
-  // Name-or-id lookups; throw Error(kNotFound) or, for an ambiguous name, Error(kConflict).
+  // Name-or-id lookups; throw Error(kNotFound) or, for an ambiguous name, Error(kInvalidArgument).
   Network network(const std::string& ref);
   Subnet subnet(const std::string& ref);
   Port port(const std::string& ref);

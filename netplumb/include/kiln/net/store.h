@@ -1,5 +1,6 @@
-// The SQLite store of the netplumb model: one file under the state directory, WAL mode,
-// every change inside an IMMEDIATE transaction so concurrent writers serialize.
+// The SQLite store of the netplumb model: one file under the state directory, on the common
+// store base (kiln/common/store.h: WAL, synchronous=FULL, reads without the write lock, every
+// change inside an IMMEDIATE transaction so concurrent writers serialize, mode 0600).
 #pragma once
 
 #include <functional>
@@ -8,9 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "kiln/common/store.h"
 #include "kiln/net/model.h"
-
-struct sqlite3;
 
 namespace kiln::net {
 
@@ -24,13 +24,12 @@ class Store {
   explicit Store(const std::string& path);
   // The default database: state_dir()/netplumb.db (the directory is created).
   static std::unique_ptr<Store> open_default();
-  ~Store();
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
 
   // Runs `fn` in BEGIN IMMEDIATE .. COMMIT, rolling back if it throws.
   // Nested calls join the outer transaction.
-  void write(const std::function<void()>& fn);
+  void write(const std::function<void()>& fn) { db_.write(fn); }
 
   void put(const Network& n);
   void put(const Subnet& s);
@@ -67,10 +66,7 @@ class Store {
   void set_setting(const std::string& key, const std::string& value);
 
  private:
-  class Stmt;
-  void exec(const char* sql);
-  sqlite3* db_ = nullptr;
-  int txn_depth_ = 0;
+  common::Database db_;
 };
 
 }  // namespace kiln::net

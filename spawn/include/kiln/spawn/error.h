@@ -1,29 +1,14 @@
-// Errors of kiln-spawn's control plane: one exception type with a message meant for the user.
+// Errors of kiln-spawn's control plane: kiln::common::Error (a reason code and a message meant
+// for the user); see docs/common.md for the reasons. A claim that does not fit the host is
+// kNoSpace (the message names the resource).
 #pragma once
 
-#include <stdexcept>
-#include <string>
+#include "kiln/common/error.h"
 
 namespace kiln::spawn {
 
-class Error : public std::runtime_error {
- public:
-  // kCapacity: a claim does not fit the host (the message names the resource).
-  enum class Kind { kInvalid, kNotFound, kConflict, kCapacity, kSystem };
-  Error(Kind kind, const std::string& message) : std::runtime_error(message), kind_(kind) {}
-  Kind kind() const { return kind_; }
-
- private:
-  Kind kind_;
-};
-
-inline Error invalid(const std::string& m) { return Error(Error::Kind::kInvalid, m); }
-inline Error not_found(const std::string& m) { return Error(Error::Kind::kNotFound, m); }
-inline Error conflict(const std::string& m) { return Error(Error::Kind::kConflict, m); }
-inline Error capacity(const std::string& m) { return Error(Error::Kind::kCapacity, m); }
-inline Error system_error(const std::string& m) { return Error(Error::Kind::kSystem, m); }
-
-// "what: strerror(errno)" as a system error.
-Error errno_error(const std::string& what, int err);
+using common::Error;
+using common::Reason;
+using namespace common::errors;  // invalid(), not_found(), exists(), busy(), no_space(), ...
 
 }  // namespace kiln::spawn

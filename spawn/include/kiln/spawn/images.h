@@ -20,7 +20,7 @@ inline constexpr uint64_t kMaxImageBytes = uint64_t{1} << 42;  // 4 TiB
 inline constexpr size_t kMaxNameLength = 63;
 
 // Checks a user-chosen name (images, flavors, instances): 1-63 characters of [A-Za-z0-9._-],
-// starting with a letter or digit. Throws Error(kInvalid).
+// starting with a letter or digit. Throws Error(kInvalidArgument).
 void check_name(const std::string& what, const std::string& name);
 
 class ImageStore {

@@ -47,7 +47,7 @@ class ResourceTracker {
   std::vector<ResourceStats> stats();  // vcpus, memory_mb, disk_gb
   int64_t instances() { return store_.usage().instances; }
 
-  // Claims the flavor's resources for the instance; throws Error(kCapacity) naming every
+  // Claims the flavor's resources for the instance; throws Error(kNoSpace) naming every
   // resource that does not fit. Call inside Store::write (it joins the caller's transaction).
   void claim(const std::string& instance_id, const Flavor& flavor);
   void release(const std::string& instance_id);

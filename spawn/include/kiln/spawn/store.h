@@ -1,6 +1,7 @@
 // kiln-spawn's state: images, flavors, instances (with their build steps and events), resource
-// claims and host settings, in one SQLite database (WAL) under the state directory. Every change
-// runs inside a BEGIN IMMEDIATE transaction, so concurrent kiln-spawn processes serialize.
+// claims and host settings, in one SQLite database under the state directory, on the common
+// store base (kiln/common/store.h). Every change runs inside a BEGIN IMMEDIATE transaction, so
+// concurrent kiln-spawn processes serialize; reads (a listing) never wait for a running boot.
 #pragma once
 
 #include <cstdint>
@@ -9,7 +10,7 @@
 #include <string>
 #include <vector>
 
-struct sqlite3;
+#include "kiln/common/store.h"
 
 namespace kiln::spawn {
 
@@ -70,14 +71,13 @@ class Store {
  public:
   // Opens (creating) `dir`/spawn.db; `dir` is created if needed.
   explicit Store(const std::string& dir);
-  ~Store();
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
 
   const std::string& dir() const { return dir_; }
 
   // Runs `fn` in BEGIN IMMEDIATE .. COMMIT (rolled back if it throws); nested calls join.
-  void write(const std::function<void()>& fn);
+  void write(const std::function<void()>& fn) { db_.write(fn); }
 
   void put(const Image& i);
   void put(const Flavor& f);
@@ -112,11 +112,8 @@ class Store {
   std::vector<std::pair<std::string, std::string>> settings();
 
  private:
-  class Stmt;
-  void exec(const char* sql);
   std::string dir_;
-  sqlite3* db_ = nullptr;
-  int txn_depth_ = 0;
+  common::Database db_;
 };
 
 // The flavors every store starts with (Nova's classic m1.* set).
@@ -124,7 +121,5 @@ const std::vector<Flavor>& builtin_flavors();
 
 // "2026-11-26T23:00:41.123Z" (events are timed to the millisecond)
 std::string utc_now();
-// A random (version 4) UUID.
-std::string new_uuid();
 
 }  // namespace kiln::spawn

@@ -1,0 +1,18 @@
+// Small string helpers: split, join, trim.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace kiln::common {
+
+// "a,,b" -> {"a", "", "b"}; "" -> {} (an empty text has no fields, so join(split(x)) == x).
+std::vector<std::string> split(std::string_view s, char sep);
+// As split, without the empty pieces: "a,,b," -> {"a", "b"}.
+std::vector<std::string> split_nonempty(std::string_view s, char sep);
+std::string join(const std::vector<std::string>& parts, std::string_view sep);
+// Without leading and trailing spaces, tabs, CR and LF.
+std::string trim(std::string_view s);
+
+}  // namespace kiln::common

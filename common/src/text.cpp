@@ -1,0 +1,42 @@
+#include "kiln/common/text.h"
+
+namespace kiln::common {
+
+std::vector<std::string> split(std::string_view s, char sep) {
+  std::vector<std::string> out;
+  if (s.empty()) return out;
+  size_t start = 0;
+  for (;;) {
+    size_t pos = s.find(sep, start);
+    out.emplace_back(s.substr(start, pos == std::string_view::npos ? pos : pos - start));
+    if (pos == std::string_view::npos) break;
+    start = pos + 1;
+  }
+  return out;
+}
+
+std::vector<std::string> split_nonempty(std::string_view s, char sep) {
+  std::vector<std::string> out;
+  for (auto& piece : split(s, sep))
+    if (!piece.empty()) out.push_back(std::move(piece));
+  return out;
+}
+
+std::string join(const std::vector<std::string>& parts, std::string_view sep) {
+  std::string out;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    if (i) out += sep;
+    out += parts[i];
+  }
+  return out;
+}
+
+std::string trim(std::string_view s) {
+  constexpr std::string_view kSpace = " \t\r\n";
+  size_t a = s.find_first_not_of(kSpace);
+  if (a == std::string_view::npos) return "";
+  size_t b = s.find_last_not_of(kSpace);
+  return std::string(s.substr(a, b - a + 1));
+}
+
+}  // namespace kiln::common

@@ -1,0 +1,37 @@
+#include "kiln/common/text.h"
+
+#include <gtest/gtest.h>
+
+namespace kiln::common {
+namespace {
+
+using V = std::vector<std::string>;
+
+TEST(Text, SplitKeepsEmptyFields) {
+  EXPECT_EQ(split("a,,b", ','), (V{"a", "", "b"}));
+  EXPECT_EQ(split("a,", ','), (V{"a", ""}));
+  EXPECT_EQ(split("", ','), V{});
+  EXPECT_EQ(split("abc", ','), V{"abc"});
+  for (std::string s : {"x", "x,y", ",", "a,,b,"}) EXPECT_EQ(join(split(s, ','), ","), s);
+}
+
+TEST(Text, SplitNonemptyDropsEmptyFields) {
+  EXPECT_EQ(split_nonempty(",a,,b,", ','), (V{"a", "b"}));
+  EXPECT_EQ(split_nonempty(",,", ','), V{});
+}
+
+TEST(Text, Join) {
+  EXPECT_EQ(join({}, ", "), "");
+  EXPECT_EQ(join({"a"}, ", "), "a");
+  EXPECT_EQ(join({"a", "b", "c"}, ", "), "a, b, c");
+}
+
+TEST(Text, Trim) {
+  EXPECT_EQ(trim("  a b\t\r\n"), "a b");
+  EXPECT_EQ(trim(" \t "), "");
+  EXPECT_EQ(trim(""), "");
+  EXPECT_EQ(trim("x"), "x");
+}
+
+}  // namespace
+}  // namespace kiln::common

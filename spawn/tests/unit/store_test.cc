@@ -1,0 +1,74 @@
+// spawn's use of the common store base (tested in common/tests/store_test.cpp): a listing in
+// one process while a boot in another holds the write lock.
+#include "kiln/spawn/store.h"
+
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <unistd.h>
+
+#include "kiln/common/fd.h"
+#include "test_util.h"
+
+namespace kiln::spawn {
+namespace {
+
+using testing::TempDir;
+
+// kiln-spawn list opens the store and reads. It used to take the write lock on every open, so a
+// listing waited for a running boot's transaction (and failed with "database is locked" after
+// 30 s). Here the writer does not commit until the listing is done: a listing that waited
+// would never see it finish.
+TEST(Store, ListingDoesNotWaitForARunningWriteTransaction) {
+  TempDir dir;
+  {
+    Store s(dir.str());
+    Instance i;
+    i.id = "id-a";
+    i.name = "a";
+    s.put(i);
+  }
+  int in_txn[2], listed[2];
+  ASSERT_EQ(::pipe(in_txn), 0);
+  ASSERT_EQ(::pipe(listed), 0);
+  common::Fd in_txn_r(in_txn[0]), in_txn_w(in_txn[1]), listed_r(listed[0]), listed_w(listed[1]);
+  pid_t writer = ::fork();
+  if (writer == 0) {
+    int rc = 1;
+    try {
+      Store s(dir.str());
+      s.write([&] {
+        Instance i;
+        i.id = "id-b";
+        i.name = "b";
+        s.put(i);
+        (void)!::write(in_txn_w.get(), "x", 1);
+        pollfd p{listed_r.get(), POLLIN, 0};
+        if (::poll(&p, 1, 120000) != 1) throw std::runtime_error("the listing never finished");
+      });
+      rc = 0;
+    } catch (...) {
+      rc = 2;
+    }
+    ::_exit(rc);
+  }
+  pollfd p{in_txn_r.get(), POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 60000), 1) << "the writer did not start its transaction";
+  std::vector<std::string> names;
+  try {
+    Store s(dir.str());  // as kiln-spawn list does
+    for (const auto& i : s.instances()) names.push_back(i.name);
+    EXPECT_EQ(s.flavors().size(), builtin_flavors().size());
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "listing during a write: " << e.what();
+  }
+  (void)!::write(listed_w.get(), "x", 1);
+  int st = 0;
+  ::waitpid(writer, &st, 0);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  EXPECT_EQ(names, std::vector<std::string>{"a"});  // the last commit, not the pending row
+  Store s(dir.str());
+  EXPECT_EQ(s.instances().size(), 2u);
+}
+
+}  // namespace
+}  // namespace kiln::spawn
