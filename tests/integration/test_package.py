@@ -115,6 +115,15 @@ def test_versions(root):
         assert p.stdout == f"{prog} {VERSION}\n"
 
 
+def test_help(root):
+    """`PROG --help` as a new user types it, no command: the usage on stdout, exit 0."""
+    for prog, where, _ in PROGRAMS:
+        p = subprocess.run([os.path.join(root, where, prog), "--help"], capture_output=True,
+                           text=True, timeout=60)
+        assert p.returncode == 0, f"{prog} --help: exit {p.returncode}\n{p.stderr}"
+        assert re.search(r"usage", p.stdout, re.I), f"{prog} --help printed no usage"
+
+
 def test_served_read(root, tmp_path):
     """A qcow2 image made and written by the packaged tools, served by the packaged kiln-nbd
     on a Unix socket, read back whole with nbdcopy: the bytes written, zeros elsewhere."""

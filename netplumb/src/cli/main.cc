@@ -1,4 +1,5 @@
 // kiln-net: the Neutron-style command line of netplumb.
+#include <algorithm>
 #include <functional>
 #include <iostream>
 #include <map>
@@ -512,8 +513,11 @@ int run(int argc, char** argv) {
     }
   }
   if (name.empty() || name == "help") {
+    // `help` and `--help` print the usage and succeed; no command at all is a usage error.
+    const bool asked = name == "help" || std::any_of(cmd_args.begin(), cmd_args.end(),
+                                                     [](auto& a) { return a == "--help"; });
     usage(cmds);
-    return name.empty() ? 2 : 0;
+    return asked ? 0 : 2;
   }
   bool teardown = name == "teardown";
   auto it = cmds.find(name);

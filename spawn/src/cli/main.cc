@@ -2,6 +2,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <functional>
 #include <iostream>
 #include <map>
@@ -386,8 +387,12 @@ int run(int argc, char** argv) {
     }
   }
   if (name.empty() || name == "help") {
+    // `help` and `--help` print the usage and succeed; no command at all is a usage error.
+    const bool asked = name == "help" || std::any_of(cmd_args.begin(), cmd_args.end(), [](auto& a) {
+                         return a == "--help" || a == "-h";
+                       });
     usage(cmds);
-    return name.empty() ? 2 : 0;
+    return asked ? 0 : 2;
   }
   auto it = cmds.find(name);
   if (it == cmds.end()) throw invalid("unknown command '" + name + "' (see kiln-spawn help)");
