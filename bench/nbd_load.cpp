@@ -145,7 +145,6 @@ int main(int argc, char** argv) {
   const double p99 =
       l.latencies_us.empty() ? 0 : l.latencies_us[size_t(0.99 * (l.latencies_us.size() - 1))];
   printf("{\"ops\": %llu, \"seconds\": %.3f, \"iops\": %.1f, \"mbs\": %.1f, \"p99_us\": %.1f}\n",
-         (unsigned long long)l.done, secs, l.done / secs, l.done * double(l.bs) / secs / 1e6,
-         p99);
+         (unsigned long long)l.done, secs, l.done / secs, l.done * double(l.bs) / secs / 1e6, p99);
   return 0;
 }

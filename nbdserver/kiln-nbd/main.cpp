@@ -374,9 +374,8 @@ int main(int argc, char** argv) {
   // serves plain clients beside TLS ones.
   const bool have_creds = !tls.x509_dir.empty() || !tls.psk_file.empty();
   try {
-    tls.mode = tls_mode_text.empty()
-                   ? (have_creds ? nbd::TlsMode::kRequire : nbd::TlsMode::kOff)
-                   : nbd::parse_tls_mode(tls_mode_text);
+    tls.mode = tls_mode_text.empty() ? (have_creds ? nbd::TlsMode::kRequire : nbd::TlsMode::kOff)
+                                     : nbd::parse_tls_mode(tls_mode_text);
   } catch (const std::exception& e) {
     die(e.what());
   }

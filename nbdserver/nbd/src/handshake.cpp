@@ -271,8 +271,8 @@ Task<bool> Connection::negotiate() {
     int rc = 0;
     // With TLS required, only STARTTLS and ABORT are answered in the clear (as qemu-nbd and
     // nbdkit do); NBD_OPT_EXPORT_NAME has no error reply, so it ends the connection.
-    if (server_.options().tls_mode == TlsMode::kRequire && !sock_.tls() &&
-        option != kOptStartTls && option != kOptAbort) {
+    if (server_.options().tls_mode == TlsMode::kRequire && !sock_.tls() && option != kOptStartTls &&
+        option != kOptAbort) {
       if (option == kOptExportName) {
         logf(LogLevel::kInfo, "%s: NBD_OPT_EXPORT_NAME without TLS, closing", peer_.c_str());
         co_return false;

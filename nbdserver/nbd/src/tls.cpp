@@ -1,8 +1,7 @@
 #include "tls.h"
 
-#include <gnutls/x509.h>
-
 #include <fcntl.h>
+#include <gnutls/x509.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
