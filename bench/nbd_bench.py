@@ -426,6 +426,17 @@ def tls_chart(results, path):
     return True
 
 
+def publish(out, name, text, draw):
+    """Prints the table, writes it to OUT/NAME.md and has `draw` make OUT/NAME.png."""
+    print(text)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, name + ".md"), "w") as f:
+        f.write(text + "\n")
+    png = os.path.join(out, name + ".png")
+    if draw(png):
+        print(f"\nchart: {png}", file=sys.stderr)
+
+
 def main_tls(args):
     for tool in ("qemu-nbd", "qemu-img", "qemu-io", "certtool", "psktool"):
         if not shutil.which(tool):
@@ -458,12 +469,7 @@ def main_tls(args):
                 f"(libnbd) over a Unix socket, one connection, {args.runtime} s per run, "
                 f"{args.repeats} repeat(s), medians; TLS 1.3 as GnuTLS negotiates it; "
                 f"qemu-nbd --aio=io_uring -e 4 with the same credentials.\n\n")
-        print(head + md)
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "nbd_bench_tls.md"), "w") as f:
-            f.write(head + md + "\n")
-        if tls_chart(results, os.path.join(args.out, "nbd_bench_tls.png")):
-            print(f"\nchart: {os.path.join(args.out, 'nbd_bench_tls.png')}", file=sys.stderr)
+        publish(args.out, "nbd_bench_tls", head + md, lambda png: tls_chart(results, png))
     finally:
         if not args.workdir:
             shutil.rmtree(d, ignore_errors=True)
@@ -525,12 +531,7 @@ def main():
                 f"{args.repeats} repeat(s), medians; Unix socket, fio ioengine=nbd, "
                 f"--invalidate=0; copy-on-write = a replayed log of one 4 KiB write per "
                 f"cluster ({images.cow_writes} writes) on a fresh overlay.\n\n")
-        print(head + md)
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "nbd_bench.md"), "w") as f:
-            f.write(head + md + "\n")
-        if chart(results, servers, os.path.join(args.out, "nbd_bench.png")):
-            print(f"\nchart: {os.path.join(args.out, 'nbd_bench.png')}", file=sys.stderr)
+        publish(args.out, "nbd_bench", head + md, lambda png: chart(results, servers, png))
     finally:
         if not args.workdir:
             shutil.rmtree(d, ignore_errors=True)

@@ -478,11 +478,7 @@ def next_reply(c):
     while True:
         magic = struct.unpack(">I", c.recv_exact(4))[0]
         if magic == SIMPLE_REPLY_MAGIC:
-            err, h = struct.unpack(">IQ", c.recv_exact(12))
-            assert h in c.pending, f"reply to unknown handle {h}"
-            cmd, _, length = c.pending.pop(h)
-            data = c.recv_exact(length) if cmd == CMD_READ and err == 0 else b""
-            return Reply(h, err, data)
+            return c.simple_reply_body()
         assert magic == STRUCTURED_REPLY_MAGIC, f"bad reply magic {magic:#x}"
         flags, rtype, h, length = struct.unpack(">HHQI", c.recv_exact(16))
         assert h in c.pending, f"chunk for unknown handle {h}"

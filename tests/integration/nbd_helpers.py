@@ -523,15 +523,20 @@ class RawClient:
         self.pending[h] = (cmd, offset, length)
         return h
 
+    def simple_reply_body(self):
+        """The rest of a simple reply whose magic has been read: error, handle and the data of
+        a successful READ, for a request in flight."""
+        err, h = struct.unpack(">IQ", self.recv_exact(12))
+        assert h in self.pending, f"reply to unknown handle {h}"
+        cmd, _, length = self.pending.pop(h)
+        data = self.recv_exact(length) if cmd == CMD_READ and err == 0 else b""
+        return Reply(h, err, data)
+
     def reply(self):
         """The next reply (all chunks of a structured one)."""
         magic = struct.unpack(">I", self.recv_exact(4))[0]
         if magic == SIMPLE_REPLY_MAGIC:
-            err, h = struct.unpack(">IQ", self.recv_exact(12))
-            assert h in self.pending, f"reply to unknown handle {h}"
-            cmd, _, length = self.pending.pop(h)
-            data = self.recv_exact(length) if cmd == CMD_READ and err == 0 else b""
-            return Reply(h, err, data)
+            return self.simple_reply_body()
         assert magic == STRUCTURED_REPLY_MAGIC, f"bad reply magic {magic:#x}"
         assert self.structured, "structured reply chunk without negotiation"
         chunks, error = [], 0

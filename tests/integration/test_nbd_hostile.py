@@ -479,26 +479,28 @@ def case_write_huge_length(t, c):
     c.closed_by_server(timeout=1)  # whichever: closed, or still skipping
 
 
-def case_past_the_end(t, c):
-    c.connect_export(t.name, structured=True)
-    for cmd, off, n in ((CMD_READ, IMAGE_SIZE, 4096), (CMD_READ, IMAGE_SIZE - 100, 200),
-                        (CMD_WRITE, IMAGE_SIZE, 4096), (CMD_WRITE, IMAGE_SIZE - 512, 1024),
-                        (CMD_TRIM, IMAGE_SIZE, 4096), (CMD_WRITE_ZEROES, IMAGE_SIZE - 4096, 8192)):
+def each_refused(t, c, requests):
+    """Sends each (cmd, offset, length) request that the server must refuse, with data for a
+    WRITE: it answers with an error and stays in sync, or closes the connection."""
+    for cmd, off, n in requests:
         h = c.request(cmd, off, n, 0, b"\x5a" * n if cmd == CMD_WRITE else b"")
         if closed_or_error(c, h) == "closed":
             return
         in_sync(c, t)
+
+
+def case_past_the_end(t, c):
+    c.connect_export(t.name, structured=True)
+    each_refused(t, c, ((CMD_READ, IMAGE_SIZE, 4096), (CMD_READ, IMAGE_SIZE - 100, 200),
+                        (CMD_WRITE, IMAGE_SIZE, 4096), (CMD_WRITE, IMAGE_SIZE - 512, 1024),
+                        (CMD_TRIM, IMAGE_SIZE, 4096), (CMD_WRITE_ZEROES, IMAGE_SIZE - 4096, 8192)))
 
 
 def case_offset_overflow(t, c):
     c.connect_export(t.name, structured=True)
     top = 2**64 - 512
-    for cmd, off, n in ((CMD_READ, top, 1024), (CMD_WRITE, top, 1024), (CMD_TRIM, top, 4096),
-                        (CMD_WRITE_ZEROES, top, 8192), (CMD_READ, 2**63, 4096)):
-        h = c.request(cmd, off, n, 0, b"\x5a" * n if cmd == CMD_WRITE else b"")
-        if closed_or_error(c, h) == "closed":
-            return
-        in_sync(c, t)
+    each_refused(t, c, ((CMD_READ, top, 1024), (CMD_WRITE, top, 1024), (CMD_TRIM, top, 4096),
+                        (CMD_WRITE_ZEROES, top, 8192), (CMD_READ, 2**63, 4096)))
 
 
 def case_unknown_commands(t, c):

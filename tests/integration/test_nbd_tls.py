@@ -16,7 +16,7 @@ import pytest
 from kiln_helpers import MiB, assert_qemu_clean, create_qcow2, qemu_img
 from nbd_helpers import (KILN_NBD, NBDCOPY, NBDINFO, OPT_ABORT, OPT_EXPORT_NAME, OPT_GO,
                          OPT_LIST, OPT_STARTTLS, REP_ACK, REP_ERR_INVALID, REP_ERR_POLICY,
-                         Closed, RawClient, control, free_tcp_port, run,
+                         RawClient, control, free_tcp_port, run,
                          servers)  # noqa: F401
 
 REP_ERR_TLS_REQD = 0x80000005
