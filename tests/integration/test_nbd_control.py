@@ -148,6 +148,22 @@ def test_control_request_too_long(workdir, servers):
     srv.assert_clean_stop()
 
 
+def test_description_bounded_by_the_protocol(workdir, servers):
+    """A description travels in NBD_INFO_DESCRIPTION, a protocol string of at most 4096 bytes:
+    one of 4096 reaches the client whole, a longer one is refused when the export is added."""
+    raw = build_raw(os.path.join(workdir, "b"))
+    sock, ctl = os.path.join(workdir, "nbd.sock"), os.path.join(workdir, "ctl.sock")
+    srv = servers.kiln("-e", "0", sock=sock, control=ctl)
+    c = Control(ctl)
+    r = c("add-export", name="long", path=raw, format="raw", description="d" * 4097)
+    assert r["ok"] is False and "description longer than 4096 bytes" in r["error"], r
+    assert c("list-exports")["exports"] == []
+    assert c("add-export", name="max", path=raw, format="raw", description="d" * 4096)["ok"]
+    info = json.loads(run([NBDINFO, "--json", unix_uri(sock, "max")]).stdout)
+    assert info["exports"][0]["description"] == "d" * 4096
+    srv.assert_clean_stop()
+
+
 def test_state_file_restores_exports(workdir, servers):
     ov, base = build_overlay(os.path.join(workdir, "a"))
     raw = build_raw(os.path.join(workdir, "b"))

@@ -276,6 +276,10 @@ Task<void> Server::add_export(ExportConfig config) {
                              "': a TLS identity needs TLS (--tls-creds or --tls-psk)");
   if (config.tls_identity.size() > kMaxStringLength)
     throw std::runtime_error("export '" + config.name + "': TLS identity too long");
+  // Sent to clients in NBD_INFO_DESCRIPTION, a string of the protocol's: at most 4096 bytes.
+  if (config.description.size() > kMaxStringLength)
+    throw std::runtime_error("export '" + config.name + "': description longer than " +
+                             std::to_string(kMaxStringLength) + " bytes");
   block::OpenOptions o;
   o.format = config.format;
   o.read_only = config.read_only;
