@@ -191,9 +191,10 @@ def test_remove_export_during_stalled_handshake(workdir, servers, option):
         assert r == {"ok": True}, r
 
     if option == "list":
-        names = [f"e{i:02d}" for i in range(40)]
+        # 1.6 MB of LIST replies (descriptions are protocol strings, at most 4096 bytes).
+        names = [f"e{i:03d}" for i in range(400)]
         for n in names:
-            add(n, "d" * 30000)
+            add(n, "d" * 4096)
         stall_and_remove(c, sock, names, [(OPT_LIST, b"")])
         # (That LIST was cut short by nothing: it lists what existed when it was asked.)
     else:
