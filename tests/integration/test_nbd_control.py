@@ -148,6 +148,21 @@ def test_control_request_too_long(workdir, servers):
     srv.assert_clean_stop()
 
 
+def test_stop_with_control_clients_connected(workdir, servers):
+    """SIGTERM while an admin's control connection is open, idle or with a request half sent:
+    the server ends both and stops cleanly (under ASan: nothing left behind)."""
+    sock, ctl = os.path.join(workdir, "nbd.sock"), os.path.join(workdir, "ctl.sock")
+    srv = servers.kiln("-e", "0", sock=sock, control=ctl)
+    idle = Control(ctl)
+    assert idle("list-exports") == {"ok": True, "exports": []}
+    partial = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    partial.connect(ctl)
+    partial.sendall(b'{"cmd":"list-')
+    srv.assert_clean_stop()
+    partial.close()
+    idle.close()
+
+
 def test_description_bounded_by_the_protocol(workdir, servers):
     """A description travels in NBD_INFO_DESCRIPTION, a protocol string of at most 4096 bytes:
     one of 4096 reaches the client whole, a longer one is refused when the export is added."""

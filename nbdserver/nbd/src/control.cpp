@@ -154,6 +154,14 @@ Task<std::string> Server::control(const std::string& line) {
 
 Task<void> Server::control_client(int fd) {
   Socket sock(reactor_, fd);
+  if (stopping_) co_return;
+  // Known to request_shutdown() while it runs (the guard goes before the socket closes).
+  struct Registered {
+    std::set<int>& fds;
+    int fd;
+    ~Registered() { fds.erase(fd); }
+  } registered{control_fds_, fd};
+  control_fds_.insert(fd);
   std::string who;
   if (!control_peer_allowed(fd, options_.control_access.gid, &who)) {
     logf(LogLevel::kWarn, "control connection from %s refused", who.c_str());

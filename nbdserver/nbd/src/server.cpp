@@ -146,6 +146,7 @@ Server::Server(block::Reactor& reactor, ServerOptions options)
       options_(std::move(options)),
       changed_(reactor),
       background_(reactor),
+      control_clients_(reactor),
       budget_(std::make_unique<MemoryBudget>(options_.max_memory)) {
   reactor_.enable_remote();
   reactors_.push_back(&reactor_);
@@ -428,7 +429,7 @@ Task<void> Server::accept_loop(Listener* l) {
     if (starved) logf(LogLevel::kInfo, "accepting on %s again", l->what.c_str());
     starved = false;
     if (l->control) {
-      reactor_.spawn(control_client(fd));
+      reactor_.spawn(control_client(fd), &control_clients_);
       continue;
     }
     if (connections_.size() >= options_.max_connections) {
@@ -495,6 +496,9 @@ void Server::request_shutdown() {
     }(&reactor_, l->fd.get()));
   }
   for (Connection* c : connections_) c->shutdown();
+  // A control client waiting for its next request reads the end of its stream and returns; one
+  // in the middle of a request finishes it first.
+  for (int fd : control_fds_) ::shutdown(fd, SHUT_RDWR);
   changed_.notify_all();
 }
 
@@ -502,6 +506,7 @@ Task<void> Server::drain_and_close() {
   while (!connections_.empty()) co_await changed_.wait();
   // (By index: a control client may still remove an export, and its listener, meanwhile.)
   for (size_t i = 0; i < listeners_.size(); ++i) co_await listeners_[i]->loop.wait();
+  co_await control_clients_.wait();
   co_await background_.wait();
   for (auto& [name, e] : exports_) {
     if (!e->device) continue;

@@ -11,6 +11,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -193,6 +194,10 @@ class Server {
   std::list<Connection*> connections_;
   block::WaitList changed_;      // connections ended, shutdown requested
   block::WaitGroup background_;  // housekeeping
+  // Control clients: ended by shutdown(2) of their sockets when the server stops, and waited
+  // for, so that none is left suspended when the server's state goes.
+  std::set<int> control_fds_;
+  block::WaitGroup control_clients_;
   bool serving_ = false;
   bool stopping_ = false;
   uint64_t clients_seen_ = 0;
