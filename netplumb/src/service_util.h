@@ -1,4 +1,4 @@
-// Helpers shared by the service_*.cc files (private to netplumb).
+// Helpers shared by the service_*.cpp files (private to netplumb).
 #pragma once
 
 #include <charconv>

@@ -46,7 +46,7 @@ TEST_F(RulesTest, AntiSpoofingAndDefaultGroup) {
   EXPECT_NE(rules.find("arp saddr ip != 0.0.0.0 arp saddr ip != 10.0.0.10 drop"),
             std::string::npos);
   EXPECT_NE(rules.find("ip saddr != 10.0.0.10 drop"), std::string::npos);
-  // No anonymous sets in a port's chains (named sets only): see none_of() in sg_rules.cc.
+  // No anonymous sets in a port's chains (named sets only): see none_of() in sg_rules.cpp.
   EXPECT_EQ(rules.find("!= {"), std::string::npos) << rules;
   // The default group: ingress from its members only, via a set of their addresses.
   std::string set = "rg_" + a.security_groups.at(0);
