@@ -7,11 +7,7 @@
 
 #include "commands.h"
 #include "kiln/fs/filesystem.h"
-
-#if defined(KILN_FS_HAVE_FUSE) && __has_include("kiln/fs/fuse.h")
 #include "kiln/fs/fuse.h"
-#define KILN_FS_MOUNT 1
-#endif
 
 namespace kiln::fs::tool {
 
@@ -54,7 +50,6 @@ int cmd_mount(int argc, char** argv) {
   if (optind != argc - 2) throw UsageError("mount takes IMAGE and DIR");
   const std::string image = argv[optind];
   const std::string dir = argv[optind + 1];
-#ifdef KILN_FS_MOUNT
   auto fs = Filesystem::open(image, open);
   FuseMountOptions fo;
   fo.mountpoint = dir;
@@ -65,11 +60,6 @@ int cmd_mount(int argc, char** argv) {
   int rc = fuse_mount(fs->handle(), fo);
   fs->close();
   return rc == 0 ? 0 : 1;
-#else
-  (void)allow_other;
-  (void)foreground;
-  throw Error("kiln-fs was built without the FUSE mount (fusefs/fuse is missing)");
-#endif
 }
 
 }  // namespace kiln::fs::tool

@@ -12,6 +12,7 @@
 #include <filesystem>
 
 #include "build.h"
+#include "inject.h"
 #include "kiln/block/device.h"
 #include "kiln/block/qcow2.h"
 #include "kiln/net/error.h"
@@ -23,9 +24,6 @@
 #include "kiln/spawn/virt.h"
 #include "perms.h"
 #include "util.h"
-#ifdef KILN_SPAWN_HAVE_FS
-#include "inject.h"
-#endif
 
 namespace kiln::spawn {
 
@@ -37,13 +35,7 @@ const std::vector<std::string>& build_steps() {
   return kSteps;
 }
 
-bool injection_available() {
-#ifdef KILN_SPAWN_HAVE_FS
-  return true;
-#else
-  return false;
-#endif
-}
+bool injection_available() { return true; }
 
 const char* task_state_of(const std::string& step) {
   if (step == "claim") return "scheduling";
@@ -224,15 +216,10 @@ void Compute::step_config_drive(Build& b) {
 
 void Compute::step_inject(Build& b) {
   Instance& inst = b.inst;
-#ifdef KILN_SPAWN_HAVE_FS
   inject_into(inst.dir + "/disk", InjectRequest{sanitize_hostname(inst.name), b.key_data, b.files});
   save(inst, "injected into " + inst.dir + "/disk: hostname" +
                  std::string(b.key_data.empty() ? "" : ", root's SSH key") +
                  (b.files.empty() ? "" : ", " + std::to_string(b.files.size()) + " file(s)"));
-#else
-  // Refused before the claim; kept here so that such a build never claims to inject.
-  throw invalid("--inject is not available in this build (kiln-spawn was built without kiln_fs)");
-#endif
 }
 
 void Compute::step_export(Build& b) {

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "build.h"
+#include "inject.h"
 #include "kiln/common/random.h"
 #include "kiln/net/store.h"
 #include "kiln/spawn/configdrive.h"
@@ -23,9 +24,6 @@
 #include "kiln/spawn/virt.h"
 #include "perms.h"
 #include "util.h"
-#ifdef KILN_SPAWN_HAVE_FS
-#include "inject.h"
-#endif
 
 namespace kiln::spawn {
 
@@ -144,9 +142,7 @@ void Compute::prepare(Build& b) {
   }
   if (b.files.size() > kMaxInjectedFiles)
     throw invalid("at most " + std::to_string(kMaxInjectedFiles) + " files can be given");
-#ifdef KILN_SPAWN_HAVE_FS
   if (req.inject) check_injection(InjectRequest{sanitize_hostname(req.name), b.key_data, b.files});
-#endif
   if (total > kMaxInjectedBytes)
     throw invalid("the files given are larger than " + std::to_string(kMaxInjectedBytes) +
                   " bytes in total");

@@ -1,6 +1,5 @@
 // boot --inject: the key, the hostname and the --file files written into the guest's file
 // system through the fusefs library (no FUSE, no kernel mount), before the disk is exported.
-// Only built when the kiln_fs target exists (KILN_SPAWN_HAVE_FS).
 #pragma once
 
 #include <string>
