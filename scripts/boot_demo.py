@@ -21,8 +21,8 @@ import tempfile
 import time
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(TOP, "tests", "e2e"))
-from libvirt_sandbox import LibvirtSandbox  # noqa: E402
+sys.path.insert(0, os.path.join(TOP, "scripts", "lib"))
+from kiln_sandbox import LibvirtSandbox  # noqa: E402
 
 
 def step(text):

@@ -5,8 +5,8 @@ import hashlib
 import os
 import secrets
 
-from kiln_e2e import (KILN_IMG, KilnNbd, Qemu, b64, debugfs_cat, fsck_clean, image_to_raw,
-                      make_base_and_overlay, qemu_img_check, run, sha256_file)
+from kilntest.guest import (KILN_IMG, KilnNbd, Qemu, b64, debugfs_cat, fsck_clean, image_to_raw,
+                            make_base_and_overlay, qemu_img_check, run, sha256_file)
 
 
 def test_guest_writes_to_nbd_overlay(guest, workdir, procs):

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from kiln_e2e import (KILN_IMG, KilnNbd, Qemu, debugfs_cat, debugfs_rdump, fsck_clean,
-                      image_to_raw, make_base_and_overlay, qemu_img_check, run, sha256_file)
+from kilntest.guest import (KILN_IMG, KilnNbd, Qemu, debugfs_cat, debugfs_rdump, fsck_clean,
+                            image_to_raw, make_base_and_overlay, qemu_img_check, run, sha256_file)
 
 
 def numbered(vm, word):

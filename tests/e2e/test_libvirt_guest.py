@@ -12,9 +12,9 @@ import secrets
 import time
 from xml.sax.saxutils import escape
 
-from kiln_e2e import (KILN_IMG, KILN_NET, KilnNbd, b64, debugfs_cat, fsck_clean, image_to_raw,
-                      make_base_and_overlay, qemu_img_check, run, sha256_file)
-from libvirt_sandbox import LibvirtSandbox
+from kilntest.guest import (KILN_IMG, KILN_NET, KilnNbd, b64, debugfs_cat, fsck_clean, image_to_raw,
+                            make_base_and_overlay, qemu_img_check, run, sha256_file)
+from kiln_sandbox import LibvirtSandbox
 
 
 def domain_xml(name, guest, sock, export, console, cmdline, nic=""):

@@ -19,8 +19,8 @@ import time
 
 import pytest
 
-from kiln_e2e import KILN_NET, KilnNbdControl, run, sha256_file
-from libvirt_sandbox import LibvirtSandbox
+from kilntest.guest import KILN_NET, KilnNbdControl, run, sha256_file
+from kiln_sandbox import LibvirtSandbox
 
 KILN_SPAWN = os.environ.get("KILN_SPAWN", "kiln-spawn")
 SHARED_SOCKET = os.environ.get("KILN_E2E_NBD_SHARED_SOCKET") == "1"

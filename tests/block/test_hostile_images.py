@@ -1,0 +1,435 @@
+"""Malformed images, one per test: kiln-img info and kiln-io read must fail with one clear
+line, without a crash, a sanitizer report, or a giant allocation (address space is limited
+in uninstrumented builds)."""
+
+import hashlib
+import json
+import os
+import struct
+
+import pytest
+
+from kilntest.images import (KILN_IMG, KILN_IO, MiB, assert_one_line_error, create_qcow2,
+                             header_get, header_set, kiln_img, kiln_io, make_raw, patch_bytes,
+                             qemu_img, qemu_io, read_file, run)
+
+
+def good_image(d, name="img.qcow2", **kw):
+    img = create_qcow2(os.path.join(d, name), kw.pop("size", 4 * MiB), **kw)
+    qemu_io(img, "write -P 0x11 0 128k", "write -P 0x22 1M 64k")
+    return img
+
+
+def expect_refused(img, chain=False, fmt=None):
+    fmt_args = ["-f", fmt] if fmt else []
+    info_args = ["info", *fmt_args] + (["--backing-chain"] if chain else []) + [img]
+    p = kiln_img(*info_args, check=False, limit_memory=True, timeout=60)
+    assert_one_line_error(p, "kiln-img")
+    print(f"\n  {os.path.basename(img)}: {p.stderr.strip()}")
+    p = kiln_io(img, "read 0 64k", extra=["-r", *fmt_args], check=False, limit_memory=True,
+                timeout=60)
+    assert_one_line_error(p, "kiln-io")
+    return p.stderr
+
+
+def add_header_extension(img, ext_type, payload):
+    """Appends a header extension after the existing ones (v3 header, 104 bytes)."""
+    hdr_len = header_get(img, "header_length")
+    with open(img, "r+b") as f:
+        f.seek(hdr_len)
+        pos = hdr_len
+        while True:
+            f.seek(pos)
+            t, n = struct.unpack(">II", f.read(8))
+            if t == 0:
+                break
+            pos += 8 + (n + 7) // 8 * 8
+        padded = payload + b"\0" * ((8 - len(payload) % 8) % 8)
+        f.seek(pos)
+        f.write(struct.pack(">II", ext_type, len(payload)) + padded + struct.pack(">II", 0, 0))
+
+
+def test_bad_magic(workdir):
+    img = good_image(workdir)
+    header_set(img, "magic", 0x12345678)
+    expect_refused(img, fmt="qcow2")
+
+
+def test_truncated_header(workdir):
+    img = good_image(workdir)
+    os.truncate(img, 50)
+    expect_refused(img, fmt="qcow2")
+
+
+def test_truncated_tables(workdir):
+    img = good_image(workdir)
+    # Cut the file inside the metadata: the refcount table and L1 table are gone.
+    os.truncate(img, 65536 + 100)
+    expect_refused(img)
+
+
+@pytest.mark.parametrize("bits", [8, 22, 63])
+def test_cluster_bits_out_of_range(workdir, bits):
+    img = good_image(workdir)
+    header_set(img, "cluster_bits", bits)
+    expect_refused(img)
+
+
+def test_l1_past_eof(workdir):
+    img = good_image(workdir)
+    header_set(img, "l1_table_offset", 1 << 40)
+    expect_refused(img)
+
+
+def test_l1_absurdly_large(workdir):
+    img = good_image(workdir)
+    header_set(img, "l1_size", 0x7fffffff)
+    expect_refused(img)
+
+
+def test_virtual_size_absurd(workdir):
+    img = good_image(workdir)
+    header_set(img, "size", 1 << 62)
+    expect_refused(img)
+
+
+def test_refcount_table_past_eof(workdir):
+    img = good_image(workdir)
+    header_set(img, "refcount_table_offset", 1 << 40)
+    expect_refused(img)
+
+
+def test_refcount_table_absurdly_large(workdir):
+    img = good_image(workdir)
+    header_set(img, "refcount_table_clusters", 0xffffffff)
+    expect_refused(img)
+
+
+def test_l1_at_offset_zero(workdir):
+    img = good_image(workdir)
+    header_set(img, "l1_table_offset", 0)
+    expect_refused(img)
+
+
+def test_refcount_table_overlaps_l1(workdir):
+    img = good_image(workdir)
+    header_set(img, "refcount_table_offset", header_get(img, "l1_table_offset"))
+    expect_refused(img)
+
+
+def test_backing_name_too_long(workdir):
+    img = good_image(workdir)
+    name = b"b" * 1500
+    size = os.path.getsize(img)
+    patch_bytes(img, size, name)
+    header_set(img, "backing_file_offset", size)
+    header_set(img, "backing_file_size", len(name))
+    expect_refused(img)
+
+
+def test_backing_loop(workdir):
+    a = os.path.join(workdir, "a.qcow2")
+    b = os.path.join(workdir, "b.qcow2")
+    create_qcow2(b, 4 * MiB)
+    create_qcow2(a, 4 * MiB, backing=b, backing_fmt="qcow2")
+    # Point b at a: create b again over a, then restore a's header pointing at b.
+    os.rename(a, a + ".keep")
+    create_qcow2(a, 4 * MiB)
+    os.remove(b)
+    create_qcow2(b, 4 * MiB, backing=a, backing_fmt="qcow2")
+    os.replace(a + ".keep", a)
+    expect_refused(a, chain=True)
+
+
+def test_backing_self_loop(workdir):
+    a = os.path.join(workdir, "a.qcow2")
+    create_qcow2(a, 4 * MiB)
+    tmp = os.path.join(workdir, "t.qcow2")
+    create_qcow2(tmp, 4 * MiB, backing=a, backing_fmt="qcow2")
+    os.replace(tmp, a)  # a now names itself as backing
+    expect_refused(a, chain=True)
+
+
+def test_backing_without_format(workdir):
+    base = make_raw(os.path.join(workdir, "base.raw"), 4 * MiB, seed=1)
+    img = good_image(workdir, backing=base, backing_fmt="raw")
+    # Turn the backing-format extension (0xe2792aca) into an unknown, ignorable one.
+    with open(img, "r+b") as f:
+        head = f.read(65536)
+    pos = head.find(struct.pack(">I", 0xe2792aca))
+    assert pos > 0
+    patch_bytes(img, pos, struct.pack(">I", 0x12345678))
+    expect_refused(img, chain=True)
+
+
+def test_encryption(workdir):
+    img = good_image(workdir)
+    header_set(img, "crypt_method", 1)
+    err = expect_refused(img)
+    assert "encrypt" in err.lower(), err
+
+
+def test_external_data_file(workdir):
+    img = good_image(workdir)
+    header_set(img, "incompatible_features", header_get(img, "incompatible_features") | 4)
+    err = expect_refused(img)
+    assert "data" in err.lower(), err
+
+
+def test_unknown_incompatible_bit(workdir):
+    img = good_image(workdir)
+    header_set(img, "incompatible_features", header_get(img, "incompatible_features") | 1 << 20)
+    expect_refused(img)
+
+
+def test_extended_l2(workdir):
+    img = good_image(workdir)
+    header_set(img, "incompatible_features", header_get(img, "incompatible_features") | 16)
+    expect_refused(img)
+
+
+def test_version_unknown(workdir):
+    img = good_image(workdir)
+    header_set(img, "version", 4)
+    expect_refused(img)
+
+
+def test_refcount_order_too_big(workdir):
+    img = good_image(workdir)
+    header_set(img, "refcount_order", 7)
+    expect_refused(img)
+
+
+def test_header_length_absurd(workdir):
+    img = good_image(workdir)
+    header_set(img, "header_length", 0xfffffff0)
+    expect_refused(img)
+
+
+def test_header_extension_absurd_length(workdir):
+    img = good_image(workdir)
+    add_header_extension(img, 0x12345678, b"x")
+    # Make that extension claim to be 4 GiB long.
+    hdr_len = header_get(img, "header_length")
+    with open(img, "rb") as f:
+        f.seek(hdr_len)
+        data = f.read(4096)
+    pos = hdr_len + data.find(struct.pack(">I", 0x12345678))
+    patch_bytes(img, pos + 4, struct.pack(">I", 0xfffffff0))
+    expect_refused(img)
+
+
+def test_snapshot_table_absurd(workdir):
+    img = good_image(workdir)
+    header_set(img, "nb_snapshots", 0x7fffffff)
+    header_set(img, "snapshots_offset", 65536)
+    expect_refused(img)
+
+
+def test_l2_entry_past_eof_reads_fail_cleanly(workdir):
+    """An L2 entry pointing far past the end of the file: reading it must fail (or read zeros)
+    without a crash; the header itself is fine so info succeeds."""
+    img = good_image(workdir)
+    l1 = header_get(img, "l1_table_offset")
+    with open(img, "rb") as f:
+        f.seek(l1)
+        l2 = struct.unpack(">Q", f.read(8))[0] & 0x00fffffffffffe00
+    patch_bytes(img, l2, struct.pack(">Q", (1 << 63) | (1 << 50)))
+    p = kiln_io(img, "read 0 64k", extra=["-r"], check=False, limit_memory=True, timeout=60)
+    assert p.returncode in (0, 1), p.stderr
+    assert "Sanitizer" not in p.stderr and "runtime error" not in p.stderr, p.stderr
+    if p.returncode:
+        assert_one_line_error(p, "kiln-io")
+
+
+# --- A raw disk whose guest wrote a qcow2 header naming a host file -------------------------
+
+SECRET = b"HOST-SECRET root:$6$salt$hash:19000:0:99999:7:::\n"
+
+
+def probed_disk(d):
+    """A guest's raw disk holding a qcow2 header (as the guest could write it) that names a
+    host file, format raw, as backing file."""
+    secret = os.path.join(d, "shadow")
+    with open(secret, "wb") as f:
+        f.write(SECRET * 4096)
+    disk = os.path.join(d, "guest.raw")
+    qemu_img("create", "-q", "-f", "qcow2", "-b", secret, "-F", "raw", disk, "4M")
+    return disk, secret
+
+
+def sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+@pytest.mark.parametrize("args", [
+    ("kiln-io", ["{disk}", "-c", "read 0 64k"]),
+    ("kiln-io", ["-r", "{disk}", "-c", "read 0 64k"]),
+    ("kiln-io", ["{disk}", "-c", "write -P 1 100 10", "-c", "flush"]),
+    ("kiln-img", ["map", "{disk}"]),
+    ("kiln-img", ["map", "--output=json", "{disk}"]),
+    ("kiln-img", ["convert", "-O", "raw", "{disk}", "{out}"]),
+    ("kiln-img", ["info", "--backing-chain", "{disk}"]),
+], ids=["io-rw", "io-ro", "io-write", "map", "map-json", "convert", "info-chain"])
+def test_probed_image_naming_a_backing_file_is_refused(workdir, args):
+    """Without a format, the tools refuse the disk with one line naming the backing file and
+    telling how to give the format; the host file reaches neither the output nor the disk."""
+    tool, argv = args
+    disk, secret = probed_disk(workdir)
+    out = os.path.join(workdir, "out.raw")
+    before = sha256(disk)
+    argv = [a.format(disk=disk, out=out) for a in argv]
+    p = run([KILN_IO if tool == "kiln-io" else KILN_IMG, *argv], check=False)
+    assert SECRET not in (p.stdout + p.stderr).encode()
+    assert_one_line_error(p, tool)
+    assert f"backing file '{secret}'" in p.stderr and "-f qcow2" in p.stderr, p.stderr
+    assert sha256(disk) == before
+    assert not os.path.exists(out) or SECRET not in read_file(out)
+
+
+def test_probed_image_header_commands_still_work(workdir):
+    """info and check read the header only: they work on the probed disk, show the backing
+    file's name and open nothing. With an explicit format the tools do what they are told."""
+    disk, secret = probed_disk(workdir)
+    before = sha256(disk)
+    p = kiln_img("info", disk)
+    assert f"backing file: {secret}" in p.stdout and "backing file format: raw" in p.stdout
+    assert json.loads(kiln_img("info", "--output=json", disk).stdout)["backing-filename"] == secret
+    assert kiln_img("check", disk).returncode == 0
+    assert sha256(disk) == before
+    # Trusted as qcow2: the chain is opened (what the user asked for).
+    p = kiln_io(disk, "read -P 0x48 0 1", extra=["-r", "-f", "qcow2"])
+    assert p.returncode == 0
+    # As raw (what it really is): the guest's own bytes, the header among them.
+    dump = os.path.join(workdir, "dump.raw")
+    kiln_io(disk, f"dump {dump}", extra=["-r", "-f", "raw"])
+    assert read_file(dump)[:os.path.getsize(disk)] == read_file(disk)
+    assert SECRET not in read_file(dump)
+
+
+# --- check and the repair of a dirty image: bounded by what the file really allocates --------
+# Each image is a few MiB on disk; before the bounds, check sized its counters from the file's
+# length (a sparse terabyte), walked every snapshot's tables again, and printed one line per
+# leaked cluster.
+
+def be64(path, off):
+    with open(path, "rb") as f:
+        f.seek(off)
+        return struct.unpack(">Q", f.read(8))[0]
+
+
+def append_cluster_aligned(path, data, cluster):
+    size = os.path.getsize(path)
+    off = (size + cluster - 1) // cluster * cluster
+    patch_bytes(path, off, data)
+    return off
+
+
+def sparse_terabyte(d, scattered):
+    """512-byte clusters, the file extended (sparse) to 1 TiB; with `scattered`, 32 L2 entries
+    point at clusters spread over that terabyte (nothing counts them: corruptions)."""
+    img = create_qcow2(os.path.join(d, "sparse.qcow2"), 64 * MiB, cluster=512)
+    qemu_io(img, "write -P 0x5a 0 16k")  # the first L2 table's entries 0..31
+    l2 = be64(img, header_get(img, "l1_table_offset")) & 0x00FFFFFFFFFFFE00
+    if scattered:
+        spread = [((1 << 30) + i * 31337 * MiB) // 512 * 512 for i in range(32)]
+        entries = b"".join(struct.pack(">Q", (1 << 63) | off) for off in spread)
+        patch_bytes(img, l2 + 32 * 8, entries)
+    os.truncate(img, 1 << 40)
+    return img
+
+
+def shared_snapshots(d, count=20000):
+    """`count` internal snapshots that all share one 1 MiB L1 table whose 131072 entries all
+    point at the same L2 table (mapping 64 data clusters)."""
+    cluster = 65536
+    img = create_qcow2(os.path.join(d, "snaps.qcow2"), 64 * MiB, cluster=cluster)
+    qemu_io(img, f"write -P 0x33 0 {64 * cluster}")
+    l2 = be64(img, header_get(img, "l1_table_offset")) & 0x00FFFFFFFFFFFE00
+    l1_entries = 131072
+    l1 = append_cluster_aligned(img, struct.pack(">Q", l2) * l1_entries, cluster)
+    table = b""
+    for i in range(count):
+        ident, name = str(i + 1).encode(), f"s{i}".encode()
+        entry = struct.pack(">QIHHIIQII", l1, l1_entries, len(ident), len(name), 0, 0, 0, 0, 16)
+        entry += struct.pack(">QQ", 0, 64 * MiB) + ident + name
+        table += entry + b"\0" * (-len(entry) % 8)
+    snaps = append_cluster_aligned(img, table, cluster)
+    header_set(img, "snapshots_offset", snaps)
+    header_set(img, "nb_snapshots", count)
+    return img
+
+
+def leaky_refblocks(d, distinct=100):
+    """Refcount blocks full of ones: `distinct` blocks (3.2 million leaked clusters) and every
+    other refcount table entry pointing at the first of them."""
+    cluster = 65536
+    img = create_qcow2(os.path.join(d, "leaky.qcow2"), 64 * MiB, cluster=cluster)
+    qemu_io(img, "write -P 0x44 0 1M")
+    full = struct.pack(">H", 1) * (cluster // 2)
+    blocks = [append_cluster_aligned(img, full, cluster) for _ in range(distinct)]
+    rt = header_get(img, "refcount_table_offset")
+    entries = cluster // 8 * header_get(img, "refcount_table_clusters")
+    table = [struct.pack(">Q", be64(img, rt))]
+    table += [struct.pack(">Q", b) for b in blocks]
+    table += [struct.pack(">Q", blocks[0])] * (entries - len(table))
+    patch_bytes(img, rt, b"".join(table))
+    return img
+
+
+def check_json(img):
+    p = kiln_img("check", "--output=json", img, check=False, limit_memory=True, timeout=120)
+    assert "Sanitizer" not in p.stderr and "runtime error" not in p.stderr, p.stderr
+    assert p.returncode in (0, 2, 3), f"exit {p.returncode}: {p.stderr[-2000:]}"
+    lines = p.stderr.splitlines()
+    assert len(lines) <= 60, f"{len(lines)} lines of findings:\n" + "\n".join(lines[:20])
+    return p.returncode, json.loads(p.stdout), lines
+
+
+@pytest.mark.parametrize("scattered", [False, True], ids=["clean", "scattered"])
+def test_check_sparse_terabyte(workdir, scattered):
+    img = sparse_terabyte(workdir, scattered)
+    rc, res, lines = check_json(img)
+    if scattered:
+        # Each scattered cluster: refcount 0 for one reference, and a COPIED flag that says 1.
+        assert rc == 2 and res["corruptions"] == 64, (res, lines)
+        assert any("more" in line for line in lines), lines
+    else:
+        assert rc == 0 and res.get("corruptions", 0) == 0 and res.get("leaks", 0) == 0, lines
+
+
+def test_check_snapshots_sharing_tables(workdir):
+    img = shared_snapshots(workdir)
+    rc, res, lines = check_json(img)
+    # The shared L2 table and its 64 clusters are referenced 2.6 billion times; the 16 clusters
+    # of the L1 table and those of the snapshot table have no refcount: corruptions, each
+    # cluster counted once.
+    assert rc == 2 and res["corruptions"] >= 64 + 1 + 16, res
+
+
+def test_check_millions_of_leaks(workdir):
+    img = leaky_refblocks(workdir)
+    rc, res, lines = check_json(img)
+    assert rc == 2, (res, lines)  # refcount blocks referenced many times over: corruptions
+    assert res["leaks"] >= 100 * 32768 - 100, res
+    assert any("more leaked clusters" in line for line in lines), lines
+
+
+@pytest.mark.parametrize("build", [sparse_terabyte.__name__, shared_snapshots.__name__,
+                                   leaky_refblocks.__name__])
+def test_dirty_hostile_image_writable_open_is_bounded(workdir, build):
+    """A writable open of a dirty image recounts its refcounts (on a reactor thread): it
+    repairs the image or refuses it with one line, within bounded memory and time."""
+    img = {"sparse_terabyte": lambda d: sparse_terabyte(d, True),
+           "shared_snapshots": shared_snapshots, "leaky_refblocks": leaky_refblocks}[build](workdir)
+    header_set(img, "incompatible_features", header_get(img, "incompatible_features") | 1)
+    p = kiln_io(img, "read 0 4k", "write -P 7 0 4k", extra=["-f", "qcow2"], check=False,
+                limit_memory=True, timeout=120)
+    assert "Sanitizer" not in p.stderr and "runtime error" not in p.stderr, p.stderr
+    if p.returncode:
+        assert_one_line_error(p, "kiln-io")
+        assert "repair" in p.stderr, p.stderr
+    else:
+        rc, res, lines = check_json(img)
+        assert rc in (0, 3), (res, lines)

@@ -1,0 +1,213 @@
+"""A real mount used with ordinary tools: cp -a of a generated tree of a few thousand files,
+tar x, mv, ln -s, chmod, df; then unmount, e2fsck -fn clean, and the host kernel's ext4 driver
+(read-only loop mount) must see the same tree as the source."""
+
+import errno
+import os
+import signal
+import stat
+import subprocess
+import time
+
+import pytest
+
+from kilntest.fuse import (FS_VARIANTS, MiB, Image, assert_same_tree, check_exit, daemon_pids,
+                           e2fsck_clean, expect_errno, fuse_mount, generate_tree, is_mounted,
+                           kernel_mount_ro, make_fs, mount_type, run, scaled, sha256, stop_pid,
+                           unmount_fuse, wait_for)
+
+
+@pytest.mark.parametrize("variant", list(FS_VARIANTS))
+def test_cp_tar_mv_ln_chmod_df(workdir, variant):
+    src = generate_tree(os.path.join(workdir, "src"), scaled(3000 if variant == "ext4" else 1200))
+    tarball = os.path.join(workdir, "src.tar")
+    run(["tar", "--xattrs", "--xattrs-include=*", "-cf", tarball, "-C", src, "."])
+    raw = os.path.join(workdir, "fs.raw")
+    make_fs(raw, variant, size=512 * MiB)
+    image = Image(workdir, raw)
+    mnt = os.path.join(workdir, "mnt")
+
+    with fuse_mount(image, mnt) as proc:
+        df_before = os.statvfs(mnt)
+        run(["cp", "-a", src, os.path.join(mnt, "copy")])
+        os.mkdir(os.path.join(mnt, "untar"))
+        run(["tar", "--xattrs", "--xattrs-include=*", "-xpf", tarball, "-C",
+             os.path.join(mnt, "untar")])
+        # mv: a directory to another parent, and a file over an existing one.
+        os.mkdir(os.path.join(mnt, "moved"))
+        run(["mv", os.path.join(mnt, "untar", "dir0001"), os.path.join(mnt, "moved", "d")])
+        with open(os.path.join(mnt, "victim"), "wb") as f:
+            f.write(b"old")
+        with open(os.path.join(mnt, "newer"), "wb") as f:
+            f.write(b"new content")
+        run(["mv", "-f", os.path.join(mnt, "newer"), os.path.join(mnt, "victim")])
+        run(["ln", "-s", "copy/dir0000", os.path.join(mnt, "shortcut")])
+        run(["ln", "-s", "y" * 300, os.path.join(mnt, "long-link")])
+        run(["chmod", "-R", "go-w", os.path.join(mnt, "moved")])
+        run(["chmod", "4711", os.path.join(mnt, "victim")])
+        df = run(["df", "-P", mnt]).stdout.decode().splitlines()
+        assert len(df) == 2 and df[1].split()[-1] == os.path.realpath(mnt), df
+        df_after = os.statvfs(mnt)
+        used = (df_before.f_bfree - df_after.f_bfree) * df_after.f_frsize
+        assert used > 2 * 4 * MiB, f"df: only {used} bytes used after two copies"
+        assert df_after.f_files - df_after.f_ffree > 2 * len(os.listdir(src))
+        # The mount sees what it wrote.
+        assert_same_tree(src, os.path.join(mnt, "copy"))
+    check_exit(proc)
+    assert not is_mounted(mnt)
+
+    result = image.result_raw()
+    e2fsck_clean(result)
+    with kernel_mount_ro(result, os.path.join(workdir, "kernel")) as k:
+        n = assert_same_tree(src, os.path.join(k, "copy"))
+        assert n >= scaled(1200)
+        # tar x, minus the directory moved away, which must be whole in its new place.
+        moved = os.path.join(k, "moved", "d")
+        assert os.path.isdir(moved) and not os.path.exists(os.path.join(k, "untar", "dir0001"))
+        for dirpath, _, filenames in os.walk(moved):
+            for name in filenames:
+                rel = os.path.relpath(os.path.join(dirpath, name), moved)
+                a = os.path.join(src, "dir0001", rel)
+                b = os.path.join(dirpath, name)
+                if os.path.islink(a):
+                    assert os.readlink(a) == os.readlink(b)
+                elif os.path.isfile(a):
+                    assert sha256(a) == sha256(b), rel
+        assert os.stat(os.path.join(moved, "..")).st_ino == os.stat(
+            os.path.join(k, "moved")).st_ino
+        st = os.lstat(os.path.join(k, "victim"))
+        assert stat.S_IMODE(st.st_mode) == 0o4711 and st.st_nlink == 1
+        with open(os.path.join(k, "victim"), "rb") as f:
+            assert f.read() == b"new content"
+        assert not os.path.exists(os.path.join(k, "newer"))
+        assert os.readlink(os.path.join(k, "shortcut")) == "copy/dir0000"
+        assert os.readlink(os.path.join(k, "long-link")) == "y" * 300
+        for dirpath, dirnames, filenames in os.walk(os.path.join(k, "moved")):
+            for name in dirnames + filenames:
+                m = os.lstat(os.path.join(dirpath, name)).st_mode
+                assert stat.S_ISLNK(m) or not (m & 0o022), os.path.join(dirpath, name)
+
+
+def test_daemon_mode_mount_is_ready_when_parent_exits(workdir):
+    raw = os.path.join(workdir, "fs.raw")
+    make_fs(raw, "ext4", size=64 * MiB)
+    image = Image(workdir, raw)
+    mnt = os.path.join(workdir, "mnt")
+    os.mkdir(mnt)
+    pids = []
+    try:
+        p = run(image.mount_command(mnt), timeout=60)
+        # No waiting: the parent's exit means the mount is there.
+        assert mount_type(mnt) == "fuse.kiln-fs"
+        pids = daemon_pids(mnt)
+        assert len(pids) == 1, pids
+        with open(os.path.join(mnt, "hello"), "w") as f:
+            f.write("from the daemon\n")
+        unmount_fuse(mnt)
+        assert not is_mounted(mnt)
+        # The daemon flushes after the kernel let go of the mount, then exits.
+        wait_for(lambda: not os.path.exists(f"/proc/{pids[0]}"), 60, "the daemon to exit")
+    finally:
+        if is_mounted(mnt):
+            run(["fusermount3", "-u", mnt], check=False)
+            run(["umount", "-l", mnt], check=False)
+        for pid in pids:
+            stop_pid(pid)
+    assert p.stderr == b"", p.stderr
+    result = image.result_raw()
+    e2fsck_clean(result)
+    with kernel_mount_ro(result, os.path.join(workdir, "kernel")) as k:
+        with open(os.path.join(k, "hello")) as f:
+            assert f.read() == "from the daemon\n"
+
+
+def test_sigterm_unmounts_and_flushes(workdir):
+    raw = os.path.join(workdir, "fs.raw")
+    make_fs(raw, "ext4", size=64 * MiB)
+    image = Image(workdir, raw)
+    mnt = os.path.join(workdir, "mnt")
+    with fuse_mount(image, mnt) as proc:
+        os.makedirs(os.path.join(mnt, "a", "b"))
+        with open(os.path.join(mnt, "a", "b", "f"), "wb") as f:
+            f.write(b"z" * 100000)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        assert not is_mounted(mnt)
+    check_exit(proc)
+    result = image.result_raw()
+    e2fsck_clean(result)
+    with kernel_mount_ro(result, os.path.join(workdir, "kernel")) as k:
+        assert os.path.getsize(os.path.join(k, "a", "b", "f")) == 100000
+
+
+def test_read_only_mount_refuses_writes(workdir):
+    raw = os.path.join(workdir, "fs.raw")
+    make_fs(raw, "ext4", size=64 * MiB)
+    seed = os.path.join(workdir, "seed")
+    os.makedirs(os.path.join(seed, "etc"))
+    with open(os.path.join(seed, "etc", "hostname"), "w") as f:
+        f.write("guest\n")
+    os.setxattr(os.path.join(seed, "etc", "hostname"), "user.x", b"1")
+    run(["mkfs.ext4", "-q", "-F", "-d", seed, raw, "64M"])
+    image = Image(workdir, raw)
+    before = sha256(image.target)
+    mnt = os.path.join(workdir, "mnt")
+    with fuse_mount(image, mnt, "--ro") as proc:
+        path = os.path.join(mnt, "etc", "hostname")
+        with open(path) as f:
+            assert f.read() == "guest\n"
+        assert os.getxattr(path, "user.x") == b"1"
+        expect_errno(errno.EROFS, open, path, "w")
+        expect_errno(errno.EROFS, open, os.path.join(mnt, "new"), "w")
+        expect_errno(errno.EROFS, os.mkdir, os.path.join(mnt, "d"))
+        expect_errno(errno.EROFS, os.chmod, path, 0o600)
+        expect_errno(errno.EROFS, os.unlink, path)
+        expect_errno(errno.EROFS, os.rename, path, path + ".2")
+        expect_errno(errno.EROFS, os.symlink, "x", os.path.join(mnt, "l"))
+        expect_errno(errno.EROFS, os.setxattr, path, "user.y", b"2")
+        expect_errno(errno.EROFS, os.truncate, path, 0)
+        assert os.statvfs(mnt).f_flag & os.ST_RDONLY
+    check_exit(proc)
+    assert sha256(image.target) == before, "a read-only mount changed the image"
+
+
+def test_unmount_while_another_namespace_holds_a_copy(workdir):
+    """A mount namespace made while the filesystem is mounted (ip netns, unshare -m) keeps a
+    copy of the mount that an unmount here does not remove; the kernel then never ends the
+    FUSE session. kiln-fs must still finish (flush, exit) once the mount left its own table."""
+    raw = os.path.join(workdir, "fs.raw")
+    make_fs(raw, "ext4", size=64 * MiB)
+    image = Image(workdir, raw)
+    mnt = os.path.join(workdir, "mnt")
+    holder = None
+    try:
+        with fuse_mount(image, mnt) as proc:
+            with open(os.path.join(mnt, "f"), "wb") as f:
+                f.write(b"written before the unmount")
+            holder = subprocess.Popen(["unshare", "-m", "--propagation", "private",
+                                       "sleep", "300"])
+            own_ns = os.readlink("/proc/self/ns/mnt")
+
+            def copied():
+                # unshare execs sleep once the new namespace (with its copy) exists.
+                with open(f"/proc/{holder.pid}/comm") as f:
+                    if f.read().strip() != "sleep":
+                        return False
+                with open(f"/proc/{holder.pid}/mountinfo", "rb") as f:
+                    return (os.readlink(f"/proc/{holder.pid}/ns/mnt") != own_ns and
+                            os.path.realpath(mnt).encode() in f.read())
+
+            wait_for(copied, 30, "the other namespace")
+        check_exit(proc)
+        assert "another mount namespace" in proc.stderr_text, proc.stderr_text
+        # The copy in the other namespace is dead now, not hanging.
+        assert holder.poll() is None
+    finally:
+        if holder:
+            holder.kill()
+            holder.wait()
+    result = image.result_raw()
+    e2fsck_clean(result)
+    with kernel_mount_ro(result, os.path.join(workdir, "kernel")) as k:
+        with open(os.path.join(k, "f"), "rb") as f:
+            assert f.read() == b"written before the unmount"
