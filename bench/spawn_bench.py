@@ -14,9 +14,8 @@ start, and the wait until libvirt says running).
 `--driver test` needs no root: kiln-nbd is started here, the network is netplumb's model only
 (`--no-plumb`), and the domain is libvirt's test driver (no guest runs).
 
-`--driver qemu` needs root: the script re-runs itself under
-spawn/tests/e2e/run-in-libvirt-ns.sh, i.e. inside new network, mount and PID namespaces with a
-private libvirtd (nothing of the host's network, /etc/libvirt, /run or /var is touched, and
+`--driver qemu` needs root: the script starts a libvirtd of its own (scripts/lib/kiln_sandbox.py)
+and re-runs itself inside that sandbox's new network, mount and PID namespaces (nothing of the host's network, /etc/libvirt, /run or /var is touched, and
 every process dies with the namespace). There the port is plumbed for real (bridge, tap,
 dnsmasq, security groups), the domain is QEMU with TCG (`--virt-type qemu`), and the guest is
 tests/guest (direct kernel boot, no `quiet`): "first console line" is the kernel's first line
@@ -36,6 +35,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.abspath(os.path.join(HERE, ".."))
+sys.path.insert(0, os.path.join(TOP, "scripts", "lib"))
+from kiln_sandbox import LibvirtSandbox  # noqa: E402
 
 
 def find_build(arg):
@@ -72,7 +73,7 @@ def pct(values, p):
 class Env:
     """kiln-nbd, a network and an image in a temporary directory; kiln-spawn's command."""
 
-    def __init__(self, build, d, driver, guest=None):
+    def __init__(self, build, d, driver, guest=None, libvirt_uri="qemu:///system"):
         self.build, self.dir, self.driver, self.guest = build, d, driver, guest
         self.env = dict(os.environ, KILN_STATE_DIR=f"{d}/state", KILN_RUN_DIR=f"{d}/run")
         os.makedirs(f"{d}/state")
@@ -100,7 +101,7 @@ class Env:
             sh(*net, "router-interface-add", "bench-router", "bench-subnet", env=self.env)
         self.spawn = [f"{build}/spawn/kiln-spawn", *plumb,
                       "--libvirt-uri",
-                      "qemu:///system" if driver == "qemu" else "test:///default",
+                      libvirt_uri if driver == "qemu" else "test:///default",
                       "--nbd-control", f"{d}/run/nbd-control.sock", "--virt-type", "qemu"]
         img = f"{d}/image.qcow2"
         if guest:
@@ -249,9 +250,9 @@ def plot(path, results, parallel):
     print(f"\nplot: {path}")
 
 
-def run_driver(build, driver, rounds, parallel, guest):
+def run_driver(build, driver, rounds, parallel, guest, libvirt_uri=None):
     with tempfile.TemporaryDirectory(prefix="kiln-spawn-bench.") as d:
-        env = Env(build, d, driver, guest)
+        env = Env(build, d, driver, guest, libvirt_uri)
         try:
             return series(env, rounds, parallel)
         finally:
@@ -267,14 +268,13 @@ def main():
     ap.add_argument("--parallel", type=int, default=10)
     ap.add_argument("--plot", help="write a PNG here")
     ap.add_argument("--json", action="store_true", help="print the raw numbers as JSON")
-    ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--inner", help=argparse.SUPPRESS)  # the sandbox's libvirt URI
     a = ap.parse_args()
     build = find_build(a.build)
 
-    if a.inner:  # inside run-in-libvirt-ns.sh
+    if a.inner:  # inside the libvirt sandbox's namespaces
         guest = os.path.join(build, "tests", "e2e", "guest")
-        sh(os.path.join(TOP, "tests", "guest", "build.sh"), guest)
-        res = run_driver(build, "qemu", a.rounds, a.parallel, guest)
+        res = run_driver(build, "qemu", a.rounds, a.parallel, guest, a.inner)
         print(json.dumps(res))
         return
 
@@ -284,10 +284,18 @@ def main():
     if a.driver in ("qemu", "both"):
         if os.geteuid() != 0:
             sys.exit("spawn_bench: --driver qemu needs root (namespaces, libvirtd)")
-        wrapper = os.path.join(TOP, "spawn", "tests", "e2e", "run-in-libvirt-ns.sh")
-        p = subprocess.run([wrapper, sys.executable, os.path.abspath(__file__), "--inner",
-                            "--build", build, "--rounds", str(a.rounds),
-                            "--parallel", str(a.parallel)], capture_output=True, text=True)
+        sh(os.path.join(TOP, "tests", "guest", "build.sh"),
+           os.path.join(build, "tests", "e2e", "guest"))
+        with tempfile.TemporaryDirectory(prefix="kiln-spawn-bench-libvirt.") as d:
+            lv = LibvirtSandbox(d).start()
+            try:
+                p = subprocess.run(["nsenter", f"--target={lv.init_pid()}", "--net", "--mount",
+                                    "--pid", "--", sys.executable, os.path.abspath(__file__),
+                                    "--inner", lv.uri, "--build", build,
+                                    "--rounds", str(a.rounds), "--parallel", str(a.parallel)],
+                                   capture_output=True, text=True)
+            finally:
+                lv.stop()
         if p.returncode != 0:
             sys.exit(f"spawn_bench: the qemu series failed: {p.stderr.strip()[-2000:]}")
         results["qemu"] = json.loads(p.stdout.strip().splitlines()[-1])
