@@ -3,22 +3,11 @@ gives the same guest tree as a local injection, and leaves the base untouched.""
 
 import os
 
-import pytest
-
 from kilntest.fs import (assert_one_line_error, diff_snapshots, e2fsck_clean, extract, kiln_fs,
                          loop_mount, make_disk, make_guest_tree, make_overlay, sha256, snapshot,
                          to_raw)
-from kilntest.nbd import Servers, free_tcp_port
+from kilntest.nbd import free_tcp_port, servers  # noqa: F401  (fixture)
 from test_inject import expected_after, inject_args
-
-
-@pytest.fixture
-def servers(workdir):
-    s = Servers(workdir)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def tree_of(workdir, image, offset, length, tag):

@@ -7,14 +7,13 @@ import os
 import pathlib
 import shutil
 import signal
-import subprocess
 import tempfile
-import time
 
 import pytest
 
-from kilntest import SANITIZED, require_tools, unix_listening  # noqa: F401  (re-exported)
+from kilntest import SANITIZED, require_tools  # noqa: F401  (re-exported)
 from kilntest import run as _run
+from kilntest.nbd import Process, control
 
 KILN_SPAWN = os.environ.get("KILN_SPAWN") or "kiln-spawn"
 KILN_NET = os.environ.get("KILN_NET") or "kiln-net"
@@ -27,41 +26,19 @@ def run(args, env=None, check=True, timeout=None, input=None):
     return _run(args, check=check, input=input, timeout=timeout or TIMEOUT * 4, env=env)
 
 
-class NbdServer:
+class NbdServer(Process):
+    """kiln-nbd with a shared socket and a control socket, as kiln-spawn uses it."""
+
     def __init__(self, d):
         self.sock = os.path.join(d, "nbd.sock")
         self.ctl = os.path.join(d, "nbd-control.sock")
-        self.log_path = os.path.join(d, "kiln-nbd.log")
-        self._log = open(self.log_path, "ab")
         # -e 0 as kiln-spawn needs it: kiln-nbd's client limit counts all exports together.
-        self.proc = subprocess.Popen([KILN_NBD, "-e", "0", "-k", self.sock, "--control", self.ctl],
-                                     stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + TIMEOUT
-        while not (unix_listening(self.sock) and unix_listening(self.ctl)):
-            if self.proc.poll() is not None:
-                raise AssertionError(f"kiln-nbd exited: {self.log()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"kiln-nbd not listening: {self.log()}")
-            time.sleep(0.01)
-
-    def log(self):
-        with open(self.log_path, errors="replace") as f:
-            return f.read()
+        super().__init__("kiln-nbd", [KILN_NBD, "-e", "0", "-k", self.sock, "--control", self.ctl],
+                         os.path.join(d, "kiln-nbd.log"), unix=[self.sock, self.ctl])
+        self.start()
 
     def control(self, cmd, **kw):
-        import socket
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(TIMEOUT)
-            s.connect(self.ctl)
-            s.sendall((json.dumps({"cmd": cmd, **kw}) + "\n").encode())
-            buf = b""
-            while b"\n" not in buf:
-                chunk = s.recv(65536)
-                if not chunk:
-                    raise ConnectionError("control socket closed")
-                buf += chunk
-        return json.loads(buf.split(b"\n", 1)[0])
+        return control(self.ctl, cmd, **kw)
 
     def exports(self):
         r = self.control("list-exports")
@@ -69,15 +46,7 @@ class NbdServer:
         return r["exports"]
 
     def stop(self):
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=TIMEOUT)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
+        return super().stop(signal.SIGTERM)
 
 
 def ips(port):

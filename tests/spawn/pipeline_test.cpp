@@ -14,7 +14,6 @@
 #include <thread>
 
 #include "fake_nbd_control.h"
-#include "test_util.h"
 #include "kiln/block/qcow2.h"
 #include "kiln/net/service.h"
 #include "kiln/net/store.h"
@@ -24,6 +23,7 @@
 #include "kiln/spawn/nbd_control.h"
 #include "kiln/spawn/resources.h"
 #include "kiln/spawn/virt.h"
+#include "test_util.h"
 
 namespace kiln::spawn {
 namespace {
