@@ -80,8 +80,12 @@ def test_guest_boots_reads_config_drive_and_gets_its_address(guest, sandbox, wor
     tmp_path = pathlib.Path(workdir)
     # dnsmasq drops root for "nobody", which must reach its host files under KILN_RUN_DIR.
     os.chmod(tmp_path, 0o755)
+    # kiln-net and kiln-spawn in the sandbox's namespaces (they plumb its network); kiln-nbd in
+    # its mount namespace only, where the user libvirt-qemu that sockets are given to exists.
+    enter = ["nsenter", f"--target={lv.init_pid()}"]
     w = World(str(tmp_path), libvirt_uri=lv.uri, plumb=True, shared_socket=SHARED_SOCKET,
-              prefix=["nsenter", f"--target={lv.init_pid()}", "--net", "--mount", "--pid", "--"])
+              prefix=[*enter, "--net", "--mount", "--pid", "--"],
+              nbd_prefix=[*enter, "--mount", "--"])
     virsh = lv.virsh
     quid, qgid = lv.qemu_ids()
     if SHARED_SOCKET:

@@ -42,7 +42,7 @@ REQUIRED_TOOLS = ["mkfs.ext4", "e2fsck", "fusermount3", "setfattr", "getfattr", 
 
 def require_tools():
     missing = [t for t in REQUIRED_TOOLS if not shutil.which(t)]
-    assert not missing, f"missing tools (see fusefs/fuse/packages.txt): {missing}"
+    assert not missing, f"missing tools (see fusefs/packages.txt): {missing}"
     assert KILN_FS or KILN_FUSE_DEV, "set KILN_FS or KILN_FUSE_DEV (run through ctest)"
 
 

@@ -29,12 +29,13 @@ def run(args, env=None, check=True, timeout=None, input=None):
 class NbdServer(Process):
     """kiln-nbd with a shared socket and a control socket, as kiln-spawn uses it."""
 
-    def __init__(self, d):
+    def __init__(self, d, prefix=()):
         self.sock = os.path.join(d, "nbd.sock")
         self.ctl = os.path.join(d, "nbd-control.sock")
         # -e 0 as kiln-spawn needs it: kiln-nbd's client limit counts all exports together.
-        super().__init__("kiln-nbd", [KILN_NBD, "-e", "0", "-k", self.sock, "--control", self.ctl],
-                         os.path.join(d, "kiln-nbd.log"), unix=[self.sock, self.ctl])
+        cmd = [*prefix, KILN_NBD, "-e", "0", "-k", self.sock, "--control", self.ctl]
+        super().__init__("kiln-nbd", cmd, os.path.join(d, "kiln-nbd.log"),
+                         unix=[self.sock, self.ctl])
         self.start()
 
     def control(self, cmd, **kw):
@@ -58,10 +59,11 @@ class World:
     shared_socket: every domain reaches kiln-nbd through its one socket (--nbd-socket); else
     each instance gets its own socket under KILN_RUN_DIR/nbd (a kiln-nbd with per-export
     sockets is needed). prefix: what kiln-net and kiln-spawn run under (nsenter into a libvirt
-    sandbox's namespaces, whose network they plumb)."""
+    sandbox's namespaces, whose network they plumb); nbd_prefix: what kiln-nbd runs under (the
+    sandbox's mount namespace, whose passwd has QEMU's user; it must exec, not fork)."""
 
     def __init__(self, d, libvirt_uri="test:///default", plumb=False, shared_socket=True,
-                 prefix=()):
+                 prefix=(), nbd_prefix=()):
         self.dir = d
         self.prefix = list(prefix)
         self.libvirt_uri = libvirt_uri
@@ -73,7 +75,7 @@ class World:
         os.makedirs(self.run_dir)
         self.env = dict(os.environ, KILN_STATE_DIR=self.state, KILN_RUN_DIR=self.run_dir)
         self.env.pop("KILN_SPAWN_FAIL_AT", None)
-        self.nbd = NbdServer(self.run_dir)
+        self.nbd = NbdServer(self.run_dir, nbd_prefix)
         self.net("net-create", "demo-net")
         self.net("subnet-create", "demo-net", "192.168.0.0/24", "--name", "demo-subnet",
                  "--gateway", "192.168.0.1", "--dns-nameserver", "8.8.8.8")
