@@ -69,7 +69,14 @@ int run(const std::vector<std::string>& argv) {
   const Command* cmd = common::cli::find_command(kCommands, argv[0]);
   if (!cmd)
     throw UsageError("unknown command '" + argv[0] + "' (list, ls, cat, stat, inject, mount)");
-  return cmd->run(common::cli::parse({argv.begin() + 1, argv.end()}, cmd->options));
+  std::vector<Option> options = cmd->options;
+  options.push_back({"-h|--help"});
+  const Args args = common::cli::parse({argv.begin() + 1, argv.end()}, options);
+  if (args.flag("--help")) {  // the whole help: it lists every command's options
+    help(std::cout);
+    return 0;
+  }
+  return cmd->run(args);
 }
 
 }  // namespace
