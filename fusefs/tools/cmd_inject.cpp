@@ -1,7 +1,6 @@
 // kiln-fs inject: the operations of kiln/fs/inject.h from the command line, applied in the
 // order given. Host files are read and every argument checked before the image is opened.
 #include <fcntl.h>
-#include <getopt.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -41,19 +40,6 @@ std::string read_host_file(const std::string& path, const std::string& what) {
   return data;
 }
 
-// Digits only (no sign, no blanks, no 0x), `base` 8 or 10, at most `max`.
-bool parse_number(const std::string& s, int base, uint32_t max, uint32_t* out) {
-  if (s.empty() || s.size() > 11) return false;
-  uint64_t v = 0;
-  for (char c : s) {
-    if (c < '0' || c >= '0' + base) return false;
-    v = v * static_cast<uint64_t>(base) + static_cast<uint64_t>(c - '0');
-  }
-  if (v > max) return false;
-  *out = static_cast<uint32_t>(v);
-  return true;
-}
-
 // What is meant as a number: a digit first, or a sign and a digit ("-1" is a bad uid, not a name).
 bool looks_numeric(const std::string& s) {
   auto digit = [](char c) { return c >= '0' && c <= '9'; };
@@ -90,18 +76,19 @@ Spec parse_spec(const std::string& text, const std::string& option) {
   if (numeric == 2) throw UsageError(where + ": give MODE or MODE:UID:GID after the path");
   const size_t m = n - numeric;  // index of MODE
   for (size_t i = 0; i < m; ++i) spec.head += (i ? ":" : "") + parts[i];
-  uint32_t v = 0;
-  if (!parse_number(parts[m], 8, 07777, &v))
-    throw UsageError(where + ": invalid mode '" + parts[m] + "' (octal, 0 to 7777)");
-  spec.mode = v;
+  auto number = [&](const std::string& text, const char* what, uint32_t max,
+                    common::cli::Radix radix) {
+    try {
+      return static_cast<uint32_t>(common::cli::parse_number(text, what, 0, max, radix));
+    } catch (const UsageError& e) {
+      throw UsageError(where + ": " + e.what());
+    }
+  };
+  spec.mode = number(parts[m], "mode", 07777, common::cli::Radix::kOctal);
   if (numeric == 3) {
     // (uid_t)-1 means "no change" to chown(2): not an owner.
-    if (!parse_number(parts[m + 1], 10, 0xfffffffeu, &v))
-      throw UsageError(where + ": invalid uid '" + parts[m + 1] + "' (0 to 4294967294)");
-    spec.uid = v;
-    if (!parse_number(parts[m + 2], 10, 0xfffffffeu, &v))
-      throw UsageError(where + ": invalid gid '" + parts[m + 2] + "' (0 to 4294967294)");
-    spec.gid = v;
+    spec.uid = number(parts[m + 1], "uid", 0xfffffffeu, common::cli::Radix::kDecimal);
+    spec.gid = number(parts[m + 2], "gid", 0xfffffffeu, common::cli::Radix::kDecimal);
   }
   return spec;
 }
@@ -116,73 +103,44 @@ std::pair<std::string, std::string> split_at_colon(const std::string& text, cons
 
 }  // namespace
 
-int cmd_inject(int argc, char** argv) {
-  enum { kSshKey = 256, kHostname, kFile, kMkdir, kDelete, kPassword, kFollow, kFormat };
-  static const option kLong[] = {{"ssh-key", required_argument, nullptr, kSshKey},
-                                 {"hostname", required_argument, nullptr, kHostname},
-                                 {"file", required_argument, nullptr, kFile},
-                                 {"mkdir", required_argument, nullptr, kMkdir},
-                                 {"delete", required_argument, nullptr, kDelete},
-                                 {"password", required_argument, nullptr, kPassword},
-                                 {"follow-symlinks", no_argument, nullptr, kFollow},
-                                 {"partition", required_argument, nullptr, 'p'},
-                                 {"format", required_argument, nullptr, kFormat},
-                                 {nullptr, 0, nullptr, 0}};
+int cmd_inject(const Args& args) {
   std::vector<Operation> ops;
   OpenOptions open_options;
   InjectOptions inject_options;
-  int c;
-  optind = 1;
-  while ((c = getopt_long(argc, argv, ":p:", kLong, nullptr)) != -1) {
-    const std::string arg = optarg ? optarg : "";
-    switch (c) {
-      case kSshKey: {
-        auto [user, file] = split_at_colon(arg, "--ssh-key", "USER:FILE");
-        ops.push_back(Operation::ssh_key(user, read_host_file(file, "--ssh-key " + user)));
-        break;
-      }
-      case kHostname:
-        ops.push_back(Operation::hostname(arg));
-        break;
-      case kFile: {
-        size_t eq = arg.find('=');
-        if (eq == std::string::npos || eq == 0 || eq + 1 == arg.size())
-          throw UsageError("--file takes GUEST_PATH=HOST_FILE[:MODE[:UID:GID]], not '" + arg + "'");
-        const std::string guest = arg.substr(0, eq);
-        Spec s = parse_spec(arg.substr(eq + 1), "--file");
-        ops.push_back(Operation::file(guest, read_host_file(s.head, "--file " + guest), s.mode,
-                                      s.uid, s.gid));
-        break;
-      }
-      case kMkdir: {
-        Spec s = parse_spec(arg, "--mkdir");
-        ops.push_back(Operation::mkdir(s.head, s.mode, s.uid, s.gid));
-        break;
-      }
-      case kDelete:
-        ops.push_back(Operation::remove(arg));
-        break;
-      case kPassword: {
-        auto [user, hash] = split_at_colon(arg, "--password", "USER:HASH");
-        ops.push_back(Operation::password(user, hash));
-        break;
-      }
-      case kFollow:
-        inject_options.follow_symlinks = true;
-        break;
-      case 'p':
-        open_options.partition = parse_partition(optarg);
-        break;
-      case kFormat:
-        open_options.format = arg;
-        break;
-      default:
-        bad_option(c, argv[optind - 1]);
+  // In the order given: a later operation sees what an earlier one did.
+  for (const auto& [name, arg, on] : args.items()) {
+    if (name == "--ssh-key") {
+      auto [user, file] = split_at_colon(arg, "--ssh-key", "USER:FILE");
+      ops.push_back(Operation::ssh_key(user, read_host_file(file, "--ssh-key " + user)));
+    } else if (name == "--hostname") {
+      ops.push_back(Operation::hostname(arg));
+    } else if (name == "--file") {
+      size_t eq = arg.find('=');
+      if (eq == std::string::npos || eq == 0 || eq + 1 == arg.size())
+        throw UsageError("--file takes GUEST_PATH=HOST_FILE[:MODE[:UID:GID]], not '" + arg + "'");
+      const std::string guest = arg.substr(0, eq);
+      Spec s = parse_spec(arg.substr(eq + 1), "--file");
+      ops.push_back(
+          Operation::file(guest, read_host_file(s.head, "--file " + guest), s.mode, s.uid, s.gid));
+    } else if (name == "--mkdir") {
+      Spec s = parse_spec(arg, "--mkdir");
+      ops.push_back(Operation::mkdir(s.head, s.mode, s.uid, s.gid));
+    } else if (name == "--delete") {
+      ops.push_back(Operation::remove(arg));
+    } else if (name == "--password") {
+      auto [user, hash] = split_at_colon(arg, "--password", "USER:HASH");
+      ops.push_back(Operation::password(user, hash));
+    } else if (name == "--follow-symlinks") {
+      inject_options.follow_symlinks = true;
+    } else if (name == "--partition") {
+      open_options.partition = parse_partition(arg);
+    } else if (name == "--format") {
+      open_options.format = arg;
     }
   }
-  if (optind != argc - 1) throw UsageError("inject takes one IMAGE");
+  if (args.positional().size() != 1) throw UsageError("inject takes one IMAGE");
   if (ops.empty()) throw UsageError("inject: nothing to do (give at least one operation)");
-  inject(argv[optind], ops, open_options, inject_options);
+  inject(args.positional()[0], ops, open_options, inject_options);
   return 0;
 }
 

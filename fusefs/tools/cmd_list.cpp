@@ -1,6 +1,4 @@
 // kiln-fs list: the partition table and what each partition holds.
-#include <getopt.h>
-
 #include <cinttypes>
 #include <cstdio>
 #include <string>
@@ -70,29 +68,11 @@ void print_human(const std::string& image, const PartitionTable& t, uint64_t siz
 
 }  // namespace
 
-int cmd_list(int argc, char** argv) {
-  enum { kJson = 256, kFormat };
-  static const option kLong[] = {{"json", no_argument, nullptr, kJson},
-                                 {"format", required_argument, nullptr, kFormat},
-                                 {nullptr, 0, nullptr, 0}};
-  bool json = false;
-  std::string format;
-  int c;
-  optind = 1;
-  while ((c = getopt_long(argc, argv, ":", kLong, nullptr)) != -1) {
-    switch (c) {
-      case kJson:
-        json = true;
-        break;
-      case kFormat:
-        format = optarg;
-        break;
-      default:
-        bad_option(c, argv[optind - 1]);
-    }
-  }
-  if (optind != argc - 1) throw UsageError("list takes one IMAGE");
-  const std::string image = argv[optind];
+int cmd_list(const Args& args) {
+  if (args.positional().size() != 1) throw UsageError("list takes one IMAGE");
+  const std::string image = args.positional()[0];
+  const bool json = args.flag("--json");
+  const std::string format = args.get_or("--format", "");
   auto src = open_source(image, {true, format});
   PartitionTable t = read_partition_table(*src);
   std::vector<Row> rows;

@@ -1,6 +1,5 @@
 // kiln-fs ls / cat / stat: quick looks into a guest filesystem, read-only. Symbolic links
 // are followed inside the guest's root (stat shows a link itself).
-#include <getopt.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -22,33 +21,15 @@ struct LookArgs {
   bool long_format = false;
 };
 
-LookArgs parse_look(int argc, char** argv, const char* name, bool allow_long) {
-  enum { kFormat = 256 };
-  static const option kLong[] = {{"partition", required_argument, nullptr, 'p'},
-                                 {"format", required_argument, nullptr, kFormat},
-                                 {nullptr, 0, nullptr, 0}};
+LookArgs parse_look(const Args& args, const char* name) {
   LookArgs a;
   a.open.read_only = true;
-  int c;
-  optind = 1;
-  while ((c = getopt_long(argc, argv, allow_long ? ":p:l" : ":p:", kLong, nullptr)) != -1) {
-    switch (c) {
-      case 'p':
-        a.open.partition = parse_partition(optarg);
-        break;
-      case 'l':
-        a.long_format = true;
-        break;
-      case kFormat:
-        a.open.format = optarg;
-        break;
-      default:
-        bad_option(c, argv[optind - 1]);
-    }
-  }
-  if (optind != argc - 2) throw UsageError(std::string(name) + " takes IMAGE and PATH");
-  a.image = argv[optind];
-  a.path = argv[optind + 1];
+  if (auto p = args.get("--partition")) a.open.partition = parse_partition(*p);
+  a.open.format = args.get_or("--format", "");
+  a.long_format = args.flag("-l");
+  if (args.positional().size() != 2) throw UsageError(std::string(name) + " takes IMAGE and PATH");
+  a.image = args.positional()[0];
+  a.path = args.positional()[1];
   return a;
 }
 
@@ -121,8 +102,8 @@ void print_xattrs(ext2_filsys fs, ext2_ino_t ino) {
 
 }  // namespace
 
-int cmd_ls(int argc, char** argv) {
-  LookArgs a = parse_look(argc, argv, "ls", true);
+int cmd_ls(const Args& args) {
+  LookArgs a = parse_look(args, "ls");
   auto fs = Filesystem::open(a.image, a.open);
   Guest g(fs->handle());
   ext2_ino_t ino = must_find(g, a.path, Follow::kAll, *fs);
@@ -151,8 +132,8 @@ int cmd_ls(int argc, char** argv) {
   return 0;
 }
 
-int cmd_cat(int argc, char** argv) {
-  LookArgs a = parse_look(argc, argv, "cat", false);
+int cmd_cat(const Args& args) {
+  LookArgs a = parse_look(args, "cat");
   auto fs = Filesystem::open(a.image, a.open);
   Guest g(fs->handle());
   ext2_ino_t ino = must_find(g, a.path, Follow::kAll, *fs);
@@ -183,8 +164,8 @@ int cmd_cat(int argc, char** argv) {
   return 0;
 }
 
-int cmd_stat(int argc, char** argv) {
-  LookArgs a = parse_look(argc, argv, "stat", false);
+int cmd_stat(const Args& args) {
+  LookArgs a = parse_look(args, "stat");
   auto fs = Filesystem::open(a.image, a.open);
   Guest g(fs->handle());
   ext2_ino_t ino = must_find(g, a.path, Follow::kParents, *fs);

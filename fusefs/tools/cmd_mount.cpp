@@ -1,7 +1,5 @@
 // kiln-fs mount: opens the filesystem and hands it to the FUSE layer (fusefs/fuse), then
 // closes it — which writes everything back — once the mount is gone.
-#include <getopt.h>
-
 #include <cstdio>
 #include <string>
 
@@ -11,45 +9,18 @@
 
 namespace kiln::fs::tool {
 
-int cmd_mount(int argc, char** argv) {
-  enum { kRo = 256, kAllowOther, kFormat };
-  static const option kLong[] = {{"partition", required_argument, nullptr, 'p'},
-                                 {"ro", no_argument, nullptr, kRo},
-                                 {"read-only", no_argument, nullptr, kRo},
-                                 {"allow-other", no_argument, nullptr, kAllowOther},
-                                 {"foreground", no_argument, nullptr, 'f'},
-                                 {"format", required_argument, nullptr, kFormat},
-                                 {nullptr, 0, nullptr, 0}};
+int cmd_mount(const Args& args) {
   OpenOptions open;
   // Less than injection's unbounded buffer: a mount may write gigabytes.
   open.write_buffer_bytes = size_t{64} << 20;
-  bool allow_other = false, foreground = false;
-  int c;
-  optind = 1;
-  while ((c = getopt_long(argc, argv, ":p:f", kLong, nullptr)) != -1) {
-    switch (c) {
-      case 'p':
-        open.partition = parse_partition(optarg);
-        break;
-      case kRo:
-        open.read_only = true;
-        break;
-      case kAllowOther:
-        allow_other = true;
-        break;
-      case 'f':
-        foreground = true;
-        break;
-      case kFormat:
-        open.format = optarg;
-        break;
-      default:
-        bad_option(c, argv[optind - 1]);
-    }
-  }
-  if (optind != argc - 2) throw UsageError("mount takes IMAGE and DIR");
-  const std::string image = argv[optind];
-  const std::string dir = argv[optind + 1];
+  if (auto p = args.get("--partition")) open.partition = parse_partition(*p);
+  open.read_only = args.flag("--ro");
+  open.format = args.get_or("--format", "");
+  const bool allow_other = args.flag("--allow-other");
+  const bool foreground = args.flag("--foreground");
+  if (args.positional().size() != 2) throw UsageError("mount takes IMAGE and DIR");
+  const std::string image = args.positional()[0];
+  const std::string dir = args.positional()[1];
   auto fs = Filesystem::open(image, open);
   FuseMountOptions fo;
   fo.mountpoint = dir;

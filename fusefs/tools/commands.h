@@ -1,26 +1,32 @@
-// kiln-fs subcommands. Each returns the exit status or throws (kiln::fs::Error or UsageError)
-// to end the program with one line on stderr.
+// kiln-fs subcommands, one table (kiln-fs.cpp). Each gets its options and positionals parsed by
+// the common CLI layer and returns the exit status or throws (kiln::fs::Error, or
+// common::cli::UsageError for a usage mistake: exit 2) to end the program with one line.
 #pragma once
 
-#include <stdexcept>
 #include <string>
+
+#include "kiln/common/cli.h"
 
 namespace kiln::fs::tool {
 
-class UsageError : public std::runtime_error {
- public:
-  explicit UsageError(const std::string& what) : std::runtime_error(what) {}
-};
+using common::cli::Args;
+using common::cli::kFlag;
+using common::cli::kValue;
+using common::cli::Option;
+using common::cli::UsageError;
 
-int cmd_list(int argc, char** argv);
-int cmd_inject(int argc, char** argv);
-int cmd_ls(int argc, char** argv);
-int cmd_cat(int argc, char** argv);
-int cmd_stat(int argc, char** argv);
-int cmd_mount(int argc, char** argv);
+int cmd_list(const Args& args);
+int cmd_inject(const Args& args);
+int cmd_ls(const Args& args);
+int cmd_cat(const Args& args);
+int cmd_stat(const Args& args);
+int cmd_mount(const Args& args);
 
-// Shared option parsing.
-int parse_partition(const char* text);
-[[noreturn]] void bad_option(int c, const char* arg);
+// The options every command that opens an image takes.
+inline const Option kPartitionOption{"-p|--partition", kValue};
+inline const Option kFormatOption{"--format", kValue};
+
+// --partition N: 1 to 8192.
+int parse_partition(const std::string& text);
 
 }  // namespace kiln::fs::tool

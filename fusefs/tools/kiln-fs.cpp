@@ -1,19 +1,16 @@
-// kiln-fs: guest filesystems in user space — list, look, inject, mount.
-#include <getopt.h>
-
-#include <cstdio>
-#include <cstring>
+// kiln-fs: guest filesystems in user space — list, look, inject, mount. One table of
+// subcommands; the common CLI layer parses their options and reports errors.
+#include <iostream>
 #include <string>
 
 #include "commands.h"
 #include "kiln/fs/filesystem.h"
-#include "kiln/version.h"
 
 namespace kiln::fs::tool {
 namespace {
 
 constexpr const char* kUsage =
-    "usage: kiln-fs COMMAND IMAGE [ARGS] [OPTIONS]\n"
+    "Usage: kiln-fs COMMAND IMAGE [ARGS] [OPTIONS]\n"
     "IMAGE is a raw or qcow2 file, or an nbd:// or nbd+unix:// URI.\n"
     "\n"
     "  list IMAGE [--json]                 partitions and filesystems\n"
@@ -33,56 +30,65 @@ constexpr const char* kUsage =
     "Common options: --partition N (default: the only ext filesystem), --format raw|qcow2.\n"
     "kiln-fs --version shows the version.\n";
 
-}  // namespace
+using Command = common::cli::Command<const Args>;
 
-int parse_partition(const char* text) {
-  // Digits only: strtol would take " 1", "+1" and "1 " too.
-  const std::string s = text;
-  long v = 0;
-  bool ok = !s.empty() && s.size() <= 5;
-  for (char c : s) {
-    ok = ok && c >= '0' && c <= '9';
-    if (ok) v = v * 10 + (c - '0');
+const common::cli::CommandTable<const Args> kCommands = {
+    {"list", "IMAGE [--json]", {{"--json"}, kFormatOption}, cmd_list},
+    {"ls", "IMAGE PATH [-l]", {{"-l"}, kPartitionOption, kFormatOption}, cmd_ls},
+    {"cat", "IMAGE PATH", {kPartitionOption, kFormatOption}, cmd_cat},
+    {"stat", "IMAGE PATH", {kPartitionOption, kFormatOption}, cmd_stat},
+    {"inject",
+     "IMAGE OPERATION...",
+     {{"--ssh-key", kValue},
+      {"--hostname", kValue},
+      {"--file", kValue},
+      {"--mkdir", kValue},
+      {"--delete", kValue},
+      {"--password", kValue},
+      {"--follow-symlinks"},
+      kPartitionOption,
+      kFormatOption},
+     cmd_inject},
+    {"mount",
+     "IMAGE DIR [--ro] [--allow-other] [-f|--foreground]",
+     {{"--ro|--read-only"},
+      {"--allow-other"},
+      {"-f|--foreground"},
+      kPartitionOption,
+      kFormatOption},
+     cmd_mount},
+};
+
+void help(std::ostream& out) { out << kUsage; }
+
+int run(const std::vector<std::string>& argv) {
+  if (argv.empty()) {
+    std::cerr << kUsage;
+    return 1;
   }
-  if (!ok || v < 1 || v > 8192)
-    throw UsageError("invalid partition number '" + s + "' (1 to 8192)");
-  return static_cast<int>(v);
+  const Command* cmd = common::cli::find_command(kCommands, argv[0]);
+  if (!cmd)
+    throw UsageError("unknown command '" + argv[0] + "' (list, ls, cat, stat, inject, mount)");
+  std::vector<Option> options = cmd->options;
+  options.push_back({"-h|--help"});
+  const Args args = common::cli::parse({argv.begin() + 1, argv.end()}, options);
+  if (args.flag("--help")) {  // the whole help: it lists every command's options
+    help(std::cout);
+    return 0;
+  }
+  return cmd->run(args);
 }
 
-void bad_option(int c, const char* arg) {
-  if (c == ':') throw UsageError(std::string("option '") + arg + "' needs an argument");
-  throw UsageError(std::string("unknown option '") + arg + "'");
+}  // namespace
+
+int parse_partition(const std::string& text) {
+  return static_cast<int>(common::cli::parse_number(text, "partition number", 1, 8192));
 }
 
 }  // namespace kiln::fs::tool
 
 int main(int argc, char** argv) {
-  using namespace kiln::fs::tool;
-  if (argc < 2 || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "--help")) {
-    std::fputs(kUsage, argc < 2 ? stderr : stdout);
-    return argc < 2 ? 1 : 0;
-  }
-  if (!std::strcmp(argv[1], "--version")) {
-    std::printf("kiln-fs %s\n", KILN_VERSION);
-    return 0;
-  }
-  const std::string cmd = argv[1];
-  try {
-    // Subcommands parse argv[1..]: argv[0] of their view is the subcommand's name.
-    int sub_argc = argc - 1;
-    char** sub_argv = argv + 1;
-    if (cmd == "list") return cmd_list(sub_argc, sub_argv);
-    if (cmd == "inject") return cmd_inject(sub_argc, sub_argv);
-    if (cmd == "ls") return cmd_ls(sub_argc, sub_argv);
-    if (cmd == "cat") return cmd_cat(sub_argc, sub_argv);
-    if (cmd == "stat") return cmd_stat(sub_argc, sub_argv);
-    if (cmd == "mount") return cmd_mount(sub_argc, sub_argv);
-    throw UsageError("unknown command '" + cmd + "' (list, ls, cat, stat, inject, mount)");
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "kiln-fs: %s (kiln-fs --help)\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "kiln-fs: %s\n", e.what());
-    return 1;
-  }
+  using namespace kiln::common::cli;
+  return run_main({"kiln-fs", kiln::fs::tool::help, 2, true, &exit_one}, argc, argv,
+                  kiln::fs::tool::run);
 }

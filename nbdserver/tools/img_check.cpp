@@ -1,7 +1,6 @@
 // kiln-img check: refcount and table consistency of a qcow2 image, with repair, reported and
 // exited as qemu-img check does (0 clean, 1 check failed, 2 corruptions, 3 leaks only,
 // 63 format without checks).
-#include <getopt.h>
 
 #include <cinttypes>
 #include <cstdio>
@@ -79,51 +78,22 @@ CheckResult run_check(const std::string& path, Repair repair, bool lock) {
 
 }  // namespace
 
-int img_check(int argc, char** argv) {
-  enum { kOptOutput = 256 };
-  static const option kLong[] = {{"help", no_argument, nullptr, 'h'},
-                                 {"output", required_argument, nullptr, kOptOutput},
-                                 {"repair", required_argument, nullptr, 'r'},
-                                 {nullptr, 0, nullptr, 0}};
-  std::string format;
-  OutputFormat out = OutputFormat::kHuman;
+int img_check(const Args& args) {
+  const std::string format = args.get_or("-f", "");
+  OutputFormat out = parse_output_format(args.get_or("--output", "human"));
   Repair repair = Repair::kNone;
-  bool quiet = false;
-  bool force_share = false;
-  int c;
-  while ((c = getopt_long(argc, argv, ":hf:r:qU", kLong, nullptr)) != -1) {
-    switch (c) {
-      case 'f':
-        format = optarg;
-        break;
-      case 'r':
-        if (std::string(optarg) == "leaks") {
-          repair = Repair::kLeaks;
-        } else if (std::string(optarg) == "all") {
-          repair = Repair::kAll;
-        } else {
-          throw ToolError(
-              std::string("Unknown option value for -r (expecting 'leaks' or 'all'): ") + optarg);
-        }
-        break;
-      case 'q':
-        quiet = true;
-        break;
-      case 'U':
-        force_share = true;
-        break;
-      case kOptOutput:
-        out = parse_output_format(optarg);
-        break;
-      case 'h':
-        std::puts("usage: kiln-img check [-q] [-f FMT] [-r leaks|all] [--output=human|json] FILE");
-        return 0;
-      default:
-        bad_option(c, argv[optind - 1]);
-    }
+  if (auto r = args.get("--repair")) {
+    if (*r == "leaks")
+      repair = Repair::kLeaks;
+    else if (*r == "all")
+      repair = Repair::kAll;
+    else
+      throw ToolError("Unknown option value for -r (expecting 'leaks' or 'all'): " + *r);
   }
-  if (optind != argc - 1) throw ToolError("Expecting one image file name");
-  std::string path = argv[optind];
+  const bool quiet = args.flag("-q");
+  const bool force_share = args.flag("-U");
+  if (args.positional().size() != 1) throw ToolError("Expecting one image file name");
+  std::string path = args.positional()[0];
   std::string fmt = resolve_format(format, path);
   if (fmt != "qcow2") throw ToolError("This image format does not support checks", kExitNoCheck);
 

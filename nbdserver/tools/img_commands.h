@@ -1,20 +1,23 @@
-// The subcommands of kiln-img. Each takes the arguments after the subcommand name (argv[0] is
-// the subcommand), prints what qemu-img prints, and returns the exit code; errors are thrown
-// as ToolError or kiln::block::Error and turned into one line by main().
+// The subcommands of kiln-img, one table (kiln-img.cpp). Each gets its options and positionals
+// parsed by the common CLI layer, prints what qemu-img prints, and returns the exit code;
+// errors are thrown as ToolError or kiln::block::Error and turned into one line by run_main().
 #pragma once
 
 #include <string>
 
 #include "kiln/block/reactor.h"
+#include "kiln/common/cli.h"
 
 namespace kiln::tools {
 
-int img_create(int argc, char** argv);
-int img_info(int argc, char** argv);
-int img_check(int argc, char** argv);
-int img_map(int argc, char** argv);
-int img_resize(int argc, char** argv);
-int img_convert(int argc, char** argv);
+using common::cli::Args;
+
+int img_create(const common::cli::Args& args);
+int img_info(const common::cli::Args& args);
+int img_check(const common::cli::Args& args);
+int img_map(const common::cli::Args& args);
+int img_resize(const common::cli::Args& args);
+int img_convert(const common::cli::Args& args);
 
 // Shared by the subcommands.
 enum class OutputFormat { kHuman, kJson };
@@ -26,7 +29,5 @@ OutputFormat parse_output_format(const std::string& value);
 std::string resolve_format(const std::string& requested, const std::string& path);
 // `requested` if it is empty (probe) or a known format; throws otherwise.
 std::string valid_format(const std::string& requested);
-// Turns an unknown option or a missing argument reported by getopt into a ToolError.
-[[noreturn]] void bad_option(int optopt_char, const char* arg);
 
 }  // namespace kiln::tools

@@ -1,7 +1,6 @@
 // kiln-img convert -O raw: copies the guest view of an image (through its backing chain) to a
 // raw file, leaving holes where the source reads as zeros.
 #include <fcntl.h>
-#include <getopt.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -91,35 +90,16 @@ Task<void> copy(kiln::block::Reactor& reactor, BlockDevice& dev, int fd, const s
 
 }  // namespace
 
-int img_convert(int argc, char** argv) {
-  static const option kLong[] = {{"help", no_argument, nullptr, 'h'}, {nullptr, 0, nullptr, 0}};
-  std::string format, out_format = "raw";
-  bool force_share = false;
-  int c;
-  while ((c = getopt_long(argc, argv, ":hf:O:qpU", kLong, nullptr)) != -1) {
-    switch (c) {
-      case 'f':
-        format = optarg;
-        break;
-      case 'O':
-        out_format = optarg;
-        break;
-      case 'q':
-      case 'p':
-      case 'U':
-        force_share = true;
-        break;
-      case 'h':
-        std::puts("usage: kiln-img convert [-q] [-f FMT] -O raw SOURCE DEST");
-        return 0;
-      default:
-        bad_option(c, argv[optind - 1]);
-    }
-  }
-  if (argc - optind != 2) throw ToolError("Expecting a source and a destination file name");
+int img_convert(const Args& args) {
+  const std::string format = args.get_or("-f", "");
+  const std::string out_format = args.get_or("-O", "raw");
+  // (-q and -p have always meant -U here: convert reads the source without its lock.)
+  const bool force_share = args.flag("-q") || args.flag("-p") || args.flag("-U");
+  if (args.positional().size() != 2)
+    throw ToolError("Expecting a source and a destination file name");
   if (out_format != "raw")
     throw ToolError("convert supports only the output format 'raw' (got '" + out_format + "')");
-  std::string src = argv[optind], dst = argv[optind + 1];
+  std::string src = args.positional()[0], dst = args.positional()[1];
 
   auto& reactor = kiln::block::Reactor::current();
   kiln::block::OpenOptions opts;

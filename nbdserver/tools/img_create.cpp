@@ -1,6 +1,5 @@
 // kiln-img create: qcow2 (with an optional backing file) or raw, as qemu-img create.
 #include <fcntl.h>
-#include <getopt.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -65,7 +64,8 @@ void parse_o(const std::string& text, CreateArgs& a, const std::string& file) {
       parse_size_arg(value, "cluster size");  // checked now: an empty value is no default
       a.cluster_size = value;
     } else if (key == "refcount_bits") {
-      parse_uint(value, 1u << 20, "refcount_bits");
+      common::cli::parse_number(value, "refcount_bits", 0, 1u << 20,
+                                common::cli::Radix::kDecimalOrHex);
       a.refcount_bits = value;
     } else if (key == "compat") {
       a.compat = value;
@@ -111,7 +111,8 @@ kiln::block::qcow2::CreateOptions qcow2_options(const CreateArgs& a) {
     }
   }
   if (!a.refcount_bits.empty()) {
-    uint64_t rb = parse_uint(a.refcount_bits, 1u << 20, "refcount_bits");
+    uint64_t rb = common::cli::parse_number(a.refcount_bits, "refcount_bits", 0, 1u << 20,
+                                            common::cli::Radix::kDecimalOrHex);
     if (!is_power_of_two(rb) || rb > 64)
       throw ToolError(f + ": Refcount width must be a power of two and may not exceed 64 bits");
     if (o.version < 3 && rb != 16)
@@ -178,44 +179,19 @@ void create_raw(const std::string& path, uint64_t size) {
 
 }  // namespace
 
-int img_create(int argc, char** argv) {
-  static const option kLong[] = {{"help", no_argument, nullptr, 'h'}, {nullptr, 0, nullptr, 0}};
+int img_create(const Args& args) {
   CreateArgs a;
-  std::vector<std::string> o_args;
-  int c;
-  while ((c = getopt_long(argc, argv, ":hf:b:F:o:qu", kLong, nullptr)) != -1) {
-    switch (c) {
-      case 'f':
-        a.format = optarg;
-        break;
-      case 'b':
-        a.backing = optarg;
-        break;
-      case 'F':
-        a.backing_format = optarg;
-        break;
-      case 'o':
-        o_args.push_back(optarg);
-        break;
-      case 'q':
-        a.quiet = true;
-        break;
-      case 'u':
-        a.unsafe = true;
-        break;
-      case 'h':
-        std::puts(
-            "usage: kiln-img create [-q] [-f FMT] [-b BACKING -F FMT] [-u] [-o OPTS] FILE "
-            "[SIZE]");
-        return 0;
-      default:
-        bad_option(c, argv[optind - 1]);
-    }
-  }
-  if (optind >= argc) throw ToolError("Expecting image file name");
-  a.file = argv[optind++];
-  if (optind < argc) a.size = parse_size_arg(argv[optind++], "image size");
-  if (optind < argc) throw ToolError(std::string("Unexpected argument '") + argv[optind] + "'");
+  a.format = args.get_or("-f", "raw");
+  a.backing = args.get_or("-b", "");
+  a.backing_format = args.get_or("-F", "");
+  const std::vector<std::string> o_args = args.all("-o");
+  a.quiet = args.flag("-q");
+  a.unsafe = args.flag("-u");
+  const auto& pos = args.positional();
+  if (pos.empty()) throw ToolError("Expecting image file name");
+  a.file = pos[0];
+  if (pos.size() > 1) a.size = parse_size_arg(pos[1], "image size");
+  if (pos.size() > 2) throw ToolError("Unexpected argument '" + pos[2] + "'");
   if (a.format != "raw" && a.format != "qcow2")
     throw ToolError("Unknown file format '" + a.format + "' (supported: qcow2, raw)");
   for (const std::string& o : o_args) parse_o(o, a, a.file);

@@ -1,6 +1,5 @@
 // kiln-img info: what qemu-img info prints, in human or JSON form, optionally for the whole
 // backing chain.
-#include <getopt.h>
 #include <sys/stat.h>
 
 #include <cinttypes>
@@ -164,40 +163,13 @@ std::string identity(const std::string& path) {
 
 }  // namespace
 
-int img_info(int argc, char** argv) {
-  enum { kOptOutput = 256, kOptChain };
-  static const option kLong[] = {{"help", no_argument, nullptr, 'h'},
-                                 {"output", required_argument, nullptr, kOptOutput},
-                                 {"backing-chain", no_argument, nullptr, kOptChain},
-                                 {nullptr, 0, nullptr, 0}};
-  std::string format;
-  OutputFormat out = OutputFormat::kHuman;
-  bool chain = false;
-  bool force_share = false;
-  int c;
-  while ((c = getopt_long(argc, argv, ":hf:U", kLong, nullptr)) != -1) {
-    switch (c) {
-      case 'f':
-        format = optarg;
-        break;
-      case 'U':
-        force_share = true;
-        break;
-      case kOptOutput:
-        out = parse_output_format(optarg);
-        break;
-      case kOptChain:
-        chain = true;
-        break;
-      case 'h':
-        std::puts("usage: kiln-img info [-f FMT] [--output=human|json] [--backing-chain] FILE");
-        return 0;
-      default:
-        bad_option(c, argv[optind - 1]);
-    }
-  }
-  if (optind != argc - 1) throw ToolError("Expecting one image file name");
-  std::string path = argv[optind];
+int img_info(const Args& args) {
+  const std::string format = args.get_or("-f", "");
+  const OutputFormat out = parse_output_format(args.get_or("--output", "human"));
+  const bool chain = args.flag("--backing-chain");
+  const bool force_share = args.flag("-U");
+  if (args.positional().size() != 1) throw ToolError("Expecting one image file name");
+  std::string path = args.positional()[0];
 
   std::vector<ImageInfo> infos;
   std::set<std::string> seen;

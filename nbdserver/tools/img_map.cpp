@@ -1,6 +1,5 @@
 // kiln-img map: what each guest range is (data, zero, unallocated) and which image of the
 // chain holds it, merged into ranges and printed as qemu-img map prints them.
-#include <getopt.h>
 
 #include <algorithm>
 #include <cinttypes>
@@ -80,35 +79,12 @@ void print_human(const Extent& e, const std::vector<std::string>& names) {
 
 }  // namespace
 
-int img_map(int argc, char** argv) {
-  enum { kOptOutput = 256 };
-  static const option kLong[] = {{"help", no_argument, nullptr, 'h'},
-                                 {"output", required_argument, nullptr, kOptOutput},
-                                 {nullptr, 0, nullptr, 0}};
-  std::string format;
-  bool force_share = false;
-  OutputFormat out = OutputFormat::kHuman;
-  int c;
-  while ((c = getopt_long(argc, argv, ":hf:U", kLong, nullptr)) != -1) {
-    switch (c) {
-      case 'f':
-        format = optarg;
-        break;
-      case 'U':
-        force_share = true;
-        break;
-      case kOptOutput:
-        out = parse_output_format(optarg);
-        break;
-      case 'h':
-        std::puts("usage: kiln-img map [-f FMT] [--output=human|json] FILE");
-        return 0;
-      default:
-        bad_option(c, argv[optind - 1]);
-    }
-  }
-  if (optind != argc - 1) throw ToolError("Expecting one image file name");
-  std::string path = argv[optind];
+int img_map(const Args& args) {
+  const std::string format = args.get_or("-f", "");
+  const bool force_share = args.flag("-U");
+  const OutputFormat out = parse_output_format(args.get_or("--output", "human"));
+  if (args.positional().size() != 1) throw ToolError("Expecting one image file name");
+  std::string path = args.positional()[0];
 
   auto& reactor = kiln::block::Reactor::current();
   kiln::block::OpenOptions opts;

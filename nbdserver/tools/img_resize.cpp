@@ -1,6 +1,5 @@
 // kiln-img resize: grows an image (qcow2 or raw) to an absolute size or by a relative amount.
 // Shrinking is refused: it would drop guest data and Kiln does not implement it.
-#include <getopt.h>
 
 #include <cinttypes>
 #include <cstdio>
@@ -13,34 +12,13 @@
 
 namespace kiln::tools {
 
-int img_resize(int argc, char** argv) {
-  enum { kOptShrink = 256 };
-  static const option kLong[] = {{"help", no_argument, nullptr, 'h'},
-                                 {"shrink", no_argument, nullptr, kOptShrink},
-                                 {nullptr, 0, nullptr, 0}};
-  std::string format;
-  bool quiet = false;
-  int c;
-  while ((c = getopt_long(argc, argv, ":hf:q", kLong, nullptr)) != -1) {
-    switch (c) {
-      case 'f':
-        format = optarg;
-        break;
-      case 'q':
-        quiet = true;
-        break;
-      case kOptShrink:
-        break;  // accepted for compatibility; shrinking is refused anyway
-      case 'h':
-        std::puts("usage: kiln-img resize [-q] [-f FMT] FILE [+]SIZE");
-        return 0;
-      default:
-        bad_option(c, argv[optind - 1]);
-    }
-  }
-  if (argc - optind != 2) throw ToolError("Expecting an image file name and a size");
-  std::string path = argv[optind];
-  std::string size_text = argv[optind + 1];
+int img_resize(const Args& args) {
+  const std::string format = args.get_or("-f", "");
+  const bool quiet = args.flag("-q");
+  // --shrink is accepted for compatibility; shrinking is refused anyway.
+  if (args.positional().size() != 2) throw ToolError("Expecting an image file name and a size");
+  std::string path = args.positional()[0];
+  std::string size_text = args.positional()[1];
   int sign = 0;
   if (!size_text.empty() && (size_text[0] == '+' || size_text[0] == '-')) {
     sign = size_text[0] == '+' ? 1 : -1;

@@ -18,6 +18,16 @@ std::vector<std::string> split_words(const std::string& text) {
 
 std::string where(int line) { return "line " + std::to_string(line) + ": "; }
 
+// A byte of -P: decimal or 0x-hexadecimal. A ToolError, as every other mistake in a script line.
+uint8_t pattern_byte(const std::string& text) {
+  try {
+    return static_cast<uint8_t>(
+        common::cli::parse_number(text, "pattern byte", 0, 255, common::cli::Radix::kDecimalOrHex));
+  } catch (const common::cli::UsageError& e) {
+    throw ToolError(e.what());
+  }
+}
+
 }  // namespace
 
 bool parse_io_command(const std::string& text, int line, IoCommand* out) {
@@ -36,7 +46,7 @@ bool parse_io_command(const std::string& text, int line, IoCommand* out) {
       for (size_t start = 0;;) {
         size_t comma = list.find(',', start);
         std::string item = list.substr(start, comma == std::string::npos ? comma : comma - start);
-        cmd.accept.push_back(static_cast<uint8_t>(parse_uint(item, 255, "pattern byte")));
+        cmd.accept.push_back(pattern_byte(item));
         if (comma == std::string::npos) break;
         start = comma + 1;
       }

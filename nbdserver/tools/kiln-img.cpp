@@ -1,16 +1,10 @@
 // kiln-img: create, inspect, check, map, grow and convert disk images, with the syntax,
 // output and exit codes of qemu-img for the subset it covers.
-#include <getopt.h>
-
-#include <cstdio>
-#include <cstring>
-#include <exception>
-#include <new>
+#include <iostream>
 #include <string>
 
 #include "img_commands.h"
 #include "kiln/block/device.h"
-#include "kiln/version.h"
 #include "tool_util.h"
 
 namespace kiln::tools {
@@ -32,88 +26,82 @@ std::string resolve_format(const std::string& requested, const std::string& path
   return valid_format(requested);
 }
 
-void bad_option(int optopt_char, const char* arg) {
-  if (optopt_char == ':')
-    throw ToolError(std::string("option '") + (arg ? arg : "?") + "' requires an argument");
-  throw ToolError(std::string("unrecognized option '") + (arg ? arg : "?") + "'");
-}
-
 }  // namespace kiln::tools
 
 namespace {
 
-void usage(FILE* out) {
-  std::fputs(
-      "usage: kiln-img COMMAND [OPTIONS]\n"
-      "\n"
-      "Commands:\n"
-      "  create [-q] [-f FMT] [-b BACKING -F BACKING_FMT] [-u] [-o OPTIONS] FILE [SIZE]\n"
-      "  info [-f FMT] [--output=human|json] [--backing-chain] FILE\n"
-      "  check [-q] [-f FMT] [-r leaks|all] [--output=human|json] FILE\n"
-      "  map [-f FMT] [--output=human|json] FILE\n"
-      "  resize [-q] [-f FMT] FILE [+]SIZE\n"
-      "  convert [-q] [-f FMT] -O raw SOURCE DEST\n"
-      "\n"
-      "FMT is qcow2 or raw. SIZE takes a k, M, G or T suffix (powers of 1024).\n"
-      "qcow2 create OPTIONS: cluster_size, refcount_bits, compat (0.10|1.1), lazy_refcounts\n"
-      "(on|off), compression_type (zlib|zstd), backing_file, backing_fmt, size.\n"
-      "See docs/kiln-img.md. kiln-img --version shows the version.\n",
-      out);
+using kiln::common::cli::kValue;
+using kiln::common::cli::Option;
+using Command = kiln::common::cli::Command<const kiln::common::cli::Args>;
+
+const Option kFormat{"-f", kValue};
+const Option kOutput{"--output", kValue};
+const Option kHelp{"-h|--help"};
+
+// qemu-img's options for the subset of each command that kiln-img implements.
+const kiln::common::cli::CommandTable<const kiln::common::cli::Args> kCommands = {
+    {"create",
+     "[-q] [-f FMT] [-b BACKING -F BACKING_FMT] [-u] [-o OPTIONS] FILE [SIZE]",
+     {kHelp, kFormat, {"-b", kValue}, {"-F", kValue}, {"-o", kValue}, {"-q"}, {"-u"}},
+     kiln::tools::img_create},
+    {"info",
+     "[-f FMT] [--output=human|json] [--backing-chain] FILE",
+     {kHelp, kFormat, kOutput, {"--backing-chain"}, {"-U"}},
+     kiln::tools::img_info},
+    {"check",
+     "[-q] [-f FMT] [-r leaks|all] [--output=human|json] FILE",
+     {kHelp, kFormat, kOutput, {"-r|--repair", kValue}, {"-q"}, {"-U"}},
+     kiln::tools::img_check},
+    {"map",
+     "[-f FMT] [--output=human|json] FILE",
+     {kHelp, kFormat, kOutput, {"-U"}},
+     kiln::tools::img_map},
+    {"resize",
+     "[-q] [-f FMT] FILE [+]SIZE",
+     {kHelp, kFormat, {"-q"}, {"--shrink"}},
+     kiln::tools::img_resize},
+    {"convert",
+     "[-q] [-f FMT] -O raw SOURCE DEST",
+     {kHelp, kFormat, {"-O", kValue}, {"-q"}, {"-p"}, {"-U"}},
+     kiln::tools::img_convert},
+};
+
+void help(std::ostream& out) {
+  out << "Usage: kiln-img COMMAND [OPTIONS]\n"
+         "\n"
+         "Commands:\n";
+  kiln::common::cli::print_commands(out, kCommands);
+  out << "\n"
+         "FMT is qcow2 or raw. SIZE takes a k, M, G or T suffix (powers of 1024).\n"
+         "qcow2 create OPTIONS: cluster_size, refcount_bits, compat (0.10|1.1), lazy_refcounts\n"
+         "(on|off), compression_type (zlib|zstd), backing_file, backing_fmt, size.\n"
+         "See docs/kiln-img.md. kiln-img --version shows the version.\n";
 }
 
-int dispatch(int argc, char** argv) {
-  if (argc < 2) {
-    throw kiln::tools::ToolError("Not enough arguments (try 'kiln-img --help')");
-  }
-  std::string cmd = argv[1];
-  if (cmd == "-h" || cmd == "--help" || cmd == "help") {
-    usage(stdout);
+int run(const std::vector<std::string>& argv) {
+  if (argv.empty()) throw kiln::tools::ToolError("Not enough arguments (try 'kiln-img --help')");
+  const std::string& name = argv[0];
+  if (name == "help") {
+    help(std::cout);
     return 0;
   }
-  if (cmd == "-V" || cmd == "--version") {
-    std::printf("kiln-img %s\n", KILN_VERSION);
+  if (name == "-V") {
+    kiln::common::cli::print_version(std::cout, "kiln-img");
     return 0;
   }
-  // getopt() keeps global state; every subcommand parses once from a fresh start.
-  optind = 0;
-  opterr = 0;
-  int sub_argc = argc - 1;
-  char** sub_argv = argv + 1;
-  if (cmd == "create") return kiln::tools::img_create(sub_argc, sub_argv);
-  if (cmd == "info") return kiln::tools::img_info(sub_argc, sub_argv);
-  if (cmd == "check") return kiln::tools::img_check(sub_argc, sub_argv);
-  if (cmd == "map") return kiln::tools::img_map(sub_argc, sub_argv);
-  if (cmd == "resize") return kiln::tools::img_resize(sub_argc, sub_argv);
-  if (cmd == "convert") return kiln::tools::img_convert(sub_argc, sub_argv);
-  throw kiln::tools::ToolError("Command not found: " + cmd + " (try 'kiln-img --help')");
+  const Command* cmd = kiln::common::cli::find_command(kCommands, name);
+  if (!cmd) throw kiln::tools::ToolError("Command not found: " + name + " (try 'kiln-img --help')");
+  auto args = kiln::common::cli::parse({argv.begin() + 1, argv.end()}, cmd->options);
+  if (args.flag("--help")) {
+    std::cout << "Usage: kiln-img " << cmd->name << " " << cmd->usage << "\n";
+    return 0;
+  }
+  return cmd->run(args);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  int rc;
-  try {
-    rc = dispatch(argc, argv);
-  } catch (const kiln::tools::ToolError& e) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "kiln-img: %s\n", e.what());
-    return e.exit_code();
-  } catch (const kiln::block::Error& e) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "kiln-img: %s\n", e.what());
-    return 1;
-  } catch (const std::bad_alloc&) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "kiln-img: out of memory\n");
-    return 1;
-  } catch (const std::exception& e) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "kiln-img: %s\n", e.what());
-    return 1;
-  }
-  if (std::fflush(stdout) != 0 || std::ferror(stdout)) {
-    std::fprintf(stderr, "kiln-img: error writing to standard output: %s\n", std::strerror(errno));
-    return 1;
-  }
-  return rc;
+  using namespace kiln::common::cli;
+  return run_main({"kiln-img", help, 1, false, &exit_one}, argc, argv, run);
 }

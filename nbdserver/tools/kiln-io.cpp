@@ -4,7 +4,6 @@
 // acknowledged. With --parallel N, commands between barriers (flush, dump, size) run
 // concurrently, up to N at a time.
 #include <fcntl.h>
-#include <getopt.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -21,7 +20,6 @@
 
 #include "io_command.h"
 #include "kiln/block/device.h"
-#include "kiln/version.h"
 #include "tool_util.h"
 
 namespace kiln::tools {
@@ -273,70 +271,54 @@ Task<void> run_all(Runner& runner, const std::vector<IoCommand>& commands, std::
   co_await runner.drain();
 }
 
-void usage(FILE* out) {
-  std::fputs(
-      "usage: kiln-io [-f FMT] [-r] [--l2-cache BYTES] IMAGE [-c CMD]... [--script FILE|-]\n"
-      "               [--parallel N]\n"
-      "commands: read [-P BYTE] OFF LEN | write [-f] [-P BYTE] OFF LEN |\n"
-      "          writef HOSTFILE OFF LEN | zero [-f] [-u] OFF LEN | discard OFF LEN |\n"
-      "          flush | dump FILE | size\n"
-      "kiln-io --help shows this help, kiln-io --version the version.\n",
-      out);
+void help(std::ostream& out) {
+  out << "Usage: kiln-io [-f FMT] [-r] [--l2-cache BYTES] IMAGE [-c CMD]... [--script FILE|-]\n"
+         "               [--parallel N]\n"
+         "commands: read [-P BYTE] OFF LEN | write [-f] [-P BYTE] OFF LEN |\n"
+         "          writef HOSTFILE OFF LEN | zero [-f] [-u] OFF LEN | discard OFF LEN |\n"
+         "          flush | dump FILE | size\n"
+         "kiln-io --help shows this help, kiln-io --version the version.\n";
 }
 
-int run(int argc, char** argv) {
-  enum { kOptL2 = 256, kOptScript, kOptParallel, kOptVersion };
-  static const option kLong[] = {{"help", no_argument, nullptr, 'h'},
-                                 {"format", required_argument, nullptr, 'f'},
-                                 {"read-only", no_argument, nullptr, 'r'},
-                                 {"cmd", required_argument, nullptr, 'c'},
-                                 {"l2-cache", required_argument, nullptr, kOptL2},
-                                 {"script", required_argument, nullptr, kOptScript},
-                                 {"parallel", required_argument, nullptr, kOptParallel},
-                                 {"version", no_argument, nullptr, kOptVersion},
-                                 {nullptr, 0, nullptr, 0}};
+const std::vector<common::cli::Option> kOptions = {{"-h|--help"},
+                                                   {"-f|--format", common::cli::kValue},
+                                                   {"-r|--read-only"},
+                                                   {"-c|--cmd", common::cli::kValue},
+                                                   {"--l2-cache", common::cli::kValue},
+                                                   {"--script", common::cli::kValue},
+                                                   {"--parallel", common::cli::kValue},
+                                                   {"--version"}};
+
+Options parse_options(const common::cli::Args& args) {
   Options o;
-  opterr = 0;
-  int c;
-  while ((c = getopt_long(argc, argv, ":hf:rc:", kLong, nullptr)) != -1) {
-    switch (c) {
-      case 'f':
-        o.format = optarg;
-        if (o.format != "raw" && o.format != "qcow2")
-          throw ToolError("Unknown format '" + o.format + "' (supported: qcow2, raw)");
-        break;
-      case 'r':
-        o.read_only = true;
-        break;
-      case 'c':
-        o.commands.push_back(optarg);
-        break;
-      case kOptL2:
-        o.l2_cache =
-            static_cast<size_t>(parse_size_arg(optarg, "L2 cache size", uint64_t{1} << 40));
-        if (o.l2_cache == 0) throw ToolError("Invalid L2 cache size '0': must be at least 1");
-        break;
-      case kOptScript:
-        o.script = optarg;
-        break;
-      case kOptParallel:
-        o.parallel = static_cast<unsigned>(parse_uint(optarg, 1024, "--parallel value"));
-        if (o.parallel == 0) throw ToolError("--parallel must be at least 1");
-        break;
-      case 'h':
-        usage(stdout);
-        return 0;
-      case kOptVersion:
-        std::printf("kiln-io %s\n", KILN_VERSION);
-        return 0;
-      case ':':
-        throw ToolError(std::string("option '") + argv[optind - 1] + "' requires an argument");
-      default:
-        throw ToolError(std::string("unrecognized option '") + argv[optind - 1] + "'");
-    }
+  o.format = args.get_or("--format", "");
+  if (!o.format.empty() && o.format != "raw" && o.format != "qcow2")
+    throw ToolError("Unknown format '" + o.format + "' (supported: qcow2, raw)");
+  o.read_only = args.flag("--read-only");
+  o.commands = args.all("--cmd");
+  if (auto v = args.get("--l2-cache"))
+    o.l2_cache =
+        static_cast<size_t>(parse_size_arg(*v, "L2 cache size", uint64_t{1} << 40, /*min=*/1));
+  o.script = args.get_or("--script", "");
+  if (auto v = args.get("--parallel"))
+    o.parallel = static_cast<unsigned>(
+        common::cli::parse_number(*v, "--parallel", 1, 1024, common::cli::Radix::kDecimalOrHex));
+  if (args.positional().size() != 1) throw ToolError("Expecting exactly one image file name");
+  o.image = args.positional()[0];
+  return o;
+}
+
+int run(const std::vector<std::string>& argv) {
+  const common::cli::Args args = common::cli::parse(argv, kOptions);
+  if (args.flag("--help")) {
+    help(std::cout);
+    return 0;
   }
-  if (argc - optind != 1) throw ToolError("Expecting exactly one image file name");
-  o.image = argv[optind];
+  if (args.flag("--version")) {
+    common::cli::print_version(std::cout, "kiln-io");
+    return 0;
+  }
+  const Options o = parse_options(args);
 
   // Parse every -c command before touching the image, so a typo changes nothing.
   std::vector<IoCommand> commands;
@@ -385,18 +367,7 @@ int run(int argc, char** argv) {
 }  // namespace kiln::tools
 
 int main(int argc, char** argv) {
-  try {
-    return kiln::tools::run(argc, argv);
-  } catch (const kiln::tools::ToolError& e) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "kiln-io: %s\n", e.what());
-    return e.exit_code();
-  } catch (const std::bad_alloc&) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "kiln-io: out of memory\n");
-  } catch (const std::exception& e) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "kiln-io: %s\n", e.what());
-  }
-  return 1;
+  using namespace kiln::common::cli;
+  return run_main({"kiln-io", kiln::tools::help, 1, false, &exit_one}, argc, argv,
+                  kiln::tools::run);
 }

@@ -3,7 +3,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cctype>
 #include <cerrno>
 #include <cinttypes>
 #include <cstdio>
@@ -34,7 +33,7 @@ namespace {
 }
 }  // namespace
 
-uint64_t parse_size_arg(const std::string& text, const char* what, uint64_t max) {
+uint64_t parse_size_arg(const std::string& text, const char* what, uint64_t max, uint64_t min) {
   uint64_t v;
   try {
     v = kiln::block::parse_size(text);
@@ -43,28 +42,7 @@ uint64_t parse_size_arg(const std::string& text, const char* what, uint64_t max)
     invalid(what, text, e.what());
   }
   if (v > max) invalid(what, text, "must be at most " + std::to_string(max));
-  return v;
-}
-
-uint64_t parse_uint(const std::string& text, uint64_t max, const char* what) {
-  const bool hex = text.size() > 2 && text[0] == '0' && (text[1] == 'x' || text[1] == 'X');
-  const size_t first = hex ? 2 : 0;
-  const char* digits = hex ? "0123456789abcdefABCDEF" : "0123456789";
-  if (text.size() == first || text.find_first_not_of(digits, first) != std::string::npos)
-    invalid(what, text, "expected a decimal number, or 0x and hexadecimal digits");
-  if (!hex && text.size() > 1 && text[0] == '0')
-    invalid(what, text, "a leading zero is ambiguous (octal?): write it without");
-  uint64_t v = 0;
-  for (size_t i = first; i < text.size(); ++i) {
-    const unsigned d =
-        hex ? unsigned(std::isdigit(static_cast<unsigned char>(text[i]))
-                           ? text[i] - '0'
-                           : (std::tolower(static_cast<unsigned char>(text[i])) - 'a' + 10))
-            : unsigned(text[i] - '0');
-    if (d > max || v > (max - d) / (hex ? 16 : 10))
-      invalid(what, text, "must be at most " + std::to_string(max));
-    v = v * (hex ? 16 : 10) + d;
-  }
+  if (v < min) invalid(what, text, "must be at least " + std::to_string(min));
   return v;
 }
 

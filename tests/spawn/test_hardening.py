@@ -122,17 +122,18 @@ def test_files_qemu_opens_are_given_to_its_user(world, tmp_path):
 def test_kiln_spawn_numbers_are_strict(world):
     before = world.spawn_json("config-show")
     bad_flavors = [
-        (["--vcpus", "2x"], "--vcpus needs a number, not '2x'"),
-        (["--vcpus", " 2"], "--vcpus needs a number"),
-        (["--vcpus", "+2"], "--vcpus needs a number"),
-        (["--vcpus", "0"], "at least 1 vCPU"),
-        (["--vcpus", "1025"], "--vcpus is at most 1024"),
-        (["--ram", "abc"], "--ram needs a number, not 'abc'"),
-        (["--ram", "-1"], "--ram needs a number, not '-1'"),
-        (["--disk", "abc"], "--disk needs a number, not 'abc'"),
-        (["--disk", "1.5"], "--disk needs a number"),
-        (["--disk", "1e3"], "--disk needs a number"),
-        (["--disk", "99999999999999999999"], "--disk needs a number"),
+        (["--vcpus", "2x"], "Invalid --vcpus '2x' (expected a whole number from 1 to 1024)"),
+        (["--vcpus", " 2"], "Invalid --vcpus ' 2'"),
+        (["--vcpus", "+2"], "Invalid --vcpus '+2'"),
+        (["--vcpus", "0"], "Invalid --vcpus '0'"),
+        (["--vcpus", "1025"], "Invalid --vcpus '1025'"),
+        (["--ram", "abc"], "Invalid --ram 'abc'"),
+        (["--ram", "-1"], "Invalid --ram '-1'"),
+        (["--ram", "0"], "Invalid --ram '0' (expected a whole number from 1 to 1073741824)"),
+        (["--disk", "abc"], "Invalid --disk 'abc'"),
+        (["--disk", "1.5"], "Invalid --disk '1.5'"),
+        (["--disk", "1e3"], "Invalid --disk '1e3'"),
+        (["--disk", "99999999999999999999"], "Invalid --disk '99999999999999999999'"),
     ]
     for args, needle in bad_flavors:
         full = {"--vcpus": "1", "--ram": "512", "--disk": "1"}
@@ -141,7 +142,8 @@ def test_kiln_spawn_numbers_are_strict(world):
         one_line_error(world.spawn("flavor-create", "f", *flat, check=False), needle)
     assert "f" not in {f["name"] for f in world.spawn_json("flavor-list")}
 
-    for value, needle in [("0", "at least 1"), ("5s", "needs a number"), ("86401", "at most")]:
+    for value in ["0", "5s", "86401"]:
+        needle = f"Invalid --wait-timeout '{value}' (expected a whole number from 1 to 86400)"
         one_line_error(world.spawn("--wait-timeout", value, "list", check=False), needle)
 
     bad_settings = [
@@ -168,23 +170,24 @@ def test_kiln_spawn_numbers_are_strict(world):
 def test_kiln_net_numbers_are_strict(world):
     cases = [
         (["net-create", "n1", "--provider:segmentation-id", "2x"],
-         "--provider:segmentation-id: '2x' is not an integer (an integer from 1 to 4294967295)"),
-        (["net-create", "n1", "--provider:segmentation-id", "0"], "0 is out of range"),
-        (["net-create", "n1", "--provider:segmentation-id", "4294967296"], "is out of range"),
-        (["net-create", "n1", "--provider:segmentation-id", "-5"], "-5 is out of range"),
-        (["net-create", "n1", "--provider:segmentation-id", " 7"], "is not an integer"),
+         "Invalid --provider:segmentation-id '2x' (expected a whole number from 1 to 4294967295)"),
+        (["net-create", "n1", "--provider:segmentation-id", "0"],
+         "Invalid --provider:segmentation-id '0'"),
+        (["net-create", "n1", "--provider:segmentation-id", "4294967296"], "'4294967296' (expected"),
+        (["net-create", "n1", "--provider:segmentation-id", "-5"], "'-5' (expected"),
+        (["net-create", "n1", "--provider:segmentation-id", " 7"], "' 7' (expected"),
         (["subnet-create", "demo-net", "10.9.0.0/24", "--ip-version", "4x"],
-         "--ip-version: '4x' is not an integer"),
+         "Invalid --ip-version '4x' (expected a whole number from 4 to 6)"),
         (["subnet-create", "demo-net", "10.9.0.0/24", "--ip-version", "5"],
          "5 is not an IP version"),
         (["subnet-create", "demo-net", "10.9.0.0/24", "--ip-version", "99999999999"],
-         "out of range"),
+         "Invalid --ip-version '99999999999'"),
         (["security-group-rule-create", "default", "--protocol", "tcp", "--port-range-min",
-          "80x"], "--port-range-min: '80x' is not an integer (an integer from 0 to 65535)"),
+          "80x"], "Invalid --port-range-min '80x' (expected a whole number from 0 to 65535)"),
         (["security-group-rule-create", "default", "--protocol", "tcp", "--port-range-min",
-          "22", "--port-range-max", "70000"], "--port-range-max: 70000 is out of range"),
+          "22", "--port-range-max", "70000"], "Invalid --port-range-max '70000'"),
         (["security-group-rule-create", "default", "--protocol", "tcp", "--port-range-min",
-          "+22"], "is not an integer"),
+          "+22"], "Invalid --port-range-min '+22'"),
     ]
     world.net("security-group-create", "default", check=False)
     before = (world.net("net-list", "--format", "json").stdout,

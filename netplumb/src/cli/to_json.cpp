@@ -1,10 +1,9 @@
-#include "cli/output.h"
-
-#include <iostream>
+// The model's objects as kiln-net prints them.
+#include "cli/to_json.h"
 
 namespace kiln::net::cli {
 
-using json = nlohmann::ordered_json;
+using json = common::Json;
 
 namespace {
 
@@ -14,57 +13,6 @@ json fixed_ips(const std::vector<FixedIp>& ips) {
   json a = json::array();
   for (auto& f : ips) a.push_back({{"subnet_id", f.subnet_id}, {"ip_address", f.ip_address.str()}});
   return a;
-}
-
-// A cell: strings as they are, arrays one item per line, objects as compact JSON.
-std::vector<std::string> cell_lines(const json& v) {
-  if (v.is_null()) return {""};
-  if (v.is_string()) return {v.get<std::string>()};
-  if (v.is_boolean()) return {v.get<bool>() ? "True" : "False"};
-  if (v.is_array()) {
-    std::vector<std::string> out;
-    for (auto& x : v) out.push_back(x.is_string() ? x.get<std::string>() : x.dump());
-    if (out.empty()) out.push_back("");
-    return out;
-  }
-  return {v.dump()};
-}
-
-void print_table(const std::vector<std::string>& header,
-                 const std::vector<std::vector<json>>& rows) {
-  std::vector<size_t> width(header.size());
-  for (size_t c = 0; c < header.size(); ++c) width[c] = header[c].size();
-  for (auto& r : rows)
-    for (size_t c = 0; c < r.size(); ++c)
-      for (auto& l : cell_lines(r[c])) width[c] = std::max(width[c], l.size());
-  auto rule = [&] {
-    std::string s = "+";
-    for (auto w : width) s += std::string(w + 2, '-') + "+";
-    std::cout << s << "\n";
-  };
-  auto line = [&](const std::vector<std::string>& cells) {
-    std::string s = "|";
-    for (size_t c = 0; c < cells.size(); ++c)
-      s += " " + cells[c] + std::string(width[c] - cells[c].size(), ' ') + " |";
-    std::cout << s << "\n";
-  };
-  rule();
-  line(header);
-  rule();
-  for (auto& r : rows) {
-    std::vector<std::vector<std::string>> cols;
-    size_t height = 1;
-    for (auto& v : r) {
-      cols.push_back(cell_lines(v));
-      height = std::max(height, cols.back().size());
-    }
-    for (size_t h = 0; h < height; ++h) {
-      std::vector<std::string> cells;
-      for (auto& c : cols) cells.push_back(h < c.size() ? c[h] : "");
-      line(cells);
-    }
-  }
-  rule();
 }
 
 }  // namespace
@@ -171,30 +119,6 @@ json to_json(const SecurityGroup& g, const std::vector<SecurityGroupRule>& rules
           {"tenant_id", g.tenant_id},
           {"description", g.description},
           {"security_group_rules", rs}};
-}
-
-void print_object(const json& obj, Format f) {
-  if (f == Format::kJson) {
-    std::cout << obj.dump(2) << "\n";
-    return;
-  }
-  std::vector<std::vector<json>> rows;
-  for (auto& [k, v] : obj.items()) rows.push_back({k, v});
-  print_table({"Field", "Value"}, rows);
-}
-
-void print_list(const std::vector<json>& objs, const std::vector<std::string>& columns, Format f) {
-  if (f == Format::kJson) {
-    std::cout << json(objs).dump(2) << "\n";
-    return;
-  }
-  std::vector<std::vector<json>> rows;
-  for (auto& o : objs) {
-    std::vector<json> r;
-    for (auto& c : columns) r.push_back(o.contains(c) ? o[c] : json(nullptr));
-    rows.push_back(r);
-  }
-  print_table(columns, rows);
 }
 
 }  // namespace kiln::net::cli

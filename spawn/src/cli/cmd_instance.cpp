@@ -1,0 +1,140 @@
+// kiln-spawn's instance commands: boot, list, show, console-log, stop, start, delete.
+#include <iostream>
+
+#include "context.h"
+
+namespace kiln::spawn::cli {
+
+namespace {
+
+Json to_json(const Instance& i) {
+  return {{"id", i.id},
+          {"name", i.name},
+          {"status", i.status},
+          {"task_state", i.task_state},
+          {"fault", i.fault},
+          {"image", i.image_id},
+          {"flavor", i.flavor},
+          {"vcpus", i.vcpus},
+          {"ram", i.ram_mb},
+          {"disk", i.disk_gb},
+          {"network", i.network},
+          {"network_id", i.network_id},
+          {"port_id", i.port_id},
+          {"mac_address", i.mac},
+          {"ip_address", i.ip},
+          {"tap", i.tap},
+          {"export", i.export_name},
+          {"domain", i.domain_name},
+          {"instance_dir", i.dir},
+          {"steps", i.steps_done},
+          {"base_filled", i.base_filled},
+          {"created_at", i.created_at},
+          {"updated_at", i.updated_at}};
+}
+
+int boot(Context& c) {
+  c.args.max_positional(1);
+  BootRequest r;
+  r.name = c.args.positional(0, "NAME");
+  r.image = c.args.get_or("--image", "");
+  r.flavor = c.args.get_or("--flavor", "");
+  r.network = c.args.get_or("--net", "");
+  r.key_file = c.args.get_or("--key-file", "");
+  r.user_data_file = c.args.get_or("--user-data", "");
+  for (const auto& f : c.args.all("--file")) {
+    auto eq = f.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == f.size())
+      throw invalid("--file needs PATH=SRC, not '" + f + "'");
+    r.files.emplace_back(f.substr(0, eq), f.substr(eq + 1));
+  }
+  r.security_groups = c.args.all("--security-group");
+  r.inject = c.args.flag("--inject");
+  r.availability_zone = c.args.get_or("--availability-zone", "nova");
+  r.kernel = c.args.get_or("--kernel", "");
+  r.initrd = c.args.get_or("--initrd", "");
+  r.cmdline = c.args.get_or("--cmdline", "");
+  c.show(to_json(c.compute().boot(r)));
+  return 0;
+}
+
+int list(Context& c) {
+  c.args.max_positional(0);
+  std::vector<Json> a;
+  for (const auto& i : c.store().instances()) {
+    Json o = to_json(i);
+    o["networks"] = i.ip.empty() ? "" : i.network + "=" + i.ip;
+    a.push_back(o);
+  }
+  c.list(a, {"id", "name", "status", "task_state", "networks", "flavor"});
+  return 0;
+}
+
+int show(Context& c) {
+  c.args.max_positional(1);
+  Store& s = c.store();
+  const std::string& name = c.args.positional(0, "INSTANCE");
+  auto i = s.find_instance(name);
+  if (!i) throw not_found("instance '" + name + "' not found");
+  Json o = to_json(*i);
+  o["power_state"] = c.compute().power_state(*i);
+  if (c.format == Format::kJson) {
+    Json ev = Json::array();
+    for (const auto& e : s.events(i->id))
+      ev.push_back({{"at", e.at},
+                    {"status", e.status},
+                    {"task_state", e.task_state},
+                    {"message", e.message}});
+    o["events"] = ev;
+    o["domain_xml"] = i->domain_xml;
+  }
+  c.show(o);
+  return 0;
+}
+
+int console_log(Context& c) {
+  c.args.max_positional(1);
+  std::cout << c.compute().console_log(c.args.positional(0, "INSTANCE"));
+  return 0;
+}
+
+// stop, start, delete: one or more instances, in order.
+Command each(const char* name, void (*action)(Compute&, const std::string&)) {
+  return {name, "INSTANCE...", {}, [action](Context& c) {
+            c.args.positional(0, "INSTANCE");
+            for (const auto& r : c.args.positional()) action(c.compute(), r);
+            return 0;
+          }};
+}
+
+}  // namespace
+
+CommandTable instance_commands() {
+  return {
+      {"boot",
+       "NAME --image I --flavor F --net N [--key-file F] [--user-data F] "
+       "[--file PATH=SRC]... [--security-group G]... [--inject] [--kernel K [--initrd I] "
+       "[--cmdline C]]",
+       {{"--inject"},
+        {"--image", kValue},
+        {"--flavor", kValue},
+        {"--net", kValue},
+        {"--key-file", kValue},
+        {"--user-data", kValue},
+        {"--file", kValue},
+        {"--security-group", kValue},
+        {"--availability-zone", kValue},
+        {"--kernel", kValue},
+        {"--initrd", kValue},
+        {"--cmdline", kValue}},
+       boot},
+      {"list", "", {}, list},
+      {"show", "INSTANCE", {}, show},
+      {"console-log", "INSTANCE", {}, console_log},
+      each("stop", [](Compute& c, const std::string& r) { c.stop(r); }),
+      each("start", [](Compute& c, const std::string& r) { c.start(r); }),
+      each("delete", [](Compute& c, const std::string& r) { c.remove(r); }),
+  };
+}
+
+}  // namespace kiln::spawn::cli
