@@ -118,7 +118,8 @@ void Compute::step_port(Build& b) {
   plumb({port.id});
 }
 
-// Every port of this instance, also one that a build that died before recording it made.
+// Every port whose device is this instance: also one made by a build that died before it could
+// record the port's id.
 void Compute::undo_port(Instance& inst) {
   std::vector<std::string> deleted;
   net::NetService svc(net_store_);

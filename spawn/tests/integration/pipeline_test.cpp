@@ -324,6 +324,26 @@ TEST_F(Pipeline, RealFailuresRollBack) {
   expect_nothing_left(i.id);
 }
 
+// A record naming a step this kiln-spawn has no undo for (one written by another version): delete
+// undoes the steps it knows, and says it cannot forget the other rather than dropping it.
+TEST_F(Pipeline, DeleteRefusesToForgetAStepItCannotUndo) {
+  Compute c(store_, net_store_, options());
+  Instance i = c.boot(request("vm"));
+  i.steps_done.push_back("future_step");
+  store_.put(i);
+  try {
+    c.remove("vm");
+    FAIL() << "delete forgot a step it cannot undo";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("future_step: no such build step here"), std::string::npos)
+        << e.what();
+  }
+  Instance left = c.get("vm");
+  EXPECT_EQ(left.status, kStatusError);
+  EXPECT_EQ(left.steps_done, std::vector<std::string>{"future_step"});
+  expect_nothing_left(i.id);
+}
+
 TEST_F(Pipeline, CapacityFailureLeavesNothing) {
   store_.set_setting("host_memory_mb", "1536");  // (1536 - 512) * 1.5 = 1536 MiB to give
   Compute c(store_, net_store_, options());
