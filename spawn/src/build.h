@@ -1,6 +1,7 @@
 // What one boot carries from step to step, and what the steps and the rest of Compute share.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -26,10 +27,11 @@ struct Compute::Build {
 
 // One step of the boot pipeline: its name (in the instance's `steps`, the events and
 // KILN_SPAWN_FAIL_AT), Nova's task state while it runs, its work, and the undo of that work. A
-// step cannot be made without an undo (the constructor is consteval: a null one is a compile
-// error); a step that leaves nothing of its own says so with Compute::nothing_to_undo. An undo
-// gets the instance as recorded, also one that a killed build left, and is idempotent: it
-// removes what exists, ignores what does not, and clears the fields that named it.
+// step cannot be made without an undo: there is no constructor without one, and a null one
+// (nullptr or 0) picks a deleted constructor, a compile error. A step that leaves nothing of its
+// own says so with Compute::nothing_to_undo. An undo gets the instance as recorded, also one
+// that a killed build left, and is idempotent: it removes what exists, ignores what does not,
+// and clears the fields that named it.
 struct Compute::Step {
   using Work = void (Compute::*)(Build&);
   using Undo = void (Compute::*)(Instance&);
@@ -38,12 +40,16 @@ struct Compute::Step {
   // transaction that does it (the claim: no record without a claim, no claim without a record).
   enum class Record { kBeforeWork, kByWork };
 
+  // (Not a null check on `w` and `u` here: GCC does not take a comparison of member pointers
+  // as a constant expression under -fsanitize=undefined.)
   consteval Step(const char* step_name, const char* state, Work w, Undo u,
                  Record r = Record::kBeforeWork)
       : name(step_name), task_state(state), work(w), undo(u), record(r) {
-    if (!step_name || !*step_name || !state || !*state || !w || !u)
-      throw "a build step needs a name, a task state, its work and its undo";
+    if (!step_name || !*step_name || !state || !*state)
+      throw "a build step needs a name and a task state";
   }
+  Step(const char*, const char*, std::nullptr_t, Undo, Record = Record::kBeforeWork) = delete;
+  Step(const char*, const char*, Work, std::nullptr_t, Record = Record::kBeforeWork) = delete;
 
   const char* name;
   const char* task_state;
