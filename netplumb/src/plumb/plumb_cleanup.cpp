@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cctype>
+#include <functional>
 #include <map>
 #include <vector>
 
@@ -23,6 +24,20 @@ bool is_hex_id_prefix(const std::string& s) {
 
 bool is_number(const std::string& s) {
   return !s.empty() && s.find_first_not_of("0123456789") == std::string::npos;
+}
+
+// The entries of `dir` (none if it does not exist) that `keep` does not claim.
+std::vector<std::string> stale_entries(const std::string& dir,
+                                       const std::function<bool(const std::string&)>& keep) {
+  std::vector<std::string> stale;
+  if (DIR* d = ::opendir(dir.c_str())) {
+    while (dirent* e = ::readdir(d)) {
+      std::string n = e->d_name;
+      if (n != "." && n != ".." && !keep(n)) stale.push_back(n);
+    }
+    ::closedir(d);
+  }
+  return stale;
 }
 
 }  // namespace
@@ -46,44 +61,25 @@ void Reconciler::remove_stale() {
       host_.set_master(l.index, 0);
       changed("detached " + l.name + " from " + bridges[l.master]);
     }
-  if (DIR* d = ::opendir(nat_dir_.c_str())) {
-    std::vector<std::string> stale;
-    while (dirent* e = ::readdir(d)) {
-      std::string n = e->d_name;
-      if (n != "." && n != ".." && !wanted_nat_.count(n)) stale.push_back(n);
-    }
-    ::closedir(d);
-    for (auto& n : stale) ::unlink((nat_dir_ + "/" + n).c_str());
-  }
+  for (auto& n :
+       stale_entries(nat_dir_, [&](const std::string& n) { return wanted_nat_.contains(n); }))
+    ::unlink((nat_dir_ + "/" + n).c_str());
   for (auto& l : host_.links())
     if (is_ours(l.name) && !wanted_.count(l.name)) {
       host_.del_link(l.index);
       changed("removed " + l.name);
     }
-  if (DIR* d = ::opendir(dhcp_dir_.c_str())) {
-    std::vector<std::string> stale;
-    while (dirent* e = ::readdir(d)) {
-      std::string n = e->d_name;
-      if (n != "." && n != ".." && !wanted_dhcp_.count(n)) stale.push_back(n);
-    }
-    ::closedir(d);
-    for (auto& n : stale) {
-      stop_dnsmasq(dhcp_dir_ + "/" + n);
-      changed("stopped dnsmasq of network " + n);
-    }
+  for (auto& n :
+       stale_entries(dhcp_dir_, [&](const std::string& n) { return wanted_dhcp_.contains(n); })) {
+    stop_dnsmasq(dhcp_dir_ + "/" + n);
+    changed("stopped dnsmasq of network " + n);
   }
-  if (DIR* d = ::opendir(ns_dir_.c_str())) {
-    std::vector<std::string> stale;
-    while (dirent* e = ::readdir(d)) {
-      std::string n = e->d_name;
-      if ((n.starts_with("qrouter-") || n.starts_with("qdhcp-")) && !wanted_ns_.count(n))
-        stale.push_back(n);
-    }
-    ::closedir(d);
-    for (auto& n : stale) {
-      delete_named_netns(ns_dir_ + "/" + n);
-      changed("removed namespace " + n);
-    }
+  auto keep_ns = [&](const std::string& n) {
+    return !(n.starts_with("qrouter-") || n.starts_with("qdhcp-")) || wanted_ns_.contains(n);
+  };
+  for (auto& n : stale_entries(ns_dir_, keep_ns)) {
+    delete_named_netns(ns_dir_ + "/" + n);
+    changed("removed namespace " + n);
   }
 }
 
