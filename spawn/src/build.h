@@ -1,6 +1,7 @@
 // What one boot carries from step to step, and what the steps and the rest of Compute share.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -24,13 +25,44 @@ struct Compute::Build {
   std::vector<std::pair<std::string, std::string>> files;  // guest path, content
 };
 
+// One step of the boot pipeline: its name (in the instance's `steps`, the events and
+// KILN_SPAWN_FAIL_AT), Nova's task state while it runs, its work, and the undo of that work. A
+// step cannot be made without an undo: there is no constructor without one, and a null one
+// (nullptr or 0) picks a deleted constructor, a compile error. A step that leaves nothing of its
+// own says so with Compute::nothing_to_undo. An undo gets the instance as recorded, also one
+// that a killed build left, and is idempotent: it removes what exists, ignores what does not,
+// and clears the fields that named it.
+struct Compute::Step {
+  using Work = void (Compute::*)(Build&);
+  using Undo = void (Compute::*)(Instance&);
+  // Who records the step in the instance's steps: the runner, before the work starts (a build
+  // that dies half-way leaves a record saying the undo is due), or the work itself, in the
+  // transaction that does it (the claim: no record without a claim, no claim without a record).
+  enum class Record { kBeforeWork, kByWork };
+
+  // (Not a null check on `w` and `u` here: GCC does not take a comparison of member pointers
+  // as a constant expression under -fsanitize=undefined.)
+  consteval Step(const char* step_name, const char* state, Work w, Undo u,
+                 Record r = Record::kBeforeWork)
+      : name(step_name), task_state(state), work(w), undo(u), record(r) {
+    if (!step_name || !*step_name || !state || !*state)
+      throw "a build step needs a name and a task state";
+  }
+  Step(const char*, const char*, std::nullptr_t, Undo, Record = Record::kBeforeWork) = delete;
+  Step(const char*, const char*, Work, std::nullptr_t, Record = Record::kBeforeWork) = delete;
+
+  const char* name;
+  const char* task_state;
+  Work work;
+  Undo undo;
+  Record record;
+};
+
 inline constexpr uint64_t kGiB = uint64_t{1} << 30;
 
 // True once interrupt_boot() was called.
 bool interrupted();
 
-// Nova's task state while `step` runs.
-const char* task_state_of(const std::string& step);
 inline std::string export_name_of(const std::string& uuid) { return "kiln-" + uuid; }
 inline std::string domain_name_of(const std::string& uuid) { return "kiln-" + uuid; }
 

@@ -1,4 +1,4 @@
-// The build steps of Compute::boot, one method each (see build_steps() for the order).
+// The work of each build step of Compute::boot and its undo (pipeline.cpp has them in order).
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -29,28 +28,9 @@ namespace kiln::spawn {
 
 namespace fs = std::filesystem;
 
-const std::vector<std::string>& build_steps() {
-  static const std::vector<std::string> kSteps = {"claim",  "port",   "overlay", "config_drive",
-                                                  "inject", "export", "domain",  "wait"};
-  return kSteps;
-}
-
 bool injection_available() { return true; }
 
-const char* task_state_of(const std::string& step) {
-  if (step == "claim") return "scheduling";
-  if (step == "port") return "networking";
-  if (step == "overlay" || step == "config_drive" || step == "inject" || step == "export")
-    return "block_device_mapping";
-  return "spawning";
-}
-
 namespace {
-
-std::string fault_injected(const std::string& step) {
-  const char* f = std::getenv(kFailAtEnv);
-  return f && step == f ? f : "";
-}
 
 // Creates a qcow2 overlay on `base` (explicit backing format) and grows it to `size`.
 void create_overlay(const std::string& path, const std::string& base, const std::string& format,
@@ -82,6 +62,12 @@ void make_instance_dir(const Store& store, const Instance& inst) {
   make_dir(inst.dir, kPassageDir);
 }
 
+// Removes `path` if it exists.
+void remove_file(const std::string& path) {
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT)
+    throw errno_error("cannot remove " + path, errno);
+}
+
 std::string octal(mode_t m) {
   char b[8];
   std::snprintf(b, sizeof b, "%04o", static_cast<unsigned>(m & 07777));
@@ -89,41 +75,6 @@ std::string octal(mode_t m) {
 }
 
 }  // namespace
-
-namespace {
-volatile std::sig_atomic_t g_interrupted = 0;
-}  // namespace
-
-void interrupt_boot() { g_interrupted = 1; }
-bool interrupted() { return g_interrupted != 0; }
-
-void Compute::run_step(Build& b, const std::string& step) {
-  Instance& inst = b.inst;
-  if (interrupted()) throw system_error("interrupted before step " + step);
-  // The step is recorded before its work starts: its undo is idempotent and so also covers a
-  // step that failed half-way.
-  if (step != "claim") {
-    inst.steps_done.push_back(step);
-    inst.task_state = task_state_of(step);
-    save(inst, "step " + step);
-  }
-  // "claim" is done in boot(): the record and the claim are one transaction.
-  if (step == "port") step_port(b);
-  if (step == "overlay") step_overlay(b);
-  if (step == "config_drive") step_config_drive(b);
-  if (step == "inject" && b.req.inject) step_inject(b);
-  if (step == "export") step_export(b);
-  if (step == "domain") step_domain(b);
-  if (step == "wait") wait_for(inst.id, true);
-  if (std::string f = fault_injected(step); !f.empty())
-    throw system_error("fault injected at step " + f + " (" + kFailAtEnv + ")");
-  if (const char* p = std::getenv(kPauseAtEnv); p && step == p) {
-    // Test hook: stand still after the step's work until killed, to show what a build that
-    // dies there leaves behind (delete must clean it all).
-    std::fprintf(stderr, "kiln-spawn: paused after step %s (%s)\n", p, kPauseAtEnv);
-    while (!interrupted()) pause();
-  }
-}
 
 void Compute::step_port(Build& b) {
   Instance& inst = b.inst;
@@ -159,6 +110,23 @@ void Compute::step_port(Build& b) {
   plumb({port.id});
 }
 
+// Every port whose device is this instance: also one made by a build that died before it could
+// record the port's id.
+void Compute::undo_port(Instance& inst) {
+  std::vector<std::string> deleted;
+  net::NetService svc(net_store_);
+  for (const auto& p : net_store_.ports())
+    if (p.device_id == inst.id) {
+      svc.delete_port(p.id);
+      deleted.push_back(p.id);
+    }
+  if (!deleted.empty()) plumb(deleted);
+  inst.port_id.clear();
+  inst.mac.clear();
+  inst.ip.clear();
+  inst.tap.clear();
+}
+
 void Compute::step_overlay(Build& b) {
   Instance& inst = b.inst;
   ImageStore images(store_);
@@ -172,6 +140,14 @@ void Compute::step_overlay(Build& b) {
   create_overlay(inst.dir + "/disk", base, b.image.disk_format, b.image.virtual_size, size);
   save(inst, "overlay " + inst.dir + "/disk (" + std::to_string(size) + " bytes) on base " + base +
                  (filled ? " (base cached now)" : ""));
+}
+
+// The instance's directory goes whole: what the later steps put there too, if their undo
+// could not run.
+void Compute::undo_overlay(Instance& inst) {
+  std::error_code ec;
+  fs::remove_all(inst.dir, ec);
+  if (ec) throw system_error("cannot remove " + inst.dir + ": " + ec.message());
 }
 
 void Compute::step_config_drive(Build& b) {
@@ -214,7 +190,10 @@ void Compute::step_config_drive(Build& b) {
   save(inst, "config drive " + inst.dir + "/disk.config");
 }
 
+void Compute::undo_config_drive(Instance& inst) { remove_file(inst.dir + "/disk.config"); }
+
 void Compute::step_inject(Build& b) {
+  if (!b.req.inject) return;
   Instance& inst = b.inst;
   inject_into(inst.dir + "/disk", InjectRequest{sanitize_hostname(inst.name), b.key_data, b.files});
   save(inst, "injected into " + inst.dir + "/disk: hostname" +
@@ -231,6 +210,17 @@ void Compute::step_export(Build& b) {
                  (inst.nbd_socket.empty() ? "the shared socket " + opt_.nbd_socket
                                           : "its socket " + inst.nbd_socket));
   add_export(nbd, inst);
+}
+
+void Compute::undo_export(Instance& inst) {
+  NbdControl(opt_.nbd_control).remove_export(export_name_of(inst.id));
+  // kiln-nbd unlinks the export's socket; one left by a kiln-nbd that died goes too.
+  struct stat st {};
+  if (!inst.nbd_socket.empty() && ::lstat(inst.nbd_socket.c_str(), &st) == 0 &&
+      S_ISSOCK(st.st_mode))
+    remove_file(inst.nbd_socket);
+  inst.export_name.clear();
+  inst.nbd_socket.clear();
 }
 
 void Compute::add_export(NbdControl& nbd, const Instance& inst) {
@@ -299,5 +289,14 @@ void Compute::step_domain(Build& b) {
   virt().define(inst.domain_xml);
   virt().start(inst.id);
 }
+
+void Compute::undo_domain(Instance& inst) {
+  virt().destroy(inst.id);
+  virt().undefine(inst.id);
+  remove_file(inst.dir + "/console.log");
+  inst.domain_name.clear();
+}
+
+void Compute::step_wait(Build& b) { wait_for(b.inst.id, true); }
 
 }  // namespace kiln::spawn

@@ -9,7 +9,6 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
-#include <functional>
 #include <thread>
 
 #include "build.h"
@@ -148,8 +147,8 @@ void Compute::prepare(Build& b) {
                   " bytes in total");
 }
 
-// Step 1, the claim: the record and the claim in one transaction, so that a boot beyond
-// capacity leaves nothing at all.
+// The claim step: the record (with the step, which the runner set) and the claim in one
+// transaction, so that a boot beyond capacity leaves nothing at all.
 void Compute::claim(Build& b) {
   const BootRequest& req = b.req;
   Instance& inst = b.inst;
@@ -158,7 +157,6 @@ void Compute::claim(Build& b) {
   inst.dir = store_.dir() + "/instances/" + inst.id;
   inst.created_at = inst.updated_at = utc_now();
   ResourceTracker tracker(store_);
-  TempFile unclaimed(lock_path(inst.id));  // no instance without a claim: no lock file either
   store_.write([&] {
     if (store_.find_instance(req.name)) throw exists("instance '" + req.name + "' already exists");
     auto img = store_.find_image(req.image);
@@ -179,8 +177,6 @@ void Compute::claim(Build& b) {
     inst.ram_mb = fl->ram_mb;
     inst.disk_gb = fl->disk_gb;
     inst.status = kStatusBuilding;
-    inst.task_state = task_state_of("claim");
-    inst.steps_done = {"claim"};
     tracker.claim(inst.id, *fl);
     store_.put(inst);
     store_.add_event(inst.id, inst.status, inst.task_state,
@@ -188,8 +184,9 @@ void Compute::claim(Build& b) {
                          std::to_string(fl->ram_mb) + " MiB, " + std::to_string(fl->disk_gb) +
                          " GiB");
   });
-  unclaimed.release();
 }
+
+void Compute::unclaim(Instance& inst) { ResourceTracker(store_).release(inst.id); }
 
 Instance Compute::boot(const BootRequest& req) {
   Build b;
@@ -199,13 +196,18 @@ Instance Compute::boot(const BootRequest& req) {
   inst.id = common::new_uuid();
   // Held for the whole build (and its rollback): delete, stop and start of this instance wait.
   FileLock lock(lock_path(inst.id));
-  claim(b);
   try {
-    for (const auto& step : build_steps()) run_step(b, step);
+    run_steps(b);
   } catch (const std::exception& e) {
+    // Nothing recorded (the claim failed or was not reached): nothing exists to undo or to
+    // leave in error, and no instance without a claim has a lock file either.
+    if (inst.steps_done.empty()) {
+      ::unlink(lock_path(inst.id).c_str());
+      throw;
+    }
     std::string reason = e.what();
     std::vector<std::string> undo_errors;
-    undo_all(inst, &undo_errors);
+    undo_steps(inst, &undo_errors);
     inst.status = kStatusError;
     inst.task_state.clear();
     inst.fault = reason;
@@ -219,62 +221,6 @@ Instance Compute::boot(const BootRequest& req) {
   return inst;
 }
 
-// Undoes every step that was started, newest first; each undo is idempotent.
-void Compute::undo_all(Instance& inst, std::vector<std::string>* errors) {
-  auto attempt = [&](const std::string& what, const std::function<void()>& fn) {
-    try {
-      fn();
-    } catch (const std::exception& e) {
-      errors->push_back(what + ": " + e.what());
-    }
-  };
-  auto started = [&](const std::string& step) {
-    return std::find(inst.steps_done.begin(), inst.steps_done.end(), step) != inst.steps_done.end();
-  };
-  if (started("domain") || !inst.domain_name.empty())
-    attempt("domain", [&] {
-      virt().destroy(inst.id);
-      virt().undefine(inst.id);
-    });
-  if (started("export") || !inst.export_name.empty())
-    attempt("export", [&] {
-      NbdControl(opt_.nbd_control).remove_export(export_name_of(inst.id));
-      // kiln-nbd unlinks the export's socket; one left by a kiln-nbd that died goes too.
-      struct stat st {};
-      if (!inst.nbd_socket.empty() && ::lstat(inst.nbd_socket.c_str(), &st) == 0 &&
-          S_ISSOCK(st.st_mode) && ::unlink(inst.nbd_socket.c_str()) != 0 && errno != ENOENT)
-        throw errno_error("cannot remove " + inst.nbd_socket, errno);
-    });
-  attempt("files", [&] {
-    std::error_code ec;
-    fs::remove_all(inst.dir, ec);
-    if (ec) throw system_error("cannot remove " + inst.dir + ": " + ec.message());
-  });
-  if (started("port") || !inst.port_id.empty())
-    attempt("port", [&] {
-      // Every port of this instance, also one created by a build that died before recording it.
-      std::vector<std::string> deleted;
-      net::NetService svc(net_store_);
-      for (const auto& p : net_store_.ports())
-        if (p.device_id == inst.id) {
-          svc.delete_port(p.id);
-          deleted.push_back(p.id);
-        }
-      if (!deleted.empty()) plumb(deleted);
-    });
-  attempt("claim", [&] { ResourceTracker(store_).release(inst.id); });
-  if (errors->empty()) {
-    inst.steps_done.clear();
-    inst.port_id.clear();
-    inst.mac.clear();
-    inst.ip.clear();
-    inst.tap.clear();
-    inst.export_name.clear();
-    inst.nbd_socket.clear();
-    inst.domain_name.clear();
-  }
-}
-
 void Compute::remove(const std::string& ref) {
   std::string id = get(ref).id;
   FileLock lock(lock_path(id));
@@ -285,7 +231,7 @@ void Compute::remove(const std::string& ref) {
   // The steps recorded are exactly those whose work may exist (each is recorded before its
   // work starts), also for a build that was killed half-way.
   std::vector<std::string> errors;
-  undo_all(inst, &errors);
+  undo_steps(inst, &errors);
   if (!errors.empty()) {
     std::string all;
     for (const auto& e : errors) all += (all.empty() ? "" : "; ") + e;

@@ -227,10 +227,23 @@ TEST_F(Pipeline, BootDefinesEverythingAndDeleteRemovesIt) {
   EXPECT_TRUE(fs::exists(ImageStore(store_).base_path(image_.digest)));
 }
 
-// KILN_SPAWN_FAIL_AT at every step in turn: the boot fails, the instance is left in error with
-// the reason, and nothing it built is left.
+// The "undid step X" events of instance `id`, in order: what a rollback or delete undid.
+std::vector<std::string> undone_steps(Store& store, const std::string& id) {
+  const std::string kPrefix = "undid step ";
+  std::vector<std::string> out;
+  for (const auto& e : store.events(id))
+    if (e.message.starts_with(kPrefix)) out.push_back(e.message.substr(kPrefix.size()));
+  return out;
+}
+
+// KILN_SPAWN_FAIL_AT at every step of the pipeline's table in turn (a step added to it is
+// covered without more): the boot fails, the instance is left in error with the reason, exactly
+// the steps done until then (the failing one included: the fault comes after its work) are
+// undone, newest first, and nothing it built is left.
 TEST_F(Pipeline, RollbackAtEveryStep) {
+  std::vector<std::string> done;
   for (const auto& step : build_steps()) {
+    done.insert(done.begin(), step);
     SCOPED_TRACE("fail at " + step);
     ::setenv(kFailAtEnv, step.c_str(), 1);
     Compute c(store_, net_store_, options());
@@ -249,6 +262,8 @@ TEST_F(Pipeline, RollbackAtEveryStep) {
     EXPECT_NE(i.fault.find(step), std::string::npos) << i.fault;
     EXPECT_TRUE(i.steps_done.empty());
     EXPECT_TRUE(i.ip.empty());
+    EXPECT_EQ(undone_steps(store_, i.id), done);
+    EXPECT_EQ(store_.events(i.id).back().status, kStatusError);
     expect_nothing_left(i.id);
     c.remove(name);
     EXPECT_FALSE(store_.find_instance(name));
@@ -296,6 +311,36 @@ TEST_F(Pipeline, RealFailuresRollBack) {
   EXPECT_THROW(c3.boot(request("nonbd")), Error);
   i = c3.get("nonbd");
   EXPECT_NE(i.fault.find("kiln-nbd"), std::string::npos) << i.fault;
+  expect_nothing_left(i.id);
+  // The export's undo could not reach kiln-nbd either: that step stays recorded (and named in
+  // the fault), the older ones are undone all the same, and delete finishes the rollback once
+  // kiln-nbd answers.
+  EXPECT_NE(i.fault.find("cleanup: export: "), std::string::npos) << i.fault;
+  EXPECT_EQ(i.steps_done, std::vector<std::string>{"export"});
+  EXPECT_EQ(undone_steps(store_, i.id),
+            (std::vector<std::string>{"inject", "config_drive", "overlay", "port", "claim"}));
+  Compute(store_, net_store_, options()).remove("nonbd");
+  EXPECT_FALSE(store_.find_instance("nonbd"));
+  expect_nothing_left(i.id);
+}
+
+// A record naming a step this kiln-spawn has no undo for (one written by another version): delete
+// undoes the steps it knows, and says it cannot forget the other rather than dropping it.
+TEST_F(Pipeline, DeleteRefusesToForgetAStepItCannotUndo) {
+  Compute c(store_, net_store_, options());
+  Instance i = c.boot(request("vm"));
+  i.steps_done.push_back("future_step");
+  store_.put(i);
+  try {
+    c.remove("vm");
+    FAIL() << "delete forgot a step it cannot undo";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("future_step: no such build step here"), std::string::npos)
+        << e.what();
+  }
+  Instance left = c.get("vm");
+  EXPECT_EQ(left.status, kStatusError);
+  EXPECT_EQ(left.steps_done, std::vector<std::string>{"future_step"});
   expect_nothing_left(i.id);
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -91,16 +92,34 @@ class Compute {
 
  private:
   struct Build;
+  struct Step;
+  friend const std::vector<std::string>& build_steps();
+  // The pipeline: its steps in order, each with its undo (pipeline.cpp).
+  static std::span<const Step> steps();
   void prepare(Build& b);
+  // Runs the steps in order, recording each in the instance before its work starts.
+  void run_steps(Build& b);
+  // Undoes the steps recorded in inst.steps_done, newest first, each one's undo recorded (the
+  // step leaves steps_done, with an event) as soon as it is done, so that a rollback that dies
+  // half-way is finished by delete. An undo that fails is appended to `errors`, its step stays
+  // recorded, and the older steps are still undone.
+  void undo_steps(Instance& inst, std::vector<std::string>* errors);
+  // The steps' work (claim in compute.cpp, the rest in build_steps.cpp) and their undos.
   void claim(Build& b);
-  void run_step(Build& b, const std::string& step);
   void step_port(Build& b);
   void step_overlay(Build& b);
   void step_config_drive(Build& b);
   void step_inject(Build& b);
   void step_export(Build& b);
   void step_domain(Build& b);
-  void undo_all(Instance& inst, std::vector<std::string>* errors);
+  void step_wait(Build& b);
+  void unclaim(Instance& inst);
+  void undo_port(Instance& inst);
+  void undo_overlay(Instance& inst);
+  void undo_config_drive(Instance& inst);
+  void undo_export(Instance& inst);
+  void undo_domain(Instance& inst);
+  void nothing_to_undo(Instance& inst);
   void save(Instance& inst, const std::string& message);
   void wait_for(const std::string& uuid, bool running);
   // Plumbs the given ports only (netplumb's incremental path), or the whole model if none
