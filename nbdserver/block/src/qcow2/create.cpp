@@ -114,7 +114,7 @@ void create(Reactor& r, const std::string& path, const CreateOptions& o) {
   if (head.size() > cs) throw Error(EINVAL, "header and backing file name do not fit in a cluster");
 
   // Metadata clusters: header, refcount table, refcount blocks, L1 table.
-  const uint64_t l2_covers = uint64_t(cs) * (cs / 8);
+  const uint64_t l2_covers = uint64_t(cs) * (cs / kL2EntryBytes);
   h.l1_size = uint32_t(div_up(size, l2_covers));
   if (uint64_t(h.l1_size) * 8 > kMaxL1Bytes) throw Error(EFBIG, "image size is too large");
   const uint64_t l1_clusters = div_up(uint64_t(h.l1_size) * 8, cs);

@@ -41,7 +41,7 @@ Image::Image(Reactor& r, std::string path, int fd, Header h, const OpenOptions& 
       read_only_(opt.read_only),
       cb_(h_.cluster_bits),
       cs_(h_.cluster_size()),
-      l2_entries_(cs_ / 8),
+      l2_entries_(cs_ / kL2EntryBytes),
       rb_entries_(cs_ * 8 / h_.refcount_bits()),
       l2_cache_(std::min<uint64_t>(cs_, 4096), opt.l2_cache_bytes),
       rb_cache_(std::min<uint64_t>(cs_, 4096), opt.refcount_cache_bytes),
@@ -121,7 +121,7 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
     if (off > file_end || bytes > file_end - off)
       fail(EINVAL, path, std::string(name) + " lies past the end of the file");
   };
-  const uint64_t l2_entries = cs / 8;
+  const uint64_t l2_entries = cs / kL2EntryBytes;
   const uint64_t needed_l1 = (h.size + cs * l2_entries - 1) / (cs * l2_entries);
   if (uint64_t(h.l1_size) * 8 > kMaxL1Bytes) fail(EFBIG, path, "L1 table is too large");
   if (h.l1_size < needed_l1) fail(EINVAL, path, "L1 table is too small for the virtual size");

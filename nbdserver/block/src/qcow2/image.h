@@ -133,7 +133,7 @@ class Image final : public BlockDevice {
   }
 
   // --- compressed clusters (compress.cpp) ---
-  Task<int> read_compressed(uint64_t entry, std::span<uint8_t> cluster);
+  Task<int> read_compressed(L2Entry entry, std::span<uint8_t> cluster);
 
   Reactor& r_;
   std::string path_;
