@@ -96,6 +96,7 @@ TEST(ParseSize, Strict) {
       ADD_FAILURE() << "accepted '" << bad << "'";
     } catch (const Error& e) {
       EXPECT_EQ(e.code(), EINVAL) << bad;
+      EXPECT_EQ(e.reason(), Reason::kInvalidArgument) << bad;
     }
   }
   for (const char* big : {"16E", "18446744073709551616", "99999999999999999999999"}) {
@@ -104,6 +105,7 @@ TEST(ParseSize, Strict) {
       ADD_FAILURE() << "accepted '" << big << "'";
     } catch (const Error& e) {
       EXPECT_EQ(e.code(), ERANGE) << big;
+      EXPECT_EQ(e.reason(), Reason::kInvalidArgument) << big;
     }
   }
 }

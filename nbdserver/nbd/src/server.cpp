@@ -20,6 +20,7 @@
 
 #include "budget.h"
 #include "connection.h"
+#include "kiln/common/error.h"
 #include "kiln/common/fd.h"
 #include "kiln/nbd/access.h"
 #include "kiln/nbd/protocol.h"
@@ -60,9 +61,7 @@ struct Worker {
 
 namespace {
 
-[[noreturn]] void fail(const std::string& what) {
-  throw std::runtime_error(what + ": " + strerror(errno));
-}
+[[noreturn]] void fail(const std::string& what) { throw common::errno_error(what, errno); }
 
 // An earlier socket at `path` is replaced only if nothing listens on it any more (left behind
 // by a crash); anything else there is an error, never unlinked.
@@ -73,14 +72,14 @@ void remove_stale_socket(const std::string& path, const sockaddr_un& addr) {
     fail(path);
   }
   if (!S_ISSOCK(st.st_mode))
-    throw std::runtime_error(path + ": exists and is not a socket (not replacing it)");
+    throw common::exists(path + ": exists and is not a socket (not replacing it)");
   int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (probe < 0) fail("socket");
   const int rc = connect(probe, reinterpret_cast<const sockaddr*>(&addr), sizeof addr);
   const int e = errno;
   ::close(probe);
   if (rc == 0 || e == EAGAIN)
-    throw std::runtime_error(path + ": another server is listening on this socket");
+    throw common::busy(path + ": another server is listening on this socket");
   if (e != ECONNREFUSED && e != ENOENT) {
     errno = e;
     fail(path);
@@ -93,8 +92,7 @@ void remove_stale_socket(const std::string& path, const sockaddr_un& addr) {
 int unix_listener(const std::string& path, mode_t mode, std::optional<uid_t> uid,
                   std::optional<gid_t> gid) {
   sockaddr_un addr{};
-  if (path.size() >= sizeof addr.sun_path)
-    throw std::runtime_error(path + ": socket path too long");
+  if (path.size() >= sizeof addr.sun_path) throw common::invalid(path + ": socket path too long");
   addr.sun_family = AF_UNIX;
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
   remove_stale_socket(path, addr);
@@ -260,27 +258,27 @@ void Server::listen_tcp(const std::string& host, uint16_t port) {
 }
 
 Task<void> Server::add_export(ExportConfig config) {
-  if (config.name.size() > kMaxStringLength) throw std::runtime_error("export name too long");
+  if (config.name.size() > kMaxStringLength) throw common::invalid("export name too long");
   if (exports_.count(config.name))
-    throw std::runtime_error("export '" + config.name + "' already exists");
+    throw common::exists("export '" + config.name + "' already exists");
   std::optional<Owner> owner;
   if (!config.socket.empty()) {
     for (const auto& l : listeners_)
       if (l->unlink_path == config.socket)
-        throw std::runtime_error(config.socket + ": already used by another listener");
+        throw common::busy(config.socket + ": already used by another listener");
     owner = config.owner.empty() ? Owner{geteuid(), std::nullopt} : parse_owner(config.owner);
   } else if (!config.owner.empty()) {
-    throw std::runtime_error("an owner is given but no socket");
+    throw common::invalid("an owner is given but no socket");
   }
   if (!config.tls_identity.empty() && options_.tls_mode == TlsMode::kOff)
-    throw std::runtime_error("export '" + config.name +
-                             "': a TLS identity needs TLS (--tls-creds or --tls-psk)");
+    throw common::invalid("export '" + config.name +
+                          "': a TLS identity needs TLS (--tls-creds or --tls-psk)");
   if (config.tls_identity.size() > kMaxStringLength)
-    throw std::runtime_error("export '" + config.name + "': TLS identity too long");
+    throw common::invalid("export '" + config.name + "': TLS identity too long");
   // Sent to clients in NBD_INFO_DESCRIPTION, a string of the protocol's: at most 4096 bytes.
   if (config.description.size() > kMaxStringLength)
-    throw std::runtime_error("export '" + config.name + "': description longer than " +
-                             std::to_string(kMaxStringLength) + " bytes");
+    throw common::invalid("export '" + config.name + "': description longer than " +
+                          std::to_string(kMaxStringLength) + " bytes");
   block::OpenOptions o;
   o.format = config.format;
   o.read_only = config.read_only;
@@ -325,7 +323,7 @@ Task<void> Server::add_export(ExportConfig config) {
   save_state();
 }
 
-void Server::add_failed_export(ExportConfig config, std::string error) {
+void Server::add_failed_export(ExportConfig config, std::string error, common::Reason reason) {
   if (exports_.count(config.name)) {
     logf(LogLevel::kError, "export '%s' is recorded twice; dropping the second",
          config.name.c_str());
@@ -334,6 +332,7 @@ void Server::add_failed_export(ExportConfig config, std::string error) {
   auto e = std::make_unique<Export>();
   e->id = next_export_id_++;
   e->error = std::move(error);
+  e->reason = reason;
   e->config = std::move(config);
   logf(LogLevel::kError, "export '%s' is not served: %s", e->config.name.c_str(), e->error.c_str());
   std::string name = e->config.name;

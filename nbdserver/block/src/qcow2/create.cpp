@@ -81,7 +81,8 @@ void create(Reactor& r, const std::string& path, const CreateOptions& o) {
     auto dev = r.run(open_image(r, bpath, bo));
     size = dev->size();
   }
-  if (size > kMaxVirtualSize) throw Error(EFBIG, "image size is too large");
+  if (size > kMaxVirtualSize)
+    throw Error(Reason::kInvalidArgument, EFBIG, "image size is too large");
 
   Header h;
   h.version = o.version;
@@ -116,7 +117,8 @@ void create(Reactor& r, const std::string& path, const CreateOptions& o) {
   // Metadata clusters: header, refcount table, refcount blocks, L1 table.
   const uint64_t l2_covers = uint64_t(cs) * (cs / kL2EntryBytes);
   h.l1_size = uint32_t(div_up(size, l2_covers));
-  if (uint64_t(h.l1_size) * 8 > kMaxL1Bytes) throw Error(EFBIG, "image size is too large");
+  if (uint64_t(h.l1_size) * 8 > kMaxL1Bytes)
+    throw Error(Reason::kInvalidArgument, EFBIG, "image size is too large");
   const uint64_t l1_clusters = div_up(uint64_t(h.l1_size) * 8, cs);
   const uint64_t rb_entries = uint64_t(cs) * 8 / rb;
   uint64_t rt_clusters = 1, rb_count = 1;

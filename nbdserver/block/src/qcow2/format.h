@@ -114,6 +114,14 @@ struct Header {
 // the whole file if shorter). Returns an error message or nullopt; fills `out`.
 std::optional<std::string> parse_header(std::span<const uint8_t> first_cluster, Header* out);
 
+// Whether these bytes start with the qcow2 magic and a version other than 2 and 3: a format
+// Kiln does not read (unsupported), rather than a damaged header.
+inline bool is_unknown_version(std::span<const uint8_t> first) {
+  if (first.size() < 8 || load_be32(first.data()) != kMagic) return false;
+  const uint32_t v = load_be32(first.data() + 4);
+  return v != 2 && v != 3;
+}
+
 // Writes the fixed header (not the extensions) into `buf`, which must hold header_length bytes.
 void serialize_header(const Header& h, uint8_t* buf);
 
