@@ -18,6 +18,7 @@
 #include <string_view>
 
 #include "kiln/common/error.h"
+#include "kiln/common/fd.h"
 #include "kiln/nbd/access.h"
 #include "kiln/nbd/server.h"
 #include "log.h"
@@ -168,7 +169,7 @@ Task<std::string> Server::control(const std::string& line) {
 }
 
 Task<void> Server::control_client(int fd) {
-  Socket sock(reactor_, fd);
+  Socket sock(reactor_, common::Fd(fd));
   if (stopping_) co_return;
   // Known to request_shutdown() while it runs (the guard goes before the socket closes).
   struct Registered {
@@ -233,13 +234,13 @@ void Server::save_state() {
   make_private_parents(options_.state_file);
   const std::string tmp = options_.state_file + ".tmp";
   const std::string data = json{{"exports", list}}.dump(2) + "\n";
-  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  common::Fd file(open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  const int fd = file.get();
   if (fd < 0 || write(fd, data.data(), data.size()) != ssize_t(data.size()) || fsync(fd) < 0 ||
       rename(tmp.c_str(), options_.state_file.c_str()) < 0) {
     logf(LogLevel::kError, "cannot write the state file %s: %s", options_.state_file.c_str(),
          strerror(errno));
   }
-  if (fd >= 0) close(fd);
 }
 
 std::vector<ExportConfig> load_state(const std::string& path) {

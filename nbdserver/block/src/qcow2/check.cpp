@@ -45,7 +45,7 @@ Task<int> Checker::read(std::vector<uint8_t>& buf, uint64_t offset) {
   extents.for_each_data(offset, buf.size(),
                         [&](uint64_t o, uint64_t n) { pieces.emplace_back(o, n); });
   for (auto [o, n] : pieces) {
-    const int rc = co_await img.r_.read_full(img.fd_, {buf.data() + (o - offset), n}, o);
+    const int rc = co_await img.r_.read_full(img.fd_.get(), {buf.data() + (o - offset), n}, o);
     if (rc < 0) {
       problem(false, kRead, "cannot read at offset " + std::to_string(o));
       co_return rc;
@@ -235,11 +235,11 @@ Task<void> Checker::walk_bitmaps() {
 // Counts every reference; the refcount structures' own only `with_refcount_structures`.
 Task<void> Checker::count(bool with_refcount_structures) {
   struct stat st {};
-  fstat(img.fd_, &st);
+  fstat(img.fd_.get(), &st);
   const uint64_t size = uint64_t(st.st_size), allocated = uint64_t(st.st_blocks) * 512;
   file_clusters = (size + cs - 1) >> cb;
   budget = allocated + kSlackBytes;
-  extents.load(img.fd_, size);
+  extents.load(img.fd_.get(), size);
   // Every reference is an 8-byte entry of a table in the allocated part of the file (a
   // compressed one may span a few clusters): the dense counters cover as many clusters.
   counted.reset(std::min(file_clusters, allocated / 2 + (1u << 20)), kMaxSparseReferences);

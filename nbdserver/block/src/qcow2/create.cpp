@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "kiln/block/qcow2.h"
+#include "kiln/common/fd.h"
 #include "lock.h"
 #include "qcow2/format.h"
 #include "raw.h"
@@ -146,19 +147,11 @@ void create(Reactor& r, const std::string& path, const CreateOptions& o) {
     set_refcount(&blocks[(c / rb_entries) * cs], c % rb_entries, h.refcount_order, 1);
 
   // Truncate only once the locks are ours: an image in use by someone else stays intact.
-  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0) throw Error(errno, path + ": cannot create: " + strerror(errno));
-  try {
-    lock_image_file(fd, path, true);
-  } catch (...) {
-    ::close(fd);
-    throw;
-  }
-  if (ftruncate(fd, 0) < 0) {
-    int e = errno;
-    ::close(fd);
-    throw Error(e, path + ": cannot truncate: " + strerror(e));
-  }
+  common::Fd file(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+  if (!file) throw Error(errno, path + ": cannot create: " + strerror(errno));
+  const int fd = file.get();
+  lock_image_file(fd, path, true);
+  if (ftruncate(fd, 0) < 0) throw Error(errno, path + ": cannot truncate: " + strerror(errno));
   auto io = [&]() -> Task<int> {
     std::vector<uint8_t> cluster0(cs, 0);
     std::memcpy(cluster0.data(), head.data(), head.size());
@@ -171,7 +164,7 @@ void create(Reactor& r, const std::string& path, const CreateOptions& o) {
     co_return co_await r.fsync(fd, false);
   };
   int rc = r.run(io());
-  ::close(fd);
+  file.reset();  // written and fsync'ed: close's result adds nothing
   if (rc < 0) throw Error(-rc, path + ": cannot write: " + strerror(-rc));
 }
 

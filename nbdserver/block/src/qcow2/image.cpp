@@ -41,10 +41,10 @@ struct Range {
 
 }  // namespace
 
-Image::Image(Reactor& r, std::string path, int fd, Header h, const OpenOptions& opt)
+Image::Image(Reactor& r, std::string path, common::Fd fd, Header h, const OpenOptions& opt)
     : r_(r),
       path_(std::move(path)),
-      fd_(fd),
+      fd_(std::move(fd)),
       h_(std::move(h)),
       opt_(opt),
       read_only_(opt.read_only),
@@ -62,9 +62,7 @@ Image::Image(Reactor& r, std::string path, int fd, Header h, const OpenOptions& 
   caps_.preferred_block = static_cast<uint32_t>(std::min<uint64_t>(cs_, 65536));
 }
 
-Image::~Image() {
-  if (fd_ >= 0) ::close(fd_);
-}
+Image::~Image() = default;
 
 Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
                                          const OpenOptions& opt, ChainIds chain,
@@ -175,7 +173,7 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
         corrupt(EINVAL, path, std::string(ranges[i].name) + " overlaps the " + ranges[j].name);
     }
 
-  std::unique_ptr<Image> img(new Image(r, path, guard.release(), std::move(h), opt));
+  std::unique_ptr<Image> img(new Image(r, path, std::move(guard), std::move(h), opt));
   img->snapshots_ = std::move(snapshots);
   co_await img->load_tables();
 
@@ -237,13 +235,13 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
 
 Task<void> Image::load_tables() {
   std::vector<uint8_t> buf(uint64_t(h_.l1_size) * 8);
-  if (int rc = co_await r_.read_full(fd_, buf, h_.l1_table_offset); rc < 0)
+  if (int rc = co_await r_.read_full(fd_.get(), buf, h_.l1_table_offset); rc < 0)
     fail(-rc, path_, "cannot read the L1 table");
   l1_.resize(h_.l1_size);
   for (size_t i = 0; i < l1_.size(); ++i) l1_[i] = load_be64(&buf[i * 8]);
 
   buf.assign(uint64_t(h_.refcount_table_clusters) * cs_, 0);
-  if (int rc = co_await r_.read_full(fd_, buf, h_.refcount_table_offset); rc < 0)
+  if (int rc = co_await r_.read_full(fd_.get(), buf, h_.refcount_table_offset); rc < 0)
     fail(-rc, path_, "cannot read the refcount table");
   reftable_.resize(buf.size() / 8);
   for (size_t i = 0; i < reftable_.size(); ++i) reftable_[i] = load_be64(&buf[i * 8]);

@@ -17,6 +17,7 @@
 
 #include "kiln/block/device.h"
 #include "kiln/block/qcow2.h"
+#include "kiln/common/fd.h"
 #include "qcow2/cache.h"
 #include "qcow2/format.h"
 
@@ -57,14 +58,14 @@ class Image final : public BlockDevice {
 
   const Header& header() const { return h_; }
   const std::vector<Snapshot>& snapshots() const { return snapshots_; }
-  int fd() const { return fd_; }
+  int fd() const { return fd_.get(); }
   Reactor& reactor() { return r_; }
 
  private:
   friend struct Checker;
   friend Task<void> run_check(Image& img, Repair repair, CheckResult* out);
 
-  Image(Reactor& r, std::string path, int fd, Header h, const OpenOptions& opt);
+  Image(Reactor& r, std::string path, common::Fd fd, Header h, const OpenOptions& opt);
   Task<void> load_tables();
 
   // --- mapping (io.cpp) ---
@@ -137,7 +138,7 @@ class Image final : public BlockDevice {
 
   Reactor& r_;
   std::string path_;
-  int fd_;
+  common::Fd fd_;  // the image file; its io_uring requests name it by number
   Header h_;
   Capabilities caps_;
   OpenOptions opt_;
