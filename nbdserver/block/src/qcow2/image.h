@@ -2,7 +2,8 @@
 //
 // Split by job: image.cpp (open, validation, close), io.cpp (the guest data path), alloc.cpp
 // (refcounts, cluster and L2 table allocation), flush.cpp (ordered metadata write-back, resize),
-// compress.cpp (compressed clusters), create.cpp, check.cpp. docs/block-layer.md explains the
+// compress.cpp (compressed clusters), create.cpp, check.cpp. The on-disk format is format.h;
+// table entries are decoded and encoded only by entry.h. docs/block-layer.md explains the
 // write ordering that keeps the image consistent at every instant.
 #pragma once
 
