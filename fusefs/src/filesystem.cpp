@@ -46,7 +46,8 @@ Choice choose_partition(Source& src, const OpenOptions& options) {
   Choice c;
   if (table.scheme == "none") {
     if (options.partition != 0)
-      throw Error(image + " has no partition table: leave out the partition number");
+      throw Error(Reason::kInvalidArgument,
+                  image + " has no partition table: leave out the partition number");
     c.length = src.size();
     c.info = probe_filesystem(src, 0, c.length);
     return c;
@@ -57,9 +58,10 @@ Choice choose_partition(Source& src, const OpenOptions& options) {
     auto it = std::find_if(table.partitions.begin(), table.partitions.end(),
                            [&](const Partition& p) { return p.number == options.partition; });
     if (it == table.partitions.end())
-      throw Error(image + " has no partition " + std::to_string(options.partition) +
-                  (numbers.empty() ? std::string(" (the table is empty)")
-                                   : " (partitions: " + join_numbers(numbers) + ")"));
+      throw Error(Reason::kNotFound,
+                  image + " has no partition " + std::to_string(options.partition) +
+                      (numbers.empty() ? std::string(" (the table is empty)")
+                                       : " (partitions: " + join_numbers(numbers) + ")"));
     c.number = it->number;
     c.offset = it->offset;
     c.length = it->length;
@@ -72,13 +74,15 @@ Choice choose_partition(Source& src, const OpenOptions& options) {
     if (is_ext_type(info.type)) ext.push_back({p.number, p.offset, p.length, info});
   }
   if (ext.empty())
-    throw Error(image + ": no ext2, ext3 or ext4 filesystem in its " + table.scheme +
-                " partitions" + (numbers.empty() ? "" : " (" + join_numbers(numbers) + ")"));
+    throw Error(Reason::kNotFound, image + ": no ext2, ext3 or ext4 filesystem in its " +
+                                       table.scheme + " partitions" +
+                                       (numbers.empty() ? "" : " (" + join_numbers(numbers) + ")"));
   if (ext.size() > 1) {
     std::vector<int> found;
     for (const auto& e : ext) found.push_back(e.number);
-    throw Error(image + " has several ext filesystems (partitions " + join_numbers(found) +
-                "): choose one with --partition");
+    throw Error(Reason::kInvalidArgument, image + " has several ext filesystems (partitions " +
+                                              join_numbers(found) +
+                                              "): choose one with --partition");
   }
   return ext[0];
 }
@@ -141,9 +145,34 @@ std::string ext2_error(errcode_t code) {
   return m ? m : "error " + std::to_string(code);
 }
 
+Reason ext2_reason(errcode_t code) {
+  if (code > 0 && code < 4096) return common::reason_of_errno(int(code));
+  switch (code) {
+    case EXT2_ET_BLOCK_ALLOC_FAIL:
+    case EXT2_ET_INODE_ALLOC_FAIL:
+    case EXT2_ET_DIR_NO_SPACE:
+    case EXT2_ET_EA_NO_SPACE:
+    case EXT2_ET_NO_MEMORY:
+      return Reason::kNoSpace;
+    case EXT2_ET_UNSUPP_FEATURE:
+    case EXT2_ET_RO_UNSUPP_FEATURE:
+    case EXT2_ET_UNIMPLEMENTED:
+    case EXT2_ET_OP_NOT_SUPPORTED:
+      return Reason::kUnsupported;
+    case EXT2_ET_RO_FILSYS:
+      return Reason::kPermission;
+    case EXT2_ET_SHORT_READ:
+    case EXT2_ET_SHORT_WRITE:
+      return Reason::kIo;
+    default:
+      return Reason::kCorrupt;
+  }
+}
+
 std::unique_ptr<Filesystem> Filesystem::open(const std::string& image, const OpenOptions& options) {
   if (options.partition < 0)
-    throw Error(image + ": invalid partition number " + std::to_string(options.partition));
+    throw Error(Reason::kInvalidArgument,
+                image + ": invalid partition number " + std::to_string(options.partition));
   return open(open_source(image, {options.read_only, options.format}), options);
 }
 
@@ -151,9 +180,11 @@ std::unique_ptr<Filesystem> Filesystem::open(std::unique_ptr<Source> source,
                                              const OpenOptions& options) {
   const std::string image = source->name();
   if (options.partition < 0)
-    throw Error(image + ": invalid partition number " + std::to_string(options.partition));
+    throw Error(Reason::kInvalidArgument,
+                image + ": invalid partition number " + std::to_string(options.partition));
   if (!options.read_only && source->read_only())
-    throw Error(image + ": the source is read-only (open the filesystem read-only)");
+    throw Error(Reason::kPermission,
+                image + ": the source is read-only (open the filesystem read-only)");
   static std::once_flag error_table;
   std::call_once(error_table, [] { initialize_ext2_error_table(); });
   std::unique_ptr<Filesystem> f(new Filesystem());
@@ -164,8 +195,10 @@ std::unique_ptr<Filesystem> Filesystem::open(std::unique_ptr<Source> source,
   f->partition_ = c.number;
   const std::string name = where(image, c.number);
   if (!is_ext_type(c.info.type))
-    throw Error(name + " holds " + describe_content(c.info) +
-                ": kiln-fs opens ext2, ext3 and ext4 only");
+    // Nothing recognisable is not found; another filesystem (xfs, ntfs, ...) is unsupported.
+    throw Error(
+        c.info.type.empty() ? Reason::kNotFound : Reason::kUnsupported,
+        name + " holds " + describe_content(c.info) + ": kiln-fs opens ext2, ext3 and ext4 only");
   f->type_ = c.info.type;
   f->channel_ = std::make_unique<IoChannel>(*f->source_, c.offset, c.length,
                                             options.read_only ? 0 : options.write_buffer_bytes);
@@ -189,22 +222,26 @@ std::unique_ptr<Filesystem> Filesystem::open(std::unique_ptr<Source> source,
         if (!names.empty()) why += " (" + names + ")";
       }
     }
-    throw Error(name + ": cannot open the " + f->type_ + " filesystem: " + why);
+    throw Error(ext2_reason(rc), name + ": cannot open the " + f->type_ + " filesystem: " + why);
   }
   f->fs_ = fs;
   const uint64_t fs_bytes = ext2fs_blocks_count(fs->super) * uint64_t{fs->blocksize};
   if (fs_bytes > c.length)
-    throw Error(name + ": the " + f->type_ + " filesystem (" + std::to_string(fs_bytes) +
-                " bytes) is larger than its partition (" + std::to_string(c.length) + " bytes)");
+    throw Error(Reason::kCorrupt, name + ": the " + f->type_ + " filesystem (" +
+                                      std::to_string(fs_bytes) +
+                                      " bytes) is larger than its partition (" +
+                                      std::to_string(c.length) + " bytes)");
   if (ext2fs_has_feature_journal_dev(fs->super))
-    throw Error(name + " is an external ext journal, not a filesystem");
+    throw Error(Reason::kUnsupported, name + " is an external ext journal, not a filesystem");
   if (!options.read_only) {
     std::string why = write_refusal(fs);
     if (!why.empty())
-      throw Error(name + ": refusing to write the " + f->type_ + " filesystem: " + why);
+      throw Error(ext2_reason(rc),
+                  name + ": refusing to write the " + f->type_ + " filesystem: " + why);
   }
   rc = ext2fs_read_bitmaps(fs);
-  if (rc) throw Error(name + ": cannot read the allocation bitmaps: " + ext2_error(rc));
+  if (rc)
+    throw Error(ext2_reason(rc), name + ": cannot read the allocation bitmaps: " + ext2_error(rc));
   return f;
 }
 
@@ -228,6 +265,7 @@ void Filesystem::discard() noexcept {
 
 void Filesystem::close() {
   std::string error;
+  Reason reason = Reason::kIo;
   // The source's close below flushes durably; the flush inside ext2fs_close2 only needs to
   // hand the blocks over.
   if (channel_) channel_->set_source_flush(false);
@@ -235,17 +273,21 @@ void Filesystem::close() {
     errcode_t rc = ext2fs_close2(fs_, 0);
     if (rc) {
       error = describe() + ": cannot write the filesystem's metadata: " + ext2_error(rc);
+      reason = ext2_reason(rc);
       ext2fs_free(fs_);
     }
     fs_ = nullptr;
   }
   if (error.empty() && channel_) {
     int rc = channel_->write_back();
-    if (rc < 0) error = describe() + ": write error: " + std::strerror(-rc);
+    if (rc < 0) {
+      error = describe() + ": write error: " + std::strerror(-rc);
+      reason = common::reason_of_errno(-rc);
+    }
   }
   if (!error.empty()) {
     discard();
-    throw Error(error);
+    throw Error(reason, error);
   }
   source_->close(false);
 }

@@ -54,7 +54,7 @@ class File {
  public:
   File(ext2_filsys fs, ext2_ino_t ino, int flags, const std::string& path) : path_(path) {
     errcode_t rc = ext2fs_file_open(fs, ino, flags, &f_);
-    if (rc) throw Error(fail(path, "cannot open", rc));
+    if (rc) throw Error(ext2_reason(rc), fail(path, "cannot open", rc));
   }
   ~File() {
     if (f_) ext2fs_file_close(f_);
@@ -63,7 +63,7 @@ class File {
   void close() {
     errcode_t rc = ext2fs_file_close(f_);
     f_ = nullptr;
-    if (rc) throw Error(fail(path_, "cannot write", rc));
+    if (rc) throw Error(ext2_reason(rc), fail(path_, "cannot write", rc));
   }
 
  private:
@@ -77,8 +77,8 @@ void write_all(File& f, const std::string& data, const std::string& path) {
     unsigned int chunk = static_cast<unsigned int>(std::min<size_t>(data.size() - done, 1u << 20));
     unsigned int written = 0;
     errcode_t rc = ext2fs_file_write(f.get(), data.data() + done, chunk, &written);
-    if (rc) throw Error(fail(path, "cannot write", rc));
-    if (written == 0) throw Error(path + ": cannot write: no progress");
+    if (rc) throw Error(ext2_reason(rc), fail(path, "cannot write", rc));
+    if (written == 0) throw Error(Reason::kIo, path + ": cannot write: no progress");
     done += written;
   }
 }
@@ -86,14 +86,18 @@ void write_all(File& f, const std::string& data, const std::string& path) {
 }  // namespace
 
 std::vector<std::string> split_guest_path(const std::string& path) {
-  if (path.empty() || path[0] != '/') throw Error("guest path '" + path + "' is not absolute");
-  if (path.find('\0') != std::string::npos) throw Error("guest path contains a NUL byte");
-  if (path.size() > 4095) throw Error("guest path is longer than 4095 bytes");
+  if (path.empty() || path[0] != '/')
+    throw Error(Reason::kInvalidArgument, "guest path '" + path + "' is not absolute");
+  if (path.find('\0') != std::string::npos)
+    throw Error(Reason::kInvalidArgument, "guest path contains a NUL byte");
+  if (path.size() > 4095)
+    throw Error(Reason::kInvalidArgument, "guest path is longer than 4095 bytes");
   std::vector<std::string> out = split_any(path);
   for (const auto& c : out) {
-    if (c == "..") throw Error("guest path '" + path + "' contains '..'");
+    if (c == "..") throw Error(Reason::kInvalidArgument, "guest path '" + path + "' contains '..'");
     if (c.size() > EXT2_NAME_LEN)
-      throw Error("guest path '" + path + "': a name is longer than 255 bytes");
+      throw Error(Reason::kInvalidArgument,
+                  "guest path '" + path + "': a name is longer than 255 bytes");
   }
   return out;
 }
@@ -103,20 +107,25 @@ ext2_inode_large Guest::read_inode(ext2_ino_t ino) const {
   std::memset(&inode, 0, sizeof inode);
   errcode_t rc =
       ext2fs_read_inode_full(fs_, ino, reinterpret_cast<ext2_inode*>(&inode), sizeof inode);
-  if (rc) throw Error("cannot read inode " + std::to_string(ino) + ": " + ext2_error(rc));
+  if (rc)
+    throw Error(ext2_reason(rc),
+                "cannot read inode " + std::to_string(ino) + ": " + ext2_error(rc));
   return inode;
 }
 
 void Guest::write_inode(ext2_ino_t ino, ext2_inode_large& inode) {
   errcode_t rc =
       ext2fs_write_inode_full(fs_, ino, reinterpret_cast<ext2_inode*>(&inode), sizeof inode);
-  if (rc) throw Error("cannot write inode " + std::to_string(ino) + ": " + ext2_error(rc));
+  if (rc)
+    throw Error(ext2_reason(rc),
+                "cannot write inode " + std::to_string(ino) + ": " + ext2_error(rc));
 }
 
 std::string Guest::read_link(ext2_ino_t ino, const std::string& path) const {
   ext2_inode_large inode = read_inode(ino);
   const uint64_t size = EXT2_I_SIZE(&inode);
-  if (size == 0 || size >= 4096) throw Error(path + ": symbolic link of invalid length");
+  if (size == 0 || size >= 4096)
+    throw Error(Reason::kCorrupt, path + ": symbolic link of invalid length");
   if (ext2fs_is_fast_symlink(reinterpret_cast<ext2_inode*>(&inode)))
     return std::string(reinterpret_cast<const char*>(inode.i_block), static_cast<size_t>(size));
   return read_file(ino, path, 4096);
@@ -126,17 +135,18 @@ std::string Guest::read_file(ext2_ino_t ino, const std::string& path, uint64_t l
   File f(fs_, ino, 0, path);
   uint64_t size = 0;
   errcode_t rc = ext2fs_file_get_lsize(f.get(), reinterpret_cast<__u64*>(&size));
-  if (rc) throw Error(fail(path, "cannot read", rc));
+  if (rc) throw Error(ext2_reason(rc), fail(path, "cannot read", rc));
   if (size > limit)
-    throw Error(path + ": the file is too large (" + std::to_string(size) + " bytes, limit " +
-                std::to_string(limit) + ")");
+    throw Error(Reason::kInvalidArgument, path + ": the file is too large (" +
+                                              std::to_string(size) + " bytes, limit " +
+                                              std::to_string(limit) + ")");
   std::string out(static_cast<size_t>(size), '\0');
   size_t done = 0;
   while (done < out.size()) {
     unsigned int got = 0;
     unsigned int chunk = static_cast<unsigned int>(std::min<size_t>(out.size() - done, 1u << 20));
     rc = ext2fs_file_read(f.get(), out.data() + done, chunk, &got);
-    if (rc) throw Error(fail(path, "cannot read", rc));
+    if (rc) throw Error(ext2_reason(rc), fail(path, "cannot read", rc));
     if (got == 0) break;
     done += got;
   }
@@ -149,7 +159,7 @@ ext2_ino_t Guest::child(ext2_ino_t dir, const std::string& name, const std::stri
   errcode_t rc =
       ext2fs_lookup(fs_, dir, name.c_str(), static_cast<int>(name.size()), nullptr, &ino);
   if (rc == EXT2_ET_FILE_NOT_FOUND) return 0;
-  if (rc) throw Error(fail(path, "cannot look up '" + name + "'", rc));
+  if (rc) throw Error(ext2_reason(rc), fail(path, "cannot look up '" + name + "'", rc));
   return ino;
 }
 
@@ -161,9 +171,10 @@ void Guest::check_parent(ext2_ino_t dir, ext2_ino_t parent, const std::string& p
   ext2_ino_t dotdot = 0;
   errcode_t rc = ext2fs_lookup(fs_, dir, "..", 2, nullptr, &dotdot);
   if (rc == EXT2_ET_FILE_NOT_FOUND || (rc == 0 && dotdot != parent))
-    throw Error(path + " is a second name of a directory that lives elsewhere (its '..' does " +
-                "not lead back): the filesystem is corrupt or crafted, run e2fsck");
-  if (rc) throw Error(fail(path, "cannot look up '..'", rc));
+    throw Error(Reason::kCorrupt,
+                path + " is a second name of a directory that lives elsewhere (its '..' does " +
+                    "not lead back): the filesystem is corrupt or crafted, run e2fsck");
+  if (rc) throw Error(ext2_reason(rc), fail(path, "cannot look up '..'", rc));
 }
 
 ext2_ino_t Guest::lookup(const std::string& path, Follow follow) const {
@@ -197,12 +208,13 @@ Guest::Resolved Guest::resolve(const std::string& path, Follow follow) const {
       r.ino = cur;
       continue;
     }
-    if (!is_dir(read_inode(cur))) throw Error(path + ": " + walked + " is not a directory");
+    if (!is_dir(read_inode(cur)))
+      throw Error(Reason::kInvalidArgument, path + ": " + walked + " is not a directory");
     ext2_ino_t child = 0;
     errcode_t rc = ext2fs_lookup(fs_, cur, item.name.c_str(), static_cast<int>(item.name.size()),
                                  nullptr, &child);
     if (rc && rc != EXT2_ET_FILE_NOT_FOUND)
-      throw Error(fail(path, "cannot look up '" + item.name + "'", rc));
+      throw Error(ext2_reason(rc), fail(path, "cannot look up '" + item.name + "'", rc));
     const bool last = todo.empty();
     r.dir = cur;
     r.name = item.name;
@@ -217,19 +229,23 @@ Guest::Resolved Guest::resolve(const std::string& path, Follow follow) const {
     if (is_link(inode) && !(last && !follow_last)) {
       const std::string target = read_link(child, walked);
       if (follow == Follow::kNever)
-        throw Error(path + ": refusing to follow the symbolic link " + walked + " -> " + target +
-                    " (allow it with --follow-symlinks)");
+        throw Error(Reason::kPermission, path + ": refusing to follow the symbolic link " + walked +
+                                             " -> " + target +
+                                             " (allow it with --follow-symlinks)");
       // A guest user can plant a link (or hard-link one that root made) where root will
       // write; following it would let them choose which file root writes.
       if (follow == Follow::kTrusted && inode_uid(inode) != 0)
-        throw Error(path + ": refusing to follow the symbolic link " + walked + " -> " + target +
-                    ": it belongs to uid " + std::to_string(inode_uid(inode)) +
-                    ", and only links owned by root are followed");
+        throw Error(Reason::kPermission, path + ": refusing to follow the symbolic link " + walked +
+                                             " -> " + target + ": it belongs to uid " +
+                                             std::to_string(inode_uid(inode)) +
+                                             ", and only links owned by root are followed");
       if (follow == Follow::kTrusted && inode.i_links_count > 1)
-        throw Error(path + ": refusing to follow the symbolic link " + walked + " -> " + target +
-                    ": it has " + std::to_string(inode.i_links_count) +
-                    " names (hard links), and only links with one name are followed");
-      if (++links > kMaxSymlinks) throw Error(path + ": too many levels of symbolic links");
+        throw Error(Reason::kPermission,
+                    path + ": refusing to follow the symbolic link " + walked + " -> " + target +
+                        ": it has " + std::to_string(inode.i_links_count) +
+                        " names (hard links), and only links with one name are followed");
+      if (++links > kMaxSymlinks)
+        throw Error(Reason::kInvalidArgument, path + ": too many levels of symbolic links");
       std::vector<std::string> parts = split_any(target);
       for (auto it = parts.rbegin(); it != parts.rend(); ++it) todo.push_front({*it, true});
       if (target[0] == '/') {
@@ -249,7 +265,9 @@ Guest::Resolved Guest::resolve(const std::string& path, Follow follow) const {
 
 Guest::Parent Guest::parent_of(const std::string& path, Follow follow, bool create) {
   std::vector<std::string> parts = split_guest_path(path);
-  if (parts.empty()) throw Error(path + ": the root directory cannot be replaced or removed");
+  if (parts.empty())
+    throw Error(Reason::kInvalidArgument,
+                path + ": the root directory cannot be replaced or removed");
   Parent p;
   p.name = parts.back();
   parts.pop_back();
@@ -261,15 +279,17 @@ Guest::Parent Guest::parent_of(const std::string& path, Follow follow, bool crea
     prefix += "/" + c;
     ext2_ino_t ino = lookup(prefix, dir_follow);
     if (ino == 0) {
-      if (!create) throw Error(path + ": " + prefix + " does not exist");
+      if (!create) throw Error(Reason::kNotFound, path + ": " + prefix + " does not exist");
       // `dir` is the resolved parent of `prefix`: the lookup found everything up to here.
       ino = make_dir(dir, c, prefix, Attrs{0755, 0, 0});
     } else {
       ext2_inode_large inode = read_inode(ino);
       if (is_link(inode))  // only with kNever: lookup follows links otherwise
-        throw Error(path + ": refusing to follow the symbolic link " + prefix + " -> " +
-                    read_link(ino, prefix) + " (allow it with --follow-symlinks)");
-      if (!is_dir(inode)) throw Error(path + ": " + prefix + " is not a directory");
+        throw Error(Reason::kPermission, path + ": refusing to follow the symbolic link " + prefix +
+                                             " -> " + read_link(ino, prefix) +
+                                             " (allow it with --follow-symlinks)");
+      if (!is_dir(inode))
+        throw Error(Reason::kInvalidArgument, path + ": " + prefix + " is not a directory");
     }
     dir = ino;
   }
@@ -282,10 +302,10 @@ void Guest::link(ext2_ino_t dir, const std::string& name, ext2_ino_t ino, int ty
   errcode_t rc = ext2fs_link(fs_, dir, name.c_str(), ino, type);
   if (rc == EXT2_ET_DIR_NO_SPACE) {
     rc = ext2fs_expand_dir(fs_, dir);
-    if (rc) throw Error(fail(path, "cannot grow the parent directory", rc));
+    if (rc) throw Error(ext2_reason(rc), fail(path, "cannot grow the parent directory", rc));
     rc = ext2fs_link(fs_, dir, name.c_str(), ino, type);
   }
-  if (rc) throw Error(fail(path, "cannot link", rc));
+  if (rc) throw Error(ext2_reason(rc), fail(path, "cannot link", rc));
 }
 
 ext2_ino_t Guest::make_dir(ext2_ino_t parent, const std::string& name, const std::string& path,
@@ -295,10 +315,10 @@ ext2_ino_t Guest::make_dir(ext2_ino_t parent, const std::string& name, const std
     rc = ext2fs_expand_dir(fs_, parent);
     if (!rc) rc = ext2fs_mkdir(fs_, parent, 0, name.c_str());
   }
-  if (rc) throw Error(fail(path, "cannot create the directory", rc));
+  if (rc) throw Error(ext2_reason(rc), fail(path, "cannot create the directory", rc));
   ext2_ino_t ino = 0;
   rc = ext2fs_lookup(fs_, parent, name.c_str(), static_cast<int>(name.size()), nullptr, &ino);
-  if (rc) throw Error(fail(path, "cannot find the new directory", rc));
+  if (rc) throw Error(ext2_reason(rc), fail(path, "cannot find the new directory", rc));
   ext2_inode_large inode = read_inode(ino);
   inode.i_mode = static_cast<uint16_t>(LINUX_S_IFDIR | (attrs.mode.value_or(0755) & 07777));
   set_owner(inode, attrs.uid.value_or(0), attrs.gid.value_or(0));
@@ -312,19 +332,20 @@ ext2_ino_t Guest::make_dirs(const std::string& path, const Attrs& attrs, Follow 
   errcode_t rc =
       ext2fs_lookup(fs_, at.dir, at.name.c_str(), static_cast<int>(at.name.size()), nullptr, &ino);
   if (rc == EXT2_ET_FILE_NOT_FOUND) return make_dir(at.dir, at.name, path, attrs);
-  if (rc) throw Error(fail(path, "cannot look up", rc));
+  if (rc) throw Error(ext2_reason(rc), fail(path, "cannot look up", rc));
   ext2_inode_large inode = read_inode(ino);
   if (is_link(inode)) {
     if (follow == Follow::kNever)
-      throw Error(path + ": refusing to follow the symbolic link " + path + " -> " +
-                  read_link(ino, path) + " (allow it with --follow-symlinks)");
+      throw Error(Reason::kPermission, path + ": refusing to follow the symbolic link " + path +
+                                           " -> " + read_link(ino, path) +
+                                           " (allow it with --follow-symlinks)");
     ino = lookup(path, dirs_follow(follow));  // checks the link's owner and every '..'
-    if (ino == 0) throw Error(path + ": the symbolic link points to nothing");
+    if (ino == 0) throw Error(Reason::kNotFound, path + ": the symbolic link points to nothing");
     inode = read_inode(ino);
   } else if (is_dir(inode)) {
     check_parent(ino, at.dir, path);
   }
-  if (!is_dir(inode)) throw Error(path + " exists and is not a directory");
+  if (!is_dir(inode)) throw Error(Reason::kExists, path + " exists and is not a directory");
   set_attrs(ino, attrs);
   return ino;
 }
@@ -344,7 +365,7 @@ void Guest::set_attrs(ext2_ino_t ino, const Attrs& attrs) {
 // anyway: drop the inline data and make the inode an ordinary (extent-mapped) file.
 void Guest::to_block_mapped(ext2_ino_t ino, ext2_inode_large& inode, const std::string& path) {
   errcode_t rc = ext2fs_punch(fs_, ino, reinterpret_cast<ext2_inode*>(&inode), nullptr, 0, ~0ULL);
-  if (rc) throw Error(fail(path, "cannot drop its inline data", rc));
+  if (rc) throw Error(ext2_reason(rc), fail(path, "cannot drop its inline data", rc));
   inode = read_inode(ino);
   inode.i_flags &= ~EXT4_INLINE_DATA_FL;
   std::memset(inode.i_block, 0, sizeof inode.i_block);
@@ -353,7 +374,7 @@ void Guest::to_block_mapped(ext2_ino_t ino, ext2_inode_large& inode, const std::
   if (ext2fs_has_feature_extents(fs_->super)) {
     ext2_extent_handle_t handle = nullptr;
     rc = ext2fs_extent_open2(fs_, ino, reinterpret_cast<ext2_inode*>(&inode), &handle);
-    if (rc) throw Error(fail(path, "cannot set up the extent tree", rc));
+    if (rc) throw Error(ext2_reason(rc), fail(path, "cannot set up the extent tree", rc));
     ext2fs_extent_free(handle);
   }
   write_inode(ino, inode);
@@ -364,7 +385,8 @@ ext2_ino_t Guest::write_file(const Parent& at, const std::string& path, const st
   ext2_ino_t ino = child(at.dir, at.name, path);
   if (ino != 0) {
     ext2_inode_large inode = read_inode(ino);
-    if (!LINUX_S_ISREG(inode.i_mode)) throw Error(path + " exists and is not a regular file");
+    if (!LINUX_S_ISREG(inode.i_mode))
+      throw Error(Reason::kExists, path + " exists and is not a regular file");
     if (inode.i_links_count > 1) {
       // Another name shares this inode (perhaps /etc/shadow, hard-linked by a guest user into
       // their home): rewriting or chowning it would change that file too. The name written
@@ -374,7 +396,7 @@ ext2_ino_t Guest::write_file(const Parent& at, const std::string& path, const st
       const uint32_t uid = attrs.uid.value_or(inode_uid(inode));
       const uint32_t gid = attrs.gid.value_or(inode_gid(inode));
       errcode_t rc = ext2fs_unlink(fs_, at.dir, at.name.c_str(), ino, 0);
-      if (rc) throw Error(fail(path, "cannot unlink the hard-linked name", rc));
+      if (rc) throw Error(ext2_reason(rc), fail(path, "cannot unlink the hard-linked name", rc));
       --inode.i_links_count;
       inode.i_ctime = now();
       write_inode(ino, inode);
@@ -385,7 +407,7 @@ ext2_ino_t Guest::write_file(const Parent& at, const std::string& path, const st
     if (inode.i_flags & EXT4_INLINE_DATA_FL) to_block_mapped(ino, inode, path);
     File f(fs_, ino, EXT2_FILE_WRITE, path);
     errcode_t rc = ext2fs_file_set_size2(f.get(), 0);
-    if (rc) throw Error(fail(path, "cannot truncate", rc));
+    if (rc) throw Error(ext2_reason(rc), fail(path, "cannot truncate", rc));
     write_all(f, content, path);
     f.close();
     inode = read_inode(ino);
@@ -402,7 +424,7 @@ ext2_ino_t Guest::create_file(const Parent& at, const std::string& path, const s
                               uint16_t mode, uint32_t uid, uint32_t gid) {
   ext2_ino_t ino = 0;
   errcode_t rc = ext2fs_new_inode(fs_, at.dir, mode, nullptr, &ino);
-  if (rc) throw Error(fail(path, "cannot allocate an inode", rc));
+  if (rc) throw Error(ext2_reason(rc), fail(path, "cannot allocate an inode", rc));
   ext2_inode_large inode;
   std::memset(&inode, 0, sizeof inode);
   inode.i_mode = mode;
@@ -412,14 +434,14 @@ ext2_ino_t Guest::create_file(const Parent& at, const std::string& path, const s
   if (ext2fs_has_feature_extents(fs_->super)) {
     ext2_extent_handle_t handle = nullptr;
     rc = ext2fs_extent_open2(fs_, ino, reinterpret_cast<ext2_inode*>(&inode), &handle);
-    if (rc) throw Error(fail(path, "cannot set up the extent tree", rc));
+    if (rc) throw Error(ext2_reason(rc), fail(path, "cannot set up the extent tree", rc));
     ext2fs_extent_free(handle);
   }
   // Linked first, so that a failure cannot leave an allocated inode nobody points to.
   link(at.dir, at.name, ino, EXT2_FT_REG_FILE, path);
   ext2fs_inode_alloc_stats2(fs_, ino, +1, 0);
   rc = ext2fs_write_new_inode(fs_, ino, reinterpret_cast<ext2_inode*>(&inode));
-  if (rc) throw Error(fail(path, "cannot write the new inode", rc));
+  if (rc) throw Error(ext2_reason(rc), fail(path, "cannot write the new inode", rc));
   File f(fs_, ino, EXT2_FILE_WRITE, path);
   write_all(f, content, path);
   f.close();
@@ -436,7 +458,7 @@ void Guest::copy_xattrs(ext2_ino_t from, ext2_ino_t to, const std::string& path)
   } src, dst;
   errcode_t rc = ext2fs_xattrs_open(fs_, from, &src.h);
   if (!rc) rc = ext2fs_xattrs_read(src.h);
-  if (rc) throw Error(fail(path, "cannot read the extended attributes", rc));
+  if (rc) throw Error(ext2_reason(rc), fail(path, "cannot read the extended attributes", rc));
   struct Item {
     std::string name, value;
   };
@@ -448,7 +470,7 @@ void Guest::copy_xattrs(ext2_ino_t from, ext2_ino_t to, const std::string& path)
     return 0;
   };
   rc = ext2fs_xattrs_iterate(src.h, cb, &items);
-  if (rc) throw Error(fail(path, "cannot read the extended attributes", rc));
+  if (rc) throw Error(ext2_reason(rc), fail(path, "cannot read the extended attributes", rc));
   if (items.empty()) return;
   rc = ext2fs_xattrs_open(fs_, to, &dst.h);
   if (!rc) rc = ext2fs_xattrs_read(dst.h);
@@ -458,7 +480,7 @@ void Guest::copy_xattrs(ext2_ino_t from, ext2_ino_t to, const std::string& path)
   for (size_t i = 0; !rc && i < items.size(); ++i)
     rc = ext2fs_xattr_set(dst.h, items[i].name.c_str(), items[i].value.data(),
                           items[i].value.size());
-  if (rc) throw Error(fail(path, "cannot write the extended attributes", rc));
+  if (rc) throw Error(ext2_reason(rc), fail(path, "cannot write the extended attributes", rc));
 }
 
 std::vector<Guest::DirEntry> Guest::list_dir(ext2_ino_t dir, const std::string& path) const {
@@ -481,9 +503,9 @@ std::vector<Guest::DirEntry> Guest::list_dir(ext2_ino_t dir, const std::string& 
   };
   errcode_t rc = ext2fs_dir_iterate2(fs_, dir, 0, nullptr, cb, &ctx);
   if (ctx.too_many)
-    throw Error(path + ": the directory has more than " + std::to_string(kMaxDirEntries) +
-                " entries");
-  if (rc) throw Error(fail(path, "cannot read the directory", rc));
+    throw Error(Reason::kInvalidArgument, path + ": the directory has more than " +
+                                              std::to_string(kMaxDirEntries) + " entries");
+  if (rc) throw Error(ext2_reason(rc), fail(path, "cannot read the directory", rc));
   return ctx.out;
 }
 
@@ -493,10 +515,10 @@ void Guest::release_inode(ext2_ino_t ino, ext2_inode_large& inode, const std::st
   if (ext2fs_inode_has_valid_blocks2(fs_, reinterpret_cast<ext2_inode*>(&inode)) ||
       (inode.i_flags & EXT4_INLINE_DATA_FL)) {
     rc = ext2fs_punch(fs_, ino, reinterpret_cast<ext2_inode*>(&inode), nullptr, 0, ~0ULL);
-    if (rc) throw Error(fail(path, "cannot free its blocks", rc));
+    if (rc) throw Error(ext2_reason(rc), fail(path, "cannot free its blocks", rc));
   }
   rc = ext2fs_free_ext_attr(fs_, ino, &inode);
-  if (rc) throw Error(fail(path, "cannot free its extended attributes", rc));
+  if (rc) throw Error(ext2_reason(rc), fail(path, "cannot free its extended attributes", rc));
   inode.i_links_count = 0;
   inode.i_dtime = now();
   write_inode(ino, inode);
@@ -505,7 +527,8 @@ void Guest::release_inode(ext2_ino_t ino, ext2_inode_large& inode, const std::st
 
 void Guest::remove_entry(ext2_ino_t dir, const std::string& name, ext2_ino_t ino,
                          const std::string& path, int depth) {
-  if (depth > kMaxDepth) throw Error(path + ": directories nested too deeply to remove");
+  if (depth > kMaxDepth)
+    throw Error(Reason::kInvalidArgument, path + ": directories nested too deeply to remove");
   ext2_inode_large inode = read_inode(ino);
   if (is_dir(inode)) {
     // Through a second name of a directory, a removal would free what another name uses.
@@ -515,7 +538,7 @@ void Guest::remove_entry(ext2_ino_t dir, const std::string& name, ext2_ino_t ino
     inode = read_inode(ino);
   }
   errcode_t rc = ext2fs_unlink(fs_, dir, name.c_str(), ino, 0);
-  if (rc) throw Error(fail(path, "cannot unlink", rc));
+  if (rc) throw Error(ext2_reason(rc), fail(path, "cannot unlink", rc));
   if (is_dir(inode)) {
     // Its ".." no longer counts against the parent (1 means "many" with dir_nlink).
     ext2_inode_large parent = read_inode(dir);
@@ -539,18 +562,20 @@ void Guest::remove_entry(ext2_ino_t dir, const std::string& name, ext2_ino_t ino
 
 bool Guest::remove(const std::string& path, Follow follow) {
   std::vector<std::string> parts = split_guest_path(path);
-  if (parts.empty()) throw Error(path + ": the root directory cannot be removed");
+  if (parts.empty())
+    throw Error(Reason::kInvalidArgument, path + ": the root directory cannot be removed");
   const std::string name = parts.back();
   std::string parent_path;
   for (size_t i = 0; i + 1 < parts.size(); ++i) parent_path += "/" + parts[i];
   ext2_ino_t dir = parent_path.empty() ? EXT2_ROOT_INO : lookup(parent_path, dirs_follow(follow));
   if (dir == 0) return false;
-  if (!is_dir(read_inode(dir))) throw Error(path + ": " + parent_path + " is not a directory");
+  if (!is_dir(read_inode(dir)))
+    throw Error(Reason::kInvalidArgument, path + ": " + parent_path + " is not a directory");
   ext2_ino_t ino = 0;
   errcode_t rc =
       ext2fs_lookup(fs_, dir, name.c_str(), static_cast<int>(name.size()), nullptr, &ino);
   if (rc == EXT2_ET_FILE_NOT_FOUND) return false;
-  if (rc) throw Error(fail(path, "cannot look up", rc));
+  if (rc) throw Error(ext2_reason(rc), fail(path, "cannot look up", rc));
   // A symbolic link is removed itself, never what it points to.
   remove_entry(dir, name, ino, path, 0);
   return true;

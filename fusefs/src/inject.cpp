@@ -31,7 +31,8 @@ std::optional<std::string> read_config(Guest& g, const std::string& path) {
   ext2_ino_t ino = g.lookup(path, Follow::kAll);
   if (ino == 0) return std::nullopt;
   ext2_inode_large inode = g.read_inode(ino);
-  if (!LINUX_S_ISREG(inode.i_mode)) throw Error(path + " in the guest is not a regular file");
+  if (!LINUX_S_ISREG(inode.i_mode))
+    throw Error(Reason::kInvalidArgument, path + " in the guest is not a regular file");
   return g.read_file(ino, path, kConfigLimit);
 }
 
@@ -44,29 +45,32 @@ void write_config(Guest& g, const std::string& path, const std::string& content,
   if (r.parent_missing) {
     g.parent_of(path, f, true);
     r = g.resolve(path, f);
-    if (r.parent_missing) throw Error(path + ": cannot create its parent directories");
+    if (r.parent_missing)
+      throw Error(Reason::kPermission, path + ": cannot create its parent directories");
   }
   if (r.ino != 0 && LINUX_S_ISLNK(g.read_inode(r.ino).i_mode))
-    throw Error(path + ": refusing to write through the symbolic link " + path + " -> " +
-                g.read_link(r.ino, path) + " (allow it with --follow-symlinks)");
+    throw Error(Reason::kPermission, path + ": refusing to write through the symbolic link " +
+                                         path + " -> " + g.read_link(r.ino, path) +
+                                         " (allow it with --follow-symlinks)");
   g.write_file(Guest::Parent{r.dir, r.name}, path, content, attrs);
 }
 
 // .ssh and authorized_keys are handed over to the user (owner, 0700/0600): they must be the
 // user's own names, never a link to somewhere else, whatever --follow-symlinks says.
 void refuse_link(Guest& g, ext2_ino_t ino, const std::string& path) {
-  throw Error("refusing to write through the symbolic link " + path + " -> " +
-              g.read_link(ino, path) +
-              " (.ssh and authorized_keys are given to the user, so they are never written "
-              "through a link)");
+  throw Error(Reason::kPermission,
+              "refusing to write through the symbolic link " + path + " -> " +
+                  g.read_link(ino, path) +
+                  " (.ssh and authorized_keys are given to the user, so they are never written "
+                  "through a link)");
 }
 
 // Errors here are prefixed with the operation by apply().
 void do_ssh_key(Guest& g, const Operation& op, const InjectOptions& o) {
   std::optional<std::string> passwd = read_config(g, "/etc/passwd");
-  if (!passwd) throw Error("the guest has no /etc/passwd");
+  if (!passwd) throw Error(Reason::kNotFound, "the guest has no /etc/passwd");
   std::optional<PasswdEntry> user = find_passwd_entry(*passwd, op.user);
-  if (!user) throw Error("no user '" + op.user + "' in the guest's /etc/passwd");
+  if (!user) throw Error(Reason::kNotFound, "no user '" + op.user + "' in the guest's /etc/passwd");
   const Follow f = follow_of(o);
   const Attrs theirs{0700, user->uid, user->gid};
   std::string home = user->home;
@@ -76,10 +80,11 @@ void do_ssh_key(Guest& g, const Operation& op, const InjectOptions& o) {
     g.make_dirs(home, theirs, f);
   const ext2_ino_t home_ino = g.lookup(home, f);
   if (home_ino != 0 && LINUX_S_ISLNK(g.read_inode(home_ino).i_mode))  // only with kNever
-    throw Error("refusing to follow the symbolic link " + home + " -> " +
-                g.read_link(home_ino, home) + " (allow it with --follow-symlinks)");
+    throw Error(Reason::kPermission, "refusing to follow the symbolic link " + home + " -> " +
+                                         g.read_link(home_ino, home) +
+                                         " (allow it with --follow-symlinks)");
   if (home_ino == 0 || !LINUX_S_ISDIR(g.read_inode(home_ino).i_mode))
-    throw Error("the home directory " + home + " is not a directory");
+    throw Error(Reason::kInvalidArgument, "the home directory " + home + " is not a directory");
 
   const std::string ssh_dir = (home == "/" ? "" : home) + "/.ssh";
   ext2_ino_t ssh = g.child(home_ino, ".ssh", ssh_dir);
@@ -88,7 +93,8 @@ void do_ssh_key(Guest& g, const Operation& op, const InjectOptions& o) {
   } else {
     ext2_inode_large inode = g.read_inode(ssh);
     if (LINUX_S_ISLNK(inode.i_mode)) refuse_link(g, ssh, ssh_dir);
-    if (!LINUX_S_ISDIR(inode.i_mode)) throw Error(ssh_dir + " exists and is not a directory");
+    if (!LINUX_S_ISDIR(inode.i_mode))
+      throw Error(Reason::kExists, ssh_dir + " exists and is not a directory");
     g.check_parent(ssh, home_ino, ssh_dir);
     g.set_attrs(ssh, theirs);
   }
@@ -98,15 +104,17 @@ void do_ssh_key(Guest& g, const Operation& op, const InjectOptions& o) {
   if (ext2_ino_t existing = g.child(ssh, "authorized_keys", keys_path); existing != 0) {
     ext2_inode_large inode = g.read_inode(existing);
     if (LINUX_S_ISLNK(inode.i_mode)) refuse_link(g, existing, keys_path);
-    if (!LINUX_S_ISREG(inode.i_mode)) throw Error(keys_path + " is not a regular file");
+    if (!LINUX_S_ISREG(inode.i_mode))
+      throw Error(Reason::kInvalidArgument, keys_path + " is not a regular file");
     // The keys already there are kept. From a file with other names that the user does not
     // own (say, a hard link to /etc/shadow), that would copy someone else's data into a file
     // the user gets: refused.
     if (inode.i_links_count > 1 && inode_uid(inode) != user->uid)
-      throw Error(keys_path + " has " + std::to_string(inode.i_links_count) +
-                  " names (hard links) and belongs to uid " + std::to_string(inode_uid(inode)) +
-                  ", not to " + op.user + ": refusing to copy its content into " + op.user +
-                  "'s file (remove it first, e.g. with --delete)");
+      throw Error(Reason::kPermission,
+                  keys_path + " has " + std::to_string(inode.i_links_count) +
+                      " names (hard links) and belongs to uid " + std::to_string(inode_uid(inode)) +
+                      ", not to " + op.user + ": refusing to copy its content into " + op.user +
+                      "'s file (remove it first, e.g. with --delete)");
     current = g.read_file(existing, keys_path, kConfigLimit);
   }
   // A file with other names gets a new inode here (Guest::write_file): they keep theirs.
@@ -123,9 +131,10 @@ void do_hostname(Guest& g, const Operation& op, const InjectOptions& o) {
 
 void do_password(Guest& g, const Operation& op, const InjectOptions& o) {
   std::optional<std::string> shadow = read_config(g, "/etc/shadow");
-  if (!shadow) throw Error("the guest has no /etc/shadow");
+  if (!shadow) throw Error(Reason::kNotFound, "the guest has no /etc/shadow");
   std::optional<std::string> edited = set_shadow_hash(*shadow, op.user, op.data);
-  if (!edited) throw Error("no user '" + op.user + "' in the guest's /etc/shadow");
+  if (!edited)
+    throw Error(Reason::kNotFound, "no user '" + op.user + "' in the guest's /etc/shadow");
   write_config(g, "/etc/shadow", *edited, Attrs{}, o);
 }
 
@@ -232,12 +241,12 @@ void validate(const std::vector<Operation>& ops) {
   for (const auto& op : ops) {
     const std::string what = op.describe();
     if (op.mode && *op.mode > 07777)
-      throw Error(what + ": mode " + octal(*op.mode) + " is invalid");
+      throw Error(Reason::kInvalidArgument, what + ": mode " + octal(*op.mode) + " is invalid");
     if (op.uid.has_value() != op.gid.has_value())
-      throw Error(what + ": give both the uid and the gid, or neither");
+      throw Error(Reason::kInvalidArgument, what + ": give both the uid and the gid, or neither");
     // (uid_t)-1 is chown(2)'s "no change", not an owner.
     if ((op.uid && *op.uid == 0xffffffffu) || (op.gid && *op.gid == 0xffffffffu))
-      throw Error(what + ": uid and gid go from 0 to 4294967294");
+      throw Error(Reason::kInvalidArgument, what + ": uid and gid go from 0 to 4294967294");
     total += op.data.size();
     switch (op.kind) {
       case OpKind::kSshKey:
@@ -252,9 +261,9 @@ void validate(const std::vector<Operation>& ops) {
       case OpKind::kDelete:
         try {
           if (split_guest_path(op.path).empty())
-            throw Error("the root directory cannot be the target");
+            throw Error(Reason::kInvalidArgument, "the root directory cannot be the target");
         } catch (const Error& e) {
-          throw Error(what + ": " + e.what());
+          throw Error(e.reason(), what + ": " + e.what());
         }
         break;
       case OpKind::kPassword:
@@ -264,11 +273,13 @@ void validate(const std::vector<Operation>& ops) {
     }
   }
   if (total > kMaxInjectBytes)
-    throw Error("the operations would write more than 1 GiB: inject large files another way");
+    throw Error(Reason::kInvalidArgument,
+                "the operations would write more than 1 GiB: inject large files another way");
 }
 
 void apply(Filesystem& fs, const std::vector<Operation>& ops, const InjectOptions& options) {
-  if (fs.read_only()) throw Error(fs.describe() + ": opened read-only, cannot inject");
+  if (fs.read_only())
+    throw Error(Reason::kPermission, fs.describe() + ": opened read-only, cannot inject");
   validate(ops);
   Guest g(fs.handle());
   for (const auto& op : ops) {
@@ -278,7 +289,7 @@ void apply(Filesystem& fs, const std::vector<Operation>& ops, const InjectOption
       // Guest path errors start with the path, which describe() already names.
       std::string msg = e.what();
       if (!op.path.empty() && msg.rfind(op.path + ": ", 0) == 0) msg.erase(0, op.path.size() + 2);
-      throw Error(fs.describe() + ": " + op.describe() + ": " + msg);
+      throw Error(e.reason(), fs.describe() + ": " + op.describe() + ": " + msg);
     }
   }
 }

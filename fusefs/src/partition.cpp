@@ -23,11 +23,11 @@ using namespace disk;
 std::vector<uint8_t> read_bytes(Source& src, uint64_t offset, size_t len) {
   std::vector<uint8_t> buf(len);
   if (offset > src.size() || len > src.size() - offset)
-    throw Error(src.name() + ": the partition table points past the end of the disk");
+    throw Error(Reason::kIo, src.name() + ": the partition table points past the end of the disk");
   int rc = src.pread(buf.data(), len, offset);
   if (rc < 0)
-    throw Error(src.name() + ": read error at offset " + std::to_string(offset) + ": " +
-                std::strerror(-rc));
+    throw Error(Reason::kIo, src.name() + ": read error at offset " + std::to_string(offset) +
+                                 ": " + std::strerror(-rc));
   return buf;
 }
 
@@ -117,18 +117,20 @@ PartitionTable read_gpt(Source& src, uint32_t ss) {
   GptHeader primary{}, backup{};
   std::string why = read_gpt_header(src, ss, 1, &primary);
   if (!why.empty())
-    throw Error(disk + ": the primary GPT header is corrupt: " + why +
-                " (repair the table with sgdisk or gdisk)");
+    throw Error(Reason::kCorrupt, disk + ": the primary GPT header is corrupt: " + why +
+                                      " (repair the table with sgdisk or gdisk)");
   why = read_gpt_header(src, ss, primary.alternate_lba, &backup);
   if (!why.empty())
-    throw Error(disk + ": the backup GPT header at LBA " + std::to_string(primary.alternate_lba) +
-                " is corrupt: " + why + " (repair the table with sgdisk or gdisk)");
+    throw Error(Reason::kCorrupt,
+                disk + ": the backup GPT header at LBA " + std::to_string(primary.alternate_lba) +
+                    " is corrupt: " + why + " (repair the table with sgdisk or gdisk)");
   if (backup.alternate_lba != 1 || backup.entries_crc != primary.entries_crc ||
       backup.num_entries != primary.num_entries || backup.entry_size != primary.entry_size ||
       backup.disk_guid != primary.disk_guid)
-    throw Error(disk +
-                ": the primary and backup GPT headers disagree (repair the table with "
-                "sgdisk or gdisk)");
+    throw Error(Reason::kCorrupt,
+                disk +
+                    ": the primary and backup GPT headers disagree (repair the table with "
+                    "sgdisk or gdisk)");
   t.disk_id = primary.disk_guid;
   const uint64_t disk_sectors = src.size() / ss;
   for (uint32_t i = 0; i < primary.num_entries; ++i) {
@@ -138,15 +140,17 @@ PartitionTable read_gpt(Source& src, uint32_t ss) {
     uint64_t last = load_le64(e + gpt::kLastLbaOff);
     const int number = static_cast<int>(i) + 1;
     if (last < first)
-      throw Error(disk + ": GPT partition " + std::to_string(number) + " ends before it starts");
+      throw Error(Reason::kCorrupt,
+                  disk + ": GPT partition " + std::to_string(number) + " ends before it starts");
     if (last >= disk_sectors)
-      throw Error(disk + ": GPT partition " + std::to_string(number) + " (sectors " +
-                  std::to_string(first) + "-" + std::to_string(last) +
-                  ") extends past the end of the disk (" + std::to_string(disk_sectors) +
-                  " sectors)");
+      throw Error(Reason::kCorrupt, disk + ": GPT partition " + std::to_string(number) +
+                                        " (sectors " + std::to_string(first) + "-" +
+                                        std::to_string(last) +
+                                        ") extends past the end of the disk (" +
+                                        std::to_string(disk_sectors) + " sectors)");
     if (first < primary.first_usable || last > primary.last_usable)
-      throw Error(disk + ": GPT partition " + std::to_string(number) +
-                  " lies outside the table's usable range");
+      throw Error(Reason::kCorrupt, disk + ": GPT partition " + std::to_string(number) +
+                                        " lies outside the table's usable range");
     Partition p;
     p.number = number;
     p.offset = first * ss;
@@ -175,10 +179,11 @@ void check_inside(const std::string& disk, int number, uint64_t start, uint64_t 
                   uint64_t limit_start, uint64_t limit_sectors, const char* container) {
   if (start < limit_start || sectors > limit_start + limit_sectors - start ||
       start - limit_start > limit_sectors)
-    throw Error(disk + ": partition " + std::to_string(number) + " (sectors " +
-                std::to_string(start) + "-" + std::to_string(start + sectors - 1) +
-                ") extends past the end of the " + container + " (" +
-                std::to_string(limit_start + limit_sectors) + " sectors)");
+    throw Error(Reason::kCorrupt, disk + ": partition " + std::to_string(number) + " (sectors " +
+                                      std::to_string(start) + "-" +
+                                      std::to_string(start + sectors - 1) +
+                                      ") extends past the end of the " + container + " (" +
+                                      std::to_string(limit_start + limit_sectors) + " sectors)");
 }
 
 void read_logical(Source& src, const std::string& disk, uint64_t ext_start, uint64_t ext_sectors,
@@ -189,15 +194,17 @@ void read_logical(Source& src, const std::string& disk, uint64_t ext_start, uint
   int number = 5;
   for (int count = 0;; ++count) {
     if (count >= mbr::kMaxLogical)
-      throw Error(disk + ": more than " + std::to_string(mbr::kMaxLogical) +
-                  " logical partitions (a loop in the extended partition's chain?)");
+      throw Error(Reason::kCorrupt,
+                  disk + ": more than " + std::to_string(mbr::kMaxLogical) +
+                      " logical partitions (a loop in the extended partition's chain?)");
     if (!seen.insert(ebr).second)
-      throw Error(disk + ": the chain of logical partitions loops (EBR at sector " +
-                  std::to_string(ebr) + ")");
+      throw Error(Reason::kCorrupt, disk +
+                                        ": the chain of logical partitions loops (EBR at sector " +
+                                        std::to_string(ebr) + ")");
     std::vector<uint8_t> s = read_bytes(src, ebr * ss, ss);
     if (s[mbr::kSignatureOffset] != 0x55 || s[mbr::kSignatureOffset + 1] != 0xaa)
-      throw Error(disk + ": the extended boot record at sector " + std::to_string(ebr) +
-                  " has no 0x55AA signature");
+      throw Error(Reason::kCorrupt, disk + ": the extended boot record at sector " +
+                                        std::to_string(ebr) + " has no 0x55AA signature");
     MbrEntry data = mbr_entry(s, 0);
     MbrEntry next = mbr_entry(s, 1);
     if (data.type != mbr::kTypeEmpty && data.sectors != 0) {
@@ -213,14 +220,15 @@ void read_logical(Source& src, const std::string& disk, uint64_t ext_start, uint
     }
     if (next.type == mbr::kTypeEmpty || next.sectors == 0) break;
     if (!mbr::is_extended(next.type))
-      throw Error(disk + ": the extended boot record at sector " + std::to_string(ebr) +
-                  " links to a partition of type 0x" +
-                  [&] {
-                    char b[4];
-                    std::snprintf(b, sizeof b, "%02x", next.type);
-                    return std::string(b);
-                  }() +
-                  " instead of the next EBR");
+      throw Error(
+          Reason::kCorrupt, disk + ": the extended boot record at sector " + std::to_string(ebr) +
+                                " links to a partition of type 0x" +
+                                [&] {
+                                  char b[4];
+                                  std::snprintf(b, sizeof b, "%02x", next.type);
+                                  return std::string(b);
+                                }() +
+                                " instead of the next EBR");
     uint64_t next_ebr = ext_start + next.start;
     check_inside(disk, number, next_ebr, next.sectors, ext_start, ext_sectors,
                  "extended partition");
@@ -244,7 +252,8 @@ PartitionTable read_mbr(Source& src, const std::vector<uint8_t>& s0) {
     if (e.type == mbr::kTypeEmpty || e.sectors == 0) continue;
     check_inside(disk, number, e.start, e.sectors, 0, disk_sectors, "disk");
     if (mbr::is_extended(e.type)) {
-      if (have_extended) throw Error(disk + ": the MBR has more than one extended partition");
+      if (have_extended)
+        throw Error(Reason::kCorrupt, disk + ": the MBR has more than one extended partition");
       have_extended = true;
       read_logical(src, disk, e.start, e.sectors, &t);
       continue;
@@ -306,9 +315,10 @@ PartitionTable read_partition_table(Source& src) {
       std::vector<uint8_t> h = read_bytes(src, ss, 8);
       if (std::memcmp(h.data(), gpt::kSignature, 8) == 0) return read_gpt(src, ss);
     }
-    throw Error(src.name() +
-                ": the MBR is a GPT protective MBR but the primary GPT header is "
-                "missing (repair the table with sgdisk or gdisk)");
+    throw Error(Reason::kCorrupt,
+                src.name() +
+                    ": the MBR is a GPT protective MBR but the primary GPT header is "
+                    "missing (repair the table with sgdisk or gdisk)");
   }
   return read_mbr(src, s0);
 }

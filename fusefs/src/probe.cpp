@@ -70,8 +70,8 @@ class Reader {
     std::vector<uint8_t> buf(n);
     int rc = src_.pread(buf.data(), n, offset_ + at);
     if (rc < 0)
-      throw Error(src_.name() + ": read error at offset " + std::to_string(offset_ + at) + ": " +
-                  std::strerror(-rc));
+      throw Error(Reason::kIo, src_.name() + ": read error at offset " +
+                                   std::to_string(offset_ + at) + ": " + std::strerror(-rc));
     return buf;
   }
 

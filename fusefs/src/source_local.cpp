@@ -40,7 +40,7 @@ class LocalSource final : public Source {
     try {
       dev_ = reactor_.run(kiln::block::open_image(reactor_, path_, o));
     } catch (const kiln::block::Error& e) {
-      throw Error(std::string(e.what()));
+      throw Error(e.reason(), std::string(e.what()));
     }
   }
 
@@ -79,7 +79,9 @@ class LocalSource final : public Source {
     int rc = reactor_.run(dev_->close());
     dev_.reset();
     lock_.reset();
-    if (rc < 0) throw Error(path_ + ": cannot close the image: " + std::strerror(-rc));
+    if (rc < 0)
+      throw Error(common::reason_of_errno(-rc),
+                  path_ + ": cannot close the image: " + std::strerror(-rc));
   }
 
  private:
@@ -92,13 +94,16 @@ class LocalSource final : public Source {
   // closes or is destroyed (also when opening the image failed).
   void lock() {
     lock_.reset(::open(path_.c_str(), O_RDONLY | O_CLOEXEC));
-    if (lock_.get() < 0) throw Error(path_ + ": cannot open: " + std::strerror(errno));
+    if (lock_.get() < 0)
+      throw Error(common::reason_of_errno(errno), path_ + ": cannot open: " + std::strerror(errno));
     if (flock(lock_.get(), LOCK_EX | LOCK_NB) != 0) {
       int e = errno;
       lock_.reset();
       if (e == EWOULDBLOCK)
-        throw Error(path_ + ": the image is in use by another process (locked for writing)");
-      throw Error(path_ + ": cannot lock the image: " + std::strerror(e));
+        throw Error(Reason::kBusy,
+                    path_ + ": the image is in use by another process (locked for writing)");
+      throw Error(common::reason_of_errno(e),
+                  path_ + ": cannot lock the image: " + std::strerror(e));
     }
   }
 

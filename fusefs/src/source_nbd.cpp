@@ -72,7 +72,7 @@ const Nbd& nbd() {
     KILN_NBD_LOAD(nbd_shutdown)
 #undef KILN_NBD_LOAD
   });
-  if (!error.empty()) throw Error(error);
+  if (!error.empty()) throw Error(Reason::kUnsupported, error);  // libnbd is not installed
   return api;
 }
 
@@ -95,17 +95,19 @@ class NbdSource final : public Source {
 
   void open() {
     h_ = nbd().nbd_create();
-    if (!h_) throw Error(uri_ + ": " + nbd_error_text());
+    if (!h_) throw Error(Reason::kIo, uri_ + ": " + nbd_error_text());
     // Only the URI schemes we document; no TLS, no vsock, no subprocesses.
     if (nbd().nbd_set_uri_allow_transports(
             h_, LIBNBD_ALLOW_TRANSPORT_TCP | LIBNBD_ALLOW_TRANSPORT_UNIX) == -1 ||
         nbd().nbd_connect_uri(h_, uri_.c_str()) == -1)
-      throw Error(uri_ + ": cannot connect: " + nbd_error_text());
+      throw Error(Reason::kIo, uri_ + ": cannot connect: " + nbd_error_text());
     int64_t size = nbd().nbd_get_size(h_);
-    if (size < 0) throw Error(uri_ + ": cannot get the export size: " + nbd_error_text());
+    if (size < 0)
+      throw Error(Reason::kIo, uri_ + ": cannot get the export size: " + nbd_error_text());
     size_ = static_cast<uint64_t>(size);
     if (!read_only_ && nbd().nbd_is_read_only(h_) == 1)
-      throw Error(uri_ + ": the export is read-only (use --ro to open it read-only)");
+      throw Error(Reason::kPermission,
+                  uri_ + ": the export is read-only (use --ro to open it read-only)");
     can_flush_ = nbd().nbd_can_flush(h_) == 1;
   }
 
@@ -157,7 +159,7 @@ class NbdSource final : public Source {
       error = uri_ + ": disconnect failed: " + nbd_error_text();
     nbd().nbd_close(h_);
     h_ = nullptr;
-    if (!error.empty()) throw Error(error);
+    if (!error.empty()) throw Error(Reason::kIo, error);
   }
 
  private:
@@ -185,8 +187,8 @@ bool is_nbd_uri(const std::string& image) {
 std::unique_ptr<Source> open_source(const std::string& image, const SourceOptions& options) {
   if (is_nbd_uri(image)) {
     if (!options.format.empty() && options.format != "raw")
-      throw Error(image + ": an NBD export is a raw disk; --format " + options.format +
-                  " does not apply");
+      throw Error(Reason::kInvalidArgument, image + ": an NBD export is a raw disk; --format " +
+                                                options.format + " does not apply");
     return open_nbd_source(image, options);
   }
   return open_local_source(image, options);

@@ -131,39 +131,46 @@ std::string append_keys(const std::string& existing, const std::string& keys) {
 
 void check_user_name(const std::string& user, const std::string& what) {
   if (user.empty() || user.size() > 256)
-    throw Error(what + ": the user name must have 1 to 256 characters");
+    throw Error(Reason::kInvalidArgument, what + ": the user name must have 1 to 256 characters");
   for (unsigned char c : user)
     if (c == ':' || c == '\n' || c == '/' || c < 0x21 || c == 0x7f)
-      throw Error(what + ": invalid character in the user name '" + user + "'");
+      throw Error(Reason::kInvalidArgument,
+                  what + ": invalid character in the user name '" + user + "'");
 }
 
 void check_hostname(const std::string& name, const std::string& what) {
   if (name.empty() || name.size() > 253)
-    throw Error(what + ": a host name has 1 to 253 characters");
+    throw Error(Reason::kInvalidArgument, what + ": a host name has 1 to 253 characters");
   for (const auto& label : split_fields(name, '.')) {
     if (label.empty() || label.size() > 63)
-      throw Error(what + ": '" + name +
-                  "' is not a valid host name (labels of 1 to 63 characters)");
+      throw Error(
+          Reason::kInvalidArgument,
+          what + ": '" + name + "' is not a valid host name (labels of 1 to 63 characters)");
     if (label.front() == '-' || label.back() == '-')
-      throw Error(what + ": '" + name +
-                  "' is not a valid host name (a label starts or ends with '-')");
+      throw Error(
+          Reason::kInvalidArgument,
+          what + ": '" + name + "' is not a valid host name (a label starts or ends with '-')");
     for (unsigned char c : label)
       if (!std::isalnum(c) && c != '-')
-        throw Error(what + ": '" + name +
-                    "' is not a valid host name (letters, digits, '-' and '.')");
+        throw Error(
+            Reason::kInvalidArgument,
+            what + ": '" + name + "' is not a valid host name (letters, digits, '-' and '.')");
   }
 }
 
 void check_shadow_hash(const std::string& hash, const std::string& what) {
-  if (hash.size() > 1024) throw Error(what + ": the password hash is too long");
+  if (hash.size() > 1024)
+    throw Error(Reason::kInvalidArgument, what + ": the password hash is too long");
   for (unsigned char c : hash)
     if (c == ':' || c < 0x21 || c == 0x7f)
-      throw Error(what + ": invalid character in the password hash");
+      throw Error(Reason::kInvalidArgument, what + ": invalid character in the password hash");
 }
 
 void check_ssh_keys(const std::string& keys, const std::string& what) {
-  if (keys.size() > (1u << 20)) throw Error(what + ": the key file is larger than 1 MiB");
-  if (keys.find('\0') != std::string::npos) throw Error(what + ": the key file contains NUL bytes");
+  if (keys.size() > (1u << 20))
+    throw Error(Reason::kInvalidArgument, what + ": the key file is larger than 1 MiB");
+  if (keys.find('\0') != std::string::npos)
+    throw Error(Reason::kInvalidArgument, what + ": the key file contains NUL bytes");
   bool any = false;
   for (const auto& line : split_lines(keys)) {
     std::string t = trim(line);
@@ -171,9 +178,10 @@ void check_ssh_keys(const std::string& keys, const std::string& what) {
     any = true;
     // "type base64 [comment]" or "options type base64 [comment]"
     if (t.find(' ') == std::string::npos)
-      throw Error(what + ": '" + t.substr(0, 40) + "' does not look like an SSH public key");
+      throw Error(Reason::kInvalidArgument,
+                  what + ": '" + t.substr(0, 40) + "' does not look like an SSH public key");
   }
-  if (!any) throw Error(what + ": the key file holds no key");
+  if (!any) throw Error(Reason::kInvalidArgument, what + ": the key file holds no key");
 }
 
 }  // namespace kiln::fs

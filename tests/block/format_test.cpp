@@ -34,14 +34,6 @@ TEST(Format, SubByteRefcountsUseLeastSignificantBitsFirst) {
   EXPECT_EQ(b[0], 0x81);
 }
 
-TEST(Format, CompressedDescriptor) {
-  // cluster_bits 16: x = 62 - 8 = 54; 3 additional sectors.
-  const uint64_t entry = kOflagCompressed | (3ull << 54) | 0x12345;
-  CompressedRef c = decode_compressed(entry, 16);
-  EXPECT_EQ(c.offset, 0x12345u);
-  EXPECT_EQ(c.length, 4 * 512 - (0x12345 & 511));
-}
-
 TEST(Format, HeaderRejectsBadMagicAndClusterBits) {
   std::vector<uint8_t> b(4096, 0);
   Header h;
@@ -97,13 +89,14 @@ TEST(ParseSize, Strict) {
   EXPECT_EQ(parse_size("0.5k"), 512u);
   EXPECT_EQ(parse_size("3b"), 3u);
   EXPECT_EQ(parse_size("15E"), 15ull << 60);
-  for (const char* bad : {"1e3", "0x10", " 12", "12 ", "+5", "-5", "1KB", "1k5", "inf", "nan",
-                          "1.", ".5k", "0.1k", "1,5k", "1.0000000000000000000001k"}) {
+  for (const char* bad : {"1e3", "0x10", " 12", "12 ", "+5", "-5", "1KB", "1k5", "inf", "nan", "1.",
+                          ".5k", "0.1k", "1,5k", "1.0000000000000000000001k"}) {
     try {
       parse_size(bad);
       ADD_FAILURE() << "accepted '" << bad << "'";
     } catch (const Error& e) {
       EXPECT_EQ(e.code(), EINVAL) << bad;
+      EXPECT_EQ(e.reason(), Reason::kInvalidArgument) << bad;
     }
   }
   for (const char* big : {"16E", "18446744073709551616", "99999999999999999999999"}) {
@@ -112,6 +105,7 @@ TEST(ParseSize, Strict) {
       ADD_FAILURE() << "accepted '" << big << "'";
     } catch (const Error& e) {
       EXPECT_EQ(e.code(), ERANGE) << big;
+      EXPECT_EQ(e.reason(), Reason::kInvalidArgument) << big;
     }
   }
 }

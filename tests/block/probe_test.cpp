@@ -82,6 +82,7 @@ TEST(Probe, ProbedImageNamingABackingFileIsRefused) {
     } catch (const Error& e) {
       const std::string msg = e.what();
       EXPECT_EQ(e.code(), EPERM) << msg;
+      EXPECT_EQ(e.reason(), Reason::kPermission) << msg;
       EXPECT_NE(msg.find(h.secret), std::string::npos) << msg;  // names the backing file
       EXPECT_NE(msg.find("-f qcow2"), std::string::npos) << msg;
       EXPECT_NE(msg.find("--format=qcow2"), std::string::npos) << msg;

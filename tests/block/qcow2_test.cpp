@@ -1,12 +1,15 @@
 #include "kiln/block/qcow2.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
 #include <map>
 #include <random>
 
+#include "kiln/common/fd.h"
 #include "test_util.h"
 
 using namespace kiln;
@@ -318,6 +321,7 @@ TEST(Qcow2, BackingLoopIsRefused) {
     FAIL() << "a loop was opened";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("loop"), std::string::npos) << e.what();
+    EXPECT_EQ(e.reason(), Reason::kCorrupt) << e.what();
   }
 }
 
@@ -336,7 +340,69 @@ TEST(Qcow2, DeepChainIsRefusedBeyondTheLimit) {
   o.max_chain_depth = 6;
   EXPECT_NO_THROW(open_qcow2(r, dir.file("5.qcow2"), true, o));
   o.max_chain_depth = 5;
-  EXPECT_THROW(open_qcow2(r, dir.file("5.qcow2"), true, o), Error);
+  try {
+    open_qcow2(r, dir.file("5.qcow2"), true, o);
+    ADD_FAILURE() << "a chain deeper than the limit was opened";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.reason(), Reason::kCorrupt) << e.what();
+    EXPECT_NE(std::string(e.what()).find("deeper than 5"), std::string::npos) << e.what();
+  }
+}
+
+// Each refusal to open says why with a reason a caller can match: a header or table that breaks
+// the format is kCorrupt, a valid feature Kiln does not read kUnsupported, a missing file
+// kNotFound. The message stays one line naming the image.
+TEST(Qcow2, OpenErrorsCarryTheirReason) {
+  Reactor r;
+  TempDir dir;
+  struct Case {
+    const char* what;
+    size_t offset;  // header bytes to overwrite (big-endian value of `bytes` bytes)
+    int bytes;
+    uint64_t value;
+    Reason reason;
+    const char* message;
+  } cases[] = {
+      {"version 4", 4, 4, 4, Reason::kUnsupported, "unsupported qcow2 version 4"},
+      {"cluster_bits 30", 20, 4, 30, Reason::kCorrupt, "cluster_bits 30 out of range"},
+      {"L1 table past the end", 40, 8, 1ull << 40, Reason::kCorrupt, "L1 table lies past the end"},
+      {"L1 table unaligned", 40, 8, 65536 + 512, Reason::kCorrupt, "not cluster aligned"},
+      {"huge L1 table", 36, 4, 1u << 30, Reason::kCorrupt, "L1 table is too large"},
+      {"encryption", 32, 4, 1, Reason::kUnsupported, "encrypted images are not supported"},
+      {"extended L2", 72, 8, 1u << 4, Reason::kUnsupported, "extended L2 entries"},
+      {"marked corrupt", 72, 8, 1u << 1, Reason::kCorrupt, "image is marked corrupt"},
+      {"unknown feature", 72, 8, 1u << 9, Reason::kUnsupported, "incompatible feature bit 9"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    const std::string path = dir.file("hostile.qcow2");
+    qcow2::CreateOptions co;
+    co.size = 1u << 20;
+    qcow2::create(r, path, co);
+    uint8_t be[8];
+    for (int i = 0; i < c.bytes; ++i) be[i] = uint8_t(c.value >> (8 * (c.bytes - 1 - i)));
+    {
+      common::Fd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+      ASSERT_EQ(pwrite(fd.get(), be, c.bytes, off_t(c.offset)), c.bytes);
+    }
+    try {
+      open_qcow2(r, path);
+      ADD_FAILURE() << "opened";
+    } catch (const Error& e) {
+      const std::string msg = e.what();
+      EXPECT_EQ(e.reason(), c.reason) << msg;
+      EXPECT_NE(msg.find(c.message), std::string::npos) << msg;
+      EXPECT_EQ(msg.rfind(path, 0), 0u) << msg;
+      EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+    }
+  }
+  try {
+    open_qcow2(r, dir.file("missing.qcow2"));
+    ADD_FAILURE() << "opened a missing file";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.reason(), Reason::kNotFound) << e.what();
+    EXPECT_EQ(e.code(), ENOENT) << e.what();
+  }
 }
 
 // Opening an image takes QEMU's advisory lock bytes: one writer, or any number of readers;
@@ -356,6 +422,7 @@ TEST(Qcow2, ImagesInUseAreLocked) {
       return std::string("opened");
     } catch (const Error& e) {
       EXPECT_EQ(e.code(), EAGAIN) << e.what();
+      EXPECT_EQ(e.reason(), Reason::kBusy) << e.what();
       return std::string(e.what());
     }
   };

@@ -5,13 +5,16 @@ in uninstrumented builds)."""
 import hashlib
 import json
 import os
+import shutil
 import struct
+import tempfile
 
 import pytest
 
 from kilntest.images import (KILN_IMG, KILN_IO, MiB, assert_one_line_error, create_qcow2,
                              header_get, header_set, kiln_img, kiln_io, make_raw, patch_bytes,
                              qemu_img, qemu_io, read_file, run)
+from kilntest.nbd import Servers, control
 
 
 def good_image(d, name="img.qcow2", **kw):
@@ -20,7 +23,27 @@ def good_image(d, name="img.qcow2", **kw):
     return img
 
 
-def expect_refused(img, chain=False, fmt=None):
+@pytest.fixture(scope="module")
+def ctl():
+    """The control socket of one kiln-nbd for the whole module: hostile images are added as
+    exports through it, where a program sees why an image is refused."""
+    d = tempfile.mkdtemp(prefix="kiln-it-hostile-", dir=os.environ.get("KILN_TEST_TMPDIR") or None)
+    s = Servers(d)
+    try:
+        path = os.path.join(d, "ctl.sock")
+        srv = s.kiln("-e", "0", sock=os.path.join(d, "nbd.sock"), control=path)
+        yield path
+        assert control(path, "list-exports") == {"ok": True, "exports": []}
+        srv.assert_clean_stop()
+    finally:
+        s.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def expect_refused(img, chain=False, fmt=None, reason=None, ctl=None):
+    """Refused by kiln-img info and kiln-io read with one line, and by kiln-nbd's control
+    socket with that line and `reason` (docs/common.md): "corrupt" for an image that breaks the
+    format or its limits, "unsupported" for valid qcow2 that Kiln does not read."""
     fmt_args = ["-f", fmt] if fmt else []
     info_args = ["info", *fmt_args] + (["--backing-chain"] if chain else []) + [img]
     p = kiln_img(*info_args, check=False, limit_memory=True, timeout=60)
@@ -29,6 +52,10 @@ def expect_refused(img, chain=False, fmt=None):
     p = kiln_io(img, "read 0 64k", extra=["-r", *fmt_args], check=False, limit_memory=True,
                 timeout=60)
     assert_one_line_error(p, "kiln-io")
+    r = control(ctl, "add-export", name="hostile", path=img, format="qcow2",
+                **{"read-only": True})
+    assert r["ok"] is False and r["reason"] == reason, r
+    assert r["error"].startswith(img + ": ") and "\n" not in r["error"], r
     return p.stderr
 
 
@@ -49,85 +76,85 @@ def add_header_extension(img, ext_type, payload):
         f.write(struct.pack(">II", ext_type, len(payload)) + padded + struct.pack(">II", 0, 0))
 
 
-def test_bad_magic(workdir):
+def test_bad_magic(workdir, ctl):
     img = good_image(workdir)
     header_set(img, "magic", 0x12345678)
-    expect_refused(img, fmt="qcow2")
+    expect_refused(img, fmt="qcow2", reason="corrupt", ctl=ctl)
 
 
-def test_truncated_header(workdir):
+def test_truncated_header(workdir, ctl):
     img = good_image(workdir)
     os.truncate(img, 50)
-    expect_refused(img, fmt="qcow2")
+    expect_refused(img, fmt="qcow2", reason="corrupt", ctl=ctl)
 
 
-def test_truncated_tables(workdir):
+def test_truncated_tables(workdir, ctl):
     img = good_image(workdir)
     # Cut the file inside the metadata: the refcount table and L1 table are gone.
     os.truncate(img, 65536 + 100)
-    expect_refused(img)
+    expect_refused(img, reason="corrupt", ctl=ctl)
 
 
 @pytest.mark.parametrize("bits", [8, 22, 63])
-def test_cluster_bits_out_of_range(workdir, bits):
+def test_cluster_bits_out_of_range(workdir, bits, ctl):
     img = good_image(workdir)
     header_set(img, "cluster_bits", bits)
-    expect_refused(img)
+    expect_refused(img, reason="corrupt", ctl=ctl)
 
 
-def test_l1_past_eof(workdir):
+def test_l1_past_eof(workdir, ctl):
     img = good_image(workdir)
     header_set(img, "l1_table_offset", 1 << 40)
-    expect_refused(img)
+    expect_refused(img, reason="corrupt", ctl=ctl)
 
 
-def test_l1_absurdly_large(workdir):
+def test_l1_absurdly_large(workdir, ctl):
     img = good_image(workdir)
     header_set(img, "l1_size", 0x7fffffff)
-    expect_refused(img)
+    expect_refused(img, reason="corrupt", ctl=ctl)
 
 
-def test_virtual_size_absurd(workdir):
+def test_virtual_size_absurd(workdir, ctl):
     img = good_image(workdir)
     header_set(img, "size", 1 << 62)
-    expect_refused(img)
+    expect_refused(img, reason="corrupt", ctl=ctl)
 
 
-def test_refcount_table_past_eof(workdir):
+def test_refcount_table_past_eof(workdir, ctl):
     img = good_image(workdir)
     header_set(img, "refcount_table_offset", 1 << 40)
-    expect_refused(img)
+    expect_refused(img, reason="corrupt", ctl=ctl)
 
 
-def test_refcount_table_absurdly_large(workdir):
+def test_refcount_table_absurdly_large(workdir, ctl):
     img = good_image(workdir)
     header_set(img, "refcount_table_clusters", 0xffffffff)
-    expect_refused(img)
+    expect_refused(img, reason="corrupt", ctl=ctl)
 
 
-def test_l1_at_offset_zero(workdir):
+def test_l1_at_offset_zero(workdir, ctl):
     img = good_image(workdir)
     header_set(img, "l1_table_offset", 0)
-    expect_refused(img)
+    expect_refused(img, reason="corrupt", ctl=ctl)
 
 
-def test_refcount_table_overlaps_l1(workdir):
+def test_refcount_table_overlaps_l1(workdir, ctl):
     img = good_image(workdir)
     header_set(img, "refcount_table_offset", header_get(img, "l1_table_offset"))
-    expect_refused(img)
+    expect_refused(img, reason="corrupt", ctl=ctl)
 
 
-def test_backing_name_too_long(workdir):
+def test_backing_name_too_long(workdir, ctl):
     img = good_image(workdir)
     name = b"b" * 1500
     size = os.path.getsize(img)
     patch_bytes(img, size, name)
     header_set(img, "backing_file_offset", size)
     header_set(img, "backing_file_size", len(name))
-    expect_refused(img)
+    expect_refused(img, reason="corrupt", ctl=ctl)
 
 
-def test_backing_loop(workdir):
+def test_backing_loop(workdir, ctl):
     a = os.path.join(workdir, "a.qcow2")
     b = os.path.join(workdir, "b.qcow2")
     create_qcow2(b, 4 * MiB)
@@ -138,19 +165,19 @@ def test_backing_loop(workdir):
     os.remove(b)
     create_qcow2(b, 4 * MiB, backing=a, backing_fmt="qcow2")
     os.replace(a + ".keep", a)
-    expect_refused(a, chain=True)
+    expect_refused(a, chain=True, reason="corrupt", ctl=ctl)
 
 
-def test_backing_self_loop(workdir):
+def test_backing_self_loop(workdir, ctl):
     a = os.path.join(workdir, "a.qcow2")
     create_qcow2(a, 4 * MiB)
     tmp = os.path.join(workdir, "t.qcow2")
     create_qcow2(tmp, 4 * MiB, backing=a, backing_fmt="qcow2")
     os.replace(tmp, a)  # a now names itself as backing
-    expect_refused(a, chain=True)
+    expect_refused(a, chain=True, reason="corrupt", ctl=ctl)
 
 
-def test_backing_without_format(workdir):
+def test_backing_without_format(workdir, ctl):
     base = make_raw(os.path.join(workdir, "base.raw"), 4 * MiB, seed=1)
     img = good_image(workdir, backing=base, backing_fmt="raw")
     # Turn the backing-format extension (0xe2792aca) into an unknown, ignorable one.
@@ -159,54 +186,54 @@ def test_backing_without_format(workdir):
     pos = head.find(struct.pack(">I", 0xe2792aca))
     assert pos > 0
     patch_bytes(img, pos, struct.pack(">I", 0x12345678))
-    expect_refused(img, chain=True)
+    expect_refused(img, chain=True, reason="unsupported", ctl=ctl)
 
 
-def test_encryption(workdir):
+def test_encryption(workdir, ctl):
     img = good_image(workdir)
     header_set(img, "crypt_method", 1)
-    err = expect_refused(img)
+    err = expect_refused(img, reason="unsupported", ctl=ctl)
     assert "encrypt" in err.lower(), err
 
 
-def test_external_data_file(workdir):
+def test_external_data_file(workdir, ctl):
     img = good_image(workdir)
     header_set(img, "incompatible_features", header_get(img, "incompatible_features") | 4)
-    err = expect_refused(img)
+    err = expect_refused(img, reason="unsupported", ctl=ctl)
     assert "data" in err.lower(), err
 
 
-def test_unknown_incompatible_bit(workdir):
+def test_unknown_incompatible_bit(workdir, ctl):
     img = good_image(workdir)
     header_set(img, "incompatible_features", header_get(img, "incompatible_features") | 1 << 20)
-    expect_refused(img)
+    expect_refused(img, reason="unsupported", ctl=ctl)
 
 
-def test_extended_l2(workdir):
+def test_extended_l2(workdir, ctl):
     img = good_image(workdir)
     header_set(img, "incompatible_features", header_get(img, "incompatible_features") | 16)
-    expect_refused(img)
+    expect_refused(img, reason="unsupported", ctl=ctl)
 
 
-def test_version_unknown(workdir):
+def test_version_unknown(workdir, ctl):
     img = good_image(workdir)
     header_set(img, "version", 4)
-    expect_refused(img)
+    expect_refused(img, reason="unsupported", ctl=ctl)
 
 
-def test_refcount_order_too_big(workdir):
+def test_refcount_order_too_big(workdir, ctl):
     img = good_image(workdir)
     header_set(img, "refcount_order", 7)
-    expect_refused(img)
+    expect_refused(img, reason="corrupt", ctl=ctl)
 
 
-def test_header_length_absurd(workdir):
+def test_header_length_absurd(workdir, ctl):
     img = good_image(workdir)
     header_set(img, "header_length", 0xfffffff0)
-    expect_refused(img)
+    expect_refused(img, reason="corrupt", ctl=ctl)
 
 
-def test_header_extension_absurd_length(workdir):
+def test_header_extension_absurd_length(workdir, ctl):
     img = good_image(workdir)
     add_header_extension(img, 0x12345678, b"x")
     # Make that extension claim to be 4 GiB long.
@@ -216,14 +243,14 @@ def test_header_extension_absurd_length(workdir):
         data = f.read(4096)
     pos = hdr_len + data.find(struct.pack(">I", 0x12345678))
     patch_bytes(img, pos + 4, struct.pack(">I", 0xfffffff0))
-    expect_refused(img)
+    expect_refused(img, reason="corrupt", ctl=ctl)
 
 
-def test_snapshot_table_absurd(workdir):
+def test_snapshot_table_absurd(workdir, ctl):
     img = good_image(workdir)
     header_set(img, "nb_snapshots", 0x7fffffff)
     header_set(img, "snapshots_offset", 65536)
-    expect_refused(img)
+    expect_refused(img, reason="corrupt", ctl=ctl)
 
 
 def test_l2_entry_past_eof_reads_fail_cleanly(workdir):

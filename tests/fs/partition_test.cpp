@@ -66,6 +66,7 @@ void expect_error(MemSource& src, const char* needle) {
     FAIL() << "no error, expected one containing '" << needle << "'";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    EXPECT_EQ(e.reason(), Reason::kCorrupt) << e.what();
   }
 }
 

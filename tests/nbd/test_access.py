@@ -131,7 +131,7 @@ def test_control_socket_checks_peer_credentials(workdir, servers):
     (reply,) = out["replies"]
     assert reply["ok"] is False and "permission denied" in reply["error"], out
     assert out["closed"] is True, out
-    assert "uid 65534" in reply["error"]
+    assert "uid 65534" in reply["error"] and reply["reason"] == "permission", reply
     assert control(ctl, "list-exports")["ok"] is True  # root still gets in
     assert "control connection from uid 65534" in srv.log()
     srv.assert_clean_stop()
@@ -186,6 +186,7 @@ def test_allow_dir(workdir, servers):
         r = control(ctl, "add-export", name=name, path=path, format=fmt, **{"read-only": True})
         assert r["ok"] is False, (name, r)
         assert "outside the allowed directories (--allow-dir)" in r["error"], (name, r)
+        assert r["reason"] == "permission", (name, r)
     for name, path in [("good", good), ("alias", inner_link)]:
         r = control(ctl, "add-export", name=name, path=path, format="qcow2",
                     **{"read-only": True})

@@ -79,16 +79,18 @@ def test_add_list_remove_stats(workdir, servers):
         assert rc.pwrite(0, b"x" * 512) == 1
     assert c("stats", name="ro-raw")["stats"]["ro-raw"]["errors"] == e0 + 1
 
-    # Bad requests get a clear error; the connection and the server go on.
-    for line, what in [("this is not json\n", "invalid JSON"), ("[1,2]\n", "cmd"),
-                       ('{"cmd":"frobnicate"}\n', "unknown command"),
-                       ('{"cmd":"add-export","name":"x"}\n', ""),
-                       ('{"cmd":"add-export","name":"vm1","path":"' + ov + '"}\n', "exists"),
-                       ('{"cmd":"add-export","name":"y","path":"/nonexistent/img"}\n', ""),
-                       ('{"cmd":"remove-export","name":"nope"}\n', "nope"),
-                       ('{"cmd":"stats","name":"nope"}\n', "")]:
+    # Bad requests get a clear error and its reason; the connection and the server go on.
+    bad = "invalid-argument"
+    for line, what, reason in [
+            ("this is not json\n", "invalid JSON", bad), ("[1,2]\n", "cmd", bad),
+            ('{"cmd":"frobnicate"}\n', "unknown command", bad),
+            ('{"cmd":"add-export","name":"x"}\n', "", bad),
+            ('{"cmd":"add-export","name":"vm1","path":"' + ov + '"}\n', "exists", "exists"),
+            ('{"cmd":"add-export","name":"y","path":"/nonexistent/img"}\n', "", "not-found"),
+            ('{"cmd":"remove-export","name":"nope"}\n', "nope", "not-found"),
+            ('{"cmd":"stats","name":"nope"}\n', "", "not-found")]:
         r = c.raw(line)
-        assert r["ok"] is False and what in r["error"], (line, r)
+        assert r["ok"] is False and what in r["error"] and r["reason"] == reason, (line, r)
     assert sorted(e["name"] for e in c("list-exports")["exports"]) == ["ro-raw", "vm1"]
 
     # Removing: the export disappears for new clients; the image is closed cleanly.
@@ -143,7 +145,8 @@ def test_control_request_too_long(workdir, servers):
     except ConnectionResetError:
         pass
     s.close()
-    assert json.loads(reply.splitlines()[0])["ok"] is False, reply
+    assert json.loads(reply.splitlines()[0]) == {"ok": False, "error": "request too long",
+                                                 "reason": "invalid-argument"}, reply
     assert control(ctl, "list-exports") == {"ok": True, "exports": []}
     srv.assert_clean_stop()
 
@@ -247,6 +250,7 @@ def test_state_file_export_with_missing_image(workdir, servers):
     assert listed["vm1"]["state"] == "ready" and listed["vm1"]["size"] == os.path.getsize(raw1)
     assert listed["vm2"]["state"] == "failed", listed
     assert raw2 in listed["vm2"]["error"] and "No such file" in listed["vm2"]["error"], listed
+    assert listed["vm2"]["reason"] == "not-found", listed
     assert "size" not in listed["vm2"]
     assert "export 'vm2' is not served" in srv.log()
     assert nbdinfo_size(sock, "vm1") == os.path.getsize(raw1)
@@ -257,7 +261,7 @@ def test_state_file_export_with_missing_image(workdir, servers):
         rc.start()
         assert rc.go("vm2")[-1][0] == 0x80000006  # NBD_REP_ERR_UNKNOWN
     r = control(ctl, "add-export", name="vm2", path=raw1, format="raw")
-    assert r["ok"] is False and "exists" in r["error"], r
+    assert r["ok"] is False and "exists" in r["error"] and r["reason"] == "exists", r
     # Still recorded while it is failed (the image may come back)...
     assert sorted(e["name"] for e in json.load(open(state))["exports"]) == ["vm1", "vm2"]
     # ...until it is removed.

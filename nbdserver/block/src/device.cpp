@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "allowed_dirs.h"
+#include "kiln/common/fd.h"
 #include "qcow2/format.h"
 #include "qcow2/image.h"
 #include "raw.h"
@@ -15,13 +16,11 @@
 namespace kiln::block {
 
 std::string probe_format(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw Error(errno, path + ": cannot open: " + strerror(errno));
+  common::Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) throw Error(errno, path + ": cannot open: " + strerror(errno));
   uint8_t magic[4] = {};
-  ssize_t n = pread(fd, magic, sizeof magic, 0);
-  int e = errno;
-  ::close(fd);
-  if (n < 0) throw Error(e, path + ": cannot read: " + strerror(e));
+  const ssize_t n = pread(fd.get(), magic, sizeof magic, 0);
+  if (n < 0) throw Error(errno, path + ": cannot read: " + strerror(errno));
   return n == 4 && qcow2::load_be32(magic) == qcow2::kMagic ? "qcow2" : "raw";
 }
 

@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "allowed_dirs.h"
+#include "kiln/common/fd.h"
 #include "lock.h"
 
 namespace kiln::block {
@@ -21,11 +22,10 @@ namespace {
 
 class RawDevice final : public BlockDevice {
  public:
-  RawDevice(Reactor& r, std::string path, int fd, uint64_t size, bool ro)
-      : r_(r), path_(std::move(path)), fd_(fd), size_(size) {
+  RawDevice(Reactor& r, std::string path, common::Fd fd, uint64_t size, bool ro)
+      : r_(r), path_(std::move(path)), fd_(std::move(fd)), size_(size) {
     caps_.read_only = ro;
   }
-  ~RawDevice() override { ::close(fd_); }
 
   uint64_t size() const override { return size_; }
   const Capabilities& caps() const override { return caps_; }
@@ -35,13 +35,13 @@ class RawDevice final : public BlockDevice {
 
   Task<int> read(uint64_t off, std::span<uint8_t> buf) override {
     if (off > size_ || buf.size() > size_ - off) co_return -EINVAL;
-    co_return co_await r_.read_full(fd_, buf, off);
+    co_return co_await r_.read_full(fd_.get(), buf, off);
   }
   Task<int> write(uint64_t off, std::span<const uint8_t> buf, unsigned flags) override {
     if (caps_.read_only) co_return -EPERM;
     if (poisoned_) co_return -EIO;
     if (off > size_ || buf.size() > size_ - off) co_return -ENOSPC;
-    int rc = co_await r_.write_full(fd_, buf, off);
+    int rc = co_await r_.write_full(fd_.get(), buf, off);
     if (rc == 0 && (flags & kWriteFua)) rc = co_await sync();
     co_return rc;
   }
@@ -54,7 +54,7 @@ class RawDevice final : public BlockDevice {
     if (caps_.read_only) co_return -EPERM;
     if (poisoned_) co_return -EIO;
     if (off > size_ || len > size_ - off) co_return -EINVAL;
-    int rc = co_await r_.fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len);
+    int rc = co_await r_.fallocate(fd_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len);
     co_return rc == -EOPNOTSUPP ? 0 : rc;  // discard is advisory
   }
   Task<int> write_zeroes(uint64_t off, uint64_t len, unsigned flags) override {
@@ -63,16 +63,16 @@ class RawDevice final : public BlockDevice {
     if (off > size_ || len > size_ - off) co_return -ENOSPC;
     int mode =
         (flags & kWriteNoUnmap) ? FALLOC_FL_ZERO_RANGE : FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
-    int rc = co_await r_.fallocate(fd_, mode, off, len);
+    int rc = co_await r_.fallocate(fd_.get(), mode, off, len);
     if (rc == -EOPNOTSUPP && mode != FALLOC_FL_ZERO_RANGE)
-      rc = co_await r_.fallocate(fd_, FALLOC_FL_ZERO_RANGE, off, len);
+      rc = co_await r_.fallocate(fd_.get(), FALLOC_FL_ZERO_RANGE, off, len);
     if (rc == -EOPNOTSUPP) {
       if (flags & kWriteFastZero) co_return -ENOTSUP;
       std::vector<uint8_t> zeros(std::min<uint64_t>(len, 1u << 20));
       for (uint64_t pos = 0; pos < len && rc != 0;) {
         uint64_t n = std::min<uint64_t>(zeros.size(), len - pos);
-        if (int w =
-                co_await r_.write_full(fd_, std::span<const uint8_t>(zeros).first(n), off + pos);
+        if (int w = co_await r_.write_full(fd_.get(), std::span<const uint8_t>(zeros).first(n),
+                                           off + pos);
             w < 0)
           co_return w;
         pos += n;
@@ -88,14 +88,14 @@ class RawDevice final : public BlockDevice {
     const uint64_t end = off + len;
     uint64_t pos = off;
     while (pos < end) {
-      off_t data = lseek(fd_, off_t(pos), SEEK_DATA);
+      off_t data = lseek(fd_.get(), off_t(pos), SEEK_DATA);
       uint64_t data_at = data < 0 ? end : std::min<uint64_t>(uint64_t(data), end);
       if (data_at > pos) {
         push(out, pos, data_at - pos, false);
         pos = data_at;
         continue;
       }
-      off_t hole = lseek(fd_, off_t(pos), SEEK_HOLE);
+      off_t hole = lseek(fd_.get(), off_t(pos), SEEK_HOLE);
       uint64_t hole_at = hole < 0 ? end : std::min<uint64_t>(uint64_t(hole), end);
       if (hole_at <= pos) hole_at = end;
       push(out, pos, hole_at - pos, true);
@@ -107,7 +107,7 @@ class RawDevice final : public BlockDevice {
     if (caps_.read_only) co_return -EPERM;
     if (poisoned_) co_return -EIO;
     if (new_size < size_) co_return -ENOTSUP;
-    if (ftruncate(fd_, off_t(new_size)) < 0) co_return -errno;
+    if (ftruncate(fd_.get(), off_t(new_size)) < 0) co_return -errno;
     size_ = new_size;
     co_return 0;
   }
@@ -115,7 +115,7 @@ class RawDevice final : public BlockDevice {
 
  private:
   Task<int> sync() {
-    const int rc = co_await r_.fsync(fd_, true);
+    const int rc = co_await r_.fsync(fd_.get(), true);
     if (rc < 0) poisoned_ = true;
     co_return rc;
   }
@@ -140,7 +140,7 @@ class RawDevice final : public BlockDevice {
 
   Reactor& r_;
   std::string path_;
-  int fd_;
+  common::Fd fd_;
   uint64_t size_;
   Capabilities caps_;
   bool poisoned_ = false;  // an fdatasync failed: see the top of this file
@@ -151,32 +151,16 @@ class RawDevice final : public BlockDevice {
 std::unique_ptr<BlockDevice> open_raw(Reactor& r, const std::string& path, bool read_only,
                                       bool lock, const std::vector<std::string>& allowed_dirs) {
   check_allowed_path(path, allowed_dirs);
-  int fd = ::open(path.c_str(), (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
-  if (fd < 0) throw Error(errno, path + ": cannot open: " + strerror(errno));
-  try {
-    check_allowed_fd(fd, path, allowed_dirs);
-  } catch (...) {
-    ::close(fd);
-    throw;
-  }
+  common::Fd fd(::open(path.c_str(), (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC));
+  if (!fd) throw Error(errno, path + ": cannot open: " + strerror(errno));
+  check_allowed_fd(fd.get(), path, allowed_dirs);
   struct stat st;
-  if (fstat(fd, &st) < 0) {
-    int e = errno;
-    ::close(fd);
-    throw Error(e, path + ": " + strerror(e));
-  }
-  if (lock || !read_only) {
-    try {
-      lock_image_file(fd, path, !read_only);
-    } catch (...) {
-      ::close(fd);
-      throw;
-    }
-  }
+  if (fstat(fd.get(), &st) < 0) throw Error(errno, path + ": " + strerror(errno));
+  if (lock || !read_only) lock_image_file(fd.get(), path, !read_only);
   // As QEMU does, a raw file's size is counted in whole 512-byte sectors; the tail past the
   // end of the file reads as zeros.
   const uint64_t size = (uint64_t(st.st_size) + 511) & ~uint64_t{511};
-  return std::make_unique<RawDevice>(r, path, fd, size, read_only);
+  return std::make_unique<RawDevice>(r, path, std::move(fd), size, read_only);
 }
 
 }  // namespace kiln::block

@@ -17,11 +17,11 @@ Reactor::Reactor(unsigned entries) {
 }
 
 Reactor::~Reactor() {
-  if (wake_fd_ >= 0) {
+  if (wake_fd_) {
     // Let the inbox coroutine finish, so that no frame is left behind.
     closing_ = true;
     const uint64_t one = 1;
-    if (::write(wake_fd_, &one, sizeof one) == sizeof one) {
+    if (::write(wake_fd_.get(), &one, sizeof one) == sizeof one) {
       try {
         run_until(inbox_done_);
       } catch (...) {
@@ -29,7 +29,6 @@ Reactor::~Reactor() {
     }
   }
   io_uring_queue_exit(&ring_);
-  if (wake_fd_ >= 0) ::close(wake_fd_);
 }
 
 Task<int> Reactor::cancel_fd(int fd) {
@@ -38,9 +37,9 @@ Task<int> Reactor::cancel_fd(int fd) {
 }
 
 void Reactor::enable_remote() {
-  if (wake_fd_ >= 0) return;
-  wake_fd_ = eventfd(0, EFD_CLOEXEC);
-  if (wake_fd_ < 0) throw std::runtime_error(std::string("eventfd: ") + strerror(errno));
+  if (wake_fd_) return;
+  wake_fd_.reset(eventfd(0, EFD_CLOEXEC));
+  if (!wake_fd_) throw std::runtime_error(std::string("eventfd: ") + strerror(errno));
   spawn(drain_inbox());
 }
 
@@ -50,7 +49,7 @@ void Reactor::post_remote(std::coroutine_handle<> h) {
     inbox_.push_back(h);
   }
   const uint64_t one = 1;
-  ssize_t n = ::write(wake_fd_, &one, sizeof one);
+  ssize_t n = ::write(wake_fd_.get(), &one, sizeof one);
   (void)n;  // the counter cannot overflow in practice; a failed wake-up would lose nothing queued
 }
 
@@ -62,7 +61,7 @@ Task<void> Reactor::drain_inbox() {
   // LeakSanitizer sees it reachable.
   inbox_frame_ = &count;
   for (;;) {
-    const int fd = wake_fd_;
+    const int fd = wake_fd_.get();
     int n = co_await submit(
         [fd, &count](io_uring_sqe* s) { io_uring_prep_read(s, fd, &count, sizeof count, 0); });
     if (n < 0 && n != -EINTR && n != -EAGAIN) break;

@@ -11,6 +11,8 @@
 #include <stdexcept>
 #include <vector>
 
+#include "kiln/common/error.h"
+
 namespace kiln::nbd {
 
 namespace {
@@ -39,26 +41,26 @@ gid_t find_group(const std::string& name) {
   group gr{}, *found = nullptr;
   std::vector<char> buf(16384);
   if (getgrnam_r(name.c_str(), &gr, buf.data(), buf.size(), &found) != 0 || !found)
-    throw std::runtime_error("unknown group '" + name + "'");
+    throw common::not_found("unknown group '" + name + "'");
   return found->gr_gid;
 }
 
 Owner parse_owner(const std::string& spec) {
   const auto colon = spec.find(':');
   const std::string user = spec.substr(0, colon);
-  if (user.empty()) throw std::runtime_error("owner '" + spec + "': no user (USER[:GROUP])");
+  if (user.empty()) throw common::invalid("owner '" + spec + "': no user (USER[:GROUP])");
   Owner o{};
   if (auto id = numeric_id(user)) {
     o.uid = uid_t(*id);
   } else {
     std::vector<char> buf;
     auto pw = find_user(user, buf);
-    if (!pw) throw std::runtime_error("unknown user '" + user + "'");
+    if (!pw) throw common::not_found("unknown user '" + user + "'");
     o.uid = pw->pw_uid;
   }
   if (colon != std::string::npos) {
     const std::string grp = spec.substr(colon + 1);
-    if (grp.empty()) throw std::runtime_error("owner '" + spec + "': empty group");
+    if (grp.empty()) throw common::invalid("owner '" + spec + "': empty group");
     o.gid = find_group(grp);
   }
   return o;

@@ -49,9 +49,10 @@ uint32_t wire_error(int err) {
   }
 }
 
-Connection::Connection(Server& server, int fd, std::string peer, std::optional<ExportScope> scope)
+Connection::Connection(Server& server, common::Fd fd, std::string peer,
+                       std::optional<ExportScope> scope)
     : server_(server),
-      sock_(server.reactor(), fd),
+      sock_(server.reactor(), std::move(fd)),
       peer_(std::move(peer)),
       scope_(std::move(scope)),
       started_(Clock::now()),

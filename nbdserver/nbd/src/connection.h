@@ -57,7 +57,7 @@ class Connection {
   using Clock = std::chrono::steady_clock;
   enum class Phase { kHandshake, kTransmission, kEnded };
 
-  Connection(Server& server, int fd, std::string peer, std::optional<ExportScope> scope);
+  Connection(Server& server, common::Fd fd, std::string peer, std::optional<ExportScope> scope);
   ~Connection();
 
   block::Task<void> run();

@@ -4,7 +4,8 @@
 //   {"cmd":"remove-export","name":N}
 //   {"cmd":"list-exports"}
 //   {"cmd":"stats"[,"name":N]}
-// Replies: {"ok":true,...} or {"ok":false,"error":"..."}. Exports added here are recorded in
+// Replies: {"ok":true,...} or {"ok":false,"error":"...","reason":R}, R a common::Reason name
+// ("not-found", "corrupt", ...; docs/common.md). Exports added here are recorded in
 // the state file and restored when kiln-nbd starts again. Only root, the server's own user and
 // members of --control-group may talk to it (SO_PEERCRED, checked on every connection).
 #include <fcntl.h>
@@ -16,6 +17,8 @@
 #include <nlohmann/json.hpp>
 #include <string_view>
 
+#include "kiln/common/error.h"
+#include "kiln/common/fd.h"
 #include "kiln/nbd/access.h"
 #include "kiln/nbd/server.h"
 #include "log.h"
@@ -53,7 +56,7 @@ json export_json(const Export& e) {
   if (e.device)
     j["size"] = e.device->size();
   else
-    j["error"] = e.error;
+    j["error"] = e.error, j["reason"] = common::reason_name(e.reason);
   if (!e.config.socket.empty()) j["socket"] = e.config.socket;
   if (!e.config.owner.empty()) j["owner"] = e.config.owner;
   if (!e.config.tls_identity.empty()) j["tls-identity"] = e.config.tls_identity;
@@ -99,7 +102,18 @@ void make_private_parents(const std::string& path) {
   }
 }
 
-json error(const std::string& msg) { return {{"ok", false}, {"error", msg}}; }
+using common::Reason;
+
+json error(const std::string& msg, Reason reason) {
+  return {{"ok", false}, {"error", msg}, {"reason", common::reason_name(reason)}};
+}
+
+// The reason of an exception thrown while serving a request: errors of the block layer and
+// of the server are common::Errors; anything else is a failure of the system.
+Reason reason_of(const std::exception& e) {
+  if (auto* c = dynamic_cast<const common::Error*>(&e)) return c->reason();
+  return Reason::kIo;
+}
 
 }  // namespace
 
@@ -108,14 +122,14 @@ Task<std::string> Server::control(const std::string& line) {
   try {
     req = json::parse(line);
   } catch (const std::exception& e) {
-    co_return error(std::string("invalid JSON: ") + e.what()).dump();
+    co_return error(std::string("invalid JSON: ") + e.what(), Reason::kInvalidArgument).dump();
   }
   if (!req.is_object() || !req.contains("cmd") || !req["cmd"].is_string())
-    co_return error("a request is an object with a \"cmd\"").dump();
+    co_return error("a request is an object with a \"cmd\"", Reason::kInvalidArgument).dump();
   const std::string cmd = req["cmd"];
   try {
     if ((cmd == "add-export" || cmd == "remove-export") && stopping_)
-      co_return error("the server is shutting down").dump();
+      co_return error("the server is shutting down", Reason::kBusy).dump();
     if (cmd == "add-export") {
       co_await add_export(config_from_json(req));
       co_return json{{"ok", true}}.dump();
@@ -123,8 +137,10 @@ Task<std::string> Server::control(const std::string& line) {
     if (cmd == "remove-export") {
       const std::string name = req.at("name").get<std::string>();
       int rc = co_await remove_export(name);
-      if (rc == -ENOENT) co_return error("no export named '" + name + "'").dump();
-      if (rc < 0) co_return error(std::string("closing the image: ") + strerror(-rc)).dump();
+      if (rc == -ENOENT)
+        co_return error("no export named '" + name + "'", Reason::kNotFound).dump();
+      if (rc < 0)
+        co_return error(std::string("closing the image: ") + strerror(-rc), Reason::kIo).dump();
       co_return json{{"ok", true}}.dump();
     }
     if (cmd == "list-exports") {
@@ -137,7 +153,7 @@ Task<std::string> Server::control(const std::string& line) {
       json out = json::object();
       if (req.contains("name")) {
         Export* e = find_export(req["name"].get<std::string>());
-        if (!e) co_return error("no such export").dump();
+        if (!e) co_return error("no such export", Reason::kNotFound).dump();
         out[e->config.name] = stats_json(*e);
       } else {
         for (const auto& [name, e] : exports_) out[name] = stats_json(*e);
@@ -145,15 +161,15 @@ Task<std::string> Server::control(const std::string& line) {
       co_return json{{"ok", true}, {"stats", out}}.dump();
     }
   } catch (const json::exception& e) {
-    co_return error(std::string("bad request: ") + e.what()).dump();
+    co_return error(std::string("bad request: ") + e.what(), Reason::kInvalidArgument).dump();
   } catch (const std::exception& e) {
-    co_return error(e.what()).dump();
+    co_return error(e.what(), reason_of(e)).dump();
   }
-  co_return error("unknown command '" + cmd + "'").dump();
+  co_return error("unknown command '" + cmd + "'", Reason::kInvalidArgument).dump();
 }
 
 Task<void> Server::control_client(int fd) {
-  Socket sock(reactor_, fd);
+  Socket sock(reactor_, common::Fd(fd));
   if (stopping_) co_return;
   // Known to request_shutdown() while it runs (the guard goes before the socket closes).
   struct Registered {
@@ -166,7 +182,9 @@ Task<void> Server::control_client(int fd) {
   if (!control_peer_allowed(fd, options_.control_access.gid, &who)) {
     logf(LogLevel::kWarn, "control connection from %s refused", who.c_str());
     const std::string reply =
-        error("permission denied: " + who + " may not use the control socket").dump() + "\n";
+        error("permission denied: " + who + " may not use the control socket", Reason::kPermission)
+            .dump() +
+        "\n";
     co_await sock.write_all(
         std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(reply.data()), reply.size()));
     co_return;
@@ -176,7 +194,7 @@ Task<void> Server::control_client(int fd) {
     const int rc = co_await sock.read_line(line, kMaxControlLine);
     if (rc == -EMSGSIZE) {
       static constexpr std::string_view kTooLong =
-          "{\"ok\":false,\"error\":\"request too long\"}\n";
+          "{\"ok\":false,\"error\":\"request too long\",\"reason\":\"invalid-argument\"}\n";
       co_await sock.write_all(std::span<const uint8_t>(
           reinterpret_cast<const uint8_t*>(kTooLong.data()), kTooLong.size()));
       break;
@@ -192,12 +210,14 @@ Task<void> Server::control_client(int fd) {
 Task<void> Server::restore_exports(std::vector<ExportConfig> recorded) {
   for (auto& c : recorded) {
     std::string error;
+    Reason reason = Reason::kIo;
     try {
       co_await add_export(c);
     } catch (const std::exception& e) {
       error = e.what();
+      reason = reason_of(e);
     }
-    if (!error.empty()) add_failed_export(std::move(c), std::move(error));
+    if (!error.empty()) add_failed_export(std::move(c), std::move(error), reason);
   }
   state_restored_ = true;
   save_state();
@@ -214,13 +234,13 @@ void Server::save_state() {
   make_private_parents(options_.state_file);
   const std::string tmp = options_.state_file + ".tmp";
   const std::string data = json{{"exports", list}}.dump(2) + "\n";
-  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  common::Fd file(open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  const int fd = file.get();
   if (fd < 0 || write(fd, data.data(), data.size()) != ssize_t(data.size()) || fsync(fd) < 0 ||
       rename(tmp.c_str(), options_.state_file.c_str()) < 0) {
     logf(LogLevel::kError, "cannot write the state file %s: %s", options_.state_file.c_str(),
          strerror(errno));
   }
-  if (fd >= 0) close(fd);
 }
 
 std::vector<ExportConfig> load_state(const std::string& path) {

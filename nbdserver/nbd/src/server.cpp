@@ -20,6 +20,7 @@
 
 #include "budget.h"
 #include "connection.h"
+#include "kiln/common/error.h"
 #include "kiln/common/fd.h"
 #include "kiln/nbd/access.h"
 #include "kiln/nbd/protocol.h"
@@ -60,9 +61,7 @@ struct Worker {
 
 namespace {
 
-[[noreturn]] void fail(const std::string& what) {
-  throw std::runtime_error(what + ": " + strerror(errno));
-}
+[[noreturn]] void fail(const std::string& what) { throw common::errno_error(what, errno); }
 
 // An earlier socket at `path` is replaced only if nothing listens on it any more (left behind
 // by a crash); anything else there is an error, never unlinked.
@@ -73,14 +72,14 @@ void remove_stale_socket(const std::string& path, const sockaddr_un& addr) {
     fail(path);
   }
   if (!S_ISSOCK(st.st_mode))
-    throw std::runtime_error(path + ": exists and is not a socket (not replacing it)");
-  int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (probe < 0) fail("socket");
-  const int rc = connect(probe, reinterpret_cast<const sockaddr*>(&addr), sizeof addr);
+    throw common::exists(path + ": exists and is not a socket (not replacing it)");
+  common::Fd probe(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!probe) fail("socket");
+  const int rc = connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr);
   const int e = errno;
-  ::close(probe);
+  probe.reset();
   if (rc == 0 || e == EAGAIN)
-    throw std::runtime_error(path + ": another server is listening on this socket");
+    throw common::busy(path + ": another server is listening on this socket");
   if (e != ECONNREFUSED && e != ENOENT) {
     errno = e;
     fail(path);
@@ -93,13 +92,13 @@ void remove_stale_socket(const std::string& path, const sockaddr_un& addr) {
 int unix_listener(const std::string& path, mode_t mode, std::optional<uid_t> uid,
                   std::optional<gid_t> gid) {
   sockaddr_un addr{};
-  if (path.size() >= sizeof addr.sun_path)
-    throw std::runtime_error(path + ": socket path too long");
+  if (path.size() >= sizeof addr.sun_path) throw common::invalid(path + ": socket path too long");
   addr.sun_family = AF_UNIX;
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
   remove_stale_socket(path, addr);
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) fail("socket");
+  common::Fd sock(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!sock) fail("socket");
+  const int fd = sock.get();
   // bind() creates the file with the umask's mode: make it 0600 from the start. (The umask is
   // the process's; no other thread of kiln-nbd creates files.)
   const mode_t old_umask = umask(0177);
@@ -107,7 +106,7 @@ int unix_listener(const std::string& path, mode_t mode, std::optional<uid_t> uid
   const int bind_errno = errno;
   umask(old_umask);
   auto give_up = [&](int e, bool unlink_it) {
-    ::close(fd);
+    sock.reset();
     if (unlink_it) ::unlink(path.c_str());
     errno = e;
     fail(path);
@@ -118,7 +117,7 @@ int unix_listener(const std::string& path, mode_t mode, std::optional<uid_t> uid
   if (mode != 0600 && fchmodat(AT_FDCWD, path.c_str(), mode, AT_SYMLINK_NOFOLLOW) < 0)
     give_up(errno, true);
   if (listen(fd, 128) < 0) give_up(errno, true);
-  return fd;
+  return sock.release();
 }
 
 std::string peer_name(int fd) {
@@ -239,20 +238,20 @@ void Server::listen_tcp(const std::string& host, uint16_t port) {
   int bound = 0;
   std::string err;
   for (addrinfo* ai = res; ai; ai = ai->ai_next) {
-    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-    if (fd < 0) continue;
+    common::Fd sock(socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol));
+    if (!sock) continue;
+    const int fd = sock.get();
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (ai->ai_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
     if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 128) < 0) {
       err = strerror(errno);
-      ::close(fd);
       continue;
     }
     char h[INET6_ADDRSTRLEN] = "";
     getnameinfo(ai->ai_addr, ai->ai_addrlen, h, sizeof h, nullptr, 0, NI_NUMERICHOST);
     add_listener(std::make_unique<Listener>(
-        reactor_, fd, std::string(h) + ":" + std::to_string(port), false, ""));
+        reactor_, sock.release(), std::string(h) + ":" + std::to_string(port), false, ""));
     ++bound;
   }
   freeaddrinfo(res);
@@ -260,27 +259,27 @@ void Server::listen_tcp(const std::string& host, uint16_t port) {
 }
 
 Task<void> Server::add_export(ExportConfig config) {
-  if (config.name.size() > kMaxStringLength) throw std::runtime_error("export name too long");
+  if (config.name.size() > kMaxStringLength) throw common::invalid("export name too long");
   if (exports_.count(config.name))
-    throw std::runtime_error("export '" + config.name + "' already exists");
+    throw common::exists("export '" + config.name + "' already exists");
   std::optional<Owner> owner;
   if (!config.socket.empty()) {
     for (const auto& l : listeners_)
       if (l->unlink_path == config.socket)
-        throw std::runtime_error(config.socket + ": already used by another listener");
+        throw common::busy(config.socket + ": already used by another listener");
     owner = config.owner.empty() ? Owner{geteuid(), std::nullopt} : parse_owner(config.owner);
   } else if (!config.owner.empty()) {
-    throw std::runtime_error("an owner is given but no socket");
+    throw common::invalid("an owner is given but no socket");
   }
   if (!config.tls_identity.empty() && options_.tls_mode == TlsMode::kOff)
-    throw std::runtime_error("export '" + config.name +
-                             "': a TLS identity needs TLS (--tls-creds or --tls-psk)");
+    throw common::invalid("export '" + config.name +
+                          "': a TLS identity needs TLS (--tls-creds or --tls-psk)");
   if (config.tls_identity.size() > kMaxStringLength)
-    throw std::runtime_error("export '" + config.name + "': TLS identity too long");
+    throw common::invalid("export '" + config.name + "': TLS identity too long");
   // Sent to clients in NBD_INFO_DESCRIPTION, a string of the protocol's: at most 4096 bytes.
   if (config.description.size() > kMaxStringLength)
-    throw std::runtime_error("export '" + config.name + "': description longer than " +
-                             std::to_string(kMaxStringLength) + " bytes");
+    throw common::invalid("export '" + config.name + "': description longer than " +
+                          std::to_string(kMaxStringLength) + " bytes");
   block::OpenOptions o;
   o.format = config.format;
   o.read_only = config.read_only;
@@ -325,7 +324,7 @@ Task<void> Server::add_export(ExportConfig config) {
   save_state();
 }
 
-void Server::add_failed_export(ExportConfig config, std::string error) {
+void Server::add_failed_export(ExportConfig config, std::string error, common::Reason reason) {
   if (exports_.count(config.name)) {
     logf(LogLevel::kError, "export '%s' is recorded twice; dropping the second",
          config.name.c_str());
@@ -334,6 +333,7 @@ void Server::add_failed_export(ExportConfig config, std::string error) {
   auto e = std::make_unique<Export>();
   e->id = next_export_id_++;
   e->error = std::move(error);
+  e->reason = reason;
   e->config = std::move(config);
   logf(LogLevel::kError, "export '%s' is not served: %s", e->config.name.c_str(), e->error.c_str());
   std::string name = e->config.name;
@@ -410,7 +410,7 @@ Task<void> Server::accept_loop(Listener* l) {
     int fd = co_await reactor_.submit(
         [lfd](io_uring_sqe* s) { io_uring_prep_accept(s, lfd, nullptr, nullptr, SOCK_CLOEXEC); });
     if (stopping_ || l->closing) {
-      if (fd >= 0) ::close(fd);
+      common::Fd late(fd >= 0 ? fd : -1);  // accepted while stopping: closed here
       break;
     }
     if (fd < 0) {
@@ -434,7 +434,7 @@ Task<void> Server::accept_loop(Listener* l) {
     }
     if (connections_.size() >= options_.max_connections) {
       logf(LogLevel::kWarn, "too many connections, refusing one");
-      ::close(fd);
+      common::Fd refused(fd);
       continue;
     }
     int one = 1;
@@ -475,7 +475,8 @@ Task<void> Server::housekeeping() {
 
 void Server::serve_connection(int fd, block::WaitGroup* done, std::optional<ExportScope> scope) {
   ++clients_seen_;
-  auto* c = new Connection(*this, fd, peer_name(fd), std::move(scope));
+  std::string peer = peer_name(fd);
+  auto* c = new Connection(*this, common::Fd(fd), std::move(peer), std::move(scope));
   connection_started(c);
   reactor_.spawn(
       [](Server* s, Connection* conn) -> Task<void> {

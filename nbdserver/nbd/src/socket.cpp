@@ -10,14 +10,15 @@
 
 namespace kiln::nbd {
 
-Socket::Socket(block::Reactor& r, int fd) : r_(&r), fd_(fd), buf_(new uint8_t[kBufferSize]) {}
+Socket::Socket(block::Reactor& r, common::Fd fd)
+    : r_(&r), fd_(std::move(fd)), buf_(new uint8_t[kBufferSize]) {}
 
-Socket::~Socket() { ::close(fd_); }
+Socket::~Socket() = default;
 
-void Socket::shutdown_read() { ::shutdown(fd_, SHUT_RD); }
+void Socket::shutdown_read() { ::shutdown(fd_.get(), SHUT_RD); }
 
 block::Task<int> Socket::raw_recv(uint8_t* p, size_t n) {
-  const int fd = fd_;
+  const int fd = fd_.get();
   for (;;) {
     int got = co_await r_->submit([=](io_uring_sqe* s) { io_uring_prep_recv(s, fd, p, n, 0); });
     if (got == -EINTR || got == -EAGAIN) continue;
@@ -121,7 +122,7 @@ block::Task<int> Socket::raw_send(std::vector<iovec> iov) {
     msghdr msg{};
     msg.msg_iov = &iov[first];
     msg.msg_iovlen = std::min<size_t>(iov.size() - first, IOV_MAX);
-    const int fd = fd_;
+    const int fd = fd_.get();
     int n = co_await r_->submit(
         [&msg, fd](io_uring_sqe* s) { io_uring_prep_sendmsg(s, fd, &msg, MSG_NOSIGNAL); });
     if (n == -EINTR || n == -EAGAIN) continue;

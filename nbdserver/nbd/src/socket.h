@@ -13,18 +13,19 @@
 #include <vector>
 
 #include "kiln/block/reactor.h"
+#include "kiln/common/fd.h"
 #include "tls.h"
 
 namespace kiln::nbd {
 
 class Socket {
  public:
-  Socket(block::Reactor& r, int fd);
+  Socket(block::Reactor& r, common::Fd fd);
   ~Socket();
   Socket(const Socket&) = delete;
   Socket& operator=(const Socket&) = delete;
 
-  int fd() const { return fd_; }
+  int fd() const { return fd_.get(); }
   // Submits future I/O through `r` (the connection moved to another reactor thread).
   void move_to(block::Reactor& r) { r_ = &r; }
   // Fills `out` completely. Returns 0, -ECONNRESET at end of stream, or -errno.
@@ -64,7 +65,7 @@ class Socket {
   block::Task<int> send_tls_output();
 
   block::Reactor* r_;
-  int fd_;
+  common::Fd fd_;
   std::unique_ptr<uint8_t[]> buf_;
   size_t begin_ = 0, end_ = 0;
   std::unique_ptr<TlsSession> tls_;

@@ -11,6 +11,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "kiln/common/fd.h"
 #include "log.h"
 
 namespace kiln::nbd {
@@ -52,13 +53,12 @@ int hex_digit(char c) {
 }
 
 std::map<std::string, std::vector<uint8_t>> read_psk_file(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw std::runtime_error(path + ": " + strerror(errno));
+  common::Fd file(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!file) throw std::runtime_error(path + ": " + strerror(errno));
+  const int fd = file.get();
   struct stat st;
-  if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
+  if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
     throw std::runtime_error(path + ": not a regular file");
-  }
   if (st.st_mode & (S_IRWXG | S_IRWXO))
     logf(LogLevel::kWarn, "%s: readable by others than its owner (keys should be 0600)",
          path.c_str());
@@ -67,17 +67,13 @@ std::map<std::string, std::vector<uint8_t>> read_psk_file(const std::string& pat
   for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) != 0;) {
     if (n < 0) {
       if (errno == EINTR) continue;
-      int e = errno;
-      ::close(fd);
-      throw std::runtime_error(path + ": " + strerror(e));
+      throw std::runtime_error(path + ": " + strerror(errno));
     }
     text.append(buf, size_t(n));
-    if (text.size() > kMaxPskFileBytes) {
-      ::close(fd);
+    if (text.size() > kMaxPskFileBytes)
       throw std::runtime_error(path + ": larger than 1 MiB, not a PSK file");
-    }
   }
-  ::close(fd);
+  file.reset();
 
   std::map<std::string, std::vector<uint8_t>> keys;
   std::istringstream lines(text);

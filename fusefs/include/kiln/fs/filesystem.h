@@ -19,13 +19,21 @@
 #include <stdexcept>
 #include <string>
 
+#include "kiln/common/error.h"
+
 namespace kiln::fs {
 
-// Every failure of kiln-fs's library: one clear line naming the image and the problem.
-class Error : public std::runtime_error {
+// Every failure of kiln-fs's library: a common::Error, with a reason callers and tests match
+// (docs/common.md) and one clear line naming the image and the problem. A damaged partition
+// table or filesystem is kCorrupt, a path that is not there kNotFound, a refusal for safety
+// (a symbolic link, a filesystem libext2fs cannot write safely) kPermission or kUnsupported.
+class Error : public common::Error {
  public:
-  explicit Error(const std::string& what) : std::runtime_error(what) {}
+  Error(common::Reason reason, const std::string& what) : common::Error(reason, what) {}
+  // The tools' own failures (reading a local file, writing standard output): kIo.
+  explicit Error(const std::string& what) : common::Error(common::Reason::kIo, what) {}
 };
+using common::Reason;
 
 class Source;
 class IoChannel;
@@ -90,5 +98,9 @@ class Filesystem {
 
 // libext2fs's error code as text ("Bad magic number in super-block").
 std::string ext2_error(errcode_t code);
+// Its reason: an errno's own; no space or no inode left kNoSpace; a feature libext2fs lacks
+// kUnsupported; a read-only filesystem kPermission; any other libext2fs code (a bad magic
+// number, a corrupt directory, an illegal block number) kCorrupt.
+common::Reason ext2_reason(errcode_t code);
 
 }  // namespace kiln::fs

@@ -18,7 +18,7 @@ Task<int> Image::refcount(uint64_t cluster, uint64_t* value) {
   *value = 0;
   const uint64_t rti = cluster / rb_entries_;
   if (rti >= reftable_.size()) co_return 0;
-  const uint64_t rb = reftable_[rti] & kRefTableOffsetMask;
+  const uint64_t rb = RefTableEntry{reftable_[rti]}.block_offset();
   if (!rb) co_return 0;
   if (rb % cs_) co_return -EIO;
   const uint64_t idx = cluster % rb_entries_;
@@ -32,11 +32,11 @@ Task<int> Image::refcount(uint64_t cluster, uint64_t* value) {
 
 Task<int> Image::add_refcount(uint64_t cluster, int64_t delta) {
   const uint64_t rti = cluster / rb_entries_;
-  if (rti >= reftable_.size() || !(reftable_[rti] & kRefTableOffsetMask)) {
+  if (rti >= reftable_.size() || !(RefTableEntry{reftable_[rti]}.block_offset())) {
     if (delta < 0) co_return -EIO;  // releasing a cluster that has no refcount
     if (int rc = co_await ensure_refblock(cluster); rc < 0) co_return rc;
   }
-  const uint64_t rb = reftable_[rti] & kRefTableOffsetMask;
+  const uint64_t rb = RefTableEntry{reftable_[rti]}.block_offset();
   const uint64_t idx = cluster % rb_entries_;
   const uint64_t sb = rb_cache_.slice_bytes();
   const uint64_t per_slice = sb * 8 / h_.refcount_bits();
@@ -64,7 +64,7 @@ Task<int> Image::alloc_clusters_locked(uint64_t count, uint64_t* host_offset) {
     bool retry = false, prefix_used = true;
     while (run < count) {
       const uint64_t rti = i / rb_entries_;
-      if (rti >= reftable_.size() || !(reftable_[rti] & kRefTableOffsetMask)) {
+      if (rti >= reftable_.size() || !(RefTableEntry{reftable_[rti]}.block_offset())) {
         // No refcount block yet: create it (it takes one of the clusters it describes).
         if (int rc = co_await ensure_refblock(i); rc < 0) co_return rc;
         retry = true;
@@ -94,7 +94,7 @@ Task<int> Image::ensure_refblock(uint64_t cluster) {
   const uint64_t rti = cluster / rb_entries_;
   if (rti >= reftable_.size())
     if (int rc = co_await grow_reftable(rti + 1); rc < 0) co_return rc;
-  if (reftable_[rti] & kRefTableOffsetMask) co_return 0;
+  if (RefTableEntry{reftable_[rti]}.block_offset()) co_return 0;
   // Nothing in this block's range is allocated (its refcounts are all zero), so the block can
   // live in the cluster asked about and describe itself.
   std::vector<uint8_t> block(cs_, 0);
@@ -104,7 +104,8 @@ Task<int> Image::ensure_refblock(uint64_t cluster) {
   if (int rc = co_await sync_file(); rc < 0) co_return rc;
   uint8_t be[8];
   store_be64(be, off);
-  if (int rc = co_await write_meta(be, h_.refcount_table_offset + rti * 8); rc < 0) co_return rc;
+  if (int rc = co_await write_meta(be, h_.refcount_table_offset + rti * sizeof(uint64_t)); rc < 0)
+    co_return rc;
   if (int rc = co_await sync_file(); rc < 0) co_return rc;
   reftable_[rti] = off;
   rb_cache_.drop_range(off, off + cs_);
@@ -192,9 +193,9 @@ Task<int> Image::prepare_l2(uint32_t l1i) {
     if (it == busy_l1_.end()) break;
     co_await it->second->wait();
   }
-  const uint64_t l1e = l1_[l1i];
-  if ((l1e & kOflagCopied) && (l1e & kL1OffsetMask)) co_return 0;
-  if (l1e & kL1ReservedMask) co_return -EIO;
+  const L1Entry l1e{l1_[l1i]};
+  if (l1e.writable_in_place()) co_return 0;
+  if (l1e.reserved_bits()) co_return -EIO;
   busy_l1_.emplace(l1i, std::make_unique<WaitList>(r_));
   struct Release {
     Image* img;
@@ -209,21 +210,21 @@ Task<int> Image::prepare_l2(uint32_t l1i) {
 
   // A new table is zeros; a table shared with a snapshot is copied (its entries keep their
   // clusters, whose refcounts already count both references).
-  const uint64_t old = l1e & kL1OffsetMask;
+  const uint64_t old = l1e.l2_offset();
   std::vector<uint8_t> table(cs_, 0);
   if (old) {
-    if (int rc = co_await r_.read_full(fd_, table, old); rc < 0) co_return rc;
+    if (int rc = co_await r_.read_full(fd_.get(), table, old); rc < 0) co_return rc;
   }
   uint64_t host;
   if (int rc = co_await alloc_clusters(1, &host); rc < 0) co_return rc;
-  if (int rc = co_await r_.write_full(fd_, table, host); rc < 0) {
+  if (int rc = co_await r_.write_full(fd_.get(), table, host); rc < 0) {
     co_await free_now(host, cs_);
     co_return rc;
   }
   unsynced_ = true;
-  l1_[l1i] = host | kOflagCopied;
+  l1_[l1i] = L1Entry::encode(host);
   ++gen_;
-  l1_pending_.push_back({l1i, l1e, gen_});
+  l1_pending_.push_back({l1i, l1e.raw, gen_});
   l1_dirty_chunks_.insert(l1i / 512);
   if (old) defer_free(old);
   co_return 0;
@@ -244,18 +245,20 @@ Task<int> Image::apply_frees(uint64_t upto_gen) {
   for (auto& f : frees_) {
     // A cluster with an in-place write in flight is freed at a later flush (zero_cluster waits
     // for those writes before it changes an entry, so this is a second line of defence).
-    const bool busy = !(f.entry & kOflagCompressed) && pinned(f.entry & kL2OffsetMask);
+    const L2Entry e(f.entry, cb_);
+    const bool busy = !e.compressed() && pinned(e.host());
     (f.gen <= upto_gen && !busy ? now : later).push_back(f);
   }
   frees_ = std::move(later);
   int err = 0;
   for (auto& f : now) {
     int rc;
-    if (f.entry & kOflagCompressed) {
-      CompressedRef c = decode_compressed(f.entry, cb_);
+    const L2Entry e(f.entry, cb_);
+    if (e.compressed()) {
+      CompressedRef c = e.compressed_range();
       rc = co_await free_now(c.offset, c.length);
     } else {
-      rc = co_await free_now(f.entry & kL2OffsetMask, cs_);
+      rc = co_await free_now(e.host(), cs_);
     }
     if (rc < 0 && err == 0) err = rc;
   }

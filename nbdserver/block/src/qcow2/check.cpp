@@ -45,7 +45,7 @@ Task<int> Checker::read(std::vector<uint8_t>& buf, uint64_t offset) {
   extents.for_each_data(offset, buf.size(),
                         [&](uint64_t o, uint64_t n) { pieces.emplace_back(o, n); });
   for (auto [o, n] : pieces) {
-    const int rc = co_await img.r_.read_full(img.fd_, {buf.data() + (o - offset), n}, o);
+    const int rc = co_await img.r_.read_full(img.fd_.get(), {buf.data() + (o - offset), n}, o);
     if (rc < 0) {
       problem(false, kRead, "cannot read at offset " + std::to_string(o));
       co_return rc;
@@ -56,8 +56,9 @@ Task<int> Checker::read(std::vector<uint8_t>& buf, uint64_t offset) {
 
 // An L1 entry (active or snapshot) found at `where`: checked, and its L2 table recorded.
 bool Checker::l1_entry(uint64_t e, uint64_t where, uint64_t weight, bool active) {
-  const uint64_t off = e & kL1OffsetMask;
-  if (e & kL1ReservedMask)
+  const L1Entry l1e{e};
+  const uint64_t off = l1e.l2_offset();
+  if (l1e.reserved_bits())
     problem(true, kReserved,
             "L1 entry at offset " + std::to_string(where) + " has reserved bits set");
   if (!off) return false;
@@ -165,21 +166,21 @@ Task<void> Checker::walk_l2_tables() {
     if (!extents.any_data(t.offset, cs)) continue;  // all entries zero
     if (co_await read(l2, t.offset) < 0) continue;
     uint64_t prev_host = 0;  // fragmentation is counted within one L2 table, as QEMU does
-    for (uint64_t j = 0; j < cs / 8; ++j) {
-      const uint64_t x = load_be64(&l2[j * 8]);
-      if (!x) continue;
-      if (x & kOflagCompressed) {
-        CompressedRef c = decode_compressed(x, cb);
-        if (x & kOflagCopied) problem(true, kCopied, "compressed cluster has the copied flag set");
+    for (uint64_t j = 0; j < cs / kL2EntryBytes; ++j) {
+      const L2Entry x(load_be64(&l2[j * kL2EntryBytes]), cb);
+      if (!x.raw()) continue;
+      if (x.compressed()) {
+        const CompressedRef c = x.compressed_range();
+        if (x.copied()) problem(true, kCopied, "compressed cluster has the copied flag set");
         reference(c.offset, c.length, "compressed cluster", t.weight);
         res.allocated_clusters += t.active;
         res.compressed_clusters += t.active;
         res.fragmented_clusters += t.active;  // compressed clusters are fragmented by nature
         continue;
       }
-      const uint64_t host = x & kL2OffsetMask;
-      if (x & kL2StandardReservedMask) problem(true, kReserved, "L2 entry has reserved bits set");
-      if ((x & kOflagZero) && img.h_.version < 3)
+      const uint64_t host = x.host();
+      if (x.reserved_bits()) problem(true, kReserved, "L2 entry has reserved bits set");
+      if (x.zero() && img.h_.version < 3)
         problem(true, kOther, "zero cluster in a version 2 image");
       if (!host) continue;
       if (host % cs) {
@@ -189,7 +190,7 @@ Task<void> Checker::walk_l2_tables() {
       }
       reference(host, cs, "data cluster", t.weight);
       if (t.active) {
-        copied.push_back({t.offset, j, x});
+        copied.push_back({t.offset, j, x.raw()});
         res.allocated_clusters += t.active;  // preallocated zero clusters count too
         if (prev_host && prev_host + cs != host) res.fragmented_clusters += t.active;
         prev_host = host;
@@ -234,11 +235,11 @@ Task<void> Checker::walk_bitmaps() {
 // Counts every reference; the refcount structures' own only `with_refcount_structures`.
 Task<void> Checker::count(bool with_refcount_structures) {
   struct stat st {};
-  fstat(img.fd_, &st);
+  fstat(img.fd_.get(), &st);
   const uint64_t size = uint64_t(st.st_size), allocated = uint64_t(st.st_blocks) * 512;
   file_clusters = (size + cs - 1) >> cb;
   budget = allocated + kSlackBytes;
-  extents.load(img.fd_, size);
+  extents.load(img.fd_.get(), size);
   // Every reference is an 8-byte entry of a table in the allocated part of the file (a
   // compressed one may span a few clusters): the dense counters cover as many clusters.
   counted.reset(std::min(file_clusters, allocated / 2 + (1u << 20)), kMaxSparseReferences);
@@ -260,8 +261,9 @@ Task<void> Checker::count(bool with_refcount_structures) {
     reference(img.h_.refcount_table_offset, uint64_t(img.h_.refcount_table_clusters) * cs,
               "refcount table");
     for (uint64_t e : img.reftable_) {
-      const uint64_t off = e & kRefTableOffsetMask;
-      if (e & kRefTableReservedMask)
+      const RefTableEntry rte{e};
+      const uint64_t off = rte.block_offset();
+      if (rte.reserved_bits())
         problem(true, kReserved, "refcount table entry has reserved bits set");
       if (!off) continue;
       if (off % cs) {

@@ -28,7 +28,7 @@ Task<void> Checker::compare(bool fix_leaks) {
   std::unordered_set<uint64_t> blocks_seen;
   uint64_t covered = 0;
   for (uint64_t rti = 0; rti < img.reftable_.size(); ++rti) {
-    const uint64_t off = img.reftable_[rti] & kRefTableOffsetMask;
+    const uint64_t off = RefTableEntry{img.reftable_[rti]}.block_offset();
     const uint64_t first = rti * rb_entries;
     covered = first + rb_entries;
     if (!off || off % cs || (off >> cb) >= file_clusters || !blocks_seen.insert(off).second ||
@@ -127,6 +127,8 @@ Task<int> Checker::rebuild() {
 // Sets or clears the copied flag of active entries by the (now correct) refcounts.
 Task<int> Checker::fix_copied(bool repair) {
   for (auto& f : copied) {
+    // Active L1 entries and standard L2 entries keep the offset in the same bits (an L1 entry
+    // with reserved bit 62 set is no compressed descriptor).
     const uint64_t host = f.entry & kL2OffsetMask;
     uint64_t rc_value;
     if (int rc = co_await img.refcount(host >> cb, &rc_value); rc < 0) co_return rc;
@@ -137,7 +139,7 @@ Task<int> Checker::fix_copied(bool repair) {
                 " refcount=" + std::to_string(rc_value));
     if (!repair) continue;
     uint8_t be[8];
-    store_be64(be, want ? f.entry | kOflagCopied : f.entry & ~kOflagCopied);
+    store_be64(be, L2Entry::with_copied(f.entry, want));
     if (int rc = co_await img.write_meta(be, f.table_offset + f.index * 8); rc < 0) co_return rc;
     if (f.table_offset == img.h_.l1_table_offset) img.l1_[f.index] = load_be64(be);
     res.corruptions_fixed++;

@@ -45,11 +45,11 @@ int zstd_cluster(std::span<const uint8_t> in, std::span<uint8_t> out) {
 
 }  // namespace
 
-Task<int> Image::read_compressed(uint64_t entry, std::span<uint8_t> cluster) {
-  CompressedRef ref = decode_compressed(entry, cb_);
+Task<int> Image::read_compressed(L2Entry entry, std::span<uint8_t> cluster) {
+  const CompressedRef ref = entry.compressed_range();
   if (ref.length > 2 * cs_ + 512) co_return -EIO;
   std::vector<uint8_t> in(ref.length);
-  if (int rc = co_await r_.read_full(fd_, in, ref.offset); rc < 0) co_return rc;
+  if (int rc = co_await r_.read_full(fd_.get(), in, ref.offset); rc < 0) co_return rc;
   co_return h_.compression == Compression::kZstd ? zstd_cluster(in, cluster)
                                                  : inflate_cluster(in, cluster);
 }

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "kiln/block/qcow2.h"
+#include "kiln/common/fd.h"
 #include "lock.h"
 #include "qcow2/format.h"
 #include "raw.h"
@@ -81,7 +82,8 @@ void create(Reactor& r, const std::string& path, const CreateOptions& o) {
     auto dev = r.run(open_image(r, bpath, bo));
     size = dev->size();
   }
-  if (size > kMaxVirtualSize) throw Error(EFBIG, "image size is too large");
+  if (size > kMaxVirtualSize)
+    throw Error(Reason::kInvalidArgument, EFBIG, "image size is too large");
 
   Header h;
   h.version = o.version;
@@ -114,9 +116,10 @@ void create(Reactor& r, const std::string& path, const CreateOptions& o) {
   if (head.size() > cs) throw Error(EINVAL, "header and backing file name do not fit in a cluster");
 
   // Metadata clusters: header, refcount table, refcount blocks, L1 table.
-  const uint64_t l2_covers = uint64_t(cs) * (cs / 8);
+  const uint64_t l2_covers = uint64_t(cs) * (cs / kL2EntryBytes);
   h.l1_size = uint32_t(div_up(size, l2_covers));
-  if (uint64_t(h.l1_size) * 8 > kMaxL1Bytes) throw Error(EFBIG, "image size is too large");
+  if (uint64_t(h.l1_size) * 8 > kMaxL1Bytes)
+    throw Error(Reason::kInvalidArgument, EFBIG, "image size is too large");
   const uint64_t l1_clusters = div_up(uint64_t(h.l1_size) * 8, cs);
   const uint64_t rb_entries = uint64_t(cs) * 8 / rb;
   uint64_t rt_clusters = 1, rb_count = 1;
@@ -144,19 +147,11 @@ void create(Reactor& r, const std::string& path, const CreateOptions& o) {
     set_refcount(&blocks[(c / rb_entries) * cs], c % rb_entries, h.refcount_order, 1);
 
   // Truncate only once the locks are ours: an image in use by someone else stays intact.
-  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0) throw Error(errno, path + ": cannot create: " + strerror(errno));
-  try {
-    lock_image_file(fd, path, true);
-  } catch (...) {
-    ::close(fd);
-    throw;
-  }
-  if (ftruncate(fd, 0) < 0) {
-    int e = errno;
-    ::close(fd);
-    throw Error(e, path + ": cannot truncate: " + strerror(e));
-  }
+  common::Fd file(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+  if (!file) throw Error(errno, path + ": cannot create: " + strerror(errno));
+  const int fd = file.get();
+  lock_image_file(fd, path, true);
+  if (ftruncate(fd, 0) < 0) throw Error(errno, path + ": cannot truncate: " + strerror(errno));
   auto io = [&]() -> Task<int> {
     std::vector<uint8_t> cluster0(cs, 0);
     std::memcpy(cluster0.data(), head.data(), head.size());
@@ -169,7 +164,7 @@ void create(Reactor& r, const std::string& path, const CreateOptions& o) {
     co_return co_await r.fsync(fd, false);
   };
   int rc = r.run(io());
-  ::close(fd);
+  file.reset();  // written and fsync'ed: close's result adds nothing
   if (rc < 0) throw Error(-rc, path + ": cannot write: " + strerror(-rc));
 }
 

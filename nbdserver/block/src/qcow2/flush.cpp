@@ -37,16 +37,16 @@ Task<void> write_one(Reactor& r, int fd, std::span<const uint8_t> data, uint64_t
 Task<int> Image::write_buffers(std::vector<std::pair<uint64_t, std::vector<uint8_t>>>& writes) {
   int err = 0;
   WaitGroup group(r_);
-  for (auto& [off, data] : writes) r_.spawn(write_one(r_, fd_, data, off, &err), &group);
+  for (auto& [off, data] : writes) r_.spawn(write_one(r_, fd_.get(), data, off, &err), &group);
   co_await group.wait();
   co_return poison(err);
 }
 
 Task<int> Image::write_meta(std::span<const uint8_t> data, uint64_t offset) {
-  co_return poison(co_await r_.write_full(fd_, data, offset));
+  co_return poison(co_await r_.write_full(fd_.get(), data, offset));
 }
 
-Task<int> Image::sync_file() { co_return poison(co_await r_.fsync(fd_, true)); }
+Task<int> Image::sync_file() { co_return poison(co_await r_.fsync(fd_.get(), true)); }
 
 Task<int> Image::write_refblocks() {
   co_await meta_write_mutex_.lock();
@@ -79,7 +79,7 @@ Task<int> Image::write_l2_and_l1(uint64_t safe) {
     if (!s->dirty || s->loading) return;
     std::vector<uint8_t> copy(s->data.get(), s->data.get() + sb);
     for (auto p = s->pending.rbegin(); p != s->pending.rend(); ++p)
-      if (p->gen > safe) store_be64(&copy[p->index * 8], p->old_entry);
+      if (p->gen > safe) store_be64(&copy[p->index * kL2EntryBytes], p->old_entry);
     std::erase_if(s->pending, settled);
     s->dirty = !s->pending.empty();
     slices.push_back(s);

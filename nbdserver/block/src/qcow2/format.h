@@ -1,5 +1,6 @@
 // The qcow2 on-disk format (docs/interop/qcow2.txt in QEMU is the contract), described once:
-// header fields and offsets, table entry bits, header extensions, snapshot table entries.
+// header fields and offsets, header extensions, snapshot table entries, refcount block
+// entries (table entries: entry.h).
 // Everything on disk is big-endian; the parsed structures are in host order.
 #pragma once
 
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "kiln/block/endian.h"
+#include "qcow2/entry.h"
 
 namespace kiln::block::qcow2 {
 
@@ -63,16 +65,7 @@ constexpr uint32_t kExtBitmaps = 0x23852875;
 constexpr uint32_t kExtEncryption = 0x0537be77;
 constexpr uint32_t kExtDataFile = 0x44415441;
 
-// Table entries.
-constexpr uint64_t kOflagCopied = 1ull << 63;
-constexpr uint64_t kOflagCompressed = 1ull << 62;
-constexpr uint64_t kOflagZero = 1ull << 0;
-constexpr uint64_t kL1OffsetMask = 0x00fffffffffffe00ull;
-constexpr uint64_t kL2OffsetMask = 0x00fffffffffffe00ull;
-constexpr uint64_t kRefTableOffsetMask = 0xfffffffffffffe00ull;
-constexpr uint64_t kL1ReservedMask = 0x7f000000000001ffull;
-constexpr uint64_t kL2StandardReservedMask = 0x3f000000000001feull;
-constexpr uint64_t kRefTableReservedMask = 0x1ffull;
+// Table entries: entry.h.
 
 enum class Compression : uint8_t { kZlib = 0, kZstd = 1 };
 
@@ -121,6 +114,14 @@ struct Header {
 // the whole file if shorter). Returns an error message or nullopt; fills `out`.
 std::optional<std::string> parse_header(std::span<const uint8_t> first_cluster, Header* out);
 
+// Whether these bytes start with the qcow2 magic and a version other than 2 and 3: a format
+// Kiln does not read (unsupported), rather than a damaged header.
+inline bool is_unknown_version(std::span<const uint8_t> first) {
+  if (first.size() < 8 || load_be32(first.data()) != kMagic) return false;
+  const uint32_t v = load_be32(first.data() + 4);
+  return v != 2 && v != 3;
+}
+
 // Writes the fixed header (not the extensions) into `buf`, which must hold header_length bytes.
 void serialize_header(const Header& h, uint8_t* buf);
 
@@ -137,18 +138,6 @@ struct Snapshot {
 // Parses `count` snapshot table entries. Returns an error message or nullopt.
 std::optional<std::string> parse_snapshots(std::span<const uint8_t> table, uint32_t count,
                                            std::vector<Snapshot>* out);
-
-// Compressed cluster descriptor fields.
-struct CompressedRef {
-  uint64_t offset;  // byte offset of the compressed data
-  uint64_t length;  // bytes to read: up to the end of the last sector used
-};
-inline CompressedRef decode_compressed(uint64_t entry, uint32_t cluster_bits) {
-  const uint32_t x = 62 - (cluster_bits - 8);
-  const uint64_t offset = entry & ((1ull << x) - 1);
-  const uint64_t sectors = ((entry >> x) & ((1ull << (cluster_bits - 8)) - 1)) + 1;
-  return {offset, sectors * 512 - (offset & 511)};
-}
 
 // Refcount block entries of any width from 1 to 64 bits.
 inline uint64_t get_refcount(const uint8_t* block, uint64_t index, uint32_t order) {

@@ -15,8 +15,17 @@ namespace kiln::block::qcow2 {
 
 namespace {
 
+// A system call failed: the reason is the errno's.
 [[noreturn]] void fail(int err, const std::string& path, const std::string& what) {
   throw Error(err, path + ": " + what);
+}
+// The image breaks the format or a limit (hostile or damaged): kCorrupt, whatever the errno.
+[[noreturn]] void corrupt(int err, const std::string& path, const std::string& what) {
+  throw Error(Reason::kCorrupt, err, path + ": " + what);
+}
+// Valid qcow2 that Kiln does not read (or will not, by policy): kUnsupported.
+[[noreturn]] void unsupported(const std::string& path, const std::string& what) {
+  throw Error(Reason::kUnsupported, ENOTSUP, path + ": " + what);
 }
 
 std::string dirname_of(const std::string& path) {
@@ -32,16 +41,16 @@ struct Range {
 
 }  // namespace
 
-Image::Image(Reactor& r, std::string path, int fd, Header h, const OpenOptions& opt)
+Image::Image(Reactor& r, std::string path, common::Fd fd, Header h, const OpenOptions& opt)
     : r_(r),
       path_(std::move(path)),
-      fd_(fd),
+      fd_(std::move(fd)),
       h_(std::move(h)),
       opt_(opt),
       read_only_(opt.read_only),
       cb_(h_.cluster_bits),
       cs_(h_.cluster_size()),
-      l2_entries_(cs_ / 8),
+      l2_entries_(cs_ / kL2EntryBytes),
       rb_entries_(cs_ * 8 / h_.refcount_bits()),
       l2_cache_(std::min<uint64_t>(cs_, 4096), opt.l2_cache_bytes),
       rb_cache_(std::min<uint64_t>(cs_, 4096), opt.refcount_cache_bytes),
@@ -53,9 +62,7 @@ Image::Image(Reactor& r, std::string path, int fd, Header h, const OpenOptions& 
   caps_.preferred_block = static_cast<uint32_t>(std::min<uint64_t>(cs_, 65536));
 }
 
-Image::~Image() {
-  if (fd_ >= 0) ::close(fd_);
-}
+Image::~Image() = default;
 
 Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
                                          const OpenOptions& opt, ChainIds chain,
@@ -69,7 +76,7 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
   if (fstat(fd, &st) < 0) fail(errno, path, strerror(errno));
   for (auto& id : chain)
     if (id.first == st.st_dev && id.second == st.st_ino)
-      fail(ELOOP, path, "backing chain loops back to this file");
+      corrupt(ELOOP, path, "backing chain loops back to this file");
   chain.emplace_back(st.st_dev, st.st_ino);
   if (opt.lock || !opt.read_only) lock_image_file(fd, path, !opt.read_only);
   const uint64_t file_size = static_cast<uint64_t>(st.st_size);
@@ -78,7 +85,10 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
   if (int rc = co_await r.read_full(fd, first, 0); rc < 0)
     fail(-rc, path, std::string("cannot read header: ") + strerror(-rc));
   Header h;
-  if (auto err = parse_header(first, &h)) fail(EINVAL, path, *err);
+  if (auto err = parse_header(first, &h)) {
+    if (is_unknown_version(first)) throw Error(Reason::kUnsupported, EINVAL, path + ": " + *err);
+    corrupt(EINVAL, path, *err);
+  }
   const uint64_t cs = h.cluster_size();
 
   // A guest that owns a raw disk can write a qcow2 header into it that names a host file as
@@ -97,40 +107,39 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
 
   // Features we cannot honour are refused at open, by name.
   if (h.crypt_method != 0 || h.has_encryption_ext)
-    fail(ENOTSUP, path, "encrypted images are not supported");
+    unsupported(path, "encrypted images are not supported");
   if (h.incompatible_features & kIncompatDataFile || h.has_data_file_ext)
-    fail(ENOTSUP, path, "external data files are not supported");
+    unsupported(path, "external data files are not supported");
   if (h.incompatible_features & kIncompatExtendedL2)
-    fail(ENOTSUP, path, "extended L2 entries (subclusters) are not supported");
+    unsupported(path, "extended L2 entries (subclusters) are not supported");
   if (uint64_t unknown = h.incompatible_features & ~kIncompatKnown) {
     int bit = __builtin_ctzll(unknown);
     std::string name = h.feature_name(0, static_cast<uint8_t>(bit));
-    fail(ENOTSUP, path,
-         "unsupported incompatible feature " +
-             (name.empty() ? "bit " + std::to_string(bit) : "'" + name + "'"));
+    unsupported(path, "unsupported incompatible feature " +
+                          (name.empty() ? "bit " + std::to_string(bit) : "'" + name + "'"));
   }
   if ((h.incompatible_features & kIncompatCorrupt) && !opt.read_only)
-    fail(EROFS, path, "image is marked corrupt: open it read-only, or repair it (check -r all)");
+    corrupt(EROFS, path, "image is marked corrupt: open it read-only, or repair it (check -r all)");
 
   // Tables must be aligned, inside the file, of sane size, and must not overlap.
-  if (file_size < cs) fail(EINVAL, path, "file is truncated (shorter than one cluster)");
+  if (file_size < cs) corrupt(EINVAL, path, "file is truncated (shorter than one cluster)");
   const uint64_t file_end = (file_size + cs - 1) & ~(cs - 1);
   auto check_table = [&](uint64_t off, uint64_t bytes, const char* name) {
-    if (off % cs) fail(EINVAL, path, std::string(name) + " is not cluster aligned");
-    if (off == 0 && bytes) fail(EINVAL, path, std::string(name) + " overlaps the header");
+    if (off % cs) corrupt(EINVAL, path, std::string(name) + " is not cluster aligned");
+    if (off == 0 && bytes) corrupt(EINVAL, path, std::string(name) + " overlaps the header");
     if (off > file_end || bytes > file_end - off)
-      fail(EINVAL, path, std::string(name) + " lies past the end of the file");
+      corrupt(EINVAL, path, std::string(name) + " lies past the end of the file");
   };
-  const uint64_t l2_entries = cs / 8;
+  const uint64_t l2_entries = cs / kL2EntryBytes;
   const uint64_t needed_l1 = (h.size + cs * l2_entries - 1) / (cs * l2_entries);
-  if (uint64_t(h.l1_size) * 8 > kMaxL1Bytes) fail(EFBIG, path, "L1 table is too large");
-  if (h.l1_size < needed_l1) fail(EINVAL, path, "L1 table is too small for the virtual size");
+  if (uint64_t(h.l1_size) * 8 > kMaxL1Bytes) corrupt(EFBIG, path, "L1 table is too large");
+  if (h.l1_size < needed_l1) corrupt(EINVAL, path, "L1 table is too small for the virtual size");
   check_table(h.l1_table_offset, uint64_t(h.l1_size) * 8, "L1 table");
   if (uint64_t(h.refcount_table_clusters) * cs > kMaxRefTableBytes)
-    fail(EFBIG, path, "refcount table is too large");
-  if (h.refcount_table_clusters == 0) fail(EINVAL, path, "image has no refcount table");
+    corrupt(EFBIG, path, "refcount table is too large");
+  if (h.refcount_table_clusters == 0) corrupt(EINVAL, path, "image has no refcount table");
   check_table(h.refcount_table_offset, uint64_t(h.refcount_table_clusters) * cs, "refcount table");
-  if (h.nb_snapshots > kMaxSnapshots) fail(EFBIG, path, "too many snapshots");
+  if (h.nb_snapshots > kMaxSnapshots) corrupt(EFBIG, path, "too many snapshots");
   if (h.nb_snapshots) check_table(h.snapshots_offset, 40, "snapshot table");
 
   std::vector<Snapshot> snapshots;
@@ -139,9 +148,10 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
     std::vector<uint8_t> t(std::min(file_size - h.snapshots_offset, kMaxSnapshotTableBytes));
     if (int rc = co_await r.read_full(fd, t, h.snapshots_offset); rc < 0)
       fail(-rc, path, "cannot read the snapshot table");
-    if (auto err = parse_snapshots(t, h.nb_snapshots, &snapshots)) fail(EINVAL, path, *err);
+    if (auto err = parse_snapshots(t, h.nb_snapshots, &snapshots)) corrupt(EINVAL, path, *err);
     for (auto& s : snapshots) {
-      if (uint64_t(s.l1_size) * 8 > kMaxL1Bytes) fail(EFBIG, path, "snapshot L1 table too large");
+      if (uint64_t(s.l1_size) * 8 > kMaxL1Bytes)
+        corrupt(EFBIG, path, "snapshot L1 table too large");
       check_table(s.l1_table_offset, uint64_t(s.l1_size) * 8, "snapshot L1 table");
     }
     snap_bytes = 1;  // at least the table's first cluster is metadata
@@ -160,10 +170,10 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
       uint64_t a0 = ranges[i].start & ~(cs - 1), a1 = (ranges[i].end + cs - 1) & ~(cs - 1);
       uint64_t b0 = ranges[j].start & ~(cs - 1), b1 = (ranges[j].end + cs - 1) & ~(cs - 1);
       if (a0 < b1 && b0 < a1)
-        fail(EINVAL, path, std::string(ranges[i].name) + " overlaps the " + ranges[j].name);
+        corrupt(EINVAL, path, std::string(ranges[i].name) + " overlaps the " + ranges[j].name);
     }
 
-  std::unique_ptr<Image> img(new Image(r, path, guard.release(), std::move(h), opt));
+  std::unique_ptr<Image> img(new Image(r, path, std::move(guard), std::move(h), opt));
   img->snapshots_ = std::move(snapshots);
   co_await img->load_tables();
 
@@ -181,9 +191,9 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
         std::string why = check_stopped_reason(res);
         for (const std::string& m : res.messages)
           if (why.empty() && m.rfind("ERROR cannot rebuild", 0) == 0) why = m.substr(6);
-        fail(EIO, path,
-             "image is dirty and its refcounts could not be repaired" +
-                 (why.empty() ? std::string() : ": " + why));
+        corrupt(EIO, path,
+                "image is dirty and its refcounts could not be repaired" +
+                    (why.empty() ? std::string() : ": " + why));
       }
       img->h_.incompatible_features &= ~kIncompatDirty;
       if (int rc = co_await img->write_header_fields(hdr::kIncompatibleFeatures, 8); rc < 0)
@@ -200,15 +210,15 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
   if (!img->h_.backing_file.empty() && opt.open_backing) {
     const Header& hh = img->h_;
     if (!hh.backing_format)
-      fail(EINVAL, path,
-           "backing file '" + printable(hh.backing_file) +
-               "' has no recorded format (backing format extension); refusing to probe it");
+      unsupported(path,
+                  "backing file '" + printable(hh.backing_file) +
+                      "' has no recorded format (backing format extension); refusing to probe it");
     if (chain.size() >= opt.max_chain_depth)
-      fail(ELOOP, path,
-           "backing chain is deeper than " + std::to_string(opt.max_chain_depth) + " images");
+      corrupt(ELOOP, path,
+              "backing chain is deeper than " + std::to_string(opt.max_chain_depth) + " images");
     std::string bpath = hh.backing_file;
     if (bpath.find(':') != std::string::npos && bpath.find('/') == std::string::npos)
-      fail(ENOTSUP, path, "backing file '" + printable(bpath) + "' is not a local file");
+      unsupported(path, "backing file '" + printable(bpath) + "' is not a local file");
     if (bpath[0] != '/') bpath = dirname_of(path) + "/" + bpath;
     OpenOptions bopt = opt;
     bopt.read_only = true;
@@ -217,8 +227,7 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
     } else if (*hh.backing_format == "raw") {
       img->backing_ = open_raw(r, bpath, true, bopt.lock, bopt.allowed_dirs);
     } else {
-      fail(ENOTSUP, path,
-           "backing format '" + printable(*hh.backing_format) + "' is not supported");
+      unsupported(path, "backing format '" + printable(*hh.backing_format) + "' is not supported");
     }
   }
   co_return img;
@@ -226,13 +235,13 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
 
 Task<void> Image::load_tables() {
   std::vector<uint8_t> buf(uint64_t(h_.l1_size) * 8);
-  if (int rc = co_await r_.read_full(fd_, buf, h_.l1_table_offset); rc < 0)
+  if (int rc = co_await r_.read_full(fd_.get(), buf, h_.l1_table_offset); rc < 0)
     fail(-rc, path_, "cannot read the L1 table");
   l1_.resize(h_.l1_size);
   for (size_t i = 0; i < l1_.size(); ++i) l1_[i] = load_be64(&buf[i * 8]);
 
   buf.assign(uint64_t(h_.refcount_table_clusters) * cs_, 0);
-  if (int rc = co_await r_.read_full(fd_, buf, h_.refcount_table_offset); rc < 0)
+  if (int rc = co_await r_.read_full(fd_.get(), buf, h_.refcount_table_offset); rc < 0)
     fail(-rc, path_, "cannot read the refcount table");
   reftable_.resize(buf.size() / 8);
   for (size_t i = 0; i < reftable_.size(); ++i) reftable_[i] = load_be64(&buf[i * 8]);

@@ -2,7 +2,8 @@
 //
 // Split by job: image.cpp (open, validation, close), io.cpp (the guest data path), alloc.cpp
 // (refcounts, cluster and L2 table allocation), flush.cpp (ordered metadata write-back, resize),
-// compress.cpp (compressed clusters), create.cpp, check.cpp. docs/block-layer.md explains the
+// compress.cpp (compressed clusters), create.cpp, check.cpp. The on-disk format is format.h;
+// table entries are decoded and encoded only by entry.h. docs/block-layer.md explains the
 // write ordering that keeps the image consistent at every instant.
 #pragma once
 
@@ -17,6 +18,7 @@
 
 #include "kiln/block/device.h"
 #include "kiln/block/qcow2.h"
+#include "kiln/common/fd.h"
 #include "qcow2/cache.h"
 #include "qcow2/format.h"
 
@@ -57,14 +59,14 @@ class Image final : public BlockDevice {
 
   const Header& header() const { return h_; }
   const std::vector<Snapshot>& snapshots() const { return snapshots_; }
-  int fd() const { return fd_; }
+  int fd() const { return fd_.get(); }
   Reactor& reactor() { return r_; }
 
  private:
   friend struct Checker;
   friend Task<void> run_check(Image& img, Repair repair, CheckResult* out);
 
-  Image(Reactor& r, std::string path, int fd, Header h, const OpenOptions& opt);
+  Image(Reactor& r, std::string path, common::Fd fd, Header h, const OpenOptions& opt);
   Task<void> load_tables();
 
   // --- mapping (io.cpp) ---
@@ -133,11 +135,11 @@ class Image final : public BlockDevice {
   }
 
   // --- compressed clusters (compress.cpp) ---
-  Task<int> read_compressed(uint64_t entry, std::span<uint8_t> cluster);
+  Task<int> read_compressed(L2Entry entry, std::span<uint8_t> cluster);
 
   Reactor& r_;
   std::string path_;
-  int fd_;
+  common::Fd fd_;  // the image file; its io_uring requests name it by number
   Header h_;
   Capabilities caps_;
   OpenOptions opt_;

@@ -9,29 +9,10 @@ namespace kiln::block::qcow2 {
 
 namespace {
 
-enum class Kind { kUnallocated, kZero, kData, kCompressed, kCorrupt };
-
-struct Mapping {
-  Kind kind;
-  uint64_t host;  // kData, and kZero with a preallocated cluster
-};
-
-Mapping classify(uint64_t e, uint32_t version, uint64_t cs) {
-  if (e & kOflagCompressed) return {Kind::kCompressed, 0};
-  if (e & kL2StandardReservedMask) return {Kind::kCorrupt, 0};
-  const uint64_t host = e & kL2OffsetMask;
-  if (host % cs) return {Kind::kCorrupt, 0};
-  if (e & kOflagZero) {
-    if (version < 3) return {Kind::kCorrupt, 0};
-    return {Kind::kZero, host};
-  }
-  if (!host) return {Kind::kUnallocated, 0};
-  return {Kind::kData, host};
-}
-
-bool writable_in_place(uint64_t e) {
-  return (e & (kOflagCopied | kOflagCompressed | kOflagZero)) == kOflagCopied &&
-         (e & kL2OffsetMask) != 0;
+// Reads of two clusters of these kinds can be one read (or one memset, or one backing read).
+bool same_read(L2Entry a, L2Entry b) {
+  if (a.zero()) return b.zero();
+  return a.kind() == b.kind();
 }
 
 }  // namespace
@@ -85,7 +66,7 @@ Task<int> Image::load_slice(SliceCache& cache, uint64_t offset, SliceRef* out) {
     s = cache.insert(offset);
     s->loading = true;
     s->loaded = std::make_unique<WaitList>(r_);
-    int rc = co_await r_.read_full(fd_, {s->data.get(), cache.slice_bytes()}, offset);
+    int rc = co_await r_.read_full(fd_.get(), {s->data.get(), cache.slice_bytes()}, offset);
     s->loading = false;
     auto waiters = std::move(s->loaded);
     if (rc < 0) cache.erase(offset);
@@ -100,13 +81,13 @@ uint64_t Image::l2_entry_cached(uint64_t gc, bool* hit) {
   *hit = true;
   const uint64_t l1i = gc / l2_entries_;
   if (l1i >= l1_.size()) return 0;
-  const uint64_t l1e = l1_[l1i];
-  const uint64_t l2 = l1e & kL1OffsetMask;
-  if (!l2 || (l1e & kL1ReservedMask) || l2 % cs_) {
-    *hit = !l2 && !(l1e & kL1ReservedMask);
+  const L1Entry l1e{l1_[l1i]};
+  const uint64_t l2 = l1e.l2_offset();
+  if (!l2 || l1e.reserved_bits() || l2 % cs_) {
+    *hit = !l2 && !l1e.reserved_bits();
     return 0;
   }
-  const uint64_t byte = (gc % l2_entries_) * 8;
+  const uint64_t byte = (gc % l2_entries_) * kL2EntryBytes;
   const uint64_t sb = l2_cache_.slice_bytes();
   SliceRef s = l2_cache_.find(l2 + byte / sb * sb);
   if (!s || s->loading) {
@@ -120,11 +101,11 @@ Task<int> Image::l2_entry(uint64_t gc, uint64_t* entry) {
   *entry = 0;
   const uint64_t l1i = gc / l2_entries_;
   if (l1i >= l1_.size()) co_return 0;
-  const uint64_t l1e = l1_[l1i];
-  const uint64_t l2 = l1e & kL1OffsetMask;
-  if (l1e & kL1ReservedMask || l2 % cs_) co_return -EIO;  // corrupt L1 entry
+  const L1Entry l1e{l1_[l1i]};
+  const uint64_t l2 = l1e.l2_offset();
+  if (l1e.reserved_bits() || l2 % cs_) co_return -EIO;  // corrupt L1 entry
   if (!l2) co_return 0;
-  const uint64_t byte = (gc % l2_entries_) * 8;
+  const uint64_t byte = (gc % l2_entries_) * kL2EntryBytes;
   const uint64_t sb = l2_cache_.slice_bytes();
   SliceRef s;
   if (int rc = co_await load_slice(l2_cache_, l2 + byte / sb * sb, &s); rc < 0) co_return rc;
@@ -145,23 +126,23 @@ Task<int> Image::read_backing(uint64_t offset, std::span<uint8_t> buf) {
 
 Task<int> Image::read_cluster_part(uint64_t gc, uint64_t entry, uint64_t in_off,
                                    std::span<uint8_t> buf) {
-  Mapping m = classify(entry, h_.version, cs_);
-  switch (m.kind) {
-    case Kind::kData:
-      co_return co_await r_.read_full(fd_, buf, m.host + in_off);
-    case Kind::kZero:
+  const L2Entry m(entry, cb_);
+  if (!m.valid(h_.version)) co_return -EIO;
+  switch (m.kind()) {
+    case L2Kind::kNormal:
+      co_return co_await r_.read_full(fd_.get(), buf, m.host() + in_off);
+    case L2Kind::kZeroPlain:
+    case L2Kind::kZeroAlloc:
       std::memset(buf.data(), 0, buf.size());
       co_return 0;
-    case Kind::kUnallocated:
+    case L2Kind::kUnallocated:
       co_return co_await read_backing((gc << cb_) + in_off, buf);
-    case Kind::kCompressed: {
+    case L2Kind::kCompressed: {
       std::vector<uint8_t> cluster(cs_);
-      if (int rc = co_await read_compressed(entry, cluster); rc < 0) co_return rc;
+      if (int rc = co_await read_compressed(m, cluster); rc < 0) co_return rc;
       std::memcpy(buf.data(), cluster.data() + in_off, buf.size());
       co_return 0;
     }
-    case Kind::kCorrupt:
-      break;
   }
   co_return -EIO;
 }
@@ -179,13 +160,13 @@ Task<int> Image::read(uint64_t offset, std::span<uint8_t> buf) {
       if (int rc = co_await l2_entry(gc, &e); rc < 0) co_return rc;
     const uint64_t in_off = off & (cs_ - 1);
     uint64_t len = std::min<uint64_t>(cs_ - in_off, buf.size() - pos);
-    Mapping m = classify(e, h_.version, cs_);
-    if (m.kind == Kind::kData || m.kind == Kind::kUnallocated || m.kind == Kind::kZero) {
+    const L2Entry m(e, cb_);
+    if (!m.compressed() && m.valid(h_.version)) {
       while (pos + len < buf.size()) {
-        uint64_t e2 = l2_entry_cached(gc + 1, &hit);
+        const L2Entry m2(l2_entry_cached(gc + 1, &hit), cb_);
         if (!hit) break;
-        Mapping m2 = classify(e2, h_.version, cs_);
-        if (m2.kind != m.kind || (m.kind == Kind::kData && m2.host != m.host + (len + in_off)))
+        if (!m2.valid(h_.version) || !same_read(m, m2) ||
+            (m.kind() == L2Kind::kNormal && m2.host() != m.host() + (len + in_off)))
           break;
         ++gc;
         len += std::min<uint64_t>(cs_, buf.size() - pos - len);
@@ -199,8 +180,8 @@ Task<int> Image::read(uint64_t offset, std::span<uint8_t> buf) {
 }
 
 Task<int> Image::set_l2_entry(uint64_t gc, uint64_t entry, bool pending_alloc) {
-  const uint64_t l2 = l1_[gc / l2_entries_] & kL1OffsetMask;
-  const uint64_t byte = (gc % l2_entries_) * 8;
+  const uint64_t l2 = L1Entry{l1_[gc / l2_entries_]}.l2_offset();
+  const uint64_t byte = (gc % l2_entries_) * kL2EntryBytes;
   const uint64_t sb = l2_cache_.slice_bytes();
   SliceRef s;
   if (int rc = co_await load_slice(l2_cache_, l2 + byte / sb * sb, &s); rc < 0) co_return rc;
@@ -209,7 +190,7 @@ Task<int> Image::set_l2_entry(uint64_t gc, uint64_t entry, bool pending_alloc) {
   store_be64(p, entry);
   s->dirty = true;
   ++gen_;
-  if (pending_alloc) s->pending.push_back({uint32_t(byte % sb / 8), old, gen_});
+  if (pending_alloc) s->pending.push_back({uint32_t(byte % sb / kL2EntryBytes), old, gen_});
   co_return 0;
 }
 
@@ -228,13 +209,13 @@ Task<int> Image::write_cluster(uint64_t gc, uint64_t in_off, std::span<const uin
   uint64_t e = l2_entry_cached(gc, &hit);
   if (!hit)
     if (int rc = co_await l2_entry(gc, &e); rc < 0) co_return rc;
-  if (writable_in_place(e) && !busy_clusters_.contains(gc)) {
-    const uint64_t host = e & kL2OffsetMask;
+  if (L2Entry(e, cb_).writable_in_place() && !busy_clusters_.contains(gc)) {
+    const uint64_t host = L2Entry(e, cb_).host();
     const size_t b = pin_bucket(host);
     if (!draining_[b]) {
       ++pins_[b];
       unsynced_ = true;
-      const int rc = co_await r_.write_full(fd_, data, host + in_off);
+      const int rc = co_await r_.write_full(fd_.get(), data, host + in_off);
       if (--pins_[b] == 0 && draining_[b]) unpinned_.notify_all();
       co_return rc;
     }
@@ -243,18 +224,18 @@ Task<int> Image::write_cluster(uint64_t gc, uint64_t in_off, std::span<const uin
   ClusterLock lock = co_await lock_cluster(gc);
   if (int rc = co_await prepare_l2(uint32_t(gc / l2_entries_)); rc < 0) co_return rc;
   if (int rc = co_await l2_entry(gc, &e); rc < 0) co_return rc;
-  if (writable_in_place(e)) {  // allocated meanwhile (or pins drained): in place, under the lock
+  const L2Entry m(e, cb_);
+  if (m.writable_in_place()) {  // allocated meanwhile (or pins drained): in place, under the lock
     unsynced_ = true;
-    co_return co_await r_.write_full(fd_, data, (e & kL2OffsetMask) + in_off);
+    co_return co_await r_.write_full(fd_.get(), data, m.host() + in_off);
   }
-  Mapping m = classify(e, h_.version, cs_);
-  if (m.kind == Kind::kCorrupt) co_return -EIO;
+  if (!m.valid(h_.version)) co_return -EIO;
 
   const bool full = in_off == 0 && data.size() == cs_;
   std::vector<uint8_t> cluster;
   if (!full) {
     cluster.resize(cs_);
-    if (m.kind == Kind::kZero) {
+    if (m.zero()) {
       // zeros already
     } else if (int rc = co_await read_cluster_part(gc, e, 0, cluster); rc < 0) {
       co_return rc;
@@ -264,17 +245,17 @@ Task<int> Image::write_cluster(uint64_t gc, uint64_t in_off, std::span<const uin
   std::span<const uint8_t> payload = full ? data : std::span<const uint8_t>(cluster);
 
   // A preallocated zero cluster of ours is reused; anything else gets a new cluster.
-  const bool reuse = m.kind == Kind::kZero && m.host && (e & kOflagCopied);
-  uint64_t host = m.host;
+  const bool reuse = m.kind() == L2Kind::kZeroAlloc && m.copied();
+  uint64_t host = m.host();
   if (!reuse)
     if (int rc = co_await alloc_clusters(1, &host); rc < 0) co_return rc;
-  if (int rc = co_await r_.write_full(fd_, payload, host); rc < 0) {
+  if (int rc = co_await r_.write_full(fd_.get(), payload, host); rc < 0) {
     if (!reuse) co_await free_now(host, cs_);
     co_return rc;
   }
   unsynced_ = true;
-  if (int rc = co_await set_l2_entry(gc, host | kOflagCopied, true); rc < 0) co_return rc;
-  if (!reuse && (m.kind == Kind::kCompressed || m.host)) defer_free(e);
+  if (int rc = co_await set_l2_entry(gc, L2Entry::encode_normal(host), true); rc < 0) co_return rc;
+  if (!reuse && m.allocated()) defer_free(e);
   co_return 0;
 }
 
@@ -315,26 +296,26 @@ Task<int> Image::zero_cluster(uint64_t gc, bool unmap, bool fast, bool discard) 
   ClusterLock lock = co_await lock_cluster(gc);
   uint64_t e;
   if (int rc = co_await l2_entry(gc, &e); rc < 0) co_return rc;
-  Mapping m = classify(e, h_.version, cs_);
-  if (m.kind == Kind::kCorrupt) co_return -EIO;
-  const bool allocated = m.kind == Kind::kData || m.kind == Kind::kCompressed || m.host;
-  const bool ours = (e & kOflagCopied) && !(e & kOflagCompressed) && m.host;
+  const L2Entry m(e, cb_);
+  if (!m.valid(h_.version)) co_return -EIO;
+  const bool allocated = m.allocated();
+  const bool ours = m.copied() && m.host();
 
   uint64_t next;
   if (h_.version >= 3) {
     if (discard) {
       if (!backing_ && !allocated) co_return 0;
-      next = kOflagZero;
+      next = L2Entry::encode_zero();
     } else if (!unmap && ours) {
-      next = m.host | kOflagCopied | kOflagZero;  // keep the cluster, read zeros
-    } else if (m.kind == Kind::kUnallocated && !backing_) {
+      next = L2Entry::encode_zero(m.host(), true);  // keep the cluster, read zeros
+    } else if (m.kind() == L2Kind::kUnallocated && !backing_) {
       co_return 0;  // already reads as zeros
     } else {
-      next = kOflagZero;
+      next = L2Entry::encode_zero();
     }
   } else {
     if (!discard && backing_) {
-      if (m.kind == Kind::kUnallocated) {
+      if (m.kind() == L2Kind::kUnallocated) {
         // v2 cannot mark a cluster zero: only explicit zeros hide the backing file.
       }
       co_return fast ? -ENOTSUP : 1;
@@ -347,10 +328,10 @@ Task<int> Image::zero_cluster(uint64_t gc, bool unmap, bool fast, bool discard) 
   // An in-place write that looked the entry up before we took the lock may still be on its
   // way to the host cluster: once the entry changes, the cluster can be freed and reused. The
   // lock keeps new in-place writes of this cluster away meanwhile.
-  if (m.kind == Kind::kData) co_await wait_unpinned(m.host);
+  if (m.kind() == L2Kind::kNormal) co_await wait_unpinned(m.host());
   if (int rc = co_await l2_entry(gc, &e); rc < 0) co_return rc;  // the table may have moved
   if (int rc = co_await set_l2_entry(gc, next, false); rc < 0) co_return rc;
-  const bool kept = (next & kL2OffsetMask) != 0;
+  const bool kept = L2Entry(next, cb_).host() != 0;
   if (allocated && !kept) defer_free(e);
   co_return 0;
 }
@@ -393,8 +374,8 @@ Task<int> Image::write_zeroes(uint64_t offset, uint64_t length, unsigned flags) 
         err = rc;
         break;
       }
-      Mapping m = classify(e, h_.version, cs_);
-      if (m.kind == Kind::kZero || (m.kind == Kind::kUnallocated && !backing_)) {
+      const L2Entry m(e, cb_);
+      if (m.valid(h_.version) && (m.zero() || (m.kind() == L2Kind::kUnallocated && !backing_))) {
         pos = next;
         continue;
       }
@@ -432,26 +413,27 @@ Task<int> Image::discard(uint64_t offset, uint64_t length) {
 }
 
 int Image::status_of(uint64_t gc, uint64_t entry, Extent* e) {
-  Mapping m = classify(entry, h_.version, cs_);
+  const L2Entry m(entry, cb_);
+  if (!m.valid(h_.version)) return -EIO;
   *e = Extent{};
   e->offset = gc << cb_;
   e->length = cs_;
-  switch (m.kind) {
-    case Kind::kData:
+  switch (m.kind()) {
+    case L2Kind::kNormal:
       e->present = e->data = true;
-      e->host_offset = m.host;
+      e->host_offset = m.host();
       break;
-    case Kind::kCompressed:
+    case L2Kind::kCompressed:
       e->present = e->data = e->compressed = true;
       break;
-    case Kind::kZero:
+    case L2Kind::kZeroAlloc:
+      e->host_offset = m.host();
+      [[fallthrough]];
+    case L2Kind::kZeroPlain:
       e->present = e->zero = true;
-      if (m.host) e->host_offset = m.host;
       break;
-    case Kind::kUnallocated:
+    case L2Kind::kUnallocated:
       break;
-    case Kind::kCorrupt:
-      return -EIO;
   }
   return 0;
 }

@@ -11,18 +11,23 @@
 
 #include "kiln/block/reactor.h"
 #include "kiln/block/task.h"
+#include "kiln/common/error.h"
 
 namespace kiln::block {
 
-// Errors of the control plane (opening, creating, checking): an errno and one clear line.
-class Error : public std::runtime_error {
+// Errors of the control plane (opening, creating, checking): a common::Error (a reason that
+// callers and tests match, the errno behind it, one clear line). A hostile or damaged image
+// is kCorrupt, a feature Kiln lacks kUnsupported, a held lock kBusy, a missing file kNotFound.
+class Error : public common::Error {
  public:
-  Error(int err, const std::string& what) : std::runtime_error(what), errno_(err) {}
-  int code() const { return errno_; }
-
- private:
-  int errno_;
+  Error(common::Reason reason, int err, const std::string& what)
+      : common::Error(reason, what, err) {}
+  // A system call's failure: the reason is the errno's (common::reason_of_errno).
+  Error(int err, const std::string& what)
+      : common::Error(common::reason_of_errno(err), what, err) {}
+  int code() const { return error_number(); }
 };
+using common::Reason;
 
 enum WriteFlags : unsigned {
   kWriteFua = 1u << 0,       // durable before the reply

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "kiln/block/task.h"
+#include "kiln/common/fd.h"
 
 namespace kiln::block {
 
@@ -146,7 +147,7 @@ class Reactor final : public Scheduler {
 
   io_uring ring_;
   std::deque<std::coroutine_handle<>> ready_;
-  int wake_fd_ = -1;
+  common::Fd wake_fd_;  // closed after the ring (members go after the destructor body)
   std::mutex inbox_mutex_;
   std::vector<std::coroutine_handle<>> inbox_;
   size_t inflight_ = 0;

@@ -108,9 +108,10 @@ struct ExportScope {
 class Export {
  public:
   ExportConfig config;
-  std::unique_ptr<block::BlockDevice> device;  // null: the image could not be opened at start
-  std::string error;                           // why, when device is null
-  uint64_t id = 0;                             // unique for the server's lifetime
+  std::unique_ptr<block::BlockDevice> device;   // null: the image could not be opened at start
+  std::string error;                            // why, when device is null
+  common::Reason reason = common::Reason::kIo;  // and its reason
+  uint64_t id = 0;                              // unique for the server's lifetime
   block::Reactor* home = nullptr;
   ExportStats stats;
   bool removing = false;
@@ -128,7 +129,7 @@ class Server {
   block::Task<void> add_export(ExportConfig config);
   // Records an export whose image could not be opened at start (from the state file): it
   // stays listed (as failed) and recorded until removed, and clients do not see it.
-  void add_failed_export(ExportConfig config, std::string error);
+  void add_failed_export(ExportConfig config, std::string error, common::Reason reason);
   // Adds the exports recorded in the state file: those that cannot be opened are kept as
   // failed (add_failed_export) rather than stopping the server. The state file is not
   // written before this has run, so that nothing recorded is dropped on the way.
