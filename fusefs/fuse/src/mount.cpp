@@ -35,6 +35,10 @@ void op_init(void*, fuse_conn_info* conn) {
   // This mount is the filesystem's only writer: cached pages are never stale, so a changed
   // mtime must not throw them away.
   conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+  // Without it the kernel truncates an existing file opened with O_TRUNC by a SETATTR of size
+  // 0 (op_setattr); with it (libfuse's default) O_TRUNC would come to op_open, which does not
+  // truncate: the old length and bytes stayed on disk.
+  conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;
 }
 
 // Why a filesystem must not be written by libext2fs, or nullptr.

@@ -197,6 +197,27 @@ def test_truncate_and_sparse_files(workdir, variant):
         assert read(f"{k}/grow") == b"a" + b"\0" * (2 * MiB - 1)
 
 
+def test_open_with_o_trunc_empties_the_file(workdir):
+    """Rewriting an existing file (`>` in a shell, open("wb"), cp over it) opens it with
+    O_TRUNC: the file on disk must end where the new data ends. The kernel passes O_TRUNC to
+    the daemon when the daemon takes FUSE_CAP_ATOMIC_O_TRUNC, and then shows size 0 itself, so
+    a daemon that ignores the flag looks right through the mount until the attributes expire
+    and keeps the old length (and the old bytes after the new ones) on disk."""
+    with mounted(workdir) as h:
+        m = h.mnt
+        for name, size in (("small", 5000), ("big", 3 * MiB + 5), ("inline", 100)):
+            write(f"{m}/{name}", b"o" * size)
+        write(f"{m}/small", b"new")
+        write(f"{m}/big", b"N" * (MiB + 1))
+        os.close(os.open(f"{m}/inline", os.O_WRONLY | os.O_TRUNC))
+        with open(f"{m}/small", "rb") as f:
+            assert f.read() == b"new"
+    with kernel_view(workdir, h) as k:
+        assert read(f"{k}/small") == b"new"
+        assert read(f"{k}/big") == b"N" * (MiB + 1)
+        assert read(f"{k}/inline") == b""
+
+
 @pytest.mark.parametrize("variant", ["ext4", "ext3"])
 def test_times_modes_owners(workdir, variant):
     t = 1_700_000_000_123_456_789
