@@ -1,4 +1,5 @@
 // fuse_mount(): the session, the mount, daemon mode, the request loop and the final flush.
+#include <dirent.h>
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <poll.h>
@@ -12,12 +13,14 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "inode_util.h"
 #include "kiln/fs/fuse.h"
 #include "mount_table.h"
+#include "placeholder_device.h"
 #include "volume.h"
 
 namespace kiln::fs {
@@ -40,6 +43,11 @@ void op_init(void*, fuse_conn_info* conn) {
   // truncate: the old length and bytes stayed on disk.
   conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;
 }
+
+// FUSE_DESTROY: for a fuseblk mount the kernel sends it from umount(2) and returns only once
+// it is answered (libfuse answers after this returns), so the image is written and released
+// here. libfuse also calls this when the session ends without one (a plain fuse mount).
+void op_destroy(void* userdata) { static_cast<Volume*>(userdata)->finish(); }
 
 // Why a filesystem must not be written by libext2fs, or nullptr.
 const char* unwritable_reason(ext2_filsys fs) {
@@ -68,8 +76,12 @@ struct SessionDeleter {
 };
 using Session = std::unique_ptr<fuse_session, SessionDeleter>;
 
-Session new_session(const FuseMountOptions& opts, const fuse_lowlevel_ops& ops, Volume& vol) {
-  std::string o = "default_permissions,subtype=kiln-fs,fsname=" + escape_option(opts.fsname);
+// DEVICE: the block device of a fuseblk mount, or empty for a plain fuse mount.
+Session new_session(const FuseMountOptions& opts, const fuse_lowlevel_ops& ops, Volume& vol,
+                    const std::string& device) {
+  std::string o = "default_permissions,subtype=kiln-fs,fsname=" +
+                  escape_option(device.empty() ? opts.fsname : device);
+  if (!device.empty()) o += ",blkdev";
   if (vol.read_only()) o += ",ro";
   if (opts.allow_other) o += ",allow_other";
   std::vector<std::string> argv = {"kiln-fs", "-o", o};
@@ -86,12 +98,28 @@ Session new_session(const FuseMountOptions& opts, const fuse_lowlevel_ops& ops, 
 // well below what 1 MiB requests give. Best effort (needs root) and only for this mount's
 // device (found in /proc/self/mountinfo: a stat() of the mount point would wait for this very
 // process to answer).
-void raise_readahead(const std::string& device) {
-  const std::string path = "/sys/class/bdi/" + device + "/read_ahead_kb";
+void raise_readahead(const std::string& bdi) {
+  const std::string path = "/sys/class/bdi/" + bdi + "/read_ahead_kb";
   if (FILE* f = std::fopen(path.c_str(), "w")) {
     std::fprintf(f, "%u\n", kMaxIo / 1024);
     std::fclose(f);
   }
+}
+
+// The backing devices of fuseblk mounts ("0:N-fuseblk"): theirs is not the device that
+// mountinfo shows (the block device), so a new mount's is found as the one that appeared.
+std::set<std::string> fuseblk_bdis() {
+  std::set<std::string> names;
+  if (DIR* d = opendir("/sys/class/bdi")) {
+    while (dirent* e = readdir(d)) {
+      const std::string name = e->d_name;
+      if (name.size() > 8 && name.compare(name.size() - 8, 8, "-fuseblk") == 0) {
+        names.insert(name);
+      }
+    }
+    closedir(d);
+  }
+  return names;
 }
 
 void unmount_quietly(fuse_session* se) {
@@ -123,7 +151,7 @@ LoopEnd serve(fuse_session* se, Volume& vol, fuse_detail::MountWatch& watch, int
   Clock::time_point left_at;
   while (!fuse_session_exited(se)) {
     pollfd p[2] = {{fd, POLLIN, 0}, {watch.fd(), POLLPRI, 0}};
-    int timeout = idle_flush_ms > 0 && vol.dirty() ? idle_flush_ms : -1;
+    int timeout = idle_flush_ms > 0 && vol.dirty() && !vol.finished() ? idle_flush_ms : -1;
     if (left_table) {
       const auto waited =
           std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - left_at).count();
@@ -142,7 +170,7 @@ LoopEnd serve(fuse_session* se, Volume& vol, fuse_detail::MountWatch& watch, int
       break;
     }
     if (n == 0) {
-      if (vol.dirty()) {
+      if (vol.dirty() && !vol.finished()) {
         if (errcode_t rc = vol.flush(false)) fuse_detail::fail("flush", 0, rc);
       }
       continue;
@@ -197,19 +225,6 @@ bool prepare(ext2_filsys fs, const FuseMountOptions& opts) {
   return true;
 }
 
-// What is left after the session: unlinked-but-open inodes, the clean state, one last flush.
-int finish(Volume& vol, int status) {
-  if (errcode_t rc = vol.free_orphans()) {
-    std::fprintf(stderr, "kiln-fs: freeing unlinked inodes: %s\n", error_message(rc));
-    status = 1;
-  }
-  if (errcode_t rc = vol.flush(true)) {
-    std::fprintf(stderr, "kiln-fs: flushing the filesystem: %s\n", error_message(rc));
-    status = 1;
-  }
-  return status;
-}
-
 }  // namespace
 
 int fuse_mount(ext2_filsys fs, const FuseMountOptions& opts) {
@@ -218,13 +233,25 @@ int fuse_mount(ext2_filsys fs, const FuseMountOptions& opts) {
   Volume vol(fs, opts);
   fuse_lowlevel_ops ops{};
   ops.init = op_init;
+  ops.destroy = op_destroy;
   fuse_detail::register_attr_ops(ops);
   fuse_detail::register_namespace_ops(ops);
   fuse_detail::register_file_ops(ops);
   fuse_detail::register_dir_ops(ops);
   fuse_detail::register_xattr_ops(ops);
 
-  Session se = new_session(opts, ops, vol);
+  std::unique_ptr<fuse_detail::PlaceholderDevice> device;
+  if (opts.wait_at_unmount && geteuid() == 0) {
+    device = std::make_unique<fuse_detail::PlaceholderDevice>(opts.fsname);
+    if (device->path().empty()) {
+      std::fprintf(stderr,
+                   "kiln-fs: mount: no block device for a fuseblk mount (%s): umount will return "
+                   "before the image is written; wait for this process to exit\n",
+                   device->error().c_str());
+      device.reset();
+    }
+  }
+  Session se = new_session(opts, ops, vol, device ? device->path() : "");
   if (!se) {
     std::fprintf(stderr, "kiln-fs: mount: cannot create the FUSE session\n");
     return 1;
@@ -241,11 +268,22 @@ int fuse_mount(ext2_filsys fs, const FuseMountOptions& opts) {
   }
   char resolved[PATH_MAX];
   const bool have_resolved = realpath(opts.mountpoint.c_str(), resolved) != nullptr;
+  const std::set<std::string> bdis_before = device ? fuseblk_bdis() : std::set<std::string>{};
   if (fuse_session_mount(se.get(), opts.mountpoint.c_str()) != 0) {
     std::fprintf(stderr, "kiln-fs: mount: cannot mount on %s\n", opts.mountpoint.c_str());
     fuse_remove_signal_handlers(se.get());
     vol.flush(true);
     return 1;
+  }
+  std::string bdi;
+  if (device) {
+    // The mount holds the device now; ours goes, so that autoclear detaches it at unmount.
+    device->release();
+    std::set<std::string> added;
+    for (const std::string& name : fuseblk_bdis()) {
+      if (!bdis_before.count(name)) added.insert(name);
+    }
+    if (added.size() == 1) bdi = *added.begin();  // else another fuseblk mount raced ours
   }
   // Only now, with the mount in place, may the parent exit.
   if (fuse_daemonize(opts.foreground || opts.debug) != 0) {
@@ -257,13 +295,15 @@ int fuse_mount(ext2_filsys fs, const FuseMountOptions& opts) {
   }
   // Opened by the process that serves (/proc/self is the opener's).
   fuse_detail::MountWatch watch(have_resolved ? resolved : "");
-  if (watch.found()) raise_readahead(watch.device());
+  if (!device && watch.found()) bdi = watch.device();
+  if (!bdi.empty()) raise_readahead(bdi);
   const LoopEnd end = serve(se.get(), vol, watch, opts.idle_flush_ms);
-  // After a signal the mount is still there: unmount it. When the mount left this namespace's
-  // table while another namespace keeps a copy, libfuse's unmount only closes the session's
-  // device (which ends the copies) and frees its state; its umount of the path then fails, as
-  // expected, and says so on stderr: silence that. Nothing is done if the path holds another
-  // mount by now.
+  // After a signal the mount is still there: unmount it (libfuse closes the session's device
+  // first, so no FUSE_DESTROY comes; the session's end below finishes instead). When the mount
+  // left this namespace's table while another namespace keeps a copy, libfuse's unmount only
+  // closes the session's device (which ends the copies) and frees its state; its umount of the
+  // path then fails, as expected, and says so on stderr: silence that. Nothing is done if the
+  // path holds another mount by now.
   if (end != LoopEnd::kLeftMountTable) {
     fuse_session_unmount(se.get());
   } else {
@@ -273,9 +313,9 @@ int fuse_mount(ext2_filsys fs, const FuseMountOptions& opts) {
     if (!watch.is_mount_point(resolved)) unmount_quietly(se.get());
   }
   fuse_remove_signal_handlers(se.get());
-  se.reset();
-
-  return finish(vol, end == LoopEnd::kError ? 1 : 0);
+  se.reset();  // calls op_destroy if the kernel sent no FUSE_DESTROY
+  const int status = vol.finish();
+  return end == LoopEnd::kError ? 1 : status;
 }
 
 }  // namespace kiln::fs

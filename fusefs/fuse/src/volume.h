@@ -6,6 +6,7 @@
 #include <fuse_lowlevel.h>
 
 #include <cstdint>
+#include <functional>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
@@ -46,6 +47,14 @@ class Volume {
   // so that a crash is caught by the next e2fsck.
   errcode_t begin_writes();
 
+  // The end of the mount, once: frees the inodes unlinked while open, writes everything with
+  // the filesystem marked clean again, then calls FuseMountOptions::close_image (which
+  // releases the image; the filesystem handle is not used afterwards). Called on FUSE_DESTROY,
+  // which the kernel sends during umount for a fuseblk mount, or when the session ends.
+  // Returns 0, or 1 after printing what failed; later calls return the same.
+  int finish();
+  bool finished() const { return finished_; }
+
   // Drops the kernel's cached attributes of INO (after a change the kernel did not ask for).
   void set_session(fuse_session* se) { session_ = se; }
   void invalidate_attr(ext2_ino_t ino);
@@ -62,6 +71,9 @@ class Volume {
   double timeout_;
   bool dirty_ = false;
   bool writes_begun_ = false;
+  std::function<int()> close_image_;
+  bool finished_ = false;
+  int finish_status_ = 0;
   uint16_t saved_state_ = 0;
   std::unordered_map<ext2_ino_t, uint64_t> lookups_;
   std::unordered_map<ext2_ino_t, uint32_t> opens_;

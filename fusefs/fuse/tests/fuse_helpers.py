@@ -105,6 +105,11 @@ def mount_type(path):
     return kind
 
 
+# As root, kiln-fs mounts as fuseblk (over a placeholder loop device) so that umount waits for
+# its write-back; otherwise, or without a loop device, as plain fuse.
+MOUNT_TYPES = ("fuse.kiln-fs", "fuseblk.kiln-fs")
+
+
 def force_unmount(path):
     """Last resort when a test failed with the mount still there."""
     if is_mounted(path):
@@ -184,7 +189,7 @@ def fuse_mount(image, mountpoint, *opts, env=None):
                             env=None if env is None else {**os.environ, **env})
     try:
         deadline = time.monotonic() + 30
-        while mount_type(mountpoint) != "fuse.kiln-fs":
+        while mount_type(mountpoint) not in MOUNT_TYPES:
             if proc.poll() is not None:
                 raise AssertionError(f"mount exited with {proc.returncode}: "
                                      f"{proc.stderr.read().decode(errors='replace')}")
