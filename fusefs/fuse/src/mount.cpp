@@ -21,6 +21,7 @@
 #include "kiln/fs/fuse.h"
 #include "mount_table.h"
 #include "placeholder_device.h"
+#include "request_stats.h"
 #include "volume.h"
 
 namespace kiln::fs {
@@ -142,7 +143,8 @@ enum class LoopEnd { kUnmounted, kLeftMountTable, kError };
 constexpr int kUnmountGraceMs = 250;
 
 // The request loop, on this thread only. While metadata is pending, an idle second writes it.
-LoopEnd serve(fuse_session* se, Volume& vol, fuse_detail::MountWatch& watch, int idle_flush_ms) {
+LoopEnd serve(fuse_session* se, Volume& vol, fuse_detail::MountWatch& watch, int idle_flush_ms,
+              fuse_detail::RequestStats& stats) {
   using Clock = std::chrono::steady_clock;
   const int fd = fuse_session_fd(se);
   fuse_buf buf{};
@@ -189,7 +191,18 @@ LoopEnd serve(fuse_session* se, Volume& vol, fuse_detail::MountWatch& watch, int
       }
       break;
     }
+    if (!stats.enabled()) {
+      fuse_session_process_buf(se, &buf);
+      continue;
+    }
+    uint32_t header[2] = {0, 0};  // fuse_in_header: len, opcode
+    if (!(buf.flags & FUSE_BUF_IS_FD) && res >= 8) std::memcpy(header, buf.mem, sizeof header);
+    const auto t0 = Clock::now();
+    const int64_t cpu0 = fuse_detail::RequestStats::thread_cpu_nanos();
     fuse_session_process_buf(se, &buf);
+    stats.add(header[1], static_cast<size_t>(res),
+              std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count(),
+              fuse_detail::RequestStats::thread_cpu_nanos() - cpu0);
   }
   std::free(buf.mem);
   return end;
@@ -297,7 +310,8 @@ int fuse_mount(ext2_filsys fs, const FuseMountOptions& opts) {
   fuse_detail::MountWatch watch(have_resolved ? resolved : "");
   if (!device && watch.found()) bdi = watch.device();
   if (!bdi.empty()) raise_readahead(bdi);
-  const LoopEnd end = serve(se.get(), vol, watch, opts.idle_flush_ms);
+  fuse_detail::RequestStats stats;
+  const LoopEnd end = serve(se.get(), vol, watch, opts.idle_flush_ms, stats);
   // After a signal the mount is still there: unmount it (libfuse closes the session's device
   // first, so no FUSE_DESTROY comes; the session's end below finishes instead). When the mount
   // left this namespace's table while another namespace keeps a copy, libfuse's unmount only
@@ -315,6 +329,11 @@ int fuse_mount(ext2_filsys fs, const FuseMountOptions& opts) {
   fuse_remove_signal_handlers(se.get());
   se.reset();  // calls op_destroy if the kernel sent no FUSE_DESTROY
   const int status = vol.finish();
+  if (stats.enabled()) {
+    uint64_t read = 0, written = 0;
+    vol.io_bytes(read, written);
+    stats.print(stderr, read, written);
+  }
   return end == LoopEnd::kError ? 1 : status;
 }
 

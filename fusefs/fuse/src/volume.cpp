@@ -95,9 +95,22 @@ int Volume::finish() {
     std::fprintf(stderr, "kiln-fs: flushing the filesystem: %s\n", error_message(rc));
     status = 1;
   }
+  io_bytes(io_read_, io_written_);  // the handle goes with the image
+  image_closed_ = true;
   if (close_image_ && close_image_() != 0) status = 1;
   finish_status_ = status;
   return status;
+}
+
+void Volume::io_bytes(uint64_t& read, uint64_t& written) const {
+  read = io_read_;
+  written = io_written_;
+  io_stats stats = nullptr;
+  if (image_closed_ || !fs_->io->manager->get_stats) return;
+  if (fs_->io->manager->get_stats(fs_->io, &stats) == 0 && stats) {
+    read = stats->bytes_read;
+    written = stats->bytes_written;
+  }
 }
 
 void Volume::invalidate_attr(ext2_ino_t ino) {

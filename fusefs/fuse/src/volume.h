@@ -54,6 +54,8 @@ class Volume {
   // Returns 0, or 1 after printing what failed; later calls return the same.
   int finish();
   bool finished() const { return finished_; }
+  // Bytes libext2fs read and wrote through the io_manager (as of finish() once finished).
+  void io_bytes(uint64_t& read, uint64_t& written) const;
 
   // Drops the kernel's cached attributes of INO (after a change the kernel did not ask for).
   void set_session(fuse_session* se) { session_ = se; }
@@ -74,6 +76,8 @@ class Volume {
   std::function<int()> close_image_;
   bool finished_ = false;
   int finish_status_ = 0;
+  bool image_closed_ = false;
+  uint64_t io_read_ = 0, io_written_ = 0;
   uint16_t saved_state_ = 0;
   std::unordered_map<ext2_ino_t, uint64_t> lookups_;
   std::unordered_map<ext2_ino_t, uint32_t> opens_;
