@@ -303,7 +303,9 @@ void op_write(fuse_req_t req, fuse_ino_t fino, const char* data, size_t size, of
       if (EXT2_I_SIZE(&inode) < start + written) {
         rc2 = ext2fs_inode_size_set(fs, reinterpret_cast<ext2_inode*>(&inode), start + written);
       }
-      touch_mtime_ctime(fs, inode);
+      // With the writeback cache, the kernel's own times follow (SETATTR); a WRITE comes
+      // at write-back, which may be after a utimensat that must stand.
+      if (!v.writeback_cache()) touch_mtime_ctime(fs, inode);
       if (!rc2) rc2 = write_inode(fs, ino, inode);
     }
     if (!rc) rc = rc2;

@@ -32,8 +32,21 @@ using fuse_detail::Volume;
 constexpr unsigned kMaxIo = 1u << 20;  // largest read and write request: 1 MiB
 constexpr unsigned kInodeCacheEntries = 1024;
 
-void op_init(void*, fuse_conn_info* conn) {
+void op_init(void* userdata, fuse_conn_info* conn) {
+  Volume& vol = *static_cast<Volume*>(userdata);
   conn->max_write = kMaxIo;
+  // The kernel's writeback cache: writes land in the page cache and reach us as WRITEs of up
+  // to max_write, whatever size the program wrote; this process is the only writer, so the
+  // kernel's view of size and times is right. The kernel then keeps mtime/ctime itself and
+  // sends them (SETATTR) after the data (op_write leaves them alone), handles O_APPEND, and may
+  // READ around a partial-page write, also on a file opened write-only. Its mtime and ctime
+  // stand while it caches the inode, whatever we answer: not for 128-byte inodes, which store
+  // whole seconds up to 2038 only.
+  if (!vol.read_only() && (conn->capable & FUSE_CAP_WRITEBACK_CACHE) &&
+      EXT2_INODE_SIZE(vol.fs()->super) > EXT2_GOOD_OLD_INODE_SIZE) {
+    conn->want |= FUSE_CAP_WRITEBACK_CACHE;
+    vol.set_writeback_cache(true);
+  }
   conn->max_readahead = kMaxIo;
   if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) conn->want |= FUSE_CAP_CACHE_SYMLINKS;
   // This mount is the filesystem's only writer: cached pages are never stale, so a changed

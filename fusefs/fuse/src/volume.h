@@ -24,6 +24,10 @@ class Volume {
   ext2_filsys fs() const { return fs_; }
   bool read_only() const { return read_only_; }
   double timeout() const { return timeout_; }
+  // The kernel's writeback cache is on (op_init): the kernel owns a file's mtime and ctime
+  // while it has the file's pages, and sends them with SETATTR after the data.
+  bool writeback_cache() const { return writeback_cache_; }
+  void set_writeback_cache(bool on) { writeback_cache_ = on; }
 
   // The kernel's references: lookups (entries it was given, minus forgets) and open files. An
   // inode whose last link is removed stays allocated until both reach zero, as on a kernel
@@ -71,6 +75,7 @@ class Volume {
   fuse_session* session_ = nullptr;
   bool read_only_;
   double timeout_;
+  bool writeback_cache_ = false;
   bool dirty_ = false;
   bool writes_begun_ = false;
   std::function<int()> close_image_;
