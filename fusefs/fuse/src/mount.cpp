@@ -21,6 +21,7 @@
 #include "kiln/fs/fuse.h"
 #include "mount_table.h"
 #include "placeholder_device.h"
+#include "raw_request.h"
 #include "request_stats.h"
 #include "volume.h"
 
@@ -204,16 +205,23 @@ LoopEnd serve(fuse_session* se, Volume& vol, fuse_detail::MountWatch& watch, int
       }
       break;
     }
-    if (!stats.enabled()) {
+    fuse_detail::RawHeader header;
+    const bool have_header = fuse_detail::raw_header(buf, res, header);
+    const auto t0 = stats.enabled() ? Clock::now() : Clock::time_point{};
+    const int64_t cpu0 = stats.enabled() ? fuse_detail::RequestStats::thread_cpu_nanos() : 0;
+    if (have_header && fuse_detail::is_syncfs(header)) {
+      // sync(2)/syncfs(2): the kernel has written its dirty pages back; now everything of
+      // ours (metadata, buffered blocks, the image's flush) goes to the image.
+      int err = 0;
+      if (!vol.finished()) {
+        if (errcode_t rc = vol.flush(false)) err = fuse_detail::fail("syncfs", 0, rc);
+      }
+      fuse_detail::reply_raw(se, header, err);
+    } else {
       fuse_session_process_buf(se, &buf);
-      continue;
     }
-    uint32_t header[2] = {0, 0};  // fuse_in_header: len, opcode
-    if (!(buf.flags & FUSE_BUF_IS_FD) && res >= 8) std::memcpy(header, buf.mem, sizeof header);
-    const auto t0 = Clock::now();
-    const int64_t cpu0 = fuse_detail::RequestStats::thread_cpu_nanos();
-    fuse_session_process_buf(se, &buf);
-    stats.add(header[1], static_cast<size_t>(res),
+    if (!stats.enabled()) continue;
+    stats.add(have_header ? header.opcode : 0, static_cast<size_t>(res),
               std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count(),
               fuse_detail::RequestStats::thread_cpu_nanos() - cpu0);
   }

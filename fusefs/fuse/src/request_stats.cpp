@@ -52,6 +52,8 @@ constexpr OpcodeName kNames[] = {
     {FUSE_READDIRPLUS, "READDIRPLUS"},
     {FUSE_RENAME2, "RENAME2"},
     {FUSE_LSEEK, "LSEEK"},
+    {FUSE_COPY_FILE_RANGE, "COPY_FILE_RANGE"},
+    {FUSE_SYNCFS, "SYNCFS"},
 };
 
 const char* opcode_name(uint32_t op) {

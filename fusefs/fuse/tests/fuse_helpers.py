@@ -3,6 +3,7 @@ undone, the host kernel's ext4 driver as the oracle (read-only loop mounts, alwa
 a generated tree with everything `cp -a` must carry, and a tree comparison."""
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import os
@@ -108,6 +109,31 @@ def mount_type(path):
 # As root, kiln-fs mounts as fuseblk (over a placeholder loop device) so that umount waits for
 # its write-back; otherwise, or without a loop device, as plain fuse.
 MOUNT_TYPES = ("fuse.kiln-fs", "fuseblk.kiln-fs")
+
+
+@contextlib.contextmanager
+def private_mount_namespace():
+    """Runs the block in a mount namespace of this process's own, with private propagation.
+    A mount namespace that another process creates (ip netns exec, unshare -m: other tests on
+    the host) copies every mount of the moment, and while that copy lives an unmount here does
+    not end the filesystem: a test that needs the unmount itself to end it makes its mounts
+    where no one can copy them. Back in the original namespace afterwards; what is still
+    mounted in the private one goes with it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    clone_newns, ms_rec, ms_private = 0x00020000, 0x4000, 0x40000
+    original = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if libc.unshare(clone_newns) != 0:
+            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+        try:
+            if libc.mount(None, b"/", None, ms_rec | ms_private, None) != 0:
+                raise OSError(ctypes.get_errno(), "mount --make-rprivate /")
+            yield
+        finally:
+            if libc.setns(original, clone_newns) != 0:
+                raise OSError(ctypes.get_errno(), "setns back to the original mount namespace")
+    finally:
+        os.close(original)
 
 
 def force_unmount(path):
