@@ -1,5 +1,4 @@
 // fuse_mount(): the session, the mount, daemon mode, the request loop and the final flush.
-#include <dirent.h>
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <poll.h>
@@ -13,7 +12,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
-#include <set>
 #include <string>
 #include <vector>
 
@@ -119,22 +117,6 @@ void raise_readahead(const std::string& bdi) {
     std::fprintf(f, "%u\n", kMaxIo / 1024);
     std::fclose(f);
   }
-}
-
-// The backing devices of fuseblk mounts ("0:N-fuseblk"): theirs is not the device that
-// mountinfo shows (the block device), so a new mount's is found as the one that appeared.
-std::set<std::string> fuseblk_bdis() {
-  std::set<std::string> names;
-  if (DIR* d = opendir("/sys/class/bdi")) {
-    while (dirent* e = readdir(d)) {
-      const std::string name = e->d_name;
-      if (name.size() > 8 && name.compare(name.size() - 8, 8, "-fuseblk") == 0) {
-        names.insert(name);
-      }
-    }
-    closedir(d);
-  }
-  return names;
 }
 
 void unmount_quietly(fuse_session* se) {
@@ -302,23 +284,14 @@ int fuse_mount(ext2_filsys fs, const FuseMountOptions& opts) {
   }
   char resolved[PATH_MAX];
   const bool have_resolved = realpath(opts.mountpoint.c_str(), resolved) != nullptr;
-  const std::set<std::string> bdis_before = device ? fuseblk_bdis() : std::set<std::string>{};
   if (fuse_session_mount(se.get(), opts.mountpoint.c_str()) != 0) {
     std::fprintf(stderr, "kiln-fs: mount: cannot mount on %s\n", opts.mountpoint.c_str());
     fuse_remove_signal_handlers(se.get());
     vol.flush(true);
     return 1;
   }
-  std::string bdi;
-  if (device) {
-    // The mount holds the device now; ours goes, so that autoclear detaches it at unmount.
-    device->release();
-    std::set<std::string> added;
-    for (const std::string& name : fuseblk_bdis()) {
-      if (!bdis_before.count(name)) added.insert(name);
-    }
-    if (added.size() == 1) bdi = *added.begin();  // else another fuseblk mount raced ours
-  }
+  // The mount holds the device now; ours goes, so that autoclear detaches it at unmount.
+  if (device) device->release();
   // Only now, with the mount in place, may the parent exit.
   if (fuse_daemonize(opts.foreground || opts.debug) != 0) {
     std::fprintf(stderr, "kiln-fs: mount: cannot go to the background\n");
@@ -329,8 +302,8 @@ int fuse_mount(ext2_filsys fs, const FuseMountOptions& opts) {
   }
   // Opened by the process that serves (/proc/self is the opener's).
   fuse_detail::MountWatch watch(have_resolved ? resolved : "");
-  if (!device && watch.found()) bdi = watch.device();
-  if (!bdi.empty()) raise_readahead(bdi);
+  // A fuseblk mount's backing device info is named after its block device, "7:3-fuseblk".
+  if (watch.found()) raise_readahead(watch.device() + (device ? "-fuseblk" : ""));
   fuse_detail::RequestStats stats;
   const LoopEnd end = serve(se.get(), vol, watch, opts.idle_flush_ms, stats);
   // After a signal the mount is still there: unmount it (libfuse closes the session's device
