@@ -158,6 +158,9 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-qcow2", action="store_true", help="skip kiln-fs on a qcow2 overlay")
+    ap.add_argument("--kiln-fs-before", default="",
+                    help="a second kiln-fs binary (say, the build before a change), measured "
+                         "on raw images in the same runs: column kiln-before")
     ap.add_argument("--only", default="",
                     help="comma-separated kinds to run: kernel,kiln-raw,kiln-qcow2,fuse2fs,"
                          "fuse-dev (default: all that are available)")
@@ -183,6 +186,8 @@ def main():
             print("# fuse2fs not installed (package fuse2fs): no fuse2fs column", file=sys.stderr)
         if args.fuse_dev and os.path.exists(args.fuse_dev):
             kinds.append("fuse-dev")
+        if args.kiln_fs_before:
+            kinds.insert(1, "kiln-before")
         if args.only:
             kinds = [k for k in kinds if k in args.only.split(",")]
         if "kernel" not in kinds:
@@ -195,6 +200,9 @@ def main():
                     target = KernelMount(raw)
                 elif kind == "kiln-raw":
                     target = KilnMount([args.kiln_fs, "mount"], raw, "kiln-fs mount (raw)")
+                elif kind == "kiln-before":
+                    target = KilnMount([args.kiln_fs_before, "mount"], raw,
+                                       "kiln-fs mount before (raw)")
                 elif kind == "fuse2fs":
                     # e2fsprogs' FUSE driver over the same libext2fs, in the foreground too.
                     target = KilnMount(["fuse2fs"], raw, "fuse2fs (raw)")
@@ -223,6 +231,7 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
 
     names = {"kernel": "kernel loop", "kiln-raw": "kiln-fs (raw)",
+             "kiln-before": "kiln-fs before (raw)",
              "kiln-qcow2": "kiln-fs (qcow2 overlay)",
              "fuse2fs": "fuse2fs (raw)", "fuse-dev": "FUSE layer over unix_io (raw)"}
     kinds = list(results)
