@@ -5,6 +5,12 @@ table (MB/s, files/s, ratio to the kernel).
 
     sudo bench/fuse_bench.py                     # 1 GiB image, 256 MiB file, 5000 small files
     sudo bench/fuse_bench.py --quick             # 512 MiB image, 64 MiB file, 1000 files
+    sudo unshare -m --propagation private bench/fuse_bench.py   # see below
+
+fuse2fs (e2fsprogs' FUSE driver over the same libext2fs; package fuse2fs, in
+bench/extra-packages.txt) is measured beside the kernel when installed. Run the script in a
+private mount namespace: a namespace that another process creates while the kernel's loop
+mount is up keeps a copy of it, and the unmount then does not write the ext4 back.
 
 Each figure is the median of --repeats runs on a fresh image. Writes are timed until the data
 is in the image file: the write, then the unmount (the kernel's unmount writes back its page
@@ -152,6 +158,12 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-qcow2", action="store_true", help="skip kiln-fs on a qcow2 overlay")
+    ap.add_argument("--kiln-fs-before", default="",
+                    help="a second kiln-fs binary (say, the build before a change), measured "
+                         "on raw images in the same runs: column kiln-before")
+    ap.add_argument("--only", default="",
+                    help="comma-separated kinds to run: kernel,kiln-raw,kiln-qcow2,fuse2fs,"
+                         "fuse-dev (default: all that are available)")
     args = ap.parse_args()
     if args.quick:
         args.image_mib, args.size_mib, args.files, args.repeats = 512, 64, 1000, 1
@@ -168,8 +180,18 @@ def main():
         tarball = os.path.join(work, "tree.tar")
         make_tarball(tarball, args.files)
         kinds = ["kernel", "kiln-raw"] + ([] if args.no_qcow2 else ["kiln-qcow2"])
+        if shutil.which("fuse2fs"):
+            kinds.append("fuse2fs")
+        else:
+            print("# fuse2fs not installed (package fuse2fs): no fuse2fs column", file=sys.stderr)
         if args.fuse_dev and os.path.exists(args.fuse_dev):
             kinds.append("fuse-dev")
+        if args.kiln_fs_before:
+            kinds.insert(1, "kiln-before")
+        if args.only:
+            kinds = [k for k in kinds if k in args.only.split(",")]
+        if "kernel" not in kinds:
+            raise SystemExit("--only must include kernel (the reference)")
         for rep in range(args.repeats):
             for kind in kinds:
                 raw = os.path.join(work, "fs.raw")
@@ -178,6 +200,12 @@ def main():
                     target = KernelMount(raw)
                 elif kind == "kiln-raw":
                     target = KilnMount([args.kiln_fs, "mount"], raw, "kiln-fs mount (raw)")
+                elif kind == "kiln-before":
+                    target = KilnMount([args.kiln_fs_before, "mount"], raw,
+                                       "kiln-fs mount before (raw)")
+                elif kind == "fuse2fs":
+                    # e2fsprogs' FUSE driver over the same libext2fs, in the foreground too.
+                    target = KilnMount(["fuse2fs"], raw, "fuse2fs (raw)")
                 elif kind == "fuse-dev":
                     target = KilnMount([args.fuse_dev], raw, "kiln-fuse-dev (raw)")
                 else:
@@ -203,14 +231,17 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
 
     names = {"kernel": "kernel loop", "kiln-raw": "kiln-fs (raw)",
+             "kiln-before": "kiln-fs before (raw)",
              "kiln-qcow2": "kiln-fs (qcow2 overlay)",
-             "fuse-dev": "FUSE layer over unix_io (raw)"}
+             "fuse2fs": "fuse2fs (raw)", "fuse-dev": "FUSE layer over unix_io (raw)"}
     kinds = list(results)
     print(f"\nkiln-fs mount vs kernel loop mount: {args.image_mib} MiB ext4 image, "
           f"{args.size_mib} MiB file, {args.files} small files, median of {args.repeats}\n")
     ratios = [k for k in ("kiln-raw", "fuse-dev") if k in kinds]
+    vs_fuse2fs = "kiln-raw" in kinds and "fuse2fs" in kinds
     header = "| operation | unit | " + " | ".join(names[k] for k in kinds) + " | " + \
-             " | ".join(f"{names[k]} / kernel" for k in ratios) + " |"
+             " | ".join(f"{names[k]} / kernel" for k in ratios) + \
+             (" | kiln-fs (raw) / fuse2fs |" if vs_fuse2fs else " |")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for op in results["kernel"]:
@@ -218,6 +249,8 @@ def main():
         med = {k: statistics.median(results[k][op]) for k in kinds}
         cells = " | ".join(f"{med[k]:.0f}" for k in kinds)
         ratio_cells = " | ".join(f"{med[k] / med['kernel']:.2f}" for k in ratios)
+        if vs_fuse2fs:
+            ratio_cells += f" | {med['kiln-raw'] / med['fuse2fs']:.2f}"
         print(f"| {op} | {unit} | {cells} | {ratio_cells} |")
 
 

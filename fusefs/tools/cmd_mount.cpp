@@ -28,8 +28,21 @@ int cmd_mount(const Args& args) {
   fo.allow_other = allow_other;
   fo.foreground = foreground;
   fo.fsname = image;
+  // Closed when the mount ends (inside umount for a fuseblk mount), so that the image is
+  // complete and unlocked when umount returns.
+  bool closed = false;
+  fo.close_image = [&]() -> int {
+    closed = true;
+    try {
+      fs->close();
+    } catch (const Error& e) {
+      std::fprintf(stderr, "kiln-fs: %s\n", e.what());
+      return 1;
+    }
+    return 0;
+  };
   int rc = fuse_mount(fs->handle(), fo);
-  fs->close();
+  if (!closed) fs->close();
   return rc == 0 ? 0 : 1;
 }
 

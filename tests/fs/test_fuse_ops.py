@@ -197,6 +197,60 @@ def test_truncate_and_sparse_files(workdir, variant):
         assert read(f"{k}/grow") == b"a" + b"\0" * (2 * MiB - 1)
 
 
+@pytest.mark.parametrize("variant", ["ext4", "ext4-1k", "ext3"])
+def test_holes_between_extents(workdir, variant):
+    """A sparse file written in pieces, in random order, aligned and not: runs of blocks and
+    holes of every length, then holes partly filled. Reads of any size through the mount, and
+    the kernel's view after the unmount, must match a model of the file."""
+    rng = random.Random(7)
+    size = 24 * MiB
+    model = bytearray(size)
+    with mounted(workdir, variant, size=192 * MiB) as h:
+        path = f"{h.mnt}/sparse"
+        with open(path, "wb") as f:
+            f.truncate(size)
+        with open(path, "r+b") as f:
+            for _ in range(60):
+                off = rng.randrange(0, size - 1)
+                if rng.random() < 0.5:
+                    off -= off % 4096
+                n = min(rng.choice([1, 100, 4096, 8192, 65536, 300000, MiB + 5]), size - off)
+                data = rng.randbytes(n)
+                f.seek(off)
+                f.write(data)
+                model[off:off + n] = data
+        with open(path, "rb") as f:
+            for _ in range(40):
+                off = rng.randrange(0, size)
+                n = rng.choice([1, 4096, 70000, 2 * MiB])
+                f.seek(off)
+                assert f.read(n) == bytes(model[off:off + n]), (off, n)
+        assert sha256(path) == __import__("hashlib").sha256(model).hexdigest()
+    with kernel_view(workdir, h) as k:
+        assert read(f"{k}/sparse") == bytes(model)
+
+
+def test_open_with_o_trunc_empties_the_file(workdir):
+    """Rewriting an existing file (`>` in a shell, open("wb"), cp over it) opens it with
+    O_TRUNC: the file on disk must end where the new data ends. The kernel passes O_TRUNC to
+    the daemon when the daemon takes FUSE_CAP_ATOMIC_O_TRUNC, and then shows size 0 itself, so
+    a daemon that ignores the flag looks right through the mount until the attributes expire
+    and keeps the old length (and the old bytes after the new ones) on disk."""
+    with mounted(workdir) as h:
+        m = h.mnt
+        for name, size in (("small", 5000), ("big", 3 * MiB + 5), ("inline", 100)):
+            write(f"{m}/{name}", b"o" * size)
+        write(f"{m}/small", b"new")
+        write(f"{m}/big", b"N" * (MiB + 1))
+        os.close(os.open(f"{m}/inline", os.O_WRONLY | os.O_TRUNC))
+        with open(f"{m}/small", "rb") as f:
+            assert f.read() == b"new"
+    with kernel_view(workdir, h) as k:
+        assert read(f"{k}/small") == b"new"
+        assert read(f"{k}/big") == b"N" * (MiB + 1)
+        assert read(f"{k}/inline") == b""
+
+
 @pytest.mark.parametrize("variant", ["ext4", "ext3"])
 def test_times_modes_owners(workdir, variant):
     t = 1_700_000_000_123_456_789

@@ -4,6 +4,7 @@ tar x, mv, ln -s, chmod, df; then unmount, e2fsck -fn clean, and the host kernel
 
 import errno
 import os
+import random
 import signal
 import stat
 import subprocess
@@ -11,9 +12,10 @@ import time
 
 import pytest
 
-from kilntest.fuse import (FS_VARIANTS, MiB, Image, assert_same_tree, check_exit, daemon_pids,
-                           e2fsck_clean, expect_errno, fuse_mount, generate_tree, is_mounted,
-                           kernel_mount_ro, make_fs, mount_type, run, scaled, sha256, stop_pid,
+from kilntest.fuse import (FS_VARIANTS, KILN_FS, KILN_FUSE_DEV, MOUNT_TYPES, MiB, Image,
+                           assert_same_tree, check_exit, daemon_pids, e2fsck_clean, expect_errno,
+                           fuse_mount, generate_tree, is_mounted, kernel_mount_ro, make_fs,
+                           mount_type, private_mount_namespace, run, scaled, sha256, stop_pid,
                            unmount_fuse, wait_for)
 
 
@@ -98,7 +100,7 @@ def test_daemon_mode_mount_is_ready_when_parent_exits(workdir):
     try:
         p = run(image.mount_command(mnt), timeout=60)
         # No waiting: the parent's exit means the mount is there.
-        assert mount_type(mnt) == "fuse.kiln-fs"
+        assert mount_type(mnt) in MOUNT_TYPES
         pids = daemon_pids(mnt)
         assert len(pids) == 1, pids
         with open(os.path.join(mnt, "hello"), "w") as f:
@@ -119,6 +121,135 @@ def test_daemon_mode_mount_is_ready_when_parent_exits(workdir):
     with kernel_mount_ro(result, os.path.join(workdir, "kernel")) as k:
         with open(os.path.join(k, "hello")) as f:
             assert f.read() == "from the daemon\n"
+
+
+def write_round(rng, mnt, model, round_no):
+    """A write-heavy round: a few large files (new and rewritten), a hundred or so small ones,
+    some removed and renamed. MODEL maps relative paths to contents (what must be read back)."""
+    for i in range(3):
+        name = f"big{(round_no + i) % 4}"
+        data = rng.randbytes(rng.randrange(scaled(4 * MiB), scaled(12 * MiB) + 1))
+        with open(os.path.join(mnt, name), "wb") as f:
+            f.write(data)
+        model[name] = data
+    d = f"r{round_no}"
+    os.makedirs(os.path.join(mnt, d, "sub"))
+    for i in range(scaled(150, 20)):
+        name = f"{d}/{'sub/' if i % 3 else ''}f{i:04d}"
+        data = rng.randbytes(rng.choice([0, 1, 700, 4096, 5000, 20000]))
+        with open(os.path.join(mnt, name), "wb") as f:
+            f.write(data)
+        model[name] = data
+    for name in rng.sample(sorted(k for k in model if k.startswith(f"{d}/")), 10):
+        os.unlink(os.path.join(mnt, name))
+        del model[name]
+    old = sorted(k for k in model if k.startswith(f"{d}/sub/"))[0]
+    os.rename(os.path.join(mnt, old), os.path.join(mnt, d, "renamed"))
+    model[f"{d}/renamed"] = model.pop(old)
+
+
+def read_tree(root):
+    out = {}
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if os.path.relpath(path, root).startswith("lost+found"):
+                continue
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, root)] = f.read()
+    return out
+
+
+class SameImage:
+    """For fuse_mount(): the image the test mounts itself, mounted again (read-only)."""
+
+    def __init__(self, mount):
+        self.mount = mount
+
+    def mount_command(self, mountpoint, *opts):
+        return self.mount + [mountpoint, *opts]
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"] if KILN_FS else ["raw"])
+def test_image_is_complete_when_umount_returns(workdir, fmt):
+    """The default (background) mount, a write-heavy round, a plain `umount DIR` and, at once,
+    without waiting for anything: e2fsck -fn of the image must be clean (the qcow2 overlay is
+    first converted with qemu-img, which also needs the image released), and a second,
+    read-only mount must show every file with its bytes. Several rounds on the same image."""
+    raw = os.path.join(workdir, "fs.raw")
+    make_fs(raw, "ext4", size=256 * MiB)
+    target = raw
+    if fmt == "qcow2":
+        target = os.path.join(workdir, "fs.qcow2")
+        run(["qemu-img", "convert", "-O", "qcow2", raw, target])
+    if KILN_FS:
+        mount = [KILN_FS, "mount", "--format", fmt, target]
+    else:
+        mount = [KILN_FUSE_DEV, target]
+    image = SameImage(mount)
+    mnt = os.path.join(workdir, "mnt")
+    check_mnt = os.path.join(workdir, "check")
+    os.mkdir(mnt)
+    model = {}
+    kinds = set()
+    with private_mount_namespace():
+        umount_rounds(mount, image, target, raw, fmt, mnt, check_mnt, workdir, model, kinds)
+    # As root, umount waits because the mount is a fuseblk one.
+    assert kinds == {"fuseblk.kiln-fs"}, kinds
+
+
+def umount_rounds(mount, image, target, raw, fmt, mnt, check_mnt, workdir, model, kinds):
+    rng = random.Random(16)
+    for round_no in range(4):
+        pids = []
+        try:
+            p = run(mount + [mnt], timeout=60)
+            assert p.stderr == b"", p.stderr
+            pids = daemon_pids(mnt)
+            kinds.add(mount_type(mnt))
+            write_round(rng, mnt, model, round_no)
+            run(["umount", mnt])
+            # Nothing in between: the image must be complete now.
+            checked = raw
+            if fmt == "qcow2":
+                checked = os.path.join(workdir, "converted.raw")
+                run(["qemu-img", "convert", "-O", "raw", target, checked])
+            e2fsck_clean(checked)
+            with fuse_mount(image, check_mnt, "--ro") as proc:
+                got = read_tree(check_mnt)
+            check_exit(proc)
+            assert sorted(got) == sorted(model), f"round {round_no}: the names differ"
+            bad = [k for k in model if got[k] != model[k]]
+            assert not bad, f"round {round_no}: wrong content in {bad[:5]}"
+            for pid in pids:
+                wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 60, "the daemon to exit")
+        finally:
+            if is_mounted(mnt):
+                run(["umount", "-l", mnt], check=False)
+            for pid in pids:
+                stop_pid(pid)
+
+
+def test_sync_writes_the_image_while_mounted(workdir):
+    """`sync -f DIR` (syncfs) with the mount still up: the kernel writes back its pages and
+    sends FUSE_SYNCFS, after which the image must hold everything written so far: e2fsck -fn
+    of the raw image clean, and every file's bytes read by debugfs from the image."""
+    raw = os.path.join(workdir, "fs.raw")
+    make_fs(raw, "ext4", size=256 * MiB)
+    mount = [KILN_FS, "mount", "--format", "raw", raw] if KILN_FS else [KILN_FUSE_DEV, raw]
+    mnt = os.path.join(workdir, "mnt")
+    rng = random.Random(3)
+    model = {}
+    with fuse_mount(SameImage(mount), mnt) as proc:
+        for round_no in range(2):
+            write_round(rng, mnt, model, round_no)
+            run(["sync", "-f", mnt])
+            e2fsck_clean(raw)
+            for name in rng.sample(sorted(model), 30) + ["big1"]:
+                got = run(["debugfs", "-R", f"cat /{name}", raw]).stdout
+                assert got == model[name], f"round {round_no}: {name} is not in the image"
+    check_exit(proc)
+    e2fsck_clean(raw)
 
 
 def test_sigterm_unmounts_and_flushes(workdir):

@@ -3,6 +3,7 @@ undone, the host kernel's ext4 driver as the oracle (read-only loop mounts, alwa
 a generated tree with everything `cp -a` must carry, and a tree comparison."""
 
 import contextlib
+import ctypes
 import errno
 import os
 import random
@@ -85,6 +86,36 @@ def mount_type(path):
     return kind
 
 
+# As root, kiln-fs mounts as fuseblk (over a placeholder loop device) so that umount waits for
+# its write-back; otherwise, or without a loop device, as plain fuse.
+MOUNT_TYPES = ("fuse.kiln-fs", "fuseblk.kiln-fs")
+
+
+@contextlib.contextmanager
+def private_mount_namespace():
+    """Runs the block in a mount namespace of this process's own, with private propagation.
+    A mount namespace that another process creates (ip netns exec, unshare -m: other tests on
+    the host) copies every mount of the moment, and while that copy lives an unmount here does
+    not end the filesystem: a test that needs the unmount itself to end it makes its mounts
+    where no one can copy them. Back in the original namespace afterwards; what is still
+    mounted in the private one goes with it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    clone_newns, ms_rec, ms_private = 0x00020000, 0x4000, 0x40000
+    original = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if libc.unshare(clone_newns) != 0:
+            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+        try:
+            if libc.mount(None, b"/", None, ms_rec | ms_private, None) != 0:
+                raise OSError(ctypes.get_errno(), "mount --make-rprivate /")
+            yield
+        finally:
+            if libc.setns(original, clone_newns) != 0:
+                raise OSError(ctypes.get_errno(), "setns back to the original mount namespace")
+    finally:
+        os.close(original)
+
+
 def force_unmount(path):
     """Last resort when a test failed with the mount still there."""
     if is_mounted(path):
@@ -164,7 +195,7 @@ def fuse_mount(image, mountpoint, *opts, env=None):
                             env=None if env is None else {**os.environ, **env})
     try:
         deadline = time.monotonic() + 30
-        while mount_type(mountpoint) != "fuse.kiln-fs":
+        while mount_type(mountpoint) not in MOUNT_TYPES:
             if proc.poll() is not None:
                 raise AssertionError(f"mount exited with {proc.returncode}: "
                                      f"{proc.stderr.read().decode(errors='replace')}")

@@ -65,8 +65,33 @@ void op_open(fuse_req_t req, fuse_ino_t fino, fuse_file_info* fi) {
 
 // Calls fn(index, pblk, n, unwritten) for each run of N contiguous blocks of a file, starting
 // at logical block FIRST + index; pblk is 0 for a hole. One extent lookup per run for extent
-// files, one block map per block otherwise.
+// files (a hole included), one block map per block otherwise.
 using RunFn = std::function<errcode_t(blk64_t, blk64_t, blk64_t, bool)>;
+
+// After ext2fs_extent_goto found no extent holding block B: the first block after B that an
+// extent maps, or END, whichever is smaller. goto leaves the handle on the last extent before
+// B, or on the first one after it when there is none before (libext2fs's extent.c). From the
+// last extent of the tree, NEXT_LEAF starts over at the first one: an extent that does not
+// start after B means there is none after it.
+errcode_t hole_end(ext2_extent_handle_t handle, blk64_t b, blk64_t end, blk64_t& out) {
+  ext2fs_extent ext{};
+  errcode_t rc = ext2fs_extent_get(handle, EXT2_EXTENT_CURRENT, &ext);
+  if (rc == EXT2_ET_NO_CURRENT_NODE) {  // an empty tree: all of it is a hole
+    out = end;
+    return 0;
+  }
+  if (rc) return rc;
+  if (ext.e_lblk <= b) {
+    rc = ext2fs_extent_get(handle, EXT2_EXTENT_NEXT_LEAF, &ext);
+    if (rc == EXT2_ET_EXTENT_NO_NEXT) {
+      out = end;
+      return 0;
+    }
+    if (rc) return rc;
+  }
+  out = ext.e_lblk > b ? std::min<blk64_t>(ext.e_lblk, end) : end;
+  return 0;
+}
 
 errcode_t for_each_run(ext2_filsys fs, ext2_ino_t ino, ext2_inode_large& inode, blk64_t first,
                        blk64_t count, const RunFn& fn) {
@@ -82,8 +107,12 @@ errcode_t for_each_run(ext2_filsys fs, ext2_ino_t ino, ext2_inode_large& inode, 
       if (!rc) rc = ext2fs_extent_get(handle, EXT2_EXTENT_CURRENT, &ext);
       if (rc == EXT2_ET_EXTENT_NOT_FOUND ||
           (!rc && (b < ext.e_lblk || b >= ext.e_lblk + ext.e_len))) {
-        rc = fn(b - first, 0, 1, false);  // a hole
-        ++b;
+        // A hole, in one call: a block-by-block walk cost a tree lookup (a read of the leaf
+        // block) per block of every write that allocates.
+        blk64_t stop = b + 1;
+        if ((rc = hole_end(handle, b, end, stop))) break;
+        rc = fn(b - first, 0, stop - b, false);
+        b = stop;
         continue;
       }
       if (rc) break;
@@ -274,7 +303,9 @@ void op_write(fuse_req_t req, fuse_ino_t fino, const char* data, size_t size, of
       if (EXT2_I_SIZE(&inode) < start + written) {
         rc2 = ext2fs_inode_size_set(fs, reinterpret_cast<ext2_inode*>(&inode), start + written);
       }
-      touch_mtime_ctime(fs, inode);
+      // With the writeback cache, the kernel's own times follow (SETATTR); a WRITE comes
+      // at write-back, which may be after a utimensat that must stand.
+      if (!v.writeback_cache()) touch_mtime_ctime(fs, inode);
       if (!rc2) rc2 = write_inode(fs, ino, inode);
     }
     if (!rc) rc = rc2;

@@ -18,6 +18,9 @@
 #include "inode_util.h"
 #include "kiln/fs/fuse.h"
 #include "mount_table.h"
+#include "placeholder_device.h"
+#include "raw_request.h"
+#include "request_stats.h"
 #include "volume.h"
 
 namespace kiln::fs {
@@ -28,14 +31,36 @@ using fuse_detail::Volume;
 constexpr unsigned kMaxIo = 1u << 20;  // largest read and write request: 1 MiB
 constexpr unsigned kInodeCacheEntries = 1024;
 
-void op_init(void*, fuse_conn_info* conn) {
+void op_init(void* userdata, fuse_conn_info* conn) {
+  Volume& vol = *static_cast<Volume*>(userdata);
   conn->max_write = kMaxIo;
+  // The kernel's writeback cache: writes land in the page cache and reach us as WRITEs of up
+  // to max_write, whatever size the program wrote; this process is the only writer, so the
+  // kernel's view of size and times is right. The kernel then keeps mtime/ctime itself and
+  // sends them (SETATTR) after the data (op_write leaves them alone), handles O_APPEND, and may
+  // READ around a partial-page write, also on a file opened write-only. Its mtime and ctime
+  // stand while it caches the inode, whatever we answer: not for 128-byte inodes, which store
+  // whole seconds up to 2038 only.
+  if (!vol.read_only() && (conn->capable & FUSE_CAP_WRITEBACK_CACHE) &&
+      EXT2_INODE_SIZE(vol.fs()->super) > EXT2_GOOD_OLD_INODE_SIZE) {
+    conn->want |= FUSE_CAP_WRITEBACK_CACHE;
+    vol.set_writeback_cache(true);
+  }
   conn->max_readahead = kMaxIo;
   if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) conn->want |= FUSE_CAP_CACHE_SYMLINKS;
   // This mount is the filesystem's only writer: cached pages are never stale, so a changed
   // mtime must not throw them away.
   conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+  // Without it the kernel truncates an existing file opened with O_TRUNC by a SETATTR of size
+  // 0 (op_setattr); with it (libfuse's default) O_TRUNC would come to op_open, which does not
+  // truncate: the old length and bytes stayed on disk.
+  conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;
 }
+
+// FUSE_DESTROY: for a fuseblk mount the kernel sends it from umount(2) and returns only once
+// it is answered (libfuse answers after this returns), so the image is written and released
+// here. libfuse also calls this when the session ends without one (a plain fuse mount).
+void op_destroy(void* userdata) { static_cast<Volume*>(userdata)->finish(); }
 
 // Why a filesystem must not be written by libext2fs, or nullptr.
 const char* unwritable_reason(ext2_filsys fs) {
@@ -64,8 +89,12 @@ struct SessionDeleter {
 };
 using Session = std::unique_ptr<fuse_session, SessionDeleter>;
 
-Session new_session(const FuseMountOptions& opts, const fuse_lowlevel_ops& ops, Volume& vol) {
-  std::string o = "default_permissions,subtype=kiln-fs,fsname=" + escape_option(opts.fsname);
+// DEVICE: the block device of a fuseblk mount, or empty for a plain fuse mount.
+Session new_session(const FuseMountOptions& opts, const fuse_lowlevel_ops& ops, Volume& vol,
+                    const std::string& device) {
+  std::string o = "default_permissions,subtype=kiln-fs,fsname=" +
+                  escape_option(device.empty() ? opts.fsname : device);
+  if (!device.empty()) o += ",blkdev";
   if (vol.read_only()) o += ",ro";
   if (opts.allow_other) o += ",allow_other";
   std::vector<std::string> argv = {"kiln-fs", "-o", o};
@@ -82,8 +111,8 @@ Session new_session(const FuseMountOptions& opts, const fuse_lowlevel_ops& ops, 
 // well below what 1 MiB requests give. Best effort (needs root) and only for this mount's
 // device (found in /proc/self/mountinfo: a stat() of the mount point would wait for this very
 // process to answer).
-void raise_readahead(const std::string& device) {
-  const std::string path = "/sys/class/bdi/" + device + "/read_ahead_kb";
+void raise_readahead(const std::string& bdi) {
+  const std::string path = "/sys/class/bdi/" + bdi + "/read_ahead_kb";
   if (FILE* f = std::fopen(path.c_str(), "w")) {
     std::fprintf(f, "%u\n", kMaxIo / 1024);
     std::fclose(f);
@@ -110,7 +139,8 @@ enum class LoopEnd { kUnmounted, kLeftMountTable, kError };
 constexpr int kUnmountGraceMs = 250;
 
 // The request loop, on this thread only. While metadata is pending, an idle second writes it.
-LoopEnd serve(fuse_session* se, Volume& vol, fuse_detail::MountWatch& watch, int idle_flush_ms) {
+LoopEnd serve(fuse_session* se, Volume& vol, fuse_detail::MountWatch& watch, int idle_flush_ms,
+              fuse_detail::RequestStats& stats) {
   using Clock = std::chrono::steady_clock;
   const int fd = fuse_session_fd(se);
   fuse_buf buf{};
@@ -119,7 +149,7 @@ LoopEnd serve(fuse_session* se, Volume& vol, fuse_detail::MountWatch& watch, int
   Clock::time_point left_at;
   while (!fuse_session_exited(se)) {
     pollfd p[2] = {{fd, POLLIN, 0}, {watch.fd(), POLLPRI, 0}};
-    int timeout = idle_flush_ms > 0 && vol.dirty() ? idle_flush_ms : -1;
+    int timeout = idle_flush_ms > 0 && vol.dirty() && !vol.finished() ? idle_flush_ms : -1;
     if (left_table) {
       const auto waited =
           std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - left_at).count();
@@ -138,7 +168,7 @@ LoopEnd serve(fuse_session* se, Volume& vol, fuse_detail::MountWatch& watch, int
       break;
     }
     if (n == 0) {
-      if (vol.dirty()) {
+      if (vol.dirty() && !vol.finished()) {
         if (errcode_t rc = vol.flush(false)) fuse_detail::fail("flush", 0, rc);
       }
       continue;
@@ -157,7 +187,25 @@ LoopEnd serve(fuse_session* se, Volume& vol, fuse_detail::MountWatch& watch, int
       }
       break;
     }
-    fuse_session_process_buf(se, &buf);
+    fuse_detail::RawHeader header;
+    const bool have_header = fuse_detail::raw_header(buf, res, header);
+    const auto t0 = stats.enabled() ? Clock::now() : Clock::time_point{};
+    const int64_t cpu0 = stats.enabled() ? fuse_detail::RequestStats::thread_cpu_nanos() : 0;
+    if (have_header && fuse_detail::is_syncfs(header)) {
+      // sync(2)/syncfs(2): the kernel has written its dirty pages back; now everything of
+      // ours (metadata, buffered blocks, the image's flush) goes to the image.
+      int err = 0;
+      if (!vol.finished()) {
+        if (errcode_t rc = vol.flush(false)) err = fuse_detail::fail("syncfs", 0, rc);
+      }
+      fuse_detail::reply_raw(se, header, err);
+    } else {
+      fuse_session_process_buf(se, &buf);
+    }
+    if (!stats.enabled()) continue;
+    stats.add(have_header ? header.opcode : 0, static_cast<size_t>(res),
+              std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count(),
+              fuse_detail::RequestStats::thread_cpu_nanos() - cpu0);
   }
   std::free(buf.mem);
   return end;
@@ -193,19 +241,6 @@ bool prepare(ext2_filsys fs, const FuseMountOptions& opts) {
   return true;
 }
 
-// What is left after the session: unlinked-but-open inodes, the clean state, one last flush.
-int finish(Volume& vol, int status) {
-  if (errcode_t rc = vol.free_orphans()) {
-    std::fprintf(stderr, "kiln-fs: freeing unlinked inodes: %s\n", error_message(rc));
-    status = 1;
-  }
-  if (errcode_t rc = vol.flush(true)) {
-    std::fprintf(stderr, "kiln-fs: flushing the filesystem: %s\n", error_message(rc));
-    status = 1;
-  }
-  return status;
-}
-
 }  // namespace
 
 int fuse_mount(ext2_filsys fs, const FuseMountOptions& opts) {
@@ -214,13 +249,25 @@ int fuse_mount(ext2_filsys fs, const FuseMountOptions& opts) {
   Volume vol(fs, opts);
   fuse_lowlevel_ops ops{};
   ops.init = op_init;
+  ops.destroy = op_destroy;
   fuse_detail::register_attr_ops(ops);
   fuse_detail::register_namespace_ops(ops);
   fuse_detail::register_file_ops(ops);
   fuse_detail::register_dir_ops(ops);
   fuse_detail::register_xattr_ops(ops);
 
-  Session se = new_session(opts, ops, vol);
+  std::unique_ptr<fuse_detail::PlaceholderDevice> device;
+  if (opts.wait_at_unmount && geteuid() == 0) {
+    device = std::make_unique<fuse_detail::PlaceholderDevice>(opts.fsname);
+    if (device->path().empty()) {
+      std::fprintf(stderr,
+                   "kiln-fs: mount: no block device for a fuseblk mount (%s): umount will return "
+                   "before the image is written; wait for this process to exit\n",
+                   device->error().c_str());
+      device.reset();
+    }
+  }
+  Session se = new_session(opts, ops, vol, device ? device->path() : "");
   if (!se) {
     std::fprintf(stderr, "kiln-fs: mount: cannot create the FUSE session\n");
     return 1;
@@ -243,6 +290,8 @@ int fuse_mount(ext2_filsys fs, const FuseMountOptions& opts) {
     vol.flush(true);
     return 1;
   }
+  // The mount holds the device now; ours goes, so that autoclear detaches it at unmount.
+  if (device) device->release();
   // Only now, with the mount in place, may the parent exit.
   if (fuse_daemonize(opts.foreground || opts.debug) != 0) {
     std::fprintf(stderr, "kiln-fs: mount: cannot go to the background\n");
@@ -253,13 +302,16 @@ int fuse_mount(ext2_filsys fs, const FuseMountOptions& opts) {
   }
   // Opened by the process that serves (/proc/self is the opener's).
   fuse_detail::MountWatch watch(have_resolved ? resolved : "");
-  if (watch.found()) raise_readahead(watch.device());
-  const LoopEnd end = serve(se.get(), vol, watch, opts.idle_flush_ms);
-  // After a signal the mount is still there: unmount it. When the mount left this namespace's
-  // table while another namespace keeps a copy, libfuse's unmount only closes the session's
-  // device (which ends the copies) and frees its state; its umount of the path then fails, as
-  // expected, and says so on stderr: silence that. Nothing is done if the path holds another
-  // mount by now.
+  // A fuseblk mount's backing device info is named after its block device, "7:3-fuseblk".
+  if (watch.found()) raise_readahead(watch.device() + (device ? "-fuseblk" : ""));
+  fuse_detail::RequestStats stats;
+  const LoopEnd end = serve(se.get(), vol, watch, opts.idle_flush_ms, stats);
+  // After a signal the mount is still there: unmount it (libfuse closes the session's device
+  // first, so no FUSE_DESTROY comes; the session's end below finishes instead). When the mount
+  // left this namespace's table while another namespace keeps a copy, libfuse's unmount only
+  // closes the session's device (which ends the copies) and frees its state; its umount of the
+  // path then fails, as expected, and says so on stderr: silence that. Nothing is done if the
+  // path holds another mount by now.
   if (end != LoopEnd::kLeftMountTable) {
     fuse_session_unmount(se.get());
   } else {
@@ -269,9 +321,14 @@ int fuse_mount(ext2_filsys fs, const FuseMountOptions& opts) {
     if (!watch.is_mount_point(resolved)) unmount_quietly(se.get());
   }
   fuse_remove_signal_handlers(se.get());
-  se.reset();
-
-  return finish(vol, end == LoopEnd::kError ? 1 : 0);
+  se.reset();  // calls op_destroy if the kernel sent no FUSE_DESTROY
+  const int status = vol.finish();
+  if (stats.enabled()) {
+    uint64_t read = 0, written = 0;
+    vol.io_bytes(read, written);
+    stats.print(stderr, read, written);
+  }
+  return end == LoopEnd::kError ? 1 : status;
 }
 
 }  // namespace kiln::fs

@@ -9,7 +9,8 @@ namespace kiln::fs::fuse_detail {
 Volume::Volume(ext2_filsys fs, const FuseMountOptions& opts)
     : fs_(fs),
       read_only_(opts.read_only || !(fs->flags & EXT2_FLAG_RW)),
-      timeout_(opts.cache_timeout) {}
+      timeout_(opts.cache_timeout),
+      close_image_(opts.close_image) {}
 
 Volume& volume(fuse_req_t req) { return *static_cast<Volume*>(fuse_req_userdata(req)); }
 
@@ -80,6 +81,36 @@ errcode_t Volume::flush(bool final) {
   }
   dirty_ = false;
   return ext2fs_flush(fs_);
+}
+
+int Volume::finish() {
+  if (finished_) return finish_status_;
+  finished_ = true;
+  int status = 0;
+  if (errcode_t rc = free_orphans()) {
+    std::fprintf(stderr, "kiln-fs: freeing unlinked inodes: %s\n", error_message(rc));
+    status = 1;
+  }
+  if (errcode_t rc = flush(true)) {
+    std::fprintf(stderr, "kiln-fs: flushing the filesystem: %s\n", error_message(rc));
+    status = 1;
+  }
+  io_bytes(io_read_, io_written_);  // the handle goes with the image
+  image_closed_ = true;
+  if (close_image_ && close_image_() != 0) status = 1;
+  finish_status_ = status;
+  return status;
+}
+
+void Volume::io_bytes(uint64_t& read, uint64_t& written) const {
+  read = io_read_;
+  written = io_written_;
+  io_stats stats = nullptr;
+  if (image_closed_ || !fs_->io->manager->get_stats) return;
+  if (fs_->io->manager->get_stats(fs_->io, &stats) == 0 && stats) {
+    read = stats->bytes_read;
+    written = stats->bytes_written;
+  }
 }
 
 void Volume::invalidate_attr(ext2_ino_t ino) {

@@ -6,6 +6,7 @@
 #include <fuse_lowlevel.h>
 
 #include <cstdint>
+#include <functional>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
@@ -23,6 +24,10 @@ class Volume {
   ext2_filsys fs() const { return fs_; }
   bool read_only() const { return read_only_; }
   double timeout() const { return timeout_; }
+  // The kernel's writeback cache is on (op_init): the kernel owns a file's mtime and ctime
+  // while it has the file's pages, and sends them with SETATTR after the data.
+  bool writeback_cache() const { return writeback_cache_; }
+  void set_writeback_cache(bool on) { writeback_cache_ = on; }
 
   // The kernel's references: lookups (entries it was given, minus forgets) and open files. An
   // inode whose last link is removed stays allocated until both reach zero, as on a kernel
@@ -46,6 +51,16 @@ class Volume {
   // so that a crash is caught by the next e2fsck.
   errcode_t begin_writes();
 
+  // The end of the mount, once: frees the inodes unlinked while open, writes everything with
+  // the filesystem marked clean again, then calls FuseMountOptions::close_image (which
+  // releases the image; the filesystem handle is not used afterwards). Called on FUSE_DESTROY,
+  // which the kernel sends during umount for a fuseblk mount, or when the session ends.
+  // Returns 0, or 1 after printing what failed; later calls return the same.
+  int finish();
+  bool finished() const { return finished_; }
+  // Bytes libext2fs read and wrote through the io_manager (as of finish() once finished).
+  void io_bytes(uint64_t& read, uint64_t& written) const;
+
   // Drops the kernel's cached attributes of INO (after a change the kernel did not ask for).
   void set_session(fuse_session* se) { session_ = se; }
   void invalidate_attr(ext2_ino_t ino);
@@ -60,8 +75,14 @@ class Volume {
   fuse_session* session_ = nullptr;
   bool read_only_;
   double timeout_;
+  bool writeback_cache_ = false;
   bool dirty_ = false;
   bool writes_begun_ = false;
+  std::function<int()> close_image_;
+  bool finished_ = false;
+  int finish_status_ = 0;
+  bool image_closed_ = false;
+  uint64_t io_read_ = 0, io_written_ = 0;
   uint16_t saved_state_ = 0;
   std::unordered_map<ext2_ino_t, uint64_t> lookups_;
   std::unordered_map<ext2_ino_t, uint32_t> opens_;

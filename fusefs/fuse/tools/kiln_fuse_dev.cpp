@@ -53,11 +53,21 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "kiln-fuse-dev: %s: %s\n", image.c_str(), error_message(rc));
     return 1;
   }
+  // Closed inside the unmount (fuseblk) or once the session ends, as kiln-fs does.
+  opts.close_image = [&]() -> int {
+    if (errcode_t crc = ext2fs_close_free(&fs)) {
+      std::fprintf(stderr, "kiln-fuse-dev: closing %s: %s\n", image.c_str(), error_message(crc));
+      return 1;
+    }
+    return 0;
+  };
   int status = kiln::fs::fuse_mount(fs, opts);
-  rc = ext2fs_close_free(&fs);
-  if (rc) {
-    std::fprintf(stderr, "kiln-fuse-dev: closing %s: %s\n", image.c_str(), error_message(rc));
-    status = 1;
+  if (fs) {
+    rc = ext2fs_close_free(&fs);
+    if (rc) {
+      std::fprintf(stderr, "kiln-fuse-dev: closing %s: %s\n", image.c_str(), error_message(rc));
+      status = 1;
+    }
   }
   return status;
 }

@@ -4,6 +4,7 @@
 
 #include <ext2fs/ext2fs.h>
 
+#include <functional>
 #include <string>
 
 namespace kiln::fs {
@@ -23,6 +24,15 @@ struct FuseMountOptions {
   // descriptors, superblock) is written to the image, so that an unmount leaves little to do.
   // 0 disables the idle flush.
   int idle_flush_ms = 1000;
+  // As root: a `fuseblk` mount over a placeholder loop device (see "Unmount" below), so that
+  // `umount DIR` returns only once the image is written. Falls back to a plain `fuse` mount,
+  // with a warning, when no loop device can be had.
+  bool wait_at_unmount = true;
+  // Writes the image back and releases it (Filesystem::close for kiln-fs), once the mount is
+  // gone and the final flush of `fs` is done; `fs` must not be used afterwards. Returns 0, or
+  // non-zero after printing one line on stderr. Empty: the caller closes `fs` after
+  // fuse_mount() returns (and an unmount does not wait for that).
+  std::function<int()> close_image;
 };
 
 // Mounts `fs` on opts.mountpoint and serves it until the filesystem is unmounted
@@ -38,11 +48,14 @@ struct FuseMountOptions {
 // returns from this function. The io_manager behind `fs` must survive fork(): no threads started
 // before the call may be needed afterwards.
 //
-// Consistency: the kernel does not wait for a FUSE daemon when it unmounts, so the final flush
-// happens just after `umount` returns; whoever reuses the image must wait for this process to
-// exit (kiln-fs keeps the image locked until then). An unmount counts once the mount has left
-// this process's mount namespace, even if another namespace kept a copy of it (that copy then
-// stops working).
+// Unmount: the final flush and close_image run when the kernel sends FUSE_DESTROY (or, when it
+// does not, once the session ends). The kernel sends DESTROY, and waits for the answer, only
+// for a `fuseblk` mount: with wait_at_unmount, as root, `umount DIR` therefore returns with
+// the image written and released. A plain `fuse` mount (not root, or no loop device) is only
+// aborted by umount, so the write-back happens just after it returns; whoever reuses the
+// image must wait for this process to exit (kiln-fs keeps the image locked until then). An
+// unmount counts once the mount has left this process's mount namespace, even if another
+// namespace kept a copy of it (that copy then stops working).
 int fuse_mount(ext2_filsys fs, const FuseMountOptions& opts);
 
 }  // namespace kiln::fs
