@@ -1,7 +1,11 @@
 #include "kiln/common/cli.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <iostream>
 #include <sstream>
 
 namespace kiln::common::cli {
@@ -254,6 +258,28 @@ TEST(CliRunMain, VersionAndHelp) {
   EXPECT_EQ(out, "Usage: kiln-test [OPTIONS]\n");
   EXPECT_EQ(run(p, {"-h"}, never, &err, &out), 0);
   EXPECT_EQ(out, "Usage: kiln-test [OPTIONS]\n");
+}
+
+// `kiln-img info > /dev/full` must not succeed: what could not be written is an error.
+TEST(CliRunMain, FailedWriteToStdoutIsAnError) {
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    int full = ::open("/dev/full", O_WRONLY);
+    int null = ::open("/dev/null", O_WRONLY);
+    if (full < 0 || null < 0 || dup2(full, 1) < 0 || dup2(null, 2) < 0) _exit(99);
+    char name[] = "kiln-test";
+    char* argv[] = {name, nullptr};
+    int rc = run_main({"kiln-test", nullptr, 2, false, &exit_code}, 1, argv, [](auto&) {
+      std::cout << std::string(100000, 'x') << "\n";
+      return 0;
+    });
+    _exit(rc);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 1);
 }
 
 }  // namespace
