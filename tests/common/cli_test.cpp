@@ -192,6 +192,27 @@ TEST(CliCommands, TableLookupAndListing) {
   EXPECT_EQ(out.str(), "  net-create NAME [--shared]\n  apply\n");
 }
 
+TEST(CliCommands, InvocationWithGlobalOptionsOnBothSides) {
+  struct Ctx {};
+  CommandTable<Ctx> table = {{"net-create", "NAME", {{"--shared"}}, [](Ctx&) { return 0; }}};
+  const std::vector<Option> global = {{"-f|--format", kValue}, {"--help"}};
+  auto inv = parse_invocation({"-f", "json", "net-create", "x", "--shared", "--format=table"},
+                              global, {}, table, "kiln-x");
+  ASSERT_EQ(inv.command, &table[0]);
+  EXPECT_EQ(inv.args.get("--format"), "table");
+  EXPECT_TRUE(inv.args.flag("--shared"));
+  EXPECT_EQ(inv.args.positional(), std::vector<std::string>{"x"});
+  EXPECT_EQ(parse_invocation({"--help"}, global, {}, table, "kiln-x").command, nullptr);
+  EXPECT_EQ(parse_invocation({"help"}, global, {}, table, "kiln-x").command, nullptr);
+  EXPECT_EQ(usage_error([&] { parse_invocation({"frob"}, global, {}, table, "kiln-x"); }),
+            "unknown command 'frob' (see kiln-x help)");
+  // A command's options belong to it: --shared before the command is unknown.
+  EXPECT_EQ(usage_error([&] {
+              parse_invocation({"--shared", "net-create"}, global, {}, table, "kiln-x");
+            }),
+            "unknown option --shared");
+}
+
 // run_main: one line on stderr, the exit code by kind of error.
 int run(const Program& p, std::vector<std::string> argv,
         const std::function<int(const std::vector<std::string>&)>& body, std::string* err,

@@ -18,9 +18,8 @@ const std::vector<Option> kGlobalOptions = {{"--no-plumb"},
                                             {"--tenant-id", kValue},
                                             {"--os-tenant-name", kValue}};
 
-common::cli::Rules rules(bool global) {
+common::cli::Rules rules() {
   common::cli::Rules r;
-  r.stop_at_positional = global;  // the first positional is the command
   r.neutron = true;
   return r;
 }
@@ -54,19 +53,13 @@ int plumb(NetService& svc, Store& store, const Context& ctx) {
 }
 
 int run(const std::vector<std::string>& argv) {
-  Args args = common::cli::parse(argv, kGlobalOptions, rules(true));
-  const auto& rest = args.rest();
-  if (rest.empty() || rest[0] == "help") {
+  const CommandTable cmds = all_commands();
+  auto [cmd, args] = common::cli::parse_invocation(argv, kGlobalOptions, rules(), cmds, "kiln-net");
+  if (!cmd) {
     // `help` and `--help` print the usage and succeed; no command at all is a usage error.
     help(std::cout);
-    return !rest.empty() || args.flag("--help") ? 0 : 2;
+    return !args.rest().empty() || args.flag("--help") ? 0 : 2;
   }
-  const CommandTable cmds = all_commands();
-  const Command* cmd = common::cli::find_command(cmds, rest[0]);
-  if (!cmd) throw invalid("unknown command '" + rest[0] + "' (see kiln-net help)");
-  std::vector<Option> options = kGlobalOptions;
-  options.insert(options.end(), cmd->options.begin(), cmd->options.end());
-  args.merge(common::cli::parse({rest.begin() + 1, rest.end()}, options, rules(false)));
   if (args.flag("--help")) {
     std::cout << "Usage: kiln-net " << cmd->name << " " << cmd->usage << "\n";
     return 0;

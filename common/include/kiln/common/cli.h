@@ -145,6 +145,21 @@ const Command<Context>* find_command(const CommandTable<Context>& table, std::st
   return nullptr;
 }
 
+// A command line of the form [GLOBAL OPTIONS] COMMAND [OPTIONS] (kiln-net, kiln-spawn); the
+// global options may come after the command too. `command` is null when there is none or it is
+// `help`; an unknown one is a UsageError "unknown command 'x' (see PROG help)". `table` must
+// outlive the result.
+template <class Context>
+struct Invocation {
+  const Command<Context>* command = nullptr;
+  Args args;
+};
+
+template <class Context>
+Invocation<Context> parse_invocation(const std::vector<std::string>& argv,
+                                     const std::vector<Option>& global, Rules rules,
+                                     const CommandTable<Context>& table, const std::string& prog);
+
 // "  NAME USAGE" for each command, in the table's order (the help's command list; the bash
 // completion reads the subcommands from these two-space-indented lines).
 template <class Context>
@@ -188,6 +203,23 @@ void print_command_line(std::ostream& out, const std::string& name, const std::s
 template <class Context>
 void print_commands(std::ostream& out, const CommandTable<Context>& table) {
   for (const auto& c : table) print_command_line(out, c.name, c.usage);
+}
+
+template <class Context>
+Invocation<Context> parse_invocation(const std::vector<std::string>& argv,
+                                     const std::vector<Option>& global, Rules rules,
+                                     const CommandTable<Context>& table, const std::string& prog) {
+  rules.stop_at_positional = true;
+  Invocation<Context> out{nullptr, parse(argv, global, rules)};
+  const std::vector<std::string> rest = out.args.rest();
+  if (rest.empty() || rest[0] == "help") return out;
+  out.command = find_command(table, rest[0]);
+  if (!out.command) throw UsageError("unknown command '" + rest[0] + "' (see " + prog + " help)");
+  std::vector<Option> options = global;
+  options.insert(options.end(), out.command->options.begin(), out.command->options.end());
+  rules.stop_at_positional = false;
+  out.args.merge(parse({rest.begin() + 1, rest.end()}, options, rules));
+  return out;
 }
 
 }  // namespace kiln::common::cli
