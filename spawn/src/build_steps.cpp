@@ -28,8 +28,6 @@ namespace kiln::spawn {
 
 namespace fs = std::filesystem;
 
-bool injection_available() { return true; }
-
 namespace {
 
 // Creates a qcow2 overlay on `base` (explicit backing format) and grows it to `size`.

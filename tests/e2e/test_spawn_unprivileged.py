@@ -103,7 +103,6 @@ def test_guest_boots_reads_config_drive_and_gets_its_address(guest, sandbox, wor
         run(["debugfs", "-w", "-R", f"write {passwd} /etc/passwd", raw])
         root = str(tmp_path / "root.qcow2")
         run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, root])
-        inject = "File injection (--inject): available" in w.spawn("help").stdout
         img = json.loads(w.spawn("image-create", "guest", root, "--format", "json").stdout)
 
         key = tmp_path / "e2e.pub"
@@ -127,7 +126,7 @@ def test_guest_boots_reads_config_drive_and_gets_its_address(guest, sandbox, wor
             "--net", "demo-net", "--key-file", key, "--user-data", ud,
             "--file", f"/etc/kiln-injected={inj}", "--kernel", g["vmlinuz"],
             "--initrd", g["initrd.img"], "--cmdline", cmdline, "--format", "json",
-            *(["--inject"] if inject else [])).stdout)
+            "--inject").stdout)
         boot_s = time.monotonic() - t0
         assert inst["status"] == "active", inst
         print(f"boot -> running: {boot_s:.2f} s")
@@ -182,13 +181,10 @@ def test_guest_boots_reads_config_drive_and_gets_its_address(guest, sandbox, wor
         assert nd["links"][0]["ethernet_mac_address"] == inst["mac_address"]
         assert nd["networks"][0]["ip_address"] == inst["ip_address"]
         assert "injected through the config drive" in log
-        if inject:
-            # Written into the guest's root file system before boot, read by the guest.
-            assert "disk hostname: e2e-vm" in log, log
-            assert "disk file: injected through the config drive" in log, log
-            assert f"disk key: {key.read_text().strip()}" in log, log
-        else:
-            print("kiln-spawn built without kiln_fs: injection not checked")
+        # Written into the guest's root file system before boot, read by the guest.
+        assert "disk hostname: e2e-vm" in log, log
+        assert "disk file: injected through the config drive" in log, log
+        assert f"disk key: {key.read_text().strip()}" in log, log
         assert f"KILN-TEST: dhcp ip={inst['ip_address']} mask=255.255.255.0 " \
                f"router=192.168.0.1" in log, log
         assert "KILN-TEST: ping 192.168.0.1 ok" in log

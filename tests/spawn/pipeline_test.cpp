@@ -393,16 +393,6 @@ TEST_F(Pipeline, BadInputChangesNothing) {
   r.files = {{"relative/path", dir_ / "img.qcow2"}};
   EXPECT_THROW(c.boot(r), Error);
   r = request("x");
-  r.inject = true;
-  if (!injection_available()) {
-    try {
-      c.boot(r);
-      FAIL();
-    } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find("not available in this build"), std::string::npos);
-    }
-  }
-  r = request("x");
   r.flavor = "nope";
   EXPECT_THROW(c.boot(r), Error);
   ::setenv(kFailAtEnv, "no-such-step", 1);

@@ -51,9 +51,7 @@ void help(std::ostream& out) {
          "                  [--format table|json] COMMAND ...\n"
          "       kiln-spawn --version\n\nCommands:\n";
   common::cli::print_commands(out, all_commands());
-  out << "\nFile injection (--inject): "
-      << (injection_available() ? "available" : "not available in this build") << "\n";
-  out << "Test hook: " << kFailAtEnv << "=STEP makes boot fail at STEP (";
+  out << "\nTest hook: " << kFailAtEnv << "=STEP makes boot fail at STEP (";
   for (size_t i = 0; i < build_steps().size(); ++i) out << (i ? ", " : "") << build_steps()[i];
   out << "); " << kPauseAtEnv << "=STEP stops it there until killed.\n";
 }

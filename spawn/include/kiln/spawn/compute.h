@@ -62,9 +62,6 @@ inline constexpr const char* kPauseAtEnv = "KILN_SPAWN_PAUSE_AT";
 // SIGTERM).
 void interrupt_boot();
 
-// Whether this build can inject files into the guest's file system (needs kiln_fs).
-bool injection_available();
-
 class Compute {
  public:
   Compute(Store& store, net::Store& net_store, ComputeOptions options);
