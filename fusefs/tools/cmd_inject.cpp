@@ -14,7 +14,7 @@
 #include "kiln/common/fd.h"
 #include "kiln/fs/inject.h"
 
-namespace kiln::fs::tool {
+namespace kiln::fs::cli {
 namespace {
 
 constexpr uint64_t kMaxHostFile = 1ull << 30;
@@ -144,4 +144,4 @@ int cmd_inject(const Args& args) {
   return 0;
 }
 
-}  // namespace kiln::fs::tool
+}  // namespace kiln::fs::cli

@@ -9,7 +9,7 @@
 #include "kiln/fs/partition.h"
 #include "kiln/fs/source.h"
 
-namespace kiln::fs::tool {
+namespace kiln::fs::cli {
 namespace {
 
 struct Row {
@@ -93,4 +93,4 @@ int cmd_list(const Args& args) {
   return 0;
 }
 
-}  // namespace kiln::fs::tool
+}  // namespace kiln::fs::cli

@@ -12,7 +12,7 @@
 #include "guest.h"
 #include "kiln/fs/filesystem.h"
 
-namespace kiln::fs::tool {
+namespace kiln::fs::cli {
 namespace {
 
 struct LookArgs {
@@ -185,4 +185,4 @@ int cmd_stat(const Args& args) {
   return 0;
 }
 
-}  // namespace kiln::fs::tool
+}  // namespace kiln::fs::cli

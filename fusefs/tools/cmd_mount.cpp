@@ -7,7 +7,7 @@
 #include "kiln/fs/filesystem.h"
 #include "kiln/fs/fuse.h"
 
-namespace kiln::fs::tool {
+namespace kiln::fs::cli {
 
 int cmd_mount(const Args& args) {
   OpenOptions open;
@@ -46,4 +46,4 @@ int cmd_mount(const Args& args) {
   return rc == 0 ? 0 : 1;
 }
 
-}  // namespace kiln::fs::tool
+}  // namespace kiln::fs::cli

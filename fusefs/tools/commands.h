@@ -7,7 +7,7 @@
 
 #include "kiln/common/cli.h"
 
-namespace kiln::fs::tool {
+namespace kiln::fs::cli {
 
 using common::cli::Args;
 using common::cli::kFlag;
@@ -29,4 +29,4 @@ inline const Option kFormatOption{"--format", kValue};
 // --partition N: 1 to 8192.
 int parse_partition(const std::string& text);
 
-}  // namespace kiln::fs::tool
+}  // namespace kiln::fs::cli

@@ -6,7 +6,7 @@
 #include "commands.h"
 #include "kiln/fs/filesystem.h"
 
-namespace kiln::fs::tool {
+namespace kiln::fs::cli {
 namespace {
 
 constexpr const char* kUsage =
@@ -85,10 +85,10 @@ int parse_partition(const std::string& text) {
   return static_cast<int>(common::cli::parse_number(text, "partition number", 1, 8192));
 }
 
-}  // namespace kiln::fs::tool
+}  // namespace kiln::fs::cli
 
 int main(int argc, char** argv) {
   using namespace kiln::common::cli;
-  return run_main({"kiln-fs", kiln::fs::tool::help, 2, true, &exit_one}, argc, argv,
-                  kiln::fs::tool::run);
+  return run_main({"kiln-fs", kiln::fs::cli::help, 2, true, &exit_one}, argc, argv,
+                  kiln::fs::cli::run);
 }

@@ -79,7 +79,7 @@ void detach(int ready) {
   close(devnull);
 }
 
-int serve(nbd_daemon::Config& cfg) {
+int serve(nbd::cli::Config& cfg) {
   std::shared_ptr<const nbd::TlsCredentials> tls_creds;
   if (cfg.tls.mode != nbd::TlsMode::kOff) tls_creds = nbd::TlsCredentials::load(cfg.tls);
   if (cfg.verbose) nbd::set_log_level(nbd::LogLevel::kDebug);
@@ -141,9 +141,9 @@ int serve(nbd_daemon::Config& cfg) {
 }
 
 int run(const std::vector<std::string>& argv) {
-  nbd_daemon::Config cfg = nbd_daemon::parse_command_line(argv);
+  nbd::cli::Config cfg = nbd::cli::parse_command_line(argv);
   if (cfg.help) {
-    nbd_daemon::help(std::cout);
+    nbd::cli::help(std::cout);
     return 0;
   }
   if (cfg.version) {
@@ -157,5 +157,5 @@ int run(const std::vector<std::string>& argv) {
 
 int main(int argc, char** argv) {
   using namespace kiln::common::cli;
-  return run_main({"kiln-nbd", nbd_daemon::help, 1, false, &exit_one}, argc, argv, run);
+  return run_main({"kiln-nbd", nbd::cli::help, 1, false, &exit_one}, argc, argv, run);
 }

@@ -12,7 +12,7 @@
 #include "kiln/block/device.h"
 #include "kiln/nbd/access.h"
 
-namespace kiln::nbd_daemon {
+namespace kiln::nbd::cli {
 
 namespace {
 
@@ -272,4 +272,4 @@ Config parse_command_line(const std::vector<std::string>& argv) {
   return c;
 }
 
-}  // namespace kiln::nbd_daemon
+}  // namespace kiln::nbd::cli

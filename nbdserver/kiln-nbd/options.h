@@ -11,7 +11,7 @@
 #include "kiln/nbd/server.h"
 #include "kiln/nbd/tls.h"
 
-namespace kiln::nbd_daemon {
+namespace kiln::nbd::cli {
 
 struct Config {
   nbd::ServerOptions server;  // limits, access, TLS and threads (shared and persistent: main)
@@ -33,4 +33,4 @@ void help(std::ostream& out);
 // (an unknown group, a directory that is not one, a TLS mode without credentials).
 Config parse_command_line(const std::vector<std::string>& argv);
 
-}  // namespace kiln::nbd_daemon
+}  // namespace kiln::nbd::cli

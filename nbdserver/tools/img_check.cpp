@@ -11,7 +11,7 @@
 #include "kiln/block/qcow2.h"
 #include "tool_util.h"
 
-namespace kiln::tools {
+namespace kiln::block::cli {
 namespace {
 
 using kiln::block::qcow2::CheckResult;
@@ -134,4 +134,4 @@ int img_check(const Args& args) {
   return 0;
 }
 
-}  // namespace kiln::tools
+}  // namespace kiln::block::cli

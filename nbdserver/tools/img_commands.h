@@ -8,7 +8,7 @@
 #include "kiln/block/reactor.h"
 #include "kiln/common/cli.h"
 
-namespace kiln::tools {
+namespace kiln::block::cli {
 
 using common::cli::Args;
 
@@ -30,4 +30,4 @@ std::string resolve_format(const std::string& requested, const std::string& path
 // `requested` if it is empty (probe) or a known format; throws otherwise.
 std::string valid_format(const std::string& requested);
 
-}  // namespace kiln::tools
+}  // namespace kiln::block::cli

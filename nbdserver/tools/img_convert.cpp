@@ -14,7 +14,7 @@
 #include "kiln/block/device.h"
 #include "tool_util.h"
 
-namespace kiln::tools {
+namespace kiln::block::cli {
 namespace {
 
 using kiln::block::BlockDevice;
@@ -126,4 +126,4 @@ int img_convert(const Args& args) {
   return 0;
 }
 
-}  // namespace kiln::tools
+}  // namespace kiln::block::cli

@@ -14,7 +14,7 @@
 #include "kiln/block/qcow2.h"
 #include "tool_util.h"
 
-namespace kiln::tools {
+namespace kiln::block::cli {
 namespace {
 
 struct CreateArgs {
@@ -249,4 +249,4 @@ int img_create(const Args& args) {
   return 0;
 }
 
-}  // namespace kiln::tools
+}  // namespace kiln::block::cli

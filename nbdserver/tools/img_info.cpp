@@ -14,7 +14,7 @@
 #include "kiln/block/qcow2.h"
 #include "tool_util.h"
 
-namespace kiln::tools {
+namespace kiln::block::cli {
 namespace {
 
 constexpr int kMaxChain = 64;
@@ -218,4 +218,4 @@ int img_info(const Args& args) {
   return 0;
 }
 
-}  // namespace kiln::tools
+}  // namespace kiln::block::cli

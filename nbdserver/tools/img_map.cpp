@@ -13,7 +13,7 @@
 #include "kiln/block/qcow2.h"
 #include "tool_util.h"
 
-namespace kiln::tools {
+namespace kiln::block::cli {
 namespace {
 
 using kiln::block::Extent;
@@ -141,4 +141,4 @@ int img_map(const Args& args) {
   return 0;
 }
 
-}  // namespace kiln::tools
+}  // namespace kiln::block::cli

@@ -10,7 +10,7 @@
 #include "kiln/block/device.h"
 #include "tool_util.h"
 
-namespace kiln::tools {
+namespace kiln::block::cli {
 
 int img_resize(const Args& args) {
   const std::string format = args.get_or("-f", "");
@@ -62,4 +62,4 @@ int img_resize(const Args& args) {
   return 0;
 }
 
-}  // namespace kiln::tools
+}  // namespace kiln::block::cli

@@ -5,7 +5,7 @@
 
 #include "tool_util.h"
 
-namespace kiln::tools {
+namespace kiln::block::cli {
 namespace {
 
 std::vector<std::string> split_words(const std::string& text) {
@@ -111,4 +111,4 @@ bool parse_io_command(const std::string& text, int line, IoCommand* out) {
   return true;
 }
 
-}  // namespace kiln::tools
+}  // namespace kiln::block::cli

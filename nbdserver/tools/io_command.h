@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-namespace kiln::tools {
+namespace kiln::block::cli {
 
 enum class IoOp { kRead, kWrite, kWritef, kZero, kDiscard, kFlush, kDump, kSize };
 
@@ -34,4 +34,4 @@ inline bool is_barrier(IoOp op) {
   return op == IoOp::kFlush || op == IoOp::kDump || op == IoOp::kSize;
 }
 
-}  // namespace kiln::tools
+}  // namespace kiln::block::cli

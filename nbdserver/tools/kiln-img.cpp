@@ -7,7 +7,7 @@
 #include "kiln/block/device.h"
 #include "tool_util.h"
 
-namespace kiln::tools {
+namespace kiln::block::cli {
 
 OutputFormat parse_output_format(const std::string& value) {
   if (value == "human") return OutputFormat::kHuman;
@@ -26,7 +26,7 @@ std::string resolve_format(const std::string& requested, const std::string& path
   return valid_format(requested);
 }
 
-}  // namespace kiln::tools
+}  // namespace kiln::block::cli
 
 namespace {
 
@@ -43,27 +43,27 @@ const kiln::common::cli::CommandTable<const kiln::common::cli::Args> kCommands =
     {"create",
      "[-q] [-f FMT] [-b BACKING -F BACKING_FMT] [-u] [-o OPTIONS] FILE [SIZE]",
      {kHelp, kFormat, {"-b", kValue}, {"-F", kValue}, {"-o", kValue}, {"-q"}, {"-u"}},
-     kiln::tools::img_create},
+     kiln::block::cli::img_create},
     {"info",
      "[-f FMT] [--output=human|json] [--backing-chain] FILE",
      {kHelp, kFormat, kOutput, {"--backing-chain"}, {"-U"}},
-     kiln::tools::img_info},
+     kiln::block::cli::img_info},
     {"check",
      "[-q] [-f FMT] [-r leaks|all] [--output=human|json] FILE",
      {kHelp, kFormat, kOutput, {"-r|--repair", kValue}, {"-q"}, {"-U"}},
-     kiln::tools::img_check},
+     kiln::block::cli::img_check},
     {"map",
      "[-f FMT] [--output=human|json] FILE",
      {kHelp, kFormat, kOutput, {"-U"}},
-     kiln::tools::img_map},
+     kiln::block::cli::img_map},
     {"resize",
      "[-q] [-f FMT] FILE [+]SIZE",
      {kHelp, kFormat, {"-q"}, {"--shrink"}},
-     kiln::tools::img_resize},
+     kiln::block::cli::img_resize},
     {"convert",
      "[-q] [-f FMT] -O raw SOURCE DEST",
      {kHelp, kFormat, {"-O", kValue}, {"-q"}, {"-p"}, {"-U"}},
-     kiln::tools::img_convert},
+     kiln::block::cli::img_convert},
 };
 
 void help(std::ostream& out) {
@@ -79,7 +79,8 @@ void help(std::ostream& out) {
 }
 
 int run(const std::vector<std::string>& argv) {
-  if (argv.empty()) throw kiln::tools::ToolError("Not enough arguments (try 'kiln-img --help')");
+  if (argv.empty())
+    throw kiln::block::cli::ToolError("Not enough arguments (try 'kiln-img --help')");
   const std::string& name = argv[0];
   if (name == "help") {
     help(std::cout);
@@ -90,7 +91,8 @@ int run(const std::vector<std::string>& argv) {
     return 0;
   }
   const Command* cmd = kiln::common::cli::find_command(kCommands, name);
-  if (!cmd) throw kiln::tools::ToolError("Command not found: " + name + " (try 'kiln-img --help')");
+  if (!cmd)
+    throw kiln::block::cli::ToolError("Command not found: " + name + " (try 'kiln-img --help')");
   auto args = kiln::common::cli::parse({argv.begin() + 1, argv.end()}, cmd->options);
   if (args.flag("--help")) {
     std::cout << "Usage: kiln-img " << cmd->name << " " << cmd->usage << "\n";

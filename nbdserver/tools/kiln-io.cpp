@@ -22,7 +22,7 @@
 #include "kiln/block/device.h"
 #include "tool_util.h"
 
-namespace kiln::tools {
+namespace kiln::block::cli {
 namespace {
 
 using kiln::block::BlockDevice;
@@ -364,10 +364,10 @@ int run(const std::vector<std::string>& argv) {
 }
 
 }  // namespace
-}  // namespace kiln::tools
+}  // namespace kiln::block::cli
 
 int main(int argc, char** argv) {
   using namespace kiln::common::cli;
-  return run_main({"kiln-io", kiln::tools::help, 1, false, &exit_one}, argc, argv,
-                  kiln::tools::run);
+  return run_main({"kiln-io", kiln::block::cli::help, 1, false, &exit_one}, argc, argv,
+                  kiln::block::cli::run);
 }

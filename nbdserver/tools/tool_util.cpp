@@ -10,7 +10,7 @@
 
 #include "kiln/block/device.h"
 
-namespace kiln::tools {
+namespace kiln::block::cli {
 
 std::string human_size(uint64_t bytes) {
   static const char* const kUnits[] = {"", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"};
@@ -66,4 +66,4 @@ uint64_t file_length(const std::string& path) {
   return static_cast<uint64_t>(st.st_size);
 }
 
-}  // namespace kiln::tools
+}  // namespace kiln::block::cli

@@ -13,7 +13,7 @@
 #include "kiln/common/fd.h"
 #include "kiln/common/json.h"
 
-namespace kiln::tools {
+namespace kiln::block::cli {
 
 // Thrown to end a tool with one line on stderr and the given exit code (common::cli::run_main
 // prints it).
@@ -36,4 +36,4 @@ int64_t allocated_bytes(const std::string& path);
 // The length of the file, or throws ToolError.
 uint64_t file_length(const std::string& path);
 
-}  // namespace kiln::tools
+}  // namespace kiln::block::cli

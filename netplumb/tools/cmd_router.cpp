@@ -1,7 +1,7 @@
 // kiln-net router-*: routers, their interfaces and gateways.
 #include <iostream>
 
-#include "cli/context.h"
+#include "context.h"
 
 namespace kiln::net::cli {
 

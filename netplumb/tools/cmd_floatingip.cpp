@@ -1,7 +1,7 @@
 // kiln-net floatingip-*: floating IPs.
 #include <iostream>
 
-#include "cli/context.h"
+#include "context.h"
 
 namespace kiln::net::cli {
 

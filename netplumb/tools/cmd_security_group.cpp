@@ -1,5 +1,5 @@
 // kiln-net security-group-* and security-group-rule-*: security groups and their rules.
-#include "cli/context.h"
+#include "context.h"
 
 namespace kiln::net::cli {
 

@@ -6,11 +6,11 @@
 #include <string>
 #include <vector>
 
-#include "cli/to_json.h"
 #include "kiln/common/cli.h"
 #include "kiln/common/cli_output.h"
 #include "kiln/net/error.h"
 #include "kiln/net/service.h"
+#include "to_json.h"
 
 namespace kiln::net::cli {
 

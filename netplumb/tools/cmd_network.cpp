@@ -1,5 +1,5 @@
 // kiln-net net-*: networks.
-#include "cli/context.h"
+#include "context.h"
 
 namespace kiln::net::cli {
 

@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <iostream>
 
-#include "cli/context.h"
+#include "context.h"
 #include "kiln/net/plumber.h"
 
 namespace kiln::net::cli {

@@ -1,5 +1,5 @@
 // kiln-net port-*: ports. They plumb only the ports they touch, not the whole model.
-#include "cli/context.h"
+#include "context.h"
 #include "kiln/common/text.h"
 
 namespace kiln::net::cli {

@@ -1,5 +1,5 @@
 // The helpers of context.h.
-#include "cli/context.h"
+#include "context.h"
 
 #include <iostream>
 

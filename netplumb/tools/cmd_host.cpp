@@ -1,7 +1,7 @@
 // kiln-net's host commands: settings, apply (plumb the whole model) and teardown.
 #include <iostream>
 
-#include "cli/context.h"
+#include "context.h"
 #include "kiln/net/plumber.h"
 
 namespace kiln::net::cli {

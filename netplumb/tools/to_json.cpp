@@ -1,5 +1,5 @@
 // The model's objects as kiln-net prints them.
-#include "cli/to_json.h"
+#include "to_json.h"
 
 namespace kiln::net::cli {
 
