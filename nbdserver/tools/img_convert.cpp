@@ -93,8 +93,8 @@ Task<void> copy(kiln::block::Reactor& reactor, BlockDevice& dev, int fd, const s
 int img_convert(const Args& args) {
   const std::string format = args.get_or("-f", "");
   const std::string out_format = args.get_or("-O", "raw");
-  // (-q and -p have always meant -U here: convert reads the source without its lock.)
-  const bool force_share = args.flag("-q") || args.flag("-p") || args.flag("-U");
+  // Only -U reads a source that someone else may be writing; -q and -p are about output.
+  const bool force_share = args.flag("-U");
   if (args.positional().size() != 2)
     throw ToolError("Expecting a source and a destination file name");
   if (out_format != "raw")

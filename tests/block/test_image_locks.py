@@ -23,12 +23,20 @@ def test_kiln_nbd_locks_what_it_serves(workdir, servers):
     assert p.returncode != 0 and 'Failed to get "write" lock' in p.stderr, p.stderr
 
     for args in (["info", ov], ["check", ov], ["map", ov], ["resize", ov, "+1M"],
-                 ["create", "-f", "qcow2", ov, "1M"], ["check", "-r", "leaks", "-U", ov]):
+                 ["create", "-f", "qcow2", ov, "1M"], ["check", "-r", "leaks", "-U", ov],
+                 ["convert", "-f", "qcow2", "-O", "raw", ov, os.path.join(workdir, "c.raw")],
+                 # -q and -p change what is printed, not what is locked (as in qemu-img).
+                 ["convert", "-f", "qcow2", "-q", "-O", "raw", ov, os.path.join(workdir, "cq.raw")],
+                 ["convert", "-f", "qcow2", "-p", "-O", "raw", ov, os.path.join(workdir, "cp.raw")]):
         p = kiln_img(*args, check=False)
         assert_one_line_error(p, "kiln-img")
         assert "lock" in p.stderr or "-U" in p.stderr, (args, p.stderr)
     assert kiln_img("info", "-U", ov).returncode == 0
     assert kiln_img("check", "-U", ov).returncode == 0
+    p = qemu_img("convert", "-q", "-O", "raw", ov, os.path.join(workdir, "q.raw"), check=False)
+    assert p.returncode != 0 and "lock" in p.stderr, p.stderr
+    assert kiln_img("convert", "-U", "-q", "-f", "qcow2", "-O", "raw", ov,
+                    os.path.join(workdir, "cu.raw")).returncode == 0
     # Nothing above changed a byte: the refused create did not truncate the image.
     assert sha256(base) == base_sum
     assert len(read_file(ov)) == len(before)
