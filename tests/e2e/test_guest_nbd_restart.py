@@ -7,8 +7,6 @@ import os
 import re
 import time
 
-import pytest
-
 from kilntest.guest import (KILN_IMG, KilnNbd, Qemu, debugfs_cat, debugfs_rdump, fsck_clean,
                             image_to_raw, make_base_and_overlay, qemu_img_check, run, sha256_file)
 

@@ -8,7 +8,6 @@ kiln-nbd socket (KILN_E2E_NBD_SHARED_SOCKET=1: through kiln-nbd's one shared soc
 kiln-nbd without per-export sockets)."""
 
 import concurrent.futures
-import hashlib
 import json
 import os
 import re

@@ -8,7 +8,6 @@ import random
 import signal
 import stat
 import subprocess
-import time
 
 import pytest
 

@@ -6,8 +6,6 @@ import json
 import os
 import socket
 
-import pytest
-
 from kilntest.images import QEMU_IO, MiB, assert_qemu_clean, qemu_img, read_file
 from kilntest.nbd import (NBDINFO, Control, RawClient, build_overlay, build_raw, control, run,
                           servers, sha256, unix_uri)  # noqa: F401  (fixture)

@@ -10,7 +10,7 @@ import signal
 
 import pytest
 
-from kilntest.images import MiB, assert_qemu_clean, create_qcow2, qemu_check, qemu_img, read_file
+from kilntest.images import assert_qemu_clean, create_qcow2, qemu_check, qemu_img, read_file
 from kilntest.nbd import RawClient, build_overlay, servers, sha256  # noqa: F401  (fixture)
 
 

@@ -13,9 +13,9 @@ import threading
 
 import pytest
 
-from kilntest.images import MiB, qemu_img, qemu_io, read_file, scaled
+from kilntest.images import MiB, read_file, scaled
 from kilntest.nbd import (CMD_BLOCK_STATUS, CMD_CACHE, CMD_FLAG_DF, CMD_FLAG_FUA, CMD_FLAG_NO_HOLE,
-                          CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE, CMD_WRITE_ZEROES, EINVAL,
+                          CMD_READ, CMD_TRIM, CMD_WRITE, CMD_WRITE_ZEROES, EINVAL,
                           ENOSPC, EOVERFLOW, EPERM, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT,
                           INFO_BLOCK_SIZE, INFO_DESCRIPTION, INFO_EXPORT, INFO_NAME, OPT_ABORT,
                           OPT_EXPORT_NAME, OPT_GO, OPT_INFO, OPT_LIST, OPT_LIST_META_CONTEXT,
@@ -23,8 +23,8 @@ from kilntest.nbd import (CMD_BLOCK_STATUS, CMD_CACHE, CMD_FLAG_DF, CMD_FLAG_FUA
                           REP_ERR_POLICY, REP_ERR_UNSUP, REP_INFO, REP_META_CONTEXT, REP_SERVER,
                           REQUEST_MAGIC, REPLY_BLOCK_STATUS, REPLY_OFFSET_HOLE, TF_CACHE,
                           TF_FAST_ZERO, TF_FLUSH, TF_FUA, TF_HAS_FLAGS, TF_MULTI_CONN, TF_READ_ONLY,
-                          TF_ROTATIONAL, TF_TRIM, TF_WRITE_ZEROES, Closed, RawClient,
-                          connect_retrying, control, errno_name, servers)  # noqa: F401  (fixture)
+                          TF_ROTATIONAL, TF_TRIM, TF_WRITE_ZEROES, RawClient,
+                          connect_retrying, control, servers)  # noqa: F401  (fixture)
 
 SIZE = 8 * MiB
 MAX_BLOCK = 32 * MiB
