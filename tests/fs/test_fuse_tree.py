@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from kilntest.fuse import (FS_VARIANTS, KILN_FS, KILN_FUSE_DEV, MOUNT_TYPES, MiB, Image,
+from kilntest.fuse import (FS_VARIANTS, KILN_FS, MOUNT_TYPES, MiB, Image,
                            assert_same_tree, check_exit, daemon_pids, e2fsck_clean, expect_errno,
                            fuse_mount, generate_tree, is_mounted, kernel_mount_ro, make_fs,
                            mount_type, private_mount_namespace, run, scaled, sha256, stop_pid,
@@ -169,7 +169,7 @@ class SameImage:
         return self.mount + [mountpoint, *opts]
 
 
-@pytest.mark.parametrize("fmt", ["raw", "qcow2"] if KILN_FS else ["raw"])
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
 def test_image_is_complete_when_umount_returns(workdir, fmt):
     """The default (background) mount, a write-heavy round, a plain `umount DIR` and, at once,
     without waiting for anything: e2fsck -fn of the image must be clean (the qcow2 overlay is
@@ -181,10 +181,7 @@ def test_image_is_complete_when_umount_returns(workdir, fmt):
     if fmt == "qcow2":
         target = os.path.join(workdir, "fs.qcow2")
         run(["qemu-img", "convert", "-O", "qcow2", raw, target])
-    if KILN_FS:
-        mount = [KILN_FS, "mount", "--format", fmt, target]
-    else:
-        mount = [KILN_FUSE_DEV, target]
+    mount = [KILN_FS, "mount", "--format", fmt, target]
     image = SameImage(mount)
     mnt = os.path.join(workdir, "mnt")
     check_mnt = os.path.join(workdir, "check")
@@ -235,7 +232,7 @@ def test_sync_writes_the_image_while_mounted(workdir):
     of the raw image clean, and every file's bytes read by debugfs from the image."""
     raw = os.path.join(workdir, "fs.raw")
     make_fs(raw, "ext4", size=256 * MiB)
-    mount = [KILN_FS, "mount", "--format", "raw", raw] if KILN_FS else [KILN_FUSE_DEV, raw]
+    mount = [KILN_FS, "mount", "--format", "raw", raw]
     mnt = os.path.join(workdir, "mnt")
     rng = random.Random(3)
     model = {}

@@ -16,7 +16,7 @@ import time
 from kilntest import SANITIZED, SCALE, KiB, MiB, scaled, sha256  # noqa: F401  (re-exported)
 from kilntest import run as _run
 
-KILN_FS = os.environ.get("KILN_FS") or ""  # `kiln-fs mount` on qcow2 overlays when built
+KILN_FS = os.environ.get("KILN_FS") or shutil.which("kiln-fs") or "kiln-fs"
 KILN_FUSE_DEV = os.environ.get("KILN_FUSE_DEV") or shutil.which("kiln-fuse-dev") or ""
 
 # name -> mkfs command (the image path is appended).
@@ -44,7 +44,7 @@ REQUIRED_TOOLS = ["mkfs.ext4", "e2fsck", "fusermount3", "setfattr", "getfattr", 
 def require_tools():
     missing = [t for t in REQUIRED_TOOLS if not shutil.which(t)]
     assert not missing, f"missing tools (see fusefs/packages.txt): {missing}"
-    assert KILN_FS or KILN_FUSE_DEV, "set KILN_FS or KILN_FUSE_DEV (run through ctest)"
+    assert os.path.exists(KILN_FS) or shutil.which(KILN_FS), f"{KILN_FS} not found (run through ctest)"
 
 
 def run(args, check=True, input=None, timeout=600, cwd=None):
@@ -141,39 +141,30 @@ def unmount_fuse(mountpoint, tries=300):
 
 
 class Image:
-    """The filesystem image a test mounts. With kiln-fs: a qcow2 base converted from the raw
-    image and an overlay on it (writes land in the overlay; the base must not change); with
-    the development driver: the raw image itself."""
+    """The filesystem image a test mounts with kiln-fs: a qcow2 base converted from the raw
+    image and an overlay on it (writes land in the overlay; the base must not change)."""
 
     def __init__(self, workdir, raw):
         self.workdir = workdir
         self.raw = raw
-        self.qcow2 = KILN_FS != ""
-        if self.qcow2:
-            self.base = os.path.join(workdir, "base.qcow2")
-            self.overlay = os.path.join(workdir, "overlay.qcow2")
-            run(["qemu-img", "convert", "-O", "qcow2", raw, self.base])
-            run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", self.base, "-F", "qcow2",
-                 self.overlay])
-            self.base_digest = sha256(self.base)
-            self.target = self.overlay
-        else:
-            self.target = raw
+        self.base = os.path.join(workdir, "base.qcow2")
+        self.overlay = os.path.join(workdir, "overlay.qcow2")
+        run(["qemu-img", "convert", "-O", "qcow2", raw, self.base])
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", self.base, "-F", "qcow2",
+             self.overlay])
+        self.base_digest = sha256(self.base)
+        self.target = self.overlay
 
     def result_raw(self):
         """The filesystem as raw bytes, for e2fsck and the kernel."""
-        if not self.qcow2:
-            return self.raw
         out = os.path.join(self.workdir, "result.raw")
         run(["qemu-img", "convert", "-O", "raw", self.overlay, out])
         assert sha256(self.base) == self.base_digest, "the qcow2 base changed"
         return out
 
     def mount_command(self, mountpoint, *opts):
-        if self.qcow2:
-            # The overlay's format is given: a probed image that names a backing file is refused.
-            return [KILN_FS, "mount", "--format", "qcow2", self.target, mountpoint, *opts]
-        return [KILN_FUSE_DEV, self.target, mountpoint, *opts]
+        # The overlay's format is given: a probed image that names a backing file is refused.
+        return [KILN_FS, "mount", "--format", "qcow2", self.target, mountpoint, *opts]
 
 
 def wait_for(predicate, timeout, what):
