@@ -52,9 +52,23 @@ std::string domain_xml(const DomainSpec& d) {
     << "  </metadata>\n"
     << "  <memory unit='MiB'>" << d.memory_mb << "</memory>\n"
     << "  <currentMemory unit='MiB'>" << d.memory_mb << "</currentMemory>\n"
-    << "  <vcpu placement='static'>" << d.vcpus << "</vcpu>\n"
+    << "  <vcpu placement='static'>" << d.vcpus << "</vcpu>\n";
+  // The guest's SMBIOS system table, as Nova writes it: cloud-init's ds-identify finds the
+  // OpenStack metadata service only on a machine whose product name says "OpenStack Nova"
+  // (without a config drive, nothing else tells it where it runs). The serial and uuid are
+  // the instance's.
+  x << "  <sysinfo type='smbios'>\n"
+    << "    <system>\n"
+    << "      <entry name='manufacturer'>Kiln</entry>\n"
+    << "      <entry name='product'>OpenStack Nova</entry>\n"
+    << "      <entry name='serial'>" << e(d.uuid) << "</entry>\n"
+    << "      <entry name='uuid'>" << e(d.uuid) << "</entry>\n"
+    << "      <entry name='family'>Virtual Machine</entry>\n"
+    << "    </system>\n"
+    << "  </sysinfo>\n"
     << "  <os>\n"
-    << "    <type arch='x86_64' machine='pc'>hvm</type>\n";
+    << "    <type arch='x86_64' machine='pc'>hvm</type>\n"
+    << "    <smbios mode='sysinfo'/>\n";
   if (!d.kernel.empty()) {
     x << "    <kernel>" << e(d.kernel) << "</kernel>\n";
     if (!d.initrd.empty()) x << "    <initrd>" << e(d.initrd) << "</initrd>\n";

@@ -60,6 +60,10 @@ void check_domain(Xml& x, const DomainSpec& d) {
   EXPECT_EQ(x.str("/domain/name"), d.name);
   EXPECT_EQ(x.str("/domain/uuid"), d.uuid);
   EXPECT_EQ(x.str("/domain/vcpu"), std::to_string(d.vcpus));
+  // cloud-init's OpenStack datasource looks for Nova's SMBIOS product name.
+  EXPECT_EQ(x.str("/domain/os/smbios/@mode"), "sysinfo");
+  EXPECT_EQ(x.str("/domain/sysinfo/system/entry[@name='product']"), "OpenStack Nova");
+  EXPECT_EQ(x.str("/domain/sysinfo/system/entry[@name='uuid']"), d.uuid);
   // libvirt normalises memory to KiB.
   std::string unit = x.str("/domain/memory/@unit");
   long long mem = std::stoll(x.str("/domain/memory"));
