@@ -14,6 +14,7 @@
 #include <random>
 #include <vector>
 
+#include "kiln/block/aligned.h"
 #include "kiln/common/temp.h"
 
 namespace kiln::block {
@@ -161,6 +162,19 @@ TEST(HostFile, EndOfFileInsideABlock) {
   model.resize(5200);
   std::copy(b.begin(), b.end(), model.begin() + 4900);
   EXPECT_EQ(file_bytes(d / "f"), model);
+}
+
+TEST(HostFile, PageAlignedBuffersGoStraightThrough) {
+  TempDir d;
+  make_file(d / "f", std::vector<uint8_t>(16384, 7));
+  Reactor r;
+  HostFile f(r, open_host_file(d / "f", false, true), true);
+  AlignedBytes buf(8192, 9);
+  ASSERT_EQ(r.run(f.write_full({buf.data(), buf.size()}, 4096)), 0);
+  ASSERT_EQ(r.run(f.read_full({buf.data(), buf.size()}, 0)), 0);
+  EXPECT_EQ(f.bounced(), 0u);
+  EXPECT_EQ(buf[0], 7);
+  EXPECT_EQ(buf[4096], 9);
 }
 
 }  // namespace
