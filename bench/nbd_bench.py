@@ -154,17 +154,22 @@ class Server:
         self.log.close()
 
 
+# --cache: the host cache mode of every server in the run (qemu's names).
+CACHE = "writeback"
+
+
 def start_server(name, image, fmt, d, kiln):
     sock = os.path.join(d, f"{name}.sock")
+    direct = "on" if CACHE in ("none", "directsync") else "off"
     if name == "kiln-nbd":
-        argv = [kiln, "-k", sock, "-t", "-e", "4", "-f", fmt, image]
+        argv = [kiln, "-k", sock, "-t", "-e", "4", f"--cache={CACHE}", "-f", fmt, image]
     elif name == "qemu-nbd":
-        argv = ["qemu-nbd", "-k", sock, "-t", "-e", "4", "--aio=io_uring", "--cache=writeback",
+        argv = ["qemu-nbd", "-k", sock, "-t", "-e", "4", "--aio=io_uring", f"--cache={CACHE}",
                 "-f", fmt, image]
     elif name == "qemu-storage-daemon":
         argv = ["qemu-storage-daemon",
                 "--blockdev", f"driver=file,filename={image},node-name=file,aio=io_uring,"
-                              "cache.direct=off",
+                              f"cache.direct={direct}",
                 "--blockdev", f"driver={fmt},file=file,node-name=disk",
                 "--nbd-server", f"addr.type=unix,addr.path={sock}",
                 "--export", "type=nbd,id=e0,node-name=disk,name=,writable=on"]
@@ -490,6 +495,10 @@ def main():
                     help="measure the cost of TLS (plain, PSK, X.509) instead")
     ap.add_argument("--nbd-load", default=find_built("bench", "kiln-nbd-load"))
     ap.add_argument("--out", default=".", help="where nbd_bench.md and nbd_bench.png go")
+    ap.add_argument("--cache", default="writeback",
+                    choices=["writeback", "none", "directsync", "writethrough", "unsafe"],
+                    help="host cache mode of kiln-nbd, qemu-nbd and qemu-storage-daemon "
+                         "(none, directsync: O_DIRECT; nbdkit and fio stay buffered)")
     ap.add_argument("--workdir", default=None, help="images go here (default: a temp dir)")
     args = ap.parse_args()
     if args.quick:
@@ -497,6 +506,8 @@ def main():
     if args.tls:
         return main_tls(args)
     size = int(args.size) * MiB
+    global CACHE
+    CACHE = args.cache
     servers = [("fio io_uring (raw file)" if s == "fio" else s)
                for s in args.servers.split(",") if s]
     jobs = [j for j in JOBS if not args.jobs or any(k in j[0] for k in args.jobs.split(","))]
@@ -528,7 +539,7 @@ def main():
         md = table(results, servers)
         head = (f"kiln-nbd benchmark: {args.size} MiB qcow2 overlay on a qcow2 base (64 KiB "
                 f"clusters), raw base for nbdkit and fio; {args.runtime} s jobs, "
-                f"{args.repeats} repeat(s), medians; Unix socket, fio ioengine=nbd, "
+                f"{args.repeats} repeat(s), medians; --cache={args.cache}; Unix socket, fio ioengine=nbd, "
                 f"--invalidate=0; copy-on-write = a replayed log of one 4 KiB write per "
                 f"cluster ({images.cow_writes} writes) on a fresh overlay.\n\n")
         publish(args.out, "nbd_bench", head + md, lambda png: chart(results, servers, png))

@@ -32,6 +32,7 @@ const std::vector<common::cli::Option> kOptions = {
     {"-t|--persistent"},
     {"--discard", kValue},
     {"--cache", kValue},
+    {"-n|--nocache"},
     {"--export", kValue},
     {"--control", kValue},
     {"--state-file", kValue},
@@ -100,11 +101,21 @@ nbd::ExportConfig parse_export(const std::string& spec) {
   return c;
 }
 
-nbd::ExportConfig::Cache parse_cache(const std::string& cache) {
-  if (cache == "writeback") return nbd::ExportConfig::Cache::kWriteback;
-  if (cache == "writethrough") return nbd::ExportConfig::Cache::kWritethrough;
-  if (cache == "unsafe") return nbd::ExportConfig::Cache::kUnsafe;
-  throw ExitError("--cache=" + cache + " is not supported (writeback, writethrough or unsafe)");
+// qemu's cache modes are two switches: whether the host page cache is bypassed (O_DIRECT) and
+// whether a write is made durable before its reply (or FLUSH ignored, for unsafe).
+struct CacheMode {
+  nbd::ExportConfig::Cache cache;
+  bool direct;
+};
+CacheMode parse_cache(const std::string& cache) {
+  using C = nbd::ExportConfig::Cache;
+  if (cache == "writeback") return {C::kWriteback, false};
+  if (cache == "writethrough") return {C::kWritethrough, false};
+  if (cache == "unsafe") return {C::kUnsafe, false};
+  if (cache == "none" || cache == "off") return {C::kWriteback, true};
+  if (cache == "directsync") return {C::kWritethrough, true};
+  throw ExitError("Invalid cache mode '" + cache +
+                  "' (none, directsync, writeback, writethrough or unsafe)");
 }
 
 // The exports: FILE (with -x, -D, -f, -r) first, then each --export; --discard and --cache
@@ -126,10 +137,15 @@ std::vector<nbd::ExportConfig> exports(const common::cli::Args& a) {
   const std::string discard = a.get_or("--discard", "ignore");
   if (discard != "ignore" && discard != "unmap" && discard != "off" && discard != "on")
     throw ExitError("--discard must be ignore or unmap");
-  const auto cache = parse_cache(a.get_or("--cache", "writeback"));
+  if (a.flag("--nocache") && a.get("--cache") && *a.get("--cache") != "none")
+    throw ExitError("-n (--nocache) is --cache=none: it cannot go with --cache=" +
+                    *a.get("--cache"));
+  const CacheMode cache =
+      parse_cache(a.get_or("--cache", a.flag("--nocache") ? "none" : "writeback"));
   for (auto& e : out) {
     e.discard = discard == "unmap" || discard == "on";
-    e.cache = cache;
+    e.cache = cache.cache;
+    e.direct = cache.direct;
   }
   return out;
 }
@@ -196,8 +212,10 @@ void help(std::ostream& out) {
          "  -t, --persistent         keep serving after the last client disconnects\n"
          "      --discard=MODE       ignore (default) or unmap: whether TRIM frees space\n"
          "      --cache=MODE         writeback (default), writethrough (every write durable\n"
-         "                           before its reply) or unsafe (FLUSH and FUA ignored);\n"
-         "                           none and directsync (O_DIRECT) are not supported yet\n"
+         "                           before its reply), unsafe (FLUSH and FUA ignored), none\n"
+         "                           (O_DIRECT, no host page cache; FLUSH/FUA as writeback) or\n"
+         "                           directsync (O_DIRECT and writethrough)\n"
+         "  -n, --nocache            the same as --cache=none\n"
          "      --export=NAME=FILE[,format=FMT][,ro][,description=TEXT][,socket=PATH\n"
          "               [,owner=USER[:GROUP]]][,tls-identity=ID]\n"
          "                           another export (repeatable); socket=: a socket of its own\n"

@@ -39,6 +39,8 @@ struct Options {
   std::vector<std::string> commands;  // -c
   std::string script;                 // --script FILE or "-"
   unsigned parallel = 1;
+  bool direct = false;        // -t none / directsync, -n: O_DIRECT
+  bool writethrough = false;  // -t writethrough / directsync: every write with FUA
 };
 
 // One failed command ends the run; the first failure is the one reported.
@@ -209,8 +211,9 @@ Task<void> execute(Reactor& reactor, BlockDevice& dev, const IoCommand& cmd, Run
 // Runs the commands in order; with parallel > 1, non-barrier commands overlap.
 class Runner {
  public:
-  Runner(Reactor& reactor, BlockDevice& dev, RunState& st, unsigned parallel)
-      : reactor_(reactor),
+  Runner(Reactor& reactor, BlockDevice& dev, RunState& st, unsigned parallel, bool writethrough)
+      : writethrough_(writethrough),
+        reactor_(reactor),
         dev_(dev),
         st_(st),
         parallel_(parallel),
@@ -219,6 +222,7 @@ class Runner {
 
   Task<void> submit(IoCommand cmd) {
     if (st_.failed()) co_return;
+    if (writethrough_) cmd.fua = true;
     if (parallel_ <= 1) {
       co_await execute(reactor_, dev_, cmd, st_);
       co_return;
@@ -247,6 +251,7 @@ class Runner {
     slot_free_.notify_all();
   }
 
+  bool writethrough_;
   Reactor& reactor_;
   BlockDevice& dev_;
   RunState& st_;
@@ -272,8 +277,10 @@ Task<void> run_all(Runner& runner, const std::vector<IoCommand>& commands, std::
 }
 
 void help(std::ostream& out) {
-  out << "Usage: kiln-io [-f FMT] [-r] [--l2-cache BYTES] IMAGE [-c CMD]... [--script FILE|-]\n"
-         "               [--parallel N]\n"
+  out << "Usage: kiln-io [-f FMT] [-r] [-t CACHE|-n] [--l2-cache BYTES] IMAGE [-c CMD]...\n"
+         "               [--script FILE|-] [--parallel N]\n"
+         "CACHE (qemu-io's -t): writeback (default), writethrough, unsafe, none (O_DIRECT) or\n"
+         "directsync (O_DIRECT, every write with FUA); -n is -t none.\n"
          "commands: read [-P BYTE] OFF LEN | write [-f] [-P BYTE] OFF LEN |\n"
          "          writef HOSTFILE OFF LEN | zero [-f] [-u] OFF LEN | discard OFF LEN |\n"
          "          flush | dump FILE | size\n"
@@ -285,6 +292,8 @@ const std::vector<common::cli::Option> kOptions = {{"-h|--help"},
                                                    {"-r|--read-only"},
                                                    {"-c|--cmd", common::cli::kValue},
                                                    {"--l2-cache", common::cli::kValue},
+                                                   {"-t|--cache", common::cli::kValue},
+                                                   {"-n|--nocache"},
                                                    {"--script", common::cli::kValue},
                                                    {"--parallel", common::cli::kValue},
                                                    {"--version"}};
@@ -299,6 +308,13 @@ Options parse_options(const common::cli::Args& args) {
   if (auto v = args.get("--l2-cache"))
     o.l2_cache =
         static_cast<size_t>(parse_size_arg(*v, "L2 cache size", uint64_t{1} << 40, /*min=*/1));
+  const std::string cache = args.get_or("--cache", args.flag("--nocache") ? "none" : "writeback");
+  if (cache == "none" || cache == "off" || cache == "directsync")
+    o.direct = true;
+  else if (cache != "writeback" && cache != "writethrough" && cache != "unsafe")
+    throw ToolError("Invalid cache mode '" + cache +
+                    "' (none, directsync, writeback, writethrough or unsafe)");
+  o.writethrough = cache == "writethrough" || cache == "directsync";
   o.script = args.get_or("--script", "");
   if (auto v = args.get("--parallel"))
     o.parallel = static_cast<unsigned>(
@@ -343,11 +359,12 @@ int run(const std::vector<std::string>& argv) {
   opts.format = o.format;
   opts.read_only = o.read_only;
   if (o.l2_cache) opts.l2_cache_bytes = o.l2_cache;
+  opts.direct = o.direct;
   auto dev = reactor.run(kiln::block::open_image(reactor, o.image, opts));
 
   RunState st;
   st.script_mode = script != nullptr;
-  Runner runner(reactor, *dev, st, o.parallel);
+  Runner runner(reactor, *dev, st, o.parallel, o.writethrough);
   std::string parse_error;
   try {
     reactor.run(run_all(runner, commands, script));

@@ -152,9 +152,9 @@ class Servers:
         self.procs.append(p)
         return p.start()
 
-    def qemu_nbd(self, image, sock, fmt, name="", extra=(), shared="8"):
+    def qemu_nbd(self, image, sock, fmt, name="", extra=(), shared="8", cache="writeback"):
         cmd = [QEMU_NBD, "-k", sock, "-x", name, "-f", fmt, "-t", "-e", shared, "-A",
-               "--cache=writeback", *extra, image]
+               f"--cache={cache}", *extra, image]
         p = Process("qemu-nbd", cmd, self._log("qemu-nbd"), [sock])
         self.procs.append(p)
         return p.start()

@@ -30,7 +30,8 @@ Task<std::unique_ptr<BlockDevice>> open_image(Reactor& reactor, const std::strin
   const bool probed = options.format.empty();
   std::string format = probed ? probe_format(path) : options.format;
   if (format == "raw")
-    co_return open_raw(reactor, path, options.read_only, options.lock, options.allowed_dirs);
+    co_return open_raw(reactor, path, options.read_only, options.lock, options.allowed_dirs,
+                       options.direct);
   if (format == "qcow2") co_return co_await qcow2::Image::open(reactor, path, options, {}, probed);
   throw Error(EINVAL, "unknown image format '" + format + "' (raw or qcow2)");
 }

@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "allowed_dirs.h"
+#include "host_file.h"
 #include "kiln/common/fd.h"
 #include "lock.h"
 
@@ -22,8 +23,8 @@ namespace {
 
 class RawDevice final : public BlockDevice {
  public:
-  RawDevice(Reactor& r, std::string path, common::Fd fd, uint64_t size, bool ro)
-      : r_(r), path_(std::move(path)), fd_(std::move(fd)), size_(size) {
+  RawDevice(std::string path, HostFile file, uint64_t size, bool ro)
+      : path_(std::move(path)), fd_(std::move(file)), size_(size) {
     caps_.read_only = ro;
   }
 
@@ -35,13 +36,13 @@ class RawDevice final : public BlockDevice {
 
   Task<int> read(uint64_t off, std::span<uint8_t> buf) override {
     if (off > size_ || buf.size() > size_ - off) co_return -EINVAL;
-    co_return co_await r_.read_full(fd_.get(), buf, off);
+    co_return co_await fd_.read_full(buf, off);
   }
   Task<int> write(uint64_t off, std::span<const uint8_t> buf, unsigned flags) override {
     if (caps_.read_only) co_return -EPERM;
     if (poisoned_) co_return -EIO;
     if (off > size_ || buf.size() > size_ - off) co_return -ENOSPC;
-    int rc = co_await r_.write_full(fd_.get(), buf, off);
+    int rc = co_await fd_.write_full(buf, off);
     if (rc == 0 && (flags & kWriteFua)) rc = co_await sync();
     co_return rc;
   }
@@ -54,7 +55,7 @@ class RawDevice final : public BlockDevice {
     if (caps_.read_only) co_return -EPERM;
     if (poisoned_) co_return -EIO;
     if (off > size_ || len > size_ - off) co_return -EINVAL;
-    int rc = co_await r_.fallocate(fd_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len);
+    int rc = co_await fd_.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len);
     co_return rc == -EOPNOTSUPP ? 0 : rc;  // discard is advisory
   }
   Task<int> write_zeroes(uint64_t off, uint64_t len, unsigned flags) override {
@@ -63,16 +64,15 @@ class RawDevice final : public BlockDevice {
     if (off > size_ || len > size_ - off) co_return -ENOSPC;
     int mode =
         (flags & kWriteNoUnmap) ? FALLOC_FL_ZERO_RANGE : FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
-    int rc = co_await r_.fallocate(fd_.get(), mode, off, len);
+    int rc = co_await fd_.fallocate(mode, off, len);
     if (rc == -EOPNOTSUPP && mode != FALLOC_FL_ZERO_RANGE)
-      rc = co_await r_.fallocate(fd_.get(), FALLOC_FL_ZERO_RANGE, off, len);
+      rc = co_await fd_.fallocate(FALLOC_FL_ZERO_RANGE, off, len);
     if (rc == -EOPNOTSUPP) {
       if (flags & kWriteFastZero) co_return -ENOTSUP;
       std::vector<uint8_t> zeros(std::min<uint64_t>(len, 1u << 20));
       for (uint64_t pos = 0; pos < len && rc != 0;) {
         uint64_t n = std::min<uint64_t>(zeros.size(), len - pos);
-        if (int w = co_await r_.write_full(fd_.get(), std::span<const uint8_t>(zeros).first(n),
-                                           off + pos);
+        if (int w = co_await fd_.write_full(std::span<const uint8_t>(zeros).first(n), off + pos);
             w < 0)
           co_return w;
         pos += n;
@@ -115,7 +115,7 @@ class RawDevice final : public BlockDevice {
 
  private:
   Task<int> sync() {
-    const int rc = co_await r_.fsync(fd_.get(), true);
+    const int rc = co_await fd_.fsync(true);
     if (rc < 0) poisoned_ = true;
     co_return rc;
   }
@@ -138,9 +138,8 @@ class RawDevice final : public BlockDevice {
     out->push_back(e);
   }
 
-  Reactor& r_;
   std::string path_;
-  common::Fd fd_;
+  HostFile fd_;
   uint64_t size_;
   Capabilities caps_;
   bool poisoned_ = false;  // an fdatasync failed: see the top of this file
@@ -149,10 +148,10 @@ class RawDevice final : public BlockDevice {
 }  // namespace
 
 std::unique_ptr<BlockDevice> open_raw(Reactor& r, const std::string& path, bool read_only,
-                                      bool lock, const std::vector<std::string>& allowed_dirs) {
+                                      bool lock, const std::vector<std::string>& allowed_dirs,
+                                      bool direct) {
   check_allowed_path(path, allowed_dirs);
-  common::Fd fd(::open(path.c_str(), (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC));
-  if (!fd) throw Error(errno, path + ": cannot open: " + strerror(errno));
+  common::Fd fd = open_host_file(path, read_only, direct);
   check_allowed_fd(fd.get(), path, allowed_dirs);
   struct stat st;
   if (fstat(fd.get(), &st) < 0) throw Error(errno, path + ": " + strerror(errno));
@@ -160,7 +159,7 @@ std::unique_ptr<BlockDevice> open_raw(Reactor& r, const std::string& path, bool 
   // As QEMU does, a raw file's size is counted in whole 512-byte sectors; the tail past the
   // end of the file reads as zeros.
   const uint64_t size = (uint64_t(st.st_size) + 511) & ~uint64_t{511};
-  return std::make_unique<RawDevice>(r, path, std::move(fd), size, read_only);
+  return std::make_unique<RawDevice>(path, HostFile(r, std::move(fd), direct), size, read_only);
 }
 
 }  // namespace kiln::block

@@ -284,6 +284,7 @@ Task<void> Server::add_export(ExportConfig config) {
   o.format = config.format;
   o.read_only = config.read_only;
   o.l2_cache_bytes = config.l2_cache_bytes;
+  o.direct = config.direct;
   o.allowed_dirs = options_.allowed_dirs;
   auto e = std::make_unique<Export>();
   // Exports are spread over the reactors, the extra threads first.

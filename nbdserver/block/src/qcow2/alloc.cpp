@@ -213,11 +213,11 @@ Task<int> Image::prepare_l2(uint32_t l1i) {
   const uint64_t old = l1e.l2_offset();
   std::vector<uint8_t> table(cs_, 0);
   if (old) {
-    if (int rc = co_await r_.read_full(fd_.get(), table, old); rc < 0) co_return rc;
+    if (int rc = co_await fd_.read_full(table, old); rc < 0) co_return rc;
   }
   uint64_t host;
   if (int rc = co_await alloc_clusters(1, &host); rc < 0) co_return rc;
-  if (int rc = co_await r_.write_full(fd_.get(), table, host); rc < 0) {
+  if (int rc = co_await fd_.write_full(table, host); rc < 0) {
     co_await free_now(host, cs_);
     co_return rc;
   }

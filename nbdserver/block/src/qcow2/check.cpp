@@ -45,7 +45,7 @@ Task<int> Checker::read(std::vector<uint8_t>& buf, uint64_t offset) {
   extents.for_each_data(offset, buf.size(),
                         [&](uint64_t o, uint64_t n) { pieces.emplace_back(o, n); });
   for (auto [o, n] : pieces) {
-    const int rc = co_await img.r_.read_full(img.fd_.get(), {buf.data() + (o - offset), n}, o);
+    const int rc = co_await img.fd_.read_full({buf.data() + (o - offset), n}, o);
     if (rc < 0) {
       problem(false, kRead, "cannot read at offset " + std::to_string(o));
       co_return rc;

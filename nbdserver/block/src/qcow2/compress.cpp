@@ -49,7 +49,7 @@ Task<int> Image::read_compressed(L2Entry entry, std::span<uint8_t> cluster) {
   const CompressedRef ref = entry.compressed_range();
   if (ref.length > 2 * cs_ + 512) co_return -EIO;
   std::vector<uint8_t> in(ref.length);
-  if (int rc = co_await r_.read_full(fd_.get(), in, ref.offset); rc < 0) co_return rc;
+  if (int rc = co_await fd_.read_full(in, ref.offset); rc < 0) co_return rc;
   co_return h_.compression == Compression::kZstd ? zstd_cluster(in, cluster)
                                                  : inflate_cluster(in, cluster);
 }

@@ -28,8 +28,8 @@
 namespace kiln::block::qcow2 {
 
 namespace {
-Task<void> write_one(Reactor& r, int fd, std::span<const uint8_t> data, uint64_t off, int* err) {
-  int rc = co_await r.write_full(fd, data, off);
+Task<void> write_one(HostFile& file, std::span<const uint8_t> data, uint64_t off, int* err) {
+  int rc = co_await file.write_full(data, off);
   if (rc < 0 && *err == 0) *err = rc;
 }
 }  // namespace
@@ -37,16 +37,16 @@ Task<void> write_one(Reactor& r, int fd, std::span<const uint8_t> data, uint64_t
 Task<int> Image::write_buffers(std::vector<std::pair<uint64_t, std::vector<uint8_t>>>& writes) {
   int err = 0;
   WaitGroup group(r_);
-  for (auto& [off, data] : writes) r_.spawn(write_one(r_, fd_.get(), data, off, &err), &group);
+  for (auto& [off, data] : writes) r_.spawn(write_one(fd_, data, off, &err), &group);
   co_await group.wait();
   co_return poison(err);
 }
 
 Task<int> Image::write_meta(std::span<const uint8_t> data, uint64_t offset) {
-  co_return poison(co_await r_.write_full(fd_.get(), data, offset));
+  co_return poison(co_await fd_.write_full(data, offset));
 }
 
-Task<int> Image::sync_file() { co_return poison(co_await r_.fsync(fd_.get(), true)); }
+Task<int> Image::sync_file() { co_return poison(co_await fd_.fsync(true)); }
 
 Task<int> Image::write_refblocks() {
   co_await meta_write_mutex_.lock();

@@ -41,10 +41,10 @@ struct Range {
 
 }  // namespace
 
-Image::Image(Reactor& r, std::string path, common::Fd fd, Header h, const OpenOptions& opt)
+Image::Image(Reactor& r, std::string path, HostFile file, Header h, const OpenOptions& opt)
     : r_(r),
       path_(std::move(path)),
-      fd_(std::move(fd)),
+      fd_(std::move(file)),
       h_(std::move(h)),
       opt_(opt),
       read_only_(opt.read_only),
@@ -68,9 +68,8 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
                                          const OpenOptions& opt, ChainIds chain,
                                          bool format_probed) {
   check_allowed_path(path, opt.allowed_dirs);
-  int fd = ::open(path.c_str(), (opt.read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
-  if (fd < 0) fail(errno, path, std::string("cannot open: ") + strerror(errno));
-  common::Fd guard(fd);
+  HostFile file(r, open_host_file(path, opt.read_only, opt.direct), opt.direct);
+  const int fd = file.get();
   check_allowed_fd(fd, path, opt.allowed_dirs);
   struct stat st;
   if (fstat(fd, &st) < 0) fail(errno, path, strerror(errno));
@@ -82,7 +81,7 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
   const uint64_t file_size = static_cast<uint64_t>(st.st_size);
 
   std::vector<uint8_t> first(std::min<uint64_t>(file_size, 1u << kMaxClusterBits));
-  if (int rc = co_await r.read_full(fd, first, 0); rc < 0)
+  if (int rc = co_await file.read_full(first, 0); rc < 0)
     fail(-rc, path, std::string("cannot read header: ") + strerror(-rc));
   Header h;
   if (auto err = parse_header(first, &h)) {
@@ -173,7 +172,7 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
         corrupt(EINVAL, path, std::string(ranges[i].name) + " overlaps the " + ranges[j].name);
     }
 
-  std::unique_ptr<Image> img(new Image(r, path, std::move(guard), std::move(h), opt));
+  std::unique_ptr<Image> img(new Image(r, path, std::move(file), std::move(h), opt));
   img->snapshots_ = std::move(snapshots);
   co_await img->load_tables();
 
@@ -225,7 +224,7 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
     if (*hh.backing_format == "qcow2") {
       img->backing_ = co_await Image::open(r, bpath, bopt, chain);
     } else if (*hh.backing_format == "raw") {
-      img->backing_ = open_raw(r, bpath, true, bopt.lock, bopt.allowed_dirs);
+      img->backing_ = open_raw(r, bpath, true, bopt.lock, bopt.allowed_dirs, bopt.direct);
     } else {
       unsupported(path, "backing format '" + printable(*hh.backing_format) + "' is not supported");
     }
@@ -235,13 +234,13 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
 
 Task<void> Image::load_tables() {
   std::vector<uint8_t> buf(uint64_t(h_.l1_size) * 8);
-  if (int rc = co_await r_.read_full(fd_.get(), buf, h_.l1_table_offset); rc < 0)
+  if (int rc = co_await fd_.read_full(buf, h_.l1_table_offset); rc < 0)
     fail(-rc, path_, "cannot read the L1 table");
   l1_.resize(h_.l1_size);
   for (size_t i = 0; i < l1_.size(); ++i) l1_[i] = load_be64(&buf[i * 8]);
 
   buf.assign(uint64_t(h_.refcount_table_clusters) * cs_, 0);
-  if (int rc = co_await r_.read_full(fd_.get(), buf, h_.refcount_table_offset); rc < 0)
+  if (int rc = co_await fd_.read_full(buf, h_.refcount_table_offset); rc < 0)
     fail(-rc, path_, "cannot read the refcount table");
   reftable_.resize(buf.size() / 8);
   for (size_t i = 0; i < reftable_.size(); ++i) reftable_[i] = load_be64(&buf[i * 8]);

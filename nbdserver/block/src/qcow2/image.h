@@ -16,6 +16,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "host_file.h"
 #include "kiln/block/device.h"
 #include "kiln/block/qcow2.h"
 #include "kiln/common/fd.h"
@@ -66,7 +67,7 @@ class Image final : public BlockDevice {
   friend struct Checker;
   friend Task<void> run_check(Image& img, Repair repair, CheckResult* out);
 
-  Image(Reactor& r, std::string path, common::Fd fd, Header h, const OpenOptions& opt);
+  Image(Reactor& r, std::string path, HostFile file, Header h, const OpenOptions& opt);
   Task<void> load_tables();
 
   // --- mapping (io.cpp) ---
@@ -139,7 +140,7 @@ class Image final : public BlockDevice {
 
   Reactor& r_;
   std::string path_;
-  common::Fd fd_;  // the image file; its io_uring requests name it by number
+  HostFile fd_;  // the image file (O_DIRECT with --cache=none): all its I/O goes through here
   Header h_;
   Capabilities caps_;
   OpenOptions opt_;

@@ -66,7 +66,7 @@ Task<int> Image::load_slice(SliceCache& cache, uint64_t offset, SliceRef* out) {
     s = cache.insert(offset);
     s->loading = true;
     s->loaded = std::make_unique<WaitList>(r_);
-    int rc = co_await r_.read_full(fd_.get(), {s->data.get(), cache.slice_bytes()}, offset);
+    int rc = co_await fd_.read_full({s->data.get(), cache.slice_bytes()}, offset);
     s->loading = false;
     auto waiters = std::move(s->loaded);
     if (rc < 0) cache.erase(offset);
@@ -130,7 +130,7 @@ Task<int> Image::read_cluster_part(uint64_t gc, uint64_t entry, uint64_t in_off,
   if (!m.valid(h_.version)) co_return -EIO;
   switch (m.kind()) {
     case L2Kind::kNormal:
-      co_return co_await r_.read_full(fd_.get(), buf, m.host() + in_off);
+      co_return co_await fd_.read_full(buf, m.host() + in_off);
     case L2Kind::kZeroPlain:
     case L2Kind::kZeroAlloc:
       std::memset(buf.data(), 0, buf.size());
@@ -215,7 +215,7 @@ Task<int> Image::write_cluster(uint64_t gc, uint64_t in_off, std::span<const uin
     if (!draining_[b]) {
       ++pins_[b];
       unsynced_ = true;
-      const int rc = co_await r_.write_full(fd_.get(), data, host + in_off);
+      const int rc = co_await fd_.write_full(data, host + in_off);
       if (--pins_[b] == 0 && draining_[b]) unpinned_.notify_all();
       co_return rc;
     }
@@ -227,7 +227,7 @@ Task<int> Image::write_cluster(uint64_t gc, uint64_t in_off, std::span<const uin
   const L2Entry m(e, cb_);
   if (m.writable_in_place()) {  // allocated meanwhile (or pins drained): in place, under the lock
     unsynced_ = true;
-    co_return co_await r_.write_full(fd_.get(), data, m.host() + in_off);
+    co_return co_await fd_.write_full(data, m.host() + in_off);
   }
   if (!m.valid(h_.version)) co_return -EIO;
 
@@ -249,7 +249,7 @@ Task<int> Image::write_cluster(uint64_t gc, uint64_t in_off, std::span<const uin
   uint64_t host = m.host();
   if (!reuse)
     if (int rc = co_await alloc_clusters(1, &host); rc < 0) co_return rc;
-  if (int rc = co_await r_.write_full(fd_.get(), payload, host); rc < 0) {
+  if (int rc = co_await fd_.write_full(payload, host); rc < 0) {
     if (!reuse) co_await free_now(host, cs_);
     co_return rc;
   }

@@ -99,6 +99,11 @@ struct OpenOptions {
   // qemu-img's -U (force share): allowed for read-only opens only.
   bool lock = true;
   bool open_backing = true;
+  // O_DIRECT for the image and its backing chain (qemu's cache.direct, --cache=none and
+  // directsync): no host page cache; requests that are not aligned for direct I/O go through
+  // bounce buffers (see docs/kiln-nbd.md). Open fails with Reason::kUnsupported where the file
+  // system refuses direct I/O.
+  bool direct = false;
   uint32_t max_chain_depth = 64;
   size_t l2_cache_bytes = 4u << 20;
   size_t refcount_cache_bytes = 1u << 20;

@@ -138,6 +138,8 @@ class Reactor final : public Scheduler {
 
   // Installs (or, with nullptr, removes) a fault injector for the operations above. Tests only.
   void set_fault_injector(FaultInjector* f) { faults_ = f; }
+  // The installed injector (nullptr in production): HostFile's direct I/O asks it too.
+  FaultInjector* fault_injector() const { return faults_; }
 
  private:
   Task<void> drain_inbox();

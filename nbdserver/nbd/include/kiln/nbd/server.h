@@ -27,9 +27,12 @@ struct ExportConfig {
   std::string description;
   bool read_only = false;
   bool discard = true;  // honour TRIM (qemu-nbd --discard=unmap); else TRIM is a no-op
-  // qemu-nbd's --cache: writeback (flush on FLUSH/FUA), writethrough (every write durable
-  // before its reply), unsafe (FLUSH and FUA ignored).
+  // qemu-nbd's --cache, the host page cache side: writeback (flush on FLUSH/FUA),
+  // writethrough (every write durable before its reply), unsafe (FLUSH and FUA ignored).
   enum class Cache { kWriteback, kWritethrough, kUnsafe } cache = Cache::kWriteback;
+  // O_DIRECT on the image and its backing chain: --cache=none (with kWriteback) and
+  // directsync (with kWritethrough).
+  bool direct = false;
   size_t l2_cache_bytes = 4u << 20;
   bool persistent = false;  // recorded in the state file (exports added through the control API)
   // A Unix socket of the export's own: a client connected through it sees only this export.
