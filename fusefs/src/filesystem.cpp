@@ -263,6 +263,10 @@ void Filesystem::discard() noexcept {
   }
 }
 
+size_t Filesystem::pending_write_bytes() const { return channel_ ? channel_->pending_bytes() : 0; }
+
+int Filesystem::write_back() { return channel_ ? channel_->write_back() : 0; }
+
 void Filesystem::close() {
   std::string error;
   Reason reason = Reason::kIo;

@@ -178,14 +178,30 @@ int IoChannel::read(uint64_t offset, void* buf, size_t len) {
   return read_locked(offset, buf, len);
 }
 
+bool IoChannel::covered_locked(uint64_t offset, uint64_t end) const {
+  auto it = dirty_.upper_bound(offset);
+  if (it == dirty_.begin()) return false;
+  --it;  // the last extent that starts at or before `offset`
+  for (uint64_t at = offset; it != dirty_.end() && it->first <= at; ++it) {
+    at = std::max<uint64_t>(at, it->first + it->second.size());
+    if (at >= end) return true;
+  }
+  return false;
+}
+
 int IoChannel::read_locked(uint64_t offset, void* buf, size_t len) {
   if (offset > length_ || len > length_ - offset) return -ERANGE;
   if (len == 0) return 0;
-  int rc = source_.pread(buf, len, offset_ + offset);
-  if (rc < 0) return rc;
-  bytes_read_ += len;
-  // Pending writes are newer than what the source holds.
   const uint64_t end = offset + len;
+  // A block written since the last write-back (an inode-table block, a directory block, an
+  // extent leaf: libext2fs reads them back before every change) is read from memory; only
+  // what the pending writes do not cover goes to the source.
+  if (!covered_locked(offset, end)) {
+    int rc = source_.pread(buf, len, offset_ + offset);
+    if (rc < 0) return rc;
+    bytes_read_ += len;
+  }
+  // Pending writes are newer than what the source holds.
   auto it = dirty_.lower_bound(offset);
   if (it != dirty_.begin() && std::prev(it)->first + std::prev(it)->second.size() > offset) --it;
   for (; it != dirty_.end() && it->first < end; ++it) {

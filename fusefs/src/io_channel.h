@@ -42,6 +42,8 @@ class IoChannel {
   // fdatasyncs of a second flush.
   void set_source_flush(bool on) { source_flush_ = on; }
 
+  // Bytes read from the source (reads that pending writes cover entirely are not counted),
+  // and bytes written by libext2fs (the same block written twice counts twice).
   uint64_t bytes_read() const { return bytes_read_; }
   uint64_t bytes_written() const { return bytes_written_; }
 
@@ -53,6 +55,8 @@ class IoChannel {
   static constexpr size_t kMaxAppend = 1u << 20;
 
   int read_locked(uint64_t offset, void* buf, size_t len);
+  // Whether pending writes cover every byte of [offset, end).
+  bool covered_locked(uint64_t offset, uint64_t end) const;
   int write_back_locked();
   void buffer_write(uint64_t offset, const uint8_t* data, size_t len);
 

@@ -9,10 +9,17 @@
 
 namespace kiln::fs::cli {
 
+namespace {
+constexpr size_t kWriteBuffer = size_t{64} << 20;
+// A flush point when the buffer holds this much: one request adds at most 1 MiB of data and
+// some metadata, so the buffer never reaches its limit and spills on its own.
+constexpr size_t kWriteBackAt = kWriteBuffer - (size_t{16} << 20);
+}  // namespace
+
 int cmd_mount(const Args& args) {
   OpenOptions open;
   // Less than injection's unbounded buffer: a mount may write gigabytes.
-  open.write_buffer_bytes = size_t{64} << 20;
+  open.write_buffer_bytes = kWriteBuffer;
   if (auto p = args.get("--partition")) open.partition = parse_partition(*p);
   open.read_only = args.flag("--ro");
   open.format = args.get_or("--format", "");
@@ -41,6 +48,10 @@ int cmd_mount(const Args& args) {
     }
     return 0;
   };
+  if (!open.read_only) {
+    fo.buffer_nearly_full = [&] { return fs->pending_write_bytes() >= kWriteBackAt; };
+    fo.write_back = [&] { return fs->write_back(); };
+  }
   int rc = fuse_mount(fs->handle(), fo);
   if (!closed) fs->close();
   return rc == 0 ? 0 : 1;

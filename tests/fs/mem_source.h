@@ -23,6 +23,7 @@ class MemSource final : public Source {
   int pread(void* buf, size_t len, uint64_t off) override {
     if (off > bytes_.size() || len > bytes_.size() - off) return -EINVAL;
     std::memcpy(buf, bytes_.data() + off, len);
+    ++reads_;
     return 0;
   }
   int pwrite(const void* buf, size_t len, uint64_t off) override {
@@ -44,6 +45,7 @@ class MemSource final : public Source {
   bool read_only_ = false;
   bool fail_writes_ = false;
   bool closed_ = false;
+  int reads_ = 0;
   int writes_ = 0;
   int flushes_ = 0;
 };

@@ -156,16 +156,81 @@ errcode_t read_blocks(ext2_filsys fs, ext2_ino_t ino, ext2_inode_large& inode, b
                       });
 }
 
+// Longest initialized extent (ext4's EXT_INIT_MAX_LEN).
+constexpr blk64_t kMaxExtentLen = 32768;
+
+// When logical block FIRST comes right after the file's last extent and the physical blocks
+// right after that extent are free: allocates as many of them as the write needs (up to
+// COUNT, as far as they are free and the extent may grow) and lengthens the extent, so that a
+// file written sequentially (1 MiB WRITEs) keeps a few long extents instead of one per
+// request. ext2fs_fallocate would start a new extent there (it lengthens an initialized
+// extent only when told to zero the new blocks first). TAKEN: how many blocks it allocated
+// (0: none, the caller allocates as usual). Updates INODE (extent root, i_blocks) without
+// writing it.
+errcode_t extend_last_extent(ext2_filsys fs, ext2_ino_t ino, ext2_inode_large& inode, blk64_t first,
+                             blk64_t count, blk64_t& taken) {
+  taken = 0;
+  if (!(inode.i_flags & EXT4_EXTENTS_FL) || count == 0 || first == 0) return 0;
+  ext2_extent_handle_t handle;
+  errcode_t rc = ext2fs_extent_open2(fs, ino, reinterpret_cast<ext2_inode*>(&inode), &handle);
+  if (rc) return rc;
+  ext2fs_extent ext{};
+  // The extent holding the block before FIRST, if it is the file's last one.
+  rc = ext2fs_extent_goto(handle, first - 1);
+  if (!rc) rc = ext2fs_extent_get(handle, EXT2_EXTENT_CURRENT, &ext);
+  if (rc == EXT2_ET_EXTENT_NOT_FOUND || rc == EXT2_ET_NO_CURRENT_NODE) rc = 0;
+  const bool adjacent = !rc && ext.e_len > 0 && ext.e_lblk + ext.e_len == first &&
+                        !(ext.e_flags & EXT2_EXTENT_FLAGS_UNINIT) && ext.e_len < kMaxExtentLen;
+  if (adjacent) {
+    ext2fs_extent next{};
+    const errcode_t last = ext2fs_extent_get(handle, EXT2_EXTENT_NEXT_LEAF, &next);
+    // NEXT_LEAF from the last extent starts over at the first one.
+    const bool is_last = last == EXT2_ET_EXTENT_NO_NEXT || (!last && next.e_lblk <= ext.e_lblk);
+    const blk64_t pstart = ext.e_pblk + ext.e_len;
+    const blk64_t total = ext2fs_blocks_count(fs->super);
+    blk64_t n = std::min<blk64_t>(count, kMaxExtentLen - ext.e_len);
+    n = pstart < total ? std::min<blk64_t>(n, total - pstart) : 0;
+    // The free run right after the extent (metadata, a backup superblock, another file's
+    // blocks end it).
+    blk64_t busy = 0;
+    if (n > 0 &&
+        ext2fs_find_first_set_block_bitmap2(fs->block_map, pstart, pstart + n - 1, &busy) == 0) {
+      n = busy - pstart;
+    }
+    if (is_last && n > 0 && !(rc = ext2fs_extent_goto(handle, first - 1))) {
+      ext.e_len += static_cast<__u32>(n);
+      ext2fs_block_alloc_stats_range(fs, pstart, static_cast<blk_t>(n), +1);
+      rc = ext2fs_extent_replace(handle, 0, &ext);
+      if (!rc) rc = ext2fs_extent_fix_parents(handle);
+      if (rc) {
+        ext2fs_block_alloc_stats_range(fs, pstart, static_cast<blk_t>(n), -1);
+      } else {
+        // The handle works on INODE itself (extent_open2 was given it): its root is current.
+        rc = ext2fs_iblk_add_blocks(fs, reinterpret_cast<ext2_inode*>(&inode), n);
+        if (!rc) taken = n;
+      }
+    }
+  }
+  ext2fs_extent_free(handle);
+  return rc;
+}
+
 // Writes whole blocks of an extent-mapped file: allocates what is missing in one go
-// (ext2fs_fallocate, contiguous where it can) and writes each run with one request. Only used
-// with room to spare, so that a failed allocation cannot leave blocks past the end of file.
+// (lengthening the last extent, then ext2fs_fallocate for the rest, contiguous where it can)
+// and writes each run with one request. Only used with room to spare, so that a failed
+// allocation cannot leave blocks past the end of file.
 errcode_t write_blocks(ext2_filsys fs, ext2_ino_t ino, blk64_t first, blk64_t count,
                        const char* src) {
   ext2_inode_large inode;
   errcode_t rc = read_inode(fs, ino, inode);
   if (rc) return rc;
-  rc = ext2fs_fallocate(fs, EXT2_FALLOCATE_FORCE_INIT | EXT2_FALLOCATE_INIT_BEYOND_EOF, ino,
-                        reinterpret_cast<ext2_inode*>(&inode), ~0ULL, first, count);
+  blk64_t taken = 0;
+  if ((rc = extend_last_extent(fs, ino, inode, first, count, taken))) return rc;
+  if (taken < count) {
+    rc = ext2fs_fallocate(fs, EXT2_FALLOCATE_FORCE_INIT | EXT2_FALLOCATE_INIT_BEYOND_EOF, ino,
+                          reinterpret_cast<ext2_inode*>(&inode), ~0ULL, first + taken,
+                          count - taken);
+  }
   // Given an inode, ext2fs_fallocate updates it (extent tree root, i_blocks) but leaves the
   // writing to the caller.
   if (rc || (rc = write_inode(fs, ino, inode))) return rc;

@@ -202,6 +202,7 @@ LoopEnd serve(fuse_session* se, Volume& vol, fuse_detail::MountWatch& watch, int
     } else {
       fuse_session_process_buf(se, &buf);
     }
+    if (errcode_t rc = vol.write_back_if_full()) fuse_detail::fail("write-back", 0, rc);
     if (!stats.enabled()) continue;
     stats.add(have_header ? header.opcode : 0, static_cast<size_t>(res),
               std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count(),

@@ -10,7 +10,9 @@ Volume::Volume(ext2_filsys fs, const FuseMountOptions& opts)
     : fs_(fs),
       read_only_(opts.read_only || !(fs->flags & EXT2_FLAG_RW)),
       timeout_(opts.cache_timeout),
-      close_image_(opts.close_image) {}
+      close_image_(opts.close_image),
+      buffer_nearly_full_(opts.buffer_nearly_full),
+      write_back_(opts.write_back) {}
 
 Volume& volume(fuse_req_t req) { return *static_cast<Volume*>(fuse_req_userdata(req)); }
 
@@ -81,6 +83,18 @@ errcode_t Volume::flush(bool final) {
   }
   dirty_ = false;
   return ext2fs_flush(fs_);
+}
+
+errcode_t Volume::write_back_if_full() {
+  if (read_only_ || finished_ || !buffer_nearly_full_ || !write_back_ || !buffer_nearly_full_()) {
+    return 0;
+  }
+  // The metadata first (into the buffer), then all of it in one go: what reaches the image is
+  // the state after this request, not an inode without its bitmaps. Still marked dirty, so
+  // that the idle flush makes it durable.
+  if (errcode_t rc = ext2fs_flush2(fs_, EXT2_FLAG_FLUSH_NO_SYNC)) return rc;
+  const int rc = write_back_();
+  return rc < 0 ? static_cast<errcode_t>(-rc) : 0;
 }
 
 int Volume::finish() {

@@ -47,6 +47,10 @@ class Volume {
   // Writes bitmaps, group descriptors and superblock; `final` also marks the filesystem clean
   // (as it was when mounted) and writes the backup superblocks.
   errcode_t flush(bool final);
+  // The buffer behind the filesystem is nearly full (FuseMountOptions::buffer_nearly_full):
+  // writes bitmaps, group descriptors and superblock, then everything buffered, without a
+  // flush of the image. Called between requests; no-op otherwise.
+  errcode_t write_back_if_full();
   // Marks the filesystem "not cleanly unmounted" on disk for as long as the mount is writable,
   // so that a crash is caught by the next e2fsck.
   errcode_t begin_writes();
@@ -79,6 +83,8 @@ class Volume {
   bool dirty_ = false;
   bool writes_begun_ = false;
   std::function<int()> close_image_;
+  std::function<bool()> buffer_nearly_full_;
+  std::function<int()> write_back_;
   bool finished_ = false;
   int finish_status_ = 0;
   bool image_closed_ = false;

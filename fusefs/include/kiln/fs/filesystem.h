@@ -83,6 +83,11 @@ class Filesystem {
   // handle is gone afterwards either way.
   void close();
 
+  // Bytes of writes kept in memory, not yet in the image.
+  size_t pending_write_bytes() const;
+  // Writes the kept writes to the image, without flushing the image. 0 or -errno.
+  int write_back();
+
  private:
   Filesystem() = default;
   void discard() noexcept;

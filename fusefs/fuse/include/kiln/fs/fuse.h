@@ -33,6 +33,15 @@ struct FuseMountOptions {
   // non-zero after printing one line on stderr. Empty: the caller closes `fs` after
   // fuse_mount() returns (and an unmount does not wait for that).
   std::function<int()> close_image;
+  // An io_manager that keeps writes in memory and writes them all back once it holds too much
+  // (kiln-fs's) would, left alone, spill between flush points: inodes and extent trees reach
+  // the image without the bitmaps and group descriptors that go with them, which a crash then
+  // leaves as blocks in use but marked free. When both are set, buffer_nearly_full() is asked
+  // after every request and, when it says so, the mount makes a flush point of its own:
+  // bitmaps, group descriptors and superblock into the buffer, then write_back() (0 or
+  // -errno; no flush of the image itself), so that the image always holds a whole state.
+  std::function<bool()> buffer_nearly_full;
+  std::function<int()> write_back;
 };
 
 // Mounts `fs` on opts.mountpoint and serves it until the filesystem is unmounted
