@@ -31,7 +31,7 @@ def test_boot_config_drive_export_and_delete(world, tmp_path):
     img = json.loads(world.spawn("image-create", "guest", base, "--disk-format", "qcow2",
                                  "--format", "json").stdout)
     assert img["disk_format"] == "qcow2" and img["virtual_size"] == 64 << 20
-    assert len(img["checksum"]) == 32
+    assert len(img["kiln_digest"]) == 32
     assert [i["name"] for i in world.spawn_json("image-list")] == ["guest"]
 
     key = tmp_path / "mykey.pub"
@@ -90,7 +90,7 @@ def test_boot_config_drive_export_and_delete(world, tmp_path):
                            os.path.join(inst["instance_dir"], "disk")]).stdout)
     assert info["format"] == "qcow2"
     assert info["virtual-size"] == 20 << 30
-    assert info["backing-filename"] == os.path.join(world.spawn_dir, "_base", img["checksum"])
+    assert info["backing-filename"] == os.path.join(world.spawn_dir, "_base", img["kiln_digest"])
     assert info["backing-filename-format"] == "qcow2"
 
     # The export serves the overlay: the base's data shows through NBD.
@@ -161,7 +161,7 @@ def test_boot_config_drive_export_and_delete(world, tmp_path):
     assert world.spawn_json("list") == []
     world.assert_nothing_left()
     assert sha256(base) == base_sum
-    base_copy = os.path.join(world.spawn_dir, "_base", img["checksum"])
+    base_copy = os.path.join(world.spawn_dir, "_base", img["kiln_digest"])
     assert os.path.exists(base_copy)
     world.spawn("image-delete", "guest")
     assert not os.path.exists(base_copy)
