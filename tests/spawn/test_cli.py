@@ -552,3 +552,23 @@ def test_cloud_init_reads_the_config_drive(world, tmp_path):
     assert [d["address"] for d in dns] == ["8.8.8.8"]
     world.spawn("delete", "ci-vm")
     world.assert_nothing_left()
+
+
+def test_gre_network_mtu_on_the_config_drive(world, tmp_path):
+    """A guest on a GRE network is told the MTU that leaves room for the GRE header (1458), as
+    kiln-net's net-show gives it."""
+    require_tools("xorriso")
+    world.net("net-create", "gre-net", "--provider:network_type", "gre",
+              "--provider:segmentation_id", "7")
+    world.net("subnet-create", "gre-net", "10.7.0.0/24", "--name", "gre-subnet")
+    world.set_baseline()  # the new network's own ports
+    assert json.loads(world.net("net-show", "gre-net", "--format", "json").stdout)["mtu"] == 1458
+    world.spawn("image-create", "img", make_qcow2(str(tmp_path / "g.qcow2"), "16M"))
+    inst = json.loads(world.spawn("boot", "gre-vm", "--image", "img", "--flavor", "m1.tiny",
+                                  "--net", "gre-net", "--format", "json").stdout)
+    cdir = extract_iso(os.path.join(inst["instance_dir"], "disk.config"), str(tmp_path / "cd"))
+    with open(os.path.join(cdir, "openstack", "latest", "network_data.json")) as f:
+        nd = json.load(f)
+    assert [link["mtu"] for link in nd["links"]] == [1458]
+    world.spawn("delete", "gre-vm")
+    world.assert_nothing_left()
