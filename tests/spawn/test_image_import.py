@@ -114,6 +114,8 @@ class Store:
         p = self.spawn("image-create", *args, check=False)
         assert p.returncode != 0, p.stdout
         assert needle in p.stderr, p.stderr
+        for bad in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
+            assert bad not in p.stderr, p.stderr
         self.assert_nothing_stored()
         return p.stderr
 
@@ -256,4 +258,5 @@ def test_interrupted_download_leaves_nothing(store, server, sig):
             p.wait()
     assert p.returncode != 0, out
     assert "interrupted" in err, err
+    assert "Sanitizer" not in err, err
     store.assert_nothing_stored()
