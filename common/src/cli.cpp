@@ -88,6 +88,15 @@ Args parse(const std::vector<std::string>& args, const std::vector<Option>& opti
         if (i + 1 >= args.size()) throw UsageError("option " + name + " needs a value");
         value = args[++i];
       }
+      if (rules.neutron && value == "list=true") {
+        // The neutron client's list syntax: "--dns_nameservers list=true 8.8.8.8 8.8.4.4"
+        // gives every following argument up to the next option as a value.
+        size_t n = 0;
+        for (; i + 1 < args.size() && !args[i + 1].starts_with("-"); ++n)
+          out.items_.push_back({sp.name, args[++i], true});
+        if (n == 0) throw UsageError("option " + name + " list=true needs at least one value");
+        continue;
+      }
       out.items_.push_back({sp.name, value, true});
       continue;
     }

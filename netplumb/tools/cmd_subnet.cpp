@@ -54,14 +54,15 @@ CommandTable subnet_commands() {
   return {
       changing({"subnet-create",
                 "NETWORK CIDR [--name NAME] [--gateway IP | --no-gateway] "
-                "[--allocation-pool start=IP,end=IP]... [--dns-nameserver IP]... [--disable-dhcp]",
+                "[--allocation-pool start=IP,end=IP]... [--dns-nameserver IP]... "
+                "[--dns-nameservers list=true IP...] [--disable-dhcp]",
                 {{"--disable-dhcp"},
                  {"--enable-dhcp"},
                  {"--no-gateway"},
                  {"--name", kValue},
                  {"--gateway", kValue},
                  {"--allocation-pool", kValue},
-                 {"--dns-nameserver", kValue},
+                 {"--dns-nameservers|--dns-nameserver", kValue},
                  {"--ip-version", kValue}},
                 subnet_create}),
       {"subnet-list", "", {}, subnet_list},

@@ -32,6 +32,7 @@ json to_json(const Network& n, const std::vector<Subnet>& subnets) {
       {"provider:segmentation_id", n.segmentation_id ? json(*n.segmentation_id) : json(nullptr)},
       {"router:external", n.router_external},
       {"shared", n.shared},
+      {"mtu", network_mtu(n)},
       {"subnets", sub}};
 }
 

@@ -178,7 +178,7 @@ void Compute::step_config_drive(Build& b) {
     n.netmask = sn.cidr.netmask().str();
     if (sn.gateway_ip) n.gateway = sn.gateway_ip->str();
     for (const auto& d : sn.dns_nameservers) n.dns.push_back(d.str());
-    n.mtu = network.network_type == "vxlan" ? 1450 : 1500;
+    n.mtu = net::network_mtu(network);  // VXLAN 1450, GRE 1458
     in.networks.push_back(n);
   }
   make_instance_dir(store_, inst);

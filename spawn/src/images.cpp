@@ -11,9 +11,12 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <vector>
 
+#include "download.h"
+#include "hashes.h"
 #include "kiln/block/device.h"
 #include "kiln/block/qcow2.h"
 #include "kiln/common/random.h"
@@ -91,10 +94,11 @@ class Progress {
   std::chrono::steady_clock::time_point last_{};
 };
 
-// Copies src to a new file dst (sparse: all-zero chunks are skipped), fsyncs it, and returns
-// the XXH3-128 of the content.
-std::string copy_file(const std::string& src, const std::string& dst, bool progress,
-                      const std::string& label) {
+// Copies src to a new file dst (sparse: all-zero chunks are skipped), fsyncs it, and feeds
+// the content to `h` (XxhState or ImageHashes).
+template <class Hasher>
+void copy_file(const std::string& src, const std::string& dst, bool progress,
+               const std::string& label, Hasher& h, const std::function<bool()>& interrupted = {}) {
   Fd in(::open(src.c_str(), O_RDONLY | O_CLOEXEC));
   if (in.get() < 0) throw errno_error("cannot open " + src, errno);
   struct stat st {};
@@ -104,11 +108,11 @@ std::string copy_file(const std::string& src, const std::string& dst, bool progr
   if (size > kMaxImageBytes) throw invalid(src + " is larger than 4 TiB");
   Fd out(::open(dst.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, kPrivateFile));
   if (out.get() < 0) throw errno_error("cannot create " + dst, errno);
-  XxhState h;
   Progress bar(progress, label, size);
   std::vector<uint8_t> buf(kCopyChunk);
   uint64_t off = 0;
   while (off < size) {
+    if (interrupted && interrupted()) throw system_error("interrupted while copying " + src);
     ssize_t n = ::pread(in.get(), buf.data(), std::min<uint64_t>(buf.size(), size - off),
                         static_cast<off_t>(off));
     if (n < 0) {
@@ -125,10 +129,53 @@ std::string copy_file(const std::string& src, const std::string& dst, bool progr
   if (::ftruncate(out.get(), static_cast<off_t>(size)) != 0)
     throw errno_error("cannot size " + dst, errno);
   if (::fsync(out.get()) != 0) throw errno_error("cannot sync " + dst, errno);
-  return h.hex();
 }
 
+// Glance's core attributes: a property may not take their names (Glance answers 403).
+const char* const kReservedProperties[] = {"id",
+                                           "name",
+                                           "status",
+                                           "visibility",
+                                           "protected",
+                                           "os_hidden",
+                                           "checksum",
+                                           "os_hash_algo",
+                                           "os_hash_value",
+                                           "owner",
+                                           "size",
+                                           "virtual_size",
+                                           "created_at",
+                                           "updated_at",
+                                           "disk_format",
+                                           "container_format",
+                                           "min_disk",
+                                           "min_ram",
+                                           "tags",
+                                           "direct_url",
+                                           "locations",
+                                           "self",
+                                           "file",
+                                           "schema",
+                                           "kiln_digest"};
+
 }  // namespace
+
+std::pair<std::string, std::string> parse_property(const std::string& text) {
+  auto eq = text.find('=');
+  if (eq == std::string::npos || eq == 0)
+    throw invalid("--property must be KEY=VALUE, not '" + text + "'");
+  std::string key = text.substr(0, eq), value = text.substr(eq + 1);
+  if (key.size() > kMaxPropertyLength || value.size() > kMaxPropertyLength)
+    throw invalid("property '" + key.substr(0, 40) + "': keys and values are at most " +
+                  std::to_string(kMaxPropertyLength) + " characters");
+  auto printable = [](unsigned char c) { return c >= 0x20 && c != 0x7f; };
+  if (!std::all_of(key.begin(), key.end(), printable) ||
+      !std::all_of(value.begin(), value.end(), printable))
+    throw invalid("property '" + key + "': control characters are not allowed");
+  for (const char* r : kReservedProperties)
+    if (key == r) throw invalid("property '" + key + "' is reserved (an image attribute)");
+  return {key, value};
+}
 
 std::string file_digest(const std::string& path) {
   Fd in(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
@@ -169,55 +216,119 @@ Image ImageStore::get(const std::string& ref) {
   return *img;
 }
 
-Image ImageStore::create(const std::string& name, const std::string& file,
-                         const std::string& disk_format, bool progress) {
+void ImageStore::check_new(const std::string& name, const ImageOptions& opt) {
   check_name("image", name);
-  if (!disk_format.empty() && disk_format != "qcow2" && disk_format != "raw")
-    throw invalid("--disk-format must be qcow2 or raw, not '" + disk_format + "'");
+  if (!opt.disk_format.empty() && opt.disk_format != "qcow2" && opt.disk_format != "raw")
+    throw invalid("--disk-format must be qcow2 or raw, not '" + opt.disk_format + "'");
+  parse_checksum(opt.checksum);
+  if (opt.properties.size() > kMaxProperties)
+    throw invalid("at most " + std::to_string(kMaxProperties) + " properties");
   if (store_.find_image(name)) throw exists("image '" + name + "' already exists");
+}
 
+Image ImageStore::create(const std::string& name, const std::string& file,
+                         const ImageOptions& opt) {
+  check_new(name, opt);
   Image img;
   img.id = common::new_uuid();
   img.name = name;
-  std::string probed;
-  try {
-    probed = block::probe_format(file);
-  } catch (const block::Error& e) {
-    throw invalid("cannot read " + file + ": " + e.what());
-  }
-  if (!disk_format.empty() && disk_format != probed)
-    throw invalid(file + " is a " + probed + " image by its content, not " + disk_format);
-  img.disk_format = probed;
-
   // Copy first, then inspect the copy: what is registered is exactly what was checked.
   std::string tmp = images_dir_ + "/.tmp-" + img.id;
   TempFile guard(tmp);
-  img.digest = copy_file(file, tmp, progress, "copying " + name + " into the image store");
+  ImageHashes h;
+  copy_file(file, tmp, opt.progress, "copying " + name + " into the image store", h,
+            opt.interrupted);
+  h.finish();
+  verify_checksum(parse_checksum(opt.checksum), h);
+  img.digest = h.xxh3();
+  img.checksum = h.md5();
+  img.os_hash_value = h.sha512();
+  return register_file(std::move(img), tmp, guard, file, opt);
+}
+
+Image ImageStore::create_from_url(const std::string& name, const std::string& url,
+                                  const ImageOptions& opt) {
+  check_new(name, opt);
+  if (!is_supported_url(url))
+    throw invalid("unsupported URL '" + url + "': only file://, http:// and https:// are accepted");
+  Image img;
+  img.id = common::new_uuid();
+  img.name = name;
+  std::string tmp = images_dir_ + "/.tmp-" + img.id;
+  TempFile guard(tmp);
+  Fd out(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, kPrivateFile));
+  if (out.get() < 0) throw errno_error("cannot create " + tmp, errno);
+  ImageHashes h;
+  uint64_t off = 0;
+  DownloadOptions d{opt.max_bytes, opt.progress, opt.interrupted};
+  download(url, d, [&](const void* p, size_t n) {
+    h.update(p, n);
+    write_all(out.get(), p, n, off, tmp);
+    off += n;
+  });
+  if (::fsync(out.get()) != 0) throw errno_error("cannot sync " + tmp, errno);
+  out = Fd();
+  h.finish();
+  try {
+    verify_checksum(parse_checksum(opt.checksum), h);
+  } catch (const Error& e) {
+    throw Error(e.reason(), url + ": " + e.what());
+  }
+  img.digest = h.xxh3();
+  img.checksum = h.md5();
+  img.os_hash_value = h.sha512();
+  return register_file(std::move(img), tmp, guard, url, opt);
+}
+
+Image ImageStore::register_file(Image img, const std::string& tmp, TempFile& guard,
+                                const std::string& source, const ImageOptions& opt) {
+  std::string probed;
+  try {
+    probed = block::probe_format(tmp);
+  } catch (const block::Error& e) {
+    throw invalid("cannot read " + source + ": " + e.what());
+  }
+  if (!opt.disk_format.empty() && opt.disk_format != probed)
+    throw invalid(source + " is a " + probed + " image by its content, not " + opt.disk_format);
+  img.disk_format = probed;
   struct stat st {};
   if (::stat(tmp.c_str(), &st) != 0) throw errno_error("cannot stat " + tmp, errno);
   img.size = static_cast<uint64_t>(st.st_size);
   if (probed == "qcow2") {
-    block::qcow2::Info info;
+    auto& reactor = block::Reactor::current();
     try {
-      info = block::qcow2::read_info(block::Reactor::current(), tmp);
+      // The backing file first, for a message that names it; then a probed, read-only open,
+      // which runs every check the block layer has for hostile images (external data files,
+      // encryption, unknown features, tables outside the file).
+      block::qcow2::Info info = block::qcow2::read_info(reactor, tmp);
+      if (!info.backing_file.empty())
+        throw invalid(source + " has a backing file (" + info.backing_file +
+                      "); register a self-contained image");
+      block::OpenOptions oo;
+      oo.read_only = true;
+      oo.open_backing = false;
+      auto dev = reactor.run(block::open_image(reactor, tmp, oo));
+      img.virtual_size = dev->size();
+      reactor.run(dev->close());
     } catch (const block::Error& e) {
-      throw invalid(file + ": not a usable qcow2 image: " + e.what());
+      throw invalid(source + ": not a usable qcow2 image: " + e.what());
     }
-    if (!info.backing_file.empty())
-      throw invalid(file + " has a backing file (" + info.backing_file +
-                    "); register a self-contained image");
-    img.virtual_size = info.virtual_size;
   } else {
     img.virtual_size = img.size;
   }
+  img.os_hash_algo = "sha512";
+  img.min_disk = opt.min_disk;
+  img.min_ram = opt.min_ram;
+  img.properties = opt.properties;
   img.created_at = utc_now();
   store_.write([&] {
-    if (store_.find_image(name)) throw exists("image '" + name + "' already exists");
+    if (store_.find_image(img.name)) throw exists("image '" + img.name + "' already exists");
     if (::rename(tmp.c_str(), image_path(img).c_str()) != 0)
       throw errno_error("cannot rename " + tmp, errno);
     guard.release();
     store_.put(img);
   });
+  sync_dir(images_dir_);
   return img;
 }
 
@@ -250,8 +361,9 @@ std::string ImageStore::ensure_base(const Image& image, bool progress, bool* fil
     if (e.path().filename().string().rfind(prefix, 0) == 0) std::filesystem::remove(e.path(), ec);
   std::string tmp = path + ".tmp." + std::to_string(::getpid());
   TempFile guard(tmp);
-  std::string digest =
-      copy_file(image_path(image), tmp, progress, "caching image " + image.name + " as a base");
+  XxhState h;
+  copy_file(image_path(image), tmp, progress, "caching image " + image.name + " as a base", h);
+  std::string digest = h.hex();
   if (digest != image.digest)
     throw system_error("image " + image.name + " is corrupt in the image store (digest " + digest +
                        ", registered " + image.digest + ")");

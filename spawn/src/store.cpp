@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <ctime>
 
+#include "kiln/common/json.h"
 #include "kiln/common/text.h"
 #include "kiln/spawn/error.h"
 #include "perms.h"
@@ -51,6 +52,10 @@ using common::Stmt;
 
 namespace {
 
+const char* kImageCols =
+    "id, name, disk_format, digest, size, virtual_size, created_at, checksum, os_hash_algo, "
+    "os_hash_value, min_disk, min_ram, properties";
+
 const char* kInstanceCols =
     "id, name, image_id, image_digest, image_format, flavor, vcpus, ram_mb, disk_gb, network, "
     "network_id, status, task_state, fault, port_id, mac, ip, tap, dir, export_name, "
@@ -59,21 +64,33 @@ const char* kInstanceCols =
 // Schema versions: migration i takes the database from version i to i+1 (append, never edit).
 // Version 1 is the schema of the kiln-spawn that had no versions: its databases (user_version
 // 0, maybe without nbd_socket) are brought to it on their first open.
+void schema_v1(common::Database& db) {
+  db.exec(kSchema);
+  bool has_socket = false;
+  for (Stmt t(db, "PRAGMA table_info(instances)"); t.step();)
+    has_socket |= t.text(1) == "nbd_socket";
+  if (!has_socket) db.exec("ALTER TABLE instances ADD COLUMN nbd_socket TEXT NOT NULL DEFAULT ''");
+  for (const Flavor& f : builtin_flavors()) {
+    Stmt s(db,
+           "INSERT OR IGNORE INTO flavors(name, vcpus, ram_mb, disk_gb, builtin) "
+           "VALUES (?, ?, ?, ?, 1)");
+    s.bind(f.name).bind(f.vcpus).bind(f.ram_mb).bind(f.disk_gb).run();
+  }
+}
+
+// Version 2: Glance's image fields (image-create --url); images from before keep "" and 0.
+void glance_image_fields_v2(common::Database& db) {
+  db.exec(
+      "ALTER TABLE images ADD COLUMN checksum TEXT NOT NULL DEFAULT '';"
+      "ALTER TABLE images ADD COLUMN os_hash_algo TEXT NOT NULL DEFAULT '';"
+      "ALTER TABLE images ADD COLUMN os_hash_value TEXT NOT NULL DEFAULT '';"
+      "ALTER TABLE images ADD COLUMN min_disk INTEGER NOT NULL DEFAULT 0;"
+      "ALTER TABLE images ADD COLUMN min_ram INTEGER NOT NULL DEFAULT 0;"
+      "ALTER TABLE images ADD COLUMN properties TEXT NOT NULL DEFAULT '{}';");
+}
+
 std::vector<common::Database::Migration> migrations() {
-  return {[](common::Database& db) {
-    db.exec(kSchema);
-    bool has_socket = false;
-    for (Stmt t(db, "PRAGMA table_info(instances)"); t.step();)
-      has_socket |= t.text(1) == "nbd_socket";
-    if (!has_socket)
-      db.exec("ALTER TABLE instances ADD COLUMN nbd_socket TEXT NOT NULL DEFAULT ''");
-    for (const Flavor& f : builtin_flavors()) {
-      Stmt s(db,
-             "INSERT OR IGNORE INTO flavors(name, vcpus, ram_mb, disk_gb, builtin) "
-             "VALUES (?, ?, ?, ?, 1)");
-      s.bind(f.name).bind(f.vcpus).bind(f.ram_mb).bind(f.disk_gb).run();
-    }
-  }};
+  return {schema_v1, glance_image_fields_v2};
 }
 
 // Creates the state directory; returns the database's path.
@@ -96,7 +113,10 @@ Store::Store(const std::string& dir) : dir_(dir), db_(database_in(dir), migratio
 void Store::put(const Image& i) {
   Stmt s(db_,
          "INSERT OR REPLACE INTO images(id, name, disk_format, digest, size, virtual_size, "
-         "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)");
+         "created_at, checksum, os_hash_algo, os_hash_value, min_disk, min_ram, properties) "
+         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+  common::Json props = common::Json::object();
+  for (const auto& [k, v] : i.properties) props[k] = v;
   s.bind(i.id)
       .bind(i.name)
       .bind(i.disk_format)
@@ -104,6 +124,12 @@ void Store::put(const Image& i) {
       .bind(i.size)
       .bind(i.virtual_size)
       .bind(i.created_at)
+      .bind(i.checksum)
+      .bind(i.os_hash_algo)
+      .bind(i.os_hash_value)
+      .bind(i.min_disk)
+      .bind(i.min_ram)
+      .bind(common::dump(props))
       .run();
 }
 
@@ -167,6 +193,16 @@ void Store::remove_instance(const std::string& id) {
 
 namespace {
 
+// Written by put() only, so well-formed; the limit guards against a hand-edited database.
+std::map<std::string, std::string> parse_properties(const std::string& text) {
+  std::map<std::string, std::string> out;
+  common::Json props = common::parse_json(text, 1 << 20, "image properties");
+  if (props.is_object())
+    for (const auto& [k, v] : props.items())
+      if (v.is_string()) out[k] = v.get<std::string>();
+  return out;
+}
+
 template <typename StmtT>
 Image read_image(StmtT& s) {
   Image i;
@@ -177,6 +213,12 @@ Image read_image(StmtT& s) {
   i.size = static_cast<uint64_t>(s.integer(4));
   i.virtual_size = static_cast<uint64_t>(s.integer(5));
   i.created_at = s.text(6);
+  i.checksum = s.text(7);
+  i.os_hash_algo = s.text(8);
+  i.os_hash_value = s.text(9);
+  i.min_disk = s.integer(10);
+  i.min_ram = s.integer(11);
+  i.properties = parse_properties(s.text(12));
   return i;
 }
 
@@ -217,18 +259,17 @@ Instance read_instance(StmtT& s) {
 }  // namespace
 
 std::optional<Image> Store::find_image(const std::string& ref) {
-  Stmt s(db_,
-         "SELECT id, name, disk_format, digest, size, virtual_size, created_at FROM images "
-         "WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1");
+  std::string sql = std::string("SELECT ") + kImageCols +
+                    " FROM images WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1";
+  Stmt s(db_, sql.c_str());
   s.bind(ref);
   if (!s.step()) return std::nullopt;
   return read_image(s);
 }
 
 std::vector<Image> Store::images() {
-  Stmt s(db_,
-         "SELECT id, name, disk_format, digest, size, virtual_size, created_at FROM images "
-         "ORDER BY name");
+  std::string sql = std::string("SELECT ") + kImageCols + " FROM images ORDER BY name";
+  Stmt s(db_, sql.c_str());
   std::vector<Image> out;
   while (s.step()) out.push_back(read_image(s));
   return out;

@@ -1,27 +1,62 @@
 // kiln-spawn image-*: the image store.
+#include "build.h"
 #include "context.h"
+#include "kiln/block/device.h"
 #include "kiln/spawn/images.h"
 
 namespace kiln::spawn::cli {
 
 namespace {
 
+// Glance's image-show: its core attributes, then the properties as attributes of their own
+// (their names cannot collide: parse_property() refuses the reserved ones).
 Json to_json(const Image& i) {
-  return {{"id", i.id},
-          {"name", i.name},
-          {"disk_format", i.disk_format},
-          {"size", i.size},
-          {"virtual_size", i.virtual_size},
-          {"checksum", i.digest},
-          {"checksum_algo", "xxh3-128"},
-          {"created_at", i.created_at}};
+  Json j = {{"id", i.id},
+            {"name", i.name},
+            {"status", "active"},
+            {"disk_format", i.disk_format},
+            {"container_format", "bare"},
+            {"size", i.size},
+            {"virtual_size", i.virtual_size},
+            {"checksum", i.checksum.empty() ? Json() : Json(i.checksum)},
+            {"os_hash_algo", i.os_hash_algo.empty() ? Json() : Json(i.os_hash_algo)},
+            {"os_hash_value", i.os_hash_value.empty() ? Json() : Json(i.os_hash_value)},
+            {"min_disk", i.min_disk},
+            {"min_ram", i.min_ram},
+            {"kiln_digest", i.digest},
+            {"created_at", i.created_at}};
+  for (const auto& [k, v] : i.properties) j[k] = v;
+  return j;
 }
 
 int image_create(Context& c) {
   c.args.max_positional(2);
+  const std::string name = c.args.positional(0, "NAME");
+  const auto url = c.args.get("--url");
+  if (url && c.args.positional().size() > 1) throw invalid("give FILE or --url, not both");
+  ImageOptions opt;
+  opt.disk_format = c.args.get_or("--disk-format", "");
+  opt.checksum = c.args.get_or("--checksum", "");
+  opt.min_disk = static_cast<int64_t>(c.args.number("--min-disk", 0, 1 << 20).value_or(0));
+  opt.min_ram = static_cast<int64_t>(c.args.number("--min-ram", 0, 1 << 30).value_or(0));
+  for (const auto& p : c.args.all("--property")) {
+    auto [k, v] = parse_property(p);
+    opt.properties.insert_or_assign(k, v);
+  }
+  if (auto m = c.args.get("--max-size")) {
+    try {
+      opt.max_bytes = block::parse_size(*m);
+    } catch (const std::exception& e) {
+      throw invalid("--max-size: " + std::string(e.what()));
+    }
+    if (opt.max_bytes == 0 || opt.max_bytes > kMaxImageBytes)
+      throw invalid("--max-size must be between 1 byte and 4 TiB");
+  }
+  opt.progress = c.progress;
+  opt.interrupted = [] { return interrupted(); };
   ImageStore images(c.store());
-  Image i = images.create(c.args.positional(0, "NAME"), c.args.positional(1, "FILE"),
-                          c.args.get_or("--disk-format", ""), c.progress);
+  Image i = url ? images.create_from_url(name, *url, opt)
+                : images.create(name, c.args.positional(1, "FILE"), opt);
   c.show(to_json(i));
   return 0;
 }
@@ -52,8 +87,15 @@ int image_delete(Context& c) {
 CommandTable image_commands() {
   return {
       {"image-create",
-       "NAME FILE [--disk-format qcow2|raw]",
-       {{"--disk-format", kValue}},
+       "NAME (FILE | --url URL) [--checksum sha256:HEX|md5:HEX] [--disk-format qcow2|raw] "
+       "[--min-disk GiB] [--min-ram MiB] [--property KEY=VALUE]... [--max-size SIZE]",
+       {{"--disk-format", kValue},
+        {"--url", kValue},
+        {"--checksum", kValue},
+        {"--min-disk", kValue},
+        {"--min-ram", kValue},
+        {"--property", kValue},
+        {"--max-size", kValue}},
        image_create},
       {"image-list", "", {}, image_list},
       {"image-show", "IMAGE", {}, image_show},

@@ -124,8 +124,9 @@ int run(const std::vector<std::string>& argv) {
     if (!compute) compute = std::make_unique<Compute>(ctx.store(), ctx.net_store(), opt);
     return *compute;
   };
-  if (cmd->name == "boot") {
-    // Ctrl-C or SIGTERM during a boot: stop at the next step and roll back.
+  if (cmd->name == "boot" || cmd->name == "image-create") {
+    // Ctrl-C or SIGTERM during a boot: stop at the next step and roll back; during a
+    // download: abort it and remove the partial file.
     struct sigaction sa {};
     sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);

@@ -104,6 +104,33 @@ TEST(CliArgs, NeutronSpellings) {
             "--shared: 'maybe' is not True or False");
 }
 
+// The neutron client's lists: "--opt list=true A B" gives --opt every argument up to the next
+// option; without Rules::neutron "list=true" is an ordinary value.
+TEST(CliArgs, NeutronListTrue) {
+  Rules r;
+  r.neutron = true;
+  const std::vector<Option> opts = {{"--dns-nameservers", kValue}, {"--name", kValue}};
+  Args a = parse(
+      {"net", "--dns_nameservers", "list=true", "8.8.8.8", "8.8.4.4", "--name", "s", "10.0.0.0/24"},
+      opts, r);
+  EXPECT_EQ(a.all("--dns-nameservers"), (std::vector<std::string>{"8.8.8.8", "8.8.4.4"}));
+  EXPECT_EQ(a.get("--name"), "s");
+  EXPECT_EQ(a.positional(), (std::vector<std::string>{"net", "10.0.0.0/24"}));
+  Args last = parse({"--dns-nameservers", "list=true", "1.1.1.1"}, opts, r);
+  EXPECT_EQ(last.all("--dns-nameservers"), std::vector<std::string>{"1.1.1.1"});
+  EXPECT_EQ(usage_error([&] {
+              parse({"--dns-nameservers", "list=true"}, opts, r);
+            }),
+            "option --dns-nameservers list=true needs at least one value");
+  EXPECT_EQ(usage_error([&] {
+              parse({"--dns-nameservers", "list=true", "--name", "x"}, opts, r);
+            }),
+            "option --dns-nameservers list=true needs at least one value");
+  Args plain = parse({"--dns-nameservers", "list=true", "8.8.8.8"}, opts);
+  EXPECT_EQ(plain.get("--dns-nameservers"), "list=true");
+  EXPECT_EQ(plain.positional(), std::vector<std::string>{"8.8.8.8"});
+}
+
 // The messages users see (kiln-net's walkthrough compares "unknown option --bogus").
 TEST(CliArgs, MistakesAreOneLineUsageErrors) {
   EXPECT_EQ(usage_error([] { parse({"--bogus"}, kNbdLike); }), "unknown option --bogus");

@@ -130,7 +130,7 @@ def test_guest_boots_reads_config_drive_and_gets_its_address(guest, sandbox, wor
         boot_s = time.monotonic() - t0
         assert inst["status"] == "active", inst
         print(f"boot -> running: {boot_s:.2f} s")
-        base = os.path.join(w.spawn_dir, "_base", img["checksum"])
+        base = os.path.join(w.spawn_dir, "_base", img["kiln_digest"])
         base_sum = sha256(base)
         assert base_sum == sha256(root)
 

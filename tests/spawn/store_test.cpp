@@ -70,5 +70,54 @@ TEST(Store, ListingDoesNotWaitForARunningWriteTransaction) {
   EXPECT_EQ(s.instances().size(), 2u);
 }
 
+// A store written before image-create kept Glance's fields (schema version 1) opens, its
+// images read back with empty fields, and new images keep theirs.
+TEST(Store, Version1ImagesGainGlanceFields) {
+  TempDir dir;
+  {
+    common::Database old(dir.str() + "/spawn.db", {[](common::Database& db) {
+                           db.exec(
+                               "CREATE TABLE images (id TEXT PRIMARY KEY, name TEXT NOT NULL "
+                               "UNIQUE, disk_format TEXT NOT NULL, digest TEXT NOT NULL, size "
+                               "INTEGER NOT NULL, virtual_size INTEGER NOT NULL, created_at "
+                               "TEXT NOT NULL);"
+                               "INSERT INTO images VALUES ('id-old', 'old', 'raw', "
+                               "'0123456789abcdef0123456789abcdef', 4096, 4096, 'then');");
+                         }});
+  }
+  Store s(dir.str());
+  auto old = s.find_image("old");
+  ASSERT_TRUE(old);
+  EXPECT_EQ(old->digest, "0123456789abcdef0123456789abcdef");
+  EXPECT_EQ(old->size, 4096u);
+  EXPECT_EQ(old->checksum, "");
+  EXPECT_EQ(old->min_ram, 0);
+  EXPECT_TRUE(old->properties.empty());
+
+  Image i;
+  i.id = "id-new";
+  i.name = "new";
+  i.disk_format = "qcow2";
+  i.digest = "d";
+  i.checksum = "900150983cd24fb0d6963f7d28e17f72";
+  i.os_hash_algo = "sha512";
+  i.os_hash_value = "ab";
+  i.min_disk = 3;
+  i.min_ram = 256;
+  i.properties = {{"os_distro", "debian"}, {"quote\"d", "v\n"}};
+  i.created_at = "now";
+  s.put(i);
+  Store again(dir.str());
+  auto n = again.find_image("new");
+  ASSERT_TRUE(n);
+  EXPECT_EQ(n->checksum, i.checksum);
+  EXPECT_EQ(n->os_hash_algo, "sha512");
+  EXPECT_EQ(n->os_hash_value, "ab");
+  EXPECT_EQ(n->min_disk, 3);
+  EXPECT_EQ(n->min_ram, 256);
+  EXPECT_EQ(n->properties, i.properties);
+  EXPECT_EQ(again.images().size(), 2u);
+}
+
 }  // namespace
 }  // namespace kiln::spawn

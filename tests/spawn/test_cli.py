@@ -31,7 +31,7 @@ def test_boot_config_drive_export_and_delete(world, tmp_path):
     img = json.loads(world.spawn("image-create", "guest", base, "--disk-format", "qcow2",
                                  "--format", "json").stdout)
     assert img["disk_format"] == "qcow2" and img["virtual_size"] == 64 << 20
-    assert len(img["checksum"]) == 32
+    assert len(img["kiln_digest"]) == 32
     assert [i["name"] for i in world.spawn_json("image-list")] == ["guest"]
 
     key = tmp_path / "mykey.pub"
@@ -90,7 +90,7 @@ def test_boot_config_drive_export_and_delete(world, tmp_path):
                            os.path.join(inst["instance_dir"], "disk")]).stdout)
     assert info["format"] == "qcow2"
     assert info["virtual-size"] == 20 << 30
-    assert info["backing-filename"] == os.path.join(world.spawn_dir, "_base", img["checksum"])
+    assert info["backing-filename"] == os.path.join(world.spawn_dir, "_base", img["kiln_digest"])
     assert info["backing-filename-format"] == "qcow2"
 
     # The export serves the overlay: the base's data shows through NBD.
@@ -161,7 +161,7 @@ def test_boot_config_drive_export_and_delete(world, tmp_path):
     assert world.spawn_json("list") == []
     world.assert_nothing_left()
     assert sha256(base) == base_sum
-    base_copy = os.path.join(world.spawn_dir, "_base", img["checksum"])
+    base_copy = os.path.join(world.spawn_dir, "_base", img["kiln_digest"])
     assert os.path.exists(base_copy)
     world.spawn("image-delete", "guest")
     assert not os.path.exists(base_copy)
@@ -551,4 +551,24 @@ def test_cloud_init_reads_the_config_drive(world, tmp_path):
     dns = [c for c in cfg if c["type"] == "nameserver"]
     assert [d["address"] for d in dns] == ["8.8.8.8"]
     world.spawn("delete", "ci-vm")
+    world.assert_nothing_left()
+
+
+def test_gre_network_mtu_on_the_config_drive(world, tmp_path):
+    """A guest on a GRE network is told the MTU that leaves room for the GRE header (1458), as
+    kiln-net's net-show gives it."""
+    require_tools("xorriso")
+    world.net("net-create", "gre-net", "--provider:network_type", "gre",
+              "--provider:segmentation_id", "7")
+    world.net("subnet-create", "gre-net", "10.7.0.0/24", "--name", "gre-subnet")
+    world.set_baseline()  # the new network's own ports
+    assert json.loads(world.net("net-show", "gre-net", "--format", "json").stdout)["mtu"] == 1458
+    world.spawn("image-create", "img", make_qcow2(str(tmp_path / "g.qcow2"), "16M"))
+    inst = json.loads(world.spawn("boot", "gre-vm", "--image", "img", "--flavor", "m1.tiny",
+                                  "--net", "gre-net", "--format", "json").stdout)
+    cdir = extract_iso(os.path.join(inst["instance_dir"], "disk.config"), str(tmp_path / "cd"))
+    with open(os.path.join(cdir, "openstack", "latest", "network_data.json")) as f:
+        nd = json.load(f)
+    assert [link["mtu"] for link in nd["links"]] == [1458]
+    world.spawn("delete", "gre-vm")
     world.assert_nothing_left()

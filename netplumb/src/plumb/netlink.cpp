@@ -71,14 +71,32 @@ Link parse_link(const nlmsghdr* nlh) {
   l.up = ifm->ifi_flags & IFF_UP;
   if (p.tb[IFLA_IFNAME]) l.name = mnl_attr_get_str(p.tb[IFLA_IFNAME]);
   if (p.tb[IFLA_MASTER]) l.master = static_cast<int>(mnl_attr_get_u32(p.tb[IFLA_MASTER]));
+  if (p.tb[IFLA_MTU]) l.mtu = mnl_attr_get_u32(p.tb[IFLA_MTU]);
   if (p.tb[IFLA_ADDRESS] && mnl_attr_get_payload_len(p.tb[IFLA_ADDRESS]) == 6)
     std::memcpy(l.mac.b.data(), mnl_attr_get_payload(p.tb[IFLA_ADDRESS]), 6);
   if (p.tb[IFLA_LINKINFO]) {
     const nlattr* data = nullptr;
+    const nlattr* slave_data = nullptr;
+    std::string slave_kind;
     for_each_nested(p.tb[IFLA_LINKINFO], [&](const nlattr* info) {
       if (mnl_attr_get_type(info) == IFLA_INFO_KIND) l.kind = mnl_attr_get_str(info);
       if (mnl_attr_get_type(info) == IFLA_INFO_DATA) data = info;
+      if (mnl_attr_get_type(info) == IFLA_INFO_SLAVE_KIND) slave_kind = mnl_attr_get_str(info);
+      if (mnl_attr_get_type(info) == IFLA_INFO_SLAVE_DATA) slave_data = info;
     });
+    if (data && l.kind == "gretap")
+      for_each_nested(data, [&](const nlattr* a) {
+        if (mnl_attr_get_type(a) == IFLA_GRE_IKEY && mnl_attr_get_payload_len(a) == 4)
+          l.gre_key = ntohl(mnl_attr_get_u32(a));
+        if (mnl_attr_get_type(a) == IFLA_GRE_REMOTE && mnl_attr_get_payload_len(a) == 4 &&
+            mnl_attr_get_u32(a) != 0)
+          l.gre_remote = Ipv4(ntohl(mnl_attr_get_u32(a)));
+      });
+    if (slave_data && slave_kind == "bridge")
+      for_each_nested(slave_data, [&](const nlattr* a) {
+        if (mnl_attr_get_type(a) == IFLA_BRPORT_ISOLATED && mnl_attr_get_payload_len(a) >= 1)
+          l.bridge_port_isolated = mnl_attr_get_u8(a) != 0;
+      });
     if (data && l.kind == "vxlan")
       for_each_nested(data, [&](const nlattr* a) {
         if (mnl_attr_get_type(a) == IFLA_VXLAN_ID) l.vxlan_id = mnl_attr_get_u32(a);
@@ -317,6 +335,27 @@ void Rtnl::set_mac(int index, const Mac& mac) {
   put_ifinfo(nlh, index);
   mnl_attr_put(nlh, IFLA_ADDRESS, 6, mac.b.data());
   check(request(nlh), "set MAC of link " + std::to_string(index));
+}
+
+void Rtnl::set_mtu(int index, uint32_t mtu) {
+  char req[MNL_SOCKET_BUFFER_SIZE];
+  nlmsghdr* nlh = new_msg(req, RTM_NEWLINK, 0);
+  put_ifinfo(nlh, index);
+  mnl_attr_put_u32(nlh, IFLA_MTU, mtu);
+  check(request(nlh), "set MTU of link " + std::to_string(index) + " to " + std::to_string(mtu));
+}
+
+void Rtnl::set_bridge_port_isolated(int index) {
+  char req[MNL_SOCKET_BUFFER_SIZE];
+  nlmsghdr* nlh = new_msg(req, RTM_NEWLINK, 0);
+  put_ifinfo(nlh, index);
+  nlattr* info = mnl_attr_nest_start(nlh, IFLA_LINKINFO);
+  mnl_attr_put_strz(nlh, IFLA_INFO_SLAVE_KIND, "bridge");
+  nlattr* data = mnl_attr_nest_start(nlh, IFLA_INFO_SLAVE_DATA);
+  mnl_attr_put_u8(nlh, IFLA_BRPORT_ISOLATED, 1);
+  mnl_attr_nest_end(nlh, data);
+  mnl_attr_nest_end(nlh, info);
+  check(request(nlh), "isolate bridge port " + std::to_string(index));
 }
 
 std::vector<Address> Rtnl::addresses(int index) {

@@ -21,6 +21,11 @@ struct Link {
   bool up = false;
   Mac mac;
   uint32_t vxlan_id = 0;
+  uint32_t mtu = 0;
+  // gretap devices: the key (input side) and the remote end, if any.
+  uint32_t gre_key = 0;
+  std::optional<Ipv4> gre_remote;
+  bool bridge_port_isolated = false;  // a bridge port with the "isolated" flag
 };
 
 struct Address {
@@ -52,6 +57,10 @@ class Rtnl {
   void set_master(int index, int master_index);
   void set_up(int index);
   void set_mac(int index, const Mac& mac);
+  void set_mtu(int index, uint32_t mtu);
+  // Marks a bridge port isolated: it forwards only to ports that are not isolated (split
+  // horizon between tunnel ports, so a full mesh of tunnels does not loop).
+  void set_bridge_port_isolated(int index);
 
   std::vector<Address> addresses(int index);
   void add_address(int index, Ipv4 ip, int prefix);

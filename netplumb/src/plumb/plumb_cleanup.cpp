@@ -46,7 +46,13 @@ bool is_ours(const std::string& name) {
   if ((name.starts_with("brq") || name.starts_with("tap")) && is_hex_id_prefix(name.substr(3)))
     return true;
   if (name.starts_with("vxlan-") && is_number(name.substr(6))) return true;
-  if (name.starts_with("gre-") && is_number(name.substr(4))) return true;
+  if (name.starts_with("gre-")) {
+    // gre-SEG, or gre-SEG-K (one per peer)
+    std::string rest = name.substr(4);
+    auto dash = rest.find('-');
+    if (dash == std::string::npos) return is_number(rest);
+    return is_number(rest.substr(0, dash)) && is_number(rest.substr(dash + 1));
+  }
   return false;
 }
 

@@ -62,17 +62,7 @@ void Reconciler::ensure_segment(const Network& n, int br) {
       }
     attach(host_, *l, br);
   } else if (n.network_type == "gre") {
-    std::string name = "gre-" + std::to_string(n.segmentation_id.value_or(0));
-    wanted_.insert(name);
-    auto l = hlink(name);
-    if (!l) {
-      std::optional<Ipv4> remote;
-      if (!cfg_.vxlan_peers.empty()) remote = Ipv4::parse(cfg_.vxlan_peers[0]);
-      host_.add_gretap(name, n.segmentation_id.value_or(0), local, remote);
-      changed("created GRE device " + name);
-      l = refresh(name);
-    }
-    attach(host_, *l, br);
+    ensure_gre(n, br, local);
   } else {
     std::string dev = physical_interface(n.physical_network);
     if (dev.empty()) return;  // no uplink: the network stays local to this host
@@ -95,6 +85,48 @@ void Reconciler::ensure_segment(const Network& n, int br) {
       l = refresh(name);
     }
     attach(host_, *l, br);
+  }
+}
+
+// GRE is point to point: one gretap per peer (gre-SEG-K, K the peer's place in the sorted list
+// of peers), all on the network's bridge, so that broadcasts reach every peer (head-end
+// replication, as VXLAN's flood entries do). The tunnel ports are isolated from each other: a
+// frame that came in from one peer is not sent on to the others, which in a full mesh would
+// loop. Without peers, one gretap with no remote (gre-SEG) keeps the network local.
+void Reconciler::ensure_gre(const Network& n, int br, std::optional<Ipv4> local) {
+  const uint32_t key = n.segmentation_id.value_or(0);
+  std::set<Ipv4> peer_set;
+  for (auto& peer : cfg_.vxlan_peers)
+    if (auto ip = Ipv4::parse(peer)) peer_set.insert(*ip);
+  std::vector<std::optional<Ipv4>> remotes(peer_set.begin(), peer_set.end());
+  const bool mesh = !remotes.empty();
+  if (!mesh) remotes.push_back(std::nullopt);
+  for (size_t k = 0; k < remotes.size(); ++k) {
+    std::string name = "gre-";
+    name += std::to_string(key);
+    if (mesh) {
+      name += '-';
+      name += std::to_string(k);
+    }
+    if (name.size() > kMaxIfname)
+      throw invalid("GRE segment " + std::to_string(key) + " with " +
+                    std::to_string(remotes.size()) + " peers: device name " + name +
+                    " is longer than " + std::to_string(kMaxIfname) + " characters");
+    wanted_.insert(name);
+    auto l = hlink(name);
+    if (l && (l->kind != "gretap" || l->gre_key != key || l->gre_remote != remotes[k])) {
+      host_del(*l);
+      l.reset();
+    }
+    if (!l) {
+      host_.add_gretap(name, key, local, remotes[k]);
+      changed("created GRE device " + name +
+              (remotes[k] ? " to " + remotes[k]->str() : std::string(" (no peers)")));
+      l = refresh(name);
+    }
+    if (l->mtu != network_mtu(n)) host_.set_mtu(l->index, network_mtu(n));
+    attach(host_, *l, br);
+    if (mesh && !l->bridge_port_isolated) host_.set_bridge_port_isolated(l->index);
   }
 }
 

@@ -25,6 +25,9 @@
 
 namespace kiln::net {
 
+// The longest network device name (IFNAMSIZ less the terminating NUL).
+inline constexpr size_t kMaxIfname = 15;
+
 // Devices of the host namespace that netplumb names (and so may remove).
 bool is_ours(const std::string& name);
 // The host end of a tap or veth: the guest's MAC with another first byte.
@@ -70,6 +73,7 @@ class Reconciler {
   int ensure_bridge(const Network& n);
   std::string physical_interface(const std::string& physnet);
   void ensure_segment(const Network& n, int br);
+  void ensure_gre(const Network& n, int br, std::optional<Ipv4> local);
   void ensure_port(const Port& p);
   void remove_port_device(const std::string& port_id);
 

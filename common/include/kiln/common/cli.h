@@ -51,8 +51,9 @@ struct Rules {
   bool stop_at_positional = false;
   // "-2" is a positional (a value such as a ratio), not an unknown option "-2".
   bool negative_numbers_are_positional = false;
-  // OpenStack's spellings: '_' and '-' are the same in long names (--tenant_id), and a flag may
-  // be given "=True" or "=False".
+  // OpenStack's spellings: '_' and '-' are the same in long names (--tenant_id), a flag may
+  // be given "=True" or "=False", and "--opt list=true A B" gives --opt the values A and B
+  // (every argument up to the next option).
   bool neutron = false;
 };
 

@@ -26,6 +26,18 @@ struct Network {
   bool shared = false;
 };
 
+// The MTU a network offers its ports, as Neutron computes it from a 1500-byte physical
+// network: VXLAN loses 50 bytes (outer IPv4 20, UDP 8, VXLAN 8, inner Ethernet 14), GRE 42
+// (outer IPv4 20, GRE with a key 8, inner Ethernet 14); flat and VLAN carry the full 1500.
+inline constexpr uint32_t kPhysicalMtu = 1500;
+inline constexpr uint32_t kVxlanOverhead = 50;
+inline constexpr uint32_t kGreOverhead = 42;
+inline uint32_t network_mtu(const Network& n) {
+  if (n.network_type == "vxlan") return kPhysicalMtu - kVxlanOverhead;
+  if (n.network_type == "gre") return kPhysicalMtu - kGreOverhead;
+  return kPhysicalMtu;
+}
+
 struct Subnet {
   std::string id, name, tenant_id, network_id;
   Cidr cidr;

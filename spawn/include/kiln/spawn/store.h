@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -21,6 +22,13 @@ struct Image {
   uint64_t size = 0;        // bytes of the file
   uint64_t virtual_size = 0;
   std::string created_at;
+  // Glance's fields. Images registered before kiln-spawn kept them have "" and 0.
+  std::string checksum;       // MD5, 32 hex digits
+  std::string os_hash_algo;   // "sha512"
+  std::string os_hash_value;  // SHA-512, 128 hex digits
+  int64_t min_disk = 0;       // GiB
+  int64_t min_ram = 0;        // MiB
+  std::map<std::string, std::string> properties;
 };
 
 struct Flavor {
