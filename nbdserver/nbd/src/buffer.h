@@ -18,7 +18,7 @@ class AlignedBuffer {
   explicit AlignedBuffer(size_t size);
   // What a buffer of `size` bytes may cost the heap: its capacity (a multiple of 4096) plus
   // what the allocator may lose to alignment. The memory budget charges this, not `size`.
-  static uint64_t footprint(uint64_t size) {
+  static constexpr uint64_t footprint(uint64_t size) {
     return size ? ((size + kAlign - 1) & ~uint64_t(kAlign - 1)) + kAlign : 0;
   }
   ~AlignedBuffer() { release(); }

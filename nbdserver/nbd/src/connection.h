@@ -141,7 +141,8 @@ constexpr uint32_t kMaxDescriptors = 32768;
 // What every request is charged besides its data: its coroutine, its reply's header.
 constexpr uint64_t kRequestOverhead = 512;
 // The most an idle connection may always take, whatever the others hold.
-constexpr uint64_t kGuaranteedCost = kGuaranteedRequestBytes + kRequestOverhead;
+constexpr uint64_t kGuaranteedCost =
+    AlignedBuffer::footprint(kGuaranteedRequestBytes) + kRequestOverhead;
 
 // An errno as the NBD protocol spells it.
 uint32_t wire_error(int err);
