@@ -1,7 +1,8 @@
-// The transmission phase. One reader loop takes requests off the socket (a write's payload is
-// read before the next header); each request runs as its own coroutine, so many are in flight
-// and replies go out as they complete. One writer at a time gathers queued replies into a
-// single sendmsg.
+// The transmission phase. One reader loop parses every request a receive brought straight
+// from the socket's buffer (a write's payload is taken before the next header); each request
+// runs as its own coroutine, so many are in flight. Replies are queued as they complete; one
+// writer at a time gathers them into a single sendmsg, once the loop turn's completions have
+// all queued theirs (docs/kiln-nbd.md, "Performance").
 //
 // Memory: each request is charged, when its header is read, for what the server will hold
 // for it (a write's payload, a read's data, a block-status reply) until its reply has left
@@ -21,6 +22,9 @@
 namespace kiln::nbd {
 
 using block::Task;
+
+// Most replies one sendmsg gathers.
+constexpr size_t kMaxBatch = 128;
 
 uint32_t wire_error(int err) {
   switch (err < 0 ? -err : err) {
@@ -106,9 +110,10 @@ Task<void> Connection::run() {
 uint64_t Connection::request_cost(const Request& req, uint32_t max_block) const {
   switch (req.type) {
     case kCmdRead:
-      return kRequestOverhead + (req.length <= max_block ? req.length : 0);
     case kCmdWrite:
-      return kRequestOverhead + (req.length <= max_block ? req.length : 0);
+      // The data lives in an aligned buffer (buffer.h): charged what it costs the heap.
+      return kRequestOverhead +
+             (req.length <= max_block ? AlignedBuffer::footprint(req.length) : 0);
     case kCmdBlockStatus: {
       // The largest reply do_block_status() builds: kMaxDescriptors for each context.
       const uint64_t contexts = (ctx_allocation_ ? 1 : 0) + (ctx_depth_ ? 1 : 0);
@@ -173,21 +178,31 @@ Task<void> Connection::transmission() {
         return in_flight_ < server_.options().max_in_flight || stopping_ || dead_;
       });
     if (stopping_ || dead_) break;
-    uint8_t h[kRequestSize];
-    if (co_await sock_.read_exact(h) < 0) break;
+    // Every request one receive brought is parsed here, straight from the socket's buffer;
+    // the loop suspends only to receive more (or to wait for budget).
+    const std::span<const uint8_t> in = sock_.pending();
+    if (in.size() < kRequestSize) {
+      if (co_await sock_.receive() < 0) break;
+      continue;
+    }
+    const uint8_t* h = in.data();
     if (get32(h) != kRequestMagic) {
       logf(LogLevel::kWarn, "%s: bad request magic, closing", peer_.c_str());
       break;
     }
     Request req{get16(h + 4), get16(h + 6), get64(h + 8), get64(h + 16), get32(h + 24)};
+    sock_.consume(kRequestSize);
     if (log_enabled(LogLevel::kDebug))
       logf(LogLevel::kDebug, "%s: request type=%u flags=%#x offset=%llu length=%u", peer_.c_str(),
            req.type, req.flags, (unsigned long long)req.offset, req.length);
     if (req.type == kCmdDisc) break;
     // Nothing more is read from this client until the request fits its budgets.
     const uint64_t cost = request_cost(req, max_block);
-    if (!co_await reserve(cost)) break;
-    std::vector<uint8_t> payload;
+    if (!try_reserve(cost)) {
+      const bool ok = co_await reserve(cost);
+      if (!ok) break;
+    }
+    AlignedBuffer payload;
     if (req.type == kCmdWrite) {
       if (req.length > max_block) {
         // Too big to take into memory: drop the payload from the stream and refuse.
@@ -199,10 +214,18 @@ Task<void> Connection::transmission() {
         reply_simple(req.handle, EINVAL, cost);
         continue;
       }
-      payload.resize(req.length);
-      if (co_await sock_.read_exact(payload) < 0) {
-        release(cost);
-        break;
+      payload = AlignedBuffer(req.length);
+      // What the last receive brought of the payload, then the rest (large payloads are
+      // received straight into the buffer).
+      const size_t have = std::min<size_t>(req.length, sock_.buffered());
+      if (have) std::memcpy(payload.data(), sock_.pending().data(), have);
+      sock_.consume(have);
+      if (have < req.length) {
+        const int rc = co_await sock_.read_exact(payload.span().subspan(have));
+        if (rc < 0) {
+          release(cost);
+          break;
+        }
       }
     }
     ++in_flight_;
@@ -210,7 +233,7 @@ Task<void> Connection::transmission() {
   }
 }
 
-void Connection::reply_simple(uint64_t handle, int err, uint64_t held, std::vector<uint8_t> data) {
+void Connection::reply_simple(uint64_t handle, int err, uint64_t held, AlignedBuffer data) {
   OutMessage m;
   m.held = held;
   std::vector<uint8_t> head(kSimpleReplySize);
@@ -218,7 +241,7 @@ void Connection::reply_simple(uint64_t handle, int err, uint64_t held, std::vect
   put32(&head[4], wire_error(err));
   put64(&head[8], handle);
   m.buffers.push_back(std::move(head));
-  if (!data.empty() && err == 0) m.buffers.push_back(std::move(data));
+  if (err == 0) m.data = std::move(data);
   m.fix();
   queue(std::move(m));
 }
@@ -258,12 +281,27 @@ void Connection::queue(OutMessage m) {
   }
 }
 
+namespace {
+// Resumes the awaiting coroutine from the reactor's ready queue, i.e. after the completions of
+// the current loop turn have all been handled.
+struct Later {
+  block::Reactor* r;
+  bool await_ready() const noexcept { return false; }
+  void await_suspend(std::coroutine_handle<> h) { r->post(h); }
+  void await_resume() const noexcept {}
+};
+}  // namespace
+
 Task<void> Connection::writer() {
+  // The first reply of a loop turn starts the writer, but it sends only once the turn's other
+  // completions have queued their replies too: one sendmsg for all of them.
+  co_await Later{reactor_};
   while (!out_.empty() && !dead_) {
     std::vector<OutMessage> batch;
     std::vector<iovec> iov;
     uint64_t held = 0;
-    while (!out_.empty() && batch.size() < 64) {
+    batch.reserve(std::min<size_t>(out_.size(), kMaxBatch));
+    while (!out_.empty() && batch.size() < kMaxBatch) {
       batch.push_back(std::move(out_.front()));
       out_.pop_front();
       iov.insert(iov.end(), batch.back().iov.begin(), batch.back().iov.end());
@@ -283,8 +321,8 @@ Task<void> Connection::writer() {
 
 Task<void> Connection::do_read(const Request& req, uint64_t held) {
   block::BlockDevice& dev = *export_->device;
-  std::vector<uint8_t> data(req.length);
-  int rc = co_await dev.read(req.offset, data);
+  AlignedBuffer data(req.length);  // every byte is filled by a successful read
+  int rc = co_await dev.read(req.offset, data.span());
   if (rc == 0) {
     export_->stats.reads++;
     export_->stats.bytes_read += req.length;
@@ -308,20 +346,20 @@ Task<void> Connection::do_read(const Request& req, uint64_t held) {
   bool any_hole = false;
   for (const auto& e : extents) any_hole |= e.zero;
   if (!any_hole) {
-    m.buffers.push_back(
-        chunk_header(kReplyFlagDone, kReplyOffsetData, req.handle, uint32_t(8 + req.length)));
-    std::vector<uint8_t> off(8);
-    put64(off.data(), req.offset);
-    m.buffers.push_back(std::move(off));
-    m.buffers.push_back(std::move(data));
+    std::vector<uint8_t> hdr =
+        chunk_header(kReplyFlagDone, kReplyOffsetData, req.handle, uint32_t(8 + req.length));
+    hdr.resize(kStructuredReplySize + 8);
+    put64(&hdr[kStructuredReplySize], req.offset);
+    m.buffers.push_back(std::move(hdr));
+    m.data = std::move(data);
     m.fix();
     queue(std::move(m));
     co_return;
   }
-  // Chunks point into `data`, which the message owns (moved in first, so it does not move).
+  // Chunks point into `data`, which the message owns (its memory does not move with it).
   m.buffers.reserve(2 * extents.size() + 2);
-  m.buffers.push_back(std::move(data));
-  const uint8_t* base = m.buffers[0].data();
+  m.data = std::move(data);
+  const uint8_t* base = m.data.data();
   struct Piece {
     size_t header;
     bool data;
@@ -411,7 +449,7 @@ Task<void> Connection::do_block_status(const Request& req, uint64_t held) {
   queue(std::move(m));
 }
 
-Task<void> Connection::handle(Request req, std::vector<uint8_t> payload, uint64_t held) {
+Task<void> Connection::handle(Request req, AlignedBuffer payload, uint64_t held) {
   Export& ex = *export_;
   block::BlockDevice& dev = *ex.device;
   ex.stats.requests++;
@@ -440,7 +478,7 @@ Task<void> Connection::handle(Request req, std::vector<uint8_t> payload, uint64_
         replied = true;
         break;
       case kCmdWrite:
-        rc = co_await dev.write(req.offset, payload, fua);
+        rc = co_await dev.write(req.offset, payload.span(), fua);
         if (rc == 0) {
           ex.stats.writes++;
           ex.stats.bytes_written += req.length;
@@ -476,7 +514,7 @@ Task<void> Connection::handle(Request req, std::vector<uint8_t> payload, uint64_
          strerror(-rc));
   }
   if (!replied) {
-    payload = {};  // the payload is not held for the reply's sake
+    payload.release();  // the payload is not held for the reply's sake
     if (structured_ && rc < 0)
       reply_structured_error(req.handle, rc, held);
     else

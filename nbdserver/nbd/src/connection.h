@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "budget.h"
+#include "buffer.h"
 #include "kiln/nbd/server.h"
 #include "socket.h"
 
@@ -27,18 +28,19 @@ struct Request {
 
 // A reply (one or several chunks) that leaves as one unit: its buffers and the iovecs into them.
 // `held` is the request's share of the memory budget, given back once the reply has left.
+// `data` is a read's payload (aligned, see buffer.h); the iovecs point into heap memory only,
+// so moving the message keeps them valid.
 struct OutMessage {
   std::vector<std::vector<uint8_t>> buffers;
+  AlignedBuffer data;
   std::vector<iovec> iov;
   uint64_t held = 0;
-  void add(std::vector<uint8_t> b) {
-    buffers.push_back(std::move(b));
-    iov.push_back({buffers.back().data(), buffers.back().size()});
-  }
-  // Call after all add()s: vectors of vectors may have moved the inner buffers' owners.
+  // The iovecs for `buffers`, then `data`. Call after the last change to `buffers`.
   void fix() {
     iov.clear();
+    iov.reserve(buffers.size() + 1);
     for (auto& b : buffers) iov.push_back({b.data(), b.size()});
+    if (!data.empty()) iov.push_back({data.data(), data.size()});
   }
 };
 
@@ -98,10 +100,10 @@ class Connection {
   bool try_reserve(uint64_t cost);
   void release(uint64_t bytes);
   uint64_t request_cost(const Request& req, uint32_t max_block) const;
-  block::Task<void> handle(Request req, std::vector<uint8_t> payload, uint64_t held);
+  block::Task<void> handle(Request req, AlignedBuffer payload, uint64_t held);
   block::Task<void> do_read(const Request& req, uint64_t held);
   block::Task<void> do_block_status(const Request& req, uint64_t held);
-  void reply_simple(uint64_t handle, int err, uint64_t held, std::vector<uint8_t> data = {});
+  void reply_simple(uint64_t handle, int err, uint64_t held, AlignedBuffer data = {});
   void reply_structured_error(uint64_t handle, int err, uint64_t held);
   void queue(OutMessage m);
   block::Task<void> writer();
@@ -139,7 +141,8 @@ constexpr uint32_t kMaxDescriptors = 32768;
 // What every request is charged besides its data: its coroutine, its reply's header.
 constexpr uint64_t kRequestOverhead = 512;
 // The most an idle connection may always take, whatever the others hold.
-constexpr uint64_t kGuaranteedCost = kGuaranteedRequestBytes + kRequestOverhead;
+constexpr uint64_t kGuaranteedCost =
+    AlignedBuffer::footprint(kGuaranteedRequestBytes) + kRequestOverhead;
 
 // An errno as the NBD protocol spells it.
 uint32_t wire_error(int err);

@@ -56,6 +56,17 @@ block::Task<int> Socket::fill() {
   co_return 0;
 }
 
+block::Task<int> Socket::receive() {
+  // What is left is at most part of one request header: move it to the front, so that the
+  // receive has the whole buffer.
+  if (begin_ > 0) {
+    std::memmove(buf_.get(), buf_.get() + begin_, end_ - begin_);
+    end_ -= begin_;
+    begin_ = 0;
+  }
+  co_return co_await fill();
+}
+
 block::Task<int> Socket::read_exact(std::span<uint8_t> out) {
   size_t got = 0;
   while (got < out.size()) {

@@ -42,8 +42,15 @@ class Socket {
   block::Task<int> write_all(std::span<const uint8_t> data) {
     return write_all(std::vector<iovec>{{const_cast<uint8_t*>(data.data()), data.size()}});
   }
-  // Bytes already received but not consumed.
+  // Bytes already received but not consumed, and a view of them (valid until the next call
+  // that receives). The request loop parses every request a receive brought from this view
+  // without a coroutine call per request.
   size_t buffered() const { return end_ - begin_; }
+  std::span<const uint8_t> pending() const { return {buf_.get() + begin_, end_ - begin_}; }
+  void consume(size_t n) { begin_ += n; }
+  // Receives once more into the buffer, behind what is not consumed yet. Returns 0,
+  // -ECONNRESET at end of stream, or -errno.
+  block::Task<int> receive();
   void shutdown_read();
 
   // Runs the server side of a TLS handshake on this socket; from then on every read and write
