@@ -40,5 +40,6 @@ CommandTable image_commands();
 CommandTable flavor_commands();
 CommandTable instance_commands();  // boot, list, show, console-log, stop, start, delete
 CommandTable host_commands();      // hypervisor-stats, config-set, config-show
+CommandTable metadata_commands();  // metadata-serve
 
 }  // namespace kiln::spawn::cli
