@@ -2,6 +2,7 @@
 # kiln-net runs in the network's DHCP namespace, and two "guests" (namespaces on ports) asking
 # http://169.254.169.254 for their own data - per port, unforgeable, gone with the network.
 source "$NP_LIB"
+[ -d "${KILN_CLOUD_INIT_SITE:-}/cloudinit" ] || fail "KILN_CLOUD_INIT_SITE has no cloudinit package"
 for v in KILN_SPAWN KILN_METADATA_PROXY KILN_METADATA_SEED; do
   [ -x "${!v:-}" ] || fail "$v must name the built binary"
 done
@@ -19,6 +20,7 @@ code=$(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$T/md.sock" http://
 [ "$code" = 400 ] || fail "a request without the proxy's headers got $code"
 
 step "kiln-net starts the proxy in qdhcp-$net once the service is configured"
+expect_error "absolute path" kiln-net config-set metadata_socket relative.sock
 kiln-net config-set metadata_socket "$T/md.sock" >/dev/null
 kiln-net apply >/dev/null
 pid_file=$KILN_RUN_DIR/metadata/$net/pid
@@ -94,6 +96,33 @@ step "the EC2 tree"
   fail "openssh-key"
 [ "$(md vm1 /latest/user-data)" = "#cloud-config for vm-one" ] || fail "EC2 user-data"
 [ "$(md vm1 /2009-04-04/meta-data/placement/availability-zone)" = nova ] || fail "placement"
+
+step "cloud-init's OpenStack datasource reads vm1's metadata over the network"
+# cloud-init's own reader (Debian's cloud-init 22.4, unpacked by metadata-run.sh): the versions
+# it picks, meta_data.json, user_data, vendor data, network_data.json and the EC2 tree.
+cat > "$T/read_md.py" <<'PY'
+import json
+from cloudinit.sources.helpers import openstack
+r = openstack.MetadataReader("http://169.254.169.254", retries=0).read_v2()
+md = r["metadata"]
+print(json.dumps({"version": r["version"], "uuid": md["uuid"], "hostname": md["hostname"],
+                  "keys": md.get("public_keys"), "userdata": r["userdata"].decode(),
+                  "ip": r["networkdata"]["networks"][0]["ip_address"],
+                  "ec2": r["ec2-metadata"]["instance-id"]}))
+PY
+ci=$(in_ns vm1 env PYTHONPATH="$KILN_CLOUD_INIT_SITE" python3 "$T/read_md.py") ||
+  fail "cloud-init's reader failed"
+want="{\"version\": 2, \"uuid\": \"$uuid1\", \"hostname\": \"vm-one\", \"keys\": {\"key-vm-one\": \"ssh-ed25519 AAAAC3Nz vm-one@test\"}, \"userdata\": \"#cloud-config for vm-one\", \"ip\": \"$ip1\", \"ec2\": \"i-11111111\"}"
+[ "$ci" = "$want" ] || fail "cloud-init read $ci"
+
+step "a killed proxy is started again by the reconciler"
+kill "$proxy"
+for _ in $(seq 100); do kill -0 "$proxy" 2>/dev/null || break; sleep 0.05; done
+[ "$(md vm1 /latest/meta-data/instance-id)" = "HTTP 000" ] || fail "answered without a proxy"
+kiln-net apply >/dev/null
+proxy=$(cat "$pid_file")
+kill -0 "$proxy" || fail "no proxy after apply"
+[ "$(md vm1 /latest/meta-data/instance-id)" = i-11111111 ] || fail "no answer after the restart"
 
 step "unknown paths and methods"
 [ "$(md vm1 /openstack/latest/nothing)" = "HTTP 404" ] || fail "unknown file"

@@ -102,7 +102,7 @@ TEST(Metadata, Listings) {
             "meta_data.json\nuser_data\nvendor_data.json\nnetwork_data.json\nvendor_data2.json");
   // Older versions have fewer files, as Nova's.
   EXPECT_EQ(get("/openstack/2012-08-10/").body, "meta_data.json\nuser_data");
-  EXPECT_EQ(get("/").body, "2009-04-04\nlatest\nopenstack");
+  EXPECT_EQ(get("/").body, "2009-04-04\nlatest");
   EXPECT_EQ(get("/latest/").body, "meta-data/\nuser-data");
   std::string md = get("/latest/meta-data/").body;
   EXPECT_NE(md.find("instance-id\n"), std::string::npos) << md;

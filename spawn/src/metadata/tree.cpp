@@ -106,7 +106,7 @@ MetadataReply metadata_reply(const std::map<std::string, std::string>& files,
   // "/a/b/" and "/a/b" name the same node; empty components ("//") name nothing.
   std::string p = path.substr(1);
   if (!p.empty() && p.back() == '/') p.pop_back();
-  if (p.empty()) return ok(listing(ec2_metadata_versions()) + "\nopenstack");
+  if (p.empty()) return ok(listing(ec2_metadata_versions()));  // as Nova: no "openstack"
   std::vector<std::string> parts = common::split(p, '/');
   for (const auto& s : parts)
     if (s.empty() || s == "." || s == "..") return not_found();

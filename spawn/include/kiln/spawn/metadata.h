@@ -7,7 +7,7 @@
 //                                       vendor_data.json, network_data.json, vendor_data2.json)
 //   /openstack/<version>/<file>         the drive's openstack/<version>/<file>
 //   /openstack/content/NNNN             injected files (meta_data.json "files")
-//   /                                   EC2 versions, then "latest" (and "openstack")
+//   /                                   EC2 versions, then "latest"
 //   /<ec2 version>/                     meta-data/ and user-data
 //   /<ec2 version>/meta-data/...        the drive's ec2/<version>/meta-data.json walked by key:
 //                                       a directory lists its keys ("name/" for a directory),
