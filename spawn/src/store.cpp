@@ -202,6 +202,13 @@ void Store::remove_metadata(const std::string& instance_id) {
   });
 }
 
+std::optional<std::string> Store::metadata_of(const std::string& instance_id) {
+  Stmt s(db_, "SELECT record FROM metadata WHERE instance_id = ?");
+  s.bind(instance_id);
+  if (!s.step()) return std::nullopt;
+  return s.text(0);
+}
+
 std::optional<std::string> Store::metadata_for(const std::string& network_id,
                                                const std::string& ip) {
   Stmt s(db_,

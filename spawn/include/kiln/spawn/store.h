@@ -113,6 +113,8 @@ class Store {
                     const std::vector<std::pair<std::string, std::string>>& addresses);
   void remove_metadata(const std::string& instance_id);
   std::optional<std::string> metadata_for(const std::string& network_id, const std::string& ip);
+  // The instance's record, wherever it is looked up from.
+  std::optional<std::string> metadata_of(const std::string& instance_id);
 
   std::optional<std::string> setting(const std::string& key);
   void set_setting(const std::string& key, const std::string& value);
