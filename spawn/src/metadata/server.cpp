@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <mutex>
+#include <optional>
 
 #include "kiln/spawn/metadata.h"
 #include "kiln/spawn/store.h"
@@ -37,9 +38,9 @@ struct MetadataServer::Impl {
 };
 
 MetadataServer::MetadataServer(Store& store, std::string socket_path)
-    : store_(store), socket_path_(std::move(socket_path)), impl_(new Impl) {}
+    : store_(store), socket_path_(std::move(socket_path)), impl_(std::make_unique<Impl>()) {}
 
-MetadataServer::~MetadataServer() { delete impl_; }
+MetadataServer::~MetadataServer() = default;
 
 MetadataReply MetadataServer::handle(const std::string& method, const std::string& path,
                                      const std::string& network_id,

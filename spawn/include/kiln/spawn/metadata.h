@@ -18,7 +18,7 @@
 #pragma once
 
 #include <map>
-#include <optional>
+#include <memory>
 #include <string>
 
 #include "kiln/spawn/configdrive.h"
@@ -43,10 +43,6 @@ std::string metadata_record(const ConfigDriveInput& in);
 // Throws Error (invalid) on a record that is not one.
 ConfigDriveInput parse_metadata_record(const std::string& record);
 
-}  // namespace kiln::spawn
-
-namespace kiln::spawn {
-
 class Store;
 
 // The headers the metadata proxy (kiln-net-metadata-proxy, docs/netplumb.md) sets on every
@@ -61,6 +57,8 @@ class MetadataServer {
  public:
   MetadataServer(Store& store, std::string socket_path);
   ~MetadataServer();
+  MetadataServer(const MetadataServer&) = delete;
+  MetadataServer& operator=(const MetadataServer&) = delete;
   // Binds the socket (replacing a stale one), serves until stop(); false if it cannot bind.
   bool run();
   void stop();
@@ -72,7 +70,7 @@ class MetadataServer {
   struct Impl;
   Store& store_;
   std::string socket_path_;
-  Impl* impl_;
+  std::unique_ptr<Impl> impl_;
 };
 
 }  // namespace kiln::spawn
