@@ -15,10 +15,8 @@ namespace kiln::net {
 
 const std::vector<std::pair<std::string, std::string>>& known_settings() {
   static const std::vector<std::pair<std::string, std::string>> k = {
-      {"mac_prefix", kDefaultMacPrefix},
-      {"vxlan_local_ip", ""},
-      {"vxlan_peers", ""},
-      {"physical_interface_mappings", ""},
+      {"mac_prefix", kDefaultMacPrefix},   {"vxlan_local_ip", ""},  {"vxlan_peers", ""},
+      {"physical_interface_mappings", ""}, {"metadata_socket", ""},
   };
   return k;
 }
@@ -40,6 +38,8 @@ void NetService::set_setting(const std::string& key, const std::string& value) {
       if (kv.size() != 2 || kv[0].empty() || kv[1].empty() || kv[1].size() > 15)
         throw invalid("physical_interface_mappings: '" + m + "' is not PHYSNET:INTERFACE");
     }
+  if (key == "metadata_socket" && !value.empty() && (value[0] != '/' || value.size() > 107))
+    throw invalid("metadata_socket must be an absolute path of at most 107 bytes");
   store_.write([&] { store_.set_setting(key, value); });
 }
 
@@ -112,8 +112,10 @@ HostConfig host_config(NetService& svc) {
         auto kv = common::split(m, ':');
         if (kv.size() == 2) h.physical_interface_mappings.emplace_back(kv[0], kv[1]);
       }
+    if (k == "metadata_socket") h.metadata_socket = v;
   }
   if (const char* d = std::getenv("KILN_DNSMASQ"); d && *d) h.dnsmasq = d;
+  if (const char* d = std::getenv("KILN_METADATA_PROXY"); d && *d) h.metadata_proxy = d;
   return h;
 }
 

@@ -19,6 +19,7 @@
 #include "kiln/spawn/domain.h"
 #include "kiln/spawn/error.h"
 #include "kiln/spawn/images.h"
+#include "kiln/spawn/metadata.h"
 #include "kiln/spawn/nbd_control.h"
 #include "kiln/spawn/virt.h"
 #include "perms.h"
@@ -183,12 +184,19 @@ void Compute::step_config_drive(Build& b) {
   }
   make_instance_dir(store_, inst);
   write_iso(config_drive_files(in), inst.dir + "/disk.config");
+  // The metadata service answers from the same input (kiln-spawn metadata-serve).
+  std::vector<std::pair<std::string, std::string>> addresses;
+  for (const auto& n : in.networks) addresses.emplace_back(n.network_id, n.ip);
+  store_.put_metadata(inst.id, metadata_record(in), addresses);
   // QEMU opens it itself (libvirt chowns it too when dynamic_ownership is on).
   give_to(inst.dir + "/disk.config", qemu_user());
   save(inst, "config drive " + inst.dir + "/disk.config");
 }
 
-void Compute::undo_config_drive(Instance& inst) { remove_file(inst.dir + "/disk.config"); }
+void Compute::undo_config_drive(Instance& inst) {
+  store_.remove_metadata(inst.id);
+  remove_file(inst.dir + "/disk.config");
+}
 
 void Compute::step_inject(Build& b) {
   if (!b.req.inject) return;

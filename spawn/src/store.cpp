@@ -89,8 +89,18 @@ void glance_image_fields_v2(common::Database& db) {
       "ALTER TABLE images ADD COLUMN properties TEXT NOT NULL DEFAULT '{}';");
 }
 
+// Version 3: the metadata service's records (metadata.h), one per instance, and the addresses
+// they are looked up by: the instance's fixed IPs on their networks.
+void metadata_tables_v3(common::Database& db) {
+  db.exec(
+      "CREATE TABLE metadata (instance_id TEXT PRIMARY KEY, record TEXT NOT NULL);"
+      "CREATE TABLE metadata_addresses (network_id TEXT NOT NULL, ip TEXT NOT NULL, "
+      "instance_id TEXT NOT NULL, PRIMARY KEY (network_id, ip));"
+      "CREATE INDEX metadata_addresses_instance ON metadata_addresses(instance_id);");
+}
+
 std::vector<common::Database::Migration> migrations() {
-  return {schema_v1, glance_image_fields_v2};
+  return {schema_v1, glance_image_fields_v2, metadata_tables_v3};
 }
 
 // Creates the state directory; returns the database's path.
@@ -188,7 +198,51 @@ void Store::remove_instance(const std::string& id) {
     Stmt(db_, "DELETE FROM claims WHERE instance_id = ?").bind(id).run();
     Stmt(db_, "DELETE FROM events WHERE instance_id = ?").bind(id).run();
     Stmt(db_, "DELETE FROM instances WHERE id = ?").bind(id).run();
+    remove_metadata(id);
   });
+}
+
+void Store::put_metadata(const std::string& instance_id, const std::string& record,
+                         const std::vector<std::pair<std::string, std::string>>& addresses) {
+  write([&] {
+    remove_metadata(instance_id);
+    Stmt(db_, "INSERT INTO metadata(instance_id, record) VALUES (?, ?)")
+        .bind(instance_id)
+        .bind(record)
+        .run();
+    for (const auto& [network_id, ip] : addresses)
+      Stmt(db_,
+           "INSERT OR REPLACE INTO metadata_addresses(network_id, ip, instance_id) "
+           "VALUES (?, ?, ?)")
+          .bind(network_id)
+          .bind(ip)
+          .bind(instance_id)
+          .run();
+  });
+}
+
+void Store::remove_metadata(const std::string& instance_id) {
+  write([&] {
+    Stmt(db_, "DELETE FROM metadata WHERE instance_id = ?").bind(instance_id).run();
+    Stmt(db_, "DELETE FROM metadata_addresses WHERE instance_id = ?").bind(instance_id).run();
+  });
+}
+
+std::optional<std::string> Store::metadata_of(const std::string& instance_id) {
+  Stmt s(db_, "SELECT record FROM metadata WHERE instance_id = ?");
+  s.bind(instance_id);
+  if (!s.step()) return std::nullopt;
+  return s.text(0);
+}
+
+std::optional<std::string> Store::metadata_for(const std::string& network_id,
+                                               const std::string& ip) {
+  Stmt s(db_,
+         "SELECT m.record FROM metadata_addresses a JOIN metadata m "
+         "ON m.instance_id = a.instance_id WHERE a.network_id = ? AND a.ip = ?");
+  s.bind(network_id).bind(ip);
+  if (!s.step()) return std::nullopt;
+  return s.text(0);
 }
 
 namespace {

@@ -41,5 +41,6 @@ CommandTable flavor_commands();
 CommandTable instance_commands();  // boot, list, show, console-log, stop, start, delete
 CommandTable host_commands();      // hypervisor-stats, config-set, config-show
 CommandTable ssh_commands();       // ssh
+CommandTable metadata_commands();  // metadata-serve
 
 }  // namespace kiln::spawn::cli

@@ -20,6 +20,7 @@
 #include "kiln/spawn/compute.h"
 #include "kiln/spawn/error.h"
 #include "kiln/spawn/images.h"
+#include "kiln/spawn/metadata.h"
 #include "kiln/spawn/nbd_control.h"
 #include "kiln/spawn/resources.h"
 #include "kiln/spawn/virt.h"
@@ -151,6 +152,7 @@ class Pipeline : public ::testing::Test {
     for (const auto& p : net_store_.ports()) addresses += static_cast<int>(p.fixed_ips.size());
     EXPECT_EQ(addresses, 1);
     EXPECT_FALSE(fs::exists(dir_ / ("spawn/instances/" + id)));
+    EXPECT_FALSE(store_.metadata_of(id)) << "the metadata service's record";
     EXPECT_TRUE(NbdControl(nbd_.ctl()).list_exports().empty());
     EXPECT_FALSE(virt_.exists(id));
     for (const auto& n : virt_.domain_names()) EXPECT_NE(n, "kiln-" + id);
@@ -201,6 +203,15 @@ TEST_F(Pipeline, BootDefinesEverythingAndDeleteRemovesIt) {
   EXPECT_EQ(info.backing_format, "qcow2");
   EXPECT_EQ(info.virtual_size, 1ull << 30);
   EXPECT_TRUE(fs::exists(i.dir + "/disk.config"));
+
+  // The metadata service's record, found by the port's network and address, the drive's data.
+  auto record = store_.metadata_for(port.network_id, i.ip);
+  ASSERT_TRUE(record);
+  ConfigDriveInput md = parse_metadata_record(*record);
+  EXPECT_EQ(md.uuid, i.id);
+  EXPECT_EQ(md.hostname, "vm1");
+  ASSERT_EQ(md.networks.size(), 1u);
+  EXPECT_EQ(md.networks[0].mac, i.mac);
 
   // The export.
   auto exports = NbdControl(nbd_.ctl()).list_exports();

@@ -16,21 +16,15 @@
 #include <thread>
 
 #include "kiln/net/error.h"
+#include "plumb/daemon.h"
 #include "plumb/netns.h"
 
 namespace kiln::net {
 namespace {
 
-std::string read_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
-
 // Replaces the file atomically; returns true if its contents changed.
 bool write_file(const std::string& path, const std::string& data) {
-  if (std::filesystem::exists(path) && read_file(path) == data) return false;
+  if (std::filesystem::exists(path) && read_small_file(path) == data) return false;
   std::string tmp = path + ".tmp";
   {
     std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
@@ -62,33 +56,9 @@ std::vector<std::string> argv_for(const DnsmasqConfig& c) {
   return a;
 }
 
-// The pid of the dnsmasq that owns `dir`, or 0. The command line must name our pid file, so
-// a recycled pid is never mistaken for ours.
+// The pid of the dnsmasq that owns `dir`, or 0.
 pid_t running_pid(const std::string& dir, std::string* cmdline = nullptr) {
-  std::string s = read_file(dir + "/pid");
-  pid_t pid = static_cast<pid_t>(std::atol(s.c_str()));
-  if (pid <= 0) return 0;
-  std::string cl = read_file("/proc/" + std::to_string(pid) + "/cmdline");
-  if (cl.find("--pid-file=" + dir + "/pid") == std::string::npos) return 0;
-  std::string stat = read_file("/proc/" + std::to_string(pid) + "/stat");
-  auto close = stat.rfind(')');
-  if (close != std::string::npos && close + 2 < stat.size() && stat[close + 2] == 'Z') return 0;
-  if (cmdline) *cmdline = cl;
-  return pid;
-}
-
-void stop_pid(pid_t pid) {
-  ::kill(pid, SIGTERM);
-  for (int i = 0; i < 300; ++i) {  // up to 3 s
-    if (::kill(pid, 0) < 0) return;
-    std::string stat = read_file("/proc/" + std::to_string(pid) + "/stat");
-    auto close = stat.rfind(')');
-    if (stat.empty() ||
-        (close != std::string::npos && close + 2 < stat.size() && stat[close + 2] == 'Z'))
-      return;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  ::kill(pid, SIGKILL);
+  return daemon_pid(dir + "/pid", cmdline);
 }
 
 void start(const DnsmasqConfig& c, const std::vector<std::string>& args) {
@@ -109,7 +79,7 @@ void start(const DnsmasqConfig& c, const std::vector<std::string>& args) {
   while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
   }
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    std::string log = read_file(c.dir + "/log");
+    std::string log = read_small_file(c.dir + "/log");
     if (log.size() > 400) log = log.substr(log.size() - 400);
     int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
     throw system_error("dnsmasq failed to start (exit " + std::to_string(code) + ")" +
@@ -140,7 +110,7 @@ void ensure_dnsmasq(const DnsmasqConfig& c, std::vector<std::string>& changes) {
     }
     return;
   }
-  if (pid) stop_pid(pid);
+  if (pid) stop_daemon(pid);
   start(c, args);
   changes.push_back((pid ? "restarted" : "started") + std::string(" dnsmasq in ") + c.netns_path);
 }
@@ -152,7 +122,7 @@ bool dnsmasq_current(const DnsmasqConfig& c) {
 }
 
 void stop_dnsmasq(const std::string& dir) {
-  if (pid_t pid = running_pid(dir)) stop_pid(pid);
+  if (pid_t pid = running_pid(dir)) stop_daemon(pid);
   std::error_code ec;
   std::filesystem::remove_all(dir, ec);
 }

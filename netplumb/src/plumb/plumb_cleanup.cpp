@@ -80,6 +80,11 @@ void Reconciler::remove_stale() {
     stop_dnsmasq(dhcp_dir_ + "/" + n);
     changed("stopped dnsmasq of network " + n);
   }
+  for (auto& n : stale_entries(
+           metadata_dir_, [&](const std::string& n) { return wanted_metadata_.contains(n); })) {
+    stop_metadata_proxy(metadata_dir_ + "/" + n);
+    changed("stopped metadata proxy of network " + n);
+  }
   auto keep_ns = [&](const std::string& n) {
     return !(n.starts_with("qrouter-") || n.starts_with("qdhcp-")) || wanted_ns_.contains(n);
   };

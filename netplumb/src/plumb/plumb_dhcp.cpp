@@ -1,5 +1,6 @@
 // DHCP: per network, a qdhcp- namespace with the DHCP port's leg and one dnsmasq serving the
-// ports' fixed addresses.
+// ports' fixed addresses; and, when the host has a metadata service, the metadata proxy on
+// 169.254.169.254 in that namespace (as Neutron's DHCP agent does for isolated networks).
 #include <set>
 
 #include "plumb/reconciler.h"
@@ -31,11 +32,24 @@ DnsmasqConfig Reconciler::dhcp_config(const Network& n, const Port& dhcp) {
     served.insert(s.id);
     c.ranges.push_back("set:" + t + "," + s.cidr.network.str() + ",static," +
                        s.cidr.netmask().str() + ",86400s");
-    opts += "tag:" + t + ",option:router" +
-            (s.gateway_ip ? "," + s.gateway_ip->str() : std::string()) + "\n";
+    // Appended piece by piece: GCC 12's -Wrestrict misfires on "," + std::string&&.
+    opts += "tag:" + t + ",option:router";
+    if (s.gateway_ip) opts.append(",").append(s.gateway_ip->str());
+    opts += "\n";
+    // The route to the metadata proxy: 169.254.169.254 via this namespace's address on the
+    // subnet. A client that takes option 121 ignores option 3 (RFC 3442), so the default
+    // route goes in it too.
+    if (!cfg_.metadata_socket.empty())
+      for (auto& f : dhcp.fixed_ips)
+        if (f.subnet_id == s.id) {
+          opts += "tag:" + t + ",option:classless-static-route," + kMetadataIp + "/32,";
+          opts += f.ip_address.str();
+          if (s.gateway_ip) opts.append(",0.0.0.0/0,").append(s.gateway_ip->str());
+          opts += "\n";
+        }
     if (!s.dns_nameservers.empty()) {
       opts += "tag:" + t + ",option:dns-server";
-      for (auto& d : s.dns_nameservers) opts += "," + d.str();
+      for (auto& d : s.dns_nameservers) opts.append(",").append(d.str());
       opts += "\n";
     }
     if (n.network_type == "vxlan") opts += "tag:" + t + ",option:mtu,1450\n";
@@ -62,11 +76,18 @@ void Reconciler::ensure_dhcp(const Network& n) {
   std::string ns = dhcp_ns_name(n.id);
   auto nl = enter_ns(ns, fd);
   DnsmasqConfig c = dhcp_config(n, *dhcp);
+  bool metadata = !cfg_.metadata_socket.empty();
+  std::vector<Address> addrs = addresses_of(*dhcp);
+  if (metadata) addrs.push_back({*Ipv4::parse(kMetadataIp), 32});
   ensure_leg(*nl, fd.get(), port_device_name(*dhcp), c.interface, dhcp->mac_address,
-             bridge_of(n.id), addresses_of(*dhcp));
+             bridge_of(n.id), addrs);
   wanted_dhcp_.insert(n.id);
-  if (c.ranges.empty()) return;
-  ensure_dnsmasq(c, res_.changes);
+  if (metadata) wanted_metadata_.insert(n.id);
+  if (!c.ranges.empty()) ensure_dnsmasq(c, res_.changes);
+  if (metadata)
+    ensure_metadata_proxy({cfg_.metadata_proxy, metadata_dir_ + "/" + n.id,
+                           ns_dir_ + "/" + dhcp_ns_name(n.id), cfg_.metadata_socket, n.id},
+                          res_.changes);
 }
 
 // For run_ports(): new host and option files and a SIGHUP when the network's dnsmasq runs as

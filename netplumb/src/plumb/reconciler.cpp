@@ -48,6 +48,7 @@ Reconciler::Reconciler(const Snapshot& snap, const HostConfig& cfg, ApplyResult&
   for (auto& s : snap.subnets) subnets_[s.id] = &s;
   ns_dir_ = run_dir() + "/netns";
   dhcp_dir_ = run_dir() + "/dhcp";
+  metadata_dir_ = run_dir() + "/metadata";
   nat_dir_ = run_dir() + "/nat";
 }
 

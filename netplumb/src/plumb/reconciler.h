@@ -4,7 +4,7 @@
 //   plumber.cpp          the order of a pass (run, run_ports) and the Plumber entry points;
 //   reconciler.cpp       what the resources share: the host's links, namespaces, veth legs;
 //   plumb_network.cpp    bridges, segment devices (VXLAN, GRE, VLAN, flat uplinks), port devices;
-//   plumb_dhcp.cpp       the DHCP namespace and dnsmasq of each network;
+//   plumb_dhcp.cpp       the DHCP namespace, dnsmasq and metadata proxy of each network;
 //   plumb_router.cpp     router namespaces: legs, default route, NAT and floating IPs;
 //   plumb_secgroup.cpp   the security-group tables;
 //   plumb_cleanup.cpp    what the model no longer has.
@@ -20,6 +20,7 @@
 
 #include "kiln/net/plumber.h"
 #include "plumb/dnsmasq.h"
+#include "plumb/metadata_proxy.h"
 #include "plumb/netlink.h"
 #include "plumb/netns.h"
 
@@ -103,6 +104,8 @@ class Reconciler {
   std::set<std::string> wanted_, wanted_ns_, wanted_dhcp_, wanted_nat_;
   std::map<std::string, Link> links_;
   std::string nat_dir_;
+  std::string metadata_dir_;
+  std::set<std::string> wanted_metadata_;
 };
 
 }  // namespace kiln::net

@@ -21,6 +21,11 @@ struct HostConfig {
   std::vector<std::string> vxlan_peers;  // head-end replication targets
   std::vector<std::pair<std::string, std::string>> physical_interface_mappings;  // physnet, dev
   std::string dnsmasq = "/usr/sbin/dnsmasq";
+  // The metadata service's socket (setting metadata_socket): when set, every network with a
+  // DHCP port gets a metadata proxy (binary: KILN_METADATA_PROXY) on 169.254.169.254:80 in
+  // its DHCP namespace, and its DHCP subnets a route to it (option 121).
+  std::string metadata_socket;
+  std::string metadata_proxy = "/usr/sbin/kiln-net-metadata-proxy";
 };
 
 struct ApplyResult {

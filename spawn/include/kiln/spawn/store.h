@@ -115,6 +115,15 @@ class Store {
   bool has_claim(const std::string& instance_id);
   Usage usage();
 
+  // The metadata service's record of an instance (metadata.h) and the (network id, fixed IP)
+  // pairs that find it; replaces what the instance had. Removed with the instance.
+  void put_metadata(const std::string& instance_id, const std::string& record,
+                    const std::vector<std::pair<std::string, std::string>>& addresses);
+  void remove_metadata(const std::string& instance_id);
+  std::optional<std::string> metadata_for(const std::string& network_id, const std::string& ip);
+  // The instance's record, wherever it is looked up from.
+  std::optional<std::string> metadata_of(const std::string& instance_id);
+
   std::optional<std::string> setting(const std::string& key);
   void set_setting(const std::string& key, const std::string& value);
   std::vector<std::pair<std::string, std::string>> settings();
