@@ -1,0 +1,190 @@
+"""Extended L2 entries (subclusters) against QEMU: images with extended_l2=on of several cluster
+sizes, made by qemu-img and by kiln-img, over a backing file; Kiln writes, zero-writes and
+discards (whole and partial subclusters, aligned and not) through kiln-io, and afterwards:
+every byte read back through kiln-img and qemu-img equals the model, `qemu-img check` is
+clean, and `qemu-img map` and kiln-img map agree on what is data and what is zero. The other
+way round, images QEMU wrote (partial subclusters, zero subclusters, compressed clusters) read
+the same through Kiln."""
+
+import json
+import os
+import random
+
+import pytest
+
+from kilntest import KiB, MiB, scaled
+from kilntest.images import (Model, apply_model, assert_qemu_clean, assert_same_bytes,
+                             create_qcow2, kiln_img, kiln_io, make_raw, qemu_img, qemu_io,
+                             read_file, to_raw_kiln, to_raw_qemu, write_script)
+
+CLUSTERS = [16 * KiB, 64 * KiB, 128 * KiB, 2 * MiB]
+
+
+def overlay(workdir, cluster, maker, size):
+    base = make_raw(os.path.join(workdir, "base.raw"), size, seed=cluster)
+    img = os.path.join(workdir, "img.qcow2")
+    opts = f"cluster_size={cluster},extended_l2=on"
+    args = ["create", "-q", "-f", "qcow2", "-o", opts, "-b", "base.raw", "-F", "raw", img]
+    if maker == "qemu":
+        qemu_img(*args)
+    else:
+        kiln_img(*args)
+    return img
+
+
+def subcluster_ops(rng, size, cluster, count):
+    """Writes, zero-writes and discards sized and placed around subcluster boundaries."""
+    sc = cluster // 32
+    ops = []
+    for i in range(count):
+        kind = rng.choices(["write", "zero", "zero-u", "discard", "flush"], [60, 12, 8, 12, 3])[0]
+        if kind == "flush":
+            ops.append(("flush", 0, 0, 0))
+            continue
+        r = rng.random()
+        if r < 0.3:
+            length = rng.randint(1, sc)              # inside one or two subclusters
+        elif r < 0.6:
+            length = sc * rng.randint(1, 8)          # whole subclusters
+        elif r < 0.8:
+            length = rng.randint(1, 2 * cluster)
+        else:
+            length = cluster * rng.randint(1, 2)     # whole clusters
+        length = min(length, size)
+        off = rng.randrange(0, size - length + 1)
+        if rng.random() < 0.5:
+            off -= off % sc
+        if rng.random() < 0.2:
+            off -= off % cluster
+        ops.append((kind, off, length, rng.randint(1, 255)))
+    return ops
+
+
+def kiln_map(img):
+    p = kiln_img("map", "-f", "qcow2", "--output=json", img)
+    return json.loads(p.stdout)
+
+
+def qemu_map(img):
+    p = qemu_img("map", "-f", "qcow2", "--output=json", img)
+    return json.loads(p.stdout)
+
+
+def classify(ranges, size, step):
+    """(data, zero) for every `step`-sized piece of the disk."""
+    out = [None] * (size // step)
+    for r in ranges:
+        for i in range(r["start"] // step, (r["start"] + r["length"]) // step):
+            out[i] = (r["data"], r["zero"])
+    return out
+
+
+def assert_maps_agree(img, size, step):
+    ours = classify(kiln_map(img), size, step)
+    theirs = classify(qemu_map(img), size, step)
+    bad = [i for i in range(len(ours)) if ours[i] != theirs[i]]
+    assert not bad, (f"map differs at {len(bad)} pieces of {step}; first at {bad[0] * step}: "
+                     f"kiln {ours[bad[0]]} qemu {theirs[bad[0]]}")
+
+
+@pytest.mark.parametrize("maker", ["qemu", "kiln"])
+@pytest.mark.parametrize("cluster", CLUSTERS, ids=lambda c: f"c{c // KiB}k")
+def test_kiln_writes_read_by_qemu(workdir, cluster, maker):
+    size = max(8 * MiB, 6 * cluster)
+    img = overlay(workdir, cluster, maker, size)
+    info = json.loads(qemu_img("info", "--output=json", img).stdout)
+    assert info["format-specific"]["data"]["extended-l2"] is True
+    model = Model(read_file(os.path.join(workdir, "base.raw")))
+    rng = random.Random(f"extl2-{cluster}-{maker}")
+    ops = subcluster_ops(rng, size, cluster, scaled(400, 60))
+    script = os.path.join(workdir, "ops.txt")
+    write_script(script, ops)
+    p = kiln_io(img, extra=["-f", "qcow2", "--script", script])
+    assert p.stdout.count("ok ") == len(ops)
+    for op in ops:
+        apply_model(model, op)
+    assert_qemu_clean(img)
+    model.compare(read_file(to_raw_qemu(img, os.path.join(workdir, "qemu.raw"))),
+                  f"c{cluster} {maker}: qemu-img read vs model")
+    model.compare(read_file(to_raw_kiln(img, os.path.join(workdir, "kiln.raw"))),
+                  f"c{cluster} {maker}: kiln-img read vs model")
+    assert_maps_agree(img, size, cluster // 32)
+
+
+def test_partial_write_copies_only_the_touched_subclusters(workdir):
+    """A 4 KiB write into an unallocated 128 KiB cluster writes the subclusters it touches
+    (4 KiB each): the rest of the cluster still reads from the backing file, and the map says
+    so. A 5000-byte write touching three subclusters fills the two partial ones from the backing
+    file around it."""
+    cluster = 128 * KiB
+    img = overlay(workdir, cluster, "kiln", 4 * MiB)
+    base = read_file(os.path.join(workdir, "base.raw"))
+    kiln_io(img, "write -P 0x11 131072 4096", "write -P 0x22 266000 5000",
+            extra=["-f", "qcow2"])
+    assert_qemu_clean(img)
+    got = read_file(to_raw_qemu(img, os.path.join(workdir, "qemu.raw")))
+    want = bytearray(base)
+    want[131072:135168] = b"\x11" * 4096
+    want[266000:271000] = b"\x22" * 5000
+    assert_same_bytes(got, bytes(want), "qemu-img read")
+    m = [r for r in qemu_map(img) if r["depth"] == 0 and r["data"]]
+    assert [(r["start"], r["length"]) for r in m] == [(131072, 4096), (262144, 12288)], m
+
+
+def test_qemu_written_subclusters_read_the_same(workdir):
+    """QEMU's own subcluster writes, zero writes and discards over a backing file: Kiln reads
+    the same bytes and reports the same map."""
+    cluster = 64 * KiB
+    size = 4 * MiB
+    img = overlay(workdir, cluster, "qemu", size)
+    qemu_io(img, "write -P 0x31 70000 3000", "write -P 0x32 0 2048", "write -z 4096 8192",
+            "write -P 0x33 1048576 65536", "write -z 1050624 2048", "discard 2097152 65536",
+            "write -P 0x34 3145000 100000")
+    ours = read_file(to_raw_kiln(img, os.path.join(workdir, "kiln.raw")))
+    theirs = read_file(to_raw_qemu(img, os.path.join(workdir, "qemu.raw")))
+    assert_same_bytes(ours, theirs, "kiln-img vs qemu-img read")
+    assert_maps_agree(img, size, cluster // 32)
+
+
+def test_compressed_clusters(workdir):
+    """qemu-img convert -c with extended_l2=on: Kiln reads the compressed clusters, and its
+    partial writes into them (a whole-cluster copy: compressed clusters have no subclusters)
+    leave an image QEMU reads the same and checks clean."""
+    size = 4 * MiB
+    src = make_raw(os.path.join(workdir, "src.raw"), size, seed=3)
+    img = os.path.join(workdir, "img.qcow2")
+    qemu_img("convert", "-c", "-O", "qcow2", "-o", "extended_l2=on,cluster_size=65536", src, img)
+    assert_same_bytes(read_file(to_raw_kiln(img, os.path.join(workdir, "k.raw"))),
+                      read_file(src), "kiln-img read of compressed extended-L2 image")
+    model = Model(read_file(src))
+    ops = [("write", 1000, 3000, 7), ("zero", 65536 * 3 + 2048, 4096, 0),
+           ("write", 65536 * 5 - 100, 200, 9), ("discard", 65536 * 8, 65536, 0)]
+    script = os.path.join(workdir, "ops.txt")
+    write_script(script, ops)
+    kiln_io(img, extra=["-f", "qcow2", "--script", script])
+    for op in ops:
+        apply_model(model, op)
+    assert_qemu_clean(img)
+    model.compare(read_file(to_raw_qemu(img, os.path.join(workdir, "q.raw"))), "qemu-img read")
+
+
+def test_create_options_match_qemu(workdir):
+    for opts in ("extended_l2=on,cluster_size=8192", "extended_l2=on,compat=0.10",
+                 "extended_l2=maybe"):
+        a = kiln_img("create", "-f", "qcow2", "-o", opts, os.path.join(workdir, "a.qcow2"), "1M",
+                     check=False)
+        b = qemu_img("create", "-f", "qcow2", "-o", opts, os.path.join(workdir, "b.qcow2"), "1M",
+                     check=False)
+        assert a.returncode == b.returncode == 1, (opts, a.stderr)
+        assert a.stderr.replace("kiln-img", "qemu-img").replace("a.qcow2", "b.qcow2") == \
+            b.stderr, (opts, a.stderr, b.stderr)
+    a = kiln_img("create", "-f", "qcow2", "-o", "extended_l2=on,cluster_size=131072",
+                 os.path.join(workdir, "a.qcow2"), "1G")
+    b = qemu_img("create", "-f", "qcow2", "-o", "extended_l2=on,cluster_size=131072",
+                 os.path.join(workdir, "b.qcow2"), "1G")
+    assert a.stdout.replace("a.qcow2", "b.qcow2") == b.stdout
+    ia = kiln_img("info", os.path.join(workdir, "a.qcow2")).stdout
+    ib = qemu_img("info", os.path.join(workdir, "b.qcow2")).stdout
+    assert "extended l2: true" in ia
+    assert ia.replace("a.qcow2", "b.qcow2") == ib
+    assert_qemu_clean(os.path.join(workdir, "a.qcow2"))
