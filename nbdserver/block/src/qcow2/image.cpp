@@ -116,7 +116,7 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
   const bool extended = h.incompatible_features & kIncompatExtendedL2;
   // As QEMU: a subcluster is at least 512 bytes, and the feature needs version 3.
   if (extended && h.cluster_bits < kMinExtendedClusterBits)
-    corrupt(EINVAL, path, "extended L2 entries need clusters of at least 16 KiB");
+    unsupported(path, "extended L2 entries with clusters smaller than 16 KiB are not supported");
   if (uint64_t unknown = h.incompatible_features & ~kIncompatKnown) {
     int bit = __builtin_ctzll(unknown);
     std::string name = h.feature_name(0, static_cast<uint8_t>(bit));

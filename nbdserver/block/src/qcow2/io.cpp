@@ -298,12 +298,16 @@ Task<int> Image::write_cluster(uint64_t gc, uint64_t in_off, std::span<const uin
 Task<int> Image::write_cluster_extended(uint64_t gc, L2Entry m, uint64_t in_off,
                                         std::span<const uint8_t> data) {
   // The touched subclusters, whole: the guest data, and the partial subclusters at either end
-  // filled from what they read as now (backing file, zeros, or their data). Nothing else of
-  // the cluster is read or written.
+  // filled from what they read as now (backing file or zeros). Nothing else of the cluster is
+  // read or written. A partial subcluster that is already allocated is not copied: an
+  // in-place write may be landing in its other bytes right now (it holds no lock), and
+  // writing back what we read would undo it.
   const uint64_t scs = 1ull << scb_;
   const uint64_t end = in_off + data.size();
-  const uint64_t start = in_off & ~(scs - 1);
-  const uint64_t stop = (end + scs - 1) & ~(scs - 1);
+  uint64_t start = in_off & ~(scs - 1);
+  uint64_t stop = (end + scs - 1) & ~(scs - 1);
+  if (m.sub_kind(uint32_t(in_off >> scb_)) == L2Kind::kNormal) start = in_off;
+  if (m.sub_kind(uint32_t((end - 1) >> scb_)) == L2Kind::kNormal) stop = end;
   std::vector<uint8_t> buf;
   std::span<const uint8_t> payload = data;
   if (start != in_off || stop != end) {
