@@ -16,13 +16,13 @@ from kilntest import KiB, MiB, scaled
 from kilntest.images import (Model, apply_model, assert_qemu_clean, assert_same_bytes,
                              kiln_img, kiln_io, make_raw, qemu_img, qemu_io, read_file,
                              to_raw_kiln, to_raw_qemu, write_script)
-from kilntest.nbd import servers, unix_uri  # noqa: F401 (servers is a fixture)
+from kilntest.nbd import servers, unix_uri  # noqa: F401  (fixture)
 
 CLUSTERS = [16 * KiB, 64 * KiB, 128 * KiB, 2 * MiB]
 
 
 def overlay(workdir, cluster, maker, size):
-    base = make_raw(os.path.join(workdir, "base.raw"), size, seed=cluster)
+    make_raw(os.path.join(workdir, "base.raw"), size, seed=cluster)
     img = os.path.join(workdir, "img.qcow2")
     opts = f"cluster_size={cluster},extended_l2=on"
     args = ["create", "-q", "-f", "qcow2", "-o", opts, "-b", "base.raw", "-F", "raw", img]
