@@ -493,10 +493,10 @@ Task<int> Image::write_zeroes(uint64_t offset, uint64_t length, unsigned flags) 
       r_.spawn(zero_part(gc, unmap, fast, false, &err), &group);
       if (++spawned % 64 == 0) co_await group.wait();  // bounded fan-out
     } else {
-      // Partial cluster (at the end of the disk, its last subcluster counts as whole).
+      // Partial cluster (at the end of the disk, a last partial subcluster counts as whole).
       const uint64_t scs = 1ull << scb_;
       uint64_t len = next - pos;
-      if (next == h_.size) len = ((in_off + len + scs - 1) & ~(scs - 1)) - in_off;
+      if (extended_ && next == h_.size) len = ((in_off + len + scs - 1) & ~(scs - 1)) - in_off;
       if (int rc = co_await zero_partial(gc, in_off, len, fast); rc < 0) err = rc;
     }
     pos = next;
