@@ -371,6 +371,7 @@ TEST(Qcow2, OpenErrorsCarryTheirReason) {
     uint64_t value;
     Reason reason;
     const char* message;
+    uint32_t cluster_size = 65536;
   } cases[] = {
       {"version 4", 4, 4, 4, Reason::kUnsupported, "unsupported qcow2 version 4"},
       {"cluster_bits 30", 20, 4, 30, Reason::kCorrupt, "cluster_bits 30 out of range"},
@@ -378,7 +379,9 @@ TEST(Qcow2, OpenErrorsCarryTheirReason) {
       {"L1 table unaligned", 40, 8, 65536 + 512, Reason::kCorrupt, "not cluster aligned"},
       {"huge L1 table", 36, 4, 1u << 30, Reason::kCorrupt, "L1 table is too large"},
       {"encryption", 32, 4, 1, Reason::kUnsupported, "encrypted images are not supported"},
-      {"extended L2", 72, 8, 1u << 4, Reason::kUnsupported, "extended L2 entries"},
+      // QEMU refuses subclusters under 512 bytes too.
+      {"extended L2, 4 KiB clusters", 72, 8, 1u << 4, Reason::kUnsupported,
+       "extended L2 entries with clusters smaller than 16 KiB are not supported", 4096},
       {"marked corrupt", 72, 8, 1u << 1, Reason::kCorrupt, "image is marked corrupt"},
       {"unknown feature", 72, 8, 1u << 9, Reason::kUnsupported, "incompatible feature bit 9"},
   };
@@ -387,6 +390,7 @@ TEST(Qcow2, OpenErrorsCarryTheirReason) {
     const std::string path = dir.file("hostile.qcow2");
     qcow2::CreateOptions co;
     co.size = 1u << 20;
+    co.cluster_size = c.cluster_size;
     qcow2::create(r, path, co);
     uint8_t be[8];
     for (int i = 0; i < c.bytes; ++i) be[i] = uint8_t(c.value >> (8 * (c.bytes - 1 - i)));
