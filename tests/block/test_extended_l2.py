@@ -9,6 +9,7 @@ the same through Kiln."""
 import json
 import os
 import random
+import struct
 
 import pytest
 
@@ -223,3 +224,25 @@ def test_resize_keeps_subclusters(workdir):
     kiln_io(img, "write -P 0x52 2G 3000", extra=["-f", "qcow2"])
     assert_qemu_clean(img)
     qemu_io(img, "read -P 0x51 1000 5000", "read -P 0x52 2G 3000", "read -P 0 3000M 4096")
+
+
+def test_check_repairs_copied_flag_of_extended_entry(workdir):
+    """kiln-img check -r all rewrites the COPIED flag of the second 16-byte entry in place (the
+    descriptor at entry * 16, not * 8, which would land in the first entry's bitmap)."""
+    img = os.path.join(workdir, "e.qcow2")
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "extended_l2=on,cluster_size=65536", img, "4M")
+    qemu_io(img, "write -P 1 0 4k", "write -P 2 64k 4k")
+    with open(img, "r+b") as f:
+        f.seek(40)
+        l1 = struct.unpack(">Q", f.read(8))[0]
+        f.seek(l1)
+        l2 = struct.unpack(">Q", f.read(8))[0] & 0x00fffffffffffe00
+        f.seek(l2 + 16)
+        desc = struct.unpack(">Q", f.read(8))[0]
+        f.seek(l2 + 16)
+        f.write(struct.pack(">Q", desc & ~(1 << 63)))
+    assert qemu_img("check", img, check=False).returncode == 2
+    p = kiln_img("check", "-r", "all", img, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert_qemu_clean(img)
+    qemu_io(img, "read -P 1 0 4k", "read -P 2 64k 4k", "read -P 0 4k 60k")
