@@ -101,8 +101,11 @@ class Images:
         p = os.path.join(self.d, name)
         if os.path.exists(p):
             os.unlink(p)
-        sh("qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=65536", "-b",
-           self.base, "-F", "qcow2", p)
+        # KILN_BENCH_OVERLAY_OPTS: other qcow2 options for the overlays (both servers serve
+        # the same image), e.g. "extended_l2=on,cluster_size=131072" for subclusters.
+        opts = os.environ.get("KILN_BENCH_OVERLAY_OPTS", "cluster_size=65536")
+        sh("qemu-img", "create", "-q", "-f", "qcow2", "-o", opts, "-b", self.base, "-F", "qcow2",
+           p)
         return p
 
     def image_for(self, kind, raw_only):

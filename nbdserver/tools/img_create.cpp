@@ -26,7 +26,7 @@ struct CreateArgs {
   bool unsafe = false;
   bool quiet = false;
   // -o values exactly as given (qemu-img echoes them), empty when not given.
-  std::string cluster_size, refcount_bits, compat, lazy_refcounts, compression_type;
+  std::string cluster_size, refcount_bits, compat, lazy_refcounts, compression_type, extended_l2;
 };
 
 bool is_power_of_two(uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
@@ -71,6 +71,8 @@ void parse_o(const std::string& text, CreateArgs& a, const std::string& file) {
       a.compat = value;
     } else if (key == "lazy_refcounts") {
       a.lazy_refcounts = value;
+    } else if (key == "extended_l2") {
+      a.extended_l2 = value;
     } else if (key == "compression_type") {
       a.compression_type = value;
     } else if (key == "backing_file") {
@@ -127,6 +129,17 @@ kiln::block::qcow2::CreateOptions qcow2_options(const CreateArgs& a) {
       throw ToolError(f +
                       ": Lazy refcounts only supported with compatibility level 1.1 and above "
                       "(use version=v3 or greater)");
+  }
+  if (!a.extended_l2.empty()) {
+    o.extended_l2 = parse_on_off(a.extended_l2, f, "extended_l2");
+    if (o.extended_l2 && o.version < 3)
+      throw ToolError(f +
+                      ": Extended L2 entries are only supported with compatibility level 1.1 "
+                      "and above (use version=v3 or greater)");
+    if (o.extended_l2 && o.cluster_size < 16384)
+      throw ToolError(f +
+                      ": Extended L2 entries are only supported with cluster sizes of at least "
+                      "16384 bytes");
   }
   if (!a.compression_type.empty()) {
     if (a.compression_type != "zlib" && a.compression_type != "zstd")
@@ -200,7 +213,7 @@ int img_create(const Args& args) {
     if (!a.backing.empty())
       throw ToolError(a.file + ": Backing file not supported for file format 'raw'");
     if (!a.cluster_size.empty() || !a.refcount_bits.empty() || !a.compat.empty() ||
-        !a.lazy_refcounts.empty() || !a.compression_type.empty())
+        !a.lazy_refcounts.empty() || !a.compression_type.empty() || !a.extended_l2.empty())
       throw ToolError(a.file + ": qcow2 options are not supported for file format 'raw'");
     if (!a.size) throw ToolError(a.file + ": Image creation needs a size parameter");
     if (!a.quiet)
@@ -227,10 +240,10 @@ int img_create(const Args& args) {
   if (!a.size) throw ToolError(a.file + ": Image creation needs a size parameter");
   opts.size = whole_sectors(*a.size);
   if (!a.quiet) {
-    std::string line = "Formatting '" + a.file +
-                       "', fmt=qcow2 cluster_size=" + std::to_string(opts.cluster_size) +
-                       " extended_l2=off compression_type=" + opts.compression_type +
-                       " size=" + std::to_string(opts.size);
+    std::string line =
+        "Formatting '" + a.file + "', fmt=qcow2 cluster_size=" + std::to_string(opts.cluster_size) +
+        " extended_l2=" + (opts.extended_l2 ? "on" : "off") +
+        " compression_type=" + opts.compression_type + " size=" + std::to_string(opts.size);
     if (!a.compat.empty()) line += " compat=" + a.compat;
     if (!a.backing.empty())
       line += " backing_file=" + a.backing + " backing_fmt=" + a.backing_format;

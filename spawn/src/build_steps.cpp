@@ -33,10 +33,12 @@ namespace {
 
 // Creates a qcow2 overlay on `base` (explicit backing format) and grows it to `size`.
 void create_overlay(const std::string& path, const std::string& base, const std::string& format,
-                    uint64_t base_size, uint64_t size) {
+                    uint64_t base_size, uint64_t size, const ComputeOptions& opt) {
   auto& reactor = block::Reactor::current();
   block::qcow2::CreateOptions o;
   o.size = base_size;
+  o.cluster_size = opt.overlay_cluster_size;
+  o.extended_l2 = opt.overlay_extended_l2;
   o.backing_file = base;
   o.backing_format = format;
   try {
@@ -136,7 +138,7 @@ void Compute::step_overlay(Build& b) {
   uint64_t size = std::max<uint64_t>(b.image.virtual_size, uint64_t(b.flavor.disk_gb) * kGiB);
   // Made 0600 first: the qcow2 writer keeps an existing file's mode (it would create 0644).
   make_file(inst.dir + "/disk", kPrivateFile);
-  create_overlay(inst.dir + "/disk", base, b.image.disk_format, b.image.virtual_size, size);
+  create_overlay(inst.dir + "/disk", base, b.image.disk_format, b.image.virtual_size, size, opt_);
   save(inst, "overlay " + inst.dir + "/disk (" + std::to_string(size) + " bytes) on base " + base +
                  (filled ? " (base cached now)" : ""));
 }

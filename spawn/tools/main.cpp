@@ -27,7 +27,9 @@ const std::vector<Option> kGlobalOptions = {{"--no-plumb"},
                                             {"--virt-type", kValue},
                                             {"-f|--format", kValue},
                                             {"--tenant-id", kValue},
-                                            {"--wait-timeout", kValue}};
+                                            {"--wait-timeout", kValue},
+                                            {"--overlay-cluster-size", kValue},
+                                            {"--overlay-extended-l2", kValue}};
 
 common::cli::Rules rules() {
   common::cli::Rules r;
@@ -49,6 +51,7 @@ void help(std::ostream& out) {
          "                  [--nbd-control SOCK] [--nbd-socket-dir DIR | --nbd-socket SOCK]\n"
          "                  [--qemu-user USER[:GROUP]] [--virt-type kvm|qemu]\n"
          "                  [--no-plumb] [--tenant-id ID] [--wait-timeout S]\n"
+         "                  [--overlay-cluster-size BYTES] [--overlay-extended-l2 on|off]\n"
          "                  [--format table|json] COMMAND ...\n"
          "       kiln-spawn --version\n\nCommands:\n";
   common::cli::print_commands(out, all_commands());
@@ -76,6 +79,15 @@ ComputeOptions compute_options(const Args& args) {
   opt.tenant_id = args.get_or("--tenant-id", "admin");
   opt.wait_timeout_s = static_cast<int>(args.number("--wait-timeout", 1, 86400).value_or(60));
   opt.progress = ::isatty(STDERR_FILENO) == 1;
+  const std::string ext = args.get_or("--overlay-extended-l2", "on");
+  if (ext != "on" && ext != "off") throw invalid("--overlay-extended-l2 must be on or off");
+  opt.overlay_extended_l2 = ext == "on";
+  // qcow2's limits: a power of two up to 2 MiB, at least 16 KiB with subclusters (512 bytes).
+  const uint64_t min_cs = opt.overlay_extended_l2 ? 16384 : 512;
+  const uint64_t cs =
+      args.number("--overlay-cluster-size", min_cs, 2u << 20).value_or(opt.overlay_cluster_size);
+  if (cs & (cs - 1)) throw invalid("--overlay-cluster-size must be a power of two");
+  opt.overlay_cluster_size = static_cast<uint32_t>(cs);
   return opt;
 }
 

@@ -166,3 +166,80 @@ TEST(Qcow2Entry, L1AndRefcountTableEntries) {
   EXPECT_EQ(RefTableEntry{kHost | 1}.reserved_bits(), 1u);
   EXPECT_EQ(RefTableEntry{kHost | 1}.block_offset(), kHost);
 }
+
+// Extended L2 entries (qcow2.txt, "Extended L2 Entries"): the kind is per subcluster, from
+// the allocation bits (0-31) and the zero bits (32-63).
+TEST(Qcow2Entry, ExtendedSubclusterKinds) {
+  const uint64_t desc = L2Entry::encode_normal(kHost);
+  // Subcluster 0 allocated, 1 zero, 2 neither (reads from the backing file).
+  const L2Entry mixed = L2Entry::extended(desc, (1ull << 0) | (1ull << (32 + 1)), kCb);
+  EXPECT_TRUE(mixed.valid(3));
+  EXPECT_EQ(mixed.kind(), L2Kind::kMixed);
+  EXPECT_EQ(mixed.sub_kind(0), L2Kind::kNormal);
+  EXPECT_EQ(mixed.sub_kind(1), L2Kind::kZeroAlloc);
+  EXPECT_EQ(mixed.sub_kind(2), L2Kind::kUnallocated);
+  EXPECT_EQ(mixed.host(), kHost);
+  EXPECT_TRUE(mixed.allocated());  // the host cluster is referenced whatever the bitmap says
+  EXPECT_FALSE(mixed.writable_in_place());
+  const uint64_t sc = 1ull << (kCb - 5);  // 2 KiB subclusters
+  EXPECT_TRUE(mixed.writable_in_place(0, sc));
+  EXPECT_TRUE(mixed.writable_in_place(100, sc - 100));
+  EXPECT_FALSE(mixed.writable_in_place(sc - 1, 2));  // touches subcluster 1
+  EXPECT_EQ(L2Entry::extended(kHost, 1, kCb).writable_in_place(0, 1), false);  // not COPIED
+
+  // Runs of one kind.
+  L2Kind k;
+  EXPECT_EQ(mixed.run(0, 64 << 10, &k), sc);
+  EXPECT_EQ(k, L2Kind::kNormal);
+  EXPECT_EQ(mixed.run(sc + 5, 64 << 10, &k), sc - 5);
+  EXPECT_EQ(k, L2Kind::kZeroAlloc);
+  EXPECT_EQ(mixed.run(2 * sc, (64 << 10) - 2 * sc, &k), (64u << 10) - 2 * sc);
+  EXPECT_EQ(k, L2Kind::kUnallocated);
+  EXPECT_EQ(mixed.run(2 * sc, 10, &k), 10u);
+
+  // Uniform bitmaps are whole-cluster kinds.
+  EXPECT_EQ(L2Entry::extended(desc, kBitmapAllAlloc, kCb).kind(), L2Kind::kNormal);
+  EXPECT_TRUE(L2Entry::extended(desc, kBitmapAllAlloc, kCb).writable_in_place());
+  EXPECT_EQ(L2Entry::extended(desc, kBitmapAllZero, kCb).kind(), L2Kind::kZeroAlloc);
+  EXPECT_EQ(L2Entry::extended(0, kBitmapAllZero, kCb).kind(), L2Kind::kZeroPlain);
+  EXPECT_EQ(L2Entry::extended(0, 0, kCb).kind(), L2Kind::kUnallocated);
+  EXPECT_TRUE(L2Entry::extended(0, 0, kCb).empty());
+  EXPECT_FALSE(L2Entry::extended(0, kBitmapAllZero, kCb).empty());
+  // A host cluster with no subcluster allocated reads from the backing file.
+  EXPECT_EQ(L2Entry::extended(desc, 0, kCb).kind(), L2Kind::kUnallocated);
+}
+
+TEST(Qcow2Entry, ExtendedInvalidCombinations) {
+  const uint64_t desc = L2Entry::encode_normal(kHost);
+  // Allocated and zero at once.
+  const L2Entry both = L2Entry::extended(desc, (1ull << 3) | (1ull << (32 + 3)), kCb);
+  EXPECT_FALSE(both.valid(3));
+  EXPECT_NE(both.bitmap_error(), nullptr);
+  // Allocated without a host cluster.
+  const L2Entry no_host = L2Entry::extended(0, 1, kCb);
+  EXPECT_FALSE(no_host.valid(3));
+  EXPECT_NE(no_host.bitmap_error(), nullptr);
+  // Zero bits without a host cluster are fine (zero plain subclusters).
+  EXPECT_TRUE(L2Entry::extended(0, 1ull << 40, kCb).valid(3));
+  // Bit 0 of the descriptor is reserved with extended entries (no zero flag).
+  const L2Entry zero_flag = L2Entry::extended(desc | kOflagZero, 1, kCb);
+  EXPECT_NE(zero_flag.reserved_bits(), 0u);
+  EXPECT_FALSE(zero_flag.valid(3));
+  // A compressed cluster's bitmap is reserved.
+  const uint64_t comp = L2Entry::encode_compressed(0x12345, 1000, kCb);
+  EXPECT_TRUE(L2Entry::extended(comp, 0, kCb).valid(3));
+  EXPECT_EQ(L2Entry::extended(comp, 0, kCb).kind(), L2Kind::kCompressed);
+  EXPECT_FALSE(L2Entry::extended(comp, 1, kCb).valid(3));
+  EXPECT_NE(L2Entry::extended(comp, 1ull << 63, kCb).bitmap_error(), nullptr);
+}
+
+TEST(Qcow2Entry, SubclusterMask) {
+  const uint32_t scb = 11;  // 2 KiB subclusters of a 64 KiB cluster
+  EXPECT_EQ(subcluster_mask(0, 0, scb), 0u);
+  EXPECT_EQ(subcluster_mask(0, 1, scb), 1u);
+  EXPECT_EQ(subcluster_mask(0, 2048, scb), 1u);
+  EXPECT_EQ(subcluster_mask(2047, 2, scb), 3u);
+  EXPECT_EQ(subcluster_mask(0, 64 << 10, scb), 0xffffffffu);
+  EXPECT_EQ(subcluster_mask(31 * 2048, 2048, scb), 0x80000000u);
+  EXPECT_EQ(subcluster_mask(4096, 3 * 2048, scb), 0x1cu);
+}

@@ -24,12 +24,14 @@ struct Variant {
   uint32_t cluster_size;
   uint32_t refcount_bits;
   bool backing;
+  bool extended = false;  // extended L2 entries (32 subclusters per cluster)
 };
 
 std::string name_of(const testing::TestParamInfo<Variant>& info) {
   const Variant& v = info.param;
   return "v" + std::to_string(v.version) + "_cs" + std::to_string(v.cluster_size) + "_rc" +
-         std::to_string(v.refcount_bits) + (v.backing ? "_backing" : "");
+         std::to_string(v.refcount_bits) + (v.backing ? "_backing" : "") +
+         (v.extended ? "_extl2" : "");
 }
 
 // Pseudo-random bytes (splitmix64), fast enough for megabytes per operation.
@@ -78,8 +80,10 @@ TEST_P(Qcow2Variants, RandomOperationsMatchModel) {
   co.version = v.version;
   co.cluster_size = v.cluster_size;
   co.refcount_bits = v.refcount_bits;
+  co.extended_l2 = v.extended;
   if (v.backing) {
     qcow2::CreateOptions bo = co;
+    bo.extended_l2 = false;
     bo.size = size - 1024;  // the overlay reads zeros past the backing's end
     qcow2::create(r, dir.file("base.qcow2"), bo);
     Dev base = open_qcow2(r, dir.file("base.qcow2"));
@@ -133,10 +137,12 @@ TEST_P(Qcow2Variants, RandomOperationsMatchModel) {
         };
         r.spawn(t(d.dev.get(), off, len, rng() % 2 ? unsigned(kWriteNoUnmap) : 0u, &err), &wg);
       } else {
-        // Discard changes whole clusters only; what they read afterwards is the driver's
-        // documented behaviour: zeros (v3), or the backing file's data (v2 with backing).
-        uint64_t first = (off + cs - 1) / cs * cs;
-        uint64_t end = off + len == size ? size : (off + len) / cs * cs;
+        // Discard changes whole clusters only (whole subclusters with extended L2 entries);
+        // what they read afterwards is the driver's documented behaviour: zeros (v3), or the
+        // backing file's data (v2 with backing).
+        const uint64_t unit = v.extended ? cs / 32 : cs;
+        uint64_t first = (off + unit - 1) / unit * unit;
+        uint64_t end = off + len == size ? size : (off + len) / unit * unit;
         for (uint64_t p = first; p < end; ++p) {
           const bool from_backing = v.version == 2 && v.backing && p < size - 1024;
           model[p] = from_backing ? base_data[p] : 0;
@@ -168,14 +174,17 @@ TEST_P(Qcow2Variants, RandomOperationsMatchModel) {
   ASSERT_TRUE(bad.first == all.end()) << "first difference at " << bad.first - all.begin();
 }
 
-INSTANTIATE_TEST_SUITE_P(All, Qcow2Variants,
-                         testing::Values(Variant{3, 65536, 16, false}, Variant{3, 65536, 16, true},
-                                         Variant{2, 65536, 16, false}, Variant{2, 65536, 16, true},
-                                         Variant{3, 512, 1, true}, Variant{3, 512, 64, false},
-                                         Variant{3, 4096, 2, true}, Variant{3, 4096, 8, false},
-                                         Variant{3, 16384, 4, true}, Variant{3, 32768, 32, true},
-                                         Variant{3, 2u << 20, 16, true}),
-                         name_of);
+INSTANTIATE_TEST_SUITE_P(
+    All, Qcow2Variants,
+    testing::Values(Variant{3, 65536, 16, false}, Variant{3, 65536, 16, true},
+                    Variant{2, 65536, 16, false}, Variant{2, 65536, 16, true},
+                    Variant{3, 512, 1, true}, Variant{3, 512, 64, false}, Variant{3, 4096, 2, true},
+                    Variant{3, 4096, 8, false}, Variant{3, 16384, 4, true},
+                    Variant{3, 32768, 32, true}, Variant{3, 2u << 20, 16, true},
+                    Variant{3, 16384, 16, true, true}, Variant{3, 65536, 16, false, true},
+                    Variant{3, 65536, 16, true, true}, Variant{3, 131072, 16, true, true},
+                    Variant{3, 2u << 20, 16, true, true}),
+    name_of);
 
 TEST(Qcow2, FreshImageReadsZerosAndMapsUnallocated) {
   Reactor r;
@@ -362,6 +371,7 @@ TEST(Qcow2, OpenErrorsCarryTheirReason) {
     uint64_t value;
     Reason reason;
     const char* message;
+    uint32_t cluster_size = 65536;
   } cases[] = {
       {"version 4", 4, 4, 4, Reason::kUnsupported, "unsupported qcow2 version 4"},
       {"cluster_bits 30", 20, 4, 30, Reason::kCorrupt, "cluster_bits 30 out of range"},
@@ -369,7 +379,9 @@ TEST(Qcow2, OpenErrorsCarryTheirReason) {
       {"L1 table unaligned", 40, 8, 65536 + 512, Reason::kCorrupt, "not cluster aligned"},
       {"huge L1 table", 36, 4, 1u << 30, Reason::kCorrupt, "L1 table is too large"},
       {"encryption", 32, 4, 1, Reason::kUnsupported, "encrypted images are not supported"},
-      {"extended L2", 72, 8, 1u << 4, Reason::kUnsupported, "extended L2 entries"},
+      // QEMU refuses subclusters under 512 bytes too.
+      {"extended L2, 4 KiB clusters", 72, 8, 1u << 4, Reason::kUnsupported,
+       "extended L2 entries with clusters smaller than 16 KiB are not supported", 4096},
       {"marked corrupt", 72, 8, 1u << 1, Reason::kCorrupt, "image is marked corrupt"},
       {"unknown feature", 72, 8, 1u << 9, Reason::kUnsupported, "incompatible feature bit 9"},
   };
@@ -378,6 +390,7 @@ TEST(Qcow2, OpenErrorsCarryTheirReason) {
     const std::string path = dir.file("hostile.qcow2");
     qcow2::CreateOptions co;
     co.size = 1u << 20;
+    co.cluster_size = c.cluster_size;
     qcow2::create(r, path, co);
     uint8_t be[8];
     for (int i = 0; i < c.bytes; ++i) be[i] = uint8_t(c.value >> (8 * (c.bytes - 1 - i)));

@@ -107,15 +107,17 @@ def run_and_kill(img, script, nops, rng, parallel, workdir):
     return flushed, True
 
 
+@pytest.mark.parametrize("extended", [False, True], ids=["64k", "extl2-128k"])
 @pytest.mark.parametrize("parallel", [0, 8])
-def test_sigkill_at_random_moments(workdir, parallel):
+def test_sigkill_at_random_moments(workdir, parallel, extended):
+    """extended: an overlay with extended L2 entries (subclusters), as kiln-spawn makes."""
     size = 8 * MiB
-    cluster = 65536
+    cluster = 128 * 1024 if extended else 65536
     base = make_raw(os.path.join(workdir, "base.raw"), size, seed=3)
     img = create_qcow2(os.path.join(workdir, "img.qcow2"), size, cluster=cluster, backing=base,
-                       backing_fmt="raw")
+                       backing_fmt="raw", extra_opts="extended_l2=on" if extended else None)
     content = read_file(to_raw_qemu(img, os.path.join(workdir, "now.raw")))
-    rng = random.Random(f"crash-{parallel}")
+    rng = random.Random(f"crash-{parallel}" + ("-extl2" if extended else ""))
     wanted_kills = ITERATIONS if not parallel else max(10, ITERATIONS // 3)
     leaked_runs = kills = it = 0
     max_lock_wait = 0.0

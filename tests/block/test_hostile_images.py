@@ -209,10 +209,55 @@ def test_unknown_incompatible_bit(workdir, ctl):
     expect_refused(img, reason="unsupported", ctl=ctl)
 
 
-def test_extended_l2(workdir, ctl):
-    img = good_image(workdir)
+def test_extended_l2_small_clusters(workdir, ctl):
+    """Extended L2 entries with 4 KiB clusters (128-byte subclusters): QEMU refuses them too."""
+    img = good_image(workdir, cluster=4096)
     header_set(img, "incompatible_features", header_get(img, "incompatible_features") | 16)
-    expect_refused(img, reason="unsupported", ctl=ctl)
+    err = expect_refused(img, reason="unsupported", ctl=ctl)
+    assert "extended L2" in err, err
+
+
+def extended_image_with_entry(d, desc=None, bitmap=None, compressed=False):
+    """An extended-L2 image whose first L2 entry is patched: `desc` (descriptor, None keeps
+    it) and `bitmap`. Returns the image."""
+    img = os.path.join(d, "ext.qcow2")
+    if compressed:
+        src = make_raw(os.path.join(d, "src.raw"), 1 * MiB, seed=1)
+        qemu_img("convert", "-c", "-O", "qcow2", "-o", "extended_l2=on", src, img)
+    else:
+        create_qcow2(img, 1 * MiB, extra_opts="extended_l2=on")
+        qemu_io(img, "write -P 0x11 0 4k")
+    l1 = header_get(img, "l1_table_offset")
+    with open(img, "rb") as f:
+        f.seek(l1)
+        l2 = struct.unpack(">Q", f.read(8))[0] & 0x00fffffffffffe00
+        f.seek(l2)
+        old_desc, old_bitmap = struct.unpack(">QQ", f.read(16))
+    patch_bytes(img, l2, struct.pack(">QQ", old_desc if desc is None else desc,
+                                     old_bitmap if bitmap is None else bitmap))
+    return img
+
+
+@pytest.mark.parametrize("case", ["alloc-and-zero", "alloc-without-host", "compressed-bitmap"])
+def test_extended_l2_invalid_bitmap(workdir, case):
+    """qcow2.txt's invalid subcluster bitmaps: reading the cluster fails with one line (EIO),
+    without a crash; kiln-img check counts a corruption and names it, as qemu-img check
+    finds the image corrupt too."""
+    if case == "alloc-and-zero":
+        img = extended_image_with_entry(workdir, bitmap=1 | (1 << 32))
+    elif case == "alloc-without-host":
+        img = extended_image_with_entry(workdir, desc=0, bitmap=1)
+    else:
+        img = extended_image_with_entry(workdir, bitmap=1 << 40, compressed=True)
+    p = kiln_io(img, "read 0 4k", extra=["-r", "-f", "qcow2"], check=False, limit_memory=True,
+                timeout=60)
+    assert_one_line_error(p, "kiln-io")
+    assert "Input/output error" in p.stderr, p.stderr
+    c = kiln_img("check", img, check=False, timeout=60)
+    assert c.returncode == 2, (c.returncode, c.stdout, c.stderr)
+    assert "subcluster" in c.stdout + c.stderr, c.stdout + c.stderr
+    assert "Sanitizer" not in c.stderr and "runtime error" not in c.stderr, c.stderr
+    assert qemu_img("check", img, check=False).returncode == 2
 
 
 def test_version_unknown(workdir, ctl):

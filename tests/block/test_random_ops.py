@@ -11,7 +11,8 @@ import random
 import pytest
 
 from kilntest.images import (MiB, Model, apply_model, assert_qemu_clean, build_variant,
-                             create_qcow2, header_get, kiln_io, parallel_batches, random_ops,
+                             create_qcow2, header_get, kiln_io, make_raw, parallel_batches,
+                             random_ops,
                              read_file, scaled, to_raw_kiln, to_raw_qemu, write_script)
 
 # name -> builder of the starting image
@@ -27,6 +28,11 @@ SERIAL_VARIANTS = {
     "snapshots": lambda d: build_variant("snapshots", d),
     "compressed-zlib": lambda d: build_variant("compressed-zlib", d),
     "lazy-refcounts": lambda d: build_variant("lazy-refcounts", d),
+    # Extended L2 entries (subclusters) over a raw backing file.
+    "extl2-128k-chain": lambda d: create_qcow2(
+        os.path.join(d, "img.qcow2"), 16 * MiB, cluster=128 * 1024,
+        backing=make_raw(os.path.join(d, "base.raw"), 16 * MiB, seed=11), backing_fmt="raw",
+        extra_opts="extended_l2=on"),
 }
 
 
@@ -63,13 +69,14 @@ def test_random_ops_serial(workdir, variant, cache=None):
 @pytest.mark.parametrize("variant,cache", [("fresh-v3-64k", "none"), ("fresh-v3-512", "none"),
                                            ("chain2-raw", "directsync"),
                                            ("compressed-zlib", "none"),
-                                           ("fresh-v2-64k", "none")])
+                                           ("fresh-v2-64k", "none"),
+                                           ("extl2-128k-chain", "none")])
 def test_random_ops_serial_direct(workdir, variant, cache):
     test_random_ops_serial(workdir, variant, cache)
 
 
 @pytest.mark.parametrize("variant", ["fresh-v3-64k", "fresh-v3-4k-refbits1", "chain2-raw",
-                                     "snapshots", "compressed-zlib"])
+                                     "snapshots", "compressed-zlib", "extl2-128k-chain"])
 def test_random_ops_parallel(workdir, variant, cache=None):
     img = SERIAL_VARIANTS[variant](workdir)
     cluster = cluster_of(img)

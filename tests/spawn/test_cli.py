@@ -92,6 +92,9 @@ def test_boot_config_drive_export_and_delete(world, tmp_path):
     assert info["virtual-size"] == 20 << 30
     assert info["backing-filename"] == os.path.join(world.spawn_dir, "_base", img["kiln_digest"])
     assert info["backing-filename-format"] == "qcow2"
+    # Subclusters by default: a first small write copies 4 KiB from the base, not a cluster.
+    assert info["cluster-size"] == 128 << 10
+    assert info["format-specific"]["data"]["extended-l2"] is True
 
     # The export serves the overlay: the base's data shows through NBD.
     exports = world.nbd.exports()

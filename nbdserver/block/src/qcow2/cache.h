@@ -20,6 +20,7 @@ struct Slice {
     uint32_t index;
     uint64_t old_entry;
     uint64_t gen;
+    uint64_t old_bitmap = 0;  // extended L2 entries
   };
 
   explicit Slice(uint64_t off, size_t bytes) : offset(off), data(new uint8_t[bytes]()) {}

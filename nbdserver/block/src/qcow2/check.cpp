@@ -166,9 +166,12 @@ Task<void> Checker::walk_l2_tables() {
     if (!extents.any_data(t.offset, cs)) continue;  // all entries zero
     if (co_await read(l2, t.offset) < 0) continue;
     uint64_t prev_host = 0;  // fragmentation is counted within one L2 table, as QEMU does
-    for (uint64_t j = 0; j < cs / kL2EntryBytes; ++j) {
-      const L2Entry x(load_be64(&l2[j * kL2EntryBytes]), cb);
-      if (!x.raw()) continue;
+    const uint64_t eb = img.l2e_bytes_;
+    for (uint64_t j = 0; j < cs / eb; ++j) {
+      const L2Entry x = img.decode_l2(&l2[j * eb]);
+      if (x.empty()) continue;
+      if (const char* why = x.bitmap_error())
+        problem(true, kOther, std::string("L2 entry: ") + why);
       if (x.compressed()) {
         const CompressedRef c = x.compressed_range();
         if (x.copied()) problem(true, kCopied, "compressed cluster has the copied flag set");
@@ -190,7 +193,8 @@ Task<void> Checker::walk_l2_tables() {
       }
       reference(host, cs, "data cluster", t.weight);
       if (t.active) {
-        copied.push_back({t.offset, j, x.raw()});
+        // fix_copied() rewrites the 8-byte descriptor at index * 8.
+        copied.push_back({t.offset, j * (eb / 8), x.raw()});
         res.allocated_clusters += t.active;  // preallocated zero clusters count too
         if (prev_host && prev_host + cs != host) res.fragmented_clusters += t.active;
         prev_host = host;

@@ -55,6 +55,12 @@ void create(Reactor& r, const std::string& path, const CreateOptions& o) {
     throw Error(EINVAL, "refcount bits must be a power of two between 1 and 64");
   if (o.version == 2 && rb != 16)
     throw Error(EINVAL, "compat=0.10 images only support refcount bits 16");
+  if (o.extended_l2 && o.version == 2)
+    throw Error(EINVAL, "extended L2 entries require compat=1.1");
+  // As QEMU: 32 subclusters of at least 512 bytes.
+  if (o.extended_l2 && cs < (1u << kMinExtendedClusterBits))
+    throw Error(EINVAL,
+                "extended L2 entries are only supported with cluster sizes of at least 16 KiB");
   if (o.version == 2 && o.lazy_refcounts)
     throw Error(EINVAL, "lazy refcounts require compat=1.1 or later");
   Compression comp;
@@ -94,6 +100,7 @@ void create(Reactor& r, const std::string& path, const CreateOptions& o) {
   h.compression = comp;
   if (comp != Compression::kZlib) h.incompatible_features |= kIncompatCompression;
   if (o.lazy_refcounts) h.compatible_features |= kCompatLazyRefcounts;
+  if (o.extended_l2) h.incompatible_features |= kIncompatExtendedL2;
 
   // The header cluster: fixed header, extensions, end marker, backing file name.
   std::vector<uint8_t> head(h.header_length, 0);
@@ -116,7 +123,8 @@ void create(Reactor& r, const std::string& path, const CreateOptions& o) {
   if (head.size() > cs) throw Error(EINVAL, "header and backing file name do not fit in a cluster");
 
   // Metadata clusters: header, refcount table, refcount blocks, L1 table.
-  const uint64_t l2_covers = uint64_t(cs) * (cs / kL2EntryBytes);
+  const uint64_t l2_covers =
+      uint64_t(cs) * (cs / (o.extended_l2 ? kL2ExtendedEntryBytes : kL2EntryBytes));
   h.l1_size = uint32_t(div_up(size, l2_covers));
   if (uint64_t(h.l1_size) * 8 > kMaxL1Bytes)
     throw Error(Reason::kInvalidArgument, EFBIG, "image size is too large");

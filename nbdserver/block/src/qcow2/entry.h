@@ -4,13 +4,15 @@
 // data path (io.cpp), allocation and frees (alloc.cpp), compressed reads (compress.cpp) and
 // check/repair (check*.cpp).
 //
-// Extended L2 entries (issue 11) will make an L2 entry 16 bytes: this 64-bit descriptor (same
-// layout, except that bit 0 is reserved) followed by a 64-bit subcluster bitmap. The kind then
-// becomes per subcluster; compressed entries stay as they are (their bitmap is reserved). To
-// make room: callers find entries through kL2EntryBytes and decode through L2Entry only, so
-// that the bitmap and the per-subcluster status can be added here.
+// Extended L2 entries (incompatible feature bit 4) make an L2 entry 16 bytes: this 64-bit
+// descriptor (same layout, except that bit 0 is reserved) followed by a 64-bit subcluster
+// bitmap: bits 0-31 say which of the 32 subclusters are allocated (data at host() plus the
+// subcluster's offset), bits 32-63 which read as zeros; a subcluster with neither reads from
+// the backing file. The kind is then per subcluster (sub_kind()); compressed entries stay
+// whole clusters and their bitmap is reserved (must be 0).
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
@@ -29,8 +31,14 @@ constexpr uint64_t kRefTableReservedMask = 0x1ffull;
 // Host offsets (standard clusters, tables) have 56 bits; compressed offsets must stay below.
 constexpr uint64_t kMaxHostOffsetBits = 56;
 
-// Size of one L2 entry on disk (16 with extended L2 entries, not supported yet).
+// Size of one L2 entry on disk: 8, or 16 with extended L2 entries (descriptor, then bitmap).
 constexpr size_t kL2EntryBytes = 8;
+constexpr size_t kL2ExtendedEntryBytes = 16;
+constexpr uint32_t kSubclusters = 32;  // per cluster, with extended L2 entries
+// Extended entries have no zero flag: bit 0 is reserved too.
+constexpr uint64_t kL2ExtendedReservedMask = kL2StandardReservedMask | kOflagZero;
+constexpr uint64_t kBitmapAllAlloc = 0xffffffffull;
+constexpr uint64_t kBitmapAllZero = 0xffffffffull << 32;
 
 // A compressed cluster's bytes in the image file.
 struct CompressedRef {
@@ -44,20 +52,72 @@ enum class L2Kind : uint8_t {
   kZeroAlloc,    // reads as zeros, host cluster preallocated
   kNormal,       // data at host()
   kCompressed,   // compressed data at compressed_range()
+  kMixed,        // extended entries only: the subclusters differ (see sub_kind())
 };
 
-// One L2 entry. Decoding never fails: hostile bits are reported by reserved_bits(), aligned()
-// and valid(), and each caller decides (the data path refuses with -EIO, check reports).
+// The subclusters a byte range inside one cluster touches, as a bitmap (bit i: subcluster i).
+constexpr uint32_t subcluster_mask(uint64_t in_off, uint64_t len, uint32_t sc_bits) {
+  if (len == 0) return 0;
+  const uint32_t first = uint32_t(in_off >> sc_bits);
+  const uint32_t last = uint32_t((in_off + len - 1) >> sc_bits);
+  const uint64_t upto = last == 31 ? 0xffffffffull : (1ull << (last + 1)) - 1;
+  return uint32_t(upto & ~((1ull << first) - 1));
+}
+
+// One L2 entry. Decoding never fails: hostile bits are reported by reserved_bits(), aligned(),
+// bitmap_error() and valid(), and each caller decides (the data path refuses with -EIO, check
+// reports).
 class L2Entry {
  public:
+  constexpr L2Entry() = default;
   constexpr L2Entry(uint64_t raw, uint32_t cluster_bits) : raw_(raw), cluster_bits_(cluster_bits) {}
+  // An extended entry: descriptor and subcluster bitmap.
+  static constexpr L2Entry extended(uint64_t raw, uint64_t bitmap, uint32_t cluster_bits) {
+    L2Entry e(raw, cluster_bits);
+    e.bitmap_ = bitmap;
+    e.extended_ = true;
+    return e;
+  }
 
   constexpr uint64_t raw() const { return raw_; }
+  constexpr uint64_t bitmap() const { return bitmap_; }
+  constexpr bool is_extended() const { return extended_; }
+  constexpr uint32_t alloc_bits() const { return uint32_t(bitmap_); }
+  constexpr uint32_t zero_bits() const { return uint32_t(bitmap_ >> 32); }
+  // Nothing set at all: the cluster and every subcluster are unallocated.
+  constexpr bool empty() const { return raw_ == 0 && bitmap_ == 0; }
+  // The kind of the whole cluster; kMixed for an extended entry whose subclusters differ.
   constexpr L2Kind kind() const {
     if (raw_ & kOflagCompressed) return L2Kind::kCompressed;
+    if (extended_) {
+      const L2Kind k = sub_kind(0);
+      const uint64_t b = bitmap_;
+      const bool uniform = (b & kBitmapAllAlloc) == 0 || (b & kBitmapAllAlloc) == kBitmapAllAlloc;
+      const bool uniform_zero = (b & kBitmapAllZero) == 0 || (b & kBitmapAllZero) == kBitmapAllZero;
+      return uniform && uniform_zero ? k : L2Kind::kMixed;
+    }
     if (raw_ & kOflagZero) return host() ? L2Kind::kZeroAlloc : L2Kind::kZeroPlain;
     return host() ? L2Kind::kNormal : L2Kind::kUnallocated;
   }
+  // The kind of subcluster `sc` (0-31); for a standard entry, the cluster's.
+  constexpr L2Kind sub_kind(uint32_t sc) const {
+    if (!extended_ || (raw_ & kOflagCompressed)) return kind();
+    if ((bitmap_ >> sc) & 1) return L2Kind::kNormal;
+    if ((bitmap_ >> (32 + sc)) & 1) return host() ? L2Kind::kZeroAlloc : L2Kind::kZeroPlain;
+    return L2Kind::kUnallocated;
+  }
+  // Bytes from `in_off` (inside the cluster, at most `len`) whose subclusters all have the
+  // kind of the subcluster at `in_off`; that kind in `*k`.
+  constexpr uint64_t run(uint64_t in_off, uint64_t len, L2Kind* k) const {
+    *k = sub_kind(uint32_t(in_off >> sc_bits()));
+    if (!extended_ || compressed()) return len;
+    const uint64_t sc_size = 1ull << sc_bits();
+    uint64_t n = std::min(len, sc_size - (in_off & (sc_size - 1)));
+    while (n < len && sub_kind(uint32_t((in_off + n) >> sc_bits())) == *k)
+      n = std::min(len, n + sc_size);
+    return n;
+  }
+  constexpr uint32_t sc_bits() const { return extended_ ? cluster_bits_ - 5 : cluster_bits_; }
   constexpr bool compressed() const { return raw_ & kOflagCompressed; }
   constexpr bool zero() const { return !compressed() && (raw_ & kOflagZero); }
   constexpr bool copied() const { return raw_ & kOflagCopied; }
@@ -65,15 +125,26 @@ class L2Entry {
   constexpr uint64_t host() const { return compressed() ? 0 : raw_ & kL2OffsetMask; }
   // Holds a host cluster (or compressed bytes) that a refcount counts.
   constexpr bool allocated() const { return compressed() || host() != 0; }
-  // Ours alone and holding data: a guest write may go to host() in place.
+  // Ours alone and holding data: a guest write may go to host() in place (with extended
+  // entries: every subcluster allocated).
   constexpr bool writable_in_place() const {
-    return (raw_ & (kOflagCopied | kOflagCompressed | kOflagZero)) == kOflagCopied && host();
+    return (raw_ & (kOflagCopied | kOflagCompressed | kOflagZero)) == kOflagCopied && host() &&
+           (!extended_ || alloc_bits() == 0xffffffffu);
+  }
+  // The same for the bytes [in_off, in_off + len) of the cluster: with extended entries only
+  // the subclusters they touch need to be allocated.
+  constexpr bool writable_in_place(uint64_t in_off, uint64_t len) const {
+    if (!extended_) return writable_in_place();
+    const uint32_t need = subcluster_mask(in_off, len, sc_bits());
+    return (raw_ & (kOflagCopied | kOflagCompressed)) == kOflagCopied && host() &&
+           (alloc_bits() & need) == need;
   }
 
   // The bits qcow2.txt reserves that are set: for standard descriptors bits 1-8 and 56-61, for
   // compressed ones the offset bits from 56 up (only small clusters have them).
   constexpr uint64_t reserved_bits() const {
-    if (!compressed()) return raw_ & kL2StandardReservedMask;
+    if (!compressed())
+      return raw_ & (extended_ ? kL2ExtendedReservedMask : kL2StandardReservedMask);
     const uint32_t x = offset_bits();
     return x > kMaxHostOffsetBits ? raw_ & (((1ull << x) - 1) & ~((1ull << kMaxHostOffsetBits) - 1))
                                   : 0;
@@ -83,9 +154,21 @@ class L2Entry {
   // Whether the data path may use the entry in an image of `version`: a standard descriptor
   // with no reserved bits, an aligned host cluster and, in version 2, no zero flag. Compressed
   // descriptors are checked when they are read (their length is bounded there).
+  // Extended entries: bitmap_error() must also be null.
   constexpr bool valid(uint32_t version) const {
+    if (bitmap_error()) return false;
     if (compressed()) return true;
     return !reserved_bits() && aligned() && (version >= 3 || !(raw_ & kOflagZero));
+  }
+  // What is wrong with an extended entry's bitmap (qcow2.txt's invalid combinations), or null.
+  constexpr const char* bitmap_error() const {
+    if (!extended_) return nullptr;
+    if (compressed())
+      return bitmap_ ? "compressed cluster has a non-zero subcluster bitmap" : nullptr;
+    if (alloc_bits() & zero_bits()) return "subcluster is marked both allocated and zero";
+    if (alloc_bits() && !host())
+      return "subcluster is allocated but the cluster has no host offset";
+    return nullptr;
   }
 
   // Compressed descriptor: x = 62 - (cluster_bits - 8) bits of byte offset, then the number
@@ -120,8 +203,10 @@ class L2Entry {
  private:
   constexpr uint32_t offset_bits() const { return 62 - (cluster_bits_ - 8); }
 
-  uint64_t raw_;
-  uint32_t cluster_bits_;
+  uint64_t raw_ = 0;
+  uint64_t bitmap_ = 0;
+  uint32_t cluster_bits_ = 16;
+  bool extended_ = false;
 };
 
 // One L1 entry: where an L2 table is.

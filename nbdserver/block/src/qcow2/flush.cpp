@@ -79,7 +79,10 @@ Task<int> Image::write_l2_and_l1(uint64_t safe) {
     if (!s->dirty || s->loading) return;
     std::vector<uint8_t> copy(s->data.get(), s->data.get() + sb);
     for (auto p = s->pending.rbegin(); p != s->pending.rend(); ++p)
-      if (p->gen > safe) store_be64(&copy[p->index * kL2EntryBytes], p->old_entry);
+      if (p->gen > safe) {
+        store_be64(&copy[p->index * l2e_bytes_], p->old_entry);
+        if (extended_) store_be64(&copy[p->index * l2e_bytes_ + 8], p->old_bitmap);
+      }
     std::erase_if(s->pending, settled);
     s->dirty = !s->pending.empty();
     slices.push_back(s);

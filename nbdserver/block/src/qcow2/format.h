@@ -26,6 +26,8 @@ using block::store_be64;
 constexpr uint32_t kMagic = 0x514649fb;  // "QFI\xfb"
 constexpr uint32_t kMinClusterBits = 9;
 constexpr uint32_t kMaxClusterBits = 21;
+// Extended L2 entries: subclusters (cluster / 32) of at least 512 bytes, as QEMU requires.
+constexpr uint32_t kMinExtendedClusterBits = 14;
 constexpr uint32_t kMaxBackingNameLength = 1023;
 constexpr uint64_t kMaxL1Bytes = 32u << 20;       // as QEMU: bigger L1 tables are refused
 constexpr uint64_t kMaxRefTableBytes = 8u << 20;  // as QEMU

@@ -50,7 +50,10 @@ Image::Image(Reactor& r, std::string path, HostFile file, Header h, const OpenOp
       read_only_(opt.read_only),
       cb_(h_.cluster_bits),
       cs_(h_.cluster_size()),
-      l2_entries_(cs_ / kL2EntryBytes),
+      extended_(h_.incompatible_features & kIncompatExtendedL2),
+      l2e_bytes_(extended_ ? kL2ExtendedEntryBytes : kL2EntryBytes),
+      scb_(extended_ ? cb_ - 5 : cb_),
+      l2_entries_(cs_ / l2e_bytes_),
       rb_entries_(cs_ * 8 / h_.refcount_bits()),
       l2_cache_(std::min<uint64_t>(cs_, 4096), opt.l2_cache_bytes),
       rb_cache_(std::min<uint64_t>(cs_, 4096), opt.refcount_cache_bytes),
@@ -109,8 +112,10 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
     unsupported(path, "encrypted images are not supported");
   if (h.incompatible_features & kIncompatDataFile || h.has_data_file_ext)
     unsupported(path, "external data files are not supported");
-  if (h.incompatible_features & kIncompatExtendedL2)
-    unsupported(path, "extended L2 entries (subclusters) are not supported");
+  const bool extended = h.incompatible_features & kIncompatExtendedL2;
+  // As QEMU: a subcluster is at least 512 bytes, and the feature needs version 3.
+  if (extended && h.cluster_bits < kMinExtendedClusterBits)
+    unsupported(path, "extended L2 entries with clusters smaller than 16 KiB are not supported");
   if (uint64_t unknown = h.incompatible_features & ~kIncompatKnown) {
     int bit = __builtin_ctzll(unknown);
     std::string name = h.feature_name(0, static_cast<uint8_t>(bit));
@@ -129,7 +134,7 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
     if (off > file_end || bytes > file_end - off)
       corrupt(EINVAL, path, std::string(name) + " lies past the end of the file");
   };
-  const uint64_t l2_entries = cs / kL2EntryBytes;
+  const uint64_t l2_entries = cs / (extended ? kL2ExtendedEntryBytes : kL2EntryBytes);
   const uint64_t needed_l1 = (h.size + cs * l2_entries - 1) / (cs * l2_entries);
   if (uint64_t(h.l1_size) * 8 > kMaxL1Bytes) corrupt(EFBIG, path, "L1 table is too large");
   if (h.l1_size < needed_l1) corrupt(EINVAL, path, "L1 table is too small for the virtual size");

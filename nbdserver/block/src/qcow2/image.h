@@ -72,21 +72,44 @@ class Image final : public BlockDevice {
 
   // --- mapping (io.cpp) ---
   uint64_t cluster_of(uint64_t off) const { return off >> cb_; }
-  // The L2 entry of guest cluster `gc` (0 if unallocated), or -errno.
-  Task<int> l2_entry(uint64_t gc, uint64_t* entry);
-  uint64_t l2_entry_cached(uint64_t gc, bool* hit);
+  // The L2 entry of guest cluster `gc` (empty if unallocated), or -errno.
+  Task<int> l2_entry(uint64_t gc, L2Entry* entry);
+  L2Entry l2_entry_cached(uint64_t gc, bool* hit);
+  // Decodes the entry (8 or 16 bytes) at `p` in an L2 table of this image.
+  L2Entry decode_l2(const uint8_t* p) const {
+    return extended_ ? L2Entry::extended(load_be64(p), load_be64(p + 8), cb_)
+                     : L2Entry(load_be64(p), cb_);
+  }
+  L2Entry decode_l2_zero() const {
+    return extended_ ? L2Entry::extended(0, 0, cb_) : L2Entry(0, cb_);
+  }
   Task<int> load_slice(SliceCache& cache, uint64_t offset, SliceRef* out);
-  Task<int> read_cluster_part(uint64_t gc, uint64_t entry, uint64_t in_off, std::span<uint8_t> buf);
+  // Reads [in_off, in_off + buf.size()) of guest cluster `gc`, all of kind `k` in entry `m`.
+  Task<int> read_cluster_part(uint64_t gc, L2Entry m, L2Kind k, uint64_t in_off,
+                              std::span<uint8_t> buf);
+  // The same for a range whose subclusters may differ in kind.
+  Task<int> read_cluster_range(uint64_t gc, L2Entry m, uint64_t in_off, std::span<uint8_t> buf);
   Task<int> read_backing(uint64_t offset, std::span<uint8_t> buf);
   Task<int> read_task(uint64_t offset, std::span<uint8_t> buf);
   Task<int> write_cluster(uint64_t gc, uint64_t in_off, std::span<const uint8_t> data);
   Task<int> zero_cluster(uint64_t gc, bool unmap, bool fast, bool discard);
+  // Extended L2: marks subclusters `mask` of `gc` as zero (their allocation bits cleared).
+  // Returns 1 when the caller must write explicit zeros instead.
+  Task<int> zero_subclusters(uint64_t gc, uint32_t mask);
+  Task<int> write_cluster_extended(uint64_t gc, L2Entry m, uint64_t in_off,
+                                   std::span<const uint8_t> data);
+  // Zeroes [in_off, in_off + len) of `gc`, part of a cluster (write_zeroes' head and tail).
+  Task<int> zero_partial(uint64_t gc, uint64_t in_off, uint64_t len, bool fast);
+  // Block status of [pos, end), which this image leaves unallocated: the backing file's.
+  Task<int> unallocated_status(uint64_t pos, uint64_t end, std::vector<Extent>* out);
   Task<void> write_part(uint64_t gc, uint64_t in_off, std::span<const uint8_t> data, int* err);
   Task<void> zero_part(uint64_t gc, bool unmap, bool fast, bool discard, int* err);
-  int status_of(uint64_t gc, uint64_t entry, Extent* e);
-  // Sets the L2 entry of `gc` (whose table must exist and be ours); records `gen` as pending
-  // when the new entry points at a cluster allocated since the last flush.
-  Task<int> set_l2_entry(uint64_t gc, uint64_t entry, bool pending_alloc);
+  // The status of the bytes of kind `k` at `in_off` of cluster `gc`.
+  static void status_of(uint64_t gc, uint32_t cb, L2Entry m, L2Kind k, uint64_t in_off, Extent* e);
+  // Sets the L2 entry of `gc` (whose table must exist and be ours; `bitmap` is ignored unless
+  // the image has extended entries); records `gen` as pending when the new entry points at a
+  // cluster allocated since the last flush.
+  Task<int> set_l2_entry(uint64_t gc, uint64_t entry, uint64_t bitmap, bool pending_alloc);
 
   // Per-guest-cluster exclusion for allocating and metadata-changing operations.
   struct ClusterLock;
@@ -147,6 +170,9 @@ class Image final : public BlockDevice {
   bool read_only_;
   uint32_t cb_;          // cluster bits
   uint64_t cs_;          // cluster size
+  bool extended_;        // extended L2 entries (subclusters)
+  uint64_t l2e_bytes_;   // bytes per L2 entry: 8, or 16 when extended_
+  uint32_t scb_;         // subcluster bits (cluster bits without extended L2 entries)
   uint64_t l2_entries_;  // entries per L2 table
   uint64_t rb_entries_;  // entries per refcount block
 

@@ -9,10 +9,12 @@ namespace kiln::block::qcow2 {
 
 namespace {
 
+bool is_zero(L2Kind k) { return k == L2Kind::kZeroPlain || k == L2Kind::kZeroAlloc; }
+
 // Reads of two clusters of these kinds can be one read (or one memset, or one backing read).
-bool same_read(L2Entry a, L2Entry b) {
-  if (a.zero()) return b.zero();
-  return a.kind() == b.kind();
+bool same_read(L2Kind a, L2Kind b) {
+  if (is_zero(a)) return is_zero(b);
+  return a == b;
 }
 
 }  // namespace
@@ -77,39 +79,39 @@ Task<int> Image::load_slice(SliceCache& cache, uint64_t offset, SliceRef* out) {
   }
 }
 
-uint64_t Image::l2_entry_cached(uint64_t gc, bool* hit) {
+L2Entry Image::l2_entry_cached(uint64_t gc, bool* hit) {
   *hit = true;
   const uint64_t l1i = gc / l2_entries_;
-  if (l1i >= l1_.size()) return 0;
+  if (l1i >= l1_.size()) return decode_l2_zero();
   const L1Entry l1e{l1_[l1i]};
   const uint64_t l2 = l1e.l2_offset();
   if (!l2 || l1e.reserved_bits() || l2 % cs_) {
     *hit = !l2 && !l1e.reserved_bits();
-    return 0;
+    return decode_l2_zero();
   }
-  const uint64_t byte = (gc % l2_entries_) * kL2EntryBytes;
+  const uint64_t byte = (gc % l2_entries_) * l2e_bytes_;
   const uint64_t sb = l2_cache_.slice_bytes();
   SliceRef s = l2_cache_.find(l2 + byte / sb * sb);
   if (!s || s->loading) {
     *hit = false;
-    return 0;
+    return decode_l2_zero();
   }
-  return load_be64(s->data.get() + byte % sb);
+  return decode_l2(s->data.get() + byte % sb);
 }
 
-Task<int> Image::l2_entry(uint64_t gc, uint64_t* entry) {
-  *entry = 0;
+Task<int> Image::l2_entry(uint64_t gc, L2Entry* entry) {
+  *entry = decode_l2_zero();
   const uint64_t l1i = gc / l2_entries_;
   if (l1i >= l1_.size()) co_return 0;
   const L1Entry l1e{l1_[l1i]};
   const uint64_t l2 = l1e.l2_offset();
   if (l1e.reserved_bits() || l2 % cs_) co_return -EIO;  // corrupt L1 entry
   if (!l2) co_return 0;
-  const uint64_t byte = (gc % l2_entries_) * kL2EntryBytes;
+  const uint64_t byte = (gc % l2_entries_) * l2e_bytes_;
   const uint64_t sb = l2_cache_.slice_bytes();
   SliceRef s;
   if (int rc = co_await load_slice(l2_cache_, l2 + byte / sb * sb, &s); rc < 0) co_return rc;
-  *entry = load_be64(s->data.get() + byte % sb);
+  *entry = decode_l2(s->data.get() + byte % sb);
   co_return 0;
 }
 
@@ -124,11 +126,10 @@ Task<int> Image::read_backing(uint64_t offset, std::span<uint8_t> buf) {
   co_return 0;
 }
 
-Task<int> Image::read_cluster_part(uint64_t gc, uint64_t entry, uint64_t in_off,
+Task<int> Image::read_cluster_part(uint64_t gc, L2Entry m, L2Kind k, uint64_t in_off,
                                    std::span<uint8_t> buf) {
-  const L2Entry m(entry, cb_);
   if (!m.valid(h_.version)) co_return -EIO;
-  switch (m.kind()) {
+  switch (k) {
     case L2Kind::kNormal:
       co_return co_await fd_.read_full(buf, m.host() + in_off);
     case L2Kind::kZeroPlain:
@@ -143,8 +144,23 @@ Task<int> Image::read_cluster_part(uint64_t gc, uint64_t entry, uint64_t in_off,
       std::memcpy(buf.data(), cluster.data() + in_off, buf.size());
       co_return 0;
     }
+    case L2Kind::kMixed:
+      break;
   }
   co_return -EIO;
+}
+
+Task<int> Image::read_cluster_range(uint64_t gc, L2Entry m, uint64_t in_off,
+                                    std::span<uint8_t> buf) {
+  uint64_t pos = 0;
+  while (pos < buf.size()) {
+    L2Kind k;
+    const uint64_t n = m.run(in_off + pos, buf.size() - pos, &k);
+    if (int rc = co_await read_cluster_part(gc, m, k, in_off + pos, buf.subspan(pos, n)); rc < 0)
+      co_return rc;
+    pos += n;
+  }
+  co_return 0;
 }
 
 Task<int> Image::read(uint64_t offset, std::span<uint8_t> buf) {
@@ -155,42 +171,48 @@ Task<int> Image::read(uint64_t offset, std::span<uint8_t> buf) {
     const uint64_t off = offset + pos;
     uint64_t gc = cluster_of(off);
     bool hit;
-    uint64_t e = l2_entry_cached(gc, &hit);
+    L2Entry m = l2_entry_cached(gc, &hit);
     if (!hit)
-      if (int rc = co_await l2_entry(gc, &e); rc < 0) co_return rc;
+      if (int rc = co_await l2_entry(gc, &m); rc < 0) co_return rc;
+    if (!m.valid(h_.version)) co_return -EIO;
     const uint64_t in_off = off & (cs_ - 1);
-    uint64_t len = std::min<uint64_t>(cs_ - in_off, buf.size() - pos);
-    const L2Entry m(e, cb_);
-    if (!m.compressed() && m.valid(h_.version)) {
+    const uint64_t in_cluster = std::min<uint64_t>(cs_ - in_off, buf.size() - pos);
+    // With subclusters, the cluster may hold runs of several kinds: read the first one here.
+    L2Kind k;
+    uint64_t len = m.run(in_off, in_cluster, &k);
+    if (len == in_cluster && k != L2Kind::kCompressed) {
       while (pos + len < buf.size()) {
-        const L2Entry m2(l2_entry_cached(gc + 1, &hit), cb_);
+        const L2Entry m2 = l2_entry_cached(gc + 1, &hit);
         if (!hit) break;
-        if (!m2.valid(h_.version) || !same_read(m, m2) ||
-            (m.kind() == L2Kind::kNormal && m2.host() != m.host() + (len + in_off)))
+        if (!m2.valid(h_.version) || !same_read(k, m2.kind()) ||
+            (k == L2Kind::kNormal && m2.host() != m.host() + (len + in_off)))
           break;
         ++gc;
         len += std::min<uint64_t>(cs_, buf.size() - pos - len);
       }
     }
-    int rc = co_await read_cluster_part(cluster_of(off), e, in_off, buf.subspan(pos, len));
+    int rc = co_await read_cluster_part(cluster_of(off), m, k, in_off, buf.subspan(pos, len));
     if (rc < 0) co_return rc;
     pos += len;
   }
   co_return 0;
 }
 
-Task<int> Image::set_l2_entry(uint64_t gc, uint64_t entry, bool pending_alloc) {
+Task<int> Image::set_l2_entry(uint64_t gc, uint64_t entry, uint64_t bitmap, bool pending_alloc) {
   const uint64_t l2 = L1Entry{l1_[gc / l2_entries_]}.l2_offset();
-  const uint64_t byte = (gc % l2_entries_) * kL2EntryBytes;
+  const uint64_t byte = (gc % l2_entries_) * l2e_bytes_;
   const uint64_t sb = l2_cache_.slice_bytes();
   SliceRef s;
   if (int rc = co_await load_slice(l2_cache_, l2 + byte / sb * sb, &s); rc < 0) co_return rc;
   uint8_t* p = s->data.get() + byte % sb;
   const uint64_t old = load_be64(p);
+  const uint64_t old_bitmap = extended_ ? load_be64(p + 8) : 0;
   store_be64(p, entry);
+  if (extended_) store_be64(p + 8, bitmap);
   s->dirty = true;
   ++gen_;
-  if (pending_alloc) s->pending.push_back({uint32_t(byte % sb / kL2EntryBytes), old, gen_});
+  if (pending_alloc)
+    s->pending.push_back({uint32_t(byte % sb / l2e_bytes_), old, gen_, old_bitmap});
   co_return 0;
 }
 
@@ -206,11 +228,11 @@ Task<int> Image::write_cluster(uint64_t gc, uint64_t in_off, std::span<const uin
   // Fast path: the cluster is ours alone; write in place. The pin is taken in the same step as
   // the lookup (no suspension between), so whoever later frees the cluster waits for it.
   bool hit;
-  uint64_t e = l2_entry_cached(gc, &hit);
+  L2Entry m = l2_entry_cached(gc, &hit);
   if (!hit)
-    if (int rc = co_await l2_entry(gc, &e); rc < 0) co_return rc;
-  if (L2Entry(e, cb_).writable_in_place() && !busy_clusters_.contains(gc)) {
-    const uint64_t host = L2Entry(e, cb_).host();
+    if (int rc = co_await l2_entry(gc, &m); rc < 0) co_return rc;
+  if (m.writable_in_place(in_off, data.size()) && !busy_clusters_.contains(gc)) {
+    const uint64_t host = m.host();
     const size_t b = pin_bucket(host);
     if (!draining_[b]) {
       ++pins_[b];
@@ -223,22 +245,34 @@ Task<int> Image::write_cluster(uint64_t gc, uint64_t in_off, std::span<const uin
 
   ClusterLock lock = co_await lock_cluster(gc);
   if (int rc = co_await prepare_l2(uint32_t(gc / l2_entries_)); rc < 0) co_return rc;
-  if (int rc = co_await l2_entry(gc, &e); rc < 0) co_return rc;
-  const L2Entry m(e, cb_);
-  if (m.writable_in_place()) {  // allocated meanwhile (or pins drained): in place, under the lock
+  if (int rc = co_await l2_entry(gc, &m); rc < 0) co_return rc;
+  if (m.writable_in_place(in_off, data.size())) {
+    // Allocated meanwhile (or pins drained): in place, under the lock.
     unsynced_ = true;
     co_return co_await fd_.write_full(data, m.host() + in_off);
   }
   if (!m.valid(h_.version)) co_return -EIO;
+  // A cluster of ours (or none yet) with subclusters: only the touched subclusters are written.
+  if (extended_ && !m.compressed() && (m.copied() || !m.host()))
+    co_return co_await write_cluster_extended(gc, m, in_off, data);
 
+  // A whole new cluster: the guest data, the rest copied from where it came from. Only the
+  // head and the tail are read (a compressed cluster, or one with subclusters, is read whole).
   const bool full = in_off == 0 && data.size() == cs_;
   std::vector<uint8_t> cluster;
   if (!full) {
     cluster.resize(cs_);
-    if (m.zero()) {
-      // zeros already
-    } else if (int rc = co_await read_cluster_part(gc, e, 0, cluster); rc < 0) {
-      co_return rc;
+    const uint64_t tail = in_off + data.size();
+    if (m.compressed() || m.is_extended()) {
+      if (int rc = co_await read_cluster_range(gc, m, 0, cluster); rc < 0) co_return rc;
+    } else if (!is_zero(m.kind())) {  // zero clusters: zeros already
+      std::span<uint8_t> all(cluster);
+      if (in_off)
+        if (int rc = co_await read_cluster_part(gc, m, m.kind(), 0, all.first(in_off)); rc < 0)
+          co_return rc;
+      if (tail < cs_)
+        if (int rc = co_await read_cluster_part(gc, m, m.kind(), tail, all.subspan(tail)); rc < 0)
+          co_return rc;
     }
     std::memcpy(cluster.data() + in_off, data.data(), data.size());
   }
@@ -254,9 +288,53 @@ Task<int> Image::write_cluster(uint64_t gc, uint64_t in_off, std::span<const uin
     co_return rc;
   }
   unsynced_ = true;
-  if (int rc = co_await set_l2_entry(gc, L2Entry::encode_normal(host), true); rc < 0) co_return rc;
-  if (!reuse && m.allocated()) defer_free(e);
+  if (int rc = co_await set_l2_entry(gc, L2Entry::encode_normal(host), kBitmapAllAlloc, true);
+      rc < 0)
+    co_return rc;
+  if (!reuse && m.allocated()) defer_free(m.raw());
   co_return 0;
+}
+
+Task<int> Image::write_cluster_extended(uint64_t gc, L2Entry m, uint64_t in_off,
+                                        std::span<const uint8_t> data) {
+  // The touched subclusters, whole: the guest data, and the partial subclusters at either end
+  // filled from what they read as now (backing file or zeros). Nothing else of the cluster is
+  // read or written. A partial subcluster that is already allocated is not copied: an
+  // in-place write may be landing in its other bytes right now (it holds no lock), and
+  // writing back what we read would undo it.
+  const uint64_t scs = 1ull << scb_;
+  const uint64_t end = in_off + data.size();
+  uint64_t start = in_off & ~(scs - 1);
+  uint64_t stop = (end + scs - 1) & ~(scs - 1);
+  if (m.sub_kind(uint32_t(in_off >> scb_)) == L2Kind::kNormal) start = in_off;
+  if (m.sub_kind(uint32_t((end - 1) >> scb_)) == L2Kind::kNormal) stop = end;
+  std::vector<uint8_t> buf;
+  std::span<const uint8_t> payload = data;
+  if (start != in_off || stop != end) {
+    buf.resize(stop - start);
+    std::span<uint8_t> all(buf);
+    if (start < in_off)
+      if (int rc = co_await read_cluster_range(gc, m, start, all.first(in_off - start)); rc < 0)
+        co_return rc;
+    if (end < stop)
+      if (int rc = co_await read_cluster_range(gc, m, end, all.subspan(end - start)); rc < 0)
+        co_return rc;
+    std::memcpy(buf.data() + (in_off - start), data.data(), data.size());
+    payload = buf;
+  }
+  const bool fresh = !m.host();
+  uint64_t host = m.host();
+  if (fresh)
+    if (int rc = co_await alloc_clusters(1, &host); rc < 0) co_return rc;
+  if (int rc = co_await fd_.write_full(payload, host + start); rc < 0) {
+    if (fresh) co_await free_now(host, cs_);
+    co_return rc;
+  }
+  unsynced_ = true;
+  const uint64_t mask = subcluster_mask(in_off, data.size(), scb_);
+  const uint64_t bitmap = (m.bitmap() | mask) & ~(mask << 32);
+  // Pending either way: the new allocation bits must not reach the disk before the data.
+  co_return co_await set_l2_entry(gc, L2Entry::encode_normal(host), bitmap, true);
 }
 
 Task<void> Image::write_part(uint64_t gc, uint64_t in_off, std::span<const uint8_t> data,
@@ -294,46 +372,63 @@ Task<int> Image::write(uint64_t offset, std::span<const uint8_t> buf, unsigned f
 // Returns 1 when the caller must write explicit zeros instead.
 Task<int> Image::zero_cluster(uint64_t gc, bool unmap, bool fast, bool discard) {
   ClusterLock lock = co_await lock_cluster(gc);
-  uint64_t e;
-  if (int rc = co_await l2_entry(gc, &e); rc < 0) co_return rc;
-  const L2Entry m(e, cb_);
+  L2Entry m;
+  if (int rc = co_await l2_entry(gc, &m); rc < 0) co_return rc;
   if (!m.valid(h_.version)) co_return -EIO;
   const bool allocated = m.allocated();
   const bool ours = m.copied() && m.host();
 
+  // Extended entries say "zero" in the bitmap (every subcluster), standard ones in bit 0.
+  const uint64_t zero_bitmap = extended_ ? kBitmapAllZero : 0;
   uint64_t next;
   if (h_.version >= 3) {
     if (discard) {
       if (!backing_ && !allocated) co_return 0;
-      next = L2Entry::encode_zero();
+      next = extended_ ? 0 : L2Entry::encode_zero();
     } else if (!unmap && ours) {
-      next = L2Entry::encode_zero(m.host(), true);  // keep the cluster, read zeros
-    } else if (m.kind() == L2Kind::kUnallocated && !backing_) {
+      // keep the cluster, read zeros
+      next = extended_ ? L2Entry::encode_normal(m.host()) : L2Entry::encode_zero(m.host(), true);
+    } else if (m.kind() == L2Kind::kUnallocated && !backing_ && m.empty()) {
       co_return 0;  // already reads as zeros
     } else {
-      next = L2Entry::encode_zero();
+      next = extended_ ? 0 : L2Entry::encode_zero();
     }
   } else {
     if (!discard && backing_) {
-      if (m.kind() == L2Kind::kUnallocated) {
-        // v2 cannot mark a cluster zero: only explicit zeros hide the backing file.
-      }
+      // v2 cannot mark a cluster zero: only explicit zeros hide the backing file.
       co_return fast ? -ENOTSUP : 1;
     }
     if (!allocated) co_return 0;
     next = 0;
   }
-  if (next == e) co_return 0;
+  if (next == m.raw() && (!extended_ || zero_bitmap == m.bitmap())) co_return 0;
   if (int rc = co_await prepare_l2(uint32_t(gc / l2_entries_)); rc < 0) co_return rc;
   // An in-place write that looked the entry up before we took the lock may still be on its
   // way to the host cluster: once the entry changes, the cluster can be freed and reused. The
   // lock keeps new in-place writes of this cluster away meanwhile.
-  if (m.kind() == L2Kind::kNormal) co_await wait_unpinned(m.host());
-  if (int rc = co_await l2_entry(gc, &e); rc < 0) co_return rc;  // the table may have moved
-  if (int rc = co_await set_l2_entry(gc, next, false); rc < 0) co_return rc;
+  if (m.host() && !m.compressed() && !m.zero()) co_await wait_unpinned(m.host());
+  if (int rc = co_await l2_entry(gc, &m); rc < 0) co_return rc;  // the table may have moved
+  if (int rc = co_await set_l2_entry(gc, next, zero_bitmap, false); rc < 0) co_return rc;
   const bool kept = L2Entry(next, cb_).host() != 0;
-  if (allocated && !kept) defer_free(e);
+  if (allocated && !kept) defer_free(m.raw());
   co_return 0;
+}
+
+Task<int> Image::zero_subclusters(uint64_t gc, uint32_t mask) {
+  ClusterLock lock = co_await lock_cluster(gc);
+  L2Entry m;
+  if (int rc = co_await l2_entry(gc, &m); rc < 0) co_return rc;
+  if (!m.valid(h_.version)) co_return -EIO;
+  // A compressed cluster has no subclusters, and a shared one cannot change in place.
+  if (m.compressed() || (m.host() && !m.copied())) co_return 1;
+  const uint64_t bits = (m.bitmap() & ~uint64_t(mask)) | (uint64_t(mask) << 32);
+  if (bits == m.bitmap()) co_return 0;
+  if (int rc = co_await prepare_l2(uint32_t(gc / l2_entries_)); rc < 0) co_return rc;
+  if (int rc = co_await l2_entry(gc, &m); rc < 0) co_return rc;  // the table may have moved
+  // The host cluster stays: an in-place write still on its way lands in a subcluster that now
+  // reads as zeros, which is an order the overlapping requests allow.
+  co_return co_await set_l2_entry(gc, m.raw(),
+                                  (m.bitmap() & ~uint64_t(mask)) | (uint64_t(mask) << 32), false);
 }
 
 Task<void> Image::zero_part(uint64_t gc, bool unmap, bool fast, bool discard, int* err) {
@@ -344,6 +439,37 @@ Task<void> Image::zero_part(uint64_t gc, bool unmap, bool fast, bool discard, in
     rc = co_await write_cluster(gc, 0, std::span<const uint8_t>(zeros).first(len));
   }
   if (rc < 0 && *err == 0) *err = rc;
+}
+
+Task<int> Image::zero_partial(uint64_t gc, uint64_t in_off, uint64_t len, bool fast) {
+  // Nothing to do if it already reads as zeros.
+  L2Entry m;
+  if (int rc = co_await l2_entry(gc, &m); rc < 0) co_return rc;
+  bool zero = m.valid(h_.version);
+  for (uint64_t p = in_off; zero && p < in_off + len;) {
+    L2Kind k;
+    p += m.run(p, in_off + len - p, &k);
+    zero = is_zero(k) || (k == L2Kind::kUnallocated && !backing_);
+  }
+  if (zero) co_return 0;
+  // Whole subclusters become zero in the bitmap; the rest is written as zeros.
+  const uint64_t scs = 1ull << scb_;
+  const uint64_t a = (in_off + scs - 1) & ~(scs - 1);
+  const uint64_t b = (in_off + len) & ~(scs - 1);
+  if (extended_ && a < b && h_.version >= 3) {
+    int rc = co_await zero_subclusters(gc, subcluster_mask(a, b - a, scb_));
+    if (rc < 0) co_return rc;
+    if (rc == 0) {
+      if (in_off < a)
+        if (int r2 = co_await zero_partial(gc, in_off, a - in_off, fast); r2 < 0) co_return r2;
+      if (b < in_off + len)
+        if (int r2 = co_await zero_partial(gc, b, in_off + len - b, fast); r2 < 0) co_return r2;
+      co_return 0;
+    }
+  }
+  if (fast) co_return -ENOTSUP;
+  std::vector<uint8_t> zeros(len);
+  co_return co_await write_cluster(gc, in_off, zeros);
 }
 
 Task<int> Image::write_zeroes(uint64_t offset, uint64_t length, unsigned flags) {
@@ -357,7 +483,6 @@ Task<int> Image::write_zeroes(uint64_t offset, uint64_t length, unsigned flags) 
   const uint64_t cluster_end = end == h_.size ? (end + cs_ - 1) & ~(cs_ - 1) : end;
   int err = 0;
   uint64_t pos = offset;
-  std::vector<uint8_t> zeros;
   WaitGroup group(r_);
   uint64_t spawned = 0;
   while (pos < end && err == 0) {
@@ -368,26 +493,11 @@ Task<int> Image::write_zeroes(uint64_t offset, uint64_t length, unsigned flags) 
       r_.spawn(zero_part(gc, unmap, fast, false, &err), &group);
       if (++spawned % 64 == 0) co_await group.wait();  // bounded fan-out
     } else {
-      // Partial cluster: nothing to do if it already reads as zeros.
-      uint64_t e;
-      if (int rc = co_await l2_entry(gc, &e); rc < 0) {
-        err = rc;
-        break;
-      }
-      const L2Entry m(e, cb_);
-      if (m.valid(h_.version) && (m.zero() || (m.kind() == L2Kind::kUnallocated && !backing_))) {
-        pos = next;
-        continue;
-      }
-      if (fast) {
-        err = -ENOTSUP;
-        break;
-      }
-      if (zeros.empty()) zeros.resize(cs_);
-      if (int rc =
-              co_await write_cluster(gc, in_off, std::span<const uint8_t>(zeros).first(next - pos));
-          rc < 0)
-        err = rc;
+      // Partial cluster (at the end of the disk, a last partial subcluster counts as whole).
+      const uint64_t scs = 1ull << scb_;
+      uint64_t len = next - pos;
+      if (extended_ && next == h_.size) len = ((in_off + len + scs - 1) & ~(scs - 1)) - in_off;
+      if (int rc = co_await zero_partial(gc, in_off, len, fast); rc < 0) err = rc;
     }
     pos = next;
   }
@@ -403,39 +513,53 @@ Task<int> Image::discard(uint64_t offset, uint64_t length) {
   if (offset > h_.size || length > h_.size - offset) co_return -EINVAL;
   uint64_t end = offset + length;
   if (end == h_.size) end = (end + cs_ - 1) & ~(cs_ - 1);
-  // Only whole clusters can be released; the rest of the range is left as it is.
+  // Only whole clusters (with extended L2 entries: whole subclusters) can be released; the
+  // rest of the range is left as it is.
   const uint64_t first = (offset + cs_ - 1) >> cb_;
   const uint64_t last = end >> cb_;
   int err = 0;
+  if (extended_ && h_.version >= 3) {
+    const uint64_t scs = 1ull << scb_;
+    const uint64_t a = (offset + scs - 1) & ~(scs - 1);
+    const uint64_t b = end & ~(scs - 1);
+    auto part = [&](uint64_t from, uint64_t to) -> Task<int> {
+      if (from >= to) co_return 0;
+      const int rc = co_await zero_subclusters(cluster_of(from),
+                                               subcluster_mask(from & (cs_ - 1), to - from, scb_));
+      co_return rc < 0 ? rc : 0;  // compressed or shared: left as it is
+    };
+    if (first > last) {  // inside one cluster
+      co_return co_await part(a, b);
+    }
+    err = co_await part(a, std::min(b, first << cb_));
+    if (err == 0 && last >= first) err = co_await part(std::max(a, last << cb_), b);
+  }
   for (uint64_t gc = first; gc < last && err == 0; ++gc)
     co_await zero_part(gc, true, false, true, &err);
   co_return err;
 }
 
-int Image::status_of(uint64_t gc, uint64_t entry, Extent* e) {
-  const L2Entry m(entry, cb_);
-  if (!m.valid(h_.version)) return -EIO;
+void Image::status_of(uint64_t gc, uint32_t cb, L2Entry m, L2Kind k, uint64_t in_off, Extent* e) {
   *e = Extent{};
-  e->offset = gc << cb_;
-  e->length = cs_;
-  switch (m.kind()) {
+  e->offset = (gc << cb) + in_off;
+  switch (k) {
     case L2Kind::kNormal:
       e->present = e->data = true;
-      e->host_offset = m.host();
+      e->host_offset = m.host() + in_off;
       break;
     case L2Kind::kCompressed:
       e->present = e->data = e->compressed = true;
       break;
     case L2Kind::kZeroAlloc:
-      e->host_offset = m.host();
+      e->host_offset = m.host() + in_off;
       [[fallthrough]];
     case L2Kind::kZeroPlain:
       e->present = e->zero = true;
       break;
     case L2Kind::kUnallocated:
+    case L2Kind::kMixed:
       break;
   }
-  return 0;
 }
 
 namespace {
@@ -455,11 +579,34 @@ void append(std::vector<Extent>* out, const Extent& e) {
 }
 }  // namespace
 
+Task<int> Image::unallocated_status(uint64_t pos, uint64_t end, std::vector<Extent>* out) {
+  uint64_t covered = pos;
+  if (backing_ && pos < backing_->size()) {
+    std::vector<Extent> below;
+    const uint64_t bend = std::min(end, backing_->size());
+    if (int rc = co_await backing_->block_status(pos, bend - pos, &below); rc < 0) co_return rc;
+    for (Extent x : below) {
+      x.depth += 1;
+      append(out, x);
+    }
+    covered = bend;
+  }
+  if (covered < end) {
+    Extent x;
+    x.offset = covered;
+    x.length = end - covered;
+    x.zero = true;
+    // Past the end of a shorter backing file, this image itself supplies the zeros.
+    x.depth = backing_ ? 0 : chain_length();
+    append(out, x);
+  }
+  co_return 0;
+}
+
 Task<int> Image::block_status(uint64_t offset, uint64_t length, std::vector<Extent>* out) {
   if (offset > h_.size) co_return -EINVAL;
   length = std::min(length, h_.size - offset);
   const uint64_t end = offset + length;
-  const uint32_t depth_unallocated = chain_length();
   uint64_t pos = offset;
   while (pos < end) {
     const uint64_t gc = cluster_of(pos);
@@ -477,48 +624,38 @@ Task<int> Image::block_status(uint64_t offset, uint64_t length, std::vector<Exte
       // nest a coroutine resumption per cluster (builds without tail calls, such as ASan's,
       // would overflow the stack), and it is faster.
       bool hit;
-      uint64_t e = l2_entry_cached(c, &hit);
+      L2Entry e = l2_entry_cached(c, &hit);
       if (!hit)
         if (int rc = co_await l2_entry(c, &e); rc < 0) co_return rc;
-      if (e != 0) break;
+      if (!e.empty()) break;
       run_end = std::min(end, (c + 1) << cb_);
     }
     if (run_end > pos) {
-      uint64_t covered = pos;
-      if (backing_ && pos < backing_->size()) {
-        std::vector<Extent> below;
-        const uint64_t bend = std::min(run_end, backing_->size());
-        if (int rc = co_await backing_->block_status(pos, bend - pos, &below); rc < 0) co_return rc;
-        for (Extent x : below) {
-          x.depth += 1;
-          append(out, x);
-        }
-        covered = bend;
-      }
-      if (covered < run_end) {
-        Extent x;
-        x.offset = covered;
-        x.length = run_end - covered;
-        x.zero = true;
-        // Past the end of a shorter backing file, this image itself supplies the zeros.
-        x.depth = backing_ ? 0 : depth_unallocated;
-        append(out, x);
-      }
+      if (int rc = co_await unallocated_status(pos, run_end, out); rc < 0) co_return rc;
       pos = run_end;
       continue;
     }
     bool hit;
-    uint64_t e = l2_entry_cached(gc, &hit);
+    L2Entry m = l2_entry_cached(gc, &hit);
     if (!hit)
-      if (int rc = co_await l2_entry(gc, &e); rc < 0) co_return rc;
-    Extent x;
-    if (int rc = status_of(gc, e, &x); rc < 0) co_return rc;
-    const uint64_t in_off = pos - x.offset;
-    x.offset = pos;
-    x.length = std::min(end, (gc + 1) << cb_) - pos;
-    if (x.host_offset != Extent::kNoOffset) x.host_offset += in_off;
-    append(out, x);
-    pos += x.length;
+      if (int rc = co_await l2_entry(gc, &m); rc < 0) co_return rc;
+    if (!m.valid(h_.version)) co_return -EIO;
+    // One extent per run of subclusters of one kind (one per cluster without subclusters).
+    const uint64_t stop = std::min(end, (gc + 1) << cb_);
+    while (pos < stop) {
+      const uint64_t in_off = pos & (cs_ - 1);
+      L2Kind k;
+      const uint64_t n = m.run(in_off, stop - pos, &k);
+      if (k == L2Kind::kUnallocated) {
+        if (int rc = co_await unallocated_status(pos, pos + n, out); rc < 0) co_return rc;
+      } else {
+        Extent x;
+        status_of(gc, cb_, m, k, in_off, &x);
+        x.length = n;
+        append(out, x);
+      }
+      pos += n;
+    }
   }
   co_return 0;
 }

@@ -37,6 +37,10 @@ struct ComputeOptions {
   std::string tenant_id = "admin";
   bool progress = false;    // progress lines for long copies
   int wait_timeout_s = 60;  // boot: until running; stop: until shut off (then destroy)
+  // The qcow2 overlays: extended L2 entries (subclusters) with 128 KiB clusters, so that a
+  // guest's 4 KiB write into a fresh cluster copies one 4 KiB subcluster, not 128 KiB.
+  uint32_t overlay_cluster_size = 128 * 1024;
+  bool overlay_extended_l2 = true;
 };
 
 struct BootRequest {

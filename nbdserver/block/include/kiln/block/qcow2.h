@@ -17,6 +17,7 @@ struct CreateOptions {
   uint32_t version = 3;  // 2 = compat 0.10, 3 = compat 1.1
   uint32_t refcount_bits = 16;
   bool lazy_refcounts = false;
+  bool extended_l2 = false;    // 16-byte L2 entries, 32 subclusters per cluster
   std::string backing_file;    // stored as given
   std::string backing_format;  // required with backing_file
   std::string compression_type = "zlib";
