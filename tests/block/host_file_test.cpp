@@ -11,10 +11,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdlib>
+#include <memory>
 #include <random>
 #include <vector>
 
-#include "kiln/block/aligned.h"
 #include "kiln/common/temp.h"
 
 namespace kiln::block {
@@ -169,9 +170,14 @@ TEST(HostFile, PageAlignedBuffersGoStraightThrough) {
   make_file(d / "f", std::vector<uint8_t>(16384, 7));
   Reactor r;
   HostFile f(r, open_host_file(d / "f", false, true), true);
-  AlignedBytes buf(8192, 9);
-  ASSERT_EQ(r.run(f.write_full({buf.data(), buf.size()}, 4096)), 0);
-  ASSERT_EQ(r.run(f.read_full({buf.data(), buf.size()}, 0)), 0);
+  // As kiln-nbd's payload buffers are (nbdserver/nbd/src/buffer.h).
+  std::unique_ptr<uint8_t, decltype(&std::free)> mem(
+      static_cast<uint8_t*>(std::aligned_alloc(4096, 8192)), &std::free);
+  ASSERT_TRUE(mem);
+  std::span<uint8_t> buf(mem.get(), 8192);
+  std::fill(buf.begin(), buf.end(), 9);
+  ASSERT_EQ(r.run(f.write_full(buf, 4096)), 0);
+  ASSERT_EQ(r.run(f.read_full(buf, 0)), 0);
   EXPECT_EQ(f.bounced(), 0u);
   EXPECT_EQ(buf[0], 7);
   EXPECT_EQ(buf[4096], 9);
