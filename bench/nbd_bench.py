@@ -82,7 +82,11 @@ class Images:
            self.raw, self.base)
         self.read_overlay = self.overlay("read.qcow2")
         self.alloc = self.overlay("alloc.qcow2")
-        sh("qemu-io", "-f", "qcow2", "-c", f"write -P 0xcd 0 {size}", self.alloc)
+        # In pieces: qemu-io refuses a single request of 2 GiB or more.
+        piece = 1024 * MiB
+        writes = [a for off in range(0, size, piece)
+                  for a in ("-c", f"write -P 0xcd {off} {min(piece, size - off)}")]
+        sh("qemu-io", "-f", "qcow2", *writes, self.alloc)
         self.raw_write = os.path.join(d, "write.raw")
         shutil.copyfile(self.raw, self.raw_write)
         # Every cluster written once, 4 KiB at a random place inside it, in random order.
