@@ -185,11 +185,15 @@ void Compute::step_config_drive(Build& b) {
     in.networks.push_back(n);
   }
   make_instance_dir(store_, inst);
-  write_iso(config_drive_files(in), inst.dir + "/disk.config");
+  if (b.req.config_drive) write_iso(config_drive_files(in), inst.dir + "/disk.config");
   // The metadata service answers from the same input (kiln-spawn metadata-serve).
   std::vector<std::pair<std::string, std::string>> addresses;
   for (const auto& n : in.networks) addresses.emplace_back(n.network_id, n.ip);
   store_.put_metadata(inst.id, metadata_record(in), addresses);
+  if (!b.req.config_drive) {
+    save(inst, "no config drive: metadata service record only");
+    return;
+  }
   // QEMU opens it itself (libvirt chowns it too when dynamic_ownership is on).
   give_to(inst.dir + "/disk.config", qemu_user());
   save(inst, "config drive " + inst.dir + "/disk.config");
@@ -276,7 +280,7 @@ void Compute::step_domain(Build& b) {
   d.memory_mb = inst.ram_mb;
   d.nbd_socket = inst.nbd_socket.empty() ? opt_.nbd_socket : inst.nbd_socket;
   d.nbd_export = inst.export_name;
-  d.config_drive = inst.dir + "/disk.config";
+  if (b.req.config_drive) d.config_drive = inst.dir + "/disk.config";
   d.mac = inst.mac;
   d.tap = inst.tap;
   d.console_log = inst.dir + "/console.log";
@@ -288,7 +292,7 @@ void Compute::step_domain(Build& b) {
   // this error rather than QEMU's.
   make_file(d.console_log, kPrivateFile);
   give_to(d.console_log, qemu_user());
-  check_reachable(d.config_drive, qemu_user(), "the config drive", 4);
+  if (!d.config_drive.empty()) check_reachable(d.config_drive, qemu_user(), "the config drive", 4);
   check_reachable(d.console_log, qemu_user(), "the console log", 2);
   check_reachable(d.nbd_socket, qemu_user(), "kiln-nbd's socket", 2);  // connect(2) writes
   inst.domain_name = d.name;

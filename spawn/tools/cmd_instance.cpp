@@ -50,6 +50,10 @@ int boot(Context& c) {
   }
   r.security_groups = c.args.all("--security-group");
   r.inject = c.args.flag("--inject");
+  const std::string drive = c.args.get_or("--config-drive", "true");
+  if (drive != "true" && drive != "false")
+    throw invalid("--config-drive must be true or false, not '" + drive + "'");
+  r.config_drive = drive == "true";
   r.availability_zone = c.args.get_or("--availability-zone", "nova");
   r.kernel = c.args.get_or("--kernel", "");
   r.initrd = c.args.get_or("--initrd", "");
@@ -113,9 +117,11 @@ CommandTable instance_commands() {
   return {
       {"boot",
        "NAME --image I --flavor F --net N [--key-file F] [--user-data F] "
-       "[--file PATH=SRC]... [--security-group G]... [--inject] [--kernel K [--initrd I] "
+       "[--file PATH=SRC]... [--security-group G]... [--inject] [--config-drive true|false] "
+       "[--kernel K [--initrd I] "
        "[--cmdline C]]",
        {{"--inject"},
+        {"--config-drive", kValue},
         {"--image", kValue},
         {"--flavor", kValue},
         {"--net", kValue},

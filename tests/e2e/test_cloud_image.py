@@ -1,22 +1,25 @@
 """A real cloud image, end to end: Kiln's Debian 12 cloud image (scripts/cloud-image/build.sh:
 MBR, GRUB, cloud-init, sshd, growpart) boots from its own bootloader through kiln-spawn — the
-disk an extended overlay served by kiln-nbd, no kernel or initrd from outside. cloud-init reads
+disk a qcow2 overlay with extended L2 entries, served by kiln-nbd, no kernel or initrd from outside. cloud-init reads
 the config drive (datasource ConfigDrive) and applies the hostname, the SSH key and the user
 data, configures the NIC from network_data.json and grows the root filesystem to the flavor's
 disk; the test logs in with `kiln-spawn ssh` (ssh inside the network's DHCP namespace) and the
 key, and asks the guest.
-Deleting the instance leaves nothing behind.
+A second guest, booted with `--config-drive false`, gets the same from the metadata service
+(`kiln-spawn metadata-serve` behind kiln-net's proxy on 169.254.169.254): cloud-init's
+OpenStack datasource. Deleting the instances leaves nothing behind.
 
 The image is built once per change of its inputs into KILN_IMAGE_CACHE (default
 /var/cache/kiln/images); KILN_CLOUD_IMAGE names a ready image instead."""
 
 import json
 import os
+import subprocess
 import time
 
 import pytest
 
-from kilntest.cloud import Cloud
+from kilntest.cloud import KILN_SPAWN, Cloud
 from kilntest.guest import run
 
 TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -43,18 +46,88 @@ def cloud(workdir, procs):
     return c
 
 
-def ssh(cloud, key, command, timeout=60):
+def ssh(cloud, name, key, command, timeout=60):
     """`kiln-spawn ssh` as the image's default user, with the key the instance was booted with."""
-    return cloud.spawn("ssh", "Cloud_1", "-l", "debian", "-i", key, "-o", "BatchMode=yes",
+    return cloud.spawn("ssh", name, "-l", "debian", "-i", key, "-o", "BatchMode=yes",
                        "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR", "--", command,
                        check=False, timeout=timeout)
 
 
-def test_cloud_image_boots_from_its_disk_with_cloud_init(cloud, cloud_image, workdir):
+class MetadataService:
+    """`kiln-spawn metadata-serve` in the sandbox's mount and network namespaces (nsenter
+    execs it, so the PID is the server's), stopped by its PID."""
+
+    def __init__(self, cloud, sock):
+        self.sock = sock
+        with open(sock + ".log", "w") as log:
+            self.proc = subprocess.Popen(
+                ["nsenter", f"--target={cloud.lv.init_pid()}", "--net", "--mount", "--",
+                 KILN_SPAWN, "metadata-serve", "--socket", sock], env=cloud.env,
+                stdout=subprocess.DEVNULL, stderr=log)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(sock):
+            assert self.proc.poll() is None and time.monotonic() < deadline, \
+                "metadata-serve did not start: " + open(sock + ".log").read()
+            time.sleep(0.05)
+
+    def cleanup(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+
+def check_guest(cloud, name, key, datasource):
+    """What a user checks after logging in: hostname, datasource, user data, grown root,
+    address, a ping of the router."""
+    inst = cloud.spawn_json("show", name)
+    hostname = name.lower().replace("_", "-")
+    out = cloud.wait_console(name, "KILN-CLOUD: runcmd on", timeout=BOOT_TIMEOUT)
+    # GRUB's menu entry, printed on the serial console before the kernel's first line.
+    assert "Booting `Debian GNU/Linux 12 (Kiln cloud image)'" in out, out[:2000]
+    assert f"KILN-CLOUD: runcmd on {hostname}" in out, out[-4000:]
+
+    deadline = time.monotonic() + 180
+    while True:
+        p = ssh(cloud, name, key, "hostname")
+        if p.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert p.returncode == 0, f"kiln-spawn ssh: {p.stderr}\n" + cloud.console(name)[-3000:]
+    assert p.stdout.strip() == hostname
+
+    p = ssh(cloud, name, key, "cloud-init status --wait >/dev/null; "
+            "sudo cat /run/cloud-init/result.json")
+    result = json.loads(p.stdout)["v1"]
+    assert result["datasource"].startswith(datasource), result
+    assert result["errors"] == [], result
+
+    p = ssh(cloud, name, key, "cat /etc/kiln-user-data")
+    assert p.stdout == "written by cloud-init from Kiln's user data\n", p.stderr
+
+    # growpart and resize2fs grew the root from the image's 2 GiB to the flavor's 4 GiB.
+    p = ssh(cloud, name, key, "df -B1 --output=size / | tail -1")
+    assert int(p.stdout) > 3.5 * GiB, p.stdout + p.stderr
+
+    # The NIC carries the port's address, and the router answers.
+    ip = inst["ip_address"]
+    p = ssh(cloud, name, key, "ip -4 -o addr show scope global; ping -c1 -W5 192.168.0.1")
+    assert f"inet {ip}/24" in p.stdout, p.stdout
+    assert p.returncode == 0, p.stdout + p.stderr
+    return inst
+
+
+def test_cloud_image_boots_with_config_drive_and_metadata_service(cloud, cloud_image, workdir,
+                                                                  procs):
     image_size = json.loads(run(["qemu-img", "info", "--output=json", cloud_image]).stdout)
     assert image_size["virtual-size"] == 2 * GiB
     cloud.spawn("image-create", "debian-12", cloud_image)
     cloud.spawn("flavor-create", "c1.cloud", "--vcpus", "1", "--ram", "1024", "--disk", "4")
+
+    # The metadata service, and kiln-net's proxy to it in the network's DHCP namespace.
+    sock = os.path.join(workdir, "metadata.sock")
+    procs.append(MetadataService(cloud, sock))
+    cloud.net("config-set", "metadata_socket", sock)
+    cloud.net("apply")
 
     key = os.path.join(workdir, "id_ed25519")
     run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "kiln@e2e", "-f", key])
@@ -67,11 +140,17 @@ def test_cloud_image_boots_from_its_disk_with_cloud_init(cloud, cloud_image, wor
                 "runcmd:\n"
                 "  - [ sh, -c, 'echo \"KILN-CLOUD: runcmd on $(hostname)\" > /dev/ttyS0' ]\n")
 
-    cloud.spawn("boot", "Cloud_1", "--image", "debian-12", "--flavor", "c1.cloud",
-                "--net", "demo-net", "--key-file", key + ".pub", "--user-data", user_data)
-    inst = cloud.spawn_json("show", "Cloud_1")
-    assert inst["status"] == "active", inst
-    assert "<kernel>" not in inst["domain_xml"], "the guest must boot from its own disk"
+    # Cloud_1 reads the config drive; Cloud_2 has none and asks the metadata service. Both
+    # boot at once.
+    common = ["--image", "debian-12", "--flavor", "c1.cloud", "--net", "demo-net",
+              "--key-file", key + ".pub", "--user-data", user_data]
+    cloud.spawn("boot", "Cloud_1", *common)
+    cloud.spawn("boot", "Cloud_2", *common, "--config-drive", "false")
+    for name, drive in (("Cloud_1", True), ("Cloud_2", False)):
+        inst = cloud.spawn_json("show", name)
+        assert inst["status"] == "active", inst
+        assert "<kernel>" not in inst["domain_xml"], "the guest must boot from its own disk"
+        assert ("device='cdrom'" in inst["domain_xml"]) == drive, inst["domain_xml"]
 
     # As in Neutron, the default security group lets nothing in from outside the group: SSH
     # and ping must be allowed, as a user would with `security-group-rule-create`.
@@ -80,38 +159,13 @@ def test_cloud_image_boots_from_its_disk_with_cloud_init(cloud, cloud_image, wor
         cloud.net("security-group-rule-create", "default", "--direction", "ingress",
                   "--protocol", proto, *ports, "--remote-ip-prefix", "0.0.0.0/0")
 
-    out = cloud.wait_console("Cloud_1", "KILN-CLOUD: runcmd on", timeout=BOOT_TIMEOUT)
-    # GRUB's menu entry, printed on the serial console before the kernel's first line.
-    assert "Booting `Debian GNU/Linux 12 (Kiln cloud image)'" in out, out[:2000]
-    assert "KILN-CLOUD: runcmd on cloud-1" in out, out[-4000:]
+    check_guest(cloud, "Cloud_1", key, "DataSourceConfigDrive")
+    check_guest(cloud, "Cloud_2", key, "DataSourceOpenStack")
+    # From inside the guest, the metadata service answers with this instance's own data.
+    p = ssh(cloud, "Cloud_2", key,
+            "python3 -c 'import json, urllib.request; print(json.load(urllib.request.urlopen("
+            "\"http://169.254.169.254/openstack/latest/meta_data.json\"))[\"uuid\"])'")
+    assert p.stdout.strip() == cloud.spawn_json("show", "Cloud_2")["id"], p.stdout + p.stderr
 
-    ip = inst["ip_address"]
-    deadline = time.monotonic() + 180
-    while True:
-        p = ssh(cloud, key, "hostname")
-        if p.returncode == 0 or time.monotonic() > deadline:
-            break
-        time.sleep(3)
-    assert p.returncode == 0, f"kiln-spawn ssh: {p.stderr}\n" + cloud.console("Cloud_1")[-3000:]
-    assert p.stdout.strip() == "cloud-1"
-
-    p = ssh(cloud, key, "cloud-init status --wait >/dev/null; "
-            "sudo cat /run/cloud-init/result.json")
-    result = json.loads(p.stdout)["v1"]
-    assert result["datasource"].startswith("DataSourceConfigDrive"), result
-    assert result["errors"] == [], result
-
-    p = ssh(cloud, key, "cat /etc/kiln-user-data")
-    assert p.stdout == "written by cloud-init from Kiln's user data\n", p.stderr
-
-    # growpart and resize2fs grew the root from the image's 2 GiB to the flavor's 4 GiB.
-    p = ssh(cloud, key, "df -B1 --output=size / | tail -1")
-    assert int(p.stdout) > 3.5 * GiB, p.stdout + p.stderr
-
-    # The NIC was configured from network_data.json with the port's address.
-    p = ssh(cloud, key, "ip -4 -o addr show scope global; ping -c1 -W5 192.168.0.1")
-    assert f"inet {ip}/24" in p.stdout, p.stdout
-    assert p.returncode == 0, p.stdout + p.stderr
-
-    cloud.spawn("delete", "Cloud_1")
+    cloud.spawn("delete", "Cloud_1", "Cloud_2")
     cloud.assert_nothing_left()

@@ -238,6 +238,25 @@ TEST_F(Pipeline, BootDefinesEverythingAndDeleteRemovesIt) {
   EXPECT_TRUE(fs::exists(ImageStore(store_).base_path(image_.digest)));
 }
 
+// --config-drive false: no drive file and no CD-ROM in the domain; the metadata service's
+// record is there all the same (the guest's only source), and delete removes it.
+TEST_F(Pipeline, BootWithoutConfigDriveKeepsTheMetadataRecord) {
+  Compute c(store_, net_store_, options());
+  BootRequest r = request("vm1");
+  r.config_drive = false;
+  Instance i = c.boot(r);
+  EXPECT_EQ(i.status, kStatusActive);
+  EXPECT_FALSE(fs::exists(i.dir + "/disk.config"));
+  std::string xml = virt_.xml(i.id);
+  EXPECT_EQ(xml.find("device='cdrom'"), std::string::npos) << xml;
+  EXPECT_EQ(xml.find("disk.config"), std::string::npos) << xml;
+  auto record = store_.metadata_for(net_.port(i.port_id).network_id, i.ip);
+  ASSERT_TRUE(record);
+  EXPECT_EQ(parse_metadata_record(*record).uuid, i.id);
+  c.remove("vm1");
+  expect_nothing_left(i.id);
+}
+
 // The "undid step X" events of instance `id`, in order: what a rollback or delete undid.
 std::vector<std::string> undone_steps(Store& store, const std::string& id) {
   const std::string kPrefix = "undid step ";

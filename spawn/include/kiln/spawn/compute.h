@@ -49,6 +49,9 @@ struct BootRequest {
   std::vector<std::pair<std::string, std::string>> files;  // guest path, host file
   std::vector<std::string> security_groups;
   bool inject = false;
+  // Attach the config drive (Nova's --config-drive). Without it the guest finds its metadata
+  // through the metadata service; the service's record is kept either way.
+  bool config_drive = true;
   std::string availability_zone = "nova";
   std::string kernel, initrd, cmdline;  // optional direct kernel boot
 };
