@@ -29,11 +29,15 @@ fi
 
 # Every module lists its own packages in <module>/packages.txt.
 pkgs=$(cat scripts/packages.txt $(ls */packages.txt | grep -v ^scripts/) $extras | sed 's/#.*//' | tr -s ' \n' ' ')
+export DEBIAN_FRONTEND=noninteractive
 missing=()
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-if [ ${#missing[@]} -gt 0 ]; then
-  export DEBIAN_FRONTEND=noninteractive
+# The guest builders (tests/guest/build.sh, scripts/cloud-image/build.sh) and some tests
+# download Debian packages too: they need package lists even when nothing is missing here.
+if [ ${#missing[@]} -gt 0 ] || ! ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1; then
   apt-get update -qq
+fi
+if [ ${#missing[@]} -gt 0 ]; then
   # shellcheck disable=SC2086
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
