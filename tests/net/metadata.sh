@@ -13,7 +13,12 @@ source "$(dirname "$NP_LIB")/walkthrough.txt" >/dev/null
 net=$(kiln-net --format json net-show demo-net | json_field '["id"]')
 "$KILN_SPAWN" --state-dir "$T/spawn" metadata-serve --socket "$T/md.sock" 2>"$T/md.log" &
 server=$!
-for _ in $(seq 100); do [ -S "$T/md.sock" ] && break; sleep 0.05; done
+# Up to a minute: under the sanitizers on a loaded machine, starting takes seconds.
+for _ in $(seq 1200); do
+  [ -S "$T/md.sock" ] && break
+  kill -0 "$server" 2>/dev/null || break
+  sleep 0.05
+done
 [ -S "$T/md.sock" ] || fail "metadata-serve did not listen: $(cat "$T/md.log")"
 # Straight to the socket without the proxy's headers: nobody to answer for.
 code=$(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$T/md.sock" http://x/openstack)
