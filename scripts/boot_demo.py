@@ -140,7 +140,9 @@ def main():
                                  "demo-vm", show=False))
 
         step(f"Log in: kiln-spawn ssh demo-vm -l debian -i {os.path.basename(key)}")
-        guest_says = ("echo \"hostname: $(hostname)\"; cat /etc/kiln-demo /etc/motd; "
+        # sudo: cloud-init writes the config drive's injected files again at first boot, with
+        # mode 0660 (as with Nova), over the copy kiln-fs put in the disk.
+        guest_says = ("echo \"hostname: $(hostname)\"; sudo cat /etc/kiln-demo /etc/motd; "
                       "df -h /; ip -4 -o addr show scope global; ping -c1 -W5 192.168.0.1")
         ok = False
         while time.monotonic() < deadline:
