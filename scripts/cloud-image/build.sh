@@ -53,6 +53,7 @@ if ! mmdebstrap --mode=root --variant=apt --include="$pkgs" \
   --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
   --customize-hook="copy-in $here/customize.sh /tmp" \
   --customize-hook='chroot "$1" sh /tmp/customize.sh' \
+  --customize-hook='rm -f "$1/tmp/customize.sh"' \
   bookworm "$root" >"$log" 2>&1; then
   tail -20 "$log" >&2
   echo "build.sh: mmdebstrap failed" >&2

@@ -64,6 +64,9 @@ UNIT
 : > /etc/machine-id
 rm -f /var/lib/dbus/machine-id
 echo localhost > /etc/hostname
-rm -rf /var/lib/cloud/* /var/log/*.log /tmp/* /var/tmp/*
+# Not /tmp: mmdebstrap keeps its apt configuration there until it has cleaned up, and without
+# it its final `apt-get update` (with no sources, to empty the image's lists) would run on the
+# HOST's configuration and empty the host's package lists. build.sh removes this script.
+rm -rf /var/lib/cloud/* /var/log/*.log /var/tmp/*
 apt-get clean
 rm -rf /var/lib/apt/lists/*
