@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include <string>
+#include <vector>
 
 namespace kiln::net {
 
@@ -18,5 +19,14 @@ pid_t daemon_pid(const std::string& pid_file, std::string* cmdline = nullptr);
 
 // SIGTERM, up to 3 s for it to go, then SIGKILL.
 void stop_daemon(pid_t pid);
+
+// Runs `args` (args[0] a path) inside the network namespace at `netns_path` and waits for the
+// process it forked; returns that process's wait status (exit 126: the namespace could not be
+// entered or the log opened, 127: args[0] could not run). With a `log` path, for a program
+// that does not go to the background itself: a double fork (the daemon is nobody's child, so
+// no zombie in a long-lived caller) into a new session, stdin from /dev/null, stdout and
+// stderr appended to `log`; the status is then the intermediate process's (0).
+int run_in_netns(const std::string& netns_path, const std::vector<std::string>& args,
+                 const std::string& log = "");
 
 }  // namespace kiln::net

@@ -62,22 +62,9 @@ pid_t running_pid(const std::string& dir, std::string* cmdline = nullptr) {
 }
 
 void start(const DnsmasqConfig& c, const std::vector<std::string>& args) {
-  Fd ns = open_netns(c.netns_path);
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
   ::unlink((c.dir + "/pid").c_str());
-  pid_t child = ::fork();
-  if (child < 0) throw system_error(std::string("fork: ") + std::strerror(errno));
-  if (child == 0) {
-    if (::setns(ns.get(), CLONE_NEWNET) < 0) _exit(126);
-    ::execv(argv[0], argv.data());
-    _exit(127);
-  }
   // dnsmasq forks into the background; its first process exits once it is set up (or failed).
-  int status = 0;
-  while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
-  }
+  const int status = run_in_netns(c.netns_path, args);
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
     std::string log = read_small_file(c.dir + "/log");
     if (log.size() > 400) log = log.substr(log.size() - 400);

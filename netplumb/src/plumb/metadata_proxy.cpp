@@ -25,33 +25,12 @@ std::vector<std::string> argv_for(const MetadataProxyConfig& c) {
           "--network-id=" + c.network_id, "--pid-file=" + c.dir + "/pid"};
 }
 
-// Double fork: the proxy is nobody's child (no zombie in a long-lived kiln-spawn), in its own
-// session, inside the namespace, its output in the log file.
+// The proxy does not go to the background itself: run_in_netns detaches it, its output in
+// the log file.
 void start(const MetadataProxyConfig& c, const std::vector<std::string>& args) {
-  Fd ns = open_netns(c.netns_path);
   std::string log = c.dir + "/log";
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
   ::unlink((c.dir + "/pid").c_str());
-  pid_t child = ::fork();
-  if (child < 0) throw system_error(std::string("fork: ") + std::strerror(errno));
-  if (child == 0) {
-    ::setsid();
-    if (::fork() != 0) _exit(0);
-    if (::setns(ns.get(), CLONE_NEWNET) < 0) _exit(126);
-    int null = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-    int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-    if (null < 0 || out < 0) _exit(126);
-    ::dup2(null, 0);
-    ::dup2(out, 1);
-    ::dup2(out, 2);
-    ::execv(argv[0], argv.data());
-    _exit(127);
-  }
-  int status = 0;
-  while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
-  }
+  run_in_netns(c.netns_path, args, log);
   // The proxy writes its pid file once it listens; it exits at once if it cannot.
   std::string pid_file = c.dir + "/pid";
   for (int i = 0; i < 500 && !daemon_pid(pid_file); ++i)
