@@ -37,6 +37,12 @@ for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ] || ! ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1; then
   apt-get update -qq
 fi
+# The store tests start a PostgreSQL server of their own (tests/common/pg_server.sh): the
+# package's default cluster, a service on port 5432, is not wanted.
+if [[ " ${missing[*]} " == *" postgresql-15 "* ]]; then
+  mkdir -p /etc/postgresql-common/createcluster.d
+  echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.d/kiln-no-main-cluster.conf
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   # shellcheck disable=SC2086
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

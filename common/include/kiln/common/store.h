@@ -1,39 +1,54 @@
-// The SQLite store base of every Kiln module that keeps state (netplumb, spawn): one database
-// file; the modules keep their schemas and queries, this keeps the guarantees.
+// The store base of every Kiln module that keeps state (netplumb, spawn): SQLite in one file (the
+// embedded default) or a PostgreSQL database shared by several hosts; the modules keep their
+// schemas and queries, this keeps the guarantees, the same on both engines.
 //
-// - Durable: WAL with synchronous=FULL, so a write is on disk when write() returns.
-// - Reads never take the write lock: only write() starts a write transaction (BEGIN IMMEDIATE),
-//   and opening a database whose schema is current writes nothing. A reader sees the last
-//   committed state while another process is in the middle of a write.
-// - Writers serialise: BEGIN IMMEDIATE takes the lock up front, a second writer waits for it
-//   (busy timeout, 30 s) instead of failing halfway through its transaction.
-// - Bounded WAL: a commit that leaves the WAL at `checkpoint_pages` or more checkpoints and
-//   truncates it (skipped, not waited for, while another connection is busy).
-// - Schema versions: PRAGMA user_version counts the migrations applied; opening runs the missing
-//   ones, in order, in one write transaction. A database newer than the code is refused.
-// - The file (and its -wal and -shm) is mode 0600 whatever the umask: tenant data.
+// - Durable: a write is on disk when write() returns (SQLite: WAL with synchronous=FULL;
+//   PostgreSQL: its commit).
+// - Reads never take the write lock: only write() starts a write transaction, and opening a
+//   database whose schema is current writes nothing. A reader sees the last committed state
+//   while another process is in the middle of a write.
+// - Writers serialise: a write transaction takes the writers' lock up front (SQLite: BEGIN
+//   IMMEDIATE; PostgreSQL: a transaction-scoped advisory lock per schema), and a second writer,
+//   on this host or another, waits for it (30 s) instead of failing halfway through. So every
+//   allocation (addresses, MACs, claims) is as atomic across hosts as within one.
+// - A failed statement inside a transaction is undone alone and the transaction goes on (as
+//   SQLite does; on PostgreSQL through a savepoint per statement), so callers may try an insert
+//   and handle kExists.
+// - Bounded WAL (SQLite): a commit that leaves the WAL at `checkpoint_pages` or more checkpoints
+//   and truncates it (skipped, not waited for, while another connection is busy).
+// - Schema versions: a counter of the migrations applied (SQLite: PRAGMA user_version;
+//   PostgreSQL: a one-row table in the module's schema); opening runs the missing ones, in
+//   order, in one write transaction. A database newer than the code is refused.
+// - SQLite's file (and its -wal and -shm) is mode 0600 whatever the umask: tenant data.
+//
+// SQL that both engines run: `?` placeholders, BIGINT for 64-bit integers, ON CONFLICT(...)
+// DO UPDATE for upserts; where the dialects differ, migrations ask dialect().
 #pragma once
 
 #include <concepts>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
-struct sqlite3;
-struct sqlite3_stmt;
-
 namespace kiln::common {
 
 class Database;
+
+namespace store_detail {
+class Backend;
+class Cursor;
+}  // namespace store_detail
+
+enum class Dialect { kSqlite, kPostgres };
 
 // One prepared statement; bind() in order, step() for each row. Errors throw common::Error:
 // a UNIQUE or PRIMARY KEY violation kExists, another constraint kBusy, the rest kIo.
 class Stmt {
  public:
-  Stmt(sqlite3* db, std::string_view sql);
   Stmt(Database& db, std::string_view sql);
   ~Stmt();
   Stmt(const Stmt&) = delete;
@@ -69,9 +84,7 @@ class Stmt {
   bool null(int col);
 
  private:
-  sqlite3* db_;
-  sqlite3_stmt* st_ = nullptr;
-  int n_ = 0;
+  std::unique_ptr<store_detail::Cursor> c_;
 };
 
 class Database {
@@ -82,13 +95,18 @@ class Database {
 
   struct Options {
     int busy_timeout_ms = 30000;
-    int checkpoint_pages = 100;
+    int checkpoint_pages = 100;  // SQLite
+    // PostgreSQL: the schema (namespace) that holds this module's tables, so that modules can
+    // share one database. Created by the first migration.
+    std::string schema = "kiln";
   };
 
-  // Opens `path` (creating it 0600; its directory must exist) and migrates it.
-  Database(const std::string& path, std::vector<Migration> migrations, Options options);
-  Database(const std::string& path, std::vector<Migration> migrations)
-      : Database(path, std::move(migrations), Options{}) {}
+  // Opens `location` and migrates it: a libpq connection URI ("postgresql://..." or
+  // "postgres://...", e.g. "postgresql:///kiln?host=/run/postgresql"), or else the path of an
+  // SQLite file (created 0600; its directory must exist).
+  Database(const std::string& location, std::vector<Migration> migrations, Options options);
+  Database(const std::string& location, std::vector<Migration> migrations)
+      : Database(location, std::move(migrations), Options{}) {}
   ~Database();
   Database(const Database&) = delete;
   Database& operator=(const Database&) = delete;
@@ -100,16 +118,24 @@ class Database {
   // outer transaction. Takes no write lock.
   void read(const std::function<void()>& fn);
 
+  // Runs one or more statements without parameters.
   void exec(const std::string& sql);
   int schema_version();
+  // The SQLite path, or the URI with any password removed (for messages).
   const std::string& path() const { return path_; }
-  sqlite3* handle() { return db_; }
+  Dialect dialect() const;
+
+  // Whether `location` names a PostgreSQL database rather than a file.
+  static bool is_url(std::string_view location);
 
  private:
+  friend class Stmt;
+  enum class Txn { kNone, kRead, kWrite };
   void migrate(const std::vector<Migration>& migrations);
+  void in_transaction(Txn kind, const std::function<void()>& fn);
   std::string path_;
-  sqlite3* db_ = nullptr;
-  Options options_;  // read by the WAL hook
+  std::unique_ptr<store_detail::Backend> backend_;
+  Txn txn_ = Txn::kNone;
   int txn_depth_ = 0;
 };
 
