@@ -27,12 +27,12 @@ const char* kSchema = R"sql(
 CREATE TABLE IF NOT EXISTS networks (
   id TEXT PRIMARY KEY, name TEXT NOT NULL, tenant_id TEXT NOT NULL,
   network_type TEXT NOT NULL, physical_network TEXT NOT NULL, segmentation_id INTEGER,
-  router_external INTEGER NOT NULL, admin_state_up INTEGER NOT NULL, shared INTEGER NOT NULL);
+  router_external INTEGER NOT NULL, admin_state_up INTEGER NOT NULL, shared INTEGER NOT NULL{{rowid}});
 CREATE TABLE IF NOT EXISTS subnets (
   id TEXT PRIMARY KEY, name TEXT NOT NULL, tenant_id TEXT NOT NULL,
   network_id TEXT NOT NULL REFERENCES networks(id), cidr TEXT NOT NULL, gateway_ip TEXT,
   allocation_pools TEXT NOT NULL, dns_nameservers TEXT NOT NULL, enable_dhcp INTEGER NOT NULL,
-  ip_version INTEGER NOT NULL);
+  ip_version INTEGER NOT NULL{{rowid}});
 CREATE TABLE IF NOT EXISTS ports (
   id TEXT PRIMARY KEY, name TEXT NOT NULL, tenant_id TEXT NOT NULL,
   network_id TEXT NOT NULL REFERENCES networks(id), mac_address TEXT NOT NULL,
@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS ports (
   binding_netns TEXT NOT NULL, binding_ifname TEXT NOT NULL,
   port_security_enabled INTEGER NOT NULL, admin_state_up INTEGER NOT NULL,
   tag INTEGER NOT NULL UNIQUE,
-  UNIQUE (network_id, mac_address));
+  UNIQUE (network_id, mac_address){{rowid}});
 CREATE TABLE IF NOT EXISTS ip_allocations (
   subnet_id TEXT NOT NULL REFERENCES subnets(id), ip_address TEXT NOT NULL,
   port_id TEXT NOT NULL REFERENCES ports(id), position INTEGER NOT NULL,
@@ -50,18 +50,18 @@ CREATE TABLE IF NOT EXISTS port_security_groups (
   position INTEGER NOT NULL, PRIMARY KEY (port_id, security_group_id));
 CREATE TABLE IF NOT EXISTS routers (
   id TEXT PRIMARY KEY, name TEXT NOT NULL, tenant_id TEXT NOT NULL, gw_network_id TEXT NOT NULL,
-  gw_port_id TEXT NOT NULL, enable_snat INTEGER NOT NULL, admin_state_up INTEGER NOT NULL);
+  gw_port_id TEXT NOT NULL, enable_snat INTEGER NOT NULL, admin_state_up INTEGER NOT NULL{{rowid}});
 CREATE TABLE IF NOT EXISTS floating_ips (
   id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, floating_network_id TEXT NOT NULL,
   floating_port_id TEXT NOT NULL, floating_ip_address TEXT NOT NULL, port_id TEXT NOT NULL,
-  fixed_ip_address TEXT, router_id TEXT NOT NULL);
+  fixed_ip_address TEXT, router_id TEXT NOT NULL{{rowid}});
 CREATE TABLE IF NOT EXISTS security_groups (
-  id TEXT PRIMARY KEY, name TEXT NOT NULL, tenant_id TEXT NOT NULL, description TEXT NOT NULL);
+  id TEXT PRIMARY KEY, name TEXT NOT NULL, tenant_id TEXT NOT NULL, description TEXT NOT NULL{{rowid}});
 CREATE TABLE IF NOT EXISTS security_group_rules (
   id TEXT PRIMARY KEY, security_group_id TEXT NOT NULL REFERENCES security_groups(id),
   tenant_id TEXT NOT NULL, direction TEXT NOT NULL, ethertype TEXT NOT NULL,
   protocol TEXT NOT NULL, port_range_min INTEGER, port_range_max INTEGER,
-  remote_ip_prefix TEXT NOT NULL, remote_group_id TEXT NOT NULL);
+  remote_ip_prefix TEXT NOT NULL, remote_group_id TEXT NOT NULL{{rowid}});
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 )sql";
 
@@ -73,23 +73,45 @@ std::optional<Ipv4> ip_column(common::Stmt& s, int col) {
 
 // Schema versions: migration i takes the database from version i to i+1 (append, never edit).
 std::vector<common::Database::Migration> migrations() {
-  return {[](common::Database& db) { db.exec(kSchema); }};
+  return {[](common::Database& db) { db.exec(db.schema_sql(kSchema)); }};
 }
 
 }  // namespace
 
 using common::Stmt;
 
-Store::Store(const std::string& path) : db_(path, migrations()) {}
+namespace {
 
-std::unique_ptr<Store> Store::open_default() {
+common::Database::Options in_schema(const std::string& schema) {
+  common::Database::Options o;
+  o.schema = schema;
+  return o;
+}
+
+}  // namespace
+
+Store::Store(const std::string& location, const std::string& schema)
+    : db_(location, migrations(), in_schema(schema)) {}
+
+std::string database_url() {
+  const char* e = std::getenv("KILN_DB_URL");
+  return e && *e ? e : "";
+}
+
+std::unique_ptr<Store> Store::open_default(const std::string& url) {
+  // A shared database: nothing is written under the state directory.
+  if (!url.empty()) return std::make_unique<Store>(url);
+  if (std::string env = database_url(); !env.empty()) return std::make_unique<Store>(env);
   std::string dir = state_dir();
   ::mkdir(dir.c_str(), 0755);
   return std::make_unique<Store>(dir + "/netplumb.db");
 }
 
 void Store::put(const Network& n) {
-  Stmt(db_, "INSERT OR REPLACE INTO networks VALUES (?,?,?,?,?,?,?,?,?)")
+  Stmt(db_, common::upsert_sql("networks",
+                               {"id", "name", "tenant_id", "network_type", "physical_network",
+                                "segmentation_id", "router_external", "admin_state_up", "shared"},
+                               "id"))
       .bind(n.id)
       .bind(n.name)
       .bind(n.tenant_id)
@@ -106,7 +128,10 @@ void Store::put(const Subnet& s) {
   std::vector<std::string> pools, dns;
   for (auto& p : s.allocation_pools) pools.push_back(p.str());
   for (auto& d : s.dns_nameservers) dns.push_back(d.str());
-  Stmt(db_, "INSERT OR REPLACE INTO subnets VALUES (?,?,?,?,?,?,?,?,?,?)")
+  Stmt(db_, common::upsert_sql("subnets",
+                               {"id", "name", "tenant_id", "network_id", "cidr", "gateway_ip",
+                                "allocation_pools", "dns_nameservers", "enable_dhcp", "ip_version"},
+                               "id"))
       .bind(s.id)
       .bind(s.name)
       .bind(s.tenant_id)
@@ -124,7 +149,12 @@ void Store::put(const Port& p) {
   write([&] {
     Stmt(db_, "DELETE FROM ip_allocations WHERE port_id=?").bind(p.id).run();
     Stmt(db_, "DELETE FROM port_security_groups WHERE port_id=?").bind(p.id).run();
-    Stmt(db_, "INSERT OR REPLACE INTO ports VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)")
+    Stmt(db_,
+         common::upsert_sql("ports",
+                            {"id", "name", "tenant_id", "network_id", "mac_address", "device_owner",
+                             "device_id", "vif_type", "binding_netns", "binding_ifname",
+                             "port_security_enabled", "admin_state_up", "tag"},
+                            "id"))
         .bind(p.id)
         .bind(p.name)
         .bind(p.tenant_id)
@@ -158,7 +188,10 @@ void Store::put(const Port& p) {
 }
 
 void Store::put(const Router& r) {
-  Stmt(db_, "INSERT OR REPLACE INTO routers VALUES (?,?,?,?,?,?,?)")
+  Stmt(db_, common::upsert_sql("routers",
+                               {"id", "name", "tenant_id", "gw_network_id", "gw_port_id",
+                                "enable_snat", "admin_state_up"},
+                               "id"))
       .bind(r.id)
       .bind(r.name)
       .bind(r.tenant_id)
@@ -170,7 +203,10 @@ void Store::put(const Router& r) {
 }
 
 void Store::put(const FloatingIp& f) {
-  Stmt(db_, "INSERT OR REPLACE INTO floating_ips VALUES (?,?,?,?,?,?,?,?)")
+  Stmt(db_, common::upsert_sql("floating_ips",
+                               {"id", "tenant_id", "floating_network_id", "floating_port_id",
+                                "floating_ip_address", "port_id", "fixed_ip_address", "router_id"},
+                               "id"))
       .bind(f.id)
       .bind(f.tenant_id)
       .bind(f.floating_network_id)
@@ -183,7 +219,7 @@ void Store::put(const FloatingIp& f) {
 }
 
 void Store::put(const SecurityGroup& g) {
-  Stmt(db_, "INSERT OR REPLACE INTO security_groups VALUES (?,?,?,?)")
+  Stmt(db_, common::upsert_sql("security_groups", {"id", "name", "tenant_id", "description"}, "id"))
       .bind(g.id)
       .bind(g.name)
       .bind(g.tenant_id)
@@ -192,7 +228,11 @@ void Store::put(const SecurityGroup& g) {
 }
 
 void Store::put(const SecurityGroupRule& r) {
-  Stmt(db_, "INSERT OR REPLACE INTO security_group_rules VALUES (?,?,?,?,?,?,?,?,?,?)")
+  Stmt(db_, common::upsert_sql(
+                "security_group_rules",
+                {"id", "security_group_id", "tenant_id", "direction", "ethertype", "protocol",
+                 "port_range_min", "port_range_max", "remote_ip_prefix", "remote_group_id"},
+                "id"))
       .bind(r.id)
       .bind(r.security_group_id)
       .bind(r.tenant_id)
@@ -430,7 +470,7 @@ std::optional<std::string> Store::setting(const std::string& key) {
 }
 
 void Store::set_setting(const std::string& key, const std::string& value) {
-  Stmt(db_, "INSERT OR REPLACE INTO settings VALUES (?,?)").bind(key).bind(value).run();
+  Stmt(db_, common::upsert_sql("settings", {"key", "value"}, "key")).bind(key).bind(value).run();
 }
 
 }  // namespace kiln::net

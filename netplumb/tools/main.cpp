@@ -12,11 +12,9 @@ namespace {
 
 using common::cli::Option;
 
-const std::vector<Option> kGlobalOptions = {{"--no-plumb"},
-                                            {"--help"},
-                                            {"-f|--format", kValue},
-                                            {"--tenant-id", kValue},
-                                            {"--os-tenant-name", kValue}};
+const std::vector<Option> kGlobalOptions = {
+    {"--no-plumb"},          {"--db", kValue},        {"--help"},
+    {"-f|--format", kValue}, {"--tenant-id", kValue}, {"--os-tenant-name", kValue}};
 
 common::cli::Rules rules() {
   common::cli::Rules r;
@@ -34,10 +32,12 @@ CommandTable all_commands() {
 }
 
 void help(std::ostream& out) {
-  out << "Usage: kiln-net [--format table|json] [--no-plumb] [--tenant-id ID] COMMAND ...\n"
+  out << "Usage: kiln-net [--format table|json] [--no-plumb] [--tenant-id ID] [--db URL] "
+         "COMMAND ...\n"
          "       kiln-net --version\n"
-         "State: $KILN_STATE_DIR/netplumb.db (default /var/lib/kiln); runtime: "
-         "$KILN_RUN_DIR (default /run/kiln).\n\nCommands:\n";
+         "State: --db or $KILN_DB_URL (a PostgreSQL URI shared by several hosts), else "
+         "$KILN_STATE_DIR/netplumb.db (default /var/lib/kiln); runtime: $KILN_RUN_DIR (default "
+         "/run/kiln).\n\nCommands:\n";
   common::cli::print_commands(out, all_commands());
 }
 
@@ -65,7 +65,7 @@ int run(const std::vector<std::string>& argv) {
     return 0;
   }
   const Format format = common::cli::parse_format(args.get_or("--format", "table"));
-  auto store = Store::open_default();
+  auto store = Store::open_default(args.get_or("--db", ""));
   NetService svc(*store);
   Context ctx{args, svc, format, false, std::nullopt, false};
   int rc = cmd->run(ctx);

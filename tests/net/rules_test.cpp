@@ -4,6 +4,7 @@
 #include "kiln/net/plumber.h"
 #include "kiln/net/service.h"
 #include "plumb/sg_rules.h"
+#include "test_store.h"
 
 namespace kiln::net {
 namespace {
@@ -28,7 +29,8 @@ class RulesTest : public ::testing::Test {
     return svc_.create_port(p);
   }
   common::TempDir dir_;
-  Store store_{dir_.file("db")};
+  kiln::testing::StoreLocation where_ = kiln::testing::test_store(dir_.file("db"), "net");
+  Store store_{where_.location, where_.schema};
   NetService svc_{store_};
 };
 

@@ -9,6 +9,7 @@
 
 #include "kiln/common/temp.h"
 #include "kiln/net/error.h"
+#include "test_store.h"
 
 namespace kiln::net {
 namespace {
@@ -17,7 +18,7 @@ using common::TempDir;
 
 class ServiceTest : public ::testing::Test {
  protected:
-  std::string db_path() const { return dir_.file("netplumb.db"); }
+  Store open_store() const { return Store(where_.location, where_.schema); }
 
   // The walkthrough of issue 5, through the API.
   void walkthrough() {
@@ -71,7 +72,8 @@ class ServiceTest : public ::testing::Test {
   }
 
   TempDir dir_;
-  Store store_{db_path()};
+  kiln::testing::StoreLocation where_ = kiln::testing::test_store(dir_.file("netplumb.db"), "net");
+  Store store_{where_.location, where_.schema};
   NetService svc_{store_};
 };
 
@@ -328,7 +330,7 @@ TEST_F(ServiceTest, ConcurrentProcessesNeverCollide) {
     if (pid == 0) {
       int rc = 0;
       try {
-        Store store(db_path());  // each process its own connection
+        Store store(where_.location, where_.schema);  // each process its own connection
         NetService svc(store);
         PortSpec p;
         p.network = "demo-net";

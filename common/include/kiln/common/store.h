@@ -128,6 +128,14 @@ class Database {
   // Whether `location` names a PostgreSQL database rather than a file.
   static bool is_url(std::string_view location);
 
+  // Table definitions written once for both engines, with two words for what differs:
+  //   {{serial}}  an auto-numbered 64-bit primary key column type
+  //               (SQLite: INTEGER PRIMARY KEY AUTOINCREMENT; PostgreSQL: an identity column)
+  //   {{rowid}}   before a table's closing parenthesis: nothing on SQLite, where every table
+  //               has a rowid, and an identity column named rowid on PostgreSQL, so that
+  //               "ORDER BY rowid" lists rows in the order they were made on both.
+  std::string schema_sql(std::string_view text) const;
+
  private:
   friend class Stmt;
   enum class Txn { kNone, kRead, kWrite };
@@ -138,5 +146,12 @@ class Database {
   Txn txn_ = Txn::kNone;
   int txn_depth_ = 0;
 };
+
+// "INSERT INTO table(c1, c2, ...) VALUES (?, ?, ...) ON CONFLICT(key) DO UPDATE SET
+// c2 = excluded.c2, ...": insert or update one row by its key, on both engines. (SQLite's
+// INSERT OR REPLACE would also delete any other row that clashes on another unique column,
+// and renumber the row; this fails kExists instead and keeps the row's place.)
+std::string upsert_sql(std::string_view table, const std::vector<std::string_view>& columns,
+                       std::string_view key);
 
 }  // namespace kiln::common

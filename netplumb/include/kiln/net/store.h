@@ -1,6 +1,7 @@
-// The SQLite store of the netplumb model: one file under the state directory, on the common
-// store base (kiln/common/store.h: WAL, synchronous=FULL, reads without the write lock, every
-// change inside an IMMEDIATE transaction so concurrent writers serialize, mode 0600).
+// The store of the netplumb model on the common store base (kiln/common/store.h): one SQLite
+// file under the state directory, or the schema kiln_net of a PostgreSQL database that several
+// hosts share; reads without the write lock, every change inside a write transaction so
+// concurrent writers (processes, hosts) serialise.
 #pragma once
 
 #include <functional>
@@ -17,13 +18,17 @@ namespace kiln::net {
 // $KILN_STATE_DIR (default /var/lib/kiln) and $KILN_RUN_DIR (default /run/kiln).
 std::string state_dir();
 std::string run_dir();
+// $KILN_DB_URL: a PostgreSQL connection URI for the shared store, or "" (the SQLite file).
+std::string database_url();
 
 class Store {
  public:
-  // Opens (creating if needed) the database at `path`; its directory must exist.
-  explicit Store(const std::string& path);
-  // The default database: state_dir()/netplumb.db (the directory is created).
-  static std::unique_ptr<Store> open_default();
+  // Opens (creating if needed) the database at `location`: an SQLite file (its directory must
+  // exist) or a PostgreSQL URI, where the tables live in `schema`.
+  explicit Store(const std::string& location, const std::string& schema = "kiln_net");
+  // The default database: `url` if given, else $KILN_DB_URL, else state_dir()/netplumb.db (the
+  // directory is created).
+  static std::unique_ptr<Store> open_default(const std::string& url = "");
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
 
