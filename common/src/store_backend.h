@@ -19,10 +19,12 @@ class Cursor {
   virtual void bind_text(std::string_view v) = 0;
   virtual void bind_int(int64_t v) = 0;
   virtual void bind_null() = 0;
+  virtual void bind_blob(std::string_view v) = 0;
   virtual bool step() = 0;
   virtual std::string text(int col) = 0;
   virtual int64_t integer(int col) = 0;
   virtual bool null(int col) = 0;
+  virtual std::string blob(int col) = 0;
 };
 
 class Backend {

@@ -9,6 +9,7 @@
 // say) is undone alone and the caller may go on, as with SQLite.
 #include <libpq-fe.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <mutex>
 #include <optional>
@@ -63,8 +64,17 @@ std::string numbered_placeholders(std::string_view sql) {
       out.append(sql.substr(i, j - i + 1));
       i = j;
     } else if (c == '?') {
+      // "?NNN" is parameter NNN (SQLite's numbered form); a bare "?" the one after the
+      // largest so far, as SQLite counts them.
+      size_t j = i + 1;
+      int explicit_n = 0;
+      while (j < sql.size() && sql[j] >= '0' && sql[j] <= '9' && explicit_n < 100000)
+        explicit_n = explicit_n * 10 + (sql[j++] - '0');
+      const int number = j > i + 1 ? explicit_n : n + 1;
+      n = std::max(n, number);
       out += '$';
-      out += std::to_string(++n);
+      out += std::to_string(number);
+      i = j - 1;
     } else {
       out += c;
     }
@@ -87,12 +97,18 @@ void check_schema_name(const std::string& s) {
 
 class Postgres;
 
+struct Param {
+  std::optional<std::string> value;  // nullopt: NULL
+  bool binary = false;               // a blob, sent as bytes (BYTEA)
+};
+
 class PgCursor final : public Cursor {
  public:
   PgCursor(Postgres& db, std::string_view sql) : db_(db), sql_(numbered_placeholders(sql)) {}
-  void bind_text(std::string_view v) override { params_.emplace_back(std::string(v)); }
-  void bind_int(int64_t v) override { params_.emplace_back(std::to_string(v)); }
-  void bind_null() override { params_.emplace_back(std::nullopt); }
+  void bind_text(std::string_view v) override { params_.push_back({std::string(v), false}); }
+  void bind_int(int64_t v) override { params_.push_back({std::to_string(v), false}); }
+  void bind_null() override { params_.push_back({std::nullopt, false}); }
+  void bind_blob(std::string_view v) override { params_.push_back({std::string(v), true}); }
   bool step() override;
   std::string text(int col) override {
     const char* v = value(col);
@@ -105,6 +121,17 @@ class PgCursor final : public Cursor {
     return std::strtoll(v, nullptr, 10);
   }
   bool null(int col) override { return value(col) == nullptr; }
+  // BYTEA comes back as text in hex form: \x0a1b...
+  std::string blob(int col) override {
+    const std::string hex = text(col);
+    if (hex.size() < 2 || hex[0] != '\\' || hex[1] != 'x') return hex;
+    auto nibble = [](char c) { return c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10; };
+    std::string out;
+    out.reserve(hex.size() / 2);
+    for (size_t i = 2; i + 1 < hex.size(); i += 2)
+      out += static_cast<char>(nibble(hex[i]) << 4 | nibble(hex[i + 1]));
+    return out;
+  }
 
  private:
   const char* value(int col) {
@@ -115,7 +142,7 @@ class PgCursor final : public Cursor {
   }
   Postgres& db_;
   std::string sql_;
-  std::vector<std::optional<std::string>> params_;
+  std::vector<Param> params_;
   Result res_;
   int row_ = -1;
 };
@@ -192,13 +219,17 @@ class Postgres final : public Backend {
   }
 
   // Runs one statement with text parameters (under a savepoint inside a transaction).
-  Result execute(const std::string& sql, const std::vector<std::optional<std::string>>& params) {
+  Result execute(const std::string& sql, const std::vector<Param>& params) {
     std::vector<const char*> values;
-    values.reserve(params.size());
-    for (const auto& p : params) values.push_back(p ? p->c_str() : nullptr);
+    std::vector<int> lengths, formats;
+    for (const auto& p : params) {
+      values.push_back(p.value ? p.value->data() : nullptr);
+      lengths.push_back(p.value ? static_cast<int>(p.value->size()) : 0);
+      formats.push_back(p.binary ? 1 : 0);
+    }
     return run(sql, [&] {
       return PQexecParams(conn_, sql.c_str(), static_cast<int>(values.size()), nullptr,
-                          values.data(), nullptr, nullptr, 0);
+                          values.data(), lengths.data(), formats.data(), 0);
     });
   }
 

@@ -46,6 +46,9 @@ class SqliteCursor final : public Cursor {
   }
   void bind_int(int64_t v) override { sqlite3_bind_int64(st_, ++n_, v); }
   void bind_null() override { sqlite3_bind_null(st_, ++n_); }
+  void bind_blob(std::string_view v) override {
+    sqlite3_bind_blob(st_, ++n_, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+  }
 
   bool step() override {
     int rc = sqlite3_step(st_);
@@ -68,6 +71,12 @@ class SqliteCursor final : public Cursor {
   }
   int64_t integer(int col) override { return sqlite3_column_int64(st_, col); }
   bool null(int col) override { return sqlite3_column_type(st_, col) == SQLITE_NULL; }
+  std::string blob(int col) override {
+    const void* p = sqlite3_column_blob(st_, col);
+    if (!p) return {};
+    return std::string(static_cast<const char*>(p),
+                       static_cast<size_t>(sqlite3_column_bytes(st_, col)));
+  }
 
  private:
   sqlite3* db_;

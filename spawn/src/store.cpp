@@ -16,7 +16,7 @@ namespace {
 const char* kSchema = R"sql(
 CREATE TABLE IF NOT EXISTS images (
   id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, disk_format TEXT NOT NULL,
-  digest TEXT NOT NULL, size INTEGER NOT NULL, virtual_size INTEGER NOT NULL,
+  digest TEXT NOT NULL, size BIGINT NOT NULL, virtual_size BIGINT NOT NULL,
   created_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS flavors (
   name TEXT PRIMARY KEY, vcpus INTEGER NOT NULL, ram_mb INTEGER NOT NULL,
@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS claims (
   instance_id TEXT PRIMARY KEY, vcpus INTEGER NOT NULL, ram_mb INTEGER NOT NULL,
   disk_gb INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
-  seq INTEGER PRIMARY KEY AUTOINCREMENT, instance_id TEXT NOT NULL, at TEXT NOT NULL,
+  seq {{serial}}, instance_id TEXT NOT NULL, at TEXT NOT NULL,
   status TEXT NOT NULL, task_state TEXT NOT NULL, message TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS events_instance ON events(instance_id);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -65,15 +65,19 @@ const char* kInstanceCols =
 // Version 1 is the schema of the kiln-spawn that had no versions: its databases (user_version
 // 0, maybe without nbd_socket) are brought to it on their first open.
 void schema_v1(common::Database& db) {
-  db.exec(kSchema);
-  bool has_socket = false;
-  for (Stmt t(db, "PRAGMA table_info(instances)"); t.step();)
-    has_socket |= t.text(1) == "nbd_socket";
-  if (!has_socket) db.exec("ALTER TABLE instances ADD COLUMN nbd_socket TEXT NOT NULL DEFAULT ''");
+  db.exec(db.schema_sql(kSchema));
+  // Only an SQLite file can predate versions (and the nbd_socket column).
+  if (db.dialect() == common::Dialect::kSqlite) {
+    bool has_socket = false;
+    for (Stmt t(db, "PRAGMA table_info(instances)"); t.step();)
+      has_socket |= t.text(1) == "nbd_socket";
+    if (!has_socket)
+      db.exec("ALTER TABLE instances ADD COLUMN nbd_socket TEXT NOT NULL DEFAULT ''");
+  }
   for (const Flavor& f : builtin_flavors()) {
     Stmt s(db,
-           "INSERT OR IGNORE INTO flavors(name, vcpus, ram_mb, disk_gb, builtin) "
-           "VALUES (?, ?, ?, ?, 1)");
+           "INSERT INTO flavors(name, vcpus, ram_mb, disk_gb, builtin) "
+           "VALUES (?, ?, ?, ?, 1) ON CONFLICT(name) DO NOTHING");
     s.bind(f.name).bind(f.vcpus).bind(f.ram_mb).bind(f.disk_gb).run();
   }
 }
@@ -91,40 +95,59 @@ void glance_image_fields_v2(common::Database& db) {
 
 // Version 3: the metadata service's records (metadata.h), one per instance, and the addresses
 // they are looked up by: the instance's fixed IPs on their networks.
+// The record is CBOR (bytes): SQLite keeps them in its TEXT column as written (a blob);
+// PostgreSQL's text would refuse them, so there it is BYTEA.
 void metadata_tables_v3(common::Database& db) {
-  db.exec(
-      "CREATE TABLE metadata (instance_id TEXT PRIMARY KEY, record TEXT NOT NULL);"
-      "CREATE TABLE metadata_addresses (network_id TEXT NOT NULL, ip TEXT NOT NULL, "
-      "instance_id TEXT NOT NULL, PRIMARY KEY (network_id, ip));"
-      "CREATE INDEX metadata_addresses_instance ON metadata_addresses(instance_id);");
+  const bool sqlite = db.dialect() == common::Dialect::kSqlite;
+  db.exec(std::string("CREATE TABLE metadata (instance_id TEXT PRIMARY KEY, record ") +
+          (sqlite ? "TEXT" : "BYTEA") +
+          " NOT NULL);"
+          "CREATE TABLE metadata_addresses (network_id TEXT NOT NULL, ip TEXT NOT NULL, "
+          "instance_id TEXT NOT NULL, PRIMARY KEY (network_id, ip));"
+          "CREATE INDEX metadata_addresses_instance ON metadata_addresses(instance_id);");
 }
 
 std::vector<common::Database::Migration> migrations() {
   return {schema_v1, glance_image_fields_v2, metadata_tables_v3};
 }
 
-// Creates the state directory; returns the database's path.
-std::string database_in(const std::string& dir) {
+// Creates the state directory (instances, images and bases live there whatever the database).
+void state_dir_in(const std::string& dir) {
   // Instances live below: QEMU passes through on its way to their config drives (perms.h).
   try {
     make_dir(dir, kPassageDir);
   } catch (const Error& e) {
     throw system_error(std::string("state directory: ") + e.what());
   }
+}
+
+// Creates the state directory; returns the SQLite database's path in it.
+std::string database_in(const std::string& dir) {
+  state_dir_in(dir);
   return dir + "/spawn.db";
+}
+
+common::Database::Options in_schema(const std::string& schema) {
+  common::Database::Options o;
+  o.schema = schema;
+  return o;
 }
 
 }  // namespace
 
 // Opening writes nothing when the schema is current, so a listing never waits for the write
 // lock that a boot in another process holds.
-Store::Store(const std::string& dir) : dir_(dir), db_(database_in(dir), migrations()) {}
+Store::Store(const std::string& dir, const std::string& db_url, const std::string& schema)
+    : dir_(dir),
+      db_(db_url.empty() ? database_in(dir) : (state_dir_in(dir), db_url), migrations(),
+          in_schema(schema)) {}
 
 void Store::put(const Image& i) {
-  Stmt s(db_,
-         "INSERT OR REPLACE INTO images(id, name, disk_format, digest, size, virtual_size, "
-         "created_at, checksum, os_hash_algo, os_hash_value, min_disk, min_ram, properties) "
-         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+  Stmt s(db_, common::upsert_sql("images",
+                                 {"id", "name", "disk_format", "digest", "size", "virtual_size",
+                                  "created_at", "checksum", "os_hash_algo", "os_hash_value",
+                                  "min_disk", "min_ram", "properties"},
+                                 "id"));
   common::Json props = common::Json::object();
   for (const auto& [k, v] : i.properties) props[k] = v;
   s.bind(i.id)
@@ -145,16 +168,17 @@ void Store::put(const Image& i) {
 
 void Store::put(const Flavor& f) {
   Stmt s(db_,
-         "INSERT OR REPLACE INTO flavors(name, vcpus, ram_mb, disk_gb, builtin) "
-         "VALUES (?, ?, ?, ?, ?)");
+         common::upsert_sql("flavors", {"name", "vcpus", "ram_mb", "disk_gb", "builtin"}, "name"));
   s.bind(f.name).bind(f.vcpus).bind(f.ram_mb).bind(f.disk_gb).bind(f.builtin).run();
 }
 
 void Store::put(const Instance& i) {
-  std::string sql = std::string("INSERT OR REPLACE INTO instances(") + kInstanceCols +
-                    ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                    "?, ?, ?, ?, ?)";
-  Stmt s(db_, sql.c_str());
+  static const std::string sql = [] {
+    std::vector<std::string> names;
+    for (const std::string& c : common::split(kInstanceCols, ',')) names.push_back(common::trim(c));
+    return common::upsert_sql("instances", {names.begin(), names.end()}, "id");
+  }();
+  Stmt s(db_, sql);
   s.bind(i.id)
       .bind(i.name)
       .bind(i.image_id)
@@ -208,12 +232,11 @@ void Store::put_metadata(const std::string& instance_id, const std::string& reco
     remove_metadata(instance_id);
     Stmt(db_, "INSERT INTO metadata(instance_id, record) VALUES (?, ?)")
         .bind(instance_id)
-        .bind(record)
+        .bind_blob(record)
         .run();
     for (const auto& [network_id, ip] : addresses)
-      Stmt(db_,
-           "INSERT OR REPLACE INTO metadata_addresses(network_id, ip, instance_id) "
-           "VALUES (?, ?, ?)")
+      Stmt(db_, common::upsert_sql("metadata_addresses", {"network_id", "ip", "instance_id"},
+                                   "network_id, ip"))
           .bind(network_id)
           .bind(ip)
           .bind(instance_id)
@@ -232,7 +255,7 @@ std::optional<std::string> Store::metadata_of(const std::string& instance_id) {
   Stmt s(db_, "SELECT record FROM metadata WHERE instance_id = ?");
   s.bind(instance_id);
   if (!s.step()) return std::nullopt;
-  return s.text(0);
+  return s.blob(0);
 }
 
 std::optional<std::string> Store::metadata_for(const std::string& network_id,
@@ -242,7 +265,7 @@ std::optional<std::string> Store::metadata_for(const std::string& network_id,
          "ON m.instance_id = a.instance_id WHERE a.network_id = ? AND a.ip = ?");
   s.bind(network_id).bind(ip);
   if (!s.step()) return std::nullopt;
-  return s.text(0);
+  return s.blob(0);
 }
 
 namespace {
@@ -435,7 +458,7 @@ void Store::set_setting(const std::string& key, const std::string& value) {
     if (value.empty())
       Stmt(db_, "DELETE FROM settings WHERE key = ?").bind(key).run();
     else
-      Stmt(db_, "INSERT OR REPLACE INTO settings(key, value) VALUES (?, ?)")
+      Stmt(db_, common::upsert_sql("settings", {"key", "value"}, "key"))
           .bind(key)
           .bind(value)
           .run();

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <iostream>
 #include <memory>
 
@@ -19,6 +20,7 @@ const std::vector<Option> kGlobalOptions = {{"--no-plumb"},
                                             {"-h|--help"},
                                             {"--state-dir", kValue},
                                             {"--net-db", kValue},
+                                            {"--db", kValue},
                                             {"--libvirt-uri", kValue},
                                             {"--nbd-control", kValue},
                                             {"--nbd-socket", kValue},
@@ -47,13 +49,16 @@ CommandTable all_commands() {
 }
 
 void help(std::ostream& out) {
-  out << "Usage: kiln-spawn [--state-dir DIR] [--net-db FILE] [--libvirt-uri URI]\n"
+  out << "Usage: kiln-spawn [--state-dir DIR] [--db URL | --net-db FILE] [--libvirt-uri URI]\n"
          "                  [--nbd-control SOCK] [--nbd-socket-dir DIR | --nbd-socket SOCK]\n"
          "                  [--qemu-user USER[:GROUP]] [--virt-type kvm|qemu]\n"
          "                  [--no-plumb] [--tenant-id ID] [--wait-timeout S]\n"
          "                  [--overlay-cluster-size BYTES] [--overlay-extended-l2 on|off]\n"
          "                  [--format table|json] COMMAND ...\n"
-         "       kiln-spawn --version\n\nCommands:\n";
+         "       kiln-spawn --version\n"
+         "State: --db or $KILN_DB_URL (a PostgreSQL URI shared by several hosts: schemas "
+         "kiln_spawn and kiln_net), else DIR/spawn.db and --net-db (default "
+         "$KILN_STATE_DIR/netplumb.db).\n\nCommands:\n";
   common::cli::print_commands(out, all_commands());
   out << "\nTest hook: " << kFailAtEnv << "=STEP makes boot fail at STEP (";
   for (size_t i = 0; i < build_steps().size(); ++i) out << (i ? ", " : "") << build_steps()[i];
@@ -108,7 +113,12 @@ int run(const std::vector<std::string>& argv) {
   }
   const Format format = common::cli::parse_format(args.get_or("--format", "table"));
   const std::string state_dir = args.get_or("--state-dir", net::state_dir() + "/spawn");
-  const std::string net_db = args.get_or("--net-db", net::state_dir() + "/netplumb.db");
+  // One shared database for both models, or the two SQLite files. kiln-net, when it runs as a
+  // child (plumbing), finds the same database through KILN_DB_URL.
+  const std::string db_url = args.get_or("--db", net::database_url());
+  if (!db_url.empty()) ::setenv("KILN_DB_URL", db_url.c_str(), 1);
+  const std::string net_db =
+      args.get_or("--net-db", db_url.empty() ? net::state_dir() + "/netplumb.db" : db_url);
   const ComputeOptions opt = compute_options(args);
 
   std::unique_ptr<Store> store;
@@ -117,7 +127,7 @@ int run(const std::vector<std::string>& argv) {
   Context ctx{args,
               format,
               [&]() -> Store& {
-                if (!store) store = std::make_unique<Store>(state_dir);
+                if (!store) store = std::make_unique<Store>(state_dir, db_url);
                 return *store;
               },
               [&]() -> net::Store& {

@@ -247,6 +247,46 @@ TEST_P(Engine, ValuesRoundTrip) {
   EXPECT_FALSE(s.step());
 }
 
+// Bytes that are not text (CBOR records: NULs, not UTF-8) round-trip through a {{blob}}
+// column; SQLite's numbered "?1" names one parameter however often it appears.
+TEST_P(Engine, BytesAndNumberedPlaceholders) {
+  auto db = open(v1());
+  db->exec(db->schema_sql("CREATE TABLE b (k TEXT PRIMARY KEY, v {{blob}} NOT NULL)"));
+  const std::string bytes("\x1f\x8b\0\xff\xae", 5);
+  Stmt(*db, "INSERT INTO b(k, v) VALUES (?, ?)").bind("x").bind_blob(bytes).run();
+  Stmt s(*db, "SELECT v, k FROM b WHERE k = ?1 OR k = ?1 || 'y' ORDER BY k = ?1 DESC");
+  s.bind("x");
+  ASSERT_TRUE(s.step());
+  EXPECT_EQ(s.blob(0), bytes);
+  EXPECT_EQ(s.text(1), "x");
+}
+
+// upsert_sql: one row per key, updated in place (creation order kept); a clash on another
+// unique column is kExists, not a silent delete of the other row.
+TEST_P(Engine, UpsertUpdatesByKeyAndKeepsOtherRows) {
+  auto db = open(v1());
+  db->exec(db->schema_sql(
+      "CREATE TABLE u (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, n BIGINT NOT NULL"
+      "{{rowid}})"));
+  const std::string up = upsert_sql("u", {"id", "name", "n"}, "id");
+  Stmt(*db, up).bind("1").bind("one").bind(1).run();
+  Stmt(*db, up).bind("2").bind("two").bind(2).run();
+  Stmt(*db, up).bind("1").bind("uno").bind(11).run();
+  try {
+    Stmt(*db, up).bind("3").bind("two").bind(3).run();
+    FAIL() << "a clash on name replaced a row";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.reason(), Reason::kExists);
+  }
+  std::vector<std::string> rows;
+  for (Stmt s(*db, "SELECT id, name, n FROM u ORDER BY rowid"); s.step();)
+    rows.push_back(s.text(0) + s.text(1) + std::to_string(s.integer(2)));
+  EXPECT_EQ(rows, (std::vector<std::string>{"1uno11", "2two2"}));
+  EXPECT_EQ(upsert_sql("a", {"x", "y", "z"}, "x, y"),
+            "INSERT INTO a(x, y, z) VALUES (?, ?, ?) ON CONFLICT(x, y) DO UPDATE SET z = "
+            "excluded.z");
+}
+
 // The guarantee spawn lacked: a reader (a listing) opens the database and reads while another
 // process is inside a write transaction, seeing the last commit. If it waited for the lock the
 // writer would never finish (it waits for the reader first), and the reader would fail with

@@ -29,7 +29,7 @@ class RulesTest : public ::testing::Test {
     return svc_.create_port(p);
   }
   common::TempDir dir_;
-  kiln::testing::StoreLocation where_ = kiln::testing::test_store(dir_.file("db"), "net");
+  kiln::teststore::StoreLocation where_ = kiln::teststore::test_store(dir_.file("db"), "net");
   Store store_{where_.location, where_.schema};
   NetService svc_{store_};
 };

@@ -72,7 +72,8 @@ class ServiceTest : public ::testing::Test {
   }
 
   TempDir dir_;
-  kiln::testing::StoreLocation where_ = kiln::testing::test_store(dir_.file("netplumb.db"), "net");
+  kiln::teststore::StoreLocation where_ =
+      kiln::teststore::test_store(dir_.file("netplumb.db"), "net");
   Store store_{where_.location, where_.schema};
   NetService svc_{store_};
 };

@@ -14,6 +14,8 @@ namespace kiln::spawn {
 namespace {
 
 using testing::TempDir;
+using testing::TestNetStore;
+using testing::TestStore;
 
 std::string make_qcow2(const std::string& path, uint64_t size, const std::string& backing = "") {
   block::qcow2::CreateOptions o;
@@ -43,7 +45,7 @@ TEST(Images, CheckName) {
 
 TEST(Images, CreateQcow2AndRaw) {
   TempDir d;
-  Store s(d / "state");
+  TestStore s(d / "state");
   ImageStore images(s);
   Image q = images.create("q", make_qcow2(d / "q.qcow2", 64 << 20), "", false);
   EXPECT_EQ(q.disk_format, "qcow2");
@@ -71,7 +73,7 @@ TEST(Images, CreateQcow2AndRaw) {
 
 TEST(Images, FormatIsCheckedByContent) {
   TempDir d;
-  Store s(d / "state");
+  TestStore s(d / "state");
   ImageStore images(s);
   make_qcow2(d / "q.qcow2", 1 << 20);
   try {
@@ -101,7 +103,7 @@ TEST(Images, FormatIsCheckedByContent) {
 
 TEST(Images, BaseCacheFilledOnceAndPruned) {
   TempDir d;
-  Store s(d / "state");
+  TestStore s(d / "state");
   ImageStore images(s);
   Image img = images.create("img", make_raw(d / "r.raw", 3 << 20), "", false);
   bool filled = false;
@@ -144,11 +146,11 @@ TEST(Images, ConcurrentBootsCopyTheBaseOnce) {
   TempDir d;
   Image img;
   {
-    Store s(d / "state");
+    TestStore s(d / "state");
     img = ImageStore(s).create("img", make_raw(d / "r.raw", 16 << 20), "", false);
   }
   std::vector<int> rcs = testing::in_children(6, [&](int) {
-    Store s(d / "state");
+    TestStore s(d / "state");
     ImageStore images(s);
     bool filled = false;
     std::string base = images.ensure_base(img, false, &filled);

@@ -13,6 +13,9 @@
 namespace kiln::spawn {
 namespace {
 
+using testing::TestNetStore;
+using testing::TestStore;
+
 using json = nlohmann::json;
 
 constexpr const char* kNet = "6f1c2a10-8d7e-4c3b-9a55-0e2f4b6d8a01";
@@ -142,7 +145,7 @@ TEST(Metadata, RecordKeepsEverythingButTheSeed) {
 // The service answers by (network, fixed IP) as recorded; anything else is refused.
 TEST(Metadata, ServerAnswersOnlyTheRecordedAddress) {
   testing::TempDir dir;
-  Store store(dir.path());
+  TestStore store(dir.path());
   ConfigDriveInput a = sample(), b = sample();
   b.uuid = "22222222-3333-4444-8555-666677778888";
   b.name = b.hostname = "other";

@@ -31,6 +31,8 @@ namespace {
 
 namespace fs = std::filesystem;
 using testing::TempDir;
+using testing::TestNetStore;
+using testing::TestStore;
 
 // kiln-nbd with a control socket, stopped by PID (SIGTERM, then SIGKILL) when the test ends.
 class NbdServer {
@@ -160,8 +162,8 @@ class Pipeline : public ::testing::Test {
 
   TempDir dir_;
   NbdServer nbd_;
-  Store store_;
-  net::Store net_store_;
+  TestStore store_;
+  TestNetStore net_store_;
   net::NetService net_;
   Virt virt_;
   Image image_;

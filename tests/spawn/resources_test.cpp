@@ -9,10 +9,12 @@ namespace kiln::spawn {
 namespace {
 
 using testing::TempDir;
+using testing::TestNetStore;
+using testing::TestStore;
 
 TEST(Store, BuiltinFlavorsAndSettings) {
   TempDir d;
-  Store s(d.str());
+  TestStore s(d.str());
   auto tiny = s.find_flavor("m1.tiny");
   ASSERT_TRUE(tiny);
   EXPECT_EQ(tiny->vcpus, 1);
@@ -28,13 +30,13 @@ TEST(Store, BuiltinFlavorsAndSettings) {
   s.set_setting("host_vcpus", "");
   EXPECT_FALSE(s.setting("host_vcpus"));
   // A second open of the same directory sees the same data and does not duplicate flavors.
-  Store s2(d.str());
+  TestStore s2(d.str());
   EXPECT_EQ(s2.flavors().size(), s.flavors().size());
 }
 
 TEST(ResourceTracker, DiscoveryAndNovaDefaults) {
   TempDir d;
-  Store s(d.str());
+  TestStore s(d.str());
   ResourceTracker t(s);
   ResourceConfig c = t.config();
   EXPECT_GE(c.total.vcpus, 1);
@@ -48,7 +50,7 @@ TEST(ResourceTracker, DiscoveryAndNovaDefaults) {
 
 TEST(ResourceTracker, CapacityIsTotalLessReservedTimesRatio) {
   TempDir d;
-  Store s(d.str());
+  TestStore s(d.str());
   s.set_setting("host_vcpus", "2");
   s.set_setting("host_memory_mb", "4096");
   s.set_setting("host_disk_gb", "10");
@@ -71,7 +73,7 @@ TEST(ResourceTracker, CapacityIsTotalLessReservedTimesRatio) {
 
 TEST(ResourceTracker, ClaimBeyondCapacityNamesTheResource) {
   TempDir d;
-  Store s(d.str());
+  TestStore s(d.str());
   s.set_setting("host_vcpus", "1");
   s.set_setting("cpu_allocation_ratio", "1.0");
   s.set_setting("host_memory_mb", "2048");
@@ -102,7 +104,7 @@ TEST(ResourceTracker, ClaimBeyondCapacityNamesTheResource) {
 
 TEST(ResourceTracker, BadSettingIsAClearError) {
   TempDir d;
-  Store s(d.str());
+  TestStore s(d.str());
   s.set_setting("ram_allocation_ratio", "lots");
   ResourceTracker t(s);
   try {
@@ -117,7 +119,7 @@ TEST(ResourceTracker, BadSettingIsAClearError) {
 // for a number ("+5", " 5", "1e3", "0x10", "inf", "1.5x") is an error naming the setting.
 TEST(ResourceTracker, SettingsAreParsedStrictly) {
   TempDir d;
-  Store s(d.str());
+  TestStore s(d.str());
   ResourceTracker t(s);
   for (const char* bad :
        {"+5", " 5", "5 ", "1e3", "0x10", "-1", "5x", "", "99999999999999", "1099511627777"}) {
@@ -155,14 +157,14 @@ TEST(ResourceTracker, SettingsAreParsedStrictly) {
 TEST(ResourceTracker, ConcurrentClaimsNeverExceedCapacity) {
   TempDir d;
   {
-    Store s(d.str());
+    TestStore s(d.str());
     s.set_setting("host_vcpus", "20");
     s.set_setting("cpu_allocation_ratio", "1.0");
     s.set_setting("host_memory_mb", "1000000");
     s.set_setting("host_disk_gb", "1000");
   }
   std::vector<int> rcs = testing::in_children(8, [&](int child) {
-    Store s(d.str());
+    TestStore s(d.str());
     ResourceTracker t(s);
     int won = 0;
     for (int i = 0; i < 10; ++i) {
@@ -182,7 +184,7 @@ TEST(ResourceTracker, ConcurrentClaimsNeverExceedCapacity) {
     total += rc;
   }
   EXPECT_EQ(total, 20);
-  Store s(d.str());
+  TestStore s(d.str());
   EXPECT_EQ(s.usage().vcpus, 20);
   EXPECT_EQ(s.usage().instances, 20);
 }

@@ -13,6 +13,8 @@ namespace kiln::spawn {
 namespace {
 
 using testing::TempDir;
+using testing::TestNetStore;
+using testing::TestStore;
 
 // kiln-spawn list opens the store and reads. It used to take the write lock on every open, so a
 // listing waited for a running boot's transaction (and failed with "database is locked" after
@@ -21,7 +23,7 @@ using testing::TempDir;
 TEST(Store, ListingDoesNotWaitForARunningWriteTransaction) {
   TempDir dir;
   {
-    Store s(dir.str());
+    TestStore s(dir.str());
     Instance i;
     i.id = "id-a";
     i.name = "a";
@@ -35,7 +37,7 @@ TEST(Store, ListingDoesNotWaitForARunningWriteTransaction) {
   if (writer == 0) {
     int rc = 1;
     try {
-      Store s(dir.str());
+      TestStore s(dir.str());
       s.write([&] {
         Instance i;
         i.id = "id-b";
@@ -55,7 +57,7 @@ TEST(Store, ListingDoesNotWaitForARunningWriteTransaction) {
   ASSERT_EQ(::poll(&p, 1, 60000), 1) << "the writer did not start its transaction";
   std::vector<std::string> names;
   try {
-    Store s(dir.str());  // as kiln-spawn list does
+    TestStore s(dir.str());  // as kiln-spawn list does
     for (const auto& i : s.instances()) names.push_back(i.name);
     EXPECT_EQ(s.flavors().size(), builtin_flavors().size());
   } catch (const std::exception& e) {
@@ -66,7 +68,7 @@ TEST(Store, ListingDoesNotWaitForARunningWriteTransaction) {
   ::waitpid(writer, &st, 0);
   EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
   EXPECT_EQ(names, std::vector<std::string>{"a"});  // the last commit, not the pending row
-  Store s(dir.str());
+  TestStore s(dir.str());
   EXPECT_EQ(s.instances().size(), 2u);
 }
 

@@ -13,10 +13,27 @@
 #include <vector>
 
 #include "kiln/common/temp.h"
+#include "kiln/net/store.h"
+#include "kiln/spawn/store.h"
+#include "test_store.h"
 
 namespace kiln::spawn::testing {
 
 using common::TempDir;
+
+// spawn's store for a test's state directory `dir`: dir/spawn.db, or, when the suite runs on
+// PostgreSQL (spawn.pg.*), a schema named after `dir` in the test server's database.
+struct TestStore : Store {
+  explicit TestStore(const std::string& dir)
+      : Store(dir, teststore::url(), teststore::schema_for("spawn", dir)) {}
+};
+
+// The same for kiln-net's store at `file`.
+struct TestNetStore : net::Store {
+  explicit TestNetStore(const std::string& file)
+      : net::Store(teststore::url().empty() ? file : teststore::url(),
+                   teststore::schema_for("net", file)) {}
+};
 
 inline void write_text(const std::string& path, const std::string& text) {
   std::ofstream f(path, std::ios::binary);

@@ -21,8 +21,8 @@
 //   order, in one write transaction. A database newer than the code is refused.
 // - SQLite's file (and its -wal and -shm) is mode 0600 whatever the umask: tenant data.
 //
-// SQL that both engines run: `?` placeholders, BIGINT for 64-bit integers, ON CONFLICT(...)
-// DO UPDATE for upserts; where the dialects differ, migrations ask dialect().
+// SQL that both engines run: `?` (or SQLite's `?NNN`) placeholders, BIGINT for 64-bit integers, ON
+// CONFLICT(...) DO UPDATE for upserts; where the dialects differ, migrations ask dialect().
 #pragma once
 
 #include <concepts>
@@ -74,6 +74,9 @@ class Stmt {
   }
   Stmt& bind(const T& v) { return bind(std::string(v.str())); }
 
+  // Bytes that need not be text (NULs, not UTF-8): a {{blob}} column.
+  Stmt& bind_blob(std::string_view bytes);
+
   // True while there is a row.
   bool step();
   // Steps to the end (statements without rows).
@@ -82,6 +85,7 @@ class Stmt {
   std::string text(int col);
   int64_t integer(int col);
   bool null(int col);
+  std::string blob(int col);
 
  private:
   std::unique_ptr<store_detail::Cursor> c_;
@@ -134,6 +138,7 @@ class Database {
   //   {{rowid}}   before a table's closing parenthesis: nothing on SQLite, where every table
   //               has a rowid, and an identity column named rowid on PostgreSQL, so that
   //               "ORDER BY rowid" lists rows in the order they were made on both.
+  //   {{blob}}    a column of bytes (bind_blob, blob): BLOB, or PostgreSQL's BYTEA
   std::string schema_sql(std::string_view text) const;
 
  private:

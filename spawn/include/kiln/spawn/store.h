@@ -77,8 +77,12 @@ struct Usage {
 
 class Store {
  public:
-  // Opens (creating) `dir`/spawn.db; `dir` is created if needed.
-  explicit Store(const std::string& dir);
+  // The state directory `dir` (created) keeps images, bases and instances; the database is
+  // `db_url` (a PostgreSQL URI: the schema kiln_spawn of a shared database, and no SQLite file)
+  // or, when it is empty, the SQLite file dir/spawn.db. (`schema` is for tests that share
+  // one database.)
+  explicit Store(const std::string& dir, const std::string& db_url = "",
+                 const std::string& schema = "kiln_spawn");
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
 
