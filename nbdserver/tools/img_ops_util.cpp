@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "img_commands.h"
+#include "kiln/block/qcow2.h"
 
 namespace kiln::block::cli {
 
@@ -41,6 +42,71 @@ Task<int> ExtentCursor::at(uint64_t off, uint64_t end, Extent* out) {
   out->length = std::min(out->length - skip, end - off);
   if (out->host_offset != Extent::kNoOffset) out->host_offset += skip;
   co_return 0;
+}
+
+Task<void> copy_allocated(BlockDevice& src, BlockDevice& dst, uint64_t limit,
+                          const std::string& what) {
+  limit = std::min(limit, src.size());
+  std::vector<uint8_t> buf(kCopyBuffer);
+  ExtentCursor cur(src);
+  for (uint64_t off = 0; off < limit;) {
+    Extent e;
+    int rc = co_await cur.at(off, limit, &e);
+    if (rc < 0)
+      throw ToolError("error while reading block status of '" + src.filename() + "' at offset " +
+                      std::to_string(off) + ": " + std::strerror(-rc));
+    if (e.present && e.zero) {
+      rc = co_await dst.write_zeroes(off, e.length, 0);
+      if (rc < 0)
+        throw ToolError(what + ": error while writing zeros at offset " + std::to_string(off) +
+                        ": " + std::strerror(-rc));
+    } else if (e.present) {
+      for (uint64_t pos = off; pos < off + e.length;) {
+        const auto n = static_cast<size_t>(std::min<uint64_t>(kCopyBuffer, off + e.length - pos));
+        rc = co_await src.read(pos, std::span<uint8_t>(buf.data(), n));
+        if (rc < 0)
+          throw ToolError("error while reading '" + src.filename() + "' at offset " +
+                          std::to_string(pos) + ": " + std::strerror(-rc));
+        rc = co_await dst.write(pos, std::span<const uint8_t>(buf.data(), n), 0);
+        if (rc < 0)
+          throw ToolError(what + ": error while writing at offset " + std::to_string(pos) + ": " +
+                          std::strerror(-rc));
+        pos += n;
+      }
+    }
+    off += e.length;
+  }
+}
+
+std::optional<Layer> backing_of(Reactor& reactor, const Layer& layer) {
+  if (layer.format != "qcow2") return std::nullopt;
+  kiln::block::qcow2::Info info;
+  try {
+    info = kiln::block::qcow2::read_info(reactor, layer.path, false);
+  } catch (const kiln::block::Error& e) {
+    throw ToolError(e.what());
+  }
+  if (info.backing_file.empty()) return std::nullopt;
+  if (info.backing_format != "raw" && info.backing_format != "qcow2")
+    throw ToolError(layer.path + ": backing file '" +
+                    kiln::block::qcow2::printable(info.backing_file) +
+                    "' has no recorded format raw or qcow2 (Kiln never probes backing files)");
+  return Layer{info.full_backing_filename, info.backing_format, info.backing_file};
+}
+
+std::string top_format(Reactor& reactor, const std::string& path, const std::string& given) {
+  if (!given.empty()) return valid_format(given);
+  std::string fmt;
+  try {
+    fmt = kiln::block::probe_format(path);
+  } catch (const kiln::block::Error& e) {
+    throw ToolError(e.what());
+  }
+  if (fmt == "qcow2" && backing_of(reactor, {path, fmt, ""}))
+    throw ToolError(path +
+                    ": the image format was probed and the image names a backing file; "
+                    "give -f qcow2 if you trust the image");
+  return fmt;
 }
 
 std::vector<std::pair<std::string, std::string>> parse_option_list(

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,26 @@ class ExtentCursor {
   std::vector<Extent> window_;
   size_t idx_ = 0;
 };
+
+// Copies what `src` itself allocates (opened without its backing chain: present extents) into
+// `dst` at the same offsets, below `limit`: data as data, zero ranges as write_zeroes. Throws
+// ToolError naming `what`.
+Task<void> copy_allocated(BlockDevice& src, BlockDevice& dst, uint64_t limit,
+                          const std::string& what);
+
+// An image of a backing chain: its path (resolved as QEMU resolves backing names) and format.
+struct Layer {
+  std::string path, format;
+  std::string stored_name;  // the name in the header of the image above ("" for the top)
+};
+
+// The next image down from `layer` (qcow2 header only; no data read), or nullopt without a
+// backing file. A backing file without a recorded format is an error: Kiln never probes one.
+std::optional<Layer> backing_of(Reactor& reactor, const Layer& layer);
+
+// The top image's format: as given, or probed. A probed qcow2 image that names a backing file
+// is refused (its header may be a guest's forgery), as open_image() refuses it.
+std::string top_format(Reactor& reactor, const std::string& path, const std::string& given);
 
 // One -o argument (several may be given): comma-separated key=value pairs, ",," a literal
 // comma, in order. A key without '=' is an error (ToolError naming `file`).

@@ -74,6 +74,10 @@ const kiln::common::cli::CommandTable<const kiln::common::cli::Args> kCommands =
      {kHelp, kFormat, kOutput, {"-O", kValue}, {"-o", kValue}, {"--size", kValue},
       {"-U|--force-share"}},
      kiln::block::cli::img_measure},
+    {"commit",
+     "[-q] [-f FMT] [-b BASE] [-d] [-p] FILE",
+     {kHelp, kFormat, {"-b", kValue}, {"-d"}, {"-p"}, {"-q"}},
+     kiln::block::cli::img_commit},
 };
 
 void help(std::ostream& out) {

@@ -169,3 +169,81 @@ def test_measure_errors_exit_like_qemu(workdir, args):
     ours, theirs = both("measure", *args)
     assert ours.returncode == theirs.returncode == 1, (ours.stderr, theirs.stderr)
     assert_one_line_error(ours, "kiln-img")
+
+
+# ---------------------------------------------------------------------------------------------
+# commit
+
+def chain(d, base_fmt="qcow2", top_opts=None, grow=False):
+    """base (4 MiB) <- mid <- top (6 MiB if grow), data and zero clusters in every layer."""
+    if base_fmt == "raw":
+        base = make_raw(path(d, "base.img"), 4 * MiB, seed=31)
+    else:
+        base = create_qcow2(path(d, "base.img"), 4 * MiB)
+        fill_qemu(base, 4 * MiB, 65536, seed=31)
+    mid = create_qcow2(path(d, "mid.qcow2"), 4 * MiB, backing=base, backing_fmt=base_fmt)
+    qemu_io(mid, "write -P 1 0 64k", f"write -P 4 {2 * MiB} {MiB}")
+    top = create_qcow2(path(d, "top.qcow2"), 6 * MiB if grow else 4 * MiB, backing=mid,
+                       backing_fmt="qcow2", extra_opts=top_opts)
+    qemu_io(top, "write -P 2 64k 64k", f"write -z {2 * MiB + 102400} 64k",
+            f"write -P 9 {3 * MiB + 5} 4k", "write -z 0 4096")
+    if grow:
+        qemu_io(top, f"write -P 7 {5 * MiB} 100k")
+    return base, mid, top
+
+
+def view(img, out):
+    qemu_img("convert", "-U", "-f", "qcow2", "-O", "raw", img, out)
+    return out
+
+
+def own_allocations(img):
+    return [e for e in json.loads(qemu_img("map", "-U", "--output=json", img).stdout)
+            if e["depth"] == 0 and e.get("present", True)]
+
+
+@pytest.mark.parametrize("case", ["plain", "raw-base", "grow", "extended-l2", "keep", "deep-base"])
+def test_commit_matches_qemu(workdir, case):
+    dirs = {}
+    for who in ("kiln", "qemu"):
+        d = path(workdir, who)
+        os.mkdir(d)
+        base, mid, top = chain(d, base_fmt="raw" if case == "raw-base" else "qcow2",
+                               top_opts="cluster_size=64k,extended_l2=on"
+                               if case == "extended-l2" else None,
+                               grow=case == "grow")
+        before = view(top, path(d, "before.raw"))
+        args = ["commit", "-f", "qcow2"]
+        if case == "keep":
+            args.append("-d")
+        if case == "deep-base":
+            args += ["-b", base]
+        tool = kiln_img if who == "kiln" else qemu_img
+        p = tool(*args, top)
+        assert p.stdout == "Image committed.\n"
+        dirs[who] = (base, mid, top, before)
+    base, mid, top, before = dirs["kiln"]
+    target = base if case == "deep-base" else mid  # a qcow2 image in both cases
+    # The base now shows the guest what the overlay showed; the overlay's view is unchanged.
+    qemu_same(before, target, "raw", "qcow2")
+    qemu_same(before, top, "raw", "qcow2")
+    for img in (top, mid) + ((base,) if case != "raw-base" else ()):
+        assert_qemu_clean(img)
+    # The same layout as qemu-img leaves: the overlay emptied unless -d or -b.
+    qb, qm, qt, _ = dirs["qemu"]
+    assert bool(own_allocations(top)) == bool(own_allocations(qt))
+    assert info(target)["virtual-size"] == info(qm if target == mid else qb)["virtual-size"]
+
+
+def test_commit_errors_like_qemu(workdir):
+    base, mid, top = chain(workdir)
+    for args in (["commit", "-f", "qcow2", base], ["commit", "-f", "qcow2", "-b", "nothere", top],
+                 ["commit", "-f", "qcow2", "-b", top, top]):
+        ours, theirs = both(*args)
+        assert ours.returncode == theirs.returncode == 1
+        assert_one_line_error(ours, "kiln-img")
+        assert ours.stderr.split(": ", 1)[1] == theirs.stderr.split(": ", 1)[1]
+    # A probed image never leads kiln-img to write into the file its header names.
+    p = kiln_img("commit", top, check=False)
+    assert_one_line_error(p, "kiln-img")
+    assert "-f qcow2" in p.stderr
