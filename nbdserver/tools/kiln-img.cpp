@@ -78,6 +78,14 @@ const kiln::common::cli::CommandTable<const kiln::common::cli::Args> kCommands =
      "[-q] [-f FMT] [-b BASE] [-d] [-p] FILE",
      {kHelp, kFormat, {"-b", kValue}, {"-d"}, {"-p"}, {"-q"}},
      kiln::block::cli::img_commit},
+    {"rebase",
+     "[-q] [-f FMT] [-u] [-p] -b BACKING [-F FMT] FILE",
+     {kHelp, kFormat, {"-b", kValue}, {"-F", kValue}, {"-u"}, {"-p"}, {"-q"}},
+     kiln::block::cli::img_rebase},
+    {"amend",
+     "[-q] [-f FMT] -o OPTIONS FILE",
+     {kHelp, kFormat, {"-o", kValue}, {"-p"}, {"-q"}, {"--force"}},
+     kiln::block::cli::img_amend},
 };
 
 void help(std::ostream& out) {

@@ -247,3 +247,130 @@ def test_commit_errors_like_qemu(workdir):
     p = kiln_img("commit", top, check=False)
     assert_one_line_error(p, "kiln-img")
     assert "-f qcow2" in p.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# rebase
+
+def rebase_setup(d, top_opts=None):
+    base, mid, top = chain(d, top_opts=top_opts)
+    qemu_io(mid, f"write -P 5 {3 * MiB + 700} 1")  # a single byte inside a cluster
+    other = create_qcow2(path(d, "other.qcow2"), 3 * MiB)
+    fill_qemu(other, 3 * MiB, 65536, seed=41)
+    return base, mid, top, other
+
+
+@pytest.mark.parametrize("target", ["base", "other", "none"])
+@pytest.mark.parametrize("top_opts", [None, "cluster_size=64k,extended_l2=on",
+                                      "cluster_size=4096"])
+def test_rebase_safe_keeps_content(workdir, target, top_opts):
+    base, mid, top, other = rebase_setup(workdir, top_opts)
+    before = view(top, path(workdir, "before.raw"))
+    new = {"base": "base.img", "other": "other.qcow2", "none": ""}[target]
+    args = ["rebase", "-f", "qcow2", "-b", new] + (["-F", "qcow2"] if new else []) + [top]
+    p = kiln_img(*args)
+    assert p.stdout == ""
+    qemu_same(before, top, "raw", "qcow2")
+    assert_qemu_clean(top)
+    i = info(top)
+    assert i.get("backing-filename", "") == new
+    assert i.get("backing-filename-format", "") == ("qcow2" if new else "")
+
+
+@pytest.mark.parametrize("compat", ["1.1", "0.10"])
+def test_rebase_unsafe_header_like_qemu(workdir, compat):
+    """-u changes the header only, byte for byte as qemu-img rebase -u writes it."""
+    base = create_qcow2(path(workdir, "base.qcow2"), 4 * MiB)
+    imgs = []
+    for who in ("kiln", "qemu"):
+        img = create_qcow2(path(workdir, f"{who}.qcow2"), 4 * MiB, compat=compat,
+                           backing=base, backing_fmt="qcow2")
+        qemu_io(img, "write -P 1 64k 64k")
+        imgs.append(img)
+    ours, theirs = imgs
+    for new, fmt in (("some/other-name.raw", "raw"), ("", None), ("base.qcow2", "qcow2")):
+        extra = ["-F", fmt] if fmt else []
+        kiln_img("rebase", "-u", "-f", "qcow2", "-b", new, *extra, ours)
+        qemu_img("rebase", "-u", "-f", "qcow2", "-b", new, *extra, theirs)
+        with open(ours, "rb") as a, open(theirs, "rb") as b:
+            assert a.read() == b.read(), f"header after rebase -u -b {new!r} differs"
+    assert_qemu_clean(ours)  # the last backing file exists
+
+
+def test_rebase_errors_like_qemu(workdir):
+    base, mid, top, other = rebase_setup(workdir)
+    for args in (["rebase", "-f", "qcow2", top],
+                 ["rebase", "-f", "qcow2", "-b", "base.img", top]):
+        ours, theirs = both(*args)
+        assert ours.returncode == theirs.returncode == 1
+        assert_one_line_error(ours, "kiln-img")
+    assert info(top)["backing-filename"] == "mid.qcow2"
+
+
+# ---------------------------------------------------------------------------------------------
+# amend
+
+def amend_pair(d, opts="compat=1.1"):
+    base = create_qcow2(path(d, "b.qcow2"), 8 * MiB)
+    qemu_io(base, f"write -P 3 0 {8 * MiB}")
+    out = []
+    for who in ("kiln", "qemu"):
+        img = path(d, f"{who}.qcow2")
+        qemu_img("create", "-q", "-f", "qcow2", "-o", opts, "-b", "b.qcow2", "-F", "qcow2", img)
+        qemu_io(img, "write -P 1 0 64k", f"write -z {MiB} 128k", f"write -P 5 {MiB + 65536} 4k",
+                f"write -z {3 * MiB} 64k")
+        out.append(img)
+    return out
+
+
+def assert_same_info(ours, theirs):
+    a, b = info(ours), info(theirs)
+    for k in ("filename", "actual-size"):
+        a.pop(k), b.pop(k)
+    assert a == b
+
+
+@pytest.mark.parametrize("steps", [
+    ["compat=0.10"], ["compat=0.10", "compat=1.1"], ["lazy_refcounts=on"],
+    ["lazy_refcounts=on", "lazy_refcounts=off"], ["size=20M"], ["compat=1.1,size=9M"],
+    ["compat=0.10", "compat=1.1,lazy_refcounts=on,size=10M"], ["refcount_bits=16"],
+    ["backing_file=b.qcow2,backing_fmt=qcow2"],
+])
+def test_amend_matches_qemu(workdir, steps):
+    ours, theirs = amend_pair(workdir)
+    before = view(ours, path(workdir, "before.raw"))
+    for o in steps:
+        kiln_img("amend", "-f", "qcow2", "-o", o, ours)
+        qemu_img("amend", "-f", "qcow2", "-o", o, theirs)
+        assert_same_info(ours, theirs)
+        assert_qemu_clean(ours)
+    # Growing adds zeros at the end; the rest reads as before.
+    qemu_img("compare", "-f", "raw", "-F", "qcow2", before, ours)
+
+
+@pytest.mark.parametrize("opt", ["cluster_size=4k", "extended_l2=on", "compression_type=zstd",
+                                 "preallocation=full", "encrypt.format=luks", "foo=bar",
+                                 "backing_fmt=raw", "backing_file=x", "data_file=x"])
+def test_amend_refuses_like_qemu(workdir, opt):
+    ours, theirs = amend_pair(workdir)
+    with open(ours, "rb") as f:
+        header = f.read(65536)
+    a, b = kiln_img("amend", "-o", opt, ours, check=False), \
+        qemu_img("amend", "-o", opt, theirs, check=False)
+    assert a.returncode == b.returncode == 1, (a.stderr, b.stderr)
+    assert_one_line_error(a, "kiln-img")
+    with open(ours, "rb") as f:
+        assert f.read(65536) == header
+
+
+@pytest.mark.parametrize("opts,amend", [
+    ("compat=1.1,extended_l2=on,cluster_size=64k", "compat=0.10"),
+    ("compat=1.1,refcount_bits=8", "compat=0.10"),
+    ("compat=1.1", "compat=0.10,lazy_refcounts=on"),
+    ("compat=1.1", "refcount_bits=32"),
+])
+def test_amend_refuses_what_cannot_change(workdir, opts, amend):
+    ours, _ = amend_pair(workdir, opts)
+    a = kiln_img("amend", "-o", amend, ours, check=False)
+    assert_one_line_error(a, "kiln-img")
+    assert_qemu_clean(ours)
