@@ -4,12 +4,14 @@ finds holding what the guest saw before."""
 
 import json
 import os
-import shutil
+import time
 
 import pytest
 
+from kilntest.nbd import servers  # noqa: F401  (fixture)
 from kilntest.images import (MiB, assert_one_line_error, assert_qemu_clean, create_qcow2,
-                             fill_qemu, kiln_img, make_raw, qemu_img, qemu_io)
+                             fill_qemu, kiln_img, lock_holder_present, make_raw, qemu_img,
+                             qemu_io, read_file, wait_unlocked)
 
 
 def both(*args):
@@ -254,7 +256,10 @@ def test_commit_errors_like_qemu(workdir):
 
 def rebase_setup(d, top_opts=None):
     base, mid, top = chain(d, top_opts=top_opts)
-    qemu_io(mid, f"write -P 5 {3 * MiB + 700} 1")  # a single byte inside a cluster
+    # Old and new backing differ in a single byte of a cluster that the top leaves to them:
+    # the whole cluster must be copied, not just the sector, or the rest would read as zeros.
+    qemu_io(base, f"write -P 0x33 {MiB} 64k")
+    qemu_io(mid, f"write -P 5 {MiB + 700} 1")
     other = create_qcow2(path(d, "other.qcow2"), 3 * MiB)
     fill_qemu(other, 3 * MiB, 65536, seed=41)
     return base, mid, top, other
@@ -374,3 +379,71 @@ def test_amend_refuses_what_cannot_change(workdir, opts, amend):
     a = kiln_img("amend", "-o", amend, ours, check=False)
     assert_one_line_error(a, "kiln-img")
     assert_qemu_clean(ours)
+
+
+# ---------------------------------------------------------------------------------------------
+# locks, snapshots, compressed clusters
+
+def test_writing_commands_respect_locks(workdir, servers):
+    """An image that qemu-nbd holds is neither committed, rebased nor amended (nor is a base
+    written under it), and nothing changes; compare and measure read it only with -U."""
+    base, mid, top = chain(workdir)
+    before = {p: read_file(p) for p in (base, mid, top)}
+    q = servers.qemu_nbd(top, path(workdir, "q.sock"), "qcow2")
+    deadline = time.monotonic() + 30
+    while not lock_holder_present(top):
+        assert time.monotonic() < deadline, "qemu-nbd never locked the image"
+        time.sleep(0.01)
+    for args in (["commit", "-f", "qcow2", top], ["commit", "-f", "qcow2", "-d", top],
+                 ["rebase", "-f", "qcow2", "-b", "", top],
+                 ["rebase", "-u", "-f", "qcow2", "-b", "", top],
+                 ["amend", "-f", "qcow2", "-o", "lazy_refcounts=on", top],
+                 ["compare", top, top], ["measure", "-O", "qcow2", "-f", "qcow2", top]):
+        p = kiln_img(*args, check=False)
+        assert p.returncode != 0, args
+        assert "lock" in p.stderr, (args, p.stderr)
+    assert kiln_img("compare", "-U", "-f", "qcow2", "-F", "qcow2", top, top).returncode == 0
+    assert kiln_img("measure", "-U", "-O", "qcow2", "-f", "qcow2", top).returncode == 0
+    q.stop()
+    wait_unlocked(top)
+    assert {p: read_file(p) for p in (base, mid, top)} == before
+
+
+def test_commit_overlay_with_internal_snapshot(workdir):
+    """The overlay's L2 tables are shared with a snapshot: emptying copies them, the snapshot
+    keeps its data."""
+    base, mid, top = chain(workdir)
+    snap_view = view(top, path(workdir, "snap.raw"))
+    qemu_img("snapshot", "-c", "s1", top)  # no write after it: the L2 table stays shared
+    before = view(top, path(workdir, "before.raw"))
+    assert kiln_img("commit", "-f", "qcow2", top).stdout == "Image committed.\n"
+    assert_qemu_clean(top)
+    assert_qemu_clean(mid)
+    qemu_same(before, top, "raw", "qcow2")
+    qemu_same(before, mid, "raw", "qcow2")
+    assert own_allocations(top) == []
+    # The snapshot keeps its own clusters: what the overlay itself held when it was taken.
+    out = path(workdir, "s1.raw")
+    qemu_img("convert", "-f", "qcow2", "-l", "snapshot.name=s1", "-O", "raw", top, out)
+    got, want = read_file(out), read_file(snap_view)
+    for off, length in ((64 * 1024, 64 * 1024), (3 * MiB + 5, 4096)):
+        assert got[off:off + length] == want[off:off + length]
+
+
+def test_commit_and_rebase_compressed_overlay(workdir):
+    base, mid, _ = chain(workdir)
+    src = create_qcow2(path(workdir, "src.qcow2"), 4 * MiB, backing=mid, backing_fmt="qcow2")
+    qemu_io(src, "write -P 0x21 0 1M", f"write -P 0x22 {3 * MiB} 512k")
+    top = path(workdir, "comp.qcow2")
+    qemu_img("convert", "-c", "-f", "qcow2", "-O", "qcow2", "-B", "mid.qcow2", "-F", "qcow2",
+             src, top)
+    assert "compressed" in qemu_img("check", "--output=json", top).stdout
+    before = view(top, path(workdir, "before.raw"))
+    kiln_img("rebase", "-f", "qcow2", "-b", "base.img", "-F", "qcow2", top)
+    qemu_same(before, top, "raw", "qcow2")
+    assert_qemu_clean(top)
+    assert kiln_img("commit", "-f", "qcow2", top).stdout == "Image committed.\n"
+    qemu_same(before, base, "raw", "qcow2")
+    qemu_same(before, top, "raw", "qcow2")
+    assert_qemu_clean(top)
+    assert_qemu_clean(base)
