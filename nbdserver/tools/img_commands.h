@@ -18,6 +18,12 @@ int img_check(const common::cli::Args& args);
 int img_map(const common::cli::Args& args);
 int img_resize(const common::cli::Args& args);
 int img_convert(const common::cli::Args& args);
+// img_compare.cpp, img_commit.cpp, img_rebase.cpp, img_measure.cpp, img_amend.cpp
+int img_compare(const common::cli::Args& args);
+int img_commit(const common::cli::Args& args);
+int img_rebase(const common::cli::Args& args);
+int img_measure(const common::cli::Args& args);
+int img_amend(const common::cli::Args& args);
 
 // Shared by the subcommands.
 enum class OutputFormat { kHuman, kJson };

@@ -57,6 +57,8 @@ class Image final : public BlockDevice {
   Task<int> block_status(uint64_t offset, uint64_t length, std::vector<Extent>* out) override;
   Task<int> resize(uint64_t new_size) override;
   Task<int> close() override;
+  // make_empty.cpp: every cluster of the active table unallocated (kiln-img commit).
+  Task<int> make_empty();
 
   const Header& header() const { return h_; }
   const std::vector<Snapshot>& snapshots() const { return snapshots_; }

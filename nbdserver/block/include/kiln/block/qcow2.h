@@ -77,6 +77,23 @@ struct CheckResult {
 // `lock` false (qemu-img's -U) is allowed only without repair.
 CheckResult check(Reactor& reactor, const std::string& path, Repair repair, bool lock = true);
 
+// header_update.cpp: changes to a closed image's header that move no data (kiln-img rebase -u,
+// amend). Takes the image's write lock; refuses dirty or corrupt images. Throws Error.
+struct HeaderChange {
+  std::optional<std::string> backing_file;    // "" removes the backing file and its format
+  std::optional<std::string> backing_format;  // "" removes the format extension
+  std::optional<bool> lazy_refcounts;
+  // 2 or 3. Going to 2 needs refcount_bits=16, no incompatible features and no bitmaps (the
+  // caller has removed zero clusters first).
+  std::optional<uint32_t> version;
+};
+void update_header(Reactor& reactor, const std::string& path, const HeaderChange& change);
+
+// make_empty.cpp: unallocates every cluster of a qcow2 image's active L1 table (the guest then
+// sees its backing file), as an overlay is left after kiln-img commit, and flushes. The caller
+// must be the image's only user (opened writable, nothing in flight). -ENOTSUP for raw.
+Task<int> make_empty(BlockDevice& image);
+
 // A name taken from an image (backing file, format) made safe for a one-line message: bytes
 // outside printable ASCII (and backslashes) become \xNN, so a hostile header can neither break
 // the line nor send escape sequences to a terminal.
