@@ -64,6 +64,10 @@ const kiln::common::cli::CommandTable<const kiln::common::cli::Args> kCommands =
      "[-q] [-f FMT] -O raw SOURCE DEST",
      {kHelp, kFormat, {"-O", kValue}, {"-q"}, {"-p"}, {"-U"}},
      kiln::block::cli::img_convert},
+    {"snapshot",
+     "[-q] [-U] [-f FMT] [-l | -a SNAPSHOT | -c SNAPSHOT | -d SNAPSHOT] FILE",
+     {kHelp, kFormat, {"-l"}, {"-a", kValue}, {"-c", kValue}, {"-d", kValue}, {"-q"}, {"-U"}},
+     kiln::block::cli::img_snapshot},
 };
 
 void help(std::ostream& out) {
