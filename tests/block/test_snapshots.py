@@ -146,25 +146,25 @@ def test_cli_output_and_exit_codes(workdir):
 # Differential: kiln-img and qemu-img take turns
 
 MATRIX = [
-    (16 * KiB, False, "kiln"), (64 * KiB, False, "kiln"), (64 * KiB, False, "qemu"),
-    (2 * MiB, False, "kiln"), (64 * KiB, True, "kiln"), (64 * KiB, True, "qemu"),
-    (16 * KiB, True, "qemu"),
+    (16 * KiB, "std", "kiln"), (64 * KiB, "std", "kiln"), (64 * KiB, "std", "qemu"),
+    (2 * MiB, "std", "kiln"), (64 * KiB, "ext", "kiln"), (64 * KiB, "ext", "qemu"),
+    (16 * KiB, "ext", "qemu"), (64 * KiB, "v2", "kiln"), (4 * KiB, "v2", "qemu"),
 ]
+OPTS = {"std": "", "ext": ",extended_l2=on", "v2": ",compat=0.10"}
 
 
 @pytest.mark.parametrize("cluster,extended,first", MATRIX,
-                         ids=[f"{c // KiB}k-{'ext' if e else 'std'}-{m}-first"
-                              for c, e, m in MATRIX])
+                         ids=[f"{c // KiB}k-{e}-{m}-first" for c, e, m in MATRIX])
 def test_differential(workdir, cluster, extended, first):
     """The tools alternate: `first` creates s1, the other s2, writes go through kiln-io and
     qemu-io in turn; every snapshot reads back what the image held when it was taken, through
     qemu-img and kiln-io; apply and delete by either tool restore and keep the right bytes;
     qemu-img check is clean after every step."""
     other = "qemu" if first == "kiln" else "kiln"
-    rng = random.Random(cluster + extended)
+    rng = random.Random(cluster + len(extended))
     size = max(SIZE, 8 * cluster)
     img = os.path.join(workdir, "img.qcow2")
-    opts = f"cluster_size={cluster}" + (",extended_l2=on" if extended else "")
+    opts = f"cluster_size={cluster}" + OPTS[extended]
     qemu_img("create", "-q", "-f", "qcow2", "-o", opts, img, str(size))
     qemu_write(img, writes(rng, size, cluster, 12, 0x11))
     state0 = active_bytes(workdir, img)
@@ -309,6 +309,21 @@ def test_kiln_check_counts_the_whole_table(workdir):
     kiln_img("snapshot", "-c", "ninth", img)
     assert kiln_img("check", img, check=False).returncode == 0
     assert_qemu_clean(img)
+
+
+def test_refcount_overflow(workdir):
+    """1-bit refcounts cannot count a shared cluster: -c fails with one line naming the
+    reason, and the image is left as it was (check clean, dirty bit clear, no snapshot)."""
+    img = os.path.join(workdir, "r1.qcow2")
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "refcount_bits=1", img, "16M")
+    qemu_write(img, ["write -P 1 0 1M"])
+    p = kiln_img("snapshot", "-c", "x", img, check=False)
+    assert_one_line_error(p, "kiln-img")
+    assert "Could not create snapshot 'x': -34" in p.stderr, p.stderr
+    assert "refcount_bits too small" in p.stderr, p.stderr
+    assert_qemu_clean(img)
+    assert header_get(img, "incompatible_features") & 1 == 0
+    assert list_ids_names(img) == []
 
 
 # ---------------------------------------------------------------------------------------------

@@ -138,12 +138,26 @@ struct SnapshotOps {
     for (size_t i = 0; i < clusters.size(); ++i) {
       if (int rc = co_await img.add_refcount(clusters[i], delta); rc < 0) {
         const uint64_t bad = clusters[i];
-        while (i-- > 0) co_await img.add_refcount(clusters[i], -delta);
+        while (i-- > 0) {
+          const int back = co_await img.add_refcount(clusters[i], -delta);
+          (void)back;  // cannot fail: the same refcounts were just raised (or lowered)
+        }
         co_return fail(rc, "cannot change the refcount of cluster " + std::to_string(bad) +
                                (rc == -ERANGE ? " (refcount_bits too small)" : ""));
       }
     }
     co_return 0;
+  }
+
+  // An operation failed before it changed anything on disk but the dirty bit (its refcount
+  // changes were undone in the cache): the image is clean again. Returns `rc`.
+  Task<int> undone(int rc) {
+    const int wrc = co_await write_refcounts();
+    if (wrc == 0) {
+      const int drc = co_await set_dirty(false);
+      (void)drc;  // the failure reported is `rc`; a dirty bit left set only costs a recount
+    }
+    co_return rc;
   }
 
   // Writes the refcount blocks changed in the cache and syncs.
@@ -271,9 +285,11 @@ struct SnapshotOps {
     if (int rc = co_await write_new(l1_bytes(img.l1_), &s.l1_table_offset, "L1 table copy"); rc < 0)
       co_return rc;
     // 2. One more reference to everything the active image reaches, on disk first.
-    if (int rc = co_await change_refcounts(clusters, 1); rc < 0) {
-      co_await free_clusters(s.l1_table_offset, uint64_t(s.l1_size) * 8);
-      co_return rc;
+    if (const int rc = co_await change_refcounts(clusters, 1); rc < 0) {
+      const int frc = co_await free_clusters(s.l1_table_offset, uint64_t(s.l1_size) * 8);
+      (void)frc;  // undone in the cache like the refcounts
+      const int urc = co_await undone(rc);
+      co_return urc;
     }
     if (int rc = co_await write_refcounts(); rc < 0) co_return rc;
     // 3. The active entries lose OFLAG_COPIED (their refcounts are now at least two).
@@ -310,7 +326,10 @@ struct SnapshotOps {
     if (int rc = co_await reach(img.l1_, &old_clusters); rc < 0) co_return rc;
     if (int rc = co_await set_dirty(true); rc < 0) co_return fail(rc, "cannot mark the image");
     // 1. One more reference to everything the snapshot reaches; their entries lose COPIED.
-    if (int rc = co_await change_refcounts(snap_clusters, 1); rc < 0) co_return rc;
+    if (const int rc = co_await change_refcounts(snap_clusters, 1); rc < 0) {
+      const int urc = co_await undone(rc);
+      co_return urc;
+    }
     if (int rc = co_await write_refcounts(); rc < 0) co_return rc;
     std::vector<uint64_t> l1;
     if (int rc = co_await fix_copied(snap_l1, &l1); rc < 0) co_return rc;
