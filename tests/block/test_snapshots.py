@@ -28,6 +28,13 @@ from kilntest.nbd import servers, unix_uri  # noqa: F401  (fixture)
 SIZE = 8 * MiB
 
 
+def assert_clean(img):
+    """qemu-img check and kiln-img check both find nothing wrong."""
+    assert_qemu_clean(img)
+    p = kiln_img("check", img, check=False)
+    assert p.returncode == 0 and "No errors were found" in p.stdout, p.stdout + p.stderr
+
+
 def tool_img(maker):
     return kiln_img if maker == "kiln" else qemu_img
 
@@ -170,9 +177,9 @@ def test_differential(workdir, cluster, extended, first):
     state0 = active_bytes(workdir, img)
 
     tool_img(first)("snapshot", "-c", "s1", img)
-    assert_qemu_clean(img)
+    assert_clean(img)
     kiln_write(img, writes(rng, size, cluster, 12, 0x22))  # copies shared clusters
-    assert_qemu_clean(img)
+    assert_clean(img)
     state1 = active_bytes(workdir, img)
     assert state1 != state0
     assert_snapshot(workdir, img, "s1", state0)
@@ -180,27 +187,27 @@ def test_differential(workdir, cluster, extended, first):
     tool_img(other)("snapshot", "-c", "s2", img)
     qemu_write(img, writes(rng, size, cluster, 12, 0x33))
     kiln_write(img, writes(rng, size, cluster, 12, 0x44) + ["zero 0 " + str(cluster)])
-    assert_qemu_clean(img)
+    assert_clean(img)
     state2 = active_bytes(workdir, img)
     assert_snapshot(workdir, img, "s1", state0)
     assert_snapshot(workdir, img, "s2", state1)
 
     tool_img(first)("snapshot", "-a", "s1", img)
-    assert_qemu_clean(img)
+    assert_clean(img)
     assert_same_bytes(active_bytes(workdir, img), state0, "after applying s1")
     kiln_write(img, writes(rng, size, cluster, 6, 0x55))  # the snapshot keeps its bytes
     assert_snapshot(workdir, img, "s1", state0)
-    assert_qemu_clean(img)
+    assert_clean(img)
 
     tool_img(other)("snapshot", "-a", "s2", img)
     assert_same_bytes(active_bytes(workdir, img), state1, "after applying s2")
     tool_img(first)("snapshot", "-d", "s1", img)
-    assert_qemu_clean(img)
+    assert_clean(img)
     assert_snapshot(workdir, img, "s2", state1)
     kiln_write(img, writes(rng, size, cluster, 6, 0x66))
     assert_snapshot(workdir, img, "s2", state1)
     tool_img(other)("snapshot", "-d", "s2", img)
-    assert_qemu_clean(img)
+    assert_clean(img)
     assert list_ids_names(img) == []
     assert state2  # written, checked clean, then replaced by the applies above
 
@@ -225,23 +232,23 @@ def test_compressed_and_backing(workdir):
     assert state0 != read_file(src)  # the backing file shows where src.raw had zeros
 
     kiln_img("snapshot", "-c", "before", img)
-    assert_qemu_clean(img)
+    assert_clean(img)
     kiln_write(img, [f"write -P 0x99 {cluster // 2} {6 * cluster}", f"write -P 0x98 {SIZE // 2} 4096"])
     qemu_write(img, [f"write -P 0x97 {SIZE - 3 * cluster} 700"])
-    assert_qemu_clean(img)
+    assert_clean(img)
     state1 = active_bytes(workdir, img)
     assert_snapshot(workdir, img, "before", state0)
     qemu_img("snapshot", "-c", "after", img)
     kiln_img("snapshot", "-a", "before", img)
-    assert_qemu_clean(img)
+    assert_clean(img)
     assert_same_bytes(active_bytes(workdir, img), state0, "applied 'before'")
     kiln_img("snapshot", "-d", "before", img)
-    assert_qemu_clean(img)
+    assert_clean(img)
     assert_snapshot(workdir, img, "after", state1)
     qemu_img("snapshot", "-a", "after", img)
     assert_same_bytes(active_bytes(workdir, img), state1, "applied 'after' with qemu-img")
     kiln_img("snapshot", "-d", "after", img)
-    assert_qemu_clean(img)
+    assert_clean(img)
 
 
 def test_apply_restores_size(workdir):
@@ -256,7 +263,7 @@ def test_apply_restores_size(workdir):
     qemu_write(img, ["write -P 2 3000M 1M", "write -P 3 0 4096"])
     l1_before = header_get(img, "l1_size")
     kiln_img("snapshot", "-a", "small", img)
-    assert_qemu_clean(img)
+    assert_clean(img)
     assert header_get(img, "size") == SIZE
     assert header_get(img, "l1_size") >= l1_before  # as QEMU: the L1 table does not shrink
     assert_same_bytes(active_bytes(workdir, img), state0, "applied 'small'")
@@ -265,7 +272,7 @@ def test_apply_restores_size(workdir):
     qemu_img("resize", "--shrink", img, str(SIZE))
     kiln_img("snapshot", "-a", "big", img)
     assert header_get(img, "size") == 3 * 1024 * MiB
-    assert_qemu_clean(img)
+    assert_clean(img)
 
 
 def test_kiln_nbd_writes_keep_snapshots(workdir, servers):  # noqa: F811
@@ -289,7 +296,7 @@ def test_kiln_nbd_writes_keep_snapshots(workdir, servers):  # noqa: F811
     qemu_img("convert", "-f", "raw", "-O", "raw", uri, served)
     srv.stop()
     srv.assert_clean_stop()
-    assert_qemu_clean(img)
+    assert_clean(img)
     assert_same_bytes(active_bytes(workdir, img, "after.raw"), read_file(served), "active")
     assert_snapshot(workdir, img, "s1", state0)
     assert_snapshot(workdir, img, "s2", state1)
@@ -308,7 +315,7 @@ def test_kiln_check_counts_the_whole_table(workdir):
     assert p.returncode == 0 and "No errors were found" in p.stdout, p.stdout + p.stderr
     kiln_img("snapshot", "-c", "ninth", img)
     assert kiln_img("check", img, check=False).returncode == 0
-    assert_qemu_clean(img)
+    assert_clean(img)
 
 
 def test_refcount_overflow(workdir):
@@ -321,7 +328,7 @@ def test_refcount_overflow(workdir):
     assert_one_line_error(p, "kiln-img")
     assert "Could not create snapshot 'x': -34" in p.stderr, p.stderr
     assert "refcount_bits too small" in p.stderr, p.stderr
-    assert_qemu_clean(img)
+    assert_clean(img)
     assert header_get(img, "incompatible_features") & 1 == 0
     assert list_ids_names(img) == []
 
