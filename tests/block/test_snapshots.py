@@ -275,6 +275,32 @@ def test_apply_restores_size(workdir):
     assert_clean(img)
 
 
+def test_apply_needs_a_larger_l1(workdir):
+    """A snapshot whose L1 table is larger than the active one (here: the active image cut to
+    512 MiB with a one-entry L1 table after a 1 GiB snapshot): apply writes a new L1 table and
+    switches size, l1_size and l1_table_offset in one header write; bytes and check right."""
+    img = os.path.join(workdir, "img.qcow2")
+    qemu_img("create", "-q", "-f", "qcow2", img, "1G")
+    qemu_write(img, ["write -P 1 0 1M", "write -P 2 700M 1M"])
+    state0 = active_bytes(workdir, img)
+    qemu_img("snapshot", "-c", "big", img)
+    qemu_write(img, ["write -P 3 600M 64K"])
+    qemu_io(img, "discard 512M 512M")  # nothing left behind the L1 table's second entry
+    with open(img, "r+b") as f:
+        f.seek(header_get(img, "l1_table_offset") + 8)
+        f.write(bytes(8))
+    header_set(img, "size", 512 * MiB)
+    header_set(img, "l1_size", 1)
+    qemu_img("check", "-q", "-r", "leaks", img)  # the L2 table the entry named
+    assert_clean(img)
+    old_l1 = header_get(img, "l1_table_offset")
+    kiln_img("snapshot", "-a", "big", img)
+    assert header_get(img, "l1_size") == 2 and header_get(img, "size") == 1024 * MiB
+    assert header_get(img, "l1_table_offset") != old_l1
+    assert_clean(img)
+    assert_same_bytes(active_bytes(workdir, img), state0, "applied 'big'")
+
+
 def test_kiln_nbd_writes_keep_snapshots(workdir, servers):  # noqa: F811
     """Writes, zero writes and discards through kiln-nbd into an image with two snapshots:
     afterwards both snapshots read as before and the image checks clean."""
