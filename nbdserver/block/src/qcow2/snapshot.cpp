@@ -45,9 +45,10 @@ std::vector<uint8_t> serialize_snapshots(const std::vector<Snapshot>& snapshots)
     store_be32(e + 16, s.date_sec);
     store_be32(e + 20, s.date_nsec);
     store_be64(e + 24, s.vm_clock_nsec);
-    store_be32(e + 32, uint32_t(std::min<uint64_t>(s.vm_state_size, UINT32_MAX)));
+    store_be32(e + 32, uint32_t(s.vm_state_size));  // as QEMU: the low bits (all in extra)
     store_be32(e + 36, uint32_t(s.extra.size()));
-    std::memcpy(e + 40, s.extra.data(), s.extra.size());
+    if (!s.extra.empty())
+      std::memcpy(e + 40, s.extra.data(), s.extra.size());  // no extra data: null
     std::memcpy(e + 40 + s.extra.size(), s.id.data(), s.id.size());
     std::memcpy(e + 40 + s.extra.size() + s.id.size(), s.name.data(), s.name.size());
   }
