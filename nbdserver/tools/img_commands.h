@@ -4,9 +4,12 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
+#include "kiln/block/qcow2.h"
 #include "kiln/block/reactor.h"
 #include "kiln/common/cli.h"
+#include "kiln/common/json.h"
 
 namespace kiln::block::cli {
 
@@ -24,6 +27,7 @@ int img_commit(const common::cli::Args& args);
 int img_rebase(const common::cli::Args& args);
 int img_measure(const common::cli::Args& args);
 int img_amend(const common::cli::Args& args);
+int img_snapshot(const common::cli::Args& args);
 
 // Shared by the subcommands.
 enum class OutputFormat { kHuman, kJson };
@@ -35,5 +39,9 @@ OutputFormat parse_output_format(const std::string& value);
 std::string resolve_format(const std::string& requested, const std::string& path);
 // `requested` if it is empty (probe) or a known format; throws otherwise.
 std::string valid_format(const std::string& requested);
+// The snapshot list of `info` and `snapshot -l` (img_snapshot.cpp); nothing if empty.
+void print_snapshot_list(const std::vector<kiln::block::qcow2::SnapshotInfo>& snapshots);
+// The "snapshots" array of `info --output=json`.
+common::Json snapshots_json(const std::vector<kiln::block::qcow2::SnapshotInfo>& snapshots);
 
 }  // namespace kiln::block::cli

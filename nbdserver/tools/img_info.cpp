@@ -53,22 +53,7 @@ common::Json to_json(const ImageInfo& i) {
   common::Json o;
   if (i.is_qcow2 && !i.q.backing_file.empty() && !i.q.backing_format.empty())
     o["backing-filename-format"] = i.q.backing_format;
-  if (i.is_qcow2 && !i.q.snapshots.empty()) {
-    common::Json snaps = common::Json::array();
-    for (const auto& s : i.q.snapshots) {
-      common::Json j;
-      j["icount"] = uint64_t{0};
-      j["vm-clock-nsec"] = s.vm_clock_nsec % 1000000000u;
-      j["name"] = s.name;
-      j["date-sec"] = uint64_t{s.date_sec};
-      j["date-nsec"] = uint64_t{s.date_nsec};
-      j["vm-clock-sec"] = s.vm_clock_nsec / 1000000000u;
-      j["id"] = s.id;
-      j["vm-state-size"] = s.vm_state_size;
-      snaps.push_back(std::move(j));
-    }
-    o["snapshots"] = snaps;
-  }
+  if (i.is_qcow2 && !i.q.snapshots.empty()) o["snapshots"] = snapshots_json(i.q.snapshots);
   o["virtual-size"] = i.virtual_size;
   o["filename"] = i.filename;
   if (i.is_qcow2) o["cluster-size"] = uint64_t{i.q.cluster_size};
@@ -97,23 +82,6 @@ common::Json to_json(const ImageInfo& i) {
   return o;
 }
 
-std::string format_date(uint32_t sec) {
-  time_t t = static_cast<time_t>(sec);
-  struct tm tm;
-  localtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm);
-  return buf;
-}
-
-std::string format_clock(uint64_t nsec) {
-  uint64_t ms = nsec / 1000000u;
-  char buf[48];
-  std::snprintf(buf, sizeof buf, "%02" PRIu64 ":%02" PRIu64 ":%02" PRIu64 ".%03" PRIu64,
-                ms / 3600000u, ms / 60000u % 60u, ms / 1000u % 60u, ms % 1000u);
-  return buf;
-}
-
 void print_human(const ImageInfo& i) {
   std::printf("image: %s\nfile format: %s\nvirtual size: %s (%" PRIu64 " bytes)\n",
               i.filename.c_str(), i.format.c_str(), human_size(i.virtual_size).c_str(),
@@ -133,16 +101,7 @@ void print_human(const ImageInfo& i) {
     if (!q.backing_format.empty())
       std::printf("backing file format: %s\n", q.backing_format.c_str());
   }
-  if (!q.snapshots.empty()) {
-    std::printf("Snapshot list:\n");
-    std::printf("%-9s %-17s %7s %19s %12s %10s\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK",
-                "ICOUNT");
-    for (const auto& s : q.snapshots) {
-      std::printf("%-9s %-17s %7s %19s %12s %10s\n", s.id.c_str(), s.name.c_str(),
-                  human_size(s.vm_state_size).c_str(), format_date(s.date_sec).c_str(),
-                  format_clock(s.vm_clock_nsec).c_str(), "0");
-    }
-  }
+  print_snapshot_list(q.snapshots);
   std::printf("Format specific information:\n");
   std::printf("    compat: %s\n", compat_name(q.version).c_str());
   std::printf("    compression type: %s\n",

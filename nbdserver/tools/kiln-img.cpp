@@ -96,6 +96,10 @@ const kiln::common::cli::CommandTable<const kiln::common::cli::Args> kCommands =
      "[-q] [-f FMT] -o OPTIONS FILE",
      {kHelp, kFormat, {"-o", kValue}, {"-p"}, {"-q"}, {"--force"}},
      kiln::block::cli::img_amend},
+    {"snapshot",
+     "[-q] [-U] [-f FMT] [-l | -a SNAPSHOT | -c SNAPSHOT | -d SNAPSHOT] FILE",
+     {kHelp, kFormat, {"-l"}, {"-a", kValue}, {"-c", kValue}, {"-d", kValue}, {"-q"}, {"-U"}},
+     kiln::block::cli::img_snapshot},
 };
 
 void help(std::ostream& out) {

@@ -41,6 +41,7 @@ struct Options {
   unsigned parallel = 1;
   bool direct = false;        // -t none / directsync, -n: O_DIRECT
   bool writethrough = false;  // -t writethrough / directsync: every write with FUA
+  std::string snapshot;       // -l: an internal snapshot, opened read-only
 };
 
 // One failed command ends the run; the first failure is the one reported.
@@ -277,8 +278,9 @@ Task<void> run_all(Runner& runner, const std::vector<IoCommand>& commands, std::
 }
 
 void help(std::ostream& out) {
-  out << "Usage: kiln-io [-f FMT] [-r] [-t CACHE|-n] [--l2-cache BYTES] IMAGE [-c CMD]...\n"
-         "               [--script FILE|-] [--parallel N]\n"
+  out << "Usage: kiln-io [-f FMT] [-r] [-l SNAPSHOT] [-t CACHE|-n] [--l2-cache BYTES] IMAGE\n"
+         "               [-c CMD]... [--script FILE|-] [--parallel N]\n"
+         "-l SNAPSHOT opens an internal qcow2 snapshot (id or name) read-only.\n"
          "CACHE (qemu-io's -t): writeback (default), writethrough, unsafe, none (O_DIRECT) or\n"
          "directsync (O_DIRECT, every write with FUA); -n is -t none.\n"
          "commands: read [-P BYTE] OFF LEN | write [-f] [-P BYTE] OFF LEN |\n"
@@ -296,6 +298,7 @@ const std::vector<common::cli::Option> kOptions = {{"-h|--help"},
                                                    {"-n|--nocache"},
                                                    {"--script", common::cli::kValue},
                                                    {"--parallel", common::cli::kValue},
+                                                   {"-l|--snapshot", common::cli::kValue},
                                                    {"--version"}};
 
 Options parse_options(const common::cli::Args& args) {
@@ -303,7 +306,8 @@ Options parse_options(const common::cli::Args& args) {
   o.format = args.get_or("--format", "");
   if (!o.format.empty() && o.format != "raw" && o.format != "qcow2")
     throw ToolError("Unknown format '" + o.format + "' (supported: qcow2, raw)");
-  o.read_only = args.flag("--read-only");
+  o.snapshot = args.get_or("--snapshot", "");
+  o.read_only = args.flag("--read-only") || !o.snapshot.empty();
   o.commands = args.all("--cmd");
   if (auto v = args.get("--l2-cache"))
     o.l2_cache =
@@ -360,6 +364,7 @@ int run(const std::vector<std::string>& argv) {
   opts.read_only = o.read_only;
   if (o.l2_cache) opts.l2_cache_bytes = o.l2_cache;
   opts.direct = o.direct;
+  opts.snapshot = o.snapshot;
   auto dev = reactor.run(kiln::block::open_image(reactor, o.image, opts));
 
   RunState st;

@@ -29,6 +29,10 @@ Task<std::unique_ptr<BlockDevice>> open_image(Reactor& reactor, const std::strin
   check_allowed_path(path, options.allowed_dirs);
   const bool probed = options.format.empty();
   std::string format = probed ? probe_format(path) : options.format;
+  if (format == "raw" && !options.snapshot.empty())
+    throw Error(Reason::kUnsupported, ENOTSUP,
+                path + ": a raw image has no internal snapshots (snapshot '" +
+                    qcow2::printable(options.snapshot) + "')");
   if (format == "raw")
     co_return open_raw(reactor, path, options.read_only, options.lock, options.allowed_dirs,
                        options.direct);

@@ -254,7 +254,7 @@ Task<void> Checker::count(bool with_refcount_structures) {
     // The table's size is the sum of its entries' sizes.
     uint64_t bytes = 0;
     for (auto& s : img.snapshots_)
-      bytes = (bytes + 40 + 16 + s.id.size() + s.name.size() + 7) & ~uint64_t{7};
+      bytes = (bytes + 40 + s.extra.size() + s.id.size() + s.name.size() + 7) & ~uint64_t{7};
     reference(img.h_.snapshots_offset, bytes, "snapshot table");
     co_await walk_snapshot_l1s();
   }

@@ -175,7 +175,7 @@ void serialize_header(const Header& h, uint8_t* b) {
 }
 
 std::optional<std::string> parse_snapshots(std::span<const uint8_t> t, uint32_t count,
-                                           std::vector<Snapshot>* out) {
+                                           std::vector<Snapshot>* out, uint64_t* table_bytes) {
   uint64_t pos = 0;
   out->clear();
   for (uint32_t i = 0; i < count; ++i) {
@@ -195,6 +195,8 @@ std::optional<std::string> parse_snapshots(std::span<const uint8_t> t, uint32_t 
     if (pos + extra + id_len + name_len > t.size()) return "snapshot table truncated";
     if (extra >= 8) s.vm_state_size = load_be64(&t[pos]);
     if (extra >= 16) s.disk_size = load_be64(&t[pos + 8]);
+    if (extra >= 24) s.icount = load_be64(&t[pos + 16]);
+    s.extra.assign(t.data() + pos, t.data() + pos + extra);
     pos += extra;
     s.id.assign(reinterpret_cast<const char*>(&t[pos]), id_len);
     pos += id_len;
@@ -202,6 +204,7 @@ std::optional<std::string> parse_snapshots(std::span<const uint8_t> t, uint32_t 
     pos = align8(pos + name_len);
     out->push_back(std::move(s));
   }
+  if (table_bytes) *table_bytes = pos;
   return std::nullopt;
 }
 

@@ -134,12 +134,19 @@ struct Snapshot {
   uint32_t date_sec = 0, date_nsec = 0;
   uint64_t vm_clock_nsec = 0;
   uint64_t vm_state_size = 0;
-  uint64_t disk_size = 0;
+  uint64_t disk_size = 0;          // from the extra data; the image's size when absent (as QEMU)
+  uint64_t icount = ~uint64_t{0};  // from the extra data; all ones when absent
+  std::vector<uint8_t> extra;      // the extra data as stored, rewritten unchanged
 };
 
-// Parses `count` snapshot table entries. Returns an error message or nullopt.
+// Parses `count` snapshot table entries. Returns an error message or nullopt. `*table_bytes`
+// (if not null) receives the bytes the entries take.
 std::optional<std::string> parse_snapshots(std::span<const uint8_t> table, uint32_t count,
-                                           std::vector<Snapshot>* out);
+                                           std::vector<Snapshot>* out,
+                                           uint64_t* table_bytes = nullptr);
+// The on-disk bytes of a snapshot table (snapshot.cpp): entries 8-byte aligned, extra data
+// as parsed, or QEMU 7.2's 24 bytes (vm_state_size, disk_size, icount) for a new entry.
+std::vector<uint8_t> serialize_snapshots(const std::vector<Snapshot>& snapshots);
 
 // Refcount block entries of any width from 1 to 64 bits.
 inline uint64_t get_refcount(const uint8_t* block, uint64_t index, uint32_t order) {

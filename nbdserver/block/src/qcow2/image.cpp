@@ -152,13 +152,33 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
     std::vector<uint8_t> t(std::min(file_size - h.snapshots_offset, kMaxSnapshotTableBytes));
     if (int rc = co_await r.read_full(fd, t, h.snapshots_offset); rc < 0)
       fail(-rc, path, "cannot read the snapshot table");
-    if (auto err = parse_snapshots(t, h.nb_snapshots, &snapshots)) corrupt(EINVAL, path, *err);
+    if (auto err = parse_snapshots(t, h.nb_snapshots, &snapshots, &snap_bytes))
+      corrupt(EINVAL, path, *err);
+    check_table(h.snapshots_offset, snap_bytes, "snapshot table");
     for (auto& s : snapshots) {
       if (uint64_t(s.l1_size) * 8 > kMaxL1Bytes)
         corrupt(EFBIG, path, "snapshot L1 table too large");
       check_table(s.l1_table_offset, uint64_t(s.l1_size) * 8, "snapshot L1 table");
+      if (s.extra.size() < 16) s.disk_size = h.size;  // as QEMU: the image's size
+      if (s.disk_size > kMaxVirtualSize) corrupt(EINVAL, path, "snapshot size too large");
     }
-    snap_bytes = 1;  // at least the table's first cluster is metadata
+  }
+  // A snapshot opened instead of the active image (read-only): its L1 table and size.
+  if (!opt.snapshot.empty()) {
+    if (!opt.read_only)
+      fail(EINVAL, path, "snapshot '" + printable(opt.snapshot) + "' can only be opened read-only");
+    const Snapshot* sn = nullptr;
+    for (auto& s : snapshots)
+      if (!sn && s.id == opt.snapshot) sn = &s;
+    for (auto& s : snapshots)
+      if (!sn && s.name == opt.snapshot) sn = &s;
+    if (!sn) fail(ENOENT, path, "snapshot '" + printable(opt.snapshot) + "' not found");
+    const uint64_t sn_needed = (sn->disk_size + cs * l2_entries - 1) / (cs * l2_entries);
+    if (sn->l1_size < sn_needed)
+      corrupt(EINVAL, path, "snapshot L1 table is too small for the snapshot's size");
+    h.l1_table_offset = sn->l1_table_offset;
+    h.l1_size = sn->l1_size;
+    h.size = sn->disk_size;
   }
   std::vector<Range> ranges = {
       {0, cs, "header"},
@@ -167,8 +187,16 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
       {h.refcount_table_offset, h.refcount_table_offset + uint64_t(h.refcount_table_clusters) * cs,
        "refcount table"},
   };
-  if (snap_bytes) ranges.push_back({h.snapshots_offset, h.snapshots_offset + 40, "snapshot table"});
-  for (size_t i = 0; i < ranges.size(); ++i)
+  if (snap_bytes)
+    ranges.push_back({h.snapshots_offset, h.snapshots_offset + snap_bytes, "snapshot table"});
+  const size_t fixed_ranges = ranges.size();
+  // Snapshot L1 tables against the structures above (not against each other: check.cpp
+  // counts shared clusters; comparing all pairs would be quadratic in nb_snapshots).
+  for (auto& s : snapshots)
+    if (s.l1_size && s.l1_table_offset != h.l1_table_offset)
+      ranges.push_back(
+          {s.l1_table_offset, s.l1_table_offset + uint64_t(s.l1_size) * 8, "snapshot L1 table"});
+  for (size_t i = 0; i < fixed_ranges; ++i)
     for (size_t j = i + 1; j < ranges.size(); ++j) {
       // Compare whole clusters: tables own the clusters they start in.
       uint64_t a0 = ranges[i].start & ~(cs - 1), a1 = (ranges[i].end + cs - 1) & ~(cs - 1);
@@ -226,6 +254,7 @@ Task<std::unique_ptr<Image>> Image::open(Reactor& r, const std::string& path,
     if (bpath[0] != '/') bpath = dirname_of(path) + "/" + bpath;
     OpenOptions bopt = opt;
     bopt.read_only = true;
+    bopt.snapshot.clear();  // a snapshot shares the image's backing file, as it is
     if (*hh.backing_format == "qcow2") {
       img->backing_ = co_await Image::open(r, bpath, bopt, chain);
     } else if (*hh.backing_format == "raw") {

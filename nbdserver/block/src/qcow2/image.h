@@ -67,6 +67,7 @@ class Image final : public BlockDevice {
 
  private:
   friend struct Checker;
+  friend struct SnapshotOps;  // snapshot.cpp
   friend Task<void> run_check(Image& img, Repair repair, CheckResult* out);
 
   Image(Reactor& r, std::string path, HostFile file, Header h, const OpenOptions& opt);

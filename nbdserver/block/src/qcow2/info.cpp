@@ -36,8 +36,8 @@ Info read_info(Reactor& r, const std::string& path, bool lock) {
   }
   info.backing_format = h.backing_format.value_or("");
   for (const Snapshot& s : img->snapshots())
-    info.snapshots.push_back(
-        {s.id, s.name, s.vm_state_size, s.date_sec, s.date_nsec, s.vm_clock_nsec, s.disk_size});
+    info.snapshots.push_back({s.id, s.name, s.vm_state_size, s.date_sec, s.date_nsec,
+                              s.vm_clock_nsec, s.disk_size, s.icount});
   return info;
 }
 

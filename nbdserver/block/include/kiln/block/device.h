@@ -110,6 +110,9 @@ struct OpenOptions {
   // When not empty, the image and every backing file must lie (symlinks resolved) under one
   // of these directories, or the open fails with Error(EACCES) (kiln-nbd's --allow-dir).
   std::vector<std::string> allowed_dirs;
+  // qcow2: open this internal snapshot (an id, or else a name, as qemu's -l takes them)
+  // instead of the active image; read_only must be set. Error(ENOENT) if there is none.
+  std::string snapshot;
 };
 
 // Takes QEMU-compatible advisory locks on an image file opened for reading (and writing, if

@@ -32,6 +32,7 @@ struct SnapshotInfo {
   uint32_t date_sec = 0, date_nsec = 0;
   uint64_t vm_clock_nsec = 0;
   uint64_t disk_size = 0;
+  uint64_t icount = ~uint64_t{0};  // all ones: not recorded (older QEMU)
 };
 
 struct Info {
