@@ -229,10 +229,10 @@ void create_qcow2(ConvertArgs& a, uint64_t size) {
     rethrow_create_error(e, a);
   }
   opts.size = (size + 511) / 512 * 512;
-  if (a.prealloc != Prealloc::kOff)
+  if (a.prealloc != Prealloc::kOff && !opts.backing_file.empty() && !opts.extended_l2)
     throw ToolError(a.dst +
-                    ": error while converting qcow2: kiln-img does not preallocate qcow2 "
-                    "images yet (preallocation=off only)");
+                    ": error while converting qcow2: Backing file and preallocation can "
+                    "only be used at the same time if extended_l2 is on");
   try {
     kiln::block::qcow2::create(kiln::block::Reactor::current(), a.dst, opts);
   } catch (const kiln::block::Error& e) {
@@ -297,6 +297,15 @@ int img_convert(const Args& args) {
   if (dst->size() < size)
     throw ToolError("Target image '" + a.dst + "' is smaller than the source (" +
                     std::to_string(dst->size()) + " < " + std::to_string(size) + " bytes)");
+  if (!a.no_create && a.out_format == "qcow2" && a.prealloc != Prealloc::kOff) {
+    using kiln::block::qcow2::Preallocation;
+    const auto mode = a.prealloc == Prealloc::kMetadata ? Preallocation::kMetadata
+                      : a.prealloc == Prealloc::kFalloc ? Preallocation::kFalloc
+                                                        : Preallocation::kFull;
+    if (int rc = reactor.run(kiln::block::qcow2::preallocate(*dst, mode)); rc < 0)
+      throw ToolError(
+          a.dst + ": error while converting qcow2: Could not preallocate: " + std::strerror(-rc));
+  }
   if (a.compress && !kiln::block::qcow2::cluster_size(*dst))
     throw ToolError("Compression not supported for this file format");
 
@@ -317,6 +326,7 @@ int img_convert(const Args& args) {
   co.compress = a.compress;
   co.target_zeroed = !a.no_create && !backing;
   co.target_backing = backing.get();
+  co.target_preallocated = !a.no_create && a.prealloc != Prealloc::kOff;
   std::unique_ptr<kiln::block::WorkerPool> pool;
   if (a.compress) {
     reactor.enable_remote();

@@ -42,10 +42,10 @@ class Converter {
     const uint32_t cluster = qcow2::cluster_size(dst);
     if (o.compress) {
       grid_ = cluster;
-    } else if (uint32_t unit = qcow2::allocation_unit(dst)) {
+    } else if (uint32_t unit = o.target_preallocated ? 0 : qcow2::allocation_unit(dst)) {
       grid_ = unit;
     } else {
-      // Raw: zero detection works on blocks of -S (whole sectors), 4 KiB at most.
+      // Raw (or preallocated): zero detection on blocks of -S (whole sectors), 4 KiB at most.
       grid_ = o.sparse_size ? std::min<uint64_t>(o.sparse_size, 4096) : 4096;
     }
     buffer_ = std::max<uint64_t>(o.buffer_size / grid_ * grid_, grid_);

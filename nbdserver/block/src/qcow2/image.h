@@ -74,6 +74,8 @@ class Image final : public BlockDevice {
   // (or a zero cluster without host cluster) may be written so: -EEXIST otherwise.
   Task<int> write_compressed(uint64_t gc, std::span<const uint8_t> data,
                              std::span<const uint8_t> compressed);
+  // Preallocates every guest cluster of a new image (preallocate.cpp).
+  Task<int> preallocate(Preallocation mode);
 
  private:
   friend struct Checker;

@@ -30,6 +30,9 @@ struct ConvertOptions {
   // The target reads as zeros everywhere (freshly created without backing file): zero ranges
   // need no write. Otherwise they are written as zeros (which may unmap).
   bool target_zeroed = true;
+  // The target's clusters exist already (preallocation): data is written in place, so zero
+  // detection works on file system blocks (as for raw) rather than on whole clusters.
+  bool target_preallocated = false;
   // The target's backing file (-B): ranges where the source reads what it reads are not
   // written (the target shows them through the backing file).
   BlockDevice* target_backing = nullptr;

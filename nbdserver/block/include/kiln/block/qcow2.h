@@ -82,6 +82,13 @@ CheckResult check(Reactor& reactor, const std::string& path, Repair repair, bool
 // the line nor send escape sequences to a terminal.
 std::string printable(std::string_view name);
 
+// -o preallocation: metadata (tables and host clusters, a hole in the file), falloc (the
+// clusters' blocks reserved), full (written with zeros).
+enum class Preallocation { kOff, kMetadata, kFalloc, kFull };
+// Preallocates every guest cluster of a new qcow2 image `dev` (opened writable), laid out as
+// QEMU does; -EEXIST if a cluster is already allocated, -ENOTSUP for other formats.
+Task<int> preallocate(BlockDevice& dev, Preallocation mode);
+
 // --- compressed clusters (kiln-img convert -c) ---
 // The cluster size of an open qcow2 device, 0 for any other format.
 uint32_t cluster_size(const BlockDevice& dev);
