@@ -10,6 +10,7 @@
 #include <string>
 
 #include "img_commands.h"
+#include "img_create_options.h"
 #include "kiln/block/device.h"
 #include "kiln/block/qcow2.h"
 #include "tool_util.h"
@@ -17,23 +18,13 @@
 namespace kiln::block::cli {
 namespace {
 
-struct CreateArgs {
-  std::string format = "raw";
-  std::string file;
-  std::optional<uint64_t> size;
-  std::string backing;
-  std::string backing_format;
-  bool unsafe = false;
-  bool quiet = false;
-  // -o values exactly as given (qemu-img echoes them), empty when not given.
-  std::string cluster_size, refcount_bits, compat, lazy_refcounts, compression_type, extended_l2;
-};
-
 bool is_power_of_two(uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
 
 // As qemu-img, the image is a whole number of 512-byte sectors (the size printed is the one
 // given). Sizes are at most 2^63 - 1, so this cannot overflow.
 uint64_t whole_sectors(uint64_t size) { return (size + 511) / 512 * 512; }
+
+}  // namespace
 
 // Parses one -o argument: comma-separated key=value pairs (",," escapes a comma).
 void parse_o(const std::string& text, CreateArgs& a, const std::string& file) {
@@ -155,6 +146,8 @@ kiln::block::qcow2::CreateOptions qcow2_options(const CreateArgs& a) {
   o.backing_format = a.backing_format;
   return o;
 }
+
+namespace {
 
 // Opens the backing file as the new image will (relative to its directory, with the given
 // format) and returns its size.

@@ -49,6 +49,8 @@ Task<int> Image::add_refcount(uint64_t cluster, int64_t delta) {
   set_refcount(s->data.get(), idx % per_slice, h_.refcount_order, nv);
   s->dirty = true;
   if (nv == 0 && cluster < free_hint_) free_hint_ = cluster;
+  // A freed cluster can be reused for anything: compressed data no longer goes after its end.
+  if (nv == 0 && compressed_tail_ && cluster == (compressed_tail_ - 1) >> cb_) compressed_tail_ = 0;
   co_return 0;
 }
 

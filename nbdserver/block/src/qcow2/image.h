@@ -65,6 +65,20 @@ class Image final : public BlockDevice {
   int fd() const { return fd_.get(); }
   Reactor& reactor() { return r_; }
 
+  // --- compressed clusters written by Kiln (compress.cpp) ---
+  // Compresses one guest cluster (`data`: the cluster, or what of the last cluster lies
+  // before the end of the disk; zeros beyond) with the image's compression type into `out`,
+  // which stays empty if the result would not be smaller than a cluster. Touches nothing
+  // mutable: worker threads call it.
+  int compress_cluster(std::span<const uint8_t> data, std::vector<uint8_t>* out) const;
+  // Writes guest cluster `gc` (`data` as above) as `compressed` (from compress_cluster), or
+  // uncompressed when `compressed` is empty. As in QEMU, only a cluster that is unallocated
+  // (or a zero cluster without host cluster) may be written so: -EEXIST otherwise.
+  Task<int> write_compressed(uint64_t gc, std::span<const uint8_t> data,
+                             std::span<const uint8_t> compressed);
+  // Preallocates every guest cluster of a new image (preallocate.cpp).
+  Task<int> preallocate(Preallocation mode);
+
  private:
   friend struct Checker;
   friend struct SnapshotOps;  // snapshot.cpp
@@ -212,6 +226,9 @@ class Image final : public BlockDevice {
   int poisoned_ = 0;       // the first failed write-back: every later write and flush fails
   bool closed_ = false;
   bool in_flush_ = false;
+  // Where the next compressed cluster's bytes go: the end of the last one, inside a host
+  // cluster that compressed data already holds (0: start a new cluster). QEMU packs them so.
+  uint64_t compressed_tail_ = 0;
 };
 
 }  // namespace kiln::block::qcow2

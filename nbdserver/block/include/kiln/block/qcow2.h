@@ -100,4 +100,30 @@ Task<int> make_empty(BlockDevice& image);
 // the line nor send escape sequences to a terminal.
 std::string printable(std::string_view name);
 
+// -o preallocation: metadata (tables and host clusters, a hole in the file), falloc (the
+// clusters' blocks reserved), full (written with zeros).
+enum class Preallocation { kOff, kMetadata, kFalloc, kFull };
+// Preallocates every guest cluster of a new qcow2 image `dev` (opened writable), laid out as
+// QEMU does; -EEXIST if a cluster is already allocated, -ENOTSUP for other formats.
+Task<int> preallocate(BlockDevice& dev, Preallocation mode);
+
+// --- compressed clusters (kiln-img convert -c) ---
+// The cluster size of an open qcow2 device, 0 for any other format.
+uint32_t cluster_size(const BlockDevice& dev);
+// The bytes a write can allocate on its own in a qcow2 device: the subcluster size with
+// extended L2 entries, else the cluster size; 0 for other formats.
+uint32_t allocation_unit(const BlockDevice& dev);
+// Compresses one guest cluster of qcow2 device `dev` as the image stores them (its
+// compression_type; `data` is the cluster, or what of the disk's last cluster lies before the
+// end): `out` gets the compressed bytes, or stays empty if they would not be smaller than a
+// cluster. Pure and thread-safe: worker threads run it. -ENOTSUP for a device other than qcow2.
+int compress_cluster(const BlockDevice& dev, std::span<const uint8_t> data,
+                     std::vector<uint8_t>* out);
+// Writes guest cluster `cluster` as `compressed` (from compress_cluster; empty: uncompressed).
+// Only into a cluster that holds nothing yet (-EEXIST otherwise), as QEMU requires.
+Task<int> write_compressed(BlockDevice& dev, uint64_t cluster, std::span<const uint8_t> data,
+                           std::span<const uint8_t> compressed);
+// The same, compressing on the calling thread.
+Task<int> write_compressed(BlockDevice& dev, uint64_t cluster, std::span<const uint8_t> data);
+
 }  // namespace kiln::block::qcow2
