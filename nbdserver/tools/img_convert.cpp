@@ -41,7 +41,39 @@ struct ConvertArgs {
   Prealloc prealloc = Prealloc::kOff;
   CreateArgs create;  // -o for qcow2, with -B/-F as backing file and format
   bool any_o = false;
+  std::string snapshot;  // -l: the source's internal snapshot (an id or a name)
 };
+
+// qemu-img's -l: "snapshot.name=NAME", "snapshot.id=ID" (comma-separated, ",," a comma) or a
+// bare id-or-name.
+std::string parse_snapshot_param(const std::string& text) {
+  if (!text.starts_with("snapshot.")) return text;
+  std::string id, name;
+  std::string cur;
+  auto take = [&] {
+    if (cur.starts_with("snapshot.id="))
+      id = cur.substr(12);
+    else if (cur.starts_with("snapshot.name="))
+      name = cur.substr(14);
+    else
+      throw ToolError("Invalid parameter '" + cur.substr(0, cur.find('=')) + "'");
+    cur.clear();
+  };
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (text[i] == ',' && i + 1 < text.size() && text[i + 1] == ',') {
+      cur += ',';
+      ++i;
+    } else if (text[i] == ',') {
+      take();
+    } else {
+      cur += text[i];
+    }
+  }
+  take();
+  if (!id.empty() && !name.empty() && id != name)
+    throw ToolError("Give snapshot.id or snapshot.name, not both");
+  return id.empty() ? name : id;
+}
 
 // "FILE: message" from the shared qcow2 option code, worded as qemu-img convert words it.
 [[noreturn]] void rethrow_create_error(const ToolError& e, const ConvertArgs& a) {
@@ -117,6 +149,10 @@ ConvertArgs parse_args(const Args& args) {
   a.compress = args.flag("-c");
   a.no_create = args.flag("-n");
   a.out_of_order = args.flag("-W");
+  if (auto l = args.get("-l")) {
+    a.snapshot = parse_snapshot_param(*l);
+    if (a.snapshot.empty()) throw ToolError("Snapshot name or id must not be empty");
+  }
   const auto& pos = args.positional();
   if (pos.size() < 2) throw ToolError("Must specify image file name");
   if (pos.size() > 2)
@@ -275,8 +311,7 @@ int img_convert(const Args& args) {
   src_opts.format = a.src_format;
   src_opts.read_only = true;
   src_opts.lock = !a.force_share;
-  // (-l snapshot.name=: the source's internal snapshot goes here, in src_opts, once the block
-  // layer opens snapshots.)
+  src_opts.snapshot = a.snapshot;  // -l: read-only, as the source always is
   auto src = reactor.run(kiln::block::open_image(reactor, a.src, src_opts));
   const uint64_t size = src->size();
 

@@ -61,8 +61,8 @@ const kiln::common::cli::CommandTable<const kiln::common::cli::Args> kCommands =
      {kHelp, kFormat, {"-q"}, {"--shrink"}},
      kiln::block::cli::img_resize},
     {"convert",
-     "[-q] [-p] [-U] [-f FMT] [-O FMT] [-o OPTIONS] [-c] [-B BACKING -F BACKING_FMT] [-S SIZE] "
-     "[-n] [-m N] [-W] SOURCE DEST",
+     "[-q] [-p] [-U] [-f FMT] [-l SNAPSHOT_PARAM] [-O FMT] [-o OPTIONS] [-c] "
+     "[-B BACKING -F BACKING_FMT] [-S SIZE] [-n] [-m N] [-W] SOURCE DEST",
      {kHelp,
       kFormat,
       {"-O", kValue},
@@ -76,7 +76,8 @@ const kiln::common::cli::CommandTable<const kiln::common::cli::Args> kCommands =
       {"-S", kValue},
       {"-n"},
       {"-m", kValue},
-      {"-W"}},
+      {"-W"},
+      {"-l", kValue}},
      kiln::block::cli::img_convert},
     {"compare",
      "[-f FMT] [-F FMT] [-s] [-q] [-U] FILE1 FILE2",
