@@ -57,6 +57,13 @@ class Image final : public BlockDevice {
   Task<int> block_status(uint64_t offset, uint64_t length, std::vector<Extent>* out) override;
   Task<int> resize(uint64_t new_size) override;
   Task<int> close() override;
+  Task<void> set_read_only(bool read_only) override;  // live.cpp
+
+  // Live snapshot and commit (live.cpp): the backing device, taken out of or put under this
+  // image while no request is in flight.
+  BlockDevice* backing() { return backing_.get(); }
+  std::unique_ptr<BlockDevice> take_backing() { return std::move(backing_); }
+  void set_backing(std::unique_ptr<BlockDevice> b) { backing_ = std::move(b); }
 
   const Header& header() const { return h_; }
   const std::vector<Snapshot>& snapshots() const { return snapshots_; }
