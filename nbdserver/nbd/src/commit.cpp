@@ -175,13 +175,20 @@ Task<void> Server::run_commit(Export* e, std::shared_ptr<CommitJob> job) {
       if (int rc = co_await base.flush(); rc < 0) failed(rc, "flushing the base image");
     co_await reactor_.schedule();
     if (err.empty() && !job->cancel) {
-      old_top = std::move(e->device);
-      e->device = block::take_backing(*old_top);
-      e->config.path = e->device->filename();
-      e->config.format = e->device->format();
-      delete e->dirty;
-      e->dirty = nullptr;
-      save_state();
+      // The state file names the base before any request goes on, on it.
+      const std::string old_path = e->config.path, old_format = e->config.format;
+      e->config.path = base.filename();
+      e->config.format = base.format();
+      if (save_state()) {
+        old_top = std::move(e->device);
+        e->device = block::take_backing(*old_top);
+        delete e->dirty;
+        e->dirty = nullptr;
+      } else {
+        e->config.path = old_path;
+        e->config.format = old_format;
+        err = "cannot write the state file " + options_.state_file;
+      }
     }
     co_await e->home->schedule();
     e->gate->open();

@@ -280,8 +280,8 @@ Task<void> Server::restore_exports(std::vector<ExportConfig> recorded) {
   save_state();
 }
 
-void Server::save_state() {
-  if (options_.state_file.empty() || !state_restored_) return;
+bool Server::save_state() {
+  if (options_.state_file.empty() || !state_restored_) return true;
   json list = json::array();
   for (const auto& [name, e] : exports_) {
     // Failed exports stay recorded: the image may come back; remove-export forgets them.
@@ -297,7 +297,9 @@ void Server::save_state() {
       rename(tmp.c_str(), options_.state_file.c_str()) < 0) {
     logf(LogLevel::kError, "cannot write the state file %s: %s", options_.state_file.c_str(),
          strerror(errno));
+    return false;
   }
+  return true;
 }
 
 std::vector<ExportConfig> load_state(const std::string& path) {

@@ -1,11 +1,11 @@
 // Live snapshot of a served export (QEMU's blockdev-snapshot-sync): a new qcow2 overlay over the
 // export's image, switched in while clients stay connected.
 //
-// The order keeps every acknowledged flush durable whatever moment the process dies at: the
-// overlay is created and synced first (off the reactors); the export's gate is closed (new
-// requests wait, those in flight finish) and the old top flushed and made read-only; the
-// export switches to the overlay and the state file names it (written and renamed) before the
-// gate opens, so that no write lands in the overlay before a restart would open it.
+// The order keeps every acknowledged write whatever moment the process dies at: the overlay is
+// created and synced (off the reactors) and opened; the state file names it (written, synced,
+// renamed); only then the export's gate closes (new requests wait, those in flight finish),
+// the device is switched and the gate opens again; so requests wait only for that switch. The
+// old top, which nothing writes any more, is then flushed, left clean and made read-only.
 #include "kiln/block/live.h"
 
 #include <unistd.h>
@@ -50,11 +50,8 @@ Task<void> Server::snapshot_export(const std::string& name, const std::string& p
 
   std::unique_ptr<block::BlockDevice> overlay;
   if (!error) {
+    // Opened before the pause: it reads only its own file, and checks that it names the top.
     co_await e->home->schedule();
-    // Most dirty data goes out before the gate closes, so that the flush under it is short.
-    (void)co_await top->flush();
-    const auto t0 = std::chrono::steady_clock::now();
-    co_await e->gate->close();
     try {
       block::OpenOptions o;
       o.l2_cache_bytes = e->config.l2_cache_bytes;
@@ -64,37 +61,56 @@ Task<void> Server::snapshot_export(const std::string& name, const std::string& p
     } catch (...) {
       error = std::current_exception();
     }
-    if (!error) {
-      try {
-        co_await top->set_read_only(true);  // flushed, clean, its write locks released
-      } catch (...) {
-        error = std::current_exception();
-      }
-    }
-    if (error && overlay) {
+    co_await reactor_.schedule();
+  }
+  const std::string old_path = e->config.path, old_format = e->config.format;
+  if (!error) {
+    // The state file names the overlay before any write can land in it. A crash before the
+    // switch leaves the overlay empty over the top, which holds every write: the same disk.
+    e->config.path = path;
+    e->config.format = "qcow2";
+    if (!save_state()) {
+      e->config.path = old_path;
+      e->config.format = old_format;
+      error = std::make_exception_ptr(
+          common::Error(common::Reason::kIo, "cannot write the state file " + options_.state_file +
+                                                 ": the export stays on " + old_path));
+      co_await e->home->schedule();
       (void)co_await overlay->close();
       overlay.reset();
+      co_await reactor_.schedule();
     }
+  }
+  if (!error) {
+    co_await e->home->schedule();
+    const auto t0 = std::chrono::steady_clock::now();
+    co_await e->gate->close();
     co_await reactor_.schedule();
-    if (!error) {
-      // The home reactor runs no request of this export now: the device changes hands here,
-      // where handshakes read it.
-      std::unique_ptr<block::BlockDevice> old = std::move(e->device);
-      block::attach_backing(*overlay, std::move(old));
-      e->device = std::move(overlay);
-      e->config.path = path;
-      e->config.format = "qcow2";
-      save_state();
-    }
+    // The home reactor runs no request of this export now: the device changes hands here,
+    // where handshakes read it.
+    std::unique_ptr<block::BlockDevice> old = std::move(e->device);
+    block::attach_backing(*overlay, std::move(old));
+    e->device = std::move(overlay);
     co_await e->home->schedule();
     e->gate->open();
     const auto us =
         std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0)
             .count();
+    // Nothing writes the old top any more: flushed, left clean and its write locks released
+    // while requests go on (they only read it). A failure leaves it writable, and the
+    // snapshot made: it is reported in the log.
+    std::string warning;
+    try {
+      co_await top->set_read_only(true);
+    } catch (const std::exception& x) {
+      warning = x.what();
+    }
     co_await reactor_.schedule();
-    if (!error)
-      logf(LogLevel::kInfo, "export '%s': live snapshot, now on %s (requests held %lld us)",
-           name.c_str(), path.c_str(), (long long)us);
+    logf(LogLevel::kInfo, "export '%s': live snapshot, now on %s (requests held %lld us)",
+         name.c_str(), path.c_str(), (long long)us);
+    if (!warning.empty())
+      logf(LogLevel::kWarn, "export '%s': the old top %s stays writable: %s", name.c_str(),
+           old_path.c_str(), warning.c_str());
   }
   if (error && created) ::unlink(path.c_str());  // ours, never used
   e->live_busy = false;

@@ -256,7 +256,7 @@ class Server {
   block::Task<void> run_commit(Export* e, std::shared_ptr<CommitJob> job);
   // Waits until no snapshot or commit runs on `e` (after cancelling a commit).
   block::Task<void> end_live_ops(Export* e);
-  void save_state();
+  bool save_state();  // false (and logged) if the file could not be written
 
   block::Reactor& reactor_;
   ServerOptions options_;
