@@ -24,7 +24,7 @@ namespace kiln::nbd {
 using block::Task;
 
 Task<void> Server::snapshot_export(const std::string& name, const std::string& path,
-                                   SnapshotOptions so) {
+                                   const SnapshotOptions& so) {
   Export* e = find_export(name);
   if (!e) throw common::not_found("no export named '" + name + "'");
   if (e->config.read_only)
@@ -69,17 +69,21 @@ Task<void> Server::snapshot_export(const std::string& name, const std::string& p
     // switch leaves the overlay empty over the top, which holds every write: the same disk.
     e->config.path = path;
     e->config.format = "qcow2";
-    if (!save_state()) {
+    // (No co_await under a condition that calls a function: GCC 12 gets it wrong at -O0.)
+    const bool saved = save_state();
+    if (!saved) {
       e->config.path = old_path;
       e->config.format = old_format;
       error = std::make_exception_ptr(
           common::Error(common::Reason::kIo, "cannot write the state file " + options_.state_file +
                                                  ": the export stays on " + old_path));
-      co_await e->home->schedule();
-      (void)co_await overlay->close();
-      overlay.reset();
-      co_await reactor_.schedule();
     }
+  }
+  if (error && overlay) {
+    co_await e->home->schedule();
+    (void)co_await overlay->close();
+    overlay.reset();
+    co_await reactor_.schedule();
   }
   if (!error) {
     co_await e->home->schedule();

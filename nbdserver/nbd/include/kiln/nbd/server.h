@@ -232,7 +232,7 @@ class Server {
   // image, and switches the export to it with no request failing; the old image becomes
   // read-only. Throws common::Error.
   block::Task<void> snapshot_export(const std::string& name, const std::string& path,
-                                    SnapshotOptions options);
+                                    const SnapshotOptions& options);
   // Live commit (commit.cpp): starts copying the export's top image into its backing while
   // clients write, then switches the export to the backing. Progress in CommitJob.
   block::Task<void> start_commit(const std::string& name, const std::string& base);
