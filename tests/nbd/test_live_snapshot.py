@@ -187,6 +187,77 @@ def test_remove_export_after_snapshot_releases_everything(workdir, servers):
     srv.assert_clean_stop()
 
 
+def test_raw_export(workdir, servers):
+    """A raw image under a live overlay, and committed back into: the raw file is reopened
+    for writing in place and ends up with every write."""
+    raw = os.path.join(workdir, "disk.raw")
+    with open(raw, "wb") as f:
+        f.truncate(SIZE)
+    qemu_io(raw, "write -P 0x61 0 1M", fmt="raw")
+    srv, sock, ctl, state = start(servers, workdir)
+    c = Control(ctl)
+    assert c("add-export", name=EXPORT, path=raw, format="raw") == {"ok": True}
+    client = RawClient(sock).connect_export(EXPORT)
+    ov = os.path.join(workdir, "ov.qcow2")
+    assert c("snapshot", name=EXPORT, path=ov) == {"ok": True}
+    info = json.loads(qemu_img("info", "-U", "--output=json", ov).stdout)
+    assert info["full-backing-filename"] == raw and info["backing-filename-format"] == "raw"
+    assert client.pwrite(4096, b"\x62" * 8192) == 0 and client.flush() == 0
+    assert c("commit", name=EXPORT) == {"ok": True}
+    assert wait_job(c)["state"] == "completed"
+    assert recorded_top(state) == raw
+    assert client.pwrite(1 << 20, b"\x63" * 4096) == 0 and client.flush() == 0
+    client.close()
+    c.close()
+    srv.assert_clean_stop()
+    qemu_io(raw, "read -P 0x61 0 4096", "read -P 0x62 4096 8192", "read -P 0x61 12288 4096",
+            f"read -P 0x63 {1 << 20} 4096", fmt="raw")
+
+
+def test_cancel_remove_and_stop_during_commit(workdir, servers):
+    """A commit cancelled, or stopped by remove-export or SIGTERM, at once after it started:
+    whether it finished first or not, every image checks clean, the files are released, and
+    the chain the state file names reads what was written."""
+    for how in ("cancel", "remove", "stop"):
+        d = os.path.join(workdir, how)
+        os.mkdir(d)
+        base = make_base(d)
+        srv, sock, ctl, state = start(servers, d)
+        c = Control(ctl)
+        assert c("add-export", name=EXPORT, path=base, format="qcow2") == {"ok": True}
+        ov = os.path.join(d, "ov.qcow2")
+        assert c("snapshot", name=EXPORT, path=ov) == {"ok": True}
+        n = scaled(24, 8)
+        run([QEMU_IO, "-f", "raw", "-c", f"write -P 0x71 {MiB} {n}M", unix_uri(sock, EXPORT)])
+        assert c("commit", name=EXPORT) == {"ok": True}
+        if how == "cancel":
+            r = c("cancel-job", name=EXPORT)
+            j = wait_job(c)
+            assert (r["ok"] and j["state"] in ("cancelled", "completed")) or \
+                (not r["ok"] and j["state"] == "completed"), (r, j)
+            expected_top = ov if j["state"] == "cancelled" else base
+            assert c("list-exports")["exports"][0]["path"] == expected_top
+            assert recorded_top(state) == expected_top
+            r = c("commit", name=EXPORT)  # a second commit finishes the job
+            if expected_top == ov:
+                assert r == {"ok": True} and wait_job(c)["state"] == "completed"
+            c.close()
+            srv.assert_clean_stop()
+        elif how == "remove":
+            assert c("remove-export", name=EXPORT) == {"ok": True}
+            assert not ({base, ov} & held_files(srv.pid))
+            c.close()
+            srv.assert_clean_stop()
+        else:
+            c.close()
+            srv.assert_clean_stop()
+        assert_qemu_clean(base)
+        assert_qemu_clean(ov)
+        top = base if how == "cancel" else ov  # the overlay still reads the whole disk
+        qemu_io(top, "read -P 0x11 0 1M", f"read -P 0x71 {MiB} {n}M",
+                f"read -P 0x12 {SIZE // 2} 1M")
+
+
 def test_errors(workdir, servers):
     base = make_base(workdir)
     raw = os.path.join(workdir, "disk.raw")
