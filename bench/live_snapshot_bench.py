@@ -8,7 +8,7 @@ seconds (and, with --commit, commits it again between snapshots). A first run wi
 switch gives the baseline. For each switch it reports the longest request latency seen while
 it ran (the window from the request to the reply, widened by SLACK ms on each side, to cover
 the alignment of fio's clock with ours), next to the longest latency of the baseline run, and
-the time kiln-nbd held the export's requests (its own log line). Nothing is asserted.
+the time kiln-nbd held the export's requests for each snapshot and commit (its log lines). Nothing is asserted.
 
     bench/live_snapshot_bench.py [--build build/release] [--seconds 12] [--interval 1]
                                  [--size 1G] [--commit] [--dir DIR] [--json]
@@ -137,7 +137,9 @@ def run_once(args, work, switches):
     finally:
         srv.send_signal(signal.SIGTERM)
         srv.wait(timeout=60)
-    held = [int(m) for m in re.findall(r"requests held (\d+) us", open(log).read())]
+    text = open(log).read()
+    held = {"snapshot": [int(m) for m in re.findall(r"live snapshot.*requests held (\d+) us", text)],
+            "commit": [int(m) for m in re.findall(r"commit completed.*requests held (\d+) us", text)]}
     return per, overall, held, iops
 
 
@@ -171,9 +173,10 @@ def main():
     print("|---:|---|---:|---:|")
     for i, (kind, dur, ms) in enumerate(per, 1):
         print(f"| {i} | {kind} | {dur} | {ms:.2f} |")
-    if held:
-        print(f"\nrequests held by kiln-nbd per snapshot (us): median "
-              f"{statistics.median(held):.0f}, max {max(held)}")
+    for kind, us in held.items():
+        if us:
+            print(f"\nrequests held by kiln-nbd per {kind} (us): median "
+                  f"{statistics.median(us):.0f}, max {max(us)}")
     worst = [ms for _, _, ms in per]
     if worst:
         print(f"longest request during a switch: median {statistics.median(worst):.2f} ms, "

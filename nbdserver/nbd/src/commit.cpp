@@ -1,7 +1,9 @@
 // Live commit (QEMU's block-commit of the active layer, mirror style): the export's top image
-// is copied into its backing while clients go on writing to the top; writes that land meanwhile
-// are tracked (DirtyMap) and copied again; a last short pause of the export's requests copies
-// what is left, and the export switches to the backing. The top is left as a file.
+// is copied into its backing while clients go on writing to the top; their writes are applied
+// to the backing too once they have reached the top (QEMU's write-blocking copy mode), and the
+// chunks where two writers of the backing may have raced are tracked (DirtyMap) and copied
+// again; a last short pause of the export's requests copies what is left, and the export
+// switches to the backing. The top is left as a file.
 //
 // Until the switch the top stays complete and the state file names it: a crash at any moment
 // leaves a chain that reads as the clients wrote it (the backing only changed under ranges the
@@ -9,6 +11,7 @@
 // request goes on.
 #include "commit.h"
 
+#include <chrono>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
@@ -54,6 +57,26 @@ Task<int> copy_range(block::BlockDevice& top, block::BlockDevice& base, uint64_t
   co_return 0;
 }
 
+}  // namespace
+
+Task<void> mirror_write(DirtyMap& d, bool zeroes, uint64_t offset, uint64_t length,
+                        std::span<const uint8_t> data) {
+  block::BlockDevice* base = d.mirror;
+  if (length == 0) co_return;
+  if (d.begin_mirror(offset, length)) d.mark(offset, length);
+  const int rc = zeroes ? co_await base->write_zeroes(offset, length, 0)
+                        : co_await base->write(offset, data, 0);
+  d.end_mirror(offset, length);
+  if (rc < 0) {
+    // The client's write is on the top, where it counts; the commit will fail.
+    d.mark(offset, length);
+    if (!d.mirror_error) d.mirror_error = rc;
+    d.mirror = nullptr;
+  }
+}
+
+namespace {
+
 void set_error(CommitJob& job, const std::string& msg) {
   std::lock_guard<std::mutex> g(job.mu);
   job.error = msg;
@@ -95,6 +118,7 @@ Task<void> Server::start_commit(const std::string& name, const std::string& base
   co_await reactor_.schedule();
   if (!error) {
     e->dirty = new DirtyMap(top->size());
+    e->dirty->mirror = below;
     e->job = job;
   }
   co_await e->home->schedule();
@@ -117,6 +141,18 @@ Task<void> Server::run_commit(Export* e, std::shared_ptr<CommitJob> job) {
   DirtyMap& dirty = *e->dirty;
   const uint64_t size = top.size();
   AlignedBuffer buf(kCopyPiece);
+  // A copy of the job: a mirrored write to the same chunks during it (seen by either side)
+  // makes them dirty again.
+  auto copy = [&](uint64_t off, uint64_t n) -> Task<int> {
+    const bool busy_before = dirty.mirroring(off, n);
+    dirty.copy_start = off;
+    dirty.copy_end = off + n;
+    const int rc = co_await copy_range(top, base, off, n, buf);
+    dirty.copy_start = dirty.copy_end = 0;
+    if (busy_before) dirty.mark(off, n);
+    if (rc == 0 && dirty.mirror_error) co_return dirty.mirror_error;
+    co_return rc;
+  };
   std::string err;
   auto failed = [&](int rc, const char* what) {
     err = std::string(what) + ": " + strerror(-rc);
@@ -137,7 +173,7 @@ Task<void> Server::run_commit(Export* e, std::shared_ptr<CommitJob> job) {
       if (!x.present || x.depth != 0) continue;
       for (uint64_t o = x.offset; o < x.offset + x.length && !job->cancel; o += kCopyPiece) {
         const uint64_t n = std::min(kCopyPiece, x.offset + x.length - o);
-        if (int rc = co_await copy_range(top, base, o, n, buf); rc < 0) {
+        if (int rc = co_await copy(o, n); rc < 0) {
           failed(rc, "copying into the base image");
           break;
         }
@@ -152,7 +188,7 @@ Task<void> Server::run_commit(Export* e, std::shared_ptr<CommitJob> job) {
     for (uint64_t i = 0; i < limit && !job->cancel && dirty.take(&c); ++i) {
       const uint64_t off = c * DirtyMap::kChunk, n = std::min(DirtyMap::kChunk, size - off);
       job->total += n;
-      if (int rc = co_await copy_range(top, base, off, n, buf); rc < 0) co_return rc;
+      if (int rc = co_await copy(off, n); rc < 0) co_return rc;
       job->done += n;
     }
     co_return 0;
@@ -161,14 +197,18 @@ Task<void> Server::run_commit(Export* e, std::shared_ptr<CommitJob> job) {
        err.empty() && !job->cancel && round < kMaxDirtyRounds && dirty.count() > kFinalChunks;
        ++round)
     if (int rc = co_await copy_dirty(dirty.count()); rc < 0) failed(rc, "copying into the base");
+  if (err.empty() && dirty.mirror_error) failed(dirty.mirror_error, "writing to the base image");
   if (err.empty() && !job->cancel) {
     // Flushed before the pause: what is left for it is small.
     if (int rc = co_await base.flush(); rc < 0) failed(rc, "flushing the base image");
   }
 
   std::unique_ptr<block::BlockDevice> old_top;
+  std::chrono::steady_clock::time_point t0;
+  long long held_us = 0;  // how long the final pause held the export's requests
   if (err.empty() && !job->cancel) {
     job->state = CommitJob::kReady;
+    t0 = std::chrono::steady_clock::now();
     co_await e->gate->close();
     if (int rc = co_await copy_dirty(UINT64_MAX); rc < 0) failed(rc, "copying into the base");
     if (err.empty())
@@ -192,6 +232,9 @@ Task<void> Server::run_commit(Export* e, std::shared_ptr<CommitJob> job) {
     }
     co_await e->home->schedule();
     e->gate->open();
+    held_us =
+        std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0)
+            .count();
   }
   if (old_top) {
     // The top is left as a file (consistent: its writes were flushed into it as they came);
@@ -227,8 +270,8 @@ Task<void> Server::run_commit(Export* e, std::shared_ptr<CommitJob> job) {
   }
   co_await reactor_.schedule();
   if (job->state == CommitJob::kCompleted)
-    logf(LogLevel::kInfo, "export '%s': commit completed, now on %s", job->export_name.c_str(),
-         job->base.c_str());
+    logf(LogLevel::kInfo, "export '%s': commit completed, now on %s (requests held %lld us)",
+         job->export_name.c_str(), job->base.c_str(), held_us);
   else
     logf(LogLevel::kWarn, "export '%s': commit %s%s%s", job->export_name.c_str(),
          CommitJob::state_name(job->state), err.empty() ? "" : ": ", err.c_str());

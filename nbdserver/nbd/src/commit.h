@@ -5,8 +5,13 @@
 #include <atomic>
 #include <cstdint>
 #include <mutex>
+#include <span>
 #include <string>
+#include <unordered_map>
 #include <vector>
+
+#include "kiln/block/device.h"
+#include "kiln/block/task.h"
 
 namespace kiln::nbd {
 
@@ -46,12 +51,44 @@ class DirtyMap {
   }
   uint64_t count() const { return count_; }
 
+  // Active mirroring (QEMU's write-blocking copy mode): client writes are applied to the base
+  // too once they have reached the top, so that the copy converges whatever the clients do.
+  // Two writers of the same chunk at once (a client's mirrored write and the job's copy, or
+  // two mirrored writes) may land on the base in either order: such a chunk is marked dirty,
+  // and copied again from the top, at the latest during the final pause.
+  block::BlockDevice* mirror = nullptr;   // the base; null once a mirrored write failed
+  int mirror_error = 0;                   // the first failed mirrored write (-errno)
+  uint64_t copy_start = 0, copy_end = 0;  // what the job is copying now
+  bool mirroring(uint64_t offset, uint64_t length) const {
+    if (length == 0) return false;
+    for (uint64_t c = offset / kChunk; c <= (offset + length - 1) / kChunk; ++c)
+      if (inflight_.count(c)) return true;
+    return false;
+  }
+  // Around a mirrored write: returns whether it collides with another writer of the base.
+  bool begin_mirror(uint64_t offset, uint64_t length) {
+    bool conflict = copy_end > offset && copy_start < offset + length;
+    for (uint64_t c = offset / kChunk; c <= (offset + length - 1) / kChunk; ++c)
+      if (inflight_[c]++ > 0) conflict = true;
+    return conflict;
+  }
+  void end_mirror(uint64_t offset, uint64_t length) {
+    for (uint64_t c = offset / kChunk; c <= (offset + length - 1) / kChunk; ++c)
+      if (--inflight_[c] == 0) inflight_.erase(c);
+  }
+
  private:
+  std::unordered_map<uint64_t, uint32_t> inflight_;  // chunk -> mirrored writes in flight
   uint64_t size_;
   std::vector<uint64_t> bits_;
   uint64_t count_ = 0;
   size_t cursor_ = 0;
 };
+
+// A client's write (kCmdWrite with `data`, or write-zeroes) that reached the top: applied to
+// the base as well, or marked dirty when that cannot be trusted (see DirtyMap).
+block::Task<void> mirror_write(DirtyMap& d, bool zeroes, uint64_t offset, uint64_t length,
+                               std::span<const uint8_t> data);
 
 // One commit, as {"cmd":"jobs"} reports it. Written by the job on the export's home thread,
 // read by the control API: the numbers are atomics; `error` is set before `state` says so.

@@ -518,9 +518,15 @@ Task<void> Connection::handle(Request req, AlignedBuffer payload, uint64_t held)
     logf(LogLevel::kDebug, "%s: request type=%u failed: %s", peer_.c_str(), req.type,
          strerror(-rc));
   }
-  // A live commit copies again what was written meanwhile (whatever the result: a failed
-  // write may have changed part of the range).
-  if (writes && ex.dirty) ex.dirty->mark(req.offset, req.length);
+  // A live commit (commit.cpp): a write that reached the top goes to the base too; anything
+  // else that may have changed the top (a trim, a failed write) is copied again later.
+  const bool mirror = rc == 0 && ex.dirty && ex.dirty->mirror &&
+                      (req.type == kCmdWrite || req.type == kCmdWriteZeroes);
+  if (mirror)
+    co_await mirror_write(*ex.dirty, req.type == kCmdWriteZeroes, req.offset, req.length,
+                          payload.span());
+  else if (writes && ex.dirty)
+    ex.dirty->mark(req.offset, req.length);
   ex.gate->leave();
   if (!replied) {
     payload.release();  // the payload is not held for the reply's sake
