@@ -117,6 +117,48 @@ def test_fio_verify_across_snapshots_and_commits(workdir, servers):
     qemu_io(top, f"read -P 0x12 {SIZE // 2} 1M")
 
 
+def test_commit_under_hot_writes(workdir, servers):
+    """fio rewrites one small region at depth 32 while snapshots are committed back again and
+    again: the commit's copy of that region and the clients' writes mirrored to the base
+    collide all the time, and the base must still end up with the last write of every block."""
+    base = make_base(workdir)
+    srv, sock, ctl, state = start(servers, workdir)
+    c = Control(ctl)
+    assert c("add-export", name=EXPORT, path=base, format="qcow2") == {"ok": True}
+    uri = unix_uri(sock, EXPORT)
+    hot = 2 * MiB
+    fio = subprocess.Popen(
+        [FIO, "--name=hot", "--ioengine=nbd", f"--uri={uri}", "--output-format=json",
+         "--rw=randwrite", "--bs=4k", "--iodepth=32", f"--offset={4 * MiB}", f"--size={hot}",
+         "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0",
+         f"--loops={scaled(60, 20)}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    commits = 0
+    try:
+        while fio.poll() is None:
+            path = os.path.join(workdir, f"h{commits}.qcow2")
+            assert c("snapshot", name=EXPORT, path=path) == {"ok": True}
+            time.sleep(0.02)
+            assert c("commit", name=EXPORT) == {"ok": True}
+            assert wait_job(c)["state"] == "completed"
+            commits += 1
+        out, err = fio.communicate(timeout=600)
+    finally:
+        if fio.poll() is None:
+            fio.kill()
+            fio.wait()
+    assert fio.returncode == 0, err
+    job = json.loads(out[out.index("{"):])["jobs"][0]
+    assert job["error"] == 0 and job["read"]["io_bytes"] >= hot, job
+    assert commits >= 2
+    seen = os.path.join(workdir, "seen.raw")
+    run([NBDCOPY, uri, seen])
+    c.close()
+    srv.assert_clean_stop()
+    assert_qemu_clean(base)
+    qemu_img("compare", "-f", "qcow2", "-F", "raw", base, seen)
+
+
 def test_connected_client_keeps_working(workdir, servers):
     base = make_base(workdir)
     srv, sock, ctl, state = start(servers, workdir)
