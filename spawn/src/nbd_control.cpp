@@ -132,6 +132,45 @@ std::vector<NbdExport> NbdControl::list_exports() {
   return out;
 }
 
+void NbdControl::snapshot(const std::string& name, const std::string& overlay) {
+  json req = {{"cmd", "snapshot"}, {"name", name}, {"path", overlay}};
+  json r = parse_reply(call(req.dump()), "snapshot");
+  if (r["ok"] != true)
+    throw system_error("kiln-nbd: cannot snapshot export " + name + ": " + reply_error(r));
+}
+
+void NbdControl::commit(const std::string& name, const std::string& base) {
+  json req = {{"cmd", "commit"}, {"name", name}};
+  if (!base.empty()) req["base"] = base;
+  json r = parse_reply(call(req.dump()), "commit");
+  if (r["ok"] != true)
+    throw system_error("kiln-nbd: cannot commit export " + name + ": " + reply_error(r));
+}
+
+NbdJob NbdControl::job(const std::string& name) {
+  json r = parse_reply(call(R"({"cmd":"jobs"})"), "jobs");
+  if (r["ok"] != true) throw system_error("kiln-nbd: jobs: " + reply_error(r));
+  NbdJob out;
+  for (const auto& j : r.value("jobs", json::array())) {
+    if (!j.is_object() || j.value("export", "") != name) continue;
+    out.export_name = name;
+    out.top = j.value("top", "");
+    out.base = j.value("base", "");
+    out.state = j.value("state", "");
+    out.done = j.value("done", uint64_t{0});
+    out.total = j.value("total", uint64_t{0});
+    out.error = j.value("error", "");
+  }
+  return out;
+}
+
+void NbdControl::cancel_job(const std::string& name) {
+  json req = {{"cmd", "cancel-job"}, {"name", name}};
+  json r = parse_reply(call(req.dump()), "cancel-job");
+  if (r["ok"] != true)
+    throw system_error("kiln-nbd: cannot cancel the job of export " + name + ": " + reply_error(r));
+}
+
 bool NbdControl::has_export(const std::string& name) {
   for (const auto& e : list_exports())
     if (e.name == name) return true;

@@ -1,5 +1,6 @@
 // A stand-in for kiln-nbd's control socket (docs/kiln-nbd.md) for spawn's tests: it answers
-// add-export, remove-export and list-exports, records every request line, and for an
+// add-export, remove-export, list-exports, snapshot, commit (completed at once) and jobs,
+// records every request line, and for an
 // add-export with "socket" and "owner" makes that socket (listening, 0600, chowned) as the
 // per-export sockets of kiln-nbd do — or, as today's kiln-nbd, ignores the two fields.
 // One thread; stopped and joined by the destructor.
@@ -70,7 +71,7 @@ class FakeNbdControl {
 
  private:
   struct Export {
-    std::string path, socket;
+    std::string path, socket, backing;
     int fd = -1;
   };
 
@@ -122,6 +123,27 @@ class FakeNbdControl {
       exports_.erase(it);
       return {{"ok", true}};
     }
+    if (cmd == "snapshot" || cmd == "commit") {
+      auto it = exports_.find(name);
+      if (it == exports_.end()) return {{"ok", false}, {"error", "no export named '" + name + "'"}};
+      if (cmd == "snapshot") {
+        it->second.backing = it->second.path;
+        it->second.path = req.value("path", "");
+      } else {
+        // The commit completes at once: the export is on the backing again.
+        jobs_[name] = {{"export", name},         {"type", "commit"},
+                       {"top", it->second.path}, {"base", it->second.backing},
+                       {"done", 65536},          {"total", 65536},
+                       {"state", "completed"}};
+        it->second.path = it->second.backing;
+      }
+      return {{"ok", true}};
+    }
+    if (cmd == "jobs") {
+      nlohmann::json list = nlohmann::json::array();
+      for (auto& [n, j] : jobs_) list.push_back(j);
+      return {{"ok", true}, {"jobs", list}};
+    }
     return {{"ok", false}, {"error", "unknown command"}};
   }
 
@@ -158,6 +180,7 @@ class FakeNbdControl {
   std::mutex mu_;
   std::vector<nlohmann::json> requests_;
   std::map<std::string, Export> exports_;
+  std::map<std::string, nlohmann::json> jobs_;  // the last commit of each export
   std::thread thread_;
 };
 

@@ -67,5 +67,35 @@ TEST(NbdControl, RequestEscapesAndErrors) {
   }
 }
 
+TEST(NbdControl, SnapshotCommitAndJob) {
+  TempDir d;
+  FakeNbdControl fake(d / "ctl.sock");
+  NbdControl nbd(fake.path());
+  nbd.add_export("kiln-vm3", "/i/disk", "qcow2");
+  EXPECT_EQ(nbd.job("kiln-vm3").state, "");  // no commit yet
+  nbd.snapshot("kiln-vm3", "/i/snap.qcow2");
+  EXPECT_EQ(fake.requests("snapshot").at(0),
+            (json{{"cmd", "snapshot"}, {"name", "kiln-vm3"}, {"path", "/i/snap.qcow2"}}));
+  EXPECT_EQ(nbd.list_exports().at(0).path, "/i/snap.qcow2");
+  nbd.commit("kiln-vm3");
+  EXPECT_EQ(fake.requests("commit").at(0), (json{{"cmd", "commit"}, {"name", "kiln-vm3"}}));
+  NbdJob j = nbd.job("kiln-vm3");
+  EXPECT_EQ(j.state, "completed");
+  EXPECT_EQ(j.top, "/i/snap.qcow2");
+  EXPECT_EQ(j.base, "/i/disk");
+  EXPECT_EQ(j.done, 65536u);
+  EXPECT_EQ(nbd.list_exports().at(0).path, "/i/disk");
+  nbd.commit("kiln-vm3", "/i/disk");
+  EXPECT_EQ(fake.requests("commit").at(1)["base"], "/i/disk");
+  try {
+    nbd.snapshot("nope", "/i/x.qcow2");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cannot snapshot export nope: no export named 'nope'"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace kiln::spawn

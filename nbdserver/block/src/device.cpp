@@ -40,6 +40,13 @@ Task<std::unique_ptr<BlockDevice>> open_image(Reactor& reactor, const std::strin
   throw Error(EINVAL, "unknown image format '" + format + "' (raw or qcow2)");
 }
 
+Task<void> BlockDevice::set_read_only(bool) {
+  throw Error(
+      Reason::kUnsupported, ENOTSUP,
+      filename() + ": a " + format() + " image cannot switch between read-only and writable");
+  co_return;
+}
+
 uint64_t parse_size(const std::string& text) {
   // DIGITS[.DIGITS][SUFFIX]: decimal only (no sign, space, exponent or hex, which strtod would
   // take), one suffix letter (b, k, M, G, T, P or E, either case; powers of 1024), and the

@@ -16,6 +16,7 @@
 #include "host_file.h"
 #include "kiln/common/fd.h"
 #include "lock.h"
+#include "reopen.h"
 
 namespace kiln::block {
 
@@ -112,6 +113,15 @@ class RawDevice final : public BlockDevice {
     co_return 0;
   }
   Task<int> close() override { co_return co_await flush(); }
+  Task<void> set_read_only(bool ro) override {
+    if (ro == caps_.read_only) co_return;
+    if (ro) {
+      if (int rc = co_await flush(); rc < 0)
+        throw Error(-rc, path_ + ": cannot flush: " + strerror(-rc));
+    }
+    reopen_image_file(fd_.get(), path_, !ro, fd_.direct());
+    caps_.read_only = ro;
+  }
 
  private:
   Task<int> sync() {

@@ -15,6 +15,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "commit.h"
 #include "kiln/nbd/protocol.h"
 #include "log.h"
 #include "wire.h"
@@ -170,8 +171,11 @@ void Connection::release(uint64_t bytes) {
 }
 
 Task<void> Connection::transmission() {
+  // Read through the gate: a live snapshot may be switching the device.
+  co_await export_->gate->enter();
   const uint32_t max_block =
       std::min(export_->device->caps().max_block, server_.options().max_block);
+  export_->gate->leave();
   while (!stopping_ && !dead_) {
     while (in_flight_ >= server_.options().max_in_flight && !stopping_ && !dead_)
       co_await room_.wait(*reactor_, [this] {
@@ -451,6 +455,7 @@ Task<void> Connection::do_block_status(const Request& req, uint64_t held) {
 
 Task<void> Connection::handle(Request req, AlignedBuffer payload, uint64_t held) {
   Export& ex = *export_;
+  co_await ex.gate->enter();  // waits while a live snapshot or commit switches the device
   block::BlockDevice& dev = *ex.device;
   ex.stats.requests++;
   const uint64_t size = dev.size();
@@ -513,6 +518,16 @@ Task<void> Connection::handle(Request req, AlignedBuffer payload, uint64_t held)
     logf(LogLevel::kDebug, "%s: request type=%u failed: %s", peer_.c_str(), req.type,
          strerror(-rc));
   }
+  // A live commit (commit.cpp): a write that reached the top goes to the base too; anything
+  // else that may have changed the top (a trim, a failed write) is copied again later.
+  const bool mirror = rc == 0 && ex.dirty && ex.dirty->mirror &&
+                      (req.type == kCmdWrite || req.type == kCmdWriteZeroes);
+  if (mirror)
+    co_await mirror_write(*ex.dirty, req.type == kCmdWriteZeroes, req.offset, req.length,
+                          payload.span());
+  else if (writes && ex.dirty)
+    ex.dirty->mark(req.offset, req.length);
+  ex.gate->leave();
   if (!replied) {
     payload.release();  // the payload is not held for the reply's sake
     if (structured_ && rc < 0)

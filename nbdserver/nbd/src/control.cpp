@@ -4,6 +4,10 @@
 //   {"cmd":"remove-export","name":N}
 //   {"cmd":"list-exports"}
 //   {"cmd":"stats"[,"name":N]}
+//   {"cmd":"snapshot","name":N,"path":OVERLAY[,"format":"qcow2"][,"options":{"cluster_size":B,
+//    "extended_l2":B}]}   (live.cpp)
+//   {"cmd":"commit","name":N[,"base":PATH]}, {"cmd":"jobs"}, {"cmd":"cancel-job","name":N}
+//    (commit.cpp)
 // Replies: {"ok":true,...} or {"ok":false,"error":"...","reason":R}, R a common::Reason name
 // ("not-found", "corrupt", ...; docs/common.md). Exports added here are recorded in
 // the state file and restored when kiln-nbd starts again. Only root, the server's own user and
@@ -17,6 +21,7 @@
 #include <nlohmann/json.hpp>
 #include <string_view>
 
+#include "commit.h"
 #include "kiln/common/error.h"
 #include "kiln/common/fd.h"
 #include "kiln/nbd/access.h"
@@ -128,7 +133,8 @@ Task<std::string> Server::control(const std::string& line) {
     co_return error("a request is an object with a \"cmd\"", Reason::kInvalidArgument).dump();
   const std::string cmd = req["cmd"];
   try {
-    if ((cmd == "add-export" || cmd == "remove-export") && stopping_)
+    if ((cmd == "add-export" || cmd == "remove-export" || cmd == "snapshot" || cmd == "commit") &&
+        stopping_)
       co_return error("the server is shutting down", Reason::kBusy).dump();
     if (cmd == "add-export") {
       co_await add_export(config_from_json(req));
@@ -148,6 +154,57 @@ Task<std::string> Server::control(const std::string& line) {
       for (const auto& [name, e] : exports_)
         if (!e->removing) list.push_back(export_json(*e));
       co_return json{{"ok", true}, {"exports", list}}.dump();
+    }
+    if (cmd == "snapshot") {
+      const std::string name = req.at("name").get<std::string>();
+      const std::string path = req.at("path").get<std::string>();
+      if (req.value("format", "qcow2") != "qcow2")
+        co_return error("a live snapshot's overlay is qcow2", Reason::kInvalidArgument).dump();
+      SnapshotOptions so;
+      if (req.contains("options")) {
+        const json& o = req["options"];
+        if (!o.is_object())
+          co_return error("\"options\" is an object", Reason::kInvalidArgument).dump();
+        for (const auto& [k, v] : o.items())
+          if (k != "cluster_size" && k != "extended_l2")
+            co_return error("unknown snapshot option '" + k + "'", Reason::kInvalidArgument).dump();
+        so.cluster_size = o.value("cluster_size", 0u);
+        so.extended_l2 = o.value("extended_l2", false);
+      }
+      co_await snapshot_export(name, path, so);
+      co_return json{{"ok", true}}.dump();
+    }
+    if (cmd == "commit") {
+      const std::string name = req.at("name").get<std::string>();
+      co_await start_commit(name, req.value("base", ""));
+      co_return json{{"ok", true}}.dump();
+    }
+    if (cmd == "jobs") {
+      json list = json::array();
+      for (const auto& [name, e] : exports_) {
+        if (!e->job || e->removing) continue;
+        CommitJob& j = *e->job;
+        const int state = j.state.load();
+        json o = {{"export", name},
+                  {"type", "commit"},
+                  {"top", j.top},
+                  {"base", j.base},
+                  {"done", j.done.load()},
+                  {"total", j.total.load()},
+                  {"state", CommitJob::state_name(state)}};
+        if (state == CommitJob::kFailed) {
+          std::lock_guard<std::mutex> g(j.mu);
+          o["error"] = j.error;
+        }
+        list.push_back(o);
+      }
+      co_return json{{"ok", true}, {"jobs", list}}.dump();
+    }
+    if (cmd == "cancel-job") {
+      const std::string name = req.at("name").get<std::string>();
+      if (!cancel_commit(name))
+        co_return error("export '" + name + "' has no running job", Reason::kNotFound).dump();
+      co_return json{{"ok", true}}.dump();
     }
     if (cmd == "stats") {
       json out = json::object();
@@ -223,8 +280,8 @@ Task<void> Server::restore_exports(std::vector<ExportConfig> recorded) {
   save_state();
 }
 
-void Server::save_state() {
-  if (options_.state_file.empty() || !state_restored_) return;
+bool Server::save_state() {
+  if (options_.state_file.empty() || !state_restored_) return true;
   json list = json::array();
   for (const auto& [name, e] : exports_) {
     // Failed exports stay recorded: the image may come back; remove-export forgets them.
@@ -240,7 +297,9 @@ void Server::save_state() {
       rename(tmp.c_str(), options_.state_file.c_str()) < 0) {
     logf(LogLevel::kError, "cannot write the state file %s: %s", options_.state_file.c_str(),
          strerror(errno));
+    return false;
   }
+  return true;
 }
 
 std::vector<ExportConfig> load_state(const std::string& path) {

@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "budget.h"
+#include "commit.h"
 #include "connection.h"
 #include "kiln/common/error.h"
 #include "kiln/common/fd.h"
@@ -289,6 +290,7 @@ Task<void> Server::add_export(ExportConfig config) {
   auto e = std::make_unique<Export>();
   // Exports are spread over the reactors, the extra threads first.
   e->home = reactors_[(1 + next_home_++) % reactors_.size()];
+  e->gate = std::make_unique<ExportGate>(*e->home);
   std::exception_ptr error;
   co_await e->home->schedule();
   try {
@@ -351,6 +353,8 @@ Task<int> Server::remove_export(const std::string& name) {
   if (it == exports_.end() || it->second->removing) co_return -ENOENT;
   Export* e = it->second.get();
   e->removing = true;  // from now on no handshake finds it, so no new connection binds to it
+  // A running commit is cancelled (the export stays on its chain); a snapshot finishes.
+  co_await end_live_ops(e);
   if (e->listener) {
     co_await close_listener(e->listener);
     e->listener = nullptr;
@@ -498,6 +502,8 @@ void Server::request_shutdown() {
     }(&reactor_, l->fd.get()));
   }
   for (Connection* c : connections_) c->shutdown();
+  for (auto& [name, e] : exports_)
+    if (e->job) e->job->cancel = true;  // the export stays on its old chain
   // A control client waiting for its next request reads the end of its stream and returns; one
   // in the middle of a request finishes it first.
   for (int fd : control_fds_) ::shutdown(fd, SHUT_RDWR);

@@ -59,6 +59,13 @@ class Image final : public BlockDevice {
   Task<int> close() override;
   // make_empty.cpp: every cluster of the active table unallocated (kiln-img commit).
   Task<int> make_empty();
+  Task<void> set_read_only(bool read_only) override;  // live.cpp
+
+  // Live snapshot and commit (live.cpp): the backing device, taken out of or put under this
+  // image while no request is in flight.
+  BlockDevice* backing() { return backing_.get(); }
+  std::unique_ptr<BlockDevice> take_backing() { return std::move(backing_); }
+  void set_backing(std::unique_ptr<BlockDevice> b) { backing_ = std::move(b); }
 
   const Header& header() const { return h_; }
   const std::vector<Snapshot>& snapshots() const { return snapshots_; }

@@ -1,7 +1,8 @@
 // A client of kiln-nbd's control socket (JSON lines, see docs/kiln-nbd.md): add, remove and
-// list exports.
+// list exports; live snapshot and commit of a served export.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,14 @@ struct NbdExport {
 // remove-export unlinks it.
 struct ExportSocket {
   std::string path, owner;
+};
+
+// A live commit, as {"cmd":"jobs"} reports it.
+struct NbdJob {
+  std::string export_name, top, base;
+  std::string state;  // running, ready, completed, failed, cancelled
+  uint64_t done = 0, total = 0;
+  std::string error;  // when failed
 };
 
 class NbdControl {
@@ -37,6 +46,16 @@ class NbdControl {
   bool remove_export(const std::string& name);
   std::vector<NbdExport> list_exports();
   bool has_export(const std::string& name);
+
+  // Live snapshot: a new qcow2 overlay at `overlay` (absolute, must not exist) over the
+  // export's image; the export goes on on it, its clients connected. Throws on failure.
+  void snapshot(const std::string& name, const std::string& overlay);
+  // Starts committing the export's top image into its backing (`base`, if given, must be
+  // that backing); wait for it with job().
+  void commit(const std::string& name, const std::string& base = "");
+  // The export's last commit (state "" if it has had none).
+  NbdJob job(const std::string& name);
+  void cancel_job(const std::string& name);
 
   const std::string& path() const { return path_; }
 

@@ -87,6 +87,11 @@ class BlockDevice {
   virtual Task<int> resize(uint64_t new_size) = 0;
   // Flushes and leaves the image clean; the device must not be used afterwards.
   virtual Task<int> close() = 0;
+  // Live snapshot and commit (kiln-nbd): makes the open image read-only (flushed, left clean,
+  // its write locks released so that other tools may read it) or writable again (its write
+  // locks taken, the file reopened for writing if it was opened read-only). Only with no
+  // request in flight. Throws Error; devices that cannot switch throw kUnsupported.
+  virtual Task<void> set_read_only(bool read_only);
 };
 
 struct OpenOptions {

@@ -91,6 +91,57 @@ constexpr uint64_t kGuaranteedRequestBytes = 1u << 20;
 
 class Connection;
 class Listener;
+class DirtyMap;
+struct CommitJob;
+
+// Every request of an export passes through its gate (on the export's home reactor). A live
+// snapshot or commit closes it: new requests wait, those in flight finish, and once none is
+// left the export's device can be switched; opening it lets the waiting requests go on, on the
+// new device. No request fails for it.
+class ExportGate {
+ public:
+  explicit ExportGate(block::Reactor& r) : drained_(r), r_(&r) {}
+  struct Enter {
+    ExportGate* g;
+    bool await_ready() noexcept {
+      if (g->closed_) return false;
+      ++g->active_;
+      return true;
+    }
+    void await_suspend(std::coroutine_handle<> h) { g->waiting_.push_back(h); }
+    void await_resume() const noexcept {}
+  };
+  Enter enter() { return Enter{this}; }
+  void leave() {
+    if (--active_ == 0 && closed_) drained_.notify_all();
+  }
+  // Stops new requests and waits for those in flight.
+  block::Task<void> close() {
+    closed_ = true;
+    while (active_ > 0) co_await drained_.wait();
+  }
+  void open() {
+    closed_ = false;
+    for (auto h : waiting_) {
+      ++active_;  // counted now: a close() right after waits for them too
+      r_->post(h);
+    }
+    waiting_.clear();
+  }
+
+ private:
+  bool closed_ = false;
+  uint64_t active_ = 0;
+  std::vector<std::coroutine_handle<>> waiting_;
+  block::WaitList drained_;
+  block::Reactor* r_;
+};
+
+// Options of a live snapshot's new overlay.
+struct SnapshotOptions {
+  uint32_t cluster_size = 0;  // 0: the top image's, or 64 KiB
+  bool extended_l2 = false;
+};
 class MemoryBudget;
 struct Worker;
 
@@ -119,6 +170,11 @@ class Export {
   ExportStats stats;
   bool removing = false;
   Listener* listener = nullptr;  // its own socket (config.socket), if any
+  // Live snapshot and commit (live.cpp, commit.cpp). The gate lives on the home reactor.
+  std::unique_ptr<ExportGate> gate;
+  DirtyMap* dirty = nullptr;       // home thread, set and cleared with the gate closed
+  bool live_busy = false;          // a snapshot or commit runs (server thread)
+  std::shared_ptr<CommitJob> job;  // the last commit, kept for {"cmd":"jobs"} (server thread)
   bool usable() const { return device && !removing; }
 };
 
@@ -172,6 +228,17 @@ class Server {
   bool multi_conn(const Export& e) const;
   MemoryBudget& budget() { return *budget_; }
 
+  // Live snapshot (live.cpp): creates a qcow2 overlay at `path` whose backing is the export's
+  // image, and switches the export to it with no request failing; the old image becomes
+  // read-only. Throws common::Error.
+  block::Task<void> snapshot_export(const std::string& name, const std::string& path,
+                                    const SnapshotOptions& options);
+  // Live commit (commit.cpp): starts copying the export's top image into its backing while
+  // clients write, then switches the export to the backing. Progress in CommitJob.
+  block::Task<void> start_commit(const std::string& name, const std::string& base);
+  // Asks the export's running commit to stop; false if none runs.
+  bool cancel_commit(const std::string& name);
+
   // Control API: one JSON request in, one JSON reply out.
   block::Task<std::string> control(const std::string& request);
 
@@ -186,7 +253,10 @@ class Server {
   block::Task<int> close_export(Export* e);
   block::Task<void> control_client(int fd);
   block::Task<void> drain_and_close();
-  void save_state();
+  block::Task<void> run_commit(Export* e, std::shared_ptr<CommitJob> job);
+  // Waits until no snapshot or commit runs on `e` (after cancelling a commit).
+  block::Task<void> end_live_ops(Export* e);
+  bool save_state();  // false (and logged) if the file could not be written
 
   block::Reactor& reactor_;
   ServerOptions options_;
