@@ -183,6 +183,8 @@ kill -0 "$rproxy" || fail "the router's proxy ($rproxy) does not run"
   fail "the router's proxy does not name the router"
 nsenter --net="$router_ns" ip -4 -o addr show dev lo | grep -q ' 169.254.169.254/32 ' ||
   fail "169.254.169.254 is not on the router namespace's loopback"
+changes=$(kiln-net apply)
+[ -z "$changes" ] || fail "apply with both proxies running changed: $changes"
 
 step "the router's proxy does not answer from the external network"
 # The router's gateway address (the first of the public pool) answers; 169.254.169.254 behind it
