@@ -130,7 +130,8 @@ class Env:
                "--disk", "4", env=self.env)
             self.key = f"{d}/id_bench"
             sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", self.key)
-            allow_ssh_and_ping(lambda *a: sh(*net, *a, env=self.env))
+            self.net = net
+            self.ssh_allowed = False
 
     def boot_args(self, name):
         flavor = "c1.bench" if self.cloud_image else "m1.tiny"
@@ -205,6 +206,9 @@ class Env:
         if p.returncode != 0:
             sys.exit(f"spawn_bench: boot {name} failed: {p.stderr.strip()}")
         self.ids[name] = json.loads(p.stdout)["id"]
+        if not self.ssh_allowed:  # the tenant's default group exists from its first port on
+            allow_ssh_and_ping(lambda *a: sh(*self.net, *a, env=self.env))
+            self.ssh_allowed = True
         final = re.compile(r"Cloud-init v\. \S+ finished at .*Up ([0-9.]+) seconds")
         deadline = t0 + timeout
 
