@@ -9,7 +9,9 @@ and starts the domain. The guest boots Kiln's Debian cloud image from its own bo
 cloud-init applies the hostname, the SSH key and the user data from the config drive and grows
 the root to the flavor's disk. The demo then logs in with `kiln-spawn ssh` and shows what the
 guest says: its hostname, the user data's file, the injected file, `df` of the grown root, its
-address and a ping of its router. Everything is removed at the end.
+address, a ping of its router, and the metadata service (`kiln-spawn metadata-serve`, reached
+through the router's metadata proxy) answering the guest at 169.254.169.254. Everything is
+removed at the end.
 
     scripts/boot_demo.py BUILD_DIR CLOUD_IMAGE
 """
@@ -24,6 +26,7 @@ import time
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(TOP, "scripts", "lib"))
+from kiln_cloud import GUEST_METADATA_COMMAND, MetadataService, allow_ssh_and_ping  # noqa: E402
 from kiln_sandbox import LibvirtSandbox  # noqa: E402
 
 
@@ -38,11 +41,13 @@ def main():
     kiln_spawn = os.path.join(build, "spawn", "kiln-spawn")
     work = tempfile.mkdtemp(prefix="kiln-demo-")
     os.chmod(work, 0o755)  # dnsmasq rereads its host file as nobody
-    env = {**os.environ, "KILN_STATE_DIR": os.path.join(work, "state"),
+    # kiln-net runs the metadata proxy of this build (not an installed one).
+    env = {"KILN_METADATA_PROXY": os.path.join(build, "netplumb", "kiln-net-metadata-proxy"),
+           **os.environ, "KILN_STATE_DIR": os.path.join(work, "state"),
            "KILN_RUN_DIR": os.path.join(work, "run")}
     os.makedirs(env["KILN_STATE_DIR"])
     os.makedirs(env["KILN_RUN_DIR"])
-    nbd = sandbox = None
+    nbd = sandbox = metadata = None
     try:
         step("kiln-nbd, with a control socket for kiln-spawn's exports")
         sock, ctl = os.path.join(work, "nbd.sock"), os.path.join(work, "nbd-control.sock")
@@ -91,8 +96,16 @@ def main():
         net("router-interface-add", "demo-router", "demo-subnet", show=False)
         net("subnet-list")
 
+        step("The metadata service, with kiln-net's proxies in the DHCP and router namespaces")
+        md_sock = os.path.join(work, "metadata.sock")
+        metadata = MetadataService(["nsenter", f"--target={sandbox.init_pid()}", "--net",
+                                    "--mount", "--"], kiln_spawn, md_sock, env)
+        print(f"kiln-spawn metadata-serve PID {metadata.proc.pid} on {md_sock}")
+        net("config-set", "metadata_socket", md_sock, show=False)
+        net("apply")
+
         step("Register the cloud image (copied into the store, XXH3-128) and a flavor")
-        spawn("image-create", "debian-12", cloud_image)
+        spawn("image-create", "debian-12", cloud_image, "--property", "os_admin_user=debian")
         spawn("flavor-create", "c1.demo", "--vcpus", "1", "--ram", "1024", "--disk", "4")
 
         step("Boot: claim, port, overlay, config drive, injection, NBD export, libvirt domain")
@@ -118,10 +131,7 @@ def main():
               f"{(time.monotonic() - started) * 1000:.0f} ms)")
 
         step("Allow SSH and ping in the default security group (as in Neutron, it lets nothing in)")
-        for proto, ports in (("tcp", ["--port-range-min", "22", "--port-range-max", "22"]),
-                             ("icmp", [])):
-            net("security-group-rule-create", "default", "--direction", "ingress",
-                "--protocol", proto, *ports, "--remote-ip-prefix", "0.0.0.0/0", show=False)
+        allow_ssh_and_ping(net, show=False)
 
         step("The guest boots from its own disk: GRUB, the kernel, cloud-init (minutes under "
              "emulation)")
@@ -139,7 +149,8 @@ def main():
         inst = json.loads(inside(kiln_spawn, *spawn_globals, "--format", "json", "show",
                                  "demo-vm", show=False))
 
-        step(f"Log in: kiln-spawn ssh demo-vm -l debian -i {os.path.basename(key)}")
+        step(f"Log in: kiln-spawn ssh demo-vm -i {os.path.basename(key)} (as the image's "
+             "os_admin_user, debian)")
         # sudo: cloud-init writes the config drive's injected files again at first boot, with
         # mode 0660 (as with Nova), over the copy kiln-fs put in the disk.
         guest_says = ("echo \"hostname: $(hostname)\"; sudo cat /etc/kiln-demo /etc/motd; "
@@ -148,7 +159,7 @@ def main():
         while time.monotonic() < deadline:
             p = subprocess.run(["nsenter", f"--target={sandbox.init_pid()}", "--net", "--mount",
                                 "--pid", "--", kiln_spawn, *spawn_globals, "ssh", "demo-vm",
-                                "-l", "debian", "-i", key, "-o", "BatchMode=yes",
+                                "-i", key, "-o", "BatchMode=yes",
                                 "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR", "--",
                                 guest_says], env=env, capture_output=True, text=True)
             if p.returncode == 0:
@@ -159,12 +170,34 @@ def main():
         print(f"\nport IP {inst['ip_address']}, MAC {inst['mac_address']}: "
               + ("the guest configured it and reached its router." if ok else "NOT confirmed."))
 
+        step("The metadata service from inside the guest: GET http://169.254.169.254"
+             "/openstack/latest/meta_data.json")
+        p = subprocess.run(["nsenter", f"--target={sandbox.init_pid()}", "--net", "--mount",
+                            "--pid", "--", kiln_spawn, *spawn_globals, "ssh", "demo-vm",
+                            "-i", key, "-o", "BatchMode=yes",
+                            "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR", "--",
+                            GUEST_METADATA_COMMAND], env=env, capture_output=True, text=True)
+        try:
+            md = json.loads(p.stdout)
+            shown = {k: md.get(k) for k in ("uuid", "name", "hostname", "availability_zone",
+                                             "public_keys")}
+            print(json.dumps(shown, indent=2))
+            md_ok = md.get("uuid") == inst["id"]
+        except ValueError:
+            print(p.stdout + p.stderr)
+            md_ok = False
+        print("the metadata service answered the guest with its own data." if md_ok
+              else "metadata NOT confirmed.")
+        ok = ok and md_ok
+
         step("Delete: domain, export, overlay, port and claim go")
         spawn("delete", "demo-vm", show=False)
         spawn("list")
         spawn("hypervisor-stats")
         return 0 if ok else 1
     finally:
+        if metadata is not None:
+            metadata.cleanup()
         if sandbox is not None:
             sandbox.stop()
         if nbd is not None and nbd.poll() is None:

@@ -1,9 +1,10 @@
-// kiln-net-metadata-proxy: the metadata proxy of one network (docs/netplumb.md). kiln-net's
-// reconciler runs it inside the network's DHCP namespace; it answers guests on
-// 169.254.169.254:80 by asking the metadata service on its Unix socket, with headers of its own
-// only: X-Forwarded-For (the guest's address as this socket saw it) and X-Kiln-Network-ID.
-// Nothing the guest sends but the method and the path reaches the service, so a guest cannot
-// claim another's address or network.
+// kiln-net-metadata-proxy: the metadata proxy of one network or one router (docs/netplumb.md).
+// kiln-net's reconciler runs it inside the network's DHCP namespace (--network-id) or the
+// router's namespace (--router-id); it answers guests on 169.254.169.254:80 by asking the
+// metadata service on its Unix socket, with headers of its own only: X-Forwarded-For (the
+// guest's address as this socket saw it) and X-Kiln-Network-ID or X-Kiln-Router-ID. Nothing the
+// guest sends but the method and the path reaches the service, so a guest cannot claim
+// another's address, network or router.
 #include <httplib.h>
 #include <pthread.h>
 #include <signal.h>
@@ -26,16 +27,18 @@ namespace kiln::net::cli {
 namespace {
 
 void help(std::ostream& out) {
-  out << "Usage: kiln-net-metadata-proxy --listen=IP:PORT --socket=PATH --network-id=ID "
-         "--pid-file=PATH\n\n"
-         "The metadata proxy of one network, run by kiln-net in the network's DHCP namespace:\n"
-         "answers GET and HEAD on IP:PORT by asking the metadata service on the Unix socket\n"
-         "PATH (kiln-spawn metadata-serve) with X-Forwarded-For set to the client's address\n"
-         "and X-Kiln-Network-ID to ID; writes its pid to the pid file once it listens.\n";
+  out << "Usage: kiln-net-metadata-proxy --listen=IP:PORT --socket=PATH "
+         "(--network-id=ID | --router-id=ID) --pid-file=PATH\n\n"
+         "The metadata proxy of one network or router, run by kiln-net in the network's DHCP\n"
+         "namespace or the router's namespace: answers GET and HEAD on IP:PORT by asking the\n"
+         "metadata service on the Unix socket PATH (kiln-spawn metadata-serve) with\n"
+         "X-Forwarded-For set to the client's address and X-Kiln-Network-ID (or\n"
+         "X-Kiln-Router-ID) to ID; writes its pid to the pid file once it listens.\n";
 }
 
 struct Options {
-  std::string host, socket, network_id, pid_file;
+  std::string host, socket, pid_file;
+  std::string id_header, id;  // X-Kiln-Network-ID or X-Kiln-Router-ID, and its value
   int port = 0;
 };
 
@@ -46,18 +49,21 @@ bool parse(const std::vector<std::string>& args, Options& o) {
     if (!a.starts_with("--") || eq == std::string::npos) return false;
     kv[a.substr(2, eq - 2)] = a.substr(eq + 1);
   }
-  if (kv.size() != 4 || !kv.count("listen") || !kv.count("socket") || !kv.count("network-id") ||
-      !kv.count("pid-file"))
+  // Exactly one of --network-id and --router-id.
+  if (kv.size() != 4 || !kv.count("listen") || !kv.count("socket") || !kv.count("pid-file") ||
+      kv.count("network-id") == kv.count("router-id"))
     return false;
   auto colon = kv["listen"].rfind(':');
   if (colon == std::string::npos) return false;
   o.host = kv["listen"].substr(0, colon);
   o.port = std::atoi(kv["listen"].substr(colon + 1).c_str());
   o.socket = kv["socket"];
-  o.network_id = kv["network-id"];
+  bool router = kv.count("router-id");
+  o.id_header = router ? "X-Kiln-Router-ID" : "X-Kiln-Network-ID";
+  o.id = kv[router ? "router-id" : "network-id"];
   o.pid_file = kv["pid-file"];
   return o.port > 0 && o.port < 65536 && !o.socket.empty() && o.socket.size() < 108 &&
-         !o.network_id.empty() && o.network_id.size() <= 64;
+         !o.id.empty() && o.id.size() <= 64;
 }
 
 void forward(const Options& o, const httplib::Request& req, httplib::Response& res) {
@@ -70,8 +76,7 @@ void forward(const Options& o, const httplib::Request& req, httplib::Response& r
   backend.set_address_family(AF_UNIX);
   backend.set_connection_timeout(5, 0);
   backend.set_read_timeout(10, 0);
-  httplib::Headers headers = {{"X-Forwarded-For", req.remote_addr},
-                              {"X-Kiln-Network-ID", o.network_id}};
+  httplib::Headers headers = {{"X-Forwarded-For", req.remote_addr}, {o.id_header, o.id}};
   auto r = backend.Get(req.target, headers);
   if (!r) {
     res.status = 502;
@@ -87,7 +92,7 @@ int run(const std::vector<std::string>& args) {
   Options o;
   if (!parse(args, o))
     throw common::cli::UsageError(
-        "expected --listen=IP:PORT --socket=PATH --network-id=ID "
+        "expected --listen=IP:PORT --socket=PATH (--network-id=ID | --router-id=ID) "
         "--pid-file=PATH");
   sigset_t sigs;
   sigemptyset(&sigs);

@@ -25,7 +25,11 @@ int metadata_serve(Context& c) {
   sigaddset(&sigs, SIGTERM);
   sigaddset(&sigs, SIGINT);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
-  MetadataServer server(c.store(), socket);
+  // A router's proxy names the router: its subnets are in netplumb's model (opened on the first
+  // such request), read for every one (a router interface added later counts at once).
+  MetadataServer server(c.store(), socket, [&c](const std::string& router, const std::string& ip) {
+    return router_network(c.net_store(), router, ip);
+  });
   std::thread waiter([&] {
     int sig = 0;
     sigwait(&sigs, &sig);

@@ -33,6 +33,17 @@ std::string reaching_namespace(net::Store& net, const std::string& network_id) {
   return "";
 }
 
+// -l, else the image's `os_admin_user` property (Glance's, which Nova's documentation names
+// as the default user of an image), else root.
+std::string login_of(Context& c, const Instance& i) {
+  if (c.args.has("--login")) return c.args.get_or("--login", "");
+  if (auto image = c.store().find_image(i.image_id)) {
+    auto it = image->properties.find("os_admin_user");
+    if (it != image->properties.end() && !it->second.empty()) return it->second;
+  }
+  return "root";
+}
+
 int ssh(Context& c) {
   const std::string ref = c.args.positional(0, "INSTANCE");
   const auto found = c.store().find_instance(ref);
@@ -53,7 +64,7 @@ int ssh(Context& c) {
                                    "-o",
                                    "StrictHostKeyChecking=accept-new",
                                    "-l",
-                                   c.args.get_or("--login", "root")};
+                                   login_of(c, i)};
   for (const auto& o : c.args.all("-o")) {
     argv.push_back("-o");
     argv.push_back(o);

@@ -6,19 +6,21 @@ data, configures the NIC from network_data.json and grows the root filesystem to
 disk; the test logs in with `kiln-spawn ssh` (ssh inside the network's DHCP namespace) and the
 key, and asks the guest.
 A second guest, booted with `--config-drive false`, gets the same from the metadata service
-(`kiln-spawn metadata-serve` behind kiln-net's proxy on 169.254.169.254): cloud-init's
-OpenStack datasource. Deleting the instances leaves nothing behind.
+(`kiln-spawn metadata-serve` behind kiln-net's proxy on 169.254.169.254 in the network's DHCP
+namespace): cloud-init's OpenStack datasource. After boot, with the static configuration of
+network_data.json, both guests reach 169.254.169.254 through their router, whose proxy answers
+each with its own meta_data.json. Deleting the instances leaves nothing behind.
 
 The image is built once per change of its inputs into KILN_IMAGE_CACHE (default
 /var/cache/kiln/images); KILN_CLOUD_IMAGE names a ready image instead."""
 
 import json
 import os
-import subprocess
 import time
 
 import pytest
 
+from kiln_cloud import GUEST_METADATA_COMMAND, MetadataService, allow_ssh_and_ping
 from kilntest.cloud import KILN_SPAWN, Cloud
 from kilntest.guest import run
 
@@ -46,34 +48,14 @@ def cloud(workdir, procs):
     return c
 
 
-def ssh(cloud, name, key, command, timeout=60):
-    """`kiln-spawn ssh` as the image's default user, with the key the instance was booted with."""
-    return cloud.spawn("ssh", name, "-l", "debian", "-i", key, "-o", "BatchMode=yes",
+def ssh(cloud, name, key, command, timeout=180):
+    """`kiln-spawn ssh` with the key the instance was booted with, as the image's default user
+    (no -l: the image's os_admin_user property). The timeout is generous: under TCG on a
+    loaded machine, sudo alone can take a minute (it looks up the guest's hostname, and the
+    network's DNS server, the router's address, answers nothing)."""
+    return cloud.spawn("ssh", name, "-i", key, "-o", "BatchMode=yes",
                        "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR", "--", command,
                        check=False, timeout=timeout)
-
-
-class MetadataService:
-    """`kiln-spawn metadata-serve` in the sandbox's mount and network namespaces (nsenter
-    execs it, so the PID is the server's), stopped by its PID."""
-
-    def __init__(self, cloud, sock):
-        self.sock = sock
-        with open(sock + ".log", "w") as log:
-            self.proc = subprocess.Popen(
-                ["nsenter", f"--target={cloud.lv.init_pid()}", "--net", "--mount", "--",
-                 KILN_SPAWN, "metadata-serve", "--socket", sock], env=cloud.env,
-                stdout=subprocess.DEVNULL, stderr=log)
-        deadline = time.monotonic() + 30
-        while not os.path.exists(sock):
-            assert self.proc.poll() is None and time.monotonic() < deadline, \
-                "metadata-serve did not start: " + open(sock + ".log").read()
-            time.sleep(0.05)
-
-    def cleanup(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=30)
 
 
 def check_guest(cloud, name, key, datasource):
@@ -120,12 +102,14 @@ def test_cloud_image_boots_with_config_drive_and_metadata_service(cloud, cloud_i
                                                                   procs):
     image_size = json.loads(run(["qemu-img", "info", "--output=json", cloud_image]).stdout)
     assert image_size["virtual-size"] == 2 * GiB
-    cloud.spawn("image-create", "debian-12", cloud_image)
+    cloud.spawn("image-create", "debian-12", cloud_image, "--property", "os_admin_user=debian")
     cloud.spawn("flavor-create", "c1.cloud", "--vcpus", "1", "--ram", "1024", "--disk", "4")
 
-    # The metadata service, and kiln-net's proxy to it in the network's DHCP namespace.
+    # The metadata service, and kiln-net's proxies to it in the network's DHCP namespace and
+    # the router's namespace.
     sock = os.path.join(workdir, "metadata.sock")
-    procs.append(MetadataService(cloud, sock))
+    enter = ["nsenter", f"--target={cloud.lv.init_pid()}", "--net", "--mount", "--"]
+    procs.append(MetadataService(enter, KILN_SPAWN, sock, cloud.env))
     cloud.net("config-set", "metadata_socket", sock)
     cloud.net("apply")
 
@@ -152,20 +136,25 @@ def test_cloud_image_boots_with_config_drive_and_metadata_service(cloud, cloud_i
         assert "<kernel>" not in inst["domain_xml"], "the guest must boot from its own disk"
         assert ("device='cdrom'" in inst["domain_xml"]) == drive, inst["domain_xml"]
 
-    # As in Neutron, the default security group lets nothing in from outside the group: SSH
-    # and ping must be allowed, as a user would with `security-group-rule-create`.
-    for proto, ports in (("tcp", ["--port-range-min", "22", "--port-range-max", "22"]),
-                         ("icmp", [])):
-        cloud.net("security-group-rule-create", "default", "--direction", "ingress",
-                  "--protocol", proto, *ports, "--remote-ip-prefix", "0.0.0.0/0")
+    # As in Neutron, the default security group lets nothing in from outside the group.
+    allow_ssh_and_ping(cloud.net)
 
     check_guest(cloud, "Cloud_1", key, "DataSourceConfigDrive")
     check_guest(cloud, "Cloud_2", key, "DataSourceOpenStack")
-    # cloud-init's instance data came from the metadata service, for this instance. (Once the
-    # NIC has the static configuration of network_data.json, 169.254.169.254 goes to the
-    # router, where no proxy answers yet: docs/netplumb.md, "Not done".)
+    # cloud-init's instance data came from the metadata service, for this instance.
     p = ssh(cloud, "Cloud_2", key, "sudo cloud-init query v1.instance_id")
     assert p.stdout.strip() == cloud.spawn_json("show", "Cloud_2")["id"], p.stdout + p.stderr
+    # Now configured statically from network_data.json (no route to 169.254.169.254 but the
+    # default one), each guest asks its router's proxy and gets its own data.
+    for name in ("Cloud_1", "Cloud_2"):
+        inst = cloud.spawn_json("show", name)
+        p = ssh(cloud, name, key,
+                "ip route get 169.254.169.254 | head -1; " + GUEST_METADATA_COMMAND)
+        assert p.returncode == 0, p.stdout + p.stderr
+        route, answer = p.stdout.split("\n", 1)
+        assert "via 192.168.0.1 " in route, route
+        md = json.loads(answer)
+        assert (md["uuid"], md["hostname"]) == (inst["id"], name.lower().replace("_", "-")), md
 
     cloud.spawn("delete", "Cloud_1", "Cloud_2")
     cloud.assert_nothing_left()

@@ -1,6 +1,7 @@
-# The metadata service (issue 12): kiln-spawn metadata-serve on a socket in $T, the proxy that
-# kiln-net runs in the network's DHCP namespace, and two "guests" (namespaces on ports) asking
-# http://169.254.169.254 for their own data - per port, unforgeable, gone with the network.
+# The metadata service (issue 12): kiln-spawn metadata-serve on a socket in $T, the proxies that
+# kiln-net runs in the network's DHCP namespace and in its router's namespace, and "guests"
+# (namespaces on ports) asking http://169.254.169.254 for their own data, by the DHCP route or
+# through their gateway - per port, unforgeable, gone with the network and the router.
 source "$NP_LIB"
 [ -d "${KILN_CLOUD_INIT_SITE:-}/cloudinit" ] || fail "KILN_CLOUD_INIT_SITE has no cloudinit package"
 for v in KILN_SPAWN KILN_METADATA_PROXY KILN_METADATA_SEED; do
@@ -8,7 +9,12 @@ for v in KILN_SPAWN KILN_METADATA_PROXY KILN_METADATA_SEED; do
 done
 command -v curl >/dev/null || fail "curl is missing"
 
-step "the walkthrough's tenant network, and the metadata service on a socket"
+step "an external network (a namespace behind ext0), the walkthrough, the metadata service"
+make_ns external
+ip link add ext0 type veth peer name eth0 netns "$T/ns/external"
+in_ns external ip addr add 172.24.1.1/24 dev eth0
+in_ns external ip link set eth0 up
+kiln-net --no-plumb config-set physical_interface_mappings physnet1:ext0
 source "$(dirname "$NP_LIB")/walkthrough.txt" >/dev/null
 net=$(kiln-net --format json net-show demo-net | json_field '["id"]')
 "$KILN_SPAWN" --state-dir "$T/spawn" metadata-serve --socket "$T/md.sock" 2>"$T/md.log" &
@@ -48,7 +54,7 @@ uuid2=22222222-aaaa-4bbb-8ccc-000000000002
 "$KILN_METADATA_SEED" "$T/spawn" $uuid1 vm-one "$net" "$ip1" "#cloud-config for vm-one"
 "$KILN_METADATA_SEED" "$T/spawn" $uuid2 vm-two "$net" "$ip2"
 
-step "DHCP pushes the host route to 169.254.169.254 (option 121) with the default route"
+step "DHCP: the route to 169.254.169.254 (option 121), the default route, the MTU"
 cat > "$T/udhcpc-routes.sh" <<'SCRIPT'
 #!/bin/sh
 case "$1" in
@@ -57,18 +63,22 @@ case "$1" in
     ip addr add "$ip/$mask" dev "$interface"
     set -- $staticroutes
     while [ $# -ge 2 ]; do ip route replace "$1" via "$2" dev "$interface"; shift 2; done
-    echo "$staticroutes" > "$ROUTES_FILE" ;;
+    echo "$staticroutes" > "$ROUTES_FILE"
+    echo "$mtu" > "$ROUTES_FILE.mtu" ;;
   deconfig) ip addr flush dev "$interface"; ip link set "$interface" up ;;
 esac
 exit 0
 SCRIPT
 chmod +x "$T/udhcpc-routes.sh"
 for vm in vm1 vm2; do
-  ROUTES_FILE=$T/routes-$vm in_ns $vm busybox udhcpc -i eth0 -n -q -t 6 -T 1 -O staticroutes \
-    -s "$T/udhcpc-routes.sh" >/dev/null 2>&1 || fail "no DHCP lease in $vm"
+  ROUTES_FILE=$T/routes-$vm in_ns $vm busybox udhcpc -i eth0 -n -q -t 6 -T 1 \
+    -O staticroutes -O mtu -s "$T/udhcpc-routes.sh" >/dev/null 2>&1 ||
+    fail "no DHCP lease in $vm"
   routes=$(cat "$T/routes-$vm")
   [[ $routes == "169.254.169.254/32 192.168.0."*" 0.0.0.0/0 192.168.0.1" ]] ||
     fail "$vm's option 121 routes: '$routes'"
+  # The VXLAN network's MTU (option 26), as on the GRE network (net.walkthrough_gre).
+  [ "$(cat "$T/routes-$vm.mtu")" = 1450 ] || fail "$vm's MTU: '$(cat "$T/routes-$vm.mtu")'"
 done
 
 # GET from a guest: the body, or "HTTP <code>" when it is not 200.
@@ -163,9 +173,88 @@ in_ns vm3 ip route add 169.254.169.254/32 via "$dhcp_ip"
 [ "$(md vm3 /openstack/latest/meta_data.json)" = "HTTP 404" ] ||
   fail "vm3 got $(md vm3 /openstack/latest/meta_data.json)"
 
+step "the router's proxy: 169.254.169.254 on the loopback of qrouter-, the router's id"
+router=$(kiln-net --format json router-show demo-router | json_field '["id"]')
+router_ns=$KILN_RUN_DIR/netns/qrouter-$router
+router_pid_file=$KILN_RUN_DIR/metadata/qrouter-$router/pid
+rproxy=$(cat "$router_pid_file") || fail "no router proxy pid file"
+kill -0 "$rproxy" || fail "the router's proxy ($rproxy) does not run"
+[[ $(tr '\0' ' ' < "/proc/$rproxy/cmdline") == *"--router-id=$router"* ]] ||
+  fail "the router's proxy does not name the router"
+nsenter --net="$router_ns" ip -4 -o addr show dev lo | grep -q ' 169.254.169.254/32 ' ||
+  fail "169.254.169.254 is not on the router namespace's loopback"
+changes=$(kiln-net apply)
+[ -z "$changes" ] || fail "apply with both proxies running changed: $changes"
+
+step "the router's proxy does not answer from the external network"
+# The router's gateway address (the first of the public pool) answers; 169.254.169.254 behind it
+# is dropped by the router's input rule on qg-.
+in_ns external busybox ping -c 1 -W 2 172.24.1.100 >/dev/null || fail "the router's gateway"
+in_ns external ip route add 169.254.169.254/32 via 172.24.1.100
+code=$(in_ns external curl -s --max-time 3 -o /dev/null -w '%{http_code}' \
+  http://169.254.169.254/openstack/latest/meta_data.json) || true
+[ "$code" = 000 ] || fail "the external network got HTTP $code from the router's proxy"
+
+step "static guests (a default route only, as network_data.json gives) ask the router"
+for vm in vm1 vm2 vm3; do in_ns $vm ip route del 169.254.169.254/32; done
+in_ns vm3 ip route add default via 192.168.0.1
+in_ns vm1 ip route replace default via 192.168.0.1
+in_ns vm2 ip route replace default via 192.168.0.1
+[ "$(in_ns vm1 ip route get 169.254.169.254 | grep -o 'via [0-9.]*')" = "via 192.168.0.1" ] ||
+  fail "vm1 does not route 169.254.169.254 to its gateway"
+for vm in vm1 vm2; do
+  uuid=uuid${vm#vm}
+  [ "$(uuid_of $vm)" = "${!uuid}" ] ||
+    fail "$vm through the router: $(md $vm /openstack/latest/meta_data.json)"
+done
+[ "$(md vm1 /latest/meta-data/local-ipv4)" = "$ip1" ] || fail "vm1's EC2 tree through the router"
+[ "$(md vm1 /openstack/latest/user_data)" = "#cloud-config for vm-one" ] ||
+  fail "vm1's user data through the router"
+[ "$(md vm3 /openstack/latest/meta_data.json)" = "HTTP 404" ] || fail "vm3 has no record"
+[ "$(uuid_of vm1 -H "X-Forwarded-For: $ip2" -H "X-Kiln-Router-ID: $router" \
+      -H "X-Kiln-Network-ID: $net")" = $uuid1 ] ||
+  fail "forged headers through the router gave vm1 another instance's data"
+# Another address of the subnet taken by vm1: port security drops it before the router.
+in_ns vm1 ip addr add "$ip2/32" dev eth0
+[ "$(md vm1 /openstack/latest/meta_data.json --interface "$ip2")" = "HTTP 000" ] ||
+  fail "vm1 as $ip2 got an answer from the router"
+in_ns vm1 ip addr del "$ip2/32" dev eth0
+
+step "a second network on the same router: its guest is found on its own subnet"
+kiln-net --tenant-id demo net-create other-net >/dev/null
+kiln-net --tenant-id demo subnet-create other-net 10.10.0.0/24 --name other-subnet \
+  --disable-dhcp >/dev/null
+kiln-net router-interface-add demo-router other-subnet >/dev/null
+other=$(kiln-net --format json net-show other-net | json_field '["id"]')
+make_ns vm4
+kiln-net --tenant-id demo port-create other-net --name vm4 --netns "$T/ns/vm4" >/dev/null
+ip4=$(port_ip vm4)
+in_ns vm4 ip link set eth0 up
+in_ns vm4 ip addr add "$ip4/24" dev eth0
+in_ns vm4 ip route add default via 10.10.0.1
+uuid4=44444444-aaaa-4bbb-8ccc-000000000004
+# The same address on demo-net belongs to nobody: the record is found by (network, address).
+"$KILN_METADATA_SEED" "$T/spawn" $uuid4 vm-four "$other" "$ip4"
+[ "$(uuid_of vm4)" = $uuid4 ] ||
+  fail "vm4 on other-net: $(md vm4 /openstack/latest/meta_data.json)"
+[ "$(uuid_of vm1)" = $uuid1 ] || fail "vm1 after other-net came"
+rproxy2=$(cat "$router_pid_file")
+[ "$rproxy2" = "$rproxy" ] || fail "the router's proxy was restarted for a new interface"
+
+step "the router's last interface gone: its proxy, address and files go"
+kiln-net port-delete vm4 >/dev/null
+kiln-net router-interface-delete demo-router other-subnet >/dev/null
+kiln-net net-delete other-net >/dev/null
+kill -0 "$rproxy" || fail "the router's proxy stopped while demo-subnet is still attached"
+
 step "the network deleted: no proxy, no namespace, no files"
 kiln-net port-delete vm1 vm2 vm3 >/dev/null
 kiln-net router-interface-delete demo-router demo-subnet >/dev/null
+if kill -0 "$rproxy" 2>/dev/null; then fail "the router's proxy $rproxy still runs"; fi
+[ ! -e "$KILN_RUN_DIR/metadata/qrouter-$router" ] || fail "the router's proxy directory is left"
+if nsenter --net="$router_ns" ip -4 -o addr show dev lo | grep -q 169.254.169.254; then
+  fail "169.254.169.254 is left on the router namespace's loopback"
+fi
 kiln-net net-delete demo-net >/dev/null
 if kill -0 "$proxy" 2>/dev/null; then fail "the proxy $proxy still runs"; fi
 [ ! -e "$dhcp_ns" ] || fail "qdhcp-$net is still there"

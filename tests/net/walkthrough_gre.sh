@@ -1,9 +1,9 @@
 # Issue 12's Neutron walkthrough (walkthrough_gre.txt: the issue's lines with `neutron` replaced
 # by `kiln-net`, nothing else changed), run the way DevStack runs it: the first three lines'
 # output (the id that `grep " id " | awk '{print $4}'` takes from the table) becomes
-# TENANT_NET_ID, TENANT_SUBNET_ID and ROUTER_ID. Then the objects it made, and the GRE
-# plumbing: the network's MTU (1500 less 42 bytes of GRE), one gretap per peer on the bridge,
-# isolated from each other.
+# TENANT_NET_ID, TENANT_SUBNET_ID and ROUTER_ID. Then the objects it made, a guest's DHCP lease
+# with the network's MTU (1500 less 42 bytes of GRE), and the GRE plumbing: one gretap per peer
+# on the bridge, isolated from each other.
 source "$NP_LIB"
 
 TENANT_ID=demo
@@ -86,6 +86,25 @@ kiln-net -f json subnet-create demo-net 10.1.0.0/24 --name two --dns_nameservers
 expect_error "list=true needs at least one value" kiln-net subnet-create demo-net 10.2.0.0/24 \
   --dns-nameservers list=true --name x
 kiln-net subnet-delete two >/dev/null 2>&1 || [ $gre = no ]
+
+step "a guest on the GRE network is told its MTU, 1458, by DHCP (option 26)"
+# The bridge and dnsmasq are plumbed with or without GRE in the kernel; only the gretaps are not.
+cat > "$T/udhcpc-mtu.sh" <<'SCRIPT'
+#!/bin/sh
+case "$1" in
+  bound|renew) echo "$ip $mtu" > "$LEASE_FILE" ;;
+esac
+exit 0
+SCRIPT
+chmod +x "$T/udhcpc-mtu.sh"
+make_ns gre-vm
+run_line "kiln-net --tenant-id demo port-create demo-net --name gre-vm --netns $T/ns/gre-vm" \
+  >/dev/null
+in_ns gre-vm ip link set eth0 up
+LEASE_FILE=$T/gre-vm.lease in_ns gre-vm busybox udhcpc -i eth0 -n -q -t 6 -T 1 -O mtu \
+  -s "$T/udhcpc-mtu.sh" >/dev/null 2>&1 || fail "no DHCP lease on the GRE network"
+[ "$(cat "$T/gre-vm.lease")" = "$(port_ip gre-vm) 1458" ] ||
+  fail "the GRE network's lease (IP MTU): '$(cat "$T/gre-vm.lease")'"
 
 if [ $gre = no ]; then
   echo "SKIP: GRE plumbing checks (MTU, one gretap per peer): this kernel has no gretap devices"

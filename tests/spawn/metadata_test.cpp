@@ -6,6 +6,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "kiln/net/service.h"
+#include "kiln/net/store.h"
 #include "kiln/spawn/error.h"
 #include "kiln/spawn/store.h"
 #include "test_util.h"
@@ -181,6 +183,74 @@ TEST(Metadata, ServerAnswersOnlyTheRecordedAddress) {
   store.remove_instance(a.uuid);
   EXPECT_EQ(uuid_at(kNet, "192.168.0.5"), "404");
   EXPECT_EQ(uuid_at(kNet, "192.168.0.6"), b.uuid);
+}
+
+// A router's proxy names the router: the guest is found on the router's subnet that holds its
+// address, and only there (issue 12: a guest configured statically reaches the router's proxy).
+TEST(Metadata, RouterProxyFindsTheGuestOnTheRoutersSubnets) {
+  testing::TempDir dir;
+  net::Store nets(dir.path() + "/netplumb.db");
+  net::NetService svc(nets);
+  auto network = [&](const std::string& name, const std::string& cidr) {
+    net::NetworkSpec n;
+    n.name = name;
+    std::string id = svc.create_network(n).id;
+    net::SubnetSpec s;
+    s.name = name + "-subnet";
+    s.network = id;
+    s.cidr = cidr;
+    svc.create_subnet(s);
+    return id;
+  };
+  std::string a = network("a", "192.168.0.0/24"), b = network("b", "10.1.0.0/24"),
+              c = network("c", "192.168.0.0/24"), d = network("d", "10.2.0.0/24");
+  std::string r = svc.create_router("r", net::kDefaultTenant).id;
+  std::string other = svc.create_router("other", net::kDefaultTenant).id;
+  svc.add_router_interface("r", "a-subnet");
+  svc.add_router_interface("r", "b-subnet");
+  svc.add_router_interface("other", "d-subnet");
+
+  EXPECT_EQ(router_network(nets, r, "192.168.0.5"), a);
+  EXPECT_EQ(router_network(nets, r, "10.1.0.7"), b);
+  EXPECT_EQ(router_network(nets, r, "10.2.0.7"), std::nullopt);  // the other router's subnet
+  EXPECT_EQ(router_network(nets, other, "10.2.0.7"), d);
+  EXPECT_EQ(router_network(nets, r, "172.16.0.1"), std::nullopt);
+  EXPECT_EQ(router_network(nets, r, "not an address"), std::nullopt);
+  EXPECT_EQ(router_network(nets, "no-such-router", "192.168.0.5"), std::nullopt);
+
+  Store store(dir.path() + "/spawn");
+  ConfigDriveInput on_a = sample(), on_c = sample(), on_b = sample();
+  on_c.uuid = "33333333-3333-4444-8555-666677778888";
+  on_b.uuid = "44444444-3333-4444-8555-666677778888";
+  store.put_metadata(on_a.uuid, metadata_record(on_a), {{a, "192.168.0.5"}});
+  store.put_metadata(on_c.uuid, metadata_record(on_c), {{c, "192.168.0.6"}});
+  store.put_metadata(on_b.uuid, metadata_record(on_b), {{b, "10.1.0.7"}});
+  MetadataServer server(store, dir.path() + "/md.sock",
+                        [&](const std::string& router, const std::string& ip) {
+                          return router_network(nets, router, ip);
+                        });
+  auto uuid_via = [&](const std::string& router, const std::string& ip) {
+    MetadataReply reply = server.handle("GET", "/openstack/latest/meta_data.json", "", ip, router);
+    return reply.status == 200 ? json::parse(reply.body)["uuid"].get<std::string>()
+                               : std::to_string(reply.status);
+  };
+  EXPECT_EQ(uuid_via(r, "192.168.0.5"), on_a.uuid);
+  EXPECT_EQ(uuid_via(r, "10.1.0.7"), on_b.uuid);
+  // Network c is not on the router: its guest's address asked through r is a's subnet's.
+  EXPECT_EQ(uuid_via(r, "192.168.0.6"), "404");
+  EXPECT_EQ(uuid_via(other, "192.168.0.5"), "404");
+  // Both headers, or a bad router id: not a proxy's request.
+  EXPECT_EQ(server.handle("GET", "/openstack", a, "192.168.0.5", r).status, 400);
+  EXPECT_EQ(uuid_via("../etc", "192.168.0.5"), "400");
+  // Without a way to read the routers, a router's request finds nobody.
+  MetadataServer blind(store, dir.path() + "/md2.sock");
+  EXPECT_EQ(blind.handle("GET", "/openstack", "", "192.168.0.5", r).status, 404);
+
+  // Overlapping subnets on one router: the address says nothing, nobody is answered.
+  svc.add_router_interface("r", "c-subnet");
+  EXPECT_EQ(router_network(nets, r, "192.168.0.5"), std::nullopt);
+  EXPECT_EQ(uuid_via(r, "192.168.0.5"), "404");
+  EXPECT_EQ(uuid_via(r, "10.1.0.7"), on_b.uuid);
 }
 
 }  // namespace

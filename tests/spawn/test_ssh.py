@@ -51,3 +51,32 @@ def test_ssh_runs_ssh_inside_the_networks_dhcp_namespace(world, tmp_path):
                     "uname", "-a"]
     assert netns != os.readlink("/proc/self/ns/net"), "ssh ran in the caller's namespace"
     world.spawn("delete", "Web_1")
+
+
+def test_ssh_logs_in_as_the_images_os_admin_user(world, tmp_path):
+    """Without -l, the image's os_admin_user property (Glance's) is the login; -l wins."""
+    world.spawn("image-create", "debian", make_qcow2(str(tmp_path / "d.qcow2"), "16M"),
+                "--property", "os_admin_user=debian")
+    world.spawn("boot", "Deb_1", "--image", "debian", "--flavor", "m1.tiny", "--net", "demo-net")
+    booted(world, tmp_path)  # Web_1, from an image without the property
+    inst = world.spawn_json("show", "Deb_1")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "ssh").write_text(FAKE_SSH)
+    (bindir / "ssh").chmod(0o755)
+    out = tmp_path / "ssh.out"
+    ns = os.path.join(world.run_dir, "netns", "qdhcp-" + inst["network_id"])
+
+    def login(*args):
+        cmd = world.spawn_cmd("ssh", *args, "--", "true")
+        script = (f"mkdir -p {shlex.quote(os.path.dirname(ns))} && touch {shlex.quote(ns)} && "
+                  f"unshare --net={shlex.quote(ns)} true && {shlex.join(map(str, cmd))}")
+        env = dict(world.env, PATH=f"{bindir}:{os.environ['PATH']}", KILN_TEST_SSH_OUT=str(out))
+        run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], env=env)
+        a = out.read_text().splitlines()
+        return a[a.index("-l") + 1]
+
+    assert login("Deb_1") == "debian"
+    assert login("Deb_1", "-l", "admin") == "admin"
+    assert login("Web_1") == "root"
+    world.spawn("delete", "Deb_1", "Web_1")

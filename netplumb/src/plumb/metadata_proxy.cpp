@@ -21,8 +21,10 @@ namespace kiln::net {
 namespace {
 
 std::vector<std::string> argv_for(const MetadataProxyConfig& c) {
-  return {c.binary, "--listen=" + std::string(kMetadataIp) + ":80", "--socket=" + c.socket,
-          "--network-id=" + c.network_id, "--pid-file=" + c.dir + "/pid"};
+  std::string id =
+      c.router_id.empty() ? "--network-id=" + c.network_id : "--router-id=" + c.router_id;
+  return {c.binary, "--listen=" + std::string(kMetadataIp) + ":80", "--socket=" + c.socket, id,
+          "--pid-file=" + c.dir + "/pid"};
 }
 
 // The proxy does not go to the background itself: run_in_netns detaches it, its output in

@@ -83,7 +83,8 @@ void Reconciler::remove_stale() {
   for (auto& n : stale_entries(
            metadata_dir_, [&](const std::string& n) { return wanted_metadata_.contains(n); })) {
     stop_metadata_proxy(metadata_dir_ + "/" + n);
-    changed("stopped metadata proxy of network " + n);
+    changed("stopped metadata proxy of " +
+            (n.starts_with("qrouter-") ? "router " + n.substr(8) : "network " + n));
   }
   auto keep_ns = [&](const std::string& n) {
     return !(n.starts_with("qrouter-") || n.starts_with("qdhcp-")) || wanted_ns_.contains(n);

@@ -52,7 +52,10 @@ DnsmasqConfig Reconciler::dhcp_config(const Network& n, const Port& dhcp) {
       for (auto& d : s.dns_nameservers) opts.append(",").append(d.str());
       opts += "\n";
     }
-    if (n.network_type == "vxlan") opts += "tag:" + t + ",option:mtu,1450\n";
+    // An overlay's MTU (VXLAN 1450, GRE 1458: network_mtu()) is less than the guest's default;
+    // without the option a guest sends full-size frames that the tunnel cannot carry.
+    if (network_mtu(n) != kPhysicalMtu)
+      opts += "tag:" + t + ",option:mtu," + std::to_string(network_mtu(n)) + "\n";
   }
   for (auto& p : snap_.ports) {
     if (p.network_id != n.id || p.device_owner == kOwnerDhcp) continue;
@@ -86,7 +89,7 @@ void Reconciler::ensure_dhcp(const Network& n) {
   if (!c.ranges.empty()) ensure_dnsmasq(c, res_.changes);
   if (metadata)
     ensure_metadata_proxy({cfg_.metadata_proxy, metadata_dir_ + "/" + n.id,
-                           ns_dir_ + "/" + dhcp_ns_name(n.id), cfg_.metadata_socket, n.id},
+                           ns_dir_ + "/" + dhcp_ns_name(n.id), cfg_.metadata_socket, n.id, ""},
                           res_.changes);
 }
 

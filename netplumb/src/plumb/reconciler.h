@@ -5,7 +5,8 @@
 //   reconciler.cpp       what the resources share: the host's links, namespaces, veth legs;
 //   plumb_network.cpp    bridges, segment devices (VXLAN, GRE, VLAN, flat uplinks), port devices;
 //   plumb_dhcp.cpp       the DHCP namespace, dnsmasq and metadata proxy of each network;
-//   plumb_router.cpp     router namespaces: legs, default route, NAT and floating IPs;
+//   plumb_router.cpp     router namespaces: legs, default route, NAT and floating IPs, the
+//                        router's metadata proxy;
 //   plumb_secgroup.cpp   the security-group tables;
 //   plumb_cleanup.cpp    what the model no longer has.
 #pragma once
@@ -86,6 +87,7 @@ class Reconciler {
 
   // plumb_router.cpp
   void ensure_router(const Router& r);
+  void ensure_router_metadata(Rtnl& nl, const Router& r, bool wanted);
 
   // plumb_secgroup.cpp
   void ensure_security_groups();

@@ -1,5 +1,6 @@
 // The metadata service's HTTP side (metadata.h): cpp-httplib on a Unix socket, the instance
-// found by the proxy's headers, the answer from the trees.
+// found by the proxy's headers (a network's proxy names the network; a router's, the router,
+// whose subnets say which network the guest's address is on), the answer from the trees.
 #include <arpa/inet.h>
 #include <httplib.h>
 #include <sys/socket.h>
@@ -37,22 +38,31 @@ struct MetadataServer::Impl {
   std::mutex store_lock;  // one SQLite connection, requests on the pool's threads
 };
 
-MetadataServer::MetadataServer(Store& store, std::string socket_path)
-    : store_(store), socket_path_(std::move(socket_path)), impl_(std::make_unique<Impl>()) {}
+MetadataServer::MetadataServer(Store& store, std::string socket_path, RouterNetworks routers)
+    : store_(store),
+      socket_path_(std::move(socket_path)),
+      routers_(std::move(routers)),
+      impl_(std::make_unique<Impl>()) {}
 
 MetadataServer::~MetadataServer() = default;
 
 MetadataReply MetadataServer::handle(const std::string& method, const std::string& path,
                                      const std::string& network_id,
-                                     const std::string& forwarded_for) {
+                                     const std::string& forwarded_for,
+                                     const std::string& router_id) {
   if (method != "GET" && method != "HEAD") return {405, "Method Not Allowed\n", "text/plain"};
   // Without the proxy's headers the request did not come through a proxy: nobody to answer.
-  if (!plausible_id(network_id) || !ipv4(forwarded_for))
-    return {400, "X-Forwarded-For and X-Kiln-Network-ID are required\n", "text/plain"};
+  bool by_router = !router_id.empty();
+  if (!ipv4(forwarded_for) || by_router == !network_id.empty() ||
+      !plausible_id(by_router ? router_id : network_id))
+    return {400, "X-Forwarded-For and one of X-Kiln-Network-ID, X-Kiln-Router-ID are required\n",
+            "text/plain"};
   std::optional<std::string> record;
   {
     std::lock_guard<std::mutex> g(impl_->store_lock);
-    record = store_.metadata_for(network_id, forwarded_for);
+    std::optional<std::string> network = network_id;
+    if (by_router) network = routers_ ? routers_(router_id, forwarded_for) : std::nullopt;
+    if (network) record = store_.metadata_for(*network, forwarded_for);
   }
   if (!record) return {404, "Not Found\n", "text/plain"};
   return metadata_reply(config_drive_files(parse_metadata_record(*record)), path);
@@ -67,7 +77,7 @@ bool MetadataServer::run() {
     MetadataReply r;
     try {
       r = handle(req.method, req.path, req.get_header_value(kNetworkIdHeader),
-                 req.get_header_value(kForwardedForHeader));
+                 req.get_header_value(kForwardedForHeader), req.get_header_value(kRouterIdHeader));
     } catch (const std::exception& e) {
       r = {500, std::string("Internal Server Error: ") + e.what() + "\n", "text/plain"};
     }

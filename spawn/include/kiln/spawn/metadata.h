@@ -17,11 +17,17 @@
 // Anything else, and a file the instance does not have (no user data), is 404.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "kiln/spawn/configdrive.h"
+
+namespace kiln::net {
+class Store;
+}
 
 namespace kiln::spawn {
 
@@ -47,29 +53,44 @@ class Store;
 
 // The headers the metadata proxy (kiln-net-metadata-proxy, docs/netplumb.md) sets on every
 // request it forwards, replacing whatever the guest sent: the guest's source address as the
-// proxy saw it and the network whose namespace the proxy serves.
+// proxy saw it and the network whose DHCP namespace the proxy serves, or the router whose
+// namespace it serves.
 inline constexpr const char* kForwardedForHeader = "X-Forwarded-For";
 inline constexpr const char* kNetworkIdHeader = "X-Kiln-Network-ID";
+inline constexpr const char* kRouterIdHeader = "X-Kiln-Router-ID";
+
+// The network of the guest at `ip` behind router `router_id`: the network of the one subnet
+// attached to the router (netplumb's router interfaces) that holds `ip`; nullopt if none does,
+// or if several do (overlapping subnets on one router: the address names no single guest).
+std::optional<std::string> router_network(net::Store& net, const std::string& router_id,
+                                          const std::string& ip);
+using RouterNetworks =
+    std::function<std::optional<std::string>(const std::string& router_id, const std::string& ip)>;
 
 // The metadata service: HTTP on a Unix socket (only the proxies reach it), GET and HEAD,
-// answering for the instance recorded at (X-Kiln-Network-ID, X-Forwarded-For).
+// answering for the instance recorded at (X-Kiln-Network-ID, X-Forwarded-For), or, from a
+// router's proxy, at (the network `routers` finds for X-Kiln-Router-ID, X-Forwarded-For).
 class MetadataServer {
  public:
-  MetadataServer(Store& store, std::string socket_path);
+  // `routers` is called under the server's lock (one request at a time).
+  MetadataServer(Store& store, std::string socket_path, RouterNetworks routers = {});
   ~MetadataServer();
   MetadataServer(const MetadataServer&) = delete;
   MetadataServer& operator=(const MetadataServer&) = delete;
   // Binds the socket (replacing a stale one), serves until stop(); false if it cannot bind.
   bool run();
   void stop();
-  // The reply of the whole service: status, body, content type.
+  // The reply of the whole service: status, body, content type. Exactly one of `network_id`
+  // and `router_id` is given (the proxy's headers); otherwise 400.
   MetadataReply handle(const std::string& method, const std::string& path,
-                       const std::string& network_id, const std::string& forwarded_for);
+                       const std::string& network_id, const std::string& forwarded_for,
+                       const std::string& router_id = "");
 
  private:
   struct Impl;
   Store& store_;
   std::string socket_path_;
+  RouterNetworks routers_;
   std::unique_ptr<Impl> impl_;
 };
 
