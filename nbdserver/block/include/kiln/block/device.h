@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -110,6 +111,13 @@ struct OpenOptions {
   // When not empty, the image and every backing file must lie (symlinks resolved) under one
   // of these directories, or the open fails with Error(EACCES) (kiln-nbd's --allow-dir).
   std::vector<std::string> allowed_dirs;
+  // qcow2 LUKS encryption (qemu's encrypt.key-secret): the secret's bytes, which unlock every
+  // encrypted image of the chain (see docs/block-layer.md). Without it an encrypted image is
+  // refused, unless `header_only`.
+  std::optional<std::string> key_secret;
+  // Open for the header only (qemu-img info): an encrypted image opens without its key, and
+  // then any read or write of its data fails with -EACCES.
+  bool header_only = false;
 };
 
 // Takes QEMU-compatible advisory locks on an image file opened for reading (and writing, if
