@@ -117,6 +117,11 @@ def test_kiln_written_read_by_qemu(workdir, secret):
     assert qemu[5 * MiB:5 * MiB + 512] == bytes(512)
     assert qemu[5 * MiB + 512:5 * MiB + 4096] == b"\x44" * 3584
     qemu_io_enc(img, secret, "read -P 0x55 8704k 512k", "read -P 0x33 130000 200000")
+    # map: as qemu-img, no host offsets for encrypted data (and the human form refuses).
+    assert (kiln_img("map", "--output=json", *opts(img, secret)).stdout ==
+            qemu_img("map", "--output=json", *opts(img, secret)).stdout)
+    p = kiln_img("map", *opts(img, secret), check=False)
+    assert p.returncode == 1 and "encrypted or compressed clusters" in p.stderr
     # The data is encrypted on disk: the pattern is nowhere in the file.
     assert b"\x55" * 4096 not in read_file(img)
 
