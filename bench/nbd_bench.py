@@ -8,6 +8,8 @@ latency, server CPU time, peak RSS, fio's own CPU, ratio against qemu-nbd) and d
     bench/nbd_bench.py                         # 2 GiB images, 10 s jobs, 3 repeats (medians)
     bench/nbd_bench.py --tls [--quick]         # the cost of TLS: plain, PSK and X.509 sessions
                                                # to kiln-nbd and qemu-nbd with the same keys
+    bench/nbd_bench.py --encrypt [--quick]     # a LUKS-encrypted qcow2 (aes-256-xts), reads,
+                                               # kiln-nbd and qemu-nbd given the same key
 
 The TLS table is driven by kiln-nbd-load (bench/nbd_load.cpp, libnbd's asynchronous API) for
 its plain rows too, since fio's nbd engine cannot be given TLS key files.
@@ -487,6 +489,91 @@ def main_tls(args):
             shutil.rmtree(d, ignore_errors=True)
 
 
+# Encrypted reads: one qcow2 image encrypted with LUKS (qemu-img's defaults, aes-256-xts-plain64,
+# sha256) holding data everywhere; both servers open it with the same secret, qemu's syntax.
+ENCRYPT_JOBS = [j for j in JOBS if j[0] in ("rand read QD1", "rand read QD32", "seq read 1M")]
+
+
+def encrypted_image(d, size):
+    key = os.path.join(d, "key")
+    with open(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        f.write("bench passphrase")
+    raw = os.path.join(d, "enc-base.raw")
+    with open(raw, "wb") as f:
+        chunk = bytes(random.Random(1).getrandbits(8) for _ in range(MiB))
+        for _ in range(size // MiB):
+            f.write(chunk)
+    img = os.path.join(d, "enc.qcow2")
+    for _ in range(10):  # qemu-img gives up timing PBKDF2 on a busy machine now and then
+        p = subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", "--object",
+                            f"secret,id=sec0,file={key}", "-o",
+                            "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=200,"
+                            "cluster_size=65536", raw, img], capture_output=True, text=True)
+        if p.returncode == 0:
+            break
+    else:
+        sys.exit(f"nbd_bench: qemu-img convert failed: {p.stderr}")
+    os.unlink(raw)
+    return img, key
+
+
+def measure_encrypted(server_name, job, img, key, args, d, size):
+    sock = os.path.join(d, f"{server_name}.sock")
+    secret = ["--object", f"secret,id=sec0,file={key}", "--image-opts",
+              f"driver=qcow2,file.filename={img},encrypt.key-secret=sec0"]
+    if server_name == "kiln-nbd":
+        argv = [args.kiln_nbd, "-k", sock, "-t", "-e", "4", f"--cache={CACHE}", *secret]
+    else:
+        argv = ["qemu-nbd", "-k", sock, "-t", "-e", "4", "--aio=io_uring", f"--cache={CACHE}",
+                *secret]
+    srv = Server(server_name, argv, sock)
+    try:
+        cpu0 = srv.cpu_seconds()
+        r = run_fio(f"nbd+unix:///?socket={sock}", job[1], size, args.runtime, args.ramp,
+                    job[2], None)
+        r["server_cpu"] = srv.cpu_seconds() - cpu0
+        r["rss"] = srv.peak_rss_mib()
+    finally:
+        srv.stop()
+    return r
+
+
+def main_encrypt(args):
+    size = int(args.size) * MiB
+    for tool in ("fio", "qemu-img", "qemu-nbd"):
+        if not shutil.which(tool):
+            sys.exit(f"nbd_bench: {tool} is missing")
+    if not args.kiln_nbd:
+        sys.exit("nbd_bench: kiln-nbd not found (build it, or give --kiln-nbd)")
+    d = args.workdir or tempfile.mkdtemp(prefix="kiln-nbd-bench-")
+    os.makedirs(d, exist_ok=True)
+    servers = ["kiln-nbd", "qemu-nbd"]
+    jobs = [j for j in ENCRYPT_JOBS
+            if not args.jobs or any(k in j[0] for k in args.jobs.split(","))]
+    try:
+        img, key = encrypted_image(d, size)
+        results = {}
+        for job in jobs:
+            for s in servers:
+                runs = [measure_encrypted(s, job, img, key, args, d, size)
+                        for _ in range(args.repeats)]
+                results[(s, job[0])] = {k: median(runs, k) for k in
+                                        ("iops", "mbs", "p99_us", "server_cpu", "rss",
+                                         "fio_cpu")}
+                print(f"{job[0]:26} {s:26} {results[(s, job[0])]['iops']:>10,.0f} IOPS",
+                      file=sys.stderr)
+        head = (f"Encrypted reads: a {args.size} MiB qcow2 image encrypted with LUKS "
+                f"(aes-256-xts-plain64, sha256; data in every cluster), served by kiln-nbd and "
+                f"qemu-nbd --aio=io_uring with the same key (--object secret + --image-opts); "
+                f"{args.runtime} s jobs, {args.repeats} repeat(s), medians; --cache={args.cache}; "
+                f"Unix socket, fio ioengine=nbd.\n\n")
+        publish(args.out, "nbd_bench_encrypt", head + table(results, servers),
+                lambda png: chart(results, servers, png))
+    finally:
+        if not args.workdir:
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", default="2048", help="image size in MiB (default 2048)")
@@ -500,6 +587,8 @@ def main():
     ap.add_argument("--kiln-nbd", default=find_kiln_nbd())
     ap.add_argument("--tls", action="store_true",
                     help="measure the cost of TLS (plain, PSK, X.509) instead")
+    ap.add_argument("--encrypt", action="store_true",
+                    help="reads of a LUKS-encrypted qcow2, kiln-nbd against qemu-nbd")
     ap.add_argument("--nbd-load", default=find_built("bench", "kiln-nbd-load"))
     ap.add_argument("--out", default=".", help="where nbd_bench.md and nbd_bench.png go")
     ap.add_argument("--cache", default="writeback",
@@ -510,11 +599,13 @@ def main():
     args = ap.parse_args()
     if args.quick:
         args.size, args.runtime, args.ramp, args.repeats = "256", 3, 1, 1
-    if args.tls:
-        return main_tls(args)
-    size = int(args.size) * MiB
     global CACHE
     CACHE = args.cache
+    if args.tls:
+        return main_tls(args)
+    if args.encrypt:
+        return main_encrypt(args)
+    size = int(args.size) * MiB
     servers = [("fio io_uring (raw file)" if s == "fio" else s)
                for s in args.servers.split(",") if s]
     jobs = [j for j in JOBS if not args.jobs or any(k in j[0] for k in args.jobs.split(","))]

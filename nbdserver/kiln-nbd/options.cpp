@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "kiln/block/device.h"
+#include "kiln/block/secret.h"
 #include "kiln/nbd/access.h"
 
 namespace kiln::nbd::cli {
@@ -34,6 +35,8 @@ const std::vector<common::cli::Option> kOptions = {
     {"--cache", kValue},
     {"-n|--nocache"},
     {"--export", kValue},
+    {"--object", kValue},
+    {"--image-opts"},
     {"--control", kValue},
     {"--state-file", kValue},
     {"--threads", kValue},
@@ -91,6 +94,8 @@ nbd::ExportConfig parse_export(const std::string& spec) {
       c.owner = opt.substr(6);
     else if (opt.rfind("tls-identity=", 0) == 0)
       c.tls_identity = opt.substr(13);
+    else if (opt.rfind("key-secret-file=", 0) == 0)
+      c.key_secret_file = opt.substr(16);
     else
       throw ExitError("unknown --export option '" + opt + "'");
     pos = next;
@@ -129,6 +134,21 @@ std::vector<nbd::ExportConfig> exports(const common::cli::Args& a) {
     c.name = a.get_or("--export-name", "");
     c.path = a.positional()[0];
     c.format = a.get_or("--format", "");
+    if (a.flag("--image-opts")) {
+      // qemu-nbd's way to name an encrypted image and its key: --object secret,... with
+      // --image-opts driver=qcow2,file.filename=IMG,encrypt.key-secret=ID.
+      if (a.get("--format")) throw ExitError("--image-opts and --format are mutually exclusive");
+      try {
+        block::Secrets secrets;
+        for (const auto& spec : a.all("--object")) secrets.add_object(spec);
+        const block::ImageOpts o = block::parse_image_opts(c.path);
+        c.path = o.filename;
+        c.format = o.format;
+        if (o.key_secret_id) c.key_secret = secrets.get(*o.key_secret_id);
+      } catch (const block::Error& e) {
+        throw ExitError(e.what());
+      }
+    }
     c.read_only = a.flag("--read-only");
     c.description = a.get_or("--description", "");
     out.push_back(c);
@@ -217,10 +237,13 @@ void help(std::ostream& out) {
          "                           directsync (O_DIRECT and writethrough)\n"
          "  -n, --nocache            the same as --cache=none\n"
          "      --export=NAME=FILE[,format=FMT][,ro][,description=TEXT][,socket=PATH\n"
-         "               [,owner=USER[:GROUP]]][,tls-identity=ID]\n"
+         "               [,owner=USER[:GROUP]]][,tls-identity=ID][,key-secret-file=F]\n"
          "                           another export (repeatable); socket=: a socket of its own\n"
          "                           on which clients see only this export; tls-identity=: only\n"
          "                           TLS clients with that PSK identity or certificate DN see it\n"
+         "      --object=secret,id=ID,file=F  a secret (qemu's syntax), for --image-opts\n"
+         "      --image-opts         FILE is driver=qcow2,file.filename=IMG,encrypt.key-secret=ID\n"
+         "                           (an encrypted image and its key)\n"
          "      --control=PATH       control socket (JSON lines: add/remove/list exports, stats)\n"
          "      --state-file=PATH    where control-API exports are kept across restarts\n"
          "      --socket-group=GROUP give the -k socket to GROUP (mode 0660)\n"

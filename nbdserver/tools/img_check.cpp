@@ -70,8 +70,10 @@ void print_human(const CheckResult& r) {
   if (r.image_end_offset) std::printf("Image end offset: %" PRIu64 "\n", r.image_end_offset);
 }
 
-CheckResult run_check(const std::string& path, Repair repair, bool lock) {
-  CheckResult r = kiln::block::qcow2::check(kiln::block::Reactor::current(), path, repair, lock);
+CheckResult run_check(const std::string& path, Repair repair, bool lock,
+                      const std::optional<std::string>& key) {
+  CheckResult r =
+      kiln::block::qcow2::check(kiln::block::Reactor::current(), path, repair, lock, key);
   for (const std::string& m : r.messages) std::fprintf(stderr, "%s\n", m.c_str());
   return r;
 }
@@ -79,7 +81,6 @@ CheckResult run_check(const std::string& path, Repair repair, bool lock) {
 }  // namespace
 
 int img_check(const Args& args) {
-  const std::string format = args.get_or("-f", "");
   OutputFormat out = parse_output_format(args.get_or("--output", "human"));
   Repair repair = Repair::kNone;
   if (auto r = args.get("--repair")) {
@@ -93,8 +94,9 @@ int img_check(const Args& args) {
   const bool quiet = args.flag("-q");
   const bool force_share = args.flag("-U");
   if (args.positional().size() != 1) throw ToolError("Expecting one image file name");
-  std::string path = args.positional()[0];
-  std::string fmt = resolve_format(format, path);
+  const ImageArg image = image_arg(args, args.positional()[0]);
+  const std::string& path = image.path;
+  std::string fmt = resolve_format(image.format, path);
   if (fmt != "qcow2") throw ToolError("This image format does not support checks", kExitNoCheck);
 
   if (force_share && repair != Repair::kNone)
@@ -102,7 +104,7 @@ int img_check(const Args& args) {
         "--force-share/-U is not allowed with -r (repairing needs the image to itself)");
   CheckResult r;
   try {
-    r = run_check(path, repair, !force_share);
+    r = run_check(path, repair, !force_share, image.key_secret);
   } catch (const kiln::block::Error& e) {
     throw ToolError(std::string("Check failed: ") + e.what());
   }
@@ -115,7 +117,7 @@ int img_check(const Args& args) {
           " corruptions\n\nDouble checking the fixed image now...\n",
           leaks_fixed, corruptions_fixed);
     try {
-      r = run_check(path, Repair::kNone, true);
+      r = run_check(path, Repair::kNone, true, image.key_secret);
     } catch (const kiln::block::Error& e) {
       throw ToolError(std::string("Check failed: ") + e.what());
     }

@@ -13,6 +13,7 @@
 #include "img_create_options.h"
 #include "kiln/block/device.h"
 #include "kiln/block/qcow2.h"
+#include "kiln/block/secret.h"
 #include "tool_util.h"
 
 namespace kiln::block::cli {
@@ -72,6 +73,31 @@ void parse_o(const std::string& text, CreateArgs& a, const std::string& file) {
       a.backing_format = value;
     } else if (key == "size") {
       a.size = parse_size_arg(value, "image size");
+    } else if (key == "encryption") {
+      // qemu's old boolean, which meant the legacy AES-CBC.
+      if (value == "on" || value == "true" || value == "yes")
+        throw ToolError(file +
+                        ": Use of AES-CBC encrypted qcow2 images is no longer supported; use "
+                        "encrypt.format=luks");
+    } else if (key.starts_with("encrypt.")) {
+      const std::string k = key.substr(8);
+      if (k == "format")
+        a.encrypt_format = value;
+      else if (k == "key-secret")
+        a.key_secret_id = value;
+      else if (k == "cipher-alg")
+        a.cipher_alg = value;
+      else if (k == "hash-alg")
+        a.hash_alg = value;
+      else if (k == "iter-time")
+        a.iter_time = value;
+      else if (k == "cipher-mode")
+        a.cipher_mode = value;
+      else if (k == "ivgen-alg")
+        a.ivgen = value;
+      else
+        throw ToolError(file + ": Invalid parameter '" + key + "'");
+      a.encrypt_echo += " " + key + "=" + value;
     } else {
       throw ToolError(file + ": Invalid parameter '" + key + "'");
     }
@@ -131,6 +157,25 @@ kiln::block::qcow2::CreateOptions qcow2_options(const CreateArgs& a) {
       throw ToolError(f +
                       ": Extended L2 entries are only supported with cluster sizes of at least "
                       "16384 bytes");
+  }
+  if (!a.encrypt_format.empty() || !a.key_secret_id.empty()) {
+    if (a.encrypt_format == "aes")
+      throw ToolError(f +
+                      ": Use of AES-CBC encrypted qcow2 images is no longer supported; use "
+                      "encrypt.format=luks");
+    if (a.encrypt_format != "luks")
+      throw ToolError(f + ": Parameter 'encrypt.format' does not accept value '" +
+                      a.encrypt_format + "' (luks)");
+    if (!a.cipher_mode.empty() && a.cipher_mode != "xts")
+      throw ToolError(f + ": encrypt.cipher-mode '" + a.cipher_mode + "' is not supported (xts)");
+    if (!a.ivgen.empty() && a.ivgen != "plain64")
+      throw ToolError(f + ": encrypt.ivgen-alg '" + a.ivgen + "' is not supported (plain64)");
+    o.encrypt_format = "luks";
+    if (!a.cipher_alg.empty()) o.encrypt_cipher_alg = a.cipher_alg;
+    if (!a.hash_alg.empty()) o.encrypt_hash_alg = a.hash_alg;
+    if (!a.iter_time.empty())
+      o.encrypt_iter_time_ms = static_cast<uint32_t>(
+          common::cli::parse_number(a.iter_time, "encrypt.iter-time", 1, 60000));
   }
   if (!a.compression_type.empty()) {
     if (a.compression_type != "zlib" && a.compression_type != "zstd")
@@ -203,6 +248,8 @@ int img_create(const Args& args) {
   for (const std::string& o : o_args) parse_o(o, a, a.file);
 
   if (a.format == "raw") {
+    if (!a.encrypt_echo.empty())
+      throw ToolError(a.file + ": encrypt options are not supported for file format 'raw'");
     if (!a.backing.empty())
       throw ToolError(a.file + ": Backing file not supported for file format 'raw'");
     if (!a.cluster_size.empty() || !a.refcount_bits.empty() || !a.compat.empty() ||
@@ -217,6 +264,17 @@ int img_create(const Args& args) {
   }
 
   kiln::block::qcow2::CreateOptions opts = qcow2_options(a);
+  if (opts.encrypt_format == "luks") {
+    if (a.key_secret_id.empty())
+      throw ToolError(a.file + ": Parameter 'encrypt.key-secret' is required for cipher");
+    try {
+      kiln::block::Secrets secrets;
+      for (const std::string& spec : args.all("--object")) secrets.add_object(spec);
+      opts.key_secret = secrets.get(a.key_secret_id);
+    } catch (const kiln::block::Error& e) {
+      throw ToolError(a.file + ": " + e.what());
+    }
+  }
   if (!a.backing_format.empty() && a.backing.empty())
     throw ToolError(a.file + ": Backing format given without a backing file");
   if (!a.backing.empty()) {
@@ -233,10 +291,11 @@ int img_create(const Args& args) {
   if (!a.size) throw ToolError(a.file + ": Image creation needs a size parameter");
   opts.size = whole_sectors(*a.size);
   if (!a.quiet) {
-    std::string line =
-        "Formatting '" + a.file + "', fmt=qcow2 cluster_size=" + std::to_string(opts.cluster_size) +
-        " extended_l2=" + (opts.extended_l2 ? "on" : "off") +
-        " compression_type=" + opts.compression_type + " size=" + std::to_string(opts.size);
+    std::string line = "Formatting '" + a.file + "', fmt=qcow2" + a.encrypt_echo +
+                       " cluster_size=" + std::to_string(opts.cluster_size) +
+                       " extended_l2=" + (opts.extended_l2 ? "on" : "off") +
+                       " compression_type=" + opts.compression_type +
+                       " size=" + std::to_string(opts.size);
     if (!a.compat.empty()) line += " compat=" + a.compat;
     if (!a.backing.empty())
       line += " backing_file=" + a.backing + " backing_fmt=" + a.backing_format;

@@ -19,6 +19,9 @@ struct CreateArgs {
   bool quiet = false;
   // -o values exactly as given (qemu-img echoes them), empty when not given.
   std::string cluster_size, refcount_bits, compat, lazy_refcounts, compression_type, extended_l2;
+  // encrypt.* options, as given; `encrypt_echo` is what qemu-img prints for them, in order.
+  std::string encrypt_format, key_secret_id, cipher_alg, hash_alg, iter_time, cipher_mode, ivgen;
+  std::string encrypt_echo;
 };
 
 // Parses one -o argument (comma-separated key=value pairs, ",," escapes a comma) into `a`;

@@ -48,6 +48,47 @@ ImageInfo collect(const std::string& path, const std::string& format, bool lock)
 
 std::string compat_name(uint32_t version) { return version >= 3 ? "1.1" : "0.10"; }
 
+// The LUKS block of format-specific, keys in qemu-img 7.2's order.
+common::Json encrypt_json(const kiln::block::qcow2::EncryptInfo& e) {
+  common::Json j;
+  j["ivgen-alg"] = e.ivgen_alg;
+  j["hash-alg"] = e.hash_alg;
+  j["cipher-alg"] = e.cipher_alg;
+  j["uuid"] = e.uuid;
+  j["format"] = "luks";
+  j["cipher-mode"] = e.cipher_mode;
+  common::Json slots = common::Json::array();
+  for (const auto& s : e.slots) {
+    common::Json k;
+    k["active"] = s.active;
+    if (s.active) k["iters"] = uint64_t{s.iters};
+    k["key-offset"] = s.key_offset;
+    if (s.active) k["stripes"] = uint64_t{s.stripes};
+    slots.push_back(std::move(k));
+  }
+  j["slots"] = slots;
+  j["payload-offset"] = e.payload_offset;
+  j["master-key-iters"] = uint64_t{e.master_key_iters};
+  return j;
+}
+
+void print_encrypt(const kiln::block::qcow2::EncryptInfo& e) {
+  std::printf(
+      "    encrypt:\n        ivgen alg: %s\n        hash alg: %s\n        cipher alg: %s\n"
+      "        uuid: %s\n        format: luks\n        cipher mode: %s\n        slots:\n",
+      e.ivgen_alg.c_str(), e.hash_alg.c_str(), e.cipher_alg.c_str(), e.uuid.c_str(),
+      e.cipher_mode.c_str());
+  for (size_t n = 0; n < e.slots.size(); ++n) {
+    const auto& s = e.slots[n];
+    std::printf("            [%zu]:\n                active: %s\n", n, s.active ? "true" : "false");
+    if (s.active) std::printf("                iters: %u\n", s.iters);
+    std::printf("                key offset: %" PRIu64 "\n", s.key_offset);
+    if (s.active) std::printf("                stripes: %u\n", s.stripes);
+  }
+  std::printf("        payload offset: %" PRIu64 "\n        master key iters: %u\n",
+              e.payload_offset, e.master_key_iters);
+}
+
 common::Json to_json(const ImageInfo& i) {
   // Keys in the order qemu-img 7.2 prints them.
   common::Json o;
@@ -65,6 +106,7 @@ common::Json to_json(const ImageInfo& i) {
     data["compression-type"] = i.q.compression_type.empty() ? "zlib" : i.q.compression_type;
     if (i.q.version >= 3) data["lazy-refcounts"] = i.q.lazy_refcounts;
     data["refcount-bits"] = uint64_t{i.q.refcount_bits};
+    if (i.q.encrypt) data["encrypt"] = encrypt_json(*i.q.encrypt);
     if (i.q.version >= 3) {
       data["corrupt"] = i.q.corrupt;
       data["extended-l2"] = i.q.extended_l2;
@@ -78,6 +120,7 @@ common::Json to_json(const ImageInfo& i) {
       o["backing-filename"] = i.q.backing_file;
     }
   }
+  if (i.is_qcow2 && i.q.encrypted) o["encrypted"] = true;
   o["dirty-flag"] = i.is_qcow2 && i.q.dirty;
   return o;
 }
@@ -92,6 +135,7 @@ void print_human(const ImageInfo& i) {
     std::printf("disk size: unavailable\n");
   if (!i.is_qcow2) return;
   const auto& q = i.q;
+  if (q.encrypted) std::printf("encrypted: yes\n");
   std::printf("cluster_size: %u\n", q.cluster_size);
   if (q.dirty) std::printf("cleanly shut down: no\n");
   if (!q.backing_file.empty()) {
@@ -108,6 +152,7 @@ void print_human(const ImageInfo& i) {
               q.compression_type.empty() ? "zlib" : q.compression_type.c_str());
   if (q.version >= 3) std::printf("    lazy refcounts: %s\n", q.lazy_refcounts ? "true" : "false");
   std::printf("    refcount bits: %u\n", q.refcount_bits);
+  if (q.encrypt) print_encrypt(*q.encrypt);
   if (q.version >= 3) {
     std::printf("    corrupt: %s\n", q.corrupt ? "true" : "false");
     std::printf("    extended l2: %s\n", q.extended_l2 ? "true" : "false");
@@ -123,12 +168,15 @@ std::string identity(const std::string& path) {
 }  // namespace
 
 int img_info(const Args& args) {
-  const std::string format = args.get_or("-f", "");
   const OutputFormat out = parse_output_format(args.get_or("--output", "human"));
   const bool chain = args.flag("--backing-chain");
   const bool force_share = args.flag("-U");
   if (args.positional().size() != 1) throw ToolError("Expecting one image file name");
-  std::string path = args.positional()[0];
+  // The header is read without the key (as qemu-img info): --object and encrypt.key-secret
+  // are accepted and not needed.
+  const ImageArg image = image_arg(args, args.positional()[0]);
+  const std::string format = image.format;
+  std::string path = image.path;
 
   std::vector<ImageInfo> infos;
   std::set<std::string> seen;

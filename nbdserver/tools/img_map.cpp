@@ -80,15 +80,16 @@ void print_human(const Extent& e, const std::vector<std::string>& names) {
 }  // namespace
 
 int img_map(const Args& args) {
-  const std::string format = args.get_or("-f", "");
   const bool force_share = args.flag("-U");
   const OutputFormat out = parse_output_format(args.get_or("--output", "human"));
   if (args.positional().size() != 1) throw ToolError("Expecting one image file name");
-  std::string path = args.positional()[0];
+  const ImageArg image = image_arg(args, args.positional()[0]);
+  const std::string& path = image.path;
 
   auto& reactor = kiln::block::Reactor::current();
   kiln::block::OpenOptions opts;
-  opts.format = valid_format(format);
+  opts.format = valid_format(image.format);
+  opts.key_secret = image.key_secret;
   opts.read_only = true;
   opts.lock = !force_share;
   auto dev = reactor.run(kiln::block::open_image(reactor, path, opts));

@@ -13,11 +13,11 @@
 namespace kiln::block::cli {
 
 int img_resize(const Args& args) {
-  const std::string format = args.get_or("-f", "");
   const bool quiet = args.flag("-q");
   // --shrink is accepted for compatibility; shrinking is refused anyway.
   if (args.positional().size() != 2) throw ToolError("Expecting an image file name and a size");
-  std::string path = args.positional()[0];
+  const ImageArg image = image_arg(args, args.positional()[0]);
+  const std::string& path = image.path;
   std::string size_text = args.positional()[1];
   int sign = 0;
   if (!size_text.empty() && (size_text[0] == '+' || size_text[0] == '-')) {
@@ -28,7 +28,8 @@ int img_resize(const Args& args) {
 
   auto& reactor = kiln::block::Reactor::current();
   kiln::block::OpenOptions opts;
-  opts.format = valid_format(format);
+  opts.format = valid_format(image.format);
+  opts.key_secret = image.key_secret;
   // Growing changes this image's header and L1 table only: the backing chain is not needed,
   // so it is not opened (a probed image then needs no trust in the files its header names).
   opts.open_backing = false;

@@ -37,28 +37,31 @@ using Command = kiln::common::cli::Command<const kiln::common::cli::Args>;
 const Option kFormat{"-f", kValue};
 const Option kOutput{"--output", kValue};
 const Option kHelp{"-h|--help"};
+// QEMU's secrets and option strings (encrypted images): see docs/kiln-img.md.
+const Option kObject{"--object", kValue};
+const Option kImageOpts{"--image-opts"};
 
 // qemu-img's options for the subset of each command that kiln-img implements.
 const kiln::common::cli::CommandTable<const kiln::common::cli::Args> kCommands = {
     {"create",
      "[-q] [-f FMT] [-b BACKING -F BACKING_FMT] [-u] [-o OPTIONS] FILE [SIZE]",
-     {kHelp, kFormat, {"-b", kValue}, {"-F", kValue}, {"-o", kValue}, {"-q"}, {"-u"}},
+     {kHelp, kFormat, {"-b", kValue}, {"-F", kValue}, {"-o", kValue}, {"-q"}, {"-u"}, kObject},
      kiln::block::cli::img_create},
     {"info",
      "[-f FMT] [--output=human|json] [--backing-chain] FILE",
-     {kHelp, kFormat, kOutput, {"--backing-chain"}, {"-U"}},
+     {kHelp, kFormat, kOutput, {"--backing-chain"}, {"-U"}, kObject, kImageOpts},
      kiln::block::cli::img_info},
     {"check",
      "[-q] [-f FMT] [-r leaks|all] [--output=human|json] FILE",
-     {kHelp, kFormat, kOutput, {"-r|--repair", kValue}, {"-q"}, {"-U"}},
+     {kHelp, kFormat, kOutput, {"-r|--repair", kValue}, {"-q"}, {"-U"}, kObject, kImageOpts},
      kiln::block::cli::img_check},
     {"map",
      "[-f FMT] [--output=human|json] FILE",
-     {kHelp, kFormat, kOutput, {"-U"}},
+     {kHelp, kFormat, kOutput, {"-U"}, kObject, kImageOpts},
      kiln::block::cli::img_map},
     {"resize",
      "[-q] [-f FMT] FILE [+]SIZE",
-     {kHelp, kFormat, {"-q"}, {"--shrink"}},
+     {kHelp, kFormat, {"-q"}, {"--shrink"}, kObject, kImageOpts},
      kiln::block::cli::img_resize},
     {"convert",
      "[-q] [-p] [-U] [-f FMT] [-l SNAPSHOT_PARAM] [-O FMT] [-o OPTIONS] [-c] "
@@ -125,7 +128,10 @@ void help(std::ostream& out) {
   out << "\n"
          "FMT is qcow2 or raw. SIZE takes a k, M, G or T suffix (powers of 1024).\n"
          "qcow2 create OPTIONS: cluster_size, refcount_bits, compat (0.10|1.1), lazy_refcounts\n"
-         "(on|off), compression_type (zlib|zstd), backing_file, backing_fmt, size.\n"
+         "(on|off), compression_type (zlib|zstd), backing_file, backing_fmt, size,\n"
+         "encrypt.format=luks with encrypt.key-secret=ID (an --object secret,id=ID,file=F),\n"
+         "encrypt.cipher-alg, encrypt.hash-alg, encrypt.iter-time.\n"
+         "info, check, map and resize take --object and --image-opts as qemu-img does.\n"
          "See docs/kiln-img.md. kiln-img --version shows the version.\n";
 }
 

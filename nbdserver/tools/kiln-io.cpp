@@ -36,8 +36,9 @@ struct Options {
   bool read_only = false;
   size_t l2_cache = 0;
   std::string image;
-  std::vector<std::string> commands;  // -c
-  std::string script;                 // --script FILE or "-"
+  std::optional<std::string> key_secret;  // --image-opts encrypt.key-secret
+  std::vector<std::string> commands;      // -c
+  std::string script;                     // --script FILE or "-"
   unsigned parallel = 1;
   bool direct = false;        // -t none / directsync, -n: O_DIRECT
   bool writethrough = false;  // -t writethrough / directsync: every write with FUA
@@ -280,6 +281,8 @@ Task<void> run_all(Runner& runner, const std::vector<IoCommand>& commands, std::
 void help(std::ostream& out) {
   out << "Usage: kiln-io [-f FMT] [-r] [-l SNAPSHOT] [-t CACHE|-n] [--l2-cache BYTES] IMAGE\n"
          "               [-c CMD]... [--script FILE|-] [--parallel N]\n"
+         "       kiln-io [--object secret,id=ID,file=F] --image-opts \\\n"
+         "               driver=qcow2,file.filename=IMAGE,encrypt.key-secret=ID [-c CMD]...\n"
          "-l SNAPSHOT opens an internal qcow2 snapshot (id or name) read-only.\n"
          "CACHE (qemu-io's -t): writeback (default), writethrough, unsafe, none (O_DIRECT) or\n"
          "directsync (O_DIRECT, every write with FUA); -n is -t none.\n"
@@ -299,11 +302,17 @@ const std::vector<common::cli::Option> kOptions = {{"-h|--help"},
                                                    {"--script", common::cli::kValue},
                                                    {"--parallel", common::cli::kValue},
                                                    {"-l|--snapshot", common::cli::kValue},
+                                                   {"--object", common::cli::kValue},
+                                                   {"--image-opts"},
                                                    {"--version"}};
 
 Options parse_options(const common::cli::Args& args) {
   Options o;
-  o.format = args.get_or("--format", "");
+  if (args.positional().size() != 1) throw ToolError("Expecting exactly one image file name");
+  ImageArg image = image_arg(args, args.positional()[0], "--format");
+  o.image = image.path;
+  o.format = image.format;
+  o.key_secret = std::move(image.key_secret);
   if (!o.format.empty() && o.format != "raw" && o.format != "qcow2")
     throw ToolError("Unknown format '" + o.format + "' (supported: qcow2, raw)");
   o.snapshot = args.get_or("--snapshot", "");
@@ -323,8 +332,6 @@ Options parse_options(const common::cli::Args& args) {
   if (auto v = args.get("--parallel"))
     o.parallel = static_cast<unsigned>(
         common::cli::parse_number(*v, "--parallel", 1, 1024, common::cli::Radix::kDecimalOrHex));
-  if (args.positional().size() != 1) throw ToolError("Expecting exactly one image file name");
-  o.image = args.positional()[0];
   return o;
 }
 
@@ -365,6 +372,7 @@ int run(const std::vector<std::string>& argv) {
   if (o.l2_cache) opts.l2_cache_bytes = o.l2_cache;
   opts.direct = o.direct;
   opts.snapshot = o.snapshot;
+  opts.key_secret = o.key_secret;
   auto dev = reactor.run(kiln::block::open_image(reactor, o.image, opts));
 
   RunState st;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -27,6 +28,17 @@ std::string human_size(uint64_t bytes);
 // qemu-img) "Invalid WHAT 'TEXT': why". (Plain numbers: common::cli::parse_number.)
 uint64_t parse_size_arg(const std::string& text, const char* what,
                         uint64_t max = uint64_t{INT64_MAX}, uint64_t min = 0);
+
+// The image a command names: its FILE argument with -f, or, with --image-opts, an option
+// string (driver=qcow2,file.filename=IMG,encrypt.key-secret=ID); the key comes from the
+// --object secrets. Errors are ToolErrors with QEMU's wording.
+struct ImageArg {
+  std::string path;
+  std::string format;  // as given ("" = probe)
+  std::optional<std::string> key_secret;
+};
+ImageArg image_arg(const common::cli::Args& args, const std::string& text,
+                   const char* format_option = "-f");
 
 // The path of `relative` seen from the directory of `base` (as qemu resolves backing files).
 std::string path_combine(const std::string& base, const std::string& relative);

@@ -1,6 +1,7 @@
 // The control socket: one JSON request per line, one JSON reply per line.
 //   {"cmd":"add-export","name":N,"path":P[,"format":F][,"read-only":B][,"description":D]
-//    [,"socket":PATH[,"owner":"USER[:GROUP]"]][,"tls-identity":ID]}
+//    [,"socket":PATH[,"owner":"USER[:GROUP]"]][,"tls-identity":ID]
+//    [,"key-secret-file":PATH]}   (an encrypted image's passphrase, a mode-0600 file)
 //   {"cmd":"remove-export","name":N}
 //   {"cmd":"list-exports"}
 //   {"cmd":"stats"[,"name":N]}
@@ -65,6 +66,7 @@ json export_json(const Export& e) {
   if (!e.config.socket.empty()) j["socket"] = e.config.socket;
   if (!e.config.owner.empty()) j["owner"] = e.config.owner;
   if (!e.config.tls_identity.empty()) j["tls-identity"] = e.config.tls_identity;
+  if (!e.config.key_secret_file.empty()) j["key-secret-file"] = e.config.key_secret_file;
   return j;
 }
 
@@ -78,6 +80,7 @@ json recorded_json(const ExportConfig& c) {
   if (!c.socket.empty()) j["socket"] = c.socket;
   if (!c.owner.empty()) j["owner"] = c.owner;
   if (!c.tls_identity.empty()) j["tls-identity"] = c.tls_identity;
+  if (!c.key_secret_file.empty()) j["key-secret-file"] = c.key_secret_file;
   return j;
 }
 
@@ -91,6 +94,7 @@ ExportConfig config_from_json(const json& j) {
   c.socket = j.value("socket", "");
   c.owner = j.value("owner", "");
   c.tls_identity = j.value("tls-identity", "");
+  c.key_secret_file = j.value("key-secret-file", "");
   c.persistent = true;
   return c;
 }

@@ -21,6 +21,7 @@
 #include "budget.h"
 #include "commit.h"
 #include "connection.h"
+#include "kiln/block/secret.h"
 #include "kiln/common/error.h"
 #include "kiln/common/fd.h"
 #include "kiln/nbd/access.h"
@@ -281,7 +282,12 @@ Task<void> Server::add_export(ExportConfig config) {
   if (config.description.size() > kMaxStringLength)
     throw common::invalid("export '" + config.name + "': description longer than " +
                           std::to_string(kMaxStringLength) + " bytes");
+  if (config.key_secret_file.size() > kMaxStringLength)
+    throw common::invalid("export '" + config.name + "': key secret file name too long");
   block::OpenOptions o;
+  o.key_secret = config.key_secret;
+  if (!config.key_secret_file.empty())
+    o.key_secret = block::read_secret_file(config.key_secret_file, true);
   o.format = config.format;
   o.read_only = config.read_only;
   o.l2_cache_bytes = config.l2_cache_bytes;

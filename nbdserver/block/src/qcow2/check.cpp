@@ -249,6 +249,8 @@ Task<void> Checker::count(bool with_refcount_structures) {
   counted.reset(std::min(file_clusters, allocated / 2 + (1u << 20)), kMaxSparseReferences);
   res.total_clusters = (img.h_.size + cs - 1) >> cb;
   reference(0, cs, "header");
+  if (img.h_.crypt_method == kCryptLuks)
+    reference(img.h_.crypto_offset, img.h_.crypto_length, "LUKS header");
   co_await walk_active_l1();
   if (img.h_.nb_snapshots) {
     // The table's size is the sum of its entries' sizes.

@@ -226,8 +226,10 @@ std::string check_stopped_reason(const CheckResult& r) {
   return "";
 }
 
-CheckResult check(Reactor& r, const std::string& path, Repair repair, bool lock) {
+CheckResult check(Reactor& r, const std::string& path, Repair repair, bool lock,
+                  const std::optional<std::string>& key_secret) {
   OpenOptions o;
+  o.key_secret = key_secret;
   o.lock = lock;
   o.read_only = repair == Repair::kNone;
   o.open_backing = false;

@@ -7,6 +7,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "crypto/cipher.h"
+#include "crypto/luks.h"
 #include "kiln/block/qcow2.h"
 #include "kiln/common/fd.h"
 #include "lock.h"
@@ -77,6 +79,27 @@ void create(Reactor& r, const std::string& path, const CreateOptions& o) {
   if (o.backing_file.size() > kMaxBackingNameLength)
     throw Error(EINVAL, "backing file name is too long");
 
+  // Encryption: the LUKS header area is made (and its key derived) before the file is touched.
+  std::vector<uint8_t> luks;
+  if (o.encrypt_format == "aes")
+    throw Error(Reason::kUnsupported, ENOTSUP,
+                "Use of AES-CBC encrypted qcow2 images is no longer supported; use "
+                "encrypt.format=luks");
+  if (!o.encrypt_format.empty() && o.encrypt_format != "luks")
+    throw Error(EINVAL, "unknown encryption format '" + o.encrypt_format + "' (luks)");
+  if (o.encrypt_format == "luks") {
+    if (!o.key_secret) throw Error(EINVAL, "Parameter 'encrypt.key-secret' is required for cipher");
+    crypto::LuksCreateOptions lo;
+    lo.cipher_alg = o.encrypt_cipher_alg;
+    lo.hash = o.encrypt_hash_alg;
+    lo.iter_time_ms = o.encrypt_iter_time_ms;
+    std::vector<uint8_t> master_key;
+    const std::string& pass = *o.key_secret;
+    luks = crypto::create_luks(lo, {reinterpret_cast<const uint8_t*>(pass.data()), pass.size()},
+                               &master_key);
+    crypto::wipe(master_key.data(), master_key.size());  // the header holds it, under the key
+  }
+
   uint64_t size = o.size;
   if (!o.backing_file.empty() && size == 0) {
     std::string bpath = o.backing_file;
@@ -88,6 +111,8 @@ void create(Reactor& r, const std::string& path, const CreateOptions& o) {
     auto dev = r.run(open_image(r, bpath, bo));
     size = dev->size();
   }
+  if (!luks.empty() && size % crypto::kSectorSize)
+    throw Error(EINVAL, "encrypted image size must be a multiple of 512 bytes");
   if (size > kMaxVirtualSize)
     throw Error(Reason::kInvalidArgument, EFBIG, "image size is too large");
 
@@ -98,6 +123,7 @@ void create(Reactor& r, const std::string& path, const CreateOptions& o) {
   h.refcount_order = uint32_t(__builtin_ctz(rb));
   h.header_length = o.version == 2 ? hdr::kV2Length : hdr::kV3Length;
   h.compression = comp;
+  if (!luks.empty()) h.crypt_method = kCryptLuks;
   if (comp != Compression::kZlib) h.incompatible_features |= kIncompatCompression;
   if (o.lazy_refcounts) h.compatible_features |= kCompatLazyRefcounts;
   if (o.extended_l2) h.incompatible_features |= kIncompatExtendedL2;
@@ -106,6 +132,13 @@ void create(Reactor& r, const std::string& path, const CreateOptions& o) {
   std::vector<uint8_t> head(h.header_length, 0);
   if (!o.backing_file.empty())
     add_ext(head, kExtBackingFormat, o.backing_format.data(), o.backing_format.size());
+  size_t crypto_ext = 0;  // where the encryption extension's offset goes, once it is known (QEMU's
+                          // order: after the backing format)
+  if (!luks.empty()) {
+    const uint8_t zero[16] = {};
+    crypto_ext = head.size() + 8;
+    add_ext(head, kExtEncryption, zero, sizeof zero);
+  }
   std::vector<uint8_t> features;
   for (const Feature& f : kFeatures) {
     uint8_t e[48] = {f.type, f.bit};
@@ -129,10 +162,11 @@ void create(Reactor& r, const std::string& path, const CreateOptions& o) {
   if (uint64_t(h.l1_size) * 8 > kMaxL1Bytes)
     throw Error(Reason::kInvalidArgument, EFBIG, "image size is too large");
   const uint64_t l1_clusters = div_up(uint64_t(h.l1_size) * 8, cs);
+  const uint64_t luks_clusters = div_up(luks.size(), cs);  // after the L1 table, as QEMU
   const uint64_t rb_entries = uint64_t(cs) * 8 / rb;
   uint64_t rt_clusters = 1, rb_count = 1;
   for (;;) {
-    const uint64_t total = 1 + rt_clusters + rb_count + l1_clusters;
+    const uint64_t total = 1 + rt_clusters + rb_count + l1_clusters + luks_clusters;
     const uint64_t need_rb = div_up(total, rb_entries);
     const uint64_t need_rt = div_up(need_rb * 8, cs);
     if (need_rb == rb_count && need_rt == rt_clusters) break;
@@ -145,7 +179,12 @@ void create(Reactor& r, const std::string& path, const CreateOptions& o) {
   const uint64_t l1_start = rb_start + rb_count;
   h.l1_table_offset = h.l1_size ? l1_start * cs : 0;
   if (!h.l1_size) h.l1_table_offset = l1_start * cs;  // qemu-img points it past the blocks too
-  const uint64_t total = l1_start + l1_clusters;
+  const uint64_t luks_start = l1_start + l1_clusters;
+  const uint64_t total = luks_start + luks_clusters;
+  if (!luks.empty()) {
+    store_be64(&head[crypto_ext], luks_start * cs);
+    store_be64(&head[crypto_ext + 8], luks.size());
+  }
   serialize_header(h, head.data());
 
   std::vector<uint8_t> reftable(rt_clusters * cs, 0);
@@ -169,6 +208,10 @@ void create(Reactor& r, const std::string& path, const CreateOptions& o) {
     std::vector<uint8_t> l1(std::max<uint64_t>(uint64_t(h.l1_size) * 8, 0), 0);
     if (!l1.empty())
       if (int rc = co_await r.write_full(fd, l1, l1_start * cs); rc < 0) co_return rc;
+    if (!luks.empty()) {
+      luks.resize(luks_clusters * cs, 0);
+      if (int rc = co_await r.write_full(fd, luks, luks_start * cs); rc < 0) co_return rc;
+    }
     co_return co_await r.fsync(fd, false);
   };
   int rc = r.run(io());

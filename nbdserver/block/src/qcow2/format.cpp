@@ -117,7 +117,11 @@ std::optional<std::string> parse_header(std::span<const uint8_t> b, Header* out)
         h.bitmap_directory_offset = load_be64(d + 16);
         break;
       case kExtEncryption:
+        if (h.has_encryption_ext) return "duplicate encryption header extension";
+        if (len != 16) return "encryption header extension has the wrong length";
         h.has_encryption_ext = true;
+        h.crypto_offset = load_be64(d);
+        h.crypto_length = load_be64(d + 8);
         break;
       case kExtDataFile:
         h.has_data_file_ext = true;

@@ -54,6 +54,8 @@ constexpr uint64_t kIncompatCorrupt = 1ull << 1;
 constexpr uint64_t kIncompatDataFile = 1ull << 2;
 constexpr uint64_t kIncompatCompression = 1ull << 3;
 constexpr uint64_t kIncompatExtendedL2 = 1ull << 4;
+// crypt_method values.
+constexpr uint32_t kCryptNone = 0, kCryptAes = 1, kCryptLuks = 2;
 constexpr uint64_t kIncompatKnown = kIncompatDirty | kIncompatCorrupt | kIncompatDataFile |
                                     kIncompatCompression | kIncompatExtendedL2;
 constexpr uint64_t kCompatLazyRefcounts = 1ull << 0;
@@ -104,6 +106,7 @@ struct Header {
   uint32_t nb_bitmaps = 0;
   uint64_t bitmap_directory_size = 0, bitmap_directory_offset = 0;
   bool has_encryption_ext = false;
+  uint64_t crypto_offset = 0, crypto_length = 0;  // the LUKS header area (encryption extension)
   bool has_data_file_ext = false;
   uint64_t extensions_end = 0;  // first byte after the extension area
 

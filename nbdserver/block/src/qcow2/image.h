@@ -11,11 +11,14 @@
 
 #include <array>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
+#include "crypto/cipher.h"
+#include "crypto/luks.h"
 #include "host_file.h"
 #include "kiln/block/device.h"
 #include "kiln/block/qcow2.h"
@@ -70,6 +73,8 @@ class Image final : public BlockDevice {
   const Header& header() const { return h_; }
   const std::vector<Snapshot>& snapshots() const { return snapshots_; }
   int fd() const { return fd_.get(); }
+  // The LUKS header of an encrypted image (crypt_method 2), or null.
+  const crypto::LuksHeader* luks() const { return luks_ ? &*luks_ : nullptr; }
   Reactor& reactor() { return r_; }
 
   // --- compressed clusters written by Kiln (compress.cpp) ---
@@ -185,6 +190,22 @@ class Image final : public BlockDevice {
   // --- compressed clusters (compress.cpp) ---
   Task<int> read_compressed(L2Entry entry, std::span<uint8_t> cluster);
 
+  // --- encryption (crypt.cpp) ---
+  // Reads and validates the LUKS header area and unlocks it with opt_.key_secret. Throws.
+  Task<void> open_encryption();
+  // Writes guest data at host offset `host` (encrypted first when the image is) / decrypts
+  // guest data just read from there. Both need whole 512-byte sectors.
+  Task<int> write_data(std::span<const uint8_t> data, uint64_t host);
+  int decrypt_data(std::span<uint8_t> buf, uint64_t host);
+  // Encrypted images are read and written in whole sectors: requests that are not go through
+  // these (a bounce buffer; writes read-modify-write under rmw_mutex_).
+  bool sector_unaligned(uint64_t offset, uint64_t length) const {
+    return luks_ && ((offset | length) & (crypto::kSectorSize - 1));
+  }
+  Task<int> read_unaligned(uint64_t offset, std::span<uint8_t> buf);
+  Task<int> write_unaligned(uint64_t offset, std::span<const uint8_t> buf, unsigned flags);
+  Task<int> zero_unaligned(uint64_t offset, uint64_t length, unsigned flags);
+
   Reactor& r_;
   std::string path_;
   HostFile fd_;  // the image file (O_DIRECT with --cache=none): all its I/O goes through here
@@ -236,6 +257,10 @@ class Image final : public BlockDevice {
   // Where the next compressed cluster's bytes go: the end of the last one, inside a host
   // cluster that compressed data already holds (0: start a new cluster). QEMU packs them so.
   uint64_t compressed_tail_ = 0;
+
+  std::optional<crypto::LuksHeader> luks_;
+  std::unique_ptr<crypto::SectorCipher> cipher_;  // null while locked (header_only)
+  std::unique_ptr<AsyncMutex> rmw_mutex_;
 };
 
 }  // namespace kiln::block::qcow2

@@ -9,6 +9,7 @@ Info read_info(Reactor& r, const std::string& path, bool lock) {
   o.lock = lock;
   o.read_only = true;
   o.open_backing = false;
+  o.header_only = true;  // as qemu-img info: an encrypted image shows its header without a key
   auto img = r.run(Image::open(r, path, o, {}));
   const Header& h = img->header();
   Info info;
@@ -38,6 +39,21 @@ Info read_info(Reactor& r, const std::string& path, bool lock) {
   for (const Snapshot& s : img->snapshots())
     info.snapshots.push_back({s.id, s.name, s.vm_state_size, s.date_sec, s.date_nsec,
                               s.vm_clock_nsec, s.disk_size, s.icount});
+  info.encrypted = h.crypt_method != kCryptNone;
+  if (const crypto::LuksHeader* l = img->luks()) {
+    EncryptInfo e;
+    e.ivgen_alg = l->ivgen();
+    e.hash_alg = l->hash;
+    e.cipher_alg = l->cipher_alg();
+    e.uuid = l->uuid;
+    e.cipher_mode = l->mode();
+    for (const crypto::LuksSlot& s : l->slots)
+      e.slots.push_back(
+          {s.active, s.iterations, s.stripes, uint64_t(s.key_offset) * crypto::kSectorSize});
+    e.payload_offset = uint64_t(l->payload_offset) * crypto::kSectorSize;
+    e.master_key_iters = l->mk_digest_iterations;
+    info.encrypt = std::move(e);
+  }
   return info;
 }
 

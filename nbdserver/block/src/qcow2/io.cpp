@@ -130,8 +130,10 @@ Task<int> Image::read_cluster_part(uint64_t gc, L2Entry m, L2Kind k, uint64_t in
                                    std::span<uint8_t> buf) {
   if (!m.valid(h_.version)) co_return -EIO;
   switch (k) {
-    case L2Kind::kNormal:
-      co_return co_await fd_.read_full(buf, m.host() + in_off);
+    case L2Kind::kNormal: {
+      const int rc = co_await fd_.read_full(buf, m.host() + in_off);
+      co_return rc < 0 ? rc : decrypt_data(buf, m.host() + in_off);
+    }
     case L2Kind::kZeroPlain:
     case L2Kind::kZeroAlloc:
       std::memset(buf.data(), 0, buf.size());
@@ -165,6 +167,7 @@ Task<int> Image::read_cluster_range(uint64_t gc, L2Entry m, uint64_t in_off,
 
 Task<int> Image::read(uint64_t offset, std::span<uint8_t> buf) {
   if (offset > h_.size || buf.size() > h_.size - offset) co_return -EINVAL;
+  if (sector_unaligned(offset, buf.size())) co_return co_await read_unaligned(offset, buf);
   uint64_t pos = 0;
   while (pos < buf.size()) {
     // Gather a run of clusters of one kind whose storage is contiguous, and read it at once.
@@ -237,7 +240,7 @@ Task<int> Image::write_cluster(uint64_t gc, uint64_t in_off, std::span<const uin
     if (!draining_[b]) {
       ++pins_[b];
       unsynced_ = true;
-      const int rc = co_await fd_.write_full(data, host + in_off);
+      const int rc = co_await write_data(data, host + in_off);
       if (--pins_[b] == 0 && draining_[b]) unpinned_.notify_all();
       co_return rc;
     }
@@ -249,7 +252,7 @@ Task<int> Image::write_cluster(uint64_t gc, uint64_t in_off, std::span<const uin
   if (m.writable_in_place(in_off, data.size())) {
     // Allocated meanwhile (or pins drained): in place, under the lock.
     unsynced_ = true;
-    co_return co_await fd_.write_full(data, m.host() + in_off);
+    co_return co_await write_data(data, m.host() + in_off);
   }
   if (!m.valid(h_.version)) co_return -EIO;
   // A cluster of ours (or none yet) with subclusters: only the touched subclusters are written.
@@ -283,7 +286,7 @@ Task<int> Image::write_cluster(uint64_t gc, uint64_t in_off, std::span<const uin
   uint64_t host = m.host();
   if (!reuse)
     if (int rc = co_await alloc_clusters(1, &host); rc < 0) co_return rc;
-  if (int rc = co_await fd_.write_full(payload, host); rc < 0) {
+  if (int rc = co_await write_data(payload, host); rc < 0) {
     if (!reuse) co_await free_now(host, cs_);
     co_return rc;
   }
@@ -326,7 +329,7 @@ Task<int> Image::write_cluster_extended(uint64_t gc, L2Entry m, uint64_t in_off,
   uint64_t host = m.host();
   if (fresh)
     if (int rc = co_await alloc_clusters(1, &host); rc < 0) co_return rc;
-  if (int rc = co_await fd_.write_full(payload, host + start); rc < 0) {
+  if (int rc = co_await write_data(payload, host + start); rc < 0) {
     if (fresh) co_await free_now(host, cs_);
     co_return rc;
   }
@@ -347,6 +350,7 @@ Task<int> Image::write(uint64_t offset, std::span<const uint8_t> buf, unsigned f
   if (read_only_) co_return -EPERM;
   if (poisoned_) co_return -EIO;
   if (offset > h_.size || buf.size() > h_.size - offset) co_return -ENOSPC;
+  if (sector_unaligned(offset, buf.size())) co_return co_await write_unaligned(offset, buf, flags);
   const uint64_t first = cluster_of(offset);
   const uint64_t last = buf.empty() ? first : cluster_of(offset + buf.size() - 1);
   int err = 0;
@@ -476,6 +480,7 @@ Task<int> Image::write_zeroes(uint64_t offset, uint64_t length, unsigned flags) 
   if (read_only_) co_return -EPERM;
   if (poisoned_) co_return -EIO;
   if (offset > h_.size || length > h_.size - offset) co_return -ENOSPC;
+  if (sector_unaligned(offset, length)) co_return co_await zero_unaligned(offset, length, flags);
   const bool fast = flags & kWriteFastZero;
   const bool unmap = !(flags & kWriteNoUnmap);
   uint64_t end = offset + length;
@@ -652,6 +657,7 @@ Task<int> Image::block_status(uint64_t offset, uint64_t length, std::vector<Exte
         Extent x;
         status_of(gc, cb_, m, k, in_off, &x);
         x.length = n;
+        if (luks_) x.host_offset = Extent::kNoOffset;  // as QEMU: no offset for encrypted data
         append(out, x);
       }
       pos += n;

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -118,6 +119,13 @@ struct OpenOptions {
   // qcow2: open this internal snapshot (an id, or else a name, as qemu's -l takes them)
   // instead of the active image; read_only must be set. Error(ENOENT) if there is none.
   std::string snapshot;
+  // qcow2 LUKS encryption (qemu's encrypt.key-secret): the secret's bytes, which unlock every
+  // encrypted image of the chain (see docs/block-layer.md). Without it an encrypted image is
+  // refused, unless `header_only`.
+  std::optional<std::string> key_secret;
+  // Open for the header only (qemu-img info): an encrypted image opens without its key, and
+  // then any read or write of its data fails with -EACCES.
+  bool header_only = false;
 };
 
 // Takes QEMU-compatible advisory locks on an image file opened for reading (and writing, if

@@ -21,6 +21,13 @@ struct CreateOptions {
   std::string backing_file;    // stored as given
   std::string backing_format;  // required with backing_file
   std::string compression_type = "zlib";
+  // Encryption (qemu's encrypt.*): "" (none) or "luks"; "aes" is refused. With "luks",
+  // `key_secret` is the passphrase of key slot 0.
+  std::string encrypt_format;
+  std::optional<std::string> key_secret;
+  std::string encrypt_cipher_alg = "aes-256";  // aes-128 or aes-256 (xts-plain64)
+  std::string encrypt_hash_alg = "sha256";     // sha1, sha256, sha512
+  uint32_t encrypt_iter_time_ms = 2000;        // PBKDF2 time for the key slot
 };
 
 // Creates a qcow2 image laid out as `qemu-img create` does. Throws Error.
@@ -33,6 +40,19 @@ struct SnapshotInfo {
   uint64_t vm_clock_nsec = 0;
   uint64_t disk_size = 0;
   uint64_t icount = ~uint64_t{0};  // all ones: not recorded (older QEMU)
+};
+
+// The LUKS header of an encrypted image, as qemu-img info shows it.
+struct EncryptInfo {
+  struct Slot {
+    bool active = false;
+    uint32_t iters = 0, stripes = 0;
+    uint64_t key_offset = 0;
+  };
+  std::string ivgen_alg, hash_alg, cipher_alg, uuid, cipher_mode;
+  std::vector<Slot> slots;
+  uint64_t payload_offset = 0;
+  uint32_t master_key_iters = 0;
 };
 
 struct Info {
@@ -51,6 +71,8 @@ struct Info {
   std::string full_backing_filename;  // resolved
   std::string backing_format;
   std::vector<SnapshotInfo> snapshots;
+  bool encrypted = false;
+  std::optional<EncryptInfo> encrypt;  // LUKS (no key needed to read the header)
 };
 
 // Reads the header of a qcow2 image (no backing opened). Throws Error.
@@ -76,7 +98,9 @@ struct CheckResult {
 // Checks refcounts and tables of a qcow2 image, optionally repairing. Throws Error if the
 // image cannot be opened at all.
 // `lock` false (qemu-img's -U) is allowed only without repair.
-CheckResult check(Reactor& reactor, const std::string& path, Repair repair, bool lock = true);
+// `key_secret`: the passphrase of an encrypted image (as QEMU, check needs it).
+CheckResult check(Reactor& reactor, const std::string& path, Repair repair, bool lock = true,
+                  const std::optional<std::string>& key_secret = std::nullopt);
 
 // header_update.cpp: changes to a closed image's header that move no data (kiln-img rebase -u,
 // amend). Takes the image's write lock; refuses dirty or corrupt images. Throws Error.

@@ -41,6 +41,11 @@ struct ExportConfig {
   // Only TLS sessions authenticated as this identity (a PSK identity, or an X.509 client
   // certificate's distinguished name) see and open the export; empty: every client.
   std::string tls_identity;
+  // An encrypted (qcow2 LUKS) image's passphrase: a file read when the export opens (mode 0600
+  // or stricter; the path is recorded in the state file, never the secret), or the secret's
+  // bytes (command line --object ... data=/file=), kept in memory only. Never logged.
+  std::string key_secret_file;
+  std::optional<std::string> key_secret;
 };
 
 // Counters are updated on the export's reactor thread and read by the control API.
