@@ -221,6 +221,12 @@ def test_control_api_key_secret_file(workdir, secret, servers):
     nbd_run([NBDCOPY, unix_uri(sock, "d"), out])
     data = read_file(out)
     assert data[:MiB] == b"\x5e" * MiB and data[MiB:] == bytes(SIZE - MiB)
+    # A live snapshot would put the guest's next writes in an unencrypted layer: refused, and
+    # nothing is created.
+    overlay = os.path.join(workdir, "live-top.qcow2")
+    r = control(ctl, "snapshot", name="d", path=overlay)
+    assert not r["ok"] and r["reason"] == "unsupported" and "encrypted" in r["error"], r
+    assert not os.path.exists(overlay)
 
 
 def test_encrypted_overlay_on_plain_base_and_plain_on_encrypted(workdir, secret):

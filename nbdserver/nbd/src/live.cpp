@@ -31,6 +31,11 @@ Task<void> Server::snapshot_export(const std::string& name, const std::string& p
     throw common::invalid("export '" + name + "' is read-only: there is nothing to snapshot");
   if (e->live_busy)
     throw common::busy("export '" + name + "': a snapshot or commit is already running");
+  // The new layer would take the guest's writes in plaintext over its encrypted disk.
+  if (e->config.key_secret || !e->config.key_secret_file.empty())
+    throw common::unsupported("export '" + name +
+                              "' is encrypted: a live snapshot would store new writes "
+                              "unencrypted, and encrypted overlays are not made yet");
   if (path.empty() || path[0] != '/' || path.size() > 4096)
     throw common::invalid("the overlay path must be absolute (and at most 4096 bytes)");
   const uint32_t cs = so.cluster_size ? so.cluster_size : 65536;

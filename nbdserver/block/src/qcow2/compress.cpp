@@ -115,6 +115,8 @@ Task<int> Image::write_compressed(uint64_t gc, std::span<const uint8_t> data,
                                   std::span<const uint8_t> compressed) {
   if (read_only_) co_return -EPERM;
   if (poisoned_) co_return -EIO;
+  // QEMU refuses compression with encryption: compressed clusters would bypass the cipher.
+  if (h_.crypt_method != kCryptNone) co_return -ENOTSUP;
   if (gc >= (h_.size + cs_ - 1) >> cb_) co_return -EINVAL;
   if (data.empty() || data.size() > std::min<uint64_t>(cs_, h_.size - (gc << cb_)))
     co_return -EINVAL;
