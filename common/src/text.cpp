@@ -22,6 +22,19 @@ std::vector<std::string> split_nonempty(std::string_view s, char sep) {
   return out;
 }
 
+std::vector<std::string> split_qemu_options(std::string_view s) {
+  std::vector<std::string> items(1);
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != ',')
+      items.back() += s[i];
+    else if (i + 1 < s.size() && s[i + 1] == ',')
+      items.back() += ',', ++i;
+    else
+      items.emplace_back();
+  }
+  return items;
+}
+
 std::string join(const std::vector<std::string>& parts, std::string_view sep) {
   std::string out;
   for (size_t i = 0; i < parts.size(); ++i) {

@@ -21,6 +21,7 @@
 #include "kiln/block/device.h"
 #include "kiln/block/qcow2.h"
 #include "kiln/block/worker_pool.h"
+#include "kiln/common/text.h"
 #include "tool_util.h"
 
 namespace kiln::block::cli {
@@ -49,27 +50,14 @@ struct ConvertArgs {
 std::string parse_snapshot_param(const std::string& text) {
   if (!text.starts_with("snapshot.")) return text;
   std::string id, name;
-  std::string cur;
-  auto take = [&] {
-    if (cur.starts_with("snapshot.id="))
-      id = cur.substr(12);
-    else if (cur.starts_with("snapshot.name="))
-      name = cur.substr(14);
+  for (const std::string& item : common::split_qemu_options(text)) {
+    if (item.starts_with("snapshot.id="))
+      id = item.substr(12);
+    else if (item.starts_with("snapshot.name="))
+      name = item.substr(14);
     else
-      throw ToolError("Invalid parameter '" + cur.substr(0, cur.find('=')) + "'");
-    cur.clear();
-  };
-  for (size_t i = 0; i < text.size(); ++i) {
-    if (text[i] == ',' && i + 1 < text.size() && text[i + 1] == ',') {
-      cur += ',';
-      ++i;
-    } else if (text[i] == ',') {
-      take();
-    } else {
-      cur += text[i];
-    }
+      throw ToolError("Invalid parameter '" + item.substr(0, item.find('=')) + "'");
   }
-  take();
   if (!id.empty() && !name.empty() && id != name)
     throw ToolError("Give snapshot.id or snapshot.name, not both");
   return id.empty() ? name : id;
@@ -82,25 +70,6 @@ std::string parse_snapshot_param(const std::string& text) {
   if (what.starts_with(prefix)) what = what.substr(prefix.size());
   if (what.starts_with("Invalid parameter '")) throw ToolError(what);
   throw ToolError(a.dst + ": error while converting " + a.out_format + ": " + what);
-}
-
-// Splits one -o argument at commas (",," is a comma), for the options handled here.
-std::vector<std::string> o_items(const std::string& text) {
-  std::vector<std::string> items;
-  std::string cur;
-  for (size_t i = 0; i < text.size(); ++i) {
-    if (text[i] == ',' && i + 1 < text.size() && text[i + 1] == ',') {
-      cur += ',';
-      ++i;
-    } else if (text[i] == ',') {
-      items.push_back(cur);
-      cur.clear();
-    } else {
-      cur += text[i];
-    }
-  }
-  items.push_back(cur);
-  return items;
 }
 
 Prealloc parse_prealloc(const std::string& v, const ConvertArgs& a) {
@@ -116,7 +85,7 @@ Prealloc parse_prealloc(const std::string& v, const ConvertArgs& a) {
 // other option, as qemu-img's raw driver).
 void parse_o_arg(const std::string& text, ConvertArgs& a) {
   std::string rest;
-  for (const std::string& item : o_items(text)) {
+  for (const std::string& item : common::split_qemu_options(text)) {
     if (item.starts_with("preallocation=")) {
       a.prealloc = parse_prealloc(item.substr(14), a);
       continue;

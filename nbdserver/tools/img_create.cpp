@@ -14,6 +14,7 @@
 #include "kiln/block/device.h"
 #include "kiln/block/qcow2.h"
 #include "kiln/block/secret.h"
+#include "kiln/common/text.h"
 #include "tool_util.h"
 
 namespace kiln::block::cli {
@@ -29,23 +30,7 @@ uint64_t whole_sectors(uint64_t size) { return (size + 511) / 512 * 512; }
 
 // Parses one -o argument: comma-separated key=value pairs (",," escapes a comma).
 void parse_o(const std::string& text, CreateArgs& a, const std::string& file) {
-  std::vector<std::string> items;
-  std::string cur;
-  for (size_t i = 0; i < text.size(); ++i) {
-    if (text[i] == ',') {
-      if (i + 1 < text.size() && text[i + 1] == ',') {
-        cur += ',';
-        ++i;
-        continue;
-      }
-      items.push_back(cur);
-      cur.clear();
-    } else {
-      cur += text[i];
-    }
-  }
-  items.push_back(cur);
-  for (const std::string& item : items) {
+  for (const std::string& item : common::split_qemu_options(text)) {
     if (item.empty()) continue;
     auto eq = item.find('=');
     std::string key = item.substr(0, eq);

@@ -6,6 +6,7 @@
 
 #include "img_commands.h"
 #include "kiln/block/qcow2.h"
+#include "kiln/common/text.h"
 
 namespace kiln::block::cli {
 
@@ -113,23 +114,7 @@ std::vector<std::pair<std::string, std::string>> parse_option_list(
     const std::vector<std::string>& args, const std::string& file) {
   std::vector<std::pair<std::string, std::string>> out;
   for (const std::string& text : args) {
-    std::vector<std::string> items;
-    std::string cur;
-    for (size_t i = 0; i < text.size(); ++i) {
-      if (text[i] == ',') {
-        if (i + 1 < text.size() && text[i + 1] == ',') {
-          cur += ',';
-          ++i;
-          continue;
-        }
-        items.push_back(cur);
-        cur.clear();
-      } else {
-        cur += text[i];
-      }
-    }
-    items.push_back(cur);
-    for (const std::string& item : items) {
+    for (const std::string& item : common::split_qemu_options(text)) {
       if (item.empty()) continue;
       auto eq = item.find('=');
       if (eq == std::string::npos)

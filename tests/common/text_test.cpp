@@ -20,6 +20,13 @@ TEST(Text, SplitNonemptyDropsEmptyFields) {
   EXPECT_EQ(split_nonempty(",,", ','), V{});
 }
 
+TEST(Text, SplitQemuOptionsUnescapesDoubledCommas) {
+  EXPECT_EQ(split_qemu_options("a=1,,2,b"), (std::vector<std::string>{"a=1,2", "b"}));
+  EXPECT_EQ(split_qemu_options("x,,,,y,"), (std::vector<std::string>{"x,,y", ""}));
+  EXPECT_EQ(split_qemu_options(""), (std::vector<std::string>{""}));
+  EXPECT_EQ(split_qemu_options(",,"), (std::vector<std::string>{","}));
+}
+
 TEST(Text, Join) {
   EXPECT_EQ(join({}, ", "), "");
   EXPECT_EQ(join({"a"}, ", "), "a");

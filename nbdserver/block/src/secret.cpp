@@ -9,6 +9,7 @@
 
 #include "kiln/block/device.h"
 #include "kiln/common/fd.h"
+#include "kiln/common/text.h"
 
 namespace kiln::block {
 
@@ -49,24 +50,8 @@ std::optional<std::string> decode_base64(const std::string& in) {
 }  // namespace
 
 std::vector<std::pair<std::string, std::string>> split_options(const std::string& text) {
-  std::vector<std::string> items;
-  std::string cur;
-  for (size_t i = 0; i < text.size(); ++i) {
-    if (text[i] == ',') {
-      if (i + 1 < text.size() && text[i + 1] == ',') {
-        cur += ',';
-        ++i;
-        continue;
-      }
-      items.push_back(cur);
-      cur.clear();
-    } else {
-      cur += text[i];
-    }
-  }
-  items.push_back(cur);
   std::vector<std::pair<std::string, std::string>> out;
-  for (const std::string& item : items) {
+  for (const std::string& item : common::split_qemu_options(text)) {
     if (item.empty()) continue;
     const auto eq = item.find('=');
     if (eq == std::string::npos)

@@ -11,6 +11,9 @@ namespace kiln::common {
 std::vector<std::string> split(std::string_view s, char sep);
 // As split, without the empty pieces: "a,,b," -> {"a", "b"}.
 std::vector<std::string> split_nonempty(std::string_view s, char sep);
+// QEMU's option lists (qemu-img -o, --object, --image-opts, -l): pieces separated by ',' in
+// which ",," stands for a comma. "a=1,,2,b" -> {"a=1,2", "b"}; "" -> {""}.
+std::vector<std::string> split_qemu_options(std::string_view s);
 std::string join(const std::vector<std::string>& parts, std::string_view sep);
 // Without leading and trailing spaces, tabs, CR and LF.
 std::string trim(std::string_view s);
