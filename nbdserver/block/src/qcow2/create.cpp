@@ -19,24 +19,6 @@ namespace kiln::block::qcow2 {
 
 namespace {
 
-struct Feature {
-  uint8_t type, bit;
-  const char* name;
-};
-constexpr Feature kFeatures[] = {
-    {0, 0, "dirty bit"},        {0, 1, "corrupt bit"},         {0, 2, "external data file"},
-    {0, 3, "compression type"}, {0, 4, "extended L2 entries"}, {1, 0, "lazy refcounts"},
-    {2, 0, "bitmaps"},          {2, 1, "raw external data"},
-};
-
-void add_ext(std::vector<uint8_t>& b, uint32_t type, const void* data, size_t len) {
-  size_t pos = b.size();
-  b.resize(pos + 8 + ((len + 7) & ~size_t{7}), 0);
-  store_be32(&b[pos], type);
-  store_be32(&b[pos + 4], uint32_t(len));
-  std::memcpy(&b[pos + 8], data, len);
-}
-
 uint64_t div_up(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
 
 std::string dirname_of(const std::string& path) {
@@ -131,22 +113,17 @@ void create(Reactor& r, const std::string& path, const CreateOptions& o) {
   // The header cluster: fixed header, extensions, end marker, backing file name.
   std::vector<uint8_t> head(h.header_length, 0);
   if (!o.backing_file.empty())
-    add_ext(head, kExtBackingFormat, o.backing_format.data(), o.backing_format.size());
+    append_extension(head, kExtBackingFormat, o.backing_format.data(), o.backing_format.size());
   size_t crypto_ext = 0;  // where the encryption extension's offset goes, once it is known (QEMU's
                           // order: after the backing format)
   if (!luks.empty()) {
     const uint8_t zero[16] = {};
     crypto_ext = head.size() + 8;
-    add_ext(head, kExtEncryption, zero, sizeof zero);
+    append_extension(head, kExtEncryption, zero, sizeof zero);
   }
-  std::vector<uint8_t> features;
-  for (const Feature& f : kFeatures) {
-    uint8_t e[48] = {f.type, f.bit};
-    std::memcpy(e + 2, f.name, strlen(f.name));
-    features.insert(features.end(), e, e + 48);
-  }
+  const std::vector<uint8_t> features = qemu_feature_table();
   if (o.version >= 3 && head.size() + 8 + features.size() + 8 + o.backing_file.size() <= cs)
-    add_ext(head, kExtFeatureTable, features.data(), features.size());
+    append_extension(head, kExtFeatureTable, features.data(), features.size());
   head.resize(head.size() + 8, 0);  // end of extensions
   if (!o.backing_file.empty()) {
     h.backing_file_offset = head.size();

@@ -1,5 +1,6 @@
 #include "qcow2/format.h"
 
+#include <cstring>
 #include <string>
 
 #include "kiln/block/qcow2.h"
@@ -29,6 +30,33 @@ std::string printable(std::string_view name) {
     }
   }
   return out;
+}
+
+std::vector<uint8_t> qemu_feature_table() {
+  struct Feature {
+    uint8_t type, bit;
+    const char* name;
+  };
+  static constexpr Feature kFeatures[] = {
+      {0, 0, "dirty bit"},        {0, 1, "corrupt bit"},         {0, 2, "external data file"},
+      {0, 3, "compression type"}, {0, 4, "extended L2 entries"}, {1, 0, "lazy refcounts"},
+      {2, 0, "bitmaps"},          {2, 1, "raw external data"},
+  };
+  std::vector<uint8_t> table;
+  for (const Feature& f : kFeatures) {
+    uint8_t e[48] = {f.type, f.bit};
+    std::memcpy(e + 2, f.name, std::strlen(f.name));
+    table.insert(table.end(), e, e + 48);
+  }
+  return table;
+}
+
+void append_extension(std::vector<uint8_t>& b, uint32_t type, const void* data, size_t len) {
+  const size_t pos = b.size();
+  b.resize(pos + 8 + ((len + 7) & ~size_t{7}), 0);
+  store_be32(&b[pos], type);
+  store_be32(&b[pos + 4], uint32_t(len));
+  if (len) std::memcpy(&b[pos + 8], data, len);
 }
 
 std::string Header::feature_name(uint8_t type, uint8_t bit) const {

@@ -78,6 +78,11 @@ struct FeatureName {
   std::string name;
 };
 
+// The feature name table extension as QEMU writes it into v3 images (48-byte entries).
+std::vector<uint8_t> qemu_feature_table();
+// Appends one header extension to `b`: type, length, the data padded to 8 bytes.
+void append_extension(std::vector<uint8_t>& b, uint32_t type, const void* data, size_t len);
+
 struct Header {
   uint32_t version = 3;
   uint64_t backing_file_offset = 0;

@@ -16,25 +16,6 @@
 namespace kiln::block::qcow2 {
 namespace {
 
-struct Feature {
-  uint8_t type, bit;
-  const char* name;
-};
-// The feature name table QEMU writes into v3 images (as create.cpp writes it).
-constexpr Feature kFeatures[] = {
-    {0, 0, "dirty bit"},        {0, 1, "corrupt bit"},         {0, 2, "external data file"},
-    {0, 3, "compression type"}, {0, 4, "extended L2 entries"}, {1, 0, "lazy refcounts"},
-    {2, 0, "bitmaps"},          {2, 1, "raw external data"},
-};
-
-void add_ext(std::vector<uint8_t>& b, uint32_t type, const uint8_t* data, size_t len) {
-  const size_t pos = b.size();
-  b.resize(pos + 8 + ((len + 7) & ~size_t{7}), 0);
-  store_be32(&b[pos], type);
-  store_be32(&b[pos + 4], uint32_t(len));
-  if (len) std::memcpy(&b[pos + 8], data, len);
-}
-
 struct RawExt {
   uint32_t type;
   std::vector<uint8_t> data;
@@ -139,30 +120,26 @@ void update_header(Reactor& r, const std::string& path, const HeaderChange& c) {
   // Extensions, in QEMU's order: backing format, encryption and data file, feature table,
   // the rest as they were.
   if (!n.backing_file.empty() && n.backing_format)
-    add_ext(head, kExtBackingFormat, reinterpret_cast<const uint8_t*>(n.backing_format->data()),
-            n.backing_format->size());
+    append_extension(head, kExtBackingFormat,
+                     reinterpret_cast<const uint8_t*>(n.backing_format->data()),
+                     n.backing_format->size());
   const std::vector<RawExt> old = raw_extensions(b, h);
   for (const RawExt& e : old)
     if (e.type == kExtEncryption || e.type == kExtDataFile)
-      add_ext(head, e.type, e.data.data(), e.data.size());
+      append_extension(head, e.type, e.data.data(), e.data.size());
   if (n.version >= 3) {
     std::vector<uint8_t> table;
     for (const RawExt& e : old)
       if (e.type == kExtFeatureTable) table = e.data;
     if (table.empty() || h.version == 2) {
-      table.clear();
-      for (const Feature& f : kFeatures) {
-        uint8_t e[48] = {f.type, f.bit};
-        std::memcpy(e + 2, f.name, strlen(f.name));
-        table.insert(table.end(), e, e + 48);
-      }
+      table = qemu_feature_table();
     }
-    add_ext(head, kExtFeatureTable, table.data(), table.size());
+    append_extension(head, kExtFeatureTable, table.data(), table.size());
   }
   for (const RawExt& e : old)
     if (e.type != kExtBackingFormat && e.type != kExtEncryption && e.type != kExtDataFile &&
         e.type != kExtFeatureTable)
-      add_ext(head, e.type, e.data.data(), e.data.size());
+      append_extension(head, e.type, e.data.data(), e.data.size());
   head.resize(head.size() + 8, 0);  // end of extensions
   n.backing_file_offset = n.backing_file.empty() ? 0 : head.size();
   n.backing_file_size = uint32_t(n.backing_file.size());
