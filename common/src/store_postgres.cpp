@@ -177,12 +177,17 @@ class Postgres final : public Backend {
     return std::make_unique<PgCursor>(*this, sql);
   }
   void exec(const std::string& sql) override {
-    run(sql, [&] { return PQexec(conn_, sql.c_str()); });
+    run([&] { return PQexec(conn_, sql.c_str()); });
   }
   void begin_write() override {
     command("BEGIN ISOLATION LEVEL READ COMMITTED");
     in_txn_ = true;
-    lock_writers();
+    try {
+      lock_writers();
+    } catch (...) {
+      rollback();  // the lock wait timed out: leave no transaction open behind the caller
+      throw;
+    }
   }
   void begin_read() override {
     command("BEGIN ISOLATION LEVEL REPEATABLE READ");
@@ -227,7 +232,7 @@ class Postgres final : public Backend {
       lengths.push_back(p.value ? static_cast<int>(p.value->size()) : 0);
       formats.push_back(p.binary ? 1 : 0);
     }
-    return run(sql, [&] {
+    return run([&] {
       return PQexecParams(conn_, sql.c_str(), static_cast<int>(values.size()), nullptr,
                           values.data(), lengths.data(), formats.data(), 0);
     });
@@ -235,8 +240,7 @@ class Postgres final : public Backend {
 
  private:
   template <class Send>
-  Result run(const std::string& sql, Send send) {
-    (void)sql;
+  Result run(Send send) {
     std::lock_guard<std::mutex> g(mutex_);
     if (in_txn_) command_locked("SAVEPOINT kiln_statement");
     Result r(send());

@@ -16,8 +16,11 @@ namespace {
 
 constexpr mode_t kPrivateFile = 0600;
 
+// A lock wait that ran out (SQLITE_BUSY after the busy timeout) is kBusy, as on PostgreSQL;
+// the rest kIo.
 Error sqlite_error(sqlite3* db) {
-  return system_error(std::string("database: ") + sqlite3_errmsg(db));
+  const std::string msg = std::string("database: ") + sqlite3_errmsg(db);
+  return (sqlite3_errcode(db) & 0xff) == SQLITE_BUSY ? busy(msg) : system_error(msg);
 }
 
 // Creates the file before SQLite does, to give it its mode: SQLite creates it with 0644 minus
@@ -110,10 +113,10 @@ class Sqlite final : public Backend {
   }
   void exec(const std::string& sql) override {
     char* err = nullptr;
-    if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
-      std::string msg = err ? err : sqlite3_errmsg(db_);
+    if (int rc = sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err); rc != SQLITE_OK) {
+      std::string msg = "database: " + std::string(err ? err : sqlite3_errmsg(db_));
       sqlite3_free(err);
-      throw system_error("database: " + msg);
+      throw(rc & 0xff) == SQLITE_BUSY ? busy(msg) : system_error(msg);
     }
   }
   // BEGIN IMMEDIATE takes the write lock up front; the busy timeout waits for other writers.

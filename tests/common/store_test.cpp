@@ -320,6 +320,36 @@ TEST_P(Engine, ReaderInAnotherProcessDoesNotWaitForAWriteTransaction) {
   EXPECT_EQ(count(*open(v1())), 2);
 }
 
+// A writer that gives up waiting for the lock (kBusy after the busy timeout) leaves its
+// connection usable: the next write on it succeeds once the lock is free.
+TEST_P(Engine, AWriterThatTimedOutCanWriteLater) {
+  put(*open(v1()), "first", 1);
+  Pipe in_txn, release;
+  pid_t holder = in_child([&] {
+    auto db = open(v1());
+    db->write([&] {
+      put(*db, "held", 2);
+      in_txn.signal();
+      if (!release.wait(60000)) throw std::runtime_error("never released");
+    });
+    return 0;
+  });
+  ASSERT_TRUE(in_txn.wait(60000));
+  Database::Options quick;
+  quick.busy_timeout_ms = 300;
+  auto db = open(v1(), quick);
+  try {
+    db->write([&] { put(*db, "late", 3); });
+    ADD_FAILURE() << "wrote while another writer held the lock";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.reason(), Reason::kBusy) << e.what();
+  }
+  release.signal();
+  EXPECT_EQ(wait_child(holder), 0);
+  db->write([&] { put(*db, "later", 4); });
+  EXPECT_EQ(count(*db), 3);
+}
+
 // Read-modify-write from several processes (hosts, for PostgreSQL): every increment counts,
 // none fails with BUSY.
 TEST_P(Engine, WritersInSeveralProcessesSerialise) {
