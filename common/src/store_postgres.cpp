@@ -27,9 +27,19 @@ struct ResultFree {
 };
 using Result = std::unique_ptr<PGresult, ResultFree>;
 
+// libpq's message on one line: its hint lines ("\n\tIs the server running...") joined by "; ".
 std::string trimmed(const char* message) {
-  std::string m = message ? message : "";
-  while (!m.empty() && (m.back() == '\n' || m.back() == ' ')) m.pop_back();
+  std::string m;
+  for (const char* p = message ? message : ""; *p; ++p) {
+    if (*p != '\n') {
+      const bool blank = *p == '\t' || *p == ' ';
+      if (!(blank && m.ends_with("; "))) m += blank ? ' ' : *p;
+      continue;
+    }
+    while (!m.empty() && m.back() == ' ') m.pop_back();
+    if (p[1]) m += "; ";
+  }
+  while (!m.empty() && (m.back() == ' ' || m.back() == ';')) m.pop_back();
   return m;
 }
 
@@ -116,9 +126,7 @@ class PgCursor final : public Cursor {
   }
   int64_t integer(int col) override {
     const char* v = value(col);
-    if (!v) return 0;
-    if (v[0] == 't' || v[0] == 'f') return v[0] == 't';  // a boolean column
-    return std::strtoll(v, nullptr, 10);
+    return v ? std::strtoll(v, nullptr, 10) : 0;
   }
   bool null(int col) override { return value(col) == nullptr; }
   // BYTEA comes back as text in hex form: \x0a1b...

@@ -111,20 +111,16 @@ std::vector<common::Database::Migration> migrations() {
   return {schema_v1, glance_image_fields_v2, metadata_tables_v3};
 }
 
-// Creates the state directory (instances, images and bases live there whatever the database).
-void state_dir_in(const std::string& dir) {
+// Creates the state directory (instances, images and bases live there whatever the database)
+// and returns where the database is: `db_url` if given, else the SQLite file in the directory.
+std::string database_location(const std::string& dir, const std::string& db_url) {
   // Instances live below: QEMU passes through on its way to their config drives (perms.h).
   try {
     make_dir(dir, kPassageDir);
   } catch (const Error& e) {
     throw system_error(std::string("state directory: ") + e.what());
   }
-}
-
-// Creates the state directory; returns the SQLite database's path in it.
-std::string database_in(const std::string& dir) {
-  state_dir_in(dir);
-  return dir + "/spawn.db";
+  return db_url.empty() ? dir + "/spawn.db" : db_url;
 }
 
 common::Database::Options in_schema(const std::string& schema) {
@@ -138,9 +134,7 @@ common::Database::Options in_schema(const std::string& schema) {
 // Opening writes nothing when the schema is current, so a listing never waits for the write
 // lock that a boot in another process holds.
 Store::Store(const std::string& dir, const std::string& db_url, const std::string& schema)
-    : dir_(dir),
-      db_(db_url.empty() ? database_in(dir) : (state_dir_in(dir), db_url), migrations(),
-          in_schema(schema)) {}
+    : dir_(dir), db_(database_location(dir, db_url), migrations(), in_schema(schema)) {}
 
 void Store::put(const Image& i) {
   Stmt s(db_, common::upsert_sql("images",

@@ -30,21 +30,29 @@ def test_ssh_errors(world, tmp_path):
     world.spawn("delete", "Web_1")
 
 
-def test_ssh_runs_ssh_inside_the_networks_dhcp_namespace(world, tmp_path):
-    inst = booted(world, tmp_path)
+def ssh_with_fake(world, tmp_path, inst, *args):
+    """Runs kiln-spawn ssh ARGS with a stand-in ssh on PATH, inside a mount namespace of its
+    own where the network's DHCP namespace exists; returns the lines the stand-in wrote: its
+    arguments, then the network namespace it ran in."""
     bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "ssh").write_text(FAKE_SSH)
-    (bindir / "ssh").chmod(0o755)
+    if not bindir.exists():
+        bindir.mkdir()
+        (bindir / "ssh").write_text(FAKE_SSH)
+        (bindir / "ssh").chmod(0o755)
     out = tmp_path / "ssh.out"
     ns = os.path.join(world.run_dir, "netns", "qdhcp-" + inst["network_id"])
-    cmd = world.spawn_cmd("ssh", "Web_1", "-l", "debian", "-i", "/keys/id", "-o",
-                          "BatchMode=yes", "--", "uname", "-a")
+    cmd = world.spawn_cmd("ssh", *args)
     script = (f"mkdir -p {shlex.quote(os.path.dirname(ns))} && touch {shlex.quote(ns)} && "
               f"unshare --net={shlex.quote(ns)} true && {shlex.join(map(str, cmd))}")
     env = dict(world.env, PATH=f"{bindir}:{os.environ['PATH']}", KILN_TEST_SSH_OUT=str(out))
     run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], env=env)
-    *args, netns = out.read_text().splitlines()
+    return out.read_text().splitlines()
+
+
+def test_ssh_runs_ssh_inside_the_networks_dhcp_namespace(world, tmp_path):
+    inst = booted(world, tmp_path)
+    *args, netns = ssh_with_fake(world, tmp_path, inst, "Web_1", "-l", "debian", "-i", "/keys/id",
+                                 "-o", "BatchMode=yes", "--", "uname", "-a")
     assert args == ["-o", f"UserKnownHostsFile={inst['instance_dir']}/known_hosts",
                     "-o", "StrictHostKeyChecking=accept-new", "-l", "debian",
                     "-o", "BatchMode=yes", "-i", "/keys/id", "--", inst["ip_address"],
@@ -60,20 +68,9 @@ def test_ssh_logs_in_as_the_images_os_admin_user(world, tmp_path):
     world.spawn("boot", "Deb_1", "--image", "debian", "--flavor", "m1.tiny", "--net", "demo-net")
     booted(world, tmp_path)  # Web_1, from an image without the property
     inst = world.spawn_json("show", "Deb_1")
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "ssh").write_text(FAKE_SSH)
-    (bindir / "ssh").chmod(0o755)
-    out = tmp_path / "ssh.out"
-    ns = os.path.join(world.run_dir, "netns", "qdhcp-" + inst["network_id"])
 
     def login(*args):
-        cmd = world.spawn_cmd("ssh", *args, "--", "true")
-        script = (f"mkdir -p {shlex.quote(os.path.dirname(ns))} && touch {shlex.quote(ns)} && "
-                  f"unshare --net={shlex.quote(ns)} true && {shlex.join(map(str, cmd))}")
-        env = dict(world.env, PATH=f"{bindir}:{os.environ['PATH']}", KILN_TEST_SSH_OUT=str(out))
-        run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], env=env)
-        a = out.read_text().splitlines()
+        a = ssh_with_fake(world, tmp_path, inst, *args, "--", "true")
         return a[a.index("-l") + 1]
 
     assert login("Deb_1") == "debian"
