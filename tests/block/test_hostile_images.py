@@ -11,7 +11,7 @@ import tempfile
 
 import pytest
 
-from kilntest.images import (KILN_IMG, KILN_IO, MiB, assert_one_line_error, create_qcow2,
+from kilntest.images import (KILN_IMG, KILN_IO, QEMU_IO, MiB, assert_one_line_error, create_qcow2,
                              header_get, header_set, kiln_img, kiln_io, make_raw, patch_bytes,
                              qemu_img, qemu_io, read_file, run)
 from kilntest.nbd import Servers, control
@@ -312,6 +312,59 @@ def test_l2_entry_past_eof_reads_fail_cleanly(workdir):
     assert "Sanitizer" not in p.stderr and "runtime error" not in p.stderr, p.stderr
     if p.returncode:
         assert_one_line_error(p, "kiln-io")
+
+
+# --- Refcount structures that say the header and tables are free -------------------------
+
+def hostile_refcounts(d, case):
+    """An image whose refcounts claim that the clusters holding the header and the tables are
+    free: the first refcount table entry with reserved bits set (and, as a fuzzer found, later
+    entries past the end of the file), the first entry zero (no refcount block for the range
+    holding the header), or the first refcount block zeroed."""
+    img = good_image(d)
+    rt = header_get(img, "refcount_table_offset")
+    rb = be64(img, rt)
+    if case == "reserved-bits":
+        patch_bytes(img, rt, struct.pack(">QQ", rb | 4, 1 << 61))
+    elif case == "zero-entry":
+        patch_bytes(img, rt, struct.pack(">Q", 0))
+    else:
+        patch_bytes(img, rb, bytes(65536))
+    return img
+
+
+@pytest.mark.parametrize("case", ["reserved-bits", "zero-entry", "zeroed-block"])
+def test_write_with_hostile_refcounts_fails_and_keeps_the_image(workdir, case, ctl):
+    """A write that must allocate fails with EIO at once instead of handing out the header's
+    cluster (which overwrote the header, or, for the zero entry, looped forever writing a
+    refcount block over it); the file is unchanged, kiln-nbd keeps serving, and check -r all
+    then repairs the image so that writes work and qemu-img check is clean."""
+    img = hostile_refcounts(workdir, case)
+    before = read_file(img)
+    p = kiln_io(img, "write -P 0x77 2M 4k", extra=["-f", "qcow2"], check=False,
+                limit_memory=True, timeout=60)
+    assert "Sanitizer" not in p.stderr and "runtime error" not in p.stderr, p.stderr
+    assert p.returncode == 1 and "Input/output error" in p.stderr, p.stderr
+    assert read_file(img) == before
+
+    r = control(ctl, "add-export", name="refcounts", path=img, format="qcow2")
+    assert r["ok"] is True, r
+    try:
+        sock = os.path.join(os.path.dirname(ctl), "nbd.sock")
+        url = f"nbd+unix:///refcounts?socket={sock}"
+        p = run([QEMU_IO, "-f", "raw", "-c", "write -P 0x77 2M 4k", url], check=False, timeout=60)
+        assert "error" in (p.stdout + p.stderr).lower(), (p.stdout, p.stderr)
+        p = run([QEMU_IO, "-f", "raw", "-c", "read -P 0x11 0 128k", url], check=False,
+                timeout=60)
+        assert p.returncode == 0 and "error" not in (p.stdout + p.stderr).lower(), p.stdout
+    finally:
+        assert control(ctl, "remove-export", name="refcounts")["ok"] is True
+    assert read_file(img) == before
+
+    kiln_img("check", "-r", "all", img, check=False, timeout=60)
+    kiln_io(img, "write -P 0x77 2M 4k", extra=["-f", "qcow2"], timeout=60)
+    qemu_img("check", img)
+    qemu_io(img, "read -P 0x11 0 128k", "read -P 0x22 1M 64k", "read -P 0x77 2M 4k")
 
 
 # --- A raw disk whose guest wrote a qcow2 header naming a host file -------------------------

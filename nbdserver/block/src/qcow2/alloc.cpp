@@ -18,7 +18,9 @@ Task<int> Image::refcount(uint64_t cluster, uint64_t* value) {
   *value = 0;
   const uint64_t rti = cluster / rb_entries_;
   if (rti >= reftable_.size()) co_return 0;
-  const uint64_t rb = RefTableEntry{reftable_[rti]}.block_offset();
+  const RefTableEntry rte{reftable_[rti]};
+  if (rte.reserved_bits()) co_return -EIO;
+  const uint64_t rb = rte.block_offset();
   if (!rb) co_return 0;
   if (rb % cs_) co_return -EIO;
   const uint64_t idx = cluster % rb_entries_;
@@ -36,7 +38,9 @@ Task<int> Image::add_refcount(uint64_t cluster, int64_t delta) {
     if (delta < 0) co_return -EIO;  // releasing a cluster that has no refcount
     if (int rc = co_await ensure_refblock(cluster); rc < 0) co_return rc;
   }
+  if (RefTableEntry{reftable_[rti]}.reserved_bits()) co_return -EIO;
   const uint64_t rb = RefTableEntry{reftable_[rti]}.block_offset();
+  if (rb % cs_) co_return -EIO;
   const uint64_t idx = cluster % rb_entries_;
   const uint64_t sb = rb_cache_.slice_bytes();
   const uint64_t per_slice = sb * 8 / h_.refcount_bits();
@@ -74,6 +78,7 @@ Task<int> Image::alloc_clusters_locked(uint64_t count, uint64_t* host_offset) {
       }
       uint64_t v;
       if (int rc = co_await refcount(i, &v); rc < 0) co_return rc;
+      if (v == 0 && holds_fixed_metadata(i)) co_return -EIO;  // the refcounts are corrupt
       if (v == 0) {
         if (run++ == 0) start = i;
         prefix_used = false;
@@ -92,13 +97,32 @@ Task<int> Image::alloc_clusters_locked(uint64_t count, uint64_t* host_offset) {
   }
 }
 
+// A cluster that always has a reference but whose refcount reads zero means the refcounts are
+// corrupt (a hostile or damaged image): handing it out would overwrite the header or a table
+// with guest data. This is QEMU's metadata overlap check for the structures known without
+// reading anything; the allocator fails the request with EIO instead.
+bool Image::holds_fixed_metadata(uint64_t cluster) const {
+  auto within = [&](uint64_t off, uint64_t bytes) {
+    return bytes && cluster >= off >> cb_ && cluster <= (off + bytes - 1) >> cb_;
+  };
+  return cluster == 0 || within(h_.l1_table_offset, uint64_t(h_.l1_size) * 8) ||
+         within(h_.refcount_table_offset, uint64_t(h_.refcount_table_clusters) << cb_) ||
+         (h_.nb_snapshots && within(h_.snapshots_offset, 1)) ||
+         (h_.crypt_method == kCryptLuks && within(h_.crypto_offset, h_.crypto_length));
+}
+
 Task<int> Image::ensure_refblock(uint64_t cluster) {
   const uint64_t rti = cluster / rb_entries_;
   if (rti >= reftable_.size())
     if (int rc = co_await grow_reftable(rti + 1); rc < 0) co_return rc;
-  if (RefTableEntry{reftable_[rti]}.block_offset()) co_return 0;
+  const RefTableEntry rte{reftable_[rti]};
+  if (rte.reserved_bits()) co_return -EIO;
+  if (rte.block_offset()) co_return 0;
   // Nothing in this block's range is allocated (its refcounts are all zero), so the block can
-  // live in the cluster asked about and describe itself.
+  // live in the cluster asked about and describe itself. A range without a block that holds
+  // the header or a table is a corrupt refcount table: the block would overwrite it (and, at
+  // cluster 0, leave the entry zero, so the allocator would ask again forever).
+  if (holds_fixed_metadata(cluster)) co_return -EIO;
   std::vector<uint8_t> block(cs_, 0);
   set_refcount(block.data(), cluster % rb_entries_, h_.refcount_order, 1);
   const uint64_t off = cluster << cb_;
@@ -128,6 +152,7 @@ Task<int> Image::grow_reftable(uint64_t needed_entries) {
   for (uint64_t i = free_hint_; run < new_clusters + extra; ++i) {
     uint64_t v;
     if (int rc = co_await refcount(i, &v); rc < 0) co_return rc;
+    if (v == 0 && holds_fixed_metadata(i)) co_return -EIO;  // the refcounts are corrupt
     if (v == 0) {
       if (run++ == 0) start = i;
     } else {

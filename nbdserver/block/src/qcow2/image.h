@@ -160,6 +160,9 @@ class Image final : public BlockDevice {
   Task<int> alloc_clusters(uint64_t count, uint64_t* host_offset);
   Task<int> alloc_clusters_locked(uint64_t count, uint64_t* host_offset);
   Task<int> ensure_refblock(uint64_t cluster);
+  // Whether a cluster holds a structure the header points at (header, L1 table, refcount
+  // table, snapshot table, LUKS header): such a cluster is never free, whatever refcounts say.
+  bool holds_fixed_metadata(uint64_t cluster) const;
   Task<int> grow_reftable(uint64_t needed_entries);
   // Makes the L2 table of L1 index `l1i` exist and be exclusively ours (copies a shared one).
   Task<int> prepare_l2(uint32_t l1i);
