@@ -102,6 +102,10 @@ class Images:
                 f.write(f"nbd write {o + 4096 * rng.randrange(16)} 4096\n")
             f.write("nbd close\n")
         self.cow_writes = len(offsets)
+        # The images were just written: without this the first jobs run while the kernel writes
+        # gigabytes of dirty pages back (on a quiet machine, the first job, QD1 reads, measured
+        # 7.8k IOPS for kiln-nbd and 10.0k for qemu-nbd without it, 41.4k and 40.3k with it).
+        os.sync()
 
     def overlay(self, name):
         p = os.path.join(self.d, name)
