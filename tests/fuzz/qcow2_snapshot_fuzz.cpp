@@ -1,6 +1,6 @@
 // libFuzzer target for internal snapshots: the input (an image, or a sparse description:
 // fuzz_file.h) is opened read-only as each of its first snapshots and read, then a snapshot is
-// created, applied and deleted in it when check finds its refcount structures sound. Any outcome
+// created, applied and deleted in it, whatever its refcount structures say. Any outcome
 // but a crash, a sanitizer report or a leak is fine: hostile snapshot tables must be refused with
 // an Error.
 #include <cstddef>
@@ -11,7 +11,6 @@
 
 #include "fuzz_file.h"
 #include "kiln/block/device.h"
-#include "kiln/block/qcow2.h"
 #include "kiln/block/qcow2_snapshot.h"
 
 namespace {
@@ -52,11 +51,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
   }
   try {
-    // The writes need refcount structures that check accepts: on a hostile refcount table the
-    // allocator itself (not the snapshot code) can wait forever (a plain kiln-io write hangs
-    // the same way; reported separately), which would only make every run time out.
-    const auto res = kiln::block::qcow2::check(reactor, path, kiln::block::qcow2::Repair::kNone);
-    if (res.corruptions || res.check_errors) return 0;
     kiln::block::qcow2::snapshot_create(reactor, path, "fuzz");
     kiln::block::qcow2::snapshot_apply(reactor, path, "1");
     kiln::block::qcow2::snapshot_delete(reactor, path, "fuzz");

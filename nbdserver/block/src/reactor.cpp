@@ -11,8 +11,12 @@
 
 namespace kiln::block {
 
-Reactor::Reactor(unsigned entries) {
-  int rc = io_uring_queue_init(entries, &ring_, 0);
+Reactor::Reactor(unsigned entries, Issuer issuer) {
+  int rc = -EINVAL;
+  if (issuer == Issuer::kOwnThread)  // kernels before 6.1 refuse the flags: plain ring there
+    rc = io_uring_queue_init(entries, &ring_,
+                             IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN);
+  if (rc == -EINVAL) rc = io_uring_queue_init(entries, &ring_, 0);
   if (rc < 0) throw std::runtime_error(std::string("io_uring_queue_init: ") + strerror(-rc));
 }
 

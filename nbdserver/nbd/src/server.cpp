@@ -176,7 +176,7 @@ void Server::start_workers() {
     auto started = ready.get_future();
     Worker* wp = w.get();
     w->thread = std::thread([wp, ready = std::move(ready)]() mutable {
-      block::Reactor r(1024);
+      block::Reactor r(1024, block::Reactor::Issuer::kOwnThread);
       r.enable_remote();
       ready.set_value(&r);
       r.run_until(wp->done);

@@ -36,7 +36,13 @@ class FaultInjector {
 
 class Reactor final : public Scheduler {
  public:
-  explicit Reactor(unsigned entries = 256);
+  // Who submits to the ring. kAnyThread: whichever thread runs the reactor at the time (a
+  // reactor behind a mutex, as kiln-fs's image source). kOwnThread: only the thread that made
+  // it, which lets the kernel run completion work when that thread waits for completions
+  // instead of interrupting it whenever an operation finishes (SINGLE_ISSUER|DEFER_TASKRUN;
+  // kiln-nbd's serving threads). post_remote() is still the way in from other threads.
+  enum class Issuer { kAnyThread, kOwnThread };
+  explicit Reactor(unsigned entries = 256, Issuer issuer = Issuer::kAnyThread);
   ~Reactor();
   Reactor(const Reactor&) = delete;
   Reactor& operator=(const Reactor&) = delete;
