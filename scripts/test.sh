@@ -25,6 +25,6 @@ KILN_TEST_SCALE=0.5 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1
   ctest --test-dir build/asan --output-on-failure -j"$jobs" -L 'unit|integration' || status=1
 if [ -d build/fuzz ]; then
   echo "== fuzz targets (bounded time)"
-  ctest --test-dir build/fuzz --output-on-failure -L fuzz || status=1
+  ctest --test-dir build/fuzz --output-on-failure -j"$jobs" -L fuzz || status=1
 fi
 exit $status

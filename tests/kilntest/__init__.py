@@ -27,6 +27,18 @@ def scaled(n, minimum=1):
     return max(minimum, int(n * SCALE))
 
 
+def sampled_matrix(cases, ids, every=2):
+    """A matrix for pytest.mark.parametrize: every case in the release tier; under the
+    sanitizers every `every`-th case, the others skipped with that reason (they run the same
+    code on other inputs; the release tier runs them all)."""
+    import pytest
+    skip = pytest.mark.skipif(SANITIZED, reason=f"release tier only (1 case in {every} runs "
+                                                "under the sanitizers)")
+    return [pytest.param(*(c if isinstance(c, tuple) else (c,)), id=i,
+                         marks=() if n % every == 0 else skip)
+            for n, (c, i) in enumerate(zip(cases, ids))]
+
+
 def run(args, check=True, input=None, timeout=600, text=True, **kw):
     """Runs a command and returns the CompletedProcess (stdout and stderr captured, as text
     unless text=False); with check, a non-zero exit raises AssertionError with both outputs."""
