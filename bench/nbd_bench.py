@@ -107,25 +107,25 @@ class Images:
         # 7.8k IOPS for kiln-nbd and 10.0k for qemu-nbd without it, 41.4k and 40.3k with it).
         os.sync()
 
-    def overlay(self, name):
+    def overlay(self, name, opts=None):
         p = os.path.join(self.d, name)
         if os.path.exists(p):
             os.unlink(p)
         # KILN_BENCH_OVERLAY_OPTS: other qcow2 options for the overlays (both servers serve
         # the same image), e.g. "extended_l2=on,cluster_size=131072" for subclusters.
-        opts = os.environ.get("KILN_BENCH_OVERLAY_OPTS", "cluster_size=65536")
+        opts = opts or os.environ.get("KILN_BENCH_OVERLAY_OPTS", "cluster_size=65536")
         sh("qemu-img", "create", "-q", "-f", "qcow2", "-o", opts, "-b", self.base, "-F", "qcow2",
            p)
         return p
 
-    def image_for(self, kind, raw_only):
+    def image_for(self, kind, raw_only, own_opts=None):
         if raw_only:
             return self.raw if kind == "read" else self.raw_write
         if kind == "read":
             return self.read_overlay
         if kind == "alloc":
             return self.alloc
-        return self.overlay("cow.qcow2")
+        return self.overlay("cow.qcow2", own_opts)
 
 
 class Server:
@@ -229,7 +229,8 @@ def measure(server_name, job, images, args, d, kiln):
     raw_only = server_name in ("nbdkit", "fio io_uring (raw file)")
     if raw_only and kind == "cow":
         return None
-    image = images.image_for(kind, raw_only)
+    own = args.kiln_overlay_opts if server_name == "kiln-nbd" else None
+    image = images.image_for(kind, raw_only, own)
     fmt = "raw" if raw_only else "qcow2"
     if server_name == "fio io_uring (raw file)":
         r = run_fio(image, fio_args, images.size, args.runtime, args.ramp, kind, None)
@@ -600,6 +601,10 @@ def main():
                     help="host cache mode of kiln-nbd, qemu-nbd and qemu-storage-daemon "
                          "(none, directsync: O_DIRECT; nbdkit and fio stay buffered)")
     ap.add_argument("--workdir", default=None, help="images go here (default: a temp dir)")
+    ap.add_argument("--kiln-overlay-opts", default=None,
+                    help="qcow2 options of kiln-nbd's copy-on-write overlay only, e.g. "
+                         "extended_l2=on,cluster_size=131072 (kiln-spawn's default) to compare "
+                         "each server on its own default overlay")
     args = ap.parse_args()
     if args.quick:
         args.size, args.runtime, args.ramp, args.repeats = "256", 3, 1, 1
@@ -643,7 +648,9 @@ def main():
                 f"clusters), raw base for nbdkit and fio; {args.runtime} s jobs, "
                 f"{args.repeats} repeat(s), medians; --cache={args.cache}; Unix socket, fio ioengine=nbd, "
                 f"--invalidate=0; copy-on-write = a replayed log of one 4 KiB write per "
-                f"cluster ({images.cow_writes} writes) on a fresh overlay.\n\n")
+                f"64 KiB ({images.cow_writes} writes) on a fresh overlay"
+                + (f" (kiln-nbd's made with {args.kiln_overlay_opts})"
+                   if args.kiln_overlay_opts else "") + ".\n\n")
         publish(args.out, "nbd_bench", head + md, lambda png: chart(results, servers, png))
     finally:
         if not args.workdir:
