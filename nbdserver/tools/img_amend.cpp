@@ -1,7 +1,8 @@
 // kiln-img amend: changes the options of an existing qcow2 image that can change in place:
-// compat (0.10 <-> 1.1), lazy_refcounts and size (grow). Options that only image creation
-// takes are refused with qemu-img's reason; refcount_bits and the backing file may be given
-// only with their current values (as qemu-img: use rebase for the backing file).
+// compat (0.10 <-> 1.1), lazy_refcounts, refcount_bits (the refcount structures rewritten in
+// the new width: amend_refcounts.cpp) and size (grow). Options that only image creation takes
+// are refused with qemu-img's reason; the backing file may be given only with its current
+// value (as qemu-img: use rebase for it).
 #include <cerrno>
 #include <cstring>
 #include <optional>
@@ -73,6 +74,7 @@ int img_amend(const Args& args) {
 
   kiln::block::qcow2::HeaderChange change;
   std::optional<uint64_t> size;
+  uint32_t refcount_bits = 0;  // 0: unchanged
   for (const auto& [key, value] : parse_option_list(o_args, file)) {
     if (key == "compat") {
       if (value == "0.10" || value == "v2")
@@ -88,8 +90,9 @@ int img_amend(const Args& args) {
     } else if (key == "refcount_bits") {
       const uint64_t rb = common::cli::parse_number(value, "refcount_bits", 0, 1u << 20,
                                                     common::cli::Radix::kDecimalOrHex);
-      if (rb != info.refcount_bits)
-        throw ToolError("Changing the refcount width is not supported by kiln-img");
+      if (rb == 0 || rb > 64 || (rb & (rb - 1)))
+        throw ToolError("Refcount width must be a power of two and may not exceed 64 bits");
+      refcount_bits = uint32_t(rb);
     } else if (key == "backing_file" || key == "backing_fmt") {
       const std::string& current = key == "backing_file" ? info.backing_file : info.backing_format;
       if (value != current)
@@ -109,27 +112,49 @@ int img_amend(const Args& args) {
     throw ToolError(
         "Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 "
         "or greater)");
-  if (version == 2 && info.version == 3) {
+  if (refcount_bits == info.refcount_bits) refcount_bits = 0;
+  if (refcount_bits && refcount_bits != 16 && version < 3)
+    throw ToolError(
+        "Refcount widths other than 16 bits require compatibility level 1.1 or above (use "
+        "compat=1.1 or greater)");
+  const bool upgrade = version == 3 && info.version == 2;
+  const bool downgrade = version == 2 && info.version == 3;
+  if (downgrade) {
     // A downgrade clears lazy refcounts, as qemu-img's does.
     change.lazy_refcounts = false;
-    if (info.refcount_bits != 16)
-      throw ToolError("compat=0.10 requires refcount_bits=16 (the image has " +
-                      std::to_string(info.refcount_bits) + ")");
+    if ((refcount_bits ? refcount_bits : info.refcount_bits) != 16)
+      throw ToolError("compat=0.10 requires refcount_bits=16");
     if (info.extended_l2 || info.compression_type != "zlib")
       throw ToolError("Cannot downgrade an image with incompatible features");
-    if (!info.snapshots.empty())
-      throw ToolError("kiln-img cannot downgrade an image with snapshots");
   }
   if (size && *size < info.virtual_size)
     throw ToolError("Shrinking images is not supported (current size " +
                     std::to_string(info.virtual_size) + " bytes, requested " +
                     std::to_string(*size) + " bytes)");
 
-  if (version == 2 && info.version == 3) {
+  if (refcount_bits) {
+    try {
+      // Widths other than 16 need version 3 first; a downgrade comes after the change.
+      if (upgrade) {
+        kiln::block::qcow2::update_header(reactor, file, change);
+        change = {};
+      }
+      kiln::block::qcow2::change_refcount_bits(reactor, file, refcount_bits);
+    } catch (const kiln::block::Error& e) {
+      throw ToolError(e.what());
+    }
+  }
+  if (downgrade) {
     kiln::block::OpenOptions o;
     o.open_backing = false;  // zero clusters of this image only; no data is read
     auto dev = open_or_exit(reactor, file, fmt, o);
     reactor.run(expand_zeros(*dev, file));
+    if (int rc = reactor.run(dev->flush()); rc < 0)
+      throw ToolError(file + ": cannot flush: " + std::strerror(-rc));
+    std::string why;
+    if (int rc = reactor.run(kiln::block::qcow2::expand_snapshot_zeros(*dev, &why)); rc < 0)
+      throw ToolError(file + ": cannot expand the snapshots' zero clusters: " + why + ": " +
+                      std::strerror(-rc));
     if (int rc = reactor.run(dev->close()); rc < 0)
       throw ToolError(file + ": cannot flush: " + std::strerror(-rc));
   }

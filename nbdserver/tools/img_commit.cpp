@@ -10,6 +10,7 @@
 
 #include "img_commands.h"
 #include "img_ops_util.h"
+#include "img_progress.h"
 #include "kiln/block/device.h"
 #include "kiln/block/qcow2.h"
 #include "tool_util.h"
@@ -39,7 +40,6 @@ int img_commit(const Args& args) {
   const bool quiet = args.flag("-q");
   // As qemu-img: naming the base keeps the overlay as it is (-b implies -d).
   const bool keep = args.flag("-d") || base_arg.has_value();
-  // -p is accepted; kiln-img prints no progress for commit.
   if (args.positional().size() != 1) throw ToolError("Expecting one image file name");
   const std::string top = args.positional()[0];
   auto& reactor = kiln::block::Reactor::current();
@@ -83,9 +83,15 @@ int img_commit(const Args& args) {
       throw ToolError("Could not resize '" + base->path + "' to " + std::to_string(size) +
                       " bytes: " + std::strerror(-rc));
   }
-  // Bottom-up: what a higher image allocates overwrites what a lower one wrote.
-  for (size_t i = layers.size(); i-- > 0;)
-    reactor.run(copy_allocated(*layers[i], *base_dev, size, base->path));
+  // Bottom-up: what a higher image allocates overwrites what a lower one wrote. Progress
+  // counts the bytes walked in every layer.
+  Progress progress(args.flag("-p") && !quiet);
+  const uint64_t total = size * layers.size();
+  for (size_t i = layers.size(); i-- > 0;) {
+    const uint64_t done = size * (layers.size() - 1 - i);
+    reactor.run(copy_allocated(*layers[i], *base_dev, size, base->path,
+                               [&](uint64_t off) { progress.update(done + off, total); }));
+  }
   int rc = reactor.run(base_dev->close());
   if (rc < 0) throw ToolError("Could not flush '" + base->path + "': " + std::strerror(-rc));
   if (!keep) {
@@ -99,6 +105,7 @@ int img_commit(const Args& args) {
     rc = reactor.run(l->close());
     if (rc < 0) throw ToolError("Could not close '" + l->filename() + "': " + std::strerror(-rc));
   }
+  progress.finish();
   if (!quiet) std::printf("Image committed.\n");
   return 0;
 }

@@ -11,6 +11,7 @@
 
 #include "img_commands.h"
 #include "img_ops_util.h"
+#include "img_progress.h"
 #include "kiln/block/device.h"
 #include "tool_util.h"
 
@@ -91,13 +92,14 @@ Task<Result> extra_part(Side& over, uint64_t off, uint64_t end, std::vector<uint
   co_return Result{kIdentical, "Images are identical."};
 }
 
-Task<Result> compare(Side& a, Side& b, bool strict) {
+Task<Result> compare(Side& a, Side& b, bool strict, Progress& progress) {
   const uint64_t size_a = a.dev->size(), size_b = b.dev->size();
   if (strict && size_a != size_b) co_return Result{kDifferent, "Strict mode: Image size mismatch!"};
   const uint64_t common = std::min(size_a, size_b);
   std::vector<uint8_t> buf_a(kCopyBuffer), buf_b(kCopyBuffer);
   uint64_t off = 0;
   while (off < common) {
+    progress.update(off, common);
     Extent ea, eb;
     int rc = co_await a.cur.at(off, common, &ea);
     if (rc < 0) co_return Result{kStatusError, "Sector allocation test failed for " + a.name};
@@ -146,7 +148,6 @@ int img_compare(const Args& args) {
   const bool strict = args.flag("-s");
   const bool quiet = args.flag("-q");
   const bool force_share = args.flag("-U");
-  // -p (progress) is accepted; kiln-img prints no progress for compare.
   if (args.positional().size() != 2) throw ToolError("Expecting two image file names");
   const std::string file1 = args.positional()[0], file2 = args.positional()[1];
 
@@ -161,14 +162,19 @@ int img_compare(const Args& args) {
   auto dev2 = open(file2, fmt2);
   Side a{dev1.get(), file1, ExtentCursor(*dev1)};
   Side b{dev2.get(), file2, ExtentCursor(*dev2)};
-  Result r = reactor.run(compare(a, b, strict));
+  // As qemu-img: no progress with -q; 100% only for identical images, before the result.
+  Progress progress(args.flag("-p") && !quiet, 2.0);
+  Result r = reactor.run(compare(a, b, strict, progress));
+  if (r.code == kIdentical) progress.update(1, 1);
   reactor.run(dev2->close());
   reactor.run(dev1->close());
   if (r.size_warning && !quiet) std::printf("Warning: Image size mismatch!\n");
   if (r.code == kIdentical || r.code == kDifferent) {
     if (!quiet) std::printf("%s\n", r.message.c_str());
+    progress.end();
     return r.code;
   }
+  progress.end();
   throw ToolError(r.message, r.code);
 }
 

@@ -11,15 +11,18 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "img_commands.h"
 #include "img_create_options.h"
+#include "img_progress.h"
 #include "kiln/block/convert.h"
 #include "kiln/block/device.h"
 #include "kiln/block/qcow2.h"
+#include "kiln/block/secret.h"
 #include "kiln/block/worker_pool.h"
 #include "kiln/common/text.h"
 #include "tool_util.h"
@@ -43,6 +46,9 @@ struct ConvertArgs {
   CreateArgs create;  // -o for qcow2, with -B/-F as backing file and format
   bool any_o = false;
   std::string snapshot;  // -l: the source's internal snapshot (an id or a name)
+  // --object secrets: the source's key (--image-opts encrypt.key-secret) and the target's
+  // (-o encrypt.key-secret for a new image, --target-image-opts with -n).
+  std::optional<std::string> src_key, dst_key;
 };
 
 // qemu-img's -l: "snapshot.name=NAME", "snapshot.id=ID" (comma-separated, ",," a comma) or a
@@ -108,9 +114,14 @@ void parse_o_arg(const std::string& text, ConvertArgs& a) {
   }
 }
 
+kiln::block::Secrets secrets(const Args& args) {
+  kiln::block::Secrets out;
+  for (const std::string& spec : args.all("--object")) out.add_object(spec);
+  return out;
+}
+
 ConvertArgs parse_args(const Args& args) {
   ConvertArgs a;
-  a.src_format = valid_format(args.get_or("-f", ""));
   a.out_format = args.get_or("-O", "raw");
   a.quiet = args.flag("-q");
   a.progress = args.flag("-p") && !a.quiet;
@@ -127,8 +138,24 @@ ConvertArgs parse_args(const Args& args) {
   if (pos.size() > 2)
     throw ToolError("kiln-img convert takes one source image (got " +
                     std::to_string(pos.size() - 1) + ")");
-  a.src = pos[0];
+  // --image-opts names the source (and -f may not go with it), as image_arg() reads it.
+  const ImageArg src = image_arg(args, pos[0]);
+  a.src = src.path;
+  a.src_format = valid_format(src.format);
+  a.src_key = src.key_secret;
   a.dst = pos[1];
+  if (args.flag("--target-image-opts")) {
+    // As qemu-img: the target's options describe an existing image only.
+    if (!a.no_create) throw ToolError("--target-image-opts requires use of -n flag");
+    try {
+      kiln::block::ImageOpts o = kiln::block::parse_image_opts(pos[1]);
+      a.dst = o.filename;
+      if (!o.format.empty()) a.out_format = o.format;
+      if (o.key_secret_id) a.dst_key = secrets(args).get(*o.key_secret_id);
+    } catch (const kiln::block::Error& e) {
+      throw ToolError(e.what());
+    }
+  }
   if (a.out_format != "raw" && a.out_format != "qcow2")
     throw ToolError("Unknown file format '" + a.out_format + "'");
   if (args.has("-m")) {
@@ -167,6 +194,13 @@ ConvertArgs parse_args(const Args& args) {
   a.any_o = !o_args.empty();
   if (a.no_create && a.any_o) throw ToolError("-o has no effect when skipping image creation");
   for (const std::string& o : o_args) parse_o_arg(o, a);
+  if (!a.create.key_secret_id.empty()) {
+    try {
+      a.dst_key = secrets(args).get(a.create.key_secret_id);
+    } catch (const kiln::block::Error& e) {
+      throw ToolError(a.dst + ": error while converting " + a.out_format + ": " + e.what());
+    }
+  }
 
   const std::string backing = args.get_or("-B", "");
   const std::string backing_format = args.get_or("-F", "");
@@ -179,6 +213,9 @@ ConvertArgs parse_args(const Args& args) {
   if (a.out_format == "raw" && a.prealloc == Prealloc::kMetadata)
     throw ToolError(a.dst +
                     ": error while converting raw: Unsupported preallocation mode: " + "metadata");
+  // Compressed clusters would bypass the cipher (the library refuses them too).
+  if (a.compress && !a.create.encrypt_format.empty())
+    throw ToolError("Compression and encryption not supported at the same time");
   if (a.compress && a.prealloc != Prealloc::kOff)
     throw ToolError("Compression and preallocation not supported at the same time");
   if (a.no_create && !a.create.backing.empty())
@@ -234,6 +271,13 @@ void create_qcow2(ConvertArgs& a, uint64_t size) {
     rethrow_create_error(e, a);
   }
   opts.size = (size + 511) / 512 * 512;
+  if (opts.encrypt_format == "luks") {
+    if (!a.dst_key)
+      throw ToolError(a.dst +
+                      ": error while converting qcow2: Parameter 'encrypt.key-secret' is "
+                      "required for cipher");
+    opts.key_secret = a.dst_key;
+  }
   if (a.prealloc != Prealloc::kOff && !opts.backing_file.empty() && !opts.extended_l2)
     throw ToolError(a.dst +
                     ": error while converting qcow2: Backing file and preallocation can "
@@ -247,29 +291,6 @@ void create_qcow2(ConvertArgs& a, uint64_t size) {
   }
 }
 
-// qemu-img's progress line: "    (12.34/100%)" and a carriage return, on each percent step.
-class Progress {
- public:
-  explicit Progress(bool on) : on_(on) {}
-  void update(uint64_t done, uint64_t total) {
-    if (!on_) return;
-    const double pct = total ? 100.0 * double(done) / double(total) : 100.0;
-    if (printed_ >= 0 && pct < 100.0 && pct - printed_ < 1.0) return;
-    printed_ = pct;
-    std::printf("    (%4.2f/100%%)\r", pct);
-    std::fflush(stdout);
-  }
-  void finish() {
-    if (!on_) return;
-    std::printf("    (100.00/100%%)\r\n");
-    std::fflush(stdout);
-  }
-
- private:
-  bool on_;
-  double printed_ = -1;
-};
-
 }  // namespace
 
 int img_convert(const Args& args) {
@@ -278,6 +299,7 @@ int img_convert(const Args& args) {
 
   kiln::block::OpenOptions src_opts;
   src_opts.format = a.src_format;
+  src_opts.key_secret = a.src_key;
   src_opts.read_only = true;
   src_opts.lock = !a.force_share;
   src_opts.snapshot = a.snapshot;  // -l: read-only, as the source always is
@@ -292,6 +314,7 @@ int img_convert(const Args& args) {
   }
   kiln::block::OpenOptions dst_opts;
   dst_opts.format = a.out_format;
+  dst_opts.key_secret = a.dst_key;
   std::unique_ptr<kiln::block::BlockDevice> dst;
   try {
     dst = reactor.run(kiln::block::open_image(reactor, a.dst, dst_opts));

@@ -46,11 +46,12 @@ Task<int> ExtentCursor::at(uint64_t off, uint64_t end, Extent* out) {
 }
 
 Task<void> copy_allocated(BlockDevice& src, BlockDevice& dst, uint64_t limit,
-                          const std::string& what) {
+                          const std::string& what, const std::function<void(uint64_t)>& progress) {
   limit = std::min(limit, src.size());
   std::vector<uint8_t> buf(kCopyBuffer);
   ExtentCursor cur(src);
   for (uint64_t off = 0; off < limit;) {
+    if (progress) progress(off);
     Extent e;
     int rc = co_await cur.at(off, limit, &e);
     if (rc < 0)

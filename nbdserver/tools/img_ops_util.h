@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -45,9 +46,10 @@ class ExtentCursor {
 
 // Copies what `src` itself allocates (opened without its backing chain: present extents) into
 // `dst` at the same offsets, below `limit`: data as data, zero ranges as write_zeroes. Throws
-// ToolError naming `what`.
+// ToolError naming `what`. `progress` (if set) is told each offset reached.
 Task<void> copy_allocated(BlockDevice& src, BlockDevice& dst, uint64_t limit,
-                          const std::string& what);
+                          const std::string& what,
+                          const std::function<void(uint64_t)>& progress = {});
 
 // An image of a backing chain: its path (resolved as QEMU resolves backing names) and format.
 struct Layer {

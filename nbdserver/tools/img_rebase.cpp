@@ -11,6 +11,7 @@
 
 #include "img_commands.h"
 #include "img_ops_util.h"
+#include "img_progress.h"
 #include "kiln/block/device.h"
 #include "kiln/block/qcow2.h"
 #include "tool_util.h"
@@ -33,6 +34,7 @@ struct Rebase {
   BlockDevice* new_view;  // null: no backing file after
   uint64_t unit;          // the image's allocation unit (cluster or subcluster)
   std::string name;
+  Progress* progress;
 };
 
 // Copies the old view into the image over [start, end), which the image leaves unallocated,
@@ -76,6 +78,7 @@ Task<void> rebase_safe(Rebase& r) {
   ExtentCursor cur(r.image);
   const uint64_t size = r.image.size();
   for (uint64_t off = 0; off < size;) {
+    r.progress->update(off, size);
     Extent e;
     int rc = co_await cur.at(off, size, &e);
     if (rc < 0)
@@ -94,7 +97,8 @@ int img_rebase(const Args& args) {
   const bool unsafe = args.flag("-u");
   const auto backing_arg = args.get("-b");
   const std::string backing_format = args.get_or("-F", "");
-  // -q and -p are accepted; kiln-img prints nothing for rebase (qemu-img prints only progress).
+  // As qemu-img: nothing but -p's progress (not with -q); -u shows 0% and 100%.
+  Progress progress(args.flag("-p") && !args.flag("-q"), 2.0);
   if (args.positional().size() != 1) throw ToolError("Expecting one image file name");
   if (!unsafe && !backing_arg)
     throw ToolError("Must specify backing file (-b) or use unsafe mode (-u)");
@@ -111,6 +115,7 @@ int img_rebase(const Args& args) {
     throw ToolError("Could not change the backing file to '" + backing +
                     "': Operation not supported (the image is " + fmt + ")");
 
+  progress.update(0, 1);
   if (!unsafe) {
     kiln::block::OpenOptions ro;
     ro.read_only = true;
@@ -123,8 +128,9 @@ int img_rebase(const Args& args) {
     rw.open_backing = false;  // read through old_view; its ranges are what gets copied
     auto image = open_or_exit(reactor, file, fmt, rw);
     const auto info = kiln::block::qcow2::read_info(reactor, file, false);
-    Rebase r{*image, old_view.get(), new_view.get(),
-             info.extended_l2 ? info.cluster_size / 32 : info.cluster_size, file};
+    Rebase r{*image,         old_view.get(),
+             new_view.get(), info.extended_l2 ? info.cluster_size / 32 : info.cluster_size,
+             file,           &progress};
     reactor.run(rebase_safe(r));
     int rc = reactor.run(image->close());
     if (rc < 0) throw ToolError("Could not flush '" + file + "': " + std::strerror(-rc));
@@ -139,6 +145,7 @@ int img_rebase(const Args& args) {
   } catch (const kiln::block::Error& e) {
     throw ToolError("Could not change the backing file to '" + backing + "': " + e.what());
   }
+  progress.finish();
   return 0;
 }
 

@@ -64,8 +64,9 @@ const kiln::common::cli::CommandTable<const kiln::common::cli::Args> kCommands =
      {kHelp, kFormat, {"-q"}, {"--shrink"}, kObject, kImageOpts},
      kiln::block::cli::img_resize},
     {"convert",
-     "[-q] [-p] [-U] [-f FMT] [-l SNAPSHOT_PARAM] [-O FMT] [-o OPTIONS] [-c] "
-     "[-B BACKING -F BACKING_FMT] [-S SIZE] [-n] [-m N] [-W] SOURCE DEST",
+     "[--object OBJ] [--image-opts] [--target-image-opts] [-q] [-p] [-U] [-f FMT] "
+     "[-l SNAPSHOT_PARAM] [-O FMT] [-o OPTIONS] [-c] [-B BACKING -F BACKING_FMT] [-S SIZE] "
+     "[-n] [-m N] [-W] SOURCE DEST",
      {kHelp,
       kFormat,
       {"-O", kValue},
@@ -80,7 +81,10 @@ const kiln::common::cli::CommandTable<const kiln::common::cli::Args> kCommands =
       {"-n"},
       {"-m", kValue},
       {"-W"},
-      {"-l", kValue}},
+      {"-l", kValue},
+      kObject,
+      kImageOpts,
+      {"--target-image-opts"}},
      kiln::block::cli::img_convert},
     {"compare",
      "[-f FMT] [-F FMT] [-s] [-q] [-U] FILE1 FILE2",
@@ -131,7 +135,8 @@ void help(std::ostream& out) {
          "(on|off), compression_type (zlib|zstd), backing_file, backing_fmt, size,\n"
          "encrypt.format=luks with encrypt.key-secret=ID (an --object secret,id=ID,file=F),\n"
          "encrypt.cipher-alg, encrypt.hash-alg, encrypt.iter-time.\n"
-         "info, check, map and resize take --object and --image-opts as qemu-img does.\n"
+         "info, check, map, resize and convert take --object and --image-opts as qemu-img\n"
+         "does.\n"
          "See docs/kiln-img.md. kiln-img --version shows the version.\n";
 }
 

@@ -29,7 +29,7 @@ Task<void> Image::open_encryption() {
   if (auto err = crypto::parse_luks(area, area.size(), &lh))
     throw Error(Reason::kCorrupt, EINVAL, path_ + ": " + *err);
   luks_ = std::move(lh);
-  rmw_mutex_ = std::make_unique<AsyncMutex>(r_);
+  overlaps_ = std::make_unique<Overlaps>(r_);
   caps_.min_block = kSector;
   if (!opt_.key_secret) {
     if (opt_.header_only) co_return;
@@ -84,20 +84,19 @@ Task<int> Image::read_unaligned(uint64_t offset, std::span<uint8_t> buf) {
 }
 
 Task<int> Image::write_unaligned(uint64_t offset, std::span<const uint8_t> buf, unsigned flags) {
-  // Read-modify-write of the partial sectors at either end. Such writes are serialised among
-  // themselves so that two of them sharing a sector cannot undo each other.
+  // Read-modify-write of the partial sectors at either end, holding the sectors so that no
+  // overlapping write lands between the read and the write (overlap.h) and is undone.
   const uint64_t a = offset & ~(kSector - 1);
   const uint64_t b = (offset + buf.size() + kSector - 1) & ~(kSector - 1);
   std::vector<uint8_t> bounce(b - a);
-  co_await rmw_mutex_->lock();
+  Overlaps::Guard guard = co_await overlaps_->enter(a, b, true);
   int rc = co_await read(a, std::span<uint8_t>(bounce).first(kSector));
   if (rc == 0 && b - a > kSector)
     rc = co_await read(b - kSector, std::span<uint8_t>(bounce).last(kSector));
   if (rc == 0) {
     std::memcpy(bounce.data() + (offset - a), buf.data(), buf.size());
-    rc = co_await write(a, bounce, flags);
+    rc = co_await write_sectors(a, bounce, flags);
   }
-  rmw_mutex_->unlock();
   co_return rc;
 }
 

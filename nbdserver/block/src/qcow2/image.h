@@ -25,6 +25,7 @@
 #include "kiln/common/fd.h"
 #include "qcow2/cache.h"
 #include "qcow2/format.h"
+#include "qcow2/overlap.h"
 
 namespace kiln::block::qcow2 {
 
@@ -93,7 +94,8 @@ class Image final : public BlockDevice {
 
  private:
   friend struct Checker;
-  friend struct SnapshotOps;  // snapshot.cpp
+  friend struct SnapshotOps;    // snapshot.cpp
+  friend struct ZeroExpansion;  // expand_zeros.cpp
   friend Task<void> run_check(Image& img, Repair repair, CheckResult* out);
 
   Image(Reactor& r, std::string path, HostFile file, Header h, const OpenOptions& opt);
@@ -121,6 +123,8 @@ class Image final : public BlockDevice {
   Task<int> read_backing(uint64_t offset, std::span<uint8_t> buf);
   Task<int> read_task(uint64_t offset, std::span<uint8_t> buf);
   Task<int> write_cluster(uint64_t gc, uint64_t in_off, std::span<const uint8_t> data);
+  // write() of whole sectors, once the request may start (overlap.h).
+  Task<int> write_sectors(uint64_t offset, std::span<const uint8_t> buf, unsigned flags);
   Task<int> zero_cluster(uint64_t gc, bool unmap, bool fast, bool discard);
   // Extended L2: marks subclusters `mask` of `gc` as zero (their allocation bits cleared).
   // Returns 1 when the caller must write explicit zeros instead.
@@ -201,7 +205,7 @@ class Image final : public BlockDevice {
   Task<int> write_data(std::span<const uint8_t> data, uint64_t host);
   int decrypt_data(std::span<uint8_t> buf, uint64_t host);
   // Encrypted images are read and written in whole sectors: requests that are not go through
-  // these (a bounce buffer; writes read-modify-write under rmw_mutex_).
+  // these (a bounce buffer; writes read-modify-write, holding their sectors in overlaps_).
   bool sector_unaligned(uint64_t offset, uint64_t length) const {
     return luks_ && ((offset | length) & (crypto::kSectorSize - 1));
   }
@@ -263,7 +267,7 @@ class Image final : public BlockDevice {
 
   std::optional<crypto::LuksHeader> luks_;
   std::unique_ptr<crypto::SectorCipher> cipher_;  // null while locked (header_only)
-  std::unique_ptr<AsyncMutex> rmw_mutex_;
+  std::unique_ptr<Overlaps> overlaps_;  // encrypted images: writes that overlap an RMW wait
 };
 
 }  // namespace kiln::block::qcow2

@@ -351,6 +351,12 @@ Task<int> Image::write(uint64_t offset, std::span<const uint8_t> buf, unsigned f
   if (poisoned_) co_return -EIO;
   if (offset > h_.size || buf.size() > h_.size - offset) co_return -ENOSPC;
   if (sector_unaligned(offset, buf.size())) co_return co_await write_unaligned(offset, buf, flags);
+  Overlaps::Guard guard;  // encrypted: not while a read-modify-write holds these sectors
+  if (overlaps_) guard = co_await overlaps_->enter(offset, offset + buf.size(), false);
+  co_return co_await write_sectors(offset, buf, flags);
+}
+
+Task<int> Image::write_sectors(uint64_t offset, std::span<const uint8_t> buf, unsigned flags) {
   const uint64_t first = cluster_of(offset);
   const uint64_t last = buf.empty() ? first : cluster_of(offset + buf.size() - 1);
   int err = 0;
@@ -481,6 +487,8 @@ Task<int> Image::write_zeroes(uint64_t offset, uint64_t length, unsigned flags) 
   if (poisoned_) co_return -EIO;
   if (offset > h_.size || length > h_.size - offset) co_return -ENOSPC;
   if (sector_unaligned(offset, length)) co_return co_await zero_unaligned(offset, length, flags);
+  Overlaps::Guard guard;  // as write()
+  if (overlaps_) guard = co_await overlaps_->enter(offset, offset + length, false);
   const bool fast = flags & kWriteFastZero;
   const bool unmap = !(flags & kWriteNoUnmap);
   uint64_t end = offset + length;
@@ -516,6 +524,8 @@ Task<int> Image::discard(uint64_t offset, uint64_t length) {
   if (read_only_) co_return -EPERM;
   if (poisoned_) co_return -EIO;
   if (offset > h_.size || length > h_.size - offset) co_return -EINVAL;
+  Overlaps::Guard guard;  // as write()
+  if (overlaps_) guard = co_await overlaps_->enter(offset, offset + length, false);
   uint64_t end = offset + length;
   if (end == h_.size) end = (end + cs_ - 1) & ~(cs_ - 1);
   // Only whole clusters (with extended L2 entries: whole subclusters) can be released; the

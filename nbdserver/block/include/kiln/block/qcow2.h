@@ -114,10 +114,24 @@ struct HeaderChange {
 };
 void update_header(Reactor& reactor, const std::string& path, const HeaderChange& change);
 
+// amend_refcounts.cpp: rewrites the refcount table and blocks of a closed v3 image in the
+// width `bits` (1 to 64, a power of two), every refcount kept, as qemu-img amend -o
+// refcount_bits does; crash-safe (new structures synced before the header switches to them).
+// Takes the image's write lock; refuses dirty or corrupt images, version 2, and a refcount that
+// the new width cannot hold (qemu-img's message; nothing written). Throws Error.
+void change_refcount_bits(Reactor& reactor, const std::string& path, uint32_t bits);
+
 // make_empty.cpp: unallocates every cluster of a qcow2 image's active L1 table (the guest then
 // sees its backing file), as an overlay is left after kiln-img commit, and flushes. The caller
 // must be the image's only user (opened writable, nothing in flight). -ENOTSUP for raw.
 Task<int> make_empty(BlockDevice& image);
+
+// expand_zeros.cpp: before a downgrade to version 2, the zero clusters of the internal
+// snapshots' L2 tables become explicit zeros (or unallocated without a backing file), as
+// QEMU's qcow2_expand_zero_clusters() does; the caller expands the active image's own through
+// the data path. `image` is a v3 qcow2 device opened writable without its backing file, used
+// by nobody else. 0 or -errno (`*why` then says what failed).
+Task<int> expand_snapshot_zeros(BlockDevice& image, std::string* why);
 
 // A name taken from an image (backing file, format) made safe for a one-line message: bytes
 // outside printable ASCII (and backslashes) become \xNN, so a hostile header can neither break
