@@ -210,6 +210,15 @@ def test_guest_disk_over_nbd_tls_and_clients_without_the_certificate_refused(
     assert good.returncode == 0, good.stderr
     assert int(good.stdout) == 1 << 30
 
+    # stop and start: start adds the export again (here kiln-nbd lost it) for the same identity,
+    # from the instance's record, and the guest is back on its disk over TLS.
+    cloud.spawn("--wait-timeout", "2", "stop", "tls-vm")  # the test guest ignores ACPI
+    assert cloud.nbd.request({"cmd": "remove-export", "name": export})["ok"]
+    cloud.spawn("start", "tls-vm")
+    assert cloud.spawn_json("show", "tls-vm")["status"] == "active"
+    exports = {e["name"]: e for e in cloud.nbd.exports()}
+    assert exports[export]["tls-identity"] == IDENTITY, exports
+
     base = os.path.join(cloud.env["KILN_STATE_DIR"], "spawn", "_base")
     bases = [os.path.join(base, n) for n in os.listdir(base) if not n.endswith(".lock")]
     image_sha = sha256_file(image)
