@@ -8,6 +8,8 @@ latency, server CPU time, peak RSS, fio's own CPU, ratio against qemu-nbd) and d
     bench/nbd_bench.py                         # 2 GiB images, 10 s jobs, 3 repeats (medians)
     bench/nbd_bench.py --tls [--quick]         # the cost of TLS: plain, PSK and X.509 sessions
                                                # to kiln-nbd and qemu-nbd with the same keys
+    bench/nbd_bench.py --tcp-tls [--quick]     # a remote disk: NBD+TLS (X.509, client certs
+                                               # verified) on TCP against the Unix socket
     bench/nbd_bench.py --encrypt [--quick]     # a LUKS-encrypted qcow2 (aes-256-xts), reads,
                                                # kiln-nbd and qemu-nbd given the same key
 
@@ -494,6 +496,146 @@ def main_tls(args):
             shutil.rmtree(d, ignore_errors=True)
 
 
+# ---------------------------------------------------------------------------------------------
+# A remote guest disk: NBD over TCP with TLS (X.509, client certificates verified, as kiln-spawn's
+# disk_transport tcp-tls uses it) against the local Unix socket without TLS, for kiln-nbd and
+# qemu-nbd with the same credentials (scripts/kiln-tls-setup). TCP stays on 127.0.0.1: what is
+# measured is the cost of the transport and of TLS on this host, not a network.
+
+TCP_TLS_JOBS = [
+    ("4K rand read QD1", ["--rw=randread", "--bs=4096", "--qd=1"], "read"),
+    ("4K rand read QD32", ["--rw=randread", "--bs=4096", "--qd=32"], "read"),
+    ("1M seq read QD8", ["--rw=read", "--bs=1048576", "--qd=8"], "read"),
+]
+TRANSPORTS = ["unix", "tcp+tls"]
+TLS_SETUP = os.path.join(HERE, "..", "scripts", "kiln-tls-setup")
+
+
+class TcpServer(Server):
+    """A server on 127.0.0.1:port, ready once /proc/net/tcp shows it listening."""
+
+    def __init__(self, name, argv, logbase, port):
+        self.port = port
+        super().__init__(name, argv, logbase)
+
+    def _listening(self):
+        want = f"0100007F:{self.port:04X}"
+        with open("/proc/net/tcp") as f:
+            return any(len(line.split()) > 3 and line.split()[1] == want and
+                       line.split()[3] == "0A" for line in list(f)[1:])
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TcpTlsCreds:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as kiln-spawn's users
+    make them."""
+
+    def __init__(self, d):
+        self.d = os.path.join(d, "pki")
+        sh(TLS_SETUP, "ca", os.path.join(self.d, "ca"))
+        self.server_dir = os.path.join(self.d, "server")
+        self.client_dir = os.path.join(self.d, "client")
+        sh(TLS_SETUP, "server", os.path.join(self.d, "ca"), self.server_dir, "--cn", "bench",
+           "--ip", "127.0.0.1")
+        sh(TLS_SETUP, "client", os.path.join(self.d, "ca"), self.client_dir, "--cn", "bench")
+
+
+def measure_tcp_tls(server_name, transport, job, images, creds, args, d):
+    _, load_args, kind = job
+    image = images.image_for(kind, False)
+    sock = os.path.join(d, f"{server_name}-tcp.sock")
+    port = free_port()
+    if server_name == "kiln-nbd":
+        argv = [args.kiln_nbd, "-t", "-e", "4", "-f", "qcow2"]
+        listen = (["-k", sock] if transport == "unix" else
+                  ["-p", str(port), "-b", "127.0.0.1", "--tls-creds", creds.server_dir,
+                   "--tls-verify-peer"])
+    else:
+        argv = ["qemu-nbd", "-t", "-e", "4", "--aio=io_uring", "--cache=writeback", "-f", "qcow2"]
+        listen = (["-k", sock] if transport == "unix" else
+                  ["-p", str(port), "-b", "127.0.0.1", "--object",
+                   f"tls-creds-x509,id=tls0,endpoint=server,dir={creds.server_dir},"
+                   "verify-peer=on", "--tls-creds", "tls0"])
+    if transport == "unix":
+        srv = Server(server_name, argv + listen + [image], sock)
+        uri = f"nbd+unix:///?socket={sock}"
+    else:
+        srv = TcpServer(server_name, argv + listen + [image], sock, port)
+        uri = f"nbds://127.0.0.1:{port}/?tls-certificates={creds.client_dir}"
+    try:
+        cpu0 = srv.cpu_seconds()
+        p = subprocess.run([args.nbd_load, uri, *load_args, f"--seconds={args.runtime}"],
+                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if p.returncode != 0:
+            raise RuntimeError(f"kiln-nbd-load failed against {server_name} ({transport}): "
+                               f"{p.stderr}")
+        r = json.loads(p.stdout)
+        r["server_cpu"] = srv.cpu_seconds() - cpu0
+        r["cpu_per_req_us"] = r["server_cpu"] / r["ops"] * 1e6 if r["ops"] else None
+    finally:
+        srv.stop()
+    return r
+
+
+def tcp_tls_table(results):
+    lines = ["| job | server | transport | IOPS | MB/s | p99 µs | server CPU µs/request "
+             "| IOPS vs its Unix socket |", "|---|---|---|---:|---:|---:|---:|---:|"]
+    for job, _, _ in TCP_TLS_JOBS:
+        for s in ("kiln-nbd", "qemu-nbd"):
+            local = results.get((s, "unix", job))
+            for t in TRANSPORTS:
+                r = results.get((s, t, job))
+                if not r:
+                    continue
+                ratio = f"{r['iops'] / local['iops']:.2f}x" if local and local["iops"] else "—"
+                lines.append(f"| {job} | {s} | {t} | {r['iops']:,.0f} | {r['mbs']:.0f} | "
+                             f"{r['p99_us']:.0f} | {r['cpu_per_req_us']:.1f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main_tcp_tls(args):
+    for tool in ("qemu-nbd", "qemu-img", "qemu-io", "certtool"):
+        if not shutil.which(tool):
+            sys.exit(f"nbd_bench: {tool} is missing")
+    if not args.nbd_load:
+        sys.exit("nbd_bench: kiln-nbd-load not found (build bench/, or give --nbd-load)")
+    d = args.workdir or tempfile.mkdtemp(prefix="kiln-nbd-bench-")
+    os.makedirs(d, exist_ok=True)
+    try:
+        images = Images(d, int(args.size) * MiB)
+        creds = TcpTlsCreds(d)
+        results = {}
+        for job in TCP_TLS_JOBS:
+            runs = {}
+            for _ in range(args.repeats):
+                for s in ("kiln-nbd", "qemu-nbd"):
+                    for t in TRANSPORTS:
+                        runs.setdefault((s, t), []).append(
+                            measure_tcp_tls(s, t, job, images, creds, args, d))
+            for (s, t), rs in runs.items():
+                results[(s, t, job[0])] = {k: median(rs, k) for k in
+                                           ("iops", "mbs", "p99_us", "cpu_per_req_us")}
+                r = results[(s, t, job[0])]
+                print(f"{job[0]:20} {s:9} {t:8} {r['iops']:>10,.0f} IOPS "
+                      f"{r['cpu_per_req_us']:7.1f} µs/req", file=sys.stderr)
+        md = tcp_tls_table(results)
+        head = (f"Remote-disk transport: {args.size} MiB qcow2 overlay on a qcow2 base; "
+                f"kiln-nbd-load (libnbd), one connection, {args.runtime} s per run, "
+                f"{args.repeats} repeat(s), medians. unix = plain NBD on a Unix socket; tcp+tls = "
+                f"NBD on 127.0.0.1 TCP with TLS 1.3, X.509, client certificate verified "
+                f"(kiln-nbd --tls-verify-peer, qemu-nbd verify-peer=on), same credentials.\n\n")
+        publish(args.out, "nbd_bench_tcp_tls", head + md, lambda png: False)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(d, ignore_errors=True)
+
+
 # Encrypted reads: one qcow2 image encrypted with LUKS (qemu-img's defaults, aes-256-xts-plain64,
 # sha256) holding data everywhere; both servers open it with the same secret, qemu's syntax.
 ENCRYPT_JOBS = [j for j in JOBS if j[0] in ("rand read QD1", "rand read QD32", "seq read 1M")]
@@ -592,6 +734,9 @@ def main():
     ap.add_argument("--kiln-nbd", default=find_kiln_nbd())
     ap.add_argument("--tls", action="store_true",
                     help="measure the cost of TLS (plain, PSK, X.509) instead")
+    ap.add_argument("--tcp-tls", action="store_true",
+                    help="a remote disk's transport: NBD+TLS (X.509) on TCP against the Unix "
+                         "socket, kiln-nbd and qemu-nbd")
     ap.add_argument("--encrypt", action="store_true",
                     help="reads of a LUKS-encrypted qcow2, kiln-nbd against qemu-nbd")
     ap.add_argument("--nbd-load", default=find_built("bench", "kiln-nbd-load"))
@@ -612,6 +757,8 @@ def main():
     CACHE = args.cache
     if args.tls:
         return main_tls(args)
+    if args.tcp_tls:
+        return main_tcp_tls(args)
     if args.encrypt:
         return main_encrypt(args)
     size = int(args.size) * MiB

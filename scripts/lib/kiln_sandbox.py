@@ -63,12 +63,14 @@ def _with_line(src, dst, name, line):
 
 
 class LibvirtSandbox:
-    def __init__(self, workdir, qemu_user="root"):
+    def __init__(self, workdir, qemu_user="root", qemu_conf_extra=""):
         # The name goes into qemu.conf: a user and group of that name must exist (the
         # sandbox's own passwd and group files have libvirt-qemu).
         if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", qemu_user):
             raise ValueError(f"bad QEMU user name: {qemu_user!r}")
         self.qemu_user = qemu_user
+        # More qemu.conf lines (e.g. nbd_tls_x509_cert_dir for disks over NBD+TLS).
+        self.qemu_conf_extra = qemu_conf_extra
         self.dir = os.path.join(workdir, "libvirt")
         self.sock = os.path.join(self.dir, "libvirt-sock")
         self.log_path = os.path.join(self.dir, "libvirtd.log")
@@ -86,7 +88,7 @@ class LibvirtSandbox:
             if os.path.isfile(src):
                 shutil.copy(src, etc)
         with open(os.path.join(etc, "qemu.conf"), "w") as f:
-            f.write(QEMU_CONF.format(user=self.qemu_user))
+            f.write(QEMU_CONF.format(user=self.qemu_user) + self.qemu_conf_extra)
         with open(os.path.join(etc, "libvirtd.conf"), "w") as f:
             f.write(f'unix_sock_dir = "{self.dir}"\n'
                     'unix_sock_group = "root"\n'

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <optional>
 
 #include "build.h"
 #include "inject.h"
@@ -16,6 +17,7 @@
 #include "kiln/block/qcow2.h"
 #include "kiln/net/error.h"
 #include "kiln/spawn/configdrive.h"
+#include "kiln/spawn/disk_transport.h"
 #include "kiln/spawn/domain.h"
 #include "kiln/spawn/error.h"
 #include "kiln/spawn/images.h"
@@ -217,6 +219,15 @@ void Compute::step_export(Build& b) {
   Instance& inst = b.inst;
   NbdControl nbd(opt_.nbd_control);
   inst.export_name = export_name_of(inst.id);
+  if (DiskTransport t = disk_transport(store_, opt_.libvirt_uri); t.tcp_tls) {
+    // Recorded first: start and delete use it, and the undo removes it.
+    inst.nbd_socket.clear();
+    save_instance_transport(inst.dir, t);
+    save(inst, "export " + inst.export_name + " over NBD+TLS at " + t.endpoint.str() +
+                   " for the client certificate " + t.tls_identity);
+    add_export(nbd, inst);
+    return;
+  }
   inst.nbd_socket = opt_.nbd_socket.empty() ? opt_.nbd_socket_dir + "/" + inst.id + ".sock" : "";
   save(inst, "export " + inst.export_name + " on " +
                  (inst.nbd_socket.empty() ? "the shared socket " + opt_.nbd_socket
@@ -231,12 +242,26 @@ void Compute::undo_export(Instance& inst) {
   if (!inst.nbd_socket.empty() && ::lstat(inst.nbd_socket.c_str(), &st) == 0 &&
       S_ISSOCK(st.st_mode))
     remove_file(inst.nbd_socket);
+  remove_file(inst.dir + "/" + kTransportFile);
   inst.export_name.clear();
   inst.nbd_socket.clear();
 }
 
 void Compute::add_export(NbdControl& nbd, const Instance& inst) {
   const std::string disk = inst.dir + "/disk";
+  if (auto t = instance_transport(inst.dir)) {
+    nbd.add_export(inst.export_name, disk, "qcow2", nullptr, t->tls_identity);
+    // A kiln-nbd without per-export TLS identities ignores the field and answers ok: the disk
+    // would then open for every client that passes its TLS check. Never leave it so.
+    for (const auto& e : nbd.list_exports())
+      if (e.name == inst.export_name && e.tls_identity != t->tls_identity) {
+        nbd.remove_export(inst.export_name);
+        throw system_error("kiln-nbd added export " + inst.export_name +
+                           " without the TLS identity " + t->tls_identity +
+                           ": this kiln-nbd has no per-export TLS identities; update it");
+      }
+    return;
+  }
   if (inst.nbd_socket.empty()) {
     nbd.add_export(inst.export_name, disk, "qcow2");
     return;
@@ -280,6 +305,12 @@ void Compute::step_domain(Build& b) {
   d.memory_mb = inst.ram_mb;
   d.nbd_socket = inst.nbd_socket.empty() ? opt_.nbd_socket : inst.nbd_socket;
   d.nbd_export = inst.export_name;
+  const std::optional<DiskTransport> tcp = instance_transport(inst.dir);
+  if (tcp) {
+    d.nbd_socket.clear();
+    d.nbd_tcp_host = tcp->endpoint.host;
+    d.nbd_tcp_port = tcp->endpoint.port;
+  }
   if (b.req.config_drive) d.config_drive = inst.dir + "/disk.config";
   d.mac = inst.mac;
   d.tap = inst.tap;
@@ -294,7 +325,14 @@ void Compute::step_domain(Build& b) {
   give_to(d.console_log, qemu_user());
   if (!d.config_drive.empty()) check_reachable(d.config_drive, qemu_user(), "the config drive", 4);
   check_reachable(d.console_log, qemu_user(), "the console log", 2);
-  check_reachable(d.nbd_socket, qemu_user(), "kiln-nbd's socket", 2);  // connect(2) writes
+  if (tcp) {
+    // QEMU reads its client credentials itself (libvirt passes the directory).
+    for (const char* f : kClientCredFiles)
+      check_reachable(tcp->cert_dir + "/" + f, qemu_user(),
+                      std::string("the NBD client credentials' ") + f, 4);
+  } else {
+    check_reachable(d.nbd_socket, qemu_user(), "kiln-nbd's socket", 2);  // connect(2) writes
+  }
   inst.domain_name = d.name;
   inst.domain_xml = domain_xml(d);
   save(inst, "domain " + d.name + " (" + d.virt_type + ")");

@@ -16,6 +16,7 @@
 #include "kiln/common/random.h"
 #include "kiln/net/store.h"
 #include "kiln/spawn/configdrive.h"
+#include "kiln/spawn/disk_transport.h"
 #include "kiln/spawn/error.h"
 #include "kiln/spawn/images.h"
 #include "kiln/spawn/nbd_control.h"
@@ -114,6 +115,8 @@ void Compute::prepare(Build& b) {
   if (req.image.empty() || req.flavor.empty() || req.network.empty())
     throw invalid("boot needs --image, --flavor and --net");
   qemu_user();  // a user that does not exist is bad input too
+  // So are disk transport settings that cannot work (no address, credentials missing).
+  disk_transport(store_, opt_.libvirt_uri);
   if (const char* f = std::getenv(kFailAtEnv); f && *f) {
     const auto& s = build_steps();
     if (std::find(s.begin(), s.end(), f) == s.end())

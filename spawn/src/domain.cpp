@@ -7,6 +7,8 @@
 
 #include <sstream>
 
+#include "kiln/spawn/disk_transport.h"
+#include "kiln/spawn/error.h"
 #include "util.h"
 
 namespace kiln::spawn {
@@ -37,6 +39,23 @@ std::string xml_escape(const std::string& s) {
   }
   return out;
 }
+
+namespace {
+
+// The rest of the NBD <source> element: the Unix socket, or TCP with TLS required (libvirt's
+// tls='yes': QEMU gets a tls-creds-x509 client object, and never falls back to plain NBD).
+std::string nbd_host(const DomainSpec& d) {
+  if (d.nbd_tcp_host.empty())
+    return ">\n        <host transport='unix' socket='" + xml_escape(d.nbd_socket) + "'/>\n";
+  if (!valid_tcp_host(d.nbd_tcp_host))
+    throw invalid("the NBD server '" + d.nbd_tcp_host +
+                  "' is not an IP address or host name to connect to");
+  if (d.nbd_tcp_port == 0) throw invalid("the NBD server's TCP port is 0");
+  return " tls='yes'>\n        <host name='" + xml_escape(d.nbd_tcp_host) + "' port='" +
+         std::to_string(d.nbd_tcp_port) + "'/>\n";
+}
+
+}  // namespace
 
 std::string domain_xml(const DomainSpec& d) {
   auto e = xml_escape;
@@ -84,9 +103,8 @@ std::string domain_xml(const DomainSpec& d) {
     << "  <devices>\n"
     << "    <disk type='network' device='disk'>\n"
     << "      <driver name='qemu' type='raw' cache='none'/>\n"
-    << "      <source protocol='nbd' name='" << e(d.nbd_export) << "'>\n"
-    << "        <host transport='unix' socket='" << e(d.nbd_socket)
-    << "'/>\n"
+    << "      <source protocol='nbd' name='" << e(d.nbd_export) << "'"
+    << nbd_host(d)
     // No <reconnect delay=.../>: libvirt 9.0 (Debian 12) drops it from NBD disks.
     << "      </source>\n"
     << "      <target dev='vda' bus='virtio'/>\n"

@@ -89,18 +89,22 @@ std::string reply_error(const json& r) {
 }  // namespace
 
 std::string NbdControl::add_export_request(const std::string& name, const std::string& path,
-                                           const std::string& format, const ExportSocket* socket) {
+                                           const std::string& format, const ExportSocket* socket,
+                                           const std::string& tls_identity) {
   json req = {{"cmd", "add-export"}, {"name", name}, {"path", path}, {"format", format}};
   if (socket) {
     req["socket"] = socket->path;
     req["owner"] = socket->owner;
   }
+  if (!tls_identity.empty()) req["tls-identity"] = tls_identity;
   return req.dump();
 }
 
 void NbdControl::add_export(const std::string& name, const std::string& path,
-                            const std::string& format, const ExportSocket* socket) {
-  json r = parse_reply(call(add_export_request(name, path, format, socket)), "add-export");
+                            const std::string& format, const ExportSocket* socket,
+                            const std::string& tls_identity) {
+  json r =
+      parse_reply(call(add_export_request(name, path, format, socket, tls_identity)), "add-export");
   if (r["ok"] != true)
     throw system_error("kiln-nbd: cannot add export " + name + ": " + reply_error(r));
 }
@@ -127,6 +131,7 @@ std::vector<NbdExport> NbdControl::list_exports() {
     x.format = e.value("format", "");
     x.read_only = e.value("read-only", false);
     x.connections = e.value("connections", 0);
+    x.tls_identity = e.value("tls-identity", "");
     out.push_back(std::move(x));
   }
   return out;

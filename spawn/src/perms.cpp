@@ -82,12 +82,12 @@ std::string group_name(uint32_t gid) {
   return std::to_string(gid);
 }
 
+}  // namespace
+
 bool is_local_system_qemu(const std::string& uri) {
   return uri == "qemu:///system" || uri.rfind("qemu:///system?", 0) == 0 ||
          uri == "qemu+unix:///system" || uri.rfind("qemu+unix:///system?", 0) == 0;
 }
-
-}  // namespace
 
 HostUser parse_host_user(const std::string& spec, const std::string& what) {
   const size_t colon = spec.find(':');

@@ -36,6 +36,9 @@ HostUser current_host_user();
 // test:///, remote hosts) the user running kiln-spawn.
 HostUser default_qemu_user(const std::string& libvirt_uri,
                            const std::string& qemu_conf = "/etc/libvirt/qemu.conf");
+// True for the local system daemon's URIs (qemu:///system, qemu+unix:///system, with or
+// without ?...): the ones whose qemu.conf is /etc/libvirt/qemu.conf on this host.
+bool is_local_system_qemu(const std::string& uri);
 // The quoted value of `key = "..."` in qemu.conf's text, or "" if it is not set.
 std::string qemu_conf_value(const std::string& text, const std::string& key);
 

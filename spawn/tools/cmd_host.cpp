@@ -1,5 +1,6 @@
 // kiln-spawn's host commands: hypervisor-stats and the settings.
 #include "context.h"
+#include "kiln/spawn/disk_transport.h"
 #include "kiln/spawn/resources.h"
 #include "perms.h"
 
@@ -33,8 +34,11 @@ int config_set(Context& c) {
   const std::string& value = c.args.positional(1, "VALUE");
   bool known = key == kQemuUserSetting;
   for (const auto& [k, d] : resource_settings()) known |= k == key;
-  if (!known) throw invalid("unknown setting '" + key + "'");
+  bool transport = false;
+  for (const auto& [k, d] : disk_transport_settings()) transport |= k == key;
+  if (!known && !transport) throw invalid("unknown setting '" + key + "'");
   if (key == kQemuUserSetting && !value.empty()) parse_host_user(value, key);
+  if (transport) check_disk_transport_setting(key, value);
   Store& s = c.store();
   // Checked inside the transaction that stores it: a bad value is rolled back.
   s.write([&] {
@@ -49,6 +53,7 @@ int config_show(Context& c) {
   Json o = Json::object();
   for (const auto& [k, d] : resource_settings()) o[k] = c.store().setting(k).value_or(d);
   o[kQemuUserSetting] = c.store().setting(kQemuUserSetting).value_or("(libvirt's)");
+  for (const auto& [k, d] : disk_transport_settings()) o[k] = c.store().setting(k).value_or(d);
   c.show(o);
   return 0;
 }

@@ -154,14 +154,18 @@ class KilnNbdControl:
     """kiln-nbd with no export of its own, a Unix socket and a control socket (what kiln-spawn
     adds its exports through); stopped by its PID."""
 
-    def __init__(self, sock, control, workdir, tag="nbd"):
+    def __init__(self, sock, control, workdir, tag="nbd", extra_args=(), prefix=()):
+        # extra_args: more kiln-nbd options (TCP, TLS); prefix: what runs it (e.g. nsenter into
+        # a network namespace: nsenter execs kiln-nbd, so its PID is still ours to stop).
         self.sock, self.control = sock, control
+        self.extra_args, self.prefix = list(extra_args), list(prefix)
         self.log_path = os.path.join(workdir, f"{tag}.log")
         self.proc = None
 
     def start(self, timeout=20):
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([KILN_NBD, "-k", self.sock, "--control", self.control],
+        self.proc = subprocess.Popen([*self.prefix, KILN_NBD, "-k", self.sock, "--control",
+                                      self.control, *self.extra_args],
                                      stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -191,6 +195,13 @@ class KilnNbdControl:
 
     def exports(self):
         return self.request({"cmd": "list-exports"})["exports"]
+
+    def read_log(self):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
 
     def cleanup(self):
         if self.proc is not None and self.proc.poll() is None:

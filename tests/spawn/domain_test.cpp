@@ -5,7 +5,9 @@
 #include <libxml/xpath.h>
 
 #include <memory>
+#include <vector>
 
+#include "kiln/spawn/error.h"
 #include "kiln/spawn/virt.h"
 
 namespace kiln::spawn {
@@ -136,6 +138,78 @@ TEST(DomainXml, LibvirtTestDriverRoundTrip) {
   EXPECT_EQ(v.state(d.uuid), PowerState::kNone);
   // Idempotent undo.
   v.destroy(d.uuid);
+  v.undefine(d.uuid);
+}
+
+// The disk over NBD on TCP with TLS: libvirt's network source with tls='yes' and a TCP host,
+// no Unix socket left in it.
+DomainSpec tcp_sample() {
+  DomainSpec d = sample();
+  d.nbd_socket.clear();
+  d.nbd_tcp_host = "192.0.2.10";
+  d.nbd_tcp_port = 10809;
+  return d;
+}
+
+void check_tcp_disk(Xml& x, const DomainSpec& d) {
+  const std::string src = "/domain/devices/disk[@device='disk']/source";
+  EXPECT_EQ(x.str(src + "/@protocol"), "nbd");
+  EXPECT_EQ(x.str(src + "/@name"), d.nbd_export);
+  EXPECT_EQ(x.str(src + "/@tls"), "yes");
+  EXPECT_EQ(x.count(src + "/host"), 1);
+  EXPECT_EQ(x.str(src + "/host/@name"), d.nbd_tcp_host);
+  EXPECT_EQ(x.str(src + "/host/@port"), std::to_string(d.nbd_tcp_port));
+  // libvirt's default transport for a host with a name is tcp; no socket anywhere.
+  const std::string transport = x.str(src + "/host/@transport");
+  EXPECT_TRUE(transport.empty() || transport == "tcp") << transport;
+  EXPECT_EQ(x.count(src + "/host/@socket"), 0);
+}
+
+TEST(DomainXml, NbdOverTcpWithTls) {
+  DomainSpec d = tcp_sample();
+  Xml x(domain_xml(d));
+  check_tcp_disk(x, d);
+  d.nbd_tcp_host = "2001:db8::7";
+  Xml v6(domain_xml(d));
+  check_tcp_disk(v6, d);
+  d.nbd_tcp_host = "storage-1.example.org";
+  Xml name(domain_xml(d));
+  check_tcp_disk(name, d);
+}
+
+TEST(DomainXml, TcpSourceEscapesTheExportName) {
+  DomainSpec d = tcp_sample();
+  d.nbd_export = "kiln-'x'<&>\"";
+  const std::string text = domain_xml(d);
+  EXPECT_EQ(text.find("'x'<"), std::string::npos);
+  Xml x(text);
+  check_tcp_disk(x, d);
+}
+
+TEST(DomainXml, TcpHostThatIsNoAddressIsRefused) {
+  for (const std::string& host : std::vector<std::string>{
+           "0.0.0.0", "::", "a'b", "host name", "x<y", "-a.example", "a..b", "1.2.3", "256.1.1.1",
+           "fe80::1%eth0' socket='/x", std::string(300, 'a')}) {
+    DomainSpec d = tcp_sample();
+    d.nbd_tcp_host = host;
+    try {
+      domain_xml(d);
+      ADD_FAILURE() << host << " accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.reason(), Reason::kInvalidArgument) << host;
+    }
+  }
+  DomainSpec d = tcp_sample();
+  d.nbd_tcp_port = 0;
+  EXPECT_THROW(domain_xml(d), Error);
+}
+
+TEST(DomainXml, TcpSourceRoundTripsThroughLibvirt) {
+  DomainSpec d = tcp_sample();
+  Virt v("test:///default");
+  v.define(domain_xml(d));
+  Xml x(v.xml(d.uuid));
+  check_tcp_disk(x, d);
   v.undefine(d.uuid);
 }
 

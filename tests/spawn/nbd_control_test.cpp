@@ -49,6 +49,20 @@ TEST(NbdControl, AddExportOnTheSharedSocketHasNoSocketFields) {
             NbdControl::add_export_request("kiln-vm2", "/x/disk", "qcow2", nullptr));
 }
 
+// A disk over NBD+TLS: the export is for one TLS identity (kiln-nbd's "tls-identity"), and no
+// socket of its own.
+TEST(NbdControl, AddExportForATlsIdentity) {
+  json r = json::parse(NbdControl::add_export_request("kiln-vm3", "/x/disk", "qcow2", nullptr,
+                                                      "CN=compute-1,O=Kiln"));
+  EXPECT_EQ(r, (json{{"cmd", "add-export"},
+                     {"name", "kiln-vm3"},
+                     {"path", "/x/disk"},
+                     {"format", "qcow2"},
+                     {"tls-identity", "CN=compute-1,O=Kiln"}}));
+  EXPECT_FALSE(json::parse(NbdControl::add_export_request("a", "/p", "qcow2", nullptr))
+                   .contains("tls-identity"));
+}
+
 TEST(NbdControl, RequestEscapesAndErrors) {
   ExportSocket s{"/run/kiln/nbd/a\"b.sock", "libvirt-qemu:kvm"};
   json r = json::parse(NbdControl::add_export_request("n\n", "/p", "qcow2", &s));

@@ -156,6 +156,19 @@ def test_kiln_spawn_numbers_are_strict(world):
     for key, value in bad_settings:
         one_line_error(world.spawn("config-set", key, value, check=False),
                        f"setting {key} must be", f"'{value}'")
+    # The disk transport's settings (docs/kiln-spawn.md, "Disks over NBD+TLS").
+    bad_transport = [
+        ("disk_transport", "tcp", "plain NBD over TCP has no authentication"),
+        ("disk_transport", "rdma", "disk_transport must be unix or tcp-tls, not 'rdma'"),
+        ("nbd_tcp_address", "0.0.0.0:10809", "'0.0.0.0' is not an IP address or host name"),
+        ("nbd_tcp_address", "127.0.0.1", "has no port"),
+        ("nbd_tcp_address", "127.0.0.1:65536", "not a whole number from 1 to 65535"),
+        ("nbd_tcp_address", "::1:10809", "an IPv6 address goes in brackets"),
+        ("nbd_tcp_address", "a'b:80", "is not an IP address or host name"),
+        ("nbd_tls_x509_cert_dir", "pki", "must be an absolute path"),
+    ]
+    for key, value, needle in bad_transport:
+        one_line_error(world.spawn("config-set", key, value, check=False), needle)
     # Nothing of it was stored: the settings and the capacity are as before.
     assert world.spawn_json("config-show") == before
     world.spawn_json("hypervisor-stats")

@@ -12,6 +12,7 @@ struct NbdExport {
   std::string name, path, format;
   bool read_only = false;
   int connections = 0;
+  std::string tls_identity;  // "" when any client may open it
 };
 
 // An export's own Unix socket: kiln-nbd creates it 0600, owned by `owner` ("USER[:GROUP]"),
@@ -37,11 +38,15 @@ class NbdControl {
   // With `socket`, the request carries "socket" and "owner". A kiln-nbd without per-export
   // sockets ignores unknown fields and answers ok without making the socket: the caller
   // checks that the socket exists.
+  // With `tls_identity`, the request carries "tls-identity": kiln-nbd then shows the export
+  // only to TLS clients that authenticated as that identity (with --tls-verify-peer, the RFC 4514
+  // subject DN of their certificate), and refuses the request when its TLS is off.
   void add_export(const std::string& name, const std::string& path, const std::string& format,
-                  const ExportSocket* socket = nullptr);
+                  const ExportSocket* socket = nullptr, const std::string& tls_identity = "");
   // The request line add_export sends (JSON, without the newline).
   static std::string add_export_request(const std::string& name, const std::string& path,
-                                        const std::string& format, const ExportSocket* socket);
+                                        const std::string& format, const ExportSocket* socket,
+                                        const std::string& tls_identity = "");
   // Removes the export; returns false if there was none of that name.
   bool remove_export(const std::string& name);
   std::vector<NbdExport> list_exports();
