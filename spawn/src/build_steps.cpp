@@ -23,6 +23,7 @@
 #include "kiln/spawn/nbd_control.h"
 #include "kiln/spawn/virt.h"
 #include "perms.h"
+#include "snapshot.h"
 #include "util.h"
 
 namespace kiln::spawn {
@@ -236,7 +237,8 @@ void Compute::undo_export(Instance& inst) {
 }
 
 void Compute::add_export(NbdControl& nbd, const Instance& inst) {
-  const std::string disk = inst.dir + "/disk";
+  // The overlay, or a layer a snapshot's failed commit left on it (snapshot.h).
+  const std::string disk = active_disk(inst);
   if (inst.nbd_socket.empty()) {
     nbd.add_export(inst.export_name, disk, "qcow2");
     return;
