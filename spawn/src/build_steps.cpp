@@ -25,6 +25,7 @@
 #include "kiln/spawn/nbd_control.h"
 #include "kiln/spawn/virt.h"
 #include "perms.h"
+#include "snapshot.h"
 #include "util.h"
 
 namespace kiln::spawn {
@@ -248,7 +249,8 @@ void Compute::undo_export(Instance& inst) {
 }
 
 void Compute::add_export(NbdControl& nbd, const Instance& inst) {
-  const std::string disk = inst.dir + "/disk";
+  // The overlay, or a layer a snapshot's failed commit left on it (snapshot.h).
+  const std::string disk = active_disk(inst);
   if (auto t = instance_transport(inst.dir)) {
     nbd.add_export(inst.export_name, disk, "qcow2", nullptr, t->tls_identity);
     // A kiln-nbd without per-export TLS identities ignores the field and answers ok: the disk

@@ -23,6 +23,7 @@
 #include "kiln/spawn/resources.h"
 #include "kiln/spawn/virt.h"
 #include "perms.h"
+#include "snapshot.h"
 #include "util.h"
 
 namespace kiln::spawn {
@@ -229,9 +230,15 @@ void Compute::remove(const std::string& ref) {
   inst.status = kStatusDeleting;
   inst.task_state = "deleting";
   save(inst, "delete");
+  std::vector<std::string> errors;
+  // A snapshot killed half-way may have left its image outside the instance's directory.
+  try {
+    discard_snapshot_leftovers(store_, inst);
+  } catch (const std::exception& e) {
+    errors.push_back(std::string("snapshot: ") + e.what());
+  }
   // The steps recorded are exactly those whose work may exist (each is recorded before its
   // work starts), also for a build that was killed half-way.
-  std::vector<std::string> errors;
   undo_steps(inst, &errors);
   if (!errors.empty()) {
     std::string all;

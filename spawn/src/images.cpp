@@ -233,7 +233,7 @@ Image ImageStore::create(const std::string& name, const std::string& file,
   img.id = common::new_uuid();
   img.name = name;
   // Copy first, then inspect the copy: what is registered is exactly what was checked.
-  std::string tmp = images_dir_ + "/.tmp-" + img.id;
+  std::string tmp = temp_path(img.id);
   TempFile guard(tmp);
   ImageHashes h;
   copy_file(file, tmp, opt.progress, "copying " + name + " into the image store", h,
@@ -278,6 +278,40 @@ Image ImageStore::create_from_url(const std::string& name, const std::string& ur
   img.checksum = h.md5();
   img.os_hash_value = h.sha512();
   return register_file(std::move(img), tmp, guard, url, opt);
+}
+
+std::string ImageStore::temp_path(const std::string& id) const {
+  return images_dir_ + "/.tmp-" + id;
+}
+
+Image ImageStore::adopt(const std::string& name, const std::string& id, const ImageOptions& opt) {
+  const std::string tmp = temp_path(id);
+  TempFile guard(tmp);
+  check_new(name, opt);
+  Image img;
+  img.id = id;
+  img.name = name;
+  Fd in(::open(tmp.c_str(), O_RDONLY | O_CLOEXEC));
+  if (in.get() < 0) throw errno_error("cannot open " + tmp, errno);
+  ImageHashes h;
+  std::vector<uint8_t> buf(kCopyChunk);
+  for (uint64_t off = 0;;) {
+    if (opt.interrupted && opt.interrupted())
+      throw system_error("interrupted while hashing " + tmp);
+    ssize_t n = ::pread(in.get(), buf.data(), buf.size(), static_cast<off_t>(off));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw errno_error("cannot read " + tmp, errno);
+    }
+    if (n == 0) break;
+    h.update(buf.data(), static_cast<size_t>(n));
+    off += static_cast<uint64_t>(n);
+  }
+  h.finish();
+  img.digest = h.xxh3();
+  img.checksum = h.md5();
+  img.os_hash_value = h.sha512();
+  return register_file(std::move(img), tmp, guard, tmp, opt);
 }
 
 Image ImageStore::register_file(Image img, const std::string& tmp, TempFile& guard,

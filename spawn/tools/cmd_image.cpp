@@ -84,6 +84,8 @@ int image_delete(Context& c) {
 
 }  // namespace
 
+Json image_json(const Image& image) { return to_json(image); }
+
 CommandTable image_commands() {
   return {
       {"image-create",

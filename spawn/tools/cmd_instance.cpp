@@ -1,4 +1,4 @@
-// kiln-spawn's instance commands: boot, list, show, console-log, stop, start, delete.
+// kiln-spawn's instance commands: boot, list, show, console-log, stop, start, delete, snapshot.
 #include <iostream>
 
 #include "context.h"
@@ -102,6 +102,18 @@ int console_log(Context& c) {
   return 0;
 }
 
+// Nova's `openstack server image create` (createImage): prints the new image as image-show.
+int snapshot(Context& c) {
+  c.args.max_positional(2);
+  const std::string ref = c.args.positional(0, "INSTANCE");
+  SnapshotRequest r;
+  r.image_name = c.args.positional(1, "IMAGE_NAME");
+  r.disk_format = c.args.get_or("--disk-format", "qcow2");
+  r.compress = c.args.get_or("--compress", "");
+  c.show(image_json(c.compute().snapshot(ref, r)));
+  return 0;
+}
+
 // stop, start, delete: one or more instances, in order.
 Command each(const char* name, void (*action)(Compute&, const std::string&)) {
   return {name, "INSTANCE...", {}, [action](Context& c) {
@@ -140,6 +152,10 @@ CommandTable instance_commands() {
       each("stop", [](Compute& c, const std::string& r) { c.stop(r); }),
       each("start", [](Compute& c, const std::string& r) { c.start(r); }),
       each("delete", [](Compute& c, const std::string& r) { c.remove(r); }),
+      {"snapshot",
+       "INSTANCE IMAGE_NAME [--disk-format qcow2|raw] [--compress zlib|zstd]",
+       {{"--disk-format", kValue}, {"--compress", kValue}},
+       snapshot},
   };
 }
 

@@ -37,8 +37,10 @@ using Command = common::cli::Command<Context>;
 using CommandTable = common::cli::CommandTable<Context>;
 
 CommandTable image_commands();
+// An image as image-show prints it (cmd_image.cpp).
+Json image_json(const Image& image);
 CommandTable flavor_commands();
-CommandTable instance_commands();  // boot, list, show, console-log, stop, start, delete
+CommandTable instance_commands();  // boot, list, show, console-log, stop, start, delete, snapshot
 CommandTable host_commands();      // hypervisor-stats, config-set, config-show
 CommandTable ssh_commands();       // ssh
 CommandTable metadata_commands();  // metadata-serve

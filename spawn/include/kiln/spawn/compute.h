@@ -69,6 +69,21 @@ inline constexpr const char* kPauseAtEnv = "KILN_SPAWN_PAUSE_AT";
 // SIGTERM).
 void interrupt_boot();
 
+// kiln-spawn snapshot INSTANCE IMAGE_NAME (Nova's instance snapshot, snapshot.cpp).
+struct SnapshotRequest {
+  std::string image_name;
+  std::string disk_format = "qcow2";  // qcow2 or raw
+  std::string compress;               // "", zlib or zstd (qcow2 only): compressed clusters
+};
+
+// The snapshot's steps in order (snapshot.cpp). Test hooks like the boot's:
+// KILN_SPAWN_SNAPSHOT_FAIL_AT=<step> fails after that step's work (its undo runs with the
+// others); KILN_SPAWN_SNAPSHOT_STOP_AT=<step> stops the process (SIGSTOP) after that step's
+// work, to be continued or killed.
+const std::vector<std::string>& snapshot_steps();
+inline constexpr const char* kSnapshotFailAtEnv = "KILN_SPAWN_SNAPSHOT_FAIL_AT";
+inline constexpr const char* kSnapshotStopAtEnv = "KILN_SPAWN_SNAPSHOT_STOP_AT";
+
 class Compute {
  public:
   Compute(Store& store, net::Store& net_store, ComputeOptions options);
@@ -93,6 +108,12 @@ class Compute {
 
   Instance get(const std::string& ref);
   Virt& virt();
+
+  // Nova's instance snapshot of an active or stopped instance: a live external snapshot of its
+  // disk (the guest keeps running), the frozen chain converted into a new image `req.image_name`
+  // of the image store, the temporary layer committed back. Any failure undoes what was done
+  // (no image, no temporary file) and rethrows; the instance keeps its status.
+  Image snapshot(const std::string& ref, const SnapshotRequest& req);
 
  private:
   struct Build;

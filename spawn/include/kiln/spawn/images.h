@@ -69,6 +69,11 @@ class ImageStore {
   // The same for the bytes at `url` (file, http, https; see download.h): downloaded into a
   // temporary file in the store that is removed on any failure, including an interruption.
   Image create_from_url(const std::string& name, const std::string& url, const ImageOptions& opt);
+  // The same for a file that was written into the store's temporary name for image `id`
+  // (temp_path(id)): hashed and registered in place, under that id, without a copy (an
+  // instance snapshot, snapshot.cpp). The file is removed on failure.
+  Image adopt(const std::string& name, const std::string& id, const ImageOptions& opt);
+  std::string temp_path(const std::string& id) const;
   // Refused while an instance was built from the image.
   void remove(const std::string& ref);
   Image get(const std::string& ref);
