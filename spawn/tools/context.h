@@ -39,8 +39,12 @@ using CommandTable = common::cli::CommandTable<Context>;
 CommandTable image_commands();
 CommandTable flavor_commands();
 CommandTable instance_commands();  // boot, list, show, console-log, stop, start, delete
-CommandTable host_commands();      // hypervisor-stats, config-set, config-show
+CommandTable host_commands();      // hypervisor-list/show/stats, schedule, config-set/show
 CommandTable ssh_commands();       // ssh
 CommandTable metadata_commands();  // metadata-serve
+CommandTable host_registry_commands();  // host-register/list/show/set/delete
+
+// A host record with its usage, as host-show shows it (cmd_hosts.cpp).
+Json host_to_json(const Host& h, const Usage& u);
 
 }  // namespace kiln::spawn::cli
