@@ -21,6 +21,7 @@
 #include "kiln/spawn/images.h"
 #include "kiln/spawn/nbd_control.h"
 #include "kiln/spawn/resources.h"
+#include "kiln/spawn/scheduler.h"
 #include "kiln/spawn/virt.h"
 #include "perms.h"
 #include "snapshot.h"
@@ -149,8 +150,9 @@ void Compute::prepare(Build& b) {
                   " bytes in total");
 }
 
-// The claim step: the record (with the step, which the runner set) and the claim in one
-// transaction, so that a boot beyond capacity leaves nothing at all.
+// The claim step: the scheduler's choice of a host, the claim there and the record (with the
+// step, which the runner set), in one transaction, so that a boot beyond capacity leaves nothing
+// at all.
 void Compute::claim(Build& b) {
   const BootRequest& req = b.req;
   Instance& inst = b.inst;
@@ -158,6 +160,15 @@ void Compute::claim(Build& b) {
   inst.network = req.network;
   inst.dir = store_.dir() + "/instances/" + inst.id;
   inst.created_at = inst.updated_at = utc_now();
+  ScheduleRequest sr;
+  split_zone_and_host(req.availability_zone, &sr.availability_zone, &sr.host);
+  if (!req.host.empty()) {
+    if (!sr.host.empty() && sr.host != req.host)
+      throw invalid("--host " + req.host + " and --availability-zone " + req.availability_zone +
+                    " name different hosts");
+    sr.host = req.host;
+  }
+  const std::string me = this_host();
   ResourceTracker tracker(store_);
   store_.write([&] {
     if (store_.find_instance(req.name)) throw exists("instance '" + req.name + "' already exists");
@@ -179,12 +190,27 @@ void Compute::claim(Build& b) {
     inst.ram_mb = fl->ram_mb;
     inst.disk_gb = fl->disk_gb;
     inst.status = kStatusBuilding;
-    tracker.claim(inst.id, *fl);
+    // This host's capacity as its settings say now, then the choice among all hosts.
+    tracker.report();
+    sr.flavor = *fl;
+    sr.image = *img;
+    Host host = Scheduler(store_).claim(sr, inst.id);
+    // Building on another host is the next step of multi-host support: until then the claim
+    // (this transaction) is rolled back and the user told where the instance would go.
+    if (host.name != me)
+      throw unsupported("the scheduler chose host " + host.name + ", but this kiln-spawn runs on " +
+                        me +
+                        " and builds only here (boots on other hosts are not supported "
+                        "yet): run the boot on " +
+                        host.name + ", or give --host " + me);
+    inst.host = host.name;
+    // (Nova's instance.availability_zone: the host's, which is the one asked for if any.)
+    b.req.availability_zone = host.availability_zone;
     store_.put(inst);
     store_.add_event(inst.id, inst.status, inst.task_state,
                      "claimed " + std::to_string(fl->vcpus) + " vCPU, " +
                          std::to_string(fl->ram_mb) + " MiB, " + std::to_string(fl->disk_gb) +
-                         " GiB");
+                         " GiB on host " + host.name);
   });
 }
 

@@ -4,7 +4,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
@@ -54,31 +57,6 @@ bool all_digits(const std::string& s) {
   return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
-int64_t setting_int(Store& s, const std::string& key, int64_t dflt) {
-  auto v = s.setting(key);
-  if (!v) return dflt;
-  if (all_digits(*v) && v->size() <= 13) {
-    int64_t n = std::stoll(*v);
-    if (n <= kMaxAmount) return n;
-  }
-  throw invalid("setting " + key + " must be a whole number from 0 to " +
-                std::to_string(kMaxAmount) + ", not '" + *v + "'");
-}
-
-double setting_ratio(Store& s, const std::string& key, double dflt) {
-  auto v = s.setting(key);
-  if (!v) return dflt;
-  const size_t dot = v->find('.');
-  const std::string whole = v->substr(0, dot);
-  const std::string frac = dot == std::string::npos ? "0" : v->substr(dot + 1);
-  if (all_digits(whole) && all_digits(frac) && whole.size() <= 5 && frac.size() <= 6) {
-    double d = std::stod(*v);
-    if (d > 0 && d <= kMaxRatio) return d;
-  }
-  throw invalid("setting " + key + " must be a number above 0 and at most 10000 (like 1.5), not '" +
-                *v + "'");
-}
-
 int64_t capacity_of(int64_t total, int64_t reserved, double ratio) {
   int64_t avail = total - reserved;
   if (avail <= 0) return 0;
@@ -87,60 +65,166 @@ int64_t capacity_of(int64_t total, int64_t reserved, double ratio) {
 
 }  // namespace
 
-ResourceConfig ResourceTracker::config() {
+int64_t parse_amount(const std::string& v, const std::string& what) {
+  if (all_digits(v) && v.size() <= 13) {
+    int64_t n = std::stoll(v);
+    if (n <= kMaxAmount) return n;
+  }
+  throw invalid(what + " must be a whole number from 0 to " + std::to_string(kMaxAmount) +
+                ", not '" + v + "'");
+}
+
+double parse_ratio(const std::string& v, const std::string& what) {
+  const size_t dot = v.find('.');
+  const std::string whole = v.substr(0, dot);
+  const std::string frac = dot == std::string::npos ? "0" : v.substr(dot + 1);
+  if (all_digits(whole) && all_digits(frac) && whole.size() <= 5 && frac.size() <= 6) {
+    double d = std::stod(v);
+    if (d > 0 && d <= kMaxRatio) return d;
+  }
+  throw invalid(what + " must be a number above 0 and at most 10000 (like 1.5), not '" + v + "'");
+}
+
+std::string this_host() {
+  std::string name;
+  if (const char* e = std::getenv("KILN_HOST"); e && *e) {
+    name = e;
+  } else {
+    char buf[256] = {};
+    if (::gethostname(buf, sizeof buf - 1) != 0) throw errno_error("gethostname", errno);
+    name = buf;
+  }
+  check_host_name(name);
+  return name;
+}
+
+void check_host_name(const std::string& name) {
+  auto ok = [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
+  };
+  if (name.empty() || name.size() > 255 || !std::all_of(name.begin(), name.end(), ok) ||
+      !std::isalnum(static_cast<unsigned char>(name[0]))) {
+    std::string shown = name.substr(0, 80);
+    for (char& c : shown)
+      if (!std::isprint(static_cast<unsigned char>(c))) c = '?';
+    throw invalid("host name '" + shown +
+                  "' must be 1 to 255 characters of A-Z a-z 0-9 . _ - starting with a letter "
+                  "or digit");
+  }
+}
+
+ResourceConfig resource_config(
+    const std::function<std::optional<std::string>(const std::string&)>& setting,
+    const std::string& dir) {
+  auto amount = [&](const std::string& key, int64_t dflt) {
+    auto v = setting(key);
+    return v ? parse_amount(*v, "setting " + key) : dflt;
+  };
+  auto ratio = [&](const std::string& key, double dflt) {
+    auto v = setting(key);
+    return v ? parse_ratio(*v, "setting " + key) : dflt;
+  };
   ResourceConfig c;
-  bool need_discovery = !store_.setting("host_vcpus") || !store_.setting("host_memory_mb") ||
-                        !store_.setting("host_disk_gb");
-  HostResources d = need_discovery ? discover_host(store_.dir()) : HostResources{};
-  c.total.vcpus = setting_int(store_, "host_vcpus", d.vcpus);
-  c.total.memory_mb = setting_int(store_, "host_memory_mb", d.memory_mb);
-  c.total.disk_gb = setting_int(store_, "host_disk_gb", d.disk_gb);
-  c.cpu_allocation_ratio = setting_ratio(store_, "cpu_allocation_ratio", 16.0);
-  c.ram_allocation_ratio = setting_ratio(store_, "ram_allocation_ratio", 1.5);
-  c.disk_allocation_ratio = setting_ratio(store_, "disk_allocation_ratio", 1.0);
-  c.reserved_host_cpus = setting_int(store_, "reserved_host_cpus", 0);
-  c.reserved_host_memory_mb = setting_int(store_, "reserved_host_memory_mb", 512);
-  c.reserved_host_disk_mb = setting_int(store_, "reserved_host_disk_mb", 0);
+  bool need_discovery =
+      !setting("host_vcpus") || !setting("host_memory_mb") || !setting("host_disk_gb");
+  HostResources d = need_discovery ? discover_host(dir) : HostResources{};
+  c.total.vcpus = amount("host_vcpus", d.vcpus);
+  c.total.memory_mb = amount("host_memory_mb", d.memory_mb);
+  c.total.disk_gb = amount("host_disk_gb", d.disk_gb);
+  c.cpu_allocation_ratio = ratio("cpu_allocation_ratio", 16.0);
+  c.ram_allocation_ratio = ratio("ram_allocation_ratio", 1.5);
+  c.disk_allocation_ratio = ratio("disk_allocation_ratio", 1.0);
+  c.reserved_host_cpus = amount("reserved_host_cpus", 0);
+  c.reserved_host_memory_mb = amount("reserved_host_memory_mb", 512);
+  c.reserved_host_disk_mb = amount("reserved_host_disk_mb", 0);
   return c;
+}
+
+Host host_from_config(const std::string& name, const ResourceConfig& c) {
+  Host h;
+  h.name = name;
+  h.vcpus = c.total.vcpus;
+  h.memory_mb = c.total.memory_mb;
+  h.disk_gb = c.total.disk_gb;
+  h.cpu_allocation_ratio = c.cpu_allocation_ratio;
+  h.ram_allocation_ratio = c.ram_allocation_ratio;
+  h.disk_allocation_ratio = c.disk_allocation_ratio;
+  h.reserved_vcpus = c.reserved_host_cpus;
+  h.reserved_memory_mb = c.reserved_host_memory_mb;
+  h.reserved_disk_mb = c.reserved_host_disk_mb;
+  h.from_settings = true;
+  return h;
+}
+
+std::vector<ResourceStats> host_stats(const Host& h, const Usage& u) {
+  const int64_t reserved_disk_gb = (h.reserved_disk_mb + 1023) / 1024;
+  return {
+      {"vcpus", h.vcpus, h.reserved_vcpus, u.vcpus, h.cpu_allocation_ratio,
+       capacity_of(h.vcpus, h.reserved_vcpus, h.cpu_allocation_ratio)},
+      {"memory_mb", h.memory_mb, h.reserved_memory_mb, u.ram_mb, h.ram_allocation_ratio,
+       capacity_of(h.memory_mb, h.reserved_memory_mb, h.ram_allocation_ratio)},
+      {"disk_gb", h.disk_gb, reserved_disk_gb, u.disk_gb, h.disk_allocation_ratio,
+       capacity_of(h.disk_gb, reserved_disk_gb, h.disk_allocation_ratio)},
+  };
+}
+
+std::string shortfall(const std::vector<ResourceStats>& st, const Flavor& flavor) {
+  const int64_t want[3] = {flavor.vcpus, flavor.ram_mb, flavor.disk_gb};
+  const char* label[3] = {"vCPUs", "memory (MiB)", "disk (GiB)"};
+  std::string problems;
+  for (size_t i = 0; i < 3 && i < st.size(); ++i) {
+    if (want[i] > st[i].free()) {
+      std::ostringstream m;
+      m << label[i] << ": requested " << want[i] << ", free " << std::max<int64_t>(0, st[i].free())
+        << " of " << st[i].capacity << " (total " << st[i].total << ", reserved " << st[i].reserved
+        << ", allocation ratio " << st[i].ratio << ", used " << st[i].used << ")";
+      problems += (problems.empty() ? "" : "; ") + m.str();
+    }
+  }
+  return problems;
+}
+
+ResourceConfig ResourceTracker::config() {
+  return resource_config([&](const std::string& k) { return store_.setting(k); }, store_.dir());
+}
+
+void ResourceTracker::report() {
+  store_.write([&] {
+    auto h = store_.find_host(this_host());
+    if (!h) return;
+    if (h->from_settings) {
+      Host now = host_from_config(h->name, config());
+      now.libvirt_uri = h->libvirt_uri;
+      now.nbd_endpoint = h->nbd_endpoint;
+      now.availability_zone = h->availability_zone;
+      now.enabled = h->enabled;
+      now.disabled_reason = h->disabled_reason;
+      now.created_at = h->created_at;
+      h = now;
+    }
+    h->heartbeat_at = utc_now();
+    store_.put(*h);
+  });
 }
 
 std::vector<ResourceStats> ResourceTracker::stats() {
   std::vector<ResourceStats> out;
   store_.write([&] {
-    ResourceConfig c = config();
-    Usage u = store_.usage();
-    int64_t reserved_disk_gb = (c.reserved_host_disk_mb + 1023) / 1024;
-    out.push_back({"vcpus", c.total.vcpus, c.reserved_host_cpus, u.vcpus, c.cpu_allocation_ratio,
-                   capacity_of(c.total.vcpus, c.reserved_host_cpus, c.cpu_allocation_ratio)});
-    out.push_back(
-        {"memory_mb", c.total.memory_mb, c.reserved_host_memory_mb, u.ram_mb,
-         c.ram_allocation_ratio,
-         capacity_of(c.total.memory_mb, c.reserved_host_memory_mb, c.ram_allocation_ratio)});
-    out.push_back({"disk_gb", c.total.disk_gb, reserved_disk_gb, u.disk_gb, c.disk_allocation_ratio,
-                   capacity_of(c.total.disk_gb, reserved_disk_gb, c.disk_allocation_ratio)});
+    report();
+    const std::string me = this_host();
+    auto h = store_.find_host(me);
+    out = host_stats(h ? *h : host_from_config(me, config()), store_.usage_of(me));
   });
   return out;
 }
 
 void ResourceTracker::claim(const std::string& instance_id, const Flavor& flavor) {
   store_.write([&] {
-    std::vector<ResourceStats> st = stats();
-    const int64_t want[3] = {flavor.vcpus, flavor.ram_mb, flavor.disk_gb};
-    const char* label[3] = {"vCPUs", "memory (MiB)", "disk (GiB)"};
-    std::string problems;
-    for (int i = 0; i < 3; ++i) {
-      if (want[i] > st[i].free()) {
-        std::ostringstream m;
-        m << label[i] << ": requested " << want[i] << ", free "
-          << std::max<int64_t>(0, st[i].free()) << " of " << st[i].capacity << " (total "
-          << st[i].total << ", reserved " << st[i].reserved << ", allocation ratio " << st[i].ratio
-          << ", used " << st[i].used << ")";
-        problems += (problems.empty() ? "" : "; ") + m.str();
-      }
-    }
+    std::string problems = shortfall(stats(), flavor);
     if (!problems.empty())
       throw no_space("insufficient resources for flavor " + flavor.name + ": " + problems);
-    store_.put_claim(instance_id, flavor.vcpus, flavor.ram_mb, flavor.disk_gb);
+    store_.put_claim(instance_id, flavor.vcpus, flavor.ram_mb, flavor.disk_gb, this_host());
   });
 }
 

@@ -7,6 +7,7 @@
 #include "kiln/common/text.h"
 #include "kiln/spawn/error.h"
 #include "perms.h"
+#include "store_hosts.h"
 #include "util.h"
 
 namespace kiln::spawn {
@@ -59,7 +60,7 @@ const char* kImageCols =
 const char* kInstanceCols =
     "id, name, image_id, image_digest, image_format, flavor, vcpus, ram_mb, disk_gb, network, "
     "network_id, status, task_state, fault, port_id, mac, ip, tap, dir, export_name, "
-    "domain_name, domain_xml, steps_done, base_filled, created_at, updated_at, nbd_socket";
+    "domain_name, domain_xml, steps_done, base_filled, created_at, updated_at, nbd_socket, host";
 
 // Schema versions: migration i takes the database from version i to i+1 (append, never edit).
 // Version 1 is the schema of the kiln-spawn that had no versions: its databases (user_version
@@ -107,9 +108,15 @@ void metadata_tables_v3(common::Database& db) {
           "CREATE INDEX metadata_addresses_instance ON metadata_addresses(instance_id);");
 }
 
-std::vector<common::Database::Migration> migrations() {
-  return {schema_v1, glance_image_fields_v2, metadata_tables_v3};
+}  // namespace
+
+// (`dir`: version 4 registers this host, whose disk is discovered there.)
+std::vector<common::Database::Migration> store_migrations(const std::string& dir) {
+  return {schema_v1, glance_image_fields_v2, metadata_tables_v3,
+          [dir](common::Database& db) { hosts_v4(db, dir); }};
 }
+
+namespace {
 
 // Creates the state directory (instances, images and bases live there whatever the database)
 // and returns where the database is: `db_url` if given, else the SQLite file in the directory.
@@ -134,7 +141,7 @@ common::Database::Options in_schema(const std::string& schema) {
 // Opening writes nothing when the schema is current, so a listing never waits for the write
 // lock that a boot in another process holds.
 Store::Store(const std::string& dir, const std::string& db_url, const std::string& schema)
-    : dir_(dir), db_(database_location(dir, db_url), migrations(), in_schema(schema)) {}
+    : dir_(dir), db_(database_location(dir, db_url), store_migrations(dir), in_schema(schema)) {}
 
 void Store::put(const Image& i) {
   Stmt s(db_, common::upsert_sql("images",
@@ -200,6 +207,7 @@ void Store::put(const Instance& i) {
       .bind(i.created_at.empty() ? utc_now() : i.created_at)
       .bind(i.updated_at.empty() ? utc_now() : i.updated_at)
       .bind(i.nbd_socket)
+      .bind(i.host)
       .run();
 }
 
@@ -324,6 +332,7 @@ Instance read_instance(StmtT& s) {
   i.created_at = s.text(c++);
   i.updated_at = s.text(c++);
   i.nbd_socket = s.text(c++);
+  i.host = s.text(c++);
   return i;
 }
 
@@ -417,9 +426,11 @@ std::vector<Event> Store::events(const std::string& instance_id) {
   return out;
 }
 
-void Store::put_claim(const std::string& instance_id, int vcpus, int64_t ram_mb, int64_t disk_gb) {
-  Stmt s(db_, "INSERT INTO claims(instance_id, vcpus, ram_mb, disk_gb) VALUES (?, ?, ?, ?)");
-  s.bind(instance_id).bind(vcpus).bind(ram_mb).bind(disk_gb).run();
+void Store::put_claim(const std::string& instance_id, int vcpus, int64_t ram_mb, int64_t disk_gb,
+                      const std::string& host) {
+  Stmt s(db_,
+         "INSERT INTO claims(instance_id, vcpus, ram_mb, disk_gb, host) VALUES (?, ?, ?, ?, ?)");
+  s.bind(instance_id).bind(vcpus).bind(ram_mb).bind(disk_gb).bind(host).run();
 }
 
 void Store::remove_claim(const std::string& instance_id) {

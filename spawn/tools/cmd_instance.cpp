@@ -30,7 +30,8 @@ Json to_json(const Instance& i) {
           {"steps", i.steps_done},
           {"base_filled", i.base_filled},
           {"created_at", i.created_at},
-          {"updated_at", i.updated_at}};
+          {"updated_at", i.updated_at},
+          {"host", i.host}};
 }
 
 int boot(Context& c) {
@@ -54,7 +55,8 @@ int boot(Context& c) {
   if (drive != "true" && drive != "false")
     throw invalid("--config-drive must be true or false, not '" + drive + "'");
   r.config_drive = drive == "true";
-  r.availability_zone = c.args.get_or("--availability-zone", "nova");
+  r.availability_zone = c.args.get_or("--availability-zone", "");  // any: the host's
+  r.host = c.args.get_or("--host", "");
   r.kernel = c.args.get_or("--kernel", "");
   r.initrd = c.args.get_or("--initrd", "");
   r.cmdline = c.args.get_or("--cmdline", "");
@@ -131,7 +133,7 @@ CommandTable instance_commands() {
        "NAME --image I --flavor F --net N [--key-file F] [--user-data F] "
        "[--file PATH=SRC]... [--security-group G]... [--inject] [--config-drive true|false] "
        "[--kernel K [--initrd I] "
-       "[--cmdline C]]",
+       "[--cmdline C]] [--availability-zone ZONE[:HOST]] [--host HOST]",
        {{"--inject"},
         {"--config-drive", kValue},
         {"--image", kValue},
@@ -142,6 +144,7 @@ CommandTable instance_commands() {
         {"--file", kValue},
         {"--security-group", kValue},
         {"--availability-zone", kValue},
+        {"--host", kValue},
         {"--kernel", kValue},
         {"--initrd", kValue},
         {"--cmdline", kValue}},

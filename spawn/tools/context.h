@@ -41,8 +41,12 @@ CommandTable image_commands();
 Json image_json(const Image& image);
 CommandTable flavor_commands();
 CommandTable instance_commands();  // boot, list, show, console-log, stop, start, delete, snapshot
-CommandTable host_commands();      // hypervisor-stats, config-set, config-show
+CommandTable host_commands();      // hypervisor-list/show/stats, schedule, config-set/show
 CommandTable ssh_commands();       // ssh
 CommandTable metadata_commands();  // metadata-serve
+CommandTable host_registry_commands();  // host-register/list/show/set/delete
+
+// A host record with its usage, as host-show shows it (cmd_hosts.cpp).
+Json host_to_json(const Host& h, const Usage& u);
 
 }  // namespace kiln::spawn::cli

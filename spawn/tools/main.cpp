@@ -42,7 +42,7 @@ common::cli::Rules rules() {
 CommandTable all_commands() {
   CommandTable all;
   for (auto table : {image_commands(), flavor_commands(), instance_commands(), host_commands(),
-                     ssh_commands(), metadata_commands()})
+                     ssh_commands(), metadata_commands(), host_registry_commands()})
     all.insert(all.end(), table.begin(), table.end());
   std::sort(all.begin(), all.end(), [](auto& a, auto& b) { return a.name < b.name; });
   return all;

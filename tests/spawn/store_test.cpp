@@ -84,7 +84,14 @@ TEST(Store, Version1ImagesGainGlanceFields) {
                                "INTEGER NOT NULL, virtual_size INTEGER NOT NULL, created_at "
                                "TEXT NOT NULL);"
                                "INSERT INTO images VALUES ('id-old', 'old', 'raw', "
-                               "'0123456789abcdef0123456789abcdef', 4096, 4096, 'then');");
+                               "'0123456789abcdef0123456789abcdef', 4096, 4096, 'then');"
+                               // What later versions change of version 1's other tables.
+                               "CREATE TABLE claims (instance_id TEXT PRIMARY KEY, vcpus "
+                               "INTEGER NOT NULL, ram_mb INTEGER NOT NULL, disk_gb INTEGER NOT "
+                               "NULL);"
+                               "CREATE TABLE instances (id TEXT PRIMARY KEY);"
+                               "CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT "
+                               "NULL);");
                          }});
   }
   Store s(dir.str());

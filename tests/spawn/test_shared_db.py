@@ -75,3 +75,36 @@ def test_boot_and_delete_on_a_shared_database(tmp_path, database, monkeypatch):
         assert sqlite_files(world.state) == []
     finally:
         world.close()
+
+
+def test_two_hosts_share_the_scheduler(tmp_path, database, monkeypatch):
+    """Two kiln-spawn hosts (KILN_HOST a and b, state directories of their own) on one
+    database: each registers itself, both see both, and a boot on a that the scheduler sends
+    to b fails there with nothing claimed, while a boot forced to a goes ahead."""
+    monkeypatch.setenv("KILN_DB_URL", database)
+    world = World(str(tmp_path / "host-a"))
+    try:
+        world.env["KILN_HOST"] = "a"
+        world.spawn("config-set", "host_memory_mb", "4096")
+        base = make_qcow2(str(tmp_path / "base.qcow2"), "16M")
+        world.spawn("image-create", "guest", base, "--disk-format", "qcow2")
+        other = dict(world.env, KILN_HOST="b", KILN_STATE_DIR=str(tmp_path / "host-b"))
+        os.makedirs(other["KILN_STATE_DIR"])
+        run(world.spawn_cmd("host-register", "--memory-mb", "65536"), env=other)
+        assert psql(database, "SELECT name FROM kiln_spawn.hosts ORDER BY name") == ["a", "b"]
+        r = world.spawn("boot", "vm1", "--image", "guest", "--flavor", "m1.tiny", "--net",
+                        "demo-net", check=False)
+        assert r.returncode == 1 and "the scheduler chose host b" in r.stderr, r.stderr
+        assert psql(database, "SELECT count(*) FROM kiln_spawn.claims") == ["0"]
+        inst = json.loads(world.spawn("boot", "vm1", "--image", "guest", "--flavor", "m1.tiny",
+                                      "--net", "demo-net", "--host", "a", "--format",
+                                      "json").stdout)
+        assert inst["status"] == "active" and inst["host"] == "a"
+        assert psql(database, "SELECT host FROM kiln_spawn.claims") == ["a"]
+        hv = json.loads(run(world.spawn_cmd("hypervisor-list", "--format", "json"),
+                            env=other).stdout)
+        assert {h["hypervisor_hostname"]: h["running_vms"] for h in hv} == {"a": 1, "b": 0}
+        world.spawn("delete", "vm1")
+        world.assert_nothing_left()
+    finally:
+        world.close()

@@ -52,8 +52,11 @@ struct BootRequest {
   // Attach the config drive (Nova's --config-drive). Without it the guest finds its metadata
   // through the metadata service; the service's record is kept either way.
   bool config_drive = true;
+  // The zone the instance must be in; empty: any (then the zone of the host it lands on).
   std::string availability_zone = "nova";
   std::string kernel, initrd, cmdline;  // optional direct kernel boot
+  // Only this compute host (boot --host, or ZONE:HOST); the scheduler's filters still apply.
+  std::string host;
 };
 
 // The build steps in order; KILN_SPAWN_FAIL_AT=<name> makes that step fail after its work

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,6 +33,25 @@ struct ResourceConfig {
 // Settings (kiln-spawn config-set) that override discovery and Nova's defaults.
 const std::vector<std::pair<std::string, std::string>>& resource_settings();  // key, default
 
+// The name of the host this kiln-spawn runs on (Nova's `host`): $KILN_HOST, else the machine's
+// hostname. Checked as check_host_name() does.
+std::string this_host();
+// 1 to 255 characters of [A-Za-z0-9._-], starting with a letter or digit; Error(kInvalidArgument)
+// otherwise.
+void check_host_name(const std::string& name);
+
+// What the settings say, read through `setting` (nullopt: not set), with discovery on `dir` for
+// the totals that are not set. Throws a clear error for a malformed setting.
+ResourceConfig resource_config(
+    const std::function<std::optional<std::string>(const std::string&)>& setting,
+    const std::string& dir);
+// The host record that `config` describes (enabled, zone "nova", capacity from settings).
+Host host_from_config(const std::string& name, const ResourceConfig& config);
+// The values settings and host-register/host-set take: whole numbers from 0 to 2^40, ratios
+// above 0 and at most 10000 with at most 6 decimals (no sign, exponent or blanks).
+int64_t parse_amount(const std::string& text, const std::string& what);
+double parse_ratio(const std::string& text, const std::string& what);
+
 struct ResourceStats {
   std::string resource;  // vcpus, memory_mb, disk_gb
   int64_t total = 0, reserved = 0, used = 0;
@@ -39,16 +60,28 @@ struct ResourceStats {
   int64_t free() const { return capacity - used; }
 };
 
+// Placement's view of one host: vcpus, memory_mb, disk_gb with `used` from `usage`.
+std::vector<ResourceStats> host_stats(const Host& host, const Usage& usage);
+// What of `flavor` does not fit into `stats` ("vCPUs: requested 2, free 1 of 32 (total 2,
+// reserved 0, allocation ratio 16, used 31); ..."), or "" when everything fits.
+std::string shortfall(const std::vector<ResourceStats>& stats, const Flavor& flavor);
+
+// The resources of this host (this_host()): its settings are reported into its host record,
+// claims are taken on it.
 class ResourceTracker {
  public:
   explicit ResourceTracker(Store& store) : store_(store) {}
 
-  ResourceConfig config();
-  std::vector<ResourceStats> stats();  // vcpus, memory_mb, disk_gb
-  int64_t instances() { return store_.usage().instances; }
+  ResourceConfig config();  // this machine's settings and discovery
+  // Writes config() into this host's record when the record follows the settings, and its
+  // heartbeat (Nova's resource tracker reporting the compute node). Joins a transaction.
+  void report();
+  std::vector<ResourceStats> stats();  // this host: vcpus, memory_mb, disk_gb
+  int64_t instances() { return store_.usage_of(this_host()).instances; }
 
-  // Claims the flavor's resources for the instance; throws Error(kNoSpace) naming every
-  // resource that does not fit. Call inside Store::write (it joins the caller's transaction).
+  // Claims the flavor's resources for the instance on this host; throws Error(kNoSpace) naming
+  // every resource that does not fit. Call inside Store::write (it joins the caller's
+  // transaction). (Boot goes through the scheduler, scheduler.h, which may pick another host.)
   void claim(const std::string& instance_id, const Flavor& flavor);
   void release(const std::string& instance_id);
 

@@ -64,6 +64,9 @@ struct Instance {
   std::vector<std::string> steps_done;  // build steps whose work exists (their undo is due)
   bool base_filled = false;             // this build copied the image into the base cache
   std::string created_at, updated_at;
+  // The compute host it was scheduled to (hosts table); instances from before hosts existed
+  // were given the host that registered itself when the store gained hosts.
+  std::string host;
 };
 
 struct Event {
@@ -73,6 +76,26 @@ struct Event {
 struct Usage {
   int64_t vcpus = 0, ram_mb = 0, disk_gb = 0;
   int64_t instances = 0;
+};
+
+// A compute host (Nova's compute node): where it is reached, what it has, how much of that may
+// be promised ((total - reserved) * ratio, as Placement computes it), and whether it takes new
+// instances.
+struct Host {
+  std::string name;
+  std::string libvirt_uri;   // its libvirtd
+  std::string nbd_endpoint;  // its kiln-nbd: control socket path or URL
+  std::string availability_zone = "nova";
+  int64_t vcpus = 0, memory_mb = 0, disk_gb = 0;
+  double cpu_allocation_ratio = 16.0, ram_allocation_ratio = 1.5, disk_allocation_ratio = 1.0;
+  int64_t reserved_vcpus = 0, reserved_memory_mb = 512, reserved_disk_mb = 0;
+  bool enabled = true;
+  std::string disabled_reason;
+  // The capacity follows the settings (config-set) of the machine that is this host, reported
+  // again whenever kiln-spawn runs there (Nova's resource tracker); false once a capacity was
+  // given to host-register or host-set.
+  bool from_settings = false;
+  std::string heartbeat_at, created_at, updated_at;
 };
 
 class Store {
@@ -90,6 +113,8 @@ class Store {
 
   // Runs `fn` in BEGIN IMMEDIATE .. COMMIT (rolled back if it throws); nested calls join.
   void write(const std::function<void()>& fn) { db_.write(fn); }
+  // Runs `fn` in one read transaction (a consistent view; no write lock); joins a write.
+  void read(const std::function<void()>& fn) { db_.read(fn); }
 
   void put(const Image& i);
   void put(const Flavor& f);
@@ -113,11 +138,23 @@ class Store {
                  const std::string& task_state, const std::string& message);
   std::vector<Event> events(const std::string& instance_id);
 
-  // Claims: one per instance.
-  void put_claim(const std::string& instance_id, int vcpus, int64_t ram_mb, int64_t disk_gb);
+  // Claims: one per instance, on a host.
+  void put_claim(const std::string& instance_id, int vcpus, int64_t ram_mb, int64_t disk_gb,
+                 const std::string& host = "");
   void remove_claim(const std::string& instance_id);
   bool has_claim(const std::string& instance_id);
-  Usage usage();
+  Usage usage();  // every host's claims together
+  Usage usage_of(const std::string& host);
+  // Usage per host (hosts without claims are absent): one query for all.
+  std::map<std::string, Usage> usage_by_host();
+
+  // Compute hosts (store_hosts.cpp). put() inserts or replaces by name (updated_at set here).
+  void put(const Host& h);
+  std::optional<Host> find_host(const std::string& name);
+  std::vector<Host> hosts();  // by name
+  void remove_host(const std::string& name);
+  // Names of the instances on the host (any status).
+  std::vector<std::string> instances_on(const std::string& host);
 
   // The metadata service's record of an instance (metadata.h) and the (network id, fixed IP)
   // pairs that find it; replaces what the instance had. Removed with the instance.
