@@ -54,6 +54,8 @@ struct BootRequest {
   bool config_drive = true;
   std::string availability_zone = "nova";
   std::string kernel, initrd, cmdline;  // optional direct kernel boot
+  // The overlay encrypted (qcow2 LUKS) with a key of the instance's own (disk_key.h).
+  bool encrypted = false;
 };
 
 // The build steps in order; KILN_SPAWN_FAIL_AT=<name> makes that step fail after its work

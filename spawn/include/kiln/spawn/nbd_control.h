@@ -36,12 +36,14 @@ class NbdControl {
 
   // With `socket`, the request carries "socket" and "owner". A kiln-nbd without per-export
   // sockets ignores unknown fields and answers ok without making the socket: the caller
-  // checks that the socket exists.
+  // checks that the socket exists. `key_secret_file`: an encrypted image's passphrase file
+  // (mode 0600), which kiln-nbd reads itself ("key-secret-file").
   void add_export(const std::string& name, const std::string& path, const std::string& format,
-                  const ExportSocket* socket = nullptr);
+                  const ExportSocket* socket = nullptr, const std::string& key_secret_file = "");
   // The request line add_export sends (JSON, without the newline).
   static std::string add_export_request(const std::string& name, const std::string& path,
-                                        const std::string& format, const ExportSocket* socket);
+                                        const std::string& format, const ExportSocket* socket,
+                                        const std::string& key_secret_file = "");
   // Removes the export; returns false if there was none of that name.
   bool remove_export(const std::string& name);
   std::vector<NbdExport> list_exports();
