@@ -1,5 +1,7 @@
 #include "kiln/common/text.h"
 
+#include <cstdint>
+
 namespace kiln::common {
 
 std::vector<std::string> split(std::string_view s, char sep) {
@@ -50,6 +52,32 @@ std::string trim(std::string_view s) {
   if (a == std::string_view::npos) return "";
   size_t b = s.find_last_not_of(kSpace);
   return std::string(s.substr(a, b - a + 1));
+}
+
+std::string base64(std::string_view in) {
+  static const char* kTab = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  size_t i = 0;
+  for (; i + 2 < in.size(); i += 3) {
+    uint32_t v = (uint8_t(in[i]) << 16) | (uint8_t(in[i + 1]) << 8) | uint8_t(in[i + 2]);
+    out += kTab[v >> 18];
+    out += kTab[(v >> 12) & 63];
+    out += kTab[(v >> 6) & 63];
+    out += kTab[v & 63];
+  }
+  if (i + 1 == in.size()) {
+    uint32_t v = uint8_t(in[i]) << 16;
+    out += kTab[v >> 18];
+    out += kTab[(v >> 12) & 63];
+    out += "==";
+  } else if (i + 2 == in.size()) {
+    uint32_t v = (uint8_t(in[i]) << 16) | (uint8_t(in[i + 1]) << 8);
+    out += kTab[v >> 18];
+    out += kTab[(v >> 12) & 63];
+    out += kTab[(v >> 6) & 63];
+    out += '=';
+  }
+  return out;
 }
 
 }  // namespace kiln::common

@@ -173,7 +173,7 @@ std::unique_ptr<Filesystem> Filesystem::open(const std::string& image, const Ope
   if (options.partition < 0)
     throw Error(Reason::kInvalidArgument,
                 image + ": invalid partition number " + std::to_string(options.partition));
-  return open(open_source(image, {options.read_only, options.format}), options);
+  return open(open_source(image, {options.read_only, options.format, options.key_secret}), options);
 }
 
 std::unique_ptr<Filesystem> Filesystem::open(std::unique_ptr<Source> source,

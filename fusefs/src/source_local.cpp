@@ -37,6 +37,7 @@ class LocalSource final : public Source {
     kiln::block::OpenOptions o;
     o.format = options.format;
     o.read_only = options.read_only;
+    o.key_secret = options.key_secret;
     try {
       dev_ = reactor_.run(kiln::block::open_image(reactor_, path_, o));
     } catch (const kiln::block::Error& e) {

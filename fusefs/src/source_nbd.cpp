@@ -189,6 +189,10 @@ std::unique_ptr<Source> open_source(const std::string& image, const SourceOption
     if (!options.format.empty() && options.format != "raw")
       throw Error(Reason::kInvalidArgument, image + ": an NBD export is a raw disk; --format " +
                                                 options.format + " does not apply");
+    // kiln-nbd decrypts what it serves: a key is for local images only.
+    if (options.key_secret)
+      throw Error(Reason::kInvalidArgument,
+                  image + ": an NBD export is served decrypted; encrypt.key-secret does not apply");
     return open_nbd_source(image, options);
   }
   return open_local_source(image, options);

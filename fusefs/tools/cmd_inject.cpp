@@ -134,13 +134,14 @@ int cmd_inject(const Args& args) {
       inject_options.follow_symlinks = true;
     } else if (name == "--partition") {
       open_options.partition = parse_partition(arg);
-    } else if (name == "--format") {
-      open_options.format = arg;
     }
   }
   if (args.positional().size() != 1) throw UsageError("inject takes one IMAGE");
   if (ops.empty()) throw UsageError("inject: nothing to do (give at least one operation)");
-  inject(args.positional()[0], ops, open_options, inject_options);
+  ImageArg image = image_arg(args, args.positional()[0]);
+  open_options.format = std::move(image.format);
+  open_options.key_secret = std::move(image.key_secret);
+  inject(image.image, ops, open_options, inject_options);
   return 0;
 }
 

@@ -70,10 +70,10 @@ void print_human(const std::string& image, const PartitionTable& t, uint64_t siz
 
 int cmd_list(const Args& args) {
   if (args.positional().size() != 1) throw UsageError("list takes one IMAGE");
-  const std::string image = args.positional()[0];
+  const ImageArg arg = image_arg(args, args.positional()[0]);
+  const std::string& image = arg.image;
   const bool json = args.flag("--json");
-  const std::string format = args.get_or("--format", "");
-  auto src = open_source(image, {true, format});
+  auto src = open_source(image, {true, arg.format, arg.key_secret});
   PartitionTable t = read_partition_table(*src);
   std::vector<Row> rows;
   if (t.scheme == "none") {

@@ -25,10 +25,12 @@ LookArgs parse_look(const Args& args, const char* name) {
   LookArgs a;
   a.open.read_only = true;
   if (auto p = args.get("--partition")) a.open.partition = parse_partition(*p);
-  a.open.format = args.get_or("--format", "");
   a.long_format = args.flag("-l");
   if (args.positional().size() != 2) throw UsageError(std::string(name) + " takes IMAGE and PATH");
-  a.image = args.positional()[0];
+  ImageArg image = image_arg(args, args.positional()[0]);
+  a.image = std::move(image.image);
+  a.open.format = std::move(image.format);
+  a.open.key_secret = std::move(image.key_secret);
   a.path = args.positional()[1];
   return a;
 }

@@ -22,11 +22,13 @@ int cmd_mount(const Args& args) {
   open.write_buffer_bytes = kWriteBuffer;
   if (auto p = args.get("--partition")) open.partition = parse_partition(*p);
   open.read_only = args.flag("--ro");
-  open.format = args.get_or("--format", "");
   const bool allow_other = args.flag("--allow-other");
   const bool foreground = args.flag("--foreground");
   if (args.positional().size() != 2) throw UsageError("mount takes IMAGE and DIR");
-  const std::string image = args.positional()[0];
+  ImageArg arg = image_arg(args, args.positional()[0]);
+  const std::string image = arg.image;
+  open.format = std::move(arg.format);
+  open.key_secret = std::move(arg.key_secret);
   const std::string dir = args.positional()[1];
   auto fs = Filesystem::open(image, open);
   FuseMountOptions fo;

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "commands.h"
+#include "kiln/block/secret.h"
 #include "kiln/fs/filesystem.h"
 
 namespace kiln::fs::cli {
@@ -28,15 +29,29 @@ constexpr const char* kUsage =
     "  mount IMAGE DIR [--ro] [--allow-other] [-f|--foreground]\n"
     "\n"
     "Common options: --partition N (default: the only ext filesystem), --format raw|qcow2.\n"
+    "Encrypted qcow2 (LUKS): --object secret,id=ID,file=KEYFILE --image-opts\n"
+    "  driver=qcow2,file.filename=IMAGE,encrypt.key-secret=ID in place of IMAGE.\n"
     "kiln-fs --version shows the version.\n";
 
 using Command = common::cli::Command<const Args>;
 
 const common::cli::CommandTable<const Args> kCommands = {
-    {"list", "IMAGE [--json]", {{"--json"}, kFormatOption}, cmd_list},
-    {"ls", "IMAGE PATH [-l]", {{"-l"}, kPartitionOption, kFormatOption}, cmd_ls},
-    {"cat", "IMAGE PATH", {kPartitionOption, kFormatOption}, cmd_cat},
-    {"stat", "IMAGE PATH", {kPartitionOption, kFormatOption}, cmd_stat},
+    {"list",
+     "IMAGE [--json]",
+     {{"--json"}, kFormatOption, kObjectOption, kImageOptsOption},
+     cmd_list},
+    {"ls",
+     "IMAGE PATH [-l]",
+     {{"-l"}, kPartitionOption, kFormatOption, kObjectOption, kImageOptsOption},
+     cmd_ls},
+    {"cat",
+     "IMAGE PATH",
+     {kPartitionOption, kFormatOption, kObjectOption, kImageOptsOption},
+     cmd_cat},
+    {"stat",
+     "IMAGE PATH",
+     {kPartitionOption, kFormatOption, kObjectOption, kImageOptsOption},
+     cmd_stat},
     {"inject",
      "IMAGE OPERATION...",
      {{"--ssh-key", kValue},
@@ -47,7 +62,9 @@ const common::cli::CommandTable<const Args> kCommands = {
       {"--password", kValue},
       {"--follow-symlinks"},
       kPartitionOption,
-      kFormatOption},
+      kFormatOption,
+      kObjectOption,
+      kImageOptsOption},
      cmd_inject},
     {"mount",
      "IMAGE DIR [--ro] [--allow-other] [-f|--foreground]",
@@ -55,7 +72,9 @@ const common::cli::CommandTable<const Args> kCommands = {
       {"--allow-other"},
       {"-f|--foreground"},
       kPartitionOption,
-      kFormatOption},
+      kFormatOption,
+      kObjectOption,
+      kImageOptsOption},
      cmd_mount},
 };
 
@@ -83,6 +102,12 @@ int run(const std::vector<std::string>& argv) {
 
 int parse_partition(const std::string& text) {
   return static_cast<int>(common::cli::parse_number(text, "partition number", 1, 8192));
+}
+
+ImageArg image_arg(const Args& args, const std::string& text) {
+  block::ImageSpec spec = block::resolve_image_arg(text, args.flag("--image-opts"),
+                                                   args.get("--format"), args.all("--object"));
+  return {std::move(spec.path), std::move(spec.format), std::move(spec.key_secret)};
 }
 
 }  // namespace kiln::fs::cli

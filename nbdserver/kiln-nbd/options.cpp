@@ -133,21 +133,16 @@ std::vector<nbd::ExportConfig> exports(const common::cli::Args& a) {
     nbd::ExportConfig c;
     c.name = a.get_or("--export-name", "");
     c.path = a.positional()[0];
-    c.format = a.get_or("--format", "");
-    if (a.flag("--image-opts")) {
-      // qemu-nbd's way to name an encrypted image and its key: --object secret,... with
-      // --image-opts driver=qcow2,file.filename=IMG,encrypt.key-secret=ID.
-      if (a.get("--format")) throw ExitError("--image-opts and --format are mutually exclusive");
-      try {
-        block::Secrets secrets;
-        for (const auto& spec : a.all("--object")) secrets.add_object(spec);
-        const block::ImageOpts o = block::parse_image_opts(c.path);
-        c.path = o.filename;
-        c.format = o.format;
-        if (o.key_secret_id) c.key_secret = secrets.get(*o.key_secret_id);
-      } catch (const block::Error& e) {
-        throw ExitError(e.what());
-      }
+    // qemu-nbd's way to name an encrypted image and its key: --object secret,... with
+    // --image-opts driver=qcow2,file.filename=IMG,encrypt.key-secret=ID.
+    try {
+      block::ImageSpec spec = block::resolve_image_arg(c.path, a.flag("--image-opts"),
+                                                       a.get("--format"), a.all("--object"));
+      c.path = std::move(spec.path);
+      c.format = std::move(spec.format);
+      c.key_secret = std::move(spec.key_secret);
+    } catch (const block::Error& e) {
+      throw ExitError(e.what());
     }
     c.read_only = a.flag("--read-only");
     c.description = a.get_or("--description", "");

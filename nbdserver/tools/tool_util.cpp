@@ -16,21 +16,9 @@ namespace kiln::block::cli {
 ImageArg image_arg(const common::cli::Args& args, const std::string& text,
                    const char* format_option) {
   try {
-    kiln::block::Secrets secrets;
-    for (const std::string& spec : args.all("--object")) secrets.add_object(spec);
-    ImageArg out;
-    if (args.flag("--image-opts")) {
-      if (args.get(format_option))
-        throw ToolError("--image-opts and --format are mutually exclusive");
-      kiln::block::ImageOpts o = kiln::block::parse_image_opts(text);
-      out.path = o.filename;
-      out.format = o.format;
-      if (o.key_secret_id) out.key_secret = secrets.get(*o.key_secret_id);
-    } else {
-      out.path = text;
-      out.format = args.get_or(format_option, "");
-    }
-    return out;
+    kiln::block::ImageSpec spec = kiln::block::resolve_image_arg(
+        text, args.flag("--image-opts"), args.get(format_option), args.all("--object"));
+    return {std::move(spec.path), std::move(spec.format), std::move(spec.key_secret)};
   } catch (const kiln::block::Error& e) {
     throw ToolError(e.what());
   }

@@ -17,6 +17,7 @@
 #include "kiln/block/qcow2.h"
 #include "kiln/net/error.h"
 #include "kiln/spawn/configdrive.h"
+#include "kiln/spawn/disk_key.h"
 #include "kiln/spawn/disk_transport.h"
 #include "kiln/spawn/domain.h"
 #include "kiln/spawn/error.h"
@@ -34,9 +35,11 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Creates a qcow2 overlay on `base` (explicit backing format) and grows it to `size`.
+// Creates a qcow2 overlay on `base` (explicit backing format) and grows it to `size`; with
+// `key`, LUKS-encrypted (the base stays plain, as QEMU allows).
 void create_overlay(const std::string& path, const std::string& base, const std::string& format,
-                    uint64_t base_size, uint64_t size, const ComputeOptions& opt) {
+                    uint64_t base_size, uint64_t size, const ComputeOptions& opt,
+                    const std::optional<std::string>& key) {
   auto& reactor = block::Reactor::current();
   block::qcow2::CreateOptions o;
   o.size = base_size;
@@ -44,11 +47,14 @@ void create_overlay(const std::string& path, const std::string& base, const std:
   o.extended_l2 = opt.overlay_extended_l2;
   o.backing_file = base;
   o.backing_format = format;
+  if (key) set_overlay_encryption(o, *key);
+  base_size = o.size;
   try {
     block::qcow2::create(reactor, path, o);
     if (size > base_size) {
       block::OpenOptions oo;
       oo.format = "qcow2";
+      oo.key_secret = key;
       auto dev = reactor.run(block::open_image(reactor, path, oo));
       int rc = reactor.run(dev->resize(size));
       int close_rc = reactor.run(dev->close());
@@ -141,8 +147,12 @@ void Compute::step_overlay(Build& b) {
   uint64_t size = std::max<uint64_t>(b.image.virtual_size, uint64_t(b.flavor.disk_gb) * kGiB);
   // Made 0600 first: the qcow2 writer keeps an existing file's mode (it would create 0644).
   make_file(inst.dir + "/disk", kPrivateFile);
-  create_overlay(inst.dir + "/disk", base, b.image.disk_format, b.image.virtual_size, size, opt_);
-  save(inst, "overlay " + inst.dir + "/disk (" + std::to_string(size) + " bytes) on base " + base +
+  std::optional<std::string> key;
+  if (b.req.encrypted) key = create_disk_key(inst.dir);
+  create_overlay(inst.dir + "/disk", base, b.image.disk_format, b.image.virtual_size, size, opt_,
+                 key);
+  save(inst, std::string(key ? "encrypted " : "") + "overlay " + inst.dir + "/disk (" +
+                 std::to_string(size) + " bytes) on base " + base +
                  (filled ? " (base cached now)" : ""));
 }
 
@@ -210,7 +220,8 @@ void Compute::undo_config_drive(Instance& inst) {
 void Compute::step_inject(Build& b) {
   if (!b.req.inject) return;
   Instance& inst = b.inst;
-  inject_into(inst.dir + "/disk", InjectRequest{sanitize_hostname(inst.name), b.key_data, b.files});
+  inject_into(inst.dir + "/disk", InjectRequest{sanitize_hostname(inst.name), b.key_data, b.files},
+              read_disk_key(inst.dir));
   save(inst, "injected into " + inst.dir + "/disk: hostname" +
                  std::string(b.key_data.empty() ? "" : ", root's SSH key") +
                  (b.files.empty() ? "" : ", " + std::to_string(b.files.size()) + " file(s)"));
@@ -251,8 +262,10 @@ void Compute::undo_export(Instance& inst) {
 void Compute::add_export(NbdControl& nbd, const Instance& inst) {
   // The overlay, or a layer a snapshot's failed commit left on it (snapshot.h).
   const std::string disk = active_disk(inst);
+  // An encrypted overlay: kiln-nbd reads the key from its file (it checks the mode too).
+  const std::string key_file = disk_encrypted(inst.dir) ? disk_key_path(inst.dir) : "";
   if (auto t = instance_transport(inst.dir)) {
-    nbd.add_export(inst.export_name, disk, "qcow2", nullptr, t->tls_identity);
+    nbd.add_export(inst.export_name, disk, "qcow2", nullptr, t->tls_identity, key_file);
     // A kiln-nbd without per-export TLS identities ignores the field and answers ok: the disk
     // would then open for every client that passes its TLS check. Never leave it so.
     for (const auto& e : nbd.list_exports())
@@ -265,7 +278,7 @@ void Compute::add_export(NbdControl& nbd, const Instance& inst) {
     return;
   }
   if (inst.nbd_socket.empty()) {
-    nbd.add_export(inst.export_name, disk, "qcow2");
+    nbd.add_export(inst.export_name, disk, "qcow2", nullptr, "", key_file);
     return;
   }
   const std::string& path = inst.nbd_socket;
@@ -280,7 +293,7 @@ void Compute::add_export(NbdControl& nbd, const Instance& inst) {
   struct stat st {};
   if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(path.c_str());
   ExportSocket socket{path, q.spec()};
-  nbd.add_export(inst.export_name, disk, "qcow2", &socket);
+  nbd.add_export(inst.export_name, disk, "qcow2", &socket, "", key_file);
   // A kiln-nbd without per-export sockets ignores the two fields and answers ok: never fall
   // back to its shared socket, which every guest can reach.
   if (::lstat(path.c_str(), &st) != 0)

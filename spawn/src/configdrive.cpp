@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "kiln/common/random.h"
+#include "kiln/common/text.h"
 #include "kiln/spawn/error.h"
 
 namespace kiln::spawn {
@@ -23,32 +24,6 @@ constexpr const char* kVictoria = "2020-10-14";
 // True if `version` ("latest" is newest) is at least `since`.
 bool at_least(const std::string& version, const char* since) {
   return version == "latest" || version >= since;  // ISO dates compare as strings
-}
-
-std::string base64(const std::string& in) {
-  static const char* kTab = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  size_t i = 0;
-  for (; i + 2 < in.size(); i += 3) {
-    uint32_t v = (uint8_t(in[i]) << 16) | (uint8_t(in[i + 1]) << 8) | uint8_t(in[i + 2]);
-    out += kTab[v >> 18];
-    out += kTab[(v >> 12) & 63];
-    out += kTab[(v >> 6) & 63];
-    out += kTab[v & 63];
-  }
-  if (i + 1 == in.size()) {
-    uint32_t v = uint8_t(in[i]) << 16;
-    out += kTab[v >> 18];
-    out += kTab[(v >> 12) & 63];
-    out += "==";
-  } else if (i + 2 == in.size()) {
-    uint32_t v = (uint8_t(in[i]) << 16) | (uint8_t(in[i + 1]) << 8);
-    out += kTab[v >> 18];
-    out += kTab[(v >> 12) & 63];
-    out += kTab[(v >> 6) & 63];
-    out += '=';
-  }
-  return out;
 }
 
 std::string random_bytes(size_t n) {
@@ -180,7 +155,7 @@ std::map<std::string, std::string> config_drive_files(const ConfigDriveInput& in
   if (total > kMaxInjectedBytes)
     throw invalid("injected files are larger than " + std::to_string(kMaxInjectedBytes) +
                   " bytes in total");
-  if (in.random_seed.empty()) in.random_seed = base64(random_bytes(512));
+  if (in.random_seed.empty()) in.random_seed = common::base64(random_bytes(512));
 
   std::map<std::string, std::string> out;
   json files = json::array();

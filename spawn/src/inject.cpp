@@ -27,9 +27,11 @@ void check_injection(const InjectRequest& req) {
   }
 }
 
-void inject_into(const std::string& path, const InjectRequest& req) {
+void inject_into(const std::string& path, const InjectRequest& req,
+                 const std::optional<std::string>& key) {
   kiln::fs::OpenOptions o;
   o.format = "qcow2";
+  o.key_secret = key;
   try {
     kiln::fs::inject(path, operations(req), o);
   } catch (const std::exception& e) {

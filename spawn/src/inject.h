@@ -2,6 +2,7 @@
 // system through the fusefs library (no FUSE, no kernel mount), before the disk is exported.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -16,7 +17,9 @@ struct InjectRequest {
 
 // Checks the request without touching an image; throws Error(kInvalidArgument).
 void check_injection(const InjectRequest& req);
-// Applies it to the qcow2 image `path` (all or nothing); throws Error.
-void inject_into(const std::string& path, const InjectRequest& req);
+// Applies it to the qcow2 image `path` (all or nothing), unlocked with `key` if it is
+// encrypted; throws Error.
+void inject_into(const std::string& path, const InjectRequest& req,
+                 const std::optional<std::string>& key = std::nullopt);
 
 }  // namespace kiln::spawn

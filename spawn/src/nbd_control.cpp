@@ -90,21 +90,24 @@ std::string reply_error(const json& r) {
 
 std::string NbdControl::add_export_request(const std::string& name, const std::string& path,
                                            const std::string& format, const ExportSocket* socket,
-                                           const std::string& tls_identity) {
+                                           const std::string& tls_identity,
+                                           const std::string& key_secret_file) {
   json req = {{"cmd", "add-export"}, {"name", name}, {"path", path}, {"format", format}};
   if (socket) {
     req["socket"] = socket->path;
     req["owner"] = socket->owner;
   }
   if (!tls_identity.empty()) req["tls-identity"] = tls_identity;
+  if (!key_secret_file.empty()) req["key-secret-file"] = key_secret_file;
   return req.dump();
 }
 
 void NbdControl::add_export(const std::string& name, const std::string& path,
                             const std::string& format, const ExportSocket* socket,
-                            const std::string& tls_identity) {
-  json r =
-      parse_reply(call(add_export_request(name, path, format, socket, tls_identity)), "add-export");
+                            const std::string& tls_identity, const std::string& key_secret_file) {
+  json r = parse_reply(
+      call(add_export_request(name, path, format, socket, tls_identity, key_secret_file)),
+      "add-export");
   if (r["ok"] != true)
     throw system_error("kiln-nbd: cannot add export " + name + ": " + reply_error(r));
 }

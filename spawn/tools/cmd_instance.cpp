@@ -2,6 +2,7 @@
 #include <iostream>
 
 #include "context.h"
+#include "kiln/spawn/disk_key.h"
 
 namespace kiln::spawn::cli {
 
@@ -29,6 +30,7 @@ Json to_json(const Instance& i) {
           {"instance_dir", i.dir},
           {"steps", i.steps_done},
           {"base_filled", i.base_filled},
+          {"encrypted", !i.dir.empty() && disk_encrypted(i.dir)},
           {"created_at", i.created_at},
           {"updated_at", i.updated_at},
           {"host", i.host}};
@@ -60,6 +62,7 @@ int boot(Context& c) {
   r.kernel = c.args.get_or("--kernel", "");
   r.initrd = c.args.get_or("--initrd", "");
   r.cmdline = c.args.get_or("--cmdline", "");
+  r.encrypted = c.args.flag("--encrypted");
   c.show(to_json(c.compute().boot(r)));
   return 0;
 }
@@ -133,7 +136,7 @@ CommandTable instance_commands() {
        "NAME --image I --flavor F --net N [--key-file F] [--user-data F] "
        "[--file PATH=SRC]... [--security-group G]... [--inject] [--config-drive true|false] "
        "[--kernel K [--initrd I] "
-       "[--cmdline C]] [--availability-zone ZONE[:HOST]] [--host HOST]",
+       "[--cmdline C]] [--availability-zone ZONE[:HOST]] [--host HOST] [--encrypted]",
        {{"--inject"},
         {"--config-drive", kValue},
         {"--image", kValue},
@@ -147,7 +150,8 @@ CommandTable instance_commands() {
         {"--host", kValue},
         {"--kernel", kValue},
         {"--initrd", kValue},
-        {"--cmdline", kValue}},
+        {"--cmdline", kValue},
+        {"--encrypted"}},
        boot},
       {"list", "", {}, list},
       {"show", "INSTANCE", {}, show},

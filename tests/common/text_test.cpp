@@ -40,5 +40,14 @@ TEST(Text, Trim) {
   EXPECT_EQ(trim("x"), "x");
 }
 
+TEST(Text, Base64PadsAsRfc4648) {
+  EXPECT_EQ(base64(""), "");
+  EXPECT_EQ(base64("f"), "Zg==");
+  EXPECT_EQ(base64("fo"), "Zm8=");
+  EXPECT_EQ(base64("foo"), "Zm9v");
+  EXPECT_EQ(base64("foobar"), "Zm9vYmFy");
+  EXPECT_EQ(base64(std::string("\xff\x00\xfe", 3)), "/wD+");
+}
+
 }  // namespace
 }  // namespace kiln::common

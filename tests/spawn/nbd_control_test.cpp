@@ -63,6 +63,23 @@ TEST(NbdControl, AddExportForATlsIdentity) {
                    .contains("tls-identity"));
 }
 
+TEST(NbdControl, AddExportOfAnEncryptedDiskNamesItsKeyFile) {
+  TempDir d;
+  FakeNbdControl fake(d / "ctl.sock");
+  NbdControl nbd(fake.path());
+  ExportSocket socket{d / "vm3.sock", "root:root"};
+  nbd.add_export("kiln-vm3", "/i/vm3/disk", "qcow2", &socket, "", "/i/vm3/disk.key");
+  nbd.add_export("kiln-vm4", "/i/vm4/disk", "qcow2", nullptr, "", "/i/vm4/disk.key");
+  auto adds = fake.requests("add-export");
+  ASSERT_EQ(adds.size(), 2u);
+  EXPECT_EQ(adds[0]["key-secret-file"], "/i/vm3/disk.key");
+  EXPECT_EQ(adds[0]["socket"], d / "vm3.sock");
+  EXPECT_EQ(adds[1]["key-secret-file"], "/i/vm4/disk.key");
+  // Without a key file, no field (a plain overlay).
+  EXPECT_FALSE(json::parse(NbdControl::add_export_request("n", "/p", "qcow2", nullptr))
+                   .contains("key-secret-file"));
+}
+
 TEST(NbdControl, RequestEscapesAndErrors) {
   ExportSocket s{"/run/kiln/nbd/a\"b.sock", "libvirt-qemu:kvm"};
   json r = json::parse(NbdControl::add_export_request("n\n", "/p", "qcow2", &s));

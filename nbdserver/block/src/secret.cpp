@@ -169,4 +169,25 @@ ImageOpts parse_image_opts(const std::string& text) {
   return o;
 }
 
+ImageSpec resolve_image_arg(const std::string& text, bool image_opts,
+                            const std::optional<std::string>& format,
+                            const std::vector<std::string>& objects) {
+  Secrets secrets;
+  for (const std::string& spec : objects) secrets.add_object(spec);
+  ImageSpec out;
+  if (!image_opts) {
+    out.path = text;
+    out.format = format.value_or("");
+    return out;
+  }
+  if (format)
+    throw Error(Reason::kInvalidArgument, EINVAL,
+                "--image-opts and --format are mutually exclusive");
+  ImageOpts o = parse_image_opts(text);
+  out.path = std::move(o.filename);
+  out.format = std::move(o.format);
+  if (o.key_secret_id) out.key_secret = secrets.get(*o.key_secret_id);
+  return out;
+}
+
 }  // namespace kiln::block

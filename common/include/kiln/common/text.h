@@ -1,4 +1,4 @@
-// Small string helpers: split, join, trim.
+// Small string helpers: split, join, trim, base64.
 #pragma once
 
 #include <string>
@@ -17,5 +17,7 @@ std::vector<std::string> split_qemu_options(std::string_view s);
 std::string join(const std::vector<std::string>& parts, std::string_view sep);
 // Without leading and trailing spaces, tabs, CR and LF.
 std::string trim(std::string_view s);
+// RFC 4648 base64 with padding, no line breaks ("hi" -> "aGk=").
+std::string base64(std::string_view in);
 
 }  // namespace kiln::common

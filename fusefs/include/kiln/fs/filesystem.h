@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -49,6 +50,8 @@ struct OpenOptions {
   std::string format;
   // Writes kept in memory before they are written back to the image (0: write through).
   size_t write_buffer_bytes = size_t{256} << 20;
+  // Local qcow2 LUKS images: the passphrase (see SourceOptions::key_secret).
+  std::optional<std::string> key_secret;
 };
 
 class Filesystem {

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 namespace kiln::fs {
@@ -32,6 +33,9 @@ class Source {
 struct SourceOptions {
   bool read_only = false;
   std::string format;  // local images: "raw", "qcow2" or "" (probe the top image)
+  // Local qcow2 LUKS images: the passphrase (--object secret + --image-opts
+  // encrypt.key-secret), which unlocks every encrypted image of the chain. Never printed.
+  std::optional<std::string> key_secret;
 };
 
 // True for nbd://, nbd+unix:// (and their TLS variants, which libnbd may refuse).

@@ -57,6 +57,8 @@ struct BootRequest {
   std::string kernel, initrd, cmdline;  // optional direct kernel boot
   // Only this compute host (boot --host, or ZONE:HOST); the scheduler's filters still apply.
   std::string host;
+  // The overlay encrypted (qcow2 LUKS) with a key of the instance's own (disk_key.h).
+  bool encrypted = false;
 };
 
 // The build steps in order; KILN_SPAWN_FAIL_AT=<name> makes that step fail after its work

@@ -41,12 +41,16 @@ class NbdControl {
   // With `tls_identity`, the request carries "tls-identity": kiln-nbd then shows the export
   // only to TLS clients that authenticated as that identity (with --tls-verify-peer, the RFC 4514
   // subject DN of their certificate), and refuses the request when its TLS is off.
+  // `key_secret_file`: an encrypted image's passphrase file (mode 0600), which kiln-nbd reads
+  // itself ("key-secret-file").
   void add_export(const std::string& name, const std::string& path, const std::string& format,
-                  const ExportSocket* socket = nullptr, const std::string& tls_identity = "");
+                  const ExportSocket* socket = nullptr, const std::string& tls_identity = "",
+                  const std::string& key_secret_file = "");
   // The request line add_export sends (JSON, without the newline).
   static std::string add_export_request(const std::string& name, const std::string& path,
                                         const std::string& format, const ExportSocket* socket,
-                                        const std::string& tls_identity = "");
+                                        const std::string& tls_identity = "",
+                                        const std::string& key_secret_file = "");
   // Removes the export; returns false if there was none of that name.
   bool remove_export(const std::string& name);
   std::vector<NbdExport> list_exports();

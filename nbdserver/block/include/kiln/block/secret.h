@@ -1,5 +1,5 @@
-// Secrets and image options given the way QEMU's tools take them, shared by kiln-img, kiln-io
-// and kiln-nbd:
+// Secrets and image options given the way QEMU's tools take them, shared by kiln-img, kiln-io,
+// kiln-nbd and kiln-fs:
 //   --object secret,id=ID,file=PATH | data=TEXT [,format=raw|base64]
 //   --image-opts driver=qcow2,file.filename=IMG,encrypt.key-secret=ID
 // A secret's bytes are never printed or logged; errors name the id or the file only.
@@ -43,6 +43,20 @@ struct ImageOpts {
 // Parses "driver=qcow2,file.filename=IMG,encrypt.key-secret=ID" (also file=IMG,
 // file.driver=file, encrypt.format=luks; ",," escapes a comma). Throws block::Error.
 ImageOpts parse_image_opts(const std::string& text);
+
+// The image a tool's command line names, the same way in kiln-img, kiln-io, kiln-nbd and
+// kiln-fs: `text` is the image argument, a file name with `format` (its -f/--format value, or
+// nullopt if not given), or with `image_opts` (--image-opts) an option string as above whose
+// encrypt.key-secret names one of `objects` (every --object, all parsed and checked even when
+// unused, as QEMU does). --image-opts with a format is refused. Throws Error.
+struct ImageSpec {
+  std::string path;
+  std::string format;  // "" = probe
+  std::optional<std::string> key_secret;
+};
+ImageSpec resolve_image_arg(const std::string& text, bool image_opts,
+                            const std::optional<std::string>& format,
+                            const std::vector<std::string>& objects);
 
 // Splits "a=1,b=2" into pairs (",," is a literal comma). Throws block::Error on "a" without "=".
 std::vector<std::pair<std::string, std::string>> split_options(const std::string& text);
