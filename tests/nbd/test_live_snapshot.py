@@ -12,6 +12,8 @@ import subprocess
 import threading
 import time
 
+import pytest
+
 from kilntest.images import (QEMU_IO, MiB, assert_qemu_clean, create_qcow2, kiln_img,
                              qemu_check, qemu_img, qemu_io)
 from kilntest.nbd import (CMD_FLAG_FUA, FIO, NBDCOPY, SANITIZED, Control, RawClient, run,
@@ -225,6 +227,22 @@ def test_remove_export_after_snapshot_releases_everything(workdir, servers):
     # qemu-io may write the top now; kiln-nbd takes the chain again afterwards.
     qemu_io(s2, "write -P 0x55 0 4096")
     assert c("add-export", name=EXPORT, path=s2, format="qcow2") == {"ok": True}
+    c.close()
+    srv.assert_clean_stop()
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640])
+def test_new_layer_takes_the_mode_of_the_image_it_covers(workdir, servers, mode):
+    """The layer that takes the guest's writes from now on is no more open than the image it
+    covers (it was created by kiln-nbd's umask: 0644 here)."""
+    base = make_base(workdir)
+    os.chmod(base, mode)
+    srv, sock, ctl, state = start(servers, workdir)
+    c = Control(ctl)
+    assert c("add-export", name=EXPORT, path=base, format="qcow2") == {"ok": True}
+    s1 = os.path.join(workdir, "s1.qcow2")
+    assert c("snapshot", name=EXPORT, path=s1) == {"ok": True}
+    assert os.stat(s1).st_mode & 0o777 == mode
     c.close()
     srv.assert_clean_stop()
 

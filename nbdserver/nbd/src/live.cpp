@@ -8,6 +8,7 @@
 // old top, which nothing writes any more, is then flushed, left clean and made read-only.
 #include "kiln/block/live.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -47,6 +48,14 @@ Task<void> Server::snapshot_export(const std::string& name, const std::string& p
     co_await OffThread{&reactor_, [&] {
                          block::create_overlay(path, top->filename(), top->format(), top->size(),
                                                cs, so.extended_l2, options_.allowed_dirs);
+                         // The guest's next writes land here: no wider access than the image
+                         // they went to before (created by the umask, often 0644).
+                         struct stat st {};
+                         if (::stat(top->filename().c_str(), &st) == 0 &&
+                             ::chmod(path.c_str(), st.st_mode & 0777) != 0)
+                           throw common::Error(common::reason_of_errno(errno),
+                                               path + ": cannot set its mode: " + strerror(errno),
+                                               errno);
                        }};
     created = true;
   } catch (...) {
