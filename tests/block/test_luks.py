@@ -3,6 +3,7 @@ through kiln-io, kiln-img and kiln-nbd with the right key, and the other way rou
 missing key is a clear error that leaves the file alone; hostile LUKS headers are refused."""
 
 import os
+import shutil
 import struct
 
 import pytest
@@ -227,6 +228,31 @@ def test_control_api_key_secret_file(workdir, secret, servers):
     r = control(ctl, "snapshot", name="d", path=overlay)
     assert not r["ok"] and r["reason"] == "unsupported" and "encrypted" in r["error"], r
     assert not os.path.exists(overlay)
+
+
+def test_control_api_key_secret_file_inside_allowed_dirs(workdir, secret, servers):
+    """With --allow-dir the key file must lie inside too (directly or through a symlink),
+    like the image: a control client cannot make kiln-nbd read any private file of root's."""
+    inside = os.path.join(workdir, "images")
+    os.mkdir(inside)
+    img = os.path.join(inside, "k.qcow2")
+    kiln_create(img, secret)
+    key_in = os.path.join(inside, "disk.key")
+    shutil.copyfile(secret, key_in)
+    os.chmod(key_in, 0o600)
+    link = os.path.join(inside, "link.key")
+    os.symlink(secret, link)  # `secret` lies in workdir, outside `inside`
+    ctl = os.path.join(workdir, "ctl.sock")
+    servers.kiln("-e", "0", "--allow-dir", inside, sock=os.path.join(workdir, "nbd.sock"),
+                 control=ctl)
+    for key in (secret, link):
+        r = control(ctl, "add-export", name="d", path=img, format="qcow2",
+                    **{"key-secret-file": key})
+        assert not r["ok"] and r["reason"] == "permission", r
+        assert "outside the allowed directories (--allow-dir)" in r["error"], r
+    r = control(ctl, "add-export", name="d", path=img, format="qcow2",
+                **{"key-secret-file": key_in})
+    assert r["ok"], r
 
 
 def test_encrypted_overlay_on_plain_base_and_plain_on_encrypted(workdir, secret):

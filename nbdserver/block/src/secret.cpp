@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "allowed_dirs.h"
 #include "kiln/block/device.h"
 #include "kiln/common/fd.h"
 #include "kiln/common/text.h"
@@ -62,9 +63,12 @@ std::vector<std::pair<std::string, std::string>> split_options(const std::string
   return out;
 }
 
-std::string read_secret_file(const std::string& path, bool owner_only) {
+std::string read_secret_file(const std::string& path, bool owner_only,
+                             const std::vector<std::string>& allowed_dirs) {
+  check_allowed_path(path, allowed_dirs);
   common::Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY));
   if (!fd) throw Error(errno, "Unable to read secret file '" + path + "': " + strerror(errno));
+  check_allowed_fd(fd.get(), path, allowed_dirs);
   struct stat st;
   if (fstat(fd.get(), &st) < 0)
     throw Error(errno, "Unable to read secret file '" + path + "': " + strerror(errno));

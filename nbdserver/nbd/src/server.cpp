@@ -287,7 +287,7 @@ Task<void> Server::add_export(ExportConfig config) {
   block::OpenOptions o;
   o.key_secret = config.key_secret;
   if (!config.key_secret_file.empty())
-    o.key_secret = block::read_secret_file(config.key_secret_file, true);
+    o.key_secret = block::read_secret_file(config.key_secret_file, true, options_.allowed_dirs);
   o.format = config.format;
   o.read_only = config.read_only;
   o.l2_cache_bytes = config.l2_cache_bytes;

@@ -17,9 +17,11 @@ constexpr size_t kMaxSecretBytes = 64 * 1024;
 
 // Reads a secret file whole (at most kMaxSecretBytes; the bytes as they are, a trailing newline
 // included, as QEMU). `owner_only`: refuse a file that is not a regular file or that its group
-// or others may read or write (mode 0600 or stricter), for kiln-nbd's control API. Throws
-// block::Error.
-std::string read_secret_file(const std::string& path, bool owner_only);
+// or others may read or write (mode 0600 or stricter), for kiln-nbd's control API.
+// `allowed_dirs` (kiln-nbd's --allow-dir; empty: anywhere): the file must lie under one of them,
+// checked before it is opened and again on the opened descriptor. Throws block::Error.
+std::string read_secret_file(const std::string& path, bool owner_only,
+                             const std::vector<std::string>& allowed_dirs = {});
 
 // The secrets defined with --object on one command line, by id.
 class Secrets {
