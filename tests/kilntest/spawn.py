@@ -149,6 +149,20 @@ def world(tmp_path):
         w.close()
 
 
+def make_ext4_qcow2(tmp_path, name, files):
+    """A qcow2 image holding an ext4 file system (whole disk) with `files` {path: text}."""
+    root = tmp_path / (name + "-root")
+    for path, text in files.items():
+        p = root / path.lstrip("/")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    raw = str(tmp_path / (name + ".raw"))
+    run(["mkfs.ext4", "-q", "-F", "-d", str(root), raw, "32M"])
+    out = str(tmp_path / (name + ".qcow2"))
+    run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, out])
+    return out
+
+
 def make_qcow2(path, size="64M", pattern=None):
     run(["qemu-img", "create", "-q", "-f", "qcow2", path, size])
     if pattern is not None:

@@ -11,7 +11,7 @@ import os
 import subprocess
 import xml.etree.ElementTree as ET
 
-from kilntest.spawn import STEPS, TIMEOUT, make_qcow2, require_tools, run
+from kilntest.spawn import STEPS, TIMEOUT, make_ext4_qcow2, make_qcow2, require_tools, run
 
 
 def sha256(path):
@@ -313,20 +313,6 @@ def test_images_flavors_settings(world, tmp_path):
     r = world.spawn("frobnicate", check=False)
     assert r.returncode == 1 and "unknown command" in r.stderr
     world.assert_nothing_left()
-
-
-def make_ext4_qcow2(tmp_path, name, files):
-    """A qcow2 image holding an ext4 file system (whole disk) with `files` {path: text}."""
-    root = tmp_path / (name + "-root")
-    for path, text in files.items():
-        p = root / path.lstrip("/")
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text)
-    raw = str(tmp_path / (name + ".raw"))
-    run(["mkfs.ext4", "-q", "-F", "-d", str(root), raw, "32M"])
-    out = str(tmp_path / (name + ".qcow2"))
-    run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, out])
-    return out
 
 
 def debugfs_cat(image, path):

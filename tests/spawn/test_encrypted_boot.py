@@ -9,24 +9,10 @@ import json
 import os
 import stat
 
-from kilntest.spawn import require_tools, run
+from kilntest.spawn import make_ext4_qcow2, require_tools, run
 
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKilnEncryptedSpawnTest enc@kiln"
 MOTD = "motd injected into an encrypted instance disk\n"
-
-
-def make_ext4_qcow2(tmp_path, name, files):
-    """A qcow2 image holding an ext4 file system (whole disk) with `files` {path: text}."""
-    root = tmp_path / (name + "-root")
-    for path, text in files.items():
-        p = root / path.lstrip("/")
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text)
-    raw = str(tmp_path / (name + ".raw"))
-    run(["mkfs.ext4", "-q", "-F", "-d", str(root), raw, "32M"])
-    out = str(tmp_path / (name + ".qcow2"))
-    run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, out])
-    return out
 
 
 def keyed(disk, key_file):
