@@ -19,6 +19,7 @@ its plain rows too, since fio's nbd engine cannot be given TLS key files.
 Numbers are only as quiet as the machine: run it on an idle host."""
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -458,42 +459,61 @@ def publish(out, name, text, draw):
         print(f"\nchart: {png}", file=sys.stderr)
 
 
-def main_tls(args):
-    for tool in ("qemu-nbd", "qemu-img", "qemu-io", "certtool", "psktool"):
+def load_bench_start(args, tools):
+    """What the kiln-nbd-load modes (--tls, --tcp-tls) need before they run."""
+    for tool in ("qemu-nbd", "qemu-img", "qemu-io", *tools):
         if not shutil.which(tool):
             sys.exit(f"nbd_bench: {tool} is missing")
     if not args.nbd_load:
         sys.exit("nbd_bench: kiln-nbd-load not found (build bench/, or give --nbd-load)")
+
+
+@contextlib.contextmanager
+def bench_workdir(args):
+    """--workdir, or a temporary directory removed afterwards."""
     d = args.workdir or tempfile.mkdtemp(prefix="kiln-nbd-bench-")
     os.makedirs(d, exist_ok=True)
     try:
+        yield d
+    finally:
+        if not args.workdir:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def alternating_medians(job, variants, repeats, measure_one, keys):
+    """{(server, variant, job name): medians of `keys`} for kiln-nbd and qemu-nbd. Servers and
+    variants alternate inside each repeat, so that the machine's load falls on all alike; each
+    result is printed as it is known."""
+    runs = {}
+    for _ in range(repeats):
+        for s in ("kiln-nbd", "qemu-nbd"):
+            for v in variants:
+                runs.setdefault((s, v), []).append(measure_one(s, v, job))
+    out = {}
+    for (s, v), rs in runs.items():
+        r = out[(s, v, job[0])] = {k: median(rs, k) for k in keys}
+        print(f"{job[0]:20} {s:9} {v:8} {r['iops']:>10,.0f} IOPS "
+              f"{r['cpu_per_req_us']:7.1f} µs/req", file=sys.stderr)
+    return out
+
+
+def main_tls(args):
+    load_bench_start(args, ("certtool", "psktool"))
+    with bench_workdir(args) as d:
         images = Images(d, int(args.size) * MiB)
         creds = TlsCreds(d)
         results = {}
-        # Servers and modes alternate inside each repeat, so that the machine's load falls
-        # on all of them alike.
         for job in TLS_JOBS:
-            runs = {}
-            for _ in range(args.repeats):
-                for s in ("kiln-nbd", "qemu-nbd"):
-                    for m in TLS_MODES:
-                        runs.setdefault((s, m), []).append(
-                            measure_tls(s, m, job, images, creds, args, d))
-            for (s, m), rs in runs.items():
-                results[(s, m, job[0])] = {k: median(rs, k) for k in
-                                           ("iops", "mbs", "p99_us", "cpu_per_req_us", "rss")}
-                r = results[(s, m, job[0])]
-                print(f"{job[0]:20} {s:9} {m:6} {r['iops']:>10,.0f} IOPS "
-                      f"{r['cpu_per_req_us']:7.1f} µs/req", file=sys.stderr)
+            results.update(alternating_medians(
+                job, TLS_MODES, args.repeats,
+                lambda s, m, j: measure_tls(s, m, j, images, creds, args, d),
+                ("iops", "mbs", "p99_us", "cpu_per_req_us", "rss")))
         md = tls_table(results)
         head = (f"TLS cost: {args.size} MiB qcow2 overlay on a qcow2 base; kiln-nbd-load "
                 f"(libnbd) over a Unix socket, one connection, {args.runtime} s per run, "
                 f"{args.repeats} repeat(s), medians; TLS 1.3 as GnuTLS negotiates it; "
                 f"qemu-nbd --aio=io_uring -e 4 with the same credentials.\n\n")
         publish(args.out, "nbd_bench_tls", head + md, lambda png: tls_chart(results, png))
-    finally:
-        if not args.workdir:
-            shutil.rmtree(d, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -600,30 +620,16 @@ def tcp_tls_table(results):
 
 
 def main_tcp_tls(args):
-    for tool in ("qemu-nbd", "qemu-img", "qemu-io", "certtool"):
-        if not shutil.which(tool):
-            sys.exit(f"nbd_bench: {tool} is missing")
-    if not args.nbd_load:
-        sys.exit("nbd_bench: kiln-nbd-load not found (build bench/, or give --nbd-load)")
-    d = args.workdir or tempfile.mkdtemp(prefix="kiln-nbd-bench-")
-    os.makedirs(d, exist_ok=True)
-    try:
+    load_bench_start(args, ("certtool",))
+    with bench_workdir(args) as d:
         images = Images(d, int(args.size) * MiB)
         creds = TcpTlsCreds(d)
         results = {}
         for job in TCP_TLS_JOBS:
-            runs = {}
-            for _ in range(args.repeats):
-                for s in ("kiln-nbd", "qemu-nbd"):
-                    for t in TRANSPORTS:
-                        runs.setdefault((s, t), []).append(
-                            measure_tcp_tls(s, t, job, images, creds, args, d))
-            for (s, t), rs in runs.items():
-                results[(s, t, job[0])] = {k: median(rs, k) for k in
-                                           ("iops", "mbs", "p99_us", "cpu_per_req_us")}
-                r = results[(s, t, job[0])]
-                print(f"{job[0]:20} {s:9} {t:8} {r['iops']:>10,.0f} IOPS "
-                      f"{r['cpu_per_req_us']:7.1f} µs/req", file=sys.stderr)
+            results.update(alternating_medians(
+                job, TRANSPORTS, args.repeats,
+                lambda s, t, j: measure_tcp_tls(s, t, j, images, creds, args, d),
+                ("iops", "mbs", "p99_us", "cpu_per_req_us")))
         md = tcp_tls_table(results)
         head = (f"Remote-disk transport: {args.size} MiB qcow2 overlay on a qcow2 base; "
                 f"kiln-nbd-load (libnbd), one connection, {args.runtime} s per run, "
@@ -631,9 +637,6 @@ def main_tcp_tls(args):
                 f"NBD on 127.0.0.1 TCP with TLS 1.3, X.509, client certificate verified "
                 f"(kiln-nbd --tls-verify-peer, qemu-nbd verify-peer=on), same credentials.\n\n")
         publish(args.out, "nbd_bench_tcp_tls", head + md, lambda png: False)
-    finally:
-        if not args.workdir:
-            shutil.rmtree(d, ignore_errors=True)
 
 
 # Encrypted reads: one qcow2 image encrypted with LUKS (qemu-img's defaults, aes-256-xts-plain64,
