@@ -252,6 +252,10 @@ Instance Compute::boot(const BootRequest& req) {
 void Compute::remove(const std::string& ref) {
   std::string id = get(ref).id;
   FileLock lock(lock_path(id));
+  remove_locked(id);
+}
+
+void Compute::remove_locked(const std::string& id) {
   Instance inst = get(id);  // as it is now that nothing else works on it
   inst.status = kStatusDeleting;
   inst.task_state = "deleting";

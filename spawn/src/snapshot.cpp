@@ -365,6 +365,25 @@ const std::vector<std::string>& snapshot_steps() {
   return kNames;
 }
 
+bool Compute::roll_back_interrupted_snapshot(Instance& inst) {
+  SnapshotRecord rec = load_snapshot_record(inst.dir);
+  if (rec.image_id.empty()) return false;
+  NbdControl nbd(opt_.nbd_control);
+  Run r{store_, nbd, inst, SnapshotRequest{}, std::move(rec), {}, false, "", {}};
+  r.event = [&](const std::string& message) { save(inst, message); };
+  std::vector<std::string> errors;
+  r.event("rolling back the interrupted snapshot " + r.rec.image_name);
+  undo_snapshot_steps(r, &errors);
+  if (!errors.empty())
+    throw system_error("instance " + inst.name + ": cannot roll back the interrupted snapshot " +
+                       r.rec.image_name + ": " + joined(errors));
+  if (!inst.task_state.empty()) {
+    inst.task_state.clear();
+    save(inst, "interrupted snapshot rolled back");
+  }
+  return true;
+}
+
 Image Compute::snapshot(const std::string& ref, const SnapshotRequest& req) {
   check_request(req);
   const std::string id = get(ref).id;
@@ -375,19 +394,11 @@ Image Compute::snapshot(const std::string& ref, const SnapshotRequest& req) {
     throw busy("instance " + inst.name + " is " + inst.status + ", not active or stopped");
   if (store_.find_image(req.image_name))
     throw exists("image '" + req.image_name + "' already exists");
+  // A snapshot that died half-way: rolled back before anything else.
+  roll_back_interrupted_snapshot(inst);
   NbdControl nbd(opt_.nbd_control);
   Run r{store_, nbd, inst, req, load_snapshot_record(inst.dir), {}, false, "", {}};
   r.event = [&](const std::string& message) { save(inst, message); };
-
-  // A snapshot that died half-way: rolled back before anything else.
-  if (!r.rec.image_id.empty()) {
-    std::vector<std::string> errors;
-    r.event("rolling back the interrupted snapshot " + r.rec.image_name);
-    undo_snapshot_steps(r, &errors);
-    if (!errors.empty())
-      throw system_error("instance " + inst.name + ": cannot roll back the interrupted snapshot " +
-                         r.rec.image_name + ": " + joined(errors));
-  }
 
   r.rec.image_id = common::new_uuid();
   r.rec.image_name = req.image_name;

@@ -17,6 +17,17 @@ FileLock::FileLock(const std::string& path)
   while (::flock(fd_.get(), LOCK_EX) != 0) {
     if (errno != EINTR) throw errno_error("cannot lock " + path, errno);
   }
+  held_ = true;
+}
+
+FileLock::FileLock(const std::string& path, std::try_to_lock_t)
+    : fd_(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600)) {
+  if (fd_.get() < 0) throw errno_error("cannot open lock " + path, errno);
+  while (::flock(fd_.get(), LOCK_EX | LOCK_NB) != 0) {
+    if (errno == EWOULDBLOCK) return;
+    if (errno != EINTR) throw errno_error("cannot lock " + path, errno);
+  }
+  held_ = true;
 }
 
 void write_all(int fd, const void* data, size_t size, uint64_t offset, const std::string& what) {

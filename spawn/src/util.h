@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <mutex>  // std::try_to_lock_t
 #include <string>
 
 #include "kiln/common/fd.h"
@@ -16,12 +17,16 @@ using common::TempFile;
 // An exclusive flock(2) on `path` (created 0600 if needed), held until destruction.
 class FileLock {
  public:
-  explicit FileLock(const std::string& path);
+  explicit FileLock(const std::string& path);  // waits for the lock
+  // Takes the lock only if nobody holds it; held() says whether it did.
+  FileLock(const std::string& path, std::try_to_lock_t);
+  bool held() const { return held_; }
   FileLock(const FileLock&) = delete;
   FileLock& operator=(const FileLock&) = delete;
 
  private:
   Fd fd_;
+  bool held_ = false;
 };
 
 // pwrite until done; throws Error(kIo) naming `what`.

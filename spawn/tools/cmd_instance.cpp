@@ -119,6 +119,19 @@ int snapshot(Context& c) {
   return 0;
 }
 
+// What a kiln-spawn that died left half-done on this host; exit 1 if some of it could not be
+// cleaned (each named with why).
+int cleanup(Context& c) {
+  c.args.max_positional(0);
+  CleanupReport r = c.compute().cleanup();
+  c.show(Json{{"builds_rolled_back", r.builds_rolled_back},
+              {"deletes_finished", r.deletes_finished},
+              {"snapshots_rolled_back", r.snapshots_rolled_back},
+              {"in_progress", r.in_progress},
+              {"errors", r.errors}});
+  return r.errors.empty() ? 0 : 1;
+}
+
 // stop, start, delete: one or more instances, in order.
 Command each(const char* name, void (*action)(Compute&, const std::string&)) {
   return {name, "INSTANCE...", {}, [action](Context& c) {
@@ -163,6 +176,7 @@ CommandTable instance_commands() {
        "INSTANCE IMAGE_NAME [--disk-format qcow2|raw] [--compress zlib|zstd]",
        {{"--disk-format", kValue}, {"--compress", kValue}},
        snapshot},
+      {"cleanup", "", {}, cleanup},
   };
 }
 

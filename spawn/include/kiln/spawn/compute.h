@@ -75,6 +75,15 @@ inline constexpr const char* kPauseAtEnv = "KILN_SPAWN_PAUSE_AT";
 void interrupt_boot();
 
 // kiln-spawn snapshot INSTANCE IMAGE_NAME (Nova's instance snapshot, snapshot.cpp).
+// What `cleanup` found and did, by instance name.
+struct CleanupReport {
+  std::vector<std::string> builds_rolled_back;  // left "building": undone, now in error
+  std::vector<std::string> deletes_finished;    // left "deleting": removed
+  std::vector<std::string> snapshots_rolled_back;
+  std::vector<std::string> in_progress;  // another kiln-spawn works on them now: left alone
+  std::vector<std::string> errors;       // "NAME: why" for those that could not be cleaned
+};
+
 struct SnapshotRequest {
   std::string image_name;
   std::string disk_format = "qcow2";  // qcow2 or raw
@@ -120,6 +129,13 @@ class Compute {
   // (no image, no temporary file) and rethrows; the instance keeps its status.
   Image snapshot(const std::string& ref, const SnapshotRequest& req);
 
+  // What a kiln-spawn that died (SIGKILL, a crash, the host's power) left half-done on this host,
+  // as nova-compute checks its instances when it starts (_init_instance): a build is rolled
+  // back (everything it made undone; the instance stays in error with the reason, for delete),
+  // a delete is finished, an interrupted snapshot is rolled back. Instances that another
+  // kiln-spawn holds (its lock) are in progress, not abandoned: left alone.
+  CleanupReport cleanup();
+
  private:
   struct Build;
   struct Step;
@@ -150,6 +166,11 @@ class Compute {
   void undo_export(Instance& inst);
   void undo_domain(Instance& inst);
   void nothing_to_undo(Instance& inst);
+  // remove() once the instance's lock is held.
+  void remove_locked(const std::string& id);
+  // Rolls back a snapshot of `inst` that died half-way (snapshot.cpp); false if there is none.
+  // Call with the instance's lock held.
+  bool roll_back_interrupted_snapshot(Instance& inst);
   void save(Instance& inst, const std::string& message);
   void wait_for(const std::string& uuid, bool running);
   // Plumbs the given ports only (netplumb's incremental path), or the whole model if none
