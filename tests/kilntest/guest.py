@@ -70,6 +70,15 @@ def _wait_pid(proc, timeout):
         return None
 
 
+def read_text(path):
+    """A log file's text so far ("" if it cannot be read)."""
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 class KilnNbd:
     """kiln-nbd serving one qcow2 file on a Unix socket; stopped by its PID."""
 
@@ -143,11 +152,7 @@ class KilnNbd:
             self.log.close()
 
     def read_log(self):
-        try:
-            with open(self.log_path, errors="replace") as f:
-                return f.read()
-        except OSError:
-            return ""
+        return read_text(self.log_path)
 
 
 class KilnNbdControl:
@@ -197,11 +202,7 @@ class KilnNbdControl:
         return self.request({"cmd": "list-exports"})["exports"]
 
     def read_log(self):
-        try:
-            with open(self.log_path, errors="replace") as f:
-                return f.read()
-        except OSError:
-            return ""
+        return read_text(self.log_path)
 
     def cleanup(self):
         if self.proc is not None and self.proc.poll() is None:
