@@ -117,8 +117,9 @@ int run(const std::vector<std::string>& argv) {
   // child (plumbing), finds the same database through KILN_DB_URL.
   const std::string db_url = args.get_or("--db", net::database_url());
   if (!db_url.empty()) ::setenv("KILN_DB_URL", db_url.c_str(), 1);
-  const std::string net_db =
-      args.get_or("--net-db", db_url.empty() ? net::state_dir() + "/netplumb.db" : db_url);
+  // --net-db, or kiln-net's own default (the shared database, else netplumb.db in its state
+  // directory, which it creates: on a fresh host kiln-spawn may be the first to open it).
+  const std::string net_db = args.get_or("--net-db", "");
   const ComputeOptions opt = compute_options(args);
 
   std::unique_ptr<Store> store;
@@ -133,7 +134,8 @@ int run(const std::vector<std::string>& argv) {
               [&]() -> net::Store& {
                 if (!net_store) {
                   try {
-                    net_store = std::make_unique<net::Store>(net_db);
+                    net_store = net_db.empty() ? net::Store::open_default(db_url)
+                                               : std::make_unique<net::Store>(net_db);
                   } catch (const std::exception& e) {
                     throw system_error(std::string("netplumb database: ") + e.what());
                   }
