@@ -108,6 +108,16 @@ void NetService::delete_agent(const std::string& ref) {
   store_.write([&] { store_.remove_agent(agent(ref).id); });
 }
 
+Agent NetService::update_agent(const std::string& ref, bool admin_state_up) {
+  Agent a;
+  store_.write([&] {
+    a = agent(ref);
+    a.admin_state_up = admin_state_up;
+    store_.put(a);
+  });
+  return a;
+}
+
 std::vector<std::string> NetService::tunnel_peers(const std::string& host) {
   std::vector<std::string> out;
   store_.read([&] {

@@ -55,6 +55,15 @@ int agent_show(Context& c) {
   return 0;
 }
 
+int agent_update(Context& c) {
+  c.args.max_positional(1);
+  auto v = c.args.get("--admin-state-up");
+  if (!v) throw invalid("agent-update wants --admin-state-up True|False");
+  c.show(to_json(c.svc.update_agent(c.args.positional(0, "AGENT"),
+                                    common::cli::parse_bool(*v, "--admin-state-up"))));
+  return 0;
+}
+
 int agent_delete(Context& c) {
   c.args.positional(0, "AGENT");
   for (auto& r : c.args.positional()) {
@@ -91,6 +100,10 @@ CommandTable host_commands() {
        agent_register},
       {"agent-list", "", {}, agent_list},
       {"agent-show", "AGENT  (id or host)", {}, agent_show},
+      changing({"agent-update",
+                "AGENT --admin-state-up True|False  (down: no host's peer)",
+                {{"--admin-state-up", kValue}},
+                agent_update}),
       changing({"agent-delete",
                 "AGENT...  (the other hosts stop flooding to it at their apply)",
                 {},

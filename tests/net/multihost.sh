@@ -136,6 +136,13 @@ on A config-set vxlan_peers 10.99.0.9
 on A config-set vxlan_peers ""
 [ "$(flood A vxlan-100)" = 10.99.0.2 ] || fail "learned peers not back: '$(flood A vxlan-100)'"
 
+step "an agent administratively down is no peer"
+on A agent-update hostB --admin-state-up False >/dev/null
+[ "$(flood A vxlan-100)" = "" ] || fail "host A floods to a down agent: '$(flood A vxlan-100)'"
+on A agent-update hostB --admin-state-up True >/dev/null
+[ "$(flood A vxlan-100)" = 10.99.0.2 ] || fail "host B not a peer again: '$(flood A vxlan-100)'"
+ping_ok a1 "$b1_ip"
+
 step "a port moved to another host: its tap moves at the hosts' apply"
 on A port-update a1 --binding:host_id hostB >/dev/null
 ! has_link A "$(tap_of a1)" || fail "host A kept a1's tap after the move"

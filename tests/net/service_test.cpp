@@ -483,6 +483,11 @@ TEST_F(ServiceTest, AgentsGiveTheTunnelPeers) {
   svc_.set_setting("vxlan_peers", "10.99.0.7");
   EXPECT_EQ(svc_.tunnel_peers(), (std::vector<std::string>{"10.99.0.7"}));
   svc_.set_setting("vxlan_peers", "");
+  // An agent administratively down is no peer; up again, it is.
+  EXPECT_FALSE(svc_.update_agent("host-b", false).admin_state_up);
+  EXPECT_EQ(svc_.tunnel_peers(), (std::vector<std::string>{"10.99.0.3"}));
+  EXPECT_TRUE(svc_.update_agent("host-b", true).admin_state_up);
+  EXPECT_EQ(svc_.tunnel_peers(), (std::vector<std::string>{"10.99.0.2", "10.99.0.3"}));
   // A deleted agent (by host or by id) is no one's peer any more.
   svc_.delete_agent("host-c");
   svc_.delete_agent(svc_.agent("host-b").id);

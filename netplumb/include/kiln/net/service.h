@@ -130,6 +130,9 @@ class NetService {
   // By id or host name.
   Agent agent(const std::string& ref);
   void delete_agent(const std::string& ref);
+  // An agent administratively down is no host's peer (Neutron's agent-update
+  // --admin-state-down).
+  Agent update_agent(const std::string& ref, bool admin_state_up);
   // The VXLAN and GRE peers of `host`: its vxlan_peers when set, else the tunnel IPs of the
   // other hosts' agents (administratively up), without the host's own vxlan_local_ip.
   std::vector<std::string> tunnel_peers(const std::string& host = "");
