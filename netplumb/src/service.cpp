@@ -3,8 +3,10 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <ctime>
 #include <set>
 
+#include "kiln/common/host.h"
 #include "kiln/common/random.h"
 #include "kiln/common/text.h"
 #include "kiln/net/error.h"
@@ -21,10 +23,19 @@ const std::vector<std::pair<std::string, std::string>>& known_settings() {
   return k;
 }
 
-void NetService::set_setting(const std::string& key, const std::string& value) {
+bool is_host_setting(const std::string& key) {
+  return std::find(kHostSettings.begin(), kHostSettings.end(), key) != kHostSettings.end();
+}
+
+void NetService::set_setting(const std::string& key, const std::string& value,
+                             const std::string& host) {
   bool known = false;
   for (auto& [k, d] : known_settings()) known |= k == key;
   if (!known) throw invalid("unknown setting '" + key + "'");
+  if (!host.empty()) {
+    common::check_host_name(host);
+    if (!is_host_setting(key)) throw invalid("setting '" + key + "' is global, not per host");
+  }
   if (key == "mac_prefix" && !parse_mac_prefix(value))
     throw invalid("mac_prefix must be 1 to 5 hex octets of a unicast MAC, like fa:16:3e");
   if (key == "vxlan_local_ip" && !value.empty() && !Ipv4::parse(value))
@@ -40,12 +51,88 @@ void NetService::set_setting(const std::string& key, const std::string& value) {
     }
   if (key == "metadata_socket" && !value.empty() && (value[0] != '/' || value.size() > 107))
     throw invalid("metadata_socket must be an absolute path of at most 107 bytes");
+  if (is_host_setting(key)) {
+    std::string h = host.empty() ? common::this_host_name() : host;
+    store_.write([&] { store_.set_host_setting(h, key, value); });
+    return;
+  }
   store_.write([&] { store_.set_setting(key, value); });
 }
 
-std::vector<std::pair<std::string, std::string>> NetService::settings() {
+std::vector<std::pair<std::string, std::string>> NetService::settings(const std::string& host) {
   std::vector<std::pair<std::string, std::string>> out;
-  for (auto& [k, d] : known_settings()) out.emplace_back(k, store_.setting(k).value_or(d));
+  std::string h;
+  if (!host.empty()) common::check_host_name(host);
+  store_.read([&] {
+    for (auto& [k, d] : known_settings()) {
+      if (!is_host_setting(k)) {
+        out.emplace_back(k, store_.setting(k).value_or(d));
+        continue;
+      }
+      if (h.empty()) h = host.empty() ? common::this_host_name() : host;
+      out.emplace_back(k, store_.host_setting(h, k).value_or(d));
+    }
+  });
+  return out;
+}
+
+Agent NetService::report_agent() {
+  const std::string me = common::this_host_name();
+  Agent out;
+  store_.write([&] {
+    const int64_t now = static_cast<int64_t>(std::time(nullptr));
+    std::optional<Agent> a;
+    for (auto& x : store_.agents())
+      if (x.host == me) a = x;
+    if (!a) {
+      a = Agent{};
+      a->id = common::new_uuid();
+      a->host = me;
+      a->created_at = now;
+    }
+    a->tunnel_ip = store_.host_setting(me, "vxlan_local_ip").value_or("");
+    a->heartbeat_at = now;
+    store_.put(*a);
+    out = *a;
+  });
+  return out;
+}
+
+Agent NetService::agent(const std::string& ref) {
+  for (auto& a : store_.agents())
+    if (a.id == ref || a.host == ref) return a;
+  throw not_found("agent '" + ref + "' not found");
+}
+
+void NetService::delete_agent(const std::string& ref) {
+  store_.write([&] { store_.remove_agent(agent(ref).id); });
+}
+
+Agent NetService::update_agent(const std::string& ref, bool admin_state_up) {
+  Agent a;
+  store_.write([&] {
+    a = agent(ref);
+    a.admin_state_up = admin_state_up;
+    store_.put(a);
+  });
+  return a;
+}
+
+std::vector<std::string> NetService::tunnel_peers(const std::string& host) {
+  std::vector<std::string> out;
+  store_.read([&] {
+    const std::string h = host.empty() ? common::this_host_name() : host;
+    if (auto v = store_.host_setting(h, "vxlan_peers"); v && !v->empty()) {
+      out = common::split(*v, ',');
+      return;
+    }
+    const std::string mine = store_.host_setting(h, "vxlan_local_ip").value_or("");
+    std::set<std::string> seen;
+    for (auto& a : store_.agents())
+      if (a.host != h && a.admin_state_up && !a.tunnel_ip.empty() && a.tunnel_ip != mine &&
+          Ipv4::parse(a.tunnel_ip) && seen.insert(a.tunnel_ip).second)
+        out.push_back(a.tunnel_ip);
+  });
   return out;
 }
 
@@ -104,9 +191,10 @@ std::string NetService::describe_port_user(const Port& p) {
 
 HostConfig host_config(NetService& svc) {
   HostConfig h;
-  for (auto& [k, v] : svc.settings()) {
+  h.host = common::this_host_name();
+  h.vxlan_peers = svc.tunnel_peers(h.host);
+  for (auto& [k, v] : svc.settings(h.host)) {
     if (k == "vxlan_local_ip") h.vxlan_local_ip = v;
-    if (k == "vxlan_peers") h.vxlan_peers = common::split(v, ',');
     if (k == "physical_interface_mappings")
       for (auto& m : common::split(v, ',')) {
         auto kv = common::split(m, ':');

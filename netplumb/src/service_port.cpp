@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <set>
 
+#include "kiln/common/host.h"
 #include "kiln/net/error.h"
 #include "kiln/net/ipam.h"
 #include "kiln/net/service.h"
@@ -20,6 +21,8 @@ Port NetService::allocate_port(const PortSpec& spec, const Network& net) {
   p.vif_type = spec.vif_type;
   p.binding_netns = spec.binding_netns;
   p.binding_ifname = spec.binding_ifname;
+  if (!spec.binding_host_id.empty()) common::check_host_name(spec.binding_host_id);
+  p.binding_host_id = spec.binding_host_id;
   p.port_security_enabled = spec.port_security_enabled;
   if (p.vif_type != "tap" && p.vif_type != "veth")
     throw invalid("binding type '" + p.vif_type + "' is not tap or veth");
@@ -143,7 +146,15 @@ Port NetService::update_port(const std::string& ref, const PortUpdate& u) {
   Port p;
   store_.write([&] {
     p = port(ref);
-    if (is_service_port(p)) throw invalid("port " + p.id + " belongs to " + p.device_owner);
+    // A service port (DHCP, a router's leg) may be placed on a host, and nothing else.
+    bool only_binding = !u.name && !u.device_id && !u.port_security_enabled && !u.security_groups &&
+                        u.binding_host_id;
+    if (is_service_port(p) && !only_binding)
+      throw invalid("port " + p.id + " belongs to " + p.device_owner);
+    if (u.binding_host_id) {
+      if (!u.binding_host_id->empty()) common::check_host_name(*u.binding_host_id);
+      p.binding_host_id = *u.binding_host_id;
+    }
     if (u.name) p.name = *u.name;
     if (u.device_id) p.device_id = *u.device_id;
     if (u.port_security_enabled) {

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <map>
 
+#include "kiln/common/host.h"
 #include "kiln/common/random.h"
 #include "kiln/common/text.h"
 #include "kiln/net/error.h"
@@ -65,20 +66,53 @@ CREATE TABLE IF NOT EXISTS security_group_rules (
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 )sql";
 
+using common::Stmt;
+
 // An address column (NULL: none).
 std::optional<Ipv4> ip_column(common::Stmt& s, int col) {
   if (s.null(col)) return std::nullopt;
   return Ipv4::parse(s.text(col));
 }
 
+// Version 2: several hosts on one database. The host-scoped settings move to host_settings,
+// keyed by host name (the values a database had become this host's); agents, one row per
+// host's kiln-net; and ports get binding:host_id (empty: every host, as before).
+const char* kSchemaHosts = R"sql(
+CREATE TABLE IF NOT EXISTS host_settings (
+  host TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (host, key));
+CREATE TABLE IF NOT EXISTS agents (
+  id TEXT PRIMARY KEY, host TEXT NOT NULL UNIQUE, agent_type TEXT NOT NULL,
+  agent_binary TEXT NOT NULL, tunnel_ip TEXT NOT NULL, admin_state_up INTEGER NOT NULL,
+  created_at BIGINT NOT NULL, heartbeat_at BIGINT NOT NULL{{rowid}});
+ALTER TABLE ports ADD COLUMN binding_host_id TEXT NOT NULL DEFAULT '';
+)sql";
+
+void migrate_to_hosts(common::Database& db) {
+  db.exec(db.schema_sql(kSchemaHosts));
+  const std::string keys = "key IN (" + [] {
+    std::string k;
+    for (auto* key : kHostSettings) k += std::string(k.empty() ? "" : ",") + "'" + key + "'";
+    return k;
+  }() + ")";
+  Stmt any(db, "SELECT COUNT(*) FROM settings WHERE " + keys);
+  any.step();
+  if (any.integer(0) == 0) return;
+  // Only a database with host settings needs this host's name (KILN_HOST, else the hostname).
+  Stmt(db,
+       "INSERT INTO host_settings (host, key, value) SELECT ?, key, value FROM settings "
+       "WHERE value <> '' AND " +
+           keys)
+      .bind(common::this_host_name())
+      .run();
+  db.exec("DELETE FROM settings WHERE " + keys);
+}
+
 // Schema versions: migration i takes the database from version i to i+1 (append, never edit).
 std::vector<common::Database::Migration> migrations() {
-  return {[](common::Database& db) { db.exec(db.schema_sql(kSchema)); }};
+  return {[](common::Database& db) { db.exec(db.schema_sql(kSchema)); }, migrate_to_hosts};
 }
 
 }  // namespace
-
-using common::Stmt;
 
 namespace {
 
@@ -153,7 +187,7 @@ void Store::put(const Port& p) {
          common::upsert_sql("ports",
                             {"id", "name", "tenant_id", "network_id", "mac_address", "device_owner",
                              "device_id", "vif_type", "binding_netns", "binding_ifname",
-                             "port_security_enabled", "admin_state_up", "tag"},
+                             "port_security_enabled", "admin_state_up", "tag", "binding_host_id"},
                             "id"))
         .bind(p.id)
         .bind(p.name)
@@ -168,6 +202,7 @@ void Store::put(const Port& p) {
         .bind(p.port_security_enabled)
         .bind(p.admin_state_up)
         .bind(p.tag)
+        .bind(p.binding_host_id)
         .run();
     int pos = 0;
     for (auto& f : p.fixed_ips)
@@ -318,7 +353,11 @@ std::vector<Subnet> Store::subnets(const std::string& network_id) {
 }
 
 std::vector<Port> Store::ports(const std::string& network_id) {
-  Stmt s(db_, "SELECT * FROM ports WHERE ?='' OR network_id=? ORDER BY rowid");
+  // Columns by name: a column added by a migration is not in the same place on both engines.
+  Stmt s(db_,
+         "SELECT id, name, tenant_id, network_id, mac_address, device_owner, device_id, "
+         "vif_type, binding_netns, binding_ifname, port_security_enabled, admin_state_up, tag, "
+         "binding_host_id FROM ports WHERE ?='' OR network_id=? ORDER BY rowid");
   s.bind(network_id).bind(network_id);
   std::vector<Port> out;
   while (s.step()) {
@@ -336,6 +375,7 @@ std::vector<Port> Store::ports(const std::string& network_id) {
     p.port_security_enabled = s.integer(10);
     p.admin_state_up = s.integer(11);
     p.tag = static_cast<uint32_t>(s.integer(12));
+    p.binding_host_id = s.text(13);
     out.push_back(std::move(p));
   }
   // Two queries in all, not two per port: plumbing reads every port for each command.
@@ -471,6 +511,68 @@ std::optional<std::string> Store::setting(const std::string& key) {
 
 void Store::set_setting(const std::string& key, const std::string& value) {
   Stmt(db_, common::upsert_sql("settings", {"key", "value"}, "key")).bind(key).bind(value).run();
+}
+
+std::optional<std::string> Store::host_setting(const std::string& host, const std::string& key) {
+  Stmt s(db_, "SELECT value FROM host_settings WHERE host=? AND key=?");
+  s.bind(host).bind(key);
+  if (!s.step()) return std::nullopt;
+  return s.text(0);
+}
+
+void Store::set_host_setting(const std::string& host, const std::string& key,
+                             const std::string& value) {
+  if (value.empty()) {
+    Stmt(db_, "DELETE FROM host_settings WHERE host=? AND key=?").bind(host).bind(key).run();
+    return;
+  }
+  Stmt(db_,
+       "INSERT INTO host_settings (host, key, value) VALUES (?,?,?) "
+       "ON CONFLICT(host, key) DO UPDATE SET value=excluded.value")
+      .bind(host)
+      .bind(key)
+      .bind(value)
+      .run();
+}
+
+void Store::put(const Agent& a) {
+  Stmt(db_, common::upsert_sql("agents",
+                               {"id", "host", "agent_type", "agent_binary", "tunnel_ip",
+                                "admin_state_up", "created_at", "heartbeat_at"},
+                               "id"))
+      .bind(a.id)
+      .bind(a.host)
+      .bind(a.agent_type)
+      .bind(a.binary)
+      .bind(a.tunnel_ip)
+      .bind(a.admin_state_up)
+      .bind(a.created_at)
+      .bind(a.heartbeat_at)
+      .run();
+}
+
+std::vector<Agent> Store::agents() {
+  Stmt s(db_,
+         "SELECT id, host, agent_type, agent_binary, tunnel_ip, admin_state_up, created_at, "
+         "heartbeat_at FROM agents ORDER BY host");
+  std::vector<Agent> out;
+  while (s.step()) {
+    Agent a;
+    a.id = s.text(0);
+    a.host = s.text(1);
+    a.agent_type = s.text(2);
+    a.binary = s.text(3);
+    a.tunnel_ip = s.text(4);
+    a.admin_state_up = s.integer(5);
+    a.created_at = s.integer(6);
+    a.heartbeat_at = s.integer(7);
+    out.push_back(std::move(a));
+  }
+  return out;
+}
+
+void Store::remove_agent(const std::string& id) {
+  Stmt(db_, "DELETE FROM agents WHERE id=?").bind(id).run();
 }
 
 }  // namespace kiln::net

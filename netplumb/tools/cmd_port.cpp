@@ -39,6 +39,7 @@ int port_create(Context& c) {
   p.binding_netns = c.args.get_or("--netns", "");
   p.binding_ifname = c.args.get_or("--ifname", "");
   p.vif_type = c.args.get_or("--binding:vif-type", p.binding_netns.empty() ? "tap" : "veth");
+  p.binding_host_id = c.args.get_or("--binding:host-id", "");
   Port created = c.svc.create_port(p);
   c.plumb_ports = std::vector<std::string>{created.id};
   c.show(to_json(created));
@@ -50,6 +51,7 @@ int port_update(Context& c) {
   PortUpdate u;
   u.name = c.args.get("--name");
   u.device_id = c.args.get("--device-id");
+  u.binding_host_id = c.args.get("--binding:host-id");
   if (auto v = c.args.get("--port-security-enabled"))
     u.port_security_enabled = common::cli::parse_bool(*v, "--port-security-enabled");
   auto groups = c.args.all("--security-group");
@@ -58,7 +60,8 @@ int port_update(Context& c) {
   if (!groups.empty()) u.security_groups = groups;
   if (c.args.flag("--no-security-groups")) u.security_groups = std::vector<std::string>{};
   Port updated = c.svc.update_port(c.args.positional(0, "PORT"), u);
-  c.plumb_ports = std::vector<std::string>{updated.id};
+  // A port that moves host may be a DHCP port or a router's leg: reconcile everything.
+  if (!u.binding_host_id) c.plumb_ports = std::vector<std::string>{updated.id};
   c.show(to_json(updated));
   return 0;
 }
@@ -69,7 +72,7 @@ int port_list(Context& c) {
   if (auto n = c.args.get("--network")) net = c.svc.network(*n).id;
   std::vector<Json> rows;
   for (auto& p : c.svc.store().ports(net)) rows.push_back(to_json(p));
-  c.list(rows, {"id", "name", "mac_address", "fixed_ips", "device_owner"});
+  c.list(rows, {"id", "name", "mac_address", "fixed_ips", "device_owner", "binding:host_id"});
   return 0;
 }
 
@@ -101,7 +104,8 @@ CommandTable port_commands() {
       changing({"port-create",
                 "NETWORK [--name NAME] [--mac-address MAC] "
                 "[--fixed-ip subnet=SUBNET,ip_address=IP]... [--security-group GROUP]... "
-                "[--no-security-groups] [--device-id ID] [--netns NS [--ifname NAME]]",
+                "[--no-security-groups] [--device-id ID] [--netns NS [--ifname NAME]] "
+                "[--binding:host_id HOST]",
                 {{"--no-security-groups"},
                  {"--disable-port-security"},
                  {"--name", kValue},
@@ -112,12 +116,15 @@ CommandTable port_commands() {
                  {"--device-id", kValue},
                  {"--binding:vif-type", kValue},
                  {"--netns", kValue},
-                 {"--ifname", kValue}},
+                 {"--ifname", kValue},
+                 {"--binding:host-id", kValue}},
                 port_create}),
       changing({"port-update",
                 "PORT [--name NAME] [--security-group GROUP]... [--no-security-groups] "
-                "[--port-security-enabled True|False] [--device-id ID]",
+                "[--port-security-enabled True|False] [--device-id ID] "
+                "[--binding:host_id HOST]  (\"\": unbound, every host)",
                 {{"--no-security-groups"},
+                 {"--binding:host-id", kValue},
                  {"--name", kValue},
                  {"--security-group", kValue},
                  {"--port-security-enabled", kValue},

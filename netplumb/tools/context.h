@@ -29,6 +29,8 @@ struct Context {
   std::optional<std::vector<std::string>> plumb_ports;
   // Print every change the plumbing makes (apply).
   bool verbose_plumb = false;
+  // A change that this host's plumbing does not see (another host's settings).
+  bool skip_plumb = false;
 
   std::string tenant() const;
   void show(const Json& object) const;
@@ -49,6 +51,6 @@ CommandTable port_commands();
 CommandTable router_commands();
 CommandTable floatingip_commands();
 CommandTable security_group_commands();
-CommandTable host_commands();  // config-set, config-show, apply, teardown
+CommandTable host_commands();  // config-*, agent-*, apply, teardown
 
 }  // namespace kiln::net::cli

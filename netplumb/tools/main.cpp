@@ -67,9 +67,10 @@ int run(const std::vector<std::string>& argv) {
   const Format format = common::cli::parse_format(args.get_or("--format", "table"));
   auto store = Store::open_default(args.get_or("--db", ""));
   NetService svc(*store);
-  Context ctx{args, svc, format, false, std::nullopt, false};
+  Context ctx{args, svc, format, false, std::nullopt, false, false};
   int rc = cmd->run(ctx);
-  if (rc == 0 && ctx.changed && !args.flag("--no-plumb")) rc = plumb(svc, *store, ctx);
+  if (rc == 0 && ctx.changed && !ctx.skip_plumb && !args.flag("--no-plumb"))
+    rc = plumb(svc, *store, ctx);
   return rc;
 }
 

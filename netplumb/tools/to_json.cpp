@@ -1,6 +1,8 @@
 // The model's objects as kiln-net prints them.
 #include "to_json.h"
 
+#include <ctime>
+
 namespace kiln::net::cli {
 
 using json = common::Json;
@@ -70,6 +72,7 @@ json to_json(const Port& p) {
           {"device_id", p.device_id},
           {"port_security_enabled", p.port_security_enabled},
           {"binding:vif_details", binding},
+          {"binding:host_id", p.binding_host_id},
           {"admin_state_up", p.admin_state_up}};
 }
 
@@ -120,6 +123,29 @@ json to_json(const SecurityGroup& g, const std::vector<SecurityGroupRule>& rules
           {"tenant_id", g.tenant_id},
           {"description", g.description},
           {"security_group_rules", rs}};
+}
+
+json to_json(const Agent& a) {
+  auto when = [](int64_t t) {
+    std::time_t tt = static_cast<std::time_t>(t);
+    std::tm tm{};
+    ::gmtime_r(&tt, &tm);
+    char buf[32];
+    std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm);
+    return std::string(buf);
+  };
+  const int64_t now = static_cast<int64_t>(std::time(nullptr));
+  json conf = {{"tunnel_types", json::array({"vxlan", "gre"})},
+               {"tunneling_ip", a.tunnel_ip.empty() ? json(nullptr) : json(a.tunnel_ip)}};
+  return {{"id", a.id},
+          {"agent_type", a.agent_type},
+          {"binary", a.binary},
+          {"host", a.host},
+          {"alive", now - a.heartbeat_at <= kAgentDownTime},
+          {"admin_state_up", a.admin_state_up},
+          {"configurations", conf},
+          {"created_at", when(a.created_at)},
+          {"heartbeat_timestamp", when(a.heartbeat_at)}};
 }
 
 }  // namespace kiln::net::cli

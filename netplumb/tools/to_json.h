@@ -18,5 +18,8 @@ Json to_json(const Router& r, const Port* gw_port);
 Json to_json(const FloatingIp& f);
 Json to_json(const SecurityGroup& g, const std::vector<SecurityGroupRule>& rules);
 Json to_json(const SecurityGroupRule& r);
+// Neutron's agent fields; alive from the last report (kAgentDownTime), tunnel IP in
+// configurations.tunneling_ip.
+Json to_json(const Agent& a);
 
 }  // namespace kiln::net::cli

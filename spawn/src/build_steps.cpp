@@ -95,6 +95,7 @@ void Compute::step_port(Build& b) {
   spec.tenant_id = opt_.tenant_id;
   spec.device_id = inst.id;
   spec.device_owner = "compute:" + b.req.availability_zone;
+  spec.binding_host_id = inst.host;  // plumbed by the instance's host only (binding:host_id)
   spec.security_groups = b.req.security_groups;
   // The tenant's "default" group is made with its first port: asking for it by name before
   // that is asking for what netplumb gives a port without groups.

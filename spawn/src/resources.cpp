@@ -11,6 +11,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "kiln/common/host.h"
 #include "kiln/spawn/error.h"
 
 namespace kiln::spawn {
@@ -85,34 +86,9 @@ double parse_ratio(const std::string& v, const std::string& what) {
   throw invalid(what + " must be a number above 0 and at most 10000 (like 1.5), not '" + v + "'");
 }
 
-std::string this_host() {
-  std::string name;
-  if (const char* e = std::getenv("KILN_HOST"); e && *e) {
-    name = e;
-  } else {
-    char buf[256] = {};
-    if (::gethostname(buf, sizeof buf - 1) != 0) throw errno_error("gethostname", errno);
-    name = buf;
-  }
-  check_host_name(name);
-  return name;
-}
+std::string this_host() { return common::this_host_name(); }
 
-void check_host_name(const std::string& name) {
-  auto ok = [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-           c == '_' || c == '-';
-  };
-  if (name.empty() || name.size() > 255 || !std::all_of(name.begin(), name.end(), ok) ||
-      !std::isalnum(static_cast<unsigned char>(name[0]))) {
-    std::string shown = name.substr(0, 80);
-    for (char& c : shown)
-      if (!std::isprint(static_cast<unsigned char>(c))) c = '?';
-    throw invalid("host name '" + shown +
-                  "' must be 1 to 255 characters of A-Z a-z 0-9 . _ - starting with a letter "
-                  "or digit");
-  }
-}
+void check_host_name(const std::string& name) { common::check_host_name(name); }
 
 ResourceConfig resource_config(
     const std::function<std::optional<std::string>(const std::string&)>& setting,

@@ -4,7 +4,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
+#include <optional>
 #include <set>
 
 #include "kiln/common/temp.h"
@@ -402,6 +404,179 @@ TEST_F(ServiceTest, Settings) {
   PortSpec p;
   p.network = "n";
   EXPECT_EQ(svc_.create_port(p).mac_address.str().substr(0, 8), "02:aa:bb");
+}
+
+// KILN_HOST for one test, restored afterwards.
+class HostEnv {
+ public:
+  explicit HostEnv(const char* name) {
+    if (const char* e = std::getenv("KILN_HOST")) old_ = e;
+    set(name);
+  }
+  ~HostEnv() {
+    if (old_)
+      ::setenv("KILN_HOST", old_->c_str(), 1);
+    else
+      ::unsetenv("KILN_HOST");
+  }
+  void set(const char* name) { ::setenv("KILN_HOST", name, 1); }
+
+ private:
+  std::optional<std::string> old_;
+};
+
+std::string setting_of(const std::vector<std::pair<std::string, std::string>>& all,
+                       const std::string& key) {
+  for (auto& [k, v] : all)
+    if (k == key) return v;
+  return "(missing)";
+}
+
+TEST_F(ServiceTest, HostSettingsArePerHost) {
+  HostEnv env("host-a");
+  svc_.set_setting("vxlan_local_ip", "10.99.0.1");
+  svc_.set_setting("vxlan_local_ip", "10.99.0.2", "host-b");
+  svc_.set_setting("mac_prefix", "02:aa:bb");
+  EXPECT_EQ(setting_of(svc_.settings(), "vxlan_local_ip"), "10.99.0.1");
+  EXPECT_EQ(setting_of(svc_.settings("host-b"), "vxlan_local_ip"), "10.99.0.2");
+  EXPECT_EQ(setting_of(svc_.settings("host-b"), "mac_prefix"), "02:aa:bb");  // global
+  EXPECT_EQ(setting_of(svc_.settings("host-c"), "vxlan_local_ip"), "");
+  env.set("host-b");
+  EXPECT_EQ(setting_of(svc_.settings(), "vxlan_local_ip"), "10.99.0.2");
+  EXPECT_EQ(host_config(svc_).vxlan_local_ip, "10.99.0.2");
+  EXPECT_EQ(host_config(svc_).host, "host-b");
+  EXPECT_NE(error_of([&] { svc_.set_setting("mac_prefix", "02:aa:cc", "host-a"); }).find("global"),
+            std::string::npos);
+  EXPECT_THROW(svc_.set_setting("vxlan_local_ip", "10.0.0.1", "bad host"), Error);
+  EXPECT_THROW(svc_.set_setting("vxlan_local_ip", "not-an-ip", "host-a"), Error);
+  svc_.set_setting("vxlan_local_ip", "", "host-a");  // unset
+  EXPECT_EQ(store_.host_setting("host-a", "vxlan_local_ip"), std::nullopt);
+  env.set("bad host");
+  EXPECT_THROW(svc_.settings(), Error);
+}
+
+TEST_F(ServiceTest, AgentsGiveTheTunnelPeers) {
+  HostEnv env("host-a");
+  const char* hosts[] = {"host-a", "host-b", "host-c"};
+  for (int i = 0; i < 3; ++i) {
+    svc_.set_setting("vxlan_local_ip", "10.99.0." + std::to_string(i + 1), hosts[i]);
+    env.set(hosts[i]);
+    Agent a = svc_.report_agent();
+    EXPECT_EQ(a.host, hosts[i]);
+    EXPECT_EQ(a.tunnel_ip, "10.99.0." + std::to_string(i + 1));
+  }
+  ASSERT_EQ(svc_.agents().size(), 3u);
+  EXPECT_EQ(svc_.tunnel_peers("host-a"), (std::vector<std::string>{"10.99.0.2", "10.99.0.3"}));
+  EXPECT_EQ(svc_.tunnel_peers("host-c"), (std::vector<std::string>{"10.99.0.1", "10.99.0.2"}));
+  env.set("host-a");
+  EXPECT_EQ(host_config(svc_).vxlan_peers, (std::vector<std::string>{"10.99.0.2", "10.99.0.3"}));
+  // A second report is the same agent, with a new tunnel IP and a fresh heartbeat.
+  Agent before = svc_.agent("host-a");
+  svc_.set_setting("vxlan_local_ip", "10.99.0.11");
+  Agent after = svc_.report_agent();
+  EXPECT_EQ(after.id, before.id);
+  EXPECT_EQ(after.created_at, before.created_at);
+  EXPECT_GE(after.heartbeat_at, before.heartbeat_at);
+  EXPECT_EQ(svc_.agents().size(), 3u);
+  EXPECT_EQ(svc_.tunnel_peers("host-b"), (std::vector<std::string>{"10.99.0.11", "10.99.0.3"}));
+  // An explicit vxlan_peers wins over the agents.
+  svc_.set_setting("vxlan_peers", "10.99.0.7");
+  EXPECT_EQ(svc_.tunnel_peers(), (std::vector<std::string>{"10.99.0.7"}));
+  svc_.set_setting("vxlan_peers", "");
+  // An agent administratively down is no peer; up again, it is.
+  EXPECT_FALSE(svc_.update_agent("host-b", false).admin_state_up);
+  EXPECT_EQ(svc_.tunnel_peers(), (std::vector<std::string>{"10.99.0.3"}));
+  EXPECT_TRUE(svc_.update_agent("host-b", true).admin_state_up);
+  EXPECT_EQ(svc_.tunnel_peers(), (std::vector<std::string>{"10.99.0.2", "10.99.0.3"}));
+  // A deleted agent (by host or by id) is no one's peer any more.
+  svc_.delete_agent("host-c");
+  svc_.delete_agent(svc_.agent("host-b").id);
+  EXPECT_TRUE(svc_.tunnel_peers().empty());
+  EXPECT_EQ(svc_.agents().size(), 1u);
+  EXPECT_THROW(svc_.agent("host-c"), Error);
+  EXPECT_THROW(svc_.delete_agent("host-c"), Error);
+}
+
+TEST_F(ServiceTest, PortBinding) {
+  walkthrough();
+  PortSpec p;
+  p.network = "demo-net";
+  p.tenant_id = "demo";
+  p.binding_host_id = "compute-2";
+  Port port = svc_.create_port(p);
+  EXPECT_EQ(svc_.port(port.id).binding_host_id, "compute-2");
+  EXPECT_EQ(guest_port("plain").binding_host_id, "");
+  EXPECT_EQ(svc_.port("plain").binding_host_id, "");
+  PortUpdate u;
+  u.binding_host_id = "";
+  EXPECT_EQ(svc_.update_port(port.id, u).binding_host_id, "");
+  EXPECT_EQ(svc_.port(port.id).binding_host_id, "");
+  u.binding_host_id = "no/such host";
+  EXPECT_THROW(svc_.update_port(port.id, u), Error);
+  p.binding_host_id = "-x";
+  EXPECT_THROW(svc_.create_port(p), Error);
+  // A DHCP port can be placed on a host, and nothing else about it changed.
+  Port dhcp;
+  for (auto& x : store_.ports())
+    if (x.device_owner == kOwnerDhcp) dhcp = x;
+  ASSERT_FALSE(dhcp.id.empty());
+  u.binding_host_id = "network-1";
+  EXPECT_EQ(svc_.update_port(dhcp.id, u).binding_host_id, "network-1");
+  EXPECT_EQ(svc_.port(dhcp.id).binding_host_id, "network-1");
+  u.name = "renamed";
+  EXPECT_THROW(svc_.update_port(dhcp.id, u), Error);
+}
+
+TEST_F(ServiceTest, MigrationMakesTheSettingsThisHosts) {
+  HostEnv env("old-host");
+  TempDir dir;
+  auto where = kiln::teststore::test_store(dir.file("v1.db"), "netv1");
+  {
+    // The tables of schema version 1 that version 2 changes, as version 1 made them.
+    common::Database::Options o;
+    o.schema = where.schema;
+    common::Database v1(where.location, {[](common::Database& db) {
+                          db.exec(db.schema_sql(R"sql(
+CREATE TABLE ports (
+  id TEXT PRIMARY KEY, name TEXT NOT NULL, tenant_id TEXT NOT NULL,
+  network_id TEXT NOT NULL, mac_address TEXT NOT NULL,
+  device_owner TEXT NOT NULL, device_id TEXT NOT NULL, vif_type TEXT NOT NULL,
+  binding_netns TEXT NOT NULL, binding_ifname TEXT NOT NULL,
+  port_security_enabled INTEGER NOT NULL, admin_state_up INTEGER NOT NULL,
+  tag INTEGER NOT NULL UNIQUE, UNIQUE (network_id, mac_address){{rowid}});
+CREATE TABLE ip_allocations (
+  subnet_id TEXT NOT NULL, ip_address TEXT NOT NULL, port_id TEXT NOT NULL,
+  position INTEGER NOT NULL, PRIMARY KEY (subnet_id, ip_address));
+CREATE TABLE port_security_groups (
+  port_id TEXT NOT NULL, security_group_id TEXT NOT NULL,
+  position INTEGER NOT NULL, PRIMARY KEY (port_id, security_group_id));
+CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+)sql"));
+                        }},
+                        o);
+    v1.write([&] {
+      v1.exec(
+          "INSERT INTO settings VALUES ('mac_prefix', '02:aa:bb'), "
+          "('vxlan_local_ip', '10.99.0.1'), ('vxlan_peers', '10.99.0.2,10.99.0.3'), "
+          "('metadata_socket', '')");
+      v1.exec(
+          "INSERT INTO ports VALUES ('p1', 'old', 'demo', 'n1', 'fa:16:3e:00:00:01', '', '', "
+          "'tap', '', '', 1, 1, 1)");
+    });
+    ASSERT_EQ(v1.schema_version(), 1);
+  }
+  Store store(where.location, where.schema);
+  NetService svc(store);
+  EXPECT_EQ(store.host_setting("old-host", "vxlan_local_ip"), "10.99.0.1");
+  EXPECT_EQ(store.host_setting("old-host", "vxlan_peers"), "10.99.0.2,10.99.0.3");
+  EXPECT_EQ(store.setting("vxlan_local_ip"), std::nullopt);  // moved, not copied
+  EXPECT_EQ(store.setting("mac_prefix"), "02:aa:bb");        // global
+  EXPECT_EQ(setting_of(svc.settings(), "vxlan_peers"), "10.99.0.2,10.99.0.3");
+  env.set("new-host");
+  EXPECT_EQ(setting_of(svc.settings(), "vxlan_local_ip"), "");
+  ASSERT_EQ(store.ports().size(), 1u);
+  EXPECT_EQ(store.ports()[0].binding_host_id, "");
+  EXPECT_EQ(store.ports()[0].tag, 1u);
 }
 
 }  // namespace

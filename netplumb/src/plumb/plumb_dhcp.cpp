@@ -11,7 +11,7 @@ const Port* Reconciler::dhcp_port(const Network& n) {
   const Port* dhcp = nullptr;
   for (auto& p : snap_.ports)
     if (p.network_id == n.id && p.device_owner == kOwnerDhcp) dhcp = &p;
-  if (!dhcp || dhcp->fixed_ips.empty()) return nullptr;
+  if (!dhcp || dhcp->fixed_ips.empty() || !port_here(*dhcp)) return nullptr;
   return dhcp;
 }
 

@@ -23,20 +23,49 @@ std::string port_device_name(const Port& p) { return "tap" + p.id.substr(0, 11);
 std::string router_ns_name(const std::string& router_id) { return "qrouter-" + router_id; }
 std::string dhcp_ns_name(const std::string& network_id) { return "qdhcp-" + network_id; }
 
+void Reconciler::place() {
+  auto router_port = [](const Port& p) {
+    return p.device_owner == kOwnerRouterInterface || p.device_owner == kOwnerRouterGateway;
+  };
+  for (auto& p : snap_.ports)
+    if (cfg_.host.empty() || p.binding_host_id.empty() || p.binding_host_id == cfg_.host)
+      here_ports_.insert(p.id);
+  for (auto& r : snap_.routers) {
+    bool any = false, here = false;
+    for (auto& p : snap_.ports)
+      if (p.device_id == r.id && router_port(p)) {
+        any = true;
+        here |= here_ports_.count(p.id) > 0;
+      }
+    if (!any || here) here_routers_.insert(r.id);
+  }
+  std::set<std::string> with_ports;
+  for (auto& p : snap_.ports) {
+    with_ports.insert(p.network_id);
+    if (router_port(p) && here_routers_.count(p.device_id)) here_ports_.insert(p.id);
+    if (here_ports_.count(p.id)) here_nets_.insert(p.network_id);
+  }
+  for (auto& n : snap_.networks)
+    if (!with_ports.count(n.id)) here_nets_.insert(n.id);
+}
+
 void Reconciler::run() {
   make_run_dirs();
   for (auto& n : snap_.networks)
-    attempt("network " + label(n), [&] {
-      int br = ensure_bridge(n);
-      ensure_segment(n, br);
-    });
+    if (here_nets_.count(n.id))
+      attempt("network " + label(n), [&] {
+        int br = ensure_bridge(n);
+        ensure_segment(n, br);
+      });
   for (auto& p : snap_.ports) {
     if (!p.device_owner.empty() && p.device_owner.starts_with("network:")) continue;
-    attempt("port " + p.id, [&] { ensure_port(p); });
+    if (port_here(p)) attempt("port " + p.id, [&] { ensure_port(p); });
   }
-  for (auto& n : snap_.networks) attempt("DHCP of network " + label(n), [&] { ensure_dhcp(n); });
+  for (auto& n : snap_.networks)
+    if (here_nets_.count(n.id)) attempt("DHCP of network " + label(n), [&] { ensure_dhcp(n); });
   for (auto& r : snap_.routers)
-    attempt("router " + (r.name.empty() ? r.id : r.name), [&] { ensure_router(r); });
+    if (here_routers_.count(r.id))
+      attempt("router " + (r.name.empty() ? r.id : r.name), [&] { ensure_router(r); });
   attempt("security groups", [&] { ensure_security_groups(); });
   attempt("cleanup", [&] { remove_stale(); });
 }
@@ -48,7 +77,7 @@ bool Reconciler::run_ports(const std::vector<std::string>& ids) {
     const Port* p = nullptr;
     for (auto& x : snap_.ports)
       if (x.id == id) p = &x;
-    if (!p) {
+    if (!p || !port_here(*p)) {  // deleted, or bound to another host
       gone.push_back(id);
       continue;
     }

@@ -50,6 +50,7 @@ Reconciler::Reconciler(const Snapshot& snap, const HostConfig& cfg, ApplyResult&
   dhcp_dir_ = run_dir() + "/dhcp";
   metadata_dir_ = run_dir() + "/metadata";
   nat_dir_ = run_dir() + "/nat";
+  place();
 }
 
 void Reconciler::make_run_dirs() {

@@ -89,6 +89,13 @@ class Reconciler {
   void ensure_router(const Router& r);
   void ensure_router_metadata(Rtnl& nl, const Router& r, bool wanted);
 
+  // Placement (plumber.cpp): what of the model this host plumbs. A port bound to this host or
+  // to none (binding:host_id); a router with a port here or with no ports (and then all its
+  // legs); a network with a port here, a leg of a router here, or no ports at all. DHCP goes
+  // with the network's DHCP port. Everything when the host has no name (cfg_.host empty).
+  void place();
+  bool port_here(const Port& p) const { return here_ports_.count(p.id) > 0; }
+
   // plumb_secgroup.cpp
   void ensure_security_groups();
 
@@ -108,6 +115,7 @@ class Reconciler {
   std::string nat_dir_;
   std::string metadata_dir_;
   std::set<std::string> wanted_metadata_;
+  std::set<std::string> here_ports_, here_nets_, here_routers_;
 };
 
 }  // namespace kiln::net

@@ -63,6 +63,9 @@ struct Port {
   std::string vif_type = "tap";
   std::string binding_netns;   // path or name under /run/netns, veth only
   std::string binding_ifname;  // name of the far end, veth only
+  // binding:host_id: the host (common::this_host_name) whose kiln-net plumbs the port; empty:
+  // every host that applies the model (one host, as before hosts were known).
+  std::string binding_host_id;
   bool port_security_enabled = true;
   bool admin_state_up = true;
   uint32_t tag = 0;  // small per-store number used to tag the port's packets in nftables
@@ -96,6 +99,22 @@ struct SecurityGroupRule {
   std::optional<int> port_range_min, port_range_max;  // icmp: type and code
   std::string remote_ip_prefix;                       // CIDR, or empty
   std::string remote_group_id;                        // or empty
+};
+
+// A host's kiln-net, as Neutron's agents table has its L2 agents: recorded by `kiln-net apply`
+// (and agent-register) with the host's tunnel address, which the other hosts flood VXLAN and
+// GRE traffic to when their vxlan_peers is not set.
+inline constexpr const char* kAgentType = "Linux bridge agent";
+inline constexpr const char* kAgentBinary = "kiln-net";
+// An agent is alive while its last report is at most this old (Neutron's agent_down_time).
+inline constexpr int64_t kAgentDownTime = 75;
+
+struct Agent {
+  std::string id, host;
+  std::string agent_type = kAgentType, binary = kAgentBinary;
+  std::string tunnel_ip;  // vxlan_local_ip of the host when it reported; empty: none
+  bool admin_state_up = true;
+  int64_t created_at = 0, heartbeat_at = 0;  // Unix seconds
 };
 
 // Everything at once: what the plumbing reconciles against.

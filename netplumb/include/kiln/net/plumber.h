@@ -17,6 +17,10 @@
 namespace kiln::net {
 
 struct HostConfig {
+  // This host's name: only ports bound to it (binding:host_id) or to no host are plumbed here,
+  // and the networks, DHCP and routers they need (see Placement in reconciler.h). Empty: every
+  // port.
+  std::string host;
   std::string vxlan_local_ip;            // empty: the kernel picks
   std::vector<std::string> vxlan_peers;  // head-end replication targets
   std::vector<std::pair<std::string, std::string>> physical_interface_mappings;  // physnet, dev

@@ -52,6 +52,7 @@ struct PortSpec {
   std::string device_owner, device_id;
   std::string vif_type = "tap";  // tap or veth
   std::string binding_netns, binding_ifname;
+  std::string binding_host_id;  // binding:host_id; empty: every host
 };
 
 // What port-update changes; unset fields stay as they are.
@@ -60,6 +61,7 @@ struct PortUpdate {
   std::optional<std::vector<std::string>> security_groups;  // names or ids; empty: none
   std::optional<bool> port_security_enabled;
   std::optional<std::string> device_id;
+  std::optional<std::string> binding_host_id;  // "": unbound (every host)
 };
 
 struct RuleSpec {
@@ -115,9 +117,25 @@ class NetService {
   SecurityGroup security_group(const std::string& ref, const std::string& tenant_id = "");
   SecurityGroupRule security_group_rule(const std::string& id);
 
-  // Settings: mac_prefix, vxlan_local_ip, vxlan_peers, physical_interface_mappings.
-  void set_setting(const std::string& key, const std::string& value);
-  std::vector<std::pair<std::string, std::string>> settings();
+  // Settings: mac_prefix (global) and the host settings (kHostSettings: vxlan_local_ip,
+  // vxlan_peers, physical_interface_mappings, metadata_socket) of `host`, "" for this host
+  // (common::this_host_name). A host setting set to "" is unset.
+  void set_setting(const std::string& key, const std::string& value, const std::string& host = "");
+  // The global settings and those of `host` ("" for this host), with their defaults.
+  std::vector<std::pair<std::string, std::string>> settings(const std::string& host = "");
+
+  // This host's agent: created or refreshed with the time and this host's vxlan_local_ip.
+  Agent report_agent();
+  std::vector<Agent> agents() { return store_.agents(); }
+  // By id or host name.
+  Agent agent(const std::string& ref);
+  void delete_agent(const std::string& ref);
+  // An agent administratively down is no host's peer (Neutron's agent-update
+  // --admin-state-down).
+  Agent update_agent(const std::string& ref, bool admin_state_up);
+  // The VXLAN and GRE peers of `host`: its vxlan_peers when set, else the tunnel IPs of the
+  // other hosts' agents (administratively up), without the host's own vxlan_local_ip.
+  std::vector<std::string> tunnel_peers(const std::string& host = "");
 
   Store& store() { return store_; }
 
@@ -133,8 +151,13 @@ class NetService {
 // Settings that set_setting accepts, with their defaults ("" when none).
 const std::vector<std::pair<std::string, std::string>>& known_settings();
 
-// The plumbing's host settings (vxlan_local_ip, vxlan_peers, physical_interface_mappings from
-// the store; KILN_DNSMASQ from the environment), as kiln-net and kiln-spawn plumb with them.
+// Whether a known setting is per host (kHostSettings).
+bool is_host_setting(const std::string& key);
+
+// The plumbing's settings for this host (common::this_host_name): its name, its
+// vxlan_local_ip, physical_interface_mappings and metadata_socket, its tunnel_peers(); the
+// binaries from KILN_DNSMASQ and KILN_METADATA_PROXY; as kiln-net and kiln-spawn plumb with
+// them.
 HostConfig host_config(NetService& svc);
 
 }  // namespace kiln::net

@@ -4,6 +4,7 @@
 // concurrent writers (processes, hosts) serialise.
 #pragma once
 
+#include <array>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -21,6 +22,11 @@ std::string run_dir();
 // $KILN_DB_URL: a PostgreSQL connection URI for the shared store, or "" (the SQLite file).
 std::string database_url();
 
+// The settings that belong to one host (rows of host_settings, by host name); the others
+// (mac_prefix) are global.
+inline constexpr std::array<const char*, 4> kHostSettings = {
+    "vxlan_local_ip", "vxlan_peers", "physical_interface_mappings", "metadata_socket"};
+
 class Store {
  public:
   // Opens (creating if needed) the database at `location`: an SQLite file (its directory must
@@ -35,6 +41,8 @@ class Store {
   // Runs `fn` in BEGIN IMMEDIATE .. COMMIT, rolling back if it throws.
   // Nested calls join the outer transaction.
   void write(const std::function<void()>& fn) { db_.write(fn); }
+  // Runs `fn` in a read transaction (one consistent view); joins an outer transaction.
+  void read(const std::function<void()>& fn) { db_.read(fn); }
 
   void put(const Network& n);
   void put(const Subnet& s);
@@ -67,8 +75,17 @@ class Store {
   bool mac_in_use(const std::string& network_id, const Mac& mac);
   uint32_t next_port_tag();
 
+  // Global settings (mac_prefix).
   std::optional<std::string> setting(const std::string& key);
   void set_setting(const std::string& key, const std::string& value);
+  // Settings of one host (vxlan_local_ip, ...); an empty value removes the row.
+  std::optional<std::string> host_setting(const std::string& host, const std::string& key);
+  void set_host_setting(const std::string& host, const std::string& key, const std::string& value);
+
+  // Agents, one per host.
+  void put(const Agent& a);
+  std::vector<Agent> agents();
+  void remove_agent(const std::string& id);
 
  private:
   common::Database db_;
