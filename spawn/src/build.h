@@ -23,6 +23,9 @@ struct Compute::Build {
   bool has_user_data = false;
   std::string user_data;
   std::vector<std::pair<std::string, std::string>> files;  // guest path, content
+  // The claim put the instance on another host: its agent builds it (a build row queued in
+  // the claim's transaction); nothing more happens here.
+  bool remote = false;
 };
 
 // One step of the boot pipeline: its name (in the instance's `steps`, the events and

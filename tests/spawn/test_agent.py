@@ -1,0 +1,190 @@
+"""kiln-spawn agent and builds on other hosts (issue 15): the machine plays two hosts sharing one
+store, "local-1" (where the commands run, KILN_HOST) and "remote-1" (a kiln-spawn agent with
+--host remote-1). A boot the scheduler sends to remote-1 is queued and built by its agent (the
+boot waits, or returns at once with --no-wait); delete of it is queued for that agent too; an
+agent killed mid-build leaves a record its next start rolls back; SIGTERM makes it roll back
+the build it runs and stop. Real kiln-nbd, kiln-net without plumbing, libvirt's test driver
+(each process its own: the agent's domains live in the agent)."""
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+
+from kilntest.spawn import make_qcow2, tmp_path, world  # noqa: F401
+
+BOOT = ("--image", "img", "--flavor", "m1.tiny", "--net", "demo-net")
+
+
+class Agent:
+    """kiln-spawn agent --host remote-1, its stderr read line by line."""
+
+    def __init__(self, world, *args, env=None):
+        self.p = subprocess.Popen(world.spawn_cmd("agent", "--host", "remote-1",
+                                                  "--poll-interval", "50", "--format", "json",
+                                                  *args),
+                                  env=env or world.env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+
+    def wait_for_line(self, needle):
+        lines = []
+        for line in self.p.stderr:
+            lines.append(line)
+            if needle in line:
+                return line
+        raise AssertionError(f"agent ended without {needle!r}: {''.join(lines)}")
+
+    def stop(self, sig=signal.SIGTERM):
+        """Signals the agent; returns (exit code, its report or None, the rest of stderr)."""
+        if self.p.poll() is None:
+            self.p.send_signal(sig)
+        out, err = self.p.communicate(timeout=60)
+        return self.p.returncode, (json.loads(out) if out.strip() else None), err
+
+
+@pytest.fixture
+def two_hosts(world, tmp_path):
+    world.env["KILN_HOST"] = "local-1"
+    world.spawn("image-create", "img", make_qcow2(str(tmp_path / "b.qcow2"), "16M"))
+    world.spawn("host-register", "--name", "remote-1", "--vcpus", "8", "--memory-mb", "16384",
+                "--disk-gb", "200", "--libvirt-uri", world.libvirt_uri, "--nbd-endpoint",
+                world.nbd.ctl)
+    return world
+
+
+def rows(world):
+    return world.spawn_json("work-list")
+
+
+def wait_status(world, name, statuses, timeout=60):
+    deadline = time.monotonic() + timeout
+    while True:
+        show = world.spawn_json("show", name)
+        if show["status"] in statuses:
+            return show
+        assert time.monotonic() < deadline, show
+        time.sleep(0.1)
+
+
+def test_boot_and_delete_on_another_host_through_its_agent(two_hosts):
+    world = two_hosts
+    agent = Agent(world)
+    try:
+        vm = world.spawn_json("boot", "vm1", *BOOT, "--host", "remote-1")
+        assert vm["status"] == "active" and vm["host"] == "remote-1", vm
+        assert vm["steps"] == ["claim", "port", "overlay", "config_drive", "inject", "export",
+                               "domain", "wait"], vm
+        # The agent's directory and export, not this kiln-spawn's.
+        assert vm["instance_dir"].endswith("/instances/" + vm["id"])
+        assert [e["name"] for e in world.nbd.exports()] == ["kiln-" + vm["id"]]
+        show = world.spawn_json("show", "vm1")
+        assert show["power_state"] == "unknown: on host remote-1", show
+        assert any("build taken by the agent of host remote-1" in e["message"]
+                   for e in show["events"]), show["events"]
+        [row] = rows(world)
+        assert (row["host"], row["kind"], row["state"]) == ("remote-1", "build", "done"), row
+        # The scheduler's own choice: spread puts the next one on the emptier host.
+        hv = {h["hypervisor_hostname"]: h for h in world.spawn_json("hypervisor-stats")["hosts"]}
+        assert hv["remote-1"]["vcpus_used"] == 1 and hv["local-1"]["vcpus_used"] == 0
+        local = world.spawn_json("boot", "vm2", *BOOT, "--host", "local-1")
+        assert local["host"] == "local-1" and local["status"] == "active"
+        # Stop and start are the host's own.
+        r = world.spawn("stop", "vm1", check=False)
+        assert r.returncode != 0 and "is on host remote-1: run stop there" in r.stderr, r.stderr
+        # --no-wait: back at once, scheduled; the agent then builds it.
+        vm3 = world.spawn_json("boot", "vm3", *BOOT, "--host", "remote-1", "--no-wait")
+        assert vm3["status"] == "building" and vm3["task_state"] == "scheduling", vm3
+        assert wait_status(world, "vm3", ("active", "error"))["status"] == "active"
+        # delete of instances on remote-1 is queued for its agent and waited for.
+        world.spawn("delete", "vm1", "vm3", "vm2")
+        assert world.spawn_json("list") == []
+        assert rows(world) == []
+        world.assert_nothing_left()
+    finally:
+        rc, report, err = agent.stop()
+    assert rc == 0, err
+    assert report["rows_done"] == 4 and report["rows_failed"] == 0, report
+
+
+def test_queued_build_no_agent_took_is_cancelled_by_delete(two_hosts):
+    world = two_hosts
+    r = world.spawn("--wait-timeout", "1", "boot", "vm", *BOOT, "--host", "remote-1",
+                    check=False)
+    assert r.returncode == 1, r
+    assert "is still building (scheduling) on host remote-1 after 1 s (is kiln-spawn agent " \
+           "running there?)" in r.stderr, r.stderr
+    show = world.spawn_json("show", "vm")
+    assert show["host"] == "remote-1" and show["steps"] == ["claim"], show
+    assert [(w["kind"], w["state"]) for w in rows(world)] == [("build", "queued")]
+    # This host's cleanup leaves another host's instance alone.
+    assert world.spawn_json("cleanup")["builds_rolled_back"] == []
+    # Nothing exists on remote-1 yet: the delete takes the row back here, with the claim.
+    world.spawn("delete", "vm")
+    assert world.spawn_json("list") == [] and rows(world) == []
+    world.assert_nothing_left()
+    # An agent started now finds nothing to do.
+    rc, report, err = Agent(world, "--once").stop(sig=0)
+    assert rc == 0 and report["rows_done"] == report["rows_failed"] == 0, (report, err)
+
+
+def test_agent_killed_mid_build_is_rolled_back_by_its_next_start(two_hosts):
+    world = two_hosts
+    agent = Agent(world, env=dict(world.env, KILN_SPAWN_PAUSE_AT="export"))
+    world.spawn("boot", "vm", *BOOT, "--host", "remote-1", "--no-wait")
+    agent.wait_for_line("paused after step export")
+    rc, _, _ = agent.stop(signal.SIGKILL)
+    assert rc == -signal.SIGKILL
+    show = world.spawn_json("show", "vm")
+    assert show["status"] == "building" and show["steps"][-1] == "export", show
+    assert len(world.nbd.exports()) == 1
+    [row] = rows(world)
+    assert row["state"] == "running", row
+    # The next start: the dead agent's row failed, its build rolled back (export, overlay,
+    # port undone; the claim kept with the record in error, as a local build's is).
+    rc, report, err = Agent(world, "--once").stop(sig=0)
+    assert rc == 0, err
+    assert report["dead_rows_failed"] == [row["id"]], report
+    assert report["builds_rolled_back"] == ["vm"], report
+    show = world.spawn_json("show", "vm")
+    assert show["status"] == "error" and show["steps"] == [], show
+    assert "build interrupted after step export" in show["fault"], show
+    assert world.nbd.exports() == [] and world.instance_ports() == []
+    [row] = rows(world)
+    assert row["state"] == "failed" and "agent running it stopped" in row["error"], row
+    agent = Agent(world)
+    try:
+        world.spawn("delete", "vm")
+    finally:
+        rc, report, err = agent.stop()
+    assert rc == 0 and report["rows_done"] == 1, (report, err)
+    assert rows(world) == []
+    world.assert_nothing_left()
+
+
+def test_sigterm_rolls_back_the_build_the_agent_runs_and_stops_it(two_hosts):
+    world = two_hosts
+    agent = Agent(world, env=dict(world.env, KILN_SPAWN_PAUSE_AT="overlay"))
+    boot = subprocess.Popen(world.spawn_cmd("boot", "vm", *BOOT, "--host", "remote-1"),
+                            env=world.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    agent.wait_for_line("paused after step overlay")
+    rc, report, err = agent.stop(signal.SIGTERM)
+    assert rc == 0, err
+    assert report["rows_failed"] == 1 and report["rows_done"] == 0, report
+    # The waiting boot reports the agent's failure.
+    out, err = boot.communicate(timeout=60)
+    assert boot.returncode == 1, (out, err)
+    assert "failed to build on host remote-1: interrupted before step config_drive" in err, err
+    show = world.spawn_json("show", "vm")
+    assert show["status"] == "error" and show["steps"] == [], show
+    [row] = rows(world)
+    assert row["state"] == "failed" and "interrupted" in row["error"], row
+    agent = Agent(world)
+    try:
+        world.spawn("delete", "vm")
+    finally:
+        agent.stop()
+    assert rows(world) == []
+    world.assert_nothing_left()
