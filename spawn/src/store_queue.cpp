@@ -73,6 +73,13 @@ int64_t Store::enqueue(const WorkItem& w) {
 
 std::optional<WorkItem> Store::take_work(const std::string& host, int64_t pid) {
   std::optional<WorkItem> out;
+  // An idle agent polls: a read first, so that an empty queue costs no write lock (which every
+  // boot and every other agent would wait for).
+  {
+    Stmt s(db_, "SELECT 1 FROM work_queue WHERE host = ? AND state = 'queued' LIMIT 1");
+    s.bind(host);
+    if (!s.step()) return out;
+  }
   write([&] {
     WorkItem w;
     {
