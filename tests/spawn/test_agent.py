@@ -8,6 +8,7 @@ the build it runs and stop. Real kiln-nbd, kiln-net without plumbing, libvirt's 
 
 import json
 import signal
+import sqlite3
 import subprocess
 import time
 
@@ -184,6 +185,48 @@ def test_sigterm_rolls_back_the_build_the_agent_runs_and_stops_it(two_hosts):
     agent = Agent(world)
     try:
         world.spawn("delete", "vm")
+    finally:
+        agent.stop()
+    assert rows(world) == []
+    world.assert_nothing_left()
+
+
+def test_hostile_build_rows_fail_cleanly(two_hosts):
+    """Whoever can write the shared database can write a build row: the agent checks the
+    payload again (JSON, types, hex, the boot's bounds) and fails the build with nothing left
+    but the record in error."""
+    world = two_hosts
+    bad = {
+        "notjson": "{",
+        "array": "[]",
+        "name-type": '{"name": 5}',
+        "relative": '{"files": [{"path": "etc/x", "data": "41"}]}',
+        "odd-hex": '{"has_user_data": true, "user_data": "414"}',
+        "not-hex": '{"key_data": "zz"}',
+        "big-user-data": '{"has_user_data": true, "user_data": "%s"}' % ("41" * 65536),
+        "many-files": '{"files": [%s]}' % ",".join(['{"path": "/a", "data": ""}'] * 65),
+        "inject-no-passwd": '{"inject": "yes"}',
+    }
+    for name in bad:
+        world.spawn("boot", name, *BOOT, "--host", "remote-1", "--no-wait")
+    db = sqlite3.connect(world.spawn_dir + "/spawn.db")
+    with db:
+        for name, payload in bad.items():
+            iid = world.spawn_json("show", name)["id"]
+            db.execute("UPDATE work_queue SET payload = ? WHERE instance_id = ?", (payload, iid))
+    db.close()
+    rc, report, err = Agent(world, "--once").stop(sig=0)
+    assert rc == 0, err
+    assert report["rows_failed"] == len(bad) and report["rows_done"] == 0, report
+    for name in bad:
+        show = world.spawn_json("show", name)
+        assert show["status"] == "error" and show["steps"] == [], show
+        assert "build row" in show["fault"], show["fault"]
+    assert world.instance_ports() == [] and world.nbd.exports() == []
+    assert world.spawn_json("hypervisor-stats")["vcpus_used"] == 0
+    agent = Agent(world)
+    try:
+        world.spawn("delete", *bad)
     finally:
         agent.stop()
     assert rows(world) == []
