@@ -6,14 +6,19 @@
 
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <thread>
 
 #include "build.h"
 #include "inject.h"
 #include "kiln/common/json.h"
+#include "kiln/common/random.h"
 #include "kiln/spawn/configdrive.h"
 #include "kiln/spawn/error.h"
+#include "kiln/spawn/images.h"
+#include "kiln/spawn/nbd_control.h"
 #include "kiln/spawn/resources.h"
+#include "perms.h"
 #include "util.h"
 
 namespace kiln::spawn {
@@ -253,6 +258,132 @@ void Compute::run_build_row(const WorkItem& w) {
   save(inst, "running");
 }
 
+// Storage host: the disks of other hosts' instances (setting storage_host).
+
+std::optional<std::string> Compute::storage_host() {
+  auto v = store_.setting("storage_host");
+  if (!v || v->empty() || *v == this_host()) return std::nullopt;
+  return v;
+}
+
+std::optional<std::string> Compute::instance_storage_host(const Instance& inst) {
+  if (inst.dir.empty()) return std::nullopt;
+  const std::string path = inst.dir + "/" + kStorageHostFile;
+  if (::access(path.c_str(), F_OK) != 0) return std::nullopt;
+  std::string host = read_file(path, 256, "storage host file");
+  check_host_name(host);
+  return host;
+}
+
+std::string Compute::storage_work(const std::string& host, const std::string& kind,
+                                  const std::string& instance_id, const std::string& payload) {
+  WorkItem w;
+  w.host = host;
+  w.kind = kind;
+  w.instance_id = instance_id;
+  w.payload = payload;
+  const int64_t id = store_.enqueue(w);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(opt_.wait_timeout_s);
+  for (;;) {
+    auto row = store_.find_work(id);
+    if (!row) throw system_error(kind + " on storage host " + host + ": its row is gone");
+    if (row->state == kWorkDone) return row->result;
+    if (row->state == kWorkFailed)
+      throw system_error(kind + " on storage host " + host + ": " + row->error);
+    if (std::chrono::steady_clock::now() > deadline)
+      throw system_error(kind + " on storage host " + host + ": not done after " +
+                         std::to_string(opt_.wait_timeout_s) +
+                         " s (is kiln-spawn agent running there?)");
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
+std::string Compute::inject_payload(const Build& b) {
+  Json files = Json::array();
+  for (const auto& [path, data] : b.files)
+    files.push_back(Json{{"path", path}, {"data", to_hex(data)}});
+  Json j = {{"hostname", sanitize_hostname(b.req.name)},
+            {"key_data", to_hex(b.key_data)},
+            {"files", files}};
+  return common::dump(j);
+}
+
+// The storage agent's side: everything under its own instances/ID, the export on its kiln-nbd.
+// A row names only an instance id (a UUID, checked) and bounded values.
+std::string Compute::run_disk_row(const WorkItem& w) {
+  if (!common::is_uuid(w.instance_id))
+    throw invalid("disk row: instance id '" + w.instance_id.substr(0, 64) + "' is not a UUID");
+  const Json j = common::parse_json(w.payload, kMaxPayload, "disk row");
+  if (!j.is_object()) throw invalid("disk row: not an object");
+  const std::string dir = store_.dir() + "/instances/" + w.instance_id;
+  const std::string disk = dir + "/disk";
+  const std::string name = export_name_of(w.instance_id);
+  if (w.kind == kWorkDiskCreate) {
+    auto img = store_.find_image(str(j, "image_id"));
+    if (!img) throw not_found("disk row: no such image");
+    auto size_it = j.find("size");
+    if (size_it == j.end() || !size_it->is_number_unsigned())
+      throw invalid("disk row: size is not a number");
+    const uint64_t size = size_it->get<uint64_t>();
+    if (size < img->virtual_size || size > (uint64_t{1} << 42))
+      throw invalid("disk row: size " + std::to_string(size) + " out of range");
+    ImageStore images(store_);
+    bool filled = false;
+    std::string base = images.ensure_base(*img, false, &filled);
+    make_dir(store_.dir() + "/instances", kPassageDir);
+    make_dir(dir, kPassageDir);
+    make_file(disk, kPrivateFile);
+    create_overlay(disk, base, img->disk_format, img->virtual_size, size, opt_, std::nullopt);
+    return disk;
+  }
+  if (w.kind == kWorkDiskInject) {
+    InjectRequest req;
+    req.hostname = str(j, "hostname", 255);
+    req.key = from_hex(str(j, "key_data", 2 * kMaxKey), kMaxKey, "key_data");
+    size_t total = 0;
+    if (auto f = j.find("files"); f != j.end()) {
+      if (!f->is_array() || f->size() > kMaxInjectedFiles) throw invalid("disk row: files");
+      for (const auto& e : *f) {
+        if (!e.is_object()) throw invalid("disk row: files");
+        std::string data =
+            from_hex(str(e, "data", 2 * kMaxInjectedBytes), kMaxInjectedBytes, "a file");
+        total += data.size();
+        if (total > kMaxInjectedBytes) throw invalid("disk row: the files are too large");
+        req.files.emplace_back(str(e, "path"), std::move(data));
+      }
+    }
+    check_injection(req);
+    inject_into(disk, req);
+    return disk;
+  }
+  if (w.kind == kWorkDiskExport) {
+    const std::string identity = str(j, "tls_identity", 1024);
+    if (identity.empty()) throw invalid("disk row: an export needs a TLS identity");
+    if (::access(disk.c_str(), F_OK) != 0) throw not_found("disk row: no disk " + disk);
+    NbdControl nbd(opt_.nbd_control);
+    nbd.add_export(name, disk, "qcow2", nullptr, identity, "");
+    for (const auto& e : nbd.list_exports())
+      if (e.name == name && e.tls_identity != identity) {
+        nbd.remove_export(name);
+        throw system_error("kiln-nbd added export " + name + " without the TLS identity " +
+                           identity + ": this kiln-nbd has no per-export TLS identities");
+      }
+    return name;
+  }
+  if (w.kind == kWorkDiskUnexport) {
+    NbdControl(opt_.nbd_control).remove_export(name);
+    return name;
+  }
+  if (w.kind == kWorkDiskRemove) {
+    NbdControl(opt_.nbd_control).remove_export(name);
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+    if (ec) throw system_error("cannot remove " + dir + ": " + ec.message());
+    return dir;
+  }
+  throw unsupported("no such kind of work: " + w.kind);
+}
+
 AgentReport Compute::run_agent(const AgentOptions& o) {
   AgentReport report;
   const std::string me = this_host();
@@ -280,15 +411,18 @@ AgentReport Compute::run_agent(const AgentOptions& o) {
     std::fprintf(stderr, "kiln-spawn agent: %s %s (row %lld)\n", w->kind.c_str(),
                  w->instance_id.c_str(), static_cast<long long>(w->id));
     try {
+      std::string result = "done";
       if (w->kind == kWorkBuild) {
         run_build_row(*w);
+      } else if (w->kind.rfind("disk-", 0) == 0) {
+        result = run_disk_row(*w);
       } else if (w->kind == kWorkDelete) {
         if (store_.find_instance(w->instance_id)) remove(w->instance_id);
       } else {
         throw unsupported("no such kind of work: " + w->kind);
       }
       // A delete removed the row with the instance: nothing to update then.
-      if (store_.find_work(w->id)) store_.finish_work(w->id, true, "done", "");
+      if (store_.find_work(w->id)) store_.finish_work(w->id, true, result, "");
       ++report.done;
     } catch (const std::exception& e) {
       std::fprintf(stderr, "kiln-spawn agent: row %lld failed: %s\n", static_cast<long long>(w->id),

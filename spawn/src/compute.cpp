@@ -343,8 +343,11 @@ Instance Compute::start(const std::string& ref) {
   Instance inst = get(id);
   if (inst.status != kStatusStopped)
     throw busy("instance " + inst.name + " is " + inst.status + ", not stopped");
-  NbdControl nbd(opt_.nbd_control);
-  if (!nbd.has_export(inst.export_name)) add_export(nbd, inst);
+  // A disk on a storage host stays exported there (its agent's kiln-nbd).
+  if (!instance_storage_host(inst)) {
+    NbdControl nbd(opt_.nbd_control);
+    if (!nbd.has_export(inst.export_name)) add_export(nbd, inst);
+  }
   if (!virt().exists(inst.id)) virt().define(inst.domain_xml);
   virt().start(inst.id);
   wait_for(inst.id, true);

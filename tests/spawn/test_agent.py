@@ -7,6 +7,7 @@ the build it runs and stop. Real kiln-nbd, kiln-net without plumbing, libvirt's 
 (each process its own: the agent's domains live in the agent)."""
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -14,7 +15,8 @@ import time
 
 import pytest
 
-from kilntest.spawn import make_qcow2, tmp_path, world  # noqa: F401
+from kilntest.nbd import Process
+from kilntest.spawn import KILN_NBD, NbdServer, make_qcow2, run, tmp_path, world  # noqa: F401
 
 BOOT = ("--image", "img", "--flavor", "m1.tiny", "--net", "demo-net")
 
@@ -231,3 +233,95 @@ def test_hostile_build_rows_fail_cleanly(two_hosts):
         agent.stop()
     assert rows(world) == []
     world.assert_nothing_left()
+
+
+TLS_SETUP = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "kiln-tls-setup")
+
+
+class TlsNbdServer(NbdServer):
+    """The storage host's kiln-nbd: with X.509 credentials and client certificates checked (a
+    TLS identity needs them), on Unix sockets only (no guest connects in this test)."""
+
+    def __init__(self, d, creds):
+        self.sock = os.path.join(d, "nbd.sock")
+        self.ctl = os.path.join(d, "nbd-control.sock")
+        cmd = [KILN_NBD, "-e", "0", "-k", self.sock, "--control", self.ctl, "--tls-creds",
+               creds, "--tls-verify-peer"]
+        Process.__init__(self, "kiln-nbd", cmd, os.path.join(d, "kiln-nbd.log"),
+                         unix=[self.sock, self.ctl])
+        self.start()
+
+
+def test_disks_made_and_exported_on_a_storage_host(two_hosts, tmp_path):
+    """Setting storage_host: the compute host's agent (remote-1) builds the instance, but its
+    overlay is made (on storage-1's own base), injected into and exported (with the compute
+    host's client DN as the export's tls-identity) by storage-1's agent, with its own state
+    directory and kiln-nbd; the domain points at the NBD+TLS address. delete, and a build that
+    fails after the export, leave nothing on the storage host."""
+    world = two_hosts
+    pki = tmp_path / "pki"
+    run_tls = lambda *a: run(["bash", TLS_SETUP, *a])  # noqa: E731
+    run_tls("ca", str(pki / "ca"))
+    run_tls("server", str(pki / "ca"), str(pki / "server"), "--cn", "storage-1", "--ip",
+            "192.0.2.7")
+    run_tls("client", str(pki / "ca"), str(pki / "client"), "--cn", "remote-1")
+    identity = "CN=remote-1,O=Kiln"  # kiln-tls-setup client --cn remote-1 (default O)
+    world.spawn("config-set", "disk_transport", "tcp-tls")
+    world.spawn("config-set", "nbd_tcp_address", "192.0.2.7:10809")
+    world.spawn("config-set", "nbd_tls_x509_cert_dir", str(pki / "client"))
+    assert "not found" in world.spawn("config-set", "storage_host", "storage-1",
+                                      check=False).stderr
+    world.spawn("host-register", "--name", "storage-1")
+    world.spawn("host-set", "storage-1", "--disable", "--reason", "storage only")
+    world.spawn("config-set", "storage_host", "storage-1")
+    sdir = tmp_path / "storage"
+    (sdir / "run").mkdir(parents=True)
+    snbd = TlsNbdServer(str(sdir / "run"), str(pki / "server"))
+    senv = dict(world.env, KILN_STATE_DIR=str(sdir / "state"))
+    # Its own state directory and kiln-nbd; the one store (SQLite: the same file).
+    scmd = [a if a != world.nbd.ctl else snbd.ctl for a in world.spawn_cmd()]
+    scmd += ["--db", world.spawn_dir + "/spawn.db", "--net-db", world.state + "/netplumb.db"]
+    run([*scmd, "image-cache", "img", str(tmp_path / "b.qcow2")], env=senv)
+    storage = subprocess.Popen([*scmd, "agent", "--host", "storage-1", "--poll-interval", "50",
+                                "--format", "json"], env=senv, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    agent = Agent(world)
+    key = tmp_path / "id.pub"
+    key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKiln test@kiln\n")
+    try:
+        vm = world.spawn_json("boot", "vm", *BOOT, "--host", "remote-1", "--key-file", str(key))
+        assert vm["status"] == "active" and vm["host"] == "remote-1", vm
+        sdisk = sdir / "state" / "spawn" / "instances" / vm["id"] / "disk"
+        info = json.loads(run(["qemu-img", "info", "-U", "--output=json", str(sdisk)]).stdout)
+        assert info["format"] == "qcow2" and info["virtual-size"] == 1 << 30, info
+        assert info["full-backing-filename"].startswith(str(sdir / "state" / "spawn")), info
+        # No overlay on the compute host: its directory has the config drive and the record.
+        local = set(os.listdir(vm["instance_dir"]))
+        assert "disk" not in local and {"disk.config", "disk.storage_host"} <= local, local
+        [e] = snbd.exports()
+        assert e["name"] == "kiln-" + vm["id"] and e["tls-identity"] == identity, e
+        assert world.nbd.exports() == []
+        xml = world.spawn_json("show", "vm")["domain_xml"]
+        assert "protocol='nbd'" in xml and "tls='yes'" in xml and "192.0.2.7" in xml, xml
+        kinds = [(w["host"], w["kind"], w["state"]) for w in rows(world)]
+        assert kinds == [("remote-1", "build", "done"), ("storage-1", "disk-create", "done"),
+                         ("storage-1", "disk-export", "done")], kinds
+        world.spawn("delete", "vm")
+        assert snbd.exports() == [] and not sdisk.parent.exists()
+        # A build that fails after its export: the storage host's work undone too.
+        fenv = dict(world.env, KILN_SPAWN_FAIL_AT="domain")
+        rc, _, _ = agent.stop()
+        agent = Agent(world, env=fenv)
+        r = world.spawn("boot", "bad", *BOOT, "--host", "remote-1", check=False)
+        assert r.returncode == 1 and "fault injected at step domain" in r.stderr, r.stderr
+        assert snbd.exports() == []
+        assert os.listdir(sdir / "state" / "spawn" / "instances") == []
+        world.spawn("delete", "bad")
+        assert rows(world) == []
+        world.assert_nothing_left()
+    finally:
+        agent.stop()
+        storage.send_signal(signal.SIGTERM)
+        _, err = storage.communicate(timeout=60)
+        snbd.stop()
+    assert storage.returncode == 0, err

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -106,6 +107,12 @@ struct AgentReport {
 // Work queue kinds.
 inline constexpr const char* kWorkBuild = "build";
 inline constexpr const char* kWorkDelete = "delete";
+// A storage host's (setting storage_host): the disk of a compute host's instance.
+inline constexpr const char* kWorkDiskCreate = "disk-create";      // overlay on its base
+inline constexpr const char* kWorkDiskInject = "disk-inject";      // --inject into it
+inline constexpr const char* kWorkDiskExport = "disk-export";      // on its kiln-nbd (TLS)
+inline constexpr const char* kWorkDiskUnexport = "disk-unexport";  // the export removed
+inline constexpr const char* kWorkDiskRemove = "disk-remove";      // export and overlay gone
 
 struct SnapshotRequest {
   std::string image_name;
@@ -183,6 +190,15 @@ class Compute {
   Instance wait_remote_build(const std::string& id, const std::string& host);
   void remove_remote(const Instance& inst);
   void run_build_row(const WorkItem& w);
+  // Storage host (storage.cpp): the setting (none, or this host: disks are local), the host an
+  // instance's disk is on (its kStorageHostFile), a disk row queued there and waited for (its
+  // result, or its error thrown), and the storage agent's side of those rows.
+  std::optional<std::string> storage_host();
+  std::optional<std::string> instance_storage_host(const Instance& inst);
+  std::string storage_work(const std::string& host, const std::string& kind,
+                           const std::string& instance_id, const std::string& payload);
+  static std::string inject_payload(const Build& b);
+  std::string run_disk_row(const WorkItem& w);
   // Undoes the steps recorded in inst.steps_done, newest first, each one's undo recorded (the
   // step leaves steps_done, with an event) as soon as it is done, so that a rollback that dies
   // half-way is finished by delete. An undo that fails is appended to `errors`, its step stays
