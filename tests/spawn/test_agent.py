@@ -16,7 +16,8 @@ import time
 import pytest
 
 from kilntest.nbd import Process
-from kilntest.spawn import KILN_NBD, NbdServer, make_qcow2, run, tmp_path, world  # noqa: F401
+from kilntest.spawn import (KILN_NBD, NbdServer, make_ext4_qcow2, make_qcow2, run,  # noqa: F401
+                            tmp_path, world)
 
 BOOT = ("--image", "img", "--flavor", "m1.tiny", "--net", "demo-net")
 
@@ -308,6 +309,25 @@ def test_disks_made_and_exported_on_a_storage_host(two_hosts, tmp_path):
                          ("storage-1", "disk-export", "done")], kinds
         world.spawn("delete", "vm")
         assert snbd.exports() == [] and not sdisk.parent.exists()
+        # --inject happens on the storage host, into its overlay.
+        img = make_ext4_qcow2(tmp_path, "guest", {"/etc/passwd": "root:x:0:0::/root:/bin/sh\n"})
+        world.spawn("image-create", "guest", img)
+        run([*scmd, "image-cache", "guest", img], env=senv)
+        motd = tmp_path / "motd"
+        motd.write_text("made on storage-1\n")
+        inj = world.spawn_json("boot", "inj", "--image", "guest", "--flavor", "m1.tiny", "--net",
+                               "demo-net", "--host", "remote-1", "--key-file", str(key),
+                               "--file", f"/etc/motd={motd}", "--inject")
+        assert inj["status"] == "active", inj
+        raw = str(tmp_path / "inj.raw")
+        run(["qemu-img", "convert", "-U", "-f", "qcow2", "-O", "raw",
+             str(sdir / "state" / "spawn" / "instances" / inj["id"] / "disk"), raw])
+        cat = lambda path: run(["debugfs", "-R", f"cat {path}", raw]).stdout  # noqa: E731
+        assert cat("/etc/motd") == "made on storage-1\n"
+        assert cat("/etc/hostname").strip() == "inj"
+        assert cat("/root/.ssh/authorized_keys").strip() == key.read_text().strip()
+        world.spawn("delete", "inj")
+        assert snbd.exports() == []
         # A build that fails after its export: the storage host's work undone too.
         fenv = dict(world.env, KILN_SPAWN_FAIL_AT="domain")
         rc, _, _ = agent.stop()
