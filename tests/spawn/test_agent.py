@@ -31,20 +31,24 @@ class Agent:
                                                   *args),
                                   env=env or world.env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
+        self.lines = []
 
     def wait_for_line(self, needle):
-        lines = []
         for line in self.p.stderr:
-            lines.append(line)
+            self.lines.append(line)
             if needle in line:
                 return line
-        raise AssertionError(f"agent ended without {needle!r}: {''.join(lines)}")
+        raise AssertionError(f"agent ended without {needle!r}: {''.join(self.lines)}")
 
     def stop(self, sig=signal.SIGTERM):
         """Signals the agent; returns (exit code, its report or None, the rest of stderr)."""
         if self.p.poll() is None:
             self.p.send_signal(sig)
         out, err = self.p.communicate(timeout=60)
+        err = "".join(self.lines) + err
+        # (Sanitized builds: UBSan only prints; ASan's reports end the process too.)
+        for needle in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
+            assert needle not in err, err
         return self.p.returncode, (json.loads(out) if out.strip() else None), err
 
 
@@ -345,3 +349,5 @@ def test_disks_made_and_exported_on_a_storage_host(two_hosts, tmp_path):
         _, err = storage.communicate(timeout=60)
         snbd.stop()
     assert storage.returncode == 0, err
+    for needle in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
+        assert needle not in err, err
