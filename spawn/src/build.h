@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -23,6 +24,9 @@ struct Compute::Build {
   bool has_user_data = false;
   std::string user_data;
   std::vector<std::pair<std::string, std::string>> files;  // guest path, content
+  // The claim put the instance on another host: its agent builds it (a build row queued in
+  // the claim's transaction); nothing more happens here.
+  bool remote = false;
 };
 
 // One step of the boot pipeline: its name (in the instance's `steps`, the events and
@@ -62,6 +66,14 @@ inline constexpr uint64_t kGiB = uint64_t{1} << 30;
 
 // True once interrupt_boot() was called.
 bool interrupted();
+
+// The overlay (with its base) as the image store would make it (build_steps.cpp).
+void create_overlay(const std::string& path, const std::string& base, const std::string& format,
+                    uint64_t base_size, uint64_t size, const ComputeOptions& opt,
+                    const std::optional<std::string>& key);
+
+// An instance whose disk a storage host made names that host in this file of its directory.
+inline constexpr const char* kStorageHostFile = "disk.storage_host";
 
 inline std::string export_name_of(const std::string& uuid) { return "kiln-" + uuid; }
 inline std::string domain_name_of(const std::string& uuid) { return "kiln-" + uuid; }

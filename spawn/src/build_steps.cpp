@@ -15,6 +15,7 @@
 #include "inject.h"
 #include "kiln/block/device.h"
 #include "kiln/block/qcow2.h"
+#include "kiln/common/json.h"
 #include "kiln/net/error.h"
 #include "kiln/spawn/configdrive.h"
 #include "kiln/spawn/disk_key.h"
@@ -32,8 +33,6 @@
 namespace kiln::spawn {
 
 namespace fs = std::filesystem;
-
-namespace {
 
 // Creates a qcow2 overlay on `base` (explicit backing format) and grows it to `size`; with
 // `key`, LUKS-encrypted (the base stays plain, as QEMU allows).
@@ -65,6 +64,8 @@ void create_overlay(const std::string& path, const std::string& base, const std:
     throw system_error("overlay " + path + ": " + e.what());
   }
 }
+
+namespace {
 
 // The instance's directory, on QEMU's way to its config drive and console log (perms.h).
 void make_instance_dir(const Store& store, const Instance& inst) {
@@ -140,6 +141,22 @@ void Compute::undo_port(Instance& inst) {
 
 void Compute::step_overlay(Build& b) {
   Instance& inst = b.inst;
+  if (auto storage = storage_host()) {
+    if (b.req.encrypted)
+      throw unsupported("--encrypted with a storage host (setting storage_host) is not supported");
+    if (!disk_transport(store_, opt_.libvirt_uri).tcp_tls)
+      throw invalid("a storage host (setting storage_host " + *storage +
+                    ") needs disk_transport tcp-tls");
+    uint64_t size = std::max<uint64_t>(b.image.virtual_size, uint64_t(b.flavor.disk_gb) * kGiB);
+    make_instance_dir(store_, inst);
+    // Recorded first: the undos find the host in it, also after a build that died.
+    write_file(inst.dir + "/" + kStorageHostFile, *storage);
+    common::Json p = {{"image_id", inst.image_id}, {"size", size}};
+    std::string where = storage_work(*storage, kWorkDiskCreate, inst.id, common::dump(p));
+    save(inst,
+         "overlay " + where + " (" + std::to_string(size) + " bytes) on storage host " + *storage);
+    return;
+  }
   ImageStore images(store_);
   bool filled = false;
   std::string base = images.ensure_base(b.image, opt_.progress, &filled);
@@ -160,6 +177,8 @@ void Compute::step_overlay(Build& b) {
 // The instance's directory goes whole: what the later steps put there too, if their undo
 // could not run.
 void Compute::undo_overlay(Instance& inst) {
+  if (auto storage = instance_storage_host(inst))
+    storage_work(*storage, kWorkDiskRemove, inst.id, "{}");
   std::error_code ec;
   fs::remove_all(inst.dir, ec);
   if (ec) throw system_error("cannot remove " + inst.dir + ": " + ec.message());
@@ -221,6 +240,11 @@ void Compute::undo_config_drive(Instance& inst) {
 void Compute::step_inject(Build& b) {
   if (!b.req.inject) return;
   Instance& inst = b.inst;
+  if (auto storage = instance_storage_host(inst)) {
+    storage_work(*storage, kWorkDiskInject, inst.id, inject_payload(b));
+    save(inst, "injected on storage host " + *storage);
+    return;
+  }
   inject_into(inst.dir + "/disk", InjectRequest{sanitize_hostname(inst.name), b.key_data, b.files},
               read_disk_key(inst.dir));
   save(inst, "injected into " + inst.dir + "/disk: hostname" +
@@ -230,8 +254,20 @@ void Compute::step_inject(Build& b) {
 
 void Compute::step_export(Build& b) {
   Instance& inst = b.inst;
-  NbdControl nbd(opt_.nbd_control);
   inst.export_name = export_name_of(inst.id);
+  if (auto storage = instance_storage_host(inst)) {
+    // The storage host's kiln-nbd (nbd_tcp_address) exports it for this host's client
+    // certificate only.
+    DiskTransport t = disk_transport(store_, opt_.libvirt_uri);
+    inst.nbd_socket.clear();
+    save_instance_transport(inst.dir, t);
+    save(inst, "export " + inst.export_name + " on storage host " + *storage + " over NBD+TLS at " +
+                   t.endpoint.str() + " for the client certificate " + t.tls_identity);
+    common::Json p = {{"tls_identity", t.tls_identity}};
+    storage_work(*storage, kWorkDiskExport, inst.id, common::dump(p));
+    return;
+  }
+  NbdControl nbd(opt_.nbd_control);
   if (DiskTransport t = disk_transport(store_, opt_.libvirt_uri); t.tcp_tls) {
     // Recorded first: start and delete use it, and the undo removes it.
     inst.nbd_socket.clear();
@@ -249,6 +285,13 @@ void Compute::step_export(Build& b) {
 }
 
 void Compute::undo_export(Instance& inst) {
+  if (auto storage = instance_storage_host(inst)) {
+    storage_work(*storage, kWorkDiskUnexport, inst.id, "{}");
+    remove_file(inst.dir + "/" + kTransportFile);
+    inst.export_name.clear();
+    inst.nbd_socket.clear();
+    return;
+  }
   NbdControl(opt_.nbd_control).remove_export(export_name_of(inst.id));
   // kiln-nbd unlinks the export's socket; one left by a kiln-nbd that died goes too.
   struct stat st {};

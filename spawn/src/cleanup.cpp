@@ -30,6 +30,12 @@ CleanupReport Compute::cleanup() {
         report.deletes_finished.push_back(inst.name);
         continue;
       }
+      // A build queued for this host's agent (or running in an agent that died: its next
+      // start fails the row, then cleans) is not abandoned.
+      if (inst.status == kStatusBuilding && store_.work_pending(inst.id, kWorkBuild)) {
+        report.in_progress.push_back(inst.name);
+        continue;
+      }
       if (inst.status == kStatusBuilding) {
         const std::string step = inst.steps_done.empty() ? "" : inst.steps_done.back();
         std::vector<std::string> errors;

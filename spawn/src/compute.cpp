@@ -195,22 +195,27 @@ void Compute::claim(Build& b) {
     sr.flavor = *fl;
     sr.image = *img;
     Host host = Scheduler(store_).claim(sr, inst.id);
-    // Building on another host is the next step of multi-host support: until then the claim
-    // (this transaction) is rolled back and the user told where the instance would go.
-    if (host.name != me)
-      throw unsupported("the scheduler chose host " + host.name + ", but this kiln-spawn runs on " +
-                        me +
-                        " and builds only here (boots on other hosts are not supported "
-                        "yet): run the boot on " +
-                        host.name + ", or give --host " + me);
     inst.host = host.name;
     // (Nova's instance.availability_zone: the host's, which is the one asked for if any.)
     b.req.availability_zone = host.availability_zone;
+    if (host.name != me) {
+      // Another host's agent builds it, from the request in its build row (queued in this
+      // transaction: no claim without the row, no row without the claim). Its directory is
+      // that host's, which its agent records.
+      b.remote = true;
+      inst.dir.clear();
+      WorkItem w;
+      w.host = host.name;
+      w.kind = kWorkBuild;
+      w.instance_id = inst.id;
+      w.payload = build_payload(b);
+      store_.enqueue(w);
+    }
     store_.put(inst);
     store_.add_event(inst.id, inst.status, inst.task_state,
                      "claimed " + std::to_string(fl->vcpus) + " vCPU, " +
                          std::to_string(fl->ram_mb) + " MiB, " + std::to_string(fl->disk_gb) +
-                         " GiB on host " + host.name);
+                         " GiB on host " + host.name + (b.remote ? " (queued for its agent)" : ""));
   });
 }
 
@@ -222,35 +227,48 @@ Instance Compute::boot(const BootRequest& req) {
   prepare(b);
   Instance& inst = b.inst;
   inst.id = common::new_uuid();
-  // Held for the whole build (and its rollback): delete, stop and start of this instance wait.
-  FileLock lock(lock_path(inst.id));
-  try {
-    run_steps(b);
-  } catch (const std::exception& e) {
-    // Nothing recorded (the claim failed or was not reached): nothing exists to undo or to
-    // leave in error, and no instance without a claim has a lock file either.
-    if (inst.steps_done.empty()) {
-      ::unlink(lock_path(inst.id).c_str());
+  {
+    // Held for the whole build (and its rollback): delete, stop and start of this instance
+    // wait.
+    FileLock lock(lock_path(inst.id));
+    try {
+      run_steps(b);
+    } catch (const std::exception& e) {
+      // Nothing recorded (the claim failed or was not reached): nothing exists to undo or to
+      // leave in error, and no instance without a claim has a lock file either.
+      if (inst.steps_done.empty()) {
+        ::unlink(lock_path(inst.id).c_str());
+        throw;
+      }
+      fail_build(b, e);
       throw;
     }
-    std::string reason = e.what();
-    std::vector<std::string> undo_errors;
-    undo_steps(inst, &undo_errors);
-    inst.status = kStatusError;
-    inst.task_state.clear();
-    inst.fault = reason;
-    for (const auto& u : undo_errors) inst.fault += "; cleanup: " + u;
-    save(inst, "build failed: " + inst.fault);
-    throw;
+    // Built elsewhere: nothing of it is on this host, its lock file neither.
+    if (b.remote) ::unlink(lock_path(inst.id).c_str());
   }
+  if (b.remote) return req.wait ? wait_remote_build(inst.id, inst.host) : inst;
   inst.status = kStatusActive;
   inst.task_state.clear();
   save(inst, "running");
   return inst;
 }
 
+void Compute::fail_build(Build& b, const std::exception& e) {
+  Instance& inst = b.inst;
+  std::string reason = e.what();
+  std::vector<std::string> undo_errors;
+  undo_steps(inst, &undo_errors);
+  inst.status = kStatusError;
+  inst.task_state.clear();
+  inst.fault = reason;
+  for (const auto& u : undo_errors) inst.fault += "; cleanup: " + u;
+  save(inst, "build failed: " + inst.fault);
+}
+
 void Compute::remove(const std::string& ref) {
-  std::string id = get(ref).id;
+  const Instance listed = get(ref);
+  if (!listed.host.empty() && listed.host != this_host()) return remove_remote(listed);
+  std::string id = listed.id;
   FileLock lock(lock_path(id));
   remove_locked(id);
 }
@@ -286,7 +304,19 @@ void Compute::remove_locked(const std::string& id) {
   ::unlink(lock_path(inst.id).c_str());
 }
 
+namespace {
+
+// Stop and start act on this host's libvirt: an instance elsewhere is its host's to act on.
+void check_here(const Instance& inst, const char* what) {
+  if (!inst.host.empty() && inst.host != this_host())
+    throw unsupported("instance " + inst.name + " is on host " + inst.host + ": run " + what +
+                      " there");
+}
+
+}  // namespace
+
 Instance Compute::stop(const std::string& ref) {
+  check_here(get(ref), "stop");
   std::string id = get(ref).id;
   FileLock lock(lock_path(id));
   Instance inst = get(id);
@@ -307,13 +337,17 @@ Instance Compute::stop(const std::string& ref) {
 }
 
 Instance Compute::start(const std::string& ref) {
+  check_here(get(ref), "start");
   std::string id = get(ref).id;
   FileLock lock(lock_path(id));
   Instance inst = get(id);
   if (inst.status != kStatusStopped)
     throw busy("instance " + inst.name + " is " + inst.status + ", not stopped");
-  NbdControl nbd(opt_.nbd_control);
-  if (!nbd.has_export(inst.export_name)) add_export(nbd, inst);
+  // A disk on a storage host stays exported there (its agent's kiln-nbd).
+  if (!instance_storage_host(inst)) {
+    NbdControl nbd(opt_.nbd_control);
+    if (!nbd.has_export(inst.export_name)) add_export(nbd, inst);
+  }
   if (!virt().exists(inst.id)) virt().define(inst.domain_xml);
   virt().start(inst.id);
   wait_for(inst.id, true);
@@ -324,6 +358,7 @@ Instance Compute::start(const std::string& ref) {
 }
 
 std::string Compute::power_state(const Instance& inst) {
+  if (!inst.host.empty() && inst.host != this_host()) return "unknown: on host " + inst.host;
   try {
     return power_state_name(virt().state(inst.id));
   } catch (const std::exception& e) {

@@ -393,6 +393,11 @@ std::string ImageStore::ensure_base(const Image& image, bool progress, bool* fil
   std::error_code ec;
   for (const auto& e : std::filesystem::directory_iterator(base_dir_, ec))
     if (e.path().filename().string().rfind(prefix, 0) == 0) std::filesystem::remove(e.path(), ec);
+  // An image registered on another host of a shared store has its file there only.
+  if (::access(image_path(image).c_str(), F_OK) != 0)
+    throw not_found("image " + image.name + " (" + image.id +
+                    ") is not in this host's image store: kiln-spawn image-cache " + image.name +
+                    " FILE here copies it in");
   std::string tmp = path + ".tmp." + std::to_string(::getpid());
   TempFile guard(tmp);
   XxhState h;
@@ -408,6 +413,24 @@ std::string ImageStore::ensure_base(const Image& image, bool progress, bool* fil
   sync_dir(base_dir_);
   *filled = true;
   return path;
+}
+
+bool ImageStore::cache(const std::string& ref, const std::string& file, bool progress) {
+  Image image = get(ref);
+  const std::string path = image_path(image);
+  FileLock lock(path + ".lock");
+  if (::access(path.c_str(), F_OK) == 0) return false;
+  std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  TempFile guard(tmp);
+  XxhState h;
+  copy_file(file, tmp, progress, "copying " + file + " into the image store", h);
+  if (h.hex() != image.digest)
+    throw invalid(file + " is not image " + image.name + " (digest " + h.hex() + ", registered " +
+                  image.digest + ")");
+  if (::rename(tmp.c_str(), path.c_str()) != 0) throw errno_error("cannot rename " + tmp, errno);
+  guard.release();
+  sync_dir(images_dir_);
+  return true;
 }
 
 void ImageStore::prune_base(const std::string& digest) {

@@ -59,9 +59,12 @@ bool fault_injected_at(const char* step) {
 void interrupt_boot() { g_interrupted = 1; }
 bool interrupted() { return g_interrupted != 0; }
 
-void Compute::run_steps(Build& b) {
+void Compute::run_steps(Build& b, size_t first) {
   Instance& inst = b.inst;
-  for (const Step& s : steps()) {
+  const auto all = steps();
+  for (size_t i = first; i < all.size(); ++i) {
+    const Step& s = all[i];
+    if (b.remote) return;  // the claim queued the rest for another host's agent
     if (interrupted()) throw system_error(std::string("interrupted before step ") + s.name);
     // Recorded before the work starts: the undo is idempotent and so also covers a step that
     // failed (or died) half-way.

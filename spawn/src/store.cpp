@@ -113,7 +113,7 @@ void metadata_tables_v3(common::Database& db) {
 // (`dir`: version 4 registers this host, whose disk is discovered there.)
 std::vector<common::Database::Migration> store_migrations(const std::string& dir) {
   return {schema_v1, glance_image_fields_v2, metadata_tables_v3,
-          [dir](common::Database& db) { hosts_v4(db, dir); }};
+          [dir](common::Database& db) { hosts_v4(db, dir); }, work_queue_v5};
 }
 
 namespace {
@@ -224,6 +224,7 @@ void Store::remove_instance(const std::string& id) {
     Stmt(db_, "DELETE FROM claims WHERE instance_id = ?").bind(id).run();
     Stmt(db_, "DELETE FROM events WHERE instance_id = ?").bind(id).run();
     Stmt(db_, "DELETE FROM instances WHERE id = ?").bind(id).run();
+    Stmt(db_, "DELETE FROM work_queue WHERE instance_id = ?").bind(id).run();
     remove_metadata(id);
   });
 }

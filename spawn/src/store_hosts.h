@@ -14,6 +14,9 @@ namespace kiln::spawn {
 // that exist are put on it: a single-host store goes on working as it did.
 void hosts_v4(common::Database& db, const std::string& dir);
 
+// Version 5: the work queue (store.h WorkItem).
+void work_queue_v5(common::Database& db);
+
 // Every migration of spawn's store, in order (store.cpp); tests make older databases with the
 // first ones.
 std::vector<common::Database::Migration> store_migrations(const std::string& dir);

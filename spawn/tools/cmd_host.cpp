@@ -14,6 +14,9 @@ namespace {
 
 // Settings of kiln-spawn itself, next to the resource tracker's.
 constexpr const char* kQemuUserSetting = "qemu_user";
+// The registered host whose agent makes and exports every guest disk (over NBD+TLS); "": each
+// compute host its own.
+constexpr const char* kStorageHostSetting = "storage_host";
 
 // Nova's hypervisor fields for one host: per resource its total, reserved, ratio, capacity
 // ((total - reserved) * ratio), used and free.
@@ -170,13 +173,19 @@ int config_set(Context& c) {
   c.args.max_positional(2);
   const std::string& key = c.args.positional(0, "KEY");
   const std::string& value = c.args.positional(1, "VALUE");
-  bool known = key == kQemuUserSetting || key == kWeigherSetting || is_resource_setting(key);
+  bool known = key == kQemuUserSetting || key == kWeigherSetting || key == kStorageHostSetting ||
+               is_resource_setting(key);
   bool transport = false;
   for (const auto& [k, d] : disk_transport_settings()) transport |= k == key;
   if (!known && !transport) throw invalid("unknown setting '" + key + "'");
   if (key == kQemuUserSetting && !value.empty()) parse_host_user(value, key);
   if (transport) check_disk_transport_setting(key, value);
   Store& s = c.store();
+  if (key == kStorageHostSetting && !value.empty()) {
+    check_host_name(value);
+    if (!s.find_host(value))
+      throw not_found("host '" + value + "' not found (kiln-spawn host-register)");
+  }
   // Checked inside the transaction that stores it: a bad value is rolled back. This host's
   // record follows its settings (when it was not given a capacity of its own).
   s.write([&] {
@@ -194,6 +203,7 @@ int config_show(Context& c) {
   o[kQemuUserSetting] = c.store().setting(kQemuUserSetting).value_or("(libvirt's)");
   for (const auto& [k, d] : disk_transport_settings()) o[k] = c.store().setting(k).value_or(d);
   o[kWeigherSetting] = c.store().setting(kWeigherSetting).value_or("spread");
+  o[kStorageHostSetting] = c.store().setting(kStorageHostSetting).value_or("");
   c.show(o);
   return 0;
 }

@@ -82,6 +82,16 @@ int image_delete(Context& c) {
   return 0;
 }
 
+// A registered image's file put into this host's image store (several hosts, one store).
+int image_cache(Context& c) {
+  c.args.max_positional(2);
+  const std::string ref = c.args.positional(0, "IMAGE");
+  ImageStore images(c.store());
+  images.cache(ref, c.args.positional(1, "FILE"), c.progress);
+  c.show(to_json(images.get(ref)));
+  return 0;
+}
+
 }  // namespace
 
 Json image_json(const Image& image) { return to_json(image); }
@@ -102,6 +112,7 @@ CommandTable image_commands() {
       {"image-list", "", {}, image_list},
       {"image-show", "IMAGE", {}, image_show},
       {"image-delete", "IMAGE...", {}, image_delete},
+      {"image-cache", "IMAGE FILE", {}, image_cache},
   };
 }
 

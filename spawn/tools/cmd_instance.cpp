@@ -1,8 +1,10 @@
 // kiln-spawn's instance commands: boot, list, show, console-log, stop, start, delete, snapshot.
+#include <cstdlib>
 #include <iostream>
 
 #include "context.h"
 #include "kiln/spawn/disk_key.h"
+#include "kiln/spawn/resources.h"
 
 namespace kiln::spawn::cli {
 
@@ -63,6 +65,7 @@ int boot(Context& c) {
   r.initrd = c.args.get_or("--initrd", "");
   r.cmdline = c.args.get_or("--cmdline", "");
   r.encrypted = c.args.flag("--encrypted");
+  r.wait = !c.args.flag("--no-wait");
   c.show(to_json(c.compute().boot(r)));
   return 0;
 }
@@ -132,6 +135,51 @@ int cleanup(Context& c) {
   return r.errors.empty() ? 0 : 1;
 }
 
+// kiln-spawn agent: this host's work queue until SIGTERM or SIGINT (or, with --once, until it
+// is empty); prints what it did.
+int agent(Context& c) {
+  c.args.max_positional(0);
+  if (c.args.has("--host")) {
+    const std::string host = c.args.get_or("--host", "");
+    check_host_name(host);
+    ::setenv("KILN_HOST", host.c_str(), 1);  // this_host() for everything that follows
+  }
+  AgentOptions o;
+  o.poll_interval_ms =
+      static_cast<int>(c.args.number("--poll-interval", 10, 60000).value_or(o.poll_interval_ms));
+  o.once = c.args.flag("--once");
+  AgentReport r = c.compute().run_agent(o);
+  c.show(Json{{"host", this_host()},
+              {"dead_rows_failed", r.dead_rows},
+              {"builds_rolled_back", r.cleanup.builds_rolled_back},
+              {"deletes_finished", r.cleanup.deletes_finished},
+              {"snapshots_rolled_back", r.cleanup.snapshots_rolled_back},
+              {"cleanup_errors", r.cleanup.errors},
+              {"rows_done", r.done},
+              {"rows_failed", r.failed}});
+  return 0;
+}
+
+// The work queue's rows (of one host with --host), oldest first; payloads are not shown (they
+// hold the boot's key, user data and files).
+int work_list(Context& c) {
+  c.args.max_positional(0);
+  std::vector<Json> rows;
+  for (const auto& w : c.store().work(c.args.get_or("--host", "")))
+    rows.push_back(Json{{"id", w.id},
+                        {"host", w.host},
+                        {"kind", w.kind},
+                        {"instance_id", w.instance_id},
+                        {"state", w.state},
+                        {"result", w.result},
+                        {"error", w.error},
+                        {"taken_by", w.taken_by},
+                        {"created_at", w.created_at},
+                        {"updated_at", w.updated_at}});
+  c.list(rows, {"id", "host", "kind", "instance_id", "state", "error"});
+  return 0;
+}
+
 // stop, start, delete: one or more instances, in order.
 Command each(const char* name, void (*action)(Compute&, const std::string&)) {
   return {name, "INSTANCE...", {}, [action](Context& c) {
@@ -149,7 +197,7 @@ CommandTable instance_commands() {
        "NAME --image I --flavor F --net N [--key-file F] [--user-data F] "
        "[--file PATH=SRC]... [--security-group G]... [--inject] [--config-drive true|false] "
        "[--kernel K [--initrd I] "
-       "[--cmdline C]] [--availability-zone ZONE[:HOST]] [--host HOST] [--encrypted]",
+       "[--cmdline C]] [--availability-zone ZONE[:HOST]] [--host HOST] [--encrypted] [--no-wait]",
        {{"--inject"},
         {"--config-drive", kValue},
         {"--image", kValue},
@@ -164,7 +212,8 @@ CommandTable instance_commands() {
         {"--kernel", kValue},
         {"--initrd", kValue},
         {"--cmdline", kValue},
-        {"--encrypted"}},
+        {"--encrypted"},
+        {"--no-wait"}},
        boot},
       {"list", "", {}, list},
       {"show", "INSTANCE", {}, show},
@@ -177,6 +226,11 @@ CommandTable instance_commands() {
        {{"--disk-format", kValue}, {"--compress", kValue}},
        snapshot},
       {"cleanup", "", {}, cleanup},
+      {"agent",
+       "[--host NAME] [--poll-interval MS] [--once]",
+       {{"--host", kValue}, {"--poll-interval", kValue}, {"--once"}},
+       agent},
+      {"work-list", "[--host NAME]", {{"--host", kValue}}, work_list},
   };
 }
 

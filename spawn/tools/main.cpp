@@ -148,9 +148,10 @@ int run(const std::vector<std::string>& argv) {
     if (!compute) compute = std::make_unique<Compute>(ctx.store(), ctx.net_store(), opt);
     return *compute;
   };
-  if (cmd->name == "boot" || cmd->name == "image-create") {
+  if (cmd->name == "boot" || cmd->name == "image-create" || cmd->name == "agent") {
     // Ctrl-C or SIGTERM during a boot: stop at the next step and roll back; during a
-    // download: abort it and remove the partial file.
+    // download: abort it and remove the partial file; an agent: stop after the row it runs
+    // (a build fails at its next step and rolls back).
     struct sigaction sa {};
     sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);

@@ -1,8 +1,8 @@
 """kiln-spawn's host registry and scheduler through the command line: host-register/list/show/
 set/delete, hypervisor-list/show/stats, the scheduler's dry run (schedule) and boot choosing a
-host. The machine is the host "local-1" (KILN_HOST); "remote-1" is a registered record only, so
-a boot the scheduler sends there must fail cleanly (builds on other hosts are not supported
-yet). Against libvirt's test:///default driver and a kiln-nbd started by the World."""
+host. The machine is the host "local-1" (KILN_HOST); "remote-1" is a registered record only (no
+agent runs for it), so a boot the scheduler sends there stays queued until delete takes it
+back. Against libvirt's test:///default driver and a kiln-nbd started by the World."""
 
 import json
 
@@ -139,13 +139,17 @@ def test_schedule_and_boot_choose_a_host(world, tmp_path):
         world, "boot", "x", "--image", "big", "--flavor", "k1.lowmem", "--net", "demo-net")
     assert world.spawn_json("list") == []
 
-    # Boot: the scheduler picks remote-1, which this kiln-spawn cannot build on: a clear error,
-    # no claim, no record, no port.
-    msg = fails(world, "boot", "vm1", "--image", "img", "--flavor", "m1.small", "--net",
-                "demo-net")
-    assert msg == ("kiln-spawn: the scheduler chose host remote-1, but this kiln-spawn runs on "
-                   "local-1 and builds only here (boots on other hosts are not supported yet): "
-                   "run the boot on remote-1, or give --host local-1"), msg
+    # Boot: the scheduler picks remote-1, whose agent (none runs here) would build it: the boot
+    # waits for it (--wait-timeout) and says so; the record and claim are remote-1's, and
+    # delete takes the untaken build back (test_agent.py has the agent).
+    msg = fails(world, "--wait-timeout", "1", "boot", "vm1", "--image", "img", "--flavor",
+                "m1.small", "--net", "demo-net")
+    assert msg == ("kiln-spawn: instance vm1 is still building (scheduling) on host remote-1 "
+                   "after 1 s (is kiln-spawn agent running there?); it stays queued"), msg
+    vm1 = world.spawn_json("show", "vm1")
+    assert vm1["host"] == "remote-1" and vm1["port_id"] == "", vm1
+    assert world.spawn_json("hypervisor-show", "remote-1")["memory_mb_used"] == 2048
+    world.spawn("delete", "vm1")
     assert world.spawn_json("list") == []
     world.assert_nothing_left()
     # Forced to this host, or with remote-1 filtered out, the boot goes ahead here.

@@ -1,11 +1,12 @@
 """kiln-spawn and kiln-net on a shared PostgreSQL database (KILN_DB_URL, --db) instead of their
 SQLite files: a boot and a delete through the command lines, what the database holds seen with
-psql, a second "host" (another state directory) that sees the same model, and no SQLite file
-written. The server is the one ctest starts for the store tests (fixture kiln_pg); each test
+psql, a second "host" (another state directory) that sees the same model and whose agent
+builds what the scheduler sends it, and no SQLite file written. The server is the one ctest starts for the store tests (fixture kiln_pg); each test
 gets a database of its own, dropped afterwards."""
 
 import json
 import os
+import subprocess
 import uuid
 
 import pytest
@@ -79,10 +80,12 @@ def test_boot_and_delete_on_a_shared_database(tmp_path, database, monkeypatch):
 
 def test_two_hosts_share_the_scheduler(tmp_path, database, monkeypatch):
     """Two kiln-spawn hosts (KILN_HOST a and b, state directories of their own) on one
-    database: each registers itself, both see both, and a boot on a that the scheduler sends
-    to b fails there with nothing claimed, while a boot forced to a goes ahead."""
+    database: each registers itself, both see both; a boot on a that the scheduler sends to b
+    is queued for b and built by b's agent (in b's state directory), and its delete from a is
+    b's agent's too; a boot forced to a goes ahead on a."""
     monkeypatch.setenv("KILN_DB_URL", database)
     world = World(str(tmp_path / "host-a"))
+    agent = None
     try:
         world.env["KILN_HOST"] = "a"
         world.spawn("config-set", "host_memory_mb", "4096")
@@ -92,19 +95,39 @@ def test_two_hosts_share_the_scheduler(tmp_path, database, monkeypatch):
         os.makedirs(other["KILN_STATE_DIR"])
         run(world.spawn_cmd("host-register", "--memory-mb", "65536"), env=other)
         assert psql(database, "SELECT name FROM kiln_spawn.hosts ORDER BY name") == ["a", "b"]
-        r = world.spawn("boot", "vm1", "--image", "guest", "--flavor", "m1.tiny", "--net",
-                        "demo-net", check=False)
-        assert r.returncode == 1 and "the scheduler chose host b" in r.stderr, r.stderr
-        assert psql(database, "SELECT count(*) FROM kiln_spawn.claims") == ["0"]
+        # The image's file is host a's: b refuses to build without it, then gets a copy.
+        r = run(world.spawn_cmd("image-cache", "guest", str(tmp_path / "other.qcow2")),
+                env=other, check=False)
+        assert r.returncode != 0
+        make_qcow2(str(tmp_path / "other.qcow2"), "16M", "0x5a")
+        r = run(world.spawn_cmd("image-cache", "guest", str(tmp_path / "other.qcow2")),
+                env=other, check=False)
+        assert r.returncode == 1 and "is not image guest (digest" in r.stderr, r.stderr
+        run(world.spawn_cmd("image-cache", "guest", base), env=other)
+        agent = subprocess.Popen(world.spawn_cmd("agent", "--poll-interval", "50"), env=other,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        vm_b = json.loads(world.spawn("boot", "vm-b", "--image", "guest", "--flavor", "m1.tiny",
+                                      "--net", "demo-net", "--format", "json").stdout)
+        assert vm_b["status"] == "active" and vm_b["host"] == "b", vm_b
+        assert vm_b["instance_dir"].startswith(other["KILN_STATE_DIR"] + "/"), vm_b
+        assert os.path.isfile(vm_b["instance_dir"] + "/disk")
+        assert psql(database, "SELECT host, kind, state FROM kiln_spawn.work_queue") == \
+            ["b|build|done"]
         inst = json.loads(world.spawn("boot", "vm1", "--image", "guest", "--flavor", "m1.tiny",
                                       "--net", "demo-net", "--host", "a", "--format",
                                       "json").stdout)
         assert inst["status"] == "active" and inst["host"] == "a"
-        assert psql(database, "SELECT host FROM kiln_spawn.claims") == ["a"]
+        assert psql(database, "SELECT host FROM kiln_spawn.claims ORDER BY host") == ["a", "b"]
         hv = json.loads(run(world.spawn_cmd("hypervisor-list", "--format", "json"),
                             env=other).stdout)
-        assert {h["hypervisor_hostname"]: h["running_vms"] for h in hv} == {"a": 1, "b": 0}
-        world.spawn("delete", "vm1")
+        assert {h["hypervisor_hostname"]: h["running_vms"] for h in hv} == {"a": 1, "b": 1}
+        world.spawn("delete", "vm1", "vm-b")
+        assert not os.path.exists(vm_b["instance_dir"])
+        assert psql(database, "SELECT count(*) FROM kiln_spawn.work_queue") == ["0"]
         world.assert_nothing_left()
     finally:
+        if agent:
+            agent.terminate()
+            _, err = agent.communicate(timeout=60)
+            assert agent.returncode == 0, err
         world.close()

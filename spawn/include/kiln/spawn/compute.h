@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -59,6 +60,10 @@ struct BootRequest {
   std::string host;
   // The overlay encrypted (qcow2 LUKS) with a key of the instance's own (disk_key.h).
   bool encrypted = false;
+  // When the scheduler picks another host (whose agent builds it): wait until the instance is
+  // active or in error (at most ComputeOptions::wait_timeout_s), or return it at once
+  // ("building", task state "scheduling").
+  bool wait = true;
 };
 
 // The build steps in order; KILN_SPAWN_FAIL_AT=<name> makes that step fail after its work
@@ -83,6 +88,31 @@ struct CleanupReport {
   std::vector<std::string> in_progress;  // another kiln-spawn works on them now: left alone
   std::vector<std::string> errors;       // "NAME: why" for those that could not be cleaned
 };
+
+// kiln-spawn agent (Nova's nova-compute service): takes the work queue's rows addressed to its
+// host and runs them (agent.cpp).
+struct AgentOptions {
+  int poll_interval_ms = 200;  // between looks at an empty queue
+  // Stop when the queue is empty (tests; an agent otherwise runs until SIGTERM or SIGINT).
+  bool once = false;
+};
+
+// What an agent did before it stopped.
+struct AgentReport {
+  CleanupReport cleanup;           // at its start
+  std::vector<int64_t> dead_rows;  // rows a dead agent left running: failed
+  int64_t done = 0, failed = 0;    // rows it ran
+};
+
+// Work queue kinds.
+inline constexpr const char* kWorkBuild = "build";
+inline constexpr const char* kWorkDelete = "delete";
+// A storage host's (setting storage_host): the disk of a compute host's instance.
+inline constexpr const char* kWorkDiskCreate = "disk-create";      // overlay on its base
+inline constexpr const char* kWorkDiskInject = "disk-inject";      // --inject into it
+inline constexpr const char* kWorkDiskExport = "disk-export";      // on its kiln-nbd (TLS)
+inline constexpr const char* kWorkDiskUnexport = "disk-unexport";  // the export removed
+inline constexpr const char* kWorkDiskRemove = "disk-remove";      // export and overlay gone
 
 struct SnapshotRequest {
   std::string image_name;
@@ -136,6 +166,11 @@ class Compute {
   // kiln-spawn holds (its lock) are in progress, not abandoned: left alone.
   CleanupReport cleanup();
 
+  // The agent of this host (this_host()): cleanup, rows left running by a dead agent failed,
+  // then the queue's rows for this host, one at a time, until interrupt_boot() (SIGTERM):
+  // the row being run then finishes or rolls back (a build fails before its next step).
+  AgentReport run_agent(const AgentOptions& options);
+
  private:
   struct Build;
   struct Step;
@@ -143,8 +178,27 @@ class Compute {
   // The pipeline: its steps in order, each with its undo (pipeline.cpp).
   static std::span<const Step> steps();
   void prepare(Build& b);
-  // Runs the steps in order, recording each in the instance before its work starts.
-  void run_steps(Build& b);
+  // Runs the steps in order from `first`, recording each in the instance before its work
+  // starts. Stops after the claim when the claim put the build on another host's queue.
+  void run_steps(Build& b, size_t first = 0);
+  // A build that failed after its claim: every step undone, the instance left in error.
+  void fail_build(Build& b, const std::exception& e);
+  // The work queue (agent.cpp): the build row's payload (the request and what prepare() read)
+  // and back; waiting on another host's work; the rows an agent runs.
+  static std::string build_payload(const Build& b);
+  void build_from_payload(const std::string& payload, Build& b);
+  Instance wait_remote_build(const std::string& id, const std::string& host);
+  void remove_remote(const Instance& inst);
+  void run_build_row(const WorkItem& w);
+  // Storage host (storage.cpp): the setting (none, or this host: disks are local), the host an
+  // instance's disk is on (its kStorageHostFile), a disk row queued there and waited for (its
+  // result, or its error thrown), and the storage agent's side of those rows.
+  std::optional<std::string> storage_host();
+  std::optional<std::string> instance_storage_host(const Instance& inst);
+  std::string storage_work(const std::string& host, const std::string& kind,
+                           const std::string& instance_id, const std::string& payload);
+  static std::string inject_payload(const Build& b);
+  std::string run_disk_row(const WorkItem& w);
   // Undoes the steps recorded in inst.steps_done, newest first, each one's undo recorded (the
   // step leaves steps_done, with an event) as soon as it is done, so that a rollback that dies
   // half-way is finished by delete. An undo that fails is appended to `errors`, its step stays

@@ -84,6 +84,10 @@ class ImageStore {
   // The cached base of `image`, copied (and its digest verified) if it is not there yet.
   // `*filled` tells whether this call copied it.
   std::string ensure_base(const Image& image, bool progress, bool* filled);
+  // Copies `file` into this host's store as the registered image `ref` (a store shared by
+  // several hosts has each image's file on the host that registered it): refused unless its
+  // digest is the image's. False when the file was there already.
+  bool cache(const std::string& ref, const std::string& file, bool progress);
   // Removes the base of `digest` if no image and no instance refers to it.
   void prune_base(const std::string& digest);
 

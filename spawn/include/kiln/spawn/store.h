@@ -98,6 +98,25 @@ struct Host {
   std::string heartbeat_at, created_at, updated_at;
 };
 
+// One row of the work queue (schema v5): work addressed to a host, which that host's agent
+// (kiln-spawn agent) takes and runs. Nova's RPC casts to a compute host, kept in the database.
+inline constexpr const char* kWorkQueued = "queued";
+inline constexpr const char* kWorkRunning = "running";
+inline constexpr const char* kWorkDone = "done";
+inline constexpr const char* kWorkFailed = "failed";
+
+struct WorkItem {
+  int64_t id = 0;
+  std::string host;         // the host whose agent runs it
+  std::string kind;         // build, delete
+  std::string instance_id;  // the instance it is about
+  std::string payload;      // JSON (kind-specific, bounded by whoever queues it)
+  std::string state = kWorkQueued;
+  std::string result, error;
+  int64_t taken_by = 0;  // the agent's process id while running
+  std::string created_at, updated_at;
+};
+
 class Store {
  public:
   // The state directory `dir` (created) keeps images, bases and instances; the database is
@@ -164,6 +183,21 @@ class Store {
   std::optional<std::string> metadata_for(const std::string& network_id, const std::string& ip);
   // The instance's record, wherever it is looked up from.
   std::optional<std::string> metadata_of(const std::string& instance_id);
+
+  // The work queue (store_queue.cpp). enqueue() returns the row's id.
+  int64_t enqueue(const WorkItem& w);
+  // The oldest queued row for `host`, now running (taken_by `pid`), or nullopt: in one write
+  // transaction, so that two agents (or two hosts) never take the same row.
+  std::optional<WorkItem> take_work(const std::string& host, int64_t pid);
+  // A running row ends: done with `result`, or failed with `error`.
+  void finish_work(int64_t id, bool ok, const std::string& result, const std::string& error);
+  std::optional<WorkItem> find_work(int64_t id);
+  // Every row (of `host` if given), oldest first.
+  std::vector<WorkItem> work(const std::string& host = "");
+  // Whether the instance has a row of `kind` queued or running (an agent will act on it).
+  bool work_pending(const std::string& instance_id, const std::string& kind);
+  // Rows of `host` left running by an agent that died: failed with `error`. Returns them.
+  std::vector<WorkItem> fail_running_work(const std::string& host, const std::string& error);
 
   std::optional<std::string> setting(const std::string& key);
   void set_setting(const std::string& key, const std::string& value);
