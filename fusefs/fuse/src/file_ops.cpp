@@ -371,7 +371,12 @@ void op_write(fuse_req_t req, fuse_ino_t fino, const char* data, size_t size, of
       // With the writeback cache, the kernel's own times follow (SETATTR); a WRITE comes
       // at write-back, which may be after a utimensat that must stand.
       if (!v.writeback_cache()) touch_mtime_ctime(fs, inode);
+      // FUSE_HANDLE_KILLPRIV_V2: a write by a caller without CAP_FSETID. The kernel sends it
+      // through, not through its page cache, and the mode it caches must follow.
+      const bool dropped = v.kill_suidgid() && drop_setid(inode);
+      if (dropped) touch_ctime(fs, inode);
       if (!rc2) rc2 = write_inode(fs, ino, inode);
+      if (!rc2 && dropped) v.invalidate_attr(ino);
     }
     if (!rc) rc = rc2;
   }
