@@ -709,3 +709,35 @@ def test_chown_does_not_ask_for_the_mode(workdir):
     chowned = count_requests(workdir, "chowned", chown=True)
     assert chowned.get("SETATTR", 0) - plain.get("SETATTR", 0) >= 200, (plain, chowned)
     assert chowned.get("GETATTR", 0) - plain.get("GETATTR", 0) < 20, (plain, chowned)
+
+
+def test_open_and_close_cost_no_requests(workdir):
+    """The kernel opens files without an OPEN (nor a RELEASE at the end) and closes them
+    without a FLUSH, after one of each was answered ENOSYS: reading 200 files three times sends
+    no OPEN, FLUSH or RELEASE each (without it: 600, 800 and 800), and reads the right bytes;
+    a file unlinked while open stays readable until closed, and is freed then."""
+    raw = os.path.join(workdir, "fs.raw")
+    make_fs(raw, "ext4", size=64 * MiB)
+    image = Image(workdir, raw)
+    mnt = os.path.join(workdir, "mnt")
+    with fuse_mount(image, mnt, env={"KILN_FS_STATS": "1"}) as proc:
+        for i in range(200):
+            write(f"{mnt}/f{i}", b"%d" % i * 100)
+        for _ in range(3):
+            for i in range(200):
+                assert read(f"{mnt}/f{i}") == b"%d" % i * 100
+        fd = os.open(f"{mnt}/f7", os.O_RDONLY)
+        os.unlink(f"{mnt}/f7")
+        assert os.read(fd, 100) == (b"7" * 100)
+        os.close(fd)
+    check_exit(proc)
+    counts = {op: int(n) for op, n in re.findall(r"kiln-fs: (\w+) +(\d+) ", proc.stderr_text)}
+    assert counts.get("CREATE") == 200, proc.stderr_text
+    assert counts.get("OPEN", 0) <= 1 and counts.get("FLUSH", 0) <= 1, proc.stderr_text
+    assert counts.get("RELEASE", 0) <= 200, proc.stderr_text  # those of the CREATEs
+    raw = image.result_raw()
+    e2fsck_clean(raw)  # the unlinked inode was freed, not leaked
+    with kernel_mount_ro(raw, os.path.join(workdir, "kernel")) as k:
+        names = set(os.listdir(k)) - {"lost+found"}
+        assert names == {f"f{i}" for i in range(200)} - {"f7"}
+        assert read(f"{k}/f8") == b"8" * 100

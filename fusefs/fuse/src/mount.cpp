@@ -48,6 +48,15 @@ void op_init(void* userdata, fuse_conn_info* conn) {
     vol.set_writeback_cache(true);
   }
   conn->max_readahead = kMaxIo;
+  // Zero-message opens: op_open answers ENOSYS once, and the kernel opens files without asking
+  // from then on, and sends no RELEASE for them (two requests less per file read). op_open
+  // only refuses what the kernel refuses itself (writes on this ro mount, directories), and
+  // writes to encrypted files: keep it where the filesystem can hold them. The kernel's lookup
+  // reference keeps an unlinked open file alive (Volume::forget), with or without opens.
+  if ((conn->capable & FUSE_CAP_NO_OPEN_SUPPORT) && !ext2fs_has_feature_encrypt(vol.fs()->super)) {
+    conn->want |= FUSE_CAP_NO_OPEN_SUPPORT;
+    vol.set_no_open(true);
+  }
   if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) conn->want |= FUSE_CAP_CACHE_SYMLINKS;
   // This mount is the filesystem's only writer: cached pages are never stale, so a changed
   // mtime must not throw them away.

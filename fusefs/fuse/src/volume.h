@@ -37,6 +37,11 @@ class Volume {
   void set_killpriv_v2(bool on) { killpriv_v2_ = on; }
   bool kill_suidgid() const { return kill_suidgid_; }
   void set_kill_suidgid(bool on) { kill_suidgid_ = on; }
+  // Files are opened without OPEN and RELEASE requests (FUSE_CAP_NO_OPEN_SUPPORT, op_init):
+  // nothing is refused at open then, so not where encrypted files could be opened for writing.
+  // The kernel's own lookup reference (FORGET) keeps an unlinked open file's inode alive.
+  bool no_open() const { return no_open_; }
+  void set_no_open(bool on) { no_open_ = on; }
   // The INIT request whose reply should take FUSE_HANDLE_KILLPRIV_V2 (0: none).
   uint64_t init_unique() const { return init_unique_; }
   void set_init_unique(uint64_t unique) { init_unique_ = unique; }
@@ -93,6 +98,7 @@ class Volume {
   double timeout_;
   bool writeback_cache_ = false;
   bool killpriv_v2_ = false;
+  bool no_open_ = false;
   bool kill_suidgid_ = false;
   uint64_t init_unique_ = 0;
   bool dirty_ = false;
