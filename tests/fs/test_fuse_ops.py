@@ -741,3 +741,22 @@ def test_open_and_close_cost_no_requests(workdir):
         names = set(os.listdir(k)) - {"lost+found"}
         assert names == {f"f{i}" for i in range(200)} - {"f7"}
         assert read(f"{k}/f8") == b"8" * 100
+
+
+def test_encrypt_feature_keeps_open(workdir):
+    """On a filesystem with the encrypt feature OPEN stays a request (op_open refuses writes to
+    encrypted files): reading 20 files twice sends an OPEN each time."""
+    raw = os.path.join(workdir, "fs.raw")
+    make_fs(raw, "ext4", size=64 * MiB, extra=("-O", "encrypt"))
+    image = Image(workdir, raw)
+    mnt = os.path.join(workdir, "mnt")
+    with fuse_mount(image, mnt, env={"KILN_FS_STATS": "1"}) as proc:
+        for i in range(20):
+            write(f"{mnt}/f{i}", b"%d" % i)
+        for _ in range(2):
+            for i in range(20):
+                assert read(f"{mnt}/f{i}") == b"%d" % i
+    check_exit(proc)
+    counts = {op: int(n) for op, n in re.findall(r"kiln-fs: (\w+) +(\d+) ", proc.stderr_text)}
+    assert counts.get("OPEN", 0) >= 40, proc.stderr_text
+    e2fsck_clean(image.result_raw())
