@@ -116,6 +116,8 @@ void op_setattr(fuse_req_t req, fuse_ino_t fino, struct stat* attr, int to_set, 
   }
   if (to_set & FUSE_SET_ATTR_UID) set_uid(inode, attr->st_uid);
   if (to_set & FUSE_SET_ATTR_GID) set_gid(inode, attr->st_gid);
+  // FUSE_HANDLE_KILLPRIV_V2: a chown, or a truncate by a caller without CAP_FSETID.
+  if (v.kill_suidgid()) drop_setid(inode);
   if (to_set & FUSE_SET_ATTR_ATIME_NOW) {
     set_time(v.fs(), inode, TimeField::kAccess, t);
   } else if (to_set & FUSE_SET_ATTR_ATIME) {

@@ -40,6 +40,12 @@ class File {
 void op_open(fuse_req_t req, fuse_ino_t fino, fuse_file_info* fi) {
   Volume& v = volume(req);
   const ext2_ino_t ino = to_ext2(fino);
+  // Zero-message opens (op_init): ENOSYS tells the kernel to open files without asking, and
+  // without a RELEASE at the last close, from now on.
+  if (v.no_open()) {
+    fuse_reply_err(req, ENOSYS);
+    return;
+  }
   if ((fi->flags & O_ACCMODE) != O_RDONLY && v.read_only()) {
     fuse_reply_err(req, EROFS);
     return;
@@ -371,7 +377,12 @@ void op_write(fuse_req_t req, fuse_ino_t fino, const char* data, size_t size, of
       // With the writeback cache, the kernel's own times follow (SETATTR); a WRITE comes
       // at write-back, which may be after a utimensat that must stand.
       if (!v.writeback_cache()) touch_mtime_ctime(fs, inode);
+      // FUSE_HANDLE_KILLPRIV_V2: a write by a caller without CAP_FSETID. The kernel sends it
+      // through, not through its page cache, and the mode it caches must follow.
+      const bool dropped = v.kill_suidgid() && drop_setid(inode);
+      if (dropped) touch_ctime(fs, inode);
       if (!rc2) rc2 = write_inode(fs, ino, inode);
+      if (!rc2 && dropped) v.invalidate_attr(ino);
     }
     if (!rc) rc = rc2;
   }
@@ -382,7 +393,11 @@ void op_write(fuse_req_t req, fuse_ino_t fino, const char* data, size_t size, of
   fuse_reply_write(req, written);
 }
 
-void op_flush(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, 0); }
+// close(2). The kernel has written the file's dirty pages back (WRITE) before it sends this;
+// there is nothing left to do here (no POSIX locks of our own, data reach the io_manager when
+// each WRITE ends). ENOSYS tells the kernel so: it stops sending FLUSH (one request less per
+// close of a file), and the write-back before it stays.
+void op_flush(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, ENOSYS); }
 
 void op_release(fuse_req_t req, fuse_ino_t fino, fuse_file_info*) {
   volume(req).release(to_ext2(fino));

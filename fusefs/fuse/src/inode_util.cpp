@@ -180,6 +180,15 @@ void set_inode_rdev(ext2_inode_large& inode, dev_t rdev) {
   }
 }
 
+bool drop_setid(ext2_inode_large& inode) {
+  if (LINUX_S_ISDIR(inode.i_mode)) return false;
+  uint16_t mode = inode.i_mode & ~S_ISUID;
+  if (mode & S_IXGRP) mode &= ~S_ISGID;
+  if (mode == inode.i_mode) return false;
+  inode.i_mode = mode;
+  return true;
+}
+
 errcode_t read_inode(ext2_filsys fs, ext2_ino_t ino, ext2_inode_large& inode) {
   std::memset(&inode, 0, sizeof inode);
   const int size = std::min<int>(sizeof inode, EXT2_INODE_SIZE(fs->super));

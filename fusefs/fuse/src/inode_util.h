@@ -27,6 +27,11 @@ gid_t get_gid(const ext2_inode_large& inode);
 void set_uid(ext2_inode_large& inode, uid_t uid);
 void set_gid(ext2_inode_large& inode, gid_t gid);
 
+// What the kernel's VFS drops from a file (not a directory) on chown, and on a write or
+// truncate by a caller without CAP_FSETID: set-user-ID, and set-group-ID when the group may
+// execute (without it, the bit means mandatory locking). True if the mode changed.
+bool drop_setid(ext2_inode_large& inode);
+
 dev_t inode_rdev(const ext2_inode_large& inode);
 void set_inode_rdev(ext2_inode_large& inode, dev_t rdev);
 

@@ -2,6 +2,7 @@
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <poll.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -47,6 +48,15 @@ void op_init(void* userdata, fuse_conn_info* conn) {
     vol.set_writeback_cache(true);
   }
   conn->max_readahead = kMaxIo;
+  // Zero-message opens: op_open answers ENOSYS once, and the kernel opens files without asking
+  // from then on, and sends no RELEASE for them (two requests less per file read). op_open
+  // only refuses what the kernel refuses itself (writes on this ro mount, directories), and
+  // writes to encrypted files: keep it where the filesystem can hold them. The kernel's lookup
+  // reference keeps an unlinked open file alive (Volume::forget), with or without opens.
+  if ((conn->capable & FUSE_CAP_NO_OPEN_SUPPORT) && !ext2fs_has_feature_encrypt(vol.fs()->super)) {
+    conn->want |= FUSE_CAP_NO_OPEN_SUPPORT;
+    vol.set_no_open(true);
+  }
   if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) conn->want |= FUSE_CAP_CACHE_SYMLINKS;
   // This mount is the filesystem's only writer: cached pages are never stale, so a changed
   // mtime must not throw them away.
@@ -132,6 +142,22 @@ void unmount_quietly(fuse_session* se) {
   if (null >= 0) close(null);
 }
 
+// The session's I/O (fuse_session_custom_io, set once the mount is made): plain read and
+// writev, except that the INIT reply takes FUSE_HANDLE_KILLPRIV_V2 when the kernel offers it.
+// libfuse 3.14 builds that reply's flags from its own list, which lacks the flag; with it the
+// kernel stops asking for the mode (GETATTR) before each chown (one request per file in
+// `tar x`) and leaves the dropping of set-ID bits to us (Volume::kill_suidgid).
+ssize_t read_request(int fd, void* buf, size_t len, void*) { return read(fd, buf, len); }
+
+ssize_t write_reply(int fd, iovec* iov, int count, void* userdata) {
+  Volume& vol = *static_cast<Volume*>(userdata);
+  if (vol.init_unique() != 0) {
+    if (fuse_detail::add_killpriv_v2(iov, count, vol.init_unique())) vol.set_killpriv_v2(true);
+    vol.set_init_unique(0);
+  }
+  return writev(fd, iov, count);
+}
+
 enum class LoopEnd { kUnmounted, kLeftMountTable, kError };
 
 // An unmount here ends the session at once (the kernel aborts the connection during the
@@ -189,6 +215,11 @@ LoopEnd serve(fuse_session* se, Volume& vol, fuse_detail::MountWatch& watch, int
     }
     fuse_detail::RawHeader header;
     const bool have_header = fuse_detail::raw_header(buf, res, header);
+    if (have_header && fuse_detail::is_init(header) && header.offers_killpriv_v2 &&
+        !vol.read_only()) {
+      vol.set_init_unique(header.unique);  // see write_reply
+    }
+    vol.set_kill_suidgid(have_header && header.kill_suidgid && vol.killpriv_v2());
     const auto t0 = stats.enabled() ? Clock::now() : Clock::time_point{};
     const int64_t cpu0 = stats.enabled() ? fuse_detail::RequestStats::thread_cpu_nanos() : 0;
     if (have_header && fuse_detail::is_syncfs(header)) {
@@ -202,6 +233,7 @@ LoopEnd serve(fuse_session* se, Volume& vol, fuse_detail::MountWatch& watch, int
     } else {
       fuse_session_process_buf(se, &buf);
     }
+    vol.set_kill_suidgid(false);
     if (errcode_t rc = vol.write_back_if_full()) fuse_detail::fail("write-back", 0, rc);
     if (!stats.enabled()) continue;
     stats.add(have_header ? header.opcode : 0, static_cast<size_t>(res),
@@ -290,6 +322,17 @@ int fuse_mount(ext2_filsys fs, const FuseMountOptions& opts) {
     fuse_remove_signal_handlers(se.get());
     vol.flush(true);
     return 1;
+  }
+  if (!vol.read_only()) {
+    fuse_custom_io io{};
+    io.read = read_request;
+    io.writev = write_reply;
+    // Without it the mount works as before, with the kernel's GETATTR before each chown.
+    if (fuse_session_custom_io(se.get(), &io, fuse_session_fd(se.get())) != 0) {
+      std::fprintf(stderr,
+                   "kiln-fs: mount: custom session I/O refused; serving without "
+                   "FUSE_HANDLE_KILLPRIV_V2\n");
+    }
   }
   // The mount holds the device now; ours goes, so that autoclear detaches it at unmount.
   if (device) device->release();

@@ -131,10 +131,15 @@ void op_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
   fuse_entry_param e;
   make_entry(v, ino, inode, e);
   fi->keep_cache = 1;
-  v.add_open(ino);
+  // With zero-message opens the kernel sends no RELEASE once an OPEN was answered ENOSYS, for
+  // created files too: an open count would never drop, and an unlinked file would stay
+  // allocated until the unmount. The lookup counted here holds the inode instead: the kernel
+  // forgets it only after the last close.
+  const bool count_open = !v.no_open();
+  if (count_open) v.add_open(ino);
   if (fuse_reply_create(req, &e, fi) == 0) {
     v.add_lookup(ino);
-  } else {
+  } else if (count_open) {
     v.release(ino);
   }
 }

@@ -28,6 +28,23 @@ class Volume {
   // while it has the file's pages, and sends them with SETATTR after the data.
   bool writeback_cache() const { return writeback_cache_; }
   void set_writeback_cache(bool on) { writeback_cache_ = on; }
+  // FUSE_HANDLE_KILLPRIV_V2 was taken (mount.cpp adds it to the INIT reply, which libfuse 3.14
+  // cannot): the kernel no longer reads the mode back (GETATTR) before each chown to work out
+  // which set-ID bits to drop, and marks the filesystem SB_NOSEC. In exchange this side drops
+  // them when a request says so (kill_suidgid(): a chown, or a truncate or write by a caller
+  // without CAP_FSETID; see drop_setid()).
+  bool killpriv_v2() const { return killpriv_v2_; }
+  void set_killpriv_v2(bool on) { killpriv_v2_ = on; }
+  bool kill_suidgid() const { return kill_suidgid_; }
+  void set_kill_suidgid(bool on) { kill_suidgid_ = on; }
+  // Files are opened without OPEN and RELEASE requests (FUSE_CAP_NO_OPEN_SUPPORT, op_init):
+  // nothing is refused at open then, so not where encrypted files could be opened for writing.
+  // The kernel's own lookup reference (FORGET) keeps an unlinked open file's inode alive.
+  bool no_open() const { return no_open_; }
+  void set_no_open(bool on) { no_open_ = on; }
+  // The INIT request whose reply should take FUSE_HANDLE_KILLPRIV_V2 (0: none).
+  uint64_t init_unique() const { return init_unique_; }
+  void set_init_unique(uint64_t unique) { init_unique_ = unique; }
 
   // The kernel's references: lookups (entries it was given, minus forgets) and open files. An
   // inode whose last link is removed stays allocated until both reach zero, as on a kernel
@@ -80,6 +97,10 @@ class Volume {
   bool read_only_;
   double timeout_;
   bool writeback_cache_ = false;
+  bool killpriv_v2_ = false;
+  bool no_open_ = false;
+  bool kill_suidgid_ = false;
+  uint64_t init_unique_ = 0;
   bool dirty_ = false;
   bool writes_begun_ = false;
   std::function<int()> close_image_;
