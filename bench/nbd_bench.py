@@ -222,6 +222,7 @@ def run_fio(target, args, size, runtime, ramp, kind, cow_log):
     elapsed = job.get("job_runtime", 0) / 1000 or runtime
     numjobs = int(next((a.split("=")[1] for a in args if a.startswith("--numjobs=")), 1))
     return {"iops": side["iops"], "mbs": side["bw_bytes"] / 1e6, "p99_us": p99,
+            "ios": side["total_ios"],
             # group_reporting averages the jobs' CPU: the total is what the client costs.
             "fio_cpu": (job["usr_cpu"] + job["sys_cpu"]) * numjobs,
             "elapsed": elapsed}
@@ -232,6 +233,9 @@ def measure(server_name, job, images, args, d, kiln):
     raw_only = server_name in ("nbdkit", "fio io_uring (raw file)")
     if raw_only and kind == "cow":
         return None
+    # "kiln-nbd (before)": the same server from another build (--kiln-nbd-before).
+    if server_name == "kiln-nbd (before)":
+        server_name, kiln = "kiln-nbd", args.kiln_nbd_before
     own = args.kiln_overlay_opts if server_name == "kiln-nbd" else None
     image = images.image_for(kind, raw_only, own)
     fmt = "raw" if raw_only else "qcow2"
@@ -246,6 +250,7 @@ def measure(server_name, job, images, args, d, kiln):
         uri = f"nbd+unix:///?socket={srv.sock}"
         r = run_fio(uri, fio_args, images.size, args.runtime, args.ramp, kind, images.cow_log)
         r["server_cpu"] = srv.cpu_seconds() - cpu0
+        r["cpu_per_req_us"] = r["server_cpu"] / r["ios"] * 1e6 if r["ios"] else None
         r["rss"] = srv.peak_rss_mib()
     finally:
         srv.stop()
@@ -258,8 +263,9 @@ def median(rs, key):
 
 
 def table(results, servers):
-    lines = ["| job | server | IOPS | MB/s | p99 µs | server CPU s | peak RSS MiB | fio CPU % "
-             "| vs qemu-nbd |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| job | server | IOPS | MB/s | p99 µs | server CPU s | server CPU µs/req "
+             "| peak RSS MiB | fio CPU % | vs qemu-nbd |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for job, _, _ in JOBS:
         ref = results.get(("qemu-nbd", job))
         for s in servers:
@@ -270,6 +276,7 @@ def table(results, servers):
             f = lambda v, fmt: "—" if v is None else format(v, fmt)  # noqa: E731
             lines.append(f"| {job} | {s} | {f(r['iops'], ',.0f')} | {f(r['mbs'], '.0f')} | "
                          f"{f(r['p99_us'], '.0f')} | {f(r['server_cpu'], '.2f')} | "
+                         f"{f(r.get('cpu_per_req_us'), '.1f')} | "
                          f"{f(r['rss'], '.1f')} | {f(r['fio_cpu'], '.0f')} | {ratio} |")
     return "\n".join(lines)
 
@@ -682,6 +689,7 @@ def measure_encrypted(server_name, job, img, key, args, d, size):
         r = run_fio(f"nbd+unix:///?socket={sock}", job[1], size, args.runtime, args.ramp,
                     job[2], None)
         r["server_cpu"] = srv.cpu_seconds() - cpu0
+        r["cpu_per_req_us"] = r["server_cpu"] / r["ios"] * 1e6 if r["ios"] else None
         r["rss"] = srv.peak_rss_mib()
     finally:
         srv.stop()
@@ -735,6 +743,9 @@ def main():
                     help="comma-separated subset (fio = io_uring on the raw file)")
     ap.add_argument("--jobs", default="", help="comma-separated substrings of job names")
     ap.add_argument("--kiln-nbd", default=find_kiln_nbd())
+    ap.add_argument("--kiln-nbd-before", default=None,
+                    help="another kiln-nbd build (e.g. main's) measured beside --kiln-nbd as "
+                         "server 'kiln-nbd (before)', alternating with the others")
     ap.add_argument("--tls", action="store_true",
                     help="measure the cost of TLS (plain, PSK, X.509) instead")
     ap.add_argument("--tcp-tls", action="store_true",
@@ -767,6 +778,9 @@ def main():
     size = int(args.size) * MiB
     servers = [("fio io_uring (raw file)" if s == "fio" else s)
                for s in args.servers.split(",") if s]
+    if args.kiln_nbd_before and "kiln-nbd (before)" not in servers:
+        servers.insert(servers.index("kiln-nbd") + 1 if "kiln-nbd" in servers else 0,
+                       "kiln-nbd (before)")
     jobs = [j for j in JOBS if not args.jobs or any(k in j[0] for k in args.jobs.split(","))]
     if "kiln-nbd" in servers and not args.kiln_nbd:
         sys.exit("nbd_bench: kiln-nbd not found (build it, or give --kiln-nbd)")
@@ -781,16 +795,20 @@ def main():
         print(f"images: {args.size} MiB in {d}", file=sys.stderr)
         images = Images(d, size)
         results = {}
+        load0 = os.getloadavg()[0]
         for job in jobs:
+            # The servers alternate inside each repeat, so that the machine's load (other
+            # processes, the kernel's write-back) falls on all of them alike.
+            runs = {s: [] for s in servers}
+            for _ in range(args.repeats):
+                for s in servers:
+                    runs[s].append(measure(s, job, images, args, d, args.kiln_nbd))
             for s in servers:
-                runs = []
-                for _ in range(args.repeats):
-                    runs.append(measure(s, job, images, args, d, args.kiln_nbd))
-                if not any(runs):
+                if not any(runs[s]):
                     continue
-                results[(s, job[0])] = {k: median(runs, k) for k in
-                                        ("iops", "mbs", "p99_us", "server_cpu", "rss",
-                                         "fio_cpu")}
+                results[(s, job[0])] = {k: median(runs[s], k) for k in
+                                        ("iops", "mbs", "p99_us", "server_cpu", "cpu_per_req_us",
+                                         "rss", "fio_cpu")}
                 r = results[(s, job[0])]
                 print(f"{job[0]:26} {s:26} {r['iops']:>10,.0f} IOPS", file=sys.stderr)
         md = table(results, servers)
@@ -800,7 +818,9 @@ def main():
                 f"--invalidate=0; copy-on-write = a replayed log of one 4 KiB write per "
                 f"64 KiB ({images.cow_writes} writes) on a fresh overlay"
                 + (f" (kiln-nbd's made with {args.kiln_overlay_opts})"
-                   if args.kiln_overlay_opts else "") + ".\n\n")
+                   if args.kiln_overlay_opts else "")
+                + f"; servers alternating in each repeat; load average {load0:.1f} at the "
+                f"start, {os.getloadavg()[0]:.1f} at the end.\n\n")
         publish(args.out, "nbd_bench", head + md, lambda png: chart(results, servers, png))
     finally:
         if not args.workdir:
