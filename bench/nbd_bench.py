@@ -812,8 +812,9 @@ def main():
                 r = results[(s, job[0])]
                 print(f"{job[0]:26} {s:26} {r['iops']:>10,.0f} IOPS", file=sys.stderr)
         md = table(results, servers)
-        head = (f"kiln-nbd benchmark: {args.size} MiB qcow2 overlay on a qcow2 base (64 KiB "
-                f"clusters), raw base for nbdkit and fio; {args.runtime} s jobs, "
+        opts = os.environ.get("KILN_BENCH_OVERLAY_OPTS", "cluster_size=65536")
+        head = (f"kiln-nbd benchmark: {args.size} MiB qcow2 overlay ({opts}) on a qcow2 base "
+                f"(64 KiB clusters), raw base for nbdkit and fio; {args.runtime} s jobs, "
                 f"{args.repeats} repeat(s), medians; --cache={args.cache}; Unix socket, fio ioengine=nbd, "
                 f"--invalidate=0; copy-on-write = a replayed log of one 4 KiB write per "
                 f"64 KiB ({images.cow_writes} writes) on a fresh overlay"
