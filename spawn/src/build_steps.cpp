@@ -144,7 +144,7 @@ void Compute::step_overlay(Build& b) {
   if (auto storage = storage_host()) {
     if (b.req.encrypted)
       throw unsupported("--encrypted with a storage host (setting storage_host) is not supported");
-    if (!disk_transport(store_, opt_.libvirt_uri).tcp_tls)
+    if (!disk_transport(store_, opt_.libvirt_uri, kDefaultQemuConf, *storage).tcp_tls)
       throw invalid("a storage host (setting storage_host " + *storage +
                     ") needs disk_transport tcp-tls");
     uint64_t size = std::max<uint64_t>(b.image.virtual_size, uint64_t(b.flavor.disk_gb) * kGiB);
@@ -256,9 +256,9 @@ void Compute::step_export(Build& b) {
   Instance& inst = b.inst;
   inst.export_name = export_name_of(inst.id);
   if (auto storage = instance_storage_host(inst)) {
-    // The storage host's kiln-nbd (nbd_tcp_address) exports it for this host's client
+    // The storage host's kiln-nbd (its nbd_tcp_address) exports it for this host's client
     // certificate only.
-    DiskTransport t = disk_transport(store_, opt_.libvirt_uri);
+    DiskTransport t = disk_transport(store_, opt_.libvirt_uri, kDefaultQemuConf, *storage);
     inst.nbd_socket.clear();
     save_instance_transport(inst.dir, t);
     save(inst, "export " + inst.export_name + " on storage host " + *storage + " over NBD+TLS at " +

@@ -196,17 +196,23 @@ std::string certificate_dn(const std::string& pem_path) {
 }
 
 DiskTransport disk_transport(Store& store, const std::string& libvirt_uri,
-                             const std::string& qemu_conf) {
+                             const std::string& qemu_conf, const std::string& nbd_host) {
   DiskTransport t;
   const std::string kind = store.setting(kDiskTransportSetting).value_or("");
   check_disk_transport_setting(kDiskTransportSetting, kind);  // a value stored by hand
   if (kind.empty() || kind == "unix") return t;
   t.tcp_tls = true;
-  const std::string addr = store.setting(kNbdTcpAddressSetting).value_or("");
-  if (addr.empty())
+  const std::string addr = (nbd_host.empty() ? store.setting(kNbdTcpAddressSetting)
+                                              : store.host_setting(nbd_host, kNbdTcpAddressSetting))
+                               .value_or("");
+  if (addr.empty() && nbd_host.empty())
     throw invalid(
         "disk_transport is tcp-tls but nbd_tcp_address is not set (kiln-spawn config-set "
         "nbd_tcp_address HOST:PORT, kiln-nbd's TCP listener)");
+  if (addr.empty())
+    throw invalid("storage host " + nbd_host +
+                  " has no nbd_tcp_address (set it on that host: kiln-spawn config-set "
+                  "nbd_tcp_address HOST:PORT, its kiln-nbd's TCP listener)");
   t.endpoint = parse_tcp_endpoint(addr, kNbdTcpAddressSetting);
   const std::string set = store.setting(kNbdTlsCertDirSetting).value_or("");
   const bool local = is_local_system_qemu(libvirt_uri);

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <ctime>
 
+#include "kiln/common/host.h"
 #include "kiln/common/json.h"
 #include "kiln/common/text.h"
 #include "kiln/spawn/error.h"
@@ -108,12 +109,36 @@ void metadata_tables_v3(common::Database& db) {
           "CREATE INDEX metadata_addresses_instance ON metadata_addresses(instance_id);");
 }
 
+// The settings that are one for every host sharing the database; every other setting
+// describes the machine it is set on (its capacity and ratios, QEMU's user, its disk transport
+// and kiln-nbd endpoint), as nova.conf is per compute host.
+constexpr const char* kGlobalSettingsSql = "('scheduler_weigher', 'storage_host')";
+
+bool is_host_setting(const std::string& key) {
+  return key != "scheduler_weigher" && key != "storage_host";
+}
+
+// Version 6: per-host settings. Before, a shared database gave every host the first host's
+// nbd_tcp_address, certificate directory and capacity; what a database had becomes this host's.
+void host_settings_v6(common::Database& db) {
+  db.exec(
+      "CREATE TABLE host_settings (host TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, "
+      "PRIMARY KEY (host, key))");
+  Stmt(db, std::string("INSERT INTO host_settings(host, key, value) SELECT ?, key, value FROM "
+                       "settings WHERE key NOT IN ") +
+               kGlobalSettingsSql)
+      .bind(common::this_host_name())
+      .run();
+  db.exec(std::string("DELETE FROM settings WHERE key NOT IN ") + kGlobalSettingsSql);
+}
+
 }  // namespace
 
 // (`dir`: version 4 registers this host, whose disk is discovered there.)
 std::vector<common::Database::Migration> store_migrations(const std::string& dir) {
-  return {schema_v1, glance_image_fields_v2, metadata_tables_v3,
-          [dir](common::Database& db) { hosts_v4(db, dir); }, work_queue_v5};
+  return {schema_v1,          glance_image_fields_v2,
+          metadata_tables_v3, [dir](common::Database& db) { hosts_v4(db, dir); },
+          work_queue_v5,      host_settings_v6};
 }
 
 namespace {
@@ -453,16 +478,34 @@ Usage Store::usage() {
 }
 
 std::optional<std::string> Store::setting(const std::string& key) {
+  if (is_host_setting(key)) return host_setting(common::this_host_name(), key);
   Stmt s(db_, "SELECT value FROM settings WHERE key = ?");
   s.bind(key);
   if (!s.step()) return std::nullopt;
   return s.text(0);
 }
 
+std::optional<std::string> Store::host_setting(const std::string& host, const std::string& key) {
+  Stmt s(db_, "SELECT value FROM host_settings WHERE host = ? AND key = ?");
+  s.bind(host).bind(key);
+  if (!s.step()) return std::nullopt;
+  return s.text(0);
+}
+
 void Store::set_setting(const std::string& key, const std::string& value) {
   write([&] {
-    if (value.empty())
+    const bool per_host = is_host_setting(key);
+    const std::string host = per_host ? common::this_host_name() : "";
+    if (value.empty() && per_host)
+      Stmt(db_, "DELETE FROM host_settings WHERE host = ? AND key = ?").bind(host).bind(key).run();
+    else if (value.empty())
       Stmt(db_, "DELETE FROM settings WHERE key = ?").bind(key).run();
+    else if (per_host)
+      Stmt(db_, common::upsert_sql("host_settings", {"host", "key", "value"}, "host, key"))
+          .bind(host)
+          .bind(key)
+          .bind(value)
+          .run();
     else
       Stmt(db_, common::upsert_sql("settings", {"key", "value"}, "key"))
           .bind(key)
@@ -471,8 +514,12 @@ void Store::set_setting(const std::string& key, const std::string& value) {
   });
 }
 
+// The global settings and this host's, by key.
 std::vector<std::pair<std::string, std::string>> Store::settings() {
-  Stmt s(db_, "SELECT key, value FROM settings ORDER BY key");
+  Stmt s(db_,
+         "SELECT key, value FROM settings UNION ALL SELECT key, value FROM host_settings WHERE "
+         "host = ? ORDER BY 1");
+  s.bind(common::this_host_name());
   std::vector<std::pair<std::string, std::string>> out;
   while (s.step()) out.emplace_back(s.text(0), s.text(1));
   return out;

@@ -330,6 +330,37 @@ TEST(Hosts, MigrationPutsExistingInstancesOnThisHost) {
   s.set_setting("host_memory_mb", "1024");
   EXPECT_EQ(ResourceTracker(s).stats()[1].capacity, 1024);
   EXPECT_EQ(s.find_host(me)->memory_mb, 1024);
+  // Version 6 made them this host's: another host sharing the database has none of them.
+  EXPECT_EQ(s.host_setting(me, "ram_allocation_ratio"), "2.0");
+  EXPECT_FALSE(s.host_setting("another-host", "ram_allocation_ratio"));
+}
+
+// With a shared database each host keeps its own machine settings (its kiln-nbd endpoint, its
+// capacity): before, the last config-set of any host was every host's. The scheduler's weigher
+// is one for all.
+TEST(Hosts, MachineSettingsArePerHost) {
+  using Settings = std::vector<std::pair<std::string, std::string>>;
+  TempDir d;
+  TestStore s(d.str());
+  ::setenv("KILN_HOST", "compute-a", 1);
+  s.set_setting("nbd_tcp_address", "192.0.2.1:10809");
+  s.set_setting("host_vcpus", "8");
+  s.set_setting("scheduler_weigher", "pack");
+  ::setenv("KILN_HOST", "compute-b", 1);
+  EXPECT_FALSE(s.setting("nbd_tcp_address"));
+  EXPECT_FALSE(s.setting("host_vcpus"));
+  EXPECT_EQ(s.setting("scheduler_weigher"), "pack");
+  s.set_setting("nbd_tcp_address", "192.0.2.2:10809");
+  EXPECT_EQ(s.setting("nbd_tcp_address"), "192.0.2.2:10809");
+  EXPECT_EQ(s.host_setting("compute-a", "nbd_tcp_address"), "192.0.2.1:10809");
+  s.set_setting("nbd_tcp_address", "");  // b's default again; a's stays
+  EXPECT_FALSE(s.setting("nbd_tcp_address"));
+  EXPECT_EQ(s.settings(), (Settings{{"scheduler_weigher", "pack"}}));
+  ::setenv("KILN_HOST", "compute-a", 1);
+  EXPECT_EQ(s.settings(), (Settings{{"host_vcpus", "8"},
+                                    {"nbd_tcp_address", "192.0.2.1:10809"},
+                                    {"scheduler_weigher", "pack"}}));
+  ::unsetenv("KILN_HOST");
 }
 
 TEST(Hosts, HostNamesAreChecked) {

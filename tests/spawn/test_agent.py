@@ -271,14 +271,19 @@ def test_disks_made_and_exported_on_a_storage_host(two_hosts, tmp_path):
             "192.0.2.7")
     run_tls("client", str(pki / "ca"), str(pki / "client"), "--cn", "remote-1")
     identity = "CN=remote-1,O=Kiln"  # kiln-tls-setup client --cn remote-1 (default O)
-    world.spawn("config-set", "disk_transport", "tcp-tls")
-    world.spawn("config-set", "nbd_tcp_address", "192.0.2.7:10809")
-    world.spawn("config-set", "nbd_tls_x509_cert_dir", str(pki / "client"))
+    # Each host's own settings (a shared database keeps them per host): the compute host's
+    # transport and client credentials, the storage host's kiln-nbd address.
+    remote_env = dict(world.env, KILN_HOST="remote-1")
+    world.spawn("config-set", "disk_transport", "tcp-tls", env=remote_env)
+    world.spawn("config-set", "nbd_tls_x509_cert_dir", str(pki / "client"), env=remote_env)
     assert "not found" in world.spawn("config-set", "storage_host", "storage-1",
                                       check=False).stderr
     world.spawn("host-register", "--name", "storage-1")
     world.spawn("host-set", "storage-1", "--disable", "--reason", "storage only")
     world.spawn("config-set", "storage_host", "storage-1")
+    # The storage host's kiln-nbd address is that host's own setting.
+    world.spawn("config-set", "nbd_tcp_address", "192.0.2.7:10809",
+                env=dict(world.env, KILN_HOST="storage-1"))
     sdir = tmp_path / "storage"
     (sdir / "run").mkdir(parents=True)
     snbd = TlsNbdServer(str(sdir / "run"), str(pki / "server"))

@@ -61,8 +61,13 @@ struct DiskTransport {
 // address, the certificate directory (for the local qemu:///system, it must be libvirt's own,
 // else libvirt would give QEMU other credentials than the ones the export admits), its three
 // files (the key not open to others), and the client certificate's DN.
+// `nbd_host`: the kiln-nbd is another host's (a storage host's): its address is that host's
+// own nbd_tcp_address setting; the rest (the transport, the client credentials) is this
+// host's.
+inline constexpr const char* kDefaultQemuConf = "/etc/libvirt/qemu.conf";
 DiskTransport disk_transport(Store& store, const std::string& libvirt_uri,
-                             const std::string& qemu_conf = "/etc/libvirt/qemu.conf");
+                             const std::string& qemu_conf = kDefaultQemuConf,
+                             const std::string& nbd_host = "");
 
 // libvirt's NBD client certificate directory: qemu.conf's nbd_tls_x509_cert_dir, else
 // /etc/pki/libvirt-nbd when it exists, else qemu.conf's default_tls_x509_cert_dir, else

@@ -199,7 +199,11 @@ class Store {
   // Rows of `host` left running by an agent that died: failed with `error`. Returns them.
   std::vector<WorkItem> fail_running_work(const std::string& host, const std::string& error);
 
+  // Settings: a machine's own (capacity, ratios, QEMU's user, disk transport) are kept per
+  // host and read and set for this host (KILN_HOST, else the host name); the scheduler's
+  // weigher and storage_host are one for every host sharing the database.
   std::optional<std::string> setting(const std::string& key);
+  std::optional<std::string> host_setting(const std::string& host, const std::string& key);
   void set_setting(const std::string& key, const std::string& value);
   std::vector<std::pair<std::string, std::string>> settings();
 
