@@ -54,10 +54,9 @@ std::string from_hex(const std::string& hex, size_t limit, const char* what) {
   return out;
 }
 
-constexpr size_t kMaxKey = 16384;  // prepare()'s bound on a key file
 // Everything a payload may hold, hex-encoded, with room for the names and paths.
 constexpr size_t kMaxPayload =
-    2 * (kMaxUserData + kMaxInjectedBytes + kMaxKey) + kMaxInjectedFiles * 8192 + (1 << 20);
+    2 * (kMaxUserData + kMaxInjectedBytes + kMaxKeyFile) + kMaxInjectedFiles * 8192 + (1 << 20);
 
 std::string str(const Json& j, const char* key, size_t limit = 4096) {
   auto it = j.find(key);
@@ -130,25 +129,23 @@ void Compute::build_from_payload(const std::string& payload, Build& b) {
   r.cmdline = str(j, "cmdline");
   r.encrypted = flag(j, "encrypted");
   b.key_name = str(j, "key_name");
-  b.key_data = from_hex(str(j, "key_data", 2 * kMaxKey), kMaxKey, "key_data");
+  b.key_data = from_hex(str(j, "key_data", 2 * kMaxKeyFile), kMaxKeyFile, "key_data");
   b.has_user_data = flag(j, "has_user_data");
   b.user_data = from_hex(str(j, "user_data", 2 * kMaxUserData), kMaxUserData, "user_data");
-  size_t total = 0;
   if (auto f = j.find("files"); f != j.end()) {
     if (!f->is_array() || f->size() > kMaxInjectedFiles)
       throw invalid("build row: at most " + std::to_string(kMaxInjectedFiles) + " files");
     for (const auto& e : *f) {
       if (!e.is_object()) throw invalid("build row: files");
-      std::string path = str(e, "path");
-      if (path.empty() || path[0] != '/') throw invalid("build row: a file's path is not absolute");
-      std::string data =
-          from_hex(str(e, "data", 2 * kMaxInjectedBytes), kMaxInjectedBytes, "a file");
-      total += data.size();
-      if (total > kMaxInjectedBytes) throw invalid("build row: the files are too large");
-      b.files.emplace_back(std::move(path), std::move(data));
+      b.files.emplace_back(str(e, "path"), from_hex(str(e, "data", 2 * kMaxInjectedBytes),
+                                                    kMaxInjectedBytes, "a file"));
     }
   }
-  if (r.inject) check_injection(InjectRequest{sanitize_hostname(r.name), b.key_data, b.files});
+  try {
+    check_inputs(b);  // prepare()'s bounds, on what the row brought
+  } catch (const Error& e) {
+    throw invalid(std::string("build row: ") + e.what());
+  }
 }
 
 // `nova boot --poll`: the instance's record until its agent ends the build.
@@ -339,7 +336,7 @@ std::string Compute::run_disk_row(const WorkItem& w) {
   if (w.kind == kWorkDiskInject) {
     InjectRequest req;
     req.hostname = str(j, "hostname", 255);
-    req.key = from_hex(str(j, "key_data", 2 * kMaxKey), kMaxKey, "key_data");
+    req.key = from_hex(str(j, "key_data", 2 * kMaxKeyFile), kMaxKeyFile, "key_data");
     size_t total = 0;
     if (auto f = j.find("files"); f != j.end()) {
       if (!f->is_array() || f->size() > kMaxInjectedFiles) throw invalid("disk row: files");

@@ -109,6 +109,15 @@ void Compute::wait_for(const std::string& uuid, bool running) {
   }
 }
 
+namespace {
+
+void check_guest_path(const std::string& guest) {
+  if (guest.empty() || guest[0] != '/')
+    throw invalid("--file: the guest path must be absolute: '" + guest + "'");
+}
+
+}  // namespace
+
 // Checks the request and reads its inputs, before anything is claimed: bad input changes
 // nothing.
 void Compute::prepare(Build& b) {
@@ -125,7 +134,7 @@ void Compute::prepare(Build& b) {
       throw invalid(std::string(kFailAtEnv) + "=" + f + " names no build step");
   }
   if (!req.key_file.empty()) {
-    b.key_data = read_file(req.key_file, 16384, "key file");
+    b.key_data = read_file(req.key_file, kMaxKeyFile, "key file");
     while (!b.key_data.empty() && (b.key_data.back() == '\n' || b.key_data.back() == '\r'))
       b.key_data.pop_back();
     if (b.key_data.empty()) throw invalid("key file " + req.key_file + " is empty");
@@ -135,16 +144,24 @@ void Compute::prepare(Build& b) {
     b.user_data = read_file(req.user_data_file, kMaxUserData, "user data");
     b.has_user_data = true;
   }
-  size_t total = 0;
   for (const auto& [guest, host] : req.files) {
-    if (guest.empty() || guest[0] != '/')
-      throw invalid("--file: the guest path must be absolute: '" + guest + "'");
+    check_guest_path(guest);  // before its host file is read
     b.files.emplace_back(guest, read_file(host, kMaxInjectedBytes, "file"));
-    total += b.files.back().second.size();
+  }
+  check_inputs(b);
+}
+
+void Compute::check_inputs(const Build& b) {
+  check_name("instance", b.req.name);
+  size_t total = 0;
+  for (const auto& [guest, data] : b.files) {
+    check_guest_path(guest);
+    total += data.size();
   }
   if (b.files.size() > kMaxInjectedFiles)
     throw invalid("at most " + std::to_string(kMaxInjectedFiles) + " files can be given");
-  if (req.inject) check_injection(InjectRequest{sanitize_hostname(req.name), b.key_data, b.files});
+  if (b.req.inject)
+    check_injection(InjectRequest{sanitize_hostname(b.req.name), b.key_data, b.files});
   if (total > kMaxInjectedBytes)
     throw invalid("the files given are larger than " + std::to_string(kMaxInjectedBytes) +
                   " bytes in total");

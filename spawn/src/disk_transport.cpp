@@ -203,7 +203,7 @@ DiskTransport disk_transport(Store& store, const std::string& libvirt_uri,
   if (kind.empty() || kind == "unix") return t;
   t.tcp_tls = true;
   const std::string addr = (nbd_host.empty() ? store.setting(kNbdTcpAddressSetting)
-                                              : store.host_setting(nbd_host, kNbdTcpAddressSetting))
+                                             : store.host_setting(nbd_host, kNbdTcpAddressSetting))
                                .value_or("");
   if (addr.empty() && nbd_host.empty())
     throw invalid(

@@ -178,6 +178,9 @@ class Compute {
   // The pipeline: its steps in order, each with its undo (pipeline.cpp).
   static std::span<const Step> steps();
   void prepare(Build& b);
+  // The bounds of a boot's inputs (name, files, injection), checked where prepare() read them
+  // and again where a build row brings them from the shared database.
+  static void check_inputs(const Build& b);
   // Runs the steps in order from `first`, recording each in the instance before its work
   // starts. Stops after the claim when the claim put the build on another host's queue.
   void run_steps(Build& b, size_t first = 0);

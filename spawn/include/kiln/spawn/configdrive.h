@@ -27,6 +27,7 @@ inline constexpr const char* kConfigDriveLabel = "config-2";
 inline constexpr size_t kMaxUserData = 65535;
 inline constexpr size_t kMaxInjectedFiles = 64;
 inline constexpr size_t kMaxInjectedBytes = 10u << 20;
+inline constexpr size_t kMaxKeyFile = 16384;  // boot --key-file
 
 struct ConfigDriveNetwork {
   std::string port_id, network_id, mac, tap;
