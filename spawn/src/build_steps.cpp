@@ -73,12 +73,6 @@ void make_instance_dir(const Store& store, const Instance& inst) {
   make_dir(inst.dir, kPassageDir);
 }
 
-// Removes `path` if it exists.
-void remove_file(const std::string& path) {
-  if (::unlink(path.c_str()) != 0 && errno != ENOENT)
-    throw errno_error("cannot remove " + path, errno);
-}
-
 std::string octal(mode_t m) {
   char b[8];
   std::snprintf(b, sizeof b, "%04o", static_cast<unsigned>(m & 07777));

@@ -74,11 +74,6 @@ struct Step {
   void (*undo)(Run&);
 };
 
-void remove_file(const std::string& path) {
-  if (::unlink(path.c_str()) != 0 && errno != ENOENT)
-    throw errno_error("cannot remove " + path, errno);
-}
-
 // The same file (kiln-nbd names a chain's images by their real paths).
 bool same_file(const std::string& a, const std::string& b) {
   if (a == b) return true;

@@ -80,4 +80,9 @@ void sync_dir(const std::string& dir) {
   if (fd.get() >= 0) ::fsync(fd.get());
 }
 
+void remove_file(const std::string& path) {
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT)
+    throw errno_error("cannot remove " + path, errno);
+}
+
 }  // namespace kiln::spawn

@@ -37,5 +37,7 @@ void write_file(const std::string& path, const std::string& content);
 // it.
 std::string read_file(const std::string& path, size_t limit, const std::string& what);
 void sync_dir(const std::string& dir);
+// Removes `path` if it exists; throws Error(kIo) if it cannot.
+void remove_file(const std::string& path);
 
 }  // namespace kiln::spawn

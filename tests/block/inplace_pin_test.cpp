@@ -24,7 +24,7 @@ using kiln::test::TempDir;
 
 namespace {
 
-constexpr uint64_t kCluster = 65536;
+constexpr uint64_t kPinCluster = 65536;
 
 enum class Freeing { kDiscard, kZeroUnmap };
 
@@ -40,8 +40,8 @@ Task<void> run_write(BlockDevice* dev, uint64_t off, std::vector<uint8_t>* data,
 }
 
 Task<void> run_free(BlockDevice* dev, Freeing how, int* rc) {
-  *rc = how == Freeing::kDiscard ? co_await dev->discard(0, kCluster)
-                                 : co_await dev->write_zeroes(0, kCluster, 0);
+  *rc = how == Freeing::kDiscard ? co_await dev->discard(0, kPinCluster)
+                                 : co_await dev->write_zeroes(0, kPinCluster, 0);
 }
 
 // W: a 4 KiB in-place write into guest cluster 0, held on its way to the disk. Meanwhile:
@@ -54,7 +54,7 @@ Task<void> scenario(Reactor& r, BlockDevice* dev, Gate* gate, Freeing how,
   out->held = gate->held();
   r.spawn(run_free(dev, how, &out->free_rc), &group);
   out->flush_rc = co_await dev->flush();
-  out->other_rc = co_await dev->write(5 * kCluster, *other, 0);
+  out->other_rc = co_await dev->write(5 * kPinCluster, *other, 0);
   gate->release();
   co_await group.wait();
 }
@@ -67,22 +67,22 @@ TEST_P(InPlaceWrite, DoesNotLandInAClusterReusedMeanwhile) {
   const std::string path = dir.file("img.qcow2");
   qcow2::create(r, path, co);
   Dev d = Dev::open(r, path);
-  ASSERT_EQ(d.write(0, std::vector<uint8_t>(kCluster, 0x11)), 0);
+  ASSERT_EQ(d.write(0, std::vector<uint8_t>(kPinCluster, 0x11)), 0);
   ASSERT_EQ(d.flush(), 0);
   std::vector<Extent> ext;
-  ASSERT_EQ(r.run(d.dev->block_status(0, kCluster, &ext)), 0);
+  ASSERT_EQ(r.run(d.dev->block_status(0, kPinCluster, &ext)), 0);
   ASSERT_EQ(ext.size(), 1u);
   ASSERT_TRUE(ext[0].data);
   const uint64_t host = ext[0].host_offset;
 
-  std::vector<uint8_t> late(4096, 0xee), other(kCluster, 0x55);
+  std::vector<uint8_t> late(4096, 0xee), other(kPinCluster, 0x55);
   Outcome out;
   {
     Faults faults(r);
     Gate gate(r);
     faults.add({.op = FileOp::kWrite,
                 .from = host,
-                .to = host + kCluster,
+                .to = host + kPinCluster,
                 .count = 1,
                 .error = 0,
                 .gate = &gate});
@@ -96,15 +96,15 @@ TEST_P(InPlaceWrite, DoesNotLandInAClusterReusedMeanwhile) {
 
   // Guest cluster 5 holds exactly what was written to it; cluster 0 reads as the write and the
   // free in some order: zeros, or the write over the old data.
-  EXPECT_EQ(d.read(5 * kCluster, kCluster), other);
-  std::vector<uint8_t> c0 = d.read(0, kCluster);
-  std::vector<uint8_t> written(kCluster, 0x11);
+  EXPECT_EQ(d.read(5 * kPinCluster, kPinCluster), other);
+  std::vector<uint8_t> c0 = d.read(0, kPinCluster);
+  std::vector<uint8_t> written(kPinCluster, 0x11);
   std::copy(late.begin(), late.end(), written.begin());
-  EXPECT_TRUE(c0 == std::vector<uint8_t>(kCluster, 0) || c0 == written);
+  EXPECT_TRUE(c0 == std::vector<uint8_t>(kPinCluster, 0) || c0 == written);
   ASSERT_EQ(d.close(), 0);
 
   Dev again = Dev::open(r, path, true);
-  EXPECT_EQ(again.read(5 * kCluster, kCluster), other);
+  EXPECT_EQ(again.read(5 * kPinCluster, kPinCluster), other);
   qcow2::CheckResult res = qcow2::check(r, path, qcow2::Repair::kNone);
   EXPECT_EQ(res.corruptions, 0u);
   EXPECT_EQ(res.leaks, 0u);

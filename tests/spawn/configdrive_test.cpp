@@ -12,7 +12,7 @@ namespace {
 
 using json = nlohmann::json;
 
-ConfigDriveInput sample() {
+ConfigDriveInput drive_sample() {
   ConfigDriveInput in;
   in.uuid = "1b4f6a3c-2d5e-4f60-8a9b-0c1d2e3f4a5b";
   in.name = "Web_Server.1";
@@ -47,7 +47,7 @@ TEST(ConfigDrive, HostnameAsNova) {
 }
 
 TEST(ConfigDrive, OpenStackLayoutEveryVersion) {
-  auto files = config_drive_files(sample());
+  auto files = config_drive_files(drive_sample());
   std::vector<std::string> versions = openstack_metadata_versions();
   versions.push_back("latest");
   for (const auto& v : versions) {
@@ -78,7 +78,7 @@ TEST(ConfigDrive, OpenStackLayoutEveryVersion) {
 }
 
 TEST(ConfigDrive, NetworkData) {
-  auto files = config_drive_files(sample());
+  auto files = config_drive_files(drive_sample());
   json nd = json::parse(files["openstack/latest/network_data.json"]);
   ASSERT_EQ(nd["links"].size(), 1u);
   EXPECT_EQ(nd["links"][0]["ethernet_mac_address"], "fa:16:3e:00:00:01");
@@ -99,7 +99,7 @@ TEST(ConfigDrive, NetworkData) {
 }
 
 TEST(ConfigDrive, Ec2Tree) {
-  auto files = config_drive_files(sample());
+  auto files = config_drive_files(drive_sample());
   for (const std::string v : {"2009-04-04", "latest"}) {
     json md = json::parse(files["ec2/" + v + "/meta-data.json"]);
     EXPECT_EQ(md["instance-id"], "i-1b4f6a3c");
@@ -113,7 +113,7 @@ TEST(ConfigDrive, Ec2Tree) {
 }
 
 TEST(ConfigDrive, NoUserDataNoKeys) {
-  ConfigDriveInput in = sample();
+  ConfigDriveInput in = drive_sample();
   in.has_user_data = false;
   in.public_keys.clear();
   in.files.clear();
@@ -126,10 +126,10 @@ TEST(ConfigDrive, NoUserDataNoKeys) {
 }
 
 TEST(ConfigDrive, Limits) {
-  ConfigDriveInput in = sample();
+  ConfigDriveInput in = drive_sample();
   in.user_data = std::string(kMaxUserData + 1, 'x');
   EXPECT_THROW(config_drive_files(in), Error);
-  in = sample();
+  in = drive_sample();
   in.files.assign(kMaxInjectedFiles + 1, {"/a", "b"});
   EXPECT_THROW(config_drive_files(in), Error);
 }
@@ -139,7 +139,7 @@ TEST(ConfigDrive, Limits) {
 // integration tests.
 TEST(ConfigDrive, IsoLabelAndDescriptors) {
   testing::TempDir d;
-  write_iso(config_drive_files(sample()), d / "cd.iso");
+  write_iso(config_drive_files(drive_sample()), d / "cd.iso");
   std::string iso = testing::read_text(d / "cd.iso");
   ASSERT_GT(iso.size(), 18u * 2048);
   EXPECT_EQ(iso.size() % 2048, 0u);

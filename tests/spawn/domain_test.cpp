@@ -38,7 +38,7 @@ class Xml {
   xmlDocPtr doc_;
 };
 
-DomainSpec sample() {
+DomainSpec domain_sample() {
   DomainSpec d;
   d.name = "kiln-0b9c4a52-9a3f-4a51-9b44-5f1f1c1f2e3d";
   d.uuid = "0b9c4a52-9a3f-4a51-9b44-5f1f1c1f2e3d";
@@ -94,7 +94,7 @@ void check_domain(Xml& x, const DomainSpec& d) {
 }
 
 TEST(DomainXml, Content) {
-  DomainSpec d = sample();
+  DomainSpec d = domain_sample();
   Xml x(domain_xml(d));
   check_domain(x, d);
   EXPECT_EQ(x.str("/domain/memory/@unit"), "MiB");
@@ -102,7 +102,7 @@ TEST(DomainXml, Content) {
 }
 
 TEST(DomainXml, EscapingAndKernelBoot) {
-  DomainSpec d = sample();
+  DomainSpec d = domain_sample();
   d.kernel = "/boot/vmlinuz";
   d.initrd = "/boot/initrd.img";
   d.cmdline = "console=ttyS0 kiln.test=info,configdrive a<b";
@@ -114,7 +114,7 @@ TEST(DomainXml, EscapingAndKernelBoot) {
 }
 
 TEST(DomainXml, NoNicWithoutTap) {
-  DomainSpec d = sample();
+  DomainSpec d = domain_sample();
   d.tap.clear();
   Xml x(domain_xml(d));
   EXPECT_EQ(x.count("/domain/devices/interface"), 0);
@@ -123,7 +123,7 @@ TEST(DomainXml, NoNicWithoutTap) {
 // libvirt itself accepts the XML: defined in the test driver and read back, the devices are
 // still what was asked for.
 TEST(DomainXml, LibvirtTestDriverRoundTrip) {
-  DomainSpec d = sample();
+  DomainSpec d = domain_sample();
   Virt v("test:///default");
   v.define(domain_xml(d));
   ASSERT_TRUE(v.exists(d.uuid));
@@ -144,7 +144,7 @@ TEST(DomainXml, LibvirtTestDriverRoundTrip) {
 // The disk over NBD on TCP with TLS: libvirt's network source with tls='yes' and a TCP host,
 // no Unix socket left in it.
 DomainSpec tcp_sample() {
-  DomainSpec d = sample();
+  DomainSpec d = domain_sample();
   d.nbd_socket.clear();
   d.nbd_tcp_host = "192.0.2.10";
   d.nbd_tcp_port = 10809;

@@ -23,7 +23,7 @@ using json = nlohmann::json;
 constexpr const char* kNet = "6f1c2a10-8d7e-4c3b-9a55-0e2f4b6d8a01";
 constexpr const char* kOtherNet = "0a0b0c0d-1111-4222-8333-444455556666";
 
-ConfigDriveInput sample() {
+ConfigDriveInput metadata_sample() {
   ConfigDriveInput in;
   in.uuid = "1b4f6a3c-2d5e-4f60-8a9b-0c1d2e3f4a5b";
   in.name = "Web_Server.1";
@@ -50,13 +50,13 @@ ConfigDriveInput sample() {
   return in;
 }
 
-MetadataReply get(const std::string& path, const ConfigDriveInput& in = sample()) {
+MetadataReply get(const std::string& path, const ConfigDriveInput& in = metadata_sample()) {
   return metadata_reply(config_drive_files(in), path);
 }
 
 // Every OpenStack file of the drive is served, byte for byte, at the same path.
 TEST(Metadata, OpenStackTreeIsTheConfigDrive) {
-  auto files = config_drive_files(sample());
+  auto files = config_drive_files(metadata_sample());
   int served = 0;
   for (const auto& [path, data] : files) {
     if (!path.starts_with("openstack/")) continue;
@@ -71,12 +71,12 @@ TEST(Metadata, OpenStackTreeIsTheConfigDrive) {
   EXPECT_EQ(md["uuid"], "1b4f6a3c-2d5e-4f60-8a9b-0c1d2e3f4a5b");
   EXPECT_EQ(md["hostname"], "web-server.1");
   EXPECT_EQ(md["public_keys"]["mykey"], "ssh-ed25519 AAAAC3Nz test@host");
-  EXPECT_EQ(get("/openstack/latest/user_data").body, sample().user_data);
+  EXPECT_EQ(get("/openstack/latest/user_data").body, metadata_sample().user_data);
 }
 
 // The EC2 tree walks the drive's ec2/<version>/meta-data.json: every leaf as text.
 TEST(Metadata, Ec2TreeIsTheConfigDrive) {
-  auto files = config_drive_files(sample());
+  auto files = config_drive_files(metadata_sample());
   for (const std::string v : {"2009-04-04", "latest"}) {
     json md = json::parse(files.at("ec2/" + v + "/meta-data.json"));
     for (const auto& [key, value] : md.items()) {
@@ -95,7 +95,7 @@ TEST(Metadata, Ec2TreeIsTheConfigDrive) {
             "ssh-ed25519 AAAAC3Nz test@host");
   EXPECT_EQ(get("/latest/meta-data/placement/availability-zone").body, "nova");
   EXPECT_EQ(get("/latest/meta-data/security-groups").body, "default\nweb");
-  EXPECT_EQ(get("/2009-04-04/user-data").body, sample().user_data);
+  EXPECT_EQ(get("/2009-04-04/user-data").body, metadata_sample().user_data);
 }
 
 TEST(Metadata, Listings) {
@@ -126,7 +126,7 @@ TEST(Metadata, UnknownPathsAre404) {
         "/ec2/latest/meta-data.json"})
     EXPECT_EQ(get(p).status, 404) << p;
   // No user data: no user_data file, no user-data key, and neither is listed.
-  ConfigDriveInput in = sample();
+  ConfigDriveInput in = metadata_sample();
   in.has_user_data = false;
   in.user_data.clear();
   EXPECT_EQ(get("/openstack/latest/user_data", in).status, 404);
@@ -136,7 +136,7 @@ TEST(Metadata, UnknownPathsAre404) {
 }
 
 TEST(Metadata, RecordKeepsEverythingButTheSeed) {
-  ConfigDriveInput in = sample();
+  ConfigDriveInput in = metadata_sample();
   ConfigDriveInput back = parse_metadata_record(metadata_record(in));
   EXPECT_TRUE(back.random_seed.empty());
   back.random_seed = in.random_seed;
@@ -148,7 +148,7 @@ TEST(Metadata, RecordKeepsEverythingButTheSeed) {
 TEST(Metadata, ServerAnswersOnlyTheRecordedAddress) {
   testing::TempDir dir;
   TestStore store(dir.path());
-  ConfigDriveInput a = sample(), b = sample();
+  ConfigDriveInput a = metadata_sample(), b = metadata_sample();
   b.uuid = "22222222-3333-4444-8555-666677778888";
   b.name = b.hostname = "other";
   b.networks[0].ip = "192.168.0.6";
@@ -219,7 +219,7 @@ TEST(Metadata, RouterProxyFindsTheGuestOnTheRoutersSubnets) {
   EXPECT_EQ(router_network(nets, "no-such-router", "192.168.0.5"), std::nullopt);
 
   Store store(dir.path() + "/spawn");
-  ConfigDriveInput on_a = sample(), on_c = sample(), on_b = sample();
+  ConfigDriveInput on_a = metadata_sample(), on_c = metadata_sample(), on_b = metadata_sample();
   on_c.uuid = "33333333-3333-4444-8555-666677778888";
   on_b.uuid = "44444444-3333-4444-8555-666677778888";
   store.put_metadata(on_a.uuid, metadata_record(on_a), {{a, "192.168.0.5"}});

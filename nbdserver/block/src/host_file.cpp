@@ -17,8 +17,6 @@ namespace kiln::block {
 
 namespace {
 
-bool retryable(int res) { return res == -EAGAIN || res == -EINTR; }
-
 struct FreeDeleter {
   void operator()(uint8_t* p) const { std::free(p); }
 };
@@ -107,7 +105,7 @@ Task<int> HostFile::read_aligned(uint8_t* p, uint64_t len, uint64_t offset, uint
     const int res = co_await r_->submit(
         [=, this](io_uring_sqe* s) { io_uring_prep_read(s, fd_.get(), q, n, off); });
     if (res < 0) {
-      if (retryable(res)) continue;
+      if (Reactor::retryable(res)) continue;
       co_return res;
     }
     done += static_cast<uint64_t>(res);
@@ -132,7 +130,7 @@ Task<int> HostFile::write_aligned(const uint8_t* p, uint64_t len, uint64_t offse
     const int res = co_await r_->submit(
         [=, this](io_uring_sqe* s) { io_uring_prep_write(s, fd_.get(), q, n, off); });
     if (res < 0) {
-      if (retryable(res)) continue;
+      if (Reactor::retryable(res)) continue;
       co_return res;
     }
     done += static_cast<uint64_t>(res);

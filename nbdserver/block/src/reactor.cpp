@@ -131,8 +131,6 @@ void Reactor::spawn(Task<void> task, WaitGroup* group) {
   }(std::move(task), group);
 }
 
-static bool retryable(int res) { return res == -EAGAIN || res == -EINTR; }
-
 Task<int> Reactor::read_full(int fd, std::span<uint8_t> buf, uint64_t offset) {
   if (faults_) [[unlikely]] {
     if (int rc = co_await faults_->before(FileOp::kRead, fd, offset, buf.size()); rc < 0)

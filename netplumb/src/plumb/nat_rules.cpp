@@ -4,20 +4,9 @@
 
 #include "kiln/net/model.h"
 #include "kiln/net/plumber.h"
+#include "plumb/nft.h"
 
 namespace kiln::net {
-namespace {
-
-std::string ip_list(const std::set<std::string>& ips) {
-  std::string s;
-  for (auto& ip : ips) {
-    if (!s.empty()) s += ", ";
-    s += ip;
-  }
-  return "{ " + s + " }";
-}
-
-}  // namespace
 
 std::string router_nat_ruleset(const Snapshot& snap, const Router& r) {
   const Port* gw = nullptr;
@@ -42,7 +31,7 @@ std::string router_nat_ruleset(const Snapshot& snap, const Router& r) {
           if (s.id == f.subnet_id) cidrs.insert(s.cidr.str());
     }
     if (!cidrs.empty())
-      post << "    oifname \"" << qg << "\" ip saddr " << ip_list(cidrs) << " snat to "
+      post << "    oifname \"" << qg << "\" ip saddr " << nft_set(cidrs) << " snat to "
            << gw->fixed_ips[0].ip_address.str() << "\n";
   }
   return "table ip kiln_nat {\n"

@@ -48,6 +48,15 @@ std::string nft_output(const std::string& command) {
   return nft_ctx_get_output_buffer(ctx.get());
 }
 
+std::string nft_set(const std::set<std::string>& elements) {
+  std::string s;
+  for (auto& e : elements) {
+    if (!s.empty()) s += ", ";
+    s += e;
+  }
+  return "{ " + s + " }";
+}
+
 uint32_t nft_generation() {
   mnl_socket* nl = mnl_socket_open(NETLINK_NETFILTER);
   if (!nl) throw system_error(std::string("netfilter socket: ") + std::strerror(errno));

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <set>
 #include <string>
 
 namespace kiln::net {
@@ -13,5 +14,7 @@ std::string nft_output(const std::string& command);
 // The generation id of the current namespace's nftables ruleset: it changes with every
 // committed transaction, whoever made it.
 uint32_t nft_generation();
+// An anonymous set of the given elements, as nft writes it: "{ a, b }".
+std::string nft_set(const std::set<std::string>& elements);
 
 }  // namespace kiln::net

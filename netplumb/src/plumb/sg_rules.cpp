@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "kiln/net/plumber.h"
+#include "plumb/nft.h"
 
 namespace kiln::net {
 namespace {
@@ -21,15 +22,6 @@ std::string set_name(const std::string& group_id) {
   for (char& c : s)
     if (c == '-') c = '_';
   return s;
-}
-
-std::string ip_list(const std::set<std::string>& ips) {
-  std::string s;
-  for (auto& ip : ips) {
-    if (!s.empty()) s += ", ";
-    s += ip;
-  }
-  return "{ " + s + " }";
 }
 
 // "EXPR != a EXPR != b ...", which matches what EXPR != { a, b } matches, without an anonymous
@@ -140,7 +132,7 @@ void chain_block(std::ostringstream& o, const char* family, const std::string& c
 
 void add_set(std::ostringstream& o, const std::string& name, const std::set<std::string>& ips) {
   o << "add set inet kiln_sg " << name << " { type ipv4_addr; }\n";
-  if (!ips.empty()) o << "add element inet kiln_sg " << name << " " << ip_list(ips) << "\n";
+  if (!ips.empty()) o << "add element inet kiln_sg " << name << " " << nft_set(ips) << "\n";
 }
 
 // Only the members that came or went. A transaction that deletes anything (a flush, a deleted
@@ -154,8 +146,8 @@ void update_set(std::ostringstream& o, const std::string& name, const std::set<s
     if (!now.count(ip)) gone.insert(ip);
   for (auto& ip : now)
     if (!old.count(ip)) added.insert(ip);
-  if (!gone.empty()) o << "delete element inet kiln_sg " << name << " " << ip_list(gone) << "\n";
-  if (!added.empty()) o << "add element inet kiln_sg " << name << " " << ip_list(added) << "\n";
+  if (!gone.empty()) o << "delete element inet kiln_sg " << name << " " << nft_set(gone) << "\n";
+  if (!added.empty()) o << "add element inet kiln_sg " << name << " " << nft_set(added) << "\n";
 }
 
 // `mode`: kBlock inside a full script; kNew for a chain that does not exist yet; kReplace for

@@ -5,6 +5,7 @@
 
 #include <liburing.h>
 
+#include <cerrno>
 #include <coroutine>
 #include <cstdint>
 #include <deque>
@@ -130,6 +131,9 @@ class Reactor final : public Scheduler {
   Awaiter<Prep> submit(Prep prep) {
     return Awaiter<Prep>{this, std::move(prep), {}};
   }
+
+  // An operation that ended with this result is submitted again (-EAGAIN, -EINTR).
+  static constexpr bool retryable(int res) { return res == -EAGAIN || res == -EINTR; }
 
   // Whole-buffer file I/O: short transfers and -EAGAIN/-EINTR are resubmitted. read_full
   // fills what lies past the end of the file with zeros. Both return 0 or -errno.
