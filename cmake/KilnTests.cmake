@@ -38,12 +38,16 @@ endfunction()
 
 # kiln_suite(<module>.<suite> LABEL tier
 #            PYTEST file [SELECT pytest-k-expression] | COMMAND command...
-#            [TIMEOUT seconds] [ENV VAR=value...] [FIXTURES_REQUIRED fixture...])
+#            [TIMEOUT seconds] [COST seconds] [ENV VAR=value...]
+#            [FIXTURES_REQUIRED fixture...])
 # A Python suite (FILE relative to the calling directory) run by Debian's python3 -m pytest
 # with tests/ as its root (tests/conftest.py puts the kilntest package on the path), or a
-# shell suite given as COMMAND; both get KILN_TEST_ENV plus ENV.
+# shell suite given as COMMAND; both get KILN_TEST_ENV plus ENV. COST is about how long the
+# suite runs in the release tier: CTest starts the costliest tests first (a fresh build has no
+# timing history), so a long suite does not start last and run alone at the end. A suite
+# without one still starts before the GoogleTest cases, which take milliseconds each.
 function(kiln_suite name)
-  cmake_parse_arguments(PARSE_ARGV 1 arg "" "LABEL;PYTEST;SELECT;TIMEOUT"
+  cmake_parse_arguments(PARSE_ARGV 1 arg "" "LABEL;PYTEST;SELECT;TIMEOUT;COST"
                         "COMMAND;ENV;FIXTURES_REQUIRED")
   if(NOT name MATCHES "^[a-z][a-z0-9]*\\.[a-z0-9_]+$" OR NOT arg_LABEL)
     message(FATAL_ERROR "kiln_suite(${name}): a <module>.<suite> name and a LABEL are required")
@@ -62,12 +66,16 @@ function(kiln_suite name)
   if(NOT arg_TIMEOUT)
     set(arg_TIMEOUT 1200)
   endif()
+  if(NOT arg_COST)
+    set(arg_COST 5)
+  endif()
   set(env ${KILN_TEST_ENV} ${arg_ENV})
   add_test(NAME ${name} COMMAND ${command})
   set_tests_properties(${name} PROPERTIES
     LABELS ${arg_LABEL}
     ENVIRONMENT "${env}"
-    TIMEOUT ${arg_TIMEOUT})
+    TIMEOUT ${arg_TIMEOUT}
+    COST ${arg_COST})
   if(arg_FIXTURES_REQUIRED)
     set_tests_properties(${name} PROPERTIES FIXTURES_REQUIRED "${arg_FIXTURES_REQUIRED}")
   endif()

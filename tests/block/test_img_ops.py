@@ -5,11 +5,14 @@ finds holding what the guest saw before."""
 import json
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 import time
 
 import pytest
 
+from kilntest import sampled_matrix
 from kilntest.nbd import servers  # noqa: F401  (fixture)
 from kilntest.images import (KILN_IMG, QEMU_IMG, MiB, assert_one_line_error, assert_qemu_clean,
                              create_qcow2, fill_qemu, kiln_img, lock_holder_present, make_raw,
@@ -149,9 +152,20 @@ TARGETS = [
 ]
 
 
-@pytest.mark.parametrize("target", range(len(TARGETS)))
-def test_measure_matches_qemu(workdir, target):
-    inputs = measure_inputs(workdir)
+@pytest.fixture(scope="module")
+def measure_images():
+    """The inputs of every measure case, made once: measure only reads them."""
+    d = tempfile.mkdtemp(prefix="kiln-test-", dir=os.environ.get("KILN_TEST_TMPDIR") or None)
+    try:
+        yield measure_inputs(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.parametrize("target", sampled_matrix(range(len(TARGETS)),
+                                                  [str(n) for n in range(len(TARGETS))]))
+def test_measure_matches_qemu(measure_images, target):
+    inputs = measure_images
     args = TARGETS[target]
     for name, img in inputs.items():
         fmt = "raw" if name == "raw" else "qcow2"

@@ -72,7 +72,9 @@ FILE_LIMIT = 64
 HOLD_SECONDS = 2.0
 SPIN_CPU_SHARE = 0.1
 
-SERVERS = ["kiln-nbd", "qemu-nbd"]
+# qemu-nbd is the baseline each attack is compared with, in the release tier; under the
+# sanitizers it is not the code under test (its binary is not instrumented).
+SERVERS = ["kiln-nbd"] if SANITIZED else ["kiln-nbd", "qemu-nbd"]
 
 
 @pytest.fixture(params=SERVERS)
