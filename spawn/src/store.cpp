@@ -478,7 +478,11 @@ Usage Store::usage() {
 }
 
 std::optional<std::string> Store::setting(const std::string& key) {
-  if (is_host_setting(key)) return host_setting(common::this_host_name(), key);
+  return setting_of(common::this_host_name(), key);
+}
+
+std::optional<std::string> Store::setting_of(const std::string& host, const std::string& key) {
+  if (is_host_setting(key)) return host_setting(host, key);
   Stmt s(db_, "SELECT value FROM settings WHERE key = ?");
   s.bind(key);
   if (!s.step()) return std::nullopt;

@@ -3,6 +3,7 @@
 #include <iostream>
 
 #include "context.h"
+#include "kiln/common/host.h"
 #include "kiln/spawn/disk_transport.h"
 #include "kiln/spawn/resources.h"
 #include "kiln/spawn/scheduler.h"
@@ -196,14 +197,24 @@ int config_set(Context& c) {
   return 0;
 }
 
+// The settings a host runs with: this host's (KILN_HOST, else the host name) or, with --host,
+// another registered host's; the global ones are the same for every host.
 int config_show(Context& c) {
   c.args.max_positional(0);
+  Store& s = c.store();
+  const std::string host = c.args.get_or("--host", common::this_host_name());
+  if (host != common::this_host_name()) {
+    check_host_name(host);
+    if (!s.find_host(host)) throw not_found("host '" + host + "' not found (kiln-spawn host-list)");
+  }
+  auto get = [&](const std::string& key) { return s.setting_of(host, key); };
   Json o = Json::object();
-  for (const auto& [k, d] : resource_settings()) o[k] = c.store().setting(k).value_or(d);
-  o[kQemuUserSetting] = c.store().setting(kQemuUserSetting).value_or("(libvirt's)");
-  for (const auto& [k, d] : disk_transport_settings()) o[k] = c.store().setting(k).value_or(d);
-  o[kWeigherSetting] = c.store().setting(kWeigherSetting).value_or("spread");
-  o[kStorageHostSetting] = c.store().setting(kStorageHostSetting).value_or("");
+  o["host"] = host;
+  for (const auto& [k, d] : resource_settings()) o[k] = get(k).value_or(d);
+  o[kQemuUserSetting] = get(kQemuUserSetting).value_or("(libvirt's)");
+  for (const auto& [k, d] : disk_transport_settings()) o[k] = get(k).value_or(d);
+  o[kWeigherSetting] = get(kWeigherSetting).value_or("spread");
+  o[kStorageHostSetting] = get(kStorageHostSetting).value_or("");
   c.show(o);
   return 0;
 }
@@ -223,7 +234,7 @@ CommandTable host_commands() {
         {"--host", kValue}},
        schedule},
       {"config-set", "KEY VALUE   (VALUE '' restores the default)", {}, config_set},
-      {"config-show", "", {}, config_show},
+      {"config-show", "[--host HOST]", {{"--host", kValue}}, config_show},
   };
 }
 

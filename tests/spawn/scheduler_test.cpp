@@ -356,6 +356,10 @@ TEST(Hosts, MachineSettingsArePerHost) {
   s.set_setting("nbd_tcp_address", "");  // b's default again; a's stays
   EXPECT_FALSE(s.setting("nbd_tcp_address"));
   EXPECT_EQ(s.settings(), (Settings{{"scheduler_weigher", "pack"}}));
+  // What another host runs with: its own machine settings, the global ones.
+  EXPECT_EQ(s.setting_of("compute-a", "host_vcpus"), "8");
+  EXPECT_EQ(s.setting_of("compute-a", "scheduler_weigher"), "pack");
+  EXPECT_FALSE(s.setting_of("compute-c", "nbd_tcp_address"));
   ::setenv("KILN_HOST", "compute-a", 1);
   EXPECT_EQ(s.settings(), (Settings{{"host_vcpus", "8"},
                                     {"nbd_tcp_address", "192.0.2.1:10809"},

@@ -109,6 +109,15 @@ def test_schedule_and_boot_choose_a_host(world, tmp_path):
     plan = world.spawn_json("schedule", "--flavor", "m1.small")
     assert plan[0]["host"] == "local-1" and plan[0]["result"] == "chosen"
     assert world.spawn_json("config-show")["scheduler_weigher"] == "pack"
+    # config-show names the host whose settings it shows; --host shows another one's: its own
+    # machine settings (remote-1 set none), the global ones as everywhere.
+    mine = world.spawn_json("config-show")
+    assert (mine["host"], mine["host_vcpus"]) == ("local-1", "4")
+    theirs = world.spawn_json("config-show", "--host", "remote-1")
+    assert (theirs["host"], theirs["host_vcpus"], theirs["scheduler_weigher"]) == \
+        ("remote-1", "(discovered)", "pack")
+    assert fails(world, "config-show", "--host", "nowhere", code=3) == \
+        "kiln-spawn: host 'nowhere' not found (kiln-spawn host-list)"
     assert "scheduler_weigher must be spread or pack" in fails(
         world, "config-set", "scheduler_weigher", "fastest")
     world.spawn("config-set", "scheduler_weigher", "")

@@ -204,6 +204,8 @@ class Store {
   // weigher and storage_host are one for every host sharing the database.
   std::optional<std::string> setting(const std::string& key);
   std::optional<std::string> host_setting(const std::string& host, const std::string& key);
+  // The value `host` runs with: its own for a per-host key, the global one otherwise.
+  std::optional<std::string> setting_of(const std::string& host, const std::string& key);
   void set_setting(const std::string& key, const std::string& value);
   std::vector<std::pair<std::string, std::string>> settings();
 
