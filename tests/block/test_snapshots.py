@@ -406,6 +406,12 @@ def big_image(workdir, cluster=512):
     return img
 
 
+def assert_same_content(a, b, what):
+    """The two qcow2 images read the same, by qemu-img compare."""
+    p = qemu_img("compare", "-f", "qcow2", "-F", "qcow2", a, b, check=False)
+    assert p.returncode == 0, f"{what}: {p.stdout} {p.stderr}"
+
+
 def check_after_kill(img):
     """check accepts the image: clean or leaks only; or, when the kill fell between a
     refcount write and the matching OFLAG_COPIED write (the window no order avoids), the
@@ -460,7 +466,9 @@ def test_sigkill(workdir, op):
         assert names in (old, new), names
         state = "new" if names == new else "old"
         outcomes[(what, state)] = outcomes.get((what, state), 0) + 1
-        assert_same_bytes(active_bytes(workdir, work, "w.raw"), expected, "active after kill")
+        # qemu-img compare reads only what is allocated (a twentieth of this image): cheaper
+        # than a raw copy of it. A snapshot has no such path (compare takes no -l).
+        assert_same_content(base, work, "active after kill")
         for n in names:
             assert_same_bytes(snapshot_bytes_qemu(workdir, work, n), expected, f"snapshot {n}")
     print("outcomes", outcomes)
