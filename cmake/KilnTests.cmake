@@ -42,10 +42,11 @@ endfunction()
 #            [FIXTURES_REQUIRED fixture...])
 # A Python suite (FILE relative to the calling directory) run by Debian's python3 -m pytest
 # with tests/ as its root (tests/conftest.py puts the kilntest package on the path), or a
-# shell suite given as COMMAND; both get KILN_TEST_ENV plus ENV. COST is about how long the
-# suite runs in the release tier: CTest starts the costliest tests first (a fresh build has no
-# timing history), so a long suite does not start last and run alone at the end. A suite
-# without one still starts before the GoogleTest cases, which take milliseconds each.
+# shell suite given as COMMAND; both get KILN_TEST_ENV plus ENV. COST is about how many
+# seconds the suite runs (the longer of the release and sanitizer tiers): CTest starts the
+# costliest tests first (a fresh build has no timing history), so a long suite does not start
+# last and run alone at the end. A suite without one still starts before the GoogleTest cases,
+# which take milliseconds each.
 function(kiln_suite name)
   cmake_parse_arguments(PARSE_ARGV 1 arg "" "LABEL;PYTEST;SELECT;TIMEOUT;COST"
                         "COMMAND;ENV;FIXTURES_REQUIRED")
