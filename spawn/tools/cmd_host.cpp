@@ -3,7 +3,6 @@
 #include <iostream>
 
 #include "context.h"
-#include "kiln/common/host.h"
 #include "kiln/spawn/disk_transport.h"
 #include "kiln/spawn/resources.h"
 #include "kiln/spawn/scheduler.h"
@@ -202,8 +201,9 @@ int config_set(Context& c) {
 int config_show(Context& c) {
   c.args.max_positional(0);
   Store& s = c.store();
-  const std::string host = c.args.get_or("--host", common::this_host_name());
-  if (host != common::this_host_name()) {
+  const std::string me = this_host();
+  const std::string host = c.args.get_or("--host", me);
+  if (host != me) {
     check_host_name(host);
     if (!s.find_host(host)) throw not_found("host '" + host + "' not found (kiln-spawn host-list)");
   }
