@@ -7,12 +7,14 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <set>
 #include <thread>
 
 #include "build.h"
 #include "inject.h"
 #include "kiln/common/json.h"
 #include "kiln/common/random.h"
+#include "kiln/net/store.h"
 #include "kiln/spawn/configdrive.h"
 #include "kiln/spawn/error.h"
 #include "kiln/spawn/images.h"
@@ -279,20 +281,63 @@ std::string Compute::storage_work(const std::string& host, const std::string& ki
   w.kind = kind;
   w.instance_id = instance_id;
   w.payload = payload;
-  const int64_t id = store_.enqueue(w);
+  return wait_work(store_.enqueue(w), kind, "storage host " + host);
+}
+
+std::string Compute::wait_work(int64_t id, const std::string& kind, const std::string& where,
+                               bool gone_is_done) {
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(opt_.wait_timeout_s);
   for (;;) {
     auto row = store_.find_work(id);
-    if (!row) throw system_error(kind + " on storage host " + host + ": its row is gone");
+    if (!row && gone_is_done) return "";
+    if (!row) throw system_error(kind + " on " + where + ": its row is gone");
     if (row->state == kWorkDone) return row->result;
-    if (row->state == kWorkFailed)
-      throw system_error(kind + " on storage host " + host + ": " + row->error);
+    if (row->state == kWorkFailed) throw system_error(kind + " on " + where + ": " + row->error);
     if (std::chrono::steady_clock::now() > deadline)
-      throw system_error(kind + " on storage host " + host + ": not done after " +
+      throw system_error(kind + " on " + where + ": not done after " +
                          std::to_string(opt_.wait_timeout_s) +
                          " s (is kiln-spawn agent running there?)");
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
+}
+
+// What Neutron notifies other agents of, through the queue: a port's MAC and address are
+// given out by the dnsmasq of its network's DHCP port, and admitted by the remote-group sets of
+// every host with a port in one of its groups or in a group whose rules name one of them. Each
+// of those hosts that is a network agent (kiln-net's agents table: `kiln-net apply` ran there)
+// and a registered host (its kiln-spawn agent runs the row) gets a net-sync row, at most one
+// queued per host and network. A new port waits for its DHCP host, as Nova waits for the port
+// to be plugged before it starts the guest; a security-group peer only learns of it.
+void Compute::sync_network_hosts(const net::Port& port, bool wait) {
+  const std::string me = this_host();
+  std::set<std::string> groups(port.security_groups.begin(), port.security_groups.end());
+  for (const auto& r : net_store_.security_group_rules())
+    if (!r.remote_group_id.empty() && groups.count(r.remote_group_id))
+      groups.insert(r.security_group_id);
+  std::string dhcp_host;
+  std::set<std::string> hosts;
+  for (const auto& p : net_store_.ports()) {
+    if (p.id == port.id || p.binding_host_id.empty() || p.binding_host_id == me) continue;
+    const bool dhcp = p.network_id == port.network_id && p.device_owner == "network:dhcp";
+    bool peer = false;
+    for (const auto& g : p.security_groups) peer = peer || groups.count(g) > 0;
+    if (dhcp) dhcp_host = p.binding_host_id;
+    if (dhcp || peer) hosts.insert(p.binding_host_id);
+  }
+  std::set<std::string> agents;
+  for (const auto& a : net_store_.agents()) agents.insert(a.host);
+  int64_t dhcp_row = 0;
+  for (const auto& host : hosts) {
+    if (!agents.count(host) || !store_.find_host(host)) continue;
+    WorkItem w;
+    w.host = host;
+    w.kind = kWorkNetSync;
+    w.instance_id = port.network_id;
+    w.payload = common::dump(common::Json{{"port", port.id}});
+    const int64_t id = store_.enqueue_once(w);
+    if (host == dhcp_host) dhcp_row = id;
+  }
+  if (wait && dhcp_row) wait_work(dhcp_row, kWorkNetSync, "host " + dhcp_host, true);
 }
 
 std::string Compute::inject_payload(const Build& b) {
@@ -413,6 +458,9 @@ AgentReport Compute::run_agent(const AgentOptions& o) {
         run_build_row(*w);
       } else if (w->kind.rfind("disk-", 0) == 0) {
         result = run_disk_row(*w);
+      } else if (w->kind == kWorkNetSync) {
+        plumb();                    // the whole model, as it is now
+        store_.remove_work(w->id);  // done rows are not kept: their waiter takes that as done
       } else if (w->kind == kWorkDelete) {
         if (store_.find_instance(w->instance_id)) remove(w->instance_id);
       } else {

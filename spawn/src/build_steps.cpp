@@ -114,19 +114,23 @@ void Compute::step_port(Build& b) {
   inst.tap = net::port_device_name(port);
   save(inst, "port " + port.id + " mac " + inst.mac + " ip " + inst.ip + " tap " + inst.tap);
   plumb({port.id});
+  sync_network_hosts(port, true);
 }
 
 // Every port whose device is this instance: also one made by a build that died before it could
 // record the port's id.
 void Compute::undo_port(Instance& inst) {
-  std::vector<std::string> deleted;
+  std::vector<net::Port> deleted;
   net::NetService svc(net_store_);
   for (const auto& p : net_store_.ports())
     if (p.device_id == inst.id) {
       svc.delete_port(p.id);
-      deleted.push_back(p.id);
+      deleted.push_back(p);
     }
-  if (!deleted.empty()) plumb(deleted);
+  std::vector<std::string> ids;
+  for (const auto& p : deleted) ids.push_back(p.id);
+  if (!ids.empty()) plumb(ids);
+  for (const auto& p : deleted) sync_network_hosts(p, false);
   inst.port_id.clear();
   inst.mac.clear();
   inst.ip.clear();

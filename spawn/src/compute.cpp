@@ -126,8 +126,9 @@ void Compute::prepare(Build& b) {
   if (req.image.empty() || req.flavor.empty() || req.network.empty())
     throw invalid("boot needs --image, --flavor and --net");
   qemu_user();  // a user that does not exist is bad input too
-  // So are disk transport settings that cannot work (no address, credentials missing).
-  disk_transport(store_, opt_.libvirt_uri);
+  // So are disk transport settings that cannot work (no address, credentials missing); with a
+  // storage host, the address is that host's kiln-nbd's.
+  disk_transport(store_, opt_.libvirt_uri, kDefaultQemuConf, storage_host().value_or(""));
   if (const char* f = std::getenv(kFailAtEnv); f && *f) {
     const auto& s = build_steps();
     if (std::find(s.begin(), s.end(), f) == s.end())

@@ -71,6 +71,22 @@ int64_t Store::enqueue(const WorkItem& w) {
   return id;
 }
 
+int64_t Store::enqueue_once(const WorkItem& w) {
+  int64_t id = 0;
+  write([&] {
+    Stmt s(db_,
+           "SELECT id FROM work_queue WHERE host = ? AND kind = ? AND instance_id = ? AND "
+           "state = 'queued' ORDER BY id LIMIT 1");
+    s.bind(w.host).bind(w.kind).bind(w.instance_id);
+    id = s.step() ? s.integer(0) : enqueue(w);  // a nested write joins this one
+  });
+  return id;
+}
+
+void Store::remove_work(int64_t id) {
+  write([&] { Stmt(db_, "DELETE FROM work_queue WHERE id = ?").bind(id).run(); });
+}
+
 std::optional<WorkItem> Store::take_work(const std::string& host, int64_t pid) {
   std::optional<WorkItem> out;
   // An idle agent polls: a read first, so that an empty queue costs no write lock (which every

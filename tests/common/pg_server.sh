@@ -4,8 +4,11 @@
 # trusting local connections as the role "kiln"; `pg_server.sh stop DIR` stops that server by
 # the PID it wrote (postmaster.pid) and removes DIR. As root, the server runs as the postgres
 # user (it refuses root). Connect with postgresql:///postgres?host=DIR&user=kiln.
+# `pg_server.sh start DIR ADDR CIDR` listens on TCP ADDR:5432 too and trusts clients from CIDR
+# (for hosts in other network namespaces; run it in the namespace that has ADDR):
+# postgresql://kiln@ADDR/postgres.
 set -euo pipefail
-cmd=${1:?start or stop} dir=${2:?directory}
+cmd=${1:?start or stop} dir=${2:?directory} listen=${3:-} trusted=${4:-}
 bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 [ -n "$bindir" ] || { echo "pg_server.sh: no PostgreSQL server installed (postgresql-15)" >&2; exit 1; }
 
@@ -34,7 +37,10 @@ start)
     cat "$dir/initdb.log" >&2
     exit 1
   fi
-  "${as[@]}" "$bindir/postgres" -D "$dir/data" -k "$dir" -c listen_addresses= -c fsync=off \
+  if [ -n "$listen" ]; then
+    echo "host all all ${trusted:?a CIDR to trust} trust" >>"$dir/data/pg_hba.conf"
+  fi
+  "${as[@]}" "$bindir/postgres" -D "$dir/data" -k "$dir" -c listen_addresses="$listen" -c fsync=off \
     -c unix_socket_permissions=0770 >"$dir/server.log" 2>&1 </dev/null &
   for _ in $(seq 1 300); do
     if "$bindir/pg_isready" -q -h "$dir"; then exit 0; fi
@@ -45,5 +51,5 @@ start)
   exit 1
   ;;
 stop) stop ;;
-*) echo "usage: pg_server.sh start|stop DIR" >&2; exit 2 ;;
+*) echo "usage: pg_server.sh start DIR [ADDR CIDR] | stop DIR" >&2; exit 2 ;;
 esac

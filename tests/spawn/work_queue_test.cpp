@@ -84,6 +84,29 @@ TEST(WorkQueue, RunningRowsOfADeadAgentFailAndRemovingTheInstanceRemovesItsRows)
   EXPECT_TRUE(s.work().empty());
 }
 
+// What net-sync rows use: one queued row per host, kind and instance (it reads the state when it
+// runs); once taken, the next change queues a new one; a removed row is gone.
+TEST(WorkQueue, EnqueueOnceJoinsTheQueuedRowAndRemovedRowsAreGone) {
+  TempDir d;
+  TestStore s(d.str());
+  int64_t a = s.enqueue_once(row("a", "net-sync", "n1"));
+  EXPECT_EQ(s.enqueue_once(row("a", "net-sync", "n1")), a);
+  int64_t other_host = s.enqueue_once(row("b", "net-sync", "n1"));
+  int64_t other_net = s.enqueue_once(row("a", "net-sync", "n2"));
+  int64_t other_kind = s.enqueue_once(row("a", "build", "n1"));
+  EXPECT_EQ(std::set<int64_t>({a, other_host, other_net, other_kind}).size(), 4u);
+  EXPECT_EQ(s.work().size(), 4u);
+  auto t = s.take_work("a", 9);
+  ASSERT_TRUE(t);
+  EXPECT_EQ(t->id, a);
+  int64_t again = s.enqueue_once(row("a", "net-sync", "n1"));  // the running one is no help
+  EXPECT_NE(again, a);
+  s.remove_work(a);
+  EXPECT_FALSE(s.find_work(a));
+  EXPECT_EQ(s.find_work(again)->state, kWorkQueued);
+  EXPECT_EQ(s.work().size(), 4u);
+}
+
 TEST(WorkQueue, RefusesRowsWithoutHostKindOrInstance) {
   TempDir d;
   TestStore s(d.str());

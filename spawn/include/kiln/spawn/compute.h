@@ -13,7 +13,8 @@
 
 namespace kiln::net {
 class Store;
-}
+struct Port;
+}  // namespace kiln::net
 
 namespace kiln::spawn {
 
@@ -113,6 +114,9 @@ inline constexpr const char* kWorkDiskInject = "disk-inject";      // --inject i
 inline constexpr const char* kWorkDiskExport = "disk-export";      // on its kiln-nbd (TLS)
 inline constexpr const char* kWorkDiskUnexport = "disk-unexport";  // the export removed
 inline constexpr const char* kWorkDiskRemove = "disk-remove";      // export and overlay gone
+// Another host's port changed on a network this host serves DHCP for or whose security groups
+// its ports share: the host's plumbing converged with the model (instance_id: the network's id).
+inline constexpr const char* kWorkNetSync = "net-sync";
 
 struct SnapshotRequest {
   std::string image_name;
@@ -200,6 +204,13 @@ class Compute {
   std::optional<std::string> instance_storage_host(const Instance& inst);
   std::string storage_work(const std::string& host, const std::string& kind,
                            const std::string& instance_id, const std::string& payload);
+  // Waits for a row of another host: its result, or its error thrown (`where` names the host
+  // in the messages). `gone_is_done`: the agent removes the row when it is done.
+  std::string wait_work(int64_t id, const std::string& kind, const std::string& where,
+                        bool gone_is_done = false);
+  // A port made or removed here: net-sync rows for the other hosts whose plumbing depends on it
+  // (agent.cpp); with `wait`, the row of its network's DHCP host is waited for.
+  void sync_network_hosts(const net::Port& port, bool wait);
   static std::string inject_payload(const Build& b);
   std::string run_disk_row(const WorkItem& w);
   // Undoes the steps recorded in inst.steps_done, newest first, each one's undo recorded (the

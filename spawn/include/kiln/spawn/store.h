@@ -186,6 +186,11 @@ class Store {
 
   // The work queue (store_queue.cpp). enqueue() returns the row's id.
   int64_t enqueue(const WorkItem& w);
+  // enqueue(), unless a row of the same host, kind and instance is still queued: that row's id
+  // (work that reads the current state when it runs needs one queued row, not one per change).
+  int64_t enqueue_once(const WorkItem& w);
+  // A row removed (work whose done rows are not kept).
+  void remove_work(int64_t id);
   // The oldest queued row for `host`, now running (taken_by `pid`), or nullopt: in one write
   // transaction, so that two agents (or two hosts) never take the same row.
   std::optional<WorkItem> take_work(const std::string& host, int64_t pid);
