@@ -41,14 +41,15 @@ std::string to_hex(std::string_view bytes) {
   return out;
 }
 
-std::string from_hex(const std::string& hex, size_t limit, const char* what) {
+std::string from_hex(const std::string& hex, size_t limit, const char* what,
+                     const char* row = "build row: ") {
   auto nibble = [&](char c) -> int {
     if (c >= '0' && c <= '9') return c - '0';
     if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    throw invalid(std::string("build row: ") + what + " is not hex");
+    throw invalid(std::string(row) + what + " is not hex");
   };
   if (hex.size() % 2 || hex.size() / 2 > limit)
-    throw invalid(std::string("build row: ") + what + " is longer than " + std::to_string(limit) +
+    throw invalid(std::string(row) + what + " is longer than " + std::to_string(limit) +
                   " bytes or cut");
   std::string out(hex.size() / 2, '\0');
   for (size_t i = 0; i < out.size(); ++i)
@@ -285,20 +286,60 @@ std::string Compute::storage_work(const std::string& host, const std::string& ki
 }
 
 std::string Compute::wait_work(int64_t id, const std::string& kind, const std::string& where,
-                               bool gone_is_done) {
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(opt_.wait_timeout_s);
+                               bool gone_is_done, int timeout_s, bool withdraw) {
+  if (timeout_s <= 0) timeout_s = opt_.wait_timeout_s;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
   for (;;) {
     auto row = store_.find_work(id);
     if (!row && gone_is_done) return "";
     if (!row) throw system_error(kind + " on " + where + ": its row is gone");
     if (row->state == kWorkDone) return row->result;
     if (row->state == kWorkFailed) throw system_error(kind + " on " + where + ": " + row->error);
-    if (std::chrono::steady_clock::now() > deadline)
-      throw system_error(kind + " on " + where + ": not done after " +
-                         std::to_string(opt_.wait_timeout_s) +
-                         " s (is kiln-spawn agent running there?)");
+    if (std::chrono::steady_clock::now() > deadline) {
+      const bool taken_back = withdraw && store_.withdraw_work(id);
+      throw system_error(kind + " on " + where + ": not done after " + std::to_string(timeout_s) +
+                         " s (is kiln-spawn agent running there?)" +
+                         (taken_back ? "; the request is withdrawn" : ""));
+    }
+    if (interrupted()) {
+      if (withdraw) store_.withdraw_work(id);
+      throw system_error(kind + " on " + where + ": interrupted while waiting");
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
+}
+
+// Nova casts stop and start to the instance's compute host and calls it for the console log;
+// here they are rows for its agent. The state is checked here first (the agent checks it
+// again), so that a request that cannot work queues nothing. The row carries this
+// --wait-timeout, which the agent's stop gives the guest's ACPI shutdown (and its start the
+// domain) instead of its own; the wait here is longer than that.
+Instance Compute::remote_power(const Instance& inst, const char* kind) {
+  const bool stopping = std::string_view(kind) == kWorkStop;
+  const char* wanted = stopping ? kStatusActive : kStatusStopped;
+  if (inst.status != wanted)
+    throw busy("instance " + inst.name + " is " + inst.status + ", not " + wanted);
+  WorkItem w;
+  w.host = inst.host;
+  w.kind = kind;
+  w.instance_id = inst.id;
+  w.payload = common::dump(Json{{"wait_timeout", opt_.wait_timeout_s}});
+  const int64_t id = store_.enqueue(w);
+  wait_work(id, kind, "host " + inst.host, false, 2 * opt_.wait_timeout_s + 5, true);
+  store_.remove_work(id);
+  return get(inst.id);
+}
+
+std::string Compute::remote_console_log(const Instance& inst, size_t max_bytes) {
+  WorkItem w;
+  w.host = inst.host;
+  w.kind = kWorkConsoleLog;
+  w.instance_id = inst.id;
+  w.payload = common::dump(Json{{"max_bytes", max_bytes}});
+  const int64_t id = store_.enqueue(w);
+  std::string hex = wait_work(id, kWorkConsoleLog, "host " + inst.host, false, 0, true);
+  store_.remove_work(id);
+  return from_hex(hex, max_bytes, "the console log", "console-log row: ");
 }
 
 // What Neutron notifies other agents of, through the queue: a port's MAC and address are
@@ -403,6 +444,12 @@ std::string Compute::run_disk_row(const WorkItem& w) {
     if (identity.empty()) throw invalid("disk row: an export needs a TLS identity");
     if (::access(disk.c_str(), F_OK) != 0) throw not_found("disk row: no disk " + disk);
     NbdControl nbd(opt_.nbd_control);
+    // Asked again by a start: the export stays if it is there for the same client.
+    for (const auto& e : nbd.list_exports())
+      if (e.name == name) {
+        if (e.tls_identity == identity) return name;
+        throw busy("disk row: export " + name + " is there for another TLS identity");
+      }
     nbd.add_export(name, disk, "qcow2", nullptr, identity, "");
     for (const auto& e : nbd.list_exports())
       if (e.name == name && e.tls_identity != identity) {
@@ -461,6 +508,29 @@ AgentReport Compute::run_agent(const AgentOptions& o) {
       } else if (w->kind == kWorkNetSync) {
         plumb();                    // the whole model, as it is now
         store_.remove_work(w->id);  // done rows are not kept: their waiter takes that as done
+      } else if (w->kind == kWorkStop || w->kind == kWorkStart) {
+        const Json j = common::parse_json(w->payload, kMaxPayload, w->kind + " row");
+        auto t = j.is_object() ? j.find("wait_timeout") : j.end();
+        if (t == j.end() || !t->is_number_unsigned() || t->get<uint64_t>() < 1 ||
+            t->get<uint64_t>() > kMaxWaitTimeout)
+          throw invalid(w->kind + " row: wait_timeout is not a number of seconds from 1 to " +
+                        std::to_string(kMaxWaitTimeout));
+        const int own = opt_.wait_timeout_s;
+        opt_.wait_timeout_s = t->get<int>();
+        try {
+          result = (w->kind == kWorkStop ? stop(w->instance_id) : start(w->instance_id)).status;
+        } catch (...) {
+          opt_.wait_timeout_s = own;
+          throw;
+        }
+        opt_.wait_timeout_s = own;
+      } else if (w->kind == kWorkConsoleLog) {
+        const Json j = common::parse_json(w->payload, kMaxPayload, "console-log row");
+        auto max = j.is_object() ? j.find("max_bytes") : j.end();
+        if (max == j.end() || !max->is_number_unsigned() || max->get<uint64_t>() > kMaxConsoleLog)
+          throw invalid("console-log row: max_bytes is not a number up to " +
+                        std::to_string(kMaxConsoleLog));
+        result = to_hex(console_log(w->instance_id, max->get<size_t>()));
       } else if (w->kind == kWorkDelete) {
         if (store_.find_instance(w->instance_id)) remove(w->instance_id);
       } else {

@@ -13,6 +13,7 @@
 
 #include "build.h"
 #include "inject.h"
+#include "kiln/common/json.h"
 #include "kiln/common/random.h"
 #include "kiln/net/store.h"
 #include "kiln/spawn/configdrive.h"
@@ -324,17 +325,14 @@ void Compute::remove_locked(const std::string& id) {
 
 namespace {
 
-// Stop and start act on this host's libvirt: an instance elsewhere is its host's to act on.
-void check_here(const Instance& inst, const char* what) {
-  if (!inst.host.empty() && inst.host != this_host())
-    throw unsupported("instance " + inst.name + " is on host " + inst.host + ": run " + what +
-                      " there");
-}
+// Stop, start and the console log act on this host's libvirt and files: an instance elsewhere
+// is its host's agent's to act on.
+bool elsewhere(const Instance& inst) { return !inst.host.empty() && inst.host != this_host(); }
 
 }  // namespace
 
 Instance Compute::stop(const std::string& ref) {
-  check_here(get(ref), "stop");
+  if (Instance found = get(ref); elsewhere(found)) return remote_power(found, kWorkStop);
   std::string id = get(ref).id;
   FileLock lock(lock_path(id));
   Instance inst = get(id);
@@ -355,14 +353,20 @@ Instance Compute::stop(const std::string& ref) {
 }
 
 Instance Compute::start(const std::string& ref) {
-  check_here(get(ref), "start");
+  if (Instance found = get(ref); elsewhere(found)) return remote_power(found, kWorkStart);
   std::string id = get(ref).id;
   FileLock lock(lock_path(id));
   Instance inst = get(id);
   if (inst.status != kStatusStopped)
     throw busy("instance " + inst.name + " is " + inst.status + ", not stopped");
-  // A disk on a storage host stays exported there (its agent's kiln-nbd).
-  if (!instance_storage_host(inst)) {
+  // A disk on a storage host: its agent exports it again if its kiln-nbd lost it (a
+  // disk-export row for an export that is there with the same identity changes nothing).
+  if (auto storage = instance_storage_host(inst)) {
+    auto t = instance_transport(inst.dir);
+    if (!t) throw system_error("instance " + inst.name + " has no " + kTransportFile);
+    storage_work(*storage, kWorkDiskExport, inst.id,
+                 common::dump(common::Json{{"tls_identity", t->tls_identity}}));
+  } else {
     NbdControl nbd(opt_.nbd_control);
     if (!nbd.has_export(inst.export_name)) add_export(nbd, inst);
   }
@@ -376,7 +380,7 @@ Instance Compute::start(const std::string& ref) {
 }
 
 std::string Compute::power_state(const Instance& inst) {
-  if (!inst.host.empty() && inst.host != this_host()) return "unknown: on host " + inst.host;
+  if (elsewhere(inst)) return "unknown: on host " + inst.host;
   try {
     return power_state_name(virt().state(inst.id));
   } catch (const std::exception& e) {
@@ -386,6 +390,8 @@ std::string Compute::power_state(const Instance& inst) {
 
 std::string Compute::console_log(const std::string& ref, size_t max_bytes) {
   Instance inst = get(ref);
+  max_bytes = std::min(max_bytes, kMaxConsoleLog);
+  if (elsewhere(inst)) return remote_console_log(inst, max_bytes);
   std::string path = inst.dir + "/console.log";
   std::error_code ec;
   if (!fs::exists(path, ec)) return "";

@@ -87,6 +87,17 @@ void Store::remove_work(int64_t id) {
   write([&] { Stmt(db_, "DELETE FROM work_queue WHERE id = ?").bind(id).run(); });
 }
 
+bool Store::withdraw_work(int64_t id) {
+  bool withdrawn = false;
+  write([&] {
+    Stmt s(db_, "SELECT 1 FROM work_queue WHERE id = ? AND state = 'queued'");
+    s.bind(id);
+    withdrawn = s.step();
+    if (withdrawn) Stmt(db_, "DELETE FROM work_queue WHERE id = ?").bind(id).run();
+  });
+  return withdrawn;
+}
+
 std::optional<WorkItem> Store::take_work(const std::string& host, int64_t pid) {
   std::optional<WorkItem> out;
   // An idle agent polls: a read first, so that an empty queue costs no write lock (which every

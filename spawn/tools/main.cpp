@@ -82,7 +82,8 @@ ComputeOptions compute_options(const Args& args) {
     throw invalid("--virt-type must be kvm or qemu");
   opt.plumb = !args.flag("--no-plumb");
   opt.tenant_id = args.get_or("--tenant-id", "admin");
-  opt.wait_timeout_s = static_cast<int>(args.number("--wait-timeout", 1, 86400).value_or(60));
+  opt.wait_timeout_s =
+      static_cast<int>(args.number("--wait-timeout", 1, kMaxWaitTimeout).value_or(60));
   opt.progress = ::isatty(STDERR_FILENO) == 1;
   const std::string ext = args.get_or("--overlay-extended-l2", "on");
   if (ext != "on" && ext != "off") throw invalid("--overlay-extended-l2 must be on or off");

@@ -20,6 +20,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import time
 
@@ -205,19 +206,21 @@ class KilnNbd:
             assert time.monotonic() < deadline, "kiln-nbd did not start"
             time.sleep(0.02)
 
-    def exports(self):
-        import socket
+    def request(self, req):
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(10)
             s.connect(self.ctl)
-            s.sendall(b'{"cmd": "list-exports"}\n')
+            s.sendall((json.dumps(req) + "\n").encode())
             data = b""
             while not data.endswith(b"\n"):
                 chunk = s.recv(65536)
                 if not chunk:
                     break
                 data += chunk
-        return {e["name"]: e for e in json.loads(data)["exports"]}
+        return json.loads(data)
+
+    def exports(self):
+        return {e["name"]: e for e in self.request({"cmd": "list-exports"})["exports"]}
 
     def cleanup(self):
         self.inside.cleanup()
@@ -418,6 +421,29 @@ def test_four_guests_on_two_compute_hosts_disks_on_a_storage_host(cloud, guest, 
         run([tool("qemu-img"), "convert", "-U", "-f", "qcow2", "-O", "raw", disk, raw])
         assert debugfs_cat(raw, "/kiln/marker") == marker
         os.unlink(raw)
+
+    # From compute-a, for a guest on compute-b: its console log, stop and start, run there by
+    # compute-b's agent. start exports the disk again on storage-1, whose kiln-nbd lost it.
+    vm = next(vm for vm in targets if vm["host"] == "compute-b")
+    there = b.spawn("console-log", vm["name"]).stdout
+    assert "KILN-TEST: end ok" in there
+    assert a.spawn("console-log", vm["name"]).stdout == there
+    a.spawn("--wait-timeout", "2", "stop", vm["name"])  # the test guest ignores ACPI
+    assert a.spawn_json("show", vm["name"])["status"] == "stopped"
+    assert b.lv.virsh("domstate", f"kiln-{vm['id']}").stdout.strip() == "shut off"
+    assert nbd.request({"cmd": "remove-export", "name": f"kiln-{vm['id']}"})["ok"]
+    a.spawn("start", vm["name"])
+    assert a.spawn_json("show", vm["name"])["status"] == "active"
+    assert b.lv.virsh("domstate", f"kiln-{vm['id']}").stdout.strip() == "running"
+    assert nbd.exports()[f"kiln-{vm['id']}"]["tls-identity"] == "CN=compute-b,O=Kiln"
+    # The guest came back on the export added again (a second NBD session for it; libvirt
+    # started the console log afresh).
+    served = f"serving export 'kiln-{vm['id']}'"
+    out = wait_console(b, vm["name"], "KILN-TEST: end ")
+    assert "KILN-TEST: end ok" in out and f"KILN-TEST: dhcp ip={vm['ip_address']} " in out, out
+    assert nbd.inside.read_log().count(served) == 2, nbd.inside.read_log()[-3000:]
+    assert [w for w in a.spawn_json("work-list") if w["kind"] in ("stop", "start", "console-log")
+            ] == []
 
     # A compute host's agent killed in the middle of a build: its next start rolls the build
     # back, the disk on storage-1 included.

@@ -98,9 +98,18 @@ def test_boot_and_delete_on_another_host_through_its_agent(two_hosts):
         assert hv["remote-1"]["vcpus_used"] == 1 and hv["local-1"]["vcpus_used"] == 0
         local = world.spawn_json("boot", "vm2", *BOOT, "--host", "local-1")
         assert local["host"] == "local-1" and local["status"] == "active"
-        # Stop and start are the host's own.
+        # Stop and start of an instance on another host go to its agent (rows it runs, removed
+        # once waited for); a state that does not allow them is refused here.
+        world.spawn("stop", "vm1")
+        assert world.spawn_json("show", "vm1")["status"] == "stopped"
         r = world.spawn("stop", "vm1", check=False)
-        assert r.returncode != 0 and "is on host remote-1: run stop there" in r.stderr, r.stderr
+        assert r.returncode != 0 and "is stopped, not active" in r.stderr, r.stderr
+        world.spawn("start", "vm1")
+        assert world.spawn_json("show", "vm1")["status"] == "active"
+        events = [e["message"] for e in world.spawn_json("show", "vm1")["events"]]
+        assert events[-2:] == ["stopped", "started"], events
+        assert world.spawn("console-log", "vm1").returncode == 0  # the test driver writes none
+        assert [w["kind"] for w in rows(world)] == ["build"], rows(world)
         # --no-wait: back at once, scheduled; the agent then builds it.
         vm3 = world.spawn_json("boot", "vm3", *BOOT, "--host", "remote-1", "--no-wait")
         assert vm3["status"] == "building" and vm3["task_state"] == "scheduling", vm3
@@ -113,7 +122,8 @@ def test_boot_and_delete_on_another_host_through_its_agent(two_hosts):
     finally:
         rc, report, err = agent.stop()
     assert rc == 0, err
-    assert report["rows_done"] == 4 and report["rows_failed"] == 0, report
+    # vm1 and vm3 built and deleted; vm1 stopped, started and its console log read.
+    assert report["rows_done"] == 7 and report["rows_failed"] == 0, report
 
 
 def test_queued_build_no_agent_took_is_cancelled_by_delete(two_hosts):
@@ -125,6 +135,11 @@ def test_queued_build_no_agent_took_is_cancelled_by_delete(two_hosts):
            "running there?)" in r.stderr, r.stderr
     show = world.spawn_json("show", "vm")
     assert show["host"] == "remote-1" and show["steps"] == ["claim"], show
+    # Nothing reads its console log there: the request is taken back after the timeout.
+    r = world.spawn("--wait-timeout", "1", "console-log", "vm", check=False)
+    assert r.returncode == 1, r
+    assert "console-log on host remote-1: not done after 1 s (is kiln-spawn agent running " \
+           "there?); the request is withdrawn" in r.stderr, r.stderr
     assert [(w["kind"], w["state"]) for w in rows(world)] == [("build", "queued")]
     # This host's cleanup leaves another host's instance alone.
     assert world.spawn_json("cleanup")["builds_rolled_back"] == []

@@ -117,6 +117,13 @@ inline constexpr const char* kWorkDiskRemove = "disk-remove";      // export and
 // Another host's port changed on a network this host serves DHCP for or whose security groups
 // its ports share: the host's plumbing converged with the model (instance_id: the network's id).
 inline constexpr const char* kWorkNetSync = "net-sync";
+// stop, start and console-log of an instance on another host, run there by its agent (the
+// console log's tail comes back hex-encoded as the row's result).
+inline constexpr const char* kWorkStop = "stop";
+inline constexpr const char* kWorkStart = "start";
+inline constexpr const char* kWorkConsoleLog = "console-log";
+inline constexpr size_t kMaxConsoleLog = size_t{1} << 20;
+inline constexpr int kMaxWaitTimeout = 86400;  // --wait-timeout, also in a stop or start row
 
 struct SnapshotRequest {
   std::string image_name;
@@ -146,10 +153,12 @@ class Compute {
   // Removes the domain, the export, the instance's files, the port and the claim, then the
   // record. Works in any state (also after a build that was killed half-way).
   void remove(const std::string& ref);
+  // On another host: through its agent (a row, waited for).
   Instance stop(const std::string& ref);
   Instance start(const std::string& ref);
-  // The serial console's log (its last `max_bytes`).
-  std::string console_log(const std::string& ref, size_t max_bytes = 1 << 20);
+  // The serial console's log (its last `max_bytes`, at most kMaxConsoleLog); on another host,
+  // read there by its agent.
+  std::string console_log(const std::string& ref, size_t max_bytes = kMaxConsoleLog);
   // The domain's state as libvirt sees it now ("running", "shut off", "no domain", ...), or
   // "unknown: <why>" when libvirt cannot be asked. The recorded status is not changed.
   std::string power_state(const Instance& inst);
@@ -205,9 +214,15 @@ class Compute {
   std::string storage_work(const std::string& host, const std::string& kind,
                            const std::string& instance_id, const std::string& payload);
   // Waits for a row of another host: its result, or its error thrown (`where` names the host
-  // in the messages). `gone_is_done`: the agent removes the row when it is done.
+  // in the messages). `gone_is_done`: the agent removes the row when it is done. `timeout_s`:
+  // 0 is --wait-timeout. `withdraw`: a row still queued at the timeout is taken back (no
+  // agent runs it later).
   std::string wait_work(int64_t id, const std::string& kind, const std::string& where,
-                        bool gone_is_done = false);
+                        bool gone_is_done = false, int timeout_s = 0, bool withdraw = false);
+  // stop and start of an instance on another host, and its console log: a row for that host's
+  // agent, waited for (agent.cpp).
+  Instance remote_power(const Instance& inst, const char* kind);
+  std::string remote_console_log(const Instance& inst, size_t max_bytes);
   // A port made or removed here: net-sync rows for the other hosts whose plumbing depends on it
   // (agent.cpp); with `wait`, the row of its network's DHCP host is waited for.
   void sync_network_hosts(const net::Port& port, bool wait);

@@ -191,6 +191,9 @@ class Store {
   int64_t enqueue_once(const WorkItem& w);
   // A row removed (work whose done rows are not kept).
   void remove_work(int64_t id);
+  // A row removed if it is still queued (its waiter gave up before an agent took it): whether
+  // it was.
+  bool withdraw_work(int64_t id);
   // The oldest queued row for `host`, now running (taken_by `pid`), or nullopt: in one write
   // transaction, so that two agents (or two hosts) never take the same row.
   std::optional<WorkItem> take_work(const std::string& host, int64_t pid);
