@@ -83,6 +83,8 @@ Database::~Database() = default;
 
 Dialect Database::dialect() const { return backend_->dialect(); }
 
+bool Database::connection_lost() const { return backend_->connection_lost(); }
+
 int Database::schema_version() { return backend_->schema_version(); }
 
 void Database::exec(const std::string& sql) { backend_->exec(sql); }

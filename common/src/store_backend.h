@@ -31,6 +31,8 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual Dialect dialect() const = 0;
+  // The engine's connection is gone (store.h, Database::connection_lost).
+  virtual bool connection_lost() const { return false; }
   virtual std::unique_ptr<Cursor> prepare(std::string_view sql) = 0;
   virtual void exec(const std::string& sql) = 0;
   // Opens a transaction that holds the writers' lock from its start.

@@ -8,6 +8,7 @@
 // transaction every statement runs under a savepoint, so that a failed one (a duplicate name,
 // say) is undone alone and the caller may go on, as with SQLite.
 #include <libpq-fe.h>
+#include <poll.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -158,7 +159,9 @@ class PgCursor final : public Cursor {
 class Postgres final : public Backend {
  public:
   Postgres(const std::string& url, const std::string& shown, const Database::Options& options)
-      : schema_(options.schema), key_(lock_key(options.schema)) {
+      : schema_(options.schema),
+        key_(lock_key(options.schema)),
+        lock_timeout_ms_(options.busy_timeout_ms) {
     check_schema_name(schema_);
     conn_ = PQconnectdb(url.c_str());
     if (!conn_ || PQstatus(conn_) != CONNECTION_OK) {
@@ -170,9 +173,8 @@ class Postgres final : public Backend {
     PQsetNoticeProcessor(
         conn_, [](void*, const char*) {}, nullptr);
     try {
-      command("SET search_path TO " + schema_);
-      // A writer waits for the lock as long as SQLite's busy timeout would, then fails kBusy.
-      command("SET lock_timeout = " + std::to_string(options.busy_timeout_ms));
+      std::lock_guard<std::mutex> g(mutex_);
+      set_up_session_locked();
     } catch (...) {
       PQfinish(conn_);
       throw;
@@ -181,6 +183,7 @@ class Postgres final : public Backend {
   ~Postgres() override { PQfinish(conn_); }
 
   Dialect dialect() const override { return Dialect::kPostgres; }
+  bool connection_lost() const override { return PQstatus(conn_) == CONNECTION_BAD; }
   std::unique_ptr<Cursor> prepare(std::string_view sql) override {
     return std::make_unique<PgCursor>(*this, sql);
   }
@@ -247,9 +250,37 @@ class Postgres final : public Backend {
   }
 
  private:
+  // The session's settings, on a new connection and on one opened again.
+  void set_up_session_locked() {
+    command_locked("SET search_path TO " + schema_);
+    // A writer waits for the lock as long as SQLite's busy timeout would, then fails kBusy.
+    command_locked("SET lock_timeout = " + std::to_string(lock_timeout_ms_));
+  }
+  // A connection the server dropped is opened again (PQreset: the same parameters) before a
+  // statement or a transaction starts; inside a transaction, the transaction went with it and
+  // the statement fails (its caller rolls back; the next transaction reconnects). A server
+  // that shuts down or ends an idle connection sends its FATAL message and closes: an idle
+  // connection with something to read has been ended, and is seen so before anything is sent
+  // on it (a statement is never sent twice).
+  void reconnect_if_lost_locked() {
+    if (in_txn_) return;
+    // The message comes first and the end of the stream after it: read until nothing is left
+    // (libpq marks the connection bad when it reads the end).
+    for (int reads = 0; reads < 8 && PQstatus(conn_) == CONNECTION_OK; ++reads) {
+      pollfd p{PQsocket(conn_), POLLIN, 0};
+      if (p.fd < 0 || ::poll(&p, 1, 0) <= 0 || !PQconsumeInput(conn_)) break;
+    }
+    if (PQstatus(conn_) != CONNECTION_BAD) return;
+    PQreset(conn_);
+    if (PQstatus(conn_) != CONNECTION_OK)
+      throw Error(Reason::kIo, "the database connection was lost and cannot be opened again: " +
+                                   trimmed(PQerrorMessage(conn_)));
+    set_up_session_locked();
+  }
   template <class Send>
   Result run(Send send) {
     std::lock_guard<std::mutex> g(mutex_);
+    reconnect_if_lost_locked();
     if (in_txn_) command_locked("SAVEPOINT kiln_statement");
     Result r(send());
     const auto st = PQresultStatus(r.get());
@@ -263,6 +294,7 @@ class Postgres final : public Backend {
   }
   void command(const std::string& sql) {
     std::lock_guard<std::mutex> g(mutex_);
+    reconnect_if_lost_locked();
     command_locked(sql);
   }
   void command_locked(const std::string& sql) {
@@ -286,6 +318,7 @@ class Postgres final : public Backend {
   PGconn* conn_ = nullptr;
   std::string schema_;
   int64_t key_;
+  int lock_timeout_ms_;
   bool in_txn_ = false;
   bool schema_ready_ = false;
   std::mutex mutex_;  // libpq connections are not for concurrent use

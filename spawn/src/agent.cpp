@@ -473,77 +473,121 @@ std::string Compute::run_disk_row(const WorkItem& w) {
   throw unsupported("no such kind of work: " + w.kind);
 }
 
+// One row's work; its result (the row is then done, unless the work removed it).
+std::string Compute::run_row(const WorkItem& w) {
+  if (w.kind == kWorkBuild) {
+    run_build_row(w);
+  } else if (w.kind.rfind("disk-", 0) == 0) {
+    return run_disk_row(w);
+  } else if (w.kind == kWorkNetSync) {
+    plumb();                   // the whole model, as it is now
+    store_.remove_work(w.id);  // done rows are not kept: their waiter takes that as done
+  } else if (w.kind == kWorkStop || w.kind == kWorkStart) {
+    const Json j = common::parse_json(w.payload, kMaxPayload, w.kind + " row");
+    auto t = j.is_object() ? j.find("wait_timeout") : j.end();
+    if (t == j.end() || !t->is_number_unsigned() || t->get<uint64_t>() < 1 ||
+        t->get<uint64_t>() > kMaxWaitTimeout)
+      throw invalid(w.kind + " row: wait_timeout is not a number of seconds from 1 to " +
+                    std::to_string(kMaxWaitTimeout));
+    const int own = opt_.wait_timeout_s;
+    opt_.wait_timeout_s = t->get<int>();
+    try {
+      const Instance inst = w.kind == kWorkStop ? stop(w.instance_id) : start(w.instance_id);
+      opt_.wait_timeout_s = own;
+      return inst.status;
+    } catch (...) {
+      opt_.wait_timeout_s = own;
+      throw;
+    }
+  } else if (w.kind == kWorkConsoleLog) {
+    const Json j = common::parse_json(w.payload, kMaxPayload, "console-log row");
+    auto max = j.is_object() ? j.find("max_bytes") : j.end();
+    if (max == j.end() || !max->is_number_unsigned() || max->get<uint64_t>() > kMaxConsoleLog)
+      throw invalid("console-log row: max_bytes is not a number up to " +
+                    std::to_string(kMaxConsoleLog));
+    return to_hex(console_log(w.instance_id, max->get<size_t>()));
+  } else if (w.kind == kWorkDelete) {
+    if (store_.find_instance(w.instance_id)) remove(w.instance_id);
+  } else {
+    throw unsupported("no such kind of work: " + w.kind);
+  }
+  return "done";
+}
+
+namespace {
+
+void append(CleanupReport& to, const CleanupReport& from) {
+  auto add = [](std::vector<std::string>& a, const std::vector<std::string>& b) {
+    a.insert(a.end(), b.begin(), b.end());
+  };
+  add(to.builds_rolled_back, from.builds_rolled_back);
+  add(to.deletes_finished, from.deletes_finished);
+  add(to.snapshots_rolled_back, from.snapshots_rolled_back);
+  add(to.in_progress, from.in_progress);
+  add(to.errors, from.errors);
+}
+
+}  // namespace
+
 AgentReport Compute::run_agent(const AgentOptions& o) {
   AgentReport report;
   const std::string me = this_host();
   // What a dead agent was running: its row failed, then its instance rolled back by cleanup
   // (a queued row is not abandoned: cleanup leaves its instance to this loop).
-  for (const auto& w : store_.fail_running_work(
-           me, "the agent running it stopped before it ended (rolled back by the next start)"))
-    report.dead_rows.push_back(w.id);
-  report.cleanup = cleanup();
-  ResourceTracker(store_).report();
+  auto recover = [&](const std::string& why) {
+    for (const auto& w : store_.fail_running_work(me, why)) report.dead_rows.push_back(w.id);
+    append(report.cleanup, cleanup());
+    ResourceTracker(store_).report();
+  };
+  recover("the agent running it stopped before it ended (rolled back by the next start)");
   auto last_report = std::chrono::steady_clock::now();
   const pid_t pid = ::getpid();
+  auto pause = [&](int ms) {
+    for (int slept = 0; slept < ms && !interrupted(); slept += 20)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  };
+  // A database that went away (a PostgreSQL restart or failover) does not end the agent, as
+  // it does not end nova-compute: it waits for the database, 0.2 s to 5 s between tries, and
+  // then does what a new start does for the row it may have been running.
+  int outage_ms = 0;
   while (!interrupted()) {
-    if (std::chrono::steady_clock::now() - last_report > std::chrono::seconds(30)) {
-      ResourceTracker(store_).report();  // the heartbeat
-      last_report = std::chrono::steady_clock::now();
-    }
-    std::optional<WorkItem> w = store_.take_work(me, pid);
-    if (!w) {
-      if (o.once) break;
-      for (int slept = 0; slept < o.poll_interval_ms && !interrupted(); slept += 20)
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-      continue;
-    }
-    std::fprintf(stderr, "kiln-spawn agent: %s %s (row %lld)\n", w->kind.c_str(),
-                 w->instance_id.c_str(), static_cast<long long>(w->id));
     try {
-      std::string result = "done";
-      if (w->kind == kWorkBuild) {
-        run_build_row(*w);
-      } else if (w->kind.rfind("disk-", 0) == 0) {
-        result = run_disk_row(*w);
-      } else if (w->kind == kWorkNetSync) {
-        plumb();                    // the whole model, as it is now
-        store_.remove_work(w->id);  // done rows are not kept: their waiter takes that as done
-      } else if (w->kind == kWorkStop || w->kind == kWorkStart) {
-        const Json j = common::parse_json(w->payload, kMaxPayload, w->kind + " row");
-        auto t = j.is_object() ? j.find("wait_timeout") : j.end();
-        if (t == j.end() || !t->is_number_unsigned() || t->get<uint64_t>() < 1 ||
-            t->get<uint64_t>() > kMaxWaitTimeout)
-          throw invalid(w->kind + " row: wait_timeout is not a number of seconds from 1 to " +
-                        std::to_string(kMaxWaitTimeout));
-        const int own = opt_.wait_timeout_s;
-        opt_.wait_timeout_s = t->get<int>();
-        try {
-          result = (w->kind == kWorkStop ? stop(w->instance_id) : start(w->instance_id)).status;
-        } catch (...) {
-          opt_.wait_timeout_s = own;
-          throw;
-        }
-        opt_.wait_timeout_s = own;
-      } else if (w->kind == kWorkConsoleLog) {
-        const Json j = common::parse_json(w->payload, kMaxPayload, "console-log row");
-        auto max = j.is_object() ? j.find("max_bytes") : j.end();
-        if (max == j.end() || !max->is_number_unsigned() || max->get<uint64_t>() > kMaxConsoleLog)
-          throw invalid("console-log row: max_bytes is not a number up to " +
-                        std::to_string(kMaxConsoleLog));
-        result = to_hex(console_log(w->instance_id, max->get<size_t>()));
-      } else if (w->kind == kWorkDelete) {
-        if (store_.find_instance(w->instance_id)) remove(w->instance_id);
-      } else {
-        throw unsupported("no such kind of work: " + w->kind);
+      if (outage_ms) {
+        recover("the database connection was lost while it ran (rolled back)");
+        std::fprintf(stderr, "kiln-spawn agent: the database is back\n");
+        outage_ms = 0;
       }
-      // A delete removed the row with the instance: nothing to update then.
-      if (store_.find_work(w->id)) store_.finish_work(w->id, true, result, "");
-      ++report.done;
+      if (std::chrono::steady_clock::now() - last_report > std::chrono::seconds(30)) {
+        ResourceTracker(store_).report();  // the heartbeat
+        last_report = std::chrono::steady_clock::now();
+      }
+      std::optional<WorkItem> w = store_.take_work(me, pid);
+      if (!w) {
+        if (o.once) break;
+        pause(o.poll_interval_ms);
+        continue;
+      }
+      std::fprintf(stderr, "kiln-spawn agent: %s %s (row %lld)\n", w->kind.c_str(),
+                   w->instance_id.c_str(), static_cast<long long>(w->id));
+      try {
+        std::string result = run_row(*w);
+        // A delete removed the row with the instance: nothing to update then.
+        if (store_.find_work(w->id)) store_.finish_work(w->id, true, result, "");
+        ++report.done;
+      } catch (const std::exception& e) {
+        if (store_.connection_lost()) throw;  // the row stays running: recover() fails it
+        std::fprintf(stderr, "kiln-spawn agent: row %lld failed: %s\n",
+                     static_cast<long long>(w->id), e.what());
+        if (store_.find_work(w->id)) store_.finish_work(w->id, false, "", e.what());
+        ++report.failed;
+      }
     } catch (const std::exception& e) {
-      std::fprintf(stderr, "kiln-spawn agent: row %lld failed: %s\n", static_cast<long long>(w->id),
-                   e.what());
-      if (store_.find_work(w->id)) store_.finish_work(w->id, false, "", e.what());
-      ++report.failed;
+      if (!store_.connection_lost()) throw;
+      if (!outage_ms)
+        std::fprintf(stderr, "kiln-spawn agent: the database is unreachable (%s); waiting for it\n",
+                     e.what());
+      outage_ms = std::min(std::max(2 * outage_ms, 200), 5000);
+      pause(outage_ms);
     }
   }
   return report;

@@ -1,8 +1,10 @@
 """kiln-spawn and kiln-net on a shared PostgreSQL database (KILN_DB_URL, --db) instead of their
 SQLite files: a boot and a delete through the command lines, what the database holds seen with
 psql, a second "host" (another state directory) that sees the same model and whose agent
-builds what the scheduler sends it, and no SQLite file written. The server is the one ctest starts for the store tests (fixture kiln_pg); each test
-gets a database of its own, dropped afterwards."""
+builds what the scheduler sends it, and no SQLite file written. The server is the one ctest
+starts for the store tests (fixture kiln_pg); each test gets a database of its own, dropped
+afterwards. The agent that outlives a restart of the server has a server of its own
+(tests/common/pg_server.sh in its temporary directory)."""
 
 import json
 import os
@@ -14,6 +16,8 @@ import pytest
 from kilntest.spawn import KILN_NET, World, make_qcow2, require_tools, run
 
 PG_URL = os.environ.get("KILN_TEST_PG_URL", "")
+PG_SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common",
+                         "pg_server.sh")
 
 
 def psql(url, sql):
@@ -131,3 +135,42 @@ def test_two_hosts_share_the_scheduler(tmp_path, database, monkeypatch):
             _, err = agent.communicate(timeout=60)
             assert agent.returncode == 0, err
         world.close()
+
+
+def test_agent_outlives_a_restart_of_the_database_server(tmp_path, monkeypatch):
+    """A PostgreSQL restart drops every connection: kiln-spawn's agent waits for the server
+    and opens its connection again (as nova-compute does) instead of ending, then builds what
+    is queued for it."""
+    pg = str(tmp_path / "pg")
+    os.chmod(tmp_path, 0o711)  # the server runs as postgres
+    run(["bash", PG_SERVER, "start", pg], timeout=120)
+    world = agent = None
+    try:
+        monkeypatch.setenv("KILN_DB_URL", f"postgresql:///postgres?host={pg}&user=kiln")
+        world = World(str(tmp_path / "host-a"))
+        world.env["KILN_HOST"] = "a"
+        world.spawn("image-create", "guest", make_qcow2(str(tmp_path / "base.qcow2"), "16M"))
+        world.spawn("host-register", "--name", "b")
+        agent = subprocess.Popen(world.spawn_cmd("agent", "--host", "b", "--poll-interval", "50"),
+                                 env=world.env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, text=True)
+        boot = ("--image", "guest", "--flavor", "m1.tiny", "--net", "demo-net", "--host", "b",
+                "--format", "json")
+        assert json.loads(world.spawn("boot", "vm1", *boot).stdout)["status"] == "active"
+        run(["bash", PG_SERVER, "restart", pg, "1"], timeout=120)  # down for a second
+        # The server's restart ended the agent's connection; it is still running and takes the
+        # next build once it has a connection again.
+        vm2 = json.loads(world.spawn("--wait-timeout", "60", "boot", "vm2", *boot).stdout)
+        assert vm2["status"] == "active" and vm2["host"] == "b", vm2
+        assert agent.poll() is None
+        world.spawn("delete", "vm1", "vm2")
+        world.assert_nothing_left()
+    finally:
+        if agent:
+            agent.terminate()
+            _, err = agent.communicate(timeout=60)
+        if world:
+            world.close()
+        run(["bash", PG_SERVER, "stop", pg], check=False, timeout=60)
+    assert agent.returncode == 0, err
+    assert "the database is unreachable" in err and "the database is back" in err, err

@@ -128,6 +128,10 @@ class Database {
   // The SQLite path, or the URI with any password removed (for messages).
   const std::string& path() const { return path_; }
   Dialect dialect() const;
+  // PostgreSQL: the server dropped the connection (a restart, a failover). The next statement
+  // or transaction opens it again (and fails, kIo, while the server cannot be reached); a
+  // transaction that was open when it dropped is lost with it. Always false for SQLite.
+  bool connection_lost() const;
 
   // Whether `location` names a PostgreSQL database rather than a file.
   static bool is_url(std::string_view location);

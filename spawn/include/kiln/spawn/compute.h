@@ -206,6 +206,7 @@ class Compute {
   Instance wait_remote_build(const std::string& id, const std::string& host);
   void remove_remote(const Instance& inst);
   void run_build_row(const WorkItem& w);
+  std::string run_row(const WorkItem& w);
   // Storage host (storage.cpp): the setting (none, or this host: disks are local), the host an
   // instance's disk is on (its kStorageHostFile), a disk row queued there and waited for (its
   // result, or its error thrown), and the storage agent's side of those rows.

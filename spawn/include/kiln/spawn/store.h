@@ -216,6 +216,8 @@ class Store {
   std::optional<std::string> setting_of(const std::string& host, const std::string& key);
   void set_setting(const std::string& key, const std::string& value);
   std::vector<std::pair<std::string, std::string>> settings();
+  // The shared database dropped this process's connection (common::Database).
+  bool connection_lost() const { return db_.connection_lost(); }
 
  private:
   std::string dir_;
