@@ -16,6 +16,7 @@
 #include "kiln/common/random.h"
 #include "kiln/net/store.h"
 #include "kiln/spawn/configdrive.h"
+#include "kiln/spawn/disk_key.h"
 #include "kiln/spawn/error.h"
 #include "kiln/spawn/images.h"
 #include "kiln/spawn/nbd_control.h"
@@ -410,13 +411,18 @@ std::string Compute::run_disk_row(const WorkItem& w) {
     const uint64_t size = size_it->get<uint64_t>();
     if (size < img->virtual_size || size > (uint64_t{1} << 42))
       throw invalid("disk row: size " + std::to_string(size) + " out of range");
+    auto enc = j.find("encrypted");
+    if (enc != j.end() && !enc->is_boolean()) throw invalid("disk row: encrypted is not a boolean");
+    const bool encrypted = enc != j.end() && enc->get<bool>();
     ImageStore images(store_);
     bool filled = false;
     std::string base = images.ensure_base(*img, false, &filled);
     make_dir(store_.dir() + "/instances", kPassageDir);
     make_dir(dir, kPassageDir);
     make_file(disk, kPrivateFile);
-    create_overlay(disk, base, img->disk_format, img->virtual_size, size, opt_, std::nullopt);
+    std::optional<std::string> key;
+    if (encrypted) key = create_disk_key(dir);
+    create_overlay(disk, base, img->disk_format, img->virtual_size, size, opt_, key);
     return disk;
   }
   if (w.kind == kWorkDiskInject) {
@@ -436,7 +442,7 @@ std::string Compute::run_disk_row(const WorkItem& w) {
       }
     }
     check_injection(req);
-    inject_into(disk, req);
+    inject_into(disk, req, read_disk_key(dir));
     return disk;
   }
   if (w.kind == kWorkDiskExport) {
@@ -450,7 +456,9 @@ std::string Compute::run_disk_row(const WorkItem& w) {
         if (e.tls_identity == identity) return name;
         throw busy("disk row: export " + name + " is there for another TLS identity");
       }
-    nbd.add_export(name, disk, "qcow2", nullptr, identity, "");
+    // An encrypted overlay: kiln-nbd reads the key from its file (it checks the mode too).
+    nbd.add_export(name, disk, "qcow2", nullptr, identity,
+                   disk_encrypted(dir) ? disk_key_path(dir) : "");
     for (const auto& e : nbd.list_exports())
       if (e.name == name && e.tls_identity != identity) {
         nbd.remove_export(name);

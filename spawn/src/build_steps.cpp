@@ -140,8 +140,6 @@ void Compute::undo_port(Instance& inst) {
 void Compute::step_overlay(Build& b) {
   Instance& inst = b.inst;
   if (auto storage = storage_host()) {
-    if (b.req.encrypted)
-      throw unsupported("--encrypted with a storage host (setting storage_host) is not supported");
     if (!disk_transport(store_, opt_.libvirt_uri, kDefaultQemuConf, *storage).tcp_tls)
       throw invalid("a storage host (setting storage_host " + *storage +
                     ") needs disk_transport tcp-tls");
@@ -149,10 +147,13 @@ void Compute::step_overlay(Build& b) {
     make_instance_dir(store_, inst);
     // Recorded first: the undos find the host in it, also after a build that died.
     write_file(inst.dir + "/" + kStorageHostFile, *storage);
-    common::Json p = {{"image_id", inst.image_id}, {"size", size}};
+    // --encrypted: the storage host makes the key beside the overlay and gives it to its
+    // kiln-nbd; this host never holds it.
+    if (b.req.encrypted) write_file(inst.dir + "/" + kStorageEncryptedFile, "");
+    common::Json p = {{"image_id", inst.image_id}, {"size", size}, {"encrypted", b.req.encrypted}};
     std::string where = storage_work(*storage, kWorkDiskCreate, inst.id, common::dump(p));
-    save(inst,
-         "overlay " + where + " (" + std::to_string(size) + " bytes) on storage host " + *storage);
+    save(inst, std::string(b.req.encrypted ? "encrypted " : "") + "overlay " + where + " (" +
+                   std::to_string(size) + " bytes) on storage host " + *storage);
     return;
   }
   ImageStore images(store_);

@@ -29,6 +29,12 @@ bool disk_encrypted(const std::string& instance_dir) {
   return ::lstat(disk_key_path(instance_dir).c_str(), &st) == 0;
 }
 
+bool instance_encrypted(const std::string& instance_dir) {
+  struct stat st {};
+  return disk_encrypted(instance_dir) ||
+         ::lstat((instance_dir + "/" + kStorageEncryptedFile).c_str(), &st) == 0;
+}
+
 std::string create_disk_key(const std::string& instance_dir) {
   const std::string path = disk_key_path(instance_dir);
   std::string raw(kKeyBytes, '\0');

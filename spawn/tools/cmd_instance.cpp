@@ -32,7 +32,7 @@ Json to_json(const Instance& i) {
           {"instance_dir", i.dir},
           {"steps", i.steps_done},
           {"base_filled", i.base_filled},
-          {"encrypted", !i.dir.empty() && disk_encrypted(i.dir)},
+          {"encrypted", !i.dir.empty() && instance_encrypted(i.dir)},
           {"created_at", i.created_at},
           {"updated_at", i.updated_at},
           {"host", i.host}};

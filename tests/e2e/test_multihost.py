@@ -9,7 +9,8 @@ veth "fabric" bridge (10.99.0.0/24) with the PostgreSQL server the test starts t
   their own vxlan_local_ip, and a kiln-spawn agent each.
 
 Four test guests booted from compute-a: the scheduler spreads them over the two compute hosts;
-each one's root disk is an export of storage-1 opened with its host's certificate; guests on
+each one's root disk is an export of storage-1 opened with its host's certificate (one of them
+LUKS-encrypted there, with its key on storage-1 only); guests on
 one host ping guests on the other over the tenant VXLAN network (DHCP from compute-a's
 dnsmasq). A compute host's agent killed mid-build leaves a record its next start rolls back,
 storage host included. Deleting everything leaves nothing on any host or in the database."""
@@ -368,7 +369,10 @@ def test_four_guests_on_two_compute_hosts_disks_on_a_storage_host(cloud, guest, 
     ips = [t["ip_address"] for t in targets]
     ping = "".join(f"if ping -c 3 -W 3 {ip} >/dev/null 2>&1; then echo KILN-TEST: ping {ip} ok; "
                    f"else echo KILN-TEST: FAIL ping {ip}; fi\n" for ip in ips)
-    pingers = [boot(a, f"vm{i}", guest_cmdline(ping), guest) for i in (3, 4)]
+    # vm4's disk is encrypted: its key stays on storage-1, whose kiln-nbd decrypts it.
+    pingers = [boot(a, "vm3", guest_cmdline(ping), guest),
+               boot(a, "vm4", guest_cmdline(ping), guest, "--encrypted")]
+    assert [vm["encrypted"] for vm in targets + pingers] == [False, False, False, True]
     vms = targets + pingers
     for vm in vms:
         assert vm["status"] == "active", vm
@@ -388,6 +392,8 @@ def test_four_guests_on_two_compute_hosts_disks_on_a_storage_host(cloud, guest, 
         host = hosts[vm["host"]]
         assert exports[f"kiln-{vm['id']}"]["tls-identity"] == f"CN={vm['host']},O=Kiln", exports
         assert vm["id"] in host.instances() and vm["id"] in storage.instances()
+        sdir = os.path.join(storage.state, "spawn", "instances", vm["id"])
+        assert os.path.exists(os.path.join(sdir, "disk.key")) == vm["encrypted"]
         local = set(os.listdir(os.path.join(host.state, "spawn", "instances", vm["id"])))
         assert "disk" not in local and "disk.config" in local, local
         xml = host.lv.virsh("dumpxml", f"kiln-{vm['id']}").stdout

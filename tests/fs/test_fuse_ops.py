@@ -123,7 +123,6 @@ def test_unlink_open_file_and_hard_links(workdir):
             if os.statvfs(m).f_bfree >= free0 - 16:
                 break
             os.sync()
-            import time
             time.sleep(0.05)
         assert os.statvfs(m).f_bfree >= free0 - 16, "unlinked file's blocks not freed"
         write(f"{m}/f", b"shared")

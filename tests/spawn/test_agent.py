@@ -352,6 +352,32 @@ def test_disks_made_and_exported_on_a_storage_host(two_hosts, tmp_path):
         assert cat("/root/.ssh/authorized_keys").strip() == key.read_text().strip()
         world.spawn("delete", "inj")
         assert snbd.exports() == []
+        # --encrypted: the key is made and kept on storage-1 beside a LUKS overlay, injected
+        # into with it, and given to its kiln-nbd; the compute host only records that it is.
+        enc = world.spawn_json("boot", "enc", "--image", "guest", "--flavor", "m1.tiny", "--net",
+                               "demo-net", "--host", "remote-1", "--key-file", str(key),
+                               "--file", f"/etc/motd={motd}", "--inject", "--encrypted")
+        assert enc["status"] == "active" and enc["encrypted"] is True, enc
+        assert world.spawn_json("show", "enc")["encrypted"] is True
+        sdir_enc = sdir / "state" / "spawn" / "instances" / enc["id"]
+        key_file = sdir_enc / "disk.key"
+        assert os.stat(key_file).st_mode & 0o777 == 0o600
+        assert not os.path.exists(os.path.join(enc["instance_dir"], "disk.key"))
+        info = json.loads(run(["qemu-img", "info", "-U", "--output=json",
+                               str(sdir_enc / "disk")]).stdout)
+        assert info["encrypted"] is True and \
+            info["format-specific"]["data"]["encrypt"]["format"] == "luks", info
+        raw = str(tmp_path / "enc.raw")
+        run(["qemu-img", "convert", "-U", "--object", f"secret,id=k0,file={key_file}",
+             "--image-opts", f"driver=qcow2,file.filename={sdir_enc / 'disk'},"
+             "encrypt.key-secret=k0", "-O", "raw", raw])
+        assert cat("/etc/motd") == "made on storage-1\n"  # cat reads raw: the decrypted copy
+        assert cat("/etc/hostname").strip() == "enc"
+        assert motd.read_text().encode() not in (sdir_enc / "disk").read_bytes()
+        [e] = snbd.exports()
+        assert e["name"] == "kiln-" + enc["id"] and e["tls-identity"] == identity, e
+        world.spawn("delete", "enc")
+        assert snbd.exports() == [] and not sdir_enc.exists()
         # A build that fails after its export: the storage host's work undone too.
         fenv = dict(world.env, KILN_SPAWN_FAIL_AT="domain")
         rc, _, _ = agent.stop()

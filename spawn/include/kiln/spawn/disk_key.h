@@ -20,6 +20,11 @@ inline constexpr const char* kDiskKeyFile = "disk.key";
 std::string disk_key_path(const std::string& instance_dir);
 // True if the instance's directory holds a disk key.
 bool disk_encrypted(const std::string& instance_dir);
+// A compute host's instance whose encrypted disk a storage host made: the key is in that
+// host's instance directory, and this empty file in the compute host's says so.
+inline constexpr const char* kStorageEncryptedFile = "disk.encrypted";
+// disk_encrypted(), or the disk is encrypted on a storage host (what `show` reports).
+bool instance_encrypted(const std::string& instance_dir);
 
 // Makes a new key file (O_EXCL, mode 0600, fsynced): 32 bytes from getrandom, written as
 // base64 text without a newline (44 bytes), because QEMU takes a LUKS passphrase only as
