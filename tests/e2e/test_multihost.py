@@ -21,13 +21,12 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import time
 
 import pytest
 
-from kilntest.guest import KILN_NET, debugfs_cat, run, tool
+from kilntest.guest import KILN_NET, control_request, debugfs_cat, run, tool
 from kiln_sandbox import LibvirtSandbox
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -208,17 +207,7 @@ class KilnNbd:
             time.sleep(0.02)
 
     def request(self, req):
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(10)
-            s.connect(self.ctl)
-            s.sendall((json.dumps(req) + "\n").encode())
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        return json.loads(data)
+        return control_request(self.ctl, req)
 
     def exports(self):
         return {e["name"]: e for e in self.request({"cmd": "list-exports"})["exports"]}

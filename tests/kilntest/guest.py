@@ -155,6 +155,21 @@ class KilnNbd:
         return read_text(self.log_path)
 
 
+def control_request(path, req):
+    """One request on kiln-nbd's control socket `path`: its JSON reply."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(path)
+        s.sendall((json.dumps(req) + "\n").encode())
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return json.loads(data)
+
+
 class KilnNbdControl:
     """kiln-nbd with no export of its own, a Unix socket and a control socket (what kiln-spawn
     adds its exports through); stopped by its PID."""
@@ -186,17 +201,7 @@ class KilnNbdControl:
         raise AssertionError("kiln-nbd did not start")
 
     def request(self, req):
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(10)
-            s.connect(self.control)
-            s.sendall((json.dumps(req) + "\n").encode())
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        return json.loads(data)
+        return control_request(self.control, req)
 
     def exports(self):
         return self.request({"cmd": "list-exports"})["exports"]
