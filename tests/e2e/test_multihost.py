@@ -10,11 +10,12 @@ veth "fabric" bridge (10.99.0.0/24) with the PostgreSQL server the test starts t
 
 Four test guests booted from compute-a: the scheduler spreads them over the two compute hosts;
 each one's root disk is an export of storage-1 opened with its host's certificate (one of them
-LUKS-encrypted there, with its key on storage-1 only); guests on
-one host ping guests on the other over the tenant VXLAN network (DHCP from compute-a's
-dnsmasq). compute-a reads the console log of a guest on compute-b, stops it and starts it
-again (through compute-b's agent; the export, lost on storage-1, comes back). A compute host's
-agent killed mid-build leaves a record its next start rolls back, storage host included. Deleting everything leaves nothing on any host or in the database."""
+LUKS-encrypted there, with its key on storage-1 only); guests on one host ping guests on the
+other over the tenant VXLAN network (DHCP from compute-a's dnsmasq). compute-a reads the
+console log of a guest on compute-b, stops it and starts it again (through compute-b's agent;
+the export, lost on storage-1, comes back). A compute host's agent killed mid-build leaves a
+record its next start rolls back, storage host included. Deleting everything leaves nothing on
+any host or in the database."""
 
 import base64
 import json
