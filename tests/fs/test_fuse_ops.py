@@ -464,9 +464,9 @@ def test_enospc_leaves_a_clean_filesystem(workdir):
         size = os.stat(f"{m}/fill").st_size
         assert size > 16 * MiB
         os.unlink(f"{m}/fill")
-        # The blocks come back when kiln-fs drops the inode: at the kernel's FORGET, which the
-        # kernel queues after the unlink returns (docs/kiln-fs-fuse.md). On a loaded machine
-        # the next write can come first: it may see ENOSPC for a moment, never for good.
+        # The blocks come back when kiln-fs drops the inode: at the kernel's last RELEASE or
+        # FORGET, which can come after the unlink returns (docs/kiln-fs-fuse.md). On a loaded
+        # machine the next write can come first: it may see ENOSPC for a moment, never for good.
         deadline = time.monotonic() + 10
         while True:
             try:
