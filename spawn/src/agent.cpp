@@ -497,16 +497,14 @@ std::string Compute::run_row(const WorkItem& w) {
         t->get<uint64_t>() > kMaxWaitTimeout)
       throw invalid(w.kind + " row: wait_timeout is not a number of seconds from 1 to " +
                     std::to_string(kMaxWaitTimeout));
-    const int own = opt_.wait_timeout_s;
+    // The request's timeout for this row only: the agent's own comes back however it ends.
+    struct Restore {
+      int& value;
+      int old;
+      ~Restore() { value = old; }
+    } restore{opt_.wait_timeout_s, opt_.wait_timeout_s};
     opt_.wait_timeout_s = t->get<int>();
-    try {
-      const Instance inst = w.kind == kWorkStop ? stop(w.instance_id) : start(w.instance_id);
-      opt_.wait_timeout_s = own;
-      return inst.status;
-    } catch (...) {
-      opt_.wait_timeout_s = own;
-      throw;
-    }
+    return (w.kind == kWorkStop ? stop(w.instance_id) : start(w.instance_id)).status;
   } else if (w.kind == kWorkConsoleLog) {
     const Json j = common::parse_json(w.payload, kMaxPayload, "console-log row");
     auto max = j.is_object() ? j.find("max_bytes") : j.end();

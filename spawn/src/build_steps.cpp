@@ -121,14 +121,14 @@ void Compute::step_port(Build& b) {
 // record the port's id.
 void Compute::undo_port(Instance& inst) {
   std::vector<net::Port> deleted;
+  std::vector<std::string> ids;
   net::NetService svc(net_store_);
   for (const auto& p : net_store_.ports())
     if (p.device_id == inst.id) {
       svc.delete_port(p.id);
       deleted.push_back(p);
+      ids.push_back(p.id);
     }
-  std::vector<std::string> ids;
-  for (const auto& p : deleted) ids.push_back(p.id);
   if (!ids.empty()) plumb(ids);
   for (const auto& p : deleted) sync_network_hosts(p, false);
   inst.port_id.clear();
