@@ -22,6 +22,7 @@
 #include "kiln/spawn/nbd_control.h"
 #include "kiln/spawn/resources.h"
 #include "perms.h"
+#include "snapshot.h"
 #include "util.h"
 
 namespace kiln::spawn {
@@ -287,24 +288,26 @@ std::string Compute::storage_work(const std::string& host, const std::string& ki
 }
 
 std::string Compute::wait_work(int64_t id, const std::string& kind, const std::string& where,
-                               bool gone_is_done, int timeout_s, bool withdraw) {
-  if (timeout_s <= 0) timeout_s = opt_.wait_timeout_s;
+                               const WaitWork& how) {
+  const int timeout_s = how.timeout_s > 0 ? how.timeout_s : opt_.wait_timeout_s;
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
   for (;;) {
     auto row = store_.find_work(id);
-    if (!row && gone_is_done) return "";
+    if (!row && how.gone_is_done) return "";
     if (!row) throw system_error(kind + " on " + where + ": its row is gone");
     if (row->state == kWorkDone) return row->result;
     if (row->state == kWorkFailed) throw system_error(kind + " on " + where + ": " + row->error);
-    if (std::chrono::steady_clock::now() > deadline) {
-      const bool taken_back = withdraw && store_.withdraw_work(id);
+    const bool timed = !how.queued_only || row->state == kWorkQueued;
+    if (timed && std::chrono::steady_clock::now() > deadline) {
+      const bool taken_back = how.withdraw && store_.withdraw_work(id);
       throw system_error(kind + " on " + where + ": not done after " + std::to_string(timeout_s) +
                          " s (is kiln-spawn agent running there?)" +
                          (taken_back ? "; the request is withdrawn" : ""));
     }
     if (interrupted()) {
-      if (withdraw) store_.withdraw_work(id);
-      throw system_error(kind + " on " + where + ": interrupted while waiting");
+      const bool taken_back = how.withdraw && store_.withdraw_work(id);
+      throw system_error(kind + " on " + where + ": interrupted while waiting" +
+                         (taken_back ? "; the request is withdrawn" : "; it goes on there"));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
@@ -326,7 +329,8 @@ Instance Compute::remote_power(const Instance& inst, const char* kind) {
   w.instance_id = inst.id;
   w.payload = common::dump(Json{{"wait_timeout", opt_.wait_timeout_s}});
   const int64_t id = store_.enqueue(w);
-  wait_work(id, kind, "host " + inst.host, false, 2 * opt_.wait_timeout_s + 5, true);
+  wait_work(id, kind, "host " + inst.host,
+            {.timeout_s = 2 * opt_.wait_timeout_s + 5, .withdraw = true});
   store_.remove_work(id);
   return get(inst.id);
 }
@@ -338,7 +342,7 @@ std::string Compute::remote_console_log(const Instance& inst, size_t max_bytes) 
   w.instance_id = inst.id;
   w.payload = common::dump(Json{{"max_bytes", max_bytes}});
   const int64_t id = store_.enqueue(w);
-  std::string hex = wait_work(id, kWorkConsoleLog, "host " + inst.host, false, 0, true);
+  std::string hex = wait_work(id, kWorkConsoleLog, "host " + inst.host, {.withdraw = true});
   store_.remove_work(id);
   return from_hex(hex, max_bytes, "the console log", "console-log row: ");
 }
@@ -379,7 +383,8 @@ void Compute::sync_network_hosts(const net::Port& port, bool wait) {
     const int64_t id = store_.enqueue_once(w);
     if (host == dhcp_host) dhcp_row = id;
   }
-  if (wait && dhcp_row) wait_work(dhcp_row, kWorkNetSync, "host " + dhcp_host, true);
+  if (wait && dhcp_row)
+    wait_work(dhcp_row, kWorkNetSync, "host " + dhcp_host, {.gone_is_done = true});
 }
 
 std::string Compute::inject_payload(const Build& b) {
@@ -471,8 +476,14 @@ std::string Compute::run_disk_row(const WorkItem& w) {
     NbdControl(opt_.nbd_control).remove_export(name);
     return name;
   }
+  if (w.kind == kWorkDiskSnapshot) return run_disk_snapshot(w);
   if (w.kind == kWorkDiskRemove) {
+    FileLock lock(lock_path(w.instance_id));
     NbdControl(opt_.nbd_control).remove_export(name);
+    // A snapshot of it that died half-way: its image file and row are outside the directory.
+    Instance disk;
+    disk.dir = dir;
+    discard_snapshot_leftovers(store_, disk);
     std::error_code ec;
     std::filesystem::remove_all(dir, ec);
     if (ec) throw system_error("cannot remove " + dir + ": " + ec.message());
@@ -505,6 +516,8 @@ std::string Compute::run_row(const WorkItem& w) {
     } restore{opt_.wait_timeout_s, opt_.wait_timeout_s};
     opt_.wait_timeout_s = t->get<int>();
     return (w.kind == kWorkStop ? stop(w.instance_id) : start(w.instance_id)).status;
+  } else if (w.kind == kWorkSnapshot) {
+    return run_snapshot_row(w);
   } else if (w.kind == kWorkConsoleLog) {
     const Json j = common::parse_json(w.payload, kMaxPayload, "console-log row");
     auto max = j.is_object() ? j.find("max_bytes") : j.end();

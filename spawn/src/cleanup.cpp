@@ -50,11 +50,28 @@ CleanupReport Compute::cleanup() {
         report.builds_rolled_back.push_back(inst.name);
         continue;
       }
-      if (roll_back_interrupted_snapshot(inst)) report.snapshots_rolled_back.push_back(inst.name);
+      if (roll_back_interrupted_snapshot(inst)) {
+        report.snapshots_rolled_back.push_back(inst.name);
+        continue;
+      }
+      // A snapshot on the storage host that no kiln-spawn here waits for any more: that host
+      // ends it (or its agent's next start rolls it back); the task state here goes.
+      if (inst.task_state == "image_snapshot" && instance_storage_host(inst)) {
+        if (store_.work_pending(inst.id, kWorkDiskSnapshot)) {
+          report.in_progress.push_back(inst.name);
+          continue;
+        }
+        inst.task_state.clear();
+        save(inst,
+             "the snapshot's kiln-spawn stopped waiting for the storage host (its events "
+             "say how the snapshot ended)");
+        report.snapshots_rolled_back.push_back(inst.name);
+      }
     } catch (const std::exception& e) {
       report.errors.push_back(listed.name + ": " + e.what());
     }
   }
+  roll_back_storage_snapshots(report);
   return report;
 }
 

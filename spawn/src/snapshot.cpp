@@ -19,6 +19,13 @@
 //
 // The undo of freeze is a merge: if the commit fails there too, the export keeps the layer and
 // the record lists it (start serves it, delete removes it with the directory).
+//
+// An instance on another host is snapshotted there (a `snapshot` row for its agent). One whose
+// disk is an export of a storage host is snapshotted on that host (a `disk-snapshot` row): the
+// same steps against its kiln-nbd and its copy of the instance's directory, the events added to
+// the instance's record, the record itself (the task state) left to the compute host; the
+// storage agent's start (cleanup) rolls back one that died half-way, as disk-remove discards
+// what it left.
 #include "snapshot.h"
 
 #include <sys/stat.h>
@@ -31,7 +38,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <thread>
 
 #include "build.h"
@@ -39,10 +48,12 @@
 #include "kiln/block/device.h"
 #include "kiln/block/qcow2.h"
 #include "kiln/block/worker_pool.h"
+#include "kiln/common/json.h"
 #include "kiln/common/random.h"
 #include "kiln/spawn/error.h"
 #include "kiln/spawn/images.h"
 #include "kiln/spawn/nbd_control.h"
+#include "kiln/spawn/resources.h"
 #include "perms.h"
 #include "util.h"
 
@@ -349,6 +360,72 @@ void check_request(const SnapshotRequest& req) {
     }
 }
 
+// What may be snapshotted, checked where the instance is and before a row is queued for it.
+void check_snapshot_of(Store& store, const Instance& inst, const SnapshotRequest& req) {
+  if (inst.status != kStatusActive && inst.status != kStatusStopped)
+    throw busy("instance " + inst.name + " is " + inst.status + ", not active or stopped");
+  if (store.find_image(req.image_name))
+    throw exists("image '" + req.image_name + "' already exists");
+}
+
+// Rolls back the snapshot that r.rec (loaded from the instance's directory) says was under
+// way; false if none was. Throws if an undo failed (it stays recorded, for the next try).
+bool roll_back(Run& r) {
+  if (r.rec.image_id.empty()) return false;
+  std::vector<std::string> errors;
+  r.event("rolling back the interrupted snapshot " + r.rec.image_name);
+  undo_snapshot_steps(r, &errors);
+  if (!errors.empty())
+    throw system_error("instance " + r.inst.name + ": cannot roll back the interrupted snapshot " +
+                       r.rec.image_name + ": " + joined(errors));
+  return true;
+}
+
+// The steps of a new snapshot `r.rec.image_id`; on failure, every step undone and the error
+// rethrown (with the undo's errors, if any), after `failed` is told the whole fault.
+void take_snapshot(Run& r, const std::function<void(const std::string&)>& failed) {
+  try {
+    run_snapshot_steps(r);
+  } catch (const std::exception& e) {
+    std::string reason = e.what();
+    std::vector<std::string> errors;
+    undo_snapshot_steps(r, &errors);
+    r.inst.task_state.clear();
+    std::string fault = reason + (errors.empty() ? "" : "; cleanup: " + joined(errors));
+    failed("snapshot " + r.rec.image_name + " failed: " + fault);
+    if (errors.empty()) throw;
+    const auto* err = dynamic_cast<const Error*>(&e);
+    throw Error(err ? err->reason() : Reason::kIo, fault);
+  }
+  r.rec.image_id.clear();
+  r.rec.image_name.clear();
+  r.rec.steps.clear();
+  r.record();
+  r.inst.task_state.clear();
+}
+
+// The storage host's copy of another host's instance: its own directory and export, the
+// instance's other fields from the shared record. Its events are added to the record's; the
+// record itself is the compute host's to save.
+Instance storage_disk_of(Store& store, const std::string& id, const std::string& dir) {
+  auto found = store.find_instance(id);
+  Instance inst = found ? *found : Instance{};
+  inst.id = id;
+  if (inst.name.empty()) inst.name = id;
+  inst.dir = dir;
+  inst.export_name = export_name_of(id);
+  return inst;
+}
+
+std::function<void(const std::string&)> storage_events(Store& store, const Instance& inst) {
+  return [&store, &inst](const std::string& message) {
+    // An instance already deleted has no record to add to.
+    if (store.find_instance(inst.id))
+      store.add_event(inst.id, inst.status, inst.task_state,
+                      "storage host " + this_host() + ": " + message);
+  };
+}
+
 }  // namespace
 
 const std::vector<std::string>& snapshot_steps() {
@@ -366,12 +443,7 @@ bool Compute::roll_back_interrupted_snapshot(Instance& inst) {
   NbdControl nbd(opt_.nbd_control);
   Run r{store_, nbd, inst, SnapshotRequest{}, std::move(rec), {}, false, "", {}};
   r.event = [&](const std::string& message) { save(inst, message); };
-  std::vector<std::string> errors;
-  r.event("rolling back the interrupted snapshot " + r.rec.image_name);
-  undo_snapshot_steps(r, &errors);
-  if (!errors.empty())
-    throw system_error("instance " + inst.name + ": cannot roll back the interrupted snapshot " +
-                       r.rec.image_name + ": " + joined(errors));
+  roll_back(r);
   if (!inst.task_state.empty()) {
     inst.task_state.clear();
     save(inst, "interrupted snapshot rolled back");
@@ -381,16 +453,15 @@ bool Compute::roll_back_interrupted_snapshot(Instance& inst) {
 
 Image Compute::snapshot(const std::string& ref, const SnapshotRequest& req) {
   check_request(req);
-  const std::string id = get(ref).id;
+  const Instance found = get(ref);
+  if (!found.host.empty() && found.host != this_host()) return remote_snapshot(found, req);
   // Held throughout, rollback included: stop, start, delete and other snapshots wait.
-  FileLock lock(lock_path(id));
-  Instance inst = get(id);
-  if (inst.status != kStatusActive && inst.status != kStatusStopped)
-    throw busy("instance " + inst.name + " is " + inst.status + ", not active or stopped");
-  if (store_.find_image(req.image_name))
-    throw exists("image '" + req.image_name + "' already exists");
+  FileLock lock(lock_path(found.id));
+  Instance inst = get(found.id);
+  check_snapshot_of(store_, inst, req);
   // A snapshot that died half-way: rolled back before anything else.
   roll_back_interrupted_snapshot(inst);
+  if (auto storage = instance_storage_host(inst)) return storage_snapshot(inst, *storage, req);
   NbdControl nbd(opt_.nbd_control);
   Run r{store_, nbd, inst, req, load_snapshot_record(inst.dir), {}, false, "", {}};
   r.event = [&](const std::string& message) { save(inst, message); };
@@ -398,26 +469,149 @@ Image Compute::snapshot(const std::string& ref, const SnapshotRequest& req) {
   r.rec.image_id = common::new_uuid();
   r.rec.image_name = req.image_name;
   r.live = !inst.export_name.empty() && nbd.has_export(inst.export_name);
-  try {
-    run_snapshot_steps(r);
-  } catch (const std::exception& e) {
-    std::string reason = e.what();
-    std::vector<std::string> errors;
-    undo_snapshot_steps(r, &errors);
-    inst.task_state.clear();
-    std::string fault = reason + (errors.empty() ? "" : "; cleanup: " + joined(errors));
-    save(inst, "snapshot " + req.image_name + " failed: " + fault);
-    if (errors.empty()) throw;
-    const auto* err = dynamic_cast<const Error*>(&e);
-    throw Error(err ? err->reason() : Reason::kIo, fault);
-  }
-  r.rec.image_id.clear();
-  r.rec.image_name.clear();
-  r.rec.steps.clear();
-  r.record();
-  inst.task_state.clear();
+  take_snapshot(r, r.event);
   save(inst, "snapshot image " + r.image.name + " (" + r.image.id + ") created");
   return r.image;
+}
+
+// Nova casts a snapshot to the instance's compute host; the image is there when the row is done.
+// The queued row has --wait-timeout to be taken; a snapshot runs as long as its copy takes.
+Image Compute::remote_snapshot(const Instance& inst, const SnapshotRequest& req) {
+  check_snapshot_of(store_, inst, req);
+  WorkItem w;
+  w.host = inst.host;
+  w.kind = kWorkSnapshot;
+  w.instance_id = inst.id;
+  w.payload = common::dump(common::Json{{"image_name", req.image_name},
+                                        {"disk_format", req.disk_format},
+                                        {"compress", req.compress}});
+  const int64_t id = store_.enqueue(w);
+  const std::string image_id =
+      wait_work(id, kWorkSnapshot, "host " + inst.host, {.withdraw = true, .queued_only = true});
+  store_.remove_work(id);
+  auto image = store_.find_image(image_id);
+  if (!image) throw not_found("snapshot on host " + inst.host + ": its image is gone");
+  return *image;
+}
+
+// The instance's disk is an export of its storage host: the snapshot is that host's (the
+// freeze and the commit are its kiln-nbd's, the new image file goes into its image store, where
+// the disks booted from it will be made). The record here shows the task state meanwhile.
+Image Compute::storage_snapshot(Instance& inst, const std::string& storage,
+                                const SnapshotRequest& req) {
+  const std::string image_id = common::new_uuid();
+  inst.task_state = "image_snapshot";
+  save(inst, "snapshot " + req.image_name + ": queued for storage host " + storage);
+  WorkItem w;
+  w.host = storage;
+  w.kind = kWorkDiskSnapshot;
+  w.instance_id = inst.id;
+  w.payload = common::dump(common::Json{{"image_name", req.image_name},
+                                        {"image_id", image_id},
+                                        {"disk_format", req.disk_format},
+                                        {"compress", req.compress}});
+  try {
+    const int64_t id = store_.enqueue(w);
+    wait_work(id, kWorkDiskSnapshot, "storage host " + storage,
+              {.withdraw = true, .queued_only = true});
+    store_.remove_work(id);
+  } catch (const std::exception& e) {
+    inst.task_state.clear();
+    save(inst, "snapshot " + req.image_name + " failed: " + e.what());
+    throw;
+  }
+  inst.task_state.clear();
+  auto image = store_.find_image(image_id);
+  if (!image) throw not_found("snapshot on storage host " + storage + ": its image is gone");
+  save(inst,
+       "snapshot image " + image->name + " (" + image->id + ") created on storage host " + storage);
+  return *image;
+}
+
+namespace {
+
+SnapshotRequest request_of_row(const WorkItem& w) {
+  const common::Json j = common::parse_json(w.payload, 4096, w.kind + " row");
+  if (!j.is_object()) throw invalid(w.kind + " row: not an object");
+  auto text = [&](const char* key) {
+    auto it = j.find(key);
+    if (it == j.end() || !it->is_string() || it->get<std::string>().size() > 255)
+      throw invalid(w.kind + " row: " + key + " is not a string of at most 255 bytes");
+    return it->get<std::string>();
+  };
+  SnapshotRequest req;
+  req.image_name = text("image_name");
+  req.disk_format = text("disk_format");
+  req.compress = text("compress");
+  try {
+    check_request(req);
+  } catch (const Error& e) {
+    throw invalid(w.kind + " row: " + e.what());
+  }
+  return req;
+}
+
+}  // namespace
+
+std::string Compute::run_snapshot_row(const WorkItem& w) {
+  return snapshot(w.instance_id, request_of_row(w)).id;
+}
+
+std::string Compute::run_disk_snapshot(const WorkItem& w) {
+  SnapshotRequest req = request_of_row(w);
+  const common::Json j = common::parse_json(w.payload, 4096, "disk-snapshot row");
+  auto id_it = j.find("image_id");
+  if (id_it == j.end() || !id_it->is_string() || !common::is_uuid(id_it->get<std::string>()))
+    throw invalid("disk-snapshot row: image_id is not a UUID");
+  const std::string dir = store_.dir() + "/instances/" + w.instance_id;
+  if (::access((dir + "/disk").c_str(), F_OK) != 0)
+    throw not_found("disk-snapshot row: no disk " + dir + "/disk");
+  if (store_.find_image(req.image_name))
+    throw exists("image '" + req.image_name + "' already exists");
+  FileLock lock(lock_path(w.instance_id));
+  Instance inst = storage_disk_of(store_, w.instance_id, dir);
+  NbdControl nbd(opt_.nbd_control);
+  Run r{store_, nbd, inst, req, load_snapshot_record(dir), {}, false, "", {}};
+  r.event = storage_events(store_, inst);
+  roll_back(r);
+  r.rec.image_id = id_it->get<std::string>();
+  r.rec.image_name = req.image_name;
+  r.live = nbd.has_export(inst.export_name);
+  take_snapshot(r, r.event);
+  r.event("snapshot image " + r.image.name + " (" + r.image.id + ") created");
+  return r.image.id;
+}
+
+// Storage disks (directories of instances that are not this host's) with a snapshot that died
+// half-way: rolled back, as cleanup() does it for this host's instances.
+void Compute::roll_back_storage_snapshots(CleanupReport& report) {
+  const std::string instances = store_.dir() + "/instances";
+  std::error_code ec;
+  if (!fs::is_directory(instances, ec)) return;
+  const std::string me = this_host();
+  for (const auto& entry : fs::directory_iterator(instances, ec)) {
+    const std::string id = entry.path().filename().string();
+    if (!common::is_uuid(id)) continue;
+    auto listed = store_.find_instance(id);
+    if (listed && (listed->host.empty() || listed->host == me)) continue;  // cleanup()'s own
+    const std::string name = listed ? listed->name : id;
+    try {
+      const std::string dir = entry.path().string();
+      if (load_snapshot_record(dir).image_id.empty()) continue;
+      FileLock lock(lock_path(id), std::try_to_lock);
+      if (!lock.held()) {
+        report.in_progress.push_back(name);
+        continue;
+      }
+      Instance inst = storage_disk_of(store_, id, dir);
+      NbdControl nbd(opt_.nbd_control);
+      Run r{store_, nbd, inst, SnapshotRequest{}, load_snapshot_record(dir), {}, false, "", {}};
+      r.event = storage_events(store_, inst);
+      if (roll_back(r)) report.snapshots_rolled_back.push_back(name);
+    } catch (const std::exception& e) {
+      report.errors.push_back(name + ": " + e.what());
+    }
+  }
 }
 
 }  // namespace kiln::spawn

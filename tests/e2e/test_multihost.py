@@ -439,8 +439,19 @@ def test_four_guests_on_two_compute_hosts_disks_on_a_storage_host(cloud, guest, 
     out = wait_console(b, vm["name"], "KILN-TEST: end ")
     assert "KILN-TEST: end ok" in out and f"KILN-TEST: dhcp ip={vm['ip_address']} " in out, out
     assert nbd.inside.read_log().count(served) == 2, nbd.inside.read_log()[-3000:]
-    assert [w for w in a.spawn_json("work-list") if w["kind"] in ("stop", "start", "console-log")
-            ] == []
+    # A live snapshot of it, asked on compute-a: compute-b's agent queues it for storage-1's,
+    # whose kiln-nbd freezes and commits the export the guest runs on; the image is storage-1's.
+    snap = a.spawn_json("snapshot", vm["name"], "vm-snap")
+    simage = os.path.join(storage.state, "spawn", "images", snap["id"])
+    raw = os.path.join(workdir, "snapshot.raw")
+    run([tool("qemu-img"), "convert", "-f", "qcow2", "-O", "raw", simage, raw])
+    assert debugfs_cat(raw, "/kiln/marker") == marker
+    os.unlink(raw)
+    assert nbd.exports()[f"kiln-{vm['id']}"]["path"].endswith(f"/{vm['id']}/disk")
+    assert b.lv.virsh("domstate", f"kiln-{vm['id']}").stdout.strip() == "running"
+    storage.spawn("image-delete", "vm-snap")  # where its file is
+    assert [w for w in a.spawn_json("work-list")
+            if w["kind"] in ("stop", "start", "console-log", "snapshot", "disk-snapshot")] == []
 
     # A compute host's agent killed in the middle of a build: its next start rolls the build
     # back, the disk on storage-1 included.

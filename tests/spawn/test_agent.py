@@ -307,9 +307,13 @@ def test_disks_made_and_exported_on_a_storage_host(two_hosts, tmp_path):
     scmd = [a if a != world.nbd.ctl else snbd.ctl for a in world.spawn_cmd()]
     scmd += ["--db", world.spawn_dir + "/spawn.db", "--net-db", world.state + "/netplumb.db"]
     run([*scmd, "image-cache", "img", str(tmp_path / "b.qcow2")], env=senv)
-    storage = subprocess.Popen([*scmd, "agent", "--host", "storage-1", "--poll-interval", "50",
-                                "--format", "json"], env=senv, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+
+    def storage_agent(**env):
+        return subprocess.Popen([*scmd, "agent", "--host", "storage-1", "--poll-interval", "50",
+                                 "--format", "json"], env=dict(senv, **env),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    storage = storage_agent()
     agent = Agent(world)
     key = tmp_path / "id.pub"
     key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKiln test@kiln\n")
@@ -350,6 +354,86 @@ def test_disks_made_and_exported_on_a_storage_host(two_hosts, tmp_path):
         assert cat("/etc/motd") == "made on storage-1\n"
         assert cat("/etc/hostname").strip() == "inj"
         assert cat("/root/.ssh/authorized_keys").strip() == key.read_text().strip()
+
+        # snapshot, asked on local-1, of an instance on remote-1 whose disk is storage-1's: a
+        # snapshot row for remote-1's agent, which queues a disk-snapshot row for storage-1's.
+        # The freeze and the commit are storage-1's kiln-nbd's; the image file goes into
+        # storage-1's image store, where disks booted from it are made.
+        sdisk = sdir / "state" / "spawn" / "instances" / inj["id"]
+        simages = sdir / "state" / "spawn" / "images"
+        snap = world.spawn_json("snapshot", "inj", "inj-snap")
+        assert snap["instance_uuid"] == inj["id"] and snap["image_type"] == "snapshot", snap
+        sfile = simages / snap["id"]
+        assert sfile.exists() and not os.path.exists(world.spawn_dir + "/images/" + snap["id"])
+        assert "No errors were found" in run(["qemu-img", "check", str(sfile)]).stdout
+        run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(sfile), raw])
+        assert cat("/etc/motd") == "made on storage-1\n"
+        assert cat("/etc/hostname").strip() == "inj"
+        [e] = snbd.exports()
+        assert e["path"] == str(sdisk / "disk"), e  # the temporary layer committed back
+        assert not (sdisk / "snapshot.json").exists()
+        assert [f for f in os.listdir(simages) if f.startswith(".tmp-")] == []
+        # Both rows are removed once done.
+        assert not [w for w in rows(world) if "snapshot" in w["kind"]], rows(world)
+        show = world.spawn_json("show", "inj")
+        assert show["task_state"] == "" and show["status"] == "active", show
+        messages = [e["message"] for e in show["events"]]
+        assert "storage host storage-1: snapshot inj-snap: step merge" in messages, messages
+        assert any(m.startswith("snapshot image inj-snap") and "storage host storage-1" in m
+                   for m in messages), messages
+        # A boot from it is made on storage-1, on its own copy of the image.
+        again = world.spawn_json("boot", "again", "--image", "inj-snap", "--flavor", "m1.tiny",
+                                 "--net", "demo-net", "--host", "remote-1")
+        again_disk = sdir / "state" / "spawn" / "instances" / again["id"] / "disk"
+        run(["qemu-img", "convert", "-U", "-f", "qcow2", "-O", "raw", str(again_disk), raw])
+        assert cat("/etc/motd") == "made on storage-1\n"
+        world.spawn("delete", "again")
+        world.spawn("image-delete", "inj-snap")
+
+        # Both agents killed half-way, storage-1's after its convert, remote-1's as it waits
+        # for it: storage-1's next start fails its row and rolls the snapshot back; the caller
+        # fails once remote-1's next start fails its own row, and the task state goes.
+        storage.send_signal(signal.SIGTERM)
+        storage.communicate(timeout=60)
+        storage = storage_agent(KILN_SPAWN_SNAPSHOT_STOP_AT="convert")
+        caller = subprocess.Popen(world.spawn_cmd("snapshot", "inj", "doomed"), env=world.env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not (sdisk / "snapshot.json").exists() or \
+                open(f"/proc/{storage.pid}/stat").read().split(") ")[1][0] != "T":
+            assert time.monotonic() < deadline and caller.poll() is None, caller.communicate()
+            time.sleep(0.05)
+        layer = json.loads((sdisk / "snapshot.json").read_text())["layer"]
+        [e] = snbd.exports()
+        assert e["path"] == layer and os.path.exists(layer), (e, layer)
+        [doomed_id] = [f[5:] for f in os.listdir(simages) if f.startswith(".tmp-")]
+        storage.kill()
+        storage.communicate(timeout=60)
+        agent.stop(signal.SIGKILL)
+        storage = storage_agent()
+        deadline = time.monotonic() + 60
+        while (sdisk / "snapshot.json").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        [e] = snbd.exports()
+        assert e["path"] == str(sdisk / "disk") and not os.path.exists(layer), e
+        assert [f for f in os.listdir(simages) if doomed_id in f] == []
+        assert "doomed" not in [i["name"] for i in world.spawn_json("image-list")]
+        assert caller.poll() is None  # its row is running: the caller waits for remote-1
+        assert world.spawn_json("show", "inj")["task_state"] == "image_snapshot"
+        agent = Agent(world)
+        _, err = caller.communicate(timeout=60)
+        assert caller.returncode == 1 and "stopped before it ended" in err, err
+        # (The agent fails its rows, then runs cleanup.)
+        show = wait_status(world, "inj", ["active"])
+        deadline = time.monotonic() + 60
+        while show["task_state"]:
+            assert time.monotonic() < deadline, show
+            time.sleep(0.05)
+            show = world.spawn_json("show", "inj")
+        messages = [e["message"] for e in show["events"]]
+        assert "storage host storage-1: rolling back the interrupted snapshot doomed" in messages
+        assert any("stopped waiting for the storage host" in m for m in messages), messages
         world.spawn("delete", "inj")
         assert snbd.exports() == []
         # --encrypted: the key is made and kept on storage-1 beside a LUKS overlay, injected

@@ -114,6 +114,7 @@ inline constexpr const char* kWorkDiskInject = "disk-inject";      // --inject i
 inline constexpr const char* kWorkDiskExport = "disk-export";      // on its kiln-nbd (TLS)
 inline constexpr const char* kWorkDiskUnexport = "disk-unexport";  // the export removed
 inline constexpr const char* kWorkDiskRemove = "disk-remove";      // export and overlay gone
+inline constexpr const char* kWorkDiskSnapshot = "disk-snapshot";  // snapshot (result: image id)
 // Another host's port changed on a network this host serves DHCP for or whose security groups
 // its ports share: the host's plumbing converged with the model (instance_id: the network's id).
 inline constexpr const char* kWorkNetSync = "net-sync";
@@ -122,6 +123,8 @@ inline constexpr const char* kWorkNetSync = "net-sync";
 inline constexpr const char* kWorkStop = "stop";
 inline constexpr const char* kWorkStart = "start";
 inline constexpr const char* kWorkConsoleLog = "console-log";
+// snapshot of an instance on another host, run there (its result: the new image's id).
+inline constexpr const char* kWorkSnapshot = "snapshot";
 inline constexpr size_t kMaxConsoleLog = size_t{1} << 20;
 inline constexpr int kMaxWaitTimeout = 86400;  // --wait-timeout, also in a stop or start row
 
@@ -138,6 +141,16 @@ struct SnapshotRequest {
 const std::vector<std::string>& snapshot_steps();
 inline constexpr const char* kSnapshotFailAtEnv = "KILN_SPAWN_SNAPSHOT_FAIL_AT";
 inline constexpr const char* kSnapshotStopAtEnv = "KILN_SPAWN_SNAPSHOT_STOP_AT";
+
+// How a host waits for another host's row (Compute::wait_work).
+struct WaitWork {
+  bool gone_is_done = false;  // the agent removes the row when it is done
+  int timeout_s = 0;          // 0: --wait-timeout
+  bool withdraw = false;      // a row still queued at the timeout is taken back (never run)
+  // The timeout holds while the row is queued only: once an agent runs it, the wait lasts until
+  // it ends (its agent's next start fails a row it died running), or until interrupted.
+  bool queued_only = false;
+};
 
 class Compute {
  public:
@@ -215,15 +228,22 @@ class Compute {
   std::string storage_work(const std::string& host, const std::string& kind,
                            const std::string& instance_id, const std::string& payload);
   // Waits for a row of another host: its result, or its error thrown (`where` names the host
-  // in the messages). `gone_is_done`: the agent removes the row when it is done. `timeout_s`:
-  // 0 is --wait-timeout. `withdraw`: a row still queued at the timeout is taken back (no
-  // agent runs it later).
+  // in the messages).
   std::string wait_work(int64_t id, const std::string& kind, const std::string& where,
-                        bool gone_is_done = false, int timeout_s = 0, bool withdraw = false);
+                        const WaitWork& how = {});
   // stop and start of an instance on another host, and its console log: a row for that host's
   // agent, waited for (agent.cpp).
   Instance remote_power(const Instance& inst, const char* kind);
   std::string remote_console_log(const Instance& inst, size_t max_bytes);
+  // snapshot of an instance on another host: a row for its agent, waited for; of one whose
+  // disk is on a storage host: a disk-snapshot row for that host's agent (snapshot.cpp).
+  Image remote_snapshot(const Instance& inst, const SnapshotRequest& req);
+  Image storage_snapshot(Instance& inst, const std::string& storage, const SnapshotRequest& req);
+  // The storage agent's side: the snapshot of its overlay of another host's instance, or the
+  // roll-back of one that died half-way (at its agent's start, by cleanup).
+  std::string run_disk_snapshot(const WorkItem& w);
+  std::string run_snapshot_row(const WorkItem& w);  // the compute host's side of remote_snapshot
+  void roll_back_storage_snapshots(CleanupReport& report);
   // A port made or removed here: net-sync rows for the other hosts whose plumbing depends on it
   // (agent.cpp); with `wait`, the row of its network's DHCP host is waited for.
   void sync_network_hosts(const net::Port& port, bool wait);
