@@ -13,11 +13,11 @@ import subprocess
 
 import pytest
 
-from kilntest.fuse import (FS_VARIANTS, KILN_FS, MOUNT_TYPES, MiB, Image,
-                           assert_same_tree, check_exit, daemon_pids, e2fsck_clean, expect_errno,
-                           fuse_mount, generate_tree, is_mounted, kernel_mount_ro, make_fs,
-                           mount_type, private_mount_namespace, run, scaled, sha256, stop_pid,
-                           unmount_fuse, wait_for)
+from kilntest.fuse import (FS_VARIANTS, KILN_FS, MOUNT_TYPES, MiB, Image, assert_same_tree,
+                           check_exit, daemon_pids, e2fsck_clean, exited, expect_errno, fuse_mount,
+                           generate_tree, is_mounted, kernel_mount_ro, make_fs, mount_type,
+                           private_mount_namespace, run, scaled, sha256, stop_pid, unmount_fuse,
+                           wait_for)
 
 
 @pytest.mark.parametrize("variant", list(FS_VARIANTS))
@@ -109,7 +109,7 @@ def test_daemon_mode_mount_is_ready_when_parent_exits(workdir):
         unmount_fuse(mnt)
         assert not is_mounted(mnt)
         # The daemon flushes after the kernel let go of the mount, then exits.
-        wait_for(lambda: not os.path.exists(f"/proc/{pids[0]}"), 60, "the daemon to exit")
+        wait_for(lambda: exited(pids[0]), 60, "the daemon to exit")
     finally:
         if is_mounted(mnt):
             run(["fusermount3", "-u", mnt], check=False)
@@ -221,7 +221,7 @@ def umount_rounds(mount, image, target, raw, fmt, mnt, check_mnt, workdir, model
             bad = [k for k in model if got[k] != model[k]]
             assert not bad, f"round {round_no}: wrong content in {bad[:5]}"
             for pid in pids:
-                wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 60, "the daemon to exit")
+                wait_for(lambda: exited(pid), 60, "the daemon to exit")
         finally:
             if is_mounted(mnt):
                 run(["umount", "-l", mnt], check=False)
@@ -433,7 +433,7 @@ def user_mount_round(raw, mnt):
         expect_errno(errno.EACCES, os.listdir, mnt)
         p = as_user_cmd(["fusermount3", "-u", mnt])
         assert p.returncode == 0, p.stderr.decode(errors="replace")
-        wait_for(lambda: not os.path.exists(f"/proc/{pids[0]}"), 60, "the daemon to exit")
+        wait_for(lambda: exited(pids[0]), 60, "the daemon to exit")
     finally:
         if is_mounted(mnt):
             run(["umount", "-l", mnt], check=False)

@@ -369,6 +369,17 @@ def expect_errno(code, fn, *args, **kwargs):
     raise AssertionError(f"{fn.__name__} succeeded, expected {errno.errorcode[code]}")
 
 
+def exited(pid):
+    """The process has ended: gone, or a zombie. A daemon's parent is init, which may reap it
+    seconds later (this machine's init does so about every two seconds); a zombie holds no
+    file, lock or mount any more."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
 def daemon_pids(mountpoint):
     """PIDs of kiln-fs processes serving mountpoint (daemon mode has no child of ours)."""
     pids = []
