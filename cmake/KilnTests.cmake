@@ -53,8 +53,16 @@ function(kiln_suite name)
   if(NOT name MATCHES "^[a-z][a-z0-9]*\\.[a-z0-9_]+$" OR NOT arg_LABEL)
     message(FATAL_ERROR "kiln_suite(${name}): a <module>.<suite> name and a LABEL are required")
   endif()
+  if(NOT arg_TIMEOUT)
+    set(arg_TIMEOUT 1200)
+  endif()
   if(arg_PYTEST)
+    # A test still running at half the suite's timeout has every thread's traceback written to
+    # stderr (pytest's faulthandler_timeout): CTest kills a suite at its timeout, and without
+    # this a hang leaves nothing in the log to say where it was.
+    math(EXPR dump_after "${arg_TIMEOUT} / 2")
     set(command ${KILN_SYSTEM_PYTHON3} -m pytest -q -rxXs -p no:cacheprovider
+                -o faulthandler_timeout=${dump_after}
                 --rootdir=${PROJECT_SOURCE_DIR}/tests ${CMAKE_CURRENT_SOURCE_DIR}/${arg_PYTEST})
     if(arg_SELECT)
       list(APPEND command -k "${arg_SELECT}")
@@ -64,13 +72,11 @@ function(kiln_suite name)
   else()
     message(FATAL_ERROR "kiln_suite(${name}): PYTEST or COMMAND is required")
   endif()
-  if(NOT arg_TIMEOUT)
-    set(arg_TIMEOUT 1200)
-  endif()
   if(NOT arg_COST)
     set(arg_COST 5)
   endif()
-  set(env ${KILN_TEST_ENV} ${arg_ENV})
+  # Unbuffered: the progress a suite printed is in the log also when CTest kills it.
+  set(env ${KILN_TEST_ENV} PYTHONUNBUFFERED=1 ${arg_ENV})
   add_test(NAME ${name} COMMAND ${command})
   set_tests_properties(${name} PROPERTIES
     LABELS ${arg_LABEL}
