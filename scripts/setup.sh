@@ -1,31 +1,29 @@
 #!/usr/bin/env bash
 # Installs every Debian package that Kiln's build, tests and benchmarks need, then builds.
-#   scripts/setup.sh [--bench-extras] [--no-build | --release-only | --no-release] [--help]
+#   scripts/setup.sh [--bench-extras] [--no-build | --release-only] [--help]
 # Flags may come in any order.
 #   --bench-extras   also install bench/extra-packages.txt (libguestfs for fs_bench.py)
 #   --no-build       install packages only
 #   --release-only   build build/release only
-#   --no-release     build build/asan and build/fuzz only
 # Builds: build/release (Release), build/asan (ASan+UBSan at -O1), build/fuzz (clang,
 # libFuzzer targets).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 
-usage() { sed -n '3,10s/^# \{0,1\}//p' "$0"; }
-extras= no_build= release_only= no_release=
+usage() { sed -n '3,9s/^# \{0,1\}//p' "$0"; }
+extras= no_build= release_only=
 for arg in "$@"; do
   case $arg in
     --bench-extras) extras=bench/extra-packages.txt ;;
     --no-build) no_build=1 ;;
     --release-only) release_only=1 ;;
-    --no-release) no_release=1 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "setup.sh: unknown option '$arg'" >&2; usage >&2; exit 2 ;;
   esac
 done
-if [ $(( ${no_build:-0} + ${release_only:-0} + ${no_release:-0} )) -gt 1 ]; then
-  echo "setup.sh: --no-build, --release-only and --no-release exclude each other" >&2
+if [ -n "$no_build" ] && [ -n "$release_only" ]; then
+  echo "setup.sh: --no-build and --release-only exclude each other" >&2
   exit 2
 fi
 
@@ -60,7 +58,7 @@ build() {  # build DIR [cmake args...]
   cmake -S . -B "$dir" -G Ninja -DCMAKE_UNITY_BUILD="$unity" "$@" >/dev/null
   cmake --build "$dir"
 }
-[ -z "$no_release" ] && build build/release -DCMAKE_BUILD_TYPE=Release
+build build/release -DCMAKE_BUILD_TYPE=Release
 [ -n "$release_only" ] && exit 0
 # Line tables (-g1) are what the sanitizers' reports need, and build faster than full -g. -O1,
 # as ASan's authors advise: the instrumented code runs 20% faster in the block tests than at
