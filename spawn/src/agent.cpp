@@ -481,9 +481,7 @@ std::string Compute::run_disk_row(const WorkItem& w) {
     FileLock lock(lock_path(w.instance_id));
     NbdControl(opt_.nbd_control).remove_export(name);
     // A snapshot of it that died half-way: its image file and row are outside the directory.
-    Instance disk;
-    disk.dir = dir;
-    discard_snapshot_leftovers(store_, disk);
+    discard_snapshot_leftovers(store_, dir);
     std::error_code ec;
     std::filesystem::remove_all(dir, ec);
     if (ec) throw system_error("cannot remove " + dir + ": " + ec.message());

@@ -300,7 +300,7 @@ void Compute::remove_locked(const std::string& id) {
   std::vector<std::string> errors;
   // A snapshot killed half-way may have left its image outside the instance's directory.
   try {
-    discard_snapshot_leftovers(store_, inst);
+    discard_snapshot_leftovers(store_, inst.dir);
   } catch (const std::exception& e) {
     errors.push_back(std::string("snapshot: ") + e.what());
   }

@@ -530,9 +530,14 @@ Image Compute::storage_snapshot(Instance& inst, const std::string& storage,
 
 namespace {
 
-SnapshotRequest request_of_row(const WorkItem& w) {
-  const common::Json j = common::parse_json(w.payload, 4096, w.kind + " row");
+common::Json payload_of(const WorkItem& w) {
+  common::Json j = common::parse_json(w.payload, 4096, w.kind + " row");
   if (!j.is_object()) throw invalid(w.kind + " row: not an object");
+  return j;
+}
+
+// A snapshot or disk-snapshot row's request, checked as the command line's is.
+SnapshotRequest request_of_row(const WorkItem& w, const common::Json& j) {
   auto text = [&](const char* key) {
     auto it = j.find(key);
     if (it == j.end() || !it->is_string() || it->get<std::string>().size() > 255)
@@ -554,12 +559,12 @@ SnapshotRequest request_of_row(const WorkItem& w) {
 }  // namespace
 
 std::string Compute::run_snapshot_row(const WorkItem& w) {
-  return snapshot(w.instance_id, request_of_row(w)).id;
+  return snapshot(w.instance_id, request_of_row(w, payload_of(w))).id;
 }
 
 std::string Compute::run_disk_snapshot(const WorkItem& w) {
-  SnapshotRequest req = request_of_row(w);
-  const common::Json j = common::parse_json(w.payload, 4096, "disk-snapshot row");
+  const common::Json j = payload_of(w);
+  const SnapshotRequest req = request_of_row(w, j);
   auto id_it = j.find("image_id");
   if (id_it == j.end() || !id_it->is_string() || !common::is_uuid(id_it->get<std::string>()))
     throw invalid("disk-snapshot row: image_id is not a UUID");
@@ -592,11 +597,13 @@ void Compute::roll_back_storage_snapshots(CleanupReport& report) {
   for (const auto& entry : fs::directory_iterator(instances, ec)) {
     const std::string id = entry.path().filename().string();
     if (!common::is_uuid(id)) continue;
+    const std::string dir = entry.path().string();
+    // The file first: the store is asked only about disks with a record (few, if any).
+    if (::access(snapshot_record_path(dir).c_str(), F_OK) != 0) continue;
     auto listed = store_.find_instance(id);
     if (listed && (listed->host.empty() || listed->host == me)) continue;  // cleanup()'s own
     const std::string name = listed ? listed->name : id;
     try {
-      const std::string dir = entry.path().string();
       if (load_snapshot_record(dir).image_id.empty()) continue;
       FileLock lock(lock_path(id), std::try_to_lock);
       if (!lock.held()) {

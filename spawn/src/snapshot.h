@@ -29,6 +29,8 @@ struct SnapshotRecord {
   std::vector<std::string> layers;
 };
 
+// Where the record of the instance whose directory is `dir` is (snapshot.json).
+std::string snapshot_record_path(const std::string& dir);
 // The record of the instance whose directory is `dir` (an empty one if there is none). Throws
 // Error(kCorrupt) for a file that is not one.
 SnapshotRecord load_snapshot_record(const std::string& dir);
@@ -39,8 +41,8 @@ void save_snapshot_record(const std::string& dir, const SnapshotRecord& rec);
 // snapshot's failed commit left on it.
 std::string active_disk(const Instance& inst);
 
-// What a snapshot killed half-way left outside the instance's directory (the new image's
-// temporary file, its row): removed. For delete, which removes the directory itself.
-void discard_snapshot_leftovers(Store& store, const Instance& inst);
+// What a snapshot killed half-way left outside the instance's directory `dir` (the new image's
+// temporary file, its row): removed. For delete and disk-remove, which remove the directory.
+void discard_snapshot_leftovers(Store& store, const std::string& dir);
 
 }  // namespace kiln::spawn

@@ -21,8 +21,6 @@ constexpr size_t kMaxRecordBytes = 64 * 1024;
 // Names in a list: the layers, and the steps (fewer).
 constexpr size_t kMaxLayers = 2 * kMaxSnapshotLayers;
 
-std::string record_path(const std::string& dir) { return dir + "/snapshot.json"; }
-
 // A layer is a file of the instance's own directory, named as the snapshot names them: the
 // record cannot make delete or start touch anything else.
 bool is_layer_of(const std::string& dir, const std::string& path) {
@@ -52,8 +50,10 @@ std::vector<std::string> list_field(const json& j, const char* key, const std::s
 
 }  // namespace
 
+std::string snapshot_record_path(const std::string& dir) { return dir + "/snapshot.json"; }
+
 SnapshotRecord load_snapshot_record(const std::string& dir) {
-  const std::string path = record_path(dir);
+  const std::string path = snapshot_record_path(dir);
   SnapshotRecord rec;
   if (::access(path.c_str(), F_OK) != 0) return rec;
   json j = json::parse(read_file(path, kMaxRecordBytes, "snapshot record"), nullptr, false);
@@ -71,7 +71,7 @@ SnapshotRecord load_snapshot_record(const std::string& dir) {
 }
 
 void save_snapshot_record(const std::string& dir, const SnapshotRecord& rec) {
-  const std::string path = record_path(dir);
+  const std::string path = snapshot_record_path(dir);
   if (rec.image_id.empty() && rec.layers.empty()) {
     if (::unlink(path.c_str()) != 0 && errno != ENOENT)
       throw errno_error("cannot remove " + path, errno);
@@ -94,8 +94,8 @@ std::string active_disk(const Instance& inst) {
   return rec.layers.empty() ? inst.dir + "/disk" : rec.layers.back();
 }
 
-void discard_snapshot_leftovers(Store& store, const Instance& inst) {
-  SnapshotRecord rec = load_snapshot_record(inst.dir);
+void discard_snapshot_leftovers(Store& store, const std::string& dir) {
+  SnapshotRecord rec = load_snapshot_record(dir);
   if (rec.image_id.empty()) return;
   ImageStore images(store);
   if (::unlink(images.temp_path(rec.image_id).c_str()) != 0 && errno != ENOENT)
