@@ -76,7 +76,9 @@ function(kiln_suite name)
     set(arg_COST 5)
   endif()
   # Unbuffered: the progress a suite printed is in the log also when CTest kills it.
-  set(env ${KILN_TEST_ENV} PYTHONUNBUFFERED=1 ${arg_ENV})
+  # KILN_TEST_NAME and KILN_TEST_REPORT_DIR: each Python suite's time report (tests/conftest.py).
+  set(env ${KILN_TEST_ENV} PYTHONUNBUFFERED=1 KILN_TEST_NAME=${name}
+      KILN_TEST_REPORT_DIR=${PROJECT_BINARY_DIR}/test-reports ${arg_ENV})
   add_test(NAME ${name} COMMAND ${command})
   set_tests_properties(${name} PROPERTIES
     LABELS ${arg_LABEL}

@@ -17,14 +17,17 @@ status=0
 # build it beside the release tier (the test waits for it through the script's lock). Stopped
 # (mmdebstrap and all) by its process group if the run ends first.
 mkdir -p build
+rm -rf build/release/test-reports build/asan/test-reports
 setsid scripts/cloud-image/build.sh >build/cloud-image.log 2>&1 &
 image_pid=$!
 trap 'kill -- "-$image_pid" 2>/dev/null || true' EXIT
 stamp "release build: all tests"
 ctest --test-dir build/release --output-on-failure -j"$jobs" -LE fuzz || status=1
+scripts/test_report.py build/release || true
 stamp "ASan+UBSan build: unit and integration tests"
 KILN_TEST_SCALE=0.5 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir build/asan --output-on-failure -j"$jobs" -L 'unit|integration' || status=1
+scripts/test_report.py build/asan || true
 if [ -d build/fuzz ]; then
   stamp "fuzz targets (bounded time)"
   ctest --test-dir build/fuzz --output-on-failure -j"$jobs" -L fuzz || status=1

@@ -25,3 +25,44 @@ def workdir():
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Where a suite's time goes: with KILN_TEST_REPORT_DIR set (CTest sets it), each suite writes
+# <dir>/<suite>.json at its end: wall time, CPU time of pytest and of the child processes it
+# waited for (not of daemons that left it), and every case's duration. scripts/test_report.py
+# sums them up after each tier of scripts/test.sh.
+
+_REPORT = {"cases": {}}
+
+
+def pytest_sessionstart(session):
+    import time
+    _REPORT["start"] = time.monotonic()
+
+
+def pytest_runtest_logreport(report):
+    cases = _REPORT["cases"]
+    cases[report.nodeid] = cases.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import json
+    import resource
+    import time
+    out_dir = os.environ.get("KILN_TEST_REPORT_DIR")
+    name = os.environ.get("KILN_TEST_NAME")
+    if not out_dir or not name or "start" not in _REPORT:
+        return
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    data = {
+        "suite": name,
+        "wall": round(time.monotonic() - _REPORT["start"], 2),
+        "cpu_self": round(me.ru_utime + me.ru_stime, 2),
+        "cpu_children": round(kids.ru_utime + kids.ru_stime, 2),
+        "cases": {k: round(v, 2) for k, v in _REPORT["cases"].items()},
+    }
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, name + ".json"), "w") as f:
+        json.dump(data, f, indent=1)
