@@ -142,7 +142,9 @@ TEST(Perms, ParseHostUser) {
       {"4000000000", "give its group"},
   };
   for (const auto& [spec, needle] : bad) {
-    std::string e = error_of([&] { parse_host_user(spec, "--qemu-user"); });
+    // A copy: clang 14 cannot capture a structured binding in a lambda.
+    const std::string s = spec;
+    std::string e = error_of([&] { parse_host_user(s, "--qemu-user"); });
     EXPECT_NE(e.find(needle), std::string::npos) << spec << ": " << e;
     EXPECT_NE(e.find("--qemu-user"), std::string::npos) << e;
   }
