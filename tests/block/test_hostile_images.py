@@ -474,13 +474,13 @@ def shared_snapshots(d, count=20000):
     l2 = be64(img, header_get(img, "l1_table_offset")) & 0x00FFFFFFFFFFFE00
     l1_entries = 131072
     l1 = append_cluster_aligned(img, struct.pack(">Q", l2) * l1_entries, cluster)
-    table = b""
+    entries = []
     for i in range(count):
         ident, name = str(i + 1).encode(), f"s{i}".encode()
         entry = struct.pack(">QIHHIIQII", l1, l1_entries, len(ident), len(name), 0, 0, 0, 0, 16)
         entry += struct.pack(">QQ", 0, 64 * MiB) + ident + name
-        table += entry + b"\0" * (-len(entry) % 8)
-    snaps = append_cluster_aligned(img, table, cluster)
+        entries.append(entry + b"\0" * (-len(entry) % 8))
+    snaps = append_cluster_aligned(img, b"".join(entries), cluster)
     header_set(img, "snapshots_offset", snaps)
     header_set(img, "nb_snapshots", count)
     return img

@@ -270,7 +270,7 @@ def test_never_reading_clients(kind, shape, servers, workdir, small_quarantine):
         for _ in range(count):
             r = next_reply(a.c)
             off = a.offsets[r.handle]
-            assert r.error == 0 and r.data == bytes(t.model[off:off + length]), (
+            assert r.error == 0 and r.data == memoryview(t.model)[off:off + length], (
                 f"{kind}: a delayed read at {off}: {r}")
     finally:
         for a in attackers:
@@ -565,7 +565,10 @@ def case_export_name_garbage(t, c):
     for n in (4096, 200000):
         with t.client() as c2:
             c2.start()
-            c2.send_option(OPT_EXPORT_NAME, bytes(rng.randrange(256) for _ in range(n)))
+            try:
+                c2.send_option(OPT_EXPORT_NAME, bytes(rng.randrange(256) for _ in range(n)))
+            except Closed:
+                continue  # hung up before the name was all sent (qemu-nbd may): the answer
             assert c2.closed_by_server(), f"EXPORT_NAME of {n} garbage bytes: still open"
 
 
