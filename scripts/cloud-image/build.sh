@@ -59,6 +59,11 @@ if ! mmdebstrap --mode=root --variant=apt --include="$pkgs" \
   echo "build.sh: mmdebstrap failed" >&2
   exit 1
 fi
+# mmdebstrap copies the build host's resolv.conf in for the downloads and leaves it: guests
+# asked the build host's DNS server. The image has resolvconf's, which holds the instance's
+# servers (network_data.json through ifupdown, or DHCP).
+rm -f "$root/etc/resolv.conf"
+ln -s ../run/resolvconf/resolv.conf "$root/etc/resolv.conf"
 
 # The disk: MBR, one bootable Linux partition from 1 MiB (the gap before it holds GRUB's
 # core image) to the end.
