@@ -12,9 +12,10 @@ stamp "setup: packages and the three builds"
 scripts/setup.sh
 
 # One test more than there are CPUs: the suites wait (for guests, timeouts, the disk) about a
-# sixth of the time, and a third test fills it. On two cores: the release tier 694 s with -j3
-# against 920 s with -j2 (CPU idle 6% of the time against 16%), the ASan tier 605 s against
-# 734 s (idle 3% against 15%). The fuzz targets are CPU-bound: one per CPU.
+# sixth of the time, and a third test fills it. On two cores: the ASan tier 605 s with -j3
+# against 734 s with -j2 (CPU idle 3% of the time against 15%); the release tier 694 s against
+# 920 s (idle 6% against 16%; the -j3 run also had cheaper tests). The fuzz targets are
+# CPU-bound: one per CPU.
 jobs=$(( $(nproc) + 1 ))
 status=0
 # The cloud image for e2e.cloud_image takes minutes to build, mostly waiting for downloads:

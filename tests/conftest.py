@@ -2,10 +2,13 @@
 pytest with --rootdir=tests), which puts tests/ (the kilntest package) and scripts/lib (the
 libvirt sandbox, shared with the demo) on the import path, also when a suite is run by hand."""
 
+import json
 import os
+import resource
 import shutil
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -37,7 +40,6 @@ _REPORT = {"cases": {}}
 
 
 def pytest_sessionstart(session):
-    import time
     _REPORT["start"] = time.monotonic()
 
 
@@ -47,9 +49,6 @@ def pytest_runtest_logreport(report):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    import json
-    import resource
-    import time
     out_dir = os.environ.get("KILN_TEST_REPORT_DIR")
     name = os.environ.get("KILN_TEST_NAME")
     if not out_dir or not name or "start" not in _REPORT:
