@@ -51,7 +51,7 @@ def pytest_runtest_logreport(report):
 def pytest_sessionfinish(session, exitstatus):
     out_dir = os.environ.get("KILN_TEST_REPORT_DIR")
     name = os.environ.get("KILN_TEST_NAME")
-    if not out_dir or not name or "start" not in _REPORT:
+    if not out_dir or not name:
         return
     me = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
