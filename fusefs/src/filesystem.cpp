@@ -8,6 +8,7 @@ extern "C" {
 #include <et/com_err.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <mutex>
 
@@ -266,6 +267,10 @@ void Filesystem::discard() noexcept {
 size_t Filesystem::pending_write_bytes() const { return channel_ ? channel_->pending_bytes() : 0; }
 
 int Filesystem::write_back() { return channel_ ? channel_->write_back() : 0; }
+
+int Filesystem::write_through(uint64_t offset, const void* data, size_t len) {
+  return channel_ ? channel_->write_through(offset, data, len) : -EBADF;
+}
 
 void Filesystem::close() {
   std::string error;

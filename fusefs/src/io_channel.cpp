@@ -268,6 +268,37 @@ int IoChannel::write(uint64_t offset, const void* buf, size_t len) {
   return 0;
 }
 
+int IoChannel::write_through(uint64_t offset, const void* buf, size_t len) {
+  std::lock_guard<std::mutex> guard(mutex_);
+  if (offset > length_ || len > length_ - offset) return -ERANGE;
+  if (len == 0) return 0;
+  bytes_written_ += len;
+  drop_locked(offset, offset + len);
+  return source_.pwrite(buf, len, offset_ + offset);
+}
+
+void IoChannel::drop_locked(uint64_t offset, uint64_t end) {
+  auto it = dirty_.lower_bound(offset);
+  if (it != dirty_.begin() && std::prev(it)->first + std::prev(it)->second.size() > offset) --it;
+  while (it != dirty_.end() && it->first < end) {
+    const uint64_t first = it->first;
+    std::vector<uint8_t> bytes = std::move(it->second);
+    const uint64_t last = first + bytes.size();
+    dirty_bytes_ -= bytes.size();
+    it = dirty_.erase(it);
+    if (last > end) {  // the part after the range stays; nothing else starts before `last`
+      std::vector<uint8_t> after(bytes.begin() + static_cast<ptrdiff_t>(end - first), bytes.end());
+      dirty_bytes_ += after.size();
+      it = std::next(dirty_.emplace_hint(it, end, std::move(after)));
+    }
+    if (first < offset) {  // and so does the part before it
+      bytes.resize(static_cast<size_t>(offset - first));
+      dirty_bytes_ += bytes.size();
+      dirty_.emplace(first, std::move(bytes));
+    }
+  }
+}
+
 int IoChannel::write_back() {
   std::lock_guard<std::mutex> guard(mutex_);
   return write_back_locked();

@@ -37,6 +37,10 @@ class IoChannel {
   // Byte-level access to the window, seen through the pending writes. 0 or -errno.
   int read(uint64_t offset, void* buf, size_t len);
   int write(uint64_t offset, const void* buf, size_t len);
+  // Straight to the source, past the buffer (file data, which nothing buffered may refer to
+  // yet; see FuseMountOptions::write_data). Pending writes to the same bytes are older, so
+  // they are dropped. 0 or -errno.
+  int write_through(uint64_t offset, const void* buf, size_t len);
   int flush();  // write_back + source flush (unless set_source_flush(false))
   // Off while the caller is about to close the source, which flushes it anyway: saves the
   // fdatasyncs of a second flush.
@@ -59,6 +63,8 @@ class IoChannel {
   bool covered_locked(uint64_t offset, uint64_t end) const;
   int write_back_locked();
   void buffer_write(uint64_t offset, const uint8_t* data, size_t len);
+  // Forgets the pending bytes of [offset, end), splitting the extents it cuts.
+  void drop_locked(uint64_t offset, uint64_t end);
 
   Source& source_;
   const uint64_t offset_;

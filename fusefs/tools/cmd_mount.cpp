@@ -53,6 +53,9 @@ int cmd_mount(const Args& args) {
   if (!open.read_only) {
     fo.buffer_nearly_full = [&] { return fs->pending_write_bytes() >= kWriteBackAt; };
     fo.write_back = [&] { return fs->write_back(); };
+    fo.write_data = [&](uint64_t offset, const void* data, size_t len) {
+      return fs->write_through(offset, data, len);
+    };
   }
   int rc = fuse_mount(fs->handle(), fo);
   if (!closed) fs->close();

@@ -132,6 +132,63 @@ TEST(IoChannel, RandomOperationsMatchAModel) {
   EXPECT_EQ(src.bytes_, on_disk);
 }
 
+// write_through (file data, straight to the source) among buffered writes: what it wrote is in
+// the source at once, and no older pending bytes overwrite it at the next write-back, also
+// when it cuts a pending extent in two.
+TEST(IoChannel, WriteThroughDropsOlderPendingBytes) {
+  MemSource src(pattern(1 << 20, 5));
+  IoChannel ch(src, 4096, 512 << 10, 64 << 20);
+  const auto old = pattern(40000, 60), data = pattern(4096, 200);
+  ASSERT_EQ(ch.write(10000, old.data(), old.size()), 0);
+  ASSERT_EQ(ch.write_through(20000, data.data(), data.size()), 0);
+  EXPECT_TRUE(std::equal(data.begin(), data.end(), src.bytes_.begin() + 4096 + 20000));
+  EXPECT_EQ(ch.pending_bytes(), old.size() - data.size());
+  std::vector<uint8_t> back(old.size());
+  ASSERT_EQ(ch.read(10000, back.data(), back.size()), 0);
+  std::vector<uint8_t> want = old;
+  std::copy(data.begin(), data.end(), want.begin() + 10000);
+  EXPECT_EQ(back, want);
+  ASSERT_EQ(ch.write_back(), 0);
+  EXPECT_TRUE(std::equal(want.begin(), want.end(), src.bytes_.begin() + 4096 + 10000));
+}
+
+TEST(IoChannel, RandomWritesThroughAndBufferedMatchAModel) {
+  std::mt19937_64 rng(7);
+  const uint64_t window_off = 777, window_len = 2 << 20;
+  MemSource src(pattern(3 << 20, 13));
+  std::vector<uint8_t> view(src.bytes_.begin() + window_off,
+                            src.bytes_.begin() + window_off + window_len);
+  IoChannel ch(src, window_off, window_len, 64 << 20);
+  for (int step = 0; step < 3000; ++step) {
+    const int what = static_cast<int>(rng() % 100);
+    const uint64_t len = 1 + rng() % (what < 50 ? 9000 : 70000);
+    const uint64_t off = rng() % (window_len - len);
+    if (what < 70) {
+      std::vector<uint8_t> data(len);
+      for (auto& b : data) b = static_cast<uint8_t>(rng());
+      const bool through = what < 30;
+      ASSERT_EQ(through ? ch.write_through(off, data.data(), len) : ch.write(off, data.data(), len),
+                0);
+      std::copy(data.begin(), data.end(), view.begin() + static_cast<long>(off));
+      if (through) {
+        ASSERT_TRUE(std::equal(data.begin(), data.end(),
+                               src.bytes_.begin() + static_cast<long>(window_off + off)))
+            << "step " << step;
+      }
+    } else if (what < 97) {
+      std::vector<uint8_t> got(len);
+      ASSERT_EQ(ch.read(off, got.data(), got.size()), 0);
+      ASSERT_TRUE(std::equal(got.begin(), got.end(), view.begin() + static_cast<long>(off)))
+          << "step " << step << " read " << off << "+" << len;
+    } else {
+      ASSERT_EQ(ch.write_back(), 0);
+      ASSERT_TRUE(
+          std::equal(view.begin(), view.end(), src.bytes_.begin() + static_cast<long>(window_off)))
+          << "step " << step;
+    }
+  }
+}
+
 TEST(IoChannel, NothingOutsideTheWindow) {
   MemSource src(pattern(1 << 20, 3));
   const auto original = src.bytes_;

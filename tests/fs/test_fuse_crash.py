@@ -279,3 +279,35 @@ def test_sigkill_during_rm_r(workdir, crash_setup):
             kill_daemon(proc, mnt, rm)
         rm.stdout.close()
     check_after_crash(raw, kept, workdir)
+
+
+def test_sigkill_after_a_file_is_deleted_and_its_blocks_rewritten(workdir):
+    """File data goes to the image as it is written, before the metadata that points at it
+    (which waits for a flush point), but never into blocks freed since the last flush point:
+    until then the image's metadata still gives them to their old owner. Here a fsynced file
+    fills most of a small filesystem; it is deleted and, within the idle flush's second, a new
+    file of the same size is written and closed, so that its blocks can only be the deleted
+    file's. The daemon is killed before any flush point: the image must still hold the deleted
+    file, with its bytes."""
+    raw = os.path.join(workdir, "small.raw")
+    make_fs(raw, "ext4", size=64 * MiB)
+    mnt = os.path.join(workdir, "mnt")
+    rng = random.Random(13)
+    first, second = rng.randbytes(40 * MiB), rng.randbytes(40 * MiB)
+    with private_mount_namespace():
+        with fuse_mount(SameImage(raw), mnt) as proc:
+            kept = write_fsynced(mnt, rng, 2)
+            path = os.path.join(mnt, "keep", "first")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            os.write(fd, first)
+            os.fsync(fd)
+            os.close(fd)
+            kept["keep/first"] = first
+            free_before = os.statvfs(mnt).f_bfree * os.statvfs(mnt).f_frsize
+            assert free_before < len(second), "the new file would fit beside the old one"
+            os.unlink(path)
+            fd = os.open(os.path.join(mnt, "second"), os.O_WRONLY | os.O_CREAT, 0o644)
+            os.write(fd, second)
+            os.close(fd)  # the kernel writes its cached pages back (WRITE) before close returns
+            kill_daemon(proc, mnt, subprocess.Popen(["true"]))
+    check_after_crash(raw, kept, workdir)

@@ -223,10 +223,11 @@ errcode_t extend_last_extent(ext2_filsys fs, ext2_ino_t ino, ext2_inode_large& i
 
 // Writes whole blocks of an extent-mapped file: allocates what is missing in one go
 // (lengthening the last extent, then ext2fs_fallocate for the rest, contiguous where it can)
-// and writes each run with one request. Only used with room to spare, so that a failed
-// allocation cannot leave blocks past the end of file.
-errcode_t write_blocks(ext2_filsys fs, ext2_ino_t ino, blk64_t first, blk64_t count,
-                       const char* src) {
+// and writes each run with one request, straight to the image where it can (Volume::
+// write_data). Only used with room to spare, so that a failed allocation cannot leave blocks
+// past the end of file.
+errcode_t write_blocks(Volume& v, ext2_ino_t ino, blk64_t first, blk64_t count, const char* src) {
+  ext2_filsys fs = v.fs();
   ext2_inode_large inode;
   errcode_t rc = read_inode(fs, ino, inode);
   if (rc) return rc;
@@ -244,8 +245,7 @@ errcode_t write_blocks(ext2_filsys fs, ext2_ino_t ino, blk64_t first, blk64_t co
   return for_each_run(fs, ino, inode, first, count,
                       [&](blk64_t index, blk64_t pblk, blk64_t n, bool unwritten) -> errcode_t {
                         if (pblk == 0 || unwritten) return EXT2_ET_BLOCK_ALLOC_FAIL;
-                        return io_channel_write_blk64(fs->io, pblk, static_cast<int>(n),
-                                                      src + index * bs);
+                        return v.write_data(pblk, n, src + index * bs);
                       });
 }
 
@@ -359,7 +359,7 @@ void op_write(fuse_req_t req, fuse_ino_t fino, const char* data, size_t size, of
       written = n;
     }
     if (!rc) {
-      rc = write_blocks(fs, ino, body_start / bs, (body_end - body_start) / bs,
+      rc = write_blocks(v, ino, body_start / bs, (body_end - body_start) / bs,
                         data + (body_start - start));
       if (!rc) written = body_end - start;
     }

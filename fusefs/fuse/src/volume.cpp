@@ -1,10 +1,25 @@
 #include "volume.h"
 
+#include <algorithm>
 #include <cstdio>
 
 #include "inode_util.h"
 
 namespace kiln::fs::fuse_detail {
+
+namespace {
+
+Volume& of(ext2_filsys fs) { return *static_cast<Volume*>(fs->priv_data); }
+
+void on_block_stats(ext2_filsys fs, blk64_t blk, int inuse) {
+  if (inuse < 0) of(fs).note_freed(blk, 1);
+}
+
+void on_block_stats_range(ext2_filsys fs, blk64_t blk, blk_t num, int inuse) {
+  if (inuse < 0) of(fs).note_freed(blk, num);
+}
+
+}  // namespace
 
 Volume::Volume(ext2_filsys fs, const FuseMountOptions& opts)
     : fs_(fs),
@@ -12,7 +27,53 @@ Volume::Volume(ext2_filsys fs, const FuseMountOptions& opts)
       timeout_(opts.cache_timeout),
       close_image_(opts.close_image),
       buffer_nearly_full_(opts.buffer_nearly_full),
-      write_back_(opts.write_back) {}
+      write_back_(opts.write_back),
+      write_data_(opts.write_data) {
+  // Every block libext2fs frees is reported through its allocation statistics (file data,
+  // extent tree blocks, directory blocks, extended attribute blocks).
+  fs_->priv_data = this;
+  ext2fs_set_block_alloc_stats_callback(fs_, on_block_stats, &old_alloc_stats_);
+  ext2fs_set_block_alloc_stats_range_callback(fs_, on_block_stats_range, &old_alloc_stats_range_);
+}
+
+Volume::~Volume() {
+  if (!image_closed_) detach();
+}
+
+void Volume::detach() {
+  ext2fs_set_block_alloc_stats_callback(fs_, old_alloc_stats_, nullptr);
+  ext2fs_set_block_alloc_stats_range_callback(fs_, old_alloc_stats_range_, nullptr);
+  fs_->priv_data = nullptr;
+}
+
+void Volume::note_freed(blk64_t first, blk64_t count) {
+  if (count == 0) return;
+  blk64_t end = first + count;
+  // Merge with every range it touches or overlaps.
+  auto it = freed_.upper_bound(first);
+  if (it != freed_.begin() && std::prev(it)->second >= first) --it;
+  while (it != freed_.end() && it->first <= end) {
+    first = std::min(first, it->first);
+    end = std::max(end, it->second);
+    it = freed_.erase(it);
+  }
+  freed_.emplace(first, end);
+}
+
+bool Volume::freed_since_flush(blk64_t first, blk64_t count) const {
+  auto it = freed_.upper_bound(first);  // the first range starting after FIRST
+  if (it != freed_.begin() && std::prev(it)->second > first) return true;
+  return it != freed_.end() && it->first < first + count;
+}
+
+errcode_t Volume::write_data(blk64_t pblk, blk64_t count, const char* data) {
+  if (!write_data_ || freed_since_flush(pblk, count)) {
+    return io_channel_write_blk64(fs_->io, pblk, static_cast<int>(count), data);
+  }
+  const uint64_t bs = fs_->blocksize;
+  const int rc = write_data_(pblk * bs, data, count * bs);
+  return rc < 0 ? static_cast<errcode_t>(-rc) : 0;
+}
 
 Volume& volume(fuse_req_t req) { return *static_cast<Volume*>(fuse_req_userdata(req)); }
 
@@ -82,7 +143,10 @@ errcode_t Volume::flush(bool final) {
     ext2fs_mark_super_dirty(fs_);
   }
   dirty_ = false;
-  return ext2fs_flush(fs_);
+  const errcode_t rc = ext2fs_flush(fs_);
+  // The image now holds the bitmaps that say these blocks are free, and nothing refers to them.
+  if (!rc) freed_.clear();
+  return rc;
 }
 
 errcode_t Volume::write_back_if_full() {
@@ -94,7 +158,9 @@ errcode_t Volume::write_back_if_full() {
   // that the idle flush makes it durable.
   if (errcode_t rc = ext2fs_flush2(fs_, EXT2_FLAG_FLUSH_NO_SYNC)) return rc;
   const int rc = write_back_();
-  return rc < 0 ? static_cast<errcode_t>(-rc) : 0;
+  if (rc < 0) return static_cast<errcode_t>(-rc);
+  freed_.clear();
+  return 0;
 }
 
 int Volume::finish() {
@@ -110,6 +176,7 @@ int Volume::finish() {
     status = 1;
   }
   io_bytes(io_read_, io_written_);  // the handle goes with the image
+  detach();
   image_closed_ = true;
   if (close_image_ && close_image_() != 0) status = 1;
   finish_status_ = status;

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
@@ -18,6 +19,7 @@ namespace kiln::fs::fuse_detail {
 class Volume {
  public:
   Volume(ext2_filsys fs, const FuseMountOptions& opts);
+  ~Volume();
   Volume(const Volume&) = delete;
   Volume& operator=(const Volume&) = delete;
 
@@ -89,8 +91,18 @@ class Volume {
   // A scratch buffer for reads, kept between requests.
   char* buffer(size_t size);
 
+  // Writes COUNT blocks of file data from PBLK on: straight to the image when
+  // FuseMountOptions::write_data is set and none of them was freed since the last flush point,
+  // else through the io_manager with the metadata.
+  errcode_t write_data(blk64_t pblk, blk64_t count, const char* data);
+  // Blocks freed since the last flush point (libext2fs's allocation statistics report them).
+  void note_freed(blk64_t first, blk64_t count);
+  bool freed_since_flush(blk64_t first, blk64_t count) const;
+
  private:
   errcode_t maybe_free(ext2_ino_t ino);
+  // Gives the handle its allocation callbacks back (before it is closed).
+  void detach();
 
   ext2_filsys fs_;
   fuse_session* session_ = nullptr;
@@ -106,6 +118,11 @@ class Volume {
   std::function<int()> close_image_;
   std::function<bool()> buffer_nearly_full_;
   std::function<int()> write_back_;
+  std::function<int(uint64_t, const void*, size_t)> write_data_;
+  // Block ranges freed since the last flush point: first block -> one past the last.
+  std::map<blk64_t, blk64_t> freed_;
+  void (*old_alloc_stats_)(ext2_filsys, blk64_t, int) = nullptr;
+  void (*old_alloc_stats_range_)(ext2_filsys, blk64_t, blk_t, int) = nullptr;
   bool finished_ = false;
   int finish_status_ = 0;
   bool image_closed_ = false;

@@ -90,6 +90,10 @@ class Filesystem {
   size_t pending_write_bytes() const;
   // Writes the kept writes to the image, without flushing the image. 0 or -errno.
   int write_back();
+  // Writes LEN bytes at OFFSET (bytes into the filesystem) straight to the image, past the
+  // buffer, dropping what the buffer held for them. For file data the caller knows no
+  // metadata in the image can refer to (FuseMountOptions::write_data). 0 or -errno.
+  int write_through(uint64_t offset, const void* data, size_t len);
 
  private:
   Filesystem() = default;

@@ -4,6 +4,8 @@
 
 #include <ext2fs/ext2fs.h>
 
+#include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <string>
 
@@ -42,6 +44,15 @@ struct FuseMountOptions {
   // -errno; no flush of the image itself), so that the image always holds a whole state.
   std::function<bool()> buffer_nearly_full;
   std::function<int()> write_back;
+  // Writes whole blocks of file data (LEN bytes at OFFSET, bytes into the filesystem) straight
+  // to the image, past that buffer: 0 or -errno. Data does not wait for a flush point, since
+  // nothing on the image refers to a block the mount allocated after the last one; a crash
+  // then leaves the data in blocks the image still has free. The mount calls it only for
+  // such blocks and for blocks a file already had, never for blocks freed since the last flush
+  // point (the image's metadata may still give them to a deleted file, or hold an extent tree
+  // or directory there): those go through the io_manager with the metadata. Empty: all
+  // writes go through the io_manager.
+  std::function<int(uint64_t offset, const void* data, size_t len)> write_data;
 };
 
 // Mounts `fs` on opts.mountpoint and serves it until the filesystem is unmounted
