@@ -25,6 +25,19 @@ std::vector<uint8_t> pattern(size_t n, uint8_t seed) {
   return v;
 }
 
+// LEN bytes at OFF read through the channel are the model's.
+::testing::AssertionResult reads_as(IoChannel& ch, const std::vector<uint8_t>& view, uint64_t off,
+                                    uint64_t len) {
+  std::vector<uint8_t> got(len);
+  if (int rc = ch.read(off, got.data(), got.size()); rc != 0) {
+    return ::testing::AssertionFailure() << "read " << off << "+" << len << ": " << rc;
+  }
+  if (!std::equal(got.begin(), got.end(), view.begin() + static_cast<long>(off))) {
+    return ::testing::AssertionFailure() << "read " << off << "+" << len << " differs";
+  }
+  return ::testing::AssertionSuccess();
+}
+
 TEST(IoChannel, BufferedWritesReachTheSourceOnlyAtWriteBack) {
   MemSource src(pattern(1 << 20, 1));
   const auto original = src.bytes_;
@@ -115,10 +128,7 @@ TEST(IoChannel, RandomOperationsMatchAModel) {
     } else if (what < 97) {
       const uint64_t len = 1 + rng() % 70000;
       const uint64_t off = rng() % (window_len - len);
-      std::vector<uint8_t> got(len);
-      ASSERT_EQ(ch.read(off, got.data(), got.size()), 0);
-      ASSERT_TRUE(std::equal(got.begin(), got.end(), view.begin() + static_cast<long>(off)))
-          << "step " << step << " read " << off << "+" << len;
+      ASSERT_TRUE(reads_as(ch, view, off, len)) << "step " << step;
     } else {
       ASSERT_EQ(ch.write_back(), 0);
       std::copy(view.begin(), view.end(), on_disk.begin() + static_cast<long>(window_off));
@@ -176,10 +186,7 @@ TEST(IoChannel, RandomWritesThroughAndBufferedMatchAModel) {
             << "step " << step;
       }
     } else if (what < 97) {
-      std::vector<uint8_t> got(len);
-      ASSERT_EQ(ch.read(off, got.data(), got.size()), 0);
-      ASSERT_TRUE(std::equal(got.begin(), got.end(), view.begin() + static_cast<long>(off)))
-          << "step " << step << " read " << off << "+" << len;
+      ASSERT_TRUE(reads_as(ch, view, off, len)) << "step " << step;
     } else {
       ASSERT_EQ(ch.write_back(), 0);
       ASSERT_TRUE(
