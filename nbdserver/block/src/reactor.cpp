@@ -165,13 +165,7 @@ Task<int> Reactor::write_full(int fd, std::span<const uint8_t> buf, uint64_t off
     const uint8_t* p = buf.data() + done;
     unsigned len = static_cast<unsigned>(std::min<size_t>(buf.size() - done, 1u << 30));
     uint64_t off = offset + done;
-    int res;
-    if (alone()) {
-      const ssize_t n = ::pwrite(fd, p, len, static_cast<off_t>(off));
-      res = n < 0 ? -errno : static_cast<int>(n);
-    } else {
-      res = co_await submit([=](io_uring_sqe* s) { io_uring_prep_write(s, fd, p, len, off); });
-    }
+    int res = co_await submit([=](io_uring_sqe* s) { io_uring_prep_write(s, fd, p, len, off); });
     if (res < 0) {
       if (retryable(res)) continue;
       co_return res;
@@ -189,11 +183,7 @@ Task<int> Reactor::fsync(int fd, bool datasync) {
   unsigned flags = datasync ? IORING_FSYNC_DATASYNC : 0;
   int res;
   do {
-    if (alone()) {
-      res = (datasync ? ::fdatasync(fd) : ::fsync(fd)) < 0 ? -errno : 0;
-    } else {
-      res = co_await submit([=](io_uring_sqe* s) { io_uring_prep_fsync(s, fd, flags); });
-    }
+    res = co_await submit([=](io_uring_sqe* s) { io_uring_prep_fsync(s, fd, flags); });
   } while (retryable(res));
   co_return res;
 }
@@ -205,13 +195,8 @@ Task<int> Reactor::fallocate(int fd, int mode, uint64_t offset, uint64_t len) {
   }
   int res;
   do {
-    if (alone()) {
-      res = ::fallocate(fd, mode, static_cast<off_t>(offset), static_cast<off_t>(len)) < 0 ? -errno
-                                                                                           : 0;
-    } else {
-      res = co_await submit(
-          [=](io_uring_sqe* s) { io_uring_prep_fallocate(s, fd, mode, offset, len); });
-    }
+    res = co_await submit(
+        [=](io_uring_sqe* s) { io_uring_prep_fallocate(s, fd, mode, offset, len); });
   } while (retryable(res));
   co_return res;
 }

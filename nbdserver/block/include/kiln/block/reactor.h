@@ -137,9 +137,6 @@ class Reactor final : public Scheduler {
 
   // Whole-buffer file I/O: short transfers and -EAGAIN/-EINTR are resubmitted. read_full
   // fills what lies past the end of the file with zeros. Both return 0 or -errno.
-  // write_full, fsync and fallocate are plain system calls when the reactor has nothing else to
-  // do (alone()): io_uring hands these to an io-wq worker (ext4's buffered writes do not
-  // support IOCB_NOWAIT), two context switches per operation, while the one caller only waits.
   Task<int> read_full(int fd, std::span<uint8_t> buf, uint64_t offset);
   Task<int> write_full(int fd, std::span<const uint8_t> buf, uint64_t offset);
   Task<int> fsync(int fd, bool datasync);
@@ -148,9 +145,6 @@ class Reactor final : public Scheduler {
   Task<int> cancel_fd(int fd);
 
   uint64_t submitted() const { return submitted_; }
-  // Nothing in flight and no coroutine ready to run: an operation submitted now would be the
-  // loop's only one, and the loop would wait for it (a command-line tool, one step at a time).
-  bool alone() const { return inflight_ == 0 && ready_.empty(); }
 
   // Installs (or, with nullptr, removes) a fault injector for the operations above. Tests only.
   void set_fault_injector(FaultInjector* f) { faults_ = f; }
