@@ -4,8 +4,8 @@
 // the sanitizer runtime linked statically (clang), that .bss is about 10 MiB, mostly the
 // runtime's stack depot hash tables, and most of it was never touched: the scan takes one page
 // fault per 4 KiB page, and on the virtual machines CI runs on a page fault costs about 12 us.
-// That was 30 of the 60 ms an instrumented `kiln-img info` took, and the test tiers start
-// thousands of such processes.
+// Backing it up front took an instrumented `kiln-img --help` from 54 to 40 ms of CPU, and the
+// test tiers start thousands of such processes.
 //
 // So before anything else runs (.preinit_array), the .bss is backed in one go: transparent huge
 // pages for the 2 MiB-aligned part, where the kernel allows them (MADV_HUGEPAGE; the system's

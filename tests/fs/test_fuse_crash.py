@@ -305,9 +305,37 @@ def test_sigkill_after_a_file_is_deleted_and_its_blocks_rewritten(workdir):
             kept["keep/first"] = first
             free_before = os.statvfs(mnt).f_bfree * os.statvfs(mnt).f_frsize
             assert free_before < len(second), "the new file would fit beside the old one"
-            os.unlink(path)
-            fd = os.open(os.path.join(mnt, "second"), os.O_WRONLY | os.O_CREAT, 0o644)
-            os.write(fd, second)
-            os.close(fd)  # the kernel writes its cached pages back (WRITE) before close returns
-            kill_daemon(proc, mnt, subprocess.Popen(["true"]))
+            # A second without requests would make a flush point (the idle flush) and put the
+            # deletion on the image; STATFS, which the kernel never caches, keeps it from
+            # coming however slow the machine is.
+            with StatfsEvery(mnt, 0.2):
+                os.unlink(path)
+                fd = os.open(os.path.join(mnt, "second"), os.O_WRONLY | os.O_CREAT, 0o644)
+                os.write(fd, second)
+                os.close(fd)  # the kernel writes its cached pages back (WRITE) first
+                kill_daemon(proc, mnt, subprocess.Popen(["true"]))
     check_after_crash(raw, kept, workdir)
+
+
+class StatfsEvery:
+    """statvfs(MNT) every INTERVAL seconds until the block ends or the mount is gone."""
+
+    def __init__(self, mnt, interval):
+        self.mnt, self.interval = mnt, interval
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+
+    def loop(self):
+        while not self.stop.wait(self.interval):
+            try:
+                os.statvfs(self.mnt)
+            except OSError:
+                return
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(timeout=30)
