@@ -142,22 +142,19 @@ def check_after_crash(raw, kept, workdir):
     return out
 
 
-class PeriodicSyncfs:
-    """`sync -f MNT` over and over while a workload runs: flush points (bitmaps, group
-    descriptors, inodes and data written out) land in the middle of the workload, as the idle
-    flush and a user's `sync` do, so that the kill finds a half-written state on disk and not
-    only kiln-fs's buffers lost. Stops when the mount is gone."""
+class Periodic:
+    """ACTION() every INTERVAL seconds while the block runs, until it returns False; `count`
+    says how many times it succeeded."""
 
-    def __init__(self, mnt, interval):
-        self.mnt, self.interval = mnt, interval
+    def __init__(self, interval, action):
+        self.interval, self.action = interval, action
         self.stop = threading.Event()
         self.count = 0
         self.thread = threading.Thread(target=self.loop, daemon=True)
 
     def loop(self):
         while not self.stop.wait(self.interval):
-            p = subprocess.run(["sync", "-f", self.mnt], capture_output=True, timeout=120)
-            if p.returncode != 0:
+            if not self.action():
                 return
             self.count += 1
 
@@ -168,6 +165,26 @@ class PeriodicSyncfs:
     def __exit__(self, *exc):
         self.stop.set()
         self.thread.join(timeout=130)
+
+
+class PeriodicSyncfs(Periodic):
+    """`sync -f MNT` over and over while a workload runs: flush points (bitmaps, group
+    descriptors, inodes and data written out) land in the middle of the workload, as the idle
+    flush and a user's `sync` do, so that the kill finds a half-written state on disk and not
+    only kiln-fs's buffers lost. Stops when the mount is gone."""
+
+    def __init__(self, mnt, interval):
+        super().__init__(interval, lambda: subprocess.run(
+            ["sync", "-f", mnt], capture_output=True, timeout=120).returncode == 0)
+
+
+def statfs_answers(mnt):
+    """One STATFS request (the kernel never caches them); False once the mount is gone."""
+    try:
+        os.statvfs(mnt)
+        return True
+    except OSError:
+        return False
 
 
 def lines_until(stream, count):
@@ -308,7 +325,7 @@ def test_sigkill_after_a_file_is_deleted_and_its_blocks_rewritten(workdir):
             # A second without requests would make a flush point (the idle flush) and put the
             # deletion on the image; STATFS, which the kernel never caches, keeps it from
             # coming however slow the machine is.
-            with StatfsEvery(mnt, 0.2):
+            with Periodic(0.2, lambda: statfs_answers(mnt)):
                 os.unlink(path)
                 fd = os.open(os.path.join(mnt, "second"), os.O_WRONLY | os.O_CREAT, 0o644)
                 os.write(fd, second)
@@ -316,26 +333,3 @@ def test_sigkill_after_a_file_is_deleted_and_its_blocks_rewritten(workdir):
                 kill_daemon(proc, mnt, subprocess.Popen(["true"]))
     check_after_crash(raw, kept, workdir)
 
-
-class StatfsEvery:
-    """statvfs(MNT) every INTERVAL seconds until the block ends or the mount is gone."""
-
-    def __init__(self, mnt, interval):
-        self.mnt, self.interval = mnt, interval
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.loop, daemon=True)
-
-    def loop(self):
-        while not self.stop.wait(self.interval):
-            try:
-                os.statvfs(self.mnt)
-            except OSError:
-                return
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join(timeout=30)
