@@ -47,7 +47,7 @@ void Volume::detach() {
 }
 
 void Volume::note_freed(blk64_t first, blk64_t count) {
-  if (count == 0) return;
+  if (count == 0 || freed_all_) return;
   blk64_t end = first + count;
   // Merge with every range it touches or overlaps.
   auto it = freed_.upper_bound(first);
@@ -58,9 +58,19 @@ void Volume::note_freed(blk64_t first, blk64_t count) {
     it = freed_.erase(it);
   }
   freed_.emplace(first, end);
+  if (freed_.size() > kMaxFreedRanges) {
+    freed_.clear();
+    freed_all_ = true;
+  }
+}
+
+void Volume::forget_freed() {
+  freed_.clear();
+  freed_all_ = false;
 }
 
 bool Volume::freed_since_flush(blk64_t first, blk64_t count) const {
+  if (freed_all_) return true;
   auto it = freed_.upper_bound(first);  // the first range starting after FIRST
   if (it != freed_.begin() && std::prev(it)->second > first) return true;
   return it != freed_.end() && it->first < first + count;
@@ -145,7 +155,7 @@ errcode_t Volume::flush(bool final) {
   dirty_ = false;
   const errcode_t rc = ext2fs_flush(fs_);
   // The image now holds the bitmaps that say these blocks are free, and nothing refers to them.
-  if (!rc) freed_.clear();
+  if (!rc) forget_freed();
   return rc;
 }
 
@@ -159,7 +169,7 @@ errcode_t Volume::write_back_if_full() {
   if (errcode_t rc = ext2fs_flush2(fs_, EXT2_FLAG_FLUSH_NO_SYNC)) return rc;
   const int rc = write_back_();
   if (rc < 0) return static_cast<errcode_t>(-rc);
-  freed_.clear();
+  forget_freed();
   return 0;
 }
 

@@ -103,6 +103,8 @@ class Volume {
   errcode_t maybe_free(ext2_ino_t ino);
   // Gives the handle its allocation callbacks back (before it is closed).
   void detach();
+  // At a flush point: the image now has these blocks free, and nothing on it refers to them.
+  void forget_freed();
 
   ext2_filsys fs_;
   fuse_session* session_ = nullptr;
@@ -119,8 +121,13 @@ class Volume {
   std::function<bool()> buffer_nearly_full_;
   std::function<int()> write_back_;
   std::function<int(uint64_t, const void*, size_t)> write_data_;
-  // Block ranges freed since the last flush point: first block -> one past the last.
+  // Block ranges freed since the last flush point: first block -> one past the last. Past
+  // kMaxFreedRanges (scattered frees on a large filesystem), the map is dropped and every
+  // block counts as freed until the next flush point: all data then goes through the buffer,
+  // as it did before write_data existed, and the map's memory stays bounded (about 3 MiB).
+  static constexpr size_t kMaxFreedRanges = size_t{1} << 16;
   std::map<blk64_t, blk64_t> freed_;
+  bool freed_all_ = false;
   void (*old_alloc_stats_)(ext2_filsys, blk64_t, int) = nullptr;
   void (*old_alloc_stats_range_)(ext2_filsys, blk64_t, blk_t, int) = nullptr;
   bool finished_ = false;
