@@ -196,7 +196,9 @@ def start_server(name, image, fmt, d, kiln):
     return Server(name, argv, sock)
 
 
-def run_fio(target, args, size, runtime, ramp, kind, cow_log):
+def run_fio(target, args, size, runtime, ramp, kind, cow_log, at_ramp_end=None):
+    """Runs one fio job. `at_ramp_end` is called once fio's ramp is over, when fio starts
+    counting requests, so that a caller can take the server's CPU over the same window."""
     cmd = ["fio", "--name=bench", "--output-format=json", "--invalidate=0", "--direct=0",
            "--time_based=1" if kind != "cow" else "--time_based=0"]
     if target.startswith("nbd"):
@@ -210,10 +212,16 @@ def run_fio(target, args, size, runtime, ramp, kind, cow_log):
             return None
     else:
         cmd += [f"--size={size}", f"--runtime={runtime}", f"--ramp_time={ramp}"]
-    p = subprocess.run(cmd + args, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    text = p.stdout
+    p = subprocess.Popen(cmd + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         stdin=subprocess.DEVNULL)
+    if at_ramp_end and kind != "cow" and ramp:
+        try:
+            p.wait(ramp)  # fio connects within milliseconds; its ramp starts then
+        except subprocess.TimeoutExpired:
+            at_ramp_end()
+    text, stderr = p.communicate()
     if "{" not in text:
-        raise RuntimeError(f"fio failed: {p.stderr}")
+        raise RuntimeError(f"fio failed: {stderr}")
     j = json.loads(text[text.index("{"):])
     job = j["jobs"][0]
     side = job["write"] if job["write"]["total_ios"] > job["read"]["total_ios"] else job["read"]
@@ -246,14 +254,22 @@ def measure(server_name, job, images, args, d, kiln):
         return r
     srv = start_server(server_name, image, fmt, d, kiln)
     try:
-        cpu0 = srv.cpu_seconds()
         uri = f"nbd+unix:///?socket={srv.sock}"
-        r = run_fio(uri, fio_args, images.size, args.runtime, args.ramp, kind, images.cow_log)
-        r["server_cpu"] = srv.cpu_seconds() - cpu0
-        r["cpu_per_req_us"] = r["server_cpu"] / r["ios"] * 1e6 if r["ios"] else None
-        r["rss"] = srv.peak_rss_mib()
+        r = fio_against(srv, uri, fio_args, images.size, args, kind, images.cow_log)
     finally:
         srv.stop()
+    return r
+
+
+def fio_against(srv, uri, fio_args, size, args, kind, cow_log):
+    """fio's figures plus the server's CPU over the requests fio counted (its ramp left out;
+    a copy-on-write job has none): server_cpu, cpu_per_req_us and the server's peak RSS."""
+    cpu0 = [srv.cpu_seconds()]
+    r = run_fio(uri, fio_args, size, args.runtime, args.ramp, kind, cow_log,
+                at_ramp_end=lambda: cpu0.__setitem__(0, srv.cpu_seconds()))
+    r["server_cpu"] = srv.cpu_seconds() - cpu0[0]
+    r["cpu_per_req_us"] = r["server_cpu"] / r["ios"] * 1e6 if r["ios"] else None
+    r["rss"] = srv.peak_rss_mib()
     return r
 
 
@@ -685,12 +701,7 @@ def measure_encrypted(server_name, job, img, key, args, d, size):
                 *secret]
     srv = Server(server_name, argv, sock)
     try:
-        cpu0 = srv.cpu_seconds()
-        r = run_fio(f"nbd+unix:///?socket={sock}", job[1], size, args.runtime, args.ramp,
-                    job[2], None)
-        r["server_cpu"] = srv.cpu_seconds() - cpu0
-        r["cpu_per_req_us"] = r["server_cpu"] / r["ios"] * 1e6 if r["ios"] else None
-        r["rss"] = srv.peak_rss_mib()
+        r = fio_against(srv, f"nbd+unix:///?socket={sock}", job[1], size, args, job[2], None)
     finally:
         srv.stop()
     return r
@@ -820,6 +831,8 @@ def main():
                 f"64 KiB ({images.cow_writes} writes) on a fresh overlay"
                 + (f" (kiln-nbd's made with {args.kiln_overlay_opts})"
                    if args.kiln_overlay_opts else "")
+                + f"; server CPU over the requests fio counted ({args.ramp} s ramp left out; "
+                f"copy-on-write: the whole job)"
                 + f"; servers alternating in each repeat; load average {load0:.1f} at the "
                 f"start, {os.getloadavg()[0]:.1f} at the end.\n\n")
         publish(args.out, "nbd_bench", head + md, lambda png: chart(results, servers, png))

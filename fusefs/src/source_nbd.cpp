@@ -4,7 +4,6 @@
 // libnbd is loaded with dlopen() on first use: it pulls in GnuTLS, libxml2 and ICU, whose
 // loading and relocation cost a few milliseconds at every start of kiln-fs — as much as a
 // whole local injection — and local images never need them.
-#include <dlfcn.h>
 #include <libnbd.h>
 
 #include <algorithm>
@@ -12,8 +11,8 @@
 #include <cstring>
 #include <mutex>
 #include <string>
-#include <type_traits>
 
+#include "kiln/common/shared_library.h"
 #include "kiln/fs/filesystem.h"
 #include "kiln/fs/source.h"
 
@@ -23,22 +22,17 @@ namespace {
 constexpr size_t kMaxRequest = 4u << 20;  // under every server's limit (32 MiB for most)
 
 // The libnbd functions we call, resolved from the shared library.
+// clang-format off
+#define KILN_NBD_FUNCTIONS(X) \
+  X(nbd_create) X(nbd_close) X(nbd_get_error) X(nbd_get_errno) X(nbd_set_uri_allow_transports) \
+  X(nbd_connect_uri) X(nbd_get_size) X(nbd_is_read_only) X(nbd_can_flush) \
+  X(nbd_pread) X(nbd_pwrite) X(nbd_flush) X(nbd_shutdown)
+// clang-format on
+
 struct Nbd {
-#define KILN_NBD_FN(name) decltype(&::name) name = nullptr;
-  KILN_NBD_FN(nbd_create)
-  KILN_NBD_FN(nbd_close)
-  KILN_NBD_FN(nbd_get_error)
-  KILN_NBD_FN(nbd_get_errno)
-  KILN_NBD_FN(nbd_set_uri_allow_transports)
-  KILN_NBD_FN(nbd_connect_uri)
-  KILN_NBD_FN(nbd_get_size)
-  KILN_NBD_FN(nbd_is_read_only)
-  KILN_NBD_FN(nbd_can_flush)
-  KILN_NBD_FN(nbd_pread)
-  KILN_NBD_FN(nbd_pwrite)
-  KILN_NBD_FN(nbd_flush)
-  KILN_NBD_FN(nbd_shutdown)
-#undef KILN_NBD_FN
+#define KILN_NBD_DECLARE(name) decltype(&::name) name = nullptr;
+  KILN_NBD_FUNCTIONS(KILN_NBD_DECLARE)
+#undef KILN_NBD_DECLARE
 };
 
 const Nbd& nbd() {
@@ -46,31 +40,11 @@ const Nbd& nbd() {
   static std::string error;
   static std::once_flag once;
   std::call_once(once, [] {
-    void* lib = dlopen("libnbd.so.0", RTLD_NOW | RTLD_LOCAL);
-    if (!lib) {
-      const char* e = dlerror();
-      error = std::string("cannot load libnbd (package libnbd0): ") + (e ? e : "unknown error");
-      return;
-    }
-    auto load = [&](auto& fn, const char* name) {
-      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(lib, name));
-      if (!fn && error.empty()) error = std::string("libnbd lacks ") + name;
-    };
-#define KILN_NBD_LOAD(name) load(api.name, #name);
-    KILN_NBD_LOAD(nbd_create)
-    KILN_NBD_LOAD(nbd_close)
-    KILN_NBD_LOAD(nbd_get_error)
-    KILN_NBD_LOAD(nbd_get_errno)
-    KILN_NBD_LOAD(nbd_set_uri_allow_transports)
-    KILN_NBD_LOAD(nbd_connect_uri)
-    KILN_NBD_LOAD(nbd_get_size)
-    KILN_NBD_LOAD(nbd_is_read_only)
-    KILN_NBD_LOAD(nbd_can_flush)
-    KILN_NBD_LOAD(nbd_pread)
-    KILN_NBD_LOAD(nbd_pwrite)
-    KILN_NBD_LOAD(nbd_flush)
-    KILN_NBD_LOAD(nbd_shutdown)
-#undef KILN_NBD_LOAD
+    static common::SharedLibrary lib("libnbd.so.0", "libnbd (package libnbd0)");
+#define KILN_NBD_RESOLVE(name) lib.resolve(api.name, #name);
+    KILN_NBD_FUNCTIONS(KILN_NBD_RESOLVE)
+#undef KILN_NBD_RESOLVE
+    error = lib.error();
   });
   if (!error.empty()) throw Error(Reason::kUnsupported, error);  // libnbd is not installed
   return api;

@@ -1,7 +1,8 @@
-// The cryptographic primitives the LUKS code needs, all from OpenSSL's libcrypto (nothing here
-// implements a primitive): AES-XTS over 512-byte sectors with plain64 IVs, PBKDF2-HMAC, one-shot
-// hashes and random bytes. Algorithm names come from the LUKS allow list (luks.h); a name that
-// is not on it never reaches OpenSSL.
+// The cryptographic primitives the LUKS code needs, from OpenSSL's libcrypto (nothing here
+// implements a primitive): AES-XTS over 512-byte sectors with plain64 IVs, PBKDF2-HMAC and
+// one-shot hashes; random bytes come from the kernel (getrandom). libcrypto is loaded on first
+// use: a function that needs it throws block::Error(ENOTSUP) if it cannot be loaded. Algorithm
+// names come from the LUKS allow list (luks.h); a name that is not on it never reaches OpenSSL.
 #pragma once
 
 #include <cstddef>
@@ -49,7 +50,7 @@ bool pbkdf2(std::string_view hash, std::span<const uint8_t> pass, std::span<cons
 // One-shot digest of the concatenation of `a` and `b` into `out` (hash_size bytes).
 bool digest2(std::string_view hash, std::span<const uint8_t> a, std::span<const uint8_t> b,
              uint8_t* out);
-// Cryptographically strong random bytes. Throws block::Error if the generator fails.
+// Cryptographically strong random bytes (getrandom). Throws common::Error if it fails.
 void random_bytes(std::span<uint8_t> out);
 // Wipes key material (not optimised away).
 void wipe(void* p, size_t n);
