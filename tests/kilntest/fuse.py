@@ -110,8 +110,15 @@ def private_mount_namespace():
                 raise OSError(ctypes.get_errno(), "mount --make-rprivate /")
             yield
         finally:
-            if libc.setns(original, clone_newns) != 0:
-                raise OSError(ctypes.get_errno(), "setns back to the original mount namespace")
+            # EINVAL while another thread shares this one's filesystem attributes: a thread
+            # the block started and joined may still be on its way out of the kernel (join()
+            # returns before the thread has exited).
+            deadline = time.monotonic() + 10
+            while libc.setns(original, clone_newns) != 0:
+                err = ctypes.get_errno()
+                if err != errno.EINVAL or time.monotonic() > deadline:
+                    raise OSError(err, "setns back to the original mount namespace")
+                time.sleep(0.01)
     finally:
         os.close(original)
 
