@@ -274,7 +274,13 @@ int IoChannel::write_through(uint64_t offset, const void* buf, size_t len) {
   if (len == 0) return 0;
   bytes_written_ += len;
   drop_locked(offset, offset + len);
-  return source_.pwrite(buf, len, offset_ + offset);
+  int rc = source_.pwrite(buf, len, offset_ + offset);
+  through_since_writeback_ += len;
+  if (rc == 0 && through_since_writeback_ >= kWritebackStep) {
+    through_since_writeback_ = 0;
+    source_.start_writeback();
+  }
+  return rc;
 }
 
 void IoChannel::drop_locked(uint64_t offset, uint64_t end) {

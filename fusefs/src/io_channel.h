@@ -57,6 +57,9 @@ class IoChannel {
  private:
   // A sequential run of writes grows one extent up to this size, then starts the next.
   static constexpr size_t kMaxAppend = 1u << 20;
+  // After this many bytes written through, the source is asked to start writing them to the
+  // disk (Source::start_writeback), so that the flush at the end does not do it all.
+  static constexpr uint64_t kWritebackStep = 8u << 20;
 
   int read_locked(uint64_t offset, void* buf, size_t len);
   // Whether pending writes cover every byte of [offset, end).
@@ -76,6 +79,7 @@ class IoChannel {
   // merges them); byte-granular, so no write needs to read the source first.
   std::map<uint64_t, std::vector<uint8_t>> dirty_;
   size_t dirty_bytes_ = 0;
+  uint64_t through_since_writeback_ = 0;  // bytes written through since the last hint
   bool source_flush_ = true;
   uint64_t bytes_read_ = 0;
   uint64_t bytes_written_ = 0;

@@ -71,6 +71,11 @@ class LocalSource final : public Source {
     return reactor_.run(dev_->flush());
   }
 
+  void start_writeback() override {
+    std::lock_guard<std::mutex> guard(mutex_);
+    if (dev_ && !read_only_) dev_->start_writeback();
+  }
+
   void close(bool discard) override {
     std::lock_guard<std::mutex> guard(mutex_);
     if (!dev_) return;

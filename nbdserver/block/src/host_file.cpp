@@ -206,6 +206,10 @@ Task<int> HostFile::write_bounced(std::span<const uint8_t> buf, uint64_t offset)
   co_return rc;
 }
 
+void HostFile::start_writeback() {
+  if (!direct_) ::sync_file_range(fd_.get(), 0, 0, SYNC_FILE_RANGE_WRITE);  // a hint: errors wait
+}
+
 Task<int> HostFile::fallocate(int mode, uint64_t offset, uint64_t len) {
   if (!direct_) co_return co_await r_->fallocate(fd_.get(), mode, offset, len);
   // Zeroing or punching part of a block races an RMW of the same block like a write does.

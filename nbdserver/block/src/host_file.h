@@ -49,6 +49,11 @@ class HostFile {
   Task<int> read_full(std::span<uint8_t> buf, uint64_t offset);
   Task<int> write_full(std::span<const uint8_t> buf, uint64_t offset);
   Task<int> fsync(bool datasync) { return r_->fsync(fd_.get(), datasync); }
+  // BlockDevice::start_writeback for this file: sync_file_range(SYNC_FILE_RANGE_WRITE) over
+  // the whole file, for a buffered one (a direct file has no dirty pages). Without a wait
+  // flag the call neither blocks on the write-out nor consumes a write-back error: the next
+  // fsync still reports it.
+  void start_writeback();
   Task<int> fallocate(int mode, uint64_t offset, uint64_t len);
 
  private:

@@ -113,6 +113,7 @@ class RawDevice final : public BlockDevice {
     co_return 0;
   }
   Task<int> close() override { co_return co_await flush(); }
+  void start_writeback() override { fd_.start_writeback(); }
   Task<void> set_read_only(bool ro) override {
     if (ro == caps_.read_only) co_return;
     if (ro) {

@@ -25,6 +25,9 @@ class Source {
   virtual int pread(void* buf, size_t len, uint64_t offset) = 0;
   virtual int pwrite(const void* buf, size_t len, uint64_t offset) = 0;
   virtual int flush() = 0;
+  // Starts writing what was written so far towards the disk, without waiting
+  // (BlockDevice::start_writeback): a hint for long streams of writes. Default: nothing.
+  virtual void start_writeback() {}
   // Flushes (unless `discard`) and closes; the source must not be used afterwards. Throws
   // Error if the flush or the close fails.
   virtual void close(bool discard = false) = 0;

@@ -61,6 +61,7 @@ class Image final : public BlockDevice {
   Task<int> block_status(uint64_t offset, uint64_t length, std::vector<Extent>* out) override;
   Task<int> resize(uint64_t new_size) override;
   Task<int> close() override;
+  void start_writeback() override { fd_.start_writeback(); }
   // make_empty.cpp: every cluster of the active table unallocated (kiln-img commit).
   Task<int> make_empty();
   Task<void> set_read_only(bool read_only) override;  // live.cpp

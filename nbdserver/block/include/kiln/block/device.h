@@ -88,6 +88,10 @@ class BlockDevice {
   virtual Task<int> resize(uint64_t new_size) = 0;
   // Flushes and leaves the image clean; the device must not be used afterwards.
   virtual Task<int> close() = 0;
+  // A hint, for a writer that streams much data and flushes at the end: starts writing what
+  // the image file holds in the page cache to the disk, without waiting, so that the flush
+  // has less left to do. Changes nothing that is read back, nor what a flush guarantees.
+  virtual void start_writeback() {}
   // Live snapshot and commit (kiln-nbd): makes the open image read-only (flushed, left clean,
   // its write locks released so that other tools may read it) or writable again (its write
   // locks taken, the file reopened for writing if it was opened read-only). Only with no
