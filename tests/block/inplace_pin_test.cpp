@@ -3,7 +3,8 @@
 // write-zeroes of the same cluster, a flush that releases the cluster, and an allocation for
 // another guest cluster that reuses it must not let the late write land in what is by then
 // someone else's cluster. The interleaving is made deterministic by holding the in-place write
-// in the fault hook.
+// in the fault hook. The same for a write over a run of such clusters, which goes to the
+// host in one piece.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -116,5 +117,90 @@ INSTANTIATE_TEST_SUITE_P(Freeing, InPlaceWrite,
                            return info.param == Freeing::kDiscard ? std::string("discard")
                                                                   : std::string("zero_unmap");
                          });
+
+// Four allocated guest clusters, contiguous on the host, written anew in one request: one
+// file write (not one per cluster). While it is held, guest cluster 1 (inside the run) is
+// discarded, a flush runs and guest cluster 5 is written, an allocation that could take the
+// freed cluster: the late write must not land in it.
+TEST(InPlaceRun, OneFileWriteThatPinsEveryClusterOfTheRun) {
+  Reactor r;
+  TempDir dir;
+  qcow2::CreateOptions co;
+  co.size = 1u << 20;
+  const std::string path = dir.file("img.qcow2");
+  qcow2::create(r, path, co);
+  Dev d = Dev::open(r, path);
+  ASSERT_EQ(d.write(0, std::vector<uint8_t>(4 * kPinCluster, 0x11)), 0);
+  ASSERT_EQ(d.flush(), 0);
+  std::vector<Extent> ext;
+  ASSERT_EQ(r.run(d.dev->block_status(0, 4 * kPinCluster, &ext)), 0);
+  ASSERT_EQ(ext.size(), 1u) << "the four clusters should be allocated one after the other";
+  ASSERT_TRUE(ext[0].data);
+  const uint64_t host = ext[0].host_offset;
+
+  // Not cluster-aligned at either end: 3 KiB into cluster 0 to 5 KiB into cluster 3.
+  const uint64_t off = 3072, len = 3 * kPinCluster + 2048;
+  {
+    Faults faults(r);
+    const Faults::Rule& in_run =
+        faults.add({.op = FileOp::kWrite, .from = host, .to = host + 4 * kPinCluster, .error = 0});
+    ASSERT_EQ(d.write(off, std::vector<uint8_t>(len, 0x22)), 0);
+    EXPECT_EQ(in_run.hits, 1) << "the run should go to the host in one write";
+  }
+  std::vector<uint8_t> late(len, 0xee), other(kPinCluster, 0x55);
+  Outcome out;
+  int writes = 0;
+  {
+    Faults faults(r);
+    Gate gate(r);
+    faults.add({.op = FileOp::kWrite,
+                .from = host,
+                .to = host + 4 * kPinCluster,
+                .count = 1,
+                .error = 0,
+                .gate = &gate});
+    auto scenario = [](Reactor& r, BlockDevice* dev, Gate* gate, uint64_t off,
+                       std::vector<uint8_t>* late, std::vector<uint8_t>* other,
+                       Outcome* out) -> Task<void> {
+      WaitGroup group(r);
+      r.spawn(run_write(dev, off, late, &out->write_rc), &group);
+      out->held = gate->held();
+      auto discard = [](BlockDevice* dev, int* rc) -> Task<void> {
+        *rc = co_await dev->discard(kPinCluster, kPinCluster);
+      };
+      r.spawn(discard(dev, &out->free_rc), &group);
+      out->flush_rc = co_await dev->flush();
+      out->other_rc = co_await dev->write(5 * kPinCluster, *other, 0);
+      gate->release();
+      co_await group.wait();
+    };
+    const int before = faults.seen(FileOp::kWrite);
+    r.run(scenario(r, d.dev.get(), &gate, off, &late, &other, &out));
+    writes = faults.seen(FileOp::kWrite) - before;
+  }
+  EXPECT_EQ(out.held, 1) << "the run did not reach the disk layer as one write first";
+  EXPECT_EQ(out.write_rc, 0);
+  EXPECT_EQ(out.free_rc, 0);
+  EXPECT_EQ(out.flush_rc, 0);
+  EXPECT_EQ(out.other_rc, 0);
+  EXPECT_GE(writes, 2);  // the run, cluster 5's data (and metadata)
+
+  std::vector<uint8_t> expect(4 * kPinCluster, 0x11);
+  std::copy(late.begin(), late.end(), expect.begin() + off);
+  EXPECT_EQ(d.read(5 * kPinCluster, kPinCluster), other);
+  const std::vector<uint8_t> all = d.read(0, 4 * kPinCluster);
+  for (uint64_t c : {0, 2, 3})
+    EXPECT_TRUE(std::equal(all.begin() + c * kPinCluster, all.begin() + (c + 1) * kPinCluster,
+                           expect.begin() + c * kPinCluster))
+        << "guest cluster " << c;
+  // Cluster 1: the write and the discard in some order.
+  const std::vector<uint8_t> c1(all.begin() + kPinCluster, all.begin() + 2 * kPinCluster);
+  EXPECT_TRUE(c1 == std::vector<uint8_t>(kPinCluster, 0) ||
+              std::equal(c1.begin(), c1.end(), expect.begin() + kPinCluster));
+  ASSERT_EQ(d.close(), 0);
+  qcow2::CheckResult res = qcow2::check(r, path, qcow2::Repair::kNone);
+  EXPECT_EQ(res.corruptions, 0u);
+  EXPECT_EQ(res.leaks, 0u);
+}
 
 }  // namespace

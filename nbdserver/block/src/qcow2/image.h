@@ -137,6 +137,12 @@ class Image final : public BlockDevice {
   // Block status of [pos, end), which this image leaves unallocated: the backing file's.
   Task<int> unallocated_status(uint64_t pos, uint64_t end, std::vector<Extent>* out);
   Task<void> write_part(uint64_t gc, uint64_t in_off, std::span<const uint8_t> data, int* err);
+  // When every cluster of [offset, offset + len) (two or more) is ours, its entry cached,
+  // writable in place for its part and contiguous on the host with the previous one: pins
+  // them all and returns the host offset of `offset`. 0 otherwise, nothing pinned. No
+  // suspension between the lookups and the pins, as in write_cluster's fast path.
+  uint64_t pin_in_place_run(uint64_t offset, uint64_t len);
+  void unpin_run(uint64_t host, uint64_t offset, uint64_t len);
   Task<void> zero_part(uint64_t gc, bool unmap, bool fast, bool discard, int* err);
   // The status of the bytes of kind `k` at `in_off` of cluster `gc`.
   static void status_of(uint64_t gc, uint32_t cb, L2Entry m, L2Kind k, uint64_t in_off, Extent* e);

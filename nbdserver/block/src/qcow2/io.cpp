@@ -340,6 +340,39 @@ Task<int> Image::write_cluster_extended(uint64_t gc, L2Entry m, uint64_t in_off,
   co_return co_await set_l2_entry(gc, L2Entry::encode_normal(host), bitmap, true);
 }
 
+uint64_t Image::pin_in_place_run(uint64_t offset, uint64_t len) {
+  const uint64_t first = cluster_of(offset);
+  const uint64_t last = cluster_of(offset + len - 1);
+  const uint64_t host = [&]() -> uint64_t {
+    uint64_t first_host = 0;
+    for (uint64_t gc = first; gc <= last; ++gc) {
+      const uint64_t start = std::max(offset, gc << cb_);
+      const uint64_t end = std::min(offset + len, (gc + 1) << cb_);
+      bool hit;
+      const L2Entry m = l2_entry_cached(gc, &hit);
+      if (!hit || !m.writable_in_place(start & (cs_ - 1), end - start) ||
+          busy_clusters_.contains(gc) || draining_[pin_bucket(m.host())])
+        return 0;
+      if (gc == first)
+        first_host = m.host();
+      else if (m.host() != first_host + ((gc - first) << cb_))
+        return 0;
+    }
+    return first_host + (offset & (cs_ - 1));
+  }();
+  if (host)
+    for (uint64_t gc = first; gc <= last; ++gc) ++pins_[pin_bucket(host + ((gc - first) << cb_))];
+  return host;
+}
+
+void Image::unpin_run(uint64_t host, uint64_t offset, uint64_t len) {
+  const uint64_t clusters = cluster_of(offset + len - 1) - cluster_of(offset) + 1;
+  for (uint64_t i = 0; i < clusters; ++i) {
+    const size_t b = pin_bucket(host + (i << cb_));
+    if (--pins_[b] == 0 && draining_[b]) unpinned_.notify_all();
+  }
+}
+
 Task<void> Image::write_part(uint64_t gc, uint64_t in_off, std::span<const uint8_t> data,
                              int* err) {
   int rc = co_await write_cluster(gc, in_off, data);
@@ -362,6 +395,13 @@ Task<int> Image::write_sectors(uint64_t offset, std::span<const uint8_t> buf, un
   int err = 0;
   if (first == last) {
     if (!buf.empty()) err = co_await write_cluster(first, offset & (cs_ - 1), buf);
+  } else if (const uint64_t host = pin_in_place_run(offset, buf.size())) {
+    // Allocated clusters that follow each other on the host (a sequential stream over an
+    // allocated image): one write instead of one per cluster. For a buffered file each of
+    // those went to an io_uring worker of its own.
+    unsynced_ = true;
+    err = co_await write_data(buf, host);
+    unpin_run(host, offset, buf.size());
   } else {
     // Clusters are independent: write them concurrently.
     WaitGroup group(r_);
