@@ -36,6 +36,22 @@ struct Outcome {
   int held = 0;
 };
 
+// A 1 MiB qcow2 image whose first `clusters` guest clusters hold 0x11, flushed. *host: where
+// the first of them is on the host, or 0 unless all are data, one after the other.
+Dev allocated_image(Reactor& r, const std::string& path, uint64_t clusters, uint64_t* host) {
+  qcow2::CreateOptions co;
+  co.size = 1u << 20;
+  qcow2::create(r, path, co);
+  Dev d = Dev::open(r, path);
+  *host = 0;
+  std::vector<Extent> ext;
+  if (d.write(0, std::vector<uint8_t>(clusters * kPinCluster, 0x11)) == 0 && d.flush() == 0 &&
+      r.run(d.dev->block_status(0, clusters * kPinCluster, &ext)) == 0 && ext.size() == 1 &&
+      ext[0].data)
+    *host = ext[0].host_offset;
+  return d;
+}
+
 Task<void> run_write(BlockDevice* dev, uint64_t off, std::vector<uint8_t>* data, int* rc) {
   *rc = co_await dev->write(off, *data, 0);
 }
@@ -63,18 +79,10 @@ Task<void> scenario(Reactor& r, BlockDevice* dev, Gate* gate, Freeing how,
 TEST_P(InPlaceWrite, DoesNotLandInAClusterReusedMeanwhile) {
   Reactor r;
   TempDir dir;
-  qcow2::CreateOptions co;
-  co.size = 1u << 20;
   const std::string path = dir.file("img.qcow2");
-  qcow2::create(r, path, co);
-  Dev d = Dev::open(r, path);
-  ASSERT_EQ(d.write(0, std::vector<uint8_t>(kPinCluster, 0x11)), 0);
-  ASSERT_EQ(d.flush(), 0);
-  std::vector<Extent> ext;
-  ASSERT_EQ(r.run(d.dev->block_status(0, kPinCluster, &ext)), 0);
-  ASSERT_EQ(ext.size(), 1u);
-  ASSERT_TRUE(ext[0].data);
-  const uint64_t host = ext[0].host_offset;
+  uint64_t host;
+  Dev d = allocated_image(r, path, 1, &host);
+  ASSERT_NE(host, 0u);
 
   std::vector<uint8_t> late(4096, 0xee), other(kPinCluster, 0x55);
   Outcome out;
@@ -125,18 +133,10 @@ INSTANTIATE_TEST_SUITE_P(Freeing, InPlaceWrite,
 TEST(InPlaceRun, OneFileWriteThatPinsEveryClusterOfTheRun) {
   Reactor r;
   TempDir dir;
-  qcow2::CreateOptions co;
-  co.size = 1u << 20;
   const std::string path = dir.file("img.qcow2");
-  qcow2::create(r, path, co);
-  Dev d = Dev::open(r, path);
-  ASSERT_EQ(d.write(0, std::vector<uint8_t>(4 * kPinCluster, 0x11)), 0);
-  ASSERT_EQ(d.flush(), 0);
-  std::vector<Extent> ext;
-  ASSERT_EQ(r.run(d.dev->block_status(0, 4 * kPinCluster, &ext)), 0);
-  ASSERT_EQ(ext.size(), 1u) << "the four clusters should be allocated one after the other";
-  ASSERT_TRUE(ext[0].data);
-  const uint64_t host = ext[0].host_offset;
+  uint64_t host;
+  Dev d = allocated_image(r, path, 4, &host);
+  ASSERT_NE(host, 0u) << "the four clusters should be allocated one after the other";
 
   // Not cluster-aligned at either end: 3 KiB into cluster 0 to 5 KiB into cluster 3.
   const uint64_t off = 3072, len = 3 * kPinCluster + 2048;
