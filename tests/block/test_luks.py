@@ -8,7 +8,8 @@ import struct
 
 import pytest
 
-from kilntest.images import (KILN_IO, MiB, QEMU_IO, assert_one_line_error, kiln_img, qemu_img,
+from kilntest import run as run_with
+from kilntest.images import (KILN_IMG, KILN_IO, MiB, QEMU_IO, assert_one_line_error, kiln_img, qemu_img,
                              read_file, run, scaled)
 from kilntest.nbd import (NBDCOPY, control, servers, sha256,  # noqa: F401  (fixture)
                           unix_uri)
@@ -138,6 +139,23 @@ def test_info_matches_qemu(workdir, secret):
         human = kiln_img("info", img).stdout
         assert human == qemu_img("info", img).stdout
         assert "encrypted: yes" in human
+
+
+def test_libcrypto_is_loaded_only_for_encrypted_images(workdir, secret):
+    """OpenSSL's libcrypto is loaded when an image needs it (dlopen on first use), not at the
+    start of every process: the dynamic loader's own trace (LD_DEBUG=files) says which."""
+    plain = os.path.join(workdir, "plain.qcow2")
+    kiln_img("create", "-q", "-f", "qcow2", plain, "1M")
+    enc = os.path.join(workdir, "enc.qcow2")
+    kiln_create(enc, secret, size=MiB)
+
+    def loads_libcrypto(*args):
+        p = run_with([KILN_IMG, *args], env=dict(os.environ, LD_DEBUG="files"))
+        return "file=libcrypto.so" in p.stderr
+
+    assert not loads_libcrypto("info", plain)
+    assert not loads_libcrypto("check", plain)
+    assert loads_libcrypto("check", *opts(enc, secret))
 
 
 def test_wrong_or_missing_key_is_a_clear_error_and_changes_nothing(workdir, secret):
