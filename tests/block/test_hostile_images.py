@@ -314,6 +314,27 @@ def test_l2_entry_past_eof_reads_fail_cleanly(workdir):
         assert_one_line_error(p, "kiln-io")
 
 
+@pytest.mark.parametrize("write", ["write -P 0x77 4k 4k", "write -P 0x77 0 128k"],
+                         ids=["one-cluster", "run-of-clusters"])
+def test_l2_entry_with_unaligned_host_offset_is_not_written_through(workdir, write):
+    """An L2 entry of ours (COPIED) whose host offset is not cluster-aligned: reads refuse it,
+    and so must writes, in place or not. Written through, the data would land across two host
+    clusters, wherever the entry says (here: 512 bytes into guest cluster 0's data). The second
+    case writes two clusters at once (one host write for a run of allocated clusters)."""
+    img = good_image(workdir)
+    l1 = header_get(img, "l1_table_offset")
+    l2 = be64(img, l1) & 0x00fffffffffffe00
+    host = be64(img, l2) & 0x00fffffffffffe00
+    patch_bytes(img, l2, struct.pack(">Q", (1 << 63) | (host + 512)))
+    before = read_file(img)
+    p = kiln_io(img, write, check=False, timeout=60)
+    assert "Sanitizer" not in p.stderr and "runtime error" not in p.stderr, p.stderr
+    assert "Input/output error" in p.stdout + p.stderr, p.stdout + p.stderr
+    # Guest cluster 0's own host cluster, which the bad entry points 512 bytes into, is as it
+    # was. (Guest cluster 1 is a good one: the run case may write it.)
+    assert read_file(img)[host:host + 65536] == before[host:host + 65536]
+
+
 # --- Refcount structures that say the header and tables are free -------------------------
 
 def hostile_refcounts(d, case):

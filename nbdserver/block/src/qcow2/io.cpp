@@ -234,7 +234,8 @@ Task<int> Image::write_cluster(uint64_t gc, uint64_t in_off, std::span<const uin
   L2Entry m = l2_entry_cached(gc, &hit);
   if (!hit)
     if (int rc = co_await l2_entry(gc, &m); rc < 0) co_return rc;
-  if (m.writable_in_place(in_off, data.size()) && !busy_clusters_.contains(gc)) {
+  if (m.valid(h_.version) && m.writable_in_place(in_off, data.size()) &&
+      !busy_clusters_.contains(gc)) {
     const uint64_t host = m.host();
     const size_t b = pin_bucket(host);
     if (!draining_[b]) {
@@ -249,12 +250,14 @@ Task<int> Image::write_cluster(uint64_t gc, uint64_t in_off, std::span<const uin
   ClusterLock lock = co_await lock_cluster(gc);
   if (int rc = co_await prepare_l2(uint32_t(gc / l2_entries_)); rc < 0) co_return rc;
   if (int rc = co_await l2_entry(gc, &m); rc < 0) co_return rc;
+  // A hostile entry (an unaligned host offset, reserved bits) is refused as reads refuse it,
+  // never written through.
+  if (!m.valid(h_.version)) co_return -EIO;
   if (m.writable_in_place(in_off, data.size())) {
     // Allocated meanwhile (or pins drained): in place, under the lock.
     unsynced_ = true;
     co_return co_await write_data(data, m.host() + in_off);
   }
-  if (!m.valid(h_.version)) co_return -EIO;
   // A cluster of ours (or none yet) with subclusters: only the touched subclusters are written.
   if (extended_ && !m.compressed() && (m.copied() || !m.host()))
     co_return co_await write_cluster_extended(gc, m, in_off, data);
@@ -350,7 +353,7 @@ uint64_t Image::pin_in_place_run(uint64_t offset, uint64_t len) {
       const uint64_t end = std::min(offset + len, (gc + 1) << cb_);
       bool hit;
       const L2Entry m = l2_entry_cached(gc, &hit);
-      if (!hit || !m.writable_in_place(start & (cs_ - 1), end - start) ||
+      if (!hit || !m.valid(h_.version) || !m.writable_in_place(start & (cs_ - 1), end - start) ||
           busy_clusters_.contains(gc) || draining_[pin_bucket(m.host())])
         return 0;
       if (gc == first)
