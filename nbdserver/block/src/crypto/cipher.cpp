@@ -153,7 +153,13 @@ bool digest2(std::string_view hash, std::span<const uint8_t> a, std::span<const 
   return ok;
 }
 
-void random_bytes(std::span<uint8_t> out) { common::random_bytes(out.data(), out.size()); }
+void random_bytes(std::span<uint8_t> out) {
+  try {
+    common::random_bytes(out.data(), out.size());
+  } catch (const common::Error& e) {  // as block::Error, which the block layer's callers catch
+    throw Error(e.error_number() ? e.error_number() : EIO, e.what());
+  }
+}
 
 void wipe(void* p, size_t n) { explicit_bzero(p, n); }
 

@@ -50,7 +50,7 @@ bool pbkdf2(std::string_view hash, std::span<const uint8_t> pass, std::span<cons
 // One-shot digest of the concatenation of `a` and `b` into `out` (hash_size bytes).
 bool digest2(std::string_view hash, std::span<const uint8_t> a, std::span<const uint8_t> b,
              uint8_t* out);
-// Cryptographically strong random bytes (getrandom). Throws common::Error if it fails.
+// Cryptographically strong random bytes (getrandom). Throws block::Error if it fails.
 void random_bytes(std::span<uint8_t> out);
 // Wipes key material (not optimised away).
 void wipe(void* p, size_t n);
