@@ -48,6 +48,29 @@ std::vector<uint8_t> random_bytes(size_t n, uint32_t seed) {
 
 int open_flags(const HostFile& f) { return fcntl(f.get(), F_GETFL); }
 
+// start_writeback is a hint, but an error the kernel returns when starting the write-out is
+// kept for the next fsync: the file system may have given up on those pages. A FIFO is a file
+// sync_file_range refuses (ESPIPE).
+TEST(HostFile, StartWritebackKeepsItsError) {
+  TempDir d;
+  Reactor r;
+  make_file(d / "f", std::vector<uint8_t>(65536, 1));
+  HostFile file(r, open_host_file(d / "f", false, false), false);
+  ASSERT_EQ(r.run(file.write_full(std::vector<uint8_t>(65536, 2), 0)), 0);
+  file.start_writeback();
+  EXPECT_EQ(file.writeback_error(), 0);
+  EXPECT_EQ(r.run(file.fsync(true)), 0);
+
+  ASSERT_EQ(::mkfifo((d / "fifo").c_str(), 0600), 0);
+  HostFile fifo(r, common::Fd(::open((d / "fifo").c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC)),
+                false);
+  fifo.start_writeback();
+  EXPECT_EQ(fifo.writeback_error(), -ESPIPE);
+  fifo.start_writeback();
+  EXPECT_EQ(fifo.writeback_error(), -ESPIPE);
+  EXPECT_LT(r.run(fifo.fsync(true)), 0);
+}
+
 TEST(HostFile, OpensWithODirect) {
   TempDir d;
   make_file(d / "f", std::vector<uint8_t>(8192, 1));

@@ -207,7 +207,13 @@ Task<int> HostFile::write_bounced(std::span<const uint8_t> buf, uint64_t offset)
 }
 
 void HostFile::start_writeback() {
-  if (!direct_) ::sync_file_range(fd_.get(), 0, 0, SYNC_FILE_RANGE_WRITE);  // a hint: errors wait
+  if (direct_ || writeback_error_) return;
+  if (::sync_file_range(fd_.get(), 0, 0, SYNC_FILE_RANGE_WRITE) != 0) writeback_error_ = -errno;
+}
+
+Task<int> HostFile::fsync(bool datasync) {
+  const int rc = co_await r_->fsync(fd_.get(), datasync);
+  co_return rc < 0 ? rc : writeback_error_;
 }
 
 Task<int> HostFile::fallocate(int mode, uint64_t offset, uint64_t len) {

@@ -48,12 +48,16 @@ class HostFile {
   // the file reads as zeros, and a write past the end extends the file to exactly its end.
   Task<int> read_full(std::span<uint8_t> buf, uint64_t offset);
   Task<int> write_full(std::span<const uint8_t> buf, uint64_t offset);
-  Task<int> fsync(bool datasync) { return r_->fsync(fd_.get(), datasync); }
+  // Fails with start_writeback's error, if it had one, even when the fsync itself succeeds.
+  Task<int> fsync(bool datasync);
   // BlockDevice::start_writeback for this file: sync_file_range(SYNC_FILE_RANGE_WRITE) over
   // the whole file, for a buffered one (a direct file has no dirty pages). Without a wait
-  // flag the call neither blocks on the write-out nor consumes a write-back error: the next
-  // fsync still reports it.
+  // flag the call does not wait for the write-out, nor consume an error of the write-out
+  // itself: the next fsync still reports it. An error it returns (the file system gave up on
+  // some pages when starting their write-out, which may leave them clean and the error stored
+  // nowhere else) is kept, and fails this fsync and every later one.
   void start_writeback();
+  int writeback_error() const { return writeback_error_; }  // 0 or -errno
   Task<int> fallocate(int mode, uint64_t offset, uint64_t len);
 
  private:
@@ -79,6 +83,7 @@ class HostFile {
   uint32_t offset_align_ = 1;
   uint32_t memory_align_ = 1;
   uint64_t bounced_ = 0;
+  int writeback_error_ = 0;
   std::vector<Busy> busy_;  // writes and fallocates in flight (direct files only)
   WaitList idle_;           // woken when one of them ends
 };
