@@ -23,7 +23,7 @@ case "$1" in
     ip addr flush dev "$interface"
     ip addr add "$ip/$mask" dev "$interface"
     if [ -n "$router" ]; then ip route replace default via "${router%% *}" dev "$interface"; fi
-    echo "$ip" > "/tmp/udhcpc-lease-$interface-$$" ;;
+    ;;
 esac
 exit 0
 SCRIPT
