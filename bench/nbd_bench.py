@@ -264,10 +264,13 @@ def measure(server_name, job, images, args, d, kiln):
 def fio_against(srv, uri, fio_args, size, args, kind, cow_log):
     """fio's figures plus the server's CPU over the requests fio counted (its ramp left out;
     a copy-on-write job has none): server_cpu, cpu_per_req_us and the server's peak RSS."""
-    cpu0 = [srv.cpu_seconds()]
-    r = run_fio(uri, fio_args, size, args.runtime, args.ramp, kind, cow_log,
-                at_ramp_end=lambda: cpu0.__setitem__(0, srv.cpu_seconds()))
-    r["server_cpu"] = srv.cpu_seconds() - cpu0[0]
+    start = {"cpu": srv.cpu_seconds()}
+
+    def ramp_over():
+        start["cpu"] = srv.cpu_seconds()
+
+    r = run_fio(uri, fio_args, size, args.runtime, args.ramp, kind, cow_log, ramp_over)
+    r["server_cpu"] = srv.cpu_seconds() - start["cpu"]
     r["cpu_per_req_us"] = r["server_cpu"] / r["ios"] * 1e6 if r["ios"] else None
     r["rss"] = srv.peak_rss_mib()
     return r

@@ -9,8 +9,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <mutex>
 #include <string>
+#include <utility>
 
 #include "kiln/common/shared_library.h"
 #include "kiln/fs/filesystem.h"
@@ -35,19 +35,20 @@ struct Nbd {
 #undef KILN_NBD_DECLARE
 };
 
+// Resolved once (a function-local static: thread-safe); the library stays loaded.
 const Nbd& nbd() {
-  static Nbd api;
-  static std::string error;
-  static std::once_flag once;
-  std::call_once(once, [] {
-    static common::SharedLibrary lib("libnbd.so.0", "libnbd (package libnbd0)");
-#define KILN_NBD_RESOLVE(name) lib.resolve(api.name, #name);
+  static const std::pair<Nbd, std::string> loaded = [] {
+    std::pair<Nbd, std::string> out;
+    common::SharedLibrary lib("libnbd.so.0", "libnbd (package libnbd0)");
+#define KILN_NBD_RESOLVE(name) lib.resolve(out.first.name, #name);
     KILN_NBD_FUNCTIONS(KILN_NBD_RESOLVE)
 #undef KILN_NBD_RESOLVE
-    error = lib.error();
-  });
-  if (!error.empty()) throw Error(Reason::kUnsupported, error);  // libnbd is not installed
-  return api;
+    out.second = lib.error();
+    return out;
+  }();
+  // libnbd is not installed
+  if (!loaded.second.empty()) throw Error(Reason::kUnsupported, loaded.second);
+  return loaded.first;
 }
 
 std::string nbd_error_text() {

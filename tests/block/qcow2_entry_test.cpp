@@ -76,6 +76,9 @@ TEST(Qcow2Entry, ValidityOfStandardDescriptors) {
   const L2Entry unaligned(kHost | 512, kCb);
   EXPECT_FALSE(unaligned.aligned());
   EXPECT_FALSE(unaligned.valid(3));
+  // Nor may a write go through it, even marked COPIED (reads refuse it too).
+  EXPECT_FALSE(L2Entry(kOflagCopied | kHost | 512, kCb).writable_in_place());
+  EXPECT_FALSE(L2Entry(kOflagCopied | kHost | (1ull << 56), kCb).writable_in_place());
   EXPECT_TRUE(L2Entry(kHost | 512, 9).valid(3));  // 512-byte clusters: aligned
   // The zero flag exists from version 3 on.
   EXPECT_TRUE(L2Entry(kOflagZero, kCb).valid(3));

@@ -332,4 +332,3 @@ def test_sigkill_after_a_file_is_deleted_and_its_blocks_rewritten(workdir):
                 os.close(fd)  # the kernel writes its cached pages back (WRITE) first
                 kill_daemon(proc, mnt, subprocess.Popen(["true"]))
     check_after_crash(raw, kept, workdir)
-

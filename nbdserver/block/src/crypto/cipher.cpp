@@ -8,8 +8,8 @@
 
 #include <cerrno>
 #include <cstring>
-#include <mutex>
 #include <string>
+#include <utility>
 
 #include "kiln/block/device.h"
 #include "kiln/common/random.h"
@@ -39,21 +39,21 @@ struct Libcrypto {
 #undef KILN_LIBCRYPTO_DECLARE
 };
 
-// Throws block::Error(ENOTSUP) if libcrypto cannot be loaded.
+// Resolved once (a function-local static: thread-safe); the library stays loaded. Throws
+// block::Error(ENOTSUP) if libcrypto cannot be loaded.
 const Libcrypto& ssl() {
-  static Libcrypto api;
-  static std::string error;
-  static std::once_flag once;
-  std::call_once(once, [] {
-    static common::SharedLibrary lib(kLibcrypto, "OpenSSL's libcrypto (package libssl3)");
-#define KILN_LIBCRYPTO_RESOLVE(name) lib.resolve(api.name, #name);
+  static const std::pair<Libcrypto, std::string> loaded = [] {
+    std::pair<Libcrypto, std::string> out;
+    common::SharedLibrary lib(kLibcrypto, "OpenSSL's libcrypto (package libssl3)");
+#define KILN_LIBCRYPTO_RESOLVE(name) lib.resolve(out.first.name, #name);
     KILN_LIBCRYPTO_FUNCTIONS(KILN_LIBCRYPTO_RESOLVE)
 #undef KILN_LIBCRYPTO_RESOLVE
-    error = lib.error();
-  });
-  if (!error.empty())
-    throw Error(common::Reason::kUnsupported, ENOTSUP, "LUKS encryption needs " + error);
-  return api;
+    out.second = lib.error();
+    return out;
+  }();
+  if (!loaded.second.empty())
+    throw Error(common::Reason::kUnsupported, ENOTSUP, "LUKS encryption needs " + loaded.second);
+  return loaded.first;
 }
 
 }  // namespace

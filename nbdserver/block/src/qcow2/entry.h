@@ -126,10 +126,12 @@ class L2Entry {
   // Holds a host cluster (or compressed bytes) that a refcount counts.
   constexpr bool allocated() const { return compressed() || host() != 0; }
   // Ours alone and holding data: a guest write may go to host() in place (with extended
-  // entries: every subcluster allocated).
+  // entries: every subcluster allocated). Never for an entry that is not valid (reserved
+  // bits, an unaligned host offset, an impossible bitmap), which reads refuse too: a hostile
+  // entry is not written through to wherever it points.
   constexpr bool writable_in_place() const {
     return (raw_ & (kOflagCopied | kOflagCompressed | kOflagZero)) == kOflagCopied && host() &&
-           (!extended_ || alloc_bits() == 0xffffffffu);
+           (!extended_ || alloc_bits() == 0xffffffffu) && sound();
   }
   // The same for the bytes [in_off, in_off + len) of the cluster: with extended entries only
   // the subclusters they touch need to be allocated.
@@ -137,7 +139,7 @@ class L2Entry {
     if (!extended_) return writable_in_place();
     const uint32_t need = subcluster_mask(in_off, len, sc_bits());
     return (raw_ & (kOflagCopied | kOflagCompressed)) == kOflagCopied && host() &&
-           (alloc_bits() & need) == need;
+           (alloc_bits() & need) == need && sound();
   }
 
   // The bits qcow2.txt reserves that are set: for standard descriptors bits 1-8 and 56-61, for
@@ -156,10 +158,11 @@ class L2Entry {
   // descriptors are checked when they are read (their length is bounded there).
   // Extended entries: bitmap_error() must also be null.
   constexpr bool valid(uint32_t version) const {
-    if (bitmap_error()) return false;
-    if (compressed()) return true;
-    return !reserved_bits() && aligned() && (version >= 3 || !(raw_ & kOflagZero));
+    if (compressed()) return !bitmap_error();
+    return sound() && (version >= 3 || !(raw_ & kOflagZero));
   }
+  // valid() for a standard descriptor, whatever the version.
+  constexpr bool sound() const { return !bitmap_error() && !reserved_bits() && aligned(); }
   // What is wrong with an extended entry's bitmap (qcow2.txt's invalid combinations), or null.
   constexpr const char* bitmap_error() const {
     if (!extended_) return nullptr;

@@ -234,8 +234,7 @@ Task<int> Image::write_cluster(uint64_t gc, uint64_t in_off, std::span<const uin
   L2Entry m = l2_entry_cached(gc, &hit);
   if (!hit)
     if (int rc = co_await l2_entry(gc, &m); rc < 0) co_return rc;
-  if (m.valid(h_.version) && m.writable_in_place(in_off, data.size()) &&
-      !busy_clusters_.contains(gc)) {
+  if (m.writable_in_place(in_off, data.size()) && !busy_clusters_.contains(gc)) {
     const uint64_t host = m.host();
     const size_t b = pin_bucket(host);
     if (!draining_[b]) {
@@ -353,7 +352,7 @@ uint64_t Image::pin_in_place_run(uint64_t offset, uint64_t len) {
       const uint64_t end = std::min(offset + len, (gc + 1) << cb_);
       bool hit;
       const L2Entry m = l2_entry_cached(gc, &hit);
-      if (!hit || !m.valid(h_.version) || !m.writable_in_place(start & (cs_ - 1), end - start) ||
+      if (!hit || !m.writable_in_place(start & (cs_ - 1), end - start) ||
           busy_clusters_.contains(gc) || draining_[pin_bucket(m.host())])
         return 0;
       if (gc == first)
