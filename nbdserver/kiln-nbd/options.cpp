@@ -48,6 +48,7 @@ const std::vector<common::cli::Option> kOptions = {
     {"--allow-dir", kValue},
     {"--max-memory", kValue},
     {"--handshake-timeout", kValue},
+    {"--batch-wait", kValue},
     {"--tls", kValue},
     {"--tls-creds", kValue},
     {"--tls-psk", kValue},
@@ -247,6 +248,9 @@ void help(std::ostream& out) {
          "      --max-memory=SIZE    bytes held for requests and replies, in total (default 1G)\n"
          "      --handshake-timeout=SECONDS  drop clients that have not finished the\n"
          "                           handshake by then (default 10; 0 = never)\n"
+         "      --batch-wait=USEC    longest wait for a connection's requests to gather before\n"
+         "                           the next receive, tuned to what serves the client best\n"
+         "                           (default 50; 0 = receive at once)\n"
          "      --threads=N          reactor threads (default: one per CPU); each export is\n"
          "                           served by one of them\n"
          "      --pid-file=PATH      write the server's PID here\n"
@@ -281,6 +285,8 @@ Config parse_command_line(const std::vector<std::string>& argv) {
     c.server.threads = static_cast<unsigned>(parse_number(*t, "threads", 1, 256));
   if (auto m = a.get("--max-memory"))
     c.server.max_memory = parse_bytes("max-memory", *m, c.server.max_block);
+  if (auto w = a.get("--batch-wait"))
+    c.server.batch_wait_us = static_cast<unsigned>(parse_number(*w, "batch-wait", 0, 1000));
   if (auto h = a.get("--handshake-timeout"))
     c.server.handshake_timeout_ms =
         static_cast<unsigned>(parse_number(*h, "handshake-timeout", 0, 3600)) * 1000;

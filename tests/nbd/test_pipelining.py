@@ -238,3 +238,46 @@ def test_deep_queue_of_small_reads_never_read(srv):
     sender.join()
     c.close()
     assert srv.proc.alive()
+
+
+def bursts_of_reads(c, bursts, per_burst):
+    """`bursts` times: `per_burst` 4 KiB reads in one write, then every reply, checked."""
+    for b in range(bursts):
+        expect, out = {}, bytearray()
+        for i in range(per_burst):
+            c.handle += 1
+            blk = (b * per_burst + i) * 13 % (SIZE // 4096)
+            out += header(CMD_READ, c.handle, blk * 4096, 4096)
+            expect[c.handle] = (CMD_READ, blk * 4096, 4096, block(blk))
+            c.pending[c.handle] = (CMD_READ, blk * 4096, 4096)
+        c.sock.sendall(out)
+        check_replies(c, expect)
+
+
+def receive_waits(ctl):
+    return control(ctl, "stats", name="")["stats"][""]["receive-waits"]
+
+
+def test_receives_wait_only_for_a_client_that_pipelines(srv, servers, workdir):
+    """The receive pacer (nbdserver/nbd/src/pacer.h): a client that sends one request at a
+    time never has its next receive delayed; one that sends many at once soon has (and gets
+    every reply right); with --batch-wait=0, nobody does."""
+    with RawClient(srv.sock) as c:
+        c.connect_export("")
+        for i in range(2000):
+            blk = i * 7 % (SIZE // 4096)
+            assert c.pread(blk * 4096, 4096).data == block(blk)
+    assert receive_waits(srv.ctl) == 0, "a client with one request in flight was made to wait"
+    with RawClient(srv.sock) as c:
+        c.connect_export("")
+        bursts_of_reads(c, 300, 16)
+    assert receive_waits(srv.ctl) > 0, "a pipelining client's receives were never paced"
+
+    srv.proc.assert_clean_stop()  # (the image's lock)
+    sock, ctl = os.path.join(workdir, "nowait.sock"), os.path.join(workdir, "nowait-ctl.sock")
+    p = servers.kiln("--batch-wait=0", "-t", "-f", "raw", srv.img, sock=sock, control=ctl)
+    with RawClient(sock) as c:
+        c.connect_export("")
+        bursts_of_reads(c, 300, 16)
+    assert receive_waits(ctl) == 0
+    p.assert_clean_stop()

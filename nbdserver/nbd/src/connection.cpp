@@ -61,7 +61,8 @@ Connection::Connection(Server& server, common::Fd fd, std::string peer,
       peer_(std::move(peer)),
       scope_(std::move(scope)),
       started_(Clock::now()),
-      reactor_(&server.reactor()) {}
+      reactor_(&server.reactor()),
+      pacer_(std::chrono::microseconds(server.options().batch_wait_us)) {}
 
 Connection::~Connection() = default;
 
@@ -176,6 +177,7 @@ Task<void> Connection::transmission() {
   const uint32_t max_block =
       std::min(export_->device->caps().max_block, server_.options().max_block);
   export_->gate->leave();
+  uint64_t batch = 0;  // requests parsed since the last receive
   while (!stopping_ && !dead_) {
     while (in_flight_ >= server_.options().max_in_flight && !stopping_ && !dead_)
       co_await room_.wait(*reactor_, [this] {
@@ -186,9 +188,18 @@ Task<void> Connection::transmission() {
     // the loop suspends only to receive more (or to wait for budget).
     const std::span<const uint8_t> in = sock_.pending();
     if (in.size() < kRequestSize) {
+      // A client that pipelines gets a moment to send more first (pacer.h).
+      const std::chrono::microseconds wait = pacer_.before_receive(Clock::now(), batch);
+      batch = 0;
+      if (wait.count() > 0) {
+        export_->stats.receive_waits++;
+        __kernel_timespec ts{0, wait.count() * 1000};
+        co_await reactor_->submit([&ts](io_uring_sqe* s) { io_uring_prep_timeout(s, &ts, 0, 0); });
+      }
       if (co_await sock_.receive() < 0) break;
       continue;
     }
+    ++batch;
     const uint8_t* h = in.data();
     if (get32(h) != kRequestMagic) {
       logf(LogLevel::kWarn, "%s: bad request magic, closing", peer_.c_str());

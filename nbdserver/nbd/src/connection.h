@@ -14,6 +14,7 @@
 #include "budget.h"
 #include "buffer.h"
 #include "kiln/nbd/server.h"
+#include "pacer.h"
 #include "socket.h"
 
 namespace kiln::nbd {
@@ -128,6 +129,7 @@ class Connection {
   // Transmission runs on the export's reactor; these are created there.
   block::Reactor* reactor_;
   unsigned in_flight_ = 0;
+  ReceivePacer pacer_;
   uint64_t held_ = 0;  // bytes of the memory budget this connection holds
   Wakeup room_;        // the reader waits here for in-flight slots and budget
   std::optional<block::WaitGroup> handlers_;

@@ -47,6 +47,7 @@ json stats_json(const Export& e) {
           {"bytes-read", s.bytes_read.load()},
           {"bytes-written", s.bytes_written.load()},
           {"errors", s.errors.load()},
+          {"receive-waits", s.receive_waits.load()},
           {"connections", s.connections.load()},
           {"total-connections", s.total_connections.load()}};
 }

@@ -52,6 +52,7 @@ struct ExportConfig {
 struct ExportStats {
   std::atomic<uint64_t> requests{0}, reads{0}, writes{0}, bytes_read{0}, bytes_written{0};
   std::atomic<uint64_t> errors{0};
+  std::atomic<uint64_t> receive_waits{0};      // receives delayed by the pacer (pacer.h)
   std::atomic<uint64_t> connections{0};        // open now
   std::atomic<uint64_t> total_connections{0};  // since the export was added
 };
@@ -78,6 +79,9 @@ struct ServerOptions {
   // kGuaranteedRequestBytes, so that clients that never read cannot starve the others.
   uint64_t max_connection_bytes = 64u << 20;
   uint64_t max_memory = 1ull << 30;
+  // The longest a connection's reader waits before a receive so that more of a pipelining
+  // client's requests arrive together (pacer.h; 0: never waits).
+  unsigned batch_wait_us = 50;
   // A client that has not finished the handshake after this long is disconnected (0: never).
   unsigned handshake_timeout_ms = 10000;
   // After a connection is asked to stop (shutdown, export removed), how long its replies
