@@ -259,6 +259,7 @@ void create_raw(const ConvertArgs& a, uint64_t size) {
   if (rc != 0)
     throw ToolError(
         a.dst + ": error while converting raw: Could not preallocate data: " + std::strerror(rc));
+  kiln::block::unlock_image_file(fd.get());
   if (fd.close() != 0) throw ToolError("Could not create '" + a.dst + "': " + std::strerror(errno));
 }
 

@@ -207,8 +207,10 @@ void create_raw(const std::string& path, uint64_t size) {
   } catch (const kiln::block::Error& e) {
     throw ToolError(e.what());
   }
-  if (::ftruncate(fd.get(), 0) != 0 || ::ftruncate(fd.get(), static_cast<off_t>(size)) != 0 ||
-      fd.close() != 0)
+  const bool sized =
+      ::ftruncate(fd.get(), 0) == 0 && ::ftruncate(fd.get(), static_cast<off_t>(size)) == 0;
+  kiln::block::unlock_image_file(fd.get());
+  if (!sized || fd.close() != 0)
     throw ToolError(path + ": Could not resize file to " + std::to_string(size) +
                     " bytes: " + std::strerror(errno));
 }

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -456,6 +457,47 @@ TEST(Qcow2, ImagesInUseAreLocked) {
   Dev again = open_qcow2(r, dir.file("top.qcow2"));  // ...and whole again once let go
   EXPECT_EQ(again.read(0, 4096), pattern(4096, 7));
   EXPECT_EQ(again.close(), 0);
+}
+
+// Closing an image lets its locks go even while something else still refers to its open file
+// description: here a child forked while the image was open (as a server forks a helper
+// that has not yet called exec; an io_uring worker that has not yet let go of the file does
+// the same for a moment, which made OpenErrorsCarryTheirReason fail once in CI).
+TEST(Qcow2, LocksGoWithTheImageWhileAForkedChildHoldsItsFile) {
+  Reactor r;
+  TempDir dir;
+  qcow2::CreateOptions co;
+  co.size = 1u << 20;
+  const std::string path = dir.file("disk.qcow2");
+  qcow2::create(r, path, co);
+  int gate[2];
+  ASSERT_EQ(pipe2(gate, O_CLOEXEC), 0);
+  pid_t child;
+  {
+    Dev d = open_qcow2(r, path);
+    child = fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {  // holds every descriptor of the parent until the pipe closes
+      ::close(gate[1]);
+      char c;
+      while (::read(gate[0], &c, 1) < 0 && errno == EINTR) {
+      }
+      _exit(0);
+    }
+    EXPECT_EQ(d.close(), 0);
+  }
+  std::string error;
+  try {
+    Dev again = open_qcow2(r, path);
+    EXPECT_EQ(again.close(), 0);
+  } catch (const Error& e) {
+    error = e.what();
+  }
+  ::close(gate[1]);
+  ::close(gate[0]);
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  EXPECT_EQ(error, "");
 }
 
 // Requests over tens of thousands of clusters (an 8 MiB write allocating 16384 of them, then

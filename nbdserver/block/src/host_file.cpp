@@ -67,6 +67,10 @@ HostFile::HostFile(Reactor& r, common::Fd fd, bool direct, uint32_t align)
   }
 }
 
+HostFile::~HostFile() {
+  if (fd_) unlock_image_file(fd_.get());
+}
+
 bool HostFile::aligned(const void* p, uint64_t offset, uint64_t len) const {
   return (reinterpret_cast<uintptr_t>(p) & (memory_align_ - 1)) == 0 &&
          ((offset | len) & (offset_align_ - 1)) == 0;

@@ -35,6 +35,7 @@ class HostFile {
   // does not say.
   HostFile(Reactor& r, common::Fd fd, bool direct, uint32_t align = 0);
   HostFile(HostFile&&) = default;
+  ~HostFile();  // drops the image locks the file may hold (unlock_image_file), then closes it
   HostFile& operator=(HostFile&&) = delete;
 
   int get() const { return fd_.get(); }

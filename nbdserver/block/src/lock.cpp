@@ -77,4 +77,13 @@ void lock_image_file(int fd, const std::string& path, bool writable) {
   }
 }
 
+void unlock_image_file(int fd) noexcept {
+  struct flock fl {};
+  fl.l_type = F_UNLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = kPermBase;
+  fl.l_len = kSharedBase + kPermCount - kPermBase;
+  fcntl(fd, F_OFD_SETLK, &fl);  // nothing held is not an error
+}
+
 }  // namespace kiln::block

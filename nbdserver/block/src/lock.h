@@ -13,3 +13,14 @@
 // write-unchanged and resize; a reader holds consistent-read; neither lets others write or
 // resize the file under it.
 #include "kiln/block/device.h"
+
+namespace kiln::block {
+
+// Declared after the descriptor it names, so that it runs first: drops the image locks
+// before the descriptor is closed (unlock_image_file says why).
+struct UnlockOnExit {
+  int fd;
+  ~UnlockOnExit() { unlock_image_file(fd); }
+};
+
+}  // namespace kiln::block

@@ -272,6 +272,7 @@ void change_refcount_bits(Reactor& r, const std::string& path, uint32_t bits) {
   common::Fd file(::open(path.c_str(), O_RDWR | O_CLOEXEC));
   if (!file) throw Error(errno, path + ": cannot open: " + strerror(errno));
   lock_image_file(file.get(), path, true);
+  const UnlockOnExit unlock{file.get()};
   Rewidth(r, file.get(), path).run(uint32_t(std::countr_zero(bits)));
 }
 

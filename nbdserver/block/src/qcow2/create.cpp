@@ -175,6 +175,7 @@ void create(Reactor& r, const std::string& path, const CreateOptions& o) {
   if (!file) throw Error(errno, path + ": cannot create: " + strerror(errno));
   const int fd = file.get();
   lock_image_file(fd, path, true);
+  const UnlockOnExit unlock{fd};
   if (ftruncate(fd, 0) < 0) throw Error(errno, path + ": cannot truncate: " + strerror(errno));
   auto io = [&]() -> Task<int> {
     std::vector<uint8_t> cluster0(cs, 0);

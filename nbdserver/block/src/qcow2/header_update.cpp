@@ -43,6 +43,7 @@ void update_header(Reactor& r, const std::string& path, const HeaderChange& c) {
   if (!file) throw Error(errno, path + ": cannot open: " + strerror(errno));
   const int fd = file.get();
   lock_image_file(fd, path, true);
+  const UnlockOnExit unlock{fd};
 
   // The cluster size is in the first bytes; the header is the whole first cluster.
   std::vector<uint8_t> b(hdr::kV3Length, 0);

@@ -137,6 +137,12 @@ struct OpenOptions {
 // process holds the image. open_image() does this itself; tools that write image files
 // directly (raw create, convert) call it before they truncate. The locks live with `fd`.
 void lock_image_file(int fd, const std::string& path, bool writable);
+// Drops every lock byte `fd`'s open file description holds. Called before an image's file is
+// closed: closing the descriptor releases the locks only once nothing else refers to the
+// description, and something may for a moment after (a child forked meanwhile that has not
+// yet called exec, an io_uring worker that has posted a completion but not yet let go of the
+// file), in which time a new opener of the image would be refused.
+void unlock_image_file(int fd) noexcept;
 
 // Opens an image and, for qcow2, its backing chain. Throws Error with a clear message
 // (EPERM for a probed image that names a backing file).
