@@ -60,6 +60,13 @@ Outcome run(ReceivePacer& pacer, const Model& m, Clock::time_point& t, double se
   return out;
 }
 
+// A fresh pacer serving `m` for `seconds`.
+Outcome fresh_run(const Model& m, double seconds) {
+  ReceivePacer pacer(kMax);
+  Clock::time_point t{};
+  return run(pacer, m, t, seconds);
+}
+
 TEST(ReceivePacer, NeverWaitsWithoutAMaximum) {
   ReceivePacer pacer(Micros(0));
   Clock::time_point t{};
@@ -70,33 +77,21 @@ TEST(ReceivePacer, NeverWaitsWithoutAMaximum) {
 }
 
 TEST(ReceivePacer, ClimbsToTheLongestWaitWhenItCostsNothing) {
-  ReceivePacer pacer(kMax);
-  Clock::time_point t{};
-  const Outcome o = run(pacer, {{80e3, 80e3, 80e3, 80e3}}, t, 2);
-  EXPECT_GT(o.share(3), 0.85);
+  EXPECT_GT(fresh_run({{80e3, 80e3, 80e3, 80e3}}, 2).share(3), 0.85);
 }
 
 TEST(ReceivePacer, ClimbsWhenWaitingServesMore) {
   // A client bound by its own CPU, which handles batches of replies more cheaply.
-  ReceivePacer pacer(kMax);
-  Clock::time_point t{};
-  const Outcome o = run(pacer, {{50e3, 65e3, 75e3, 80e3}}, t, 2);
-  EXPECT_GT(o.share(3), 0.85);
+  EXPECT_GT(fresh_run({{50e3, 65e3, 75e3, 80e3}}, 2).share(3), 0.85);
 }
 
 TEST(ReceivePacer, StaysAtNoWaitWhenWaitingCostsRequests) {
   // A client that has sent all it can and waits for the replies.
-  ReceivePacer pacer(kMax);
-  Clock::time_point t{};
-  const Outcome o = run(pacer, {{80e3, 60e3, 45e3, 30e3}}, t, 4);
-  EXPECT_GT(o.share(0), 0.9);
+  EXPECT_GT(fresh_run({{80e3, 60e3, 45e3, 30e3}}, 4).share(0), 0.9);
 }
 
 TEST(ReceivePacer, SettlesWhereTheRateIsHighest) {
-  ReceivePacer pacer(kMax);
-  Clock::time_point t{};
-  const Outcome o = run(pacer, {{50e3, 70e3, 80e3, 65e3}}, t, 4);
-  EXPECT_GT(o.share(2), 0.8);
+  EXPECT_GT(fresh_run({{50e3, 70e3, 80e3, 65e3}}, 4).share(2), 0.8);
 }
 
 TEST(ReceivePacer, FindsItsWayDownWhenTheClientChanges) {
@@ -111,12 +106,8 @@ TEST(ReceivePacer, FindsItsWayDownWhenTheClientChanges) {
 }
 
 TEST(ReceivePacer, HoldsItsCourseThroughNoise) {
-  ReceivePacer flat(kMax);
-  Clock::time_point t{};
-  EXPECT_GT(run(flat, {{80e3, 80e3, 80e3, 80e3}, 16, 0.08}, t, 4).share(3), 0.7);
-  ReceivePacer hurts(kMax);
-  t = {};
-  EXPECT_GT(run(hurts, {{80e3, 60e3, 45e3, 30e3}, 16, 0.08}, t, 4).share(0), 0.8);
+  EXPECT_GT(fresh_run({{80e3, 80e3, 80e3, 80e3}, 16, 0.08}, 4).share(3), 0.7);
+  EXPECT_GT(fresh_run({{80e3, 60e3, 45e3, 30e3}, 16, 0.08}, 4).share(0), 0.8);
 }
 
 TEST(ReceivePacer, NoWaitAfterASingleRequestOrForAShallowClient) {
