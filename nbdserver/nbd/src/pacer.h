@@ -5,7 +5,7 @@
 // each wake-up costs a receive, a context switch and a sendmsg of few replies, and the client
 // gets its replies a few at a time. A short wait before the next receive lets a client that
 // keeps many requests in flight send several, and both sides then handle them as one batch
-// (docs/kiln-nbd.md, "One connection"). The same wait slows a client that has sent everything
+// (docs/kiln-nbd.md, "Receive pacing"). The same wait slows a client that has sent everything
 // it can and waits for replies, and nothing the server sees says which of the two it serves:
 // the client's queue depth stays on the client's side.
 //
