@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
 
 using namespace kiln::block;
@@ -20,6 +21,20 @@ Task<int> thrower() {
 TEST(Reactor, RunsNestedTasks) {
   Reactor r;
   EXPECT_EQ(r.run(nested()), 10);
+}
+
+TEST(Reactor, SleepsForWhatItIsAsked) {
+  Reactor r;
+  using namespace std::chrono;
+  for (const nanoseconds d : {nanoseconds(microseconds(50)), nanoseconds(milliseconds(30))}) {
+    const auto start = steady_clock::now();
+    const int rc =
+        r.run([](Reactor& r, nanoseconds d) -> Task<int> { co_return co_await r.sleep(d); }(r, d));
+    const auto took = steady_clock::now() - start;
+    EXPECT_EQ(rc, -ETIME);
+    EXPECT_GE(took, d);
+    EXPECT_LT(took, d + seconds(1));
+  }
 }
 
 TEST(Reactor, PropagatesExceptions) {

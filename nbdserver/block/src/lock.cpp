@@ -77,13 +77,17 @@ void lock_image_file(int fd, const std::string& path, bool writable) {
   }
 }
 
-void unlock_image_file(int fd) noexcept {
+void unlock_image_bytes(int fd, off_t first, off_t count) noexcept {
   struct flock fl {};
   fl.l_type = F_UNLCK;
   fl.l_whence = SEEK_SET;
-  fl.l_start = kPermBase;
-  fl.l_len = kSharedBase + kPermCount - kPermBase;
-  fcntl(fd, F_OFD_SETLK, &fl);  // nothing held is not an error
+  fl.l_start = first;
+  fl.l_len = count;
+  fcntl(fd, F_OFD_SETLK, &fl);  // unlocking what is not held is not an error
+}
+
+void unlock_image_file(int fd) noexcept {
+  unlock_image_bytes(fd, kPermBase, kSharedBase + kPermCount - kPermBase);
 }
 
 }  // namespace kiln::block

@@ -12,12 +12,18 @@
 // lock_image_file() is declared in kiln/block/device.h: a writer holds consistent-read, write,
 // write-unchanged and resize; a reader holds consistent-read; neither lets others write or
 // resize the file under it.
+#include <sys/types.h>
+
 #include "kiln/block/device.h"
 
 namespace kiln::block {
 
 // Declared after the descriptor it names, so that it runs first: drops the image locks
 // before the descriptor is closed (unlock_image_file says why).
+// Drops the lock bytes [first, first + count) of `fd`'s open file description; what is not
+// held is no error.
+void unlock_image_bytes(int fd, off_t first, off_t count) noexcept;
+
 struct UnlockOnExit {
   int fd;
   ~UnlockOnExit() { unlock_image_file(fd); }

@@ -10,27 +10,14 @@
 #include "host_file.h"
 #include "kiln/block/device.h"
 #include "kiln/common/fd.h"
+#include "lock.h"
 
 namespace kiln::block {
 
-namespace {
-
-// The lock bytes of lock.cpp: 100+i held by who holds permission i, 200+i by who refuses to
-// share it. Permissions: consistent read (0), write (1), write unchanged (2), resize (3).
-void unlock_bytes(int fd, off_t first, off_t count) {
-  struct flock fl {};
-  fl.l_type = F_UNLCK;
-  fl.l_whence = SEEK_SET;
-  fl.l_start = first;
-  fl.l_len = count;
-  fcntl(fd, F_OFD_SETLK, &fl);  // unlocking what is not held is not an error
-}
-
-}  // namespace
-
 void reopen_image_file(int fd, const std::string& path, bool writable, bool direct) {
   if (!writable) {
-    unlock_bytes(fd, 101, 3);  // write, write unchanged, resize; the reader's bytes stay
+    // Write, write unchanged and resize (bytes 101-103); the reader's bytes stay.
+    unlock_image_bytes(fd, 101, 3);
     return;
   }
   const int mode = fcntl(fd, F_GETFL);
@@ -48,8 +35,7 @@ void reopen_image_file(int fd, const std::string& path, bool writable, bool dire
     throw Error(Reason::kBusy, ESTALE, path + ": the file was replaced while it was open");
   // The old description's read locks would refuse our own writer: drop them first, and take
   // them back if the writer's cannot be had.
-  unlock_bytes(fd, 100, 4);
-  unlock_bytes(fd, 200, 4);
+  unlock_image_file(fd);
   try {
     lock_image_file(fresh.get(), path, true);
   } catch (...) {

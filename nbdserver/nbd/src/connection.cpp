@@ -193,8 +193,7 @@ Task<void> Connection::transmission() {
       batch = 0;
       if (wait.count() > 0) {
         export_->stats.receive_waits++;
-        __kernel_timespec ts{0, wait.count() * 1000};
-        co_await reactor_->submit([&ts](io_uring_sqe* s) { io_uring_prep_timeout(s, &ts, 0, 0); });
+        co_await reactor_->sleep(wait);
       }
       if (co_await sock_.receive() < 0) break;
       continue;

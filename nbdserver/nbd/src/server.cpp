@@ -408,11 +408,7 @@ void Server::connection_finished(Connection* c) {
 
 // Out of descriptors or memory: the client waits in the listen backlog while connections end.
 // Retrying at once would spin at full CPU.
-Task<void> Server::backoff() {
-  __kernel_timespec ts{};
-  ts.tv_nsec = 100 * 1000 * 1000;
-  co_await reactor_.submit([&ts](io_uring_sqe* s) { io_uring_prep_timeout(s, &ts, 0, 0); });
-}
+Task<void> Server::backoff() { co_await reactor_.sleep(std::chrono::milliseconds(100)); }
 
 Task<void> Server::accept_loop(Listener* l) {
   bool starved = false;
@@ -459,9 +455,7 @@ Task<void> Server::accept_loop(Listener* l) {
 Task<void> Server::housekeeping() {
   using namespace std::chrono;
   while (!stopping_ || !connections_.empty()) {
-    __kernel_timespec ts{};
-    ts.tv_nsec = 200 * 1000 * 1000;
-    co_await reactor_.submit([&ts](io_uring_sqe* s) { io_uring_prep_timeout(s, &ts, 0, 0); });
+    co_await reactor_.sleep(milliseconds(200));
     const auto now = Connection::Clock::now();
     const milliseconds handshake(options_.handshake_timeout_ms);
     const milliseconds drain(options_.drain_timeout_ms);

@@ -6,6 +6,7 @@
 #include <liburing.h>
 
 #include <cerrno>
+#include <chrono>
 #include <coroutine>
 #include <cstdint>
 #include <deque>
@@ -130,6 +131,14 @@ class Reactor final : public Scheduler {
   template <typename Prep>
   Awaiter<Prep> submit(Prep prep) {
     return Awaiter<Prep>{this, std::move(prep), {}};
+  }
+
+  // Suspends the calling coroutine for `d` (an io_uring timeout; completes with -ETIME). The
+  // timespec lives in the awaiter, in the caller's frame, until the kernel has read it.
+  auto sleep(std::chrono::nanoseconds d) {
+    const auto whole = std::chrono::duration_cast<std::chrono::seconds>(d);
+    return submit([ts = __kernel_timespec{whole.count(), (d - whole).count()}](
+                      io_uring_sqe* s) mutable { io_uring_prep_timeout(s, &ts, 0, 0); });
   }
 
   // An operation that ended with this result is submitted again (-EAGAIN, -EINTR).
