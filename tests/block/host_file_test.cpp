@@ -11,6 +11,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <cstdlib>
 #include <memory>
 #include <random>
@@ -47,6 +49,26 @@ std::vector<uint8_t> random_bytes(size_t n, uint32_t seed) {
 }
 
 int open_flags(const HostFile& f) { return fcntl(f.get(), F_GETFL); }
+
+// write_now (a commit round's metadata on a buffered file): the bytes land where asked, past
+// the end too, and a failing pwrite is its -errno (here a read-only descriptor: -EBADF).
+TEST(HostFile, WriteNowWritesWhereAskedAndReportsErrors) {
+  TempDir d;
+  Reactor r;
+  make_file(d / "f", std::vector<uint8_t>(8192, 1));
+  HostFile file(r, open_host_file(d / "f", false, false), false);
+  const std::vector<uint8_t> slice = random_bytes(4096, 7);
+  ASSERT_EQ(file.write_now(slice, 4096), 0);
+  ASSERT_EQ(file.write_now(slice, 12288), 0);
+  std::vector<uint8_t> want(16384, 1);
+  std::copy(slice.begin(), slice.end(), want.begin() + 4096);
+  std::fill(want.begin() + 8192, want.begin() + 12288, 0);
+  std::copy(slice.begin(), slice.end(), want.begin() + 12288);
+  EXPECT_EQ(file_bytes(d / "f"), want);
+
+  HostFile read_only(r, open_host_file(d / "f", true, false), false);
+  EXPECT_EQ(read_only.write_now(slice, 0), -EBADF);
+}
 
 // start_writeback is a hint, but an error the kernel returns when starting the write-out is
 // kept for the next fsync: the file system may have given up on those pages. A FIFO is a file

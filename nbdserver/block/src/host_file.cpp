@@ -210,6 +210,21 @@ Task<int> HostFile::write_bounced(std::span<const uint8_t> buf, uint64_t offset)
   co_return rc;
 }
 
+int HostFile::write_now(std::span<const uint8_t> buf, uint64_t offset) {
+  size_t done = 0;
+  while (done < buf.size()) {
+    const ssize_t n = ::pwrite(fd_.get(), buf.data() + done, buf.size() - done,
+                               static_cast<off_t>(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    if (n == 0) return -EIO;
+    done += static_cast<size_t>(n);
+  }
+  return 0;
+}
+
 void HostFile::start_writeback() {
   if (direct_ || writeback_error_) return;
   if (::sync_file_range(fd_.get(), 0, 0, SYNC_FILE_RANGE_WRITE) != 0) writeback_error_ = -errno;

@@ -36,6 +36,14 @@ Task<void> write_one(HostFile& file, std::span<const uint8_t> data, uint64_t off
 
 Task<int> Image::write_buffers(std::vector<std::pair<uint64_t, std::vector<uint8_t>>>& writes) {
   int err = 0;
+  if (!fd_.direct() && !r_.fault_injector()) {
+    // Slices of a few KiB into pages the cache holds: copied on this thread, one pwrite
+    // each, they cost a fifth less CPU per copy-on-write than as io_uring writes, which ext4
+    // hands to io-wq workers one by one (docs/block-layer.md, "Metadata writes").
+    for (auto& [off, data] : writes)
+      if (int rc = fd_.write_now(data, off); rc < 0 && err == 0) err = rc;
+    co_return poison(err);
+  }
   WaitGroup group(r_);
   for (auto& [off, data] : writes) r_.spawn(write_one(fd_, data, off, &err), &group);
   co_await group.wait();
