@@ -102,13 +102,19 @@ Task<int> Image::alloc_clusters_locked(uint64_t count, uint64_t* host_offset) {
 // with guest data. This is QEMU's metadata overlap check for the structures known without
 // reading anything; the allocator fails the request with EIO instead.
 bool Image::holds_fixed_metadata(uint64_t cluster) const {
-  auto within = [&](uint64_t off, uint64_t bytes) {
-    return bytes && cluster >= off >> cb_ && cluster <= (off + bytes - 1) >> cb_;
+  return overlaps_fixed_metadata(cluster << cb_, 1);
+}
+
+bool Image::overlaps_fixed_metadata(uint64_t host, uint64_t len) const {
+  if (len == 0) return false;
+  const uint64_t first = host >> cb_, last = (host + len - 1) >> cb_;
+  auto meets = [&](uint64_t off, uint64_t bytes) {
+    return bytes && first <= (off + bytes - 1) >> cb_ && off >> cb_ <= last;
   };
-  return cluster == 0 || within(h_.l1_table_offset, uint64_t(h_.l1_size) * 8) ||
-         within(h_.refcount_table_offset, uint64_t(h_.refcount_table_clusters) << cb_) ||
-         (h_.nb_snapshots && within(h_.snapshots_offset, 1)) ||
-         (h_.crypt_method == kCryptLuks && within(h_.crypto_offset, h_.crypto_length));
+  return first == 0 || meets(h_.l1_table_offset, uint64_t(h_.l1_size) * 8) ||
+         meets(h_.refcount_table_offset, uint64_t(h_.refcount_table_clusters) << cb_) ||
+         (h_.nb_snapshots && meets(h_.snapshots_offset, 1)) ||
+         (h_.crypt_method == kCryptLuks && meets(h_.crypto_offset, h_.crypto_length));
 }
 
 Task<int> Image::ensure_refblock(uint64_t cluster) {

@@ -62,6 +62,10 @@ int Image::decrypt_data(std::span<uint8_t> buf, uint64_t host) {
 }
 
 Task<int> Image::write_data(std::span<const uint8_t> data, uint64_t host) {
+  // QEMU's metadata overlap check, for the structures known without reading anything: a
+  // cluster the allocator hands out is never one of them (holds_fixed_metadata), so only a
+  // hostile L2 entry written in place can get here with one.
+  if (overlaps_fixed_metadata(host, data.size())) co_return -EIO;
   if (!luks_) co_return co_await fd_.write_full(data, host);
   if (!cipher_) co_return -EACCES;
   if ((host | data.size()) & (kSector - 1)) co_return -EINVAL;
