@@ -107,6 +107,22 @@ bool check_digest(const LuksHeader& h, std::span<const uint8_t> mk) {
   return ok;
 }
 
+// Wipes key material when it goes out of scope, on a throw too; release() hands the buffer
+// over (returned to the caller, who owns it from then on) instead.
+class WipeOnExit {
+ public:
+  explicit WipeOnExit(std::span<uint8_t> bytes) : bytes_(bytes) {}
+  WipeOnExit(const WipeOnExit&) = delete;
+  WipeOnExit& operator=(const WipeOnExit&) = delete;
+  ~WipeOnExit() {
+    if (!bytes_.empty()) wipe(bytes_.data(), bytes_.size());
+  }
+  void release() { bytes_ = {}; }
+
+ private:
+  std::span<uint8_t> bytes_;
+};
+
 }  // namespace
 
 std::string LuksHeader::cipher_alg() const {
@@ -310,6 +326,7 @@ std::vector<uint8_t> create_luks(const LuksCreateOptions& o, std::span<const uin
   h.mk_digest_iterations = clamp(per_ms * o.iter_time_ms / 8);
 
   std::vector<uint8_t> mk(h.key_bytes);
+  WipeOnExit wipe_mk(mk);
   random_bytes(mk);
   random_bytes(h.mk_digest_salt);
   if (!pbkdf2(h.hash, mk, h.mk_digest_salt, h.mk_digest_iterations, h.mk_digest))
@@ -334,22 +351,24 @@ std::vector<uint8_t> create_luks(const LuksCreateOptions& o, std::span<const uin
   }
   h.payload_offset = kHeaderSectors + uint32_t(kLuksSlots) * stride;
   std::vector<uint8_t> area(uint64_t(h.payload_offset) * kSectorSize, 0);
+  WipeOnExit wipe_area(area);  // the key material is split into it in the clear first
 
   LuksSlot& s = h.slots[0];
   s.active = true;
   s.iterations = slot_iters;
   random_bytes(s.salt);
   std::vector<uint8_t> derived(h.key_bytes);
+  WipeOnExit wipe_derived(derived);
   if (!pbkdf2(h.hash, passphrase, s.salt, s.iterations, derived)) throw Error(EIO, "PBKDF2 failed");
   std::span<uint8_t> split(area.data() + uint64_t(s.key_offset) * kSectorSize,
                            round_sectors(material_bytes) * kSectorSize);
   const bool ok = af_split(h.hash, mk, kLuksStripes, split.first(material_bytes));
   auto cipher = SectorCipher::make(derived);
-  wipe(derived.data(), derived.size());
   if (!ok || !cipher || cipher->encrypt(0, split) < 0)
     throw Error(EIO, "cannot encrypt the LUKS key material");
   serialize_luks(h, area.data());
-  *master_key = std::move(mk);
+  *master_key = mk;  // mk itself is wiped on the way out
+  wipe_area.release();
   return area;
 }
 
