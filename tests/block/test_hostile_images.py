@@ -340,10 +340,10 @@ def test_l2_entry_with_unaligned_host_offset_is_not_written_through(workdir, wri
                          ids=["one-cluster", "run-of-clusters"])
 def test_l2_entry_pointing_at_metadata_is_not_written_through(workdir, target, write):
     """An L2 entry of ours (COPIED), aligned and inside the file, but pointing at the L1 or
-    the refcount table: a guest write through it would rewrite the image's own tables (and
-    through them reach any cluster, the header's included). QEMU's overlap check refuses it;
-    so must Kiln, in place or not, and leave those bytes as they were. (The header's cluster
-    cannot be named: an entry whose offset is 0 is unallocated.)"""
+    the refcount table: a guest write through it would rewrite the image's own tables, and
+    with them its whole mapping. QEMU's overlap check refuses it; so must Kiln, in place or
+    not, and leave those bytes as they were. (The header's cluster cannot be named: an entry
+    whose offset is 0 is unallocated.)"""
     img = good_image(workdir)
     l1 = header_get(img, "l1_table_offset")
     l2 = be64(img, l1) & 0x00fffffffffffe00

@@ -175,8 +175,8 @@ class Image final : public BlockDevice {
   // table, snapshot table, LUKS header): such a cluster is never free, whatever refcounts say.
   bool holds_fixed_metadata(uint64_t cluster) const;
   // Whether host bytes [host, host + len) share a cluster with one of those structures. Guest
-  // data is never written there: an L2 entry of a hostile image can point anywhere, and a
-  // guest write through it would rewrite the header (its backing file name) or a table.
+  // data is never written there: an L2 entry of a hostile image can name a table's cluster as
+  // its own, and a guest write through it would rewrite that table.
   bool overlaps_fixed_metadata(uint64_t host, uint64_t len) const;
   Task<int> grow_reftable(uint64_t needed_entries);
   // Makes the L2 table of L1 index `l1i` exist and be exclusively ours (copies a shared one).
