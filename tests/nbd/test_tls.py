@@ -6,9 +6,11 @@ with `qemu-img compare` after the server has stopped."""
 
 import json
 import os
+import shutil
 import socket
 import struct
 import subprocess
+import tempfile
 
 import nbd
 import pytest
@@ -120,8 +122,14 @@ class Creds:
 
 
 @pytest.fixture(scope="module")
-def creds(tmp_path_factory):
-    return Creds(str(tmp_path_factory.mktemp("tls")))
+def creds():
+    # Not tmp_path_factory: pytest keeps its last three base directories, so keys and
+    # certificates would outlive the test run in /tmp.
+    d = tempfile.mkdtemp(prefix="kiln-tls-test-")
+    try:
+        yield Creds(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def image(workdir, pattern=0x5A):
