@@ -52,10 +52,11 @@ class HostFile {
   // A small write into a buffered file's page cache, made on the calling thread with pwrite
   // instead of through io_uring, which hands every buffered write on ext4 to an io-wq worker
   // (a wake-up and two context switches for a few microseconds of copying). For metadata:
-  // bytes that are usually in the page cache already. Only for a buffered file (direct()
-  // false) without a fault injector (tests that hold or fail writes use write_full). The
-  // calling thread waits as the io-wq worker would have (dirty page throttling included).
-  // 0 or -errno.
+  // bytes that are usually in the page cache already. Only where can_write_now(): a
+  // buffered file, and no fault injector (tests that hold or fail writes use write_full).
+  // The calling thread waits as the io-wq worker would have (dirty page throttling
+  // included). 0 or -errno.
+  bool can_write_now() const { return !direct_ && !r_->fault_injector(); }
   int write_now(std::span<const uint8_t> buf, uint64_t offset);
   // Fails with start_writeback's error, if it had one, even when the fsync itself succeeds.
   Task<int> fsync(bool datasync);

@@ -36,7 +36,7 @@ Task<void> write_one(HostFile& file, std::span<const uint8_t> data, uint64_t off
 
 Task<int> Image::write_buffers(std::vector<std::pair<uint64_t, std::vector<uint8_t>>>& writes) {
   int err = 0;
-  if (!fd_.direct() && !r_.fault_injector()) {
+  if (fd_.can_write_now()) {
     // Slices of a few KiB into pages the cache holds: copied on this thread, one pwrite
     // each, they cost a fifth less CPU per copy-on-write than as io_uring writes, which ext4
     // hands to io-wq workers one by one (docs/block-layer.md, "Metadata writes").
