@@ -2,16 +2,22 @@
 """Injection into a guest image: `kiln-fs inject` against the kernel path (qemu-storage-daemon
 FUSE export of the overlay + loop mount + write + unmount) and against libguestfs'
 `virt-customize` (an appliance VM; TCG here). The same work each time, on a fresh qcow2 overlay
-over a 1 GiB ext4 base: an SSH key for root, the hostname (/etc/hostname and /etc/hosts), and
-three small files. Prints a Markdown table of medians (whole processes, wall clock).
+over an ext4 base (1 GiB unless --base-size says otherwise): an SSH key for root, the hostname
+(/etc/hostname and /etc/hosts), and three small files. Prints a Markdown table of medians (whole
+processes, wall clock) and what each path left in the overlay.
 
     sudo bench/fs_bench.py [--runs 30] [--build build/release] [--skip-virt-customize] [--kvm]
+                           [--base-size GIB] [--kiln-fs-before OLD_KILN_FS] [--only-kiln]
+
+With --kiln-fs-before, a second kiln-fs binary runs the same job, alternating with the first
+run by run (the machine's drift then hits both alike).
 
 Needs root (loop devices and mounts for the kernel path). Everything lives in a temporary
 directory that is removed at the end; mounts, loop devices and daemons are undone also after
 a failure or Ctrl-C. Numbers are only as quiet as the machine."""
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -107,23 +113,38 @@ def verify(kiln_fs, overlay, inputs, what):
         raise RuntimeError(f"{what}: the overlay lacks {', '.join(problems)}")
 
 
-def bench_kiln(d, base, kiln_fs, runs, inputs):
-    m = Median("kiln-fs inject", "whole process: open qcow2 + ext4, inject, flush, close")
-    # The overlay's format is given: a probed image that names a backing file is refused.
-    args = [kiln_fs, "inject", "--format", "qcow2", None, "--ssh-key", f"root:{inputs['key']}",
-            "--hostname", "vm-01.example.org"]
-    for i, f in enumerate(inputs["files"]):
-        args += ["--file", f"/etc/kiln/file{i}={f}:0644"]
-    for _ in range(runs + 2):
-        ov = fresh_overlay(d, base)
-        args[4] = ov
-        sh("sync")
-        t0 = time.perf_counter()
-        sh(*args)
-        m.add(time.perf_counter() - t0)
-    m.samples = m.samples[2:]  # warm-up
-    verify(kiln_fs, ov, inputs, m.name)
-    return m
+def overlay_kib(overlay):
+    """Data the overlay holds itself (what the job copied or wrote), in KiB."""
+    out = sh("qemu-img", "map", "--output=json", overlay).stdout
+    return sum(e["length"] for e in json.loads(out) if e["data"] and e["depth"] == 0) >> 10
+
+
+def bench_kiln(d, base, binaries, runs, inputs):
+    """One Median per (name, kiln-fs binary), the binaries alternating run by run."""
+    rows = [Median(name, "") for name, _ in binaries]
+    sizes = [[] for _ in binaries]
+    for i in range(runs + 2):
+        order = list(range(len(binaries)))
+        if i % 2:
+            order.reverse()
+        for k in order:
+            # The overlay's format is given: a probed image that names a backing file is refused.
+            ov = fresh_overlay(d, base)
+            args = [binaries[k][1], "inject", "--format", "qcow2", ov, "--ssh-key",
+                    f"root:{inputs['key']}", "--hostname", "vm-01.example.org"]
+            for j, f in enumerate(inputs["files"]):
+                args += ["--file", f"/etc/kiln/file{j}={f}:0644"]
+            sh("sync")
+            t0 = time.perf_counter()
+            sh(*args)
+            rows[k].add(time.perf_counter() - t0)
+            sizes[k].append(overlay_kib(ov))
+            verify(binaries[k][1], ov, inputs, rows[k].name)
+    for k, m in enumerate(rows):
+        m.samples = m.samples[2:]  # warm-up
+        m.note = (f"whole process: open qcow2 + ext4, inject, flush, close; overlay "
+                  f"{statistics.median(sizes[k]):,.0f} KiB")
+    return rows
 
 
 def wait_for_mount(path, timeout=10):
@@ -253,6 +274,12 @@ def main():
     ap.add_argument("--kvm", action="store_true",
                     help="let libguestfs use KVM (default: force TCG, as nested KVM may hang)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--base-size", type=int, default=1, metavar="GIB",
+                    help="size of the ext4 base in GiB (default 1; sparse)")
+    ap.add_argument("--kiln-fs-before", metavar="KILN_FS",
+                    help="a second kiln-fs binary, measured alternately with the first")
+    ap.add_argument("--only-kiln", action="store_true",
+                    help="kiln-fs only: no kernel path, no virt-customize")
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("fs_bench.py: needs root (loop devices and mounts for the kernel path)")
@@ -265,7 +292,7 @@ def main():
         make_guest_tree(tree)
         base = os.path.join(d, "base.raw")
         with open(base, "wb") as f:
-            f.truncate(GiB)
+            f.truncate(a.base_size * GiB)
         sh("mkfs.ext4", "-q", "-F", "-L", "rootfs", "-d", tree, base)
         key = os.path.join(d, "id.pub")
         with open(key, "w") as f:
@@ -278,13 +305,18 @@ def main():
             files.append(p)
         inputs = {"key": key, "files": files}
 
-        rows = [bench_kiln(d, base, kiln_fs, a.runs, inputs),
-                bench_kernel(d, base, kiln_fs, a.runs, inputs)]
-        if a.skip_virt_customize:
-            rows.append(Median(rows[0].name.replace("kiln-fs inject", "virt-customize"),
+        binaries = [("kiln-fs inject", kiln_fs)]
+        if a.kiln_fs_before:
+            binaries.append(("kiln-fs inject (before)", a.kiln_fs_before))
+        rows = bench_kiln(d, base, binaries, a.runs, inputs)
+        if a.only_kiln:
+            pass
+        elif a.skip_virt_customize:
+            rows.append(bench_kernel(d, base, kiln_fs, a.runs, inputs))
+            rows.append(Median("virt-customize --hostname --ssh-inject (+ --upload x3)",
                                "skipped (--skip-virt-customize)"))
-            rows[-1].name = "virt-customize --hostname --ssh-inject (+ --upload x3)"
         else:
+            rows.append(bench_kernel(d, base, kiln_fs, a.runs, inputs))
             rows.append(bench_virt_customize(d, base, kiln_fs, inputs, a.kvm))
         ref = statistics.median(rows[0].samples)
         cpu = ""
@@ -294,7 +326,7 @@ def main():
         except (OSError, StopIteration):
             pass
         print(f"\nInjection of an SSH key, a hostname and three small files into a fresh qcow2 "
-              f"overlay on a 1 GiB ext4 base ({os.cpu_count()} CPUs, {cpu}, kernel "
+              f"overlay on a {a.base_size} GiB ext4 base ({os.cpu_count()} CPUs, {cpu}, kernel "
               f"{os.uname().release}).\n")
         print("| path | median | min | runs | vs kiln-fs | notes |")
         print("|---|---|---|---|---|---|")

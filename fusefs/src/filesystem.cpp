@@ -12,6 +12,7 @@ extern "C" {
 #include <cstring>
 #include <mutex>
 
+#include "group_bitmaps.h"
 #include "io_channel.h"
 #include "kiln/fs/partition.h"
 #include "kiln/fs/source.h"
@@ -240,7 +241,19 @@ std::unique_ptr<Filesystem> Filesystem::open(std::unique_ptr<Source> source,
       throw Error(ext2_reason(rc),
                   name + ": refusing to write the " + f->type_ + " filesystem: " + why);
   }
-  rc = ext2fs_read_bitmaps(fs);
+  if (options.read_only) return f;  // nothing to allocate from
+  switch (options.bitmaps) {
+    case OpenOptions::Bitmaps::kAll:
+      rc = ext2fs_read_bitmaps(fs);
+      break;
+    case OpenOptions::Bitmaps::kPerGroup:
+      // Not for bigalloc (which libext2fs cannot write safely anyway): all of them then.
+      rc = ext2fs_has_feature_bigalloc(fs->super) ? ext2fs_read_bitmaps(fs)
+                                                  : GroupBitmaps::attach(fs, f->bitmaps_);
+      break;
+    case OpenOptions::Bitmaps::kNone:
+      break;
+  }
   if (rc)
     throw Error(ext2_reason(rc), name + ": cannot read the allocation bitmaps: " + ext2_error(rc));
   return f;

@@ -5,6 +5,7 @@
 #include <ctime>
 #include <deque>
 
+#include "group_bitmaps.h"
 #include "kiln/fs/filesystem.h"
 
 namespace kiln::fs {
@@ -81,6 +82,20 @@ void write_all(File& f, const std::string& data, const std::string& path) {
     if (written == 0) throw Error(Reason::kIo, path + ": cannot write: no progress");
     done += written;
   }
+}
+
+// With per-group bitmaps (OpenOptions::Bitmaps::kPerGroup), the groups an inode allocation
+// will search, or the group of an inode about to be freed, are read first.
+void ready_new_inode(ext2_filsys fs, ext2_ino_t dir, const std::string& path) {
+  if (GroupBitmaps* b = GroupBitmaps::of(fs))
+    if (errcode_t rc = b->before_new_inode(dir))
+      throw Error(ext2_reason(rc), fail(path, "cannot read the allocation bitmaps", rc));
+}
+
+void ready_inode_free(ext2_filsys fs, ext2_ino_t ino, const std::string& path) {
+  if (GroupBitmaps* b = GroupBitmaps::of(fs))
+    if (errcode_t rc = b->before_inode_change(ino))
+      throw Error(ext2_reason(rc), fail(path, "cannot read the allocation bitmaps", rc));
 }
 
 }  // namespace
@@ -310,6 +325,7 @@ void Guest::link(ext2_ino_t dir, const std::string& name, ext2_ino_t ino, int ty
 
 ext2_ino_t Guest::make_dir(ext2_ino_t parent, const std::string& name, const std::string& path,
                            const Attrs& attrs) {
+  ready_new_inode(fs_, parent, path);
   errcode_t rc = ext2fs_mkdir(fs_, parent, 0, name.c_str());
   if (rc == EXT2_ET_DIR_NO_SPACE) {
     rc = ext2fs_expand_dir(fs_, parent);
@@ -423,6 +439,7 @@ ext2_ino_t Guest::write_file(const Parent& at, const std::string& path, const st
 ext2_ino_t Guest::create_file(const Parent& at, const std::string& path, const std::string& content,
                               uint16_t mode, uint32_t uid, uint32_t gid) {
   ext2_ino_t ino = 0;
+  ready_new_inode(fs_, at.dir, path);
   errcode_t rc = ext2fs_new_inode(fs_, at.dir, mode, nullptr, &ino);
   if (rc) throw Error(ext2_reason(rc), fail(path, "cannot allocate an inode", rc));
   ext2_inode_large inode;
@@ -522,6 +539,7 @@ void Guest::release_inode(ext2_ino_t ino, ext2_inode_large& inode, const std::st
   inode.i_links_count = 0;
   inode.i_dtime = now();
   write_inode(ino, inode);
+  ready_inode_free(fs_, ino, path);
   ext2fs_inode_alloc_stats2(fs_, ino, -1, dir ? 1 : 0);
 }
 

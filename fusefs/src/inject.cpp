@@ -301,6 +301,8 @@ void inject(const std::string& image, const std::vector<Operation>& ops,
   o.read_only = false;
   // Everything stays in memory until all operations succeeded.
   o.write_buffer_bytes = std::numeric_limits<size_t>::max();
+  // A handful of files: read and write the bitmaps of the groups they land in, not all.
+  o.bitmaps = OpenOptions::Bitmaps::kPerGroup;
   std::unique_ptr<Filesystem> fs = Filesystem::open(image, o);
   apply(*fs, ops, options);
   fs->close();

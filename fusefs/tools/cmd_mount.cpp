@@ -22,6 +22,7 @@ int cmd_mount(const Args& args) {
   open.write_buffer_bytes = kWriteBuffer;
   if (auto p = args.get("--partition")) open.partition = parse_partition(*p);
   open.read_only = args.flag("--ro");
+  open.bitmaps = OpenOptions::Bitmaps::kNone;  // fuse_mount reads them
   const bool allow_other = args.flag("--allow-other");
   const bool foreground = args.flag("--foreground");
   if (args.positional().size() != 2) throw UsageError("mount takes IMAGE and DIR");

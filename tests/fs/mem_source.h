@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kiln/fs/source.h"
@@ -32,6 +33,7 @@ class MemSource final : public Source {
     if (fail_writes_) return -EIO;
     std::memcpy(bytes_.data() + off, buf, len);
     ++writes_;
+    written_.emplace_back(off, len);
     return 0;
   }
   int flush() override {
@@ -47,6 +49,7 @@ class MemSource final : public Source {
   bool closed_ = false;
   int reads_ = 0;
   int writes_ = 0;
+  std::vector<std::pair<uint64_t, size_t>> written_;  // offset and length of every write
   int flushes_ = 0;
 };
 

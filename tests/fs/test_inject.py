@@ -5,12 +5,15 @@ the base tree plus what was asked, and the base image's bytes unchanged."""
 
 import copy
 import hashlib
+import json
 import os
+import re
 
 import pytest
 
 from kilntest.fs import (MiB, diff_snapshots, dir_entry, e2fsck_clean, extract, file_entry, kiln_fs,
-                         loop_mount, make_disk, make_guest_tree, make_overlay, run, sha256,
+                         loop_mount, make_disk, make_fs_image, make_guest_tree, make_overlay, run,
+                         sha256,
                          snapshot, to_raw)
 
 KEY1 = b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKiln0000000000000000000000000000000000000001 ops@kiln\n"
@@ -165,6 +168,38 @@ def test_large_file_and_full_directory(workdir, variant):
         for i in range(200):
             with open(os.path.join(mnt, f"srv/many/new-{i:04d}-{'m' * 60}"), "rb") as f:
                 assert f.read() == b"x"
+
+
+@pytest.mark.parametrize("variant", ["ext4", "ext3"])
+def test_large_filesystem_keeps_untouched_bitmaps_out_of_the_overlay(workdir, variant):
+    """A 16 GiB filesystem (128 block groups): injection reads and writes the bitmaps of the
+    groups it allocates from and frees into, not every group's. In the overlay that means no
+    copy of the clusters holding other groups' bitmaps (with every bitmap written back, all
+    128 groups' would be there: one cluster per flex group of 16 on ext4, one per group on
+    ext3). The result is checked with e2fsck -fn and read back."""
+    tree = make_guest_tree(os.path.join(workdir, "tree"))
+    base = make_fs_image(os.path.join(workdir, "base.raw"), 16 << 30, variant, tree)
+    overlay = make_overlay(base, os.path.join(workdir, "vm.qcow2"))
+    kiln_fs("inject", "--format", "qcow2", overlay, *inject_args(workdir))
+    assert kiln_fs("cat", "--format", "qcow2", overlay,
+                   "/home/alice/.ssh/authorized_keys").stdout == KEY1
+    assert kiln_fs("cat", "--format", "qcow2", overlay, "/etc/motd").stdout == MOTD
+    raw = to_raw(overlay, os.path.join(workdir, "out.raw"))
+    e2fsck_clean(raw)
+
+    # Where each group's block bitmap lives, and what the overlay holds.
+    out = run(["dumpe2fs", base]).stdout.decode()
+    bitmaps = [int(b) for b in re.findall(r"Block bitmap at (\d+)", out)]
+    block_size = int(re.search(r"^Block size:\s+(\d+)", out, re.M).group(1))
+    assert len(bitmaps) == 128, len(bitmaps)
+    extents = json.loads(run(["qemu-img", "map", "--output=json", overlay]).stdout)
+    held = [(e["start"], e["start"] + e["length"]) for e in extents
+            if e["data"] and e["depth"] == 0]
+    copied = {g for g, blk in enumerate(bitmaps)
+              if any(lo <= blk * block_size < hi for lo, hi in held)}
+    assert copied, "no bitmap was written at all"
+    # The new files land in the groups of / , /etc, /home and /opt: a few groups at most.
+    assert len(copied) <= (16 if variant == "ext4" else 4), sorted(copied)
 
 
 def test_raw_image_written_in_place(workdir):

@@ -38,6 +38,7 @@ using common::Reason;
 
 class Source;
 class IoChannel;
+class GroupBitmaps;
 
 struct OpenOptions {
   // 1-based partition number (MBR: 1-4 primary, 5+ logical; GPT: the entry's index), or 0 to
@@ -52,6 +53,14 @@ struct OpenOptions {
   size_t write_buffer_bytes = size_t{256} << 20;
   // Local qcow2 LUKS images: the passphrase (see SourceOptions::key_secret).
   std::optional<std::string> key_secret;
+  // Allocation bitmaps of a writable open (read-only opens read none):
+  // - kAll: every group's, read at open (what libext2fs's allocators expect of any caller);
+  // - kPerGroup: a group's when an allocation or a free first reaches it, and at close only
+  //   the groups that changed are written (a few files into a large filesystem). Callers that
+  //   take or free inodes themselves must tell it first (src/group_bitmaps.h; Guest does);
+  // - kNone: the caller reads them (fuse_mount does).
+  enum class Bitmaps { kAll, kPerGroup, kNone };
+  Bitmaps bitmaps = Bitmaps::kAll;
 };
 
 class Filesystem {
@@ -70,8 +79,9 @@ class Filesystem {
   Filesystem(const Filesystem&) = delete;
   Filesystem& operator=(const Filesystem&) = delete;
 
-  // The libext2fs handle. Opened with EXT2_FLAG_64BITS, bitmaps loaded; EXT2_FLAG_RW unless
-  // read-only. Valid until close() or destruction. Not thread-safe: callers serialise.
+  // The libext2fs handle. Opened with EXT2_FLAG_64BITS, bitmaps loaded as
+  // OpenOptions::bitmaps says; EXT2_FLAG_RW unless read-only. Valid until close() or destruction.
+  // Not thread-safe: callers serialise.
   ext2_filsys handle() const { return fs_; }
   bool read_only() const { return read_only_; }
   const std::string& image() const { return image_; }
@@ -102,6 +112,7 @@ class Filesystem {
   ext2_filsys fs_ = nullptr;
   std::unique_ptr<Source> source_;
   std::unique_ptr<IoChannel> channel_;
+  std::unique_ptr<GroupBitmaps> bitmaps_;  // with OpenOptions::Bitmaps::kPerGroup
   std::string image_;
   std::string type_;
   int partition_ = 0;
