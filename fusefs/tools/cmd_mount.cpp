@@ -25,6 +25,7 @@ int cmd_mount(const Args& args) {
   open.bitmaps = OpenOptions::Bitmaps::kNone;  // fuse_mount reads them
   const bool allow_other = args.flag("--allow-other");
   const bool foreground = args.flag("--foreground");
+  const auto busy_wait = args.number("--busy-wait", 0, 1000);
   if (args.positional().size() != 2) throw UsageError("mount takes IMAGE and DIR");
   ImageArg arg = image_arg(args, args.positional()[0]);
   const std::string image = arg.image;
@@ -37,6 +38,7 @@ int cmd_mount(const Args& args) {
   fo.read_only = open.read_only;
   fo.allow_other = allow_other;
   fo.foreground = foreground;
+  if (busy_wait) fo.busy_wait_us = static_cast<int>(*busy_wait);
   fo.fsname = image;
   // Closed when the mount ends (inside umount for a fuseblk mount), so that the image is
   // complete and unlocked when umount returns.

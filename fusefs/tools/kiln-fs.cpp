@@ -27,6 +27,8 @@ constexpr const char* kUsage =
     "      --password USER:HASH            set the crypt(3) hash in /etc/shadow\n"
     "      --follow-symlinks               follow symbolic links in guest paths\n"
     "  mount IMAGE DIR [--ro] [--allow-other] [-f|--foreground]\n"
+    "      --busy-wait=USEC                after a reply, look for the next request this long\n"
+    "                                      before sleeping (default 20; 0 = sleep at once)\n"
     "\n"
     "Common options: --partition N (default: the only ext filesystem), --format raw|qcow2.\n"
     "Encrypted qcow2 (LUKS): --object secret,id=ID,file=KEYFILE --image-opts\n"
@@ -67,10 +69,11 @@ const common::cli::CommandTable<const Args> kCommands = {
       kImageOptsOption},
      cmd_inject},
     {"mount",
-     "IMAGE DIR [--ro] [--allow-other] [-f|--foreground]",
+     "IMAGE DIR [--ro] [--allow-other] [-f|--foreground] [--busy-wait=USEC]",
      {{"--ro|--read-only"},
       {"--allow-other"},
       {"-f|--foreground"},
+      {"--busy-wait", kValue},
       kPartitionOption,
       kFormatOption,
       kObjectOption,

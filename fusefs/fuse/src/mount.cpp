@@ -164,48 +164,75 @@ enum class LoopEnd { kUnmounted, kLeftMountTable, kError };
 // umount call); when it has not after this long, another namespace holds a copy of the mount.
 constexpr int kUnmountGraceMs = 250;
 
+// Whether waiting for requests awake (FuseMountOptions::busy_wait_us) can pay here: with
+// O_NONBLOCK set on the session's device, a read without a request fails with EAGAIN.
+bool can_busy_wait(int fd, int busy_wait_us) {
+  if (busy_wait_us <= 0 || sysconf(_SC_NPROCESSORS_ONLN) < 2) return false;
+  const int flags = fcntl(fd, F_GETFL);
+  return flags >= 0 && fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0;
+}
+
+// The next request read within BUDGET: its size, 0 when unmounted, -errno, or -EAGAIN when
+// none came in time.
+int receive_awake(fuse_session* se, fuse_buf& buf, std::chrono::microseconds budget) {
+  const auto until = std::chrono::steady_clock::now() + budget;
+  int res;
+  do {
+    res = fuse_session_receive_buf(se, &buf);
+  } while (res == -EAGAIN && std::chrono::steady_clock::now() < until);
+  return res;
+}
+
 // The request loop, on this thread only. While metadata is pending, an idle second writes it.
 LoopEnd serve(fuse_session* se, Volume& vol, fuse_detail::MountWatch& watch, int idle_flush_ms,
-              fuse_detail::RequestStats& stats) {
+              int busy_wait_us, fuse_detail::RequestStats& stats) {
   using Clock = std::chrono::steady_clock;
   const int fd = fuse_session_fd(se);
+  const bool busy_wait = can_busy_wait(fd, busy_wait_us);
   fuse_buf buf{};
   LoopEnd end = LoopEnd::kUnmounted;
   bool left_table = false;
+  bool just_replied = false;
   Clock::time_point left_at;
   while (!fuse_session_exited(se)) {
-    pollfd p[2] = {{fd, POLLIN, 0}, {watch.fd(), POLLPRI, 0}};
-    int timeout = idle_flush_ms > 0 && vol.dirty() && !vol.finished() ? idle_flush_ms : -1;
-    if (left_table) {
-      const auto waited =
-          std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - left_at).count();
-      if (waited >= kUnmountGraceMs) {
-        end = LoopEnd::kLeftMountTable;
+    int res = -EAGAIN;
+    if (busy_wait && just_replied && !left_table)
+      res = receive_awake(se, buf, std::chrono::microseconds(busy_wait_us));
+    just_replied = false;
+    if (res == -EAGAIN) {  // sleep until a request comes (or the idle flush is due)
+      pollfd p[2] = {{fd, POLLIN, 0}, {watch.fd(), POLLPRI, 0}};
+      int timeout = idle_flush_ms > 0 && vol.dirty() && !vol.finished() ? idle_flush_ms : -1;
+      if (left_table) {
+        const auto waited =
+            std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - left_at).count();
+        if (waited >= kUnmountGraceMs) {
+          end = LoopEnd::kLeftMountTable;
+          break;
+        }
+        const int rest = kUnmountGraceMs - static_cast<int>(waited);
+        timeout = timeout < 0 ? rest : std::min(timeout, rest);
+      }
+      const int n = poll(p, watch.fd() >= 0 && !left_table ? 2 : 1, timeout);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        std::fprintf(stderr, "kiln-fs: poll: %s\n", strerror(errno));
+        end = LoopEnd::kError;
         break;
       }
-      const int rest = kUnmountGraceMs - static_cast<int>(waited);
-      timeout = timeout < 0 ? rest : std::min(timeout, rest);
-    }
-    const int n = poll(p, watch.fd() >= 0 && !left_table ? 2 : 1, timeout);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      std::fprintf(stderr, "kiln-fs: poll: %s\n", strerror(errno));
-      end = LoopEnd::kError;
-      break;
-    }
-    if (n == 0) {
-      if (vol.dirty() && !vol.finished()) {
-        if (errcode_t rc = vol.flush(false)) fuse_detail::fail("flush", 0, rc);
+      if (n == 0) {
+        if (vol.dirty() && !vol.finished()) {
+          if (errcode_t rc = vol.flush(false)) fuse_detail::fail("flush", 0, rc);
+        }
+        continue;
       }
-      continue;
+      if (!left_table && (p[1].revents & (POLLPRI | POLLERR)) && !watch.still_mounted()) {
+        left_table = true;
+        left_at = Clock::now();
+      }
+      if (!(p[0].revents & (POLLIN | POLLERR | POLLHUP))) continue;
+      res = fuse_session_receive_buf(se, &buf);
     }
-    if (!left_table && (p[1].revents & (POLLPRI | POLLERR)) && !watch.still_mounted()) {
-      left_table = true;
-      left_at = Clock::now();
-    }
-    if (!(p[0].revents & (POLLIN | POLLERR | POLLHUP))) continue;
-    const int res = fuse_session_receive_buf(se, &buf);
-    if (res == -EINTR) continue;
+    if (res == -EINTR || res == -EAGAIN) continue;
     if (res <= 0) {  // 0: unmounted
       if (res < 0) {
         std::fprintf(stderr, "kiln-fs: reading /dev/fuse: %s\n", strerror(-res));
@@ -235,6 +262,7 @@ LoopEnd serve(fuse_session* se, Volume& vol, fuse_detail::MountWatch& watch, int
     }
     vol.set_kill_suidgid(false);
     if (errcode_t rc = vol.write_back_if_full()) fuse_detail::fail("write-back", 0, rc);
+    just_replied = true;
     if (!stats.enabled()) continue;
     stats.add(have_header ? header.opcode : 0, static_cast<size_t>(res),
               std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count(),
@@ -349,7 +377,7 @@ int fuse_mount(ext2_filsys fs, const FuseMountOptions& opts) {
   // A fuseblk mount's backing device info is named after its block device, "7:3-fuseblk".
   if (watch.found()) raise_readahead(watch.device() + (device ? "-fuseblk" : ""));
   fuse_detail::RequestStats stats;
-  const LoopEnd end = serve(se.get(), vol, watch, opts.idle_flush_ms, stats);
+  const LoopEnd end = serve(se.get(), vol, watch, opts.idle_flush_ms, opts.busy_wait_us, stats);
   // After a signal the mount is still there: unmount it (libfuse closes the session's device
   // first, so no FUSE_DESTROY comes; the session's end below finishes instead). When the mount
   // left this namespace's table while another namespace keeps a copy, libfuse's unmount only

@@ -26,6 +26,14 @@ struct FuseMountOptions {
   // descriptors, superblock) is written to the image, so that an unmount leaves little to do.
   // 0 disables the idle flush.
   int idle_flush_ms = 1000;
+  // After each reply, how long (microseconds) to look for the next request with non-blocking
+  // reads before sleeping until one comes. A program that makes one request at a time (tar,
+  // cp, rm -r: each waits for its reply) usually sends the next within a few microseconds, and
+  // finding it awake spares this thread a sleep and a wake-up per request: `tar x` of small
+  // files about 1.35x faster on a 2-CPU machine, for about the same CPU. Costs at most this
+  // long of CPU per request; 0 sleeps at once. Not done on a machine with one CPU, where the
+  // wait would keep the program that sends the request from running.
+  int busy_wait_us = 20;
   // As root: a `fuseblk` mount over a placeholder loop device (see "Unmount" below), so that
   // `umount DIR` returns only once the image is written. Falls back to a plain `fuse` mount,
   // with a warning, when no loop device can be had.
