@@ -70,6 +70,50 @@ TEST(HostFile, WriteNowWritesWhereAskedAndReportsErrors) {
   EXPECT_EQ(read_only.write_now(slice, 0), -EBADF);
 }
 
+class FailAll final : public FaultInjector {
+ public:
+  explicit FailAll(int err) : err_(err) {}
+  Task<int> before(FileOp, int, uint64_t, uint64_t) override { co_return err_; }
+
+ private:
+  int err_;
+};
+
+// A reactor with inline_file_io (kiln-fs's image source) reads and writes a buffered file
+// with pread/pwrite, nothing through io_uring, with read_full/write_full's contract: zeros
+// past the end of the file, a write past the end extends it, errors as -errno. A direct file
+// and a reactor with a fault injector keep io_uring.
+TEST(HostFile, InlineFileIoUsesNoRing) {
+  TempDir d;
+  Reactor r;
+  r.set_inline_file_io(true);
+  make_file(d / "f", std::vector<uint8_t>(8192, 1));
+  HostFile file(r, open_host_file(d / "f", false, false), false);
+  const std::vector<uint8_t> slice = random_bytes(4096, 9);
+  ASSERT_EQ(r.run(file.write_full(slice, 10000)), 0);  // past the end: the file grows
+  std::vector<uint8_t> got(16384, 0xee);
+  ASSERT_EQ(r.run(file.read_full(got, 0)), 0);
+  std::vector<uint8_t> want(16384, 0);
+  std::fill(want.begin(), want.begin() + 8192, 1);
+  std::copy(slice.begin(), slice.end(), want.begin() + 10000);  // 8192..10000 and past 14096: 0
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(file_bytes(d / "f").size(), 14096u);
+  EXPECT_EQ(r.submitted(), 0u);
+
+  HostFile read_only(r, open_host_file(d / "f", true, false), false);
+  EXPECT_EQ(r.run(read_only.write_full(slice, 0)), -EBADF);
+  EXPECT_EQ(r.submitted(), 0u);
+
+  FailAll fail(-EIO);  // what the injector fails went to the reactor's path
+  r.set_fault_injector(&fail);
+  EXPECT_FALSE(r.inline_file_io());
+  EXPECT_EQ(r.run(file.write_full(slice, 0)), -EIO);
+  r.set_fault_injector(nullptr);
+  r.set_inline_file_io(false);
+  ASSERT_EQ(r.run(file.write_full(slice, 0)), 0);
+  EXPECT_GT(r.submitted(), 0u);
+}
+
 // start_writeback is a hint, but an error the kernel returns when starting the write-out is
 // kept for the next fsync: the file system may have given up on those pages. A FIFO is a file
 // sync_file_range refuses (ESPIPE).

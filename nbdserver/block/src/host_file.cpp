@@ -145,7 +145,10 @@ Task<int> HostFile::write_aligned(const uint8_t* p, uint64_t len, uint64_t offse
 }
 
 Task<int> HostFile::read_full(std::span<uint8_t> buf, uint64_t offset) {
-  if (!direct_) co_return co_await r_->read_full(fd_.get(), buf, offset);
+  if (!direct_) {
+    if (r_->inline_file_io()) co_return read_now(buf, offset);
+    co_return co_await r_->read_full(fd_.get(), buf, offset);
+  }
   if (buf.empty()) co_return 0;
   if (aligned(buf.data(), offset, buf.size()))
     co_return co_await read_aligned(buf.data(), buf.size(), offset, nullptr);
@@ -163,7 +166,10 @@ Task<int> HostFile::read_bounced(std::span<uint8_t> buf, uint64_t offset) {
 }
 
 Task<int> HostFile::write_full(std::span<const uint8_t> buf, uint64_t offset) {
-  if (!direct_) co_return co_await r_->write_full(fd_.get(), buf, offset);
+  if (!direct_) {
+    if (r_->inline_file_io()) co_return write_now(buf, offset);
+    co_return co_await r_->write_full(fd_.get(), buf, offset);
+  }
   if (buf.empty()) co_return 0;
   if (!aligned(buf.data(), offset, buf.size())) co_return co_await write_bounced(buf, offset);
   const uint64_t end = offset + buf.size();
@@ -220,6 +226,24 @@ int HostFile::write_now(std::span<const uint8_t> buf, uint64_t offset) {
       return -errno;
     }
     if (n == 0) return -EIO;
+    done += static_cast<size_t>(n);
+  }
+  return 0;
+}
+
+int HostFile::read_now(std::span<uint8_t> buf, uint64_t offset) {
+  size_t done = 0;
+  while (done < buf.size()) {
+    const ssize_t n =
+        ::pread(fd_.get(), buf.data() + done, buf.size() - done, static_cast<off_t>(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    if (n == 0) {  // the end of the file
+      std::memset(buf.data() + done, 0, buf.size() - done);
+      break;
+    }
     done += static_cast<size_t>(n);
   }
   return 0;

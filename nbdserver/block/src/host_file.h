@@ -47,6 +47,7 @@ class HostFile {
 
   // As Reactor::read_full/write_full: whole buffer, 0 or -errno; what lies past the end of
   // the file reads as zeros, and a write past the end extends the file to exactly its end.
+  // Buffered files of a reactor with inline_file_io() do them with pread/pwrite right away.
   Task<int> read_full(std::span<uint8_t> buf, uint64_t offset);
   Task<int> write_full(std::span<const uint8_t> buf, uint64_t offset);
   // A small write into a buffered file's page cache, made on the calling thread with pwrite
@@ -58,6 +59,8 @@ class HostFile {
   // included). 0 or -errno.
   bool can_write_now() const { return !direct_ && !r_->fault_injector(); }
   int write_now(std::span<const uint8_t> buf, uint64_t offset);
+  // read_full's pread counterpart of write_now (zeros past the end of the file).
+  int read_now(std::span<uint8_t> buf, uint64_t offset);
   // Fails with start_writeback's error, if it had one, even when the fsync itself succeeds.
   Task<int> fsync(bool datasync);
   // BlockDevice::start_writeback for this file: sync_file_range(SYNC_FILE_RANGE_WRITE) over

@@ -155,6 +155,15 @@ class Reactor final : public Scheduler {
 
   uint64_t submitted() const { return submitted_; }
 
+  // Buffered file reads and writes through HostFile made with pread/pwrite on the calling
+  // thread instead of io_uring (HostFile::read_full/write_full). For a caller that waits for
+  // each request anyway, one at a time (kiln-fs's image source): it saves the io_uring round
+  // trip, and for writes the hand-off of every buffered write on ext4 to an io-wq worker (a
+  // wake-up and two context switches). Never for a reactor with other work to overlap
+  // (kiln-nbd's): the thread blocks in the system call. Off while a fault injector is set.
+  void set_inline_file_io(bool on) { inline_file_io_ = on; }
+  bool inline_file_io() const { return inline_file_io_ && !faults_; }
+
   // Installs (or, with nullptr, removes) a fault injector for the operations above. Tests only.
   void set_fault_injector(FaultInjector* f) { faults_ = f; }
   // The installed injector (nullptr in production): HostFile's direct I/O asks it too.
@@ -174,6 +183,7 @@ class Reactor final : public Scheduler {
   size_t inflight_ = 0;
   uint64_t submitted_ = 0;
   FaultInjector* faults_ = nullptr;
+  bool inline_file_io_ = false;
 };
 
 }  // namespace kiln::block
