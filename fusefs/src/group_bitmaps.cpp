@@ -109,6 +109,27 @@ errcode_t GroupBitmaps::attach(ext2_filsys fs, std::unique_ptr<GroupBitmaps>& ou
   return 0;
 }
 
+std::unique_ptr<GroupBitmaps> GroupBitmaps::track_loaded(ext2_filsys fs) {
+  if (!fs->block_map || !fs->inode_map || fs->group_desc_count == 0) return nullptr;
+  std::unique_ptr<GroupBitmaps> b(new GroupBitmaps(fs));
+  for (dgrp_t g = 0; g < fs->group_desc_count; ++g) {
+    Original o;
+    o.blocks.resize(b->block_nbytes_);
+    o.inodes.resize(b->inode_nbytes_);
+    if (ext2fs_get_block_bitmap_range2(fs->block_map, b->first_bit(g), b->block_nbytes_ * 8,
+                                       o.blocks.data()) ||
+        ext2fs_get_inode_bitmap_range2(fs->inode_map, 1 + g * EXT2_INODES_PER_GROUP(fs->super),
+                                       b->inode_nbytes_ * 8, o.inodes.data()))
+      return nullptr;
+    o.block_uninit = block_uninit_now(fs, g);
+    o.inode_uninit = inode_uninit_now(fs, g);
+    b->original_.emplace(g, std::move(o));
+    b->loaded_[g] = true;
+  }
+  b->groups_read_ = fs->group_desc_count;
+  return b;
+}
+
 GroupBitmaps* GroupBitmaps::of(ext2_filsys fs) {
   return fs->write_bitmaps == on_write_bitmaps ? static_cast<GroupBitmaps*>(fs->priv_data)
                                                : nullptr;

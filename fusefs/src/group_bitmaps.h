@@ -1,5 +1,6 @@
 // Allocation bitmaps read one block group at a time, for a short writable session (injection)
-// on a filesystem of any size.
+// on a filesystem of any size; and, for the FUSE mount, which reads them all, writes of only
+// the groups that changed (track_loaded).
 //
 // ext2fs_read_bitmaps reads the block and inode bitmap of every group, and ext2fs_close writes
 // every one of them back if a single bit changed: on a 64 GiB ext4, 1024 reads and 1024 writes
@@ -35,6 +36,11 @@ class GroupBitmaps {
   static errcode_t attach(ext2_filsys fs, std::unique_ptr<GroupBitmaps>& out);
   // The bitmaps attached to FS, or nullptr when FS has all bitmaps loaded (or none).
   static GroupBitmaps* of(ext2_filsys fs);
+  // For FS whose bitmaps ext2fs_read_bitmaps has read, all of them (the FUSE mount): remembers
+  // every group's, so that write_changed() writes only the groups that changed since. Installs
+  // nothing on FS: its owner points fs->write_bitmaps at a function that calls write_changed().
+  // nullptr when FS has no bitmaps loaded.
+  static std::unique_ptr<GroupBitmaps> track_loaded(ext2_filsys fs);
 
   GroupBitmaps(const GroupBitmaps&) = delete;
   GroupBitmaps& operator=(const GroupBitmaps&) = delete;
@@ -49,6 +55,11 @@ class GroupBitmaps {
   // Groups read so far (for tests and statistics).
   size_t groups_read() const { return groups_read_; }
 
+  // Writes the bitmaps of the groups read that changed since they were read or last written
+  // (or were uninitialised then and are not any more), as ext2fs_write_bitmaps writes each
+  // group's, and clears the bitmaps' dirty flags. What fs->write_bitmaps does.
+  errcode_t write_changed();
+
  private:
   struct Original {  // a group's bitmaps as read (or as last written), to see what changed
     std::vector<unsigned char> blocks, inodes;
@@ -57,7 +68,6 @@ class GroupBitmaps {
 
   explicit GroupBitmaps(ext2_filsys fs);
   errcode_t load(dgrp_t group);
-  errcode_t write_changed();
   blk64_t first_bit(dgrp_t group) const;
   // The first free block in [LO, HI], reading groups as the search reaches them; ENOENT if none.
   errcode_t find_free_block(blk64_t lo, blk64_t hi, blk64_t* out);

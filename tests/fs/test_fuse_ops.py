@@ -7,6 +7,7 @@ attributes, device nodes, sparse and large files, big and hashed directories, EN
 import contextlib
 import ctypes
 import errno
+import json
 import os
 import random
 import re
@@ -771,3 +772,42 @@ def test_encrypt_feature_keeps_open(workdir):
     counts = {op: int(n) for op, n in re.findall(r"kiln-fs: (\w+) +(\d+) ", proc.stderr_text)}
     assert counts.get("OPEN", 0) >= 40, proc.stderr_text
     e2fsck_clean(image.result_raw())
+
+
+def test_large_filesystem_writes_only_what_changed(workdir):
+    """On a 16 GiB filesystem (128 block groups), the flush points (here `sync -f` and the
+    unmount) write the bitmaps of the groups that changed only, and leave the backup
+    superblocks and group descriptors as they were, as the kernel does: the qcow2 overlay holds
+    the first flex group's bitmaps, not a copy of every flex group's bitmap cluster (128 groups'
+    bitmaps before) nor of the backups (12 of them)."""
+    raw = os.path.join(workdir, "fs.raw")
+    make_fs(raw, "ext4", size=16 << 30)
+    image = Image(workdir, raw)
+    mnt = os.path.join(workdir, "mnt")
+    with fuse_mount(image, mnt) as proc:
+        write(f"{mnt}/one", b"1\n")
+        run(["sync", "-f", f"{mnt}/one"])  # a flush point of its own
+        os.mkdir(f"{mnt}/dir")
+        write(f"{mnt}/dir/two", os.urandom(3 * MiB))
+    check_exit(proc)
+    raw_after = image.result_raw()
+    e2fsck_clean(raw_after)
+    with kernel_mount_ro(raw_after, os.path.join(workdir, "kernel")) as k:
+        assert read(f"{k}/one") == b"1\n"
+        assert len(read(f"{k}/dir/two")) == 3 * MiB
+
+    out = run(["dumpe2fs", raw]).stdout.decode()
+    block_size = int(re.search(r"^Block size:\s+(\d+)", out, re.M).group(1))
+    bitmaps = [int(b) for b in re.findall(r"Block bitmap at (\d+)", out)]
+    backups = [int(b) for b in re.findall(r"Backup superblock at (\d+)", out)]
+    assert len(bitmaps) == 128 and len(backups) >= 10, (len(bitmaps), backups)
+    extents = json.loads(run(["qemu-img", "map", "--output=json", image.overlay]).stdout)
+    held = [(e["start"], e["start"] + e["length"]) for e in extents
+            if e["data"] and e["depth"] == 0]
+
+    def in_overlay(block):
+        return any(lo <= block * block_size < hi for lo, hi in held)
+
+    copied = [g for g, b in enumerate(bitmaps) if in_overlay(b)]
+    assert copied and len(copied) <= 16, copied
+    assert not [b for b in backups if in_overlay(b)], "backup superblocks were rewritten"

@@ -1,6 +1,7 @@
 #include "volume.h"
 
 #include <algorithm>
+#include <array>
 #include <cstdio>
 
 #include "inode_util.h"
@@ -11,6 +12,10 @@ namespace {
 
 Volume& of(ext2_filsys fs) { return *static_cast<Volume*>(fs->priv_data); }
 
+std::array<uint32_t, 3> features(const ext2_super_block* sb) {
+  return {sb->s_feature_compat, sb->s_feature_incompat, sb->s_feature_ro_compat};
+}
+
 void on_block_stats(ext2_filsys fs, blk64_t blk, int inuse) {
   if (inuse < 0) of(fs).note_freed(blk, 1);
 }
@@ -20,6 +25,9 @@ void on_block_stats_range(ext2_filsys fs, blk64_t blk, blk_t num, int inuse) {
 }
 
 }  // namespace
+
+// fs->write_bitmaps of a writable mount (set in the constructor).
+errcode_t Volume::on_write_bitmaps(ext2_filsys fs) { return of(fs).bitmaps_->write_changed(); }
 
 Volume::Volume(ext2_filsys fs, const FuseMountOptions& opts)
     : fs_(fs),
@@ -34,6 +42,16 @@ Volume::Volume(ext2_filsys fs, const FuseMountOptions& opts)
   fs_->priv_data = this;
   ext2fs_set_block_alloc_stats_callback(fs_, on_block_stats, &old_alloc_stats_);
   ext2fs_set_block_alloc_stats_range_callback(fs_, on_block_stats_range, &old_alloc_stats_range_);
+  // ext2fs_flush writes every group's bitmaps when one bit changed: on a 64 GiB filesystem 1024
+  // blocks at every flush point, and into a qcow2 overlay a copy of every cluster that holds
+  // them. Only the groups that changed are written instead (fusefs/src/group_bitmaps.h).
+  if (!read_only_ && fs_->write_bitmaps == ext2fs_write_bitmaps) {
+    bitmaps_ = GroupBitmaps::track_loaded(fs_);
+    if (bitmaps_) {
+      old_write_bitmaps_ = fs_->write_bitmaps;
+      fs_->write_bitmaps = on_write_bitmaps;
+    }
+  }
 }
 
 Volume::~Volume() {
@@ -41,6 +59,7 @@ Volume::~Volume() {
 }
 
 void Volume::detach() {
+  if (bitmaps_) fs_->write_bitmaps = old_write_bitmaps_;
   ext2fs_set_block_alloc_stats_callback(fs_, old_alloc_stats_, nullptr);
   ext2fs_set_block_alloc_stats_range_callback(fs_, old_alloc_stats_range_, nullptr);
   fs_->priv_data = nullptr;
@@ -136,6 +155,7 @@ errcode_t Volume::free_orphans() {
 errcode_t Volume::begin_writes() {
   if (read_only_ || writes_begun_) return 0;
   saved_state_ = fs_->super->s_state;
+  saved_features_ = features(fs_->super);
   fs_->super->s_state &= ~EXT2_VALID_FS;
   fs_->super->s_mtime = static_cast<uint32_t>(now().tv_sec);
   ext2fs_mark_super_dirty(fs_);
@@ -149,7 +169,11 @@ errcode_t Volume::flush(bool final) {
   if (read_only_) return 0;
   if (final && writes_begun_) {
     fs_->super->s_state = saved_state_;
-    fs_->flags &= ~EXT2_FLAG_MASTER_SB_ONLY;
+    // The backup superblocks and group descriptors (a dozen scattered blocks, in a qcow2
+    // overlay as many cluster copies) are left as they were, as the kernel leaves them, unless
+    // the mount changed a feature (libext2fs sets large_file for a file past 2 GiB), which
+    // e2fsck would otherwise find only in the primary.
+    if (features(fs_->super) != saved_features_) fs_->flags &= ~EXT2_FLAG_MASTER_SB_ONLY;
     ext2fs_mark_super_dirty(fs_);
   }
   dirty_ = false;

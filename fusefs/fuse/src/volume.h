@@ -5,13 +5,16 @@
 #include <ext2fs/ext2fs.h>
 #include <fuse_lowlevel.h>
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
+#include "group_bitmaps.h"
 #include "kiln/fs/fuse.h"
 
 namespace kiln::fs::fuse_detail {
@@ -130,11 +133,17 @@ class Volume {
   bool freed_all_ = false;
   void (*old_alloc_stats_)(ext2_filsys, blk64_t, int) = nullptr;
   void (*old_alloc_stats_range_)(ext2_filsys, blk64_t, blk_t, int) = nullptr;
+  // Writable mounts: which groups' bitmaps changed since the last flush point, so that a flush
+  // point writes those only (fs->write_bitmaps), not every group's.
+  static errcode_t on_write_bitmaps(ext2_filsys fs);
+  std::unique_ptr<GroupBitmaps> bitmaps_;
+  errcode_t (*old_write_bitmaps_)(ext2_filsys) = nullptr;
   bool finished_ = false;
   int finish_status_ = 0;
   bool image_closed_ = false;
   uint64_t io_read_ = 0, io_written_ = 0;
   uint16_t saved_state_ = 0;
+  std::array<uint32_t, 3> saved_features_{};  // compat, incompat, ro_compat at the first write
   std::unordered_map<ext2_ino_t, uint64_t> lookups_;
   std::unordered_map<ext2_ino_t, uint32_t> opens_;
   std::unordered_set<ext2_ino_t> orphans_;
