@@ -14,6 +14,7 @@
 #include "io_channel.h"
 #include "kiln/fs/filesystem.h"
 #include "kiln/fs/inject.h"
+#include "mem_fs.h"
 #include "mem_source.h"
 
 namespace kiln::fs {
@@ -32,33 +33,12 @@ struct Shape {
 
 // A filesystem of many small groups, made in memory.
 void make_fs(MemSource& src, const Shape& s) {
-  IoChannel ch(src, 0, src.size(), 0);
-  ext2_super_block param;
-  std::memset(&param, 0, sizeof param);
-  ext2fs_blocks_count_set(&param, s.bytes >> (10 + s.log_block));
-  param.s_log_block_size = s.log_block;
-  param.s_blocks_per_group = s.blocks_per_group;
-  param.s_rev_level = 1;
-  param.s_inode_size = 256;
-  param.s_inodes_count = static_cast<uint32_t>(s.bytes / 16384);
-  param.s_feature_incompat = EXT2_FEATURE_INCOMPAT_FILETYPE | EXT3_FEATURE_INCOMPAT_EXTENTS;
-  param.s_feature_ro_compat = EXT2_FEATURE_RO_COMPAT_SPARSE_SUPER;
-  if (s.csum) param.s_feature_ro_compat |= EXT4_FEATURE_RO_COMPAT_METADATA_CSUM;
-  ext2_filsys fs = nullptr;
-  ASSERT_EQ(ext2fs_initialize(ch.device_name().c_str(), EXT2_FLAG_64BITS, &param,
-                              IoChannel::manager(), &fs),
-            0);
-  if (s.csum) {
-    fs->super->s_checksum_type = EXT2_CRC32C_CHKSUM;
-    ext2fs_init_csum_seed(fs);
-  }
-  ASSERT_EQ(ext2fs_allocate_tables(fs), 0);
-  ASSERT_EQ(ext2fs_mkdir(fs, EXT2_ROOT_INO, EXT2_ROOT_INO, nullptr), 0);
-  for (ext2_ino_t ino = 1; ino < EXT2_FIRST_INODE(fs->super); ++ino)
-    ext2fs_inode_alloc_stats2(fs, ino, +1, 0);
-  ext2fs_mark_ib_dirty(fs);
-  ASSERT_EQ(ext2fs_set_gdt_csum(fs), 0);
-  ASSERT_EQ(ext2fs_close2(fs, 0), 0);
+  testing::make_fs(src, 0,
+                   {.bytes = s.bytes,
+                    .log_block = s.log_block,
+                    .blocks_per_group = s.blocks_per_group,
+                    .csum = s.csum,
+                    .inodes = static_cast<uint32_t>(s.bytes / 16384)});
 }
 
 // What an allocator leaves behind: both bitmaps in full, each group's counts and flags, the

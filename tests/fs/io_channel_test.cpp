@@ -11,6 +11,7 @@
 #include "guest.h"
 #include "kiln/fs/filesystem.h"
 #include "kiln/fs/inject.h"
+#include "mem_fs.h"
 #include "mem_source.h"
 
 namespace kiln::fs {
@@ -283,33 +284,10 @@ TEST(IoChannel, SourceErrorsAreReported) {
   EXPECT_GT(ch.pending_bytes(), 0u);  // kept for a retry
 }
 
-// mkfs in memory through our io_manager (libext2fs's ext2fs_initialize), then the library on
-// top: open, inject, close, open again and read back.
+// A filesystem made in memory (mem_fs.h), then the library on top: open, inject, close, open
+// again and read back.
 void make_ext4(MemSource& src, uint64_t offset, uint64_t length) {
-  IoChannel ch(src, offset, length, 0);
-  ext2_super_block param;
-  std::memset(&param, 0, sizeof param);
-  ext2fs_blocks_count_set(&param, length / 4096);
-  param.s_log_block_size = 2;
-  param.s_rev_level = 1;
-  param.s_inode_size = 256;
-  param.s_feature_incompat = EXT2_FEATURE_INCOMPAT_FILETYPE | EXT3_FEATURE_INCOMPAT_EXTENTS;
-  param.s_feature_ro_compat =
-      EXT2_FEATURE_RO_COMPAT_SPARSE_SUPER | EXT4_FEATURE_RO_COMPAT_METADATA_CSUM;
-  ext2_filsys fs = nullptr;
-  ASSERT_EQ(ext2fs_initialize(ch.device_name().c_str(), EXT2_FLAG_64BITS, &param,
-                              IoChannel::manager(), &fs),
-            0);
-  std::memcpy(fs->super->s_volume_name, "memfs", 5);
-  fs->super->s_checksum_type = EXT2_CRC32C_CHKSUM;
-  ext2fs_init_csum_seed(fs);
-  ASSERT_EQ(ext2fs_allocate_tables(fs), 0);
-  ASSERT_EQ(ext2fs_mkdir(fs, EXT2_ROOT_INO, EXT2_ROOT_INO, nullptr), 0);
-  for (ext2_ino_t ino = 1; ino < EXT2_FIRST_INODE(fs->super); ++ino)
-    ext2fs_inode_alloc_stats2(fs, ino, +1, 0);
-  ext2fs_mark_ib_dirty(fs);
-  ASSERT_EQ(ext2fs_set_gdt_csum(fs), 0);
-  ASSERT_EQ(ext2fs_close2(fs, 0), 0);
+  testing::make_fs(src, offset, {.bytes = length});
 }
 
 TEST(Filesystem, InjectIntoAnInMemoryDisk) {
