@@ -9,6 +9,7 @@ import json
 import os
 import random
 import shutil
+import tempfile
 
 import pytest
 
@@ -56,11 +57,14 @@ def source(d, bits):
 
 
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory):
-    d = str(tmp_path_factory.mktemp("sources"))
-    out = {b: source(d, b) for b in WIDTHS}
-    yield out
-    shutil.rmtree(d, ignore_errors=True)
+def sources():
+    # A directory of its own, not tmp_path_factory's: pytest keeps its base directories (and
+    # a link into them) in /tmp after every run.
+    d = tempfile.mkdtemp(prefix="kiln-amend-")
+    try:
+        yield {b: source(d, b) for b in WIDTHS}
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def snapshot_names(img):
