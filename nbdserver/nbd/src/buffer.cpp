@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <new>
 
+#include "kiln/common/sanitizer.h"
+
 namespace kiln::nbd {
 
 namespace {
@@ -47,7 +49,7 @@ struct Cache {
 thread_local constinit Cache tls_cache{};
 
 bool is_large(size_t cap) {
-#if defined(__SANITIZE_ADDRESS__)
+#if KILN_ASAN
   (void)cap;
   return false;  // from the heap, where AddressSanitizer watches them
 #else
@@ -69,7 +71,7 @@ struct Reaper {
 // The thread's cache, or null when it must not be used: after the thread's destructors ran,
 // and under AddressSanitizer (reused buffers would hide a use after free).
 Cache* cache() {
-#if defined(__SANITIZE_ADDRESS__)
+#if KILN_ASAN
   return nullptr;
 #else
   if (tls_cache.dead) return nullptr;
