@@ -19,7 +19,18 @@ class Task;
 
 namespace detail {
 
-struct PromiseBase {
+// Coroutine frames come from a per-thread cache of recently freed ones (frame_pool.cpp): the
+// data path makes and ends several per request. Any thread may free a frame any thread made.
+void* allocate_frame(size_t size);
+void free_frame(void* p, size_t size) noexcept;
+size_t cached_frames() noexcept;  // frames this thread's cache holds (for tests)
+
+struct FramePooled {
+  static void* operator new(size_t size) { return allocate_frame(size); }
+  static void operator delete(void* p, size_t size) noexcept { free_frame(p, size); }
+};
+
+struct PromiseBase : FramePooled {
   std::coroutine_handle<> continuation;
   std::exception_ptr exception;
   // Meeting point of the awaiter leaving Task::await_suspend and this task reaching its end:
@@ -124,7 +135,7 @@ inline Task<void> Promise<void>::get_return_object() noexcept {
 
 // A fire-and-forget coroutine: starts at once, frees itself when done.
 struct Detached {
-  struct promise_type {
+  struct promise_type : detail::FramePooled {
     Detached get_return_object() noexcept { return {}; }
     std::suspend_never initial_suspend() noexcept { return {}; }
     std::suspend_never final_suspend() noexcept { return {}; }
