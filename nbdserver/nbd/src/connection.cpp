@@ -250,24 +250,27 @@ Task<void> Connection::transmission() {
 void Connection::reply_simple(uint64_t handle, int err, uint64_t held, AlignedBuffer data) {
   OutMessage m;
   m.held = held;
-  std::vector<uint8_t> head(kSimpleReplySize);
+  uint8_t* head = m.set_head(kSimpleReplySize);
   put32(&head[0], kSimpleReplyMagic);
   put32(&head[4], wire_error(err));
   put64(&head[8], handle);
-  m.buffers.push_back(std::move(head));
   if (err == 0) m.data = std::move(data);
-  m.fix();
   queue(std::move(m));
 }
 
 namespace {
-std::vector<uint8_t> chunk_header(uint16_t flags, uint16_t type, uint64_t handle, uint32_t len) {
-  std::vector<uint8_t> h(kStructuredReplySize);
+// Writes a structured reply chunk's header (kStructuredReplySize bytes) at `h`.
+void put_chunk_header(uint8_t* h, uint16_t flags, uint16_t type, uint64_t handle, uint32_t len) {
   put32(&h[0], kStructuredReplyMagic);
   put16(&h[4], flags);
   put16(&h[6], type);
   put64(&h[8], handle);
   put32(&h[16], len);
+}
+
+std::vector<uint8_t> chunk_header(uint16_t flags, uint16_t type, uint64_t handle, uint32_t len) {
+  std::vector<uint8_t> h(kStructuredReplySize);
+  put_chunk_header(h.data(), flags, type, handle, len);
   return h;
 }
 }  // namespace
@@ -275,11 +278,10 @@ std::vector<uint8_t> chunk_header(uint16_t flags, uint16_t type, uint64_t handle
 void Connection::reply_structured_error(uint64_t handle, int err, uint64_t held) {
   OutMessage m;
   m.held = held;
-  m.buffers.push_back(chunk_header(kReplyFlagDone, kReplyError, handle, 6));
-  std::vector<uint8_t> p(6, 0);
-  put32(&p[0], wire_error(err));
-  m.buffers.push_back(std::move(p));
-  m.fix();
+  uint8_t* h = m.set_head(kStructuredReplySize + 6);
+  put_chunk_header(h, kReplyFlagDone, kReplyError, handle, 6);
+  put32(&h[kStructuredReplySize], wire_error(err));
+  put16(&h[kStructuredReplySize + 4], 0);  // no message
   queue(std::move(m));
 }
 
@@ -318,9 +320,9 @@ Task<void> Connection::writer() {
     while (!out_.empty() && batch.size() < kMaxBatch) {
       batch.push_back(std::move(out_.front()));
       out_.pop_front();
-      iov.insert(iov.end(), batch.back().iov.begin(), batch.back().iov.end());
       held += batch.back().held;
     }
+    for (OutMessage& m : batch) m.append_iov(iov);  // now that the messages stay put
     if (co_await sock_.write_all(std::move(iov)) < 0) {
       dead_ = true;
       for (const OutMessage& m : out_) held += m.held;
@@ -360,13 +362,10 @@ Task<void> Connection::do_read(const Request& req, uint64_t held) {
   bool any_hole = false;
   for (const auto& e : extents) any_hole |= e.zero;
   if (!any_hole) {
-    std::vector<uint8_t> hdr =
-        chunk_header(kReplyFlagDone, kReplyOffsetData, req.handle, uint32_t(8 + req.length));
-    hdr.resize(kStructuredReplySize + 8);
-    put64(&hdr[kStructuredReplySize], req.offset);
-    m.buffers.push_back(std::move(hdr));
+    uint8_t* h = m.set_head(kStructuredReplySize + 8);
+    put_chunk_header(h, kReplyFlagDone, kReplyOffsetData, req.handle, uint32_t(8 + req.length));
+    put64(&h[kStructuredReplySize], req.offset);
     m.data = std::move(data);
-    m.fix();
     queue(std::move(m));
     co_return;
   }
@@ -459,7 +458,6 @@ Task<void> Connection::do_block_status(const Request& req, uint64_t held) {
   if (ctx_depth_)
     emit(
         ctx_depth_, [](const block::Extent& e) { return e.present ? e.depth + 1 : 0u; }, true);
-  m.fix();
   queue(std::move(m));
 }
 

@@ -4,6 +4,7 @@
 
 #include <sys/uio.h>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <deque>
@@ -31,17 +32,34 @@ struct Request {
 // `held` is the request's share of the memory budget, given back once the reply has left.
 // `data` is a read's payload (aligned, see buffer.h); the iovecs point into heap memory only,
 // so moving the message keeps them valid.
+// One reply on its way out. Most replies are a header and perhaps a read's data: the header
+// is kept in the message itself, so that such a reply costs no allocation. Longer ones (block
+// status, chunked reads) add `buffers`; a chunked read lists its pieces in `iov`, pointing into
+// `buffers` and `data`, whose memory stays put when the message moves. The iovecs of the others
+// are made when the reply is sent.
 struct OutMessage {
+  static constexpr size_t kHeadMax = 32;
+  std::array<uint8_t, kHeadMax> head{};
+  uint8_t head_len = 0;
   std::vector<std::vector<uint8_t>> buffers;
   AlignedBuffer data;
   std::vector<iovec> iov;
   uint64_t held = 0;
-  // The iovecs for `buffers`, then `data`. Call after the last change to `buffers`.
-  void fix() {
-    iov.clear();
-    iov.reserve(buffers.size() + 1);
-    for (auto& b : buffers) iov.push_back({b.data(), b.size()});
-    if (!data.empty()) iov.push_back({data.data(), data.size()});
+
+  // The first `n` bytes of the header, to be filled in.
+  uint8_t* set_head(size_t n) {
+    head_len = static_cast<uint8_t>(n);
+    return head.data();
+  }
+  // Appends the iovecs that send this message (valid while it stays where it is).
+  void append_iov(std::vector<iovec>& out) {
+    if (!iov.empty()) {
+      out.insert(out.end(), iov.begin(), iov.end());
+      return;
+    }
+    if (head_len) out.push_back({head.data(), head_len});
+    for (auto& b : buffers) out.push_back({b.data(), b.size()});
+    if (!data.empty()) out.push_back({data.data(), data.size()});
   }
 };
 
