@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from kilntest.fs import (MiB, assert_one_line_error, kiln_fs, make_fs_image, make_guest_tree,
-                         make_overlay, sha256)
+from kilntest.fs import (MiB, assert_one_line_error, content_digest, kiln_fs, make_fs_image,
+                         make_guest_tree, make_overlay)
 
 
 @pytest.fixture
@@ -18,11 +18,11 @@ def image(workdir):
 
 
 def usage_error(image, *args, needles=()):
-    before = sha256(image)
+    before = content_digest(image)
     p = kiln_fs(*args, check=False)
     line = assert_one_line_error(p, *needles)
     assert p.returncode == 2, (p.returncode, line)
-    assert sha256(image) == before
+    assert content_digest(image) == before
     return line
 
 

@@ -13,11 +13,11 @@ import subprocess
 
 import pytest
 
-from kilntest.fuse import (FS_VARIANTS, KILN_FS, MOUNT_TYPES, MiB, Image, assert_same_tree,
-                           check_exit, daemon_pids, e2fsck_clean, exited, expect_errno, fuse_mount,
-                           generate_tree, is_mounted, kernel_mount_ro, make_fs, mount_type,
-                           private_mount_namespace, run, scaled, sha256, stop_pid, unmount_fuse,
-                           wait_for)
+from kilntest.fuse import (FS_VARIANTS, Image, KILN_FS, MOUNT_TYPES, MiB, assert_same_tree,
+                           check_exit, content_digest, daemon_pids, e2fsck_clean, exited,
+                           expect_errno, fuse_mount, generate_tree, is_mounted, kernel_mount_ro,
+                           make_fs, mount_type, private_mount_namespace, run, scaled, stop_pid,
+                           unmount_fuse, wait_for)
 
 
 @pytest.mark.parametrize("variant", list(FS_VARIANTS))
@@ -75,7 +75,7 @@ def test_cp_tar_mv_ln_chmod_df(workdir, variant):
                 if os.path.islink(a):
                     assert os.readlink(a) == os.readlink(b)
                 elif os.path.isfile(a):
-                    assert sha256(a) == sha256(b), rel
+                    assert content_digest(a) == content_digest(b), rel
         assert os.stat(os.path.join(moved, "..")).st_ino == os.stat(
             os.path.join(k, "moved")).st_ino
         st = os.lstat(os.path.join(k, "victim"))
@@ -280,7 +280,7 @@ def test_read_only_mount_refuses_writes(workdir):
     os.setxattr(os.path.join(seed, "etc", "hostname"), "user.x", b"1")
     run(["mkfs.ext4", "-q", "-F", "-d", seed, raw, "64M"])
     image = Image(workdir, raw)
-    before = sha256(image.target)
+    before = content_digest(image.target)
     mnt = os.path.join(workdir, "mnt")
     with fuse_mount(image, mnt, "--ro") as proc:
         path = os.path.join(mnt, "etc", "hostname")
@@ -298,7 +298,7 @@ def test_read_only_mount_refuses_writes(workdir):
         expect_errno(errno.EROFS, os.truncate, path, 0)
         assert os.statvfs(mnt).f_flag & os.ST_RDONLY
     check_exit(proc)
-    assert sha256(image.target) == before, "a read-only mount changed the image"
+    assert content_digest(image.target) == before, "a read-only mount changed the image"
 
 
 def test_unmount_while_another_namespace_holds_a_copy(workdir):

@@ -11,10 +11,9 @@ import re
 
 import pytest
 
-from kilntest.fs import (MiB, diff_snapshots, dir_entry, e2fsck_clean, extract, file_entry, kiln_fs,
-                         loop_mount, make_disk, make_fs_image, make_guest_tree, make_overlay, run,
-                         sha256,
-                         snapshot, to_raw)
+from kilntest.fs import (MiB, content_digest, diff_snapshots, dir_entry, e2fsck_clean, extract,
+                         file_entry, kiln_fs, loop_mount, make_disk, make_fs_image, make_guest_tree,
+                         make_overlay, run, snapshot, to_raw)
 
 KEY1 = b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKiln0000000000000000000000000000000000000001 ops@kiln\n"
 KEY2 = (b"ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQkiln2 bob@laptop\n"
@@ -106,7 +105,7 @@ CASES = [
 def test_inject_matches_kernel_view(workdir, layout, variant):
     tree = make_guest_tree(os.path.join(workdir, "tree"))
     base, number, offset, length = make_disk(workdir, layout, variant, tree)
-    base_hash = sha256(base)
+    base_hash = content_digest(base)
     with loop_mount(base, offset, length, workdir, "mnt-before") as mnt:
         before = snapshot(mnt)
     assert "/etc/hosts" in before and before["/etc/hosts"]["xattrs"], before.get("/etc/hosts")
@@ -117,7 +116,7 @@ def test_inject_matches_kernel_view(workdir, layout, variant):
 
     want = expected_after(before)
     check_image(workdir, overlay, offset, length, want, "after")
-    assert sha256(base) == base_hash, "the base image changed"
+    assert content_digest(base) == base_hash, "the base image changed"
     # The overlay passes qemu-img check (the block layer wrote it).
     run(["qemu-img", "check", "-q", overlay])
 
@@ -221,20 +220,20 @@ def test_symlinks_refused_unless_followed(workdir):
     base, _, offset, length = make_disk(workdir, "whole", "ext4", tree)
     overlay = make_overlay(base, os.path.join(workdir, "vm.qcow2"))
     data = write(os.path.join(workdir, "data"), b"through the link\n")
-    before = sha256(overlay)
+    before = content_digest(overlay)
     from kilntest.fs import assert_one_line_error
     # A link in a parent directory, and a link as the file itself.
     for target in ["/srv/etc-rel/new-file", "/etc/hosts.link"]:
         p = kiln_fs("inject", "--format", "qcow2", overlay, "--file", f"{target}={data}",
                     check=False)
         assert_one_line_error(p, "symbolic link", "--follow-symlinks")
-        assert sha256(overlay) == before
+        assert content_digest(overlay) == before
     # With --follow-symlinks: resolved inside the guest ("../etc" from /srv, "/etc/hosts" is
     # the guest's own), never on the host.
-    host_hosts = sha256("/etc/hosts")
+    host_hosts = content_digest("/etc/hosts")
     kiln_fs("inject", "--format", "qcow2", overlay, "--follow-symlinks",
             "--file", f"/srv/etc-rel/new-file={data}", "--file", f"/etc/hosts.link={data}")
-    assert sha256("/etc/hosts") == host_hosts
+    assert content_digest("/etc/hosts") == host_hosts
     raw = to_raw(overlay, os.path.join(workdir, "out.raw"))
     e2fsck_clean(raw)
     with loop_mount(raw, offset, length, workdir) as mnt:
@@ -274,13 +273,13 @@ def test_qcow2_backing_chain(workdir):
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", raw, "-F", "raw", mid])
     # Something in the middle layer too: the hostname, written through the chain.
     kiln_fs("inject", "--format", "qcow2", mid, "--hostname", "middle")
-    hashes = {p: sha256(p) for p in (raw, mid)}
+    hashes = {p: content_digest(p) for p in (raw, mid)}
     top = os.path.join(workdir, "top.qcow2")
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", mid, "-F", "qcow2", top])
     with loop_mount(raw, offset, length, workdir, "mnt-before") as mnt:
         before = snapshot(mnt)
     kiln_fs("inject", "--format", "qcow2", top, *inject_args(workdir), "--partition", str(number))
-    assert {p: sha256(p) for p in (raw, mid)} == hashes, "a backing image changed"
+    assert {p: content_digest(p) for p in (raw, mid)} == hashes, "a backing image changed"
     want = expected_after(before)
     check_image(workdir, top, offset, length, want, "top")
     run(["qemu-img", "check", "-q", top])
@@ -324,7 +323,7 @@ def test_parallel_injections_on_overlays_of_one_base(workdir):
     from kilntest.fs import KILN_FS
     tree = make_guest_tree(os.path.join(workdir, "tree"))
     base, _, _, _ = make_disk(workdir, "gpt", "ext4", tree)
-    base_hash = sha256(base)
+    base_hash = content_digest(base)
     key = write(os.path.join(workdir, "k.pub"), KEY1)
     overlays = [make_overlay(base, os.path.join(workdir, f"vm{i}.qcow2")) for i in range(6)]
     procs = [subprocess.Popen([KILN_FS, "inject", "--format", "qcow2", ov, "--hostname", f"vm{i}",
@@ -338,4 +337,4 @@ def test_parallel_injections_on_overlays_of_one_base(workdir):
         hostname = kiln_fs("cat", "--format", "qcow2", ov, "/etc/hostname").stdout
         assert hostname == f"vm{i}\n".encode()
         assert kiln_fs("cat", "--format", "qcow2", ov, "/root/.ssh/authorized_keys").stdout == KEY1
-    assert sha256(base) == base_hash
+    assert content_digest(base) == base_hash

@@ -10,8 +10,8 @@ import os
 import stat
 import sys
 
-from kilntest.fs import (MiB, assert_one_line_error, e2fsck_clean, kiln_fs, loop_mount,
-                         make_fs_image, make_guest_tree, make_overlay, run, sha256, to_raw)
+from kilntest.fs import (MiB, assert_one_line_error, content_digest, e2fsck_clean, kiln_fs,
+                         loop_mount, make_fs_image, make_guest_tree, make_overlay, run, to_raw)
 
 KEY = b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKiln0000000000000000000000000000000000000007 ops@kiln\n"
 OLD_KEY = b"ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQkilnOld alice@laptop\n"
@@ -94,10 +94,10 @@ def without_nlink(entry):
 
 def refused(overlay, *args, needles=()):
     """The injection fails with one error line and leaves the image's bytes as they were."""
-    before = sha256(overlay)
+    before = content_digest(overlay)
     p = kiln_fs("inject", "--format", "qcow2", overlay, *args, check=False)
     line = assert_one_line_error(p, *needles)
-    assert sha256(overlay) == before, "a refused injection changed the image"
+    assert content_digest(overlay) == before, "a refused injection changed the image"
     return line
 
 

@@ -11,7 +11,8 @@ import struct
 
 import pytest
 
-from kilntest.fs import KILN_FS, MiB, assert_one_line_error, kiln_fs, make_fs_image, run, sha256
+from kilntest.fs import (KILN_FS, MiB, assert_one_line_error, content_digest, kiln_fs,
+                         make_fs_image, run)
 
 SECRET = b"TENANT-B-SECRET-7f3e9a0c41d2"
 DISK_SIZE = 64 * MiB
@@ -87,22 +88,22 @@ def test_probed_disk_naming_a_backing_file_is_refused(workdir, disks, args):
     host_file = os.path.join(workdir, "host-file")
     with open(host_file, "wb") as f:
         f.write(b"x" * 10000)
-    before, secret_before = sha256(disk), sha256(secret_disk)
+    before, secret_before = content_digest(disk), content_digest(secret_disk)
     # (Bounded: before the fix, inject through the forged header could run for minutes.)
     p = run([KILN_FS, *[a.format(disk=disk, host=host_file) for a in args]], check=False,
             timeout=120)
     assert SECRET not in p.stdout and SECRET not in p.stderr, p.stdout + p.stderr
     line = assert_one_line_error(p, "backing file", secret_disk, "--format=qcow2")
     print(f"\n  {line}")
-    assert sha256(disk) == before, "the guest's disk changed"
+    assert content_digest(disk) == before, "the guest's disk changed"
     assert no_secret(disk)
-    assert sha256(secret_disk) == secret_before
+    assert content_digest(secret_disk) == secret_before
 
 
 def test_explicit_raw_reads_the_guests_own_filesystem(disks):
     disk, _ = disks
-    before = sha256(disk)
+    before = content_digest(disk)
     assert kiln_fs("cat", "--format", "raw", disk, "/etc/secret-token").stdout == b"mine\n"
     assert kiln_fs("cat", "--format", "raw", disk, "/etc/hostname").stdout == b"guest-a\n"
-    assert sha256(disk) == before
+    assert content_digest(disk) == before
     assert no_secret(disk)

@@ -3,9 +3,9 @@ gives the same guest tree as a local injection, and leaves the base untouched.""
 
 import os
 
-from kilntest.fs import (assert_one_line_error, diff_snapshots, e2fsck_clean, extract, kiln_fs,
-                         loop_mount, make_disk, make_guest_tree, make_overlay, sha256, snapshot,
-                         to_raw)
+from kilntest.fs import (assert_one_line_error, content_digest, diff_snapshots, e2fsck_clean,
+                         extract, kiln_fs, loop_mount, make_disk, make_guest_tree, make_overlay,
+                         snapshot, to_raw)
 from kilntest.nbd import free_tcp_port, servers  # noqa: F401  (fixture)
 from test_inject import expected_after, inject_args
 
@@ -20,7 +20,7 @@ def tree_of(workdir, image, offset, length, tag):
 def test_remote_injection_matches_local(workdir, servers):
     tree = make_guest_tree(os.path.join(workdir, "tree"))
     base, number, offset, length = make_disk(workdir, "gpt", "ext4", tree)
-    base_hash = sha256(base)
+    base_hash = content_digest(base)
     with loop_mount(base, offset, length, workdir, "mnt-base") as mnt:
         before = snapshot(mnt)
     local = make_overlay(base, os.path.join(workdir, "local.qcow2"))
@@ -46,14 +46,14 @@ def test_remote_injection_matches_local(workdir, servers):
     for tag, image in [("unix", via_unix), ("tcp", via_tcp)]:
         got = tree_of(workdir, image, offset, length, tag)
         assert got == got_local, f"{tag}:\n" + diff_snapshots(got, got_local)
-    assert sha256(base) == base_hash
+    assert content_digest(base) == base_hash
 
 
 def test_remote_read_only_export(workdir, servers):
     tree = make_guest_tree(os.path.join(workdir, "tree"))
     base, number, offset, length = make_disk(workdir, "mbr", "ext4", tree)
     overlay = make_overlay(base, os.path.join(workdir, "vm.qcow2"))
-    before = sha256(overlay)
+    before = content_digest(overlay)
     sock = os.path.join(workdir, "nbd.sock")
     srv = servers.kiln("-r", "-f", "qcow2", "-t", overlay, sock=sock)
     uri = f"nbd+unix:///?socket={sock}"
@@ -64,7 +64,7 @@ def test_remote_read_only_export(workdir, servers):
     p = kiln_fs("inject", uri, "--hostname", "x", check=False)
     assert_one_line_error(p, "read-only")
     srv.assert_clean_stop()
-    assert sha256(overlay) == before
+    assert content_digest(overlay) == before
 
 
 def test_remote_unreachable(workdir):

@@ -11,7 +11,7 @@ import shutil
 import stat
 import time
 
-from kilntest import SANITIZED, MiB, sha256  # noqa: F401  (re-exported)
+from kilntest import SANITIZED, MiB, content_digest, sha256  # noqa: F401  (re-exported)
 from kilntest import run as _run
 
 KILN_FS = os.environ.get("KILN_FS") or shutil.which("kiln-fs") or "kiln-fs"

@@ -14,6 +14,7 @@ import subprocess
 import time
 
 from kilntest import SANITIZED, SCALE, KiB, MiB, scaled, sha256  # noqa: F401  (re-exported)
+from kilntest import content_digest  # noqa: F401  (re-exported)
 from kilntest import run as _run
 
 KILN_FS = os.environ.get("KILN_FS") or shutil.which("kiln-fs") or "kiln-fs"
@@ -159,14 +160,14 @@ class Image:
         run(["qemu-img", "convert", "-O", "qcow2", raw, self.base])
         run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", self.base, "-F", "qcow2",
              self.overlay])
-        self.base_digest = sha256(self.base)
+        self.base_digest = content_digest(self.base)
         self.target = self.overlay
 
     def result_raw(self):
         """The filesystem as raw bytes, for e2fsck and the kernel."""
         out = os.path.join(self.workdir, "result.raw")
         run(["qemu-img", "convert", "-O", "raw", self.overlay, out])
-        assert sha256(self.base) == self.base_digest, "the qcow2 base changed"
+        assert content_digest(self.base) == self.base_digest, "the qcow2 base changed"
         return out
 
     def mount_command(self, mountpoint, *opts):
