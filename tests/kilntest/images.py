@@ -232,6 +232,41 @@ def create_qcow2(path, size=None, cluster=65536, compat="1.1", refcount_bits=16,
     return path
 
 
+class QemuLuksImages:
+    """Empty LUKS-encrypted qcow2 images made by `qemu-img create`, for the suites that check
+    Kiln against QEMU's encryption. Before it creates one, qemu-img measures PBKDF2's speed
+    (runs of at least half a second each, whatever encrypt.iter-time asks: 2.5 s of CPU here),
+    so an image of the same passphrase, size and options is made once in `d` and each caller
+    gets a copy of it. The copies share the salts and master key; no test needs them to differ."""
+
+    def __init__(self, d):
+        self.d, self.made = d, {}
+
+    def create(self, img, secret_file, size, options, extra=()):
+        """Makes `img` (a copy); `options`: qemu-img's -o, naming the secret object sec0 that
+        `secret_file` holds; `extra`: more of qemu-img create's arguments."""
+        key = (read_file(secret_file), str(size), options, tuple(extra))
+        made = self.made.get(key)
+        if made is None:
+            made = os.path.join(self.d, f"luks-{len(self.made)}.qcow2")
+            secret = os.path.join(self.d, f"luks-{len(self.made)}.key")
+            shutil.copyfile(secret_file, secret)
+            # On a loaded machine qemu-img sometimes cannot measure ("Unable to get accurate
+            # CPU usage"): try again.
+            for _ in range(10):
+                p = qemu_img("create", "-q", "-f", "qcow2", "--object",
+                             f"secret,id=sec0,file={secret}", "-o", options, *extra, made, str(size),
+                             check=False)
+                if p.returncode == 0:
+                    break
+                assert "Unable to get accurate CPU usage" in p.stderr, p.stderr
+            else:
+                raise AssertionError(f"qemu-img create failed: {p.stderr}")
+            self.made[key] = made
+        shutil.copyfile(made, img)
+        return img
+
+
 def zero_clusters(image, cluster, size):
     """Both kinds of zero clusters: write -z on unallocated (zero plain), write -z on allocated
     (zero allocated), write -z -u on allocated, and a discard."""
