@@ -8,11 +8,13 @@ convert of the same source). Bad options get qemu-img's message and exit code.""
 import json
 import os
 import random
+import shutil
 import subprocess
+import tempfile
 
 import pytest
 
-from kilntest import sampled_matrix
+from kilntest import sampled_matrix, sha256
 from kilntest.images import (KILN_IMG, MiB, assert_one_line_error, assert_qemu_clean, assert_same_bytes,
                              build_variant, create_qcow2, fill_qemu, header_get, kiln_img,
                              make_raw, qemu_img, qemu_io, read_file, scaled, to_raw_qemu,
@@ -80,13 +82,15 @@ def qcow2_check_json(path):
     return json.loads(qemu_img("check", "--output=json", path).stdout)
 
 
-def assert_converted(src, sfmt, dst, dfmt, workdir, what):
-    """The target reads as the source through QEMU and through Kiln, and is clean."""
+def assert_converted(src, sfmt, dst, dfmt, workdir, what, theirs=None):
+    """The target reads as the source through QEMU and through Kiln, and is clean. `theirs`:
+    the source as QEMU reads it (a raw file), if already made."""
     p = qemu_img("compare", "-f", sfmt, "-F", dfmt, src, dst, check=False)
     assert p.returncode == 0, f"{what}: qemu-img compare: {p.stdout} {p.stderr}"
     if dfmt == "qcow2":
         assert_qemu_clean(dst)
-    theirs = to_raw_qemu(src, os.path.join(workdir, "check-qemu.raw"), fmt=sfmt)
+    if theirs is None:
+        theirs = to_raw_qemu(src, os.path.join(workdir, "check-qemu.raw"), fmt=sfmt)
     ours = os.path.join(workdir, "check-kiln.raw")
     kiln_img("convert", "-f", dfmt, "-O", "raw", dst, ours)
     assert_same_bytes(read_file(ours), read_file(theirs), f"{what}: read back by Kiln")
@@ -99,17 +103,64 @@ MATRIX = ([(s, t) for s in SOURCES for t in CORE_TARGETS]
              if t not in CORE_TARGETS])
 
 
+class Sources:
+    """The matrix's sources, each made once per module (in a directory of its own, with its
+    backing files) with the raw file QEMU reads from it: the matrix converts each of them up
+    to 24 times, and making one cost as much as a conversion. Conversions only read a source;
+    each test checks that its source's files did not change (size and mtime), and the module
+    checks their contents (SHA-256) at its end."""
+
+    def __init__(self, d):
+        self.d, self.made = d, {}
+
+    def get(self, name):
+        if name not in self.made:
+            sd = os.path.join(self.d, name)
+            os.makedirs(sd)
+            src, sfmt = make_source(name, sd)
+            raw = to_raw_qemu(src, os.path.join(self.d, name + ".qemu.raw"), fmt=sfmt)
+            files = {os.path.join(sd, f): None for f in os.listdir(sd)}
+            for f in files:
+                files[f] = (self.stamp(f), sha256(f))
+            self.made[name] = (src, sfmt, raw, files)
+        return self.made[name]
+
+    @staticmethod
+    def stamp(path):
+        st = os.stat(path)
+        return st.st_size, st.st_mtime_ns
+
+    def assert_unchanged(self, name, deep=False):
+        for f, (stamp, digest) in self.made[name][3].items():
+            assert self.stamp(f) == stamp, f"source {name}: {f} was modified"
+            if deep:
+                assert sha256(f) == digest, f"source {name}: {f} was modified"
+
+
+@pytest.fixture(scope="module")
+def sources():
+    d = tempfile.mkdtemp(prefix="kiln-test-", dir=os.environ.get("KILN_TEST_TMPDIR") or None)
+    try:
+        s = Sources(d)
+        yield s
+        for name in s.made:
+            s.assert_unchanged(name, deep=True)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.mark.parametrize("source,target",
                          sampled_matrix(MATRIX, [f"{s}->{t}" for s, t in MATRIX]))
-def test_convert_matrix(workdir, source, target):
-    src, sfmt = make_source(source, workdir)
+def test_convert_matrix(workdir, sources, source, target):
+    src, sfmt, src_raw, _ = sources.get(source)
     opts = TARGETS[target]
     dfmt = out_format(opts)
     ours = os.path.join(workdir, "kiln.out")
     theirs = os.path.join(workdir, "qemu.out")
     kiln_img("convert", "-f", sfmt, *opts, src, ours)
     qemu_img("convert", "-f", sfmt, *opts, src, theirs)
-    assert_converted(src, sfmt, ours, dfmt, workdir, f"{source} -> {target}")
+    sources.assert_unchanged(source)
+    assert_converted(src, sfmt, ours, dfmt, workdir, f"{source} -> {target}", theirs=src_raw)
 
     if dfmt == "qcow2":
         info = json.loads(qemu_img("info", "--output=json", ours).stdout)
