@@ -250,7 +250,7 @@ void help(std::ostream& out) {
          "                           handshake by then (default 10; 0 = never)\n"
          "      --batch-wait=USEC    longest wait for a connection's requests to gather before\n"
          "                           the next receive, tuned to what serves the client best\n"
-         "                           (default 50; 0 = receive at once)\n"
+         "                           (default 200; 0 = receive at once)\n"
          "      --threads=N          reactor threads (default: one per CPU); each export is\n"
          "                           served by one of them\n"
          "      --pid-file=PATH      write the server's PID here\n"

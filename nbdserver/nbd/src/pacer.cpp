@@ -4,8 +4,10 @@
 
 namespace kiln::nbd {
 
-ReceivePacer::ReceivePacer(Micros max_wait)
-    : waits_{Micros(0), max_wait / 4, max_wait / 2, max_wait} {}
+ReceivePacer::ReceivePacer(Micros max_wait) {
+  waits_[0] = Micros(0);
+  for (size_t i = 1; i < kLevels; ++i) waits_[i] = max_wait / (1 << (kLevels - 1 - i));
+}
 
 ReceivePacer::Micros ReceivePacer::before_receive(Clock::time_point now, uint64_t batch) {
   if (waits_.back() == Micros(0)) return Micros(0);
@@ -25,7 +27,7 @@ ReceivePacer::Micros ReceivePacer::before_receive(Clock::time_point now, uint64_
 void ReceivePacer::restart(Clock::time_point now) {
   level_ = 0;
   last_ = Move::kNone;
-  prev_rate_ = 0;
+  prev_rate_ = climb_rate_ = 0;
   hold_ = 0;
   backoff_ = kFirstHold;
   settled_ = 0;
@@ -38,13 +40,17 @@ void ReceivePacer::end_epoch(Clock::time_point now) {
   const double rate =
       double(epoch_requests_) / std::chrono::duration<double>(now - epoch_start_).count();
   if (hold_ > 0) --hold_;
-  const bool lower = prev_rate_ > 0 && rate < prev_rate_ * (1 - kTolerance);
+  const bool lower =
+      prev_rate_ > 0 && (rate < prev_rate_ * (1 - kTolerance) ||
+                         (last_ == Move::kUp && rate < climb_rate_ * (1 - kTolerance)));
   const bool higher = prev_rate_ > 0 && rate > prev_rate_ * (1 + kTolerance);
   const bool top = level_ + 1 == kLevels;
   Move m = Move::kNone;
+  bool undo = false;
   if (last_ == Move::kUp && lower) {
     // The longer wait cost requests: undo it, and leave it alone for a while.
     m = Move::kDown;
+    undo = true;
     hold_ = backoff_;
     backoff_ = std::min(backoff_ * 2, kMaxHold);
   } else if (last_ == Move::kDown && !higher) {
@@ -60,7 +66,13 @@ void ReceivePacer::end_epoch(Clock::time_point now) {
   } else if (level_ > 0 && settled_ >= kProbeEvery) {
     m = Move::kDown;
   }
+  // A climb from no wait measures there what every step must keep; one from a longer wait (after
+  // an undo or a probe) keeps the rate the first climb measured, so that losses within the
+  // tolerance cannot add up over several climbs. (The highest rate seen would be stricter,
+  // but under noise it is a lucky epoch that no wait then keeps.)
+  if (m == Move::kUp && last_ != Move::kUp && (level_ == 0 || climb_rate_ == 0)) climb_rate_ = rate;
   move(m);
+  if (undo) last_ = Move::kNone;  // not a probe down: the next epoch must not judge it as one
   prev_rate_ = rate;
   prev_max_batch_ = epoch_max_batch_;
   epoch_max_batch_ = 0;

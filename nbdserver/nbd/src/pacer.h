@@ -12,8 +12,10 @@
 // So the wait is chosen by its effect, as network cards choose interrupt moderation (Linux's
 // net/dim), with a bias towards waiting, which saves CPU on both sides:
 // - Each epoch (about 10 ms of requests) ends with the request rate of the connection.
-// - The pacer steps up to a longer wait while the rate holds (within kTolerance). A step up
-//   that lowered it is undone and not tried again for a while, longer each time it fails.
+// - The pacer steps up to a longer wait while the rate holds (within kTolerance of the level
+//   below and of the level the climb began at, so that small losses do not add up step by
+//   step). A step up that lowered it is undone and not tried again for a while, longer each
+//   time it fails.
 // - Every kProbeEvery epochs at a level, it tries one step down; it stays there only if the
 //   rate rose.
 // - A client that paused longer than kIdle starts again from no wait.
@@ -33,7 +35,7 @@ class ReceivePacer {
   using Clock = std::chrono::steady_clock;
   using Micros = std::chrono::microseconds;
 
-  static constexpr size_t kLevels = 4;  // waits of 0, max/4, max/2 and max
+  static constexpr size_t kLevels = 5;  // waits of 0, max/8, max/4, max/2 and max
   static constexpr auto kEpoch = std::chrono::milliseconds(10);
   static constexpr uint64_t kEpochRequests = 64;  // and at least this many requests
   static constexpr auto kIdle = std::chrono::milliseconds(100);
@@ -61,6 +63,7 @@ class ReceivePacer {
   size_t level_ = 0;
   Move last_ = Move::kNone;  // the move made when this epoch began
   double prev_rate_ = 0;     // requests per second in the previous epoch; 0: none yet
+  double climb_rate_ = 0;    // the rate at no wait when the last climb from there began
   unsigned hold_ = 0;        // epochs before a step up may be tried again
   unsigned backoff_ = kFirstHold;
   unsigned settled_ = 0;  // epochs at this level since the last move

@@ -81,7 +81,7 @@ struct ServerOptions {
   uint64_t max_memory = 1ull << 30;
   // The longest a connection's reader waits before a receive so that more of a pipelining
   // client's requests arrive together (pacer.h; 0: never waits).
-  unsigned batch_wait_us = 50;
+  unsigned batch_wait_us = 200;
   // A client that has not finished the handshake after this long is disconnected (0: never).
   unsigned handshake_timeout_ms = 10000;
   // After a connection is asked to stop (shutdown, export removed), how long its replies
