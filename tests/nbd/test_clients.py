@@ -9,12 +9,14 @@ import json
 import os
 import re
 import shutil
+import tempfile
 
 import pytest
 
+from kilntest import content_digest
 from kilntest.images import QEMU_IO, MiB, assert_qemu_clean, qemu_img, read_file
 from kilntest.nbd import (FIO, IMAGE_SIZE, NBDCOPY, NBDINFO, build_image, free_tcp_port, run,
-                          servers, sha256, tcp_uri, unix_uri)  # noqa: F401  (fixture)
+                          servers, tcp_uri, unix_uri)  # noqa: F401  (fixture)
 
 EXPORT = "disk"
 
@@ -22,10 +24,9 @@ EXPORT = "disk"
 class Pair:
     """The same image set served by kiln-nbd (Unix socket and TCP) and by qemu-nbd."""
 
-    def __init__(self, workdir, servers, kind, cache="writeback"):
+    def __init__(self, workdir, servers, image_sets, kind, cache="writeback"):
         self.kind = kind
-        src = os.path.join(workdir, "src")
-        top, self.fmt, base = build_image(kind, src)
+        src, top, self.fmt, base = image_sets.get(kind)
         self.kiln_dir = os.path.join(workdir, "kiln")
         self.qemu_dir = os.path.join(workdir, "qemu")
         shutil.copytree(src, self.kiln_dir)
@@ -36,7 +37,7 @@ class Pair:
         self.bases = ([os.path.join(d, os.path.basename(base)) for d in (self.kiln_dir,
                                                                           self.qemu_dir)]
                       if base else [])
-        self.base_sums = {b: sha256(b) for b in self.bases}
+        self.base_sums = {b: content_digest(b) for b in self.bases}
         self.ksock = os.path.join(workdir, "kiln.sock")
         self.qsock = os.path.join(workdir, "qemu.sock")
         self.port = free_tcp_port()
@@ -60,14 +61,37 @@ class Pair:
                      check=False)
         assert p.returncode == 0, f"kiln-nbd's image differs from qemu-nbd's: {p.stdout}{p.stderr}"
         for b, s in self.base_sums.items():
-            assert sha256(b) == s, f"{b} changed"
+            assert content_digest(b) == s, f"{b} changed"
+
+
+class ImageSets:
+    """Each kind's image set built once per module (qemu-img and qemu-io runs); every Pair
+    copies it twice, as it copied the set it built itself."""
+
+    def __init__(self, d):
+        self.d, self.built = d, {}
+
+    def get(self, kind):
+        if kind not in self.built:
+            src = os.path.join(self.d, kind)
+            self.built[kind] = (src, *build_image(kind, src))
+        return self.built[kind]
+
+
+@pytest.fixture(scope="module")
+def image_sets():
+    d = tempfile.mkdtemp(prefix="kiln-test-", dir=os.environ.get("KILN_TEST_TMPDIR") or None)
+    try:
+        yield ImageSets(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(params=[(kind, cache) for cache in ("writeback", "none", "directsync")
                         for kind in ("overlay", "raw")],
                 ids=lambda p: "-".join(p))
-def pair(request, workdir, servers):
-    return Pair(workdir, servers, *request.param)
+def pair(request, workdir, servers, image_sets):
+    return Pair(workdir, servers, image_sets, *request.param)
 
 
 INFO_KEYS = ["export-name", "export-size", "is_read_only", "is_rotational", "can_flush",
