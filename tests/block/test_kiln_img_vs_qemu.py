@@ -3,16 +3,40 @@ exit codes, map ranges; and kiln-img's own create, resize and convert checked wi
 
 import json
 import os
+import shutil
 import struct
+import tempfile
 
 import pytest
 
-from kilntest.images import (QEMU_IO, MiB, VARIANTS, assert_one_line_error, assert_qemu_clean,
-                             build_variant, create_qcow2, kiln_img, kiln_io, make_raw, qemu_img,
-                             qemu_io, read_file, refcount_block_offset, run, to_raw_qemu)
+from kilntest.images import (QEMU_IO, MiB, VARIANTS, SharedVariants, assert_one_line_error,
+                             assert_qemu_clean, build_variant, create_qcow2, kiln_img, kiln_io,
+                             make_raw, qemu_img, qemu_io, read_file, refcount_block_offset, run,
+                             to_raw_qemu)
 
 INFO_VARIANTS = ["v2-c65536", "v3-c4096", "refbits1", "refbits64", "chain2-raw",
                  "chain3-qcow2", "compressed-zstd", "snapshots", "lazy-refcounts"]
+
+
+@pytest.fixture(scope="module")
+def variants():
+    """The images the info, map and check tests only read, made once (each is read by up to
+    five tests); at the end, none of them may have changed."""
+    d = tempfile.mkdtemp(prefix="kiln-test-", dir=os.environ.get("KILN_TEST_TMPDIR") or None)
+    try:
+        v = SharedVariants(d)
+        yield v
+        v.assert_unchanged(deep=True)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def variants_unchanged(request):
+    """After each test that read shared variants: none was written (size and mtime)."""
+    yield
+    if "variants" in request.fixturenames:
+        request.getfixturevalue("variants").assert_unchanged()
 
 
 def both(*args):
@@ -22,8 +46,8 @@ def both(*args):
 
 
 @pytest.mark.parametrize("variant", INFO_VARIANTS)
-def test_info_json_matches(workdir, variant):
-    img = build_variant(variant, workdir)
+def test_info_json_matches(variants, variant):
+    img = variants.get(variant)
     ours, theirs = both("info", "--output=json", img)
     assert ours.returncode == theirs.returncode == 0, ours.stderr
     a, b = json.loads(ours.stdout), json.loads(theirs.stdout)
@@ -35,16 +59,16 @@ def test_info_json_matches(workdir, variant):
 
 
 @pytest.mark.parametrize("variant", INFO_VARIANTS)
-def test_info_human_matches(workdir, variant):
-    img = build_variant(variant, workdir)
+def test_info_human_matches(variants, variant):
+    img = variants.get(variant)
     ours, theirs = both("info", img)
     assert ours.returncode == theirs.returncode == 0, ours.stderr
     assert ours.stdout == theirs.stdout
 
 
 @pytest.mark.parametrize("variant", ["chain3-qcow2", "chain1-raw"])
-def test_info_backing_chain_matches(workdir, variant):
-    img = build_variant(variant, workdir)
+def test_info_backing_chain_matches(variants, variant):
+    img = variants.get(variant)
     # Walking a chain opens backing files: the top image's format is given (Kiln refuses to
     # follow the backing file of a probed image; see test_probed_image_with_backing_refused).
     ours, theirs = both("info", "-f", "qcow2", "--backing-chain", "--output=json", img)
@@ -63,8 +87,8 @@ def test_info_raw_matches(workdir):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_map_json_matches(workdir, variant):
-    img = build_variant(variant, workdir)
+def test_map_json_matches(variants, variant):
+    img = variants.get(variant)
     # qemu-img map asks the host file's SEEK_DATA too when its metadata-preallocation heuristic
     # fires (the compressed variants), and ext4 reports an unwritten extent as data only once
     # its pages are in the page cache: read the file first, so that qemu's answer does not
@@ -82,8 +106,8 @@ def test_map_json_matches(workdir, variant):
 
 
 @pytest.mark.parametrize("variant", ["v3-c65536", "chain2-qcow2", "chain1-raw"])
-def test_map_human_matches(workdir, variant):
-    img = build_variant(variant, workdir)
+def test_map_human_matches(variants, variant):
+    img = variants.get(variant)
     ours, theirs = both("map", "-f", "qcow2", img)
     assert ours.returncode == theirs.returncode == 0, ours.stderr
     assert ours.stdout == theirs.stdout
@@ -134,8 +158,8 @@ def strip_filename(j):
 @pytest.mark.parametrize("variant", [
     "v3-c65536", "v3-c512", "compressed-zlib", "snapshots", "refbits1", "refbits16", "chain1-raw",
     "v2-c65536", "chain2-qcow2", "chain3-qcow2", "lazy-refcounts"])
-def test_check_clean(workdir, variant, output):
-    img = build_variant(variant, workdir)
+def test_check_clean(variants, variant, output):
+    img = variants.get(variant)
     ours, theirs = both("check", f"--output={output}", img)
     assert (ours.returncode, theirs.returncode) == (0, 0), (variant, ours.stdout, ours.stderr)
     assert ours.stdout == theirs.stdout

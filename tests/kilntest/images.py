@@ -12,6 +12,7 @@ import time
 import zlib
 
 from kilntest import SANITIZED, SCALE, KiB, MiB, scaled  # noqa: F401  (re-exported)
+from kilntest import content_digest
 from kilntest import run as _run
 
 KILN_IMG = os.environ.get("KILN_IMG", "kiln-img")
@@ -356,6 +357,37 @@ VARIANTS = (
 
 # ---------------------------------------------------------------------------------------------
 # A model disk: bytes plus ranges whose content is unspecified (discarded).
+
+class SharedVariants:
+    """build_variant's images made once per module, for tests that only read them (info,
+    map, check without -r): a directory of its own per variant (its backing files beside
+    it). assert_unchanged() checks that no test wrote to one (size and mtime; with deep,
+    the bytes by content_digest)."""
+
+    def __init__(self, d):
+        self.d, self.made = d, {}
+
+    def get(self, name):
+        if name not in self.made:
+            vd = os.path.join(self.d, name)
+            os.makedirs(vd)
+            img = build_variant(name, vd)
+            files = sorted(os.path.join(vd, f) for f in os.listdir(vd))
+            self.made[name] = (img, {f: (self._stamp(f), content_digest(f)) for f in files})
+        return self.made[name][0]
+
+    @staticmethod
+    def _stamp(path):
+        st = os.stat(path)
+        return st.st_size, st.st_mtime_ns
+
+    def assert_unchanged(self, name=None, deep=False):
+        for n in [name] if name else list(self.made):
+            for f, (stamp, digest) in self.made[n][1].items():
+                assert self._stamp(f) == stamp, f"variant {n}: {f} was written"
+                if deep:
+                    assert content_digest(f) == digest, f"variant {n}: {f} changed"
+
 
 class Model:
     def __init__(self, data):
