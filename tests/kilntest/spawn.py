@@ -107,8 +107,9 @@ class World:
     def spawn_json(self, *args):
         return json.loads(self.spawn(*args, "--format", "json").stdout)
 
-    def instance_ports(self):
-        ports = json.loads(self.net("port-list", "--format", "json").stdout)
+    def instance_ports(self, ports=None):
+        if ports is None:
+            ports = self.all_ports()
         return [p for p in ports if p.get("device_owner", "").startswith("compute:")]
 
     def all_ports(self):
@@ -119,8 +120,8 @@ class World:
         stats = self.spawn_json("hypervisor-stats")
         assert stats["vcpus_used"] == 0 and stats["memory_mb_used"] == 0, stats
         assert stats["disk_gb_used"] == 0 and stats["running_vms"] == 0, stats
-        assert self.instance_ports() == []
-        ports = self.all_ports()
+        ports = self.all_ports()  # one port-list for both checks
+        assert self.instance_ports(ports) == []
         assert sorted(p["id"] for p in ports) == self.baseline_ports, ports
         assert sorted(a for p in ports for a in ips(p)) == self.baseline_ips, ports
         inst_dir = os.path.join(self.spawn_dir, "instances")
