@@ -8,6 +8,8 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import tempfile
 
 import pytest
 
@@ -101,9 +103,19 @@ CASES = [
 ]
 
 
+@pytest.fixture(scope="module")
+def guest_tree():
+    """The guest tree, made once: the tests only copy it into file systems (mkfs -d)."""
+    d = tempfile.mkdtemp(prefix="kiln-test-", dir=os.environ.get("KILN_TEST_TMPDIR") or None)
+    try:
+        yield make_guest_tree(os.path.join(d, "tree"))
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.mark.parametrize("layout,variant", CASES, ids=[f"{l}-{v}" for l, v in CASES])
-def test_inject_matches_kernel_view(workdir, layout, variant):
-    tree = make_guest_tree(os.path.join(workdir, "tree"))
+def test_inject_matches_kernel_view(workdir, layout, variant, guest_tree):
+    tree = guest_tree
     base, number, offset, length = make_disk(workdir, layout, variant, tree)
     base_hash = content_digest(base)
     with loop_mount(base, offset, length, workdir, "mnt-before") as mnt:
@@ -125,8 +137,8 @@ def test_inject_matches_kernel_view(workdir, layout, variant):
     assert p.stdout == HOSTS_AFTER
 
 
-def test_inject_twice_is_idempotent_for_keys(workdir):
-    tree = make_guest_tree(os.path.join(workdir, "tree"))
+def test_inject_twice_is_idempotent_for_keys(workdir, guest_tree):
+    tree = guest_tree
     base, _, offset, length = make_disk(workdir, "whole", "ext4", tree)
     overlay = make_overlay(base, os.path.join(workdir, "vm.qcow2"))
     key = write(os.path.join(workdir, "k.pub"), KEY1)
@@ -144,10 +156,10 @@ def test_inject_twice_is_idempotent_for_keys(workdir):
 
 
 @pytest.mark.parametrize("variant", ["ext2", "ext3", "ext4", "ext4-1k", "ext4-noextents"])
-def test_large_file_and_full_directory(workdir, variant):
+def test_large_file_and_full_directory(workdir, variant, guest_tree):
     """A file of several MiB (extents, or indirect and double-indirect blocks) and a directory
     that must grow to hold many new names."""
-    tree = make_guest_tree(os.path.join(workdir, "tree"))
+    tree = guest_tree
     base, _, offset, length = make_disk(workdir, "whole", variant, tree)
     overlay = make_overlay(base, os.path.join(workdir, "vm.qcow2"))
     big = os.urandom(9 * MiB + 77)
@@ -170,13 +182,13 @@ def test_large_file_and_full_directory(workdir, variant):
 
 
 @pytest.mark.parametrize("variant", ["ext4", "ext3"])
-def test_large_filesystem_keeps_untouched_bitmaps_out_of_the_overlay(workdir, variant):
+def test_large_filesystem_keeps_untouched_bitmaps_out_of_the_overlay(workdir, variant, guest_tree):
     """A 16 GiB filesystem (128 block groups): injection reads and writes the bitmaps of the
     groups it allocates from and frees into, not every group's. In the overlay that means no
     copy of the clusters holding other groups' bitmaps (with every bitmap written back, all
     128 groups' would be there: one cluster per flex group of 16 on ext4, one per group on
     ext3). The result is checked with e2fsck -fn and read back."""
-    tree = make_guest_tree(os.path.join(workdir, "tree"))
+    tree = guest_tree
     base = make_fs_image(os.path.join(workdir, "base.raw"), 16 << 30, variant, tree)
     overlay = make_overlay(base, os.path.join(workdir, "vm.qcow2"))
     kiln_fs("inject", "--format", "qcow2", overlay, *inject_args(workdir))
@@ -201,9 +213,9 @@ def test_large_filesystem_keeps_untouched_bitmaps_out_of_the_overlay(workdir, va
     assert len(copied) <= (16 if variant == "ext4" else 4), sorted(copied)
 
 
-def test_raw_image_written_in_place(workdir):
+def test_raw_image_written_in_place(workdir, guest_tree):
     """A raw image (no overlay) is written directly; the result is just as clean."""
-    tree = make_guest_tree(os.path.join(workdir, "tree"))
+    tree = guest_tree
     base, number, offset, length = make_disk(workdir, "gpt", "ext4", tree)
     with loop_mount(base, offset, length, workdir, "mnt-before") as mnt:
         before = snapshot(mnt)
@@ -215,8 +227,8 @@ def test_raw_image_written_in_place(workdir):
     assert got == want, diff_snapshots(got, want)
 
 
-def test_symlinks_refused_unless_followed(workdir):
-    tree = make_guest_tree(os.path.join(workdir, "tree"))
+def test_symlinks_refused_unless_followed(workdir, guest_tree):
+    tree = guest_tree
     base, _, offset, length = make_disk(workdir, "whole", "ext4", tree)
     overlay = make_overlay(base, os.path.join(workdir, "vm.qcow2"))
     data = write(os.path.join(workdir, "data"), b"through the link\n")
@@ -248,8 +260,8 @@ def test_symlinks_refused_unless_followed(workdir):
         assert not os.path.exists(os.path.join(mnt, "srv/new-file"))
 
 
-def test_delete_symlink_removes_the_link_only(workdir):
-    tree = make_guest_tree(os.path.join(workdir, "tree"))
+def test_delete_symlink_removes_the_link_only(workdir, guest_tree):
+    tree = guest_tree
     base, _, offset, length = make_disk(workdir, "whole", "ext4", tree)
     overlay = make_overlay(base, os.path.join(workdir, "vm.qcow2"))
     kiln_fs("inject", "--format", "qcow2", overlay, "--delete", "/etc/hosts.link",
@@ -264,10 +276,10 @@ def test_delete_symlink_removes_the_link_only(workdir):
         assert os.path.isdir(os.path.join(mnt, "etc"))
 
 
-def test_qcow2_backing_chain(workdir):
+def test_qcow2_backing_chain(workdir, guest_tree):
     """Overlay on a qcow2 base on a raw base: writes land in the top image only; both bases
     keep their bytes, and the result is the same as on a single overlay."""
-    tree = make_guest_tree(os.path.join(workdir, "tree"))
+    tree = guest_tree
     raw, number, offset, length = make_disk(workdir, "mbr", "ext4", tree)
     mid = os.path.join(workdir, "mid.qcow2")
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", raw, "-F", "raw", mid])
@@ -286,11 +298,11 @@ def test_qcow2_backing_chain(workdir):
     run(["qemu-img", "check", "-q", mid])
 
 
-def test_indexed_directory(workdir):
+def test_indexed_directory(workdir, guest_tree):
     """Real guests' big directories are hash-indexed (htree, made by the kernel or e2fsck -D):
     names added and removed there must keep the index valid (e2fsck checks it) and be found by
     the kernel's indexed lookup."""
-    tree = make_guest_tree(os.path.join(workdir, "tree"))
+    tree = guest_tree
     base, _, offset, length = make_disk(workdir, "whole", "ext4", tree)
     run(["e2fsck", "-fyD", base], check=False)  # exit 1: "file system was modified"
     e2fsck_clean(base)
@@ -316,12 +328,12 @@ def test_indexed_directory(workdir):
         assert len(os.listdir(d)) == 400 + 200
 
 
-def test_parallel_injections_on_overlays_of_one_base(workdir):
+def test_parallel_injections_on_overlays_of_one_base(workdir, guest_tree):
     """What spawn does when several guests start from one cached base: concurrent injections
     into their own overlays succeed and do not see each other; the base stays as it was."""
     import subprocess
     from kilntest.fs import KILN_FS
-    tree = make_guest_tree(os.path.join(workdir, "tree"))
+    tree = guest_tree
     base, _, _, _ = make_disk(workdir, "gpt", "ext4", tree)
     base_hash = content_digest(base)
     key = write(os.path.join(workdir, "k.pub"), KEY1)
