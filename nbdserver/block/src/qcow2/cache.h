@@ -50,6 +50,14 @@ class SliceCache {
     it->second->last_use = ++tick_;
     return it->second;
   }
+  // find() without a reference: for a look that does not suspend before it is done with the
+  // slice (no copy of the shared_ptr, whose count is atomic, on the read path's cache hits).
+  Slice* peek(uint64_t offset) {
+    auto it = map_.find(offset);
+    if (it == map_.end()) return nullptr;
+    it->second->last_use = ++tick_;
+    return it->second.get();
+  }
   // Inserts a new zero-filled slice.
   SliceRef insert(uint64_t offset) {
     auto s = std::make_shared<Slice>(offset, slice_bytes_);

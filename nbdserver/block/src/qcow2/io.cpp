@@ -91,7 +91,7 @@ L2Entry Image::l2_entry_cached(uint64_t gc, bool* hit) {
   }
   const uint64_t byte = (gc % l2_entries_) * l2e_bytes_;
   const uint64_t sb = l2_cache_.slice_bytes();
-  SliceRef s = l2_cache_.find(l2 + byte / sb * sb);
+  const Slice* s = l2_cache_.peek(l2 + byte / sb * sb);
   if (!s || s->loading) {
     *hit = false;
     return decode_l2_zero();
