@@ -59,6 +59,25 @@ bool fault_injected_at(const char* step) {
 void interrupt_boot() { g_interrupted = 1; }
 bool interrupted() { return g_interrupted != 0; }
 
+namespace {
+// Sleeps until SIGINT or SIGTERM (whose handlers call interrupt_boot()) has come. The two are
+// blocked while the flag is checked and let in only by sigsuspend(): a `while (!interrupted())
+// pause();` loses a signal that comes between its check and its pause, and sleeps on (a test
+// that sent one SIGTERM waited 11 minutes).
+void wait_for_interrupt() {
+  sigset_t block, old;
+  sigemptyset(&block);
+  sigaddset(&block, SIGINT);
+  sigaddset(&block, SIGTERM);
+  sigprocmask(SIG_BLOCK, &block, &old);
+  sigset_t wait = old;
+  sigdelset(&wait, SIGINT);
+  sigdelset(&wait, SIGTERM);
+  while (!interrupted()) sigsuspend(&wait);
+  sigprocmask(SIG_SETMASK, &old, nullptr);
+}
+}  // namespace
+
 void Compute::run_steps(Build& b, size_t first) {
   Instance& inst = b.inst;
   const auto all = steps();
@@ -84,7 +103,7 @@ void Compute::run_steps(Build& b, size_t first) {
       // Test hook: stand still after the step's work until killed, to show what a build that
       // dies there leaves behind (delete must clean it all).
       std::fprintf(stderr, "kiln-spawn: paused after step %s (%s)\n", p, kPauseAtEnv);
-      while (!interrupted()) pause();
+      wait_for_interrupt();
     }
   }
 }
