@@ -2,9 +2,15 @@
 // slice's host offset. Slices in use are pinned by their shared_ptr; eviction takes the least
 // recently used clean, unpinned slice. Dirty slices are written by the image's flush, which
 // knows the order metadata must reach the disk in.
+//
+// The slices are kept in order of use (a list, most recent first), so that eviction starts at
+// the oldest and usually takes it: a scan of the whole cache for the oldest slice on every
+// miss was 47 % of the CPU of 4 KiB random reads over an image whose L2 tables were twice the
+// cache (kiln-block-bench, 4 GiB image of 4 KiB clusters, 8 MiB of L2 against 4 MiB).
 #pragma once
 
 #include <cstdint>
+#include <list>
 #include <memory>
 #include <unordered_map>
 #include <vector>
@@ -29,8 +35,8 @@ struct Slice {
   bool dirty = false;
   bool loading = false;
   int load_error = 0;
-  uint64_t last_use = 0;
-  uint64_t gen = 0;  // refcount blocks: last generation that changed this slice
+  std::list<Slice*>::iterator lru;  // its place in the cache's order of use
+  uint64_t gen = 0;                 // refcount blocks: last generation that changed this slice
   std::vector<Pending> pending;
   std::unique_ptr<WaitList> loaded;  // waiters while `loading`
 };
@@ -47,7 +53,7 @@ class SliceCache {
   SliceRef find(uint64_t offset) {
     auto it = map_.find(offset);
     if (it == map_.end()) return nullptr;
-    it->second->last_use = ++tick_;
+    touch(*it->second);
     return it->second;
   }
   // find() without a reference: for a look that does not suspend before it is done with the
@@ -55,28 +61,43 @@ class SliceCache {
   Slice* peek(uint64_t offset) {
     auto it = map_.find(offset);
     if (it == map_.end()) return nullptr;
-    it->second->last_use = ++tick_;
+    touch(*it->second);
     return it->second.get();
   }
   // Inserts a new zero-filled slice.
   SliceRef insert(uint64_t offset) {
     auto s = std::make_shared<Slice>(offset, slice_bytes_);
-    s->last_use = ++tick_;
-    map_[offset] = s;
+    auto [it, fresh] = map_.try_emplace(offset, s);
+    if (!fresh) {  // replaces a slice of the same offset (not done today)
+      lru_.erase(it->second->lru);
+      it->second = s;
+    }
+    lru_.push_front(s.get());
+    s->lru = lru_.begin();
     return s;
   }
-  void erase(uint64_t offset) { map_.erase(offset); }
+  void erase(uint64_t offset) {
+    auto it = map_.find(offset);
+    if (it == map_.end()) return;
+    lru_.erase(it->second->lru);
+    map_.erase(it);
+  }
   // Evicts clean, unpinned slices until within capacity. Returns false if only dirty or
   // pinned slices are left and the cache is still over capacity.
   bool shrink() {
+    auto from = lru_.end();  // slices after this one (towards the newest) are not looked at again
     while (map_.size() > capacity_) {
       auto victim = map_.end();
-      for (auto it = map_.begin(); it != map_.end(); ++it) {
-        const Slice& s = *it->second;
-        if (s.dirty || s.loading || it->second.use_count() > 1) continue;
-        if (victim == map_.end() || s.last_use < victim->second->last_use) victim = it;
+      while (from != lru_.begin()) {
+        const Slice& s = **--from;
+        if (s.dirty || s.loading) continue;
+        auto it = map_.find(s.offset);
+        if (it->second.use_count() > 1) continue;  // pinned
+        victim = it;
+        break;
       }
       if (victim == map_.end()) return false;
+      from = lru_.erase(from);
       map_.erase(victim);
     }
     return true;
@@ -88,14 +109,20 @@ class SliceCache {
   }
   // Drops every slice of the range [start, end) (a table that was freed or moved).
   void drop_range(uint64_t start, uint64_t end) {
-    std::erase_if(map_, [&](auto& kv) { return kv.first >= start && kv.first < end; });
+    std::erase_if(map_, [&](auto& kv) {
+      if (kv.first < start || kv.first >= end) return false;
+      lru_.erase(kv.second->lru);
+      return true;
+    });
   }
 
  private:
   size_t slice_bytes_;
   size_t capacity_;
-  uint64_t tick_ = 0;
   std::unordered_map<uint64_t, SliceRef> map_;
+  std::list<Slice*> lru_;  // every slice of map_, the most recently used first
+
+  void touch(Slice& s) { lru_.splice(lru_.begin(), lru_, s.lru); }
 };
 
 }  // namespace kiln::block::qcow2
