@@ -28,15 +28,13 @@ struct Request {
   uint32_t length;
 };
 
-// A reply (one or several chunks) that leaves as one unit: its buffers and the iovecs into them.
-// `held` is the request's share of the memory budget, given back once the reply has left.
-// `data` is a read's payload (aligned, see buffer.h); the iovecs point into heap memory only,
-// so moving the message keeps them valid.
-// One reply on its way out. Most replies are a header and perhaps a read's data: the header
-// is kept in the message itself, so that such a reply costs no allocation. Longer ones (block
-// status, chunked reads) add `buffers`; a chunked read lists its pieces in `iov`, pointing into
-// `buffers` and `data`, whose memory stays put when the message moves. The iovecs of the others
-// are made when the reply is sent.
+// A reply (one or several chunks) that leaves as one unit. Most replies are a header and
+// perhaps a read's data: the header is kept in the message itself (`head`), so that such a
+// reply costs no allocation. Longer ones (block status, chunked reads) add `buffers`; a chunked
+// read lists its pieces in `iov`, pointing into `buffers` and `data`, whose memory stays put
+// when the message moves. The iovecs of the others are made when the reply is sent, since
+// `head` moves with the message. `data` is a read's payload (aligned, see buffer.h); `held` is
+// the request's share of the memory budget, given back once the reply has left.
 struct OutMessage {
   static constexpr size_t kHeadMax = 32;
   std::array<uint8_t, kHeadMax> head{};
