@@ -12,10 +12,10 @@
 // So the wait is chosen by its effect, as network cards choose interrupt moderation (Linux's
 // net/dim), with a bias towards waiting, which saves CPU on both sides:
 // - Each epoch (about 10 ms of requests) ends with the request rate of the connection.
-// - The pacer steps up to a longer wait while the rate holds (within kTolerance of the level
-//   below and of the level the climb began at, so that small losses do not add up step by
-//   step). A step up that lowered it is undone and not tried again for a while, longer each
-//   time it fails.
+// - The pacer steps up to a longer wait while the rate holds: within kTolerance of the level
+//   below, and of the rate at no wait when the pacer last climbed from there (so that small
+//   losses do not add up step by step). A step up that lowered it is undone and not tried
+//   again for a while, longer each time it fails.
 // - Every kProbeEvery epochs at a level, it tries one step down; it stays there only if the
 //   rate rose.
 // - A client that paused longer than kIdle starts again from no wait.
