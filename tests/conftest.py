@@ -39,16 +39,26 @@ def _keep_freed_memory():
 _keep_freed_memory()
 
 
-@pytest.fixture
-def workdir():
-    """A temporary directory of the test's own (short: it may hold Unix sockets), removed
-    whether the test passes or not."""
-    base = os.environ.get("KILN_TEST_TMPDIR") or None
-    d = tempfile.mkdtemp(prefix="kiln-test-", dir=base)
+def _temp_dir():
+    """A new temporary directory under KILN_TEST_TMPDIR (else the system's), removed after the
+    fixture that yields it, whether its tests pass or not."""
+    d = tempfile.mkdtemp(prefix="kiln-test-", dir=os.environ.get("KILN_TEST_TMPDIR") or None)
     try:
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def workdir():
+    """A temporary directory of the test's own (short: it may hold Unix sockets)."""
+    yield from _temp_dir()
+
+
+@pytest.fixture(scope="module")
+def module_workdir():
+    """A temporary directory for what a module's tests share (images made once per module)."""
+    yield from _temp_dir()
 
 
 # ---------------------------------------------------------------------------------------------

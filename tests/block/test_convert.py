@@ -8,16 +8,14 @@ convert of the same source). Bad options get qemu-img's message and exit code.""
 import json
 import os
 import random
-import shutil
 import subprocess
-import tempfile
 
 import pytest
 
-from kilntest import sampled_matrix, sha256
-from kilntest.images import (KILN_IMG, MiB, assert_one_line_error, assert_qemu_clean, assert_same_bytes,
-                             build_variant, create_qcow2, fill_qemu, header_get, kiln_img,
-                             make_raw, qemu_img, qemu_io, read_file, scaled, to_raw_qemu,
+from kilntest import sampled_matrix
+from kilntest.images import (KILN_IMG, MiB, SharedImages, assert_one_line_error, assert_qemu_clean,
+                             assert_same_bytes, build_variant, create_qcow2, fill_qemu, header_get,
+                             kiln_img, make_raw, qemu_img, qemu_io, read_file, scaled, to_raw_qemu,
                              zero_clusters)
 
 SOURCES = ["raw", "v2-c65536", "v3-c65536", "chain2-qcow2", "chain1-raw", "compressed-zlib",
@@ -103,56 +101,27 @@ MATRIX = ([(s, t) for s in SOURCES for t in CORE_TARGETS]
              if t not in CORE_TARGETS])
 
 
-class Sources:
-    """The matrix's sources, each made once per module (in a directory of its own, with its
-    backing files) with the raw file QEMU reads from it: the matrix converts each of them up
-    to 24 times, and making one cost as much as a conversion. Conversions only read a source;
-    each test checks that its source's files did not change (size and mtime), and the module
-    checks their contents (SHA-256) at its end."""
-
-    def __init__(self, d):
-        self.d, self.made = d, {}
-
-    def get(self, name):
-        if name not in self.made:
-            sd = os.path.join(self.d, name)
-            os.makedirs(sd)
-            src, sfmt = make_source(name, sd)
-            raw = to_raw_qemu(src, os.path.join(self.d, name + ".qemu.raw"), fmt=sfmt)
-            files = {os.path.join(sd, f): None for f in os.listdir(sd)}
-            for f in files:
-                files[f] = (self.stamp(f), sha256(f))
-            self.made[name] = (src, sfmt, raw, files)
-        return self.made[name]
-
-    @staticmethod
-    def stamp(path):
-        st = os.stat(path)
-        return st.st_size, st.st_mtime_ns
-
-    def assert_unchanged(self, name, deep=False):
-        for f, (stamp, digest) in self.made[name][3].items():
-            assert self.stamp(f) == stamp, f"source {name}: {f} was modified"
-            if deep:
-                assert sha256(f) == digest, f"source {name}: {f} was modified"
+def make_source_and_read(name, d):
+    """The source `name` in `d`, and beside it the raw file QEMU reads from it."""
+    src, sfmt = make_source(name, d)
+    return src, sfmt, to_raw_qemu(src, os.path.join(d, "qemu-read.raw"), fmt=sfmt)
 
 
 @pytest.fixture(scope="module")
-def sources():
-    d = tempfile.mkdtemp(prefix="kiln-test-", dir=os.environ.get("KILN_TEST_TMPDIR") or None)
-    try:
-        s = Sources(d)
-        yield s
-        for name in s.made:
-            s.assert_unchanged(name, deep=True)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+def sources(module_workdir):
+    """The matrix's sources, each made once per module: the matrix converts each of them up to
+    24 times, and making one cost as much as a conversion. Conversions only read a source; each
+    test checks that its source's files did not change (size and mtime), the module their bytes
+    at its end."""
+    s = SharedImages(module_workdir, make_source_and_read)
+    yield s
+    s.assert_unchanged(deep=True)
 
 
 @pytest.mark.parametrize("source,target",
                          sampled_matrix(MATRIX, [f"{s}->{t}" for s, t in MATRIX]))
 def test_convert_matrix(workdir, sources, source, target):
-    src, sfmt, src_raw, _ = sources.get(source)
+    src, sfmt, src_raw = sources.get(source)
     opts = TARGETS[target]
     dfmt = out_format(opts)
     ours = os.path.join(workdir, "kiln.out")

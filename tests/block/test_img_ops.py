@@ -5,9 +5,7 @@ finds holding what the guest saw before."""
 import json
 import os
 import re
-import shutil
 import subprocess
-import tempfile
 import time
 
 import pytest
@@ -153,13 +151,9 @@ TARGETS = [
 
 
 @pytest.fixture(scope="module")
-def measure_images():
+def measure_images(module_workdir):
     """The inputs of every measure case, made once: measure only reads them."""
-    d = tempfile.mkdtemp(prefix="kiln-test-", dir=os.environ.get("KILN_TEST_TMPDIR") or None)
-    try:
-        yield measure_inputs(d)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+    return measure_inputs(module_workdir)
 
 
 @pytest.mark.parametrize("target", sampled_matrix(range(len(TARGETS)),

@@ -3,13 +3,11 @@ exit codes, map ranges; and kiln-img's own create, resize and convert checked wi
 
 import json
 import os
-import shutil
 import struct
-import tempfile
 
 import pytest
 
-from kilntest.images import (QEMU_IO, MiB, VARIANTS, SharedVariants, assert_one_line_error,
+from kilntest.images import (QEMU_IO, MiB, VARIANTS, SharedImages, assert_one_line_error,
                              assert_qemu_clean, build_variant, create_qcow2, kiln_img, kiln_io,
                              make_raw, qemu_img, qemu_io, read_file, refcount_block_offset, run,
                              to_raw_qemu)
@@ -19,16 +17,12 @@ INFO_VARIANTS = ["v2-c65536", "v3-c4096", "refbits1", "refbits64", "chain2-raw",
 
 
 @pytest.fixture(scope="module")
-def variants():
+def variants(module_workdir):
     """The images the info, map and check tests only read, made once (each is read by up to
     five tests); at the end, none of them may have changed."""
-    d = tempfile.mkdtemp(prefix="kiln-test-", dir=os.environ.get("KILN_TEST_TMPDIR") or None)
-    try:
-        v = SharedVariants(d)
-        yield v
-        v.assert_unchanged(deep=True)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+    v = SharedImages(module_workdir, build_variant)
+    yield v
+    v.assert_unchanged(deep=True)
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,6 @@ missing key is a clear error that leaves the file alone; hostile LUKS headers ar
 import os
 import shutil
 import struct
-import tempfile
 
 import pytest
 
@@ -44,15 +43,11 @@ def opts(img, secret_file):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def qemu_made():
+def qemu_made(module_workdir):
     """qemu_create's images, made once per module (see QemuLuksImages)."""
-    d = tempfile.mkdtemp(prefix="kiln-test-", dir=os.environ.get("KILN_TEST_TMPDIR") or None)
-    _QEMU_MADE.append(QemuLuksImages(d))
-    try:
-        yield
-    finally:
-        _QEMU_MADE.clear()
-        shutil.rmtree(d, ignore_errors=True)
+    _QEMU_MADE.append(QemuLuksImages(module_workdir))
+    yield
+    _QEMU_MADE.clear()
 
 
 _QEMU_MADE = []

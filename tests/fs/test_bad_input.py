@@ -3,10 +3,8 @@
 
 import fcntl
 import os
-import shutil
 import struct
 import subprocess
-import tempfile
 import zlib
 
 import pytest
@@ -16,14 +14,10 @@ from kilntest.fs import (MiB, assert_one_line_error, content_digest, kiln_fs, ma
 
 
 @pytest.fixture(scope="module")
-def tree():
+def tree(module_workdir):
     """The guest tree, made once (its 300-file directory cost a third of the suite's CPU when
     every test made its own): the tests only copy it into file systems (mkfs -d)."""
-    d = tempfile.mkdtemp(prefix="kiln-test-", dir=os.environ.get("KILN_TEST_TMPDIR") or None)
-    try:
-        yield make_guest_tree(os.path.join(d, "tree"))
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+    return make_guest_tree(os.path.join(module_workdir, "tree"))
 
 
 def refused(images, args, *needles):

@@ -5,9 +5,7 @@ and debugfs on the plaintext); the file holds no plaintext of it; the LUKS heade
 a wrong or missing key is one clear line that names no secret, and changes nothing."""
 
 import os
-import shutil
 import struct
-import tempfile
 
 import pytest
 
@@ -47,15 +45,11 @@ def keyed(img, secret_file):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def qemu_made():
+def qemu_made(module_workdir):
     """The empty encrypted images qemu-img creates, made once per module (QemuLuksImages)."""
-    d = tempfile.mkdtemp(prefix="kiln-test-", dir=os.environ.get("KILN_TEST_TMPDIR") or None)
-    _QEMU_MADE.append(QemuLuksImages(d))
-    try:
-        yield
-    finally:
-        _QEMU_MADE.clear()
-        shutil.rmtree(d, ignore_errors=True)
+    _QEMU_MADE.append(QemuLuksImages(module_workdir))
+    yield
+    _QEMU_MADE.clear()
 
 
 _QEMU_MADE = []

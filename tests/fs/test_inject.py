@@ -8,8 +8,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 
 import pytest
 
@@ -104,13 +102,9 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def guest_tree():
+def guest_tree(module_workdir):
     """The guest tree, made once: the tests only copy it into file systems (mkfs -d)."""
-    d = tempfile.mkdtemp(prefix="kiln-test-", dir=os.environ.get("KILN_TEST_TMPDIR") or None)
-    try:
-        yield make_guest_tree(os.path.join(d, "tree"))
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+    return make_guest_tree(os.path.join(module_workdir, "tree"))
 
 
 @pytest.mark.parametrize("layout,variant", CASES, ids=[f"{l}-{v}" for l, v in CASES])

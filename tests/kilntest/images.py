@@ -347,33 +347,22 @@ def build_variant(name, d):
     raise ValueError(name)
 
 
-VARIANTS = (
-    ["v2-c65536", "v3-c512", "v3-c4096", "v3-c65536", f"v3-c{2 * MiB}"]
-    + [f"refbits{b}" for b in (1, 2, 4, 8, 16, 32, 64)]
-    + [f"chain{n}-{f}" for n in (1, 2, 3) for f in ("raw", "qcow2")]
-    + ["compressed-zlib", "compressed-zstd", "snapshots", "lazy-refcounts"]
-)
+class SharedImages:
+    """Images made once per module for tests that only read them: `build(name, dir)` makes
+    one in a directory of its own (with its backing files) and returns what get(name) hands
+    out. assert_unchanged() checks that no test wrote to any file of it (size and mtime; with
+    deep, the bytes, by content_digest)."""
 
-
-# ---------------------------------------------------------------------------------------------
-# A model disk: bytes plus ranges whose content is unspecified (discarded).
-
-class SharedVariants:
-    """build_variant's images made once per module, for tests that only read them (info,
-    map, check without -r): a directory of its own per variant (its backing files beside
-    it). assert_unchanged() checks that no test wrote to one (size and mtime; with deep,
-    the bytes by content_digest)."""
-
-    def __init__(self, d):
-        self.d, self.made = d, {}
+    def __init__(self, d, build):
+        self.d, self.build, self.made = d, build, {}
 
     def get(self, name):
         if name not in self.made:
-            vd = os.path.join(self.d, name)
-            os.makedirs(vd)
-            img = build_variant(name, vd)
-            files = sorted(os.path.join(vd, f) for f in os.listdir(vd))
-            self.made[name] = (img, {f: (self._stamp(f), content_digest(f)) for f in files})
+            sd = os.path.join(self.d, name)
+            os.makedirs(sd)
+            value = self.build(name, sd)
+            files = sorted(os.path.join(sd, f) for f in os.listdir(sd))
+            self.made[name] = (value, {f: (self._stamp(f), content_digest(f)) for f in files})
         return self.made[name][0]
 
     @staticmethod
@@ -384,10 +373,21 @@ class SharedVariants:
     def assert_unchanged(self, name=None, deep=False):
         for n in [name] if name else list(self.made):
             for f, (stamp, digest) in self.made[n][1].items():
-                assert self._stamp(f) == stamp, f"variant {n}: {f} was written"
+                assert self._stamp(f) == stamp, f"{n}: {f} was written"
                 if deep:
-                    assert content_digest(f) == digest, f"variant {n}: {f} changed"
+                    assert content_digest(f) == digest, f"{n}: {f} changed"
 
+
+VARIANTS = (
+    ["v2-c65536", "v3-c512", "v3-c4096", "v3-c65536", f"v3-c{2 * MiB}"]
+    + [f"refbits{b}" for b in (1, 2, 4, 8, 16, 32, 64)]
+    + [f"chain{n}-{f}" for n in (1, 2, 3) for f in ("raw", "qcow2")]
+    + ["compressed-zlib", "compressed-zstd", "snapshots", "lazy-refcounts"]
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# A model disk: bytes plus ranges whose content is unspecified (discarded).
 
 class Model:
     def __init__(self, data):

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 
 import pytest
 
@@ -79,12 +78,8 @@ class ImageSets:
 
 
 @pytest.fixture(scope="module")
-def image_sets():
-    d = tempfile.mkdtemp(prefix="kiln-test-", dir=os.environ.get("KILN_TEST_TMPDIR") or None)
-    try:
-        yield ImageSets(d)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+def image_sets(module_workdir):
+    return ImageSets(module_workdir)
 
 
 @pytest.fixture(params=[(kind, cache) for cache in ("writeback", "none", "directsync")
