@@ -11,9 +11,9 @@ import re
 
 import pytest
 
-from kilntest.fs import (MiB, content_digest, diff_snapshots, dir_entry, e2fsck_clean, extract,
-                         file_entry, kiln_fs, loop_mount, make_disk, make_fs_image, make_guest_tree,
-                         make_overlay, run, snapshot, to_raw)
+from kilntest.fs import (KILN_FS, MiB, content_digest, diff_snapshots, dir_entry, e2fsck_clean,
+                         extract, file_entry, kiln_fs, loop_mount, make_disk, make_fs_image,
+                         make_guest_tree, make_overlay, run, snapshot, to_raw)
 
 KEY1 = b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKiln0000000000000000000000000000000000000001 ops@kiln\n"
 KEY2 = (b"ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQkiln2 bob@laptop\n"
@@ -344,3 +344,11 @@ def test_parallel_injections_on_overlays_of_one_base(workdir, guest_tree):
         assert hostname == f"vm{i}\n".encode()
         assert kiln_fs("cat", "--format", "qcow2", ov, "/root/.ssh/authorized_keys").stdout == KEY1
     assert content_digest(base) == base_hash
+
+
+def test_libext2fs_checksums_go_through_the_crc32_instruction():
+    """kiln-fs takes libext2fs's CRC32C calls with its own definition (fusefs/src/crc32c.cpp):
+    the executable must define and export it, or the library's table-driven one does the work
+    (the sums are the same; tests/fs/crc32c_test.cpp compares them)."""
+    out = run(["nm", "-D", "--defined-only", KILN_FS]).stdout.decode()
+    assert re.search(r"^\S+ T ext2fs_crc32c_le$", out, re.M), "ext2fs_crc32c_le not exported"
