@@ -1,8 +1,9 @@
-// The cryptographic primitives the LUKS code needs, from OpenSSL's libcrypto (nothing here
-// implements a primitive): AES-XTS over 512-byte sectors with plain64 IVs, PBKDF2-HMAC and
-// one-shot hashes; random bytes come from the kernel (getrandom). libcrypto is loaded on first
-// use: a function that needs it throws block::Error(ENOTSUP) if it cannot be loaded. Algorithm
-// names come from the LUKS allow list (luks.h); a name that is not on it never reaches OpenSSL.
+// The cryptographic primitives the LUKS code needs, from OpenSSL's libcrypto and, for PBKDF2,
+// Nettle (nothing here implements a primitive): AES-XTS over 512-byte sectors with plain64 IVs,
+// PBKDF2-HMAC and one-shot hashes; random bytes come from the kernel (getrandom). Both libraries
+// are loaded on first use: a function that needs one throws block::Error(ENOTSUP) if it cannot
+// be loaded. Algorithm names come from the LUKS allow list (luks.h); a name that is not on it
+// never reaches a library.
 #pragma once
 
 #include <cstddef>
@@ -44,7 +45,8 @@ class SectorCipher {
 
 // Digest size of a hash on the allow list ("sha1", "sha256", "sha512"), or 0 if unknown.
 size_t hash_size(std::string_view hash);
-// PBKDF2-HMAC-`hash`. Returns false if OpenSSL fails.
+// PBKDF2-HMAC-`hash` (Nettle's: see cipher.cpp). Returns false for a hash not on the allow
+// list, zero iterations or an empty output.
 bool pbkdf2(std::string_view hash, std::span<const uint8_t> pass, std::span<const uint8_t> salt,
             uint32_t iterations, std::span<uint8_t> out);
 // One-shot digest of the concatenation of `a` and `b` into `out` (hash_size bytes).
