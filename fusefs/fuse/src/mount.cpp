@@ -30,7 +30,7 @@ namespace {
 using fuse_detail::Volume;
 
 constexpr unsigned kMaxIo = 1u << 20;  // largest read and write request: 1 MiB
-constexpr unsigned kInodeCacheEntries = 64;  // see prepare()
+constexpr unsigned kInodeCacheEntries = 64;
 
 void op_init(void* userdata, fuse_conn_info* conn) {
   Volume& vol = *static_cast<Volume*>(userdata);
