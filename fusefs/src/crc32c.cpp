@@ -5,10 +5,11 @@
 // CRC32C, and a mount or an injection reads and writes the same few blocks again and again.
 // libext2fs computes the sum eight bytes at a time through tables: about 14,000 instructions
 // for a 4 KiB directory block, a third of everything the mount's process executed in a `tar x`
-// of small files (callgrind; docs/kiln-fs-performance.md, part 9). The library calls its `ext2fs_crc32c_le` through its PLT,
-// so the definition below, exported from the executable (fusefs/CMakeLists.txt), is the one
-// those calls reach. Same contract as the library's: the raw, reflected CRC32C update of CRC
-// over LEN bytes at P, with no inversion before or after (the caller seeds and finishes).
+// of small files (callgrind; docs/kiln-fs-performance.md, part 9). The library calls its
+// `ext2fs_crc32c_le` through its PLT, so the definition below, exported from the executable
+// (fusefs/CMakeLists.txt), is the one those calls reach. Same contract as the library's: the
+// raw, reflected CRC32C update of CRC over LEN bytes at P, with no inversion before or after
+// (the caller seeds and finishes).
 //
 // Three streams of kStream bytes are summed side by side (the instruction takes three cycles
 // and the CPU can start one per cycle) and joined by shifting the earlier sums over the bytes
