@@ -44,29 +44,6 @@ constexpr const char* kLibcrypto = "libcrypto.so." KILN_STRINGIFY(OPENSSL_SHLIB_
   X(EVP_DigestInit_ex) X(EVP_DigestUpdate) X(EVP_DigestFinal_ex)
 // clang-format on
 
-struct Libcrypto {
-#define KILN_LIBCRYPTO_DECLARE(name) decltype(&::name) name = nullptr;
-  KILN_LIBCRYPTO_FUNCTIONS(KILN_LIBCRYPTO_DECLARE)
-#undef KILN_LIBCRYPTO_DECLARE
-};
-
-// Resolved once (a function-local static: thread-safe); the library stays loaded. Throws
-// block::Error(ENOTSUP) if libcrypto cannot be loaded.
-const Libcrypto& ssl() {
-  static const std::pair<Libcrypto, std::string> loaded = [] {
-    std::pair<Libcrypto, std::string> out;
-    common::SharedLibrary lib(kLibcrypto, "OpenSSL's libcrypto (package libssl3)");
-#define KILN_LIBCRYPTO_RESOLVE(name) lib.resolve(out.first.name, #name);
-    KILN_LIBCRYPTO_FUNCTIONS(KILN_LIBCRYPTO_RESOLVE)
-#undef KILN_LIBCRYPTO_RESOLVE
-    out.second = lib.error();
-    return out;
-  }();
-  if (!loaded.second.empty())
-    throw Error(common::Reason::kUnsupported, ENOTSUP, "LUKS encryption needs " + loaded.second);
-  return loaded.first;
-}
-
 // PBKDF2 comes from Nettle (GnuTLS's, and so QEMU's), not from libcrypto: OpenSSL 3's
 // PKCS5_PBKDF2_HMAC copies its HMAC contexts, with a malloc and a free each, at every iteration.
 // It is half as fast (PBKDF2-HMAC-SHA256 on the 2-core machine: 3.6k against 6.4k iterations per
@@ -82,20 +59,28 @@ constexpr const char* kLibnettle = "libnettle.so.8";
   X(nettle_pbkdf2_hmac_sha1) X(nettle_pbkdf2_hmac_sha256) X(nettle_pbkdf2_hmac_sha512)
 // clang-format on
 
-struct Libnettle {
-#define KILN_NETTLE_DECLARE(name) decltype(&::name) name = nullptr;
-  KILN_NETTLE_FUNCTIONS(KILN_NETTLE_DECLARE)
-#undef KILN_NETTLE_DECLARE
+// What LUKS needs of both libraries: a LUKS open or create uses both.
+struct Api {
+#define KILN_CRYPTO_DECLARE(name) decltype(&::name) name = nullptr;
+  KILN_LIBCRYPTO_FUNCTIONS(KILN_CRYPTO_DECLARE)
+  KILN_NETTLE_FUNCTIONS(KILN_CRYPTO_DECLARE)
+#undef KILN_CRYPTO_DECLARE
 };
 
-const Libnettle& nettle() {
-  static const std::pair<Libnettle, std::string> loaded = [] {
-    std::pair<Libnettle, std::string> out;
-    common::SharedLibrary lib(kLibnettle, "Nettle (package libnettle8)");
-#define KILN_NETTLE_RESOLVE(name) lib.resolve(out.first.name, #name);
-    KILN_NETTLE_FUNCTIONS(KILN_NETTLE_RESOLVE)
-#undef KILN_NETTLE_RESOLVE
-    out.second = lib.error();
+// Resolved once (a function-local static: thread-safe); the libraries stay loaded. Throws
+// block::Error(ENOTSUP) if either cannot be loaded.
+const Api& api() {
+  static const std::pair<Api, std::string> loaded = [] {
+    std::pair<Api, std::string> out;
+    common::SharedLibrary ssl(kLibcrypto, "OpenSSL's libcrypto (package libssl3)");
+    common::SharedLibrary nettle(kLibnettle, "Nettle (package libnettle8)");
+#define KILN_CRYPTO_RESOLVE_SSL(name) ssl.resolve(out.first.name, #name);
+#define KILN_CRYPTO_RESOLVE_NETTLE(name) nettle.resolve(out.first.name, #name);
+    KILN_LIBCRYPTO_FUNCTIONS(KILN_CRYPTO_RESOLVE_SSL)
+    KILN_NETTLE_FUNCTIONS(KILN_CRYPTO_RESOLVE_NETTLE)
+#undef KILN_CRYPTO_RESOLVE_NETTLE
+#undef KILN_CRYPTO_RESOLVE_SSL
+    out.second = !ssl.error().empty() ? ssl.error() : nettle.error();
     return out;
   }();
   if (!loaded.second.empty())
@@ -106,8 +91,8 @@ const Libnettle& nettle() {
 }  // namespace
 
 struct SectorCipher::Ctx {
-  EVP_CIPHER_CTX* ctx = ssl().EVP_CIPHER_CTX_new();
-  ~Ctx() { ssl().EVP_CIPHER_CTX_free(ctx); }
+  EVP_CIPHER_CTX* ctx = api().EVP_CIPHER_CTX_new();
+  ~Ctx() { api().EVP_CIPHER_CTX_free(ctx); }
 };
 
 namespace {
@@ -115,18 +100,18 @@ namespace {
 const EVP_CIPHER* xts_for(size_t key_bytes) {
   switch (key_bytes) {
     case 32:
-      return ssl().EVP_aes_128_xts();
+      return api().EVP_aes_128_xts();
     case 64:
-      return ssl().EVP_aes_256_xts();
+      return api().EVP_aes_256_xts();
     default:
       return nullptr;  // OpenSSL has no AES-192-XTS; 48-byte keys are refused by the caller
   }
 }
 
 const EVP_MD* md_for(std::string_view hash) {
-  if (hash == "sha1") return ssl().EVP_sha1();
-  if (hash == "sha256") return ssl().EVP_sha256();
-  if (hash == "sha512") return ssl().EVP_sha512();
+  if (hash == "sha1") return api().EVP_sha1();
+  if (hash == "sha256") return api().EVP_sha256();
+  if (hash == "sha512") return api().EVP_sha512();
   return nullptr;
 }
 
@@ -139,8 +124,8 @@ std::unique_ptr<SectorCipher> SectorCipher::make(std::span<const uint8_t> key) {
   s->enc_ = std::make_unique<Ctx>();
   s->dec_ = std::make_unique<Ctx>();
   if (!s->enc_->ctx || !s->dec_->ctx) return nullptr;
-  if (ssl().EVP_CipherInit_ex(s->enc_->ctx, c, nullptr, key.data(), nullptr, 1) != 1 ||
-      ssl().EVP_CipherInit_ex(s->dec_->ctx, c, nullptr, key.data(), nullptr, 0) != 1)
+  if (api().EVP_CipherInit_ex(s->enc_->ctx, c, nullptr, key.data(), nullptr, 1) != 1 ||
+      api().EVP_CipherInit_ex(s->dec_->ctx, c, nullptr, key.data(), nullptr, 0) != 1)
     return nullptr;  // e.g. XTS with two equal halves
   return s;
 }
@@ -149,14 +134,14 @@ SectorCipher::~SectorCipher() = default;
 
 int SectorCipher::crypt(uint64_t sector, const uint8_t* in, uint8_t* out, size_t len, int enc) {
   if (len % kSectorSize) return -EINVAL;
-  const Libcrypto& api = ssl();
+  const Api& lib = api();
   EVP_CIPHER_CTX* ctx = enc ? enc_->ctx : dec_->ctx;
   uint8_t iv[16] = {};
   for (size_t done = 0; done < len; done += kSectorSize, ++sector) {
     for (int i = 0; i < 8; ++i) iv[i] = uint8_t(sector >> (8 * i));  // plain64: little-endian
     int outl = 0;
-    if (api.EVP_CipherInit_ex(ctx, nullptr, nullptr, nullptr, iv, -1) != 1 ||
-        api.EVP_CipherUpdate(ctx, out + done, &outl, in + done, int(kSectorSize)) != 1 ||
+    if (lib.EVP_CipherInit_ex(ctx, nullptr, nullptr, nullptr, iv, -1) != 1 ||
+        lib.EVP_CipherUpdate(ctx, out + done, &outl, in + done, int(kSectorSize)) != 1 ||
         outl != int(kSectorSize))
       return -EIO;
   }
@@ -173,21 +158,21 @@ int SectorCipher::encrypt_to(uint64_t sector, std::span<const uint8_t> in, uint8
 
 size_t hash_size(std::string_view hash) {
   const EVP_MD* md = md_for(hash);
-  return md ? size_t(ssl().EVP_MD_get_size(md)) : 0;
+  return md ? size_t(api().EVP_MD_get_size(md)) : 0;
 }
 
 bool pbkdf2(std::string_view hash, std::span<const uint8_t> pass, std::span<const uint8_t> salt,
             uint32_t iterations, std::span<uint8_t> out) {
   // Nettle asserts (aborts) on zero iterations or an empty output.
   if (iterations == 0 || iterations > uint32_t(INT32_MAX) || out.empty()) return false;
-  const Libnettle& api = nettle();
-  decltype(api.nettle_pbkdf2_hmac_sha256) fn = nullptr;
+  const Api& lib = api();
+  decltype(lib.nettle_pbkdf2_hmac_sha256) fn = nullptr;
   if (hash == "sha1")
-    fn = api.nettle_pbkdf2_hmac_sha1;
+    fn = lib.nettle_pbkdf2_hmac_sha1;
   else if (hash == "sha256")
-    fn = api.nettle_pbkdf2_hmac_sha256;
+    fn = lib.nettle_pbkdf2_hmac_sha256;
   else if (hash == "sha512")
-    fn = api.nettle_pbkdf2_hmac_sha512;
+    fn = lib.nettle_pbkdf2_hmac_sha512;
   else
     return false;
   fn(pass.size(), pass.data(), iterations, salt.size(), salt.data(), out.size(), out.data());
@@ -198,14 +183,14 @@ bool digest2(std::string_view hash, std::span<const uint8_t> a, std::span<const 
              uint8_t* out) {
   const EVP_MD* md = md_for(hash);
   if (!md) return false;
-  const Libcrypto& api = ssl();
-  EVP_MD_CTX* ctx = api.EVP_MD_CTX_new();
+  const Api& lib = api();
+  EVP_MD_CTX* ctx = lib.EVP_MD_CTX_new();
   if (!ctx) return false;
-  const bool ok = api.EVP_DigestInit_ex(ctx, md, nullptr) == 1 &&
-                  api.EVP_DigestUpdate(ctx, a.data(), a.size()) == 1 &&
-                  api.EVP_DigestUpdate(ctx, b.data(), b.size()) == 1 &&
-                  api.EVP_DigestFinal_ex(ctx, out, nullptr) == 1;
-  api.EVP_MD_CTX_free(ctx);
+  const bool ok = lib.EVP_DigestInit_ex(ctx, md, nullptr) == 1 &&
+                  lib.EVP_DigestUpdate(ctx, a.data(), a.size()) == 1 &&
+                  lib.EVP_DigestUpdate(ctx, b.data(), b.size()) == 1 &&
+                  lib.EVP_DigestFinal_ex(ctx, out, nullptr) == 1;
+  lib.EVP_MD_CTX_free(ctx);
   return ok;
 }
 
